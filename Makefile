@@ -1,0 +1,112 @@
+# Makefile for train_clip.
+#   make            build ./train_clip (CPU always; CUDA parts when nvcc is found)
+#   make test       build and run every test; ends with "N passed, N failed, N skipped"
+#   make bench      build and run the benchmarks (GPU ones need a GPU)
+#   make fuzz       build the libFuzzer targets (clang)
+# Optional libraries are found in .deps/ (see scripts/vendor_deps.sh) or the system; a missing one is
+# reported on one line with the Debian package that provides it.
+
+CC        ?= gcc
+NVCC      ?= nvcc
+BUILD     := build
+DEPS      := .deps
+CFLAGS    ?= -O3 -march=native
+CFLAGS    += -std=gnu11 -fopenmp -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -I$(DEPS)/include -MMD -MP
+LDFLAGS   += -fopenmp -L$(DEPS)/lib
+LDLIBS    += -lm -lpthread
+CUDA_ARCH ?= -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80
+NVFLAGS   ?= -O3 -std=c++17 $(CUDA_ARCH) -Xcompiler -fopenmp -I$(DEPS)/include -lineinfo -MMD -MP
+
+# ---------------------------------------------------------------- optional libraries
+have_header = $(shell printf '#include <stddef.h>\n#include <stdio.h>\n#include <$(1)>\n' | $(CC) -I$(DEPS)/include -E - >/dev/null 2>&1 && echo yes)
+MISSING :=
+
+ifeq ($(call have_header,jpeglib.h),yes)
+  CFLAGS += -DHAVE_JPEG
+  LDLIBS += -ljpeg
+else
+  MISSING += "libjpeg: JPEG images cannot be decoded (Debian: apt-get install libjpeg62-turbo-dev)"
+endif
+ifeq ($(call have_header,stb/stb_image.h),yes)
+  CFLAGS += -DHAVE_STB
+else
+  MISSING += "stb_image: PNG/BMP/GIF images cannot be decoded (Debian: apt-get install libstb-dev)"
+endif
+ifeq ($(call have_header,webp/decode.h),yes)
+  CFLAGS += -DHAVE_WEBP
+  LDLIBS += -lwebp $(if $(wildcard $(DEPS)/lib/libsharpyuv.a),-lsharpyuv)
+else
+  MISSING += "libwebp: WebP images will be skipped (Debian: apt-get install libwebp-dev)"
+endif
+ifeq ($(call have_header,utf8proc.h),yes)
+  CFLAGS += -DHAVE_UTF8PROC
+  LDLIBS += -lutf8proc
+else
+  MISSING += "utf8proc: the tokenizer is unavailable, only data = synthetic works (Debian: apt-get install libutf8proc-dev)"
+endif
+
+NVCC_PATH := $(shell command -v $(NVCC) 2>/dev/null)
+ifneq ($(NVCC_PATH),)
+  CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC_PATH))
+  CFLAGS    += -DHAVE_CUDA -I$(CUDA_HOME)/include
+  NVFLAGS   += -DHAVE_CUDA
+  LDFLAGS   += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/lib -Wl,-rpath,$(CUDA_HOME)/lib64
+  LDLIBS    += -lcublasLt -lcublas -lcudart -lstdc++
+else
+  MISSING += "nvcc: building without CUDA, CPU only (install the CUDA toolkit for the GPU path)"
+endif
+
+# ---------------------------------------------------------------- sources
+LIB_C   := $(wildcard model/*.c optim/*.c data/*.c)
+LIB_CU  := $(if $(NVCC_PATH),$(wildcard model/*.cu optim/*.cu kernels/*.cu))
+LIB_OBJ := $(LIB_C:%.c=$(BUILD)/%.o) $(LIB_CU:%.cu=$(BUILD)/%.cu.o)
+TEST_C  := $(wildcard tests/test_*.c)
+TEST_CU := $(if $(NVCC_PATH),$(wildcard tests/test_*.cu))
+TESTS   := $(TEST_C:tests/%.c=$(BUILD)/tests/%) $(TEST_CU:tests/%.cu=$(BUILD)/tests/%)
+BENCH_C := $(wildcard tests/bench_*.c)
+BENCH_CU:= $(if $(NVCC_PATH),$(wildcard tests/bench_*.cu))
+BENCHES := $(BENCH_C:tests/%.c=$(BUILD)/bench/%) $(BENCH_CU:tests/%.cu=$(BUILD)/bench/%)
+
+.PHONY: all test bench fuzz clean report
+all: report train_clip
+
+report:
+	@for m in $(MISSING); do echo "note: $$m"; done
+
+train_clip: train_clip.c $(LIB_OBJ)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/%.c $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/%.cu $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -o $@ $^ $(filter-out -fopenmp,$(LDFLAGS)) -Xcompiler -fopenmp $(LDLIBS)
+
+$(BUILD)/bench/%: tests/%.c $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/bench/%: tests/%.cu $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -o $@ $^ $(filter-out -fopenmp,$(LDFLAGS)) -Xcompiler -fopenmp $(LDLIBS)
+
+test: report train_clip $(TESTS)
+	@bash tests/run_tests.sh $(TESTS)
+
+bench: report train_clip $(BENCHES)
+	@for b in $(BENCHES); do echo "== $$b"; $$b || exit 1; done
+
+clean:
+	rm -rf $(BUILD) train_clip
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

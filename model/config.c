@@ -1,0 +1,356 @@
+// config.c: the table of config keys and the parser for `key = value` files and `--set` overrides.
+// Every key is declared once in KEYS below: type, default, range and the text that documents it.
+// Any problem stops the program before work starts, with `file:line: key: reason` and exit code 2.
+#include "config.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "utils.h"
+
+typedef enum { T_INT, T_LONG, T_U64, T_FLOAT, T_OPTFLOAT, T_BOOL, T_ENUM, T_STR } KeyType;
+
+typedef struct {
+    const char *name;
+    KeyType type;
+    size_t offset;        // into Config
+    const char *def;      // default as written in a file; NULL = required
+    double min, max;      // inclusive range for numbers
+    const char *choices;  // for T_ENUM: "a|b|c", index = stored value
+    const char *doc;
+} Key;
+
+#define OFF(f) offsetof(Config, f)
+#define BIG 1e18
+static const Key KEYS[] = {
+    // model
+    {"model", T_STR, OFF(model), "custom", 0, 0, NULL, "name shown in logs (e.g. ViT-B-32)"},
+    {"embed_dim", T_INT, OFF(embed_dim), NULL, 1, 65536, NULL, "joint embedding width"},
+    {"image_size", T_INT, OFF(image_size), "224", 1, 4096, NULL, "input image side in pixels"},
+    {"patch_size", T_INT, OFF(patch_size), NULL, 1, 1024, NULL, "ViT patch side in pixels; must divide image_size"},
+    {"vision_width", T_INT, OFF(vision_width), NULL, 1, 65536, NULL, "image tower width"},
+    {"vision_layers", T_INT, OFF(vision_layers), NULL, 1, 1024, NULL, "image tower blocks"},
+    {"vision_heads", T_INT, OFF(vision_heads), NULL, 1, 1024, NULL, "image tower attention heads; must divide vision_width"},
+    {"vision_mlp_ratio", T_FLOAT, OFF(vision_mlp_ratio), "4", 0.01, 64, NULL, "image MLP hidden = int(vision_width * ratio), as open_clip"},
+    {"context_length", T_INT, OFF(context_length), "77", 2, 4096, NULL, "text tokens per caption (SOT + text + EOT, padded)"},
+    {"vocab_size", T_INT, OFF(vocab_size), "49408", 2, 1 << 24, NULL, "token vocabulary size (CLIP BPE: 49408)"},
+    {"text_width", T_INT, OFF(text_width), NULL, 1, 65536, NULL, "text tower width"},
+    {"text_layers", T_INT, OFF(text_layers), NULL, 1, 1024, NULL, "text tower blocks"},
+    {"text_heads", T_INT, OFF(text_heads), NULL, 1, 1024, NULL, "text tower attention heads; must divide text_width"},
+    {"text_mlp_ratio", T_FLOAT, OFF(text_mlp_ratio), "4", 0.01, 64, NULL, "text MLP hidden = int(text_width * ratio)"},
+    {"quick_gelu", T_BOOL, OFF(quick_gelu), "false", 0, 1, NULL, "QuickGELU x*sigmoid(1.702x) (OpenAI models) instead of exact erf GELU"},
+    {"layer_scale_init", T_OPTFLOAT, OFF(layer_scale_init), "none", -BIG, BIG, NULL,
+     "per-channel layer-scale (ls_1/ls_2.gamma) init value in both towers; none = no layer-scale; 0 = the paper's zero-init"},
+    // training
+    {"batch_size", T_LONG, OFF(batch_size), "16384", 1, BIG, NULL, "global batch per optimizer step, all ranks together (paper: 16384)"},
+    {"micro_batch_size", T_LONG, OFF(micro_batch_size), "0", 0, BIG, NULL,
+     "samples per rank per forward pass; 0 = batch_size / world size (no accumulation)"},
+    {"steps", T_LONG, OFF(steps), "0", 0, BIG, NULL, "optimizer steps; set this or samples"},
+    {"samples", T_LONG, OFF(samples), "0", 0, BIG, NULL, "training samples; steps = ceil(samples / batch_size)"},
+    {"lr", T_FLOAT, OFF(lr), "2e-3", 0, 1e3, NULL, "peak learning rate (paper: 2e-3)"},
+    {"wd", T_FLOAT, OFF(wd), "0.2", 0, 1e3, NULL, "decoupled weight decay, not applied to tensors with ndim < 2 (paper: 0.2)"},
+    {"beta1", T_FLOAT, OFF(beta1), "0.9", 0, 0.999999, NULL, "first-moment decay (paper: 0.9)"},
+    {"beta2", T_FLOAT, OFF(beta2), "0.98", 0, 0.999999, NULL, "second-moment decay (paper: 0.98)"},
+    {"eps", T_FLOAT, OFF(eps), "1e-6", 1e-30, 1, NULL, "Adam epsilon (paper: 1e-6)"},
+    {"warmup", T_LONG, OFF(warmup), "5000", 0, BIG, NULL, "linear warmup steps (paper: 5000)"},
+    {"schedule", T_ENUM, OFF(schedule), "cosine", 0, 0, "cosine|const", "after warmup: cosine decay to 0, or constant"},
+    {"optimizer", T_ENUM, OFF(optimizer), "stable_adamw", 0, 0, "adamw|stable_adamw",
+     "adamw, or stable_adamw = AdamW-Adafactor hybrid with per-tensor update clipping (the paper's)"},
+    {"beta2_warmup_lambda", T_FLOAT, OFF(beta2_warmup_lambda), "0", 0, 10, NULL,
+     "0 = off; else Adafactor-style beta2 at step t = 1 - t^-lambda (replaces the bias-corrected beta2)"},
+    {"grad_clip", T_FLOAT, OFF(grad_clip), "0", 0, BIG, NULL, "global gradient-norm clipping threshold; 0 = off"},
+    {"precision", T_ENUM, OFF(precision), "fp32", 0, 0, "fp32|bf16|int8_switchback",
+     "fp32 (CPU reference / GPU parity), bf16, or int8_switchback (int8 linear layers)"},
+    {"device", T_ENUM, OFF(device), "auto", 0, 0, "auto|cpu|cuda", "auto = the GPU when built with CUDA and one is present, else CPU"},
+    {"seed", T_U64, OFF(seed), "0", 0, 1.8e19, NULL, "seed for init, data order and augmentation"},
+    {"threads", T_INT, OFF(threads), "0", 0, 4096, NULL, "CPU threads for the CPU path; 0 = all cores (OMP_NUM_THREADS)"},
+    // data
+    {"data", T_STR, OFF(data), "synthetic", 0, 0, NULL,
+     "training data: synthetic, or webdataset shards: dir/{00000..00099}.tar, a directory, several joined by ::"},
+    {"val_data", T_STR, OFF(val_data), "", 0, 0, NULL, "validation shards (same syntax); empty = none"},
+    {"synthetic_size", T_LONG, OFF(synthetic_size), "4096", 1, BIG, NULL, "distinct samples the synthetic source cycles through"},
+    {"data_workers", T_INT, OFF(data_workers), "4", 1, 1024, NULL, "decode threads per rank"},
+    {"shuffle_buffer", T_LONG, OFF(shuffle_buffer), "1000", 0, BIG, NULL, "samples held for shuffling (0 = shard order only)"},
+    {"resampled", T_BOOL, OFF(resampled), "false", 0, 1, NULL, "draw shards with replacement (open_clip --dataset-resampled)"},
+    {"max_image_pixels", T_LONG, OFF(max_image_pixels), "100000000", 1, BIG, NULL, "images with more pixels are skipped"},
+    // run
+    {"run_dir", T_STR, OFF(run_dir), "runs/default", 0, 0, NULL, "directory for the log, the effective config and checkpoints"},
+    {"log_every", T_LONG, OFF(log_every), "10", 1, BIG, NULL, "console log interval in steps"},
+    {"checkpoint_every", T_LONG, OFF(checkpoint_every), "1000", 0, BIG, NULL, "checkpoint interval in steps; 0 = only at the end"},
+    {"keep_checkpoints", T_INT, OFF(keep_checkpoints), "3", 1, 1000000, NULL, "checkpoints kept; older ones are deleted"},
+    {"resume", T_STR, OFF(resume), "", 0, 0, NULL, "empty = fresh start; latest = newest complete checkpoint in run_dir; or a checkpoint path"},
+};
+#undef OFF
+#define NKEYS ((int)(sizeof(KEYS) / sizeof(KEYS[0])))
+
+// Where each key's value came from ("default", "file:line", "--set"), for errors and the printout.
+static char key_source[NKEYS][CONFIG_STR + 32];
+static int key_given[NKEYS];
+
+#define CONFIG_EXIT 2
+__attribute__((noreturn, format(printf, 3, 4))) static void config_error(const char *where, const char *key,
+                                                                          const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fflush(stdout);
+    fprintf(stderr, "%s: %s: ", where, key);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(CONFIG_EXIT);
+}
+
+static int edit_distance(const char *a, const char *b) {
+    int la = (int)strlen(a), lb = (int)strlen(b);
+    if (la > 63 || lb > 63) return 99;
+    int d[64][64];
+    for (int i = 0; i <= la; i++) d[i][0] = i;
+    for (int j = 0; j <= lb; j++) d[0][j] = j;
+    for (int i = 1; i <= la; i++)
+        for (int j = 1; j <= lb; j++) {
+            int sub = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            int del = d[i - 1][j] + 1, ins = d[i][j - 1] + 1;
+            d[i][j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+        }
+    return d[la][lb];
+}
+
+static int find_key(const char *name) {
+    for (int i = 0; i < NKEYS; i++)
+        if (strcmp(KEYS[i].name, name) == 0) return i;
+    return -1;
+}
+
+static void unknown_key(const char *where, const char *name) {
+    int best = -1, best_d = 4;
+    for (int i = 0; i < NKEYS; i++) {
+        int d = edit_distance(name, KEYS[i].name);
+        if (d < best_d) best_d = d, best = i;
+    }
+    if (best >= 0) config_error(where, name, "unknown key (did you mean %s?)", KEYS[best].name);
+    config_error(where, name, "unknown key (./train_clip --help-config lists them all)");
+}
+
+// Parse `text` into the field of key k. Returns NULL on success or a reason.
+static const char *parse_value(Config *c, int k, const char *text, char *reason, size_t rlen) {
+    const Key *key = &KEYS[k];
+    char *field = (char *)c + key->offset;
+    char *end = NULL;
+    if (key->type == T_STR) {
+        if (strlen(text) >= CONFIG_STR) return "value too long";
+        strcpy(field, text);
+        return NULL;
+    }
+    if (*text == '\0') return "empty value";
+    if (key->type == T_BOOL) {
+        if (!strcmp(text, "true") || !strcmp(text, "1") || !strcmp(text, "yes") || !strcmp(text, "on")) *(int *)field = 1;
+        else if (!strcmp(text, "false") || !strcmp(text, "0") || !strcmp(text, "no") || !strcmp(text, "off")) *(int *)field = 0;
+        else return "expected true or false";
+        return NULL;
+    }
+    if (key->type == T_ENUM) {
+        const char *p = key->choices;
+        for (int idx = 0; *p; idx++) {
+            const char *bar = strchr(p, '|');
+            size_t n = bar ? (size_t)(bar - p) : strlen(p);
+            if (strlen(text) == n && strncmp(text, p, n) == 0) {
+                *(int *)field = idx;
+                return NULL;
+            }
+            p += n + (bar ? 1 : 0);
+        }
+        snprintf(reason, rlen, "expected one of %s, got '%s'", key->choices, text);
+        return reason;
+    }
+    if (key->type == T_U64) {
+        errno = 0;
+        unsigned long long u = strtoull(text, &end, 10);
+        if (!isdigit((unsigned char)text[0]) || *end != '\0' || errno == ERANGE) {
+            snprintf(reason, rlen, "expected a whole number >= 0, got '%s'", text);
+            return reason;
+        }
+        *(uint64_t *)field = u;
+        return NULL;
+    }
+    if (key->type == T_OPTFLOAT && strcmp(text, "none") == 0) {
+        *(float *)field = NAN;
+        return NULL;
+    }
+    errno = 0;
+    double v = strtod(text, &end);
+    if (end == text || *end != '\0' || errno == ERANGE || !isfinite(v)) {
+        snprintf(reason, rlen, "expected a number, got '%s'", text);
+        return reason;
+    }
+    int integral = key->type == T_INT || key->type == T_LONG;
+    if (integral && v != floor(v)) {
+        snprintf(reason, rlen, "expected a whole number, got '%s'", text);
+        return reason;
+    }
+    if (v < key->min || v > key->max) {
+        snprintf(reason, rlen, "%s is out of range [%g, %g]", text, key->min, key->max);
+        return reason;
+    }
+    switch (key->type) {
+        case T_INT: *(int *)field = (int)v; break;
+        case T_LONG: *(long *)field = (long)v; break;
+        default: *(float *)field = (float)v; break;
+    }
+    return NULL;
+}
+
+static void assign(Config *c, const char *where, const char *name, const char *value) {
+    int k = find_key(name);
+    if (k < 0) unknown_key(where, name);
+    char reason[256];
+    const char *err = parse_value(c, k, value, reason, sizeof(reason));
+    if (err) config_error(where, name, "%s", err);
+    snprintf(key_source[k], sizeof(key_source[k]), "%s", where);
+    key_given[k] = 1;
+}
+
+void config_defaults(Config *c) {
+    memset(c, 0, sizeof(*c));
+    for (int k = 0; k < NKEYS; k++) {
+        key_given[k] = 0;
+        snprintf(key_source[k], sizeof(key_source[k]), "default");
+        if (!KEYS[k].def) continue;
+        char reason[256];
+        if (parse_value(c, k, KEYS[k].def, reason, sizeof(reason))) fatal("config.c: bad default for %s", KEYS[k].name);
+    }
+}
+
+static char *trim(char *s) {
+    while (isspace((unsigned char)*s)) s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1])) *--e = '\0';
+    return s;
+}
+
+// Cut a trailing `# comment` (outside double quotes) and surrounding quotes from a value.
+static const char *strip_value(char *v, const char *where, const char *key) {
+    if (*v == '"') {
+        char *close = strchr(v + 1, '"');
+        if (!close) config_error(where, key, "unterminated quote");
+        *close = '\0';
+        char *rest = trim(close + 1);
+        if (*rest && *rest != '#') config_error(where, key, "text after the closing quote");
+        return v + 1;
+    }
+    char *hash = strchr(v, '#');
+    if (hash) *hash = '\0';
+    return trim(v);
+}
+
+static void load_file(Config *c, const char *path, int depth) {
+    if (depth > 8) fatal("%s: includes nested more than 8 deep", path);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "%s: cannot open config file: %s\n", path, strerror(errno));
+        exit(CONFIG_EXIT);
+    }
+    char line[4096];
+    for (int lineno = 1; fgets(line, sizeof(line), f); lineno++) {
+        char where[CONFIG_STR + 32];
+        snprintf(where, sizeof(where), "%s:%d", path, lineno);
+        if (!strchr(line, '\n') && !feof(f)) config_error(where, "(line)", "line longer than %zu characters", sizeof(line) - 2);
+        char *s = trim(line);
+        if (*s == '\0' || *s == '#') continue;
+        char *eq = strchr(s, '=');
+        if (!eq) config_error(where, s, "expected `key = value`");
+        *eq = '\0';
+        char *name = trim(s);
+        const char *value = strip_value(trim(eq + 1), where, name);
+        if (*name == '\0') config_error(where, "(line)", "missing key before '='");
+        if (strcmp(name, "include") == 0) {
+            // relative to the including file's directory
+            char inc[CONFIG_STR * 2];
+            const char *slash = strrchr(path, '/');
+            if (value[0] == '/' || !slash) snprintf(inc, sizeof(inc), "%s", value);
+            else snprintf(inc, sizeof(inc), "%.*s/%s", (int)(slash - path), path, value);
+            load_file(c, inc, depth + 1);
+            continue;
+        }
+        assign(c, where, name, value);
+    }
+    fclose(f);
+}
+
+void config_load_file(Config *c, const char *path) { load_file(c, path, 0); }
+
+void config_set(Config *c, const char *assignment, int arg_index) {
+    char where[64], buf[CONFIG_STR + 128];
+    snprintf(where, sizeof(where), "--set:%d", arg_index);
+    if (strlen(assignment) >= sizeof(buf)) config_error(where, "(argument)", "too long");
+    strcpy(buf, assignment);
+    char *eq = strchr(buf, '=');
+    if (!eq) config_error(where, buf, "expected --set key=value");
+    *eq = '\0';
+    assign(c, where, trim(buf), trim(eq + 1));
+}
+
+static const char *source_of(const char *name) { return key_source[find_key(name)]; }
+
+void config_finalize(Config *c) {
+    for (int k = 0; k < NKEYS; k++)
+        if (!KEYS[k].def && !key_given[k]) config_error("config", KEYS[k].name, "missing required key");
+    if (c->vision_width % c->vision_heads)
+        config_error(source_of("vision_heads"), "vision_heads", "%d does not divide vision_width %d", c->vision_heads, c->vision_width);
+    if (c->text_width % c->text_heads)
+        config_error(source_of("text_heads"), "text_heads", "%d does not divide text_width %d", c->text_heads, c->text_width);
+    if (c->image_size % c->patch_size)
+        config_error(source_of("patch_size"), "patch_size", "%d does not divide image_size %d", c->patch_size, c->image_size);
+    if (config_vision_mlp(c) < 1 || config_text_mlp(c) < 1) config_error("config", "mlp_ratio", "MLP width rounds to 0");
+    if (c->steps > 0 && c->samples > 0)
+        config_error(source_of("samples"), "samples", "set steps or samples, not both (steps is set at %s)", source_of("steps"));
+    if (c->steps == 0 && c->samples == 0) config_error("config", "steps", "missing required key (or set samples)");
+    if (c->steps == 0) c->steps = (c->samples + c->batch_size - 1) / c->batch_size;
+    if (c->micro_batch_size > c->batch_size)
+        config_error(source_of("micro_batch_size"), "micro_batch_size", "%ld is larger than batch_size %ld", c->micro_batch_size, c->batch_size);
+}
+
+static void format_value(const Config *c, int k, char *out, size_t n) {
+    const Key *key = &KEYS[k];
+    const char *field = (const char *)c + key->offset;
+    switch (key->type) {
+        case T_INT: snprintf(out, n, "%d", *(const int *)field); break;
+        case T_LONG: snprintf(out, n, "%ld", *(const long *)field); break;
+        case T_U64: snprintf(out, n, "%llu", (unsigned long long)*(const uint64_t *)field); break;
+        case T_FLOAT: snprintf(out, n, "%.9g", *(const float *)field); break;
+        case T_OPTFLOAT: {
+            float v = *(const float *)field;
+            if (v != v) snprintf(out, n, "none");
+            else snprintf(out, n, "%.9g", v);
+            break;
+        }
+        case T_BOOL: snprintf(out, n, "%s", *(const int *)field ? "true" : "false"); break;
+        case T_ENUM: {
+            const char *p = key->choices;
+            for (int i = 0; i < *(const int *)field; i++) p = strchr(p, '|') + 1;
+            snprintf(out, n, "%.*s", (int)strcspn(p, "|"), p);
+            break;
+        }
+        case T_STR: snprintf(out, n, "%s", field); break;
+    }
+}
+
+void config_print(const Config *c, FILE *out) {
+    for (int k = 0; k < NKEYS; k++) {
+        char v[CONFIG_STR + 8];
+        format_value(c, k, v, sizeof(v));
+        fprintf(out, "%-20s = %-24s # %s\n", KEYS[k].name, v, key_source[k]);
+    }
+}
+
+void config_print_reference(FILE *out) {
+    fprintf(out, "| key | type | default | meaning |\n|---|---|---|---|\n");
+    static const char *type_names[] = {"int", "int", "int", "float", "float or none", "bool", "enum", "string"};
+    for (int k = 0; k < NKEYS; k++) {
+        const Key *key = &KEYS[k];
+        const char *type = key->type == T_ENUM ? key->choices : type_names[key->type];
+        fprintf(out, "| `%s` | %s | %s | %s |\n", key->name, type, key->def ? (*key->def ? key->def : "(empty)") : "**required**", key->doc);
+    }
+}

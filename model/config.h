@@ -1,0 +1,84 @@
+// config.h: the run configuration: every key a config file may set, its type, range, default and
+// meaning (one table in config.c is the single source of truth), parsing of `key = value` files,
+// `--set key=value` overrides, and the checks that stop a bad config before any work is done.
+#pragma once
+#include <stdint.h>
+#include <stdio.h>
+
+enum { SCHEDULE_COSINE, SCHEDULE_CONST };
+enum { OPTIMIZER_ADAMW, OPTIMIZER_STABLE_ADAMW };
+enum { PRECISION_FP32, PRECISION_BF16, PRECISION_INT8_SWITCHBACK };
+enum { DEVICE_AUTO, DEVICE_CPU, DEVICE_CUDA };
+
+#define CONFIG_STR 512
+
+typedef struct {
+    // ---- model (open_clip's model config) ----
+    char model[64];           // a name for logs, e.g. "ViT-B-32"
+    int embed_dim;            // joint embedding width
+    int image_size;           // input resolution (square)
+    int patch_size;           // ViT patch size
+    int vision_width;         // image tower width
+    int vision_layers;        // image tower depth
+    int vision_heads;         // image tower attention heads
+    float vision_mlp_ratio;   // MLP hidden = int(width * ratio), as open_clip
+    int context_length;       // text tokens per caption
+    int vocab_size;           // token vocabulary
+    int text_width;           // text tower width
+    int text_layers;          // text tower depth
+    int text_heads;           // text tower attention heads
+    float text_mlp_ratio;     // MLP hidden = int(width * ratio)
+    int quick_gelu;           // 1: x * sigmoid(1.702 x) (OpenAI weights); 0: exact erf GELU
+    float layer_scale_init;   // NAN when there is no layer-scale; 0 is the paper's zero-init
+    // ---- training ----
+    long batch_size;          // global batch (all ranks, all micro-batches)
+    long micro_batch_size;    // per rank per forward pass; 0 = batch_size / world_size
+    long steps;               // optimizer steps (0: derived from samples)
+    long samples;             // training samples (0: derived from steps)
+    float lr, wd, beta1, beta2, eps;
+    long warmup;              // linear warmup steps
+    int schedule;             // SCHEDULE_*
+    int optimizer;            // OPTIMIZER_*
+    float beta2_warmup_lambda;// 0 = off; else beta2 at step t = 1 - t^-lambda
+    float grad_clip;          // global-norm clipping threshold; 0 = off
+    int precision;            // PRECISION_*
+    int device;               // DEVICE_*
+    uint64_t seed;
+    int threads;              // CPU threads for the fp32 path; 0 = OpenMP's default
+    // ---- data ----
+    char data[CONFIG_STR];    // "synthetic" or a shard spec
+    char val_data[CONFIG_STR];// "" = none
+    long synthetic_size;      // samples in the synthetic pool
+    int data_workers;         // decode threads per rank
+    long shuffle_buffer;      // samples held for shuffling
+    int resampled;            // draw shards with replacement
+    long max_image_pixels;    // larger images are skipped
+    // ---- run, logging, checkpoints ----
+    char run_dir[CONFIG_STR];
+    long log_every;
+    long checkpoint_every;    // 0 = only at the end
+    int keep_checkpoints;
+    char resume[CONFIG_STR];  // "" = fresh start, "latest", or a checkpoint path
+} Config;
+
+// Fill every key with its default (required keys are left unset and flagged missing).
+void config_defaults(Config *c);
+// Read a config file; errors stop the program with `file:line: key: reason`.
+void config_load_file(Config *c, const char *path);
+// Apply one `key=value` override from the command line (arg_index only for error messages).
+void config_set(Config *c, const char *assignment, int arg_index);
+// Cross-key checks and derived values; call once after all files and overrides.
+void config_finalize(Config *c);
+// Print every key with its effective value and where it came from.
+void config_print(const Config *c, FILE *out);
+// Print the reference of all keys (name, type, default, meaning) as a Markdown table.
+void config_print_reference(FILE *out);
+
+// Derived sizes.
+static inline int config_vision_mlp(const Config *c) { return (int)(c->vision_width * c->vision_mlp_ratio); }
+static inline int config_text_mlp(const Config *c) { return (int)(c->text_width * c->text_mlp_ratio); }
+static inline int config_vision_tokens(const Config *c) {
+    int g = c->image_size / c->patch_size;
+    return g * g + 1;
+}
+static inline int config_has_layer_scale(const Config *c) { return c->layer_scale_init == c->layer_scale_init; }

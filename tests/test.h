@@ -1,0 +1,57 @@
+// test.h: the tiny test harness every test binary uses. A binary runs named tests with RUN(fn); each
+// prints one line, "ok NAME", "FAIL NAME: first failed check (file:line)" or "skip NAME: why".
+// tests/run_tests.sh counts those lines over all binaries (a crash counts as a failure).
+#pragma once
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int test_failed_checks;  // failed checks in the test being run
+static int test_skipped;        // set by SKIP()
+static char test_first_failure[1024];
+static int test_total_failed;   // tests failed in this binary
+
+#define EXPECT(cond, ...)                                                                                   \
+    do {                                                                                                    \
+        if (!(cond)) {                                                                                      \
+            if (test_failed_checks++ == 0) {                                                                \
+                int n_ = snprintf(test_first_failure, sizeof(test_first_failure), __VA_ARGS__);             \
+                if (n_ >= 0 && n_ < (int)sizeof(test_first_failure))                                        \
+                    snprintf(test_first_failure + n_, sizeof(test_first_failure) - n_, " (%s:%d)", __FILE__, \
+                             __LINE__);                                                                     \
+            }                                                                                               \
+        }                                                                                                   \
+    } while (0)
+
+// Stop the current test as skipped (e.g. no GPU). Use only in the test's own function body.
+#define SKIP(...)                                                                        \
+    do {                                                                                 \
+        test_skipped = 1;                                                                \
+        snprintf(test_first_failure, sizeof(test_first_failure), __VA_ARGS__);           \
+        return;                                                                          \
+    } while (0)
+
+#define RUN(fn)                                                                          \
+    do {                                                                                 \
+        test_failed_checks = 0, test_skipped = 0, test_first_failure[0] = '\0';          \
+        fn();                                                                            \
+        if (test_skipped) printf("skip %s: %s\n", #fn, test_first_failure);              \
+        else if (test_failed_checks) printf("FAIL %s: %s\n", #fn, test_first_failure), test_total_failed++; \
+        else printf("ok %s\n", #fn);                                                     \
+        fflush(stdout);                                                                  \
+    } while (0)
+
+#define TEST_EXIT() return test_total_failed ? 1 : 0
+
+// ||a - b|| / ||b|| in double; NaN anywhere gives +inf so that it never passes a bound.
+static inline double rel_err(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        if (a[i] != a[i] || b[i] != b[i]) return INFINITY;
+        num += d * d, den += (double)b[i] * (double)b[i];
+    }
+    if (den == 0) return num == 0 ? 0 : INFINITY;
+    return sqrt(num / den);
+}
