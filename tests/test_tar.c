@@ -1,0 +1,266 @@
+// test_tar.c: the tar reader and sample index against shards written by Python's tarfile (GNU, PAX, ustar),
+// webdataset's TarWriter and damaged copies (tests/fixtures/shards, made by scripts/make_test_shards.py);
+// the shard spec parser; the shard plan (rank split, epochs, resampling, shuffle-buffer order).
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../data/shards.h"
+#include "../model/rng.h"
+#include "../data/tar.h"
+#include "data_fixtures.h"
+#include "test.h"
+
+// Index the shard and check it against its manifest lines: keys in order, which members exist, captions.
+static void check_shard(const char *shard, const ManifestLine *lines, int n_lines) {
+    char path[256];
+    snprintf(path, sizeof(path), SHARD_DIR "%s", shard);
+    FILE *f = fopen(path, "rb");
+    EXPECT(f != NULL, "cannot open %s", path);
+    if (!f) return;
+    ShardIndex idx = {0};
+    tar_index_shard(f, path, &idx);
+    int s = 0, checked = 0;
+    for (int i = 0; i < n_lines; i++) {
+        const ManifestLine *m = &lines[i];
+        if (strcmp(m->shard, shard) != 0) continue;
+        checked++;
+        if (strcmp(m->status, "shard_error") == 0) {
+            EXPECT((idx.error[0] != 0) == m->width, "%s: error '%s', expected %s", shard, idx.error, m->width ? "one" : "none");
+            continue;
+        }
+        EXPECT(s < idx.n, "%s: %d samples, the manifest has more (%s)", shard, idx.n, m->key);
+        if (s >= idx.n) break;
+        const WdsSample *ws = &idx.samples[s];
+        EXPECT(strcmp(shard_sample_key(&idx, s), m->key) == 0, "%s: sample %d key '%s', expected '%s'", shard, s, shard_sample_key(&idx, s), m->key);
+        // a sample without a caption is reported as such whatever else it lacks
+        int has_txt = strcmp(m->status, "missing_caption") != 0, has_image = strcmp(m->status, "missing_image") != 0;
+        EXPECT((ws->txt.size >= 0) == has_txt, "%s/%s: txt member presence", shard, m->key);
+        EXPECT(!has_txt || (ws->image.size >= 0) == has_image, "%s/%s: image member presence", shard, m->key);
+        if (strcmp(m->status, "ok") == 0) {
+            char *text = mallocCheck((size_t)ws->txt.size + 1);
+            EXPECT(tar_read_span(f, ws->txt, text) == 0, "%s/%s: caption read", shard, m->key);
+            EXPECT(strcmp(text, m->caption) == 0, "%s/%s: caption '%s', expected '%s'", shard, m->key, text, m->caption);
+            free(text);
+            uint8_t head[3];
+            TarSpan first = {ws->image.offset, 2};
+            EXPECT(tar_read_span(f, first, head) == 0 && ws->image.size > 2, "%s/%s: image read", shard, m->key);
+        }
+        s++;
+    }
+    EXPECT(checked > 0, "%s: not in the manifest", shard);
+    EXPECT(s == idx.n, "%s: %d samples, the manifest has %d", shard, idx.n, s);
+    shard_index_free(&idx);
+    fclose(f);
+}
+
+static ManifestLine *manifest;
+static int manifest_n;
+
+static void test_formats_read_back(void) {
+    const char *shards[] = {"gnu.tar", "pax.tar", "ustar.tar", "wds.tar", "base256.tar", "odd.tar", "bad.tar"};
+    EXPECT(manifest_n > 0, "no manifest: run scripts/make_test_shards.py");
+    for (int i = 0; i < (int)(sizeof(shards) / sizeof(shards[0])); i++) check_shard(shards[i], manifest, manifest_n);
+}
+
+static void test_damaged_shards_end_early(void) {
+    check_shard("truncated.tar", manifest, manifest_n);
+    check_shard("badchecksum.tar", manifest, manifest_n);
+}
+
+// Every prefix of a good shard: never more samples than the whole, keys a prefix of the whole's, an
+// error unless the cut is past the end-of-archive block, and every span inside the cut.
+static void test_every_truncation(void) {
+    size_t len;
+    uint8_t *tar = read_whole_file(SHARD_DIR "pax.tar", &len);
+    EXPECT(tar != NULL, "cannot read pax.tar");
+    if (!tar) return;
+    ShardIndex full = {0}, cut = {0};
+    FILE *f = fmemopen(tar, len, "rb");
+    tar_index_shard(f, "pax.tar", &full);
+    fclose(f);
+    int64_t end_of_data = 0;
+    for (int s = 0; s < full.n; s++) {
+        const WdsSample *w = &full.samples[s];
+        int64_t e = w->image.offset + w->image.size > w->txt.offset + w->txt.size ? w->image.offset + w->image.size : w->txt.offset + w->txt.size;
+        if (e > end_of_data) end_of_data = e;
+    }
+    for (size_t n = 1; n < len; n += 37) {
+        f = fmemopen(tar, n, "rb");
+        tar_index_shard(f, "cut", &cut);
+        fclose(f);
+        EXPECT(cut.n <= full.n, "cut at %zu: %d samples > %d", n, cut.n, full.n);
+        EXPECT(cut.error[0] || (int64_t)n > end_of_data + 512, "cut at %zu inside the data reads as a clean end", n);
+        for (int s = 0; s < cut.n; s++) {
+            EXPECT(strcmp(shard_sample_key(&cut, s), shard_sample_key(&full, s)) == 0 || s == cut.n - 1, "cut at %zu: key %d differs", n, s);
+            const WdsSample *w = &cut.samples[s];
+            EXPECT(w->image.offset + w->image.size <= (int64_t)n && w->txt.offset + w->txt.size <= (int64_t)n, "cut at %zu: span past the end", n);
+        }
+    }
+    shard_index_free(&full);
+    shard_index_free(&cut);
+    free(tar);
+}
+
+// Random byte damage must end the shard cleanly, never read out of bounds (ASan build) or hang.
+static void test_random_damage(void) {
+    size_t len;
+    uint8_t *tar = read_whole_file(SHARD_DIR "gnu.tar", &len);
+    EXPECT(tar != NULL, "cannot read gnu.tar");
+    if (!tar) return;
+    uint8_t *copy = mallocCheck(len);
+    Rng r;
+    rng_init(&r, (uint64_t)time(NULL), RNG_TEST, 0);
+    ShardIndex idx = {0};
+    for (int trial = 0; trial < 300; trial++) {
+        memcpy(copy, tar, len);
+        for (int k = 0; k < 1 + trial % 8; k++) copy[rng_below(&r, len)] = (uint8_t)rng_u64(&r);
+        FILE *f = fmemopen(copy, len, "rb");
+        tar_index_shard(f, "damaged", &idx);
+        fclose(f);
+        for (int s = 0; s < idx.n; s++) {
+            const WdsSample *w = &idx.samples[s];
+            EXPECT(w->txt.size < 0 || w->txt.offset + w->txt.size <= (int64_t)len, "trial %d: span past the end", trial);
+            EXPECT(w->image.size < 0 || w->image.offset + w->image.size <= (int64_t)len, "trial %d: span past the end", trial);
+        }
+    }
+    shard_index_free(&idx);
+    free(copy);
+    free(tar);
+}
+
+static void test_spec_expansion(void) {
+    char dir[] = "/tmp/test_tar_XXXXXX";
+    EXPECT(mkdtemp(dir) != NULL, "mkdtemp");
+    char path[512];
+    const char *names[] = {"shard-00008.tar", "shard-00009.tar", "shard-00010.tar", "a1.tar", "a2.tar", "b1.tar", "b2.tar", "x9.tar", "x10.tar"};
+    for (int i = 0; i < 9; i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        fclose(fopenCheck(path, "wb"));
+    }
+    ShardList l;
+    snprintf(path, sizeof(path), "%s/shard-{00008..00010}.tar", dir);
+    shards_parse(path, &l);
+    EXPECT(l.n == 3 && strstr(l.paths[0], "shard-00008.tar") && strstr(l.paths[2], "shard-00010.tar"), "zero-padded range: %d", l.n);
+    shards_free(&l);
+    snprintf(path, sizeof(path), "%s/{a,b}{1..2}.tar::%s/x{10..9}.tar", dir, dir);
+    shards_parse(path, &l);
+    const char *want[] = {"a1.tar", "a2.tar", "b1.tar", "b2.tar", "x10.tar", "x9.tar"};
+    EXPECT(l.n == 6, "lists, ranges and :: give %d shards", l.n);
+    for (int i = 0; i < l.n && i < 6; i++) EXPECT(strcmp(strrchr(l.paths[i], '/') + 1, want[i]) == 0, "shard %d is %s, expected %s", i, l.paths[i], want[i]);
+    shards_free(&l);
+    shards_parse(dir, &l);
+    EXPECT(l.n == 9 && strcmp(strrchr(l.paths[0], '/') + 1, "a1.tar") == 0, "directory: %d shards, sorted", l.n);
+    for (int i = 1; i < l.n; i++) EXPECT(strcmp(l.paths[i - 1], l.paths[i]) < 0, "directory listing not sorted");
+    shards_free(&l);
+    for (int i = 0; i < 9; i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+// A missing shard stops the program with a message naming it (run in a child process).
+static void test_missing_shard_is_an_error(void) {
+    int fds[2];
+    EXPECT(pipe(fds) == 0, "pipe");
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        ShardList l;
+        shards_parse(SHARD_DIR "train-{0..5}.tar", &l);
+        _exit(0);
+    }
+    close(fds[1]);
+    char msg[1024] = "";
+    size_t len = 0;
+    for (ssize_t got; len < sizeof(msg) - 1 && (got = read(fds[0], msg + len, sizeof(msg) - 1 - len)) > 0;) len += (size_t)got;
+    msg[len] = '\0';
+    close(fds[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    EXPECT(WIFEXITED(status) && WEXITSTATUS(status) != 0, "a missing shard did not stop the program");
+    EXPECT(strstr(msg, "train-4.tar") != NULL, "the error does not name the missing shard: '%s'", msg);
+}
+
+static void test_plan_splits_and_epochs(void) {
+    const int N = 10, world = 3;
+    for (int epoch = 0; epoch < 3; epoch++) {
+        int seen[10] = {0};
+        for (int rank = 0; rank < world; rank++) {
+            ShardPlan p;
+            shard_plan_init(&p, N, 7, rank, world, PLAN_TRAIN);
+            for (long v = epoch * p.per_epoch; v < (epoch + 1) * p.per_epoch; v++) {
+                long s = shard_plan_visit(&p, (uint64_t)v);
+                EXPECT(s >= 0 && s < N, "shard %ld out of range", s);
+                if (s >= 0 && s < N) seen[s]++;
+            }
+            shard_plan_free(&p);
+        }
+        for (int s = 0; s < N; s++) EXPECT(seen[s] == 1, "epoch %d: shard %d read %d times by all ranks", epoch, s, seen[s]);
+    }
+    ShardPlan a, b;
+    shard_plan_init(&a, N, 7, 0, 1, PLAN_TRAIN);
+    int same = 1;
+    for (long v = 0; v < N; v++) same &= shard_plan_visit(&a, (uint64_t)v) == shard_plan_visit(&a, (uint64_t)(v + N));
+    EXPECT(!same, "epochs 0 and 1 read the shards in the same order");
+    shard_plan_free(&a);
+    shard_plan_init(&a, N, 7, 1, world, PLAN_EVAL);
+    EXPECT(a.per_epoch == 3 && shard_plan_visit(&a, 0) == 1 && shard_plan_visit(&a, 2) == 7 && shard_plan_visit(&a, 3) == -1, "eval split of rank 1");
+    shard_plan_free(&a);
+    shard_plan_init(&a, N, 7, 0, 2, PLAN_RESAMPLED);
+    shard_plan_init(&b, N, 7, 1, 2, PLAN_RESAMPLED);
+    int differ = 0, hist[10] = {0};
+    for (long v = 0; v < 2000; v++) {
+        long s = shard_plan_visit(&a, (uint64_t)v);
+        EXPECT(s >= 0 && s < N, "resampled shard %ld", s);
+        if (s >= 0 && s < N) hist[s]++;
+        differ += s != shard_plan_visit(&b, (uint64_t)v);
+    }
+    for (int s = 0; s < N; s++) EXPECT(hist[s] > 120 && hist[s] < 280, "resampled shard %d drawn %d of 2000 times", s, hist[s]);
+    EXPECT(differ > 1000, "ranks draw the same shards");
+    shard_plan_free(&a);
+    shard_plan_free(&b);
+}
+
+static void test_shuffle_buffer_order(void) {
+    ShardPlan p;
+    shard_plan_init(&p, 4, 3, 0, 1, PLAN_TRAIN);
+    enum { N = 500 };
+    int order[N], seen[N];
+    for (long buffer = 0; buffer <= 1000; buffer = buffer ? buffer * 10 : 1) {
+        shard_plan_order(&p, 5, N, buffer, order);
+        memset(seen, 0, sizeof(seen));
+        int moved = 0, max_early = 0;
+        for (int i = 0; i < N; i++) {
+            EXPECT(order[i] >= 0 && order[i] < N && !seen[order[i]], "buffer %ld: not a permutation", buffer);
+            if (order[i] >= 0 && order[i] < N) seen[order[i]] = 1;
+            moved += order[i] != i;
+            // a sample cannot come out before it is read: at output i at most i + buffer samples were read
+            if (order[i] - i > max_early) max_early = order[i] - i;
+        }
+        if (buffer <= 1) EXPECT(moved == 0, "buffer %ld reorders", buffer);
+        else EXPECT(moved > N / 2 && max_early < buffer, "buffer %ld: %d moved, reach %d", buffer, moved, max_early);
+    }
+    int again[N];
+    shard_plan_order(&p, 5, N, 100, order);
+    shard_plan_order(&p, 5, N, 100, again);
+    EXPECT(memcmp(order, again, sizeof(order)) == 0, "same visit, different order");
+    shard_plan_order(&p, 6, N, 100, again);
+    EXPECT(memcmp(order, again, sizeof(order)) != 0, "different visits, same order");
+    shard_plan_free(&p);
+}
+
+int main(void) {
+    manifest_n = read_manifest(&manifest);
+    RUN(test_formats_read_back);
+    RUN(test_damaged_shards_end_early);
+    RUN(test_every_truncation);
+    RUN(test_random_damage);
+    RUN(test_spec_expansion);
+    RUN(test_missing_shard_is_an_error);
+    RUN(test_plan_splits_and_epochs);
+    RUN(test_shuffle_buffer_order);
+    free(manifest);
+    TEST_EXIT();
+}
