@@ -74,7 +74,7 @@ report:
 	@for m in $(MISSING); do echo "note: $$m"; done
 
 train_clip: train_clip.c $(LIB_OBJ)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJ) $(LDLIBS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -86,19 +86,19 @@ $(BUILD)/%.cu.o: %.cu
 
 $(BUILD)/tests/%: tests/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJ) $(LDLIBS)
 
 $(BUILD)/tests/%: tests/%.cu $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) -o $@ $^ $(filter-out -fopenmp,$(LDFLAGS)) -Xcompiler -fopenmp $(LDLIBS)
+	$(NVCC) $(NVFLAGS) -o $@ $< $(LIB_OBJ) $(filter-out -fopenmp,$(LDFLAGS)) -Xcompiler -fopenmp $(LDLIBS)
 
 $(BUILD)/bench/%: tests/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJ) $(LDLIBS)
 
 $(BUILD)/bench/%: tests/%.cu $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) -o $@ $^ $(filter-out -fopenmp,$(LDFLAGS)) -Xcompiler -fopenmp $(LDLIBS)
+	$(NVCC) $(NVFLAGS) -o $@ $< $(LIB_OBJ) $(filter-out -fopenmp,$(LDFLAGS)) -Xcompiler -fopenmp $(LDLIBS)
 
 test: report train_clip $(TESTS)
 	@bash tests/run_tests.sh $(TESTS)

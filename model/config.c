@@ -87,7 +87,7 @@ static const Key KEYS[] = {
 #define NKEYS ((int)(sizeof(KEYS) / sizeof(KEYS[0])))
 
 // Where each key's value came from ("default", "file:line", "--set"), for errors and the printout.
-static char key_source[NKEYS][CONFIG_STR + 32];
+static char key_source[NKEYS][1100];
 static int key_given[NKEYS];
 
 #define CONFIG_EXIT 2
@@ -254,7 +254,7 @@ static void load_file(Config *c, const char *path, int depth) {
     }
     char line[4096];
     for (int lineno = 1; fgets(line, sizeof(line), f); lineno++) {
-        char where[CONFIG_STR + 32];
+        char where[1100];
         snprintf(where, sizeof(where), "%s:%d", path, lineno);
         if (!strchr(line, '\n') && !feof(f)) config_error(where, "(line)", "line longer than %zu characters", sizeof(line) - 2);
         char *s = trim(line);

@@ -1,0 +1,247 @@
+// train_clip.c: trains a CLIP model (ViT image tower + text transformer, contrastive loss).
+//   ./train_clip -c configs/tiny.conf [--set key=value ...] [--dry-run]
+// A training step: next batch -> forward both towers -> contrastive loss -> backward -> gradient norm
+// (and optional clipping) -> optimizer step (AdamW or the StableAdamW hybrid) -> clamp logit_scale ->
+// log (loss, lr, per-tensor RMS) -> checkpoint every N steps. This is the fp32 CPU path; the GPU path
+// plugs in at the same places.
+#include <math.h>
+#include <omp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "data/loader.h"
+#include "model/checkpoint.h"
+#include "model/clip.h"
+#include "model/clip_cpu.h"
+#include "model/config.h"
+#include "model/utils.h"
+#include "optim/optim.h"
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: ./train_clip -c CONFIG [--set key=value]... [--dry-run]\n"
+            "       ./train_clip --help-config       every config key with its default and meaning\n"
+            "\n"
+            "  -c FILE          config file (key = value lines; see configs/)\n"
+            "  --set key=value  override a key (repeatable; applied after the file)\n"
+            "  --dry-run        print the effective config, parameter counts and memory plan, then exit\n"
+            "  -h, --help       this text\n");
+}
+
+// ---------------------------------------------------------------- preemption: SIGTERM / SIGUSR1 save and stop
+static volatile sig_atomic_t stop_signal = 0;
+static void on_signal(int sig) { stop_signal = sig; }
+
+// ---------------------------------------------------------------- the per-step log (JSON lines)
+
+// The tensors whose RMS is logged every step: the patch embedding (the paper's spike predictor) and the
+// first and last block's qkv and c_fc of each tower.
+static int watched_tensors(const ClipLayout *L, int *idx, int cap) {
+    const char *forms[] = {"visual.transformer.resblocks.%d.attn.in_proj_weight", "visual.transformer.resblocks.%d.mlp.c_fc.weight",
+                           "transformer.resblocks.%d.attn.in_proj_weight", "transformer.resblocks.%d.mlp.c_fc.weight"};
+    int n = 0, i = clip_layout_find(L, "visual.conv1.weight");
+    if (i >= 0) idx[n++] = i;
+    for (int f = 0; f < 4; f++) {
+        int layers = f < 2 ? L->visual.layers : L->text.layers;
+        int which[2] = {0, layers - 1};
+        for (int k = 0; k < (layers > 1 ? 2 : 1) && n < cap; k++) {
+            char name[128];
+            snprintf(name, sizeof(name), forms[f], which[k]);
+            if ((i = clip_layout_find(L, name)) >= 0) idx[n++] = i;
+        }
+    }
+    return n;
+}
+
+static int rms_argmax(const Optimizer *o) {
+    int imax = 0;
+    for (int i = 1; i < o->layout->num_tensors; i++)
+        if (o->rms[i] > o->rms[imax]) imax = i;
+    return imax;
+}
+
+static void log_step(FILE *f, long step, float loss, float lr, float logit_scale, float grad_norm, double step_s,
+                     double img_per_s, const Optimizer *o, const int *watch, int nwatch, int skipped) {
+    const ClipLayout *L = o->layout;
+    int imax = rms_argmax(o);
+    fprintf(f, "{\"step\":%ld,\"loss\":%.6g,\"lr\":%.6g,\"logit_scale\":%.6g,\"grad_norm\":%.6g,\"step_s\":%.4g,\"img_per_s\":%.4g",
+            step, loss, lr, logit_scale, grad_norm, step_s, img_per_s);
+    if (skipped) fprintf(f, ",\"skipped\":\"non-finite\"");
+    fprintf(f, ",\"rms_max\":%.4g,\"rms_max_tensor\":\"%s\",\"rms\":{", o->rms[imax], L->tensors[imax].name);
+    for (int k = 0; k < nwatch; k++) fprintf(f, "%s\"%s\":%.4g", k ? "," : "", L->tensors[watch[k]].name, o->rms[watch[k]]);
+    fprintf(f, "}}\n");
+    fflush(f);
+}
+
+static void save_checkpoint(const Config *c, long step, const ClipCPU *m, const Optimizer *opt, const Loader *loader,
+                            const char *config_text) {
+    char loader_state[1024], err[1024];
+    loader_get_state(loader, loader_state, sizeof(loader_state));
+    double t0 = now_seconds();
+    if (checkpoint_save(c->run_dir, step, &m->layout, m->params, opt, config_text, loader_state, err, sizeof(err)) != 0)
+        fatal("checkpoint at step %ld failed: %s (earlier checkpoints are untouched)", step, err);
+    checkpoint_prune(c->run_dir, c->keep_checkpoints);
+    printf("checkpoint: step %ld saved to %s/checkpoints (%.1f s)\n", step, c->run_dir, now_seconds() - t0);
+}
+
+int main(int argc, char **argv) {
+    // ---- command line and config
+    Config cfg;
+    config_defaults(&cfg);
+    const char *config_path = NULL;
+    int dry_run = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) return usage(stdout), 0;
+        if (!strcmp(argv[i], "--help-config")) return config_print_reference(stdout), 0;
+        if (!strcmp(argv[i], "--dry-run")) dry_run = 1;
+        else if (!strcmp(argv[i], "-c") && i + 1 < argc) config_path = argv[++i];
+        else if (!strcmp(argv[i], "--set") && i + 1 < argc) i++;  // applied after the file, below
+        else {
+            fprintf(stderr, "error: unknown or incomplete argument '%s'\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!config_path) {
+        fprintf(stderr, "error: no config file (-c FILE); configs/tiny.conf is a small one to start with\n");
+        usage(stderr);
+        return 2;
+    }
+    config_load_file(&cfg, config_path);
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--set")) config_set(&cfg, argv[i + 1], i + 1), i++;
+    config_finalize(&cfg);
+    if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
+
+    // ---- model
+    ClipLayout layout;
+    clip_layout_build(&layout, &cfg);
+    printf("model: %s  image %d/%d/%d patch %d  text %d/%d/%d  embed %d\n", cfg.model, cfg.vision_width, cfg.vision_layers,
+           cfg.vision_heads, cfg.patch_size, cfg.text_width, cfg.text_layers, cfg.text_heads, cfg.embed_dim);
+    printf("params: total %zu image %zu text %zu\n", layout.num_params, layout.num_image_params, layout.num_text_params);
+    if (cfg.device == DEVICE_CUDA) fatal("device = cuda: the GPU training path is not built yet; use device = cpu or auto");
+    if (cfg.precision != PRECISION_FP32)
+        fatal("precision = %s needs the GPU path, which is not built yet; the CPU path is fp32 (--set precision=fp32)",
+              cfg.precision == PRECISION_BF16 ? "bf16" : "int8_switchback");
+    long B = cfg.micro_batch_size ? cfg.micro_batch_size : cfg.batch_size;
+    if (B != cfg.batch_size) fatal("micro_batch_size (gradient accumulation) is a GPU-path feature; on the CPU set micro_batch_size = 0");
+    double param_gb = (double)layout.buffer_elems * sizeof(float) * 4 / 1e9;  // params, grads, m, u
+    ClipCPU probe;
+    probe.cfg = cfg, probe.layout = layout;
+    double act_gb = (double)clip_cpu_activation_bytes(&probe, (int)B) / 1e9;
+    printf("memory plan (CPU, fp32): parameters+grads+optimizer %.3f GB, activations for batch %ld %.3f GB\n", param_gb, B, act_gb);
+    printf("training: %ld steps x batch %ld, optimizer %s, lr %g (warmup %ld, %s), wd %g, threads %d\n", cfg.steps, cfg.batch_size,
+           cfg.optimizer == OPTIMIZER_STABLE_ADAMW ? "stable_adamw" : "adamw", cfg.lr, cfg.warmup,
+           cfg.schedule == SCHEDULE_COSINE ? "cosine" : "const", cfg.wd, omp_get_max_threads());
+    if (dry_run) {
+        printf("\n# effective config\n");
+        config_print(&cfg, stdout);
+        return 0;
+    }
+    clip_layout_free(&layout);
+
+    ClipCPU model;
+    clip_cpu_init(&model, &cfg, (int)B);
+    const ClipLayout *L = &model.layout;
+    Optimizer opt;
+    optim_init(&opt, &cfg, L);
+
+    // ---- run directory: the effective config and the step log
+    if (mkdir_p(cfg.run_dir) != 0) fatal("cannot create run_dir %s: %s", cfg.run_dir, strerror(errno));
+    char path[CONFIG_STR + 64];
+    size_t cap = 1 << 16;
+    char *config_text = mallocCheck(cap);
+    FILE *mem = fmemopen(config_text, cap, "w");
+    if (!mem) fatal("fmemopen failed: %s", strerror(errno));
+    config_print(&cfg, mem);
+    fclose(mem);
+    snprintf(path, sizeof(path), "%s/config.conf", cfg.run_dir);
+    FILE *cf = fopenCheck(path, "w");
+    fputs(config_text, cf);
+    fcloseCheck(cf);
+
+    // ---- data
+    Loader *loader = loader_open(&cfg, cfg.data, 1, (int)B, 0, 1);
+    float *images = mallocCheck((size_t)B * 3 * cfg.image_size * cfg.image_size * sizeof(float));
+
+    // ---- resume
+    long start = 0;
+    if (cfg.resume[0]) {
+        char loader_state[1024], err[1024];
+        start = checkpoint_resume(cfg.run_dir, cfg.resume, L, model.params, &opt, loader_state, sizeof(loader_state), err, sizeof(err));
+        if (start < 0) fatal("%s", err);
+        loader_restore(loader, loader_state);
+        printf("resumed from step %ld (%s)\n", start, cfg.resume);
+    }
+    snprintf(path, sizeof(path), "%s/log.jsonl", cfg.run_dir);
+    FILE *step_log = fopenCheck(path, start > 0 ? "a" : "w");
+    int watch[16], nwatch = watched_tensors(L, watch, 16);
+
+    signal(SIGTERM, on_signal);
+    signal(SIGUSR1, on_signal);
+    double flops = 3 * clip_forward_flops(L, &cfg);
+    printf("step time: %.2f GFLOP per step (3 x forward)\n", flops * B / 1e9);
+
+    // ---- the training loop
+    long end = cfg.steps, ran = 0, ran_in_log = 0;
+    if (cfg.stop_after > 0 && start + cfg.stop_after < end) end = start + cfg.stop_after;
+    int nonfinite = 0;
+    float loss_ema = NAN;
+    double t_log = now_seconds();
+    for (long step = start; step < end; step++) {
+        double t0 = now_seconds();
+        Batch batch;
+        loader_next(loader, &batch);
+        images_normalize(batch.images, images, batch.size, cfg.image_size);
+        float loss = clip_cpu_forward(&model, images, batch.tokens, batch.size);
+        clip_cpu_backward(&model);
+        float norm = grad_global_norm(model.grads, L->buffer_elems);
+        float lr = lr_at(&cfg, step);
+        int skipped = !isfinite(loss) || !isfinite(norm);
+        if (skipped) {
+            // a non-finite step is skipped, not applied; too many in a row ends the run with a checkpoint
+            fprintf(stderr, "warning: step %ld: non-finite %s, update skipped\n", step + 1, isfinite(loss) ? "gradient" : "loss");
+            if (++nonfinite >= cfg.max_nonfinite_steps) {
+                save_checkpoint(&cfg, step, &model, &opt, loader, config_text);
+                fatal("%d consecutive non-finite steps at step %ld: stopping (last good state checkpointed). Lower lr or check the data.",
+                      nonfinite, step + 1);
+            }
+        } else {
+            nonfinite = 0;
+            if (cfg.grad_clip > 0) grad_clip_(model.grads, L->buffer_elems, norm, cfg.grad_clip);
+            optim_step(&opt, model.params, model.grads, lr);
+            float *ls = &model.params[L->logit_scale];  // as open_clip: clamp to [0, ln 100] after every step
+            *ls = fminf(fmaxf(*ls, 0.0f), logf(100.0f));
+            loss_ema = isnan(loss_ema) ? loss : 0.9f * loss_ema + 0.1f * loss;
+        }
+        double dt = now_seconds() - t0;
+        ran++, ran_in_log++;
+        log_step(step_log, step + 1, loss, lr, expf(model.params[L->logit_scale]), norm, dt, batch.size / dt, &opt, watch, nwatch, skipped);
+        if ((step + 1) % cfg.log_every == 0 || step + 1 == end) {
+            double now = now_seconds();
+            int imax = rms_argmax(&opt);
+            printf("step %6ld/%ld | loss %.4f (avg %.4f) | lr %.2e | logit scale %.2f | grad norm %.3f | "
+                   "rms patch %.2f max %.2f (%s) | %.0f img/s\n",
+                   step + 1, cfg.steps, loss, loss_ema, lr, expf(model.params[L->logit_scale]), norm, opt.rms[watch[0]],
+                   opt.rms[imax], L->tensors[imax].name, ran_in_log * B / (now - t_log));
+            t_log = now, ran_in_log = 0;
+            fflush(stdout);
+        }
+        int last = step + 1 == end;
+        if (last || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || stop_signal)
+            save_checkpoint(&cfg, step + 1, &model, &opt, loader, config_text);
+        if (stop_signal) {
+            printf("received signal %d: checkpoint saved at step %ld, stopping; resume with --set resume=latest\n", (int)stop_signal, step + 1);
+            break;
+        }
+    }
+    printf("done: %ld steps this run, final step %ld of %ld\n", ran, start + ran, cfg.steps);
+    fcloseCheck(step_log);
+    loader_close(loader);
+    free(images), free(config_text);
+    optim_free(&opt);
+    clip_cpu_free(&model);
+    return 0;
+}
