@@ -121,12 +121,7 @@ int main(int argc, char **argv) {
     printf("model: %s  image %d/%d/%d patch %d  text %d/%d/%d  embed %d\n", cfg.model, cfg.vision_width, cfg.vision_layers,
            cfg.vision_heads, cfg.patch_size, cfg.text_width, cfg.text_layers, cfg.text_heads, cfg.embed_dim);
     printf("params: total %zu image %zu text %zu\n", layout.num_params, layout.num_image_params, layout.num_text_params);
-    if (cfg.device == DEVICE_CUDA) fatal("device = cuda: the GPU training path is not built yet; use device = cpu or auto");
-    if (cfg.precision != PRECISION_FP32)
-        fatal("precision = %s needs the GPU path, which is not built yet; the CPU path is fp32 (--set precision=fp32)",
-              cfg.precision == PRECISION_BF16 ? "bf16" : "int8_switchback");
-    long B = cfg.micro_batch_size ? cfg.micro_batch_size : cfg.batch_size;
-    if (B != cfg.batch_size) fatal("micro_batch_size (gradient accumulation) is a GPU-path feature; on the CPU set micro_batch_size = 0");
+    long B = cfg.batch_size;
     double param_gb = (double)layout.buffer_elems * sizeof(float) * 4 / 1e9;  // params, grads, m, u
     ClipCPU probe;
     probe.cfg = cfg, probe.layout = layout;
@@ -135,11 +130,18 @@ int main(int argc, char **argv) {
     printf("training: %ld steps x batch %ld, optimizer %s, lr %g (warmup %ld, %s), wd %g, threads %d\n", cfg.steps, cfg.batch_size,
            cfg.optimizer == OPTIMIZER_STABLE_ADAMW ? "stable_adamw" : "adamw", cfg.lr, cfg.warmup,
            cfg.schedule == SCHEDULE_COSINE ? "cosine" : "const", cfg.wd, omp_get_max_threads());
+    // what this build can run: the fp32 CPU path (the GPU path is not built yet)
+    const char *unsupported = cfg.device == DEVICE_CUDA ? "device = cuda: the GPU training path is not built yet; use device = cpu or auto"
+                              : cfg.precision != PRECISION_FP32 ? "precision bf16 / int8_switchback needs the GPU path, which is not built yet; the CPU path is fp32 (--set precision=fp32)"
+                              : cfg.micro_batch_size && cfg.micro_batch_size != cfg.batch_size ? "micro_batch_size (gradient accumulation) is a GPU-path feature; on the CPU set micro_batch_size = 0"
+                              : NULL;
     if (dry_run) {
+        if (unsupported) printf("note: a real run would stop here: %s\n", unsupported);
         printf("\n# effective config\n");
         config_print(&cfg, stdout);
         return 0;
     }
+    if (unsupported) fatal("%s", unsupported);
     clip_layout_free(&layout);
 
     ClipCPU model;

@@ -82,6 +82,10 @@ static const Key KEYS[] = {
     {"checkpoint_every", T_LONG, OFF(checkpoint_every), "1000", 0, BIG, NULL, "checkpoint interval in steps; 0 = only at the end"},
     {"keep_checkpoints", T_INT, OFF(keep_checkpoints), "3", 1, 1000000, NULL, "checkpoints kept; older ones are deleted"},
     {"resume", T_STR, OFF(resume), "", 0, 0, NULL, "empty = fresh start; latest = newest complete checkpoint in run_dir; or a checkpoint path"},
+    {"stop_after", T_LONG, OFF(stop_after), "0", 0, BIG, NULL,
+     "stop with a checkpoint after this many steps of this invocation (job time slots); 0 = run to the end"},
+    {"max_nonfinite_steps", T_INT, OFF(max_nonfinite_steps), "10", 1, 1000000, NULL,
+     "consecutive steps with a non-finite loss or gradient (each skipped) before the run saves and stops"},
 };
 #undef OFF
 #define NKEYS ((int)(sizeof(KEYS) / sizeof(KEYS[0])))
@@ -125,7 +129,7 @@ static int find_key(const char *name) {
 }
 
 static void unknown_key(const char *where, const char *name) {
-    int best = -1, best_d = 4;
+    int best = -1, best_d = 2 + (int)strlen(name) / 4;  // suggest only close names
     for (int i = 0; i < NKEYS; i++) {
         int d = edit_distance(name, KEYS[i].name);
         if (d < best_d) best_d = d, best = i;
