@@ -65,7 +65,7 @@ TEST_CU := $(if $(NVCC_PATH),$(wildcard tests/test_*.cu))
 TESTS   := $(TEST_C:tests/%.c=$(BUILD)/tests/%) $(TEST_CU:tests/%.cu=$(BUILD)/tests/%)
 BENCH_C := $(wildcard tests/bench_*.c)
 BENCH_CU:= $(if $(NVCC_PATH),$(wildcard tests/bench_*.cu))
-BENCHES := $(BENCH_C:tests/%.c=$(BUILD)/bench/%) $(BENCH_CU:tests/%.cu=$(BUILD)/bench/%)
+BENCHES := $(BENCH_C:tests/%.c=$(BUILD)/tests/%) $(BENCH_CU:tests/%.cu=$(BUILD)/tests/%)
 
 .PHONY: all test bench fuzz clean report
 all: report train_clip
@@ -84,19 +84,12 @@ $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c -o $@ $<
 
+# tests and benchmarks: one binary per file, linked with every library object
 $(BUILD)/tests/%: tests/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJ) $(LDLIBS)
 
 $(BUILD)/tests/%: tests/%.cu $(LIB_OBJ)
-	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) -o $@ $< $(LIB_OBJ) $(filter-out -fopenmp,$(LDFLAGS)) -Xcompiler -fopenmp $(LDLIBS)
-
-$(BUILD)/bench/%: tests/%.c $(LIB_OBJ)
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJ) $(LDLIBS)
-
-$(BUILD)/bench/%: tests/%.cu $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -o $@ $< $(LIB_OBJ) $(filter-out -fopenmp,$(LDFLAGS)) -Xcompiler -fopenmp $(LDLIBS)
 

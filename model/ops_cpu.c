@@ -321,6 +321,16 @@ static void l2_normalize_backward(float *dx, const float *dy, const float *y, co
     }
 }
 
+// out (B, E) = s * D @ x, with D = dlog (B, B) or its transpose.
+static void dlogits_matmul(float *out, const double *dlog, int transpose, const float *x, int B, int E, double s) {
+    for (int i = 0; i < B; i++)
+        for (int k = 0; k < E; k++) {
+            double g = 0;
+            for (int j = 0; j < B; j++) g += dlog[transpose ? (size_t)j * B + i : (size_t)i * B + j] * x[(size_t)j * E + k];
+            out[(size_t)i * E + k] = (float)(s * g);
+        }
+}
+
 float contrastive_loss(const float *img, const float *txt, float logit_scale, int B, int E, float *dimg, float *dtxt,
                        float *dlogit_scale, float *logits_out) {
     float *in = mallocCheck((size_t)B * E * sizeof(float)), *tn = mallocCheck((size_t)B * E * sizeof(float));
@@ -359,22 +369,12 @@ float contrastive_loss(const float *img, const float *txt, float logit_scale, in
     }
     if (dimg || dtxt) {
         float *dn = mallocCheck((size_t)B * E * sizeof(float));
-        if (dimg) {  // d in = s * dlog @ tn
-            for (int i = 0; i < B; i++)
-                for (int k = 0; k < E; k++) {
-                    double g = 0;
-                    for (int j = 0; j < B; j++) g += dlog[(size_t)i * B + j] * tn[(size_t)j * E + k];
-                    dn[(size_t)i * E + k] = (float)(s * g);
-                }
+        if (dimg) {
+            dlogits_matmul(dn, dlog, 0, tn, B, E, s);  // d in = s * dlog @ tn
             l2_normalize_backward(dimg, dn, in, inv_i, B, E);
         }
-        if (dtxt) {  // d tn = s * dlog^T @ in
-            for (int j = 0; j < B; j++)
-                for (int k = 0; k < E; k++) {
-                    double g = 0;
-                    for (int i = 0; i < B; i++) g += dlog[(size_t)i * B + j] * in[(size_t)i * E + k];
-                    dn[(size_t)j * E + k] = (float)(s * g);
-                }
+        if (dtxt) {
+            dlogits_matmul(dn, dlog, 1, in, B, E, s);  // d tn = s * dlog^T @ in
             l2_normalize_backward(dtxt, dn, tn, inv_t, B, E);
         }
         free(dn);
