@@ -166,7 +166,7 @@ float clip_cpu_forward(ClipCPU *m, const float *images, const int32_t *tokens, i
     project(x->text_features, x->ln_final, P + L->text_projection, B, Tt->width, E, m->scratch);
 
     x->B = B;
-    x->loss = contrastive_loss(x->image_features, x->text_features, P[L->logit_scale], B, E, NULL, NULL, NULL, NULL);
+    x->loss = contrastive_loss(x->image_features, x->text_features, P[L->logit_scale], B, E, NULL, NULL, NULL);
     return x->loss;
 }
 
@@ -248,7 +248,7 @@ void clip_cpu_backward(ClipCPU *m) {
     memset(G, 0, L->buffer_elems * sizeof(float));
 
     float *dimg = mallocCheck((size_t)B * E * sizeof(float)), *dtxt = mallocCheck((size_t)B * E * sizeof(float));
-    contrastive_loss(x->image_features, x->text_features, P[L->logit_scale], B, E, dimg, dtxt, G + L->logit_scale, NULL);
+    contrastive_loss(x->image_features, x->text_features, P[L->logit_scale], B, E, dimg, dtxt, G + L->logit_scale);
 
     // image tower, top down; dres (the residual gradient) is the first (N, D) of scratch
     float *dres = m->scratch;
