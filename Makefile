@@ -65,7 +65,7 @@ TEST_CU := $(if $(NVCC_PATH),$(wildcard tests/test_*.cu))
 TESTS   := $(TEST_C:tests/%.c=$(BUILD)/tests/%) $(TEST_CU:tests/%.cu=$(BUILD)/tests/%)
 BENCH_C := $(wildcard tests/bench_*.c)
 BENCH_CU:= $(if $(NVCC_PATH),$(wildcard tests/bench_*.cu))
-BENCHES := $(BENCH_C:tests/%.c=$(BUILD)/bench/%) $(BENCH_CU:tests/%.cu=$(BUILD)/bench/%)
+BENCHES := $(BENCH_C:tests/%.c=$(BUILD)/tests/%) $(BENCH_CU:tests/%.cu=$(BUILD)/tests/%)
 
 .PHONY: all test bench fuzz clean report
 all: report train_clip
@@ -74,7 +74,7 @@ report:
 	@for m in $(MISSING); do echo "note: $$m"; done
 
 train_clip: train_clip.c $(LIB_OBJ)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJ) $(LDLIBS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -84,21 +84,14 @@ $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c -o $@ $<
 
+# tests and benchmarks: one binary per file, linked with every library object
 $(BUILD)/tests/%: tests/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJ) $(LDLIBS)
 
 $(BUILD)/tests/%: tests/%.cu $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) -o $@ $^ $(filter-out -fopenmp,$(LDFLAGS)) -Xcompiler -fopenmp $(LDLIBS)
-
-$(BUILD)/bench/%: tests/%.c $(LIB_OBJ)
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
-
-$(BUILD)/bench/%: tests/%.cu $(LIB_OBJ)
-	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) -o $@ $^ $(filter-out -fopenmp,$(LDFLAGS)) -Xcompiler -fopenmp $(LDLIBS)
+	$(NVCC) $(NVFLAGS) -o $@ $< $(LIB_OBJ) $(filter-out -fopenmp,$(LDFLAGS)) -Xcompiler -fopenmp $(LDLIBS)
 
 test: report train_clip $(TESTS)
 	@bash tests/run_tests.sh $(TESTS)
