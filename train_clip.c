@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "data/inspect.h"
 #include "data/loader.h"
 #include "model/checkpoint.h"
 #include "model/clip.h"
@@ -24,6 +25,7 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: ./train_clip -c CONFIG [--set key=value]... [--dry-run]\n"
             "       ./train_clip --help-config       every config key with its default and meaning\n"
+            "       ./train_clip --inspect-data SPEC [--limit N] [-c CONFIG]   list a dataset's samples and skips\n"
             "\n"
             "  -c FILE          config file (key = value lines; see configs/)\n"
             "  --set key=value  override a key (repeatable; applied after the file)\n"
@@ -78,26 +80,31 @@ int main(int argc, char **argv) {
     config_defaults(&cfg);
     const char *config_path = NULL;
     int dry_run = 0;
+    const char *inspect_spec = NULL;
+    long inspect_limit = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) return usage(stdout), 0;
         if (!strcmp(argv[i], "--help-config")) return config_print_reference(stdout), 0;
         if (!strcmp(argv[i], "--dry-run")) dry_run = 1;
         else if (!strcmp(argv[i], "-c") && i + 1 < argc) config_path = argv[++i];
         else if (!strcmp(argv[i], "--set") && i + 1 < argc) i++;  // applied after the file, below
+        else if (!strcmp(argv[i], "--inspect-data") && i + 1 < argc) inspect_spec = argv[++i];
+        else if (!strcmp(argv[i], "--limit") && i + 1 < argc) inspect_limit = atol(argv[++i]);
         else {
             fprintf(stderr, "error: unknown or incomplete argument '%s'\n", argv[i]);
             usage(stderr);
             return 2;
         }
     }
-    if (!config_path) {
+    if (!config_path && !inspect_spec) {
         fprintf(stderr, "error: no config file (-c FILE); configs/tiny.conf is a small one to start with\n");
         usage(stderr);
         return 2;
     }
-    config_load_file(&cfg, config_path);
+    if (config_path) config_load_file(&cfg, config_path);
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--set")) config_set(&cfg, argv[i + 1], i + 1), i++;
+    if (inspect_spec) return inspect_data_main(&cfg, inspect_spec, inspect_limit);  // data keys only: no finalize
     config_finalize(&cfg);
     if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
 

@@ -150,6 +150,13 @@ static ImageStatus decode_jpeg(const uint8_t *data, size_t len, long max_pixels,
 #ifdef HAVE_STB
 static ImageStatus decode_stb(const uint8_t *data, size_t len, long max_pixels, Image *img, char *why, size_t cap) {
     int w, h, comp;
+    // stb_image will not even read the header of a PNG over 2^30 bytes, so the limit reads it itself
+    if (sniff_format(data, len) == FORMAT_PNG && len >= 24 && memcmp(data + 12, "IHDR", 4) == 0) {
+        long pw = (long)data[16] << 24 | data[17] << 16 | data[18] << 8 | data[19];
+        long ph = (long)data[20] << 24 | data[21] << 16 | data[22] << 8 | data[23];
+        ImageStatus s = check_size(pw, ph, max_pixels, why, cap);
+        if (s != IMAGE_OK) return s;
+    }
     if (len > 0x7fffffff || !stbi_info_from_memory(data, (int)len, &w, &h, &comp))
         return fail(IMAGE_CORRUPT, why, cap, "stb_image: %s", stbi_failure_reason());
     img->full_w = w, img->full_h = h;

@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "../model/config.h"
+#include "sample.h"
 
 // OpenAI CLIP normalisation, applied by the model to the uint8 images.
 static const float CLIP_MEAN[3] = {0.48145466f, 0.4578275f, 0.40821073f};
@@ -19,10 +20,12 @@ typedef struct {
 } Batch;
 
 typedef struct {
-    long samples;         // samples delivered
-    long skipped;         // bad samples skipped (all reasons)
-    double wait_seconds;  // time loader_next spent waiting for a batch
-    double images_per_s;  // decode throughput of the worker threads
+    long samples;                   // samples delivered
+    long skipped;                   // bad samples skipped (all reasons)
+    long skips[SAMPLE_STATUSES];    // by reason: skips[SKIP_CORRUPT_IMAGE], ... (names: SAMPLE_STATUS_NAMES)
+    long bad_shards;                // shards that were unreadable, truncated or corrupt (read up to the damage)
+    double wait_seconds;            // time loader_next spent waiting for a batch
+    double images_per_s;            // decode throughput of the worker threads (what they could deliver)
 } LoaderStats;
 
 typedef struct Loader Loader;
@@ -34,8 +37,13 @@ Loader *loader_open(const Config *c, const char *spec, int is_train, int batch_s
 // Returns the number of samples; 0 when an eval loader has no more data (a train loader never ends).
 int loader_next(Loader *l, Batch *b);
 LoaderStats loader_stats(const Loader *l);
+// One line for the log: "samples 1024 skipped 3 (corrupt_image 1, bad_caption 2) bad_shards 0 wait 0.1s decode 850 img/s".
+void loader_stats_format(const LoaderStats *s, char *buf, size_t cap);
 // The loader's position as a short text (saved in checkpoints) and its restore, so a resumed run
 // neither repeats nor skips samples. loader_restore must be called before the first loader_next.
+// For shards the position is per rank (each rank saves its own) and is the place in the rank's sample
+// stream after the last batch returned; the same seed, spec, world size and shuffle_buffer are required
+// to restore it (the thread count may differ). See data/loader.c for what the position means.
 void loader_get_state(const Loader *l, char *buf, size_t cap);
 void loader_restore(Loader *l, const char *state);
 void loader_close(Loader *l);

@@ -1,0 +1,66 @@
+// sample.c: the checks, reads, decode, transform and tokenization of one sample, in the order that finds
+// a bad sample cheapest (member sizes, then the caption, then the image).
+#include "sample.h"
+
+#include <stdarg.h>
+#include <string.h>
+
+#include "../model/utils.h"
+#include "image.h"
+#include "transform.h"
+
+const char *const SAMPLE_STATUS_NAMES[SAMPLE_STATUSES] = {
+    "ok", "corrupt_image", "bad_caption", "missing_image", "missing_caption", "too_large", "empty_member", "unsupported",
+};
+
+__attribute__((format(printf, 3, 4))) static SampleResult skip(SampleResult r, SampleStatus status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r.why, sizeof(r.why), fmt, ap);
+    va_end(ap);
+    r.status = status;
+    return r;
+}
+
+static void reserve(void **buf, size_t *cap, size_t need) {
+    if (*cap >= need) return;
+    *cap = need + need / 2;
+    *buf = reallocCheck(*buf, *cap);
+}
+
+SampleResult sample_load(FILE *f, const WdsSample *s, const SampleParams *p, Rng *rng, SampleScratch *scratch, uint8_t *image,
+                         int32_t *tokens) {
+    SampleResult r = {SAMPLE_OK, 0, 0, ""};
+    if (s->txt.size < 0) return skip(r, SKIP_MISSING_CAPTION, "no .txt member");
+    if (s->image.size < 0) return skip(r, SKIP_MISSING_IMAGE, "no .jpg/.png/.jpeg/.webp member");
+    if (s->txt.size == 0) return skip(r, SKIP_EMPTY_MEMBER, "zero-byte caption");
+    if (s->image.size == 0) return skip(r, SKIP_EMPTY_MEMBER, "zero-byte image");
+    if (s->txt.size > SAMPLE_MAX_CAPTION) return skip(r, SKIP_BAD_CAPTION, "caption of %lld bytes", (long long)s->txt.size);
+    if (s->image.size > SAMPLE_MAX_IMAGE) return skip(r, SKIP_TOO_LARGE, "image member of %lld bytes", (long long)s->image.size);
+
+    reserve((void **)&scratch->caption, &scratch->caption_cap, (size_t)s->txt.size + 1);
+    if (tar_read_span(f, s->txt, scratch->caption) != 0) return skip(r, SKIP_BAD_CAPTION, "cannot read the caption");
+    if (strlen(scratch->caption) != (size_t)s->txt.size) return skip(r, SKIP_BAD_CAPTION, "caption contains a NUL byte");
+    if (tokenizer_encode(p->tok, scratch->caption, tokens, p->context_length) < 0)
+        return skip(r, SKIP_BAD_CAPTION, "caption is empty or not valid UTF-8");
+
+    reserve((void **)&scratch->bytes, &scratch->bytes_cap, (size_t)s->image.size + 1);
+    if (tar_read_span(f, s->image, scratch->bytes) != 0) return skip(r, SKIP_CORRUPT_IMAGE, "cannot read the image");
+    Image img;
+    ImageStatus st = image_decode(scratch->bytes, (size_t)s->image.size, p->max_image_pixels, p->image_size, &img, r.why, sizeof(r.why));
+    r.width = img.full_w, r.height = img.full_h;
+    static const SampleStatus BY_IMAGE_STATUS[] = {SAMPLE_OK, SKIP_CORRUPT_IMAGE, SKIP_TOO_LARGE, SKIP_UNSUPPORTED};
+    r.status = BY_IMAGE_STATUS[st];
+    if (st == IMAGE_OK && image) {
+        if (p->is_train) transform_train(&img, p->image_size, rng, image);
+        else transform_eval(&img, p->image_size, image);
+    }
+    image_free(&img);
+    return r;
+}
+
+void sample_scratch_free(SampleScratch *s) {
+    free(s->bytes);
+    free(s->caption);
+    memset(s, 0, sizeof(*s));
+}

@@ -1,0 +1,299 @@
+// test_loader.c: the judgement of every fixture sample (each skip reason, image sizes, captions), and the
+// threaded loader on the committed shards: eval passes in spec order with a short last batch, the same
+// batches for 1 and 3 decode threads, resume from a saved position (also across an epoch and with another
+// thread count), disjoint ranks, whole epochs, resampling, the pixel limit, statistics.
+// Needs data/bpe_simple_vocab_16e6.txt.gz (scripts/get_vocab.sh); without it these tests are skipped.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../data/loader.h"
+#include "../data/sample.h"
+#include "data_fixtures.h"
+#include "test.h"
+
+#define VOCAB "data/bpe_simple_vocab_16e6.txt.gz"
+#define TRAIN_SPEC SHARD_DIR "train-{0..3}.tar"
+#define TRAIN_GOOD 47  // 4 shards x 12 samples, one zero-byte image
+enum { S = 16, T = 16 };
+
+static Tokenizer *tok;
+static ManifestLine *manifest;
+static int manifest_n;
+
+static Config test_config(int workers, long buffer, uint64_t seed) {
+    Config c;
+    config_defaults(&c);
+    c.image_size = S, c.context_length = T, c.data_workers = workers, c.shuffle_buffer = buffer, c.seed = seed;
+    return c;
+}
+
+// Every sample of every fixture shard gets the manifest's verdict: ok with PIL's image size and the
+// caption's tokens, or the expected skip reason.
+static void test_sample_verdicts(void) {
+    if (!tok) SKIP("no vocabulary (%s): run scripts/get_vocab.sh", VOCAB);
+    SampleParams p = {tok, S, T, 100000000, 1};
+    SampleScratch scratch = {0};
+    uint8_t image[3 * S * S];
+    int32_t tokens[T], want[T];
+    ShardIndex idx = {0};
+    char open_shard[64] = "";
+    FILE *f = NULL;
+    int s = 0, checked = 0, listed = 0, reasons_seen[SAMPLE_STATUSES] = {0};
+    for (int i = 0; i < manifest_n; i++) {
+        const ManifestLine *m = &manifest[i];
+        if (!strcmp(m->status, "shard_error")) continue;
+        listed++;
+        if (strcmp(open_shard, m->shard) != 0) {
+            if (f) fclose(f);
+            char path[256];
+            snprintf(path, sizeof(path), SHARD_DIR "%s", m->shard);
+            f = fopenCheck(path, "rb");
+            tar_index_shard(f, path, &idx);
+            snprintf(open_shard, sizeof(open_shard), "%s", m->shard);
+            s = 0;
+        }
+        while (s < idx.n && strcmp(shard_sample_key(&idx, s), m->key) != 0) s++;
+        EXPECT(s < idx.n, "%s/%s not found", m->shard, m->key);
+        if (s >= idx.n) continue;
+        Rng r;
+        rng_init(&r, 1, RNG_AUGMENT, (uint64_t)i);
+        SampleResult res = sample_load(f, &idx.samples[s], &p, &r, &scratch, image, tokens);
+        EXPECT(!strcmp(SAMPLE_STATUS_NAMES[res.status], m->status), "%s/%s: %s (%s), expected %s", m->shard, m->key,
+               SAMPLE_STATUS_NAMES[res.status], res.why, m->status);
+        reasons_seen[res.status]++;
+        if (res.status == SAMPLE_OK && !strcmp(m->status, "ok")) {
+            EXPECT(res.width == m->width && res.height == m->height, "%s/%s: %dx%d, PIL %dx%d", m->shard, m->key, res.width, res.height,
+                   m->width, m->height);
+            tokenizer_encode(tok, m->caption, want, T);
+            EXPECT(!memcmp(tokens, want, sizeof(want)), "%s/%s: tokens differ from the caption's", m->shard, m->key);
+        }
+        checked++;
+    }
+    if (f) fclose(f);
+    for (int r = 0; r < SAMPLE_STATUSES; r++) EXPECT(reasons_seen[r] > 0, "no fixture sample has status %s", SAMPLE_STATUS_NAMES[r]);
+    EXPECT(checked == listed && checked > 50, "%d of the manifest's %d samples checked", checked, listed);
+    shard_index_free(&idx);
+    sample_scratch_free(&scratch);
+}
+
+// Reads n batches; returns a malloc'ed concatenation of (images, tokens) and the samples read.
+static uint8_t *read_batches(Loader *l, int n, int B, int *samples) {
+    size_t per = (size_t)3 * S * S + T * sizeof(int32_t);
+    uint8_t *out = callocCheck((size_t)n * B, per);
+    *samples = 0;
+    Batch b;
+    for (int k = 0; k < n; k++) {
+        int got = loader_next(l, &b);
+        for (int i = 0; i < got; i++) {
+            memcpy(out + (size_t)*samples * per, b.images + (size_t)i * 3 * S * S, (size_t)3 * S * S);
+            memcpy(out + (size_t)*samples * per + 3 * S * S, b.tokens + (size_t)i * T, T * sizeof(int32_t));
+            (*samples)++;
+        }
+        if (!got) break;
+    }
+    return out;
+}
+
+static int32_t *tokens_of(uint8_t *samples, int i) {
+    return (int32_t *)(samples + (size_t)i * (3 * S * S + T * sizeof(int32_t)) + 3 * S * S);
+}
+
+static void test_eval_pass(void) {
+    if (!tok) SKIP("no vocabulary");
+    int n1, n3;
+    Config c = test_config(1, 0, 0);
+    Loader *l = loader_open(&c, TRAIN_SPEC, 0, 5, 0, 1);
+    Batch b;
+    int sizes[20], batches = 0;
+    while (batches < 20 && (sizes[batches] = loader_next(l, &b)) > 0) batches++;
+    EXPECT(batches == 10 && sizes[9] == TRAIN_GOOD - 45, "eval pass: %d batches, last %d", batches, batches ? sizes[batches - 1] : 0);
+    EXPECT(loader_next(l, &b) == 0, "a finished eval loader returned more");
+    LoaderStats st = loader_stats(l);
+    EXPECT(st.samples == TRAIN_GOOD && st.skipped == 1 && st.skips[SKIP_EMPTY_MEMBER] == 1, "stats: %ld samples, %ld skipped", st.samples, st.skipped);
+    loader_close(l);
+    // the same samples in spec order with 1 and 3 threads
+    l = loader_open(&c, TRAIN_SPEC, 0, 5, 0, 1);
+    uint8_t *one = read_batches(l, 20, 5, &n1);
+    loader_close(l);
+    c.data_workers = 3;
+    l = loader_open(&c, TRAIN_SPEC, 0, 5, 0, 1);
+    uint8_t *three = read_batches(l, 20, 5, &n3);
+    loader_close(l);
+    EXPECT(n1 == TRAIN_GOOD && n3 == TRAIN_GOOD && !memcmp(one, three, (size_t)n1 * (3 * S * S + T * 4)), "eval differs with 3 threads");
+    int32_t want[T];
+    tokenizer_encode(tok, "training sample 0 0", want, T);
+    EXPECT(!memcmp(tokens_of(one, 0), want, sizeof(want)), "the first eval sample is not the spec's first");
+    tokenizer_encode(tok, "training sample 3 11", want, T);
+    EXPECT(!memcmp(tokens_of(one, TRAIN_GOOD - 1), want, sizeof(want)), "the last eval sample is not the spec's last");
+    free(one), free(three);
+    // a rank with no shard in an eval split ends at once
+    l = loader_open(&c, TRAIN_SPEC, 0, 5, 6, 8);
+    EXPECT(loader_next(l, &b) == 0, "rank 6 of 8 has no eval shard but got samples");
+    loader_close(l);
+}
+
+static void test_same_batches_any_thread_count(void) {
+    if (!tok) SKIP("no vocabulary");
+    int n1, n3;
+    Config c = test_config(1, 5, 7);
+    Loader *l = loader_open(&c, TRAIN_SPEC, 1, 4, 0, 1);
+    uint8_t *one = read_batches(l, 30, 4, &n1);
+    loader_close(l);
+    c.data_workers = 3;
+    l = loader_open(&c, TRAIN_SPEC, 1, 4, 0, 1);
+    uint8_t *three = read_batches(l, 30, 4, &n3);
+    loader_close(l);
+    EXPECT(n1 == 120 && n3 == 120, "train loaders ended: %d %d", n1, n3);
+    EXPECT(!memcmp(one, three, (size_t)n1 * (3 * S * S + T * 4)), "1 and 3 threads give different batches");
+    c.seed = 8;
+    l = loader_open(&c, TRAIN_SPEC, 1, 4, 0, 1);
+    uint8_t *other = read_batches(l, 30, 4, &n3);
+    loader_close(l);
+    EXPECT(memcmp(one, other, (size_t)n1 * (3 * S * S + T * 4)) != 0, "seeds 7 and 8 give the same batches");
+    free(one), free(three), free(other);
+}
+
+// The first epoch holds every good sample once, shuffled; later epochs reshuffle.
+static void test_epochs(void) {
+    if (!tok) SKIP("no vocabulary");
+    int n, eval_n;
+    Config c = test_config(2, 4, 3);
+    Loader *l = loader_open(&c, TRAIN_SPEC, 0, TRAIN_GOOD, 0, 1);
+    uint8_t *eval = read_batches(l, 1, TRAIN_GOOD, &eval_n);
+    loader_close(l);
+    l = loader_open(&c, TRAIN_SPEC, 1, TRAIN_GOOD, 0, 1);
+    uint8_t *train = read_batches(l, 2, TRAIN_GOOD, &n);
+    loader_close(l);
+    int in_order = 0;
+    for (int i = 0; i < TRAIN_GOOD; i++) {
+        int found = 0;
+        for (int j = 0; j < TRAIN_GOOD; j++) found += !memcmp(tokens_of(train, i), tokens_of(eval, j), T * 4);
+        EXPECT(found == 1, "epoch 0 sample %d matches %d eval samples", i, found);
+        in_order += !memcmp(tokens_of(train, i), tokens_of(eval, i), T * 4);
+    }
+    EXPECT(in_order < TRAIN_GOOD / 2, "the training order is the spec order (%d in place)", in_order);
+    size_t epoch_bytes = (size_t)TRAIN_GOOD * (3 * S * S + T * 4);
+    EXPECT(n == 2 * TRAIN_GOOD && memcmp(train, train + epoch_bytes, epoch_bytes) != 0, "epochs 0 and 1 are identical");
+    free(eval), free(train);
+}
+
+static void test_resume(void) {
+    if (!tok) SKIP("no vocabulary");
+    int n_ref, n_resumed, n_head;
+    Config c = test_config(2, 6, 11);
+    // 5 batches of 4, then 10 more: the continuation crosses the end of the first epoch (47 samples)
+    Loader *l = loader_open(&c, TRAIN_SPEC, 1, 4, 0, 1);
+    uint8_t *head = read_batches(l, 5, 4, &n_head);
+    char state[256];
+    loader_get_state(l, state, sizeof(state));
+    uint8_t *ref = read_batches(l, 10, 4, &n_ref);
+    loader_close(l);
+    for (int workers = 1; workers <= 3; workers += 2) {
+        c.data_workers = workers;
+        l = loader_open(&c, TRAIN_SPEC, 1, 4, 0, 1);
+        loader_restore(l, state);
+        uint8_t *resumed = read_batches(l, 10, 4, &n_resumed);
+        loader_close(l);
+        EXPECT(n_ref == 40 && n_resumed == 40 && !memcmp(ref, resumed, (size_t)n_ref * (3 * S * S + T * 4)),
+               "resumed with %d threads from '%s': batches differ", workers, state);
+        free(resumed);
+    }
+    free(head), free(ref);
+    // a position saved with other data settings (here the seed) is refused with a message
+    int fds[2];
+    EXPECT(pipe(fds) == 0, "pipe");
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        c.seed = 12;
+        loader_restore(loader_open(&c, TRAIN_SPEC, 1, 4, 0, 1), state);
+        _exit(0);
+    }
+    close(fds[1]);
+    char msg[2048] = "";
+    size_t len = 0;
+    for (ssize_t got; len < sizeof(msg) - 1 && (got = read(fds[0], msg + len, sizeof(msg) - 1 - len)) > 0;) len += (size_t)got;
+    msg[len] = '\0';
+    close(fds[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    EXPECT(WIFEXITED(status) && WEXITSTATUS(status) != 0 && strstr(msg, "other data settings"), "restore with another seed: '%s'", msg);
+}
+
+static void test_ranks_disjoint(void) {
+    if (!tok) SKIP("no vocabulary");
+    int n0, n1;
+    Config c = test_config(2, 3, 5);
+    Loader *l = loader_open(&c, TRAIN_SPEC, 1, 20, 0, 2);
+    uint8_t *r0 = read_batches(l, 1, 20, &n0);
+    loader_close(l);
+    l = loader_open(&c, TRAIN_SPEC, 1, 20, 1, 2);
+    uint8_t *r1 = read_batches(l, 1, 20, &n1);
+    loader_close(l);
+    int shared = 0;
+    for (int i = 0; i < n0; i++)
+        for (int j = 0; j < n1; j++) shared += !memcmp(tokens_of(r0, i), tokens_of(r1, j), T * 4);
+    EXPECT(n0 == 20 && n1 == 20 && shared == 0, "ranks share %d of their first 20 samples", shared);
+    free(r0), free(r1);
+}
+
+static void test_resampled(void) {
+    if (!tok) SKIP("no vocabulary");
+    int n, again_n;
+    Config c = test_config(2, 4, 9);
+    c.resampled = 1;
+    Loader *l = loader_open(&c, TRAIN_SPEC, 1, 8, 0, 1);
+    uint8_t *a = read_batches(l, 12, 8, &n);
+    char state[256];
+    loader_get_state(l, state, sizeof(state));
+    loader_close(l);
+    l = loader_open(&c, TRAIN_SPEC, 1, 8, 0, 1);
+    uint8_t *b = read_batches(l, 12, 8, &again_n);
+    loader_close(l);
+    EXPECT(n == 96 && again_n == 96 && !memcmp(a, b, (size_t)n * (3 * S * S + T * 4)), "resampled runs differ");
+    EXPECT(strstr(state, "resampled=1") != NULL, "state '%s'", state);
+    free(a), free(b);
+}
+
+static void test_limits_and_stats(void) {
+    if (!tok) SKIP("no vocabulary");
+    Config c = test_config(2, 0, 0);
+    c.max_image_pixels = 20 * 20;  // the fixture images are 12-32 px a side
+    Loader *l = loader_open(&c, TRAIN_SPEC, 0, 8, 0, 1);
+    Batch b;
+    while (loader_next(l, &b) > 0) {}
+    LoaderStats st = loader_stats(l);
+    EXPECT(st.skips[SKIP_TOO_LARGE] > 5 && st.samples > 5 && st.samples + st.skipped == 48, "pixel limit: %ld samples, %ld too large",
+           st.samples, st.skips[SKIP_TOO_LARGE]);
+    EXPECT(st.images_per_s > 0, "no decode rate");
+    char line[512];
+    loader_stats_format(&st, line, sizeof(line));
+    EXPECT(strstr(line, "too_large") && strstr(line, "empty_member 1"), "stats line '%s'", line);
+    loader_close(l);
+    c = test_config(3, 0, 0);
+    l = loader_open(&c, SHARD_DIR "bad.tar::" SHARD_DIR "truncated.tar::" SHARD_DIR "badchecksum.tar", 0, 4, 0, 1);
+    while (loader_next(l, &b) > 0) {}
+    st = loader_stats(l);
+    EXPECT(st.samples == 2 + 3 + 2 && st.skipped == 12 && st.bad_shards == 2, "bad shards: %ld samples %ld skipped %ld bad shards", st.samples,
+           st.skipped, st.bad_shards);
+    EXPECT(st.skips[SKIP_CORRUPT_IMAGE] == 3 && st.skips[SKIP_BAD_CAPTION] == 3 && st.skips[SKIP_EMPTY_MEMBER] == 2 &&
+               st.skips[SKIP_TOO_LARGE] == 1 && st.skips[SKIP_UNSUPPORTED] == 1,
+           "skips by reason");
+    loader_close(l);
+}
+
+int main(void) {
+    if (access(VOCAB, R_OK) == 0) tok = tokenizer_load(VOCAB);
+    manifest_n = read_manifest(&manifest);
+    RUN(test_sample_verdicts);
+    RUN(test_eval_pass);
+    RUN(test_same_batches_any_thread_count);
+    RUN(test_epochs);
+    RUN(test_resume);
+    RUN(test_ranks_disjoint);
+    RUN(test_resampled);
+    RUN(test_limits_and_stats);
+    if (tok) tokenizer_free(tok);
+    free(manifest);
+    TEST_EXIT();
+}
