@@ -102,4 +102,37 @@ bench: report train_clip $(BENCHES)
 clean:
 	rm -rf $(BUILD) train_clip
 
+# ---------------------------------------------------------------- data pipeline: fuzzers, ASan test build, bench-data
+#   make fuzz        libFuzzer targets build/fuzz/fuzz_* (clang; tests/run_fuzz.sh SECONDS runs them)
+#   make test-asan   every test built with ASan + UBSan into build-asan/ and run (./train_clip stays a normal build)
+#   make bench-data  only the data loader benchmark
+FUZZ_CC    ?= clang
+SANITIZERS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_FLAGS := -std=gnu11 -g -O1 $(SANITIZERS) $(filter -D% -I%,$(filter-out -DHAVE_CUDA,$(CFLAGS)))
+FUZZ_LIBS  := $(filter-out -lcublasLt -lcublas -lcudart -lstdc++,$(LDLIBS))
+FUZZERS    := $(patsubst tests/%.c,$(BUILD)/fuzz/%,$(wildcard tests/fuzz_*.c))
+SANITIZE_FLAGS ?=
+CFLAGS     += $(SANITIZE_FLAGS)
+LDFLAGS    += $(SANITIZE_FLAGS)
+.PHONY: test-asan bench-data clean-asan
+
+fuzz: $(FUZZERS)
+
+$(BUILD)/fuzz/%: tests/%.c $(wildcard data/*.c data/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $< $(wildcard data/*.c) -L$(DEPS)/lib $(FUZZ_LIBS)
+
+test-asan: report train_clip
+	@$(MAKE) --no-print-directory BUILD=build-asan NVCC=/nonexistent SANITIZE_FLAGS="-O1 -g $(SANITIZERS)" \
+		$(TEST_C:tests/%.c=build-asan/tests/%)
+	@bash tests/run_tests.sh $(TEST_C:tests/%.c=build-asan/tests/%)
+
+bench-data: report $(BUILD)/tests/bench_data
+	@$(BUILD)/tests/bench_data
+
+clean: clean-asan
+clean-asan:
+	rm -rf build-asan
+# ---------------------------------------------------------------- end of the data pipeline block
+
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
