@@ -82,9 +82,16 @@ static const char *FORMATS[2] = {"jpeg", "png"};
 
 typedef struct {
     int format, thread, threads;
-    double seconds;
+    double seconds, cpu_seconds;
     long done;
 } Job;
+
+// CPU time of the calling thread: images per CPU-second do not depend on what else the machine runs.
+static double thread_cpu_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 // Each thread decodes and transforms its share of the images, round after round, for `seconds`.
 static void *decode_loop(void *arg) {
@@ -93,7 +100,7 @@ static void *decode_loop(void *arg) {
     char why[256];
     Rng r;
     rng_init(&r, 1, RNG_AUGMENT, (uint64_t)j->thread);
-    double t0 = now_seconds();
+    double t0 = now_seconds(), c0 = thread_cpu_seconds();
     for (long k = j->thread; now_seconds() - t0 < j->seconds; k += j->threads) {
         const Bytes *b = &images[j->format][k % N_IMAGES];
         Image img;
@@ -102,20 +109,24 @@ static void *decode_loop(void *arg) {
         image_free(&img);
         j->done++;
     }
+    j->cpu_seconds = thread_cpu_seconds() - c0;
     free(out);
     return NULL;
 }
 
-static double decode_rate(int format, int threads, double seconds) {
+// Images per second (wall clock) of `threads` threads together; *per_cpu_second: per CPU-second of a thread.
+static double decode_rate(int format, int threads, double seconds, double *per_cpu_second) {
     pthread_t t[MAX_THREADS];
     Job jobs[MAX_THREADS];
     double t0 = now_seconds();
     for (int i = 0; i < threads; i++) {
-        jobs[i] = (Job){format, i, threads, seconds, 0};
+        jobs[i] = (Job){format, i, threads, seconds, 0, 0};
         if (pthread_create(&t[i], NULL, decode_loop, &jobs[i])) fatal("pthread_create");
     }
     long done = 0;
-    for (int i = 0; i < threads; i++) pthread_join(t[i], NULL), done += jobs[i].done;
+    double cpu = 0;
+    for (int i = 0; i < threads; i++) pthread_join(t[i], NULL), done += jobs[i].done, cpu += jobs[i].cpu_seconds;
+    *per_cpu_second = done / cpu;
     return done / (now_seconds() - t0);
 }
 
@@ -183,7 +194,7 @@ int main(void) {
     printf("data loader benchmark: %d images per format, sides 256-512 px (mean %.0f kpixel), train transform to %d px, %ld cores\n",
            N_IMAGES, sum_pixels / N_IMAGES / 1000, S, cores);
     printf("mean file size: jpeg q90 %.0f KB, png %.0f KB\n\n", kb[0], kb[1]);
-    printf("%-8s %-8s %12s %14s\n", "format", "threads", "images/s", "per thread");
+    printf("%-8s %-8s %12s %14s %16s\n", "format", "threads", "images/s", "per thread", "per CPU-second");
     for (int f = 0; f < 2; f++) {
 #ifndef HAVE_JPEG
         if (f == 0) {
@@ -192,8 +203,8 @@ int main(void) {
         }
 #endif
         for (int t = 1; t <= max_threads; t = next_count(t, max_threads)) {
-            double rate = decode_rate(f, t, 3.0);
-            printf("%-8s %-8d %12.0f %14.0f\n", FORMATS[f], t, rate, rate / t);
+            double per_cpu, rate = decode_rate(f, t, 3.0, &per_cpu);
+            printf("%-8s %-8d %12.0f %14.0f %16.0f\n", FORMATS[f], t, rate, rate / t, per_cpu);
         }
     }
     if (access("data/bpe_simple_vocab_16e6.txt.gz", R_OK) != 0 && !getenv("TRAIN_CLIP_BPE")) {
