@@ -161,8 +161,16 @@ int main(int argc, char **argv) {
     Loader *loader = loader_open(&cfg, cfg.data, 1, (int)B, 0, 1);
     float *images = mallocCheck((size_t)B * 3 * cfg.image_size * cfg.image_size * sizeof(float));
 
-    // ---- resume
+    // ---- initial weights: a resumed checkpoint, or init_weights, or open_clip's initialisation
     long start = 0;
+    if (cfg.init_weights[0] && !cfg.resume[0]) {
+        StFile f;
+        char err[1024];
+        if (st_load(&f, cfg.init_weights, err, sizeof(err)) != 0 || load_weights_by_name(L, model.params, &f, "", err, sizeof(err)) != 0)
+            fatal("init_weights: %s", err);
+        st_free(&f);
+        printf("initialised from %s\n", cfg.init_weights);
+    }
     if (cfg.resume[0]) {
         char loader_state[1024], err[1024];
         start = checkpoint_resume(cfg.run_dir, cfg.resume, L, model.params, &opt, loader_state, sizeof(loader_state), err, sizeof(err));

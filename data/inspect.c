@@ -27,7 +27,7 @@ static void judge_chunk(const char *path, const ShardIndex *idx, int first, int 
         for (int k = 0; k < n; k++) {
             Line *ln = &lines[k];
             if (!f) {
-                ln->result = (SampleResult){SKIP_CORRUPT_IMAGE, 0, 0, "cannot reopen the shard"};
+                ln->result = (SampleResult){SKIP_CORRUPT_IMAGE, 0, 0, -1, "cannot reopen the shard"};
                 continue;
             }
             ln->result = sample_load(f, &idx->samples[first + k], p, NULL, &scratch, NULL, tokens);

@@ -89,6 +89,20 @@ struct Loader {
     atomic_int stop;
 };
 
+static void batch_alloc(Batch *b, int batch_size, int S, int T) {
+    b->image_size = S, b->context_length = T;
+    b->images = mallocCheck((size_t)batch_size * 3 * S * S);
+    b->tokens = mallocCheck((size_t)batch_size * T * sizeof(int32_t));
+    b->labels = mallocCheck((size_t)batch_size * sizeof(int32_t));
+    for (int i = 0; i < batch_size; i++) b->labels[i] = -1;
+}
+
+static void batch_free(Batch *b) {
+    free(b->images);
+    free(b->tokens);
+    free(b->labels);
+}
+
 // ---------------------------------------------------------------- decode threads
 
 static void *worker_main(void *arg) {
@@ -117,7 +131,7 @@ static void *worker_main(void *arg) {
             rng_init(&r, l->cfg.seed, RNG_AUGMENT, it->stream);
             it->result = sample_load(f, &it->sample, &l->params, &r, &scratch, it->image, it->tokens);
         } else {
-            it->result = (SampleResult){SKIP_CORRUPT_IMAGE, 0, 0, ""};
+            it->result = (SampleResult){SKIP_CORRUPT_IMAGE, 0, 0, -1, ""};
             snprintf(it->result.why, sizeof(it->result.why), "cannot reopen the shard: %s", strerror(errno));
         }
         pthread_mutex_lock(&w->mu);
@@ -252,6 +266,7 @@ static void *assembler_main(void *arg) {
             if (it->result.status == SAMPLE_OK) {
                 memcpy(bs->batch.images + (size_t)n * image_bytes, it->image, image_bytes);
                 memcpy(bs->batch.tokens + (size_t)n * T, it->tokens, (size_t)T * sizeof(int32_t));
+                bs->batch.labels[n] = it->result.label;
                 n++, st.samples++, bad_in_a_row = 0;
             } else {
                 report_skip(it, &st);
@@ -309,12 +324,7 @@ static Loader *open_shards(Loader *l, const char *spec) {
     l->params = (SampleParams){l->tok, c->image_size, c->context_length, c->max_image_pixels, l->is_train};
     l->n_workers = c->data_workers;
     l->held_slot = -1;
-    for (int k = 0; k < 2; k++) {
-        Batch *b = &l->slots[k].batch;
-        b->image_size = c->image_size, b->context_length = c->context_length;
-        b->images = mallocCheck((size_t)l->batch_size * 3 * c->image_size * c->image_size);
-        b->tokens = mallocCheck((size_t)l->batch_size * c->context_length * sizeof(int32_t));
-    }
+    for (int k = 0; k < 2; k++) batch_alloc(&l->slots[k].batch, l->batch_size, c->image_size, c->context_length);
     if (pthread_mutex_init(&l->mu, NULL) || pthread_cond_init(&l->cond, NULL)) fatal("pthread mutex/cond init failed");
     return l;
 }
@@ -389,10 +399,7 @@ Loader *loader_open(const Config *c, const char *spec, int is_train, int batch_s
     l->is_train = is_train, l->batch_size = batch_size, l->rank = rank, l->world = world;
     if (strcmp(spec, "synthetic") != 0) return open_shards(l, spec);
     l->synthetic = 1;
-    int S = c->image_size, T = c->context_length;
-    l->batch.image_size = S, l->batch.context_length = T;
-    l->batch.images = mallocCheck((size_t)batch_size * 3 * S * S);
-    l->batch.tokens = mallocCheck((size_t)batch_size * T * sizeof(int32_t));
+    batch_alloc(&l->batch, batch_size, c->image_size, c->context_length);
     return l;
 }
 
@@ -467,15 +474,14 @@ void loader_close(Loader *l) {
             }
             free(l->workers);
         }
-        for (int k = 0; k < 2; k++) free(l->slots[k].batch.images), free(l->slots[k].batch.tokens);
+        for (int k = 0; k < 2; k++) batch_free(&l->slots[k].batch);
         pthread_mutex_destroy(&l->mu);
         pthread_cond_destroy(&l->cond);
         tokenizer_free(l->tok);
         shard_plan_free(&l->plan);
         shards_free(&l->shards);
     }
-    free(l->batch.images);
-    free(l->batch.tokens);
+    if (l->synthetic) batch_free(&l->batch);
     free(l);
 }
 

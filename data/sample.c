@@ -3,6 +3,8 @@
 #include "sample.h"
 
 #include <stdarg.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../model/utils.h"
@@ -28,9 +30,19 @@ static void reserve(void **buf, size_t *cap, size_t need) {
     *buf = reallocCheck(*buf, *cap);
 }
 
+// The `cls` member: a decimal class index; anything else (absent, empty, not a number, negative) is -1.
+static int32_t read_label(FILE *f, TarSpan cls) {
+    char text[24];
+    if (cls.size <= 0 || cls.size >= (int64_t)sizeof(text) || tar_read_span(f, cls, text) != 0) return -1;
+    char *end;
+    long v = strtol(text, &end, 10);
+    while (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t') end++;
+    return end != text && *end == '\0' && v >= 0 && v <= INT32_MAX ? (int32_t)v : -1;
+}
+
 SampleResult sample_load(FILE *f, const WdsSample *s, const SampleParams *p, Rng *rng, SampleScratch *scratch, uint8_t *image,
                          int32_t *tokens) {
-    SampleResult r = {SAMPLE_OK, 0, 0, ""};
+    SampleResult r = {SAMPLE_OK, 0, 0, -1, ""};
     if (s->txt.size < 0) return skip(r, SKIP_MISSING_CAPTION, "no .txt member");
     if (s->image.size < 0) return skip(r, SKIP_MISSING_IMAGE, "no .jpg/.png/.jpeg/.webp member");
     if (s->txt.size == 0) return skip(r, SKIP_EMPTY_MEMBER, "zero-byte caption");
@@ -48,7 +60,7 @@ SampleResult sample_load(FILE *f, const WdsSample *s, const SampleParams *p, Rng
     if (tar_read_span(f, s->image, scratch->bytes) != 0) return skip(r, SKIP_CORRUPT_IMAGE, "cannot read the image");
     Image img;
     ImageStatus st = image_decode(scratch->bytes, (size_t)s->image.size, p->max_image_pixels, p->image_size, &img, r.why, sizeof(r.why));
-    r.width = img.full_w, r.height = img.full_h;
+    r.width = img.full_w, r.height = img.full_h, r.label = read_label(f, s->cls);
     static const SampleStatus BY_IMAGE_STATUS[] = {SAMPLE_OK, SKIP_CORRUPT_IMAGE, SKIP_TOO_LARGE, SKIP_UNSUPPORTED};
     r.status = BY_IMAGE_STATUS[st];
     if (st == IMAGE_OK && image) {

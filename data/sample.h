@@ -44,6 +44,7 @@ typedef struct {  // a thread's buffers, reused from sample to sample
 typedef struct {
     SampleStatus status;
     int width, height;  // the image as stored; 0 when it was not decoded
+    int32_t label;      // the class index in the `cls` member (evaluation shards); -1 if none or not a number
     char why[256];      // what is wrong, for the warning
 } SampleResult;
 

@@ -82,6 +82,8 @@ static const Key KEYS[] = {
     {"checkpoint_every", T_LONG, OFF(checkpoint_every), "1000", 0, BIG, NULL, "checkpoint interval in steps; 0 = only at the end"},
     {"keep_checkpoints", T_INT, OFF(keep_checkpoints), "3", 1, 1000000, NULL, "checkpoints kept; older ones are deleted"},
     {"resume", T_STR, OFF(resume), "", 0, 0, NULL, "empty = fresh start; latest = newest complete checkpoint in run_dir; or a checkpoint path"},
+    {"init_weights", T_STR, OFF(init_weights), "", 0, 0, NULL,
+     "start from these weights (.safetensors with open_clip names, e.g. from scripts/convert_open_clip.py) with a fresh optimizer; ignored when resuming"},
     {"watch_rms", T_STR, OFF(watch_rms), "default", 0, 0, NULL,
      "tensors whose optimizer RMS is logged every step: default (visual.conv1.weight and the first/last block's qkv and c_fc of each tower) or comma-separated names"},
     {"spike_factor", T_FLOAT, OFF(spike_factor), "1.3", 1.0001, 1000, NULL,

@@ -6,8 +6,8 @@
                            base-256 sizes), odd entries (directories, links, FIFOs, metadata, PAX global
                            headers), one sample per skip reason, and four small training shards.
                            manifest.tsv lists what the C reader must find in each:
-                           shard  key  status  width  height  caption (hex of the UTF-8 bytes)
-                           and shard-level lines: shard  -  shard_error  0|1  -  -
+                           shard  key  status  width  height  caption (hex of the UTF-8 bytes)  label (cls or -1)
+                           and shard-level lines: shard  -  shard_error  0|1  -  -  -
   tests/fixtures/images/   source images and what PIL (the open_clip reference) makes of them:
                            expect.tsv lines
                              decode  FILE  W  H  RAW            RAW = PIL's Image.open(FILE).convert("RGB")
@@ -112,18 +112,22 @@ def write_tar(path, samples, fmt, **kw):
 manifest = []
 
 
-def expect(shard, key, status, image=None, caption=b""):
+def expect(shard, key, status, image=None, caption=b"", label=-1):
     w, h = size_of(image) if image is not None and status == "ok" else (0, 0)
-    manifest.append(f"{shard}\t{key}\t{status}\t{w}\t{h}\t{caption.hex() if status == 'ok' else '-'}")
+    manifest.append(f"{shard}\t{key}\t{status}\t{w}\t{h}\t{caption.hex() if status == 'ok' else '-'}\t{label}")
 
 
 def expect_error(shard, error):
-    manifest.append(f"{shard}\t-\tshard_error\t{int(error)}\t-\t-")
+    manifest.append(f"{shard}\t-\tshard_error\t{int(error)}\t-\t-\t-")
+
+
+def label_of(members):
+    return next((int(data) for ext, data in members if ext == "cls"), -1)
 
 
 def expect_formats(shard, samples, error=False):
     for key, members, image in samples:
-        expect(shard, key, "ok", image, caption_of(members))
+        expect(shard, key, "ok", image, caption_of(members), label_of(members))
     expect_error(shard, error)
 
 

@@ -27,12 +27,13 @@ static inline uint8_t *read_whole_file(const char *path, size_t *len) {
     return d;
 }
 
-// One line of manifest.tsv: a sample (status = ok or a skip reason name) or, with key "-", the shard's
-// error flag (status "shard_error", width = 0/1).
+// One line of manifest.tsv: a sample (status = ok or a skip reason name, its `cls` label) or, with key
+// "-", the shard's error flag (status "shard_error", width = 0/1).
 typedef struct {
     char shard[64], key[256], status[32];
     int width, height;
     char caption[512];  // decoded from hex; "" for skipped samples
+    int label;          // the `cls` member, -1 if none
 } ManifestLine;
 
 // Reads the manifest; returns the number of lines (fills *out, malloc'ed).
@@ -41,13 +42,15 @@ static inline int read_manifest(ManifestLine **out) {
     if (!f) return 0;
     int n = 0, cap = 0;
     ManifestLine *lines = NULL;
-    char buf[2048], hex[1100], w[16], h[16];
+    char buf[2048], hex[1100], w[16], h[16], label[16];
     while (fgets(buf, sizeof(buf), f)) {
         if (n == cap) lines = reallocCheck(lines, (size_t)(cap = cap ? 2 * cap : 64) * sizeof(ManifestLine));
         ManifestLine *m = &lines[n];
         memset(m, 0, sizeof(*m));
-        if (sscanf(buf, "%63[^\t]\t%255[^\t]\t%31[^\t]\t%15[^\t]\t%15[^\t]\t%1099[^\t\n]", m->shard, m->key, m->status, w, h, hex) != 6) continue;
-        m->width = atoi(w), m->height = atoi(h);
+        if (sscanf(buf, "%63[^\t]\t%255[^\t]\t%31[^\t]\t%15[^\t]\t%15[^\t]\t%1099[^\t]\t%15[^\t\n]", m->shard, m->key, m->status, w, h, hex,
+                   label) != 7)
+            continue;
+        m->width = atoi(w), m->height = atoi(h), m->label = atoi(label);
         if (strcmp(hex, "-") != 0)
             for (size_t i = 0; 2 * i + 1 < strlen(hex) && i + 1 < sizeof(m->caption); i++) {
                 unsigned v;

@@ -66,6 +66,7 @@ static void test_sample_verdicts(void) {
                    m->width, m->height);
             tokenizer_encode(tok, m->caption, want, T);
             EXPECT(!memcmp(tokens, want, sizeof(want)), "%s/%s: tokens differ from the caption's", m->shard, m->key);
+            EXPECT(res.label == m->label, "%s/%s: label %d, expected %d", m->shard, m->key, res.label, m->label);
         }
         checked++;
     }
@@ -74,6 +75,22 @@ static void test_sample_verdicts(void) {
     EXPECT(checked == listed && checked > 50, "%d of the manifest's %d samples checked", checked, listed);
     shard_index_free(&idx);
     sample_scratch_free(&scratch);
+}
+
+// An eval batch carries each sample's `cls` label (-1 without one), in spec order.
+static void test_labels(void) {
+    if (!tok) SKIP("no vocabulary");
+    Config c = test_config(2, 0, 0);
+    Loader *l = loader_open(&c, SHARD_DIR "gnu.tar", 0, 16, 0, 1);
+    Batch b;
+    int n = loader_next(l, &b), k = 0, labelled = 0;
+    for (int i = 0; i < manifest_n; i++)
+        if (!strcmp(manifest[i].shard, "gnu.tar") && !strcmp(manifest[i].status, "ok")) {
+            EXPECT(k < n && b.labels[k] == manifest[i].label, "sample %d: label %d, expected %d", k, k < n ? b.labels[k] : -2, manifest[i].label);
+            labelled += manifest[i].label >= 0, k++;
+        }
+    EXPECT(n == k && labelled == 1, "%d samples, %d of the manifest's, %d labelled", n, k, labelled);
+    loader_close(l);
 }
 
 // Reads n batches; returns a malloc'ed concatenation of (images, tokens) and the samples read.
@@ -287,6 +304,7 @@ int main(void) {
     manifest_n = read_manifest(&manifest);
     RUN(test_sample_verdicts);
     RUN(test_eval_pass);
+    RUN(test_labels);
     RUN(test_same_batches_any_thread_count);
     RUN(test_epochs);
     RUN(test_resume);
