@@ -15,14 +15,7 @@
 #ifdef HAVE_JPEG
 #include <jpeglib.h>
 #endif
-#define STB_IMAGE_WRITE_IMPLEMENTATION
-#define STBI_WRITE_NO_STDIO
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wunused-function"
-#pragma GCC diagnostic ignored "-Wsign-compare"
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
-#include <stb/stb_image_write.h>
-#pragma GCC diagnostic pop
+#include <zlib.h>
 
 enum { N_IMAGES = 48, S = 224, MAX_THREADS = 16 };
 
@@ -44,11 +37,44 @@ static uint8_t *photo(int w, int h, Rng *r) {
     return p;
 }
 
-static void append(void *ctx, void *data, int size) {
-    Bytes *b = ctx;
+static void append(Bytes *b, const void *data, size_t size) {
     if (b->len + size > b->cap) b->data = reallocCheck(b->data, b->cap = 2 * (b->len + size));
-    memcpy(b->data + b->len, data, (size_t)size);
-    b->len += (size_t)size;
+    memcpy(b->data + b->len, data, size);
+    b->len += size;
+}
+
+static void png_chunk(Bytes *b, const char *kind, const uint8_t *data, uint32_t len) {
+    uint8_t be[4] = {len >> 24, len >> 16, len >> 8, len};
+    append(b, be, 4);
+    append(b, kind, 4);
+    append(b, data, len);
+    uint32_t crc = (uint32_t)crc32(crc32(0, (const Bytef *)kind, 4), data, len);
+    uint8_t c[4] = {crc >> 24, crc >> 16, crc >> 8, crc};
+    append(b, c, 4);
+}
+
+// An 8-bit RGB PNG (Sub filter on every row, zlib level 6), like a web PNG of photo-like content.
+static Bytes encode_png(const uint8_t *rgb, int w, int h) {
+    size_t raw_len = (size_t)h * (1 + (size_t)w * 3);
+    uint8_t *raw = mallocCheck(raw_len);
+    for (int y = 0; y < h; y++) {
+        uint8_t *row = raw + (size_t)y * (1 + w * 3);
+        const uint8_t *px = rgb + (size_t)y * w * 3;
+        row[0] = 1;  // Sub: each byte minus the same channel of the pixel to its left
+        for (int i = 0; i < w * 3; i++) row[1 + i] = (uint8_t)(px[i] - (i >= 3 ? px[i - 3] : 0));
+    }
+    uLongf z_len = compressBound(raw_len);
+    uint8_t *z = mallocCheck(z_len);
+    if (compress2(z, &z_len, raw, raw_len, 6) != Z_OK) fatal("zlib compress2 failed");
+    Bytes b = {0};
+    append(&b, "\x89PNG\r\n\x1a\n", 8);
+    uint8_t ihdr[13] = {w >> 24, w >> 16, w >> 8, w, h >> 24, h >> 16, h >> 8, h, 8, 2, 0, 0, 0};
+    png_chunk(&b, "IHDR", ihdr, 13);
+    png_chunk(&b, "IDAT", z, (uint32_t)z_len);
+    png_chunk(&b, "IEND", NULL, 0);
+    free(raw);
+    free(z);
+    return b;
 }
 
 #ifdef HAVE_JPEG
@@ -182,7 +208,7 @@ int main(void) {
 #ifdef HAVE_JPEG
         images[0][i] = encode_jpeg(rgb, w, h);
 #endif
-        stbi_write_png_to_func(append, &images[1][i], w, h, 3, rgb, w * 3);
+        images[1][i] = encode_png(rgb, w, h);
         sum_pixels += (double)w * h;
         free(rgb);
     }
