@@ -179,8 +179,16 @@ static void tar_member(FILE *f, const char *name, const void *data, size_t size)
     if (size % 512) fwriteCheck(zeros, 1, 512 - size % 512, f);
 }
 
-// The whole loader on one shard of the bench images (both formats), 4 rounds of them.
-static double loader_rate(const char *shard, int workers, double seconds) {
+// CPU time of the whole process (all threads).
+static double process_cpu_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+// The whole loader on one shard of the bench images (both formats), 4 rounds of them: images per second,
+// and *per_cpu_second per CPU-second of all its threads (assembler, decoders, tokenizer).
+static double loader_rate(const char *shard, int workers, double seconds, double *per_cpu_second) {
     Config c;
     config_defaults(&c);
     c.image_size = S, c.context_length = 77, c.data_workers = workers, c.shuffle_buffer = 100;
@@ -188,9 +196,10 @@ static double loader_rate(const char *shard, int workers, double seconds) {
     Batch b;
     loader_next(l, &b);  // warm-up: threads started, first batch in flight
     long n = 0;
-    double t0 = now_seconds();
+    double t0 = now_seconds(), c0 = process_cpu_seconds();
     while (now_seconds() - t0 < seconds) n += loader_next(l, &b);
     double rate = n / (now_seconds() - t0);
+    *per_cpu_second = n / (process_cpu_seconds() - c0);
     loader_close(l);
     return rate;
 }
@@ -256,9 +265,11 @@ int main(void) {
     fwriteCheck(end, 1, sizeof(end), tf);
     fcloseCheck(tf);
     printf("\nwhole loader (jpeg and png alternating, tokenizer, shuffle buffer 100, batches of 64)\n");
-    printf("%-8s %12s\n", "workers", "images/s");
-    for (int w = 1; w <= max_threads; w = next_count(w, max_threads))
-        printf("%-8d %12.0f\n", w, loader_rate(shard, w, 4.0));
+    printf("%-8s %12s %16s\n", "workers", "images/s", "per CPU-second");
+    for (int w = 1; w <= max_threads; w = next_count(w, max_threads)) {
+        double per_cpu, rate = loader_rate(shard, w, 4.0, &per_cpu);
+        printf("%-8d %12.0f %16.0f\n", w, rate, per_cpu);
+    }
     unlink(shard);
     return 0;
 }
