@@ -45,6 +45,15 @@ else
   MISSING += "utf8proc: the tokenizer is unavailable, only data = synthetic works (Debian: apt-get install libutf8proc-dev)"
 endif
 
+MPICC_PATH := $(shell command -v mpicc 2>/dev/null)
+ifneq ($(MPICC_PATH),)
+  CFLAGS  += -DHAVE_MPI $(shell mpicc --showme:compile 2>/dev/null)
+  NVFLAGS += -DHAVE_MPI $(shell mpicc --showme:compile 2>/dev/null)
+  LDLIBS  += $(shell mpicc --showme:link 2>/dev/null)
+else
+  MISSING += "MPI: mpirun launches are unavailable, single process or RANK/WORLD_SIZE starts only (Debian: apt-get install libopenmpi-dev)"
+endif
+
 NVCC_PATH := $(shell command -v $(NVCC) 2>/dev/null)
 ifneq ($(NVCC_PATH),)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC_PATH))
