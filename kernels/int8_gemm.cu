@@ -9,6 +9,7 @@
 //    swizzled layout, ldmatrix + mma.sync.m16n8k32.s8, 8 warps of 64 x 32.
 // Out-of-range rows and K columns are loaded as zeros (TMA's out-of-bounds fill, cp.async's zero fill), so M is
 // arbitrary; the epilogue skips rows >= M and columns >= N.
+#include <string.h>
 #include <cuda.h>  // CUtensorMap and its enums (types only; the encoder is fetched through the runtime)
 #include "int8_gemm.cuh"
 
@@ -386,7 +387,9 @@ void int8_gemm_path(const Int8Gemm *g, Int8GemmPath path, cudaStream_t stream) {
     cudaCheck(cudaGetDevice(&dev));
     cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
     cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    if (path == INT8_PATH_AUTO) path = major == 9 ? INT8_PATH_WGMMA : INT8_PATH_MMA;
+    static int use_mma = -1;  // SB_INT8_GEMM=mma in the environment: the portable kernel everywhere (debugging)
+    if (use_mma < 0) use_mma = getenv("SB_INT8_GEMM") && strcmp(getenv("SB_INT8_GEMM"), "mma") == 0;
+    if (path == INT8_PATH_AUTO) path = major == 9 && !use_mma ? INT8_PATH_WGMMA : INT8_PATH_MMA;
     if (path == INT8_PATH_WGMMA && major != 9) {
         fprintf(stderr, "error: int8_gemm: the wgmma kernel needs an sm_90 GPU (this one is sm_%d*)\n", major);
         exit(1);

@@ -28,7 +28,8 @@ typedef struct {
     int M, N, K;                 // M >= 1 arbitrary; N and K multiples of 16; a, b 16-byte aligned
 } Int8Gemm;
 
-// Runs the fastest kernel for the current device (wgmma on sm_90, mma.sync otherwise).
+// Runs the fastest kernel for the current device (wgmma on sm_90, mma.sync otherwise; SB_INT8_GEMM=mma in the
+// environment forces mma.sync).
 void int8_gemm(const Int8Gemm *g, cudaStream_t stream);
 // Tests and benchmarks: force one kernel (INT8_PATH_WGMMA needs an sm_90 device).
 void int8_gemm_path(const Int8Gemm *g, Int8GemmPath path, cudaStream_t stream);
