@@ -1,14 +1,16 @@
 // int8_gemm.cu: the int8 GEMM of SwitchBack with its fused dequantize epilogue (API and formula in int8_gemm.cuh).
 // Two kernels, picked by the device's compute capability:
-//  - sm_90a (H100): persistent and warp-specialised. One producer thread loads 128 x 128 A tiles and 256 x 128 B
-//    tiles (int8, K contiguous) with TMA into 128-byte-swizzled shared memory, 4 stages deep, signalling "full"
-//    mbarriers; two consumer warpgroups run wgmma.m64n256k32.s32.s8.s8 on 64 rows each, release each stage
-//    through an "empty" mbarrier, and dequantize straight from the accumulator registers into global memory
-//    while the producer already loads the next tile.
+//  - sm_90a (H100): persistent, warp-specialised, in clusters of 2 CTAs. A CTA computes a 128 x 256 tile; the
+//    two CTAs of a cluster take adjacent M tiles of one N tile, so they share B: each loads half of the B tile
+//    and multicasts it to both (a third fewer bytes from L2 per k-step, which bounds this GEMM otherwise).
+//    One producer thread issues the TMA loads into 128-byte-swizzled shared memory, 3 stages of 128 x 128 A +
+//    256 x 128 B, signalling "full" mbarriers; two consumer warpgroups run wgmma.m64n256k32.s32.s8.s8 on 64 rows
+//    each and release stages through "empty" mbarriers in both CTAs. The epilogue dequantizes from registers;
+//    bf16 output goes through swizzled shared memory and TMA stores, which drain while the next tile computes.
 //  - sm_80 / sm_89 (and a fallback on sm_90): 128 x 128 x 128 tiles, a 3-stage cp.async pipeline into the same
 //    swizzled layout, ldmatrix + mma.sync.m16n8k32.s8, 8 warps of 64 x 32.
 // Out-of-range rows and K columns are loaded as zeros (TMA's out-of-bounds fill, cp.async's zero fill), so M is
-// arbitrary; the epilogue skips rows >= M and columns >= N.
+// arbitrary; the epilogue skips (or TMA clips) rows >= M and columns >= N.
 #include <string.h>
 #include <cuda.h>  // CUtensorMap and its enums (types only; the encoder is fetched through the runtime)
 #include "int8_gemm.cuh"
@@ -17,23 +19,30 @@ typedef __nv_bfloat16 bf16;
 
 // ------------------------------------------------------------------------------------------------ epilogue
 // Both kernels own pairs of adjacent output columns: col is even and N % 16 == 0, so col + 1 < N too.
-// sa is s_a[row] (unused for INT8_OUT_I32). OUT (= g.out_type) is a template parameter so that each kernel's
-// unrolled epilogue holds one output path only.
-template <int OUT> __device__ inline void store2(const Int8Gemm &g, int row, float sa, int col, int v0, int v1) {
+// sa = s_a[row]; sb_t = s_b[0] (tensor-wise). OUT (= g.out_type) is a template parameter so that each kernel's
+// unrolled epilogue holds one output path only. Bias and scales are read-only (__ldg), so the compiler may load
+// them ahead of the stores.
+
+// Bias and s_b of columns col, col + 1 (zeros past N: those outputs are never stored).
+__device__ inline void column_params(const Int8Gemm &g, float sb_t, int col, float2 &bias, float2 &sb) {
+    bias = make_float2(0.0f, 0.0f), sb = make_float2(sb_t, sb_t);
+    if (col >= g.N) return;
+    if (g.bias) bias = __bfloat1622float2(__ldg((const __nv_bfloat162 *)(g.bias + col)));
+    if (g.b_scale_per_col) sb = make_float2(__ldg(g.b_scale + col), __ldg(g.b_scale + col + 1));
+}
+
+// Direct store of one pair to global memory (any output type, accumulation).
+template <int OUT>
+__device__ inline void store2(const Int8Gemm &g, int row, float sa, float sb_t, int col, int v0, int v1) {
     if (row >= g.M || col >= g.N) return;
     size_t idx = (size_t)row * g.N + col;
     if (OUT == INT8_OUT_I32) {
         *(int2 *)((int32_t *)g.out + idx) = make_int2(v0, v1);
         return;
     }
-    float bias0 = 0.0f, bias1 = 0.0f;
-    if (g.bias) {
-        float2 b = __bfloat1622float2(*(const __nv_bfloat162 *)(g.bias + col));
-        bias0 = b.x, bias1 = b.y;
-    }
-    int per_col = g.b_scale_per_col;
-    float y0 = sb_dequant_acc(v0, sa, g.b_scale[per_col ? col : 0], bias0);
-    float y1 = sb_dequant_acc(v1, sa, g.b_scale[per_col ? col + 1 : 0], bias1);
+    float2 bias, sb;
+    column_params(g, sb_t, col, bias, sb);
+    float y0 = sb_dequant_acc(v0, sa, sb.x, bias.x), y1 = sb_dequant_acc(v1, sa, sb.y, bias.y);
     if (OUT == INT8_OUT_F32) {
         float2 *o = (float2 *)((float *)g.out + idx);
         if (g.accumulate) {
@@ -52,7 +61,10 @@ template <int OUT> __device__ inline void store2(const Int8Gemm &g, int row, flo
 }
 
 template <int OUT> __device__ inline float row_scale(const Int8Gemm &g, int row) {
-    return (OUT != INT8_OUT_I32 && row < g.M) ? g.a_scale[row] : 0.0f;
+    return (OUT != INT8_OUT_I32 && row < g.M) ? __ldg(g.a_scale + row) : 0.0f;
+}
+template <int OUT> __device__ inline float tensor_scale(const Int8Gemm &g) {
+    return (OUT != INT8_OUT_I32 && !g.b_scale_per_col) ? __ldg(g.b_scale) : 0.0f;
 }
 
 __device__ inline uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
@@ -66,10 +78,13 @@ __device__ inline uint32_t swz(int row, int chunk) { return row * 128 + ((chunk 
 #define WG_BM 128
 #define WG_BN 256
 #define WG_BK 128  // int8 elements = bytes: one swizzle row
-#define WG_STAGES 4
-#define WG_A_BYTES (WG_BM * WG_BK)
-#define WG_B_BYTES (WG_BN * WG_BK)
-#define WG_SMEM (WG_STAGES * (WG_A_BYTES + WG_B_BYTES) + 2 * WG_STAGES * 8 + 1024)  // + barriers, + alignment
+#define WG_STAGES 3
+#define WG_CLUSTER 2
+#define WG_A_BYTES (WG_BM * WG_BK)         // 16 KB
+#define WG_B_BYTES (WG_BN * WG_BK)         // 32 KB, half of it from each CTA of the cluster
+#define WG_Y_BYTES (WG_BM * WG_BN * 2)     // 64 KB: the bf16 output tile, staged for the TMA store
+#define WG_Y_BOX 64                        // output boxes of 64 x 64 bf16 (128-byte rows, swizzled)
+#define WG_SMEM (WG_STAGES * (WG_A_BYTES + WG_B_BYTES) + WG_Y_BYTES + 2 * WG_STAGES * 8 + 1024)  // + barriers, align
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ inline void mbar_init(uint64_t *bar, int count) {
@@ -78,8 +93,14 @@ __device__ inline void mbar_init(uint64_t *bar, int count) {
 __device__ inline void mbar_expect_tx(uint64_t *bar, uint32_t bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
 }
-__device__ inline void mbar_arrive(uint64_t *bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(bar)) : "memory");
+// Arrives on the barrier at the same shared-memory offset in CTA `rank` of the cluster (this CTA included).
+// Default (cta-scope release) semantics: a cluster-scope release would cost a GPU-wide memory barrier per arrive,
+// and the stage's readers (wgmma) have already completed.
+__device__ inline void mbar_arrive_cluster(uint64_t *bar, uint32_t rank) {
+    asm volatile("{ .reg .b32 a; mapa.shared::cluster.u32 a, %0, %1; mbarrier.arrive.shared::cluster.b64 _, [a]; }" ::"r"(
+                     smem_u32(bar)),
+                 "r"(rank)
+                 : "memory");
 }
 // Waits until the phase with this parity has completed (a fresh barrier counts its phase "1" as completed).
 __device__ inline void mbar_wait(uint64_t *bar, uint32_t parity) {
@@ -91,6 +112,14 @@ __device__ inline void mbar_wait(uint64_t *bar, uint32_t parity) {
                      : "memory");
     }
 }
+__device__ inline uint32_t cluster_rank() {
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+__device__ inline void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
 // Box at (inner coordinate k, row) of a 2D tensor map -> dst; completion counted in bytes on bar.
 __device__ inline void tma_load_2d(void *dst, const CUtensorMap *map, int k, int row, uint64_t *bar) {
     asm volatile(
@@ -99,6 +128,25 @@ __device__ inline void tma_load_2d(void *dst, const CUtensorMap *map, int k, int
         "l"((uint64_t)map), "r"(k), "r"(row), "r"(smem_u32(bar))
         : "memory");
 }
+// The same box written to this offset of shared memory in every CTA of mask, completing on each one's bar.
+__device__ inline void tma_load_2d_multicast(void *dst, const CUtensorMap *map, int k, int row, uint64_t *bar, uint16_t mask) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+                 " [%0], [%1, {%2, %3}], [%4], %5;" ::"r"(smem_u32(dst)),
+                 "l"((uint64_t)map), "r"(k), "r"(row), "r"(smem_u32(bar)), "h"(mask)
+                 : "memory");
+}
+// Shared memory -> the box at (col, row) of a tensor map (clipped at its edges); one bulk group per commit.
+__device__ inline void tma_store_2d(const CUtensorMap *map, const void *src, int col, int row) {
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];" ::"l"((uint64_t)map),
+                 "r"(col), "r"(row), "r"(smem_u32(src))
+                 : "memory");
+}
+__device__ inline void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+__device__ inline void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
+__device__ inline void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
+// Orders this thread's ordinary shared-memory stores before later async-proxy (TMA) reads of them.
+__device__ inline void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+__device__ inline void named_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
 
 // wgmma descriptor of a K-major operand in the swizzled layout above: start address >> 4 (bits 0-13), leading
 // byte offset unused for swizzled K-major (1, bits 16-29), stride byte offset = 1024 between 8-row groups
@@ -149,52 +197,61 @@ __device__ inline void wgmma_m64n256k32(int (&d)[128], uint64_t desc_a, uint64_t
 }
 #endif
 
-// Tiles are numbered with N fastest, so the CTAs running at one time share A rows (and all of B) in L2.
+// Work items are pairs of M tiles x one N tile (one per cluster), numbered with N fastest, so the clusters running
+// at one time share A rows (and all of B) in L2.
 template <int OUT>
-__global__ void __launch_bounds__(384, 1) int8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap tma_a, const __grid_constant__ CUtensorMap tma_b,
-                           const Int8Gemm g) {
+__global__ void __launch_bounds__(384, 1)
+    int8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap tma_a, const __grid_constant__ CUtensorMap tma_b,
+                           const __grid_constant__ CUtensorMap tma_y, const Int8Gemm g) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ uint8_t smem_raw[];
-    uint8_t *smem = (uint8_t *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
-    uint8_t *sa = smem;                                   // [stage] (128, 128) int8
-    uint8_t *sb = smem + WG_STAGES * WG_A_BYTES;          // [stage] (256, 128) int8
-    uint64_t *full = (uint64_t *)(sb + WG_STAGES * WG_B_BYTES);
-    uint64_t *empty = full + WG_STAGES;
-    int tiles_n = (g.N + WG_BN - 1) / WG_BN, tiles = (g.M + WG_BM - 1) / WG_BM * tiles_n;
+    uint8_t *smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);  // swizzled tiles: 1024-aligned
+    uint8_t *sa = smem;                                  // [stage] (128, 128) int8
+    uint8_t *sb = sa + WG_STAGES * WG_A_BYTES;           // [stage] (256, 128) int8: rows 0-127 from CTA 0, 128-255 from CTA 1
+    uint8_t *sy = sb + WG_STAGES * WG_B_BYTES;           // [consumer][4 boxes] (64, 64) bf16
+    uint64_t *full = (uint64_t *)(sy + WG_Y_BYTES), *empty = full + WG_STAGES;
+    uint32_t rank = cluster_rank();
+    int m_tiles = (g.M + WG_BM - 1) / WG_BM, tiles_n = (g.N + WG_BN - 1) / WG_BN;
+    int items = (m_tiles + 1) / 2 * tiles_n, cluster = blockIdx.x / WG_CLUSTER, clusters = gridDim.x / WG_CLUSTER;
     int ktiles = (g.K + WG_BK - 1) / WG_BK;
     int wg = threadIdx.x / 128;  // 0: producer, 1-2: consumers
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < WG_STAGES; s++) {
-            mbar_init(&full[s], 1);   // the producer's arrive.expect_tx, then the TMA bytes
-            mbar_init(&empty[s], 2);  // one arrive per consumer warpgroup
+            mbar_init(&full[s], 1);                // this CTA's producer's arrive.expect_tx, then the TMA bytes
+            mbar_init(&empty[s], 2 * WG_CLUSTER);  // each consumer warpgroup of both CTAs
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    __syncthreads();
+    cluster_sync();  // the peer's barriers exist before anything is multicast or arrived on
 
     if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         if (threadIdx.x == 0) {
             int it = 0;  // k-tiles loaded so far, over all tiles: stage it % STAGES, phase (it / STAGES) & 1
-            for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-                int m0 = tile / tiles_n * WG_BM, n0 = tile % tiles_n * WG_BN;
+            for (int item = cluster; item < items; item += clusters) {
+                int mt = item / tiles_n * 2 + rank, n0 = item % tiles_n * WG_BN;
+                int a_row = min(mt, m_tiles - 1) * WG_BM;  // past the last M tile (odd count): load any valid tile
                 for (int kt = 0; kt < ktiles; kt++, it++) {
                     int s = it % WG_STAGES;
-                    mbar_wait(&empty[s], ((it / WG_STAGES) & 1) ^ 1);
+                    mbar_wait(&empty[s], ((it / WG_STAGES) & 1) ^ 1);  // both CTAs are done with stage s
                     mbar_expect_tx(&full[s], WG_A_BYTES + WG_B_BYTES);  // whole boxes, out-of-bounds zeros included
-                    tma_load_2d(sa + s * WG_A_BYTES, &tma_a, kt * WG_BK, m0, &full[s]);
-                    tma_load_2d(sb + s * WG_B_BYTES, &tma_b, kt * WG_BK, n0, &full[s]);
+                    tma_load_2d(sa + s * WG_A_BYTES, &tma_a, kt * WG_BK, a_row, &full[s]);
+                    tma_load_2d_multicast(sb + s * WG_B_BYTES + rank * (WG_B_BYTES / 2), &tma_b, kt * WG_BK,
+                                          n0 + rank * (WG_BN / 2), &full[s], (1 << WG_CLUSTER) - 1);
                 }
             }
         }
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
-        int c = wg - 1, lane = threadIdx.x % 32, warp = threadIdx.x / 32 % 4;
+        int c = wg - 1, lane = threadIdx.x % 32, warp = threadIdx.x / 32 % 4, leader = threadIdx.x % 128 == 0;
+        int tma_out = OUT == INT8_OUT_BF16 && !g.accumulate;
+        float sb_t = tensor_scale<OUT>(g);
+        uint8_t *y_stage = sy + c * (WG_Y_BYTES / 2);
         int acc[128];
         int it = 0;
-        for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-            int m0 = tile / tiles_n * WG_BM, n0 = tile % tiles_n * WG_BN;
+        for (int item = cluster; item < items; item += clusters) {
+            int m0 = (item / tiles_n * 2 + rank) * WG_BM, n0 = item % tiles_n * WG_BN;
             int prev = 0;
             for (int kt = 0; kt < ktiles; kt++, it++) {
                 int s = it % WG_STAGES;
@@ -209,24 +266,57 @@ __global__ void __launch_bounds__(384, 1) int8_gemm_wgmma_kernel(const __grid_co
                 // Keep one k-tile of wgmma in flight; the one before it is done, so its stage can be refilled.
                 wgmma_wait<1>();
                 fence_regs(acc);
-                if (kt > 0 && threadIdx.x % 128 == 0) mbar_arrive(&empty[prev]);
+                if (kt > 0 && leader)
+                    for (int r = 0; r < WG_CLUSTER; r++) mbar_arrive_cluster(&empty[prev], r);
                 prev = s;
             }
             wgmma_wait<0>();
             fence_regs(acc);
-            if (threadIdx.x % 128 == 0) mbar_arrive(&empty[prev]);
+            if (leader)
+                for (int r = 0; r < WG_CLUSTER; r++) mbar_arrive_cluster(&empty[prev], r);
 
             // Accumulator layout: register 4j + 2h + e holds row 16 warp + lane / 4 + 8h, column 8j + 2 (lane % 4) + e.
-            int r0 = m0 + c * 64 + warp * 16 + lane / 4;
+            int rl = warp * 16 + lane / 4, r0 = m0 + c * 64 + rl;
             float sa0 = row_scale<OUT>(g, r0), sa1 = row_scale<OUT>(g, r0 + 8);
+            if (tma_out) {
+                // Stage the 64 x 256 bf16 result as 4 boxes of 64 x 64 (128-byte rows, chunk c of row r at c ^ (r % 8):
+                // conflict-free for these stores, and the layout the TMA store reads with SWIZZLE_128B).
+                if (leader) bulk_wait_read();  // the previous tile's stores have read the staging buffer
+                named_sync(1 + c, 128);
 #pragma unroll
-            for (int j = 0; j < WG_BN / 8; j++) {
-                int col = n0 + 8 * j + 2 * (lane % 4);
-                store2<OUT>(g, r0, sa0, col, acc[4 * j], acc[4 * j + 1]);
-                store2<OUT>(g, r0 + 8, sa1, col, acc[4 * j + 2], acc[4 * j + 3]);
+                for (int j = 0; j < WG_BN / 8; j++) {
+                    int col = n0 + 8 * j + 2 * (lane % 4);
+                    float2 bias, sb;
+                    column_params(g, sb_t, col, bias, sb);
+                    __nv_bfloat162 lo = __floats2bfloat162_rn(sb_dequant_acc(acc[4 * j], sa0, sb.x, bias.x),
+                                                              sb_dequant_acc(acc[4 * j + 1], sa0, sb.y, bias.y));
+                    __nv_bfloat162 hi = __floats2bfloat162_rn(sb_dequant_acc(acc[4 * j + 2], sa1, sb.x, bias.x),
+                                                              sb_dequant_acc(acc[4 * j + 3], sa1, sb.y, bias.y));
+                    uint8_t *box = y_stage + j / 8 * (WG_Y_BOX * WG_Y_BOX * 2);
+                    int off = ((j % 8) ^ (rl % 8)) * 16 + (lane % 4) * 4;  // rl and rl + 8 share rl % 8
+                    *(__nv_bfloat162 *)(box + rl * 128 + off) = lo;
+                    *(__nv_bfloat162 *)(box + (rl + 8) * 128 + off) = hi;
+                }
+                fence_async_smem();
+                named_sync(1 + c, 128);
+                if (leader && m0 + c * 64 < g.M) {
+                    for (int b = 0; b < WG_BN / WG_Y_BOX; b++)
+                        if (n0 + b * WG_Y_BOX < g.N)
+                            tma_store_2d(&tma_y, y_stage + b * (WG_Y_BOX * WG_Y_BOX * 2), n0 + b * WG_Y_BOX, m0 + c * 64);
+                    bulk_commit();
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < WG_BN / 8; j++) {
+                    int col = n0 + 8 * j + 2 * (lane % 4);
+                    store2<OUT>(g, r0, sa0, sb_t, col, acc[4 * j], acc[4 * j + 1]);
+                    store2<OUT>(g, r0 + 8, sa1, sb_t, col, acc[4 * j + 2], acc[4 * j + 3]);
+                }
             }
         }
+        if (leader) bulk_wait();  // the staging buffer must outlive the stores reading it
     }
+    cluster_sync();  // no CTA exits while its peer may still arrive on its barriers
 #endif
 }
 
@@ -306,6 +396,7 @@ template <int OUT> __global__ void __launch_bounds__(256) int8_gemm_mma_kernel(c
     }
 
     // mma accumulator layout: d0, d1 at row lane / 4, columns 2 (lane % 4) + 0, 1; d2, d3 eight rows below.
+    float sb_t = tensor_scale<OUT>(g);
 #pragma unroll
     for (int mt = 0; mt < 4; mt++) {
         int r0 = m0 + wm + mt * 16 + lane / 4;
@@ -313,8 +404,8 @@ template <int OUT> __global__ void __launch_bounds__(256) int8_gemm_mma_kernel(c
 #pragma unroll
         for (int nt = 0; nt < 4; nt++) {
             int col = n0 + wn + nt * 8 + 2 * (lane % 4);
-            store2<OUT>(g, r0, sa0, col, acc[mt][nt][0], acc[mt][nt][1]);
-            store2<OUT>(g, r0 + 8, sa1, col, acc[mt][nt][2], acc[mt][nt][3]);
+            store2<OUT>(g, r0, sa0, sb_t, col, acc[mt][nt][0], acc[mt][nt][1]);
+            store2<OUT>(g, r0 + 8, sa1, sb_t, col, acc[mt][nt][2], acc[mt][nt][3]);
         }
     }
 }
@@ -325,8 +416,10 @@ typedef CUresult (*TensorMapEncodeTiled)(CUtensorMap *, CUtensorMapDataType, cuu
                                          CUtensorMapInterleave, CUtensorMapSwizzle, CUtensorMapL2promotion,
                                          CUtensorMapFloatOOBfill);
 
-// Tensor map of an int8 (rows, K) row-major matrix, loaded in boxes of (box_rows, 128) with 128-byte swizzle.
-static CUtensorMap make_tensor_map(const int8_t *p, int rows, int K, int box_rows) {
+// Tensor map of a row-major (rows, cols) matrix read or written in boxes of (box_rows, box_cols), where a box row
+// is 128 bytes and shared memory holds it 128-byte-swizzled.
+static CUtensorMap make_tensor_map(const void *p, CUtensorMapDataType type, int elem_bytes, int rows, int cols,
+                                   int box_rows, int box_cols) {
     static TensorMapEncodeTiled encode = NULL;
     if (!encode) {
         cudaDriverEntryPointQueryResult q;
@@ -337,13 +430,12 @@ static CUtensorMap make_tensor_map(const int8_t *p, int rows, int K, int box_row
         }
     }
     CUtensorMap map;
-    cuuint64_t dims[2] = {(cuuint64_t)K, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)K};
-    cuuint32_t box[2] = {WG_BK, (cuuint32_t)box_rows}, elem_strides[2] = {1, 1};
-    CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, (void *)p, dims, strides, box, elem_strides,
-                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)cols * elem_bytes};
+    cuuint32_t box[2] = {(cuuint32_t)box_cols, (cuuint32_t)box_rows}, elem_strides[2] = {1, 1};
+    CUresult r = encode(&map, type, 2, (void *)p, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS) {
-        fprintf(stderr, "error: int8_gemm: cuTensorMapEncodeTiled failed (CUresult %d) for (%d, %d)\n", (int)r, rows, K);
+        fprintf(stderr, "error: int8_gemm: cuTensorMapEncodeTiled failed (CUresult %d) for (%d, %d)\n", (int)r, rows, cols);
         exit(1);
     }
     return map;
@@ -361,20 +453,38 @@ static void check_args(const Int8Gemm *g) {
     }
 }
 
-template <int OUT> static void launch(const Int8Gemm *g, Int8GemmPath path, int sms, cudaStream_t stream) {
-    static int smem_set[2] = {0, 0};  // the dynamic shared-memory limit is raised once per kernel
+template <int OUT> static void launch(const Int8Gemm *g, Int8GemmPath path, cudaStream_t stream) {
     if (path == INT8_PATH_WGMMA) {
-        if (!smem_set[0]) {
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute cluster;
+        cluster.id = cudaLaunchAttributeClusterDimension;
+        cluster.val.clusterDim.x = WG_CLUSTER, cluster.val.clusterDim.y = 1, cluster.val.clusterDim.z = 1;
+        cfg.blockDim = dim3(384), cfg.dynamicSmemBytes = WG_SMEM, cfg.stream = stream;
+        cfg.attrs = &cluster, cfg.numAttrs = 1;
+        static int max_clusters = 0;  // once per kernel: raise the shared-memory limit, ask how many clusters fit
+        if (!max_clusters) {
             cudaCheck(cudaFuncSetAttribute(int8_gemm_wgmma_kernel<OUT>, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_SMEM));
-            smem_set[0] = 1;
+            cfg.gridDim = dim3(WG_CLUSTER);
+            cudaCheck(cudaOccupancyMaxActiveClusters(&max_clusters, int8_gemm_wgmma_kernel<OUT>, &cfg));
+            if (max_clusters < 1) {
+                fprintf(stderr, "error: int8_gemm: no cluster of %d CTAs with %d bytes of shared memory fits\n", WG_CLUSTER, WG_SMEM);
+                exit(1);
+            }
         }
-        CUtensorMap ta = make_tensor_map(g->a, g->M, g->K, WG_BM), tb = make_tensor_map(g->b, g->N, g->K, WG_BN);
-        int tiles = ceil_div(g->M, WG_BM) * ceil_div(g->N, WG_BN);
-        int8_gemm_wgmma_kernel<OUT><<<tiles < sms ? tiles : sms, 384, WG_SMEM, stream>>>(ta, tb, *g);
+        CUtensorMap ta = make_tensor_map(g->a, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->M, g->K, WG_BM, WG_BK);
+        CUtensorMap tb = make_tensor_map(g->b, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->N, g->K, WG_BN / WG_CLUSTER, WG_BK);
+        // bf16 output without accumulation leaves through TMA stores; other outputs are stored directly (ta: unused).
+        CUtensorMap ty = OUT == INT8_OUT_BF16 && !g->accumulate
+                             ? make_tensor_map(g->out, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, g->M, g->N, WG_Y_BOX, WG_Y_BOX)
+                             : ta;
+        int items = (ceil_div(g->M, WG_BM) + 1) / 2 * ceil_div(g->N, WG_BN);
+        cfg.gridDim = dim3(WG_CLUSTER * (items < max_clusters ? items : max_clusters));
+        cudaCheck(cudaLaunchKernelEx(&cfg, int8_gemm_wgmma_kernel<OUT>, ta, tb, ty, *g));
     } else {
-        if (!smem_set[1]) {
+        static int smem_set = 0;  // the dynamic shared-memory limit is raised once per kernel
+        if (!smem_set) {
             cudaCheck(cudaFuncSetAttribute(int8_gemm_mma_kernel<OUT>, cudaFuncAttributeMaxDynamicSharedMemorySize, MM_SMEM));
-            smem_set[1] = 1;
+            smem_set = 1;
         }
         int8_gemm_mma_kernel<OUT><<<dim3(ceil_div(g->N, MM_BN), ceil_div(g->M, MM_BM)), 256, MM_SMEM, stream>>>(*g);
     }
@@ -383,10 +493,9 @@ template <int OUT> static void launch(const Int8Gemm *g, Int8GemmPath path, int 
 
 void int8_gemm_path(const Int8Gemm *g, Int8GemmPath path, cudaStream_t stream) {
     check_args(g);
-    int dev, major, sms;
+    int dev, major;
     cudaCheck(cudaGetDevice(&dev));
     cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
     static int use_mma = -1;  // SB_INT8_GEMM=mma in the environment: the portable kernel everywhere (debugging)
     if (use_mma < 0) use_mma = getenv("SB_INT8_GEMM") && strcmp(getenv("SB_INT8_GEMM"), "mma") == 0;
     if (path == INT8_PATH_AUTO) path = major == 9 && !use_mma ? INT8_PATH_WGMMA : INT8_PATH_MMA;
@@ -395,9 +504,9 @@ void int8_gemm_path(const Int8Gemm *g, Int8GemmPath path, cudaStream_t stream) {
         exit(1);
     }
     switch (g->out_type) {
-    case INT8_OUT_BF16: launch<INT8_OUT_BF16>(g, path, sms, stream); break;
-    case INT8_OUT_F32: launch<INT8_OUT_F32>(g, path, sms, stream); break;
-    case INT8_OUT_I32: launch<INT8_OUT_I32>(g, path, sms, stream); break;
+    case INT8_OUT_BF16: launch<INT8_OUT_BF16>(g, path, stream); break;
+    case INT8_OUT_F32: launch<INT8_OUT_F32>(g, path, stream); break;
+    case INT8_OUT_I32: launch<INT8_OUT_I32>(g, path, stream); break;
     }
 }
 

@@ -191,8 +191,9 @@ static void test_quantize_2way(void) {
 // ------------------------------------------------------------------------------------------------ int8 GEMM
 static const char *path_name(Int8GemmPath p) { return p == INT8_PATH_WGMMA ? "wgmma" : "mma.sync"; }
 
-// Exact int32 accumulators; then bf16 out with bias and a tensor-wise scale; then fp32 out, per-column scales,
-// accumulating into random values. Each compared bit for bit with the CPU (same float ops).
+// Exact int32 accumulators; then bf16 out with bias and a tensor-wise scale (on sm_90: the TMA-store epilogue);
+// then fp32 and bf16 out with per-column scales, accumulating into random values (the direct-store epilogue).
+// Each compared bit for bit with the CPU (same float ops).
 static void gemm_case(Rng *r, Int8GemmPath path, int M, int N, int K) {
     size_t mk = (size_t)M * K, nk = (size_t)N * K, mn = (size_t)M * N;
     int8_t *a = (int8_t *)host_alloc(mk), *b = (int8_t *)host_alloc(nk);
@@ -252,6 +253,22 @@ static void gemm_case(Rng *r, Int8GemmPath path, int M, int N, int K) {
            N, K, bad / N, bad % N, bad < 0 ? 0 : yf[bad],
            bad < 0 ? 0 : ref_epilogue(acc_ref[bad], sa[bad / N], sb, 1, NULL, bad % N, old[bad]));
     cudaCheck(cudaFree(g.out));
+
+    // 4. bf16, per-column scales, with bias, accumulating into random bf16 values (the direct-store epilogue)
+    bf16 *oldb = (bf16 *)host_alloc(sizeof(bf16) * mn);
+    fill_bf16(r, oldb, NULL, M, N, 1.0f, 0);
+    g.out = dev_upload(oldb, sizeof(bf16) * mn), g.out_type = INT8_OUT_BF16, g.bias = d_bias;
+    int8_gemm_path(&g, path, 0);
+    download(y, g.out, sizeof(bf16) * mn);
+    bad = -1;
+    for (size_t i = 0; i < mn && bad < 0; i++) {
+        float ref = bf(__float2bfloat16(ref_epilogue(acc_ref[i], sa[i / N], sb, 1, bias, i % N, bf(oldb[i]))));
+        if (!(bf(y[i]) == ref)) bad = (long)i;
+    }
+    EXPECT(bad < 0, "%s (M %d, N %d, K %d) bf16 accumulate differs at (%ld, %ld): %g", path_name(path), M, N, K,
+           bad / N, bad % N, bad < 0 ? 0 : bf(y[bad]));
+    cudaCheck(cudaFree(g.out));
+    free(oldb);
 
     cudaCheck(cudaFree(d_a));
     cudaCheck(cudaFree(d_b));
