@@ -5,7 +5,8 @@
 //    and multicasts it to both (a third fewer bytes from L2 per k-step, which bounds this GEMM otherwise).
 //    One producer thread issues the TMA loads into 128-byte-swizzled shared memory, 3 stages of 128 x 128 A +
 //    256 x 128 B, signalling "full" mbarriers; two consumer warpgroups run wgmma.m64n256k32.s32.s8.s8 on 64 rows
-//    each and release stages through "empty" mbarriers in both CTAs. The epilogue dequantizes from registers;
+//    each and release each stage, as soon as their wgmma on it are done, through "empty" mbarriers in both CTAs
+//    (the other warpgroup keeps the tensor cores busy meanwhile). The epilogue dequantizes from registers;
 //    bf16 output goes through swizzled shared memory and TMA stores, which drain while the next tile computes.
 //  - sm_80 / sm_89 (and a fallback on sm_90): 128 x 128 x 128 tiles, a 3-stage cp.async pipeline into the same
 //    swizzled layout, ldmatrix + mma.sync.m16n8k32.s8, 8 warps of 64 x 32.
@@ -78,16 +79,14 @@ __device__ inline uint32_t swz(int row, int chunk) { return row * 128 + ((chunk 
 #define WG_BM 128
 #define WG_BN 256
 #define WG_BK 128  // int8 elements = bytes: one swizzle row
+#define WG_STAGES 3
 #define WG_CLUSTER 2
 #define WG_A_BYTES (WG_BM * WG_BK)         // 16 KB
 #define WG_B_BYTES (WG_BN * WG_BK)         // 32 KB, half of it from each CTA of the cluster
+#define WG_Y_BYTES (WG_BM * WG_BN * 2)     // 64 KB: the bf16 output tile, staged for the TMA store
 #define WG_Y_BOX 64                        // output boxes of 64 x 64 bf16 (128-byte rows, swizzled)
 #define WG_Y_BOX_BYTES (WG_Y_BOX * WG_Y_BOX * 2)
-// Shared memory: STAGES x 48 KB of operands; the bf16 output tile (64 KB) is staged whole with 3 stages, in two
-// halves with 4 (no room for both); barriers; 1 KB to align.
-#define WG_Y_HALVES(STAGES) ((STAGES) == 4 ? 2 : 1)
-#define WG_Y_BYTES(STAGES) (WG_BM * WG_BN * 2 / WG_Y_HALVES(STAGES))
-#define WG_SMEM(STAGES) ((STAGES) * (WG_A_BYTES + WG_B_BYTES) + WG_Y_BYTES(STAGES) + 2 * (STAGES) * 8 + 1024)
+#define WG_SMEM (WG_STAGES * (WG_A_BYTES + WG_B_BYTES) + WG_Y_BYTES + 2 * WG_STAGES * 8 + 1024)  // + barriers, align
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ inline void mbar_init(uint64_t *bar, int count) {
@@ -202,8 +201,7 @@ __device__ inline void wgmma_m64n256k32(int (&d)[128], uint64_t desc_a, uint64_t
 
 // Work items are pairs of M tiles x one N tile (one per cluster), numbered with N fastest, so the clusters running
 // at one time share A rows (and all of B) in L2.
-// EARLY: release a stage as soon as its own wgmma have completed (wait_group 0) rather than one k-tile later.
-template <int OUT, int STAGES, int EARLY>
+template <int OUT>
 __global__ void __launch_bounds__(384, 1)
     int8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap tma_a, const __grid_constant__ CUtensorMap tma_b,
                            const __grid_constant__ CUtensorMap tma_y, const Int8Gemm g) {
@@ -211,9 +209,9 @@ __global__ void __launch_bounds__(384, 1)
     extern __shared__ uint8_t smem_raw[];
     uint8_t *smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);  // swizzled tiles: 1024-aligned
     uint8_t *sa = smem;                                  // [stage] (128, 128) int8
-    uint8_t *sb = sa + STAGES * WG_A_BYTES;           // [stage] (256, 128) int8: rows 0-127 from CTA 0, 128-255 from CTA 1
-    uint8_t *sy = sb + STAGES * WG_B_BYTES;           // [consumer][4 or 2 boxes] (64, 64) bf16
-    uint64_t *full = (uint64_t *)(sy + WG_Y_BYTES(STAGES)), *empty = full + STAGES;
+    uint8_t *sb = sa + WG_STAGES * WG_A_BYTES;           // [stage] (256, 128) int8: rows 0-127 from CTA 0, 128-255 from CTA 1
+    uint8_t *sy = sb + WG_STAGES * WG_B_BYTES;           // [consumer][4 boxes] (64, 64) bf16
+    uint64_t *full = (uint64_t *)(sy + WG_Y_BYTES), *empty = full + WG_STAGES;
     uint32_t rank = cluster_rank();
     int m_tiles = (g.M + WG_BM - 1) / WG_BM, tiles_n = (g.N + WG_BN - 1) / WG_BN;
     int items = (m_tiles + 1) / 2 * tiles_n, cluster = blockIdx.x / WG_CLUSTER, clusters = gridDim.x / WG_CLUSTER;
@@ -221,7 +219,7 @@ __global__ void __launch_bounds__(384, 1)
     int wg = threadIdx.x / 128;  // 0: producer, 1-2: consumers
 
     if (threadIdx.x == 0) {
-        for (int s = 0; s < STAGES; s++) {
+        for (int s = 0; s < WG_STAGES; s++) {
             mbar_init(&full[s], 1);                // this CTA's producer's arrive.expect_tx, then the TMA bytes
             mbar_init(&empty[s], 2 * WG_CLUSTER);  // each consumer warpgroup of both CTAs
         }
@@ -232,13 +230,13 @@ __global__ void __launch_bounds__(384, 1)
     if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         if (threadIdx.x == 0) {
-            int it = 0;  // k-tiles loaded so far, over all tiles: stage it % STAGES, phase (it / STAGES) & 1
+            int it = 0;  // k-tiles loaded so far, over all tiles: stage it % WG_STAGES, phase (it / WG_STAGES) & 1
             for (int item = cluster; item < items; item += clusters) {
                 int mt = item / tiles_n * 2 + rank, n0 = item % tiles_n * WG_BN;
                 int a_row = min(mt, m_tiles - 1) * WG_BM;  // past the last M tile (odd count): load any valid tile
                 for (int kt = 0; kt < ktiles; kt++, it++) {
-                    int s = it % STAGES;
-                    mbar_wait(&empty[s], ((it / STAGES) & 1) ^ 1);  // both CTAs are done with stage s
+                    int s = it % WG_STAGES;
+                    mbar_wait(&empty[s], ((it / WG_STAGES) & 1) ^ 1);  // both CTAs are done with stage s
                     mbar_expect_tx(&full[s], WG_A_BYTES + WG_B_BYTES);  // whole boxes, out-of-bounds zeros included
                     tma_load_2d(sa + s * WG_A_BYTES, &tma_a, kt * WG_BK, a_row, &full[s]);
                     tma_load_2d_multicast(sb + s * WG_B_BYTES + rank * (WG_B_BYTES / 2), &tma_b, kt * WG_BK,
@@ -251,15 +249,14 @@ __global__ void __launch_bounds__(384, 1)
         int c = wg - 1, lane = threadIdx.x % 32, warp = threadIdx.x / 32 % 4, leader = threadIdx.x % 128 == 0;
         int tma_out = OUT == INT8_OUT_BF16 && !g.accumulate;
         float sb_t = tensor_scale<OUT>(g);
-        uint8_t *y_stage = sy + c * (WG_Y_BYTES(STAGES) / 2);
+        uint8_t *y_stage = sy + c * (WG_Y_BYTES / 2);
         int acc[128];
         int it = 0;
         for (int item = cluster; item < items; item += clusters) {
             int m0 = (item / tiles_n * 2 + rank) * WG_BM, n0 = item % tiles_n * WG_BN;
-            int prev = 0;
             for (int kt = 0; kt < ktiles; kt++, it++) {
-                int s = it % STAGES;
-                mbar_wait(&full[s], (it / STAGES) & 1);
+                int s = it % WG_STAGES;
+                mbar_wait(&full[s], (it / WG_STAGES) & 1);
                 uint64_t da = wgmma_desc(smem_u32(sa + s * WG_A_BYTES + c * 64 * WG_BK));
                 uint64_t db = wgmma_desc(smem_u32(sb + s * WG_B_BYTES));
                 wgmma_fence();
@@ -267,25 +264,12 @@ __global__ void __launch_bounds__(384, 1)
                 for (int kk = 0; kk < WG_BK / 32; kk++)  // +32 bytes along K: +2 in the address field
                     wgmma_m64n256k32(acc, da + 2 * kk, db + 2 * kk, kt > 0 || kk > 0);
                 wgmma_commit();
-                if (EARLY) {  // the other warpgroup's wgmma keep the tensor cores busy meanwhile
-                    wgmma_wait<0>();
-                    fence_regs(acc);
-                    if (leader)
-                        for (int r = 0; r < WG_CLUSTER; r++) mbar_arrive_cluster(&empty[s], r);
-                } else {
-                    // Keep one k-tile of wgmma in flight; the one before it is done, so its stage can be refilled.
-                    wgmma_wait<1>();
-                    fence_regs(acc);
-                    if (kt > 0 && leader)
-                        for (int r = 0; r < WG_CLUSTER; r++) mbar_arrive_cluster(&empty[prev], r);
-                }
-                prev = s;
-            }
-            if (!EARLY) {
+                // Release the stage as soon as this warpgroup's wgmma on it are done; the other warpgroup's keep
+                // the tensor cores busy meanwhile (measured: a little faster than keeping one k-tile in flight).
                 wgmma_wait<0>();
                 fence_regs(acc);
                 if (leader)
-                    for (int r = 0; r < WG_CLUSTER; r++) mbar_arrive_cluster(&empty[prev], r);
+                    for (int r = 0; r < WG_CLUSTER; r++) mbar_arrive_cluster(&empty[s], r);
             }
 
             // Accumulator layout: register 4j + 2h + e holds row 16 warp + lane / 4 + 8h, column 8j + 2 (lane % 4) + e.
@@ -294,34 +278,29 @@ __global__ void __launch_bounds__(384, 1)
             if (tma_out) {
                 // Stage the 64 x 256 bf16 result as 4 boxes of 64 x 64 (128-byte rows, chunk c of row r at c ^ (r % 8):
                 // conflict-free for these stores, and the layout the TMA store reads with SWIZZLE_128B).
-                constexpr int halves = WG_Y_HALVES(STAGES), boxes = WG_BN / WG_Y_BOX / halves;
+                if (leader) bulk_wait_read();  // the previous tile's stores have read the staging buffer
+                named_sync(1 + c, 128);
 #pragma unroll
-                for (int h = 0; h < halves; h++) {
-                    if (leader) bulk_wait_read();  // earlier stores have read the staging buffer
-                    named_sync(1 + c, 128);
-#pragma unroll
-                    for (int jj = 0; jj < boxes * 8; jj++) {
-                        int j = h * boxes * 8 + jj, col = n0 + 8 * j + 2 * (lane % 4);
-                        float2 bias, sb;
-                        column_params(g, sb_t, col, bias, sb);
-                        __nv_bfloat162 lo = __floats2bfloat162_rn(sb_dequant_acc(acc[4 * j], sa0, sb.x, bias.x),
-                                                                  sb_dequant_acc(acc[4 * j + 1], sa0, sb.y, bias.y));
-                        __nv_bfloat162 hi = __floats2bfloat162_rn(sb_dequant_acc(acc[4 * j + 2], sa1, sb.x, bias.x),
-                                                                  sb_dequant_acc(acc[4 * j + 3], sa1, sb.y, bias.y));
-                        uint8_t *box = y_stage + jj / 8 * WG_Y_BOX_BYTES;
-                        int off = ((j % 8) ^ (rl % 8)) * 16 + (lane % 4) * 4;  // rl and rl + 8 share rl % 8
-                        *(__nv_bfloat162 *)(box + rl * 128 + off) = lo;
-                        *(__nv_bfloat162 *)(box + (rl + 8) * 128 + off) = hi;
-                    }
-                    fence_async_smem();
-                    named_sync(1 + c, 128);
-                    if (leader && m0 + c * 64 < g.M) {
-                        for (int b = 0; b < boxes; b++) {
-                            int col0 = n0 + (h * boxes + b) * WG_Y_BOX;
-                            if (col0 < g.N) tma_store_2d(&tma_y, y_stage + b * WG_Y_BOX_BYTES, col0, m0 + c * 64);
-                        }
-                        bulk_commit();
-                    }
+                for (int j = 0; j < WG_BN / 8; j++) {
+                    int col = n0 + 8 * j + 2 * (lane % 4);
+                    float2 bias, sb;
+                    column_params(g, sb_t, col, bias, sb);
+                    __nv_bfloat162 lo = __floats2bfloat162_rn(sb_dequant_acc(acc[4 * j], sa0, sb.x, bias.x),
+                                                              sb_dequant_acc(acc[4 * j + 1], sa0, sb.y, bias.y));
+                    __nv_bfloat162 hi = __floats2bfloat162_rn(sb_dequant_acc(acc[4 * j + 2], sa1, sb.x, bias.x),
+                                                              sb_dequant_acc(acc[4 * j + 3], sa1, sb.y, bias.y));
+                    uint8_t *box = y_stage + j / 8 * WG_Y_BOX_BYTES;
+                    int off = ((j % 8) ^ (rl % 8)) * 16 + (lane % 4) * 4;  // rl and rl + 8 share rl % 8
+                    *(__nv_bfloat162 *)(box + rl * 128 + off) = lo;
+                    *(__nv_bfloat162 *)(box + (rl + 8) * 128 + off) = hi;
+                }
+                fence_async_smem();
+                named_sync(1 + c, 128);
+                if (leader && m0 + c * 64 < g.M) {
+                    for (int b = 0; b < WG_BN / WG_Y_BOX; b++)
+                        if (n0 + b * WG_Y_BOX < g.N)
+                            tma_store_2d(&tma_y, y_stage + b * WG_Y_BOX_BYTES, n0 + b * WG_Y_BOX, m0 + c * 64);
+                    bulk_commit();
                 }
             } else {
 #pragma unroll
@@ -471,45 +450,33 @@ static void check_args(const Int8Gemm *g) {
     }
 }
 
-template <int OUT, int STAGES, int EARLY> static void launch_wgmma(const Int8Gemm *g, cudaStream_t stream) {
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute cluster;
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = WG_CLUSTER, cluster.val.clusterDim.y = 1, cluster.val.clusterDim.z = 1;
-    cfg.blockDim = dim3(384), cfg.dynamicSmemBytes = WG_SMEM(STAGES), cfg.stream = stream;
-    cfg.attrs = &cluster, cfg.numAttrs = 1;
-    static int max_clusters = 0;  // once per kernel: raise the shared-memory limit, ask how many clusters fit
-    if (!max_clusters) {
-        cudaCheck(cudaFuncSetAttribute(int8_gemm_wgmma_kernel<OUT, STAGES, EARLY>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       WG_SMEM(STAGES)));
-        cfg.gridDim = dim3(WG_CLUSTER);
-        cudaCheck(cudaOccupancyMaxActiveClusters(&max_clusters, int8_gemm_wgmma_kernel<OUT, STAGES, EARLY>, &cfg));
-        if (max_clusters < 1) {
-            fprintf(stderr, "error: int8_gemm: no cluster of %d CTAs with %d bytes of shared memory fits\n", WG_CLUSTER,
-                    WG_SMEM(STAGES));
-            exit(1);
-        }
-    }
-    CUtensorMap ta = make_tensor_map(g->a, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->M, g->K, WG_BM, WG_BK);
-    CUtensorMap tb = make_tensor_map(g->b, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->N, g->K, WG_BN / WG_CLUSTER, WG_BK);
-    // bf16 output without accumulation leaves through TMA stores; other outputs are stored directly (ta: unused).
-    CUtensorMap ty = OUT == INT8_OUT_BF16 && !g->accumulate
-                         ? make_tensor_map(g->out, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, g->M, g->N, WG_Y_BOX, WG_Y_BOX)
-                         : ta;
-    int items = (ceil_div(g->M, WG_BM) + 1) / 2 * ceil_div(g->N, WG_BN);
-    cfg.gridDim = dim3(WG_CLUSTER * (items < max_clusters ? items : max_clusters));
-    cudaCheck(cudaLaunchKernelEx(&cfg, int8_gemm_wgmma_kernel<OUT, STAGES, EARLY>, ta, tb, ty, *g));
-}
-
 template <int OUT> static void launch(const Int8Gemm *g, Int8GemmPath path, cudaStream_t stream) {
     if (path == INT8_PATH_WGMMA) {
-        const char *v = getenv("SB_WGMMA_VARIANT");  // TEMPORARY: the pipeline sweep of bench_switchback
-        switch (v ? atoi(v) : 0) {
-        case 1: launch_wgmma<OUT, 3, 1>(g, stream); break;
-        case 2: launch_wgmma<OUT, 4, 1>(g, stream); break;
-        case 3: launch_wgmma<OUT, 4, 0>(g, stream); break;
-        default: launch_wgmma<OUT, 3, 0>(g, stream); break;
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute cluster;
+        cluster.id = cudaLaunchAttributeClusterDimension;
+        cluster.val.clusterDim.x = WG_CLUSTER, cluster.val.clusterDim.y = 1, cluster.val.clusterDim.z = 1;
+        cfg.blockDim = dim3(384), cfg.dynamicSmemBytes = WG_SMEM, cfg.stream = stream;
+        cfg.attrs = &cluster, cfg.numAttrs = 1;
+        static int max_clusters = 0;  // once per kernel: raise the shared-memory limit, ask how many clusters fit
+        if (!max_clusters) {
+            cudaCheck(cudaFuncSetAttribute(int8_gemm_wgmma_kernel<OUT>, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_SMEM));
+            cfg.gridDim = dim3(WG_CLUSTER);
+            cudaCheck(cudaOccupancyMaxActiveClusters(&max_clusters, int8_gemm_wgmma_kernel<OUT>, &cfg));
+            if (max_clusters < 1) {
+                fprintf(stderr, "error: int8_gemm: no cluster of %d CTAs with %d bytes of shared memory fits\n", WG_CLUSTER, WG_SMEM);
+                exit(1);
+            }
         }
+        CUtensorMap ta = make_tensor_map(g->a, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->M, g->K, WG_BM, WG_BK);
+        CUtensorMap tb = make_tensor_map(g->b, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->N, g->K, WG_BN / WG_CLUSTER, WG_BK);
+        // bf16 output without accumulation leaves through TMA stores; other outputs are stored directly (ta: unused).
+        CUtensorMap ty = OUT == INT8_OUT_BF16 && !g->accumulate
+                             ? make_tensor_map(g->out, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, g->M, g->N, WG_Y_BOX, WG_Y_BOX)
+                             : ta;
+        int items = (ceil_div(g->M, WG_BM) + 1) / 2 * ceil_div(g->N, WG_BN);
+        cfg.gridDim = dim3(WG_CLUSTER * (items < max_clusters ? items : max_clusters));
+        cudaCheck(cudaLaunchKernelEx(&cfg, int8_gemm_wgmma_kernel<OUT>, ta, tb, ty, *g));
     } else {
         static int smem_set = 0;  // the dynamic shared-memory limit is raised once per kernel
         if (!smem_set) {

@@ -5,10 +5,10 @@
 
 // ------------------------------------------------------------------------------------------------ row-wise
 // One warp a row (warp_quantize_row, the same device function a fused producer would call).
-template <int NV> __global__ void quantize_rowwise_kernel(int8_t *q, float *s, const bf16 *x, int M, int K) {
+__global__ void quantize_rowwise_kernel(int8_t *q, float *s, const bf16 *x, int M, int K) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= M) return;
-    warp_quantize_row<NV>(q + (size_t)row * K, s + row, x + (size_t)row * K, K, threadIdx.x % 32);
+    warp_quantize_row(q + (size_t)row * K, s + row, x + (size_t)row * K, K, threadIdx.x % 32);
 }
 
 void quantize_rowwise(int8_t *q, float *s, const bf16 *x, int M, int K, cudaStream_t stream) {
@@ -17,13 +17,7 @@ void quantize_rowwise(int8_t *q, float *s, const bf16 *x, int M, int K, cudaStre
         exit(1);
     }
     const int rows_per_block = 8;
-    dim3 grid(ceil_div(M, rows_per_block)), block(32 * rows_per_block);
-    // Rows up to 6144 wide (every CLIP width, 4 x ViT-g's 1408 included) stay in registers.
-    if (K <= 1024) quantize_rowwise_kernel<4><<<grid, block, 0, stream>>>(q, s, x, M, K);
-    else if (K <= 2048) quantize_rowwise_kernel<8><<<grid, block, 0, stream>>>(q, s, x, M, K);
-    else if (K <= 4096) quantize_rowwise_kernel<16><<<grid, block, 0, stream>>>(q, s, x, M, K);
-    else if (K <= 6144) quantize_rowwise_kernel<24><<<grid, block, 0, stream>>>(q, s, x, M, K);
-    else quantize_rowwise_kernel<0><<<grid, block, 0, stream>>>(q, s, x, M, K);
+    quantize_rowwise_kernel<<<ceil_div(M, rows_per_block), 32 * rows_per_block, 0, stream>>>(q, s, x, M, K);
     cudaCheckLaunch();
 }
 

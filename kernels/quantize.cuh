@@ -49,28 +49,14 @@ static __device__ inline uint2 quantize8(uint4 v, float mult) {
 }
 
 // One warp quantizes one row: x (K) bf16 -> q (K) int8, *s = absmax. K % 8 == 0, rows 16-byte aligned.
-// NV > 0: each lane keeps its (at most NV) 16-byte vectors in registers between the absmax and the quantization,
-// so the row is read once (needs K <= 256 NV). NV = 0: any K, two passes, the second reading the row again.
-template <int NV> static __device__ inline void warp_quantize_row(int8_t *q, float *s, const bf16 *x, int K, int lane) {
+// Two passes over the row; the second one reads it back from L1.
+static __device__ inline void warp_quantize_row(int8_t *q, float *s, const bf16 *x, int K, int lane) {
     const uint4 *xv = (const uint4 *)x;
-    uint4 v[NV > 0 ? NV : 1];
     float m = 0.0f;
-    if (NV > 0) {
-#pragma unroll
-        for (int i = 0; i < NV; i++)
-            if (lane + 32 * i < K / 8) v[i] = xv[lane + 32 * i], m = fmaxf(m, absmax8(v[i]));
-    } else {
-        for (int i = lane; i < K / 8; i += 32) m = fmaxf(m, absmax8(xv[i]));
-    }
+    for (int i = lane; i < K / 8; i += 32) m = fmaxf(m, absmax8(xv[i]));
     m = warp_absmax(m);
     float mult = sb_quant_mult(m);
-    if (NV > 0) {
-#pragma unroll
-        for (int i = 0; i < NV; i++)
-            if (lane + 32 * i < K / 8) ((uint2 *)q)[lane + 32 * i] = quantize8(v[i], mult);
-    } else {
-        for (int i = lane; i < K / 8; i += 32) ((uint2 *)q)[i] = quantize8(xv[i], mult);
-    }
+    for (int i = lane; i < K / 8; i += 32) ((uint2 *)q)[i] = quantize8(xv[i], mult);
     if (lane == 0) *s = m;
 }
 #endif

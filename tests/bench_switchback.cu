@@ -169,8 +169,6 @@ int main(int argc, char **argv) {
     printf("GPU: %s (sm_%d%d, %d SMs, L2 %d MB), %d reps, median\n", prop.name, prop.major, prop.minor,
            prop.multiProcessorCount, prop.l2CacheSize >> 20, reps);
     float t[NSHAPES][NOPS];
-#define NVARIANTS 4
-    float sweep[NSHAPES][NVARIANTS] = {};
     unsigned long long *d_count = (unsigned long long *)dmalloc(sizeof(unsigned long long));
     for (int si = 0; si < NSHAPES; si++) {
         Bench b = {};
@@ -198,29 +196,19 @@ int main(int argc, char **argv) {
         for (int i = 0; i < 2; i++) quantize_rowwise(b.xq[i], b.xs[i], b.x[i], M, K, 0);
 
         // Cross-check: both of our kernels must give identical bf16 outputs (same int32 sums, same epilogue).
-        // TEMPORARY pipeline sweep: each wgmma variant checked against mma.sync, then timed.
         const char *check = "wgmma not run (not sm_90)";
         if (wgmma) {
             Int8Gemm f = forward_gemm(&b, 0);
+            int8_gemm_path(&f, INT8_PATH_WGMMA, 0);
             f.out = b.y2;
             int8_gemm_path(&f, INT8_PATH_MMA, 0);
-            check = "wgmma == mma.sync: identical";
-            for (int v = 0; v < NVARIANTS; v++) {
-                char val[8];
-                snprintf(val, sizeof(val), "%d", v);
-                setenv("SB_WGMMA_VARIANT", val, 1);
-                f.out = b.y;
-                cudaCheck(cudaMemset(b.y, 0xFF, sizeof(bf16) * mn));
-                int8_gemm_path(&f, INT8_PATH_WGMMA, 0);
-                cudaCheck(cudaMemset(d_count, 0, sizeof(unsigned long long)));
-                count_diff_kernel<<<ceil_div((long)mn, 256), 256>>>(d_count, (uint16_t *)b.y, (uint16_t *)b.y2, mn);
-                cudaCheckLaunch();
-                unsigned long long diff;
-                cudaCheck(cudaMemcpy(&diff, d_count, sizeof(diff), cudaMemcpyDeviceToHost));
-                if (diff) printf("  variant %d: %llu of %zu outputs differ from mma.sync\n", v, diff, mn), check = "MISMATCH";
-                sweep[si][v] = time_op(&b, OP_INT8_WGMMA, reps);
-            }
-            unsetenv("SB_WGMMA_VARIANT");
+            cudaCheck(cudaMemset(d_count, 0, sizeof(unsigned long long)));
+            count_diff_kernel<<<ceil_div((long)mn, 256), 256>>>(d_count, (uint16_t *)b.y, (uint16_t *)b.y2, mn);
+            cudaCheckLaunch();
+            unsigned long long diff;
+            cudaCheck(cudaMemcpy(&diff, d_count, sizeof(diff), cudaMemcpyDeviceToHost));
+            check = diff == 0 ? "wgmma == mma.sync: identical" : "MISMATCH between wgmma and mma.sync";
+            if (diff) printf("  %llu of %zu outputs differ\n", diff, mn);
         }
 
         double flop = 2.0 * M * N * K;
@@ -265,14 +253,6 @@ int main(int argc, char **argv) {
                flop / r[OP_INT8_LT] * 1e-9, flop / r[OP_INT8_WGMMA] * 1e-9, r[OP_BF16_GEMM] / r[OP_INT8_WGMMA],
                flop / r[OP_INT8_MMA] * 1e-9, (3.0 * s->M * s->K + 4.0 * s->M) / r[OP_QUANT_ROWS] * 1e-6,
                r[OP_LAYER_BF16], r[OP_LAYER_SB], r[OP_LAYER_BF16] / r[OP_LAYER_SB], r[OP_LAYER_BF16] / r[OP_LAYER_SB_MEMEFF]);
-    }
-    printf("\nwgmma pipeline sweep, TFLOP/s: v0 3 stages, release 1 k-tile late | v1 3, release at once | "
-           "v2 4, at once | v3 4, late\n");
-    for (int si = 0; si < NSHAPES; si++) {
-        double flop = 2.0 * shapes[si].M * shapes[si].N * shapes[si].K;
-        printf("%-13s", shapes[si].name);
-        for (int v = 0; v < NVARIANTS; v++) printf(" %7.0f", flop / sweep[si][v] * 1e-9);
-        printf("\n");
     }
     cudaCheck(cudaFree(d_count));
     return 0;

@@ -109,7 +109,7 @@ static void quantize_rowwise_case(Rng *r, int M, int K) {
 static void test_quantize_rowwise(void) {
     NEED_GPU();
     Rng r = test_rng();
-    quantize_rowwise_case(&r, 197 * 3 + 5, 208);  // each width class of the kernel: row in registers or not
+    quantize_rowwise_case(&r, 197 * 3 + 5, 208);  // odd M; CLIP widths and beyond
     quantize_rowwise_case(&r, 5, 2048);
     quantize_rowwise_case(&r, 4, 3840);
     quantize_rowwise_case(&r, 3, 5120);
