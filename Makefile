@@ -13,7 +13,7 @@ DEPS      := .deps
 CFLAGS    ?= -O3 -march=native
 CFLAGS    += -std=gnu11 -fopenmp -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -I$(DEPS)/include -MMD -MP
 LDFLAGS   += -fopenmp -L$(DEPS)/lib
-LDLIBS    += -lm -lpthread
+LDLIBS    += -lm -lpthread -lz
 CUDA_ARCH ?= -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80
 NVFLAGS   ?= -O3 -std=c++17 $(CUDA_ARCH) -Xcompiler -fopenmp -I$(DEPS)/include -lineinfo -MMD -MP
 

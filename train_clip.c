@@ -17,6 +17,7 @@
 #include "model/clip_cpu.h"
 #include "model/config.h"
 #include "model/utils.h"
+#include "optim/diagnostics.h"
 #include "optim/optim.h"
 
 static void usage(FILE *out) {
@@ -34,45 +35,30 @@ static void usage(FILE *out) {
 static volatile sig_atomic_t stop_signal = 0;
 static void on_signal(int sig) { stop_signal = sig; }
 
-// ---------------------------------------------------------------- the per-step log (JSON lines)
+// ---------------------------------------------------------------- console output
 
-// The tensors whose RMS is logged every step: the patch embedding (the paper's spike predictor) and the
-// first and last block's qkv and c_fc of each tower.
-static int watched_tensors(const ClipLayout *L, int *idx, int cap) {
-    const char *forms[] = {"visual.transformer.resblocks.%d.attn.in_proj_weight", "visual.transformer.resblocks.%d.mlp.c_fc.weight",
-                           "transformer.resblocks.%d.attn.in_proj_weight", "transformer.resblocks.%d.mlp.c_fc.weight"};
-    int n = 0, i = clip_layout_find(L, "visual.conv1.weight");
-    if (i >= 0) idx[n++] = i;
-    for (int f = 0; f < 4; f++) {
-        int layers = f < 2 ? L->visual.layers : L->text.layers;
-        int which[2] = {0, layers - 1};
-        for (int k = 0; k < (layers > 1 ? 2 : 1) && n < cap; k++) {
-            char name[128];
-            snprintf(name, sizeof(name), forms[f], which[k]);
-            if ((i = clip_layout_find(L, name)) >= 0) idx[n++] = i;
-        }
+static void format_duration(char *buf, size_t n, double s) {
+    if (!isfinite(s) || s < 0) snprintf(buf, n, "?");
+    else if (s < 3600) snprintf(buf, n, "%dm%02ds", (int)s / 60, (int)s % 60);
+    else snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)s / 60 % 60);
+}
+
+// One line per log interval; on a terminal, a progress bar redrawn in place between them.
+static void print_progress(const Config *c, const StepRecord *r, float loss_avg, double img_per_s, double wait_share,
+                           double eta_s, float rms_patch, int newline) {
+    char eta[32];
+    format_duration(eta, sizeof(eta), eta_s);
+    if (newline) {
+        printf("step %6ld/%ld | %ld samples | loss %.4f (avg %.4f) | lr %.2e | logit scale %.2f | grad norm %.3f | "
+               "rms patch %.2f | %.0f img/s | data wait %.0f%% | eta %s\n",
+               r->step, c->steps, r->samples, r->loss, loss_avg, r->lr, r->logit_scale, r->grad_norm, rms_patch, img_per_s,
+               100 * wait_share, eta);
+    } else {
+        int width = 30, done = (int)(width * r->step / c->steps);
+        printf("\r[%.*s%*s] %ld/%ld loss %.4f %.0f img/s eta %s   ", done, "##############################", width - done, "",
+               r->step, c->steps, loss_avg, img_per_s, eta);
     }
-    return n;
-}
-
-static int rms_argmax(const Optimizer *o) {
-    int imax = 0;
-    for (int i = 1; i < o->layout->num_tensors; i++)
-        if (o->rms[i] > o->rms[imax]) imax = i;
-    return imax;
-}
-
-static void log_step(FILE *f, long step, float loss, float lr, float logit_scale, float grad_norm, double step_s,
-                     double img_per_s, const Optimizer *o, const int *watch, int nwatch, int skipped) {
-    const ClipLayout *L = o->layout;
-    int imax = rms_argmax(o);
-    fprintf(f, "{\"step\":%ld,\"loss\":%.6g,\"lr\":%.6g,\"logit_scale\":%.6g,\"grad_norm\":%.6g,\"step_s\":%.4g,\"img_per_s\":%.4g",
-            step, loss, lr, logit_scale, grad_norm, step_s, img_per_s);
-    if (skipped) fprintf(f, ",\"skipped\":\"non-finite\"");
-    fprintf(f, ",\"rms_max\":%.4g,\"rms_max_tensor\":\"%s\",\"rms\":{", o->rms[imax], L->tensors[imax].name);
-    for (int k = 0; k < nwatch; k++) fprintf(f, "%s\"%s\":%.4g", k ? "," : "", L->tensors[watch[k]].name, o->rms[watch[k]]);
-    fprintf(f, "}}\n");
-    fflush(f);
+    fflush(stdout);
 }
 
 static void save_checkpoint(const Config *c, long step, const ClipCPU *m, const Optimizer *opt, const Loader *loader,
@@ -168,8 +154,16 @@ int main(int argc, char **argv) {
     Loader *loader = loader_open(&cfg, cfg.data, 1, (int)B, 0, 1);
     float *images = mallocCheck((size_t)B * 3 * cfg.image_size * cfg.image_size * sizeof(float));
 
-    // ---- resume
+    // ---- initial weights: a resumed checkpoint, or init_weights, or open_clip's initialisation
     long start = 0;
+    if (cfg.init_weights[0] && !cfg.resume[0]) {
+        StFile f;
+        char err[1024];
+        if (st_load(&f, cfg.init_weights, err, sizeof(err)) != 0 || load_weights_by_name(L, model.params, &f, "", err, sizeof(err)) != 0)
+            fatal("init_weights: %s", err);
+        st_free(&f);
+        printf("initialised from %s\n", cfg.init_weights);
+    }
     if (cfg.resume[0]) {
         char loader_state[1024], err[1024];
         start = checkpoint_resume(cfg.run_dir, cfg.resume, L, model.params, &opt, loader_state, sizeof(loader_state), err, sizeof(err));
@@ -179,23 +173,26 @@ int main(int argc, char **argv) {
     }
     snprintf(path, sizeof(path), "%s/log.jsonl", cfg.run_dir);
     FILE *step_log = fopenCheck(path, start > 0 ? "a" : "w");
-    int watch[16], nwatch = watched_tensors(L, watch, 16);
+    Diagnostics diag;
+    diag_init(&diag, &cfg, L);
+    int tty = isatty(fileno(stdout));
 
     signal(SIGTERM, on_signal);
     signal(SIGUSR1, on_signal);
-    double flops = 3 * clip_forward_flops(L, &cfg);
-    printf("step time: %.2f GFLOP per step (3 x forward)\n", flops * B / 1e9);
+    signal(SIGXFSZ, SIG_IGN);  // a file-size limit then fails the write (a clear error) instead of killing the run
+    printf("training FLOPs: %.3g per step (3 x forward)\n", 3 * clip_forward_flops(L, &cfg) * B);
 
     // ---- the training loop
     long end = cfg.steps, ran = 0, ran_in_log = 0;
     if (cfg.stop_after > 0 && start + cfg.stop_after < end) end = start + cfg.stop_after;
     int nonfinite = 0;
-    float loss_ema = NAN;
-    double t_log = now_seconds();
+    float loss_avg = NAN;
+    double t_log = now_seconds(), t_run = t_log, wait_in_log = 0;
     for (long step = start; step < end; step++) {
         double t0 = now_seconds();
         Batch batch;
         loader_next(loader, &batch);
+        double t_data = now_seconds() - t0;
         images_normalize(batch.images, images, batch.size, cfg.image_size);
         float loss = clip_cpu_forward(&model, images, batch.tokens, batch.size);
         clip_cpu_backward(&model);
@@ -216,20 +213,25 @@ int main(int argc, char **argv) {
             optim_step(&opt, model.params, model.grads, lr);
             float *ls = &model.params[L->logit_scale];  // as open_clip: clamp to [0, ln 100] after every step
             *ls = fminf(fmaxf(*ls, 0.0f), logf(100.0f));
-            loss_ema = isnan(loss_ema) ? loss : 0.9f * loss_ema + 0.1f * loss;
+            loss_avg = isnan(loss_avg) ? loss : 0.9f * loss_avg + 0.1f * loss;
         }
-        double dt = now_seconds() - t0;
-        ran++, ran_in_log++;
-        log_step(step_log, step + 1, loss, lr, expf(model.params[L->logit_scale]), norm, dt, batch.size / dt, &opt, watch, nwatch, skipped);
-        if ((step + 1) % cfg.log_every == 0 || step + 1 == end) {
-            double now = now_seconds();
-            int imax = rms_argmax(&opt);
-            printf("step %6ld/%ld | loss %.4f (avg %.4f) | lr %.2e | logit scale %.2f | grad norm %.3f | "
-                   "rms patch %.2f max %.2f (%s) | %.0f img/s\n",
-                   step + 1, cfg.steps, loss, loss_ema, lr, expf(model.params[L->logit_scale]), norm, opt.rms[watch[0]],
-                   opt.rms[imax], L->tensors[imax].name, ran_in_log * B / (now - t_log));
-            t_log = now, ran_in_log = 0;
-            fflush(stdout);
+        double now = now_seconds(), dt = now - t0;
+        ran++, ran_in_log++, wait_in_log += t_data;
+        StepRecord rec = {step + 1, (step + 1) * cfg.batch_size, loss, lr, expf(model.params[L->logit_scale]), norm,
+                          dt, batch.size / dt, t_data, skipped};
+        if (diag_step(&diag, step_log, &rec, opt.rms)) {
+            int patch = diag.watch[0];
+            printf("%sloss spike at step %ld: %.4f vs reference %.4f; %s RMS over the steps before: ", tty ? "\n" : "", step + 1, loss,
+                   diag.reference, L->tensors[patch].name);
+            for (int k = 0; k < diag.filled; k++) printf("%.2f ", diag.history[(diag.pos - diag.filled + k + RMS_HISTORY) % RMS_HISTORY][0]);
+            printf("(see log.jsonl)\n");
+        }
+        int log_now = (step + 1) % cfg.log_every == 0 || step + 1 == end;
+        if (log_now || tty) {
+            double rate = ran_in_log * B / (now - t_log), eta = (end - step - 1) * (now - t_run) / ran;
+            if (log_now && tty) printf("\r");
+            print_progress(&cfg, &rec, loss_avg, rate, wait_in_log / (now - t_log), eta, opt.rms[diag.watch[0]], log_now);
+            if (log_now) t_log = now, ran_in_log = 0, wait_in_log = 0;
         }
         int last = step + 1 == end;
         if (last || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || stop_signal)
@@ -239,6 +241,7 @@ int main(int argc, char **argv) {
             break;
         }
     }
+    if (diag.spikes) printf("loss spikes: %ld (events in %s/log.jsonl)\n", diag.spikes, cfg.run_dir);
     printf("done: %ld steps this run, final step %ld of %ld\n", ran, start + ran, cfg.steps);
     fcloseCheck(step_log);
     loader_close(loader);

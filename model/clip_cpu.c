@@ -94,12 +94,14 @@ void clip_cpu_init(ClipCPU *m, const Config *c, int B) {
     x->tokens = mallocCheck((size_t)B * c->context_length * sizeof(int32_t));
     x->eot = mallocCheck((size_t)B * sizeof(int));
     m->scratch = mallocCheck(scratch_elems(m, B) * sizeof(float));
+    int wmax = m->layout.visual.width > m->layout.text.width ? m->layout.visual.width : m->layout.text.width;
+    m->pooled_scratch = mallocCheck((size_t)2 * B * wmax * sizeof(float));
 }
 
 void clip_cpu_free(ClipCPU *m) {
     free(m->acts.images);  // the arena starts at the first carved array
     free(m->acts.tokens), free(m->acts.eot), free(m->acts.v_blocks), free(m->acts.t_blocks);
-    free(m->params), free(m->grads), free(m->scratch);
+    free(m->params), free(m->grads), free(m->scratch), free(m->pooled_scratch);
     clip_layout_free(&m->layout);
 }
 
@@ -130,16 +132,19 @@ static void project(float *out, const float *x, const float *proj, int B, int R,
     matmul_forward(out, x, tmp, NULL, B, R, C);
 }
 
-float clip_cpu_forward(ClipCPU *m, const float *images, const int32_t *tokens, int B) {
+static void check_batch(const ClipCPU *m, int B) {
+    if (B < 1 || B > m->acts.B) fatal("clip_cpu: batch %d is outside 1..%d, the batch the model was built for", B, m->acts.B);
+}
+
+void clip_cpu_encode_image(ClipCPU *m, const float *images, int B) {
     const Config *c = &m->cfg;
     const ClipLayout *L = &m->layout;
     const float *P = m->params;
     ClipActs *x = &m->acts;
-    if (B > x->B) fatal("clip_cpu_forward: batch %d is larger than the %d the model was built for", B, x->B);
-    int S = c->image_size, Ps = c->patch_size, G2 = (S / Ps) * (S / Ps), E = c->embed_dim;
-    const TowerLayout *V = &L->visual, *Tt = &L->text;
-
-    // image tower: patches @ conv1 -> + class token, positions -> ln_pre -> blocks -> ln_post(class) @ proj
+    check_batch(m, B);
+    int S = c->image_size, Ps = c->patch_size, G2 = (S / Ps) * (S / Ps);
+    const TowerLayout *V = &L->visual;
+    // patches @ conv1 -> + class token, positions -> ln_pre -> blocks -> ln_post(class token) @ proj
     memcpy(x->images, images, (size_t)B * 3 * S * S * sizeof(float));
     patch_extract(x->patches, x->images, B, S, Ps);
     matmul_forward(x->patch_emb, x->patches, P + L->conv1_w, NULL, B * G2, 3 * Ps * Ps, V->width);
@@ -151,22 +156,36 @@ float clip_cpu_forward(ClipCPU *m, const float *images, const int32_t *tokens, i
     gather_rows(x->v_pooled, res, zeros, B, V->tokens, V->width);
     free(zeros);
     layernorm_forward(x->ln_post, x->ln_post_mean, x->ln_post_rstd, x->v_pooled, P + L->ln_post_w, P + L->ln_post_b, B, V->width);
-    project(x->image_features, x->ln_post, P + L->visual_proj, B, V->width, E, m->scratch);
+    project(x->image_features, x->ln_post, P + L->visual_proj, B, V->width, c->embed_dim, m->scratch);
+    x->B_image = B;
+}
 
-    // text tower: token + position embeddings -> causal blocks -> ln_final at the EOT -> @ text_projection
+void clip_cpu_encode_text(ClipCPU *m, const int32_t *tokens, int B) {
+    const Config *c = &m->cfg;
+    const ClipLayout *L = &m->layout;
+    const float *P = m->params;
+    ClipActs *x = &m->acts;
+    check_batch(m, B);
+    const TowerLayout *Tt = &L->text;
+    // token + position embeddings -> causal blocks -> ln_final at the EOT -> @ text_projection
     memcpy(x->tokens, tokens, (size_t)B * Tt->tokens * sizeof(int32_t));
     for (size_t i = 0; i < (size_t)B * Tt->tokens; i++)
         if (tokens[i] < 0 || tokens[i] >= c->vocab_size) fatal("token id %d at position %zu is outside the vocabulary (%d)", tokens[i], i, c->vocab_size);
     text_embed_forward(x->t_embed, x->tokens, P + L->token_embedding, P + L->text_pos, B, Tt->tokens, Tt->width);
-    res = x->t_embed;
+    const float *res = x->t_embed;
     for (int l = 0; l < Tt->layers; l++) block_forward(m, Tt, &Tt->blocks[l], &x->t_blocks[l], res, B), res = x->t_blocks[l].res_2;
     eot_positions(x->eot, x->tokens, B, Tt->tokens);
     gather_rows(x->t_pooled, res, x->eot, B, Tt->tokens, Tt->width);
     layernorm_forward(x->ln_final, x->ln_final_mean, x->ln_final_rstd, x->t_pooled, P + L->ln_final_w, P + L->ln_final_b, B, Tt->width);
-    project(x->text_features, x->ln_final, P + L->text_projection, B, Tt->width, E, m->scratch);
+    project(x->text_features, x->ln_final, P + L->text_projection, B, Tt->width, c->embed_dim, m->scratch);
+    x->B_text = B;
+}
 
-    x->B = B;
-    x->loss = contrastive_loss(x->image_features, x->text_features, P[L->logit_scale], B, E, NULL, NULL, NULL, NULL);
+float clip_cpu_forward(ClipCPU *m, const float *images, const int32_t *tokens, int B) {
+    clip_cpu_encode_image(m, images, B);
+    clip_cpu_encode_text(m, tokens, B);
+    ClipActs *x = &m->acts;
+    x->loss = contrastive_loss(x->image_features, x->text_features, m->params[m->layout.logit_scale], B, m->cfg.embed_dim, NULL, NULL, NULL);
     return x->loss;
 }
 
@@ -237,51 +256,64 @@ static void tower_backward(ClipCPU *m, const TowerLayout *t, BlockActs *acts, co
         block_backward(m, t, &t->blocks[l], &acts[l], l == 0 ? input : acts[l - 1].res_2, B, dres, &s);
 }
 
-void clip_cpu_backward(ClipCPU *m) {
+void clip_cpu_backward_image(ClipCPU *m, const float *dimg) {
     const Config *c = &m->cfg;
     const ClipLayout *L = &m->layout;
     const float *P = m->params;
     float *G = m->grads;
     ClipActs *x = &m->acts;
-    int B = x->B, E = c->embed_dim, S = c->image_size, Ps = c->patch_size, G2 = (S / Ps) * (S / Ps);
-    const TowerLayout *V = &L->visual, *Tt = &L->text;
-    memset(G, 0, L->buffer_elems * sizeof(float));
-
-    float *dimg = mallocCheck((size_t)B * E * sizeof(float)), *dtxt = mallocCheck((size_t)B * E * sizeof(float));
-    contrastive_loss(x->image_features, x->text_features, P[L->logit_scale], B, E, dimg, dtxt, G + L->logit_scale, NULL);
-
-    // image tower, top down; dres (the residual gradient) is the first (N, D) of scratch
-    float *dres = m->scratch;
-    size_t Nv = (size_t)B * V->tokens;
-    float *dpool = mallocCheck((size_t)B * (V->width > Tt->width ? V->width : Tt->width) * sizeof(float));
+    int B = x->B_image, E = c->embed_dim, S = c->image_size, Ps = c->patch_size, G2 = (S / Ps) * (S / Ps);
+    const TowerLayout *V = &L->visual;
+    size_t N = (size_t)B * V->tokens;
+    // top down; dres (the residual gradient) is the first (N, D) of scratch, the pooled gradients follow it
+    float *dres = m->scratch, *dpool = m->pooled_scratch, *dln = m->pooled_scratch + (size_t)B * V->width;
     memset(dpool, 0, (size_t)B * V->width * sizeof(float));
     project_backward(dpool, G + L->visual_proj, dimg, x->ln_post, P + L->visual_proj, B, V->width, E);
-    float *dln = mallocCheck((size_t)B * (V->width > Tt->width ? V->width : Tt->width) * sizeof(float));
     memset(dln, 0, (size_t)B * V->width * sizeof(float));
     layernorm_backward(dln, G + L->ln_post_w, G + L->ln_post_b, dpool, x->v_pooled, P + L->ln_post_w, x->ln_post_mean, x->ln_post_rstd, B, V->width);
-    memset(dres, 0, Nv * V->width * sizeof(float));
+    memset(dres, 0, N * V->width * sizeof(float));
     int *zeros = callocCheck((size_t)B, sizeof(int));
     gather_rows_backward(dres, dln, zeros, B, V->tokens, V->width);
     free(zeros);
     tower_backward(m, V, x->v_blocks, x->ln_pre, B, dres);
-    // dres = d ln_pre; through ln_pre into the embeddings (d v_embed goes to the dwide area, free now)
-    float *dembed = m->scratch + Nv * V->width;
-    memset(dembed, 0, Nv * V->width * sizeof(float));
-    layernorm_backward(dembed, G + L->ln_pre_w, G + L->ln_pre_b, dres, x->v_embed, P + L->ln_pre_w, x->ln_pre_mean, x->ln_pre_rstd, (int)Nv, V->width);
-    float *dpatch = dres;  // (B*G2, Dv) fits in dres
+    // dres = d ln_pre; through ln_pre into the embeddings (the block scratch after dres is free now)
+    float *dembed = m->scratch + N * V->width;
+    memset(dembed, 0, N * V->width * sizeof(float));
+    layernorm_backward(dembed, G + L->ln_pre_w, G + L->ln_pre_b, dres, x->v_embed, P + L->ln_pre_w, x->ln_pre_mean, x->ln_pre_rstd, (int)N, V->width);
+    float *dpatch = dres;  // (B * G2, Dv) fits in dres
     memset(dpatch, 0, (size_t)B * G2 * V->width * sizeof(float));
     vision_embed_backward(dpatch, G + L->class_embedding, G + L->visual_pos, dembed, B, G2, V->width);
     matmul_backward(NULL, G + L->conv1_w, NULL, dpatch, x->patches, P + L->conv1_w, B * G2, 3 * Ps * Ps, V->width);
+}
 
-    // text tower
-    size_t Nt = (size_t)B * Tt->tokens;
+void clip_cpu_backward_text(ClipCPU *m, const float *dtxt) {
+    const Config *c = &m->cfg;
+    const ClipLayout *L = &m->layout;
+    const float *P = m->params;
+    float *G = m->grads;
+    ClipActs *x = &m->acts;
+    int B = x->B_text, E = c->embed_dim;
+    const TowerLayout *Tt = &L->text;
+    float *dres = m->scratch, *dpool = m->pooled_scratch, *dln = m->pooled_scratch + (size_t)B * Tt->width;
     memset(dpool, 0, (size_t)B * Tt->width * sizeof(float));
     project_backward(dpool, G + L->text_projection, dtxt, x->ln_final, P + L->text_projection, B, Tt->width, E);
     memset(dln, 0, (size_t)B * Tt->width * sizeof(float));
     layernorm_backward(dln, G + L->ln_final_w, G + L->ln_final_b, dpool, x->t_pooled, P + L->ln_final_w, x->ln_final_mean, x->ln_final_rstd, B, Tt->width);
-    memset(dres, 0, Nt * Tt->width * sizeof(float));
+    memset(dres, 0, (size_t)B * Tt->tokens * Tt->width * sizeof(float));
     gather_rows_backward(dres, dln, x->eot, B, Tt->tokens, Tt->width);
     tower_backward(m, Tt, x->t_blocks, x->t_embed, B, dres);
     text_embed_backward(G + L->token_embedding, G + L->text_pos, dres, x->tokens, B, Tt->tokens, Tt->width, c->vocab_size);
-    free(dimg), free(dtxt), free(dpool), free(dln);
+}
+
+void clip_cpu_backward(ClipCPU *m) {
+    ClipActs *x = &m->acts;
+    const ClipLayout *L = &m->layout;
+    int B = x->B_image, E = m->cfg.embed_dim;
+    if (x->B_text != B) fatal("clip_cpu_backward: the last image and text batches differ (%d vs %d)", B, x->B_text);
+    memset(m->grads, 0, L->buffer_elems * sizeof(float));
+    float *dimg = mallocCheck((size_t)B * E * sizeof(float)), *dtxt = mallocCheck((size_t)B * E * sizeof(float));
+    contrastive_loss(x->image_features, x->text_features, m->params[L->logit_scale], B, E, dimg, dtxt, m->grads + L->logit_scale);
+    clip_cpu_backward_image(m, dimg);
+    clip_cpu_backward_text(m, dtxt);
+    free(dimg), free(dtxt);
 }

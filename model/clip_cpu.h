@@ -21,7 +21,8 @@ typedef struct {
 } BlockActs;
 
 typedef struct {
-    int B;                                     // batch the buffers hold
+    int B;                                     // batch the buffers were allocated for
+    int B_image, B_text;                       // batch of the last image / text forward
     // image tower, N = B * Tv
     float *images;                             // (B, 3, S, S) normalised input
     float *patches;                            // (B, G*G, 3*P*P)
@@ -49,7 +50,8 @@ typedef struct {
     float *params;  // (layout.buffer_elems)
     float *grads;   // (layout.buffer_elems)
     ClipActs acts;
-    float *scratch; // backward work space
+    float *scratch;        // backward work space: residual and block gradients
+    float *pooled_scratch; // (2, B, max width): gradients of the pooled token and its LayerNorm
 } ClipCPU;
 
 // Build the layout, allocate params/grads (params initialised from cfg.seed) and activations for batch B.
@@ -57,7 +59,15 @@ void clip_cpu_init(ClipCPU *m, const Config *c, int B);
 void clip_cpu_free(ClipCPU *m);
 // Bytes of activations + scratch for batch B (for the memory plan).
 size_t clip_cpu_activation_bytes(const ClipCPU *m, int B);
-// Forward over B pairs: images (B, 3, S, S) normalised, tokens (B, T). Sets acts.loss and both features.
+// One tower forward: images (B, 3, S, S) normalised -> acts.image_features (B, E);
+// tokens (B, T) -> acts.text_features (B, E). Activations are kept for the backward.
+void clip_cpu_encode_image(ClipCPU *m, const float *images, int B);
+void clip_cpu_encode_text(ClipCPU *m, const int32_t *tokens, int B);
+// One tower backward from the gradient of its features (B, E); ACCUMULATES into m->grads, so
+// micro-batches and ranks can add up. Uses the activations of the last encode of that tower.
+void clip_cpu_backward_image(ClipCPU *m, const float *dimg);
+void clip_cpu_backward_text(ClipCPU *m, const float *dtxt);
+// Both towers and the loss over B pairs. Sets acts.loss and both features.
 float clip_cpu_forward(ClipCPU *m, const float *images, const int32_t *tokens, int B);
 // Gradients of acts.loss w.r.t. every parameter into m->grads (overwritten). Call after clip_cpu_forward.
 void clip_cpu_backward(ClipCPU *m);

@@ -297,8 +297,7 @@ void eot_positions(int *index, const int32_t *ids, int B, int T) {
     }
 }
 
-// Row-wise L2 normalisation (B, E) with the inverse norms kept for backward.
-static void l2_normalize(float *out, float *inv_norm, const float *x, int B, int E) {
+void l2_normalize_forward(float *out, float *inv_norm, const float *x, int B, int E) {
     for (int b = 0; b < B; b++) {
         double ss = 0;
         for (int i = 0; i < E; i++) ss += (double)x[(size_t)b * E + i] * x[(size_t)b * E + i];
@@ -309,8 +308,7 @@ static void l2_normalize(float *out, float *inv_norm, const float *x, int B, int
     }
 }
 
-// dx = (dy - y (y . dy)) * inv_norm for y = x / ||x||.
-static void l2_normalize_backward(float *dx, const float *dy, const float *y, const float *inv_norm, int B, int E) {
+void l2_normalize_backward(float *dx, const float *dy, const float *y, const float *inv_norm, int B, int E) {
     for (int b = 0; b < B; b++) {
         double dot = 0;
         for (int i = 0; i < E; i++) dot += (double)y[(size_t)b * E + i] * dy[(size_t)b * E + i];
@@ -321,64 +319,88 @@ static void l2_normalize_backward(float *dx, const float *dy, const float *y, co
     }
 }
 
-// out (B, E) = s * D @ x, with D = dlog (B, B) or its transpose.
-static void dlogits_matmul(float *out, const double *dlog, int transpose, const float *x, int B, int E, double s) {
-    for (int i = 0; i < B; i++)
-        for (int k = 0; k < E; k++) {
-            double g = 0;
-            for (int j = 0; j < B; j++) g += dlog[transpose ? (size_t)j * B + i : (size_t)i * B + j] * x[(size_t)j * E + k];
-            out[(size_t)i * E + k] = (float)(s * g);
-        }
+// One cross-entropy row: l_j = s <q, keys_j> over N keys, target t. Returns the CE; dl (N) = softmax - onehot, / (2N).
+static double ce_row(double *dl, const float *q, const float *keys, double s, int N, int E, int t) {
+    double mx = -INFINITY, sum = 0, lt = 0;
+    for (int j = 0; j < N; j++) {
+        double d = 0;
+        for (int k = 0; k < E; k++) d += (double)q[k] * keys[(size_t)j * E + k];
+        dl[j] = s * d;
+        mx = fmax(mx, dl[j]);
+    }
+    lt = dl[t];
+    for (int j = 0; j < N; j++) sum += exp(dl[j] - mx);
+    for (int j = 0; j < N; j++) dl[j] = (exp(dl[j] - mx) / sum - (j == t)) / (2.0 * N);
+    return (log(sum) + mx - lt) / (2.0 * N);
+}
+
+double contrastive_loss_rows(const float *img_n, const float *txt_n, float logit_scale, int N, int E, int row0, int b,
+                             float *dimg_n, float *dtxt_n, float *dlogit_scale) {
+    double s = exp((double)logit_scale), loss = 0, dls = 0;
+    double *dl_img = mallocCheck((size_t)b * N * sizeof(double)), *dl_txt = mallocCheck((size_t)b * N * sizeof(double));
+    double *row_loss = mallocCheck((size_t)b * sizeof(double));
+    // row g of the logits (image g vs all texts) and column g (text g vs all images), for the b rows here
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < b; i++) {
+        int g = row0 + i;
+        row_loss[i] = ce_row(dl_img + (size_t)i * N, img_n + (size_t)g * E, txt_n, s, N, E, g) +
+                      ce_row(dl_txt + (size_t)i * N, txt_n + (size_t)g * E, img_n, s, N, E, g);
+    }
+    for (int i = 0; i < b; i++) loss += row_loss[i];  // in order: the same bits every run
+    free(row_loss);
+    if (dlogit_scale) {
+        // d logits / d logit_scale = logits; sum over this rank's rows in a fixed order
+        for (int i = 0; i < b; i++)
+            for (int j = 0; j < N; j++) {
+                int g = row0 + i;
+                double li = 0, lt = 0;
+                for (int k = 0; k < E; k++)
+                    li += (double)img_n[(size_t)g * E + k] * txt_n[(size_t)j * E + k], lt += (double)txt_n[(size_t)g * E + k] * img_n[(size_t)j * E + k];
+                dls += dl_img[(size_t)i * N + j] * s * li + dl_txt[(size_t)i * N + j] * s * lt;
+            }
+        *dlogit_scale += (float)dls;
+    }
+    if (dimg_n && dtxt_n) {
+        // the rows' own features: d q_g = s * dl_g @ keys
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < b; i++)
+            for (int k = 0; k < E; k++) {
+                double gi = 0, gt = 0;
+                for (int j = 0; j < N; j++)
+                    gi += dl_img[(size_t)i * N + j] * txt_n[(size_t)j * E + k], gt += dl_txt[(size_t)i * N + j] * img_n[(size_t)j * E + k];
+                dimg_n[(size_t)(row0 + i) * E + k] += (float)(s * gi);
+                dtxt_n[(size_t)(row0 + i) * E + k] += (float)(s * gt);
+            }
+        // every key j: d key_j = s * sum over these rows of dl_g[j] q_g
+#pragma omp parallel for schedule(static)
+        for (int j = 0; j < N; j++)
+            for (int k = 0; k < E; k++) {
+                double gt = 0, gi = 0;
+                for (int i = 0; i < b; i++)
+                    gt += dl_img[(size_t)i * N + j] * img_n[(size_t)(row0 + i) * E + k], gi += dl_txt[(size_t)i * N + j] * txt_n[(size_t)(row0 + i) * E + k];
+                dtxt_n[(size_t)j * E + k] += (float)(s * gt);
+                dimg_n[(size_t)j * E + k] += (float)(s * gi);
+            }
+    }
+    free(dl_img), free(dl_txt);
+    return loss;
 }
 
 float contrastive_loss(const float *img, const float *txt, float logit_scale, int B, int E, float *dimg, float *dtxt,
-                       float *dlogit_scale, float *logits_out) {
-    float *in = mallocCheck((size_t)B * E * sizeof(float)), *tn = mallocCheck((size_t)B * E * sizeof(float));
+                       float *dlogit_scale) {
+    size_t n = (size_t)B * E;
+    float *in = mallocCheck(n * sizeof(float)), *tn = mallocCheck(n * sizeof(float));
     float *inv_i = mallocCheck((size_t)B * sizeof(float)), *inv_t = mallocCheck((size_t)B * sizeof(float));
-    double *logits = mallocCheck((size_t)B * B * sizeof(double)), *dlog = mallocCheck((size_t)B * B * sizeof(double));
-    l2_normalize(in, inv_i, img, B, E);
-    l2_normalize(tn, inv_t, txt, B, E);
-    double s = exp((double)logit_scale);
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < B; i++)
-        for (int j = 0; j < B; j++) {
-            double d = 0;
-            for (int k = 0; k < E; k++) d += (double)in[(size_t)i * E + k] * tn[(size_t)j * E + k];
-            logits[(size_t)i * B + j] = s * d;
-        }
-    if (logits_out)
-        for (size_t k = 0; k < (size_t)B * B; k++) logits_out[k] = (float)logits[k];
-    // both cross-entropies; dlog = (softmax_rows - I + softmax_cols - I) / (2B)
-    double loss = 0;
-    for (size_t k = 0; k < (size_t)B * B; k++) dlog[k] = 0;
-    for (int pass = 0; pass < 2; pass++)
-        for (int i = 0; i < B; i++) {
-            // pass 0: row i of logits (image i vs all texts); pass 1: column i (text i vs all images)
-            size_t stride = pass == 0 ? 1 : (size_t)B, base = pass == 0 ? (size_t)i * B : (size_t)i;
-            double mx = -INFINITY, sum = 0;
-            for (int j = 0; j < B; j++) mx = fmax(mx, logits[base + j * stride]);
-            for (int j = 0; j < B; j++) sum += exp(logits[base + j * stride] - mx);
-            loss += (log(sum) + mx - logits[base + i * stride]) / (2.0 * B);
-            for (int j = 0; j < B; j++)
-                dlog[base + j * stride] += (exp(logits[base + j * stride] - mx) / sum - (i == j)) / (2.0 * B);
-        }
-    if (dlogit_scale) {
-        double g = 0;  // d logits / d logit_scale = logits
-        for (size_t k = 0; k < (size_t)B * B; k++) g += dlog[k] * logits[k];
-        *dlogit_scale = (float)g;
+    float *din = callocCheck(n, sizeof(float)), *dtn = callocCheck(n, sizeof(float));
+    l2_normalize_forward(in, inv_i, img, B, E);
+    l2_normalize_forward(tn, inv_t, txt, B, E);
+    if (dlogit_scale) *dlogit_scale = 0;
+    int grads = dimg && dtxt;
+    double loss = contrastive_loss_rows(in, tn, logit_scale, B, E, 0, B, grads ? din : NULL, grads ? dtn : NULL, dlogit_scale);
+    if (grads) {
+        l2_normalize_backward(dimg, din, in, inv_i, B, E);
+        l2_normalize_backward(dtxt, dtn, tn, inv_t, B, E);
     }
-    if (dimg || dtxt) {
-        float *dn = mallocCheck((size_t)B * E * sizeof(float));
-        if (dimg) {
-            dlogits_matmul(dn, dlog, 0, tn, B, E, s);  // d in = s * dlog @ tn
-            l2_normalize_backward(dimg, dn, in, inv_i, B, E);
-        }
-        if (dtxt) {
-            dlogits_matmul(dn, dlog, 1, in, B, E, s);  // d tn = s * dlog^T @ in
-            l2_normalize_backward(dtxt, dn, tn, inv_t, B, E);
-        }
-        free(dn);
-    }
-    free(in), free(tn), free(inv_i), free(inv_t), free(logits), free(dlog);
+    free(in), free(tn), free(inv_i), free(inv_t), free(din), free(dtn);
     return (float)loss;
 }

@@ -50,8 +50,19 @@ void gather_rows_backward(float *dx, const float *dout, const int *index, int B,
 // index[b] = position of the first maximum token id in ids[b] (the EOT), as torch's argmax.
 void eot_positions(int *index, const int32_t *ids, int B, int T);
 
-// CLIP contrastive loss over B pairs: features are L2-normalised, logits = exp(logit_scale) * img @ txt^T,
-// loss = (CE(logits, arange) + CE(logits^T, arange)) / 2. Gradients (any may be NULL) are written (=).
-// logits (B, B) may be NULL; when given it receives the scaled logits.
+// Row-wise L2 normalisation (B, E), as F.normalize; inv_norm (B) kept for backward. dx is written (=).
+void l2_normalize_forward(float *out, float *inv_norm, const float *x, int B, int E);
+void l2_normalize_backward(float *dx, const float *dy, const float *y, const float *inv_norm, int B, int E);
+
+// The CLIP loss terms owned by global rows [row0, row0 + b) of N pairs of normalised features (N, E):
+// for each such g, the cross-entropy of logits row g (image g vs every text) and of column g (text g vs
+// every image), each divided by 2N, logits = exp(logit_scale) img_n @ txt_n^T. Summed over a partition of
+// the rows (one part per rank) this is the global loss, and the gradients (+=, w.r.t. ALL N normalised
+// features and logit_scale; any may be NULL) sum to the global gradients: open_clip's local loss with
+// gather-with-grad, where each rank reduce-scatters the feature gradients back to their owners.
+double contrastive_loss_rows(const float *img_n, const float *txt_n, float logit_scale, int N, int E, int row0, int b,
+                             float *dimg_n, float *dtxt_n, float *dlogit_scale);
+// CLIP contrastive loss over B pairs of raw features: normalise, all rows, normalisation backward.
+// loss = (CE(logits, arange) + CE(logits^T, arange)) / 2; gradients (any may be NULL) are written (=).
 float contrastive_loss(const float *img, const float *txt, float logit_scale, int B, int E, float *dimg, float *dtxt,
-                       float *dlogit_scale, float *logits);
+                       float *dlogit_scale);

@@ -13,7 +13,12 @@ in float64, and writes one .safetensors file with:
 and the config in the metadata (key "config", train_clip `key = value` lines).
 
 Usage: python3 scripts/make_reference.py   (pip install open_clip_torch torch safetensors first)
+       python3 scripts/make_reference.py --from-checkpoint W.safetensors OUT.safetensors
+           a fixture from given weights (e.g. a train_clip checkpoint, whose metadata holds its config):
+           open_clip loads them, runs a batch and writes the same fixture format; build/tests/test_parity
+           OUT.safetensors then checks train_clip against it (the interop round trip).
 """
+import sys
 import os
 
 import numpy as np
@@ -21,7 +26,8 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
-from safetensors.numpy import save_file
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
 
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 
@@ -32,18 +38,24 @@ FIXTURES = {
     "ref_quickgelu_ls": dict(batch=4, quick_gelu=True, ls=0.5, seed=2),
 }
 ARCH = dict(embed_dim=16, image_size=16, patch_size=4, vision_width=32, vision_layers=2, vision_heads=2,
-            context_length=12, vocab_size=500, text_width=32, text_layers=2, text_heads=4, mlp_ratio=4)
+            vision_mlp_ratio=4, context_length=12, vocab_size=500, text_width=32, text_layers=2, text_heads=4,
+            text_mlp_ratio=4)
+MODEL_KEYS = list(ARCH) + ["quick_gelu", "layer_scale_init"]
+
+
+def open_clip_model(a, quick_gelu, ls):
+    """open_clip's CLIP for a train_clip architecture (dict with train_clip's key names)."""
+    vision_cfg = dict(layers=a["vision_layers"], width=a["vision_width"],
+                      head_width=a["vision_width"] // a["vision_heads"], mlp_ratio=a["vision_mlp_ratio"],
+                      patch_size=a["patch_size"], image_size=a["image_size"], ls_init_value=ls)
+    text_cfg = dict(context_length=a["context_length"], vocab_size=a["vocab_size"], width=a["text_width"],
+                    heads=a["text_heads"], layers=a["text_layers"], mlp_ratio=a["text_mlp_ratio"], ls_init_value=ls)
+    return open_clip.model.CLIP(a["embed_dim"], vision_cfg, text_cfg, quick_gelu=quick_gelu)
 
 
 def build(fx):
-    a = ARCH
-    vision_cfg = dict(layers=a["vision_layers"], width=a["vision_width"],
-                      head_width=a["vision_width"] // a["vision_heads"], mlp_ratio=a["mlp_ratio"],
-                      patch_size=a["patch_size"], image_size=a["image_size"], ls_init_value=fx["ls"])
-    text_cfg = dict(context_length=a["context_length"], vocab_size=a["vocab_size"], width=a["text_width"],
-                    heads=a["text_heads"], layers=a["text_layers"], mlp_ratio=a["mlp_ratio"], ls_init_value=fx["ls"])
     torch.manual_seed(fx["seed"])
-    model = open_clip.model.CLIP(a["embed_dim"], vision_cfg, text_cfg, quick_gelu=fx["quick_gelu"])
+    model = open_clip_model(ARCH, fx["quick_gelu"], fx["ls"])
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim <= 1 and name != "logit_scale":
@@ -54,7 +66,8 @@ def build(fx):
 
 def make_tokens(B, T, V, gen):
     sot, eot = V - 2, V - 1
-    lengths = [2, T, 5, T - 3, 7, 3][:B]  # number of text tokens incl. SOT and EOT; T = no padding
+    lengths = ([2, T, 5, T - 3, 7, 3] * B)[:B]  # number of text tokens incl. SOT and EOT; T = no padding
+    lengths = [min(max(n, 2), T) for n in lengths]
     tokens = torch.zeros(B, T, dtype=torch.long)
     for b, n in enumerate(lengths):
         tokens[b, 0] = sot
@@ -63,46 +76,62 @@ def make_tokens(B, T, V, gen):
     return tokens
 
 
-def config_text(fx):
-    a = ARCH
-    lines = [f"embed_dim = {a['embed_dim']}", f"image_size = {a['image_size']}", f"patch_size = {a['patch_size']}",
-             f"vision_width = {a['vision_width']}", f"vision_layers = {a['vision_layers']}",
-             f"vision_heads = {a['vision_heads']}", f"vision_mlp_ratio = {a['mlp_ratio']}",
-             f"context_length = {a['context_length']}", f"vocab_size = {a['vocab_size']}",
-             f"text_width = {a['text_width']}", f"text_layers = {a['text_layers']}",
-             f"text_heads = {a['text_heads']}", f"text_mlp_ratio = {a['mlp_ratio']}",
-             f"quick_gelu = {'true' if fx['quick_gelu'] else 'false'}",
-             f"layer_scale_init = {fx['ls'] if fx['ls'] is not None else 'none'}",
-             f"batch_size = {fx['batch']}", "steps = 1"]
+def config_text(a, quick_gelu, ls, batch):
+    lines = [f"{k} = {a[k]}" for k in ARCH]
+    lines += [f"quick_gelu = {'true' if quick_gelu else 'false'}",
+              f"layer_scale_init = {ls if ls is not None else 'none'}", f"batch_size = {batch}", "steps = 1"]
     return "\n".join(lines) + "\n"
 
 
+def write_fixture(model, a, quick_gelu, ls, batch, seed, path):
+    weights = {k: v.detach().float().numpy().copy() for k, v in model.state_dict().items()}
+    model = model.double()
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, a["image_size"], a["image_size"], generator=gen, dtype=torch.float32)
+    tokens = make_tokens(batch, a["context_length"], a["vocab_size"], gen)
+    img = model.encode_image(images.double())
+    txt = model.encode_text(tokens)
+    loss = ClipLoss()(F.normalize(img, dim=-1), F.normalize(txt, dim=-1), model.logit_scale.exp())
+    loss.backward()
+    tensors = dict(weights)
+    tensors["input.images"] = images.numpy()
+    tensors["input.tokens"] = tokens.numpy().astype(np.int32)
+    tensors["output.loss"] = np.array(loss.item(), dtype=np.float32)
+    tensors["output.image_features"] = img.detach().float().numpy()
+    tensors["output.text_features"] = txt.detach().float().numpy()
+    for pname, p in model.named_parameters():
+        tensors["grad." + pname] = p.grad.float().numpy()
+    save_file(tensors, path, metadata={"config": config_text(a, quick_gelu, ls, batch), "open_clip": open_clip.__version__,
+                                       "torch": torch.__version__})
+    print(f"{path}: loss {loss.item():.6f}, {len(weights)} tensors, {os.path.getsize(path)} bytes")
+
+
+def from_checkpoint(weights_path, out):
+    """A fixture from a train_clip checkpoint: its config comes from the file's metadata."""
+    with safe_open(weights_path, "np") as f:
+        meta = f.metadata() or {}
+    cfg = {}
+    for line in meta.get("train_clip_config", "").splitlines():
+        key, _, rest = line.partition("=")
+        cfg[key.strip()] = rest.split("#")[0].strip()
+    if not cfg:
+        sys.exit(f"{weights_path}: no train_clip_config in the metadata; is this a train_clip checkpoint?")
+    a = {k: (float(cfg[k]) if "ratio" in k else int(cfg[k])) for k in ARCH}
+    quick_gelu = cfg["quick_gelu"] == "true"
+    ls = None if cfg["layer_scale_init"] == "none" else float(cfg["layer_scale_init"])
+    model = open_clip_model(a, quick_gelu, ls)
+    sd = load_file(weights_path)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
+    write_fixture(model, a, quick_gelu, ls, 6, 7, out)
+
+
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--from-checkpoint":
+        return from_checkpoint(sys.argv[2], sys.argv[3])
     os.makedirs(OUT_DIR, exist_ok=True)
     for name, fx in FIXTURES.items():
         model = build(fx)
-        weights = {k: v.detach().float().numpy().copy() for k, v in model.state_dict().items()}
-        model = model.double()
-        gen = torch.Generator().manual_seed(100 + fx["seed"])
-        B, a = fx["batch"], ARCH
-        images = torch.randn(B, 3, a["image_size"], a["image_size"], generator=gen, dtype=torch.float32)
-        tokens = make_tokens(B, a["context_length"], a["vocab_size"], gen)
-        img = model.encode_image(images.double())
-        txt = model.encode_text(tokens)
-        loss = ClipLoss()(F.normalize(img, dim=-1), F.normalize(txt, dim=-1), model.logit_scale.exp())
-        loss.backward()
-        tensors = dict(weights)
-        tensors["input.images"] = images.numpy()
-        tensors["input.tokens"] = tokens.numpy().astype(np.int32)
-        tensors["output.loss"] = np.array(loss.item(), dtype=np.float32)
-        tensors["output.image_features"] = img.detach().float().numpy()
-        tensors["output.text_features"] = txt.detach().float().numpy()
-        for pname, p in model.named_parameters():
-            tensors["grad." + pname] = p.grad.float().numpy()
-        path = os.path.join(OUT_DIR, name + ".safetensors")
-        save_file(tensors, path, metadata={"config": config_text(fx), "open_clip": open_clip.__version__,
-                                           "torch": torch.__version__})
-        print(f"{path}: loss {loss.item():.6f}, {len(weights)} tensors, {os.path.getsize(path)} bytes")
+        write_fixture(model, ARCH, fx["quick_gelu"], fx["ls"], fx["batch"], 100 + fx["seed"], os.path.join(OUT_DIR, name + ".safetensors"))
 
 
 if __name__ == "__main__":

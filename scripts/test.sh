@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
+bash scripts/get_vocab.sh
 make -j"$(nproc)" all
 make -j"$(nproc)" test

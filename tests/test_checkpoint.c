@@ -126,6 +126,16 @@ static void test_corrupt_latest_falls_back(void) {
            "re-run from step 6 differs from the straight run");
 }
 
+// init_weights loads every tensor: with lr = 0 the run's final weights are exactly the initial ones.
+static void test_init_weights_loads_all_tensors(void) {
+    sh("rm -rf %s/init", DIR);
+    EXPECT(sh(RUN_ARGS " --set run_dir=%s/init --set lr=0 --set steps=2 --set init_weights=" DIR "/straight/checkpoints/step_00000012.model.safetensors > /dev/null", DIR) == 0,
+           "run with init_weights failed");
+    EXPECT(same_tensors(DIR "/straight/checkpoints/step_00000012.model.safetensors", DIR "/init/checkpoints/step_00000002.model.safetensors"),
+           "weights after 2 steps at lr 0 differ from init_weights");
+    EXPECT(sh(RUN_ARGS " --set run_dir=%s/init --set init_weights=/nonexistent.safetensors > /dev/null 2>&1", DIR) == 1, "a missing init_weights file must fail");
+}
+
 static void test_sigterm_saves_and_stops(void) {
     sh("rm -rf %s/sig", DIR);
     pid_t pid = fork();
@@ -148,6 +158,7 @@ int main(void) {
     RUN(test_truncated_file_is_rejected);
     RUN(test_resume_is_bit_exact);
     RUN(test_corrupt_latest_falls_back);
+    RUN(test_init_weights_loads_all_tensors);
     RUN(test_sigterm_saves_and_stops);
     TEST_EXIT();
 }

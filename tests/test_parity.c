@@ -90,7 +90,17 @@ static void check_fixture(const char *path) {
 static void test_parity_gelu(void) { check_fixture("tests/fixtures/ref_gelu.safetensors"); }
 static void test_parity_quickgelu_layer_scale(void) { check_fixture("tests/fixtures/ref_quickgelu_ls.safetensors"); }
 
-int main(void) {
+// With a path argument: check that fixture alone (tests/interop_open_clip.sh makes one from a trained
+// train_clip checkpoint that went through open_clip).
+static const char *fixture_arg;
+static void test_parity_given_fixture(void) { check_fixture(fixture_arg); }
+
+int main(int argc, char **argv) {
+    if (argc > 1) {
+        fixture_arg = argv[1];
+        RUN(test_parity_given_fixture);
+        TEST_EXIT();
+    }
     RUN(test_parity_gelu);
     RUN(test_parity_quickgelu_layer_scale);
     TEST_EXIT();
