@@ -65,6 +65,10 @@ else
   MISSING += "nvcc: building without CUDA, CPU only (install the CUDA toolkit for the GPU path)"
 endif
 
+# nvcc links too, but takes linker options as -Xlinker (it splits them at commas) and no -fopenmp
+comma := ,
+NV_LDFLAGS = $(patsubst -Wl$(comma)%,-Xlinker %,$(filter-out -fopenmp,$(LDFLAGS)))
+
 # ---------------------------------------------------------------- sources
 LIB_C   := $(wildcard model/*.c optim/*.c data/*.c)
 LIB_CU  := $(if $(NVCC_PATH),$(wildcard model/*.cu optim/*.cu kernels/*.cu))
@@ -100,7 +104,7 @@ $(BUILD)/tests/%: tests/%.c $(LIB_OBJ)
 
 $(BUILD)/tests/%: tests/%.cu $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) -o $@ $< $(LIB_OBJ) $(filter-out -fopenmp,$(LDFLAGS)) -Xcompiler -fopenmp $(LDLIBS)
+	$(NVCC) $(NVFLAGS) -o $@ $< $(LIB_OBJ) $(NV_LDFLAGS) -Xcompiler -fopenmp $(LDLIBS)
 
 test: report train_clip $(TESTS)
 	@bash tests/run_tests.sh $(TESTS)
