@@ -45,6 +45,15 @@ else
   MISSING += "utf8proc: the tokenizer is unavailable, only data = synthetic works (Debian: apt-get install libutf8proc-dev)"
 endif
 
+MPICC_PATH := $(shell command -v mpicc 2>/dev/null)
+ifneq ($(MPICC_PATH),)
+  CFLAGS  += -DHAVE_MPI $(shell mpicc --showme:compile 2>/dev/null)
+  NVFLAGS += -DHAVE_MPI $(shell mpicc --showme:compile 2>/dev/null)
+  LDLIBS  += $(shell mpicc --showme:link 2>/dev/null)
+else
+  MISSING += "MPI: mpirun launches are unavailable, single process or RANK/WORLD_SIZE starts only (Debian: apt-get install libopenmpi-dev)"
+endif
+
 NVCC_PATH := $(shell command -v $(NVCC) 2>/dev/null)
 ifneq ($(NVCC_PATH),)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC_PATH))
@@ -55,6 +64,10 @@ ifneq ($(NVCC_PATH),)
 else
   MISSING += "nvcc: building without CUDA, CPU only (install the CUDA toolkit for the GPU path)"
 endif
+
+# nvcc links too, but takes linker options as -Xlinker (it splits them at commas) and no -fopenmp
+comma := ,
+NV_LDFLAGS = $(patsubst -Wl$(comma)%,-Xlinker %,$(filter-out -fopenmp,$(LDFLAGS)))
 
 # ---------------------------------------------------------------- sources
 LIB_C   := $(wildcard model/*.c optim/*.c data/*.c)
@@ -91,7 +104,7 @@ $(BUILD)/tests/%: tests/%.c $(LIB_OBJ)
 
 $(BUILD)/tests/%: tests/%.cu $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) -o $@ $< $(LIB_OBJ) $(filter-out -fopenmp,$(LDFLAGS)) -Xcompiler -fopenmp $(LDLIBS)
+	$(NVCC) $(NVFLAGS) -o $@ $< $(LIB_OBJ) $(NV_LDFLAGS) -Xcompiler -fopenmp $(LDLIBS)
 
 test: report train_clip $(TESTS)
 	@bash tests/run_tests.sh $(TESTS)

@@ -3,7 +3,7 @@
 # stb_image, utf8proc, libwebp, zlib, clang for the fuzzers, python3 for the scripts). Skips what is there.
 # The CUDA toolkit is not installed here: with nvcc on the PATH the GPU path is built too.
 set -euo pipefail
-pkgs="build-essential libjpeg-dev libstb-dev libutf8proc-dev libwebp-dev zlib1g-dev clang python3 python3-pip unzip"
+pkgs="build-essential libjpeg-dev libstb-dev libutf8proc-dev libwebp-dev zlib1g-dev clang python3 python3-pip unzip libopenmpi-dev openmpi-bin"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 [ -z "$missing" ] && exit 0

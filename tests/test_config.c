@@ -51,14 +51,13 @@ static void test_layer_scale_adds_gamma_tensors(void) {
 }
 
 static void test_set_overrides_and_include(void) {
-    const char *dir = "/tmp/train_clip_test_config";
-    mkdir_p(dir);
-    FILE *f = fopenCheck("/tmp/train_clip_test_config/child.conf", "w");
-    fprintf(f, "include = ../../%s/configs/tiny.conf  # relative to this file\nlr = 5e-4\n", getenv("PWD"));
+    mkdir_p(test_path("sub"));
+    FILE *f = fopenCheck(test_path("sub/child.conf"), "w");
+    fprintf(f, "include = ../../..%s/configs/tiny.conf  # relative to this file\nlr = 5e-4\n", getenv("PWD"));
     fcloseCheck(f);
     Config c;
     config_defaults(&c);
-    config_load_file(&c, "/tmp/train_clip_test_config/child.conf");
+    config_load_file(&c, test_path("sub/child.conf"));
     config_set(&c, "wd = 0.05", 1);
     config_set(&c, "optimizer=adamw", 2);
     config_set(&c, "layer_scale_init=none", 3);
@@ -72,11 +71,11 @@ static void test_set_overrides_and_include(void) {
 
 // Run ./train_clip --dry-run on a config text; returns the exit code and the stderr text.
 static int run_config(const char *text, const char *extra, char *err, size_t cap) {
-    FILE *f = fopenCheck("/tmp/train_clip_test_config/bad.conf", "w");
+    FILE *f = fopenCheck(test_path("bad.conf"), "w");
     fputs(text, f);
     fcloseCheck(f);
     char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "./train_clip -c /tmp/train_clip_test_config/bad.conf %s --dry-run 2>&1 >/dev/null", extra);
+    snprintf(cmd, sizeof(cmd), "./train_clip -c %s %s --dry-run 2>&1 >/dev/null", test_path("bad.conf"), extra);
     FILE *p = popen(cmd, "r");
     size_t n = fread(err, 1, cap - 1, p);
     err[n] = '\0';
@@ -85,7 +84,6 @@ static int run_config(const char *text, const char *extra, char *err, size_t cap
 }
 
 static void test_bad_configs_name_file_line_key(void) {
-    mkdir_p("/tmp/train_clip_test_config");
     const char *base = "include = %s/configs/tiny.conf\n";
     char head[512];
     snprintf(head, sizeof(head), base, getenv("PWD"));

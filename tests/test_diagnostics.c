@@ -58,13 +58,16 @@ static void test_unwritable_run_dir_is_a_clear_error(void) {
 
 // A file-size limit makes the next checkpoint's write fail like a full disk would.
 static void test_full_disk_keeps_previous_checkpoint(void) {
-    char out[8192];
-    system("rm -rf /tmp/train_clip_test_full");
-    int rc = run(ARGS "--set run_dir=/tmp/train_clip_test_full --set stop_after=2 >/dev/null 2>&1", out, sizeof(out));
+    char out[8192], cmd[1024];
+    const char *dir = test_path("full");
+    snprintf(cmd, sizeof(cmd), ARGS "--set run_dir=%s --set stop_after=2 >/dev/null 2>&1", dir);
+    int rc = run(cmd, out, sizeof(out));
     EXPECT(rc == 0, "first run failed");
-    rc = run("sh -c 'ulimit -f 64; exec " ARGS "--set run_dir=/tmp/train_clip_test_full --set resume=latest 2>&1'", out, sizeof(out));
+    snprintf(cmd, sizeof(cmd), "sh -c 'ulimit -f 64; exec " ARGS "--set run_dir=%s --set resume=latest 2>&1'", dir);
+    rc = run(cmd, out, sizeof(out));
     EXPECT(rc == 1 && strstr(out, "checkpoint at step 4 failed") && strstr(out, "earlier checkpoints are untouched"), "rc %d: %s", rc, out);
-    rc = run(ARGS "--set run_dir=/tmp/train_clip_test_full --set resume=latest 2>&1", out, sizeof(out));
+    snprintf(cmd, sizeof(cmd), ARGS "--set run_dir=%s --set resume=latest 2>&1", dir);
+    rc = run(cmd, out, sizeof(out));
     EXPECT(rc == 0 && strstr(out, "resumed from step 2"), "previous checkpoint not usable after the failed write: %s", out);
 }
 

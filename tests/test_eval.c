@@ -82,11 +82,11 @@ static void test_classifier_averages_templates(void) {
 }
 
 static void test_read_lines(void) {
-    FILE *f = fopenCheck("/tmp/train_clip_test_classes.txt", "w");
+    FILE *f = fopenCheck(test_path("classes.txt"), "w");
     fprintf(f, "# classes\nanimals\n\nbuildings\r\nfood\n");
     fcloseCheck(f);
     int n;
-    char **lines = read_lines("/tmp/train_clip_test_classes.txt", &n);
+    char **lines = read_lines(test_path("classes.txt"), &n);
     EXPECT(n == 3 && !strcmp(lines[0], "animals") && !strcmp(lines[1], "buildings") && !strcmp(lines[2], "food"), "read %d lines", n);
     free_lines(lines, n);
 }

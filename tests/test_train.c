@@ -7,10 +7,12 @@
 #include "test.h"
 
 static void test_tiny_loss_falls(void) {
-    int status = system("rm -rf /tmp/train_clip_test_train && ./train_clip -c configs/tiny.conf --set batch_size=32 --set steps=80 "
-                        "--set warmup=10 --set lr=2e-3 --set run_dir=/tmp/train_clip_test_train > /dev/null");
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "./train_clip -c configs/tiny.conf --set batch_size=32 --set steps=80 --set warmup=10 --set lr=2e-3 "
+             "--set run_dir=%s > /dev/null", test_path("run"));
+    int status = system(cmd);
     EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 0, "train_clip failed");
-    FILE *f = fopen("/tmp/train_clip_test_train/log.jsonl", "r");
+    FILE *f = fopen(test_path("run/log.jsonl"), "r");
     EXPECT(f != NULL, "no log.jsonl");
     if (!f) return;
     char line[4096];

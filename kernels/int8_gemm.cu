@@ -1,0 +1,510 @@
+// int8_gemm.cu: the int8 GEMM of SwitchBack with its fused dequantize epilogue (API and formula in int8_gemm.cuh).
+// Two kernels, picked by the device's compute capability:
+//  - sm_90a (H100): persistent, warp-specialised, in clusters of 2 CTAs. A CTA computes a 128 x 256 tile; the
+//    two CTAs of a cluster take adjacent M tiles of one N tile, so they share B: each loads half of the B tile
+//    and multicasts it to both (a third fewer bytes from L2 per k-step, which bounds this GEMM otherwise).
+//    One producer thread issues the TMA loads into 128-byte-swizzled shared memory, 3 stages of 128 x 128 A +
+//    256 x 128 B, signalling "full" mbarriers; two consumer warpgroups run wgmma.m64n256k32.s32.s8.s8 on 64 rows
+//    each and release each stage, as soon as their wgmma on it are done, through "empty" mbarriers in both CTAs
+//    (the other warpgroup keeps the tensor cores busy meanwhile). The epilogue dequantizes from registers;
+//    bf16 output goes through swizzled shared memory and TMA stores, which drain while the next tile computes.
+//  - sm_80 / sm_89 (and a fallback on sm_90): 128 x 128 x 128 tiles, a 3-stage cp.async pipeline into the same
+//    swizzled layout, ldmatrix + mma.sync.m16n8k32.s8, 8 warps of 64 x 32.
+// Out-of-range rows and K columns are loaded as zeros (TMA's out-of-bounds fill, cp.async's zero fill), so M is
+// arbitrary; the epilogue skips (or TMA clips) rows >= M and columns >= N.
+#include <string.h>
+#include <cuda.h>  // CUtensorMap and its enums (types only; the encoder is fetched through the runtime)
+#include "int8_gemm.cuh"
+
+typedef __nv_bfloat16 bf16;
+
+// ------------------------------------------------------------------------------------------------ epilogue
+// Both kernels own pairs of adjacent output columns: col is even and N % 16 == 0, so col + 1 < N too.
+// sa = s_a[row]; sb_t = s_b[0] (tensor-wise). OUT (= g.out_type) is a template parameter so that each kernel's
+// unrolled epilogue holds one output path only. Bias and scales are read-only (__ldg), so the compiler may load
+// them ahead of the stores.
+
+// Bias and s_b of columns col, col + 1 (zeros past N: those outputs are never stored).
+__device__ inline void column_params(const Int8Gemm &g, float sb_t, int col, float2 &bias, float2 &sb) {
+    bias = make_float2(0.0f, 0.0f), sb = make_float2(sb_t, sb_t);
+    if (col >= g.N) return;
+    if (g.bias) bias = __bfloat1622float2(__ldg((const __nv_bfloat162 *)(g.bias + col)));
+    if (g.b_scale_per_col) sb = make_float2(__ldg(g.b_scale + col), __ldg(g.b_scale + col + 1));
+}
+
+// Direct store of one pair to global memory (any output type, accumulation).
+template <int OUT>
+__device__ inline void store2(const Int8Gemm &g, int row, float sa, float sb_t, int col, int v0, int v1) {
+    if (row >= g.M || col >= g.N) return;
+    size_t idx = (size_t)row * g.N + col;
+    if (OUT == INT8_OUT_I32) {
+        *(int2 *)((int32_t *)g.out + idx) = make_int2(v0, v1);
+        return;
+    }
+    float2 bias, sb;
+    column_params(g, sb_t, col, bias, sb);
+    float y0 = sb_dequant_acc(v0, sa, sb.x, bias.x), y1 = sb_dequant_acc(v1, sa, sb.y, bias.y);
+    if (OUT == INT8_OUT_F32) {
+        float2 *o = (float2 *)((float *)g.out + idx);
+        if (g.accumulate) {
+            float2 old = *o;
+            y0 += old.x, y1 += old.y;
+        }
+        *o = make_float2(y0, y1);
+    } else {
+        __nv_bfloat162 *o = (__nv_bfloat162 *)((bf16 *)g.out + idx);
+        if (g.accumulate) {
+            float2 old = __bfloat1622float2(*o);
+            y0 += old.x, y1 += old.y;
+        }
+        *o = __floats2bfloat162_rn(y0, y1);
+    }
+}
+
+template <int OUT> __device__ inline float row_scale(const Int8Gemm &g, int row) {
+    return (OUT != INT8_OUT_I32 && row < g.M) ? __ldg(g.a_scale + row) : 0.0f;
+}
+template <int OUT> __device__ inline float tensor_scale(const Int8Gemm &g) {
+    return (OUT != INT8_OUT_I32 && !g.b_scale_per_col) ? __ldg(g.b_scale) : 0.0f;
+}
+
+__device__ inline uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+// Shared-memory tile layout of both kernels: rows of 128 bytes (128 int8 of K); 16-byte chunk c of row r is
+// stored at chunk c ^ (r % 8). This is TMA's CU_TENSOR_MAP_SWIZZLE_128B pattern (which XORs address bits 4-6
+// with bits 7-9, hence 1024-byte aligned tiles), and it makes ldmatrix on 8 rows conflict-free.
+__device__ inline uint32_t swz(int row, int chunk) { return row * 128 + ((chunk ^ (row & 7)) << 4); }
+
+// ------------------------------------------------------------------------------------------------ sm_90a
+#define WG_BM 128
+#define WG_BN 256
+#define WG_BK 128  // int8 elements = bytes: one swizzle row
+#define WG_STAGES 3
+#define WG_CLUSTER 2
+#define WG_A_BYTES (WG_BM * WG_BK)         // 16 KB
+#define WG_B_BYTES (WG_BN * WG_BK)         // 32 KB, half of it from each CTA of the cluster
+#define WG_Y_BYTES (WG_BM * WG_BN * 2)     // 64 KB: the bf16 output tile, staged for the TMA store
+#define WG_Y_BOX 64                        // output boxes of 64 x 64 bf16 (128-byte rows, swizzled)
+#define WG_Y_BOX_BYTES (WG_Y_BOX * WG_Y_BOX * 2)
+#define WG_SMEM (WG_STAGES * (WG_A_BYTES + WG_B_BYTES) + WG_Y_BYTES + 2 * WG_STAGES * 8 + 1024)  // + barriers, align
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ inline void mbar_init(uint64_t *bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+}
+__device__ inline void mbar_expect_tx(uint64_t *bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+}
+// Arrives on the barrier at the same shared-memory offset in CTA `rank` of the cluster (this CTA included).
+// Default (cta-scope release) semantics: a cluster-scope release would cost a GPU-wide memory barrier per arrive,
+// and the stage's readers (wgmma) have already completed.
+__device__ inline void mbar_arrive_cluster(uint64_t *bar, uint32_t rank) {
+    asm volatile("{ .reg .b32 a; mapa.shared::cluster.u32 a, %0, %1; mbarrier.arrive.shared::cluster.b64 _, [a]; }" ::"r"(
+                     smem_u32(bar)),
+                 "r"(rank)
+                 : "memory");
+}
+// Waits until the phase with this parity has completed (a fresh barrier counts its phase "1" as completed).
+__device__ inline void mbar_wait(uint64_t *bar, uint32_t parity) {
+    uint32_t done = 0;
+    while (!done) {
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(done)
+                     : "r"(smem_u32(bar)), "r"(parity)
+                     : "memory");
+    }
+}
+__device__ inline uint32_t cluster_rank() {
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+__device__ inline void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+// Box at (inner coordinate k, row) of a 2D tensor map -> dst; completion counted in bytes on bar.
+__device__ inline void tma_load_2d(void *dst, const CUtensorMap *map, int k, int row, uint64_t *bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
+            smem_u32(dst)),
+        "l"((uint64_t)map), "r"(k), "r"(row), "r"(smem_u32(bar))
+        : "memory");
+}
+// The same box written to this offset of shared memory in every CTA of mask, completing on each one's bar.
+__device__ inline void tma_load_2d_multicast(void *dst, const CUtensorMap *map, int k, int row, uint64_t *bar, uint16_t mask) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+                 " [%0], [%1, {%2, %3}], [%4], %5;" ::"r"(smem_u32(dst)),
+                 "l"((uint64_t)map), "r"(k), "r"(row), "r"(smem_u32(bar)), "h"(mask)
+                 : "memory");
+}
+// Shared memory -> the box at (col, row) of a tensor map (clipped at its edges); one bulk group per commit.
+__device__ inline void tma_store_2d(const CUtensorMap *map, const void *src, int col, int row) {
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];" ::"l"((uint64_t)map),
+                 "r"(col), "r"(row), "r"(smem_u32(src))
+                 : "memory");
+}
+__device__ inline void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+__device__ inline void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
+__device__ inline void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
+// Orders this thread's ordinary shared-memory stores before later async-proxy (TMA) reads of them.
+__device__ inline void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+__device__ inline void named_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
+
+// wgmma descriptor of a K-major operand in the swizzled layout above: start address >> 4 (bits 0-13), leading
+// byte offset unused for swizzled K-major (1, bits 16-29), stride byte offset = 1024 between 8-row groups
+// (bits 32-45), layout type 1 = 128-byte swizzle (bits 62-63).
+__device__ inline uint64_t wgmma_desc(uint32_t addr) {
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | (1ull << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
+}
+__device__ inline void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ inline void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N> __device__ inline void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
+// Keeps the compiler from moving accumulator reads/writes across the asynchronous wgmma.
+__device__ inline void fence_regs(int (&d)[128]) {
+#pragma unroll
+    for (int i = 0; i < 128; i++) asm volatile("" : "+r"(d[i])::"memory");
+}
+
+// d (64 x 256 s32, wgmma accumulator layout) (+)= A (64 x 32 s8) . B (256 x 32 s8)^T; accumulate = 0 overwrites.
+__device__ inline void wgmma_m64n256k32(int (&d)[128], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k32.s32.s8.s8 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+        "}, %128, %129, p;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
+          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
+          "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
+          "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
+          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]),
+          "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]),
+          "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]),
+          "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87]),
+          "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]), "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95]),
+          "+r"(d[96]), "+r"(d[97]), "+r"(d[98]), "+r"(d[99]), "+r"(d[100]), "+r"(d[101]), "+r"(d[102]), "+r"(d[103]),
+          "+r"(d[104]), "+r"(d[105]), "+r"(d[106]), "+r"(d[107]), "+r"(d[108]), "+r"(d[109]), "+r"(d[110]), "+r"(d[111]),
+          "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]), "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]),
+          "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+#endif
+
+// Work items are pairs of M tiles x one N tile (one per cluster), numbered with N fastest, so the clusters running
+// at one time share A rows (and all of B) in L2.
+template <int OUT>
+__global__ void __launch_bounds__(384, 1)
+    int8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap tma_a, const __grid_constant__ CUtensorMap tma_b,
+                           const __grid_constant__ CUtensorMap tma_y, const Int8Gemm g) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ uint8_t smem_raw[];
+    uint8_t *smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);  // swizzled tiles: 1024-aligned
+    uint8_t *sa = smem;                                  // [stage] (128, 128) int8
+    uint8_t *sb = sa + WG_STAGES * WG_A_BYTES;           // [stage] (256, 128) int8: rows 0-127 from CTA 0, 128-255 from CTA 1
+    uint8_t *sy = sb + WG_STAGES * WG_B_BYTES;           // [consumer][4 boxes] (64, 64) bf16
+    uint64_t *full = (uint64_t *)(sy + WG_Y_BYTES), *empty = full + WG_STAGES;
+    uint32_t rank = cluster_rank();
+    int m_tiles = (g.M + WG_BM - 1) / WG_BM, tiles_n = (g.N + WG_BN - 1) / WG_BN;
+    int items = (m_tiles + 1) / 2 * tiles_n, cluster = blockIdx.x / WG_CLUSTER, clusters = gridDim.x / WG_CLUSTER;
+    int ktiles = (g.K + WG_BK - 1) / WG_BK;
+    int wg = threadIdx.x / 128;  // 0: producer, 1-2: consumers
+
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < WG_STAGES; s++) {
+            mbar_init(&full[s], 1);                // this CTA's producer's arrive.expect_tx, then the TMA bytes
+            mbar_init(&empty[s], 2 * WG_CLUSTER);  // each consumer warpgroup of both CTAs
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    cluster_sync();  // the peer's barriers exist before anything is multicast or arrived on
+
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        if (threadIdx.x == 0) {
+            int it = 0;  // k-tiles loaded so far, over all tiles: stage it % WG_STAGES, phase (it / WG_STAGES) & 1
+            for (int item = cluster; item < items; item += clusters) {
+                int mt = item / tiles_n * 2 + rank, n0 = item % tiles_n * WG_BN;
+                int a_row = min(mt, m_tiles - 1) * WG_BM;  // past the last M tile (odd count): load any valid tile
+                for (int kt = 0; kt < ktiles; kt++, it++) {
+                    int s = it % WG_STAGES;
+                    mbar_wait(&empty[s], ((it / WG_STAGES) & 1) ^ 1);  // both CTAs are done with stage s
+                    mbar_expect_tx(&full[s], WG_A_BYTES + WG_B_BYTES);  // whole boxes, out-of-bounds zeros included
+                    tma_load_2d(sa + s * WG_A_BYTES, &tma_a, kt * WG_BK, a_row, &full[s]);
+                    tma_load_2d_multicast(sb + s * WG_B_BYTES + rank * (WG_B_BYTES / 2), &tma_b, kt * WG_BK,
+                                          n0 + rank * (WG_BN / 2), &full[s], (1 << WG_CLUSTER) - 1);
+                }
+            }
+        }
+    } else {
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+        int c = wg - 1, lane = threadIdx.x % 32, warp = threadIdx.x / 32 % 4, leader = threadIdx.x % 128 == 0;
+        int tma_out = OUT == INT8_OUT_BF16 && !g.accumulate;
+        float sb_t = tensor_scale<OUT>(g);
+        uint8_t *y_stage = sy + c * (WG_Y_BYTES / 2);
+        int acc[128];
+        int it = 0;
+        for (int item = cluster; item < items; item += clusters) {
+            int m0 = (item / tiles_n * 2 + rank) * WG_BM, n0 = item % tiles_n * WG_BN;
+            for (int kt = 0; kt < ktiles; kt++, it++) {
+                int s = it % WG_STAGES;
+                mbar_wait(&full[s], (it / WG_STAGES) & 1);
+                uint64_t da = wgmma_desc(smem_u32(sa + s * WG_A_BYTES + c * 64 * WG_BK));
+                uint64_t db = wgmma_desc(smem_u32(sb + s * WG_B_BYTES));
+                wgmma_fence();
+#pragma unroll
+                for (int kk = 0; kk < WG_BK / 32; kk++)  // +32 bytes along K: +2 in the address field
+                    wgmma_m64n256k32(acc, da + 2 * kk, db + 2 * kk, kt > 0 || kk > 0);
+                wgmma_commit();
+                // Release the stage as soon as this warpgroup's wgmma on it are done; the other warpgroup's keep
+                // the tensor cores busy meanwhile (measured: a little faster than keeping one k-tile in flight).
+                wgmma_wait<0>();
+                fence_regs(acc);
+                if (leader)
+                    for (int r = 0; r < WG_CLUSTER; r++) mbar_arrive_cluster(&empty[s], r);
+            }
+
+            // Accumulator layout: register 4j + 2h + e holds row 16 warp + lane / 4 + 8h, column 8j + 2 (lane % 4) + e.
+            int rl = warp * 16 + lane / 4, r0 = m0 + c * 64 + rl;
+            float sa0 = row_scale<OUT>(g, r0), sa1 = row_scale<OUT>(g, r0 + 8);
+            if (tma_out) {
+                // Stage the 64 x 256 bf16 result as 4 boxes of 64 x 64 (128-byte rows, chunk c of row r at c ^ (r % 8):
+                // conflict-free for these stores, and the layout the TMA store reads with SWIZZLE_128B).
+                if (leader) bulk_wait_read();  // the previous tile's stores have read the staging buffer
+                named_sync(1 + c, 128);
+#pragma unroll
+                for (int j = 0; j < WG_BN / 8; j++) {
+                    int col = n0 + 8 * j + 2 * (lane % 4);
+                    float2 bias, sb;
+                    column_params(g, sb_t, col, bias, sb);
+                    __nv_bfloat162 lo = __floats2bfloat162_rn(sb_dequant_acc(acc[4 * j], sa0, sb.x, bias.x),
+                                                              sb_dequant_acc(acc[4 * j + 1], sa0, sb.y, bias.y));
+                    __nv_bfloat162 hi = __floats2bfloat162_rn(sb_dequant_acc(acc[4 * j + 2], sa1, sb.x, bias.x),
+                                                              sb_dequant_acc(acc[4 * j + 3], sa1, sb.y, bias.y));
+                    uint8_t *box = y_stage + j / 8 * WG_Y_BOX_BYTES;
+                    int off = ((j % 8) ^ (rl % 8)) * 16 + (lane % 4) * 4;  // rl and rl + 8 share rl % 8
+                    *(__nv_bfloat162 *)(box + rl * 128 + off) = lo;
+                    *(__nv_bfloat162 *)(box + (rl + 8) * 128 + off) = hi;
+                }
+                fence_async_smem();
+                named_sync(1 + c, 128);
+                if (leader && m0 + c * 64 < g.M) {
+                    for (int b = 0; b < WG_BN / WG_Y_BOX; b++)
+                        if (n0 + b * WG_Y_BOX < g.N)
+                            tma_store_2d(&tma_y, y_stage + b * WG_Y_BOX_BYTES, n0 + b * WG_Y_BOX, m0 + c * 64);
+                    bulk_commit();
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < WG_BN / 8; j++) {
+                    int col = n0 + 8 * j + 2 * (lane % 4);
+                    store2<OUT>(g, r0, sa0, sb_t, col, acc[4 * j], acc[4 * j + 1]);
+                    store2<OUT>(g, r0 + 8, sa1, sb_t, col, acc[4 * j + 2], acc[4 * j + 3]);
+                }
+            }
+        }
+        if (leader) bulk_wait();  // the staging buffer must outlive the stores reading it
+    }
+    cluster_sync();  // no CTA exits while its peer may still arrive on its barriers
+#endif
+}
+
+// ------------------------------------------------------------------------------------------------ sm_80
+#define MM_BM 128
+#define MM_BN 128
+#define MM_BK 128
+#define MM_STAGES 3
+#define MM_STAGE_BYTES ((MM_BM + MM_BN) * MM_BK)
+#define MM_SMEM (MM_STAGES * MM_STAGE_BYTES)  // 96 KB
+
+__device__ inline void cp_async16(uint32_t dst, const void *src, int src_bytes) {  // src_bytes 0: zero fill
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ inline void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+__device__ inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
+}
+// d (16 x 8 s32) += a (16 x 32 s8, row) . b (32 x 8 s8, col)
+__device__ inline void mma_s8(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};"
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// One stage: A rows m0.., B rows n0.., K columns k0..k0+127; 256 threads x 4 chunks of 16 bytes each operand.
+__device__ inline void mma_load_stage(uint32_t sa, uint32_t sb, const Int8Gemm &g, int m0, int n0, int k0) {
+    for (int i = 0; i < 4; i++) {
+        int id = threadIdx.x + 256 * i, r = id / 8, ch = id % 8, k = k0 + ch * 16;
+        bool va = k < g.K && m0 + r < g.M, vb = k < g.K && n0 + r < g.N;
+        cp_async16(sa + swz(r, ch), va ? g.a + (size_t)(m0 + r) * g.K + k : g.a, va ? 16 : 0);
+        cp_async16(sb + swz(r, ch), vb ? g.b + (size_t)(n0 + r) * g.K + k : g.b, vb ? 16 : 0);
+    }
+}
+
+template <int OUT> __global__ void __launch_bounds__(256) int8_gemm_mma_kernel(const Int8Gemm g) {
+    extern __shared__ __align__(128) uint8_t smem_mm[];
+    uint32_t base = smem_u32(smem_mm);  // stage s: A (128, 128) at s * 32 KB, B (128, 128) 16 KB after it
+    int m0 = blockIdx.y * MM_BM, n0 = blockIdx.x * MM_BN;
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int wm = warp / 4 * 64, wn = warp % 4 * 32;  // this warp's 64 x 32 block of the tile
+    int ktiles = (g.K + MM_BK - 1) / MM_BK;
+    int acc[4][4][4] = {};  // [16-row tile][8-column tile][mma fragment]
+
+    for (int s = 0; s < MM_STAGES - 1; s++) {
+        if (s < ktiles) mma_load_stage(base + s * MM_STAGE_BYTES, base + s * MM_STAGE_BYTES + MM_BM * MM_BK, g, m0, n0, s * MM_BK);
+        cp_async_commit();  // always commit, so that wait_group counts stay uniform
+    }
+    for (int kt = 0; kt < ktiles; kt++) {
+        cp_async_wait<MM_STAGES - 2>();
+        __syncthreads();  // stage kt is visible to all; everyone is done with stage kt - 1, refilled next
+        int next = kt + MM_STAGES - 1;
+        uint32_t sn = base + next % MM_STAGES * MM_STAGE_BYTES;
+        if (next < ktiles) mma_load_stage(sn, sn + MM_BM * MM_BK, g, m0, n0, next * MM_BK);
+        cp_async_commit();
+        uint32_t sa = base + kt % MM_STAGES * MM_STAGE_BYTES, sb = sa + MM_BM * MM_BK;
+#pragma unroll
+        for (int ks = 0; ks < MM_BK / 32; ks++) {
+            // ldmatrix.x4: lanes 8q..8q+7 address the rows of matrix q. A: q = (row half, k half) -> a0..a3;
+            // B: q = (k half, n half) -> (b0, b1) of 8-column tile 2p, then of 2p + 1.
+            uint32_t af[4][4], bfr[2][4];
+#pragma unroll
+            for (int mt = 0; mt < 4; mt++) ldmatrix_x4(af[mt], sa + swz(wm + mt * 16 + lane % 16, ks * 2 + lane / 16));
+#pragma unroll
+            for (int p = 0; p < 2; p++)
+                ldmatrix_x4(bfr[p], sb + swz(wn + p * 16 + lane / 16 * 8 + lane % 8, ks * 2 + lane / 8 % 2));
+#pragma unroll
+            for (int mt = 0; mt < 4; mt++)
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++) mma_s8(acc[mt][nt], af[mt], bfr[nt / 2][nt % 2 * 2], bfr[nt / 2][nt % 2 * 2 + 1]);
+        }
+    }
+
+    // mma accumulator layout: d0, d1 at row lane / 4, columns 2 (lane % 4) + 0, 1; d2, d3 eight rows below.
+    float sb_t = tensor_scale<OUT>(g);
+#pragma unroll
+    for (int mt = 0; mt < 4; mt++) {
+        int r0 = m0 + wm + mt * 16 + lane / 4;
+        float sa0 = row_scale<OUT>(g, r0), sa1 = row_scale<OUT>(g, r0 + 8);
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) {
+            int col = n0 + wn + nt * 8 + 2 * (lane % 4);
+            store2<OUT>(g, r0, sa0, sb_t, col, acc[mt][nt][0], acc[mt][nt][1]);
+            store2<OUT>(g, r0 + 8, sa1, sb_t, col, acc[mt][nt][2], acc[mt][nt][3]);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ host
+typedef CUresult (*TensorMapEncodeTiled)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                                         const cuuint64_t *, const cuuint32_t *, const cuuint32_t *,
+                                         CUtensorMapInterleave, CUtensorMapSwizzle, CUtensorMapL2promotion,
+                                         CUtensorMapFloatOOBfill);
+
+// Tensor map of a row-major (rows, cols) matrix read or written in boxes of (box_rows, box_cols), where a box row
+// is 128 bytes and shared memory holds it 128-byte-swizzled.
+static CUtensorMap make_tensor_map(const void *p, CUtensorMapDataType type, int elem_bytes, int rows, int cols,
+                                   int box_rows, int box_cols) {
+    static TensorMapEncodeTiled encode = NULL;
+    if (!encode) {
+        cudaDriverEntryPointQueryResult q;
+        cudaCheck(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", (void **)&encode, 12000, cudaEnableDefault, &q));
+        if (q != cudaDriverEntryPointSuccess || !encode) {
+            fprintf(stderr, "error: int8_gemm: the driver has no cuTensorMapEncodeTiled\n");
+            exit(1);
+        }
+    }
+    CUtensorMap map;
+    cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)cols * elem_bytes};
+    cuuint32_t box[2] = {(cuuint32_t)box_cols, (cuuint32_t)box_rows}, elem_strides[2] = {1, 1};
+    CUresult r = encode(&map, type, 2, (void *)p, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) {
+        fprintf(stderr, "error: int8_gemm: cuTensorMapEncodeTiled failed (CUresult %d) for (%d, %d)\n", (int)r, rows, cols);
+        exit(1);
+    }
+    return map;
+}
+
+static void check_args(const Int8Gemm *g) {
+    const char *why = NULL;
+    if (g->M < 1 || g->N < 16 || g->K < 16) why = "M >= 1, N >= 16 and K >= 16 are needed";
+    else if (g->N % 16 || g->K % 16) why = "N and K must be multiples of 16";
+    else if ((uintptr_t)g->a % 16 || (uintptr_t)g->b % 16 || (uintptr_t)g->out % 8) why = "a and b must be 16-byte aligned, out 8-byte aligned";
+    else if (g->out_type != INT8_OUT_I32 && (!g->a_scale || !g->b_scale)) why = "a_scale and b_scale are needed";
+    if (why) {
+        fprintf(stderr, "error: int8_gemm (M %d, N %d, K %d): %s\n", g->M, g->N, g->K, why);
+        exit(1);
+    }
+}
+
+template <int OUT> static void launch(const Int8Gemm *g, Int8GemmPath path, cudaStream_t stream) {
+    if (path == INT8_PATH_WGMMA) {
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute cluster;
+        cluster.id = cudaLaunchAttributeClusterDimension;
+        cluster.val.clusterDim.x = WG_CLUSTER, cluster.val.clusterDim.y = 1, cluster.val.clusterDim.z = 1;
+        cfg.blockDim = dim3(384), cfg.dynamicSmemBytes = WG_SMEM, cfg.stream = stream;
+        cfg.attrs = &cluster, cfg.numAttrs = 1;
+        static int max_clusters = 0;  // once per kernel: raise the shared-memory limit, ask how many clusters fit
+        if (!max_clusters) {
+            cudaCheck(cudaFuncSetAttribute(int8_gemm_wgmma_kernel<OUT>, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_SMEM));
+            cfg.gridDim = dim3(WG_CLUSTER);
+            cudaCheck(cudaOccupancyMaxActiveClusters(&max_clusters, int8_gemm_wgmma_kernel<OUT>, &cfg));
+            if (max_clusters < 1) {
+                fprintf(stderr, "error: int8_gemm: no cluster of %d CTAs with %d bytes of shared memory fits\n", WG_CLUSTER, WG_SMEM);
+                exit(1);
+            }
+        }
+        CUtensorMap ta = make_tensor_map(g->a, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->M, g->K, WG_BM, WG_BK);
+        CUtensorMap tb = make_tensor_map(g->b, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->N, g->K, WG_BN / WG_CLUSTER, WG_BK);
+        // bf16 output without accumulation leaves through TMA stores; other outputs are stored directly (ta: unused).
+        CUtensorMap ty = OUT == INT8_OUT_BF16 && !g->accumulate
+                             ? make_tensor_map(g->out, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, g->M, g->N, WG_Y_BOX, WG_Y_BOX)
+                             : ta;
+        int items = (ceil_div(g->M, WG_BM) + 1) / 2 * ceil_div(g->N, WG_BN);
+        cfg.gridDim = dim3(WG_CLUSTER * (items < max_clusters ? items : max_clusters));
+        cudaCheck(cudaLaunchKernelEx(&cfg, int8_gemm_wgmma_kernel<OUT>, ta, tb, ty, *g));
+    } else {
+        static int smem_set = 0;  // the dynamic shared-memory limit is raised once per kernel
+        if (!smem_set) {
+            cudaCheck(cudaFuncSetAttribute(int8_gemm_mma_kernel<OUT>, cudaFuncAttributeMaxDynamicSharedMemorySize, MM_SMEM));
+            smem_set = 1;
+        }
+        int8_gemm_mma_kernel<OUT><<<dim3(ceil_div(g->N, MM_BN), ceil_div(g->M, MM_BM)), 256, MM_SMEM, stream>>>(*g);
+    }
+    cudaCheckLaunch();
+}
+
+void int8_gemm_path(const Int8Gemm *g, Int8GemmPath path, cudaStream_t stream) {
+    check_args(g);
+    int dev, major;
+    cudaCheck(cudaGetDevice(&dev));
+    cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    static int use_mma = -1;  // SB_INT8_GEMM=mma in the environment: the portable kernel everywhere (debugging)
+    if (use_mma < 0) use_mma = getenv("SB_INT8_GEMM") && strcmp(getenv("SB_INT8_GEMM"), "mma") == 0;
+    if (path == INT8_PATH_AUTO) path = major == 9 && !use_mma ? INT8_PATH_WGMMA : INT8_PATH_MMA;
+    if (path == INT8_PATH_WGMMA && major != 9) {
+        fprintf(stderr, "error: int8_gemm: the wgmma kernel needs an sm_90 GPU (this one is sm_%d*)\n", major);
+        exit(1);
+    }
+    switch (g->out_type) {
+    case INT8_OUT_BF16: launch<INT8_OUT_BF16>(g, path, stream); break;
+    case INT8_OUT_F32: launch<INT8_OUT_F32>(g, path, stream); break;
+    case INT8_OUT_I32: launch<INT8_OUT_I32>(g, path, stream); break;
+    }
+}
+
+void int8_gemm(const Int8Gemm *g, cudaStream_t stream) { int8_gemm_path(g, INT8_PATH_AUTO, stream); }

@@ -1,0 +1,230 @@
+// switchback.cu: the SwitchBack linear layer (forward, backward, weight quantization, the four modes), the
+// cuBLASLt bf16 GEMM it switches back to for the weight gradient, and the bias-gradient column sums.
+// API and the meaning of each mode in switchback.cuh.
+#include <string.h>
+#include "switchback.cuh"
+
+// ------------------------------------------------------------------------------------------------ cuBLASLt
+void lt_gemm_init(LtGemm *lt) {
+    cublasCheck(cublasLtCreate(&lt->handle));
+    lt->workspace_size = 32 << 20;
+    cudaCheck(cudaMalloc(&lt->workspace, lt->workspace_size));
+}
+
+void lt_gemm_free(LtGemm *lt) {
+    cudaCheck(cudaFree(lt->workspace));
+    cublasCheck(cublasLtDestroy(lt->handle));
+}
+
+void lt_gemm_bf16(LtGemm *lt, void *c, cudaDataType c_type, const bf16 *a, int a_t, const bf16 *b, int b_t,
+                  const bf16 *bias, int m, int n, int k, float beta, cudaStream_t stream) {
+    // cuBLASLt is column-major: row-major C (m, n) is column-major C^T (n, m) = op(B)^T . op(A)^T, so cuBLAS's
+    // first operand is our B and its second our A, each read in its own storage order.
+    cublasLtMatmulDesc_t desc;
+    cublasCheck(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasOperation_t op_first = b_t ? CUBLAS_OP_T : CUBLAS_OP_N, op_second = a_t ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
+    cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
+    if (bias) {
+        cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        cudaDataType bias_type = CUDA_R_16BF;
+        cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+        cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+        cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
+    }
+    cublasLtMatrixLayout_t lay_first, lay_second, lay_c;  // (rows, cols, leading dimension), column-major
+    cublasCheck(cublasLtMatrixLayoutCreate(&lay_first, CUDA_R_16BF, b_t ? k : n, b_t ? n : k, b_t ? k : n));
+    cublasCheck(cublasLtMatrixLayoutCreate(&lay_second, CUDA_R_16BF, a_t ? m : k, a_t ? k : m, a_t ? m : k));
+    cublasCheck(cublasLtMatrixLayoutCreate(&lay_c, c_type, n, m, n));
+    cublasLtMatmulPreference_t pref;
+    cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt->workspace_size,
+                                                     sizeof(lt->workspace_size)));
+    cublasLtMatmulHeuristicResult_t heur;
+    int found = 0;
+    cublasCheck(cublasLtMatmulAlgoGetHeuristic(lt->handle, desc, lay_first, lay_second, lay_c, lay_c, pref, 1, &heur, &found));
+    if (found == 0) {
+        fprintf(stderr, "error: lt_gemm_bf16: no cuBLASLt algorithm for m %d n %d k %d (a_t %d, b_t %d)\n", m, n, k, a_t, b_t);
+        exit(1);
+    }
+    float alpha = 1.0f;
+    cublasCheck(cublasLtMatmul(lt->handle, desc, &alpha, b, lay_first, a, lay_second, &beta, c, lay_c, c, lay_c,
+                               &heur.algo, lt->workspace, lt->workspace_size, stream));
+    cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
+    cublasCheck(cublasLtMatrixLayoutDestroy(lay_c));
+    cublasCheck(cublasLtMatrixLayoutDestroy(lay_second));
+    cublasCheck(cublasLtMatrixLayoutDestroy(lay_first));
+    cublasCheck(cublasLtMatmulDescDestroy(desc));
+}
+
+// ------------------------------------------------------------------------------------------------ bias grad
+// Block (32, 8) covers 256 columns of one chunk of rows: thread (x, y) sums its 8 columns (16-byte loads) over rows
+// y, y + 8, ...; the 8 partial sums of each column are then added in shared memory, always in the same order.
+__global__ void column_sums_partial_kernel(float *partial, const bf16 *g, int M, int N) {
+    __shared__ float sums[8][256];
+    int c0 = (blockIdx.x * 32 + threadIdx.x) * 8;
+    int rows = (M + SB_DB_CHUNKS - 1) / SB_DB_CHUNKS, r_end = min(M, (blockIdx.y + 1) * rows);
+    float s[8] = {0};
+    if (c0 < N) {
+        for (int r = blockIdx.y * rows + threadIdx.y; r < r_end; r += 8) {
+            uint4 v = *(const uint4 *)(g + (size_t)r * N + c0);
+            const bf16 *h = (const bf16 *)&v;
+            for (int e = 0; e < 8; e++) s[e] += __bfloat162float(h[e]);
+        }
+    }
+    for (int e = 0; e < 8; e++) sums[threadIdx.y][threadIdx.x * 8 + e] = s[e];
+    __syncthreads();
+    int t = threadIdx.y * 32 + threadIdx.x, c = blockIdx.x * 256 + t;
+    float total = 0.0f;
+    for (int y = 0; y < 8; y++) total += sums[y][t];
+    if (c < N) partial[(size_t)blockIdx.y * N + c] = total;
+}
+
+__global__ void column_sums_final_kernel(float *db, const float *partial, int N, int accumulate) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= N) return;
+    float total = 0.0f;
+    for (int i = 0; i < SB_DB_CHUNKS; i++) total += partial[(size_t)i * N + c];
+    db[c] = accumulate ? db[c] + total : total;
+}
+
+void column_sums(float *db, float *partial, const bf16 *g, int M, int N, int accumulate, cudaStream_t stream) {
+    column_sums_partial_kernel<<<dim3(ceil_div(N, 256), SB_DB_CHUNKS), dim3(32, 8), 0, stream>>>(partial, g, M, N);
+    cudaCheckLaunch();
+    column_sums_final_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(db, partial, N, accumulate);
+    cudaCheckLaunch();
+}
+
+// ------------------------------------------------------------------------------------------------ weights
+void sb_weight_alloc(SbWeight *w, int N, int K) {
+    if (N % 16 || K % 16) {
+        fprintf(stderr, "error: SwitchBack weight (%d, %d): both dimensions must be multiples of 16\n", N, K);
+        exit(1);
+    }
+    w->N = N, w->K = K;
+    cudaCheck(cudaMalloc(&w->q, (size_t)N * K));
+    cudaCheck(cudaMalloc(&w->qt, (size_t)N * K));
+    cudaCheck(cudaMalloc(&w->absmax, sizeof(float) * ((size_t)N + K + 1)));
+}
+
+void sb_weight_free(SbWeight *w) {
+    cudaCheck(cudaFree(w->q));
+    cudaCheck(cudaFree(w->qt));
+    cudaCheck(cudaFree(w->absmax));
+}
+
+void switchback_quantize_weight(SbWeight *w, const bf16 *W, SwitchBackMode mode, cudaStream_t stream) {
+    quantize_absmax(w->absmax, W, w->N, w->K, stream);
+    quantize_2way(w->q, w->qt, w->N, w->absmax, mode == SB_VECTORWISE, W, w->N, w->K, stream);
+}
+
+// Scales of W's int8 copies: vector-wise, the row maxima for q (one per output column of y) and the column
+// maxima for qt (one per output column of dx); tensor-wise, the tensor maximum for both.
+static const float *w_scale_q(const SbWeight *w, SwitchBackMode mode) {
+    return mode == SB_VECTORWISE ? w->absmax : w->absmax + w->N + w->K;
+}
+static const float *w_scale_qt(const SbWeight *w, SwitchBackMode mode) {
+    return mode == SB_VECTORWISE ? w->absmax + w->N : w->absmax + w->N + w->K;
+}
+
+// ------------------------------------------------------------------------------------------------ the layer
+static inline long round16(long x) { return (x + 15) / 16 * 16; }
+
+void switchback_init(SwitchBack *sb, SwitchBackMode mode, int max_M, int max_C) {
+    memset(sb, 0, sizeof(*sb));
+    sb->mode = mode, sb->max_M = max_M, sb->max_C = max_C;
+    lt_gemm_init(&sb->lt);
+    size_t mc = (size_t)max_M * max_C;
+    cudaCheck(cudaMalloc(&sb->gq, mc));
+    cudaCheck(cudaMalloc(&sb->gs, sizeof(float) * max_M));
+    cudaCheck(cudaMalloc(&sb->db_partial, sizeof(float) * SB_DB_CHUNKS * max_C));
+    if (mode == SB_MEMORY_EFFICIENT) cudaCheck(cudaMalloc(&sb->x_deq, sizeof(bf16) * mc));
+    if (mode == SB_INT8_EVERYWHERE) {
+        if (round16(max_M) * 16129 > 2147483647L) {  // |int32 accumulator| <= 127^2 * M16 must not overflow
+            fprintf(stderr, "error: SwitchBack int8 everywhere: %d rows overflow the int32 weight-gradient sum\n", max_M);
+            exit(1);
+        }
+        cudaCheck(cudaMalloc(&sb->gqt, round16(max_M) * max_C));
+        cudaCheck(cudaMalloc(&sb->xqt, round16(max_M) * max_C));
+        cudaCheck(cudaMalloc(&sb->g_absmax, sizeof(float) * ((size_t)max_M + max_C + 1)));
+        cudaCheck(cudaMalloc(&sb->x_absmax, sizeof(float) * ((size_t)max_M + max_C + 1)));
+    }
+}
+
+void switchback_free(SwitchBack *sb) {
+    cudaCheck(cudaFree(sb->gq));
+    cudaCheck(cudaFree(sb->gs));
+    cudaCheck(cudaFree(sb->db_partial));
+    cudaCheck(cudaFree(sb->x_deq));  // cudaFree(NULL) is a no-op
+    cudaCheck(cudaFree(sb->gqt));
+    cudaCheck(cudaFree(sb->xqt));
+    cudaCheck(cudaFree(sb->g_absmax));
+    cudaCheck(cudaFree(sb->x_absmax));
+    lt_gemm_free(&sb->lt);
+}
+
+static void check_size(const SwitchBack *sb, const SbWeight *w, int M) {
+    if (M > sb->max_M || w->N > sb->max_C || w->K > sb->max_C) {
+        fprintf(stderr, "error: SwitchBack layer (M %d, K %d, N %d) exceeds the scratch sized for M %ld, C %ld\n", M,
+                w->K, w->N, sb->max_M, sb->max_C);
+        exit(1);
+    }
+}
+
+void switchback_forward(SwitchBack *sb, bf16 *y, int8_t *xq, float *xs, const bf16 *x, const SbWeight *w,
+                        const bf16 *bias, int M, cudaStream_t stream) {
+    check_size(sb, w, M);
+    quantize_rowwise(xq, xs, x, M, w->K, stream);
+    Int8Gemm f = {};
+    f.out = y, f.out_type = INT8_OUT_BF16;
+    f.a = xq, f.a_scale = xs;                                                          // (M, K)
+    f.b = w->q, f.b_scale = w_scale_q(w, sb->mode), f.b_scale_per_col = sb->mode == SB_VECTORWISE;  // (N, K)
+    f.bias = bias;
+    f.M = M, f.N = w->N, f.K = w->K;
+    int8_gemm(&f, stream);
+}
+
+void switchback_backward(SwitchBack *sb, bf16 *dx, float *dw, float *db, const bf16 *g, const bf16 *x,
+                         const int8_t *xq, const float *xs, const SbWeight *w, int M, int accumulate,
+                         cudaStream_t stream) {
+    check_size(sb, w, M);
+    int N = w->N, K = w->K;
+    if (sb->mode == SB_MEMORY_EFFICIENT ? (!xq || !xs) : !x) {
+        fprintf(stderr, "error: switchback_backward: mode %d needs %s\n", (int)sb->mode,
+                sb->mode == SB_MEMORY_EFFICIENT ? "the forward's xq and xs" : "the forward's input x");
+        exit(1);
+    }
+
+    // dx (M, K) = g (M, N) . W (N, K): int8 g row-wise times the int8 W^T copy (K, N)
+    quantize_rowwise(sb->gq, sb->gs, g, M, N, stream);
+    Int8Gemm d = {};
+    d.out = dx, d.out_type = INT8_OUT_BF16;
+    d.a = sb->gq, d.a_scale = sb->gs;                                                    // (M, N)
+    d.b = w->qt, d.b_scale = w_scale_qt(w, sb->mode), d.b_scale_per_col = sb->mode == SB_VECTORWISE;  // (K, N)
+    d.M = M, d.N = K, d.K = N;
+    int8_gemm(&d, stream);
+
+    // dw (N, K) = g^T (N, M) . x (M, K)
+    if (sb->mode == SB_INT8_EVERYWHERE) {
+        // Both operands quantized along the token dimension M: g^T (N, M16) and x^T (K, M16), one scale per row
+        // (= per column of g and of x), so that the scales stay outside the int8 dot products.
+        int m16 = (int)round16(M);
+        quantize_absmax(sb->g_absmax, g, M, N, stream);
+        quantize_2way(NULL, sb->gqt, m16, sb->g_absmax, 1, g, M, N, stream);
+        quantize_absmax(sb->x_absmax, x, M, K, stream);
+        quantize_2way(NULL, sb->xqt, m16, sb->x_absmax, 1, x, M, K, stream);
+        Int8Gemm e = {};
+        e.out = dw, e.out_type = INT8_OUT_F32, e.accumulate = accumulate;
+        e.a = sb->gqt, e.a_scale = sb->g_absmax + M;                        // (N, M16), column maxima of g
+        e.b = sb->xqt, e.b_scale = sb->x_absmax + M, e.b_scale_per_col = 1;  // (K, M16), column maxima of x
+        e.M = N, e.N = K, e.K = m16;
+        int8_gemm(&e, stream);
+    } else {
+        if (sb->mode == SB_MEMORY_EFFICIENT) {
+            dequantize_rowwise(sb->x_deq, xq, xs, M, K, stream);
+            x = sb->x_deq;
+        }
+        lt_gemm_bf16(&sb->lt, dw, CUDA_R_32F, g, 1, x, 0, NULL, N, K, M, accumulate ? 1.0f : 0.0f, stream);
+    }
+    if (db) column_sums(db, sb->db_partial, g, M, N, accumulate, stream);
+}

@@ -1,0 +1,75 @@
+// switchback.cuh: the SwitchBack linear layer (Wortsman, Dettmers et al. 2023), y = x W^T + b with int8 matmuls:
+//   forward      y  = int8(x row-wise) . int8(W tensor-wise)^T + b              (int8_gemm, fused dequantize)
+//   input grad   dx = int8(g row-wise) . int8(W^T tensor-wise)^T                (the same GEMM; W^T int8 copy)
+//   weight grad  dW = g^T x in bf16 through cuBLASLt (fp32 accumulate, fp32 out)  ("switch back" to 16 bit)
+//   bias grad    db = column sums of g (fp32, deterministic)
+// Modes (SwitchBackMode):
+//   SB_STANDARD          as above
+//   SB_MEMORY_EFFICIENT  the backward pass takes the forward's int8 x + row scales instead of bf16 x (half the saved
+//                        activation), dequantizing them into a bf16 scratch before the dW GEMM
+//   SB_VECTORWISE        W scaled per output channel (forward: per row of W; backward: per column of W, i.e.
+//                        per row of W^T, so the scale stays outside the int8 dot products)
+//   SB_INT8_EVERYWHERE   baseline: dW also in int8 (g^T and x^T quantized per row, i.e. per column of g / x)
+// Shapes: x (M, K), W (N, K), y (M, N), all row-major bf16; K and N multiples of 16; M any.
+#pragma once
+#include "int8_gemm.cuh"
+#include "quantize.cuh"
+
+typedef enum { SB_STANDARD = 0, SB_MEMORY_EFFICIENT = 1, SB_VECTORWISE = 2, SB_INT8_EVERYWHERE = 3 } SwitchBackMode;
+
+// cuBLASLt handle + workspace for the bf16 GEMMs.
+typedef struct {
+    cublasLtHandle_t handle;
+    void *workspace;
+    size_t workspace_size;
+} LtGemm;
+
+void lt_gemm_init(LtGemm *lt);
+void lt_gemm_free(LtGemm *lt);
+// Row-major C (m, n) = op(A) . op(B) (+ bias (n)), bf16 inputs, fp32 accumulate. A is (m, k), or (k, m) if a_t;
+// B is (k, n), or (n, k) if b_t. C is CUDA_R_16BF or CUDA_R_32F; beta = 1 accumulates into C (no bias then).
+void lt_gemm_bf16(LtGemm *lt, void *c, cudaDataType c_type, const bf16 *a, int a_t, const bf16 *b, int b_t,
+                  const bf16 *bias, int m, int n, int k, float beta, cudaStream_t stream);
+
+// db (N) (+)= column sums of g (M, N), fp32, in a fixed order. partial: (SB_DB_CHUNKS, N) scratch.
+#define SB_DB_CHUNKS 64
+void column_sums(float *db, float *partial, const bf16 *g, int M, int N, int accumulate, cudaStream_t stream);
+
+// The int8 copies of one weight W (N, K); switchback_quantize_weight() remakes them after every optimizer step.
+typedef struct {
+    int8_t *q;      // (N, K) for the forward GEMM
+    int8_t *qt;     // (K, N) W^T, for the input-gradient GEMM
+    float *absmax;  // (N + K + 1): row maxima of W (N), column maxima (K), tensor maximum
+    int N, K;
+} SbWeight;
+
+void sb_weight_alloc(SbWeight *w, int N, int K);
+void sb_weight_free(SbWeight *w);
+void switchback_quantize_weight(SbWeight *w, const bf16 *W, SwitchBackMode mode, cudaStream_t stream);
+
+// One per model (or per stream): the mode, cuBLASLt, and scratch sized for the largest layer.
+typedef struct {
+    SwitchBackMode mode;
+    LtGemm lt;
+    long max_M, max_C;  // C: the largest K or N of any layer
+    int8_t *gq;         // (M, C) row-wise int8 of the output gradient
+    float *gs;          // (M) its row scales
+    float *db_partial;  // (SB_DB_CHUNKS, C)
+    bf16 *x_deq;        // (M, C) memory-efficient: dequantized x for dW
+    int8_t *gqt, *xqt;  // (C, M16) int8 everywhere: g^T and x^T, per-row scales (M16 = M rounded up to 16)
+    float *g_absmax, *x_absmax;  // (M + C + 1) each
+} SwitchBack;
+
+void switchback_init(SwitchBack *sb, SwitchBackMode mode, int max_M, int max_C);
+void switchback_free(SwitchBack *sb);
+
+// y (M, N) = x (M, K) . W^T + bias (bias may be NULL). Also writes xq (M, K) and xs (M), x quantized row-wise:
+// the memory-efficient mode keeps them for the backward pass instead of x.
+void switchback_forward(SwitchBack *sb, bf16 *y, int8_t *xq, float *xs, const bf16 *x, const SbWeight *w,
+                        const bf16 *bias, int M, cudaStream_t stream);
+// From g = dL/dy (M, N): dx (M, K) = g . W (overwritten); dw (N, K) and db (N) fp32, accumulated into when
+// accumulate = 1 (micro-batches), db may be NULL. x: the forward's input (not needed, may be NULL, in the
+// memory-efficient mode); xq, xs: the forward's int8 copy (needed in the memory-efficient mode only).
+void switchback_backward(SwitchBack *sb, bf16 *dx, float *dw, float *db, const bf16 *g, const bf16 *x,
+                         const int8_t *xq, const float *xs, const SbWeight *w, int M, int accumulate,
+                         cudaStream_t stream);

@@ -1,0 +1,259 @@
+// bench_switchback.cu: times the SwitchBack kernels at CLIP shapes against cuBLAS: per shape the bf16 GEMM
+// (cuBLASLt), the int8 GEMM of cuBLASLt (int32 out), ours (int8 + dequantize, bf16 out; the wgmma and the
+// mma.sync kernel), the quantizers, and the whole linear layer forward + backward, SwitchBack versus bf16.
+// CUDA events around each repetition, warm-up first, the median of the repetitions; activations alternate
+// between two sets of buffers (each larger than L2 at these shapes); random normal data (never zeros).
+// Ends with a table. Usage: bench_switchback [reps]
+#include "../kernels/switchback.cuh"
+
+typedef struct {
+    const char *name;
+    int M, K, N;
+} Shape;
+
+static const Shape shapes[] = {
+    {"ViT-B/16 qkv", 50432, 768, 2304},  {"ViT-L/14 fc1", 65792, 1024, 4096}, {"ViT-H/14 qkv", 65792, 1280, 3840},
+    {"ViT-H/14 out", 65792, 1280, 1280}, {"ViT-H/14 fc1", 65792, 1280, 5120}, {"ViT-H/14 fc2", 65792, 5120, 1280},
+};
+#define NSHAPES (int)(sizeof(shapes) / sizeof(shapes[0]))
+
+// Normal values from a counter-based hash (splitmix64 + Box-Muller), so filling costs no host time.
+__global__ void fill_normal_kernel(bf16 *p, size_t n, uint64_t seed, float std) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    float u1 = ((z >> 40) + 1) * (1.0f / 16777217.0f), u2 = ((z >> 16) & 0xFFFFFF) * (1.0f / 16777216.0f);
+    p[i] = __float2bfloat16(std * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2));
+}
+static void fill_normal(bf16 *p, size_t n, uint64_t seed, float std) {
+    fill_normal_kernel<<<ceil_div((long)n, 256), 256>>>(p, n, seed, std);
+    cudaCheckLaunch();
+}
+
+__global__ void count_diff_kernel(unsigned long long *count, const uint16_t *a, const uint16_t *b, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n && a[i] != b[i]) atomicAdd(count, 1ull);
+}
+
+// cuBLASLt int8 x int8 -> int32, row-major y (M, N) = x (M, K) . w (N, K)^T: column-major y^T = w^T x, i.e.
+// the "TN" form cuBLASLt's int8 kernels need.
+static void lt_gemm_int8(LtGemm *lt, int32_t *y, const int8_t *x, const int8_t *w, int M, int N, int K) {
+    cublasLtMatmulDesc_t desc;
+    cublasCheck(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32I, CUDA_R_32I));
+    cublasOperation_t t = CUBLAS_OP_T;
+    cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)));
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasCheck(cublasLtMatrixLayoutCreate(&la, CUDA_R_8I, K, N, K));
+    cublasCheck(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8I, K, M, K));
+    cublasCheck(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32I, N, M, N));
+    cublasLtMatmulPreference_t pref;
+    cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt->workspace_size,
+                                                     sizeof(lt->workspace_size)));
+    cublasLtMatmulHeuristicResult_t heur;
+    int found = 0;
+    cublasCheck(cublasLtMatmulAlgoGetHeuristic(lt->handle, desc, la, lb, lc, lc, pref, 1, &heur, &found));
+    if (!found) {
+        fprintf(stderr, "error: no cuBLASLt int8 algorithm for (%d, %d, %d)\n", M, N, K);
+        exit(1);
+    }
+    int32_t alpha = 1, beta = 0;
+    cublasCheck(cublasLtMatmul(lt->handle, desc, &alpha, w, la, x, lb, &beta, y, lc, y, lc, &heur.algo, lt->workspace,
+                               lt->workspace_size, 0));
+    cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
+    cublasCheck(cublasLtMatrixLayoutDestroy(lc));
+    cublasCheck(cublasLtMatrixLayoutDestroy(lb));
+    cublasCheck(cublasLtMatrixLayoutDestroy(la));
+    cublasCheck(cublasLtMatmulDescDestroy(desc));
+}
+
+// Everything one shape needs; [2]: the two alternating sets of activations.
+typedef struct {
+    Shape s;
+    bf16 *x[2], *g[2], *w, *bias, *y, *y2, *dx;
+    int8_t *xq[2];
+    float *xs[2], *dw, *db;
+    int32_t *y32;
+    SbWeight qw;
+    SwitchBack sb, sb_me;  // standard and memory-efficient scratch
+    LtGemm lt;
+} Bench;
+
+typedef enum {
+    OP_BF16_GEMM, OP_INT8_LT, OP_INT8_WGMMA, OP_INT8_MMA, OP_QUANT_ROWS, OP_QUANT_WEIGHT, OP_LAYER_BF16, OP_LAYER_SB,
+    OP_LAYER_SB_MEMEFF, NOPS
+} Op;
+static const char *op_names[NOPS] = {"cuBLAS bf16 GEMM", "cuBLASLt int8 GEMM (int32 out)", "ours int8 GEMM+dequant (wgmma)",
+                                     "ours int8 GEMM+dequant (mma.sync)", "row-wise quantize of x", "weight quantize (+W^T)",
+                                     "bf16 linear fwd+bwd (cuBLASLt)", "SwitchBack fwd+bwd", "SwitchBack memory-efficient fwd+bwd"};
+
+static Int8Gemm forward_gemm(Bench *b, int set) {
+    Int8Gemm f = {};
+    f.out = b->y, f.out_type = INT8_OUT_BF16;
+    f.a = b->xq[set], f.a_scale = b->xs[set];
+    f.b = b->qw.q, f.b_scale = b->qw.absmax + b->s.N + b->s.K;  // tensor-wise
+    f.bias = b->bias, f.M = b->s.M, f.N = b->s.N, f.K = b->s.K;
+    return f;
+}
+
+static void run_op(Bench *b, Op op, int set) {
+    int M = b->s.M, K = b->s.K, N = b->s.N;
+    Int8Gemm f = forward_gemm(b, set);
+    switch (op) {
+    case OP_BF16_GEMM: lt_gemm_bf16(&b->lt, b->y, CUDA_R_16BF, b->x[set], 0, b->w, 1, NULL, M, N, K, 0.0f, 0); break;
+    case OP_INT8_LT: lt_gemm_int8(&b->lt, b->y32, b->xq[set], b->qw.q, M, N, K); break;
+    case OP_INT8_WGMMA: int8_gemm_path(&f, INT8_PATH_WGMMA, 0); break;
+    case OP_INT8_MMA: int8_gemm_path(&f, INT8_PATH_MMA, 0); break;
+    case OP_QUANT_ROWS: quantize_rowwise(b->xq[set], b->xs[set], b->x[set], M, K, 0); break;
+    case OP_QUANT_WEIGHT: switchback_quantize_weight(&b->qw, b->w, SB_STANDARD, 0); break;
+    case OP_LAYER_BF16:
+        lt_gemm_bf16(&b->lt, b->y, CUDA_R_16BF, b->x[set], 0, b->w, 1, b->bias, M, N, K, 0.0f, 0);  // y = x W^T + b
+        lt_gemm_bf16(&b->lt, b->dx, CUDA_R_16BF, b->g[set], 0, b->w, 0, NULL, M, K, N, 0.0f, 0);   // dx = g W
+        lt_gemm_bf16(&b->lt, b->dw, CUDA_R_32F, b->g[set], 1, b->x[set], 0, NULL, N, K, M, 0.0f, 0);  // dW = g^T x
+        column_sums(b->db, b->sb.db_partial, b->g[set], M, N, 0, 0);
+        break;
+    case OP_LAYER_SB:
+    case OP_LAYER_SB_MEMEFF: {
+        SwitchBack *sb = op == OP_LAYER_SB ? &b->sb : &b->sb_me;
+        switchback_forward(sb, b->y, b->xq[set], b->xs[set], b->x[set], &b->qw, b->bias, M, 0);
+        switchback_backward(sb, b->dx, b->dw, b->db, b->g[set], op == OP_LAYER_SB ? b->x[set] : NULL, b->xq[set],
+                            b->xs[set], &b->qw, M, 0, 0);
+        break;
+    }
+    default: break;
+    }
+}
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+// Median milliseconds over reps, after 3 warm-up runs.
+static float time_op(Bench *b, Op op, int reps) {
+    for (int i = 0; i < 3; i++) run_op(b, op, i % 2);
+    cudaEvent_t ev[2 * 64];
+    float ms[64];
+    for (int i = 0; i < 2 * reps; i++) cudaCheck(cudaEventCreate(&ev[i]));
+    for (int i = 0; i < reps; i++) {
+        cudaCheck(cudaEventRecord(ev[2 * i], 0));
+        run_op(b, op, i % 2);
+        cudaCheck(cudaEventRecord(ev[2 * i + 1], 0));
+    }
+    cudaCheck(cudaDeviceSynchronize());
+    for (int i = 0; i < reps; i++) cudaCheck(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
+    for (int i = 0; i < 2 * reps; i++) cudaCheck(cudaEventDestroy(ev[i]));
+    qsort(ms, reps, sizeof(float), cmp_float);
+    return ms[reps / 2];
+}
+
+static void *dmalloc(size_t bytes) {
+    void *p;
+    cudaCheck(cudaMalloc(&p, bytes));
+    return p;
+}
+
+int main(int argc, char **argv) {
+    int reps = argc > 1 ? atoi(argv[1]) : 20;
+    if (reps < 1 || reps > 64) reps = 20;
+    if (cuda_device_count() == 0) {
+        printf("bench_switchback: skipped: no GPU\n");
+        return 0;
+    }
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    int wgmma = prop.major == 9;
+    printf("GPU: %s (sm_%d%d, %d SMs, L2 %d MB), %d reps, median\n", prop.name, prop.major, prop.minor,
+           prop.multiProcessorCount, prop.l2CacheSize >> 20, reps);
+    float t[NSHAPES][NOPS];
+    unsigned long long *d_count = (unsigned long long *)dmalloc(sizeof(unsigned long long));
+    for (int si = 0; si < NSHAPES; si++) {
+        Bench b = {};
+        b.s = shapes[si];
+        int M = b.s.M, K = b.s.K, N = b.s.N, C = K > N ? K : N;
+        size_t mk = (size_t)M * K, mn = (size_t)M * N, nk = (size_t)N * K;
+        for (int i = 0; i < 2; i++) {
+            b.x[i] = (bf16 *)dmalloc(sizeof(bf16) * mk), b.g[i] = (bf16 *)dmalloc(sizeof(bf16) * mn);
+            b.xq[i] = (int8_t *)dmalloc(mk), b.xs[i] = (float *)dmalloc(sizeof(float) * M);
+            fill_normal(b.x[i], mk, 11 + i, 1.0f);
+            fill_normal(b.g[i], mn, 13 + i, 1e-3f);
+        }
+        b.w = (bf16 *)dmalloc(sizeof(bf16) * nk), b.bias = (bf16 *)dmalloc(sizeof(bf16) * N);
+        fill_normal(b.w, nk, 17, 0.02f);
+        fill_normal(b.bias, N, 19, 0.02f);
+        b.y = (bf16 *)dmalloc(sizeof(bf16) * mn), b.y2 = (bf16 *)dmalloc(sizeof(bf16) * mn);
+        b.dx = (bf16 *)dmalloc(sizeof(bf16) * mk);
+        b.dw = (float *)dmalloc(sizeof(float) * nk), b.db = (float *)dmalloc(sizeof(float) * N);
+        b.y32 = (int32_t *)dmalloc(sizeof(int32_t) * mn);
+        sb_weight_alloc(&b.qw, N, K);
+        switchback_init(&b.sb, SB_STANDARD, M, C);
+        switchback_init(&b.sb_me, SB_MEMORY_EFFICIENT, M, C);
+        lt_gemm_init(&b.lt);
+        switchback_quantize_weight(&b.qw, b.w, SB_STANDARD, 0);
+        for (int i = 0; i < 2; i++) quantize_rowwise(b.xq[i], b.xs[i], b.x[i], M, K, 0);
+
+        // Cross-check: both of our kernels must give identical bf16 outputs (same int32 sums, same epilogue).
+        const char *check = "wgmma not run (not sm_90)";
+        if (wgmma) {
+            Int8Gemm f = forward_gemm(&b, 0);
+            int8_gemm_path(&f, INT8_PATH_WGMMA, 0);
+            f.out = b.y2;
+            int8_gemm_path(&f, INT8_PATH_MMA, 0);
+            cudaCheck(cudaMemset(d_count, 0, sizeof(unsigned long long)));
+            count_diff_kernel<<<ceil_div((long)mn, 256), 256>>>(d_count, (uint16_t *)b.y, (uint16_t *)b.y2, mn);
+            cudaCheckLaunch();
+            unsigned long long diff;
+            cudaCheck(cudaMemcpy(&diff, d_count, sizeof(diff), cudaMemcpyDeviceToHost));
+            check = diff == 0 ? "wgmma == mma.sync: identical" : "MISMATCH between wgmma and mma.sync";
+            if (diff) printf("  %llu of %zu outputs differ\n", diff, mn);
+        }
+
+        double flop = 2.0 * M * N * K;
+        printf("\n%s: M %d, K %d -> N %d (%.1f GFLOP per GEMM); %s\n", b.s.name, M, K, N, flop * 1e-9, check);
+        for (int op = 0; op < NOPS; op++) {
+            if (op == OP_INT8_WGMMA && !wgmma) {
+                t[si][op] = NAN;
+                continue;
+            }
+            t[si][op] = time_op(&b, (Op)op, reps);
+            double tf = flop / (t[si][op] * 1e-3) * 1e-12;
+            if (op <= OP_INT8_MMA) printf("  %-38s %8.3f ms %7.1f TFLOP/s\n", op_names[op], t[si][op], tf);
+            else if (op == OP_QUANT_ROWS)
+                printf("  %-38s %8.3f ms %7.0f GB/s\n", op_names[op], t[si][op], (3.0 * mk + 4.0 * M) / (t[si][op] * 1e-3) * 1e-9);
+            else if (op == OP_QUANT_WEIGHT)
+                printf("  %-38s %8.3f ms %7.0f GB/s\n", op_names[op], t[si][op], (4.0 * nk) / (t[si][op] * 1e-3) * 1e-9);
+            else printf("  %-38s %8.3f ms (3 GEMMs: %.0f TFLOP/s effective)\n", op_names[op], t[si][op], 3 * flop / (t[si][op] * 1e-3) * 1e-12);
+        }
+
+        for (int i = 0; i < 2; i++) {
+            cudaCheck(cudaFree(b.x[i]));
+            cudaCheck(cudaFree(b.g[i]));
+            cudaCheck(cudaFree(b.xq[i]));
+            cudaCheck(cudaFree(b.xs[i]));
+        }
+        void *bufs[] = {b.w, b.bias, b.y, b.y2, b.dx, b.dw, b.db, b.y32};
+        for (int i = 0; i < 8; i++) cudaCheck(cudaFree(bufs[i]));
+        sb_weight_free(&b.qw);
+        switchback_free(&b.sb);
+        switchback_free(&b.sb_me);
+        lt_gemm_free(&b.lt);
+    }
+
+    printf("\nTFLOP/s (2MNK / median time); fwd+bwd in ms, speed-up = bf16 / SwitchBack\n");
+    printf("%-13s %9s %9s %9s %7s %9s %9s %9s %9s %7s %7s\n", "shape", "bf16", "int8 cuBL", "ours", "ours/bf", "ours mma",
+           "quant GB/s", "bf16 f+b", "SB f+b", "SB x", "SBme x");
+    for (int si = 0; si < NSHAPES; si++) {
+        const Shape *s = &shapes[si];
+        double flop = 2.0 * s->M * s->N * s->K;
+        float *r = t[si];
+        printf("%-13s %9.0f %9.0f %9.0f %7.2f %9.0f %9.0f %9.3f %9.3f %7.2f %7.2f\n", s->name, flop / r[OP_BF16_GEMM] * 1e-9,
+               flop / r[OP_INT8_LT] * 1e-9, flop / r[OP_INT8_WGMMA] * 1e-9, r[OP_BF16_GEMM] / r[OP_INT8_WGMMA],
+               flop / r[OP_INT8_MMA] * 1e-9, (3.0 * s->M * s->K + 4.0 * s->M) / r[OP_QUANT_ROWS] * 1e-6,
+               r[OP_LAYER_BF16], r[OP_LAYER_SB], r[OP_LAYER_BF16] / r[OP_LAYER_SB], r[OP_LAYER_BF16] / r[OP_LAYER_SB_MEMEFF]);
+    }
+    cudaCheck(cudaFree(d_count));
+    return 0;
+}
