@@ -174,6 +174,15 @@ def main():
     open(path, "wb").write(buf)
     expect_formats("base256.tar", FORMAT_SAMPLES[:2])
 
+    # GNU long link names ('K', written before the 'L' long name) on regular members
+    path = os.path.join(SHARDS, "longlink.tar")
+    key = "k" * 120 + "/000000000"
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tf:
+        add(tf, key + ".jpg", jpg0, linkname="l" * 120)
+        add(tf, key + ".txt", b"long link names", linkname="m" * 120)
+    expect("longlink.tar", key, "ok", jpg0, b"long link names")
+    expect_error("longlink.tar", False)
+
     # truncated inside the first member of sample 3; bad checksum in the first header of sample 2
     gnu = open(os.path.join(SHARDS, "gnu.tar"), "rb").read()
     first_member = {}  # key -> (header offset, data offset) of its first member
