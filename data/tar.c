@@ -147,7 +147,7 @@ int tar_next_member(TarReader *t, TarMember *m) {
             if (!ok) return 0;
             continue;
         }
-        if (type == 'K' || type == 'g') continue;  // a long link name (before 'L'), global PAX records: unused
+        if (type == 'K' || type == 'g') continue;  // long link names, global PAX records: unused, keep what is pending
         if (type != '0' && type != '\0' && type != '7') {  // links, directories, devices, vendor types: skipped
             long_name[0] = pax_path[0] = '\0', pax_size = -1;
             continue;
