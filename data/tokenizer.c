@@ -367,10 +367,15 @@ static int literal_at(const Str32 *s, int i, const char *lit) {
     return k;
 }
 
+// Characters no alternative of the pattern matches: the space (the only white space left after
+// cleaning) and U+0345, which the regex module under IGNORECASE puts in none of the classes (it
+// case-folds to a Greek letter, so it is neither in [\p{L}] nor in [^\s\p{L}\p{N}]).
+static int is_gap(uint32_t c) { return c == ' ' || c == 0x345; }
+
 // The end of the pre-token at s[i] under open_clip's pattern, tried in this order at each position:
 //   <start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+
-// or i for a space (the only white space left after cleaning). *special gets SOT/EOT when the text is
-// exactly a special token's name (open_clip's bpe cache maps those to themselves), else 0.
+// or i at a gap. *special gets SOT/EOT when the text is exactly a special token's name (open_clip's
+// bpe cache maps those to themselves), else 0.
 static int pretoken_end(const Str32 *s, int i, int32_t *special) {
     static const char *literals[] = {"<start_of_text>", "<end_of_text>", "'s", "'t", "'re", "'ve", "'m", "'ll", "'d"};
     *special = 0;
@@ -386,12 +391,14 @@ static int pretoken_end(const Str32 *s, int i, int32_t *special) {
     }
 #ifdef HAVE_UTF8PROC
     int j = i;
-    if (is_letter(s->p[i])) {
+    if (is_gap(s->p[i])) {
+        return i;
+    } else if (is_letter(s->p[i])) {
         while (j < s->n && is_letter(s->p[j])) j++;
     } else if (is_number(s->p[i])) {
         j++;
     } else {
-        while (j < s->n && s->p[j] != ' ' && !is_letter(s->p[j]) && !is_number(s->p[j])) j++;
+        while (j < s->n && !is_gap(s->p[j]) && !is_letter(s->p[j]) && !is_number(s->p[j])) j++;
     }
     return j;
 #else
