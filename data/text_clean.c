@@ -518,7 +518,7 @@ static int html_unescape(const Str32 *s, Str32 *out) {
         int j = i + 1, n = s->n;
         if (j < n && s->p[j] == '#') {
             int k = j + 1, base = 10;
-            if (k + 1 < n && !is_digit(s->p[k]) && (s->p[k] == 'x' || s->p[k] == 'X') && is_hex(s->p[k + 1])) base = 16, k++;
+            if (k + 1 < n && (s->p[k] == 'x' || s->p[k] == 'X') && is_hex(s->p[k + 1])) base = 16, k++;
             else if (!(k < n && is_digit(s->p[k]))) {
                 push(out, s->p[i++]);  // no reference here
                 continue;
@@ -593,15 +593,18 @@ static int ftfy_unescape_html(const Str32 *s, Str32 *out) {
 }
 
 // ---------------------------------------------------------------- the other ftfy fixers
+static const char *ligature(uint32_t c) {
+    for (int k = 0; k < (int)(sizeof(LIGATURES) / sizeof(LIGATURES[0])) && c >= LIGATURES[0].cp; k++)
+        if (LIGATURES[k].cp == c) return LIGATURES[k].text;
+    return NULL;
+}
+
 // ftfy.fixes.fix_latin_ligatures.
 static int fix_latin_ligatures(const Str32 *s, Str32 *out) {
-    const int n_lig = (int)(sizeof(LIGATURES) / sizeof(LIGATURES[0]));
     int changed = 0;
     out->n = 0;
     for (int i = 0; i < s->n; i++) {
-        const char *text = NULL;
-        for (int k = 0; k < n_lig && s->p[i] >= LIGATURES[0].cp && !text; k++)
-            if (LIGATURES[k].cp == s->p[i]) text = LIGATURES[k].text;
+        const char *text = ligature(s->p[i]);
         if (text) append_utf8(out, text), changed = 1;
         else push(out, s->p[i]);
     }
@@ -709,15 +712,15 @@ static void fix_segment(Str32 *s, Str32 *tmp, Str32 *orig, int unescape) {
     } while (!equal(s, orig));
 }
 
-// ftfy.fix_text: each line (with its '\n') is fixed on its own, at most 1,000,000 characters at a
-// time; HTML unescaping stops for good at the first segment that holds a '<' (it looks like HTML).
+// ftfy.fix_text: each line (with its '\n') is fixed on its own; HTML unescaping stops for good at the
+// first segment that holds a '<' (it looks like HTML). (ftfy also cuts lines longer than 1,000,000
+// characters, which TEXT_CLEAN_MAX_BYTES rules out.)
 static void ftfy_fix_text(const Str32 *in, Str32 *out, Str32 *seg, Str32 *tmp, Str32 *orig) {
     out->n = 0;
     int unescape = 1;
     for (int pos = 0, end; pos < in->n; pos = end) {
         for (end = pos; end < in->n && in->p[end] != '\n';) end++;
         if (end < in->n) end++;
-        if (end - pos > 1000000) end = pos + 1000000;
         seg->n = 0;
         append(seg, in->p + pos, end - pos);
         if (unescape && contains(seg, '<')) unescape = 0;

@@ -85,7 +85,8 @@ static const Pair *pair_find(const Tokenizer *t, int32_t left, int32_t right) {
 }
 
 // ---------------------------------------------------------------- loading
-static char *read_gz(const char *path, size_t *size) {
+// The whole decompressed file, NUL-terminated.
+static char *read_gz(const char *path) {
     gzFile f = gzopen(path, "rb");
     if (!f) fatal("gzopen(\"%s\") failed at %s:%d: %s", path, __FILE__, __LINE__, errno ? strerror(errno) : "out of memory");
     size_t cap = 1 << 22, n = 0;
@@ -101,9 +102,10 @@ static char *read_gz(const char *path, size_t *size) {
         n += (size_t)got;
     }
     int rc = gzclose(f);
-    if (rc != Z_OK) fatal("gzclose(\"%s\") failed at %s:%d: zlib error %d", path, __FILE__, __LINE__, rc);
+    if (rc != Z_OK)
+        fatal("gzclose(\"%s\") failed at %s:%d: %s", path, __FILE__, __LINE__,
+              rc == Z_BUF_ERROR ? "the file ends early (a cut-off download?)" : zError(rc));
     buf[n] = '\0';
-    *size = n;
     return buf;
 }
 
@@ -140,15 +142,14 @@ Tokenizer *tokenizer_load(const char *path) {
         fatal("cannot read the BPE vocabulary %s (%s): run scripts/get_vocab.sh to fetch it into %s, or set "
               "TRAIN_CLIP_BPE to a copy of open_clip's bpe_simple_vocab_16e6.txt.gz",
               path, strerror(errno), DEFAULT_BPE_PATH);
-    size_t size;
-    char *data = read_gz(path, &size);
+    char *data = read_gz(path);
 
     // Lines 1..N_MERGES are "left right" merges, in rank order (line 0 is a version header).
-    char *merge[N_MERGES][2];
+    char *(*merge)[2] = mallocCheck(N_MERGES * sizeof(*merge));
     char *line = data;
     for (int l = 0; l <= N_MERGES; l++) {
-        char *end = line ? strchr(line, '\n') : NULL;
-        if (!end) fatal("%s: %d lines, expected at least %d: not open_clip's BPE vocabulary", path, l, N_MERGES + 2);
+        char *end = strchr(line, '\n');
+        if (!end) fatal("%s: %d lines, expected at least %d: not open_clip's BPE vocabulary", path, l, N_MERGES + 1);
         *end = '\0';
         if (l > 0) {
             char *space = strchr(line, ' ');
@@ -202,6 +203,7 @@ Tokenizer *tokenizer_load(const char *path) {
     free(map.key);
     free(map.id);
     free(text);
+    free(merge);
     free(data);
 
     int rc = pthread_key_create(&t->key, thread_state_free);
