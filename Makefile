@@ -45,6 +45,15 @@ else
   MISSING += "utf8proc: the tokenizer is unavailable, only data = synthetic works (Debian: apt-get install libutf8proc-dev)"
 endif
 
+MPICC_PATH := $(shell command -v mpicc 2>/dev/null)
+ifneq ($(MPICC_PATH),)
+  CFLAGS  += -DHAVE_MPI $(shell mpicc --showme:compile 2>/dev/null)
+  NVFLAGS += -DHAVE_MPI $(shell mpicc --showme:compile 2>/dev/null)
+  LDLIBS  += $(shell mpicc --showme:link 2>/dev/null)
+else
+  MISSING += "MPI: mpirun launches are unavailable, single process or RANK/WORLD_SIZE starts only (Debian: apt-get install libopenmpi-dev)"
+endif
+
 NVCC_PATH := $(shell command -v $(NVCC) 2>/dev/null)
 ifneq ($(NVCC_PATH),)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC_PATH))
@@ -65,7 +74,7 @@ TEST_CU := $(if $(NVCC_PATH),$(wildcard tests/test_*.cu))
 TESTS   := $(TEST_C:tests/%.c=$(BUILD)/tests/%) $(TEST_CU:tests/%.cu=$(BUILD)/tests/%)
 BENCH_C := $(wildcard tests/bench_*.c)
 BENCH_CU:= $(if $(NVCC_PATH),$(wildcard tests/bench_*.cu))
-BENCHES := $(BENCH_C:tests/%.c=$(BUILD)/bench/%) $(BENCH_CU:tests/%.cu=$(BUILD)/bench/%)
+BENCHES := $(BENCH_C:tests/%.c=$(BUILD)/tests/%) $(BENCH_CU:tests/%.cu=$(BUILD)/tests/%)
 
 .PHONY: all test bench fuzz clean report
 all: report train_clip
@@ -74,7 +83,7 @@ report:
 	@for m in $(MISSING); do echo "note: $$m"; done
 
 train_clip: train_clip.c $(LIB_OBJ)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJ) $(LDLIBS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -84,21 +93,14 @@ $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c -o $@ $<
 
+# tests and benchmarks: one binary per file, linked with every library object
 $(BUILD)/tests/%: tests/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJ) $(LDLIBS)
 
 $(BUILD)/tests/%: tests/%.cu $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) -o $@ $^ $(filter-out -fopenmp,$(LDFLAGS)) -Xcompiler -fopenmp $(LDLIBS)
-
-$(BUILD)/bench/%: tests/%.c $(LIB_OBJ)
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
-
-$(BUILD)/bench/%: tests/%.cu $(LIB_OBJ)
-	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) -o $@ $^ $(filter-out -fopenmp,$(LDFLAGS)) -Xcompiler -fopenmp $(LDLIBS)
+	$(NVCC) $(NVFLAGS) -o $@ $< $(LIB_OBJ) $(filter-out -fopenmp,$(LDFLAGS)) -Xcompiler -fopenmp $(LDLIBS)
 
 test: report train_clip $(TESTS)
 	@bash tests/run_tests.sh $(TESTS)

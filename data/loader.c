@@ -26,6 +26,8 @@ Loader *loader_open(const Config *c, const char *spec, int is_train, int batch_s
     l->batch.image_size = S, l->batch.context_length = T;
     l->batch.images = mallocCheck((size_t)batch_size * 3 * S * S);
     l->batch.tokens = mallocCheck((size_t)batch_size * T * sizeof(int32_t));
+    l->batch.labels = mallocCheck((size_t)batch_size * sizeof(int32_t));
+    for (int i = 0; i < batch_size; i++) l->batch.labels[i] = -1;
     return l;
 }
 
@@ -73,6 +75,7 @@ void loader_restore(Loader *l, const char *state) {
 void loader_close(Loader *l) {
     free(l->batch.images);
     free(l->batch.tokens);
+    free(l->batch.labels);
     free(l);
 }
 

@@ -16,6 +16,7 @@ typedef struct {
     int context_length;  // T
     uint8_t *images;     // (B, 3, S, S) RGB after the train/eval transform, before mean/std
     int32_t *tokens;     // (B, T) SOT ... EOT then 0 padding
+    int32_t *labels;     // (B) class index from a sample's `cls` member (zero-shot eval); -1 if none
 } Batch;
 
 typedef struct {

@@ -74,6 +74,8 @@ void clip_layout_build(ClipLayout *L, const Config *c);
 void clip_layout_free(ClipLayout *L);
 // Index of the tensor with an open_clip name, or -1.
 int clip_layout_find(const ClipLayout *L, const char *name);
+// Forward FLOPs of one image-text pair (matmuls and attention; training is about 3x this).
+double clip_forward_flops(const ClipLayout *L, const Config *c);
 // Fill params (buffer_elems floats) with open_clip's initialisation, deterministic for a seed
 // whatever the thread count; padding is zero.
 void clip_init_params(const ClipLayout *L, float *params, uint64_t seed);

@@ -147,3 +147,16 @@ void clip_init_params(const ClipLayout *L, float *params, uint64_t seed) {
         }
     }
 }
+
+// 2 FLOPs per multiply-add; per block: qkv, out_proj, c_fc, c_proj, and q k^T + att v.
+static double tower_flops(const TowerLayout *t) {
+    double T = t->tokens, D = t->width, H = t->mlp;
+    return t->layers * (2 * T * (3 * D * D + D * D + 2 * D * H) + 4 * T * T * D);
+}
+
+double clip_forward_flops(const ClipLayout *L, const Config *c) {
+    double G2 = (double)(c->image_size / c->patch_size) * (c->image_size / c->patch_size);
+    double patch = 2 * G2 * 3 * c->patch_size * c->patch_size * L->visual.width;
+    double proj = 2.0 * c->embed_dim * (L->visual.width + L->text.width);
+    return patch + tower_flops(&L->visual) + tower_flops(&L->text) + proj;
+}

@@ -82,12 +82,22 @@ static const Key KEYS[] = {
     {"checkpoint_every", T_LONG, OFF(checkpoint_every), "1000", 0, BIG, NULL, "checkpoint interval in steps; 0 = only at the end"},
     {"keep_checkpoints", T_INT, OFF(keep_checkpoints), "3", 1, 1000000, NULL, "checkpoints kept; older ones are deleted"},
     {"resume", T_STR, OFF(resume), "", 0, 0, NULL, "empty = fresh start; latest = newest complete checkpoint in run_dir; or a checkpoint path"},
+    {"init_weights", T_STR, OFF(init_weights), "", 0, 0, NULL,
+     "start from these weights (.safetensors with open_clip names, e.g. from scripts/convert_open_clip.py) with a fresh optimizer; ignored when resuming"},
+    {"watch_rms", T_STR, OFF(watch_rms), "default", 0, 0, NULL,
+     "tensors whose optimizer RMS is logged every step: default (visual.conv1.weight and the first/last block's qkv and c_fc of each tower) or comma-separated names"},
+    {"spike_factor", T_FLOAT, OFF(spike_factor), "1.3", 1.0001, 1000, NULL,
+     "a loss above spike_factor x the running loss reference is logged as a spike event with the watched tensors' RMS of the 10 steps before"},
+    {"stop_after", T_LONG, OFF(stop_after), "0", 0, BIG, NULL,
+     "stop with a checkpoint after this many steps of this invocation (job time slots); 0 = run to the end"},
+    {"max_nonfinite_steps", T_INT, OFF(max_nonfinite_steps), "10", 1, 1000000, NULL,
+     "consecutive steps with a non-finite loss or gradient (each skipped) before the run saves and stops"},
 };
 #undef OFF
 #define NKEYS ((int)(sizeof(KEYS) / sizeof(KEYS[0])))
 
 // Where each key's value came from ("default", "file:line", "--set"), for errors and the printout.
-static char key_source[NKEYS][CONFIG_STR + 32];
+static char key_source[NKEYS][1100];
 static int key_given[NKEYS];
 
 #define CONFIG_EXIT 2
@@ -125,7 +135,7 @@ static int find_key(const char *name) {
 }
 
 static void unknown_key(const char *where, const char *name) {
-    int best = -1, best_d = 4;
+    int best = -1, best_d = 2 + (int)strlen(name) / 4;  // suggest only close names
     for (int i = 0; i < NKEYS; i++) {
         int d = edit_distance(name, KEYS[i].name);
         if (d < best_d) best_d = d, best = i;
@@ -254,7 +264,7 @@ static void load_file(Config *c, const char *path, int depth) {
     }
     char line[4096];
     for (int lineno = 1; fgets(line, sizeof(line), f); lineno++) {
-        char where[CONFIG_STR + 32];
+        char where[1100];
         snprintf(where, sizeof(where), "%s:%d", path, lineno);
         if (!strchr(line, '\n') && !feof(f)) config_error(where, "(line)", "line longer than %zu characters", sizeof(line) - 2);
         char *s = trim(line);

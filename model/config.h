@@ -59,6 +59,11 @@ typedef struct {
     long checkpoint_every;    // 0 = only at the end
     int keep_checkpoints;
     char resume[CONFIG_STR];  // "" = fresh start, "latest", or a checkpoint path
+    char init_weights[CONFIG_STR];  // weights (.safetensors, open_clip names) to start from, fresh optimizer
+    char watch_rms[CONFIG_STR];  // tensors whose RMS is logged each step ("default" or names)
+    float spike_factor;       // a loss above spike_factor x the running reference is a spike event
+    long stop_after;          // stop (with a checkpoint) after this many steps in this invocation; 0 = run to the end
+    int max_nonfinite_steps;  // consecutive non-finite losses/gradients tolerated before the run stops
 } Config;
 
 // Fill every key with its default (required keys are left unset and flagged missing).

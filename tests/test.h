@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int test_failed_checks;  // failed checks in the test being run
 static int test_skipped;        // set by SKIP()
@@ -54,4 +55,32 @@ static inline double rel_err(const float *a, const float *b, size_t n) {
     }
     if (den == 0) return num == 0 ? 0 : INFINITY;
     return sqrt(num / den);
+}
+
+// A private scratch directory for this test process, removed at exit: test binaries of several
+// checkouts may run at once on one machine and must not share paths.
+static char test_dir_path[64];
+static pid_t test_dir_owner;
+static void test_dir_cleanup(void) {
+    if (getpid() != test_dir_owner) return;  // a forked child that exits must not remove its parent's directory
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", test_dir_path);
+    if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", test_dir_path);
+}
+static inline const char *test_dir(void) {
+    if (!test_dir_path[0]) {
+        snprintf(test_dir_path, sizeof(test_dir_path), "/tmp/train_clip_test.XXXXXX");
+        if (!mkdtemp(test_dir_path)) perror("mkdtemp"), exit(1);
+        test_dir_owner = getpid();
+        atexit(test_dir_cleanup);
+    }
+    return test_dir_path;
+}
+// "<test_dir>/name", in one of 8 rotating buffers.
+static inline const char *test_path(const char *name) {
+    static char bufs[8][512];
+    static int k;
+    char *b = bufs[k++ % 8];
+    snprintf(b, sizeof(bufs[0]), "%s/%s", test_dir(), name);
+    return b;
 }

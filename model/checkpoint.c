@@ -1,0 +1,147 @@
+// checkpoint.c: saving, finding, resuming and pruning checkpoints (see checkpoint.h).
+#include "checkpoint.h"
+
+#include <dirent.h>
+#include <unistd.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "utils.h"
+
+#define STATE_FORMAT "train_clip-state-1"
+
+int load_weights_by_name(const ClipLayout *L, float *params, const StFile *f, const char *prefix, char *err, size_t errlen) {
+    for (int i = 0; i < L->num_tensors; i++) {
+        const ParamTensor *t = &L->tensors[i];
+        char name[256];
+        snprintf(name, sizeof(name), "%s%s", prefix, t->name);
+        const StTensor *s = st_find(f, name);
+        if (!s) return snprintf(err, errlen, "%s: tensor %s is missing", f->path, name), -1;
+        if (s->numel != t->numel) return snprintf(err, errlen, "%s: tensor %s has %zu elements, the config needs %zu", f->path, name, s->numel, t->numel), -1;
+        st_read_f32(f, s, params + t->offset, t->numel);
+    }
+    return 0;
+}
+
+static void add_tensors(StWriter *w, const ClipLayout *L, const float *base, const char *prefix) {
+    for (int i = 0; i < L->num_tensors; i++) {
+        const ParamTensor *t = &L->tensors[i];
+        char name[256];
+        int64_t shape[4];
+        for (int d = 0; d < t->ndim; d++) shape[d] = t->shape[d];
+        snprintf(name, sizeof(name), "%s%s", prefix, t->name);
+        st_writer_add(w, name, "F32", t->ndim, shape, base + t->offset);
+    }
+}
+
+int save_weights(const char *path, const ClipLayout *L, const float *params, const char *config_text, char *err, size_t errlen) {
+    StWriter *w = st_writer_new();
+    add_tensors(w, L, params, "");
+    st_writer_meta(w, "format", "pt");  // what Hugging Face / open_clip loaders expect
+    if (config_text) st_writer_meta(w, "train_clip_config", config_text);
+    return st_write(w, path, err, errlen);
+}
+
+static void paths_for(const char *run_dir, long step, char *model, char *state, size_t n) {
+    snprintf(model, n, "%s/checkpoints/step_%08ld.model.safetensors", run_dir, step);
+    snprintf(state, n, "%s/checkpoints/step_%08ld.state.safetensors", run_dir, step);
+}
+
+int checkpoint_save(const char *run_dir, long step, const ClipLayout *L, const float *params, const Optimizer *opt,
+                    const char *config_text, const char *loader_state, char *err, size_t errlen) {
+    char dir[2048], model[2048], state[2048], num[32];
+    snprintf(dir, sizeof(dir), "%s/checkpoints", run_dir);
+    if (mkdir_p(dir) != 0) return snprintf(err, errlen, "cannot create %s: %s", dir, strerror(errno)), -1;
+    paths_for(run_dir, step, model, state, sizeof(model));
+    if (save_weights(model, L, params, config_text, err, errlen) != 0) return -1;
+    StWriter *w = st_writer_new();
+    add_tensors(w, L, opt->m, "exp_avg.");
+    add_tensors(w, L, opt->u, "exp_avg_sq.");
+    st_writer_meta(w, "format", STATE_FORMAT);
+    snprintf(num, sizeof(num), "%ld", step), st_writer_meta(w, "step", num);
+    snprintf(num, sizeof(num), "%ld", opt->t), st_writer_meta(w, "optimizer_t", num);
+    st_writer_meta(w, "loader", loader_state ? loader_state : "");
+    st_writer_meta(w, "config", config_text ? config_text : "");
+    return st_write(w, state, err, errlen);
+}
+
+// Steps of complete checkpoints (state file present), newest first. Returns the count.
+static int list_steps(const char *run_dir, long *steps, int cap) {
+    char dir[2048];
+    snprintf(dir, sizeof(dir), "%s/checkpoints", run_dir);
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < cap) {
+        long s;
+        char tail[64];
+        if (sscanf(e->d_name, "step_%ld.%63s", &s, tail) == 2 && !strcmp(tail, "state.safetensors")) steps[n++] = s;
+    }
+    closedir(d);
+    for (int a = 1; a < n; a++)
+        for (int b = a; b > 0 && steps[b] > steps[b - 1]; b--) {
+            long t = steps[b];
+            steps[b] = steps[b - 1], steps[b - 1] = t;
+        }
+    return n;
+}
+
+// Load one checkpoint (model + state files). Returns its step or -1.
+static long load_pair(const char *model, const char *state, const ClipLayout *L, float *params, Optimizer *opt,
+                      char *loader_state, size_t cap, char *err, size_t errlen) {
+    StFile fm, fs;
+    if (st_load(&fs, state, err, errlen) != 0) return -1;
+    const char *fmt = st_meta(&fs, "format"), *step_s = st_meta(&fs, "step"), *t_s = st_meta(&fs, "optimizer_t");
+    if (!fmt || strcmp(fmt, STATE_FORMAT) != 0 || !step_s || !t_s) {
+        snprintf(err, errlen, "%s: not a train_clip state file (format %s)", state, fmt ? fmt : "missing");
+        st_free(&fs);
+        return -1;
+    }
+    if (st_load(&fm, model, err, errlen) != 0) return st_free(&fs), -1;
+    long step = -1;
+    if (load_weights_by_name(L, params, &fm, "", err, errlen) == 0 && load_weights_by_name(L, opt->m, &fs, "exp_avg.", err, errlen) == 0 &&
+        load_weights_by_name(L, opt->u, &fs, "exp_avg_sq.", err, errlen) == 0) {
+        step = atol(step_s);
+        opt->t = atol(t_s);
+        snprintf(loader_state, cap, "%s", st_meta(&fs, "loader") ? st_meta(&fs, "loader") : "");
+    }
+    st_free(&fm), st_free(&fs);
+    return step;
+}
+
+long checkpoint_resume(const char *run_dir, const char *spec, const ClipLayout *L, float *params, Optimizer *opt,
+                       char *loader_state, size_t cap, char *err, size_t errlen) {
+    char model[2048], state[2048];
+    if (strcmp(spec, "latest") != 0) {
+        // an explicit file: accept either half of the pair
+        const char *suffix = strstr(spec, ".model.safetensors") ? ".model.safetensors" : strstr(spec, ".state.safetensors") ? ".state.safetensors" : NULL;
+        if (!suffix) return snprintf(err, errlen, "resume = %s: expected latest or a step_*.model.safetensors / .state.safetensors path", spec), -1;
+        size_t stem = strlen(spec) - strlen(suffix);
+        snprintf(model, sizeof(model), "%.*s.model.safetensors", (int)stem, spec);
+        snprintf(state, sizeof(state), "%.*s.state.safetensors", (int)stem, spec);
+        return load_pair(model, state, L, params, opt, loader_state, cap, err, errlen);
+    }
+    long steps[4096];
+    int n = list_steps(run_dir, steps, 4096);
+    if (n == 0) return snprintf(err, errlen, "resume = latest: no complete checkpoint in %s/checkpoints", run_dir), -1;
+    for (int i = 0; i < n; i++) {
+        paths_for(run_dir, steps[i], model, state, sizeof(model));
+        long step = load_pair(model, state, L, params, opt, loader_state, cap, err, errlen);
+        if (step >= 0) return step;
+        fprintf(stderr, "warning: skipping checkpoint step %ld: %s\n", steps[i], err);
+    }
+    return snprintf(err, errlen, "resume = latest: none of the %d checkpoints in %s/checkpoints could be loaded", n, run_dir), -1;
+}
+
+void checkpoint_prune(const char *run_dir, int keep) {
+    long steps[4096];
+    int n = list_steps(run_dir, steps, 4096);
+    for (int i = keep; i < n; i++) {
+        char model[2048], state[2048];
+        paths_for(run_dir, steps[i], model, state, sizeof(model));
+        // state first: a half-deleted checkpoint is then never taken for a complete one
+        if (unlink(state) != 0 || (unlink(model) != 0 && errno != ENOENT))
+            fprintf(stderr, "warning: could not delete old checkpoint step %ld: %s\n", steps[i], strerror(errno));
+    }
+}

@@ -1,0 +1,28 @@
+// checkpoint.h: checkpoints of a run. Each is two .safetensors files in <run_dir>/checkpoints/:
+//   step_00001000.model.safetensors   the weights, F32, open_clip state_dict names (loads in open_clip)
+//   step_00001000.state.safetensors   optimizer moments (exp_avg.<name>, exp_avg_sq.<name>) and metadata:
+//                                     step, optimizer step count, loader position, the effective config
+// Both are written atomically (temp file, fsync, rename), the state file last: a checkpoint is complete
+// when its state file exists, so a crash mid-write never leaves a "latest" that cannot be resumed.
+#pragma once
+#include <stddef.h>
+
+#include "../optim/optim.h"
+#include "clip.h"
+#include "safetensors.h"
+
+// Copy every layout tensor from f (names = prefix + open_clip name) into params. Returns 0, or -1 with
+// the first missing or mis-shaped tensor in err.
+int load_weights_by_name(const ClipLayout *L, float *params, const StFile *f, const char *prefix, char *err, size_t errlen);
+// Write weights alone (e.g. an export) atomically.
+int save_weights(const char *path, const ClipLayout *L, const float *params, const char *config_text, char *err, size_t errlen);
+
+int checkpoint_save(const char *run_dir, long step, const ClipLayout *L, const float *params, const Optimizer *opt,
+                    const char *config_text, const char *loader_state, char *err, size_t errlen);
+// Resume from spec: "latest" (newest complete checkpoint in run_dir; corrupt ones are skipped with a
+// warning) or the path of a .model.safetensors / .state.safetensors file. Fills params, the optimizer
+// and loader_state; returns the step to continue from, or -1 with the reason in err.
+long checkpoint_resume(const char *run_dir, const char *spec, const ClipLayout *L, float *params, Optimizer *opt,
+                       char *loader_state, size_t cap, char *err, size_t errlen);
+// Delete all but the newest `keep` complete checkpoints (and incomplete leftovers older than them).
+void checkpoint_prune(const char *run_dir, int keep);

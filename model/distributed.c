@@ -1,0 +1,244 @@
+// distributed.c: process roles and bootstrap (see distributed.h): MPI when launched by it, otherwise
+// the environment plus a file or TCP rendezvous for the one-off broadcast of the NCCL id.
+#include "distributed.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef HAVE_MPI
+#include <mpi.h>
+#endif
+
+#include "utils.h"
+
+static double process_start;  // for rejecting rendezvous files left by an earlier job
+static int broadcasts;         // rendezvous exchanges so far (each gets its own file / connection round)
+
+static int env_int(const char *name, int fallback) {
+    const char *v = getenv(name);
+    if (!v || !*v) return fallback;
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (*end || x < 0 || x > 1 << 24) fatal("environment variable %s=%s is not a valid count", name, v);
+    return (int)x;
+}
+
+static int rendezvous_timeout(void) { return env_int("TRAIN_CLIP_RENDEZVOUS_TIMEOUT", 300); }
+
+void dist_fail(const Dist *d, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fflush(stdout);
+    fprintf(stderr, "error: rank %d of %d: ", d->rank, d->world);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+#ifdef HAVE_MPI
+    if (d->mpi) MPI_Abort(MPI_COMM_WORLD, 1);  // every rank exits, none is left waiting
+#endif
+    exit(1);
+}
+
+void dist_init(Dist *d) {
+    memset(d, 0, sizeof(*d));
+    process_start = (double)time(NULL);
+    int under_mpi = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
+#ifdef HAVE_MPI
+    if (under_mpi) {
+        MPI_Init(NULL, NULL);
+        MPI_Comm_rank(MPI_COMM_WORLD, &d->rank);
+        MPI_Comm_size(MPI_COMM_WORLD, &d->world);
+        MPI_Comm local;
+        MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &local);
+        MPI_Comm_rank(local, &d->local_rank);
+        MPI_Comm_free(&local);
+        d->mpi = 1;
+        return;
+    }
+#else
+    if (under_mpi && env_int("OMPI_COMM_WORLD_SIZE", 1) > 1)
+        fatal("started by mpirun, but this build has no MPI (Debian: apt-get install libopenmpi-dev, then rebuild), "
+              "or start each process with RANK, WORLD_SIZE, LOCAL_RANK and TRAIN_CLIP_RENDEZVOUS");
+#endif
+    d->world = env_int("WORLD_SIZE", 1);
+    d->rank = env_int("RANK", 0);
+    d->local_rank = env_int("LOCAL_RANK", env_int("SLURM_LOCALID", d->rank));
+    if (d->world < 1 || d->rank >= d->world) fatal("RANK=%d is not below WORLD_SIZE=%d", d->rank, d->world);
+    if (d->world == 1) return;
+    const char *r = getenv("TRAIN_CLIP_RENDEZVOUS");
+    if (r && *r) snprintf(d->rendezvous, sizeof(d->rendezvous), "%s", r);
+    else if (getenv("MASTER_ADDR") && getenv("MASTER_PORT"))  // torchrun's store owns MASTER_PORT: use the next one
+        snprintf(d->rendezvous, sizeof(d->rendezvous), "tcp:%s:%d", getenv("MASTER_ADDR"), env_int("MASTER_PORT", 0) + 1);
+    else
+        fatal("WORLD_SIZE=%d without MPI needs a rendezvous: TRAIN_CLIP_RENDEZVOUS=file:/shared/fresh/path or tcp:HOST:PORT "
+              "(or MASTER_ADDR and MASTER_PORT)", d->world);
+    if (strncmp(d->rendezvous, "file:", 5) && strncmp(d->rendezvous, "tcp:", 4))
+        fatal("TRAIN_CLIP_RENDEZVOUS=%s: expected file:PATH or tcp:HOST:PORT", d->rendezvous);
+}
+
+void dist_finalize(Dist *d) {
+#ifdef HAVE_MPI
+    if (d->mpi) MPI_Finalize();
+#endif
+}
+
+// ---------------------------------------------------------------- file rendezvous
+
+static void file_broadcast(Dist *d, void *buf, size_t bytes) {
+    char path[600], tmp[640];
+    snprintf(path, sizeof(path), "%s.%d", d->rendezvous + 5, broadcasts);
+    if (d->rank == 0) {
+        snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+        FILE *f = fopen(tmp, "wb");
+        if (!f) dist_fail(d, "rendezvous file %s: %s", tmp, strerror(errno));
+        fprintf(f, "train_clip rendezvous world=%d bytes=%zu\n", d->world, bytes);
+        fwriteCheck(buf, 1, bytes, f);
+        fcloseCheck(f);
+        if (rename(tmp, path) != 0) dist_fail(d, "rendezvous file %s: %s", path, strerror(errno));
+        return;
+    }
+    for (double waited = 0;; waited += 0.05) {
+        struct stat st;
+        FILE *f = stat(path, &st) == 0 && (double)st.st_mtime >= process_start - 60 ? fopen(path, "rb") : NULL;
+        if (f) {
+            int world;
+            size_t n;
+            int ok = fscanf(f, "train_clip rendezvous world=%d bytes=%zu\n", &world, &n) == 2;
+            if (!ok || world != d->world || n != bytes)
+                dist_fail(d, "rendezvous file %s is from another job (world %d, %zu bytes); use a fresh path per job", path, world, n);
+            freadCheck(buf, 1, bytes, f);
+            fclose(f);
+            return;
+        }
+        if (waited > rendezvous_timeout())
+            dist_fail(d, "rank 0 did not write the rendezvous file %s within %d s (is rank 0 running? is the path shared?)", path, rendezvous_timeout());
+        usleep(50000);
+    }
+}
+
+// ---------------------------------------------------------------- TCP rendezvous
+
+static int full_io(int fd, void *buf, size_t n, int writing) {
+    uint8_t *p = buf;
+    while (n > 0) {
+        ssize_t k = writing ? send(fd, p, n, MSG_NOSIGNAL) : recv(fd, p, n, 0);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        p += k, n -= (size_t)k;
+    }
+    return 0;
+}
+
+static void split_host_port(Dist *d, char *host, size_t cap, char *port, size_t pcap) {
+    const char *hp = d->rendezvous + 4, *colon = strrchr(hp, ':');
+    if (!colon || colon == hp || !colon[1]) dist_fail(d, "TRAIN_CLIP_RENDEZVOUS=%s: expected tcp:HOST:PORT", d->rendezvous);
+    snprintf(host, cap, "%.*s", (int)(colon - hp), hp);
+    snprintf(port, pcap, "%s", colon + 1);
+}
+
+static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
+    char host[256], port[32];
+    split_host_port(d, host, sizeof(host), port, sizeof(port));
+    int timeout_ms = rendezvous_timeout() * 1000;
+    uint64_t len = bytes;
+    if (d->rank == 0) {
+        int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(port)), .sin_addr.s_addr = htonl(INADDR_ANY)};
+        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(s, d->world) != 0)
+            dist_fail(d, "rendezvous: cannot listen on port %s: %s", port, strerror(errno));
+        int *seen = callocCheck((size_t)d->world, sizeof(int));
+        for (int joined = 1; joined < d->world; joined++) {
+            struct pollfd pf = {s, POLLIN, 0};
+            if (poll(&pf, 1, timeout_ms) <= 0) {
+                char missing[256] = "";
+                for (int r = 1, len = 0; r < d->world && len < 200; r++)
+                    if (!seen[r]) len += snprintf(missing + len, sizeof(missing) - (size_t)len, " %d", r);
+                dist_fail(d, "rendezvous on port %s: ranks%s did not connect within %d s", port, missing, timeout_ms / 1000);
+            }
+            int c = accept(s, NULL, NULL);
+            int32_t peer;
+            if (c < 0 || full_io(c, &peer, 4, 0) || peer <= 0 || peer >= d->world || seen[peer])
+                dist_fail(d, "rendezvous on port %s: a bad or duplicate peer connected", port);
+            seen[peer] = 1;
+            if (full_io(c, &len, 8, 1) || full_io(c, buf, bytes, 1)) dist_fail(d, "rendezvous: sending to rank %d failed", peer);
+            close(c);
+        }
+        free(seen);
+        close(s);
+        return;
+    }
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    for (int waited_ms = 0;; waited_ms += 100) {
+        if (getaddrinfo(host, port, &hints, &res) == 0) {
+            int s = socket(AF_INET, SOCK_STREAM, 0);
+            if (s >= 0 && connect(s, res->ai_addr, res->ai_addrlen) == 0) {
+                int32_t me = d->rank;
+                uint64_t got;
+                freeaddrinfo(res);
+                if (full_io(s, &me, 4, 1) || full_io(s, &got, 8, 0) || got != len || full_io(s, buf, bytes, 0))
+                    dist_fail(d, "rendezvous with %s:%s: the exchange broke off or sizes differ", host, port);
+                close(s);
+                return;
+            }
+            if (s >= 0) close(s);
+            freeaddrinfo(res);
+        }
+        if (waited_ms > timeout_ms) dist_fail(d, "rendezvous: rank 0 at %s:%s did not answer within %d s", host, port, timeout_ms / 1000);
+        usleep(100000);
+    }
+}
+
+void dist_broadcast(Dist *d, void *buf, size_t bytes) {
+    if (d->world == 1) return;
+#ifdef HAVE_MPI
+    if (d->mpi) {
+        MPI_Bcast(buf, (int)bytes, MPI_BYTE, 0, MPI_COMM_WORLD);
+        return;
+    }
+#endif
+    if (!strncmp(d->rendezvous, "file:", 5)) file_broadcast(d, buf, bytes);
+    else tcp_broadcast(d, buf, bytes);
+    broadcasts++;
+}
+
+// ---------------------------------------------------------------- CPU collectives (MPI)
+
+static void need_mpi(const Dist *d, const char *what) {
+    if (!d->mpi) dist_fail(d, "%s across %d processes needs MPI (mpirun); the environment start is for GPU (NCCL) runs", what, d->world);
+}
+
+void dist_allreduce_sum(Dist *d, float *buf, size_t n) {
+    if (d->world == 1) return;
+    need_mpi(d, "a CPU all-reduce");
+#ifdef HAVE_MPI
+    for (size_t off = 0; off < n; off += (size_t)1 << 30) {
+        size_t k = n - off < ((size_t)1 << 30) ? n - off : ((size_t)1 << 30);
+        MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)k, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    }
+#endif
+}
+
+void dist_allgather(Dist *d, const float *mine, float *all, size_t n) {
+    if (d->world == 1) {
+        memcpy(all, mine, n * sizeof(float));
+        return;
+    }
+    need_mpi(d, "a CPU all-gather");
+#ifdef HAVE_MPI
+    MPI_Allgather(mine, (int)n, MPI_FLOAT, all, (int)n, MPI_FLOAT, MPI_COMM_WORLD);
+#endif
+}
+
+void dist_barrier(Dist *d) {
+#ifdef HAVE_MPI
+    if (d->mpi) MPI_Barrier(MPI_COMM_WORLD);
+#endif
+}

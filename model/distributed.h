@@ -1,0 +1,29 @@
+// distributed.h: who this process is in a multi-process run, and the bootstrap exchange between processes.
+// Three ways to start, tried in this order:
+//   1. under MPI (mpirun / srun with PMI), when built with MPI: rank, world size and local rank from MPI;
+//   2. from the environment (torchrun / slurm-style): RANK, WORLD_SIZE, LOCAL_RANK, and a rendezvous
+//      for the bootstrap broadcast: TRAIN_CLIP_RENDEZVOUS=file:/shared/path (a fresh path per job) or
+//      tcp:HOST:PORT, or torchrun's MASTER_ADDR + MASTER_PORT;
+//   3. otherwise a single process (rank 0 of 1).
+// The bootstrap broadcast carries a small blob from rank 0 to all (the NCCL unique id). GPU collectives
+// then go through NCCL; CPU collectives (multi-process CPU training) need MPI.
+#pragma once
+#include <stddef.h>
+
+typedef struct {
+    int rank, world, local_rank;
+    int mpi;               // started through MPI
+    char rendezvous[512];  // "file:PATH" or "tcp:HOST:PORT" when started from the environment
+} Dist;
+
+void dist_init(Dist *d);
+void dist_finalize(Dist *d);
+// rank 0's bytes to every rank; the same call on all ranks (a timeout or a lost peer stops the program).
+void dist_broadcast(Dist *d, void *buf, size_t bytes);
+// Sum of n floats over all ranks, in place (MPI only; a single process returns at once).
+void dist_allreduce_sum(Dist *d, float *buf, size_t n);
+// Every rank's n floats, in rank order, into all (world * n) (MPI only).
+void dist_allgather(Dist *d, const float *mine, float *all, size_t n);
+void dist_barrier(Dist *d);
+// Print "error: rank R: message" and make every rank exit (MPI_Abort under MPI), never a hang.
+__attribute__((noreturn, format(printf, 2, 3))) void dist_fail(const Dist *d, const char *fmt, ...);

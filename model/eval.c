@@ -1,0 +1,159 @@
+// eval.c: zero-shot classification and retrieval evaluation (see eval.h).
+#include "eval.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "ops_cpu.h"
+#include "utils.h"
+
+char **read_lines(const char *path, int *count) {
+    FILE *f = fopenCheck(path, "r");
+    char **lines = NULL, buf[4096];
+    int n = 0, lineno = 0;
+    while (fgets(buf, sizeof(buf), f)) {
+        lineno++;
+        size_t len = strlen(buf);
+        if (len == sizeof(buf) - 1 && buf[len - 1] != '\n') fatal("%s:%d: line longer than %zu characters", path, lineno, sizeof(buf) - 2);
+        while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r')) buf[--len] = '\0';
+        if (len == 0 || buf[0] == '#') continue;
+        lines = reallocCheck(lines, (size_t)(n + 1) * sizeof(char *));
+        lines[n] = strdup(buf);
+        if (!lines[n]) fatal("strdup failed at %s:%d", __FILE__, __LINE__);
+        n++;
+    }
+    fcloseCheck(f);
+    if (n == 0) fatal("%s: no entries", path);
+    *count = n;
+    return lines;
+}
+
+void free_lines(char **lines, int count) {
+    for (int i = 0; i < count; i++) free(lines[i]);
+    free(lines);
+}
+
+static void normalize_rows(float *x, int n, int E) {
+    for (int i = 0; i < n; i++) {
+        double ss = 0;
+        for (int k = 0; k < E; k++) ss += (double)x[(size_t)i * E + k] * x[(size_t)i * E + k];
+        float inv = (float)(1.0 / fmax(sqrt(ss), 1e-12));
+        for (int k = 0; k < E; k++) x[(size_t)i * E + k] *= inv;
+    }
+}
+
+float *zeroshot_classifier(const Encoder *enc, const Tokenizer *tok, char **classnames, int C, char **templates, int T) {
+    int E = enc->embed_dim, ctx = enc->context_length;
+    float *classifier = callocCheck((size_t)C * E, sizeof(float));
+    int32_t *ids = mallocCheck((size_t)enc->max_batch * ctx * sizeof(int32_t));
+    float *feat = mallocCheck((size_t)enc->max_batch * E * sizeof(float));
+    char text[8192];
+    for (int c = 0; c < C; c++) {
+        for (int t0 = 0; t0 < T; t0 += enc->max_batch) {
+            int n = T - t0 < enc->max_batch ? T - t0 : enc->max_batch;
+            for (int i = 0; i < n; i++) {
+                const char *tpl = templates[t0 + i], *hole = strstr(tpl, "{}");
+                if (hole) snprintf(text, sizeof(text), "%.*s%s%s", (int)(hole - tpl), tpl, classnames[c], hole + 2);
+                else snprintf(text, sizeof(text), "%s %s", tpl, classnames[c]);
+                if (tokenizer_encode(tok, text, ids + (size_t)i * ctx, ctx) < 0) fatal("zero-shot prompt '%s' cannot be tokenized", text);
+            }
+            enc->encode_texts(enc->model, ids, n, feat);
+            normalize_rows(feat, n, E);
+            for (int i = 0; i < n; i++)
+                for (int k = 0; k < E; k++) classifier[(size_t)c * E + k] += feat[(size_t)i * E + k] / T;
+        }
+    }
+    normalize_rows(classifier, C, E);
+    free(ids), free(feat);
+    return classifier;
+}
+
+void zeroshot_accuracy(ZeroShotResult *r, const float *img_n, const int32_t *labels, int n, const float *classifier, int C, int E) {
+    double *score = mallocCheck((size_t)C * sizeof(double));
+    for (int i = 0; i < n; i++) {
+        int label = labels[i];
+        if (label < 0) continue;
+        if (label >= C) fatal("zero-shot eval: an image has class %d but there are only %d class names", label, C);
+        for (int c = 0; c < C; c++) {
+            double d = 0;
+            for (int k = 0; k < E; k++) d += (double)img_n[(size_t)i * E + k] * classifier[(size_t)c * E + k];
+            score[c] = d;
+        }
+        int rank = 0;  // classes scoring at least as high as the true one: ties count against it
+        for (int c = 0; c < C; c++) rank += c != label && score[c] >= score[label];
+        r->top1 += rank < 1, r->top5 += rank < 5, r->n++;
+    }
+    free(score);
+}
+
+ZeroShotResult eval_zeroshot(const Encoder *enc, const float *classifier, int C, Loader *loader) {
+    ZeroShotResult r = {0, 0, 0};
+    float *feat = mallocCheck((size_t)enc->max_batch * enc->embed_dim * sizeof(float));
+    Batch b;
+    int n;
+    while ((n = loader_next(loader, &b)) > 0) {
+        if (n > enc->max_batch) fatal("eval_zeroshot: loader batch %d exceeds the encoder's %d", n, enc->max_batch);
+        enc->encode_images(enc->model, b.images, n, feat);
+        normalize_rows(feat, n, enc->embed_dim);
+        zeroshot_accuracy(&r, feat, b.labels, n, classifier, C, enc->embed_dim);
+    }
+    if (r.n) r.top1 /= r.n, r.top5 /= r.n;
+    free(feat);
+    return r;
+}
+
+// Rank of the true match (index i) among the n scores of row i; ties count against it.
+static int rank_of(const double *row, long n, long i) {
+    int rank = 0;
+    for (long j = 0; j < n; j++) rank += j != i && row[j] >= row[i];
+    return rank;
+}
+
+void retrieval_recall(RetrievalResult *r, const float *img_n, const float *txt_n, long n, int E) {
+    static const int ks[3] = {1, 5, 10};
+    long hits_i2t[3] = {0}, hits_t2i[3] = {0};
+#pragma omp parallel for schedule(dynamic, 16) reduction(+ : hits_i2t[:3], hits_t2i[:3])
+    for (long i = 0; i < n; i++) {
+        double *row = mallocCheck((size_t)n * sizeof(double)), *col = mallocCheck((size_t)n * sizeof(double));
+        for (long j = 0; j < n; j++) {
+            double a = 0, c = 0;
+            for (int k = 0; k < E; k++) a += (double)img_n[i * E + k] * txt_n[j * E + k], c += (double)txt_n[i * E + k] * img_n[j * E + k];
+            row[j] = a, col[j] = c;
+        }
+        int ri = rank_of(row, n, i), rt = rank_of(col, n, i);
+        for (int k = 0; k < 3; k++) hits_i2t[k] += ri < ks[k], hits_t2i[k] += rt < ks[k];
+        free(row), free(col);
+    }
+    for (int k = 0; k < 3; k++) r->image_to_text[k] = (double)hits_i2t[k] / n, r->text_to_image[k] = (double)hits_t2i[k] / n;
+    r->n = n;
+}
+
+RetrievalResult eval_retrieval(const Encoder *enc, Loader *loader, long max_pairs) {
+    RetrievalResult r;
+    memset(&r, 0, sizeof(r));
+    int E = enc->embed_dim;
+    float *img = NULL, *txt = NULL;
+    long n = 0, cap = 0, batches = 0;
+    Batch b;
+    int got;
+    while ((max_pairs == 0 || n < max_pairs) && (got = loader_next(loader, &b)) > 0) {
+        if (got > enc->max_batch) fatal("eval_retrieval: loader batch %d exceeds the encoder's %d", got, enc->max_batch);
+        if (max_pairs && n + got > max_pairs) got = (int)(max_pairs - n);
+        if (n + got > cap) {
+            cap = 2 * (n + got);
+            img = reallocCheck(img, (size_t)cap * E * sizeof(float)), txt = reallocCheck(txt, (size_t)cap * E * sizeof(float));
+        }
+        enc->encode_images(enc->model, b.images, got, img + (size_t)n * E);
+        enc->encode_texts(enc->model, b.tokens, got, txt + (size_t)n * E);
+        // the loss of each batch, as training computes it
+        r.loss += contrastive_loss(img + (size_t)n * E, txt + (size_t)n * E, enc->logit_scale, got, E, NULL, NULL, NULL);
+        n += got, batches++;
+    }
+    if (n > 0) {
+        r.loss /= batches;
+        normalize_rows(img, (int)n, E), normalize_rows(txt, (int)n, E);
+        retrieval_recall(&r, img, txt, n, E);
+    }
+    free(img), free(txt);
+    return r;
+}

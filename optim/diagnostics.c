@@ -1,0 +1,91 @@
+// diagnostics.c: RMS history of watched tensors, the loss-spike detector and the JSON-lines step log.
+#include "diagnostics.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "../model/utils.h"
+
+static void watch_add(Diagnostics *d, const char *name, int required) {
+    int i = clip_layout_find(d->layout, name);
+    if (i < 0 && required) fatal("watch_rms: no tensor named '%s' (names are open_clip's, e.g. visual.conv1.weight)", name);
+    if (i < 0 || d->num_watch == MAX_WATCH) return;
+    for (int k = 0; k < d->num_watch; k++)
+        if (d->watch[k] == i) return;
+    d->watch[d->num_watch++] = i;
+}
+
+void diag_init(Diagnostics *d, const Config *c, const ClipLayout *L) {
+    memset(d, 0, sizeof(*d));
+    d->layout = L;
+    d->spike_factor = c->spike_factor;
+    if (strcmp(c->watch_rms, "default") == 0) {
+        char name[128];
+        const char *forms[] = {"visual.transformer.resblocks.%d.attn.in_proj_weight", "visual.transformer.resblocks.%d.mlp.c_fc.weight",
+                               "transformer.resblocks.%d.attn.in_proj_weight", "transformer.resblocks.%d.mlp.c_fc.weight"};
+        watch_add(d, "visual.conv1.weight", 1);
+        for (int f = 0; f < 4; f++) {
+            int last = (f < 2 ? L->visual.layers : L->text.layers) - 1;
+            snprintf(name, sizeof(name), forms[f], 0), watch_add(d, name, 1);
+            snprintf(name, sizeof(name), forms[f], last), watch_add(d, name, 1);
+        }
+        return;
+    }
+    char list[CONFIG_STR];
+    snprintf(list, sizeof(list), "%s", c->watch_rms);
+    for (char *save = NULL, *tok = strtok_r(list, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) watch_add(d, tok, 1);
+}
+
+int diag_rms_argmax(const Diagnostics *d, const float *rms) {
+    int imax = 0;
+    for (int i = 1; i < d->layout->num_tensors; i++)
+        if (rms[i] > rms[imax]) imax = i;
+    return imax;
+}
+
+// The spike event: the watched tensors' RMS over the steps before the spike, oldest first.
+static void write_spike(const Diagnostics *d, FILE *f, const StepRecord *r) {
+    fprintf(f, "{\"event\":\"spike\",\"step\":%ld,\"loss\":%.6g,\"reference\":%.6g,\"steps_before\":[", r->step, r->loss, d->reference);
+    int n = d->filled, first = (d->pos - n + RMS_HISTORY) % RMS_HISTORY;
+    for (int k = 0; k < n; k++) fprintf(f, "%s%ld", k ? "," : "", d->history_step[(first + k) % RMS_HISTORY]);
+    fprintf(f, "],\"rms_before\":{");
+    for (int w = 0; w < d->num_watch; w++) {
+        fprintf(f, "%s\"%s\":[", w ? "," : "", d->layout->tensors[d->watch[w]].name);
+        for (int k = 0; k < n; k++) fprintf(f, "%s%.4g", k ? "," : "", d->history[(first + k) % RMS_HISTORY][w]);
+        fprintf(f, "]");
+    }
+    fprintf(f, "}}\n");
+}
+
+int diag_step(Diagnostics *d, FILE *f, const StepRecord *r, const float *rms) {
+    // spike test against the reference built from earlier steps (20 steps of warm-in first)
+    int spike = 0;
+    if (!r->skipped && isfinite(r->loss)) {
+        spike = d->observed >= 20 && r->loss > d->spike_factor * d->reference;
+        if (spike) {
+            d->spikes++;
+            write_spike(d, f, r);
+        } else {
+            d->reference = d->observed == 0 ? r->loss : 0.95 * d->reference + 0.05 * r->loss;
+            d->observed++;
+        }
+    }
+    const ClipLayout *L = d->layout;
+    int imax = diag_rms_argmax(d, rms);
+    fprintf(f,
+            "{\"step\":%ld,\"samples\":%ld,\"loss\":%.6g,\"lr\":%.6g,\"logit_scale\":%.6g,\"grad_norm\":%.6g,\"step_s\":%.4g,"
+            "\"img_per_s\":%.4g,\"data_wait_s\":%.4g",
+            r->step, r->samples, r->loss, r->lr, r->logit_scale, r->grad_norm, r->step_s, r->img_per_s, r->data_wait_s);
+    if (r->skipped) fprintf(f, ",\"skipped\":\"non-finite\"");
+    if (spike) fprintf(f, ",\"spike\":true");
+    fprintf(f, ",\"rms_max\":%.4g,\"rms_max_tensor\":\"%s\",\"rms\":{", rms[imax], L->tensors[imax].name);
+    for (int w = 0; w < d->num_watch; w++) fprintf(f, "%s\"%s\":%.4g", w ? "," : "", L->tensors[d->watch[w]].name, rms[d->watch[w]]);
+    fprintf(f, "}}\n");
+    fflush(f);
+    // this step's RMS joins the history after the spike test, so an event shows the steps before it
+    for (int w = 0; w < d->num_watch; w++) d->history[d->pos][w] = rms[d->watch[w]];
+    d->history_step[d->pos] = r->step;
+    d->pos = (d->pos + 1) % RMS_HISTORY;
+    if (d->filled < RMS_HISTORY) d->filled++;
+    return spike;
+}

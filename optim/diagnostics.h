@@ -1,0 +1,41 @@
+// diagnostics.h: the paper's loss-spike diagnostics and the per-step log. The optimizer's per-tensor
+// RMS (sqrt(mean(g^2 / u))) of watched tensors is kept for the last RMS_HISTORY steps; a loss spike (loss
+// above spike_factor x a running reference) is logged as an event carrying that history, so the paper's
+// finding -- spikes follow 1-8 steps after the patch embedding's RMS jumps well above 1 -- can be read
+// off the log directly. Every step is one JSON line in <run_dir>/log.jsonl.
+#pragma once
+#include <stdio.h>
+
+#include "../model/clip.h"
+#include "../model/config.h"
+
+#define RMS_HISTORY 10
+#define MAX_WATCH 32
+
+typedef struct {
+    long step, samples;              // step just completed (1-based) and samples seen so far
+    float loss, lr, logit_scale;     // logit_scale as exp(logit_scale)
+    float grad_norm;
+    double step_s, img_per_s, data_wait_s;
+    int skipped;                     // the update was not applied (non-finite loss or gradient)
+} StepRecord;
+
+typedef struct {
+    const ClipLayout *layout;
+    int watch[MAX_WATCH], num_watch;                // tensor indices whose RMS is logged every step
+    float history[RMS_HISTORY][MAX_WATCH];          // ring buffer of their RMS
+    long history_step[RMS_HISTORY];
+    int filled, pos;
+    float spike_factor;
+    double reference;                               // EMA of the loss over non-spike steps
+    long observed, spikes;
+} Diagnostics;
+
+// watch_rms: "default" (patch embedding + first/last block qkv and c_fc of each tower) or a comma-separated
+// list of open_clip tensor names (an unknown name stops with an error naming it).
+void diag_init(Diagnostics *d, const Config *c, const ClipLayout *L);
+// Record a finished step: RMS history, spike detection, one JSON line to f (and a spike event line).
+// rms: the optimizer's per-tensor RMS (layout order). Returns 1 if the step's loss is a spike.
+int diag_step(Diagnostics *d, FILE *f, const StepRecord *r, const float *rms);
+// Index of the largest RMS.
+int diag_rms_argmax(const Diagnostics *d, const float *rms);

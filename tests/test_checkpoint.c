@@ -1,0 +1,172 @@
+// test_checkpoint.c: .safetensors round trips, atomic writes that never destroy the previous file,
+// truncated files rejected with a clear error, and end to end with ./train_clip: N steps straight equal
+// N/2 steps + checkpoint + resume + N/2 steps bit for bit; a corrupt newest checkpoint falls back to the
+// previous one; SIGTERM saves a checkpoint and stops cleanly.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../model/safetensors.h"
+#include "../model/utils.h"
+#include "test.h"
+
+#define RUN_ARGS "./train_clip -c configs/tiny.conf --set batch_size=16 --set steps=12 --set warmup=3 --set log_every=100 --set checkpoint_every=0"
+
+static void test_safetensors_round_trip(void) {
+    mkdir_p(test_dir());
+    float a[6] = {1.5f, -2, 3.25f, 1e-30f, -0.0f, 7};
+    int32_t b[3] = {-1, 49407, 0};
+    float s = 2.6592600f;
+    int64_t sa[2] = {2, 3}, sb[1] = {3};
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "visual.proj", "F32", 2, sa, a);
+    st_writer_add(w, "input.tokens", "I32", 1, sb, b);
+    st_writer_add(w, "logit_scale", "F32", 0, NULL, &s);
+    st_writer_meta(w, "config", "lr = 2e-3\n# a \"quoted\" comment\twith tab, caf\xc3\xa9");
+    char err[512];
+    EXPECT(st_write(w, test_path("rt.safetensors"), err, sizeof(err)) == 0, "write: %s", err);
+    StFile f;
+    EXPECT(st_load(&f, test_path("rt.safetensors"), err, sizeof(err)) == 0, "load: %s", err);
+    const StTensor *t = st_find(&f, "visual.proj");
+    EXPECT(t && t->ndim == 2 && t->shape[0] == 2 && t->shape[1] == 3 && !strcmp(t->dtype, "F32"), "visual.proj header");
+    float a2[6];
+    int32_t b2[3];
+    float s2;
+    if (t) st_read_f32(&f, t, a2, 6);
+    EXPECT(t && !memcmp(a, a2, sizeof(a)), "visual.proj data differs");
+    st_read_i32(&f, st_find(&f, "input.tokens"), b2, 3);
+    EXPECT(!memcmp(b, b2, sizeof(b)), "tokens differ");
+    const StTensor *ls = st_find(&f, "logit_scale");
+    EXPECT(ls && ls->ndim == 0 && ls->numel == 1, "scalar tensor shape");
+    if (ls) st_read_f32(&f, ls, &s2, 1);
+    EXPECT(ls && s2 == s, "scalar value");
+    const char *meta = st_meta(&f, "config");
+    EXPECT(meta && !strcmp(meta, "lr = 2e-3\n# a \"quoted\" comment\twith tab, caf\xc3\xa9"), "metadata '%s'", meta ? meta : "(none)");
+    st_free(&f);
+}
+
+static void test_failed_write_keeps_previous_file(void) {
+    mkdir_p(test_dir());
+    float x = 1;
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "x", "F32", 0, NULL, &x);
+    char err[512];
+    EXPECT(st_write(w, test_path("keep.safetensors"), err, sizeof(err)) == 0, "first write: %s", err);
+    // make the temporary path unusable (a directory), so the second write fails before the rename
+    mkdir_p(test_path("keep.safetensors.tmp"));
+    x = 2;
+    w = st_writer_new();
+    st_writer_add(w, "x", "F32", 0, NULL, &x);
+    int rc = st_write(w, test_path("keep.safetensors"), err, sizeof(err));
+    EXPECT(rc != 0 && strstr(err, "keep.safetensors.tmp"), "failed write: rc %d, err '%s'", rc, err);
+    rmdir(test_path("keep.safetensors.tmp"));
+    StFile f;
+    EXPECT(st_load(&f, test_path("keep.safetensors"), err, sizeof(err)) == 0, "previous file damaged: %s", err);
+    float y = 0;
+    st_read_f32(&f, st_find(&f, "x"), &y, 1);
+    EXPECT(y == 1, "previous value %g, want 1", y);
+    st_free(&f);
+}
+
+static void test_truncated_file_is_rejected(void) {
+    float data[100] = {0};
+    int64_t shape[1] = {100};
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "t", "F32", 1, shape, data);
+    char err[512];
+    st_write(w, test_path("trunc.safetensors"), err, sizeof(err));
+    EXPECT(truncate(test_path("trunc.safetensors"), 200) == 0, "truncate failed");
+    StFile f;
+    int rc = st_load(&f, test_path("trunc.safetensors"), err, sizeof(err));
+    EXPECT(rc != 0 && strstr(err, "trunc.safetensors") && strstr(err, "truncated"), "truncated load: rc %d '%s'", rc, err);
+}
+
+// A shell command with every {D} replaced by this test's scratch directory; returns the exit code.
+static const char *expand(const char *tmpl) {
+    static char cmd[4096];
+    size_t n = 0;
+    for (const char *p = tmpl; *p && n < sizeof(cmd) - 80; p++) {
+        if (!strncmp(p, "{D}", 3)) n += (size_t)snprintf(cmd + n, sizeof(cmd) - n, "%s", test_dir()), p += 2;
+        else cmd[n++] = *p;
+    }
+    cmd[n] = '\0';
+    return cmd;
+}
+
+static int sh(const char *tmpl) {
+    int status = system(expand(tmpl));
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// The data section of a safetensors file (all tensors), for bit-exact comparison without metadata.
+static int same_tensors(const char *p1, const char *p2) {
+    StFile a, b;
+    char err[512];
+    if (st_load(&a, p1, err, sizeof(err)) || st_load(&b, p2, err, sizeof(err))) return 0;
+    int same = a.data_bytes == b.data_bytes && !memcmp(a.data, b.data, a.data_bytes) && a.num_tensors == b.num_tensors;
+    st_free(&a), st_free(&b);
+    return same;
+}
+
+static void test_resume_is_bit_exact(void) {
+    sh("rm -rf {D}/straight {D}/split");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/straight > /dev/null") == 0, "straight run failed");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/split --set stop_after=6 > /dev/null") == 0, "first half failed");
+    EXPECT(access(test_path("split/checkpoints/step_00000006.state.safetensors"), F_OK) == 0, "no checkpoint at step 6");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/split --set resume=latest > /dev/null") == 0, "resumed half failed");
+    EXPECT(same_tensors(test_path("straight/checkpoints/step_00000012.model.safetensors"), test_path("split/checkpoints/step_00000012.model.safetensors")),
+           "weights after 12 steps differ between straight and resumed runs");
+    EXPECT(same_tensors(test_path("straight/checkpoints/step_00000012.state.safetensors"), test_path("split/checkpoints/step_00000012.state.safetensors")),
+           "optimizer state after 12 steps differs between straight and resumed runs");
+}
+
+static void test_corrupt_latest_falls_back(void) {
+    // the split run holds complete checkpoints at 6 and 12; damage 12
+    EXPECT(truncate(test_path("split/checkpoints/step_00000012.state.safetensors"), 100) == 0, "truncate failed");
+    char out[8192];
+    FILE *p = popen(expand(RUN_ARGS " --set run_dir={D}/split --set resume=latest 2>&1"), "r");
+    size_t n = fread(out, 1, sizeof(out) - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 0, "resume after corruption failed: %s", out);
+    EXPECT(strstr(out, "skipping checkpoint step 12") && strstr(out, "resumed from step 6"), "did not fall back to step 6: %s", out);
+    EXPECT(same_tensors(test_path("straight/checkpoints/step_00000012.model.safetensors"), test_path("split/checkpoints/step_00000012.model.safetensors")),
+           "re-run from step 6 differs from the straight run");
+}
+
+// init_weights loads every tensor: with lr = 0 the run's final weights are exactly the initial ones.
+static void test_init_weights_loads_all_tensors(void) {
+    sh("rm -rf {D}/init");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/init --set lr=0 --set steps=2 --set init_weights={D}/straight/checkpoints/step_00000012.model.safetensors > /dev/null") == 0,
+           "run with init_weights failed");
+    EXPECT(same_tensors(test_path("straight/checkpoints/step_00000012.model.safetensors"), test_path("init/checkpoints/step_00000002.model.safetensors")),
+           "weights after 2 steps at lr 0 differ from init_weights");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/init --set init_weights=/nonexistent.safetensors > /dev/null 2>&1") == 1, "a missing init_weights file must fail");
+}
+
+static void test_sigterm_saves_and_stops(void) {
+    sh("rm -rf {D}/sig");
+    pid_t pid = fork();
+    if (pid == 0) {
+        freopen("/dev/null", "w", stdout);
+        execl("/bin/sh", "sh", "-c", expand("exec ./train_clip -c configs/tiny.conf --set batch_size=16 --set steps=100000 --set checkpoint_every=0 --set run_dir={D}/sig"), (char *)NULL);
+        _exit(127);
+    }
+    sleep(2);
+    kill(pid, SIGTERM);
+    int status;
+    waitpid(pid, &status, 0);
+    EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 0, "train_clip did not exit cleanly on SIGTERM (status %d)", status);
+    EXPECT(sh("ls {D}/sig/checkpoints/*.state.safetensors > /dev/null 2>&1") == 0, "no checkpoint after SIGTERM");
+}
+
+int main(void) {
+    RUN(test_safetensors_round_trip);
+    RUN(test_failed_write_keeps_previous_file);
+    RUN(test_truncated_file_is_rejected);
+    RUN(test_resume_is_bit_exact);
+    RUN(test_corrupt_latest_falls_back);
+    RUN(test_init_weights_loads_all_tensors);
+    RUN(test_sigterm_saves_and_stops);
+    TEST_EXIT();
+}

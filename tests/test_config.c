@@ -1,0 +1,151 @@
+// test_config.c: config files and the parameter table: open_clip's parameter counts for all five model
+// configs, --set overrides, includes, and that every kind of bad config stops ./train_clip before any
+// work with `file:line: key: reason` and exit code 2.
+#include <sys/wait.h>
+
+#include "../model/clip.h"
+#include "../model/config.h"
+#include "../model/utils.h"
+#include "test.h"
+
+static void load(Config *c, const char *path) {
+    config_defaults(c);
+    config_load_file(c, path);
+    config_finalize(c);
+}
+
+// open_clip's counts (DESIGN.md): total = image + text + 1 (logit_scale)
+static void test_param_counts_equal_open_clip(void) {
+    struct {
+        const char *path;
+        size_t image, text;
+    } want[] = {{"configs/vit_b_32.conf", 87849216, 63428096},   {"configs/vit_b_16.conf", 86192640, 63428096},
+                {"configs/vit_l_14.conf", 303966208, 123650304}, {"configs/vit_h_14.conf", 632076800, 354032640},
+                {"configs/vit_g_14.conf", 1012645632, 354032640}};
+    for (int i = 0; i < 5; i++) {
+        Config c;
+        ClipLayout L;
+        load(&c, want[i].path);
+        clip_layout_build(&L, &c);
+        EXPECT(L.num_image_params == want[i].image, "%s: image params %zu, open_clip %zu", want[i].path, L.num_image_params, want[i].image);
+        EXPECT(L.num_text_params == want[i].text, "%s: text params %zu, open_clip %zu", want[i].path, L.num_text_params, want[i].text);
+        EXPECT(L.num_params == want[i].image + want[i].text + 1, "%s: total %zu", want[i].path, L.num_params);
+        clip_layout_free(&L);
+    }
+}
+
+static void test_layer_scale_adds_gamma_tensors(void) {
+    Config c;
+    config_defaults(&c);
+    config_load_file(&c, "configs/vit_b_32.conf");
+    config_set(&c, "layer_scale_init=0", 1);
+    config_finalize(&c);
+    ClipLayout L;
+    clip_layout_build(&L, &c);
+    // 2 gamma vectors per block: 12 vision blocks of 768, 12 text blocks of 512
+    EXPECT(L.num_params == 151277313 + 12 * 2 * 768 + 12 * 2 * 512, "layer-scale param count %zu", L.num_params);
+    int i = clip_layout_find(&L, "visual.transformer.resblocks.3.ls_2.gamma");
+    EXPECT(i >= 0 && L.tensors[i].init == INIT_CONST && L.tensors[i].init_value == 0.0f && !L.tensors[i].decay,
+           "ls_2.gamma missing or not zero-init / no-decay");
+    clip_layout_free(&L);
+}
+
+static void test_set_overrides_and_include(void) {
+    mkdir_p(test_path("sub"));
+    FILE *f = fopenCheck(test_path("sub/child.conf"), "w");
+    fprintf(f, "include = ../../..%s/configs/tiny.conf  # relative to this file\nlr = 5e-4\n", getenv("PWD"));
+    fcloseCheck(f);
+    Config c;
+    config_defaults(&c);
+    config_load_file(&c, test_path("sub/child.conf"));
+    config_set(&c, "wd = 0.05", 1);
+    config_set(&c, "optimizer=adamw", 2);
+    config_set(&c, "layer_scale_init=none", 3);
+    config_finalize(&c);
+    EXPECT(c.vision_width == 64 && c.embed_dim == 64, "include did not load tiny.conf");
+    EXPECT(c.lr == 5e-4f, "lr %g", c.lr);
+    EXPECT(c.wd == 0.05f, "wd %g", c.wd);
+    EXPECT(c.optimizer == OPTIMIZER_ADAMW, "optimizer %d", c.optimizer);
+    EXPECT(!config_has_layer_scale(&c), "layer-scale should be off");
+}
+
+// Run ./train_clip --dry-run on a config text; returns the exit code and the stderr text.
+static int run_config(const char *text, const char *extra, char *err, size_t cap) {
+    FILE *f = fopenCheck(test_path("bad.conf"), "w");
+    fputs(text, f);
+    fcloseCheck(f);
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "./train_clip -c %s %s --dry-run 2>&1 >/dev/null", test_path("bad.conf"), extra);
+    FILE *p = popen(cmd, "r");
+    size_t n = fread(err, 1, cap - 1, p);
+    err[n] = '\0';
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void test_bad_configs_name_file_line_key(void) {
+    const char *base = "include = %s/configs/tiny.conf\n";
+    char head[512];
+    snprintf(head, sizeof(head), base, getenv("PWD"));
+    struct {
+        const char *line, *extra, *expect;
+    } cases[] = {
+        {"lrr = 0.1\n", "", "bad.conf:2: lrr: unknown key (did you mean lr?)"},
+        {"lr = fast\n", "", "bad.conf:2: lr: expected a number, got 'fast'"},
+        {"beta2 = 1.5\n", "", "bad.conf:2: beta2: 1.5 is out of range"},
+        {"vision_layers = 2.5\n", "", "bad.conf:2: vision_layers: expected a whole number"},
+        {"optimizer = sgd\n", "", "bad.conf:2: optimizer: expected one of adamw|stable_adamw, got 'sgd'"},
+        {"quick_gelu = maybe\n", "", "bad.conf:2: quick_gelu: expected true or false"},
+        {"just some words\n", "", "bad.conf:2: just some words: expected `key = value`"},
+        {"vision_heads = 5\n", "", "bad.conf:2: vision_heads: 5 does not divide vision_width 64"},
+        {"", "--set nope=1", "--set:4: nope: unknown key (./train_clip --help-config"},
+        {"", "--set steps=-4", "--set:4: steps: -4 is out of range"},
+    };
+    char err[4096], text[1024];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(text, sizeof(text), "%s%s", head, cases[i].line);
+        int rc = run_config(text, cases[i].extra, err, sizeof(err));
+        EXPECT(rc == 2, "case %zu: exit code %d, want 2 (%s)", i, rc, err);
+        EXPECT(strstr(err, cases[i].expect) != NULL, "case %zu: stderr '%s' lacks '%s'", i, err, cases[i].expect);
+    }
+    // a required model key missing altogether
+    int rc = run_config("embed_dim = 8\nvision_width = 8\nvision_layers = 1\nvision_heads = 1\npatch_size = 4\nsteps = 1\n", "", err, sizeof(err));
+    EXPECT(rc == 2 && strstr(err, "text_width: missing required key"), "missing key: rc %d, '%s'", rc, err);
+}
+
+static void test_dry_run_prints_params_line(void) {
+    FILE *p = popen("./train_clip -c configs/vit_h_14.conf --dry-run 2>&1", "r");
+    char line[512];
+    int found = 0;
+    while (fgets(line, sizeof(line), p))
+        if (!strcmp(line, "params: total 986109441 image 632076800 text 354032640\n")) found = 1;
+    int status = pclose(p);
+    EXPECT(found, "no exact params line for ViT-H-14");
+    EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 0, "dry run failed");
+}
+
+// The README's config reference is the generated table, so docs and code cannot drift apart.
+static void test_readme_config_reference_is_current(void) {
+    char *ref = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&ref, &len);
+    config_print_reference(m);
+    fclose(m);
+    FILE *f = fopenCheck("README.md", "r");
+    char *readme = mallocCheck(1 << 20);
+    size_t n = fread(readme, 1, (1 << 20) - 1, f);
+    readme[n] = '\0';
+    fcloseCheck(f);
+    EXPECT(strstr(readme, ref) != NULL, "README.md's config reference differs from ./train_clip --help-config; paste it again");
+    free(ref), free(readme);
+}
+
+int main(void) {
+    RUN(test_param_counts_equal_open_clip);
+    RUN(test_layer_scale_adds_gamma_tensors);
+    RUN(test_set_overrides_and_include);
+    RUN(test_bad_configs_name_file_line_key);
+    RUN(test_dry_run_prints_params_line);
+    RUN(test_readme_config_reference_is_current);
+    TEST_EXIT();
+}

@@ -1,0 +1,100 @@
+// test_eval.c: the evaluation metrics on hand-made features with known answers: zero-shot top-1/top-5
+// (ties count against the true class), retrieval recall at 1/5/10 in both directions, the class-name
+// file reader, and the zero-shot classifier's prompt filling and averaging through a fake encoder.
+#include "../model/eval.h"
+#include "../model/utils.h"
+#include "test.h"
+
+enum { E = 8 };
+
+static void unit(float *x, int k) {
+    memset(x, 0, E * sizeof(float));
+    x[k] = 1;
+}
+
+static void test_zeroshot_accuracy_counts(void) {
+    float classes[6 * E], img[4 * E];
+    for (int c = 0; c < 6; c++) unit(classes + c * E, c);
+    // image 0: exactly class 2 (top-1 hit); image 1: nearest class 0, true class 3 is 2nd (top-5 only);
+    // image 2: true class 5 at a tie with class 1 (a miss at top-1); image 3: unlabelled (skipped)
+    unit(img, 2);
+    unit(img + E, 0), img[E + 3] = 0.5f;
+    unit(img + 2 * E, 1), img[2 * E + 5] = 1;
+    unit(img + 3 * E, 4);
+    int32_t labels[4] = {2, 3, 5, -1};
+    ZeroShotResult r = {0, 0, 0};
+    zeroshot_accuracy(&r, img, labels, 4, classes, 6, E);
+    EXPECT(r.n == 3 && r.top1 == 1 && r.top5 == 3, "n %ld top1 %g top5 %g, want 3 1 3", r.n, r.top1, r.top5);
+}
+
+static void test_retrieval_recall(void) {
+    enum { N = 12 };
+    float img[N * E], txt[N * E];
+    // pair i lies on axis i % 8: pairs 0..3 and 8..11 share their axes, pairs 4..7 are unique
+    for (int i = 0; i < N; i++) unit(img + i * E, i % E), unit(txt + i * E, i % E);
+    RetrievalResult r;
+    memset(&r, 0, sizeof(r));
+    retrieval_recall(&r, img, txt, N, E);
+    // images 0..3 share their axis with images 8..11: for those, the true text ties with another -> rank 1
+    // (ties count against), so R@1 = 4/12 (images 4..7 are unique) and R@5 = R@10 = 1
+    EXPECT(fabs(r.image_to_text[0] - 4.0 / 12) < 1e-12 && r.image_to_text[1] == 1 && r.image_to_text[2] == 1,
+           "i2t recall %g %g %g", r.image_to_text[0], r.image_to_text[1], r.image_to_text[2]);
+    EXPECT(fabs(r.text_to_image[0] - 4.0 / 12) < 1e-12 && r.n == N, "t2i R@1 %g n %ld", r.text_to_image[0], r.n);
+}
+
+// A fake text encoder: the feature is a unit vector on axis (sum of token ids) % E, so prompts of the
+// same class differ and the classifier averages them.
+static void fake_encode_texts(void *model, const int32_t *tokens, int n, float *features) {
+    const int ctx = *(int *)model;
+    for (int i = 0; i < n; i++) {
+        long s = 0;
+        for (int t = 0; t < ctx; t++) s += tokens[i * ctx + t];
+        unit(features + i * E, (int)(s % E));
+        features[i * E + (int)(s % E)] = 3;  // unnormalised on purpose
+    }
+}
+
+static void test_classifier_averages_templates(void) {
+    Tokenizer *tok = tokenizer_load(NULL);
+    int ctx = 16;
+    Encoder enc = {&ctx, 2, E, 16, 0, NULL, fake_encode_texts};
+    char *names[2] = {"wasp", "house"}, *templates[3] = {"a photo of a {}.", "{}", "clip art of a"};
+    float *cls = zeroshot_classifier(&enc, tok, names, 2, templates, 3);
+    // expected: for each class, the normalised mean of the three prompts' unit vectors
+    for (int c = 0; c < 2; c++) {
+        float want[E] = {0};
+        char text[3][64];
+        snprintf(text[0], 64, "a photo of a %s.", names[c]), snprintf(text[1], 64, "%s", names[c]), snprintf(text[2], 64, "clip art of a %s", names[c]);
+        for (int t = 0; t < 3; t++) {
+            int32_t ids[16];
+            float f[E];
+            tokenizer_encode(tok, text[t], ids, 16);
+            fake_encode_texts(&ctx, ids, 1, f);
+            for (int k = 0; k < E; k++) want[k] += f[k] / 3;
+        }
+        double ss = 0;
+        for (int k = 0; k < E; k++) ss += want[k] * want[k];
+        for (int k = 0; k < E; k++) want[k] /= (float)sqrt(ss);
+        EXPECT(rel_err(cls + c * E, want, E) < 1e-6, "class %s embedding differs (rel err %.2e)", names[c], rel_err(cls + c * E, want, E));
+    }
+    free(cls);
+    tokenizer_free(tok);
+}
+
+static void test_read_lines(void) {
+    FILE *f = fopenCheck(test_path("classes.txt"), "w");
+    fprintf(f, "# classes\nanimals\n\nbuildings\r\nfood\n");
+    fcloseCheck(f);
+    int n;
+    char **lines = read_lines(test_path("classes.txt"), &n);
+    EXPECT(n == 3 && !strcmp(lines[0], "animals") && !strcmp(lines[1], "buildings") && !strcmp(lines[2], "food"), "read %d lines", n);
+    free_lines(lines, n);
+}
+
+int main(void) {
+    RUN(test_zeroshot_accuracy_counts);
+    RUN(test_retrieval_recall);
+    RUN(test_classifier_averages_templates);
+    RUN(test_read_lines);
+    TEST_EXIT();
+}

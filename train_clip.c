@@ -1,0 +1,252 @@
+// train_clip.c: trains a CLIP model (ViT image tower + text transformer, contrastive loss).
+//   ./train_clip -c configs/tiny.conf [--set key=value ...] [--dry-run]
+// A training step: next batch -> forward both towers -> contrastive loss -> backward -> gradient norm
+// (and optional clipping) -> optimizer step (AdamW or the StableAdamW hybrid) -> clamp logit_scale ->
+// log (loss, lr, per-tensor RMS) -> checkpoint every N steps. This is the fp32 CPU path; the GPU path
+// plugs in at the same places.
+#include <math.h>
+#include <omp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "data/loader.h"
+#include "model/checkpoint.h"
+#include "model/clip.h"
+#include "model/clip_cpu.h"
+#include "model/config.h"
+#include "model/utils.h"
+#include "optim/diagnostics.h"
+#include "optim/optim.h"
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: ./train_clip -c CONFIG [--set key=value]... [--dry-run]\n"
+            "       ./train_clip --help-config       every config key with its default and meaning\n"
+            "\n"
+            "  -c FILE          config file (key = value lines; see configs/)\n"
+            "  --set key=value  override a key (repeatable; applied after the file)\n"
+            "  --dry-run        print the effective config, parameter counts and memory plan, then exit\n"
+            "  -h, --help       this text\n");
+}
+
+// ---------------------------------------------------------------- preemption: SIGTERM / SIGUSR1 save and stop
+static volatile sig_atomic_t stop_signal = 0;
+static void on_signal(int sig) { stop_signal = sig; }
+
+// ---------------------------------------------------------------- console output
+
+static void format_duration(char *buf, size_t n, double s) {
+    if (!isfinite(s) || s < 0) snprintf(buf, n, "?");
+    else if (s < 3600) snprintf(buf, n, "%dm%02ds", (int)s / 60, (int)s % 60);
+    else snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)s / 60 % 60);
+}
+
+// One line per log interval; on a terminal, a progress bar redrawn in place between them.
+static void print_progress(const Config *c, const StepRecord *r, float loss_avg, double img_per_s, double wait_share,
+                           double eta_s, float rms_patch, int newline) {
+    char eta[32];
+    format_duration(eta, sizeof(eta), eta_s);
+    if (newline) {
+        printf("step %6ld/%ld | %ld samples | loss %.4f (avg %.4f) | lr %.2e | logit scale %.2f | grad norm %.3f | "
+               "rms patch %.2f | %.0f img/s | data wait %.0f%% | eta %s\n",
+               r->step, c->steps, r->samples, r->loss, loss_avg, r->lr, r->logit_scale, r->grad_norm, rms_patch, img_per_s,
+               100 * wait_share, eta);
+    } else {
+        int width = 30, done = (int)(width * r->step / c->steps);
+        printf("\r[%.*s%*s] %ld/%ld loss %.4f %.0f img/s eta %s   ", done, "##############################", width - done, "",
+               r->step, c->steps, loss_avg, img_per_s, eta);
+    }
+    fflush(stdout);
+}
+
+static void save_checkpoint(const Config *c, long step, const ClipCPU *m, const Optimizer *opt, const Loader *loader,
+                            const char *config_text) {
+    char loader_state[1024], err[1024];
+    loader_get_state(loader, loader_state, sizeof(loader_state));
+    double t0 = now_seconds();
+    if (checkpoint_save(c->run_dir, step, &m->layout, m->params, opt, config_text, loader_state, err, sizeof(err)) != 0)
+        fatal("checkpoint at step %ld failed: %s (earlier checkpoints are untouched)", step, err);
+    checkpoint_prune(c->run_dir, c->keep_checkpoints);
+    printf("checkpoint: step %ld saved to %s/checkpoints (%.1f s)\n", step, c->run_dir, now_seconds() - t0);
+}
+
+int main(int argc, char **argv) {
+    // ---- command line and config
+    Config cfg;
+    config_defaults(&cfg);
+    const char *config_path = NULL;
+    int dry_run = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) return usage(stdout), 0;
+        if (!strcmp(argv[i], "--help-config")) return config_print_reference(stdout), 0;
+        if (!strcmp(argv[i], "--dry-run")) dry_run = 1;
+        else if (!strcmp(argv[i], "-c") && i + 1 < argc) config_path = argv[++i];
+        else if (!strcmp(argv[i], "--set") && i + 1 < argc) i++;  // applied after the file, below
+        else {
+            fprintf(stderr, "error: unknown or incomplete argument '%s'\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!config_path) {
+        fprintf(stderr, "error: no config file (-c FILE); configs/tiny.conf is a small one to start with\n");
+        usage(stderr);
+        return 2;
+    }
+    config_load_file(&cfg, config_path);
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--set")) config_set(&cfg, argv[i + 1], i + 1), i++;
+    config_finalize(&cfg);
+    if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
+
+    // ---- model
+    ClipLayout layout;
+    clip_layout_build(&layout, &cfg);
+    printf("model: %s  image %d/%d/%d patch %d  text %d/%d/%d  embed %d\n", cfg.model, cfg.vision_width, cfg.vision_layers,
+           cfg.vision_heads, cfg.patch_size, cfg.text_width, cfg.text_layers, cfg.text_heads, cfg.embed_dim);
+    printf("params: total %zu image %zu text %zu\n", layout.num_params, layout.num_image_params, layout.num_text_params);
+    long B = cfg.batch_size;
+    double param_gb = (double)layout.buffer_elems * sizeof(float) * 4 / 1e9;  // params, grads, m, u
+    ClipCPU probe;
+    probe.cfg = cfg, probe.layout = layout;
+    double act_gb = (double)clip_cpu_activation_bytes(&probe, (int)B) / 1e9;
+    printf("memory plan (CPU, fp32): parameters+grads+optimizer %.3f GB, activations for batch %ld %.3f GB\n", param_gb, B, act_gb);
+    printf("training: %ld steps x batch %ld, optimizer %s, lr %g (warmup %ld, %s), wd %g, threads %d\n", cfg.steps, cfg.batch_size,
+           cfg.optimizer == OPTIMIZER_STABLE_ADAMW ? "stable_adamw" : "adamw", cfg.lr, cfg.warmup,
+           cfg.schedule == SCHEDULE_COSINE ? "cosine" : "const", cfg.wd, omp_get_max_threads());
+    // what this build can run: the fp32 CPU path (the GPU path is not built yet)
+    const char *unsupported = cfg.device == DEVICE_CUDA ? "device = cuda: the GPU training path is not built yet; use device = cpu or auto"
+                              : cfg.precision != PRECISION_FP32 ? "precision bf16 / int8_switchback needs the GPU path, which is not built yet; the CPU path is fp32 (--set precision=fp32)"
+                              : cfg.micro_batch_size && cfg.micro_batch_size != cfg.batch_size ? "micro_batch_size (gradient accumulation) is a GPU-path feature; on the CPU set micro_batch_size = 0"
+                              : NULL;
+    if (dry_run) {
+        if (unsupported) printf("note: a real run would stop here: %s\n", unsupported);
+        printf("\n# effective config\n");
+        config_print(&cfg, stdout);
+        return 0;
+    }
+    if (unsupported) fatal("%s", unsupported);
+    clip_layout_free(&layout);
+
+    ClipCPU model;
+    clip_cpu_init(&model, &cfg, (int)B);
+    const ClipLayout *L = &model.layout;
+    Optimizer opt;
+    optim_init(&opt, &cfg, L);
+
+    // ---- run directory: the effective config and the step log
+    if (mkdir_p(cfg.run_dir) != 0) fatal("cannot create run_dir %s: %s", cfg.run_dir, strerror(errno));
+    char path[CONFIG_STR + 64];
+    size_t cap = 1 << 16;
+    char *config_text = mallocCheck(cap);
+    FILE *mem = fmemopen(config_text, cap, "w");
+    if (!mem) fatal("fmemopen failed: %s", strerror(errno));
+    config_print(&cfg, mem);
+    fclose(mem);
+    snprintf(path, sizeof(path), "%s/config.conf", cfg.run_dir);
+    FILE *cf = fopenCheck(path, "w");
+    fputs(config_text, cf);
+    fcloseCheck(cf);
+
+    // ---- data
+    Loader *loader = loader_open(&cfg, cfg.data, 1, (int)B, 0, 1);
+    float *images = mallocCheck((size_t)B * 3 * cfg.image_size * cfg.image_size * sizeof(float));
+
+    // ---- initial weights: a resumed checkpoint, or init_weights, or open_clip's initialisation
+    long start = 0;
+    if (cfg.init_weights[0] && !cfg.resume[0]) {
+        StFile f;
+        char err[1024];
+        if (st_load(&f, cfg.init_weights, err, sizeof(err)) != 0 || load_weights_by_name(L, model.params, &f, "", err, sizeof(err)) != 0)
+            fatal("init_weights: %s", err);
+        st_free(&f);
+        printf("initialised from %s\n", cfg.init_weights);
+    }
+    if (cfg.resume[0]) {
+        char loader_state[1024], err[1024];
+        start = checkpoint_resume(cfg.run_dir, cfg.resume, L, model.params, &opt, loader_state, sizeof(loader_state), err, sizeof(err));
+        if (start < 0) fatal("%s", err);
+        loader_restore(loader, loader_state);
+        printf("resumed from step %ld (%s)\n", start, cfg.resume);
+    }
+    snprintf(path, sizeof(path), "%s/log.jsonl", cfg.run_dir);
+    FILE *step_log = fopenCheck(path, start > 0 ? "a" : "w");
+    Diagnostics diag;
+    diag_init(&diag, &cfg, L);
+    int tty = isatty(fileno(stdout));
+
+    signal(SIGTERM, on_signal);
+    signal(SIGUSR1, on_signal);
+    signal(SIGXFSZ, SIG_IGN);  // a file-size limit then fails the write (a clear error) instead of killing the run
+    printf("training FLOPs: %.3g per step (3 x forward)\n", 3 * clip_forward_flops(L, &cfg) * B);
+
+    // ---- the training loop
+    long end = cfg.steps, ran = 0, ran_in_log = 0;
+    if (cfg.stop_after > 0 && start + cfg.stop_after < end) end = start + cfg.stop_after;
+    int nonfinite = 0;
+    float loss_avg = NAN;
+    double t_log = now_seconds(), t_run = t_log, wait_in_log = 0;
+    for (long step = start; step < end; step++) {
+        double t0 = now_seconds();
+        Batch batch;
+        loader_next(loader, &batch);
+        double t_data = now_seconds() - t0;
+        images_normalize(batch.images, images, batch.size, cfg.image_size);
+        float loss = clip_cpu_forward(&model, images, batch.tokens, batch.size);
+        clip_cpu_backward(&model);
+        float norm = grad_global_norm(model.grads, L->buffer_elems);
+        float lr = lr_at(&cfg, step);
+        int skipped = !isfinite(loss) || !isfinite(norm);
+        if (skipped) {
+            // a non-finite step is skipped, not applied; too many in a row ends the run with a checkpoint
+            fprintf(stderr, "warning: step %ld: non-finite %s, update skipped\n", step + 1, isfinite(loss) ? "gradient" : "loss");
+            if (++nonfinite >= cfg.max_nonfinite_steps) {
+                save_checkpoint(&cfg, step, &model, &opt, loader, config_text);
+                fatal("%d consecutive non-finite steps at step %ld: stopping (last good state checkpointed). Lower lr or check the data.",
+                      nonfinite, step + 1);
+            }
+        } else {
+            nonfinite = 0;
+            if (cfg.grad_clip > 0) grad_clip_(model.grads, L->buffer_elems, norm, cfg.grad_clip);
+            optim_step(&opt, model.params, model.grads, lr);
+            float *ls = &model.params[L->logit_scale];  // as open_clip: clamp to [0, ln 100] after every step
+            *ls = fminf(fmaxf(*ls, 0.0f), logf(100.0f));
+            loss_avg = isnan(loss_avg) ? loss : 0.9f * loss_avg + 0.1f * loss;
+        }
+        double now = now_seconds(), dt = now - t0;
+        ran++, ran_in_log++, wait_in_log += t_data;
+        StepRecord rec = {step + 1, (step + 1) * cfg.batch_size, loss, lr, expf(model.params[L->logit_scale]), norm,
+                          dt, batch.size / dt, t_data, skipped};
+        if (diag_step(&diag, step_log, &rec, opt.rms)) {
+            int patch = diag.watch[0];
+            printf("%sloss spike at step %ld: %.4f vs reference %.4f; %s RMS over the steps before: ", tty ? "\n" : "", step + 1, loss,
+                   diag.reference, L->tensors[patch].name);
+            for (int k = 0; k < diag.filled; k++) printf("%.2f ", diag.history[(diag.pos - diag.filled + k + RMS_HISTORY) % RMS_HISTORY][0]);
+            printf("(see log.jsonl)\n");
+        }
+        int log_now = (step + 1) % cfg.log_every == 0 || step + 1 == end;
+        if (log_now || tty) {
+            double rate = ran_in_log * B / (now - t_log), eta = (end - step - 1) * (now - t_run) / ran;
+            if (log_now && tty) printf("\r");
+            print_progress(&cfg, &rec, loss_avg, rate, wait_in_log / (now - t_log), eta, opt.rms[diag.watch[0]], log_now);
+            if (log_now) t_log = now, ran_in_log = 0, wait_in_log = 0;
+        }
+        int last = step + 1 == end;
+        if (last || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || stop_signal)
+            save_checkpoint(&cfg, step + 1, &model, &opt, loader, config_text);
+        if (stop_signal) {
+            printf("received signal %d: checkpoint saved at step %ld, stopping; resume with --set resume=latest\n", (int)stop_signal, step + 1);
+            break;
+        }
+    }
+    if (diag.spikes) printf("loss spikes: %ld (events in %s/log.jsonl)\n", diag.spikes, cfg.run_dir);
+    printf("done: %ld steps this run, final step %ld of %ld\n", ran, start + ran, cfg.steps);
+    fcloseCheck(step_log);
+    loader_close(loader);
+    free(images), free(config_text);
+    optim_free(&opt);
+    clip_cpu_free(&model);
+    return 0;
+}
