@@ -13,6 +13,7 @@
 
 #include "data/inspect.h"
 #include "data/loader.h"
+#include "data/tokenizer.h"
 #include "model/checkpoint.h"
 #include "model/clip.h"
 #include "model/clip_cpu.h"
@@ -25,6 +26,7 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: ./train_clip -c CONFIG [--set key=value]... [--dry-run]\n"
             "       ./train_clip --help-config       every config key with its default and meaning\n"
+            "       ./train_clip [-c CONFIG] --tokenize < captions.txt   token ids (context_length per line) of each line\n"
             "       ./train_clip --inspect-data SPEC [--limit N] [-c CONFIG]   list a dataset's samples and skips\n"
             "\n"
             "  -c FILE          config file (key = value lines; see configs/)\n"
@@ -79,13 +81,14 @@ int main(int argc, char **argv) {
     Config cfg;
     config_defaults(&cfg);
     const char *config_path = NULL;
-    int dry_run = 0;
+    int dry_run = 0, tokenize = 0;
     const char *inspect_spec = NULL;
     long inspect_limit = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) return usage(stdout), 0;
         if (!strcmp(argv[i], "--help-config")) return config_print_reference(stdout), 0;
         if (!strcmp(argv[i], "--dry-run")) dry_run = 1;
+        else if (!strcmp(argv[i], "--tokenize")) tokenize = 1;
         else if (!strcmp(argv[i], "-c") && i + 1 < argc) config_path = argv[++i];
         else if (!strcmp(argv[i], "--set") && i + 1 < argc) i++;  // applied after the file, below
         else if (!strcmp(argv[i], "--inspect-data") && i + 1 < argc) inspect_spec = argv[++i];
@@ -96,6 +99,7 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
+    if (tokenize && !config_path) return tokenize_main(&cfg);  // the default context_length, 77
     if (!config_path && !inspect_spec) {
         fprintf(stderr, "error: no config file (-c FILE); configs/tiny.conf is a small one to start with\n");
         usage(stderr);
@@ -106,6 +110,7 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--set")) config_set(&cfg, argv[i + 1], i + 1), i++;
     if (inspect_spec) return inspect_data_main(&cfg, inspect_spec, inspect_limit);  // data keys only: no finalize
     config_finalize(&cfg);
+    if (tokenize) return tokenize_main(&cfg);
     if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
 
     // ---- model

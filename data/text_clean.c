@@ -51,6 +51,7 @@ static inline void push(Str32 *s, uint32_t c) {
 }
 
 static void append(Str32 *s, const uint32_t *p, int n) {
+    if (n == 0) return;  // p may be NULL then
     str32_reserve(s, s->n + n);
     memcpy(s->p + s->n, p, (size_t)n * sizeof(uint32_t));
     s->n += n;
@@ -62,7 +63,7 @@ static void copy(Str32 *dst, const Str32 *src) {
 }
 
 static int equal(const Str32 *a, const Str32 *b) {
-    return a->n == b->n && memcmp(a->p, b->p, (size_t)a->n * sizeof(uint32_t)) == 0;
+    return a->n == b->n && (a->n == 0 || memcmp(a->p, b->p, (size_t)a->n * sizeof(uint32_t)) == 0);
 }
 
 static void swap(Str32 *a, Str32 *b) {
@@ -517,7 +518,7 @@ static int html_unescape(const Str32 *s, Str32 *out) {
         int j = i + 1, n = s->n;
         if (j < n && s->p[j] == '#') {
             int k = j + 1, base = 10;
-            if (k + 1 < n && !is_digit(s->p[k]) && (s->p[k] == 'x' || s->p[k] == 'X') && is_hex(s->p[k + 1])) base = 16, k++;
+            if (k + 1 < n && (s->p[k] == 'x' || s->p[k] == 'X') && is_hex(s->p[k + 1])) base = 16, k++;
             else if (!(k < n && is_digit(s->p[k]))) {
                 push(out, s->p[i++]);  // no reference here
                 continue;
@@ -592,15 +593,18 @@ static int ftfy_unescape_html(const Str32 *s, Str32 *out) {
 }
 
 // ---------------------------------------------------------------- the other ftfy fixers
+static const char *ligature(uint32_t c) {
+    for (int k = 0; k < (int)(sizeof(LIGATURES) / sizeof(LIGATURES[0])) && c >= LIGATURES[0].cp; k++)
+        if (LIGATURES[k].cp == c) return LIGATURES[k].text;
+    return NULL;
+}
+
 // ftfy.fixes.fix_latin_ligatures.
 static int fix_latin_ligatures(const Str32 *s, Str32 *out) {
-    const int n_lig = (int)(sizeof(LIGATURES) / sizeof(LIGATURES[0]));
     int changed = 0;
     out->n = 0;
     for (int i = 0; i < s->n; i++) {
-        const char *text = NULL;
-        for (int k = 0; k < n_lig && s->p[i] >= LIGATURES[0].cp && !text; k++)
-            if (LIGATURES[k].cp == s->p[i]) text = LIGATURES[k].text;
+        const char *text = ligature(s->p[i]);
         if (text) append_utf8(out, text), changed = 1;
         else push(out, s->p[i]);
     }
@@ -708,15 +712,15 @@ static void fix_segment(Str32 *s, Str32 *tmp, Str32 *orig, int unescape) {
     } while (!equal(s, orig));
 }
 
-// ftfy.fix_text: each line (with its '\n') is fixed on its own, at most 1,000,000 characters at a
-// time; HTML unescaping stops for good at the first segment that holds a '<' (it looks like HTML).
+// ftfy.fix_text: each line (with its '\n') is fixed on its own; HTML unescaping stops for good at the
+// first segment that holds a '<' (it looks like HTML). (ftfy also cuts lines longer than 1,000,000
+// characters, which TEXT_CLEAN_MAX_BYTES rules out.)
 static void ftfy_fix_text(const Str32 *in, Str32 *out, Str32 *seg, Str32 *tmp, Str32 *orig) {
     out->n = 0;
     int unescape = 1;
     for (int pos = 0, end; pos < in->n; pos = end) {
         for (end = pos; end < in->n && in->p[end] != '\n';) end++;
         if (end < in->n) end++;
-        if (end - pos > 1000000) end = pos + 1000000;
         seg->n = 0;
         append(seg, in->p + pos, end - pos);
         if (unescape && contains(seg, '<')) unescape = 0;
@@ -726,19 +730,16 @@ static void ftfy_fix_text(const Str32 *in, Str32 *out, Str32 *seg, Str32 *tmp, S
 }
 
 // ---------------------------------------------------------------- strip, whitespace, lower
-static int is_cased(uint32_t c) {
-    utf8proc_category_t cat = utf8proc_category((utf8proc_int32_t)c);
-    return cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LL || cat == UTF8PROC_CATEGORY_LT ||
-           utf8proc_tolower((utf8proc_int32_t)c) != (utf8proc_int32_t)c ||
-           utf8proc_toupper((utf8proc_int32_t)c) != (utf8proc_int32_t)c;
-}
-
-// Unicode's Case_Ignorable by general category, plus the ASCII word-internal . : ' (its Word_Break
-// part beyond ASCII is left out).
-static int is_case_ignorable(uint32_t c) {
-    utf8proc_category_t cat = utf8proc_category((utf8proc_int32_t)c);
-    return cat == UTF8PROC_CATEGORY_MN || cat == UTF8PROC_CATEGORY_ME || cat == UTF8PROC_CATEGORY_CF ||
-           cat == UTF8PROC_CATEGORY_LM || cat == UTF8PROC_CATEGORY_SK || c == '\'' || c == '.' || c == ':';
+// CPython's Cased / Case_Ignorable property of c (CASED, CASE_IGNORABLE or 0), from text_tables.h.
+static int case_kind(uint32_t c) {
+    int lo = 0, hi = (int)(sizeof(CASE_RANGES) / sizeof(CASE_RANGES[0])) - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (c < CASE_RANGES[mid].lo) hi = mid - 1;
+        else if (c > CASE_RANGES[mid].hi) lo = mid + 1;
+        else return CASE_RANGES[mid].kind;
+    }
+    return 0;
 }
 
 // Python's str.lower of s[i]: the simple lower-case mapping, except U+0130 (two characters) and a
@@ -751,9 +752,9 @@ static void append_lower(const Str32 *s, int i, Str32 *out) {
         push(out, 'i'), push(out, 0x307);
     } else if (c == 0x3A3) {
         int j = i - 1, k = i + 1;
-        while (j >= 0 && is_case_ignorable(s->p[j])) j--;
-        while (k < s->n && is_case_ignorable(s->p[k])) k++;
-        push(out, j >= 0 && is_cased(s->p[j]) && (k == s->n || !is_cased(s->p[k])) ? 0x3C2 : 0x3C3);
+        while (j >= 0 && case_kind(s->p[j]) == CASE_IGNORABLE) j--;
+        while (k < s->n && case_kind(s->p[k]) == CASE_IGNORABLE) k++;
+        push(out, j >= 0 && case_kind(s->p[j]) == CASED && (k == s->n || case_kind(s->p[k]) != CASED) ? 0x3C2 : 0x3C3);
     } else {
         push(out, (uint32_t)utf8proc_tolower((utf8proc_int32_t)c));
     }

@@ -19,8 +19,10 @@ typedef struct {
 
 // Decodes the UTF-8 text[0..len) and cleans it into out. Returns 0, or -1 when text is not valid UTF-8
 // as Python's strict decoder sees it (overlong forms, surrogates, > U+10FFFF, truncated sequences) or
-// is longer than TEXT_CLEAN_MAX_BYTES. Thread-safe given distinct scratch and out.
-#define TEXT_CLEAN_MAX_BYTES (64 << 20)
+// is longer than TEXT_CLEAN_MAX_BYTES: far beyond any real caption, and a bound on the time that
+// crafted text can take (ftfy repeats its fixes until nothing changes, so a caption made of nested
+// entities, "&amp;amp;amp;...", takes time quadratic in its length). Thread-safe given distinct x, out.
+#define TEXT_CLEAN_MAX_BYTES (64 << 10)
 int text_clean(const char *text, size_t len, CleanScratch *x, Str32 *out);
 void clean_scratch_free(CleanScratch *x);
 

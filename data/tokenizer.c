@@ -85,7 +85,8 @@ static const Pair *pair_find(const Tokenizer *t, int32_t left, int32_t right) {
 }
 
 // ---------------------------------------------------------------- loading
-static char *read_gz(const char *path, size_t *size) {
+// The whole decompressed file, NUL-terminated.
+static char *read_gz(const char *path) {
     gzFile f = gzopen(path, "rb");
     if (!f) fatal("gzopen(\"%s\") failed at %s:%d: %s", path, __FILE__, __LINE__, errno ? strerror(errno) : "out of memory");
     size_t cap = 1 << 22, n = 0;
@@ -101,9 +102,10 @@ static char *read_gz(const char *path, size_t *size) {
         n += (size_t)got;
     }
     int rc = gzclose(f);
-    if (rc != Z_OK) fatal("gzclose(\"%s\") failed at %s:%d: zlib error %d", path, __FILE__, __LINE__, rc);
+    if (rc != Z_OK)
+        fatal("gzclose(\"%s\") failed at %s:%d: %s", path, __FILE__, __LINE__,
+              rc == Z_BUF_ERROR ? "the file ends early (a cut-off download?)" : zError(rc));
     buf[n] = '\0';
-    *size = n;
     return buf;
 }
 
@@ -140,15 +142,14 @@ Tokenizer *tokenizer_load(const char *path) {
         fatal("cannot read the BPE vocabulary %s (%s): run scripts/get_vocab.sh to fetch it into %s, or set "
               "TRAIN_CLIP_BPE to a copy of open_clip's bpe_simple_vocab_16e6.txt.gz",
               path, strerror(errno), DEFAULT_BPE_PATH);
-    size_t size;
-    char *data = read_gz(path, &size);
+    char *data = read_gz(path);
 
     // Lines 1..N_MERGES are "left right" merges, in rank order (line 0 is a version header).
-    char *merge[N_MERGES][2];
+    char *(*merge)[2] = mallocCheck(N_MERGES * sizeof(*merge));
     char *line = data;
     for (int l = 0; l <= N_MERGES; l++) {
-        char *end = line ? strchr(line, '\n') : NULL;
-        if (!end) fatal("%s: %d lines, expected at least %d: not open_clip's BPE vocabulary", path, l, N_MERGES + 2);
+        char *end = strchr(line, '\n');
+        if (!end) fatal("%s: %d lines, expected at least %d: not open_clip's BPE vocabulary", path, l, N_MERGES + 1);
         *end = '\0';
         if (l > 0) {
             char *space = strchr(line, ' ');
@@ -202,6 +203,7 @@ Tokenizer *tokenizer_load(const char *path) {
     free(map.key);
     free(map.id);
     free(text);
+    free(merge);
     free(data);
 
     int rc = pthread_key_create(&t->key, thread_state_free);
@@ -367,10 +369,15 @@ static int literal_at(const Str32 *s, int i, const char *lit) {
     return k;
 }
 
+// Characters no alternative of the pattern matches: the space (the only white space left after
+// cleaning) and U+0345, which the regex module under IGNORECASE puts in none of the classes (it
+// case-folds to a Greek letter, so it is neither in [\p{L}] nor in [^\s\p{L}\p{N}]).
+static int is_gap(uint32_t c) { return c == ' ' || c == 0x345; }
+
 // The end of the pre-token at s[i] under open_clip's pattern, tried in this order at each position:
 //   <start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+
-// or i for a space (the only white space left after cleaning). *special gets SOT/EOT when the text is
-// exactly a special token's name (open_clip's bpe cache maps those to themselves), else 0.
+// or i at a gap. *special gets SOT/EOT when the text is exactly a special token's name (open_clip's
+// bpe cache maps those to themselves), else 0.
 static int pretoken_end(const Str32 *s, int i, int32_t *special) {
     static const char *literals[] = {"<start_of_text>", "<end_of_text>", "'s", "'t", "'re", "'ve", "'m", "'ll", "'d"};
     *special = 0;
@@ -386,12 +393,14 @@ static int pretoken_end(const Str32 *s, int i, int32_t *special) {
     }
 #ifdef HAVE_UTF8PROC
     int j = i;
-    if (is_letter(s->p[i])) {
+    if (is_gap(s->p[i])) {
+        return i;
+    } else if (is_letter(s->p[i])) {
         while (j < s->n && is_letter(s->p[j])) j++;
     } else if (is_number(s->p[i])) {
         j++;
     } else {
-        while (j < s->n && s->p[j] != ' ' && !is_letter(s->p[j]) && !is_number(s->p[j])) j++;
+        while (j < s->n && !is_gap(s->p[j]) && !is_letter(s->p[j]) && !is_number(s->p[j])) j++;
     }
     return j;
 #else

@@ -3,9 +3,10 @@
 // SOT 49406 / EOT 49407, 0 padding, truncation that keeps EOT last.
 //
 // Where we differ from open_clip on purpose: open_clip turns a caption that is empty after cleaning
-// (e.g. "", "   ", "&nbsp;") into SOT EOT and trains on it; tokenizer_encode returns -1 for it, and for
-// text that is not valid UTF-8 (which open_clip never sees: webdataset's decode fails first), so that
-// the loader skips such samples by policy. What the clean-up covers is in docs/tokenizer.md.
+// (e.g. "", "   ", "&nbsp;") into SOT EOT and trains on it; tokenizer_encode returns -1 for it, for
+// text that is not valid UTF-8 (which open_clip never sees: webdataset's decode fails first) and for
+// text over 64 KiB, so that the loader skips such samples by policy. What the clean-up covers, and
+// where it can still differ from open_clip, is in docs/tokenizer.md.
 #pragma once
 #include <stdint.h>
 
@@ -22,8 +23,9 @@ typedef struct Tokenizer Tokenizer;
 Tokenizer *tokenizer_load(const char *path);
 // Encode one caption (NUL-terminated UTF-8) into exactly context_length (>= 2) ids: SOT, tokens, EOT,
 // zeros. Safe to call from several threads at once (each thread keeps its own cache of encoded words).
-// Returns the number of ids before padding, or -1 if the text is not valid UTF-8 or is empty after
-// cleaning (the caller skips such samples); ids then hold SOT EOT and zeros, open_clip's ids for "".
+// Returns the number of ids before padding, or -1 if the text is not valid UTF-8, is empty after
+// cleaning, or is longer than 64 KiB (TEXT_CLEAN_MAX_BYTES); the caller skips such samples. ids then
+// hold SOT EOT and zeros, open_clip's ids for "".
 int tokenizer_encode(const Tokenizer *t, const char *text, int32_t *ids, int context_length);
 // No thread may be inside tokenizer_encode, or exiting after having used t, while t is freed.
 void tokenizer_free(Tokenizer *t);

@@ -8,7 +8,9 @@ from utf8proc), taken from the installed packages so that nothing is copied by h
   as one bit mask per code point;
 - ftfy's Latin ligature table;
 - the HTML5 named character references (html.entities.html5, 2,231 names) and the extra upper-case
-  names ftfy's unescape_html accepts (&EACUTE; -> É).
+  names ftfy's unescape_html accepts (&EACUTE; -> É);
+- the two properties CPython's str.lower uses for a final capital sigma (Cased, Case_Ignorable), which
+  utf8proc does not expose, read off CPython's own behaviour.
 
 Run with the reference environment (ftfy 6.3.1, CPython 3.11):
     /opt/refenv/bin/python scripts/gen_text_tables.py
@@ -42,6 +44,34 @@ def c_string(s):
             lit += '""'
         lit += piece
     return f'"{lit}"'
+
+
+def ranges(cps):
+    out = []
+    for cp in cps:
+        if out and out[-1][1] == cp - 1:
+            out[-1][1] = cp
+        else:
+            out.append([cp, cp])
+    return out
+
+
+def sigma_properties():
+    """Code point ranges that str.lower treats as case-ignorable, and as cased (but not ignorable).
+    For the sigma in c + "Σ": final form iff c is cased and not ignorable; in "A" + c + "Σ": final form
+    iff c is ignorable (skipped, so "A" decides) or cased."""
+    ignorable, cased = [], []
+    for cp in range(0x110000):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        c = chr(cp)
+        cased_not_ignorable = (c + "Σ").lower()[-1] == "ς"
+        if cased_not_ignorable:
+            cased.append(cp)
+        elif ("A" + c + "Σ").lower()[-1] == "ς":
+            ignorable.append(cp)
+    return sorted([(lo, hi, "CASE_IGNORABLE") for lo, hi in ranges(ignorable)] +
+                  [(lo, hi, "CASED") for lo, hi in ranges(cased)])
 
 
 def main():
@@ -86,6 +116,8 @@ def main():
         lines.append(f"    {name} = 1u << {i},")
     lines.append("};")
     masks = {}
+    assert all(not re.match(f"[{chars}]", chr(c)) for _, chars in CLASSES for c in range(0x80) if c != 0x20), \
+        "text_clean.c's char_class assumes that only the space has a class among ASCII characters"
     for i, (name, chars) in enumerate(CLASSES):
         rx = re.compile(f"[{chars}]")
         for cp in range(0x10000):
@@ -124,9 +156,21 @@ def main():
         lines.append(f"    {{{c_string(name)}, {c_string(upper[name])}}},")
     lines.append("};")
 
+    # ---- final sigma
+    lines.append("")
+    lines.append("// CPython's Case_Ignorable and Cased (not ignorable) code points, for str.lower's final sigma;")
+    lines.append("// disjoint ranges sorted by first code point.")
+    lines.append("enum { CASE_IGNORABLE = 1, CASED = 2 };")
+    lines.append("static const struct { uint32_t lo, hi; uint8_t kind; } CASE_RANGES[] = {")
+    sig = sigma_properties()
+    for row in range(0, len(sig), 4):
+        lines.append("    " + " ".join(f"{{0x{lo:05x}, 0x{hi:05x}, {kind}}}," for lo, hi, kind in sig[row:row + 4]))
+    lines.append("};")
+
     with open(OUT, "w") as f:
         f.write("\n".join(lines) + "\n")
-    print(f"wrote {os.path.normpath(OUT)}: {len(items)} classed code points, {len(html5)} + {len(upper)} entities")
+    print(f"wrote {os.path.normpath(OUT)}: {len(items)} classed code points, {len(html5)} + {len(upper)} entities, "
+          f"{len(sig)} case ranges")
 
 
 if __name__ == "__main__":

@@ -135,6 +135,8 @@ MULTILINGUAL = [
     "German ẞ capital sharp s and ß — STRASSE vs Straße",
     "Final sigma: ΟΔΥΣΣΕΥΣ, ΣΟΦΙΑ, Σ, ΑΣ., ΑΣ'Α",
     "Long s: it'ſ the ſame, Ångström",
+    "Sigma next to case-ignorables and ordinals: ΑΣ·Β ΑΣ· ·Σ ºΣ ΣªΑ ΑΣ\u0301 Σ\u00ad ΑΣ'Β Α.Σ",
+    "Ypogegrammeni: ᾳ α\u0345 a\u0345b 1\u0345 2 !\u0345? \u0345",
     "Titlecase ǅ ǈ ǋ ǲ and Kelvin sign K, Ohm Ω, Angstrom Å",
     "Zero-width: a\u200bb\u200cc\u200dd\u2060e and soft\u00adhyphen",
     "Bidi marks: \u200eleft\u200f right \u202aembedded\u202c",

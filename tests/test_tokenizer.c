@@ -184,6 +184,32 @@ static void test_missing_vocab_message(void) {
     EXPECT(strstr(msg, "scripts/get_vocab.sh") != NULL, "message lacks the hint: %s", msg);
 }
 
+// ./train_clip --tokenize on fixture captions (one per line) prints open_clip's 77 ids per line.
+static void test_tokenize_cli(void) {
+    if (!tok) SKIP("no vocabulary");
+    FILE *in = fopenCheck(test_path("captions.txt"), "w");
+    int used[64], n = 0;
+    for (int i = 0; i < n_cases && n < 64; i++)
+        if (cases[i].n > 0 && !strpbrk(cases[i].text, "\n\r") && cases[i].text[0]) fprintf(in, "%s\n", cases[i].text), used[n++] = i;
+    fcloseCheck(in);
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "./train_clip --tokenize < %s 2>/dev/null", test_path("captions.txt"));
+    FILE *out = popen(cmd, "r");
+    int line = 0;
+    for (int k = 0; k < n; k++) {
+        const Case *c = &cases[used[k]];
+        for (int j = 0; j < T; j++) {
+            int id = -1;
+            if (fscanf(out, "%d", &id) != 1) break;
+            int want = j < c->n ? c->ids[j] : 0;
+            EXPECT(id == want, "line %d (fixture line %d): id %d is %d, open_clip %d", k + 1, c->line, j, id, want);
+        }
+        line++;
+    }
+    EXPECT(line == n && n > 40, "read %d of %d lines from ./train_clip --tokenize", line, n);
+    EXPECT(pclose(out) == 0, "./train_clip --tokenize failed");
+}
+
 int main(void) {
 #ifndef HAVE_UTF8PROC
     printf("skip test_tokenizer: built without utf8proc\n");
@@ -197,6 +223,7 @@ int main(void) {
     RUN(test_threads);
     RUN(test_truncation);
     RUN(test_missing_vocab_message);
+    RUN(test_tokenize_cli);
     tokenizer_free(tok);
     for (int i = 0; i < n_cases; i++) free(cases[i].text);
     free(cases);
