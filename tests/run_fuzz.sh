@@ -13,13 +13,15 @@ for fuzzer in build/fuzz/fuzz_*; do
     [ -f "$fuzzer" ] && [ -x "$fuzzer" ] || continue
     name=$(basename "$fuzzer")
     corpus=$(mktemp -d)
+    options=""
     case "$name" in
         fuzz_tar) cp tests/fixtures/shards/*.tar "$corpus"/ ;;
         fuzz_image) for f in tests/fixtures/images/*; do case "$f" in *.rgb|*.tsv) ;; *) cp "$f" "$corpus"/ ;; esac; done ;;
-        *) find tests/fixtures -maxdepth 1 -type f -size -64k -exec cp {} "$corpus"/ \; ;;
+        fuzz_tokenizer) options="-max_len=4096" ;;  # captions: its own seeds grow from nothing
+        *) ;;
     esac
     echo "== $name for ${seconds}s"
-    if ! "$fuzzer" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    if ! "$fuzzer" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 $options \
         -artifact_prefix=build/fuzz/artifacts/"$name"- "$corpus" 2>build/fuzz/logs/"$name".log; then
         echo "FAIL $name: see build/fuzz/logs/$name.log and build/fuzz/artifacts/"
         tail -30 build/fuzz/logs/"$name".log
