@@ -249,24 +249,28 @@ int st_load(StFile *f, const char *path, char *err, size_t errlen) {
     char *header = mallocCheck(hlen + 1);
     f->data_bytes = (size_t)st.st_size - 8 - hlen;
     f->data = mallocCheck(f->data_bytes);
-    if (fread(header, 1, hlen, fp) != hlen || fread(f->data, 1, f->data_bytes, fp) != f->data_bytes) {
-        fclose(fp), free(header);
-        return snprintf(err, errlen, "%s: read failed: %s", path, strerror(errno)), -1;
-    }
+    int bad_read = fread(header, 1, hlen, fp) != hlen || fread(f->data, 1, f->data_bytes, fp) != f->data_bytes;
     fclose(fp);
+    if (bad_read) {
+        snprintf(err, errlen, "%s: read failed: %s", path, strerror(errno));
+        free(header), st_free(f);
+        return -1;
+    }
     header[hlen] = '\0';
     Json j = {header, header + hlen, err, errlen, path};
     int rc = parse_header(&j, f);
     free(header);
-    if (rc) return -1;
-    for (int i = 0; i < f->num_tensors; i++) {
+    for (int i = 0; i < f->num_tensors && rc == 0; i++) {
         const StTensor *t = &f->tensors[i];
         size_t es = dtype_size(t->dtype);
-        if (t->end > f->data_bytes || (es && t->end - t->begin != t->numel * es))
-            return snprintf(err, errlen, "%s: tensor %s: data range [%zu, %zu) does not match its shape/dtype or the file size (truncated?)",
-                            path, t->name, t->begin, t->end), -1;
+        if (t->end > f->data_bytes || (es && t->end - t->begin != t->numel * es)) {
+            snprintf(err, errlen, "%s: tensor %s: data range [%zu, %zu) does not match its shape/dtype or the file size (truncated?)",
+                     path, t->name, t->begin, t->end);
+            rc = -1;
+        }
     }
-    return 0;
+    if (rc) st_free(f);  // nothing of a bad file is kept
+    return rc;
 }
 
 void st_free(StFile *f) {
