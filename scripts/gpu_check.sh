@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# gpu_check.sh: one pass on a GPU machine: build (sm_90a only, to save time), run the GPU tests and then
+# the rest with their full output, then the GPU benchmark. Logs go to the directory $1 (default .);
+# the summary comes last.    bash scripts/gpu_check.sh OUTDIR [bench models, e.g. b16 l14 h14]
+set -u
+out=$(realpath "${1:-.}")
+shift || true
+cd "$(dirname "$0")/.."
+nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,clocks.sm,clocks.max.sm --format=csv > "$out/smi.txt" 2>&1
+t0=$(date +%s)
+targets=$(ls tests/test_*.c tests/test_*.cu tests/bench_*.cu | sed -E 's|tests/(.*)\.cu?$|build/tests/\1|')
+if ! make -j"$(nproc)" CUDA_ARCH="-gencode=arch=compute_90a,code=sm_90a" all $targets > "$out/build.log" 2>&1; then
+    tail -40 "$out/build.log"
+    exit 1
+fi
+echo "build: $(( $(date +%s) - t0 )) s"
+gpu_tests=$(ls build/tests/test_* | grep -v '\.d$' | while read t; do [ -f "tests/$(basename $t).cu" ] && echo $t; done)
+cpu_tests=$(ls build/tests/test_* | grep -v '\.d$' | while read t; do [ -f "tests/$(basename $t).c" ] && echo $t; done)
+: > "$out/tests.log"
+for t in $gpu_tests $cpu_tests; do
+    s=$(date +%s)
+    echo "== $t" >> "$out/tests.log"
+    timeout 300 "$t" >> "$out/tests.log" 2>&1
+    echo "== $t: exit $? in $(( $(date +%s) - s )) s" >> "$out/tests.log"
+done
+t1=$(date +%s)
+timeout 400 ./build/tests/bench_clip_gpu "$@" > "$out/bench.log" 2>&1
+echo "bench: exit $? in $(( $(date +%s) - t1 )) s"
+grep -E "^== .*exit|^FAIL" "$out/tests.log"
+echo "passed $(grep -c '^ok ' "$out/tests.log"), failed $(grep -c '^FAIL ' "$out/tests.log"), skipped $(grep -c '^skip ' "$out/tests.log")"
+grep -E "^\||GPU:" "$out/bench.log"
