@@ -150,8 +150,11 @@ template <int HD> __device__ __forceinline__ void load_tile(FaTile<HD> &dst, con
     }
 }
 
-// s (16 x 64) = rows [r0, r0+16) of X @ rows of Y^T (all 64), both tiles [row][HD].
-template <int HD> __device__ __forceinline__ void mma_rows_by_tile(float s[8][4], const FaTile<HD> &X, int r0, const FaTile<HD> &Y, int lane) {
+// s (16 x 64) = rows [r0, r0+16) of X @ rows of Y^T, both tiles [row][HD]. Only Y's 16-row groups
+// [lo, hi) are computed (the others are masked out by every caller and stay 0): padding past the sequence
+// end and the causal mask's empty groups cost nothing.
+template <int HD>
+__device__ __forceinline__ void mma_rows_by_tile(float s[8][4], const FaTile<HD> &X, int r0, const FaTile<HD> &Y, int lane, int lo, int hi) {
 #pragma unroll
     for (int i = 0; i < 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
 #pragma unroll
@@ -160,6 +163,7 @@ template <int HD> __device__ __forceinline__ void mma_rows_by_tile(float s[8][4]
         ldsm_x4(a, &X.x[r0 + a_row(lane)][kk * 16 + a_col(lane)]);
 #pragma unroll
         for (int np = 0; np < 4; np++) {
+            if (np < lo || np >= hi) continue;
             uint32_t b[4];
             ldsm_x4(b, &Y.x[np * 16 + b_row(lane)][kk * 16 + b_col(lane)]);
             mma_bf16(s[2 * np], a, b[0], b[1]);
@@ -168,10 +172,13 @@ template <int HD> __device__ __forceinline__ void mma_rows_by_tile(float s[8][4]
     }
 }
 
-// acc (16 x HD) += p (16 x 64, mma C layout, converted to A fragments) @ Y (64 x HD, tile [row][HD]).
-template <int HD> __device__ __forceinline__ void mma_probs_by_tile(float acc[HD / 8][4], const float p[8][4], const FaTile<HD> &Y, int lane) {
+// acc (16 x HD) += p (16 x 64, mma C layout, converted to A fragments) @ Y (64 x HD, tile [row][HD]), over
+// Y's 16-row groups [lo, hi) (p is zero outside them).
+template <int HD>
+__device__ __forceinline__ void mma_probs_by_tile(float acc[HD / 8][4], const float p[8][4], const FaTile<HD> &Y, int lane, int lo, int hi) {
 #pragma unroll
     for (int kk = 0; kk < 4; kk++) {
+        if (kk < lo || kk >= hi) continue;
         uint32_t a[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]), pack_bf16(p[2 * kk][2], p[2 * kk][3]),
                          pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]), pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
 #pragma unroll
@@ -187,6 +194,9 @@ template <int HD> __device__ __forceinline__ void mma_probs_by_tile(float acc[HD
 // In the mma C layout a lane holds rows g = lane/4 and g+8, columns 2*(lane%4) + {0,1} of each n-tile.
 #define C_ROW(lane, e) (((lane) >> 2) + ((e) >> 1) * 8)
 #define C_COL(lane, nt, e) ((nt) * 8 + ((lane) & 3) * 2 + ((e) & 1))
+
+// 16-row groups of a tile starting at row0 that hold rows before T (at most 4).
+__device__ __forceinline__ int groups_before(int T, int row0) { return max(0, min(4, (T - row0 + 15) / 16)); }
 
 template <int HD>
 __global__ void __launch_bounds__(FA_THREADS) flash_forward_kernel(bf16 *out, float *lse, const bf16 *qkv, int T, int C,
@@ -216,8 +226,12 @@ __global__ void __launch_bounds__(FA_THREADS) flash_forward_kernel(bf16 *out, fl
             cp_async_wait<0>();
         }
         __syncthreads();
+        // key groups this warp needs: up to the sequence end and, causal, up to its last query
+        int hi = groups_before(T, j * FA_TILE);
+        if (causal) hi = min(hi, (q0 + r0 + 15 - j * FA_TILE) / 16 + 1);
+        if (q0 + r0 >= T) hi = 0;  // a warp of padding rows only keeps the block's barriers
         float s[8][4];
-        mma_rows_by_tile<HD>(s, Qs, r0, Ks[j & 1], lane);
+        mma_rows_by_tile<HD>(s, Qs, r0, Ks[j & 1], lane, 0, hi);
         // scale into the log2 domain, mask padding keys and the causal future, running max per row
         float mx[2] = {m_run[0], m_run[1]};
 #pragma unroll
@@ -250,7 +264,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash_forward_kernel(bf16 *out, fl
         l_run[1] = l_run[1] * alpha[1] + rs[1];
 #pragma unroll
         for (int i = 0; i < HD / 8; i++) o[i][0] *= alpha[0], o[i][1] *= alpha[0], o[i][2] *= alpha[1], o[i][3] *= alpha[1];
-        mma_probs_by_tile<HD>(o, s, Vs[j & 1], lane);
+        mma_probs_by_tile<HD>(o, s, Vs[j & 1], lane, 0, hi);
         __syncthreads();  // the next iteration's loads overwrite this buffer
     }
 #pragma unroll
@@ -325,9 +339,12 @@ __global__ void __launch_bounds__(FA_THREADS) flash_backward_dq_kernel(bf16 *dqk
             cp_async_wait<0>();
         }
         __syncthreads();
+        int hi = groups_before(T, j * FA_TILE);
+        if (causal) hi = min(hi, (q0 + r0 + 15 - j * FA_TILE) / 16 + 1);
+        if (q0 + r0 >= T) hi = 0;
         float s[8][4], dp[8][4];
-        mma_rows_by_tile<HD>(s, Qs, r0, Ks[j & 1], lane);
-        mma_rows_by_tile<HD>(dp, dOs, r0, Vs[j & 1], lane);
+        mma_rows_by_tile<HD>(s, Qs, r0, Ks[j & 1], lane, 0, hi);
+        mma_rows_by_tile<HD>(dp, dOs, r0, Vs[j & 1], lane, 0, hi);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
@@ -337,7 +354,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash_backward_dq_kernel(bf16 *dqk
                 float p = masked ? 0.0f : exp2f(s[nt][e] * scale_log2 - row_lse[e >> 1]);
                 s[nt][e] = p * (dp[nt][e] - row_delta[e >> 1]);
             }
-        mma_probs_by_tile<HD>(dq, s, Ks[j & 1], lane);
+        mma_probs_by_tile<HD>(dq, s, Ks[j & 1], lane, 0, hi);
         __syncthreads();
     }
 #pragma unroll
@@ -399,8 +416,11 @@ __global__ void __launch_bounds__(FA_THREADS) flash_backward_dkdv_kernel(bf16 *d
             cp_async_wait<0>();
         }
         __syncthreads();
+        // query groups this warp needs: up to the sequence end and, causal, from its first key on
+        int lo = causal ? max(0, (k0 + r0 - i * FA_TILE) / 16) : 0, hi = groups_before(T, i * FA_TILE);
+        if (k0 + r0 >= T) hi = 0;
         float s[8][4], dp[8][4];
-        mma_rows_by_tile<HD>(s, Ks, r0, Qs[buf], lane);  // S^T: rows are keys, columns queries
+        mma_rows_by_tile<HD>(s, Ks, r0, Qs[buf], lane, lo, hi);  // S^T: rows are keys, columns queries
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
@@ -409,13 +429,13 @@ __global__ void __launch_bounds__(FA_THREADS) flash_backward_dkdv_kernel(bf16 *d
                 int masked = key >= T || query >= T || (causal && key > query);
                 s[nt][e] = masked ? 0.0f : exp2f(s[nt][e] * scale_log2 - lse_s[buf][qcol]);
             }
-        mma_probs_by_tile<HD>(dv, s, dOs[buf], lane);
-        mma_rows_by_tile<HD>(dp, Vs, r0, dOs[buf], lane);
+        mma_probs_by_tile<HD>(dv, s, dOs[buf], lane, lo, hi);
+        mma_rows_by_tile<HD>(dp, Vs, r0, dOs[buf], lane, lo, hi);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) s[nt][e] *= dp[nt][e] - delta_s[buf][C_COL(lane, nt, e)];
-        mma_probs_by_tile<HD>(dk, s, Qs[buf], lane);
+        mma_probs_by_tile<HD>(dk, s, Qs[buf], lane, lo, hi);
         __syncthreads();
     }
 #undef LOAD_QUERY_TILE

@@ -1,6 +1,7 @@
 // embed.cu: patch extraction, class/positional and token embeddings, pooling rows (see embed.cuh).
-// Elementwise kernels, one thread per output element; the token-embedding backward sums each distinct
-// token's rows in a fixed order (one block per token), so it is deterministic without atomics.
+// Elementwise kernels, one thread per output element. The token-embedding backward sums chunks of at most
+// TOKEN_CHUNK positions (one block each), then each token's chunks in order: deterministic without atomics,
+// and a frequent token (padding) does not serialise on one block.
 #include <string.h>
 
 #include "../data/loader.h"
@@ -48,13 +49,23 @@ __global__ void text_embed_forward_kernel(T *x, const int32_t *ids, const float 
     x[idx] = from_float<T>(tok_emb[(size_t)ids[row] * D + i] + pos[(size_t)t * D + i]);
 }
 
-// One block per distinct token; threads over channels.
+// One block per chunk of at most TOKEN_CHUNK positions of one token: partial (num_chunks, D).
 template <typename T>
-__global__ void text_embed_backward_kernel(float *dtok_emb, const T *dx, const int *token, const int *start, const int *rows, int D) {
+__global__ void token_chunk_sum_kernel(float *partial, const T *dx, const int *chunk_start, const int *rows, int D) {
+    int c = blockIdx.x, k0 = chunk_start[c], k1 = chunk_start[c + 1];
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        float s = 0.0f;
+        for (int k = k0; k < k1; k++) s += to_float(dx[(size_t)rows[k] * D + i]);
+        partial[(size_t)c * D + i] = s;
+    }
+}
+
+// One block per distinct token: its chunks' partial sums in order, added to its embedding row's gradient.
+__global__ void token_sum_kernel(float *dtok_emb, const float *partial, const int *token, const int *first_chunk, int D) {
     int u = blockIdx.x;
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
         float s = 0.0f;
-        for (int k = start[u]; k < start[u + 1]; k++) s += to_float(dx[(size_t)rows[k] * D + i]);
+        for (int c = first_chunk[u]; c < first_chunk[u + 1]; c++) s += partial[(size_t)c * D + i];
         dtok_emb[(size_t)token[u] * D + i] += s;
     }
 }
@@ -108,26 +119,33 @@ template <typename T> void text_embed_forward_gpu(T *x, const int32_t *ids, cons
 }
 
 void token_index_build(int *buf, const int32_t *ids, int n, int vocab, int *counts) {
-    int *token = buf + 1, *start = token + n, *rows = start + n + 1;
+    int *token = buf + 2, *first_chunk = token + n, *chunk_start = first_chunk + n + 1, *rows = chunk_start + n + 1;
     memset(counts, 0, (size_t)vocab * sizeof(int));
     for (int k = 0; k < n; k++) counts[ids[k]]++;
-    int nu = 0, pos = 0;
+    int nu = 0, nc = 0, pos = 0;
     for (int v = 0; v < vocab; v++) {
-        if (!counts[v]) continue;
-        token[nu] = v, start[nu] = pos;
-        pos += counts[v];
-        counts[v] = start[nu];  // now the next free slot of token v
+        int cnt = counts[v];
+        if (!cnt) continue;
+        token[nu] = v, first_chunk[nu] = nc;
+        for (int k = 0; k < cnt; k += TOKEN_CHUNK) chunk_start[nc++] = pos + k;
+        counts[v] = pos;  // from here on: the next free slot of token v in rows
+        pos += cnt;
         nu++;
     }
-    start[nu] = pos;
+    chunk_start[nc] = n, first_chunk[nu] = nc;
     for (int k = 0; k < n; k++) rows[counts[ids[k]]++] = k;  // increasing k: a fixed order within each token
-    buf[0] = nu;
+    buf[0] = nu, buf[1] = nc;
 }
 
-template <typename T> void text_embed_backward_gpu(float *dtok_emb, const T *dx, const int *index, int num_unique, int n, int D) {
+template <typename T>
+void text_embed_backward_gpu(float *dtok_emb, float *scratch, const T *dx, const int *index, int num_unique, int num_chunks,
+                             int n, int D) {
     if (num_unique == 0) return;
-    const int *token = index + 1, *start = token + n, *rows = start + n + 1;
-    text_embed_backward_kernel<T><<<num_unique, min(256, (D + 31) / 32 * 32)>>>(dtok_emb, dx, token, start, rows, D);
+    const int *token = index + 2, *first_chunk = token + n, *chunk_start = first_chunk + n + 1, *rows = chunk_start + n + 1;
+    int threads = min(256, (D + 31) / 32 * 32);
+    token_chunk_sum_kernel<T><<<num_chunks, threads>>>(scratch, dx, chunk_start, rows, D);
+    cudaCheckLaunch();
+    token_sum_kernel<<<num_unique, threads>>>(dtok_emb, scratch, token, first_chunk, D);
     cudaCheckLaunch();
 }
 
@@ -148,7 +166,7 @@ template <typename T> void scatter_rows_gpu(T *dx, const float *dout, const int 
     template void vision_embed_forward_gpu<T>(T *, const T *, const float *, const float *, int, int, int);          \
     template void vision_embed_backward_gpu<T>(T *, const T *, int, int, int);                                       \
     template void text_embed_forward_gpu<T>(T *, const int32_t *, const float *, const float *, int, int, int);      \
-    template void text_embed_backward_gpu<T>(float *, const T *, const int *, int, int, int);                        \
+    template void text_embed_backward_gpu<T>(float *, float *, const T *, const int *, int, int, int, int);          \
     template void gather_rows_gpu<T>(float *, const T *, const int *, int, int, int);                                \
     template void scatter_rows_gpu<T>(T *, const float *, const int *, int, int, int);
 INSTANTIATE(float)

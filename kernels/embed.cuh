@@ -18,15 +18,23 @@ template <typename T> void vision_embed_backward_gpu(T *dpatch_emb, const T *dx,
 // x (B, Tn, D) = tok_emb[ids] + pos.
 template <typename T> void text_embed_forward_gpu(T *x, const int32_t *ids, const float *tok_emb, const float *pos, int B, int Tn, int D);
 
-// The positions of each distinct token of a batch, for a deterministic scatter-add: rows of token[u] are
-// rows[start[u] .. start[u+1]), in increasing order. Built on the host (the ids are there) into one int
-// buffer of token_index_ints(n) entries: [num_unique, token (n), start (n + 1), rows (n)].
-static inline size_t token_index_ints(size_t n) { return 3 * n + 2; }
+// The positions of each distinct token of a batch, for a deterministic scatter-add without atomics. Built
+// on the host (the ids are there) into one int buffer of token_index_ints(n) entries:
+//   [0] num_unique, [1] num_chunks, then
+//   token (n):           the distinct ids, increasing
+//   first_chunk (n + 1): the chunks of token u are first_chunk[u] .. first_chunk[u+1]
+//   chunk_start (n + 1): chunk c covers rows[chunk_start[c] .. chunk_start[c+1])
+//   rows (n):            positions grouped by token, increasing within a token
+// A chunk holds at most TOKEN_CHUNK positions, so a frequent token (padding) is summed by many blocks.
+#define TOKEN_CHUNK 32
+static inline size_t token_index_ints(size_t n) { return 4 * n + 4; }
 // counts: scratch of vocab ints.
 void token_index_build(int *buf, const int32_t *ids, int n, int vocab, int *counts);
-// dtok_emb[token] (fp32) += sum of dx rows at its positions; index = the device copy of the built buffer,
-// num_unique = its first entry.
-template <typename T> void text_embed_backward_gpu(float *dtok_emb, const T *dx, const int *index, int num_unique, int n, int D);
+// dtok_emb[token] (fp32) += sum of the dx (n, D) rows at its positions. index: the device copy of the built
+// buffer (num_unique, num_chunks: its first two entries); scratch: num_chunks * D floats (n * D suffice).
+template <typename T>
+void text_embed_backward_gpu(float *dtok_emb, float *scratch, const T *dx, const int *index, int num_unique, int num_chunks,
+                             int n, int D);
 
 // out (B, D) fp32 = x[b, index[b]] of x (B, Tn, D) (index NULL: row 0, the class token).
 template <typename T> void gather_rows_gpu(float *out, const T *x, const int *index, int B, int Tn, int D);

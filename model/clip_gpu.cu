@@ -23,7 +23,8 @@ extern "C" {
 #define PROF_EVENTS 8192
 #define PROF_GAP (-1)  // an interval between API calls: not GPU work of any family
 
-const char *const PROF_NAMES[PROF_FAMILIES] = {"GEMMs", "attention", "norms/elementwise", "loss", "optimizer", "input upload"};
+const char *const PROF_NAMES[PROF_FAMILIES] = {"GEMMs", "attention", "layernorm+residual", "GELU", "bias/LN/ls grads",
+                                                "embed/pool/memset", "loss", "optimizer", "input wait"};
 
 // One residual block's saved activations (T-typed where void *). Under recompute, ln_1/ln_2 and fc_gelu
 // point at shared scratch instead of per-layer storage; attn/mlp (the branch outputs) are kept only with
@@ -54,11 +55,14 @@ struct ClipGPU {
     void *wts;
     AdamWPlan plan;
     float logit_scale_host;
-    // inputs of the current micro-batch: one device block, filled from one of two pinned host stages
+    // inputs of a micro-batch: [images | tokens | EOT positions | token index], two device buffers and two
+    // pinned host stages used alternately, copied on their own stream (see upload_text)
     size_t input_bytes, off_tokens, off_eot, off_index;
-    char *inputs, *stage[2];
-    cudaEvent_t stage_free[2];
-    int stage_next, num_unique, *vocab_counts;
+    char *inputs[2], *stage[2];
+    cudaStream_t copy_stream;
+    cudaEvent_t stage_free[2], consumed[2], text_ready, images_ready;
+    int stage_next, cur, num_unique[2], num_chunks[2], *vocab_counts;
+    float *tok_scratch;  // (mb * context_length, Dt) partial sums of the token-embedding backward
     // image tower front: patches (mb*G2, 3P^2), v_embed (N, Dv) and ln_pre's statistics
     void *patches, *v_embed;
     float *ln_pre_mean, *ln_pre_rstd;
@@ -176,7 +180,8 @@ static void carve(ClipGPU *g, Arena *a, GpuMemoryPlan *p) {
     g->off_eot = g->off_tokens + (mb * Tt * sizeof(int32_t) + 255) / 256 * 256;
     g->off_index = g->off_eot + (mb * sizeof(int) + 255) / 256 * 256;
     g->input_bytes = g->off_index + token_index_ints(mb * Tt) * sizeof(int);
-    g->inputs = (char *)take(a, g->input_bytes, &p->other);
+    g->inputs[0] = (char *)take(a, g->input_bytes, &p->other), g->inputs[1] = (char *)take(a, g->input_bytes, &p->other);
+    g->tok_scratch = TAKE_F(a, mb * Tt * L->text.width, &p->other);
 
     // shared scratch, sized for the larger tower
     const TowerLayout *towers[2] = {&L->visual, &L->text};
@@ -241,7 +246,7 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
     const T *W = (const T *)g->wts;
     int N = B * t->tokens, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu;
     const BlockLayout *w0 = &t->blocks[0];
-    mark(g, PROF_NORM_ELEMENTWISE);
+    mark(g, PROF_LAYERNORM);
     residual_layernorm_forward_gpu<T>(NULL, as<T>(tb->blocks[0].ln_1), tb->blocks[0].ln_1_mean, tb->blocks[0].ln_1_rstd,
                                   as<T>(tb->x0), NULL, NULL, P + w0->ln_1_w, P + w0->ln_1_b, N, D);
     const T *x = as<T>(tb->x0);
@@ -254,16 +259,16 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
         attention_forward_gpu(as<T>(k->att_y), k->att_stats, as<T>(k->qkv), B, t->tokens, D, t->heads, t->causal);
         mark(g, PROF_GEMM);
         matmul_forward_gpu<T>(as<T>(k->attn), as<T>(k->att_y), W + w->out_proj_w, W + w->out_proj_b, N, D, D);
-        mark(g, PROF_NORM_ELEMENTWISE);
+        mark(g, PROF_LAYERNORM);
         residual_layernorm_forward_gpu<T>(as<T>(k->res_1), as<T>(k->ln_2), k->ln_2_mean, k->ln_2_rstd, x, as<T>(k->attn),
                                       opt_param(g, w->ls_1), P + w->ln_2_w, P + w->ln_2_b, N, D);
         mark(g, PROF_GEMM);
         matmul_forward_gpu<T>(as<T>(k->fc), as<T>(k->ln_2), W + w->c_fc_w, W + w->c_fc_b, N, D, H);
-        mark(g, PROF_NORM_ELEMENTWISE);
+        mark(g, PROF_GELU);
         gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)N * H, quick);
         mark(g, PROF_GEMM);
         matmul_forward_gpu<T>(as<T>(k->mlp), as<T>(k->fc_gelu), W + w->c_proj_w, W + w->c_proj_b, N, H, D);
-        mark(g, PROF_NORM_ELEMENTWISE);
+        mark(g, PROF_LAYERNORM);
         if (l + 1 < t->layers) {
             BlockBuf *kn = &tb->blocks[l + 1];
             const BlockLayout *wn = &t->blocks[l + 1];
@@ -281,7 +286,7 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
 template <typename T> static void tower_head_forward(ClipGPU *g, TowerBuf *tb, const int *index, int B, float *features) {
     const TowerLayout *t = tb->t;
     const float *P = g->params;
-    mark(g, PROF_NORM_ELEMENTWISE);
+    mark(g, PROF_EMBED_OTHER);
     gather_rows_gpu<T>(tb->pooled, as<T>(tb->blocks[t->layers - 1].res_2), index, B, t->tokens, t->width);
     residual_layernorm_forward_gpu<float>(NULL, tb->pooled_ln, tb->pooled_mean, tb->pooled_rstd, tb->pooled, NULL, NULL,
                                       P + tb->ln_w, P + tb->ln_b, B, t->width);
@@ -289,30 +294,41 @@ template <typename T> static void tower_head_forward(ClipGPU *g, TowerBuf *tb, c
     proj_forward(features, tb->pooled_ln, P + tb->proj, B, t->width, g->cfg.embed_dim);
 }
 
-// Forward of the micro-batch in g->inputs (B samples): every activation saved, features written.
-template <typename T> static void forward_micro(ClipGPU *g, int B, float *img_feat, float *txt_feat) {
+static void upload_text(ClipGPU *g, const Batch *b, int start, int B);
+static void upload_images(ClipGPU *g, const Batch *b, int start, int B);
+static void inputs_consumed(ClipGPU *g);
+
+// Forward of micro-batch [start, start + B) of the batch (inputs uploaded on the way: the text tower runs
+// while the images are copied): every activation saved, features written.
+template <typename T> static void forward_micro(ClipGPU *g, const Batch *b, int start, int B) {
     const ClipLayout *L = g->L;
     const Config *c = &g->cfg;
     const float *P = g->params;
     const T *W = (const T *)g->wts;
     int S = c->image_size, Ps = c->patch_size, G2 = (S / Ps) * (S / Ps), Dv = L->visual.width, Nv = B * L->visual.tokens;
+    size_t E = c->embed_dim;
+    // text tower: token + position embeddings -> causal blocks -> ln_final at the EOT -> @ text_projection
+    upload_text(g, b, start, B);
+    const char *in = g->inputs[g->cur];
+    mark(g, PROF_EMBED_OTHER);
+    text_embed_forward_gpu<T>(as<T>(g->txt.x0), (const int32_t *)(in + g->off_tokens), P + L->token_embedding, P + L->text_pos,
+                              B, L->text.tokens, L->text.width);
+    tower_forward<T>(g, &g->txt, B);
+    tower_head_forward<T>(g, &g->txt, (const int *)(in + g->off_eot), B, g->txt_feat + start * E);
     // image tower: patches @ conv1 -> class token + positions -> ln_pre -> blocks -> ln_post(class) @ proj
-    mark(g, PROF_NORM_ELEMENTWISE);
-    patch_im2col_gpu<T>(as<T>(g->patches), (const uint8_t *)g->inputs, B, S, Ps);
+    upload_images(g, b, start, B);
+    mark(g, PROF_EMBED_OTHER);
+    patch_im2col_gpu<T>(as<T>(g->patches), (const uint8_t *)in, B, S, Ps);
     mark(g, PROF_GEMM);
     matmul_forward_gpu<T>(as<T>(g->branch), as<T>(g->patches), W + L->conv1_w, (const T *)NULL, B * G2, 3 * Ps * Ps, Dv);
-    mark(g, PROF_NORM_ELEMENTWISE);
+    mark(g, PROF_EMBED_OTHER);
     vision_embed_forward_gpu<T>(as<T>(g->v_embed), as<T>(g->branch), P + L->class_embedding, P + L->visual_pos, B, G2, Dv);
+    mark(g, PROF_LAYERNORM);
     residual_layernorm_forward_gpu<T>(NULL, as<T>(g->vis.x0), g->ln_pre_mean, g->ln_pre_rstd, as<T>(g->v_embed), NULL, NULL,
-                                  P + L->ln_pre_w, P + L->ln_pre_b, Nv, Dv);
+                                      P + L->ln_pre_w, P + L->ln_pre_b, Nv, Dv);
     tower_forward<T>(g, &g->vis, B);
-    tower_head_forward<T>(g, &g->vis, NULL, B, img_feat);
-    // text tower: token + position embeddings -> causal blocks -> ln_final at the EOT -> @ text_projection
-    mark(g, PROF_NORM_ELEMENTWISE);
-    text_embed_forward_gpu<T>(as<T>(g->txt.x0), (const int32_t *)(g->inputs + g->off_tokens), P + L->token_embedding,
-                          P + L->text_pos, B, L->text.tokens, L->text.width);
-    tower_forward<T>(g, &g->txt, B);
-    tower_head_forward<T>(g, &g->txt, (const int *)(g->inputs + g->off_eot), B, txt_feat);
+    tower_head_forward<T>(g, &g->vis, NULL, B, g->img_feat + start * E);
+    inputs_consumed(g);
 }
 
 // ---------------------------------------------------------------- backward
@@ -331,39 +347,45 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         const T *x = as<T>(l ? tb->blocks[l - 1].res_2 : tb->x0);
         // res_2 = res_1 + ls_2 * c_proj(gelu(c_fc(ln_2(res_1))))
         const T *dmlp = dres;
-        mark(g, PROF_NORM_ELEMENTWISE);
+        mark(g, PROF_PARAM_GRADS);
         if (w->ls_2 != NO_TENSOR) layerscale_backward_gpu<T>(d_a, G + w->ls_2, dres, as<T>(k->mlp), P + w->ls_2, N, D), dmlp = d_a;
+        mark(g, PROF_GELU);
         if (r >= 1) gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)N * H, quick);  // recompute
         mark(g, PROF_GEMM);
         matmul_backward_input_gpu<T>(d_wide, dmlp, W + w->c_proj_w, N, H, D);
         matmul_backward_weight_gpu<T>(G + w->c_proj_w, dmlp, as<T>(k->fc_gelu), N, H, D);
-        mark(g, PROF_NORM_ELEMENTWISE);
+        mark(g, PROF_PARAM_GRADS);
         bias_grad_gpu<T>(G + w->c_proj_b, dmlp, N, D, D);
+        mark(g, PROF_GELU);
         gelu_backward_gpu<T>(d_wide, d_wide, as<T>(k->fc), (size_t)N * H, quick);
+        mark(g, PROF_LAYERNORM);
         if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_2), as<T>(k->res_1), k->ln_2_mean, k->ln_2_rstd, P + w->ln_2_w, P + w->ln_2_b, N, D);
         mark(g, PROF_GEMM);
         matmul_backward_input_gpu<T>(d_b, d_wide, W + w->c_fc_w, N, D, H);
         matmul_backward_weight_gpu<T>(G + w->c_fc_w, d_wide, as<T>(k->ln_2), N, D, H);
-        mark(g, PROF_NORM_ELEMENTWISE);
+        mark(g, PROF_PARAM_GRADS);
         bias_grad_gpu<T>(G + w->c_fc_b, d_wide, N, H, H);
+        mark(g, PROF_LAYERNORM);
         layernorm_backward_gpu<T>(dres, G + w->ln_2_w, G + w->ln_2_b, d_b, as<T>(k->res_1), P + w->ln_2_w, k->ln_2_mean, k->ln_2_rstd, N, D);
         // res_1 = x + ls_1 * out_proj(attention(in_proj(ln_1(x))))
         const T *dattn = dres;
+        mark(g, PROF_PARAM_GRADS);
         if (w->ls_1 != NO_TENSOR) layerscale_backward_gpu<T>(d_a, G + w->ls_1, dres, as<T>(k->attn), P + w->ls_1, N, D), dattn = d_a;
         mark(g, PROF_GEMM);
         matmul_backward_input_gpu<T>(d_b, dattn, W + w->out_proj_w, N, D, D);
         matmul_backward_weight_gpu<T>(G + w->out_proj_w, dattn, as<T>(k->att_y), N, D, D);
-        mark(g, PROF_NORM_ELEMENTWISE);
+        mark(g, PROF_PARAM_GRADS);
         bias_grad_gpu<T>(G + w->out_proj_b, dattn, N, D, D);
         mark(g, PROF_ATTENTION);
         attention_backward_gpu(d_wide, g->att_scratch, d_b, as<T>(k->qkv), as<T>(k->att_y), k->att_stats, B, t->tokens, D, t->heads, t->causal);
-        mark(g, PROF_NORM_ELEMENTWISE);
+        mark(g, PROF_LAYERNORM);
         if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_1), x, k->ln_1_mean, k->ln_1_rstd, P + w->ln_1_w, P + w->ln_1_b, N, D);
         mark(g, PROF_GEMM);
         matmul_backward_input_gpu<T>(d_a, d_wide, W + w->in_proj_w, N, D, 3 * D);
         matmul_backward_weight_gpu<T>(G + w->in_proj_w, d_wide, as<T>(k->ln_1), N, D, 3 * D);
-        mark(g, PROF_NORM_ELEMENTWISE);
+        mark(g, PROF_PARAM_GRADS);
         bias_grad_gpu<T>(G + w->in_proj_b, d_wide, N, 3 * D, 3 * D);
+        mark(g, PROF_LAYERNORM);
         layernorm_backward_gpu<T>(dres, G + w->ln_1_w, G + w->ln_1_b, d_a, x, P + w->ln_1_w, k->ln_1_mean, k->ln_1_rstd, N, D);
     }
 }
@@ -376,7 +398,7 @@ template <typename T> static void tower_head_backward(ClipGPU *g, TowerBuf *tb, 
     int D = t->width;
     mark(g, PROF_GEMM);
     proj_backward(g->dpool_ln, G + tb->proj, dfeat, tb->pooled_ln, P + tb->proj, B, D, g->cfg.embed_dim);
-    mark(g, PROF_NORM_ELEMENTWISE);
+    mark(g, PROF_EMBED_OTHER);
     cudaCheck(cudaMemsetAsync(g->dpool, 0, (size_t)B * D * sizeof(float), 0));
     layernorm_backward_gpu<float>(g->dpool, G + tb->ln_w, G + tb->ln_b, g->dpool_ln, tb->pooled, P + tb->ln_w, tb->pooled_mean,
                               tb->pooled_rstd, B, D);
@@ -394,7 +416,7 @@ template <typename T> static void backward_micro(ClipGPU *g, int B, const float 
     // image tower
     tower_head_backward<T>(g, &g->vis, NULL, B, dimg);
     tower_backward<T>(g, &g->vis, B);
-    mark(g, PROF_NORM_ELEMENTWISE);
+    mark(g, PROF_EMBED_OTHER);
     T *dembed = as<T>(g->d_a), *dpatch = as<T>(g->d_b);
     cudaCheck(cudaMemsetAsync(dembed, 0, (size_t)B * Tv * Dv * sizeof(T), 0));
     layernorm_backward_gpu<T>(dembed, G + L->ln_pre_w, G + L->ln_pre_b, as<T>(g->dres), as<T>(g->v_embed), P + L->ln_pre_w,
@@ -406,33 +428,28 @@ template <typename T> static void backward_micro(ClipGPU *g, int B, const float 
     matmul_backward_weight_gpu<T>(G + L->conv1_w, dpatch, as<T>(g->patches), B * G2, 3 * Ps * Ps, Dv);
     // text tower
     const TowerLayout *Tt = &L->text;
-    tower_head_backward<T>(g, &g->txt, (const int *)(g->inputs + g->off_eot), B, dtxt);
+    tower_head_backward<T>(g, &g->txt, (const int *)(g->inputs[g->cur] + g->off_eot), B, dtxt);
     tower_backward<T>(g, &g->txt, B);
-    mark(g, PROF_NORM_ELEMENTWISE);
+    mark(g, PROF_EMBED_OTHER);
     bias_grad_gpu<T>(G + L->text_pos, as<T>(g->dres), B, Tt->tokens * Tt->width, (long)Tt->tokens * Tt->width);
-    text_embed_backward_gpu<T>(G + L->token_embedding, as<T>(g->dres), (const int *)(g->inputs + g->off_index), g->num_unique,
-                           B * Tt->tokens, Tt->width);
+    text_embed_backward_gpu<T>(G + L->token_embedding, g->tok_scratch, as<T>(g->dres), (const int *)(g->inputs[g->cur] + g->off_index),
+                               g->num_unique[g->cur], g->num_chunks[g->cur], B * Tt->tokens, Tt->width);
+    inputs_consumed(g);
 }
 
 // ---------------------------------------------------------------- inputs
 
-// Micro-batch [start, start + B) of the batch to the device: staged in pinned memory (two stages, so the
-// host fills one while the other's copy may still be in flight), with the EOT positions and the token index
-// computed on the host, where the ids are.
-static void upload_micro(ClipGPU *g, const Batch *b, int start, int B) {
+// Micro-batch [start, start + B) of the batch to the device, in two parts: the captions (with the EOT
+// positions and the token index, computed on the host where the ids are) before the text tower, the images
+// (tens of MB) after it has been enqueued, so that their host staging and copy overlap it. Device buffer
+// and pinned stage k alternate between micro-batches; copies run on copy_stream, ordered by events.
+static void upload_text(ClipGPU *g, const Batch *b, int start, int B) {
     const Config *c = &g->cfg;
-    int S = c->image_size, Tt = c->context_length, k = g->stage_next;
-    g->stage_next ^= 1;
+    int Tt = c->context_length, k = g->stage_next;
+    g->stage_next ^= 1, g->cur = k;
     mark(g, PROF_INPUT);
-    cudaCheck(cudaEventSynchronize(g->stage_free[k]));
+    cudaCheck(cudaEventSynchronize(g->stage_free[k]));  // the last copies out of stage k are done
     char *h = g->stage[k];
-    size_t img_bytes = (size_t)B * 3 * S * S;
-    const uint8_t *src = b->images + (size_t)start * 3 * S * S;
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < 64; i++) {  // a parallel memcpy: tens of MB per micro-batch
-        size_t lo = img_bytes * i / 64, hi = img_bytes * (i + 1) / 64;
-        memcpy(h + lo, src + lo, hi - lo);
-    }
     int32_t *tokens = (int32_t *)(h + g->off_tokens);
     memcpy(tokens, b->tokens + (size_t)start * Tt, (size_t)B * Tt * sizeof(int32_t));
     for (size_t i = 0; i < (size_t)B * Tt; i++)
@@ -441,10 +458,33 @@ static void upload_micro(ClipGPU *g, const Batch *b, int start, int B) {
     eot_positions((int *)(h + g->off_eot), tokens, B, Tt);
     int *index = (int *)(h + g->off_index);
     token_index_build(index, tokens, B * Tt, c->vocab_size, g->vocab_counts);
-    g->num_unique = index[0];
-    cudaCheck(cudaMemcpyAsync(g->inputs, h, g->off_index + token_index_ints((size_t)B * Tt) * sizeof(int), cudaMemcpyHostToDevice, 0));
-    cudaCheck(cudaEventRecord(g->stage_free[k], 0));
+    g->num_unique[k] = index[0], g->num_chunks[k] = index[1];
+    size_t bytes = g->off_index - g->off_tokens + token_index_ints((size_t)B * Tt) * sizeof(int);
+    cudaCheck(cudaStreamWaitEvent(g->copy_stream, g->consumed[k], 0));  // kernels two micro-batches ago are done with it
+    cudaCheck(cudaMemcpyAsync(g->inputs[k] + g->off_tokens, h + g->off_tokens, bytes, cudaMemcpyHostToDevice, g->copy_stream));
+    cudaCheck(cudaEventRecord(g->text_ready, g->copy_stream));
+    cudaCheck(cudaStreamWaitEvent(0, g->text_ready, 0));
 }
+
+static void upload_images(ClipGPU *g, const Batch *b, int start, int B) {
+    int S = g->cfg.image_size, k = g->cur;
+    char *h = g->stage[k];
+    size_t bytes = (size_t)B * 3 * S * S;
+    const uint8_t *src = b->images + (size_t)start * 3 * S * S;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < 64; i++) {  // a parallel memcpy: tens of MB per micro-batch
+        size_t lo = bytes * i / 64, hi = bytes * (i + 1) / 64;
+        memcpy(h + lo, src + lo, hi - lo);
+    }
+    cudaCheck(cudaMemcpyAsync(g->inputs[k], h, bytes, cudaMemcpyHostToDevice, g->copy_stream));
+    cudaCheck(cudaEventRecord(g->images_ready, g->copy_stream));
+    cudaCheck(cudaEventRecord(g->stage_free[k], g->copy_stream));
+    mark(g, PROF_INPUT);
+    cudaCheck(cudaStreamWaitEvent(0, g->images_ready, 0));
+}
+
+// The kernels enqueued so far are the last to read the current input buffer (until its next upload).
+static void inputs_consumed(ClipGPU *g) { cudaCheck(cudaEventRecord(g->consumed[g->cur], 0)); }
 
 // ---------------------------------------------------------------- the step
 
@@ -455,19 +495,15 @@ template <typename T> static void forward_backward(ClipGPU *g, const Batch *b) {
     // pass 1: every micro-batch forward; the last one's activations stay for its backward
     for (int j = 0; j < nmicro; j++) {
         int start = j * mb, B = total - start < mb ? total - start : mb;
-        upload_micro(g, b, start, B);
-        forward_micro<T>(g, B, g->img_feat + (size_t)start * E, g->txt_feat + (size_t)start * E);
+        forward_micro<T>(g, b, start, B);
     }
     mark(g, PROF_LOSS);
     contrastive_loss_gpu(g->loss, g->dimg, g->dtxt, g->grads + g->L->logit_scale, g->img_feat, g->txt_feat,
-                     g->params + g->L->logit_scale, total, E, g->loss_scratch);
+                         g->params + g->L->logit_scale, total, E, g->loss_scratch);
     // pass 2: backward of each micro-batch (the others recomputed forward first), last to first
     for (int j = nmicro - 1; j >= 0; j--) {
         int start = j * mb, B = total - start < mb ? total - start : mb;
-        if (j != nmicro - 1) {
-            upload_micro(g, b, start, B);
-            forward_micro<T>(g, B, g->img_feat + (size_t)start * E, g->txt_feat + (size_t)start * E);
-        }
+        if (j != nmicro - 1) forward_micro<T>(g, b, start, B);
         backward_micro<T>(g, B, g->dimg + (size_t)start * E, g->dtxt + (size_t)start * E);
     }
     mark(g, PROF_GAP);
@@ -649,10 +685,15 @@ ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *para
     for (int i = 0; i < L->num_tensors; i++) off[i] = L->tensors[i].offset, numel[i] = L->tensors[i].numel, decay[i] = L->tensors[i].decay;
     adamw_plan_init(&g->plan, L->num_tensors, off, numel, decay, c->wd);
     free(off), free(numel), free(decay);
+    cudaCheck(cudaStreamCreateWithFlags(&g->copy_stream, cudaStreamNonBlocking));
+    cudaCheck(cudaEventCreateWithFlags(&g->text_ready, cudaEventDisableTiming));
+    cudaCheck(cudaEventCreateWithFlags(&g->images_ready, cudaEventDisableTiming));
     for (int k = 0; k < 2; k++) {
         cudaCheck(cudaMallocHost(&g->stage[k], g->input_bytes));
         cudaCheck(cudaEventCreateWithFlags(&g->stage_free[k], cudaEventDisableTiming));
+        cudaCheck(cudaEventCreateWithFlags(&g->consumed[k], cudaEventDisableTiming));
         cudaCheck(cudaEventRecord(g->stage_free[k], 0));
+        cudaCheck(cudaEventRecord(g->consumed[k], 0));
     }
     g->vocab_counts = (int *)mallocCheck((size_t)c->vocab_size * sizeof(int));
     cudaCheck(cudaDeviceSynchronize());
@@ -662,7 +703,12 @@ ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *para
 void clip_gpu_free(ClipGPU *g) {
     if (!g) return;
     cudaCheck(cudaDeviceSynchronize());
-    for (int k = 0; k < 2; k++) cudaCheck(cudaFreeHost(g->stage[k])), cudaCheck(cudaEventDestroy(g->stage_free[k]));
+    for (int k = 0; k < 2; k++) {
+        cudaCheck(cudaFreeHost(g->stage[k]));
+        cudaCheck(cudaEventDestroy(g->stage_free[k])), cudaCheck(cudaEventDestroy(g->consumed[k]));
+    }
+    cudaCheck(cudaEventDestroy(g->text_ready)), cudaCheck(cudaEventDestroy(g->images_ready));
+    cudaCheck(cudaStreamDestroy(g->copy_stream));
     if (g->prof_ev[0])
         for (int i = 0; i < PROF_EVENTS; i++) cudaCheck(cudaEventDestroy(g->prof_ev[i]));
     adamw_plan_free(&g->plan);

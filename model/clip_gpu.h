@@ -65,7 +65,10 @@ void clip_gpu_upload(ClipGPU *g, const float *params, const Optimizer *o);
 void clip_gpu_features(ClipGPU *g, float *image_features, float *text_features);
 
 // Step-time split by op family (benchmarks): events between ops while profiling is on.
-enum { PROF_GEMM, PROF_ATTENTION, PROF_NORM_ELEMENTWISE, PROF_LOSS, PROF_OPTIMIZER, PROF_INPUT, PROF_FAMILIES };
+enum {
+    PROF_GEMM, PROF_ATTENTION, PROF_LAYERNORM, PROF_GELU, PROF_PARAM_GRADS, PROF_EMBED_OTHER, PROF_LOSS, PROF_OPTIMIZER,
+    PROF_INPUT, PROF_FAMILIES
+};
 extern const char *const PROF_NAMES[PROF_FAMILIES];
 void clip_gpu_profile(ClipGPU *g, int on);
 // Milliseconds per family since profiling was switched on (synchronises).

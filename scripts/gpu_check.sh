@@ -20,12 +20,19 @@ cpu_tests=$(ls build/tests/test_* | grep -v '\.d$' | while read t; do [ -f "test
 for t in $gpu_tests $cpu_tests; do
     s=$(date +%s)
     echo "== $t" >> "$out/tests.log"
-    timeout 300 "$t" >> "$out/tests.log" 2>&1
+    timeout 300 stdbuf -oL "$t" >> "$out/tests.log" 2>&1
     echo "== $t: exit $? in $(( $(date +%s) - s )) s" >> "$out/tests.log"
 done
+# the trainer end to end on a real model: memory plan, a few steps, the final checkpoint
+t1=$(date +%s)
+{ ./train_clip -c configs/vit_h_14.conf --dry-run | head -8
+  timeout 120 ./train_clip -c configs/vit_b_16.conf --set batch_size=256 --set steps=4 --set log_every=1 --set checkpoint_every=0 \
+      --set data_workers=16 --set run_dir=/tmp/gpu_check_b16; } > "$out/train.log" 2>&1
+echo "train_clip ViT-B/16: exit $? in $(( $(date +%s) - t1 )) s"
 t1=$(date +%s)
 timeout 400 ./build/tests/bench_clip_gpu "$@" > "$out/bench.log" 2>&1
 echo "bench: exit $? in $(( $(date +%s) - t1 )) s"
 grep -E "^== .*exit|^FAIL" "$out/tests.log"
 echo "passed $(grep -c '^ok ' "$out/tests.log"), failed $(grep -c '^FAIL ' "$out/tests.log"), skipped $(grep -c '^skip ' "$out/tests.log")"
+grep -E "^step|^memory|^device|error" "$out/train.log"
 grep -E "^\||GPU:" "$out/bench.log"

@@ -1,8 +1,12 @@
 // test_clip_gpu.cu: the whole CLIP step on the GPU (model/clip_gpu.cu) against the fp32 CPU reference
-// (model/clip_cpu.c) on the same weights and batch. Bounds (relative L2 error):
+// (model/clip_cpu.c) on the same weights and batch, for the tiny config (GELU; QuickGELU + layer-scale) and
+// one block of each tower at ViT-B/16's and ViT-H/14's widths, sequences and head dims. Bounds (relative L2):
 //   fp32: loss and both feature sets 1e-5, every gradient tensor 1e-4 (fp32 arithmetic in another order);
-//   bf16 (bf16 weights and activations, fp32 master/accumulation): loss 2e-2, features 5e-2, all gradients
-//     together 5e-2 and each tensor 0.25 (catches a missing or wrong term, which is off by ~100%);
+//   bf16 (bf16 weights, activations and activation gradients; fp32 master weights, accumulation, norms and
+//     loss): loss 1e-2, features 2e-2, all gradients together 0.15 and each tensor 0.3. Measured on the H100:
+//     loss <= 1.5e-3, features <= 8.5e-3, all gradients 1.6e-2 .. 8.3e-2 (ViT-B/16 shapes), worst tensor 0.13:
+//     sums over many rows of bf16 activation gradients (biases, LayerNorm parameters) lose the most. A wrong
+//     or missing term is off by ~100%, and the fp32 run at the same shapes checks the logic to 1e-4;
 //   gradient accumulation (micro-batches 4 and 3 of 8) and every recompute level equal the plain step to 1e-5;
 //   training 200 steps on the synthetic data, GPU bf16 vs CPU fp32 from the same init and batches: each
 //     20-step mean loss within 5% (+0.05) of the CPU's, and both fall below 75% of their first window.
@@ -75,23 +79,28 @@ static void compare(const char *what, const StepResult *got, const StepResult *r
                     double b_loss, double b_feat, double b_all, double b_tensor) {
     double el = fabs(got->loss - ref->loss) / fabs(ref->loss);
     double ei = rel_err(got->img, ref->img, (size_t)B * E), et = rel_err(got->txt, ref->txt, (size_t)B * E);
-    double ea = rel_err(got->grads, ref->grads, L->buffer_elems), worst = 0;
-    const char *worst_name = "";
+    double ea = rel_err(got->grads, ref->grads, L->buffer_elems), worst[3] = {0, 0, 0};
+    const char *worst_name[3] = {"", "", ""};
     for (int i = 0; i < L->num_tensors; i++) {
         const ParamTensor *t = &L->tensors[i];
         double e = rel_err(got->grads + t->offset, ref->grads + t->offset, t->numel);
         EXPECT(e < b_tensor, "%s: gradient %s rel err %.2e", what, t->name, e);
-        if (e > worst) worst = e, worst_name = t->name;
+        for (int k = 0; k < 3; k++)  // keep the three largest, in order
+            if (e > worst[k]) {
+                for (int m = 2; m > k; m--) worst[m] = worst[m - 1], worst_name[m] = worst_name[m - 1];
+                worst[k] = e, worst_name[k] = t->name;
+                break;
+            }
     }
     EXPECT(el < b_loss, "%s: loss %.6f vs %.6f (rel %.2e)", what, got->loss, ref->loss, el);
     EXPECT(ei < b_feat && et < b_feat, "%s: features rel err image %.2e text %.2e", what, ei, et);
     EXPECT(ea < b_all, "%s: all gradients rel err %.2e", what, ea);
-    printf("  %s: loss %.6f vs %.6f (%.1e), features %.1e %.1e, gradients %.1e, worst tensor %.1e (%s)\n", what,
-           got->loss, ref->loss, el, ei, et, ea, worst, worst_name);
+    printf("  %s: loss %.6f vs %.6f (%.1e), features %.1e %.1e, gradients %.1e, worst tensors %.1e %s, %.1e %s, %.1e %s\n",
+           what, got->loss, ref->loss, el, ei, et, ea, worst[0], worst_name[0], worst[1], worst_name[1], worst[2], worst_name[2]);
 }
 
-// GPU against CPU on one batch of B for a config.
-static void parity(const char *what, const char *const *sets, int B, int bf16_bounds) {
+// The GPU in fp32 and in bf16 against the CPU on one batch of B for a config.
+static void parity(const char *what, const char *const *sets, int B) {
     Config c;
     make_config(&c, sets);
     ClipCPU cpu;
@@ -101,34 +110,34 @@ static void parity(const char *what, const char *const *sets, int B, int bf16_bo
     StepResult ref, got;
     result_alloc(&ref, &cpu.layout, B, c.embed_dim), result_alloc(&got, &cpu.layout, B, c.embed_dim);
     cpu_step(&ref, &cpu, &b);
-    gpu_step(&got, &c, &cpu.layout, cpu.params, &b);
-    if (bf16_bounds) compare(what, &got, &ref, &cpu.layout, B, c.embed_dim, 2e-2, 5e-2, 5e-2, 0.25);
-    else compare(what, &got, &ref, &cpu.layout, B, c.embed_dim, 1e-5, 1e-5, 1e-4, 1e-4);
+    const char *precisions[2] = {"fp32", "bf16"};
+    for (int p = 0; p < 2; p++) {
+        Config cp = c;
+        char set[32], name[128];
+        snprintf(set, sizeof(set), "precision=%s", precisions[p]);
+        config_set(&cp, set, 1);
+        snprintf(name, sizeof(name), "%s %s", precisions[p], what);
+        gpu_step(&got, &cp, &cpu.layout, cpu.params, &b);
+        if (p) compare(name, &got, &ref, &cpu.layout, B, c.embed_dim, 1e-2, 2e-2, 0.15, 0.3);
+        else compare(name, &got, &ref, &cpu.layout, B, c.embed_dim, 1e-5, 1e-5, 1e-4, 1e-4);
+    }
     result_free(&ref), result_free(&got), free(b.images), free(b.tokens);
     clip_cpu_free(&cpu);
 }
 
-static void test_fp32_parity(void) {
+static void test_gpu_matches_cpu(void) {
     SKIP_WITHOUT_GPU();
-    const char *gelu[] = {"batch_size=8", "precision=fp32", NULL};
-    const char *quick_ls[] = {"batch_size=8", "precision=fp32", "quick_gelu=true", "layer_scale_init=0.1", NULL};
-    parity("fp32 tiny gelu", gelu, 8, 0);
-    parity("fp32 tiny quickgelu+layer-scale", quick_ls, 8, 0);
-}
-
-static void test_bf16_parity(void) {
-    SKIP_WITHOUT_GPU();
-    const char *tiny[] = {"batch_size=8", "precision=bf16", NULL};
-    const char *tiny_ls[] = {"batch_size=8", "precision=bf16", "quick_gelu=true", "layer_scale_init=0.1", NULL};
+    const char *gelu[] = {"batch_size=8", NULL};
+    const char *quick_ls[] = {"batch_size=8", "quick_gelu=true", "layer_scale_init=0.1", NULL};
     // one block of each tower at ViT-B/16's and ViT-H/14's widths, sequences and head dims (64 / 80)
-    const char *b16[] = {"batch_size=2", "precision=bf16", "image_size=224", "patch_size=16", "vision_width=768", "vision_layers=1",
-                         "vision_heads=12", "context_length=77", "text_width=512", "text_layers=1", "text_heads=8", "embed_dim=512", NULL};
-    const char *h14[] = {"batch_size=2", "precision=bf16", "image_size=224", "patch_size=14", "vision_width=1280", "vision_layers=1",
-                         "vision_heads=16", "context_length=77", "text_width=1024", "text_layers=1", "text_heads=16", "embed_dim=1024", NULL};
-    parity("bf16 tiny", tiny, 8, 1);
-    parity("bf16 tiny quickgelu+layer-scale", tiny_ls, 8, 1);
-    parity("bf16 ViT-B/16 shapes, 1 layer", b16, 2, 1);
-    parity("bf16 ViT-H/14 shapes, 1 layer", h14, 2, 1);
+    const char *b16[] = {"batch_size=2", "image_size=224", "patch_size=16", "vision_width=768", "vision_layers=1", "vision_heads=12",
+                         "context_length=77", "text_width=512", "text_layers=1", "text_heads=8", "embed_dim=512", NULL};
+    const char *h14[] = {"batch_size=2", "image_size=224", "patch_size=14", "vision_width=1280", "vision_layers=1", "vision_heads=16",
+                         "context_length=77", "text_width=1024", "text_layers=1", "text_heads=16", "embed_dim=1024", NULL};
+    parity("tiny gelu", gelu, 8);
+    parity("tiny quickgelu+layer-scale", quick_ls, 8);
+    parity("ViT-B/16 shapes, 1 layer", b16, 2);
+    parity("ViT-H/14 shapes, 1 layer", h14, 2);
 }
 
 // Micro-batching (the loss stays over the whole batch) and recompute change nothing but rounding.
@@ -198,8 +207,7 @@ static void test_training_tracks_cpu(void) {
 
 int main(void) {
     test_seed();
-    RUN(test_fp32_parity);
-    RUN(test_bf16_parity);
+    RUN(test_gpu_matches_cpu);
     RUN(test_accumulation_and_recompute);
     RUN(test_training_tracks_cpu);
     TEST_EXIT();
