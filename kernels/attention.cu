@@ -117,6 +117,12 @@ __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+// 2^x in one MUFU instruction (ex2.approx: ~2 ulp; 2^-inf = 0)
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t *>(&v);
@@ -232,32 +238,37 @@ __global__ void __launch_bounds__(FA_THREADS) flash_forward_kernel(bf16 *out, fl
         if (q0 + r0 >= T) hi = 0;  // a warp of padding rows only keeps the block's barriers
         float s[8][4];
         mma_rows_by_tile<HD>(s, Qs, r0, Ks[j & 1], lane, 0, hi);
-        // scale into the log2 domain, mask padding keys and the causal future, running max per row
-        float mx[2] = {m_run[0], m_run[1]};
+        // mask padding keys and the causal future (only the last tile and the causal diagonal have any), then
+        // the online softmax in the log2 domain: p = 2^(s scale_log2 - m), one FFMA and one ex2 per score
+        if ((j + 1) * FA_TILE > T || (causal && j == qt)) {
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int key = j * FA_TILE + C_COL(lane, nt, e), query = q0 + r0 + C_ROW(lane, e);
+                    if (key >= T || (causal && key > query)) s[nt][e] = -INFINITY;
+                }
+        }
+        float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int key = j * FA_TILE + C_COL(lane, nt, e), query = q0 + r0 + C_ROW(lane, e);
-                float v = s[nt][e] * scale_log2;
-                if (key >= T || (causal && key > query)) v = -INFINITY;
-                s[nt][e] = v;
-                mx[e >> 1] = fmaxf(mx[e >> 1], v);
-            }
+            for (int e = 0; e < 4; e++) mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
         float alpha[2], base[2], rs[2] = {0.0f, 0.0f};
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            base[r] = mx[r] == -INFINITY ? 0.0f : mx[r];  // a row with nothing unmasked yet stays at zero
-            alpha[r] = exp2f(m_run[r] - base[r]);
-            m_run[r] = mx[r];
+            float m_new = fmaxf(m_run[r], mx[r] * scale_log2);
+            base[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing unmasked yet stays at zero
+            alpha[r] = fast_exp2(m_run[r] - base[r]);
+            m_run[r] = m_new;
         }
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                s[nt][e] = exp2f(s[nt][e] - base[e >> 1]);
+                s[nt][e] = fast_exp2(fmaf(s[nt][e], scale_log2, -base[e >> 1]));
                 rs[e >> 1] += s[nt][e];
             }
         l_run[0] = l_run[0] * alpha[0] + rs[0];
@@ -345,13 +356,18 @@ __global__ void __launch_bounds__(FA_THREADS) flash_backward_dq_kernel(bf16 *dqk
         float s[8][4], dp[8][4];
         mma_rows_by_tile<HD>(s, Qs, r0, Ks[j & 1], lane, 0, hi);
         mma_rows_by_tile<HD>(dp, dOs, r0, Vs[j & 1], lane, 0, hi);
+        // P = 2^(s scale_log2 - lse); padding keys and the causal future masked (last tile and diagonal only);
+        // padding queries need no mask: their dq is not written
+        int edge = (j + 1) * FA_TILE > T || (causal && j == qt);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                int key = j * FA_TILE + C_COL(lane, nt, e), query = q0 + r0 + C_ROW(lane, e);
-                int masked = key >= T || query >= T || (causal && key > query);
-                float p = masked ? 0.0f : exp2f(s[nt][e] * scale_log2 - row_lse[e >> 1]);
+                float p = fast_exp2(fmaf(s[nt][e], scale_log2, -row_lse[e >> 1]));
+                if (edge) {
+                    int key = j * FA_TILE + C_COL(lane, nt, e), query = q0 + r0 + C_ROW(lane, e);
+                    if (key >= T || (causal && key > query)) p = 0.0f;
+                }
                 s[nt][e] = p * (dp[nt][e] - row_delta[e >> 1]);
             }
         mma_probs_by_tile<HD>(dq, s, Ks[j & 1], lane, 0, hi);
@@ -421,13 +437,20 @@ __global__ void __launch_bounds__(FA_THREADS) flash_backward_dkdv_kernel(bf16 *d
         if (k0 + r0 >= T) hi = 0;
         float s[8][4], dp[8][4];
         mma_rows_by_tile<HD>(s, Ks, r0, Qs[buf], lane, lo, hi);  // S^T: rows are keys, columns queries
+        // P^T = 2^(s scale_log2 - lse); padding queries and, causal, queries before the key masked (last query tile and the
+        // diagonal only); padding keys need no mask: their dk, dv are not written
+        int edge = (i + 1) * FA_TILE > T || (causal && i == kt);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                int qcol = C_COL(lane, nt, e), query = i * FA_TILE + qcol, key = k0 + r0 + C_ROW(lane, e);
-                int masked = key >= T || query >= T || (causal && key > query);
-                s[nt][e] = masked ? 0.0f : exp2f(s[nt][e] * scale_log2 - lse_s[buf][qcol]);
+                int qcol = C_COL(lane, nt, e);
+                float p = fast_exp2(fmaf(s[nt][e], scale_log2, -lse_s[buf][qcol]));
+                if (edge) {
+                    int query = i * FA_TILE + qcol, key = k0 + r0 + C_ROW(lane, e);
+                    if (query >= T || (causal && key > query)) p = 0.0f;
+                }
+                s[nt][e] = p;
             }
         mma_probs_by_tile<HD>(dv, s, dOs[buf], lane, lo, hi);
         mma_rows_by_tile<HD>(dp, Vs, r0, dOs[buf], lane, lo, hi);

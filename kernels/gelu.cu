@@ -1,5 +1,7 @@
-// gelu.cu: GELU / QuickGELU forward and backward (see gelu.cuh): grid-stride loops over 16-byte vectors.
+// gelu.cu: GELU / QuickGELU forward and backward (see gelu.cuh): grid-stride loops over 16-byte vectors;
+// the backward with the bias gradient fused runs as a column sum (reduce.cuh) whose element op writes dinp.
 #include "gelu.cuh"
+#include "reduce.cuh"
 
 #define INV_SQRT_2PI 0.3989422804014327f
 
@@ -31,6 +33,23 @@ template <typename T, int V> __global__ void gelu_backward_kernel(T *dinp, const
     }
 }
 
+template <typename T, int V> struct GeluBackwardOp {
+    static const int NOUT = 1;
+    T *dinp;
+    const T *dout, *inp;
+    int C, quick;
+    __device__ void operator()(int r, int c, float *acc, float *) const {
+        size_t o = (size_t)r * C + c;
+        Vec<T, V> g = load_vec<T, V>(dout + o), x = load_vec<T, V>(inp + o), d;
+        for (int i = 0; i < V; i++) {
+            float v = to_float(g.v[i]) * gelu_grad(to_float(x.v[i]), quick);
+            d.v[i] = from_float<T>(v);
+            acc[i] += v;
+        }
+        store_vec<T, V>(dinp + o, d);
+    }
+};
+
 static int grid_for(size_t n) { return (int)(n / 256 + 1 < (size_t)16 * num_sms() ? n / 256 + 1 : (size_t)16 * num_sms()); }
 
 template <typename T> void gelu_forward_gpu(T *out, const T *inp, size_t n, int quick) {
@@ -48,7 +67,15 @@ template <typename T> void gelu_backward_gpu(T *dinp, const T *dout, const T *in
     cudaCheckLaunch();
 }
 
+template <typename T> void gelu_backward_bias_gpu(T *dinp, float *dbias, const T *dout, const T *inp, int N, int C, int quick) {
+    const int V = 16 / sizeof(T);
+    if (vec_width<T>(C, dinp, dout, inp) > 1) colsum_run<V>(dbias, NULL, GeluBackwardOp<T, V>{dinp, dout, inp, C, quick}, N, C);
+    else colsum_run<1>(dbias, NULL, GeluBackwardOp<T, 1>{dinp, dout, inp, C, quick}, N, C);
+}
+
 template void gelu_forward_gpu<float>(float *, const float *, size_t, int);
 template void gelu_forward_gpu<bf16>(bf16 *, const bf16 *, size_t, int);
 template void gelu_backward_gpu<float>(float *, const float *, const float *, size_t, int);
 template void gelu_backward_gpu<bf16>(bf16 *, const bf16 *, const bf16 *, size_t, int);
+template void gelu_backward_bias_gpu<float>(float *, float *, const float *, const float *, int, int, int);
+template void gelu_backward_bias_gpu<bf16>(bf16 *, float *, const bf16 *, const bf16 *, int, int, int);

@@ -9,3 +9,6 @@
 template <typename T> void gelu_forward_gpu(T *out, const T *inp, size_t n, int quick);
 // dinp (n) = dout * gelu'(inp). Overwrites (the reference accumulates); dinp may be dout.
 template <typename T> void gelu_backward_gpu(T *dinp, const T *dout, const T *inp, size_t n, int quick);
+// The same on (N, C) rows, with the column sums of dinp (the gradient of the bias before the GELU, fp32)
+// added to dbias in the same pass.
+template <typename T> void gelu_backward_bias_gpu(T *dinp, float *dbias, const T *dout, const T *inp, int N, int C, int quick);

@@ -1,27 +1,34 @@
 // layernorm.cu: LayerNorm forward fused with the residual add, backward, and the layer-scale branch
-// gradient (see layernorm.cuh). One warp per row; a row is read from global memory up to three times, the
-// later passes hitting L1.
+// gradient (see layernorm.cuh). One warp per row. Lane l owns the vectors at columns (j * 32 + l) * V.
+// Rows of up to LN_MAX_VECS vectors per lane (C <= 1280 in bf16) stay in registers (NV > 0): one read of
+// each input, and the backward also sums the weight and bias gradients per warp in registers. Other widths
+// (NV = 0) re-read the row from L1 and sum the parameter gradients in a separate pass.
 #include "layernorm.cuh"
 #include "reduce.cuh"
 
 #define LN_EPS 1e-5f
 #define ROWS_PER_BLOCK 8
+#define LN_MAX_VECS 5
 
 // recompute = 1: mean/rstd are read instead of computed (x is the LayerNorm input, f unused).
-template <typename T, int V>
+template <typename T, int V, int NV>
 __global__ void residual_layernorm_forward_kernel(T *res, T *out, float *mean, float *rstd, const T *x, const T *f,
                                                   const float *ls, const float *w, const float *b, int N, int C,
                                                   int recompute) {
     int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= N) return;
     size_t off = (size_t)row * C;
+    int nvec = NV > 0 ? NV : (C / V + 31 - lane) / 32;  // vectors of this lane
+    Vec<T, V> keep[NV > 0 ? NV : 1];
     float m, s;
     if (recompute) {
         m = mean[row], s = rstd[row];
     } else {
         // pass 1: the residual sum (stored rounded to T, so backward sees the same values) and its mean
         float sum = 0.0f;
-        for (int c = lane * V; c < C; c += 32 * V) {
+#pragma unroll
+        for (int j = 0; j < nvec; j++) {
+            int c = (j * 32 + lane) * V;
             Vec<T, V> xv = load_vec<T, V>(x + off + c);
             if (f) {
                 Vec<T, V> fv = load_vec<T, V>(f + off + c);
@@ -29,15 +36,17 @@ __global__ void residual_layernorm_forward_kernel(T *res, T *out, float *mean, f
                     xv.v[i] = from_float<T>(to_float(xv.v[i]) + (ls ? ls[c + i] : 1.0f) * to_float(fv.v[i]));
                 store_vec<T, V>(res + off + c, xv);
             }
+            if (NV > 0) keep[j] = xv;
             for (int i = 0; i < V; i++) sum += to_float(xv.v[i]);
         }
         if (!w) return;
-        if (f) x = res;  // later passes read the rounded sum this lane wrote
+        if (f) x = res;  // re-reads see the rounded sum this lane wrote
         m = warp_sum(sum) / C;
         // pass 2: variance about the mean (two-pass, as the reference)
         float var = 0.0f;
-        for (int c = lane * V; c < C; c += 32 * V) {
-            Vec<T, V> xv = load_vec<T, V>(x + off + c);
+#pragma unroll
+        for (int j = 0; j < nvec; j++) {
+            Vec<T, V> xv = NV > 0 ? keep[j] : load_vec<T, V>(x + off + (j * 32 + lane) * V);
             for (int i = 0; i < V; i++) {
                 float d = to_float(xv.v[i]) - m;
                 var += d * d;
@@ -47,37 +56,65 @@ __global__ void residual_layernorm_forward_kernel(T *res, T *out, float *mean, f
         if (lane == 0) mean[row] = m, rstd[row] = s;
     }
     // pass 3: normalise, scale, shift
-    for (int c = lane * V; c < C; c += 32 * V) {
-        Vec<T, V> xv = load_vec<T, V>(x + off + c), y;
+#pragma unroll
+    for (int j = 0; j < nvec; j++) {
+        int c = (j * 32 + lane) * V;
+        Vec<T, V> xv = NV > 0 && !recompute ? keep[j] : load_vec<T, V>(x + off + c), y;
         for (int i = 0; i < V; i++) y.v[i] = from_float<T>((to_float(xv.v[i]) - m) * s * w[c + i] + b[c + i]);
         store_vec<T, V>(out + off + c, y);
     }
 }
 
-template <typename T, int V>
-__global__ void layernorm_backward_kernel(T *dinp, const T *dout, const T *inp, const float *w, const float *mean,
-                                          const float *rstd, int N, int C) {
-    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= N) return;
-    size_t off = (size_t)row * C;
-    float m = mean[row], s = rstd[row];
-    // dx = s * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * w
-    float sum_d = 0.0f, sum_dx = 0.0f;
-    for (int c = lane * V; c < C; c += 32 * V) {
-        Vec<T, V> g = load_vec<T, V>(dout + off + c), x = load_vec<T, V>(inp + off + c);
-        for (int i = 0; i < V; i++) {
-            float xhat = (to_float(x.v[i]) - m) * s, dxhat = to_float(g.v[i]) * w[c + i];
-            sum_d += dxhat, sum_dx += dxhat * xhat;
+// dinp += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * w, one warp per row,
+// warps striding over rows. NV > 0: each warp also sums dout * xhat and dout for its lanes' columns over its
+// rows, written to partial (2, warps, C) for colsum_finish_gpu.
+template <typename T, int V, int NV>
+__global__ void layernorm_backward_kernel(T *dinp, float *partial, const T *dout, const T *inp, const float *w,
+                                          const float *mean, const float *rstd, int N, int C) {
+    int lane = threadIdx.x % 32, warp = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, warps = gridDim.x * ROWS_PER_BLOCK;
+    int nvec = NV > 0 ? NV : (C / V + 31 - lane) / 32;
+    float dw[NV > 0 ? NV : 1][V], db[NV > 0 ? NV : 1][V];
+#pragma unroll
+    for (int j = 0; j < (NV > 0 ? NV : 1); j++)
+        for (int i = 0; i < V; i++) dw[j][i] = db[j][i] = 0.0f;
+    for (int row = warp; row < N; row += warps) {
+        size_t off = (size_t)row * C;
+        float m = mean[row], s = rstd[row];
+        Vec<T, V> gk[NV > 0 ? NV : 1], xk[NV > 0 ? NV : 1];
+        float sum_d = 0.0f, sum_dx = 0.0f;
+#pragma unroll
+        for (int j = 0; j < nvec; j++) {
+            int c = (j * 32 + lane) * V;
+            Vec<T, V> g = load_vec<T, V>(dout + off + c), x = load_vec<T, V>(inp + off + c);
+            if (NV > 0) gk[j] = g, xk[j] = x;
+            for (int i = 0; i < V; i++) {
+                float xhat = (to_float(x.v[i]) - m) * s, dxhat = to_float(g.v[i]) * w[c + i];
+                sum_d += dxhat, sum_dx += dxhat * xhat;
+            }
+        }
+        sum_d = warp_sum(sum_d) / C, sum_dx = warp_sum(sum_dx) / C;
+#pragma unroll
+        for (int j = 0; j < nvec; j++) {
+            int c = (j * 32 + lane) * V;
+            Vec<T, V> g = NV > 0 ? gk[j] : load_vec<T, V>(dout + off + c), x = NV > 0 ? xk[j] : load_vec<T, V>(inp + off + c);
+            Vec<T, V> d = load_vec<T, V>(dinp + off + c);
+            for (int i = 0; i < V; i++) {
+                float gi = to_float(g.v[i]), xhat = (to_float(x.v[i]) - m) * s;
+                d.v[i] = from_float<T>(to_float(d.v[i]) + s * (gi * w[c + i] - sum_d - xhat * sum_dx));
+                if (NV > 0) dw[j][i] += gi * xhat, db[j][i] += gi;
+            }
+            store_vec<T, V>(dinp + off + c, d);
         }
     }
-    sum_d = warp_sum(sum_d) / C, sum_dx = warp_sum(sum_dx) / C;
-    for (int c = lane * V; c < C; c += 32 * V) {
-        Vec<T, V> g = load_vec<T, V>(dout + off + c), x = load_vec<T, V>(inp + off + c), d = load_vec<T, V>(dinp + off + c);
-        for (int i = 0; i < V; i++) {
-            float xhat = (to_float(x.v[i]) - m) * s;
-            d.v[i] = from_float<T>(to_float(d.v[i]) + s * (to_float(g.v[i]) * w[c + i] - sum_d - xhat * sum_dx));
+    if (NV > 0) {
+#pragma unroll
+        for (int j = 0; j < (NV > 0 ? NV : 1); j++) {
+            int c = (j * 32 + lane) * V;
+            for (int i = 0; i < V; i++) {
+                partial[(size_t)warp * C + c + i] = dw[j][i];
+                partial[((size_t)warps + warp) * C + c + i] = db[j][i];
+            }
         }
-        store_vec<T, V>(dinp + off + c, d);
     }
 }
 
@@ -91,21 +128,38 @@ __global__ void layerscale_backward_kernel(T *df, const T *dout, const float *ls
     }
 }
 
+// Vectors per lane for the register path (1 .. LN_MAX_VECS), or 0 for the re-reading path.
+static int vecs_per_lane(int C, int V) { return C % (32 * V) == 0 && C / (32 * V) <= LN_MAX_VECS ? C / (32 * V) : 0; }
+
+#define DISPATCH_NV(nv, call)                                                                              \
+    switch (nv) {                                                                                          \
+        case 1: { constexpr int NV = 1; call; } break;                                                     \
+        case 2: { constexpr int NV = 2; call; } break;                                                     \
+        case 3: { constexpr int NV = 3; call; } break;                                                     \
+        case 4: { constexpr int NV = 4; call; } break;                                                     \
+        case 5: { constexpr int NV = 5; call; } break;                                                     \
+        default: { constexpr int NV = 0; call; } break;                                                    \
+    }
+
 template <typename T>
 static void launch_forward(T *res, T *out, float *mean, float *rstd, const T *x, const T *f, const float *ls,
                            const float *w, const float *b, int N, int C, int recompute) {
     if (N == 0) return;
     int grid = ceil_div(N, ROWS_PER_BLOCK);
-    if (vec_width<T>(C, res, out, x, f) > 1)
-        residual_layernorm_forward_kernel<T, 16 / sizeof(T)><<<grid, 32 * ROWS_PER_BLOCK>>>(res, out, mean, rstd, x, f, ls, w, b, N, C, recompute);
-    else
-        residual_layernorm_forward_kernel<T, 1><<<grid, 32 * ROWS_PER_BLOCK>>>(res, out, mean, rstd, x, f, ls, w, b, N, C, recompute);
+    if (vec_width<T>(C, res, out, x, f) > 1) {
+        constexpr int V = 16 / sizeof(T);
+        DISPATCH_NV(vecs_per_lane(C, V), (residual_layernorm_forward_kernel<T, V, NV><<<grid, 32 * ROWS_PER_BLOCK>>>(
+                                             res, out, mean, rstd, x, f, ls, w, b, N, C, recompute)));
+    } else {
+        DISPATCH_NV(vecs_per_lane(C, 1), (residual_layernorm_forward_kernel<T, 1, NV><<<grid, 32 * ROWS_PER_BLOCK>>>(
+                                             res, out, mean, rstd, x, f, ls, w, b, N, C, recompute)));
+    }
     cudaCheckLaunch();
 }
 
 template <typename T>
 void residual_layernorm_forward_gpu(T *res, T *out, float *mean, float *rstd, const T *x, const T *f, const float *ls,
-                                const float *w, const float *b, int N, int C) {
+                                    const float *w, const float *b, int N, int C) {
     launch_forward(res, out, mean, rstd, x, f, ls, w, b, N, C, 0);
 }
 
@@ -116,15 +170,21 @@ void layernorm_recompute_gpu(T *out, const T *inp, const float *mean, const floa
 
 template <typename T>
 void layernorm_backward_gpu(T *dinp, float *dw, float *db, const T *dout, const T *inp, const float *w, const float *mean,
-                        const float *rstd, int N, int C) {
+                            const float *rstd, int N, int C) {
     if (N == 0) return;
-    int grid = ceil_div(N, ROWS_PER_BLOCK);
-    if (vec_width<T>(C, dinp, dout, inp) > 1)
-        layernorm_backward_kernel<T, 16 / sizeof(T)><<<grid, 32 * ROWS_PER_BLOCK>>>(dinp, dout, inp, w, mean, rstd, N, C);
-    else
-        layernorm_backward_kernel<T, 1><<<grid, 32 * ROWS_PER_BLOCK>>>(dinp, dout, inp, w, mean, rstd, N, C);
+    int V = vec_width<T>(C, dinp, dout, inp), nv = vecs_per_lane(C, V);
+    // register path: a grid of warps striding over rows, each leaving one partial row of dw and db
+    int grid = nv ? min(ceil_div(N, ROWS_PER_BLOCK), 2 * num_sms()) : ceil_div(N, ROWS_PER_BLOCK);
+    float *partial = nv ? colsum_partials((size_t)2 * grid * ROWS_PER_BLOCK * C) : NULL;
+    if (V > 1) {
+        constexpr int VV = 16 / sizeof(T);
+        DISPATCH_NV(nv, (layernorm_backward_kernel<T, VV, NV><<<grid, 32 * ROWS_PER_BLOCK>>>(dinp, partial, dout, inp, w, mean, rstd, N, C)));
+    } else {
+        DISPATCH_NV(nv, (layernorm_backward_kernel<T, 1, NV><<<grid, 32 * ROWS_PER_BLOCK>>>(dinp, partial, dout, inp, w, mean, rstd, N, C)));
+    }
     cudaCheckLaunch();
-    layernorm_param_grads_gpu<T>(dw, db, dout, inp, mean, rstd, N, C);
+    if (nv) colsum_finish_gpu(dw, db, partial, grid * ROWS_PER_BLOCK, C);
+    else layernorm_param_grads_gpu<T>(dw, db, dout, inp, mean, rstd, N, C);
 }
 
 template <typename T> void layerscale_backward_gpu(T *df, float *dls, const T *dout, const T *f, const float *ls, int N, int C) {
@@ -138,12 +198,12 @@ template <typename T> void layerscale_backward_gpu(T *df, float *dls, const T *d
 }
 
 #define INSTANTIATE(T)                                                                                                   \
-    template void residual_layernorm_forward_gpu<T>(T *, T *, float *, float *, const T *, const T *, const float *,          \
-                                                const float *, const float *, int, int);                                 \
-    template void layernorm_recompute_gpu<T>(T *, const T *, const float *, const float *, const float *, const float *, int, \
-                                         int);                                                                           \
-    template void layernorm_backward_gpu<T>(T *, float *, float *, const T *, const T *, const float *, const float *,        \
-                                        const float *, int, int);                                                        \
+    template void residual_layernorm_forward_gpu<T>(T *, T *, float *, float *, const T *, const T *, const float *,      \
+                                                    const float *, const float *, int, int);                             \
+    template void layernorm_recompute_gpu<T>(T *, const T *, const float *, const float *, const float *, const float *, \
+                                             int, int);                                                                  \
+    template void layernorm_backward_gpu<T>(T *, float *, float *, const T *, const T *, const float *, const float *,    \
+                                            const float *, int, int);                                                    \
     template void layerscale_backward_gpu<T>(T *, float *, const T *, const T *, const float *, int, int);
 INSTANTIATE(float)
 INSTANTIATE(bf16)

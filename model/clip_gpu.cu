@@ -23,8 +23,8 @@ extern "C" {
 #define PROF_EVENTS 8192
 #define PROF_GAP (-1)  // an interval between API calls: not GPU work of any family
 
-const char *const PROF_NAMES[PROF_FAMILIES] = {"GEMMs", "attention", "layernorm+residual", "GELU", "bias/LN/ls grads",
-                                                "embed/pool/memset", "loss", "optimizer", "input wait"};
+const char *const PROF_NAMES[PROF_FAMILIES] = {"GEMMs", "attention fwd", "attention bwd", "layernorm+residual", "GELU",
+                                                "bias/ls grads", "embed/pool/memset", "loss", "optimizer", "input wait"};
 
 // One residual block's saved activations (T-typed where void *). Under recompute, ln_1/ln_2 and fc_gelu
 // point at shared scratch instead of per-layer storage; attn/mlp (the branch outputs) are kept only with
@@ -357,14 +357,12 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         mark(g, PROF_PARAM_GRADS);
         bias_grad_gpu<T>(G + w->c_proj_b, dmlp, N, D, D);
         mark(g, PROF_GELU);
-        gelu_backward_gpu<T>(d_wide, d_wide, as<T>(k->fc), (size_t)N * H, quick);
+        gelu_backward_bias_gpu<T>(d_wide, G + w->c_fc_b, d_wide, as<T>(k->fc), N, H, quick);  // with c_fc's bias gradient
         mark(g, PROF_LAYERNORM);
         if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_2), as<T>(k->res_1), k->ln_2_mean, k->ln_2_rstd, P + w->ln_2_w, P + w->ln_2_b, N, D);
         mark(g, PROF_GEMM);
         matmul_backward_input_gpu<T>(d_b, d_wide, W + w->c_fc_w, N, D, H);
         matmul_backward_weight_gpu<T>(G + w->c_fc_w, d_wide, as<T>(k->ln_2), N, D, H);
-        mark(g, PROF_PARAM_GRADS);
-        bias_grad_gpu<T>(G + w->c_fc_b, d_wide, N, H, H);
         mark(g, PROF_LAYERNORM);
         layernorm_backward_gpu<T>(dres, G + w->ln_2_w, G + w->ln_2_b, d_b, as<T>(k->res_1), P + w->ln_2_w, k->ln_2_mean, k->ln_2_rstd, N, D);
         // res_1 = x + ls_1 * out_proj(attention(in_proj(ln_1(x))))
@@ -376,7 +374,7 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         matmul_backward_weight_gpu<T>(G + w->out_proj_w, dattn, as<T>(k->att_y), N, D, D);
         mark(g, PROF_PARAM_GRADS);
         bias_grad_gpu<T>(G + w->out_proj_b, dattn, N, D, D);
-        mark(g, PROF_ATTENTION);
+        mark(g, PROF_ATTENTION_BACKWARD);
         attention_backward_gpu(d_wide, g->att_scratch, d_b, as<T>(k->qkv), as<T>(k->att_y), k->att_stats, B, t->tokens, D, t->heads, t->causal);
         mark(g, PROF_LAYERNORM);
         if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_1), x, k->ln_1_mean, k->ln_1_rstd, P + w->ln_1_w, P + w->ln_1_b, N, D);

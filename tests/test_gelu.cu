@@ -28,11 +28,41 @@ template <typename T> static void check(size_t n, int quick) {
     cudaCheck(cudaFree(d_x)), cudaCheck(cudaFree(d_dout)), cudaCheck(cudaFree(d_y)), cudaCheck(cudaFree(d_dx));
 }
 
+// The backward with c_fc's bias gradient fused: dinp as above, dbias (+=) against column sums in double.
+template <typename T> static void check_bias(int N, int C, int quick) {
+    const char *tn = sizeof(T) == 2 ? "bf16" : "fp32";
+    size_t n = (size_t)N * C;
+    float *x = rand_host(n, 4.0f), *dout = rand_host(n, 1.0f), *dx = zeros_host(n), *g = zeros_host(n), *db = rand_host(C, 1.0f);
+    round_to<T>(x, n), round_to<T>(dout, n);
+    gelu_backward(dx, dout, x, n, quick);
+    float *ref = zeros_host(C);
+    for (int c = 0; c < C; c++) {
+        double s = 0;
+        for (int r = 0; r < N; r++) s += dx[(size_t)r * C + c];
+        ref[c] = db[c] + (float)s;
+    }
+    T *d_x = to_device<T>(x, n), *d_dout = to_device<T>(dout, n), *d_dx = poisoned<T>(n);
+    float *d_db = to_device<float>(db, C);
+    gelu_backward_bias_gpu<T>(d_dx, d_db, d_dout, d_x, N, C, quick);
+    to_host<T>(g, d_dx, n);
+    double ed = rel_err(g, dx, n);
+    to_host<float>(db, d_db, C);
+    double eb = rel_err(db, ref, C);
+    EXPECT(ed < (sizeof(T) == 2 ? 1e-2 : 1e-5) && eb < 1e-5, "%s %dx%d quick=%d: fused backward rel err %.2e, dbias %.2e", tn, N, C, quick, ed, eb);
+    printf("  %s %dx%d quick=%d fused with bias: dinp %.1e dbias %.1e\n", tn, N, C, quick, ed, eb);
+    free(x), free(dout), free(dx), free(g), free(db), free(ref);
+    cudaCheck(cudaFree(d_x)), cudaCheck(cudaFree(d_dout)), cudaCheck(cudaFree(d_dx)), cudaCheck(cudaFree(d_db));
+}
+
 static void test_gelu(void) {
     SKIP_WITHOUT_GPU();
     size_t sizes[] = {1001, 65536 + 8};
     for (int s = 0; s < 2; s++)
         for (int quick = 0; quick < 2; quick++) check<float>(sizes[s], quick), check<bf16>(sizes[s], quick);
+    for (int quick = 0; quick < 2; quick++) {
+        check_bias<float>(37, 75, quick), check_bias<bf16>(37, 75, quick);
+        check_bias<float>(1000, 3072, quick), check_bias<bf16>(1000, 3072, quick);
+    }
 }
 
 int main(void) {
