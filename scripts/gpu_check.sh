@@ -26,9 +26,23 @@ done
 # the trainer end to end on a real model: memory plan, a few steps, the final checkpoint
 t1=$(date +%s)
 { ./train_clip -c configs/vit_h_14.conf --dry-run | head -8
-  timeout 120 ./train_clip -c configs/vit_b_16.conf --set batch_size=256 --set steps=4 --set log_every=1 --set checkpoint_every=0 \
-      --set data_workers=16 --set run_dir=/tmp/gpu_check_b16; } > "$out/train.log" 2>&1
+  timeout 120 ./train_clip -c configs/vit_b_16.conf --set batch_size=256 --set samples=0 --set steps=4 --set log_every=1 \
+      --set checkpoint_every=0 --set data_workers=16 --set run_dir=/tmp/gpu_check_b16; } > "$out/train.log" 2>&1
 echo "train_clip ViT-B/16: exit $? in $(( $(date +%s) - t1 )) s"
+# resume on the GPU path is bit-exact: 12 steps straight vs 6 + checkpoint + resume + 6 (weights and optimizer state)
+run="./train_clip -c configs/tiny.conf --set batch_size=16 --set steps=12 --set warmup=3 --set log_every=100 --set checkpoint_every=0"
+rm -rf /tmp/gc_straight /tmp/gc_split
+$run --set run_dir=/tmp/gc_straight > /dev/null && $run --set run_dir=/tmp/gc_split --set stop_after=6 > /dev/null &&
+    $run --set run_dir=/tmp/gc_split --set resume=latest > /dev/null &&
+    python3 -c "
+from safetensors.numpy import load_file
+import numpy as np, sys
+for kind in ('model', 'state'):
+    a = load_file('/tmp/gc_straight/checkpoints/step_00000012.%s.safetensors' % kind)
+    b = load_file('/tmp/gc_split/checkpoints/step_00000012.%s.safetensors' % kind)
+    same = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    print('resume on the GPU, %s after 12 steps: %s (%d tensors)' % (kind, 'bit-exact' if same else 'DIFFERS', len(a)))
+"
 t1=$(date +%s)
 timeout 400 ./build/tests/bench_clip_gpu "$@" > "$out/bench.log" 2>&1
 echo "bench: exit $? in $(( $(date +%s) - t1 )) s"
