@@ -1,8 +1,9 @@
 // layernorm.cu: LayerNorm forward fused with the residual add, backward, and the layer-scale branch
-// gradient (see layernorm.cuh). One warp per row. Lane l owns the vectors at columns (j * 32 + l) * V.
-// Rows of up to LN_MAX_VECS vectors per lane (C <= 1280 in bf16) stay in registers (NV > 0): one read of
-// each input, and the backward also sums the weight and bias gradients per warp in registers. Other widths
-// (NV = 0) re-read the row from L1 and sum the parameter gradients in a separate pass.
+// gradient (see layernorm.cuh). One warp per row; lane l owns the vectors at columns (j * 32 + l) * V. In the
+// forward, rows of up to LN_MAX_VECS vectors per lane (C <= 1280 in bf16) stay in registers (NV > 0) and
+// each input is read once; other widths (NV = 0) re-read the row from L1. The backward re-reads from L1 and
+// leaves the weight and bias gradients to a column sum (reduce.cuh). (Keeping the backward's row and
+// those sums in registers, with warps striding over rows, ran slower: fewer rows in flight.)
 #include "layernorm.cuh"
 #include "reduce.cuh"
 
@@ -65,56 +66,29 @@ __global__ void residual_layernorm_forward_kernel(T *res, T *out, float *mean, f
     }
 }
 
-// dinp += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * w, one warp per row,
-// warps striding over rows. NV > 0: each warp also sums dout * xhat and dout for its lanes' columns over its
-// rows, written to partial (2, warps, C) for colsum_finish_gpu.
-template <typename T, int V, int NV>
-__global__ void layernorm_backward_kernel(T *dinp, float *partial, const T *dout, const T *inp, const float *w,
-                                          const float *mean, const float *rstd, int N, int C) {
-    int lane = threadIdx.x % 32, warp = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, warps = gridDim.x * ROWS_PER_BLOCK;
-    int nvec = NV > 0 ? NV : (C / V + 31 - lane) / 32;
-    float dw[NV > 0 ? NV : 1][V], db[NV > 0 ? NV : 1][V];
-#pragma unroll
-    for (int j = 0; j < (NV > 0 ? NV : 1); j++)
-        for (int i = 0; i < V; i++) dw[j][i] = db[j][i] = 0.0f;
-    for (int row = warp; row < N; row += warps) {
-        size_t off = (size_t)row * C;
-        float m = mean[row], s = rstd[row];
-        Vec<T, V> gk[NV > 0 ? NV : 1], xk[NV > 0 ? NV : 1];
-        float sum_d = 0.0f, sum_dx = 0.0f;
-#pragma unroll
-        for (int j = 0; j < nvec; j++) {
-            int c = (j * 32 + lane) * V;
-            Vec<T, V> g = load_vec<T, V>(dout + off + c), x = load_vec<T, V>(inp + off + c);
-            if (NV > 0) gk[j] = g, xk[j] = x;
-            for (int i = 0; i < V; i++) {
-                float xhat = (to_float(x.v[i]) - m) * s, dxhat = to_float(g.v[i]) * w[c + i];
-                sum_d += dxhat, sum_dx += dxhat * xhat;
-            }
-        }
-        sum_d = warp_sum(sum_d) / C, sum_dx = warp_sum(sum_dx) / C;
-#pragma unroll
-        for (int j = 0; j < nvec; j++) {
-            int c = (j * 32 + lane) * V;
-            Vec<T, V> g = NV > 0 ? gk[j] : load_vec<T, V>(dout + off + c), x = NV > 0 ? xk[j] : load_vec<T, V>(inp + off + c);
-            Vec<T, V> d = load_vec<T, V>(dinp + off + c);
-            for (int i = 0; i < V; i++) {
-                float gi = to_float(g.v[i]), xhat = (to_float(x.v[i]) - m) * s;
-                d.v[i] = from_float<T>(to_float(d.v[i]) + s * (gi * w[c + i] - sum_d - xhat * sum_dx));
-                if (NV > 0) dw[j][i] += gi * xhat, db[j][i] += gi;
-            }
-            store_vec<T, V>(dinp + off + c, d);
+// dinp += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * w; one warp per row.
+template <typename T, int V>
+__global__ void layernorm_backward_kernel(T *dinp, const T *dout, const T *inp, const float *w, const float *mean,
+                                          const float *rstd, int N, int C) {
+    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    size_t off = (size_t)row * C;
+    float m = mean[row], s = rstd[row], sum_d = 0.0f, sum_dx = 0.0f;
+    for (int c = lane * V; c < C; c += 32 * V) {
+        Vec<T, V> g = load_vec<T, V>(dout + off + c), x = load_vec<T, V>(inp + off + c);
+        for (int i = 0; i < V; i++) {
+            float xhat = (to_float(x.v[i]) - m) * s, dxhat = to_float(g.v[i]) * w[c + i];
+            sum_d += dxhat, sum_dx += dxhat * xhat;
         }
     }
-    if (NV > 0) {
-#pragma unroll
-        for (int j = 0; j < (NV > 0 ? NV : 1); j++) {
-            int c = (j * 32 + lane) * V;
-            for (int i = 0; i < V; i++) {
-                partial[(size_t)warp * C + c + i] = dw[j][i];
-                partial[((size_t)warps + warp) * C + c + i] = db[j][i];
-            }
+    sum_d = warp_sum(sum_d) / C, sum_dx = warp_sum(sum_dx) / C;
+    for (int c = lane * V; c < C; c += 32 * V) {
+        Vec<T, V> g = load_vec<T, V>(dout + off + c), x = load_vec<T, V>(inp + off + c), d = load_vec<T, V>(dinp + off + c);
+        for (int i = 0; i < V; i++) {
+            float xhat = (to_float(x.v[i]) - m) * s;
+            d.v[i] = from_float<T>(to_float(d.v[i]) + s * (to_float(g.v[i]) * w[c + i] - sum_d - xhat * sum_dx));
         }
+        store_vec<T, V>(dinp + off + c, d);
     }
 }
 
@@ -172,19 +146,13 @@ template <typename T>
 void layernorm_backward_gpu(T *dinp, float *dw, float *db, const T *dout, const T *inp, const float *w, const float *mean,
                             const float *rstd, int N, int C) {
     if (N == 0) return;
-    int V = vec_width<T>(C, dinp, dout, inp), nv = vecs_per_lane(C, V);
-    // register path: a grid of warps striding over rows, each leaving one partial row of dw and db
-    int grid = nv ? min(ceil_div(N, ROWS_PER_BLOCK), 2 * num_sms()) : ceil_div(N, ROWS_PER_BLOCK);
-    float *partial = nv ? colsum_partials((size_t)2 * grid * ROWS_PER_BLOCK * C) : NULL;
-    if (V > 1) {
-        constexpr int VV = 16 / sizeof(T);
-        DISPATCH_NV(nv, (layernorm_backward_kernel<T, VV, NV><<<grid, 32 * ROWS_PER_BLOCK>>>(dinp, partial, dout, inp, w, mean, rstd, N, C)));
-    } else {
-        DISPATCH_NV(nv, (layernorm_backward_kernel<T, 1, NV><<<grid, 32 * ROWS_PER_BLOCK>>>(dinp, partial, dout, inp, w, mean, rstd, N, C)));
-    }
+    int grid = ceil_div(N, ROWS_PER_BLOCK);
+    if (vec_width<T>(C, dinp, dout, inp) > 1)
+        layernorm_backward_kernel<T, 16 / sizeof(T)><<<grid, 32 * ROWS_PER_BLOCK>>>(dinp, dout, inp, w, mean, rstd, N, C);
+    else
+        layernorm_backward_kernel<T, 1><<<grid, 32 * ROWS_PER_BLOCK>>>(dinp, dout, inp, w, mean, rstd, N, C);
     cudaCheckLaunch();
-    if (nv) colsum_finish_gpu(dw, db, partial, grid * ROWS_PER_BLOCK, C);
-    else layernorm_param_grads_gpu<T>(dw, db, dout, inp, mean, rstd, N, C);
+    layernorm_param_grads_gpu<T>(dw, db, dout, inp, mean, rstd, N, C);
 }
 
 template <typename T> void layerscale_backward_gpu(T *df, float *dls, const T *dout, const T *f, const float *ls, int N, int C) {

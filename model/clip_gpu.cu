@@ -23,8 +23,9 @@ extern "C" {
 #define PROF_EVENTS 8192
 #define PROF_GAP (-1)  // an interval between API calls: not GPU work of any family
 
-const char *const PROF_NAMES[PROF_FAMILIES] = {"GEMMs", "attention fwd", "attention bwd", "layernorm+residual", "GELU",
-                                                "bias/ls grads", "embed/pool/memset", "loss", "optimizer", "input wait"};
+const char *const PROF_NAMES[PROF_FAMILIES] = {"GEMMs", "attention fwd", "attention bwd", "layernorm+residual fwd",
+                                                "layernorm bwd", "GELU", "bias/ls grads", "embed/pool/memset", "loss",
+                                                "optimizer", "input wait"};
 
 // One residual block's saved activations (T-typed where void *). Under recompute, ln_1/ln_2 and fc_gelu
 // point at shared scratch instead of per-layer storage; attn/mlp (the branch outputs) are kept only with
@@ -363,7 +364,7 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         mark(g, PROF_GEMM);
         matmul_backward_input_gpu<T>(d_b, d_wide, W + w->c_fc_w, N, D, H);
         matmul_backward_weight_gpu<T>(G + w->c_fc_w, d_wide, as<T>(k->ln_2), N, D, H);
-        mark(g, PROF_LAYERNORM);
+        mark(g, PROF_LAYERNORM_BACKWARD);
         layernorm_backward_gpu<T>(dres, G + w->ln_2_w, G + w->ln_2_b, d_b, as<T>(k->res_1), P + w->ln_2_w, k->ln_2_mean, k->ln_2_rstd, N, D);
         // res_1 = x + ls_1 * out_proj(attention(in_proj(ln_1(x))))
         const T *dattn = dres;
@@ -383,7 +384,7 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         matmul_backward_weight_gpu<T>(G + w->in_proj_w, d_wide, as<T>(k->ln_1), N, D, 3 * D);
         mark(g, PROF_PARAM_GRADS);
         bias_grad_gpu<T>(G + w->in_proj_b, d_wide, N, 3 * D, 3 * D);
-        mark(g, PROF_LAYERNORM);
+        mark(g, PROF_LAYERNORM_BACKWARD);
         layernorm_backward_gpu<T>(dres, G + w->ln_1_w, G + w->ln_1_b, d_a, x, P + w->ln_1_w, k->ln_1_mean, k->ln_1_rstd, N, D);
     }
 }

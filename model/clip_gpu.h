@@ -66,8 +66,8 @@ void clip_gpu_features(ClipGPU *g, float *image_features, float *text_features);
 
 // Step-time split by op family (benchmarks): events between ops while profiling is on.
 enum {
-    PROF_GEMM, PROF_ATTENTION, PROF_ATTENTION_BACKWARD, PROF_LAYERNORM, PROF_GELU, PROF_PARAM_GRADS, PROF_EMBED_OTHER,
-    PROF_LOSS, PROF_OPTIMIZER, PROF_INPUT, PROF_FAMILIES
+    PROF_GEMM, PROF_ATTENTION, PROF_ATTENTION_BACKWARD, PROF_LAYERNORM, PROF_LAYERNORM_BACKWARD, PROF_GELU,
+    PROF_PARAM_GRADS, PROF_EMBED_OTHER, PROF_LOSS, PROF_OPTIMIZER, PROF_INPUT, PROF_FAMILIES
 };
 extern const char *const PROF_NAMES[PROF_FAMILIES];
 void clip_gpu_profile(ClipGPU *g, int on);
