@@ -1,5 +1,5 @@
-// gelu.cu: GELU / QuickGELU forward and backward (see gelu.cuh): grid-stride loops over 16-byte vectors;
-// the backward with the bias gradient fused runs as a column sum (reduce.cuh) whose element op writes dinp.
+// gelu.cu: GELU / QuickGELU forward and backward (see gelu.cuh). The forward is a grid-stride loop over
+// 16-byte vectors; the backward runs as a column sum (reduce.cuh) whose element op also writes dinp.
 #include "gelu.cuh"
 #include "reduce.cuh"
 
@@ -22,14 +22,6 @@ template <typename T, int V> __global__ void gelu_forward_kernel(T *out, const T
         Vec<T, V> x = load_vec<T, V>(inp + j), y;
         for (int i = 0; i < V; i++) y.v[i] = from_float<T>(gelu_value(to_float(x.v[i]), quick));
         store_vec<T, V>(out + j, y);
-    }
-}
-
-template <typename T, int V> __global__ void gelu_backward_kernel(T *dinp, const T *dout, const T *inp, size_t n, int quick) {
-    for (size_t j = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V; j < n; j += (size_t)gridDim.x * blockDim.x * V) {
-        Vec<T, V> x = load_vec<T, V>(inp + j), g = load_vec<T, V>(dout + j), d;
-        for (int i = 0; i < V; i++) d.v[i] = from_float<T>(to_float(g.v[i]) * gelu_grad(to_float(x.v[i]), quick));
-        store_vec<T, V>(dinp + j, d);
     }
 }
 
@@ -59,14 +51,6 @@ template <typename T> void gelu_forward_gpu(T *out, const T *inp, size_t n, int 
     cudaCheckLaunch();
 }
 
-template <typename T> void gelu_backward_gpu(T *dinp, const T *dout, const T *inp, size_t n, int quick) {
-    if (n == 0) return;
-    if (vec_width<T>(n, dinp, dout, inp) > 1)
-        gelu_backward_kernel<T, 16 / sizeof(T)><<<grid_for(n), 256>>>(dinp, dout, inp, n, quick);
-    else gelu_backward_kernel<T, 1><<<grid_for(n), 256>>>(dinp, dout, inp, n, quick);
-    cudaCheckLaunch();
-}
-
 template <typename T> void gelu_backward_bias_gpu(T *dinp, float *dbias, const T *dout, const T *inp, int N, int C, int quick) {
     const int V = 16 / sizeof(T);
     if (vec_width<T>(C, dinp, dout, inp) > 1) colsum_run<V>(dbias, NULL, GeluBackwardOp<T, V>{dinp, dout, inp, C, quick}, N, C);
@@ -75,7 +59,5 @@ template <typename T> void gelu_backward_bias_gpu(T *dinp, float *dbias, const T
 
 template void gelu_forward_gpu<float>(float *, const float *, size_t, int);
 template void gelu_forward_gpu<bf16>(bf16 *, const bf16 *, size_t, int);
-template void gelu_backward_gpu<float>(float *, const float *, const float *, size_t, int);
-template void gelu_backward_gpu<bf16>(bf16 *, const bf16 *, const bf16 *, size_t, int);
 template void gelu_backward_bias_gpu<float>(float *, float *, const float *, const float *, int, int, int);
 template void gelu_backward_bias_gpu<bf16>(bf16 *, float *, const bf16 *, const bf16 *, int, int, int);

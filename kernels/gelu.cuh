@@ -7,8 +7,6 @@
 
 // out (n) = gelu(inp)
 template <typename T> void gelu_forward_gpu(T *out, const T *inp, size_t n, int quick);
-// dinp (n) = dout * gelu'(inp). Overwrites (the reference accumulates); dinp may be dout.
-template <typename T> void gelu_backward_gpu(T *dinp, const T *dout, const T *inp, size_t n, int quick);
-// The same on (N, C) rows, with the column sums of dinp (the gradient of the bias before the GELU, fp32)
-// added to dbias in the same pass.
+// dinp (N, C) = dout * gelu'(inp), overwriting (the reference accumulates; dinp may be dout), and in the
+// same pass dbias (C) += the column sums of dinp: the gradient of the bias before the GELU (fp32).
 template <typename T> void gelu_backward_bias_gpu(T *dinp, float *dbias, const T *dout, const T *inp, int N, int C, int quick);

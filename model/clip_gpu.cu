@@ -582,8 +582,8 @@ const char *clip_gpu_unavailable(void) {
     cudaError_t e = cudaGetDeviceCount(&n);
     cudaGetLastError();  // clear a sticky "no device"
     if (e == cudaSuccess && n > 0) return "";
-    cudaRuntimeGetVersion(&runtime);
-    cudaDriverGetVersion(&driver);
+    if (cudaRuntimeGetVersion(&runtime) != cudaSuccess) runtime = 0;
+    if (cudaDriverGetVersion(&driver) != cudaSuccess) driver = 0;
     if (e == cudaErrorInsufficientDriver)
         snprintf(why, sizeof(why), "the NVIDIA driver supports CUDA %d.%d but this build needs %d.%d: update the driver, or rebuild with an older CUDA toolkit",
                  driver / 1000, driver % 1000 / 10, runtime / 1000, runtime % 1000 / 10);
