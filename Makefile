@@ -102,6 +102,9 @@ $(BUILD)/tests/%: tests/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJ) $(LDLIBS)
 
+# nvcc takes linker flags as -Xlinker=..., not -Wl,...
+comma := ,
+NV_LDFLAGS = $(patsubst -Wl$(comma)%,-Xlinker=%,$(filter-out -fopenmp,$(LDFLAGS)))
 $(BUILD)/tests/%: tests/%.cu $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -o $@ $< $(LIB_OBJ) $(NV_LDFLAGS) -Xcompiler -fopenmp $(LDLIBS)

@@ -2,8 +2,8 @@
 //   ./train_clip -c configs/tiny.conf [--set key=value ...] [--dry-run]
 // A training step: next batch -> forward both towers -> contrastive loss -> backward -> gradient norm
 // (and optional clipping) -> optimizer step (AdamW or the StableAdamW hybrid) -> clamp logit_scale ->
-// log (loss, lr, per-tensor RMS) -> checkpoint every N steps. This is the fp32 CPU path; the GPU path
-// plugs in at the same places.
+// log (loss, lr, per-tensor RMS) -> checkpoint every N steps. The step runs on the GPU (bf16 or fp32) when
+// there is one, else on the fp32 CPU reference: model/clip_model.h dispatches, so the loop is the same.
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
@@ -16,7 +16,7 @@
 #include "data/tokenizer.h"
 #include "model/checkpoint.h"
 #include "model/clip.h"
-#include "model/clip_cpu.h"
+#include "model/clip_model.h"
 #include "model/config.h"
 #include "model/utils.h"
 #include "optim/diagnostics.h"
@@ -65,12 +65,13 @@ static void print_progress(const Config *c, const StepRecord *r, float loss_avg,
     fflush(stdout);
 }
 
-static void save_checkpoint(const Config *c, long step, const ClipCPU *m, const Optimizer *opt, const Loader *loader,
+static void save_checkpoint(const Config *c, long step, ClipModel *m, Optimizer *opt, const Loader *loader,
                             const char *config_text) {
     char loader_state[1024], err[1024];
     loader_get_state(loader, loader_state, sizeof(loader_state));
     double t0 = now_seconds();
-    if (checkpoint_save(c->run_dir, step, &m->layout, m->params, opt, config_text, loader_state, err, sizeof(err)) != 0)
+    clip_model_to_host(m, opt);
+    if (checkpoint_save(c->run_dir, step, &m->cpu.layout, m->cpu.params, opt, config_text, loader_state, err, sizeof(err)) != 0)
         fatal("checkpoint at step %ld failed: %s (earlier checkpoints are untouched)", step, err);
     checkpoint_prune(c->run_dir, c->keep_checkpoints);
     printf("checkpoint: step %ld saved to %s/checkpoints (%.1f s)\n", step, c->run_dir, now_seconds() - t0);
@@ -120,19 +121,15 @@ int main(int argc, char **argv) {
            cfg.vision_heads, cfg.patch_size, cfg.text_width, cfg.text_layers, cfg.text_heads, cfg.embed_dim);
     printf("params: total %zu image %zu text %zu\n", layout.num_params, layout.num_image_params, layout.num_text_params);
     long B = cfg.batch_size;
-    double param_gb = (double)layout.buffer_elems * sizeof(float) * 4 / 1e9;  // params, grads, m, u
-    ClipCPU probe;
-    probe.cfg = cfg, probe.layout = layout;
-    double act_gb = (double)clip_cpu_activation_bytes(&probe, (int)B) / 1e9;
-    printf("memory plan (CPU, fp32): parameters+grads+optimizer %.3f GB, activations for batch %ld %.3f GB\n", param_gb, B, act_gb);
+    // what this build and machine can run: the GPU step when there is a GPU (device = auto|cuda), else the fp32 CPU path
+    int device;
+    const char *unsupported = clip_model_check(&cfg, &device);
+    const char *precisions[] = {"fp32", "bf16", "int8_switchback"};
+    printf("device: %s, precision %s\n", device == DEVICE_CUDA ? "cuda" : "cpu", precisions[cfg.precision]);
+    if (!unsupported) clip_model_print_memory_plan(&cfg, &layout, device);
     printf("training: %ld steps x batch %ld, optimizer %s, lr %g (warmup %ld, %s), wd %g, threads %d\n", cfg.steps, cfg.batch_size,
            cfg.optimizer == OPTIMIZER_STABLE_ADAMW ? "stable_adamw" : "adamw", cfg.lr, cfg.warmup,
            cfg.schedule == SCHEDULE_COSINE ? "cosine" : "const", cfg.wd, omp_get_max_threads());
-    // what this build can run: the fp32 CPU path (the GPU path is not built yet)
-    const char *unsupported = cfg.device == DEVICE_CUDA ? "device = cuda: the GPU training path is not built yet; use device = cpu or auto"
-                              : cfg.precision != PRECISION_FP32 ? "precision bf16 / int8_switchback needs the GPU path, which is not built yet; the CPU path is fp32 (--set precision=fp32)"
-                              : cfg.micro_batch_size && cfg.micro_batch_size != cfg.batch_size ? "micro_batch_size (gradient accumulation) is a GPU-path feature; on the CPU set micro_batch_size = 0"
-                              : NULL;
     if (dry_run) {
         if (unsupported) printf("note: a real run would stop here: %s\n", unsupported);
         printf("\n# effective config\n");
@@ -142,9 +139,9 @@ int main(int argc, char **argv) {
     if (unsupported) fatal("%s", unsupported);
     clip_layout_free(&layout);
 
-    ClipCPU model;
-    clip_cpu_init(&model, &cfg, (int)B);
-    const ClipLayout *L = &model.layout;
+    ClipModel model;
+    clip_model_init(&model, &cfg, device);
+    const ClipLayout *L = &model.cpu.layout;
     Optimizer opt;
     optim_init(&opt, &cfg, L);
 
@@ -164,7 +161,6 @@ int main(int argc, char **argv) {
 
     // ---- data
     Loader *loader = loader_open(&cfg, cfg.data, 1, (int)B, 0, 1);
-    float *images = mallocCheck((size_t)B * 3 * cfg.image_size * cfg.image_size * sizeof(float));
 
     // ---- initial weights: a resumed checkpoint, or init_weights, or open_clip's initialisation
     long start = 0;
@@ -178,8 +174,9 @@ int main(int argc, char **argv) {
     }
     if (cfg.resume[0]) {
         char loader_state[1024], err[1024];
-        start = checkpoint_resume(cfg.run_dir, cfg.resume, L, model.params, &opt, loader_state, sizeof(loader_state), err, sizeof(err));
+        start = checkpoint_resume(cfg.run_dir, cfg.resume, L, model.cpu.params, &opt, loader_state, sizeof(loader_state), err, sizeof(err));
         if (start < 0) fatal("%s", err);
+        clip_model_to_device(&model, &opt);
         loader_restore(loader, loader_state);
         printf("resumed from step %ld (%s)\n", start, cfg.resume);
     }
@@ -205,10 +202,8 @@ int main(int argc, char **argv) {
         Batch batch;
         loader_next(loader, &batch);
         double t_data = now_seconds() - t0;
-        images_normalize(batch.images, images, batch.size, cfg.image_size);
-        float loss = clip_cpu_forward(&model, images, batch.tokens, batch.size);
-        clip_cpu_backward(&model);
-        float norm = grad_global_norm(model.grads, L->buffer_elems);
+        float loss = clip_model_forward_backward(&model, &batch);
+        float norm = clip_model_grad_norm(&model);
         float lr = lr_at(&cfg, step);
         int skipped = !isfinite(loss) || !isfinite(norm);
         if (skipped) {
@@ -221,15 +216,12 @@ int main(int argc, char **argv) {
             }
         } else {
             nonfinite = 0;
-            if (cfg.grad_clip > 0) grad_clip_(model.grads, L->buffer_elems, norm, cfg.grad_clip);
-            optim_step(&opt, model.params, model.grads, lr);
-            float *ls = &model.params[L->logit_scale];  // as open_clip: clamp to [0, ln 100] after every step
-            *ls = fminf(fmaxf(*ls, 0.0f), logf(100.0f));
+            clip_model_update(&model, &opt, lr, norm);  // clipping, optimizer, logit_scale clamp
             loss_avg = isnan(loss_avg) ? loss : 0.9f * loss_avg + 0.1f * loss;
         }
         double now = now_seconds(), dt = now - t0;
         ran++, ran_in_log++, wait_in_log += t_data;
-        StepRecord rec = {step + 1, (step + 1) * cfg.batch_size, loss, lr, expf(model.params[L->logit_scale]), norm,
+        StepRecord rec = {step + 1, (step + 1) * cfg.batch_size, loss, lr, expf(clip_model_logit_scale(&model)), norm,
                           dt, batch.size / dt, t_data, skipped};
         if (diag_step(&diag, step_log, &rec, opt.rms)) {
             int patch = diag.watch[0];
@@ -257,8 +249,8 @@ int main(int argc, char **argv) {
     printf("done: %ld steps this run, final step %ld of %ld\n", ran, start + ran, cfg.steps);
     fcloseCheck(step_log);
     loader_close(loader);
-    free(images), free(config_text);
+    free(config_text);
     optim_free(&opt);
-    clip_cpu_free(&model);
+    clip_model_free(&model);
     return 0;
 }

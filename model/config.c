@@ -65,6 +65,8 @@ static const Key KEYS[] = {
     {"precision", T_ENUM, OFF(precision), "fp32", 0, 0, "fp32|bf16|int8_switchback",
      "fp32 (CPU reference / GPU parity), bf16, or int8_switchback (int8 linear layers)"},
     {"device", T_ENUM, OFF(device), "auto", 0, 0, "auto|cpu|cuda", "auto = the GPU when built with CUDA and one is present, else CPU"},
+    {"recompute", T_INT, OFF(recompute), "1", 0, 2, NULL,
+     "GPU activation recompute in backward (as llm.c -r): 0 none, 1 the GELU output, 2 also the LayerNorm outputs"},
     {"seed", T_U64, OFF(seed), "0", 0, 1.8e19, NULL, "seed for init, data order and augmentation"},
     {"threads", T_INT, OFF(threads), "0", 0, 4096, NULL, "CPU threads for the CPU path; 0 = all cores (OMP_NUM_THREADS)"},
     // data

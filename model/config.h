@@ -43,6 +43,7 @@ typedef struct {
     float grad_clip;          // global-norm clipping threshold; 0 = off
     int precision;            // PRECISION_*
     int device;               // DEVICE_*
+    int recompute;            // GPU activation recompute: 0 none, 1 GELU, 2 GELU + LayerNorms
     uint64_t seed;
     int threads;              // CPU threads for the fp32 path; 0 = OpenMP's default
     // ---- data ----

@@ -1,0 +1,12 @@
+// gelu.cuh: the MLP activation, exact GELU 0.5 x (1 + erf(x / sqrt 2)) (open_clip's nn.GELU) or QuickGELU
+// x sigmoid(1.702 x) (OpenAI weights), forward and backward, elementwise on float or bf16.
+// cuBLASLt's GELU epilogues compute the tanh approximation, not erf, so the activation is its own pass.
+// Reference: gelu_forward/backward in model/ops_cpu.c.
+#pragma once
+#include "common.cuh"
+
+// out (n) = gelu(inp)
+template <typename T> void gelu_forward_gpu(T *out, const T *inp, size_t n, int quick);
+// dinp (N, C) = dout * gelu'(inp), overwriting (the reference accumulates; dinp may be dout), and in the
+// same pass dbias (C) += the column sums of dinp: the gradient of the bias before the GELU (fp32).
+template <typename T> void gelu_backward_bias_gpu(T *dinp, float *dbias, const T *dout, const T *inp, int N, int C, int quick);

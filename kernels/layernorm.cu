@@ -1,0 +1,177 @@
+// layernorm.cu: LayerNorm forward fused with the residual add, backward, and the layer-scale branch
+// gradient (see layernorm.cuh). One warp per row; lane l owns the vectors at columns (j * 32 + l) * V. In the
+// forward, rows of up to LN_MAX_VECS vectors per lane (C <= 1280 in bf16) stay in registers (NV > 0) and
+// each input is read once; other widths (NV = 0) re-read the row from L1. The backward re-reads from L1 and
+// leaves the weight and bias gradients to a column sum (reduce.cuh). (Keeping the backward's row and
+// those sums in registers, with warps striding over rows, ran slower: fewer rows in flight.)
+#include "layernorm.cuh"
+#include "reduce.cuh"
+
+#define LN_EPS 1e-5f
+#define ROWS_PER_BLOCK 8
+#define LN_MAX_VECS 5
+
+// recompute = 1: mean/rstd are read instead of computed (x is the LayerNorm input, f unused).
+template <typename T, int V, int NV>
+__global__ void residual_layernorm_forward_kernel(T *res, T *out, float *mean, float *rstd, const T *x, const T *f,
+                                                  const float *ls, const float *w, const float *b, int N, int C,
+                                                  int recompute) {
+    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    size_t off = (size_t)row * C;
+    int nvec = NV > 0 ? NV : (C / V + 31 - lane) / 32;  // vectors of this lane
+    Vec<T, V> keep[NV > 0 ? NV : 1];
+    float m, s;
+    if (recompute) {
+        m = mean[row], s = rstd[row];
+    } else {
+        // pass 1: the residual sum (stored rounded to T, so backward sees the same values) and its mean
+        float sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < nvec; j++) {
+            int c = (j * 32 + lane) * V;
+            Vec<T, V> xv = load_vec<T, V>(x + off + c);
+            if (f) {
+                Vec<T, V> fv = load_vec<T, V>(f + off + c);
+                for (int i = 0; i < V; i++)
+                    xv.v[i] = from_float<T>(to_float(xv.v[i]) + (ls ? ls[c + i] : 1.0f) * to_float(fv.v[i]));
+                store_vec<T, V>(res + off + c, xv);
+            }
+            if (NV > 0) keep[j] = xv;
+            for (int i = 0; i < V; i++) sum += to_float(xv.v[i]);
+        }
+        if (!w) return;
+        if (f) x = res;  // re-reads see the rounded sum this lane wrote
+        m = warp_sum(sum) / C;
+        // pass 2: variance about the mean (two-pass, as the reference)
+        float var = 0.0f;
+#pragma unroll
+        for (int j = 0; j < nvec; j++) {
+            Vec<T, V> xv = NV > 0 ? keep[j] : load_vec<T, V>(x + off + (j * 32 + lane) * V);
+            for (int i = 0; i < V; i++) {
+                float d = to_float(xv.v[i]) - m;
+                var += d * d;
+            }
+        }
+        s = 1.0f / sqrtf(warp_sum(var) / C + LN_EPS);
+        if (lane == 0) mean[row] = m, rstd[row] = s;
+    }
+    // pass 3: normalise, scale, shift
+#pragma unroll
+    for (int j = 0; j < nvec; j++) {
+        int c = (j * 32 + lane) * V;
+        Vec<T, V> xv = NV > 0 && !recompute ? keep[j] : load_vec<T, V>(x + off + c), y;
+        for (int i = 0; i < V; i++) y.v[i] = from_float<T>((to_float(xv.v[i]) - m) * s * w[c + i] + b[c + i]);
+        store_vec<T, V>(out + off + c, y);
+    }
+}
+
+// dinp += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * w; one warp per row.
+template <typename T, int V>
+__global__ void layernorm_backward_kernel(T *dinp, const T *dout, const T *inp, const float *w, const float *mean,
+                                          const float *rstd, int N, int C) {
+    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    size_t off = (size_t)row * C;
+    float m = mean[row], s = rstd[row], sum_d = 0.0f, sum_dx = 0.0f;
+    for (int c = lane * V; c < C; c += 32 * V) {
+        Vec<T, V> g = load_vec<T, V>(dout + off + c), x = load_vec<T, V>(inp + off + c);
+        for (int i = 0; i < V; i++) {
+            float xhat = (to_float(x.v[i]) - m) * s, dxhat = to_float(g.v[i]) * w[c + i];
+            sum_d += dxhat, sum_dx += dxhat * xhat;
+        }
+    }
+    sum_d = warp_sum(sum_d) / C, sum_dx = warp_sum(sum_dx) / C;
+    for (int c = lane * V; c < C; c += 32 * V) {
+        Vec<T, V> g = load_vec<T, V>(dout + off + c), x = load_vec<T, V>(inp + off + c), d = load_vec<T, V>(dinp + off + c);
+        for (int i = 0; i < V; i++) {
+            float xhat = (to_float(x.v[i]) - m) * s;
+            d.v[i] = from_float<T>(to_float(d.v[i]) + s * (to_float(g.v[i]) * w[c + i] - sum_d - xhat * sum_dx));
+        }
+        store_vec<T, V>(dinp + off + c, d);
+    }
+}
+
+template <typename T, int V>
+__global__ void layerscale_backward_kernel(T *df, const T *dout, const float *ls, size_t n, int C) {
+    for (size_t j = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V; j < n; j += (size_t)gridDim.x * blockDim.x * V) {
+        Vec<T, V> g = load_vec<T, V>(dout + j), y;
+        int c = (int)(j % C);
+        for (int i = 0; i < V; i++) y.v[i] = from_float<T>(to_float(g.v[i]) * ls[c + i]);
+        store_vec<T, V>(df + j, y);
+    }
+}
+
+// Vectors per lane for the register path (1 .. LN_MAX_VECS), or 0 for the re-reading path.
+static int vecs_per_lane(int C, int V) { return C % (32 * V) == 0 && C / (32 * V) <= LN_MAX_VECS ? C / (32 * V) : 0; }
+
+#define DISPATCH_NV(nv, call)                                                                              \
+    switch (nv) {                                                                                          \
+        case 1: { constexpr int NV = 1; call; } break;                                                     \
+        case 2: { constexpr int NV = 2; call; } break;                                                     \
+        case 3: { constexpr int NV = 3; call; } break;                                                     \
+        case 4: { constexpr int NV = 4; call; } break;                                                     \
+        case 5: { constexpr int NV = 5; call; } break;                                                     \
+        default: { constexpr int NV = 0; call; } break;                                                    \
+    }
+
+template <typename T>
+static void launch_forward(T *res, T *out, float *mean, float *rstd, const T *x, const T *f, const float *ls,
+                           const float *w, const float *b, int N, int C, int recompute) {
+    if (N == 0) return;
+    int grid = ceil_div(N, ROWS_PER_BLOCK);
+    if (vec_width<T>(C, res, out, x, f) > 1) {
+        constexpr int V = 16 / sizeof(T);
+        DISPATCH_NV(vecs_per_lane(C, V), (residual_layernorm_forward_kernel<T, V, NV><<<grid, 32 * ROWS_PER_BLOCK>>>(
+                                             res, out, mean, rstd, x, f, ls, w, b, N, C, recompute)));
+    } else {
+        DISPATCH_NV(vecs_per_lane(C, 1), (residual_layernorm_forward_kernel<T, 1, NV><<<grid, 32 * ROWS_PER_BLOCK>>>(
+                                             res, out, mean, rstd, x, f, ls, w, b, N, C, recompute)));
+    }
+    cudaCheckLaunch();
+}
+
+template <typename T>
+void residual_layernorm_forward_gpu(T *res, T *out, float *mean, float *rstd, const T *x, const T *f, const float *ls,
+                                    const float *w, const float *b, int N, int C) {
+    launch_forward(res, out, mean, rstd, x, f, ls, w, b, N, C, 0);
+}
+
+template <typename T>
+void layernorm_recompute_gpu(T *out, const T *inp, const float *mean, const float *rstd, const float *w, const float *b, int N, int C) {
+    launch_forward<T>(NULL, out, (float *)mean, (float *)rstd, inp, NULL, NULL, w, b, N, C, 1);
+}
+
+template <typename T>
+void layernorm_backward_gpu(T *dinp, float *dw, float *db, const T *dout, const T *inp, const float *w, const float *mean,
+                            const float *rstd, int N, int C) {
+    if (N == 0) return;
+    int grid = ceil_div(N, ROWS_PER_BLOCK);
+    if (vec_width<T>(C, dinp, dout, inp) > 1)
+        layernorm_backward_kernel<T, 16 / sizeof(T)><<<grid, 32 * ROWS_PER_BLOCK>>>(dinp, dout, inp, w, mean, rstd, N, C);
+    else
+        layernorm_backward_kernel<T, 1><<<grid, 32 * ROWS_PER_BLOCK>>>(dinp, dout, inp, w, mean, rstd, N, C);
+    cudaCheckLaunch();
+    layernorm_param_grads_gpu<T>(dw, db, dout, inp, mean, rstd, N, C);
+}
+
+template <typename T> void layerscale_backward_gpu(T *df, float *dls, const T *dout, const T *f, const float *ls, int N, int C) {
+    size_t n = (size_t)N * C;
+    if (n == 0) return;
+    product_colsum_gpu<T>(dls, dout, f, N, C);  // before df is written: df may alias dout
+    int grid = min(ceil_div((long)n, 256), 8 * num_sms());
+    if (vec_width<T>(C, df, dout) > 1) layerscale_backward_kernel<T, 16 / sizeof(T)><<<grid, 256>>>(df, dout, ls, n, C);
+    else layerscale_backward_kernel<T, 1><<<grid, 256>>>(df, dout, ls, n, C);
+    cudaCheckLaunch();
+}
+
+#define INSTANTIATE(T)                                                                                                   \
+    template void residual_layernorm_forward_gpu<T>(T *, T *, float *, float *, const T *, const T *, const float *,      \
+                                                    const float *, const float *, int, int);                             \
+    template void layernorm_recompute_gpu<T>(T *, const T *, const float *, const float *, const float *, const float *, \
+                                             int, int);                                                                  \
+    template void layernorm_backward_gpu<T>(T *, float *, float *, const T *, const T *, const float *, const float *,    \
+                                            const float *, int, int);                                                    \
+    template void layerscale_backward_gpu<T>(T *, float *, const T *, const T *, const float *, int, int);
+INSTANTIATE(float)
+INSTANTIATE(bf16)

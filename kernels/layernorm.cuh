@@ -1,0 +1,21 @@
+// layernorm.cuh: LayerNorm over the last dim (eps 1e-5, as PyTorch) fused with the residual add before it
+// (res = x + ls * f, ls the optional per-channel layer-scale), its backward, and the layer-scale gradient
+// of a residual branch. Rows of float or bf16; statistics, weights and arithmetic in fp32.
+// Reference: layernorm_forward/backward, residual_forward/backward in model/ops_cpu.c.
+#pragma once
+#include "common.cuh"
+
+// r = x (+ ls * f when f is given; ls NULL means 1), rounded to T; res (N, C) = r when f is given;
+// then when w is given: out (N, C) = LayerNorm(r) * w + b with mean, rstd (N) saved. w NULL: only the add.
+template <typename T>
+void residual_layernorm_forward_gpu(T *res, T *out, float *mean, float *rstd, const T *x, const T *f, const float *ls,
+                                const float *w, const float *b, int N, int C);
+// out = (inp - mean) * rstd * w + b from saved statistics (activation recompute).
+template <typename T>
+void layernorm_recompute_gpu(T *out, const T *inp, const float *mean, const float *rstd, const float *w, const float *b, int N, int C);
+// dinp (N, C) += d LayerNorm / d inp given dout. dw, db (C) += the weight and bias gradients.
+template <typename T>
+void layernorm_backward_gpu(T *dinp, float *dw, float *db, const T *dout, const T *inp, const float *w, const float *mean,
+                        const float *rstd, int N, int C);
+// Gradient into a layer-scaled residual branch: df (N, C) = dout * ls (per channel); dls (C) += sum dout * f.
+template <typename T> void layerscale_backward_gpu(T *df, float *dls, const T *dout, const T *f, const float *ls, int N, int C);

@@ -1,0 +1,19 @@
+// matmul.cuh: every GEMM goes through cuBLASLt with fp32 accumulation (CUBLAS_COMPUTE_32F: full fp32 for
+// float operands, tensor cores for bf16). Linear layers in PyTorch's row-major convention, w (OC, C):
+// forward with the bias fused in the epilogue, the input gradient, and the weight gradient accumulated into
+// fp32 (bf16 operands, fp32 output). Bias gradients are column sums (reduce.cuh).
+// Reference: matmul_forward/backward in model/ops_cpu.c.
+#pragma once
+#include "common.cuh"
+
+// Column-major, as cuBLAS sees it: D (m, n) = alpha op(A) op(B) + beta D (+ bias (m) down each column).
+// A, B of type ab_type; D (and bias) of type d_type; op = transpose when trans_* is set.
+void matmul_cm(void *d, cudaDataType_t d_type, int ldd, const void *a, int lda, int trans_a, const void *b, int ldb,
+               int trans_b, cudaDataType_t ab_type, const void *bias, int m, int n, int k, float alpha, float beta);
+
+// out (N, OC) = inp (N, C) @ w^T (+ bias (OC), may be NULL)
+template <typename T> void matmul_forward_gpu(T *out, const T *inp, const T *w, const T *bias, int N, int C, int OC);
+// dinp (N, C) = dout (N, OC) @ w   (overwrites)
+template <typename T> void matmul_backward_input_gpu(T *dinp, const T *dout, const T *w, int N, int C, int OC);
+// dw (OC, C) += dout^T @ inp   (fp32 accumulation into the gradient buffer)
+template <typename T> void matmul_backward_weight_gpu(float *dw, const T *dout, const T *inp, int N, int C, int OC);

@@ -1,0 +1,103 @@
+// reduce.cu: column sums accumulated into fp32 (see reduce.cuh): the element operations of the plain,
+// product and LayerNorm sums, the partial-sum scratch, the row split and the in-order finish.
+#include "reduce.cuh"
+
+template <typename T, int V> struct SumOp {
+    static const int NOUT = 1;
+    const T *a;
+    long ld;
+    __device__ void operator()(int r, int c, float *acc, float *) const {
+        Vec<T, V> x = load_vec<T, V>(a + (size_t)r * ld + c);
+        for (int i = 0; i < V; i++) acc[i] += to_float(x.v[i]);
+    }
+};
+
+template <typename T, int V> struct ProductOp {
+    static const int NOUT = 1;
+    const T *a, *b;
+    int C;
+    __device__ void operator()(int r, int c, float *acc, float *) const {
+        Vec<T, V> x = load_vec<T, V>(a + (size_t)r * C + c), y = load_vec<T, V>(b + (size_t)r * C + c);
+        for (int i = 0; i < V; i++) acc[i] += to_float(x.v[i]) * to_float(y.v[i]);
+    }
+};
+
+template <typename T, int V> struct LayerNormGradOp {
+    static const int NOUT = 2;
+    const T *dout, *inp;
+    const float *mean, *rstd;
+    int C;
+    __device__ void operator()(int r, int c, float *dw, float *db) const {
+        Vec<T, V> g = load_vec<T, V>(dout + (size_t)r * C + c), x = load_vec<T, V>(inp + (size_t)r * C + c);
+        float m = mean[r], s = rstd[r];
+        for (int i = 0; i < V; i++) {
+            float gi = to_float(g.v[i]);
+            dw[i] += gi * (to_float(x.v[i]) - m) * s;
+            db[i] += gi;
+        }
+    }
+};
+
+__global__ void colsum_finish_kernel(float *out, float *out2, const float *partial, int chunks, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float s = 0.0f, s2 = 0.0f;
+    for (int k = 0; k < chunks; k++) s += partial[(size_t)k * C + c];
+    out[c] += s;
+    if (out2) {
+        for (int k = 0; k < chunks; k++) s2 += partial[((size_t)chunks + k) * C + c];
+        out2[c] += s2;
+    }
+}
+
+// Grown on demand (the first calls of a run size it for good).
+float *colsum_partials(size_t elems) {
+    static float *buf = NULL;
+    static size_t cap = 0;
+    if (elems > cap) {
+        cudaCheck(cudaDeviceSynchronize());  // earlier launches may still read the old buffer
+        if (buf) cudaCheck(cudaFree(buf));
+        cudaCheck(cudaMalloc(&buf, elems * sizeof(float)));
+        cap = elems;
+    }
+    return buf;
+}
+
+void colsum_finish_gpu(float *out, float *out2, const float *partial, int chunks, int C) {
+    colsum_finish_kernel<<<ceil_div(C, 256), 256>>>(out, out2, partial, chunks, C);
+    cudaCheckLaunch();
+}
+
+void colsum_split(int N, int C, int V, int *chunks, int *rows_per_chunk) {
+    // about four blocks per multiprocessor, at least 32 rows per chunk
+    int col_blocks = ceil_div(C, 32 * V), n = ceil_div(4 * num_sms(), col_blocks);
+    n = max(1, min(n, ceil_div(N, 32)));
+    *rows_per_chunk = ceil_div(N, n);
+    *chunks = ceil_div(N, *rows_per_chunk);
+}
+
+template <typename T> void bias_grad_gpu(float *db, const T *a, int N, int C, long ld) {
+    const int V = 16 / sizeof(T);
+    if (vec_width<T>(C, a) > 1 && ld % V == 0) colsum_run<V>(db, NULL, SumOp<T, V>{a, ld}, N, C);
+    else colsum_run<1>(db, NULL, SumOp<T, 1>{a, ld}, N, C);
+}
+
+template <typename T> void product_colsum_gpu(float *out, const T *a, const T *b, int N, int C) {
+    const int V = 16 / sizeof(T);
+    if (vec_width<T>(C, a, b) > 1) colsum_run<V>(out, NULL, ProductOp<T, V>{a, b, C}, N, C);
+    else colsum_run<1>(out, NULL, ProductOp<T, 1>{a, b, C}, N, C);
+}
+
+template <typename T> void layernorm_param_grads_gpu(float *dw, float *db, const T *dout, const T *inp, const float *mean,
+                                                     const float *rstd, int N, int C) {
+    const int V = 16 / sizeof(T);
+    if (vec_width<T>(C, dout, inp) > 1) colsum_run<V>(dw, db, LayerNormGradOp<T, V>{dout, inp, mean, rstd, C}, N, C);
+    else colsum_run<1>(dw, db, LayerNormGradOp<T, 1>{dout, inp, mean, rstd, C}, N, C);
+}
+
+#define INSTANTIATE(T)                                                                                      \
+    template void bias_grad_gpu<T>(float *, const T *, int, int, long);                                     \
+    template void product_colsum_gpu<T>(float *, const T *, const T *, int, int);                           \
+    template void layernorm_param_grads_gpu<T>(float *, float *, const T *, const T *, const float *, const float *, int, int);
+INSTANTIATE(float)
+INSTANTIATE(bf16)

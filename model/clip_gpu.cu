@@ -1,0 +1,717 @@
+// clip_gpu.cu: the CLIP training step on one GPU (see clip_gpu.h): device buffers, forward and backward of
+// both towers and the loss in the order of model/clip_cpu.c, gradient accumulation over micro-batches, the
+// fused optimizer step, the memory plan and the per-family step-time profile. The model code is a template
+// over the activation type T (float for precision fp32, bf16 for bf16); kernels live in kernels/.
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#include "../kernels/adamw.cuh"
+#include "../kernels/attention.cuh"
+#include "../kernels/embed.cuh"
+#include "../kernels/gelu.cuh"
+#include "../kernels/layernorm.cuh"
+#include "../kernels/loss.cuh"
+#include "../kernels/matmul.cuh"
+#include "../kernels/reduce.cuh"
+#include "clip_gpu.h"
+extern "C" {
+#include "ops_cpu.h"
+#include "utils.h"
+}
+
+#define PROF_EVENTS 8192
+#define PROF_GAP (-1)  // an interval between API calls: not GPU work of any family
+
+const char *const PROF_NAMES[PROF_FAMILIES] = {"GEMMs", "attention fwd", "attention bwd", "layernorm+residual fwd",
+                                                "layernorm bwd", "GELU", "bias/ls grads", "embed/pool/memset", "loss",
+                                                "optimizer", "input wait"};
+
+// One residual block's saved activations (T-typed where void *). Under recompute, ln_1/ln_2 and fc_gelu
+// point at shared scratch instead of per-layer storage; attn/mlp (the branch outputs) are kept only with
+// layer-scale, whose gradient needs them.
+typedef struct {
+    void *ln_1, *qkv, *att_y, *attn, *res_1, *ln_2, *fc, *fc_gelu, *mlp, *res_2;  // (N, D), (N, 3D), (N, H) ...
+    float *ln_1_mean, *ln_1_rstd, *ln_2_mean, *ln_2_rstd;                          // (N)
+    float *att_stats;                                                              // attention_stats_elems
+} BlockBuf;
+
+typedef struct {
+    const TowerLayout *t;
+    void *x0;                  // (N, D) residual stream entering block 0
+    BlockBuf *blocks;
+    float *pooled, *pooled_ln;  // (mb, D) the pooled rows and their LayerNorm (ln_post / ln_final), fp32
+    float *pooled_mean, *pooled_rstd;
+    size_t ln_w, ln_b, proj;   // layout offsets of that LayerNorm and the projection
+} TowerBuf;
+
+struct ClipGPU {
+    Config cfg;
+    const ClipLayout *L;
+    int use_bf16, mb, max_batch, recompute, has_ls;
+    char *arena;
+    // parameters: fp32 master, the T-typed copy the GEMMs read (the master itself in fp32), gradients, moments
+    float *params, *grads, *m, *u;
+    bf16 *params_bf16;
+    void *wts;
+    AdamWPlan plan;
+    float logit_scale_host;
+    // inputs of a micro-batch: [images | tokens | EOT positions | token index], two device buffers and two
+    // pinned host stages used alternately, copied on their own stream (see upload_text)
+    size_t input_bytes, off_tokens, off_eot, off_index;
+    char *inputs[2], *stage[2];
+    cudaStream_t copy_stream;
+    cudaEvent_t stage_free[2], consumed[2], text_ready, images_ready;
+    int stage_next, cur, num_unique[2], num_chunks[2], *vocab_counts;
+    float *tok_scratch;  // (mb * context_length, Dt) partial sums of the token-embedding backward
+    // image tower front: patches (mb*G2, 3P^2), v_embed (N, Dv) and ln_pre's statistics
+    void *patches, *v_embed;
+    float *ln_pre_mean, *ln_pre_rstd;
+    TowerBuf vis, txt;
+    // scratch shared by both towers (sized for the larger)
+    void *branch, *ln_scratch, *gelu_scratch, *dres, *d_a, *d_b, *d_wide;
+    float *att_scratch, *dpool, *dpool_ln;
+    // the whole batch: features, their gradients, loss
+    float *img_feat, *txt_feat, *dimg, *dtxt, *loss_scratch, *loss, *norm, *norm_scratch;
+    int last_batch;
+    // profiling
+    int prof_on, prof_n, prof_fam[PROF_EVENTS];
+    cudaEvent_t prof_ev[PROF_EVENTS];
+    double prof_ms[PROF_FAMILIES];
+};
+
+template <typename T> static inline T *as(void *p) { return (T *)p; }
+
+// ---------------------------------------------------------------- profiling
+
+static void prof_flush(ClipGPU *g) {
+    if (g->prof_n < 2) return;
+    cudaCheck(cudaEventSynchronize(g->prof_ev[g->prof_n - 1]));
+    for (int i = 0; i + 1 < g->prof_n; i++) {
+        if (g->prof_fam[i] == PROF_GAP) continue;
+        float ms;
+        cudaCheck(cudaEventElapsedTime(&ms, g->prof_ev[i], g->prof_ev[i + 1]));
+        g->prof_ms[g->prof_fam[i]] += ms;
+    }
+    // the last event starts the next window (swapped, so every event handle stays in the pool)
+    cudaEvent_t last = g->prof_ev[g->prof_n - 1];
+    g->prof_ev[g->prof_n - 1] = g->prof_ev[0], g->prof_ev[0] = last;
+    g->prof_fam[0] = g->prof_fam[g->prof_n - 1];
+    g->prof_n = 1;
+}
+
+// The GPU work enqueued from here on (until the next mark) belongs to `family`.
+static void mark(ClipGPU *g, int family) {
+    if (!g->prof_on) return;
+    if (g->prof_n == PROF_EVENTS) prof_flush(g);
+    cudaCheck(cudaEventRecord(g->prof_ev[g->prof_n], 0));
+    g->prof_fam[g->prof_n++] = family;
+}
+
+void clip_gpu_profile(ClipGPU *g, int on) {
+    if (on && !g->prof_ev[0])
+        for (int i = 0; i < PROF_EVENTS; i++) cudaCheck(cudaEventCreate(&g->prof_ev[i]));
+    g->prof_on = on, g->prof_n = 0;
+    memset(g->prof_ms, 0, sizeof(g->prof_ms));
+}
+
+void clip_gpu_profile_read(ClipGPU *g, double ms[PROF_FAMILIES]) {
+    mark(g, PROF_GAP);
+    prof_flush(g);
+    memcpy(ms, g->prof_ms, sizeof(g->prof_ms));
+}
+
+// ---------------------------------------------------------------- buffers
+
+typedef struct {
+    char *base;  // NULL: only count
+    size_t used;
+} Arena;
+
+static void *take(Arena *a, size_t bytes, size_t *kind) {
+    void *p = a->base ? a->base + a->used : NULL;
+    bytes = (bytes + 255) / 256 * 256;
+    a->used += bytes, *kind += bytes;
+    return p;
+}
+#define TAKE_F(a, n, kind) ((float *)take(a, (size_t)(n) * sizeof(float), kind))
+
+static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+static void carve_tower(ClipGPU *g, Arena *a, TowerBuf *tb, GpuMemoryPlan *p) {
+    const TowerLayout *t = tb->t;
+    size_t es = g->use_bf16 ? 2 : 4, N = (size_t)g->mb * t->tokens, D = t->width, H = t->mlp, r = g->recompute;
+    size_t *act = &p->activations;
+    tb->x0 = take(a, N * D * es, act);
+    for (int l = 0; l < t->layers; l++) {
+        BlockBuf *k = &tb->blocks[l];
+        k->ln_1 = r < 2 ? take(a, N * D * es, act) : g->ln_scratch;
+        k->ln_1_mean = TAKE_F(a, N, act), k->ln_1_rstd = TAKE_F(a, N, act);
+        k->qkv = take(a, N * 3 * D * es, act);
+        k->att_y = take(a, N * D * es, act);
+        k->att_stats = TAKE_F(a, attention_stats_elems(g->use_bf16, g->mb, t->tokens, t->heads), act);
+        k->attn = g->has_ls ? take(a, N * D * es, act) : g->branch;
+        k->res_1 = take(a, N * D * es, act);
+        k->ln_2 = r < 2 ? take(a, N * D * es, act) : g->ln_scratch;
+        k->ln_2_mean = TAKE_F(a, N, act), k->ln_2_rstd = TAKE_F(a, N, act);
+        k->fc = take(a, N * H * es, act);
+        k->fc_gelu = r < 1 ? take(a, N * H * es, act) : g->gelu_scratch;
+        k->mlp = g->has_ls ? take(a, N * D * es, act) : g->branch;
+        k->res_2 = take(a, N * D * es, act);
+    }
+    tb->pooled = TAKE_F(a, g->mb * D, &p->other), tb->pooled_ln = TAKE_F(a, g->mb * D, &p->other);
+    tb->pooled_mean = TAKE_F(a, g->mb, &p->other), tb->pooled_rstd = TAKE_F(a, g->mb, &p->other);
+}
+
+// Lays every buffer out in one allocation (or only counts the bytes when a->base is NULL).
+static void carve(ClipGPU *g, Arena *a, GpuMemoryPlan *p) {
+    const ClipLayout *L = g->L;
+    const Config *c = &g->cfg;
+    size_t es = g->use_bf16 ? 2 : 4, n = L->buffer_elems, mb = g->mb, E = c->embed_dim;
+    memset(p, 0, sizeof(*p));
+    g->params = TAKE_F(a, n, &p->weights);
+    g->params_bf16 = g->use_bf16 ? (bf16 *)take(a, n * 2, &p->weights) : NULL;
+    g->grads = TAKE_F(a, n, &p->grads);
+    g->m = TAKE_F(a, n, &p->optimizer), g->u = TAKE_F(a, n, &p->optimizer);
+    p->optimizer += (size_t)(n / ADAMW_CHUNK + L->num_tensors) * 24;  // the plan's tables (allocated by adamw_plan_init)
+
+    // inputs: images uint8, tokens, EOT positions, token index
+    int S = c->image_size, Tt = c->context_length;
+    g->off_tokens = (mb * 3 * S * S + 255) / 256 * 256;
+    g->off_eot = g->off_tokens + (mb * Tt * sizeof(int32_t) + 255) / 256 * 256;
+    g->off_index = g->off_eot + (mb * sizeof(int) + 255) / 256 * 256;
+    g->input_bytes = g->off_index + token_index_ints(mb * Tt) * sizeof(int);
+    g->inputs[0] = (char *)take(a, g->input_bytes, &p->other), g->inputs[1] = (char *)take(a, g->input_bytes, &p->other);
+    g->tok_scratch = TAKE_F(a, mb * Tt * L->text.width, &p->other);
+
+    // shared scratch, sized for the larger tower
+    const TowerLayout *towers[2] = {&L->visual, &L->text};
+    size_t nd = 0, nh = 0, nwide = 0, att = 0, bd = 0;
+    for (int i = 0; i < 2; i++) {
+        const TowerLayout *t = towers[i];
+        size_t N = mb * t->tokens;
+        nd = max_sz(nd, N * t->width), nh = max_sz(nh, N * t->mlp);
+        nwide = max_sz(nwide, N * max_sz(3 * t->width, t->mlp));
+        att = max_sz(att, attention_stats_elems(g->use_bf16, (int)mb, t->tokens, t->heads));
+        bd = max_sz(bd, mb * t->width);
+    }
+    size_t *o = &p->other;
+    g->branch = take(a, nd * es, o);  // also the patch embeddings (fewer rows than the vision tower)
+    g->ln_scratch = g->recompute >= 2 ? take(a, nd * es, o) : NULL;
+    g->gelu_scratch = g->recompute >= 1 ? take(a, nh * es, o) : NULL;
+    g->dres = take(a, nd * es, o), g->d_a = take(a, nd * es, o), g->d_b = take(a, nd * es, o);
+    g->d_wide = take(a, nwide * es, o);
+    g->att_scratch = TAKE_F(a, att, o);
+    g->dpool = TAKE_F(a, bd, o), g->dpool_ln = TAKE_F(a, bd, o);
+
+    // image tower front (saved for backward)
+    int P = c->patch_size, G2 = (S / P) * (S / P);
+    g->patches = take(a, mb * G2 * 3 * P * P * es, &p->activations);
+    g->v_embed = take(a, mb * L->visual.tokens * L->visual.width * es, &p->activations);
+    g->ln_pre_mean = TAKE_F(a, mb * L->visual.tokens, &p->activations);
+    g->ln_pre_rstd = TAKE_F(a, mb * L->visual.tokens, &p->activations);
+    carve_tower(g, a, &g->vis, p);
+    carve_tower(g, a, &g->txt, p);
+
+    // the whole batch
+    size_t Bt = (size_t)g->max_batch;
+    g->img_feat = TAKE_F(a, Bt * E, o), g->txt_feat = TAKE_F(a, Bt * E, o);
+    g->dimg = TAKE_F(a, Bt * E, o), g->dtxt = TAKE_F(a, Bt * E, o);
+    g->loss_scratch = TAKE_F(a, contrastive_loss_scratch_elems((int)Bt, (int)E), o);
+    g->loss = TAKE_F(a, 1, o), g->norm = TAKE_F(a, 1, o);
+    g->norm_scratch = TAKE_F(a, GRAD_NORM_BLOCKS, o);
+    p->other += (32u << 20) + (4u << 20);  // cuBLASLt workspace, column-sum partials (allocated by the kernels)
+    p->total = p->weights + p->grads + p->optimizer + p->activations + p->other;
+}
+
+// ---------------------------------------------------------------- forward
+
+// The pooled features are fp32 and the two projections use the fp32 master weights (tiny GEMMs).
+// out (B, E) = x (B, C) @ proj (C, E)
+static void proj_forward(float *out, const float *x, const float *proj, int B, int C, int E) {
+    matmul_cm(out, CUDA_R_32F, E, proj, E, 0, x, C, 0, CUDA_R_32F, NULL, E, B, C, 1.0f, 0.0f);
+}
+// dx (B, C) = dout (B, E) @ proj^T;  dproj (C, E) += x^T @ dout
+static void proj_backward(float *dx, float *dproj, const float *dout, const float *x, const float *proj, int B, int C, int E) {
+    matmul_cm(dx, CUDA_R_32F, C, proj, E, 1, dout, E, 0, CUDA_R_32F, NULL, C, B, E, 1.0f, 0.0f);
+    matmul_cm(dproj, CUDA_R_32F, E, dout, E, 0, x, C, 1, CUDA_R_32F, NULL, E, C, B, 1.0f, 1.0f);
+}
+
+static const float *opt_param(const ClipGPU *g, size_t off) { return off == NO_TENSOR ? NULL : g->params + off; }
+
+// The blocks of one tower: x0 -> res_2 of the last block. Each block's second residual add is fused with
+// the next block's ln_1.
+template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B) {
+    const TowerLayout *t = tb->t;
+    const float *P = g->params;
+    const T *W = (const T *)g->wts;
+    int N = B * t->tokens, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu;
+    const BlockLayout *w0 = &t->blocks[0];
+    mark(g, PROF_LAYERNORM);
+    residual_layernorm_forward_gpu<T>(NULL, as<T>(tb->blocks[0].ln_1), tb->blocks[0].ln_1_mean, tb->blocks[0].ln_1_rstd,
+                                  as<T>(tb->x0), NULL, NULL, P + w0->ln_1_w, P + w0->ln_1_b, N, D);
+    const T *x = as<T>(tb->x0);
+    for (int l = 0; l < t->layers; l++) {
+        const BlockLayout *w = &t->blocks[l];
+        BlockBuf *k = &tb->blocks[l];
+        mark(g, PROF_GEMM);
+        matmul_forward_gpu<T>(as<T>(k->qkv), as<T>(k->ln_1), W + w->in_proj_w, W + w->in_proj_b, N, D, 3 * D);
+        mark(g, PROF_ATTENTION);
+        attention_forward_gpu(as<T>(k->att_y), k->att_stats, as<T>(k->qkv), B, t->tokens, D, t->heads, t->causal);
+        mark(g, PROF_GEMM);
+        matmul_forward_gpu<T>(as<T>(k->attn), as<T>(k->att_y), W + w->out_proj_w, W + w->out_proj_b, N, D, D);
+        mark(g, PROF_LAYERNORM);
+        residual_layernorm_forward_gpu<T>(as<T>(k->res_1), as<T>(k->ln_2), k->ln_2_mean, k->ln_2_rstd, x, as<T>(k->attn),
+                                      opt_param(g, w->ls_1), P + w->ln_2_w, P + w->ln_2_b, N, D);
+        mark(g, PROF_GEMM);
+        matmul_forward_gpu<T>(as<T>(k->fc), as<T>(k->ln_2), W + w->c_fc_w, W + w->c_fc_b, N, D, H);
+        mark(g, PROF_GELU);
+        gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)N * H, quick);
+        mark(g, PROF_GEMM);
+        matmul_forward_gpu<T>(as<T>(k->mlp), as<T>(k->fc_gelu), W + w->c_proj_w, W + w->c_proj_b, N, H, D);
+        mark(g, PROF_LAYERNORM);
+        if (l + 1 < t->layers) {
+            BlockBuf *kn = &tb->blocks[l + 1];
+            const BlockLayout *wn = &t->blocks[l + 1];
+            residual_layernorm_forward_gpu<T>(as<T>(k->res_2), as<T>(kn->ln_1), kn->ln_1_mean, kn->ln_1_rstd, as<T>(k->res_1),
+                                          as<T>(k->mlp), opt_param(g, w->ls_2), P + wn->ln_1_w, P + wn->ln_1_b, N, D);
+        } else {
+            residual_layernorm_forward_gpu<T>(as<T>(k->res_2), (T *)NULL, NULL, NULL, as<T>(k->res_1), as<T>(k->mlp),
+                                          opt_param(g, w->ls_2), NULL, NULL, N, D);
+        }
+        x = as<T>(k->res_2);
+    }
+}
+
+// Pool (class token or EOT), LayerNorm, project: features (B, E) fp32.
+template <typename T> static void tower_head_forward(ClipGPU *g, TowerBuf *tb, const int *index, int B, float *features) {
+    const TowerLayout *t = tb->t;
+    const float *P = g->params;
+    mark(g, PROF_EMBED_OTHER);
+    gather_rows_gpu<T>(tb->pooled, as<T>(tb->blocks[t->layers - 1].res_2), index, B, t->tokens, t->width);
+    residual_layernorm_forward_gpu<float>(NULL, tb->pooled_ln, tb->pooled_mean, tb->pooled_rstd, tb->pooled, NULL, NULL,
+                                      P + tb->ln_w, P + tb->ln_b, B, t->width);
+    mark(g, PROF_GEMM);
+    proj_forward(features, tb->pooled_ln, P + tb->proj, B, t->width, g->cfg.embed_dim);
+}
+
+static void upload_text(ClipGPU *g, const Batch *b, int start, int B);
+static void upload_images(ClipGPU *g, const Batch *b, int start, int B);
+static void inputs_consumed(ClipGPU *g);
+
+// Forward of micro-batch [start, start + B) of the batch (inputs uploaded on the way: the text tower runs
+// while the images are copied): every activation saved, features written.
+template <typename T> static void forward_micro(ClipGPU *g, const Batch *b, int start, int B) {
+    const ClipLayout *L = g->L;
+    const Config *c = &g->cfg;
+    const float *P = g->params;
+    const T *W = (const T *)g->wts;
+    int S = c->image_size, Ps = c->patch_size, G2 = (S / Ps) * (S / Ps), Dv = L->visual.width, Nv = B * L->visual.tokens;
+    size_t E = c->embed_dim;
+    // text tower: token + position embeddings -> causal blocks -> ln_final at the EOT -> @ text_projection
+    upload_text(g, b, start, B);
+    const char *in = g->inputs[g->cur];
+    mark(g, PROF_EMBED_OTHER);
+    text_embed_forward_gpu<T>(as<T>(g->txt.x0), (const int32_t *)(in + g->off_tokens), P + L->token_embedding, P + L->text_pos,
+                              B, L->text.tokens, L->text.width);
+    tower_forward<T>(g, &g->txt, B);
+    tower_head_forward<T>(g, &g->txt, (const int *)(in + g->off_eot), B, g->txt_feat + start * E);
+    // image tower: patches @ conv1 -> class token + positions -> ln_pre -> blocks -> ln_post(class) @ proj
+    upload_images(g, b, start, B);
+    mark(g, PROF_EMBED_OTHER);
+    patch_im2col_gpu<T>(as<T>(g->patches), (const uint8_t *)in, B, S, Ps);
+    mark(g, PROF_GEMM);
+    matmul_forward_gpu<T>(as<T>(g->branch), as<T>(g->patches), W + L->conv1_w, (const T *)NULL, B * G2, 3 * Ps * Ps, Dv);
+    mark(g, PROF_EMBED_OTHER);
+    vision_embed_forward_gpu<T>(as<T>(g->v_embed), as<T>(g->branch), P + L->class_embedding, P + L->visual_pos, B, G2, Dv);
+    mark(g, PROF_LAYERNORM);
+    residual_layernorm_forward_gpu<T>(NULL, as<T>(g->vis.x0), g->ln_pre_mean, g->ln_pre_rstd, as<T>(g->v_embed), NULL, NULL,
+                                      P + L->ln_pre_w, P + L->ln_pre_b, Nv, Dv);
+    tower_forward<T>(g, &g->vis, B);
+    tower_head_forward<T>(g, &g->vis, NULL, B, g->img_feat + start * E);
+    inputs_consumed(g);
+}
+
+// ---------------------------------------------------------------- backward
+
+// g->dres (N, D) holds d(last block output) on entry and d(x0) on return.
+template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B) {
+    const TowerLayout *t = tb->t;
+    const float *P = g->params;
+    const T *W = (const T *)g->wts;
+    float *G = g->grads;
+    int N = B * t->tokens, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu, r = g->recompute;
+    T *dres = as<T>(g->dres), *d_a = as<T>(g->d_a), *d_b = as<T>(g->d_b), *d_wide = as<T>(g->d_wide);
+    for (int l = t->layers - 1; l >= 0; l--) {
+        const BlockLayout *w = &t->blocks[l];
+        BlockBuf *k = &tb->blocks[l];
+        const T *x = as<T>(l ? tb->blocks[l - 1].res_2 : tb->x0);
+        // res_2 = res_1 + ls_2 * c_proj(gelu(c_fc(ln_2(res_1))))
+        const T *dmlp = dres;
+        mark(g, PROF_PARAM_GRADS);
+        if (w->ls_2 != NO_TENSOR) layerscale_backward_gpu<T>(d_a, G + w->ls_2, dres, as<T>(k->mlp), P + w->ls_2, N, D), dmlp = d_a;
+        mark(g, PROF_GELU);
+        if (r >= 1) gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)N * H, quick);  // recompute
+        mark(g, PROF_GEMM);
+        matmul_backward_input_gpu<T>(d_wide, dmlp, W + w->c_proj_w, N, H, D);
+        matmul_backward_weight_gpu<T>(G + w->c_proj_w, dmlp, as<T>(k->fc_gelu), N, H, D);
+        mark(g, PROF_PARAM_GRADS);
+        bias_grad_gpu<T>(G + w->c_proj_b, dmlp, N, D, D);
+        mark(g, PROF_GELU);
+        gelu_backward_bias_gpu<T>(d_wide, G + w->c_fc_b, d_wide, as<T>(k->fc), N, H, quick);  // with c_fc's bias gradient
+        mark(g, PROF_LAYERNORM);
+        if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_2), as<T>(k->res_1), k->ln_2_mean, k->ln_2_rstd, P + w->ln_2_w, P + w->ln_2_b, N, D);
+        mark(g, PROF_GEMM);
+        matmul_backward_input_gpu<T>(d_b, d_wide, W + w->c_fc_w, N, D, H);
+        matmul_backward_weight_gpu<T>(G + w->c_fc_w, d_wide, as<T>(k->ln_2), N, D, H);
+        mark(g, PROF_LAYERNORM_BACKWARD);
+        layernorm_backward_gpu<T>(dres, G + w->ln_2_w, G + w->ln_2_b, d_b, as<T>(k->res_1), P + w->ln_2_w, k->ln_2_mean, k->ln_2_rstd, N, D);
+        // res_1 = x + ls_1 * out_proj(attention(in_proj(ln_1(x))))
+        const T *dattn = dres;
+        mark(g, PROF_PARAM_GRADS);
+        if (w->ls_1 != NO_TENSOR) layerscale_backward_gpu<T>(d_a, G + w->ls_1, dres, as<T>(k->attn), P + w->ls_1, N, D), dattn = d_a;
+        mark(g, PROF_GEMM);
+        matmul_backward_input_gpu<T>(d_b, dattn, W + w->out_proj_w, N, D, D);
+        matmul_backward_weight_gpu<T>(G + w->out_proj_w, dattn, as<T>(k->att_y), N, D, D);
+        mark(g, PROF_PARAM_GRADS);
+        bias_grad_gpu<T>(G + w->out_proj_b, dattn, N, D, D);
+        mark(g, PROF_ATTENTION_BACKWARD);
+        attention_backward_gpu(d_wide, g->att_scratch, d_b, as<T>(k->qkv), as<T>(k->att_y), k->att_stats, B, t->tokens, D, t->heads, t->causal);
+        mark(g, PROF_LAYERNORM);
+        if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_1), x, k->ln_1_mean, k->ln_1_rstd, P + w->ln_1_w, P + w->ln_1_b, N, D);
+        mark(g, PROF_GEMM);
+        matmul_backward_input_gpu<T>(d_a, d_wide, W + w->in_proj_w, N, D, 3 * D);
+        matmul_backward_weight_gpu<T>(G + w->in_proj_w, d_wide, as<T>(k->ln_1), N, D, 3 * D);
+        mark(g, PROF_PARAM_GRADS);
+        bias_grad_gpu<T>(G + w->in_proj_b, d_wide, N, 3 * D, 3 * D);
+        mark(g, PROF_LAYERNORM_BACKWARD);
+        layernorm_backward_gpu<T>(dres, G + w->ln_1_w, G + w->ln_1_b, d_a, x, P + w->ln_1_w, k->ln_1_mean, k->ln_1_rstd, N, D);
+    }
+}
+
+// d features (B, E) -> projection, pooled LayerNorm -> g->dres = d(last block output), zero but the pooled rows.
+template <typename T> static void tower_head_backward(ClipGPU *g, TowerBuf *tb, const int *index, int B, const float *dfeat) {
+    const TowerLayout *t = tb->t;
+    const float *P = g->params;
+    float *G = g->grads;
+    int D = t->width;
+    mark(g, PROF_GEMM);
+    proj_backward(g->dpool_ln, G + tb->proj, dfeat, tb->pooled_ln, P + tb->proj, B, D, g->cfg.embed_dim);
+    mark(g, PROF_EMBED_OTHER);
+    cudaCheck(cudaMemsetAsync(g->dpool, 0, (size_t)B * D * sizeof(float), 0));
+    layernorm_backward_gpu<float>(g->dpool, G + tb->ln_w, G + tb->ln_b, g->dpool_ln, tb->pooled, P + tb->ln_w, tb->pooled_mean,
+                              tb->pooled_rstd, B, D);
+    cudaCheck(cudaMemsetAsync(g->dres, 0, (size_t)B * t->tokens * D * sizeof(T), 0));
+    scatter_rows_gpu<T>(as<T>(g->dres), g->dpool, index, B, t->tokens, D);
+}
+
+// Backward of the micro-batch whose forward is in the buffers, from its slices of d features.
+template <typename T> static void backward_micro(ClipGPU *g, int B, const float *dimg, const float *dtxt) {
+    const ClipLayout *L = g->L;
+    const Config *c = &g->cfg;
+    const float *P = g->params;
+    float *G = g->grads;
+    int S = c->image_size, Ps = c->patch_size, G2 = (S / Ps) * (S / Ps), Dv = L->visual.width, Tv = L->visual.tokens;
+    // image tower
+    tower_head_backward<T>(g, &g->vis, NULL, B, dimg);
+    tower_backward<T>(g, &g->vis, B);
+    mark(g, PROF_EMBED_OTHER);
+    T *dembed = as<T>(g->d_a), *dpatch = as<T>(g->d_b);
+    cudaCheck(cudaMemsetAsync(dembed, 0, (size_t)B * Tv * Dv * sizeof(T), 0));
+    layernorm_backward_gpu<T>(dembed, G + L->ln_pre_w, G + L->ln_pre_b, as<T>(g->dres), as<T>(g->v_embed), P + L->ln_pre_w,
+                          g->ln_pre_mean, g->ln_pre_rstd, B * Tv, Dv);
+    bias_grad_gpu<T>(G + L->visual_pos, dembed, B, Tv * Dv, (long)Tv * Dv);       // positions: sum over images
+    bias_grad_gpu<T>(G + L->class_embedding, dembed, B, Dv, (long)Tv * Dv);       // class token: row 0 of each image
+    vision_embed_backward_gpu<T>(dpatch, dembed, B, G2, Dv);
+    mark(g, PROF_GEMM);
+    matmul_backward_weight_gpu<T>(G + L->conv1_w, dpatch, as<T>(g->patches), B * G2, 3 * Ps * Ps, Dv);
+    // text tower
+    const TowerLayout *Tt = &L->text;
+    tower_head_backward<T>(g, &g->txt, (const int *)(g->inputs[g->cur] + g->off_eot), B, dtxt);
+    tower_backward<T>(g, &g->txt, B);
+    mark(g, PROF_EMBED_OTHER);
+    bias_grad_gpu<T>(G + L->text_pos, as<T>(g->dres), B, Tt->tokens * Tt->width, (long)Tt->tokens * Tt->width);
+    text_embed_backward_gpu<T>(G + L->token_embedding, g->tok_scratch, as<T>(g->dres), (const int *)(g->inputs[g->cur] + g->off_index),
+                               g->num_unique[g->cur], g->num_chunks[g->cur], B * Tt->tokens, Tt->width);
+    inputs_consumed(g);
+}
+
+// ---------------------------------------------------------------- inputs
+
+// Micro-batch [start, start + B) of the batch to the device, in two parts: the captions (with the EOT
+// positions and the token index, computed on the host where the ids are) before the text tower, the images
+// (tens of MB) after it has been enqueued, so that their host staging and copy overlap it. Device buffer
+// and pinned stage k alternate between micro-batches; copies run on copy_stream, ordered by events.
+static void upload_text(ClipGPU *g, const Batch *b, int start, int B) {
+    const Config *c = &g->cfg;
+    int Tt = c->context_length, k = g->stage_next;
+    g->stage_next ^= 1, g->cur = k;
+    mark(g, PROF_INPUT);
+    cudaCheck(cudaEventSynchronize(g->stage_free[k]));  // the last copies out of stage k are done
+    char *h = g->stage[k];
+    int32_t *tokens = (int32_t *)(h + g->off_tokens);
+    memcpy(tokens, b->tokens + (size_t)start * Tt, (size_t)B * Tt * sizeof(int32_t));
+    for (size_t i = 0; i < (size_t)B * Tt; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            fatal("token id %d at position %zu is outside the vocabulary (%d)", tokens[i], (size_t)start * Tt + i, c->vocab_size);
+    eot_positions((int *)(h + g->off_eot), tokens, B, Tt);
+    int *index = (int *)(h + g->off_index);
+    token_index_build(index, tokens, B * Tt, c->vocab_size, g->vocab_counts);
+    g->num_unique[k] = index[0], g->num_chunks[k] = index[1];
+    size_t bytes = g->off_index - g->off_tokens + token_index_ints((size_t)B * Tt) * sizeof(int);
+    cudaCheck(cudaStreamWaitEvent(g->copy_stream, g->consumed[k], 0));  // kernels two micro-batches ago are done with it
+    cudaCheck(cudaMemcpyAsync(g->inputs[k] + g->off_tokens, h + g->off_tokens, bytes, cudaMemcpyHostToDevice, g->copy_stream));
+    cudaCheck(cudaEventRecord(g->text_ready, g->copy_stream));
+    cudaCheck(cudaStreamWaitEvent(0, g->text_ready, 0));
+}
+
+static void upload_images(ClipGPU *g, const Batch *b, int start, int B) {
+    int S = g->cfg.image_size, k = g->cur;
+    char *h = g->stage[k];
+    size_t bytes = (size_t)B * 3 * S * S;
+    const uint8_t *src = b->images + (size_t)start * 3 * S * S;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < 64; i++) {  // a parallel memcpy: tens of MB per micro-batch
+        size_t lo = bytes * i / 64, hi = bytes * (i + 1) / 64;
+        memcpy(h + lo, src + lo, hi - lo);
+    }
+    cudaCheck(cudaMemcpyAsync(g->inputs[k], h, bytes, cudaMemcpyHostToDevice, g->copy_stream));
+    cudaCheck(cudaEventRecord(g->images_ready, g->copy_stream));
+    cudaCheck(cudaEventRecord(g->stage_free[k], g->copy_stream));
+    mark(g, PROF_INPUT);
+    cudaCheck(cudaStreamWaitEvent(0, g->images_ready, 0));
+}
+
+// The kernels enqueued so far are the last to read the current input buffer (until its next upload).
+static void inputs_consumed(ClipGPU *g) { cudaCheck(cudaEventRecord(g->consumed[g->cur], 0)); }
+
+// ---------------------------------------------------------------- the step
+
+template <typename T> static void forward_backward(ClipGPU *g, const Batch *b) {
+    int total = b->size, mb = g->mb, nmicro = (total + mb - 1) / mb, E = g->cfg.embed_dim;
+    mark(g, PROF_OPTIMIZER);
+    cudaCheck(cudaMemsetAsync(g->grads, 0, g->L->buffer_elems * sizeof(float), 0));
+    // pass 1: every micro-batch forward; the last one's activations stay for its backward
+    for (int j = 0; j < nmicro; j++) {
+        int start = j * mb, B = total - start < mb ? total - start : mb;
+        forward_micro<T>(g, b, start, B);
+    }
+    mark(g, PROF_LOSS);
+    contrastive_loss_gpu(g->loss, g->dimg, g->dtxt, g->grads + g->L->logit_scale, g->img_feat, g->txt_feat,
+                         g->params + g->L->logit_scale, total, E, g->loss_scratch);
+    // pass 2: backward of each micro-batch (the others recomputed forward first), last to first
+    for (int j = nmicro - 1; j >= 0; j--) {
+        int start = j * mb, B = total - start < mb ? total - start : mb;
+        if (j != nmicro - 1) forward_micro<T>(g, b, start, B);
+        backward_micro<T>(g, B, g->dimg + (size_t)start * E, g->dtxt + (size_t)start * E);
+    }
+    mark(g, PROF_GAP);
+}
+
+float clip_gpu_forward_backward(ClipGPU *g, const Batch *b) {
+    if (b->size < 1 || b->size > g->max_batch) fatal("clip_gpu_forward_backward: batch of %d, the model holds at most %d", b->size, g->max_batch);
+    if (b->image_size != g->cfg.image_size || b->context_length != g->cfg.context_length)
+        fatal("clip_gpu_forward_backward: batch images %d px / %d tokens, the model takes %d / %d", b->image_size,
+              b->context_length, g->cfg.image_size, g->cfg.context_length);
+    if (g->use_bf16) forward_backward<bf16>(g, b);
+    else forward_backward<float>(g, b);
+    g->last_batch = b->size;
+    float loss;
+    cudaCheck(cudaMemcpy(&loss, g->loss, sizeof(float), cudaMemcpyDeviceToHost));
+    return loss;
+}
+
+float clip_gpu_grad_norm(ClipGPU *g) {
+    mark(g, PROF_OPTIMIZER);
+    global_norm_gpu(g->norm, g->grads, g->L->buffer_elems, g->norm_scratch);
+    mark(g, PROF_GAP);
+    float norm;
+    cudaCheck(cudaMemcpy(&norm, g->norm, sizeof(float), cudaMemcpyDeviceToHost));
+    return norm;
+}
+
+void clip_gpu_update(ClipGPU *g, Optimizer *o, float lr, float grad_scale) {
+    o->t++;
+    float b1t, b2t;
+    optim_betas(o, o->t, &b1t, &b2t);
+    mark(g, PROF_OPTIMIZER);
+    adamw_step_gpu(&g->plan, g->params, g->params_bf16, g->grads, g->m, g->u, lr, b1t, b2t, o->eps, grad_scale,
+               o->kind == OPTIMIZER_STABLE_ADAMW);
+    float *ls = g->params + g->L->logit_scale;  // as open_clip: clamp to [0, ln 100] after every step
+    clamp_scalar_gpu(ls, 0.0f, logf(100.0f));
+    mark(g, PROF_GAP);
+    cudaCheck(cudaMemcpy(o->rms, g->plan.rms, (size_t)g->L->num_tensors * sizeof(float), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(&g->logit_scale_host, ls, sizeof(float), cudaMemcpyDeviceToHost));
+}
+
+float clip_gpu_logit_scale(const ClipGPU *g) { return g->logit_scale_host; }
+
+void clip_gpu_download(ClipGPU *g, float *params, Optimizer *o, float *grads) {
+    size_t bytes = g->L->buffer_elems * sizeof(float);
+    cudaCheck(cudaMemcpy(params, g->params, bytes, cudaMemcpyDeviceToHost));
+    if (o) {
+        cudaCheck(cudaMemcpy(o->m, g->m, bytes, cudaMemcpyDeviceToHost));
+        cudaCheck(cudaMemcpy(o->u, g->u, bytes, cudaMemcpyDeviceToHost));
+    }
+    if (grads) cudaCheck(cudaMemcpy(grads, g->grads, bytes, cudaMemcpyDeviceToHost));
+}
+
+void clip_gpu_upload(ClipGPU *g, const float *params, const Optimizer *o) {
+    size_t n = g->L->buffer_elems, bytes = n * sizeof(float);
+    cudaCheck(cudaMemcpy(g->params, params, bytes, cudaMemcpyHostToDevice));
+    if (g->params_bf16) copy_to_bf16_gpu(g->params_bf16, g->params, n);
+    if (o) {
+        cudaCheck(cudaMemcpy(g->m, o->m, bytes, cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(g->u, o->u, bytes, cudaMemcpyHostToDevice));
+    }
+    g->logit_scale_host = params[g->L->logit_scale];
+    cudaCheck(cudaDeviceSynchronize());
+}
+
+void clip_gpu_features(ClipGPU *g, float *image_features, float *text_features) {
+    size_t bytes = (size_t)g->last_batch * g->cfg.embed_dim * sizeof(float);
+    cudaCheck(cudaMemcpy(image_features, g->img_feat, bytes, cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(text_features, g->txt_feat, bytes, cudaMemcpyDeviceToHost));
+}
+
+// ---------------------------------------------------------------- setup, memory plan, errors
+
+const char *clip_gpu_unavailable(void) {
+    static char why[256];
+    int n = 0, runtime = 0, driver = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    cudaGetLastError();  // clear a sticky "no device"
+    if (e == cudaSuccess && n > 0) return "";
+    if (cudaRuntimeGetVersion(&runtime) != cudaSuccess) runtime = 0;
+    if (cudaDriverGetVersion(&driver) != cudaSuccess) driver = 0;
+    if (e == cudaErrorInsufficientDriver)
+        snprintf(why, sizeof(why), "the NVIDIA driver supports CUDA %d.%d but this build needs %d.%d: update the driver, or rebuild with an older CUDA toolkit",
+                 driver / 1000, driver % 1000 / 10, runtime / 1000, runtime % 1000 / 10);
+    else if (e == cudaSuccess || e == cudaErrorNoDevice)
+        snprintf(why, sizeof(why), "no CUDA GPU found (check nvidia-smi and CUDA_VISIBLE_DEVICES)");
+    else snprintf(why, sizeof(why), "CUDA cannot start: %s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));
+    return why;
+}
+
+int clip_gpu_micro_batch(const Config *c) { return (int)(c->micro_batch_size ? c->micro_batch_size : c->batch_size); }
+
+// A model with its sizes set and no memory: enough to carve in counting mode.
+static void init_shape(ClipGPU *g, const Config *c, const ClipLayout *L, int mb, int recompute) {
+    memset(g, 0, sizeof(*g));
+    g->cfg = *c, g->L = L;
+    g->use_bf16 = c->precision == PRECISION_BF16, g->mb = mb, g->max_batch = (int)c->batch_size, g->recompute = recompute;
+    g->has_ls = config_has_layer_scale(c);
+    g->vis.t = &L->visual, g->txt.t = &L->text;
+    g->vis.blocks = (BlockBuf *)callocCheck((size_t)L->visual.layers, sizeof(BlockBuf));
+    g->txt.blocks = (BlockBuf *)callocCheck((size_t)L->text.layers, sizeof(BlockBuf));
+    g->vis.ln_w = L->ln_post_w, g->vis.ln_b = L->ln_post_b, g->vis.proj = L->visual_proj;
+    g->txt.ln_w = L->ln_final_w, g->txt.ln_b = L->ln_final_b, g->txt.proj = L->text_projection;
+}
+
+GpuMemoryPlan clip_gpu_memory_plan(const Config *c, const ClipLayout *L, int micro_batch, int recompute) {
+    ClipGPU g;
+    init_shape(&g, c, L, micro_batch, recompute);
+    Arena a = {NULL, 0};
+    GpuMemoryPlan p;
+    carve(&g, &a, &p);
+    free(g.vis.blocks), free(g.txt.blocks);
+    return p;
+}
+
+static double gib(size_t b) { return (double)b / (1u << 30); }
+
+// Largest micro-batch (up to batch_size) whose plan fits in `avail` bytes, 0 if none.
+static int largest_fit(const Config *c, const ClipLayout *L, int recompute, size_t avail) {
+    int lo = 0, hi = (int)c->batch_size;
+    while (lo < hi) {
+        int mid = lo + (hi - lo + 1) / 2;
+        if (clip_gpu_memory_plan(c, L, mid, recompute).total <= avail) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+int clip_gpu_print_memory_plan(const Config *c, const ClipLayout *L) {
+    int mb = clip_gpu_micro_batch(c);
+    GpuMemoryPlan p = clip_gpu_memory_plan(c, L, mb, c->recompute);
+    size_t free_b = 0, total_b = 0;
+    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
+    size_t avail = free_b > (256u << 20) ? free_b - (256u << 20) : 0;  // headroom for the CUDA libraries' own buffers
+    printf("memory plan (GPU, %s, micro-batch %d, recompute %d): weights %.2f GiB, grads %.2f GiB, optimizer %.2f GiB, "
+           "activations %.2f GiB, other %.2f GiB = %.2f GiB of %.2f GiB free\n",
+           c->precision == PRECISION_BF16 ? "bf16" : "fp32", mb, c->recompute, gib(p.weights), gib(p.grads), gib(p.optimizer),
+           gib(p.activations), gib(p.other), gib(p.total), gib(free_b));
+    printf("largest micro-batch that fits: recompute 0: %d, 1: %d, 2: %d (batch_size %ld)\n", largest_fit(c, L, 0, avail),
+           largest_fit(c, L, 1, avail), largest_fit(c, L, 2, avail), c->batch_size);
+    return p.total <= avail;
+}
+
+ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *params) {
+    const char *why = clip_gpu_unavailable();
+    if (*why) fatal("device = cuda: %s", why);
+    if (c->precision != PRECISION_FP32 && c->precision != PRECISION_BF16)
+        fatal("precision int8_switchback is not integrated in the GPU step yet; use precision = bf16 or fp32");
+    int mb = clip_gpu_micro_batch(c);
+    if (c->precision == PRECISION_BF16) {
+        const TowerLayout *ts[2] = {&L->visual, &L->text};
+        for (int i = 0; i < 2; i++)
+            if (ts[i]->head_dim % 8 || ts[i]->head_dim > 128)
+                fatal("precision = bf16: attention head dim %d (%s tower) must be a multiple of 8 up to 128", ts[i]->head_dim,
+                      i ? "text" : "image");
+    }
+    ClipGPU *g = (ClipGPU *)callocCheck(1, sizeof(ClipGPU));
+    init_shape(g, c, L, mb, c->recompute);
+    Arena count = {NULL, 0};
+    GpuMemoryPlan p;
+    carve(g, &count, &p);
+    size_t free_b, total_b;
+    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
+    if (p.total > free_b) {
+        int fit = largest_fit(c, L, c->recompute, free_b > (256u << 20) ? free_b - (256u << 20) : 0);
+        fatal("out of GPU memory: micro-batch %d needs %.2f GiB, %.2f GiB are free. Largest micro-batch that fits with "
+              "recompute = %d: %d; set micro_batch_size (gradient accumulation keeps the batch) or recompute = 2",
+              mb, gib(p.total), gib(free_b), c->recompute, fit);
+    }
+    cudaCheck(cudaMalloc(&g->arena, count.used));
+    Arena a = {g->arena, 0};
+    carve(g, &a, &p);
+    g->wts = g->use_bf16 ? (void *)g->params_bf16 : (void *)g->params;
+    cudaCheck(cudaMemset(g->m, 0, L->buffer_elems * sizeof(float)));
+    cudaCheck(cudaMemset(g->u, 0, L->buffer_elems * sizeof(float)));
+    clip_gpu_upload(g, params, NULL);
+    size_t *off = (size_t *)mallocCheck(L->num_tensors * sizeof(size_t)), *numel = (size_t *)mallocCheck(L->num_tensors * sizeof(size_t));
+    int *decay = (int *)mallocCheck(L->num_tensors * sizeof(int));
+    for (int i = 0; i < L->num_tensors; i++) off[i] = L->tensors[i].offset, numel[i] = L->tensors[i].numel, decay[i] = L->tensors[i].decay;
+    adamw_plan_init(&g->plan, L->num_tensors, off, numel, decay, c->wd);
+    free(off), free(numel), free(decay);
+    cudaCheck(cudaStreamCreateWithFlags(&g->copy_stream, cudaStreamNonBlocking));
+    cudaCheck(cudaEventCreateWithFlags(&g->text_ready, cudaEventDisableTiming));
+    cudaCheck(cudaEventCreateWithFlags(&g->images_ready, cudaEventDisableTiming));
+    for (int k = 0; k < 2; k++) {
+        cudaCheck(cudaMallocHost(&g->stage[k], g->input_bytes));
+        cudaCheck(cudaEventCreateWithFlags(&g->stage_free[k], cudaEventDisableTiming));
+        cudaCheck(cudaEventCreateWithFlags(&g->consumed[k], cudaEventDisableTiming));
+        cudaCheck(cudaEventRecord(g->stage_free[k], 0));
+        cudaCheck(cudaEventRecord(g->consumed[k], 0));
+    }
+    g->vocab_counts = (int *)mallocCheck((size_t)c->vocab_size * sizeof(int));
+    cudaCheck(cudaDeviceSynchronize());
+    return g;
+}
+
+void clip_gpu_free(ClipGPU *g) {
+    if (!g) return;
+    cudaCheck(cudaDeviceSynchronize());
+    for (int k = 0; k < 2; k++) {
+        cudaCheck(cudaFreeHost(g->stage[k]));
+        cudaCheck(cudaEventDestroy(g->stage_free[k])), cudaCheck(cudaEventDestroy(g->consumed[k]));
+    }
+    cudaCheck(cudaEventDestroy(g->text_ready)), cudaCheck(cudaEventDestroy(g->images_ready));
+    cudaCheck(cudaStreamDestroy(g->copy_stream));
+    if (g->prof_ev[0])
+        for (int i = 0; i < PROF_EVENTS; i++) cudaCheck(cudaEventDestroy(g->prof_ev[i]));
+    adamw_plan_free(&g->plan);
+    cudaCheck(cudaFree(g->arena));
+    free(g->vis.blocks), free(g->txt.blocks), free(g->vocab_counts);
+    free(g);
+}

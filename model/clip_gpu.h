@@ -1,0 +1,79 @@
+// clip_gpu.h: the CLIP training step on one GPU (C interface; implementation in clip_gpu.cu).
+// precision fp32: every activation and GEMM in fp32 (parity with the CPU reference). precision bf16: bf16
+// weights (a copy written by the optimizer) and activations, fp32 master weights, gradients, optimizer
+// moments, LayerNorm/softmax/loss arithmetic and all reductions. The pooled features, final projections
+// and the contrastive loss are fp32 in both modes.
+//
+// Gradient accumulation: a batch larger than micro_batch_size runs in micro-batches, and the contrastive
+// loss is still over the whole batch, exactly: first every micro-batch is run forward (features only kept),
+// the loss and d(features) of the full batch are computed once, then each micro-batch is run forward again
+// with its activations and backward from its slice of d(features), accumulating parameter gradients. This
+// is open_clip's --accum-freq (two forward passes and one backward per sample) with the loss computed once;
+// the last micro-batch's first forward is reused, so K micro-batches cost 2K-1 forwards.
+#pragma once
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "../data/loader.h"
+#include "../optim/optim.h"
+#include "clip.h"
+#include "config.h"
+
+typedef struct ClipGPU ClipGPU;
+
+// Bytes the GPU path needs, by kind, for one micro-batch size (nothing is allocated).
+typedef struct {
+    size_t weights;      // fp32 master weights and the bf16 copy
+    size_t grads;        // fp32 gradients
+    size_t optimizer;    // fp32 moments and the optimizer's tables
+    size_t activations;  // saved for backward, per micro-batch
+    size_t other;        // scratch, inputs, features and loss of the whole batch, cuBLASLt workspace
+    size_t total;
+} GpuMemoryPlan;
+
+// Why the GPU cannot be used ("" when it can): no device, driver older than the toolkit, ...
+const char *clip_gpu_unavailable(void);
+GpuMemoryPlan clip_gpu_memory_plan(const Config *c, const ClipLayout *L, int micro_batch, int recompute);
+// Prints the plan for the config's micro-batch, the GPU's free memory and the largest micro-batch that fits
+// (per recompute level). Returns 1 if the configured micro-batch fits.
+int clip_gpu_print_memory_plan(const Config *c, const ClipLayout *L);
+// Micro-batch size of a config: micro_batch_size, or batch_size when it is 0.
+int clip_gpu_micro_batch(const Config *c);
+
+// Allocates everything (after checking the plan fits) and uploads params (L->buffer_elems floats).
+// L must outlive the model.
+ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *params);
+void clip_gpu_free(ClipGPU *g);
+// Zeroes the gradients, runs forward and backward over the whole batch (micro-batched as above), leaves
+// the gradients on the GPU and returns the loss.
+float clip_gpu_forward_backward(ClipGPU *g, const Batch *batch);
+// Global L2 norm of the gradients.
+float clip_gpu_grad_norm(ClipGPU *g);
+// One optimizer step (o->t is incremented, o->rms filled; o->m/u stay on the host untouched), gradients
+// scaled by grad_scale first (global-norm clipping), then logit_scale clamped to [0, ln 100].
+void clip_gpu_update(ClipGPU *g, Optimizer *o, float lr, float grad_scale);
+// logit_scale after the last update (no GPU round trip).
+float clip_gpu_logit_scale(const ClipGPU *g);
+// Copies to the host: params (buffer_elems) and, when not NULL, the moments into o->m/u and grads.
+void clip_gpu_download(ClipGPU *g, float *params, Optimizer *o, float *grads);
+// Uploads params (and the moments o->m/u when o is not NULL), e.g. after a resume.
+void clip_gpu_upload(ClipGPU *g, const float *params, const Optimizer *o);
+// Features of the last forward_backward, (batch, embed_dim) each.
+void clip_gpu_features(ClipGPU *g, float *image_features, float *text_features);
+
+// Step-time split by op family (benchmarks): events between ops while profiling is on.
+enum {
+    PROF_GEMM, PROF_ATTENTION, PROF_ATTENTION_BACKWARD, PROF_LAYERNORM, PROF_LAYERNORM_BACKWARD, PROF_GELU,
+    PROF_PARAM_GRADS, PROF_EMBED_OTHER, PROF_LOSS, PROF_OPTIMIZER, PROF_INPUT, PROF_FAMILIES
+};
+extern const char *const PROF_NAMES[PROF_FAMILIES];
+void clip_gpu_profile(ClipGPU *g, int on);
+// Milliseconds per family since profiling was switched on (synchronises).
+void clip_gpu_profile_read(ClipGPU *g, double ms[PROF_FAMILIES]);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,113 @@
+// bench_clip_gpu.cu: the GPU training step (bf16) per model at the issue's per-GPU batches on synthetic
+// inputs: step time, images/s, MFU (training FLOPs = 3 x forward, H100 dense bf16 peak 989 TFLOP/s), GPU
+// memory, and the split of the step by op family (GPU time between events around the ops). A step is what
+// the trainer runs: forward + backward (with the input upload), gradient norm, optimizer, each ending in a
+// host read as in train_clip. Prints a table; results go to docs/benchmarks.md by hand.
+//   ./build/tests/bench_clip_gpu [model ...]     models: b16 b16r0 l14 h14 h14r2 (default: b16 l14 h14)
+#include "test_gpu.h"
+extern "C" {
+#include "../model/clip.h"
+#include "../model/clip_gpu.h"
+#include "../model/config.h"
+#include "../optim/optim.h"
+}
+
+#define PEAK_TFLOPS 989.0
+#define WARMUP 3
+#define STEPS 10
+
+typedef struct {
+    const char *name, *config;
+    int batch, recompute;
+} BenchModel;
+
+static const BenchModel MODELS[] = {
+    {"b16", "configs/vit_b_16.conf", 256, 1}, {"b16r0", "configs/vit_b_16.conf", 256, 0},
+    {"l14", "configs/vit_l_14.conf", 128, 1}, {"h14", "configs/vit_h_14.conf", 64, 1},
+    {"h14r0", "configs/vit_h_14.conf", 64, 0}, {"h14r2", "configs/vit_h_14.conf", 64, 2},
+};
+
+static void run(const BenchModel *bm) {
+    Config c;
+    config_defaults(&c);
+    config_load_file(&c, bm->config);
+    char sets[4][64];
+    snprintf(sets[0], 64, "batch_size=%d", bm->batch), snprintf(sets[1], 64, "micro_batch_size=0");
+    snprintf(sets[2], 64, "recompute=%d", bm->recompute), snprintf(sets[3], 64, "precision=bf16");
+    for (int i = 0; i < 4; i++) config_set(&c, sets[i], i + 1);
+    config_finalize(&c);
+    ClipLayout L;
+    clip_layout_build(&L, &c);
+    float *params = (float *)mallocCheck(L.buffer_elems * sizeof(float));
+    clip_init_params(&L, params, c.seed);
+    // synthetic inputs: random pixels, captions SOT + words + EOT
+    int B = bm->batch, S = c.image_size, T = c.context_length;
+    Batch b = {B, S, T, (uint8_t *)mallocCheck((size_t)B * 3 * S * S), (int32_t *)callocCheck((size_t)B * T, sizeof(int32_t))};
+    for (size_t i = 0; i < (size_t)B * 3 * S * S; i++) b.images[i] = (uint8_t)rng_below(&test_rng, 256);
+    for (int i = 0; i < B; i++) {
+        int len = 5 + (int)rng_below(&test_rng, T - 5);
+        b.tokens[(size_t)i * T] = 49406, b.tokens[(size_t)i * T + len - 1] = 49407;
+        for (int t = 1; t < len - 1; t++) b.tokens[(size_t)i * T + t] = 1 + (int32_t)rng_below(&test_rng, 49405);
+    }
+    clip_gpu_print_memory_plan(&c, &L);
+    ClipGPU *g = clip_gpu_create(&c, &L, params);
+    Optimizer o;
+    optim_init(&o, &c, &L);
+    double t0 = 0;
+    float loss = 0;
+    for (int s = 0; s < WARMUP + STEPS; s++) {
+        if (s == WARMUP) t0 = now_seconds();
+        loss = clip_gpu_forward_backward(g, &b);
+        float norm = clip_gpu_grad_norm(g);
+        clip_gpu_update(g, &o, 1e-4f, 1.0f);
+        if (!isfinite(loss) || !isfinite(norm)) printf("  warning: non-finite loss %g / norm %g\n", loss, norm);
+    }
+    double step_s = (now_seconds() - t0) / STEPS;
+    size_t free_b, total_b;
+    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
+    GpuMemoryPlan plan = clip_gpu_memory_plan(&c, &L, B, bm->recompute);
+    double ms[PROF_FAMILIES], sum = 0;
+    clip_gpu_profile(g, 1);
+    for (int s = 0; s < 3; s++) {
+        clip_gpu_forward_backward(g, &b);
+        clip_gpu_grad_norm(g);
+        clip_gpu_update(g, &o, 1e-4f, 1.0f);
+    }
+    clip_gpu_profile_read(g, ms);
+    clip_gpu_profile(g, 0);
+    double flops = 3 * clip_forward_flops(&L, &c) * B;
+    printf("| %s | %d | %d | %.1f | %.0f | %.1f%% | %.2f | %.2f |", c.model, B, bm->recompute, step_s * 1e3, B / step_s,
+           100 * flops / step_s / (PEAK_TFLOPS * 1e12), (double)(total_b - free_b) / (1u << 30), (double)plan.total / (1u << 30));
+    for (int f = 0; f < PROF_FAMILIES; f++) sum += ms[f] / 3;
+    for (int f = 0; f < PROF_FAMILIES; f++) printf(" %.1f (%.0f%%) |", ms[f] / 3, 100 * ms[f] / 3 / sum);
+    printf(" %.1f | loss %.3f\n", step_s * 1e3 - sum, loss);
+    fflush(stdout);
+    optim_free(&o);
+    clip_gpu_free(g);
+    free(params), free(b.images), free(b.tokens);
+    clip_layout_free(&L);
+}
+
+int main(int argc, char **argv) {
+    if (cuda_device_count() == 0) {
+        printf("bench_clip_gpu: skipped: no GPU\n");
+        return 0;
+    }
+    test_seed();
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    printf("GPU: %s, %d SMs, %.1f GiB\n", prop.name, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1u << 30));
+    printf("| model | batch | recompute | step ms | img/s | MFU | GPU mem used GiB | plan GiB |");
+    for (int f = 0; f < PROF_FAMILIES; f++) printf(" %s ms |", PROF_NAMES[f]);
+    printf(" host/gaps ms |\n");
+    const char *defaults[] = {"b16", "l14", "h14"};
+    int n = argc > 1 ? argc - 1 : 3;
+    for (int i = 0; i < n; i++) {
+        const char *want = argc > 1 ? argv[i + 1] : defaults[i];
+        int found = 0;
+        for (size_t k = 0; k < sizeof(MODELS) / sizeof(MODELS[0]); k++)
+            if (!strcmp(MODELS[k].name, want)) run(&MODELS[k]), found = 1;
+        if (!found) fprintf(stderr, "unknown model %s\n", want);
+    }
+    return 0;
+}

@@ -1,0 +1,139 @@
+// test_embed.cu: kernels/embed.cu against model/ops_cpu.c and data/loader.c: patch extraction with the
+// normalisation fused, class token + positions (forward, backward through the column sums), token
+// embedding forward and its deterministic scatter-add backward, pooling gather/scatter at the EOT.
+// Bounds (relative L2): fp32 1e-6 (no arithmetic to speak of) for copies, 1e-5 for sums; bf16 outputs
+// 1e-2 (one rounding).
+#include "../kernels/embed.cuh"
+#include "../kernels/reduce.cuh"
+#include "test_gpu.h"
+extern "C" {
+#include "../data/loader.h"
+}
+
+template <typename T> static void check_patches(int B, int S, int P) {
+    const char *tn = sizeof(T) == 2 ? "bf16" : "fp32";
+    int G = S / P, K = 3 * P * P;
+    size_t npix = (size_t)B * 3 * S * S, n = (size_t)B * G * G * K;
+    uint8_t *img = (uint8_t *)mallocCheck(npix);
+    for (size_t i = 0; i < npix; i++) img[i] = (uint8_t)rng_below(&test_rng, 256);
+    float *norm = zeros_host(npix), *ref = zeros_host(n), *g = zeros_host(n);
+    images_normalize(img, norm, B, S);
+    patch_extract(ref, norm, B, S, P);
+    uint8_t *d_img;
+    cudaCheck(cudaMalloc(&d_img, npix));
+    cudaCheck(cudaMemcpy(d_img, img, npix, cudaMemcpyHostToDevice));
+    T *d_p = poisoned<T>(n);
+    patch_im2col_gpu<T>(d_p, d_img, B, S, P);
+    to_host<T>(g, d_p, n);
+    double e = rel_err(g, ref, n);
+    EXPECT(e < (sizeof(T) == 2 ? 1e-2 : 1e-6), "%s B=%d S=%d P=%d: patches rel err %.2e", tn, B, S, P, e);
+    free(img), free(norm), free(ref), free(g);
+    cudaCheck(cudaFree(d_img)), cudaCheck(cudaFree(d_p));
+}
+
+template <typename T> static void check_vision_embed(int B, int G2, int D) {
+    const char *tn = sizeof(T) == 2 ? "bf16" : "fp32";
+    int Tn = G2 + 1;
+    size_t np = (size_t)B * G2 * D, nx = (size_t)B * Tn * D;
+    float *pe = rand_host(np, 1.0f), *cls = rand_host(D, 1.0f), *pos = rand_host((size_t)Tn * D, 1.0f), *dx = rand_host(nx, 1.0f);
+    round_to<T>(pe, np), round_to<T>(dx, nx);
+    float *x = zeros_host(nx), *dpe = zeros_host(np), *dcls = zeros_host(D), *dpos = zeros_host((size_t)Tn * D), *g = zeros_host(nx);
+    vision_embed_forward(x, pe, cls, pos, B, G2, D);
+    vision_embed_backward(dpe, dcls, dpos, dx, B, G2, D);
+    T *d_pe = to_device<T>(pe, np), *d_x = poisoned<T>(nx), *d_dx = to_device<T>(dx, nx), *d_dpe = poisoned<T>(np);
+    float *d_cls = to_device<float>(cls, D), *d_pos = to_device<float>(pos, (size_t)Tn * D);
+    float *d_dcls = to_device<float>(zeros_host(D), D), *d_dpos = to_device<float>(zeros_host((size_t)Tn * D), (size_t)Tn * D);
+    vision_embed_forward_gpu<T>(d_x, d_pe, d_cls, d_pos, B, G2, D);
+    vision_embed_backward_gpu<T>(d_dpe, d_dx, B, G2, D);
+    bias_grad_gpu<T>(d_dpos, d_dx, B, Tn * D, (long)Tn * D);
+    bias_grad_gpu<T>(d_dcls, d_dx, B, D, (long)Tn * D);
+    double bound = sizeof(T) == 2 ? 1e-2 : 1e-6;
+    to_host<T>(g, d_x, nx);
+    EXPECT(rel_err(g, x, nx) < bound, "%s: vision embed rel err %.2e", tn, rel_err(g, x, nx));
+    to_host<T>(g, d_dpe, np);
+    EXPECT(rel_err(g, dpe, np) < 1e-6, "%s: dpatch rel err %.2e", tn, rel_err(g, dpe, np));
+    to_host<float>(g, d_dpos, (size_t)Tn * D);
+    EXPECT(rel_err(g, dpos, (size_t)Tn * D) < 1e-5, "%s: dpos rel err %.2e", tn, rel_err(g, dpos, (size_t)Tn * D));
+    to_host<float>(g, d_dcls, D);
+    EXPECT(rel_err(g, dcls, D) < 1e-5, "%s: dclass rel err %.2e", tn, rel_err(g, dcls, D));
+    free(pe), free(cls), free(pos), free(dx), free(x), free(dpe), free(dcls), free(dpos), free(g);
+    cudaCheck(cudaFree(d_pe)), cudaCheck(cudaFree(d_x)), cudaCheck(cudaFree(d_dx)), cudaCheck(cudaFree(d_dpe));
+    cudaCheck(cudaFree(d_cls)), cudaCheck(cudaFree(d_pos)), cudaCheck(cudaFree(d_dcls)), cudaCheck(cudaFree(d_dpos));
+}
+
+template <typename T> static void check_text(int B, int Tn, int D, int V) {
+    const char *tn = sizeof(T) == 2 ? "bf16" : "fp32";
+    size_t nx = (size_t)B * Tn * D, nt = (size_t)V * D;
+    int32_t *ids = (int32_t *)mallocCheck((size_t)B * Tn * sizeof(int32_t));
+    // half padding (id 0: more than TOKEN_CHUNK positions), a few frequent ids, the rest anywhere in the vocabulary
+    for (int i = 0; i < B * Tn; i++) ids[i] = i % 2 ? 0 : (int32_t)rng_below(&test_rng, i % 3 ? V : 4);
+    float *tok = rand_host(nt, 1.0f), *pos = rand_host((size_t)Tn * D, 1.0f), *dx = rand_host(nx, 1.0f), *dtok = rand_host(nt, 1.0f);
+    round_to<T>(dx, nx);
+    float *x = zeros_host(nx), *dpos = zeros_host((size_t)Tn * D), *g = zeros_host(nx > nt ? nx : nt);
+    T *d_x = poisoned<T>(nx), *d_dx = to_device<T>(dx, nx);
+    float *d_tok = to_device<float>(tok, nt), *d_pos = to_device<float>(pos, (size_t)Tn * D), *d_dtok = to_device<float>(dtok, nt);
+    int32_t *d_ids;
+    cudaCheck(cudaMalloc(&d_ids, (size_t)B * Tn * sizeof(int32_t)));
+    cudaCheck(cudaMemcpy(d_ids, ids, (size_t)B * Tn * sizeof(int32_t), cudaMemcpyHostToDevice));
+    text_embed_forward(x, ids, tok, pos, B, Tn, D);
+    text_embed_backward(dtok, dpos, dx, ids, B, Tn, D, V);  // dtok accumulates onto its random start
+    text_embed_forward_gpu<T>(d_x, d_ids, d_tok, d_pos, B, Tn, D);
+    size_t ni = token_index_ints((size_t)B * Tn);
+    int *index = (int *)mallocCheck(ni * sizeof(int)), *counts = (int *)mallocCheck((size_t)V * sizeof(int)), *d_index;
+    token_index_build(index, ids, B * Tn, V, counts);
+    cudaCheck(cudaMalloc(&d_index, ni * sizeof(int)));
+    cudaCheck(cudaMemcpy(d_index, index, ni * sizeof(int), cudaMemcpyHostToDevice));
+    float *d_scratch = poisoned<float>((size_t)B * Tn * D);
+    text_embed_backward_gpu<T>(d_dtok, d_scratch, d_dx, d_index, index[0], index[1], B * Tn, D);
+    to_host<T>(g, d_x, nx);
+    EXPECT(rel_err(g, x, nx) < (sizeof(T) == 2 ? 1e-2 : 1e-6), "%s: text embed rel err %.2e", tn, rel_err(g, x, nx));
+    to_host<float>(g, d_dtok, nt);
+    EXPECT(rel_err(g, dtok, nt) < 1e-5, "%s: dtoken_embedding rel err %.2e", tn, rel_err(g, dtok, nt));
+    // pooling at the EOT (the largest id of each row)
+    int *eot = (int *)mallocCheck(B * sizeof(int)), *d_eot;
+    eot_positions(eot, ids, B, Tn);
+    cudaCheck(cudaMalloc(&d_eot, B * sizeof(int)));
+    cudaCheck(cudaMemcpy(d_eot, eot, B * sizeof(int), cudaMemcpyHostToDevice));
+    float *pooled = zeros_host((size_t)B * D), *d_pooled = poisoned<float>((size_t)B * D);
+    gather_rows(pooled, dx, eot, B, Tn, D);
+    gather_rows_gpu<T>(d_pooled, d_dx, d_eot, B, Tn, D);
+    to_host<float>(g, d_pooled, (size_t)B * D);
+    EXPECT(rel_err(g, pooled, (size_t)B * D) == 0, "%s: gather at EOT differs", tn);
+    float *back = zeros_host(nx);
+    gather_rows_backward(back, pooled, eot, B, Tn, D);
+    cudaCheck(cudaMemset(d_x, 0, nx * sizeof(T)));
+    scatter_rows_gpu<T>(d_x, d_pooled, d_eot, B, Tn, D);
+    to_host<T>(g, d_x, nx);
+    EXPECT(rel_err(g, back, nx) == 0, "%s: scatter at EOT differs", tn);
+    free(ids), free(tok), free(pos), free(dx), free(dtok), free(x), free(dpos), free(g), free(index), free(counts), free(eot);
+    free(pooled), free(back);
+    cudaCheck(cudaFree(d_x)), cudaCheck(cudaFree(d_dx)), cudaCheck(cudaFree(d_tok)), cudaCheck(cudaFree(d_pos));
+    cudaCheck(cudaFree(d_dtok)), cudaCheck(cudaFree(d_ids)), cudaCheck(cudaFree(d_index)), cudaCheck(cudaFree(d_eot));
+    cudaCheck(cudaFree(d_pooled)), cudaCheck(cudaFree(d_scratch));
+}
+
+static void test_patches(void) {
+    SKIP_WITHOUT_GPU();
+    check_patches<float>(3, 32, 8), check_patches<bf16>(3, 32, 8);
+    check_patches<float>(2, 42, 14), check_patches<bf16>(2, 224, 16);
+}
+
+static void test_vision_embed(void) {
+    SKIP_WITHOUT_GPU();
+    check_vision_embed<float>(3, 16, 64), check_vision_embed<bf16>(3, 16, 64);
+    check_vision_embed<float>(4, 196, 77), check_vision_embed<bf16>(2, 256, 1280);
+}
+
+static void test_text_embed(void) {
+    SKIP_WITHOUT_GPU();
+    check_text<float>(5, 32, 64, 300), check_text<bf16>(5, 32, 64, 300);
+    check_text<float>(3, 77, 520, 49408), check_text<bf16>(3, 77, 512, 49408);
+}
+
+int main(void) {
+    test_seed();
+    RUN(test_patches);
+    RUN(test_vision_embed);
+    RUN(test_text_embed);
+    TEST_EXIT();
+}

@@ -1,0 +1,115 @@
+// test_layernorm.cu: kernels/layernorm.cu against model/ops_cpu.c: LayerNorm forward fused with the
+// residual add (with and without layer-scale, plain, add only), recompute from saved statistics, backward,
+// layer-scale backward; float and bf16, vector and odd widths. Bounds (relative L2 error): fp32 1e-5;
+// bf16 outputs 1e-2 (one bf16 rounding of each output, ~2e-3), fp32 statistics and parameter gradients
+// 1e-5 (the inputs are the same bf16-rounded values on both sides).
+#include "../kernels/layernorm.cuh"
+#include "test_gpu.h"
+
+template <typename T> static void check_forward(int N, int C, int with_f, int with_ls, int with_ln) {
+    const char *tn = sizeof(T) == 2 ? "bf16" : "fp32";
+    size_t n = (size_t)N * C;
+    float *x = rand_host(n, 2.0f), *f = rand_host(n, 1.0f), *ls = rand_host(C, 1.0f), *w = rand_host(C, 1.5f), *b = rand_host(C, 0.5f);
+    for (size_t i = 0; i < n; i++) x[i] += 0.7f;  // a mean offset, as residual streams have
+    round_to<T>(x, n), round_to<T>(f, n);
+    float *res = zeros_host(n), *out = zeros_host(n), *mean = zeros_host(N), *rstd = zeros_host(N);
+    if (with_f) residual_forward(res, x, f, with_ls ? ls : NULL, N, C);
+    else memcpy(res, x, n * sizeof(float));
+    round_to<T>(res, n);  // the kernel normalises the rounded sum it stores
+    if (with_ln) layernorm_forward(out, mean, rstd, res, w, b, N, C);
+    T *d_x = to_device<T>(x, n), *d_f = to_device<T>(f, n), *d_res = poisoned<T>(n), *d_out = poisoned<T>(n);
+    float *d_ls = to_device<float>(ls, C), *d_w = to_device<float>(w, C), *d_b = to_device<float>(b, C);
+    float *d_mean = poisoned<float>(N), *d_rstd = poisoned<float>(N);
+    residual_layernorm_forward_gpu<T>(with_f ? d_res : NULL, with_ln ? d_out : NULL, d_mean, d_rstd, d_x, with_f ? d_f : NULL,
+                                      with_ls ? d_ls : NULL, with_ln ? d_w : NULL, d_b, N, C);
+    float *g = zeros_host(n);
+    double bound = sizeof(T) == 2 ? 1e-2 : 1e-5;
+    if (with_f) {
+        to_host<T>(g, d_res, n);
+        double e = rel_err(g, res, n);
+        // bf16: an FMA-contracted sum can round to the neighbouring bf16 value now and then
+        EXPECT(e < (sizeof(T) == 2 ? 1e-3 : 1e-5), "%s N=%d C=%d: residual rel err %.2e", tn, N, C, e);
+    }
+    if (with_ln) {
+        to_host<T>(g, d_out, n);
+        double e = rel_err(g, out, n);
+        EXPECT(e < bound, "%s N=%d C=%d f=%d ls=%d: out rel err %.2e", tn, N, C, with_f, with_ls, e);
+        float *gm = zeros_host(N), *gr = zeros_host(N), *g2 = zeros_host(n);
+        to_host<float>(gm, d_mean, N), to_host<float>(gr, d_rstd, N);
+        double sb = sizeof(T) == 2 ? 1e-4 : 1e-5;
+        EXPECT(rel_err(gm, mean, N) < sb && rel_err(gr, rstd, N) < sb, "%s: mean/rstd rel err %.2e %.2e", tn,
+               rel_err(gm, mean, N), rel_err(gr, rstd, N));
+        // recompute from the saved statistics gives the forward's output
+        T *d_out2 = poisoned<T>(n);
+        layernorm_recompute_gpu<T>(d_out2, with_f ? d_res : d_x, d_mean, d_rstd, d_w, d_b, N, C);
+        to_host<T>(g2, d_out2, n);
+        EXPECT(rel_err(g2, g, n) < 1e-6, "%s: recompute differs from forward (%.2e)", tn, rel_err(g2, g, n));
+        free(gm), free(gr), free(g2), cudaCheck(cudaFree(d_out2));
+    }
+    free(x), free(f), free(ls), free(w), free(b), free(res), free(out), free(mean), free(rstd), free(g);
+    cudaCheck(cudaFree(d_x)), cudaCheck(cudaFree(d_f)), cudaCheck(cudaFree(d_res)), cudaCheck(cudaFree(d_out));
+    cudaCheck(cudaFree(d_ls)), cudaCheck(cudaFree(d_w)), cudaCheck(cudaFree(d_b)), cudaCheck(cudaFree(d_mean)), cudaCheck(cudaFree(d_rstd));
+}
+
+template <typename T> static void check_backward(int N, int C) {
+    const char *tn = sizeof(T) == 2 ? "bf16" : "fp32";
+    size_t n = (size_t)N * C;
+    float *x = rand_host(n, 2.0f), *w = rand_host(C, 1.5f), *b = rand_host(C, 0.5f), *dout = rand_host(n, 1.0f);
+    float *dinp = rand_host(n, 1.0f), *dw = rand_host(C, 1.0f), *db = rand_host(C, 1.0f);
+    round_to<T>(x, n), round_to<T>(dout, n), round_to<T>(dinp, n);
+    float *out = zeros_host(n), *mean = zeros_host(N), *rstd = zeros_host(N);
+    layernorm_forward(out, mean, rstd, x, w, b, N, C);
+    T *d_x = to_device<T>(x, n), *d_dout = to_device<T>(dout, n), *d_dinp = to_device<T>(dinp, n);
+    float *d_w = to_device<float>(w, C), *d_dw = to_device<float>(dw, C), *d_db = to_device<float>(db, C);
+    float *d_mean = to_device<float>(mean, N), *d_rstd = to_device<float>(rstd, N);
+    layernorm_backward(dinp, dw, db, dout, x, w, mean, rstd, N, C);  // accumulates onto the random start values
+    layernorm_backward_gpu<T>(d_dinp, d_dw, d_db, d_dout, d_x, d_w, d_mean, d_rstd, N, C);
+    float *g = zeros_host(n), *gw = zeros_host(C), *gb = zeros_host(C);
+    to_host<T>(g, d_dinp, n), to_host<float>(gw, d_dw, C), to_host<float>(gb, d_db, C);
+    double e = rel_err(g, dinp, n), ew = rel_err(gw, dw, C), eb = rel_err(gb, db, C);
+    EXPECT(e < (sizeof(T) == 2 ? 1e-2 : 1e-5), "%s N=%d C=%d: dinp rel err %.2e", tn, N, C, e);
+    EXPECT(ew < 1e-5 && eb < 1e-5, "%s N=%d C=%d: dw rel err %.2e, db %.2e", tn, N, C, ew, eb);
+    // layer-scale branch: df = dout * ls, dls += sum dout * f
+    float *f = rand_host(n, 1.0f), *ls = rand_host(C, 1.0f), *dls = rand_host(C, 1.0f), *df = zeros_host(n), *dx = zeros_host(n);
+    round_to<T>(f, n);
+    T *d_f = to_device<T>(f, n), *d_df = poisoned<T>(n);
+    float *d_ls = to_device<float>(ls, C), *d_dls = to_device<float>(dls, C);
+    residual_backward(dx, df, dls, dout, f, ls, N, C);
+    layerscale_backward_gpu<T>(d_df, d_dls, d_dout, d_f, d_ls, N, C);
+    to_host<T>(g, d_df, n), to_host<float>(gw, d_dls, C);
+    EXPECT(rel_err(g, df, n) < (sizeof(T) == 2 ? 1e-2 : 1e-5), "%s: layer-scale df rel err %.2e", tn, rel_err(g, df, n));
+    EXPECT(rel_err(gw, dls, C) < 1e-5, "%s: dls rel err %.2e", tn, rel_err(gw, dls, C));
+    printf("  %s N=%d C=%d: dinp %.1e dw %.1e db %.1e\n", tn, N, C, e, ew, eb);
+    free(x), free(w), free(b), free(dout), free(dinp), free(dw), free(db), free(out), free(mean), free(rstd), free(g), free(gw), free(gb);
+    free(f), free(ls), free(dls), free(df), free(dx);
+    cudaCheck(cudaFree(d_x)), cudaCheck(cudaFree(d_dout)), cudaCheck(cudaFree(d_dinp)), cudaCheck(cudaFree(d_w)), cudaCheck(cudaFree(d_dw));
+    cudaCheck(cudaFree(d_db)), cudaCheck(cudaFree(d_mean)), cudaCheck(cudaFree(d_rstd)), cudaCheck(cudaFree(d_f)), cudaCheck(cudaFree(d_df));
+    cudaCheck(cudaFree(d_ls)), cudaCheck(cudaFree(d_dls));
+}
+
+// odd (re-reading path), 768 / 1280 / 512 (register paths in bf16 / fp32), many rows per warp
+static const int SIZES[][2] = {{37, 75}, {130, 768}, {9, 1280}, {300, 64}, {50, 512}, {3000, 768}};
+
+static void test_layernorm_forward(void) {
+    SKIP_WITHOUT_GPU();
+    for (int s = 0; s < 6; s++) {
+        int N = SIZES[s][0], C = SIZES[s][1];
+        for (int mode = 0; mode < 4; mode++) {  // residual + ls + LN, residual + LN, LN only, residual only
+            int f = mode != 2, ls = mode == 0, ln = mode != 3;
+            check_forward<float>(N, C, f, ls, ln);
+            check_forward<bf16>(N, C, f, ls, ln);
+        }
+    }
+}
+
+static void test_layernorm_backward(void) {
+    SKIP_WITHOUT_GPU();
+    for (int s = 0; s < 6; s++) check_backward<float>(SIZES[s][0], SIZES[s][1]), check_backward<bf16>(SIZES[s][0], SIZES[s][1]);
+}
+
+int main(void) {
+    test_seed();
+    RUN(test_layernorm_forward);
+    RUN(test_layernorm_backward);
+    TEST_EXIT();
+}
