@@ -167,9 +167,10 @@ int main(int argc, char **argv) {
     if (cfg.init_weights[0] && !cfg.resume[0]) {
         StFile f;
         char err[1024];
-        if (st_load(&f, cfg.init_weights, err, sizeof(err)) != 0 || load_weights_by_name(L, model.params, &f, "", err, sizeof(err)) != 0)
+        if (st_load(&f, cfg.init_weights, err, sizeof(err)) != 0 || load_weights_by_name(L, model.cpu.params, &f, "", err, sizeof(err)) != 0)
             fatal("init_weights: %s", err);
         st_free(&f);
+        clip_model_to_device(&model, &opt);
         printf("initialised from %s\n", cfg.init_weights);
     }
     if (cfg.resume[0]) {
