@@ -17,6 +17,7 @@
 #include "model/checkpoint.h"
 #include "model/clip.h"
 #include "model/clip_model.h"
+#include "model/eval.h"
 #include "model/config.h"
 #include "model/utils.h"
 #include "optim/diagnostics.h"
@@ -32,6 +33,7 @@ static void usage(FILE *out) {
             "  -c FILE          config file (key = value lines; see configs/)\n"
             "  --set key=value  override a key (repeatable; applied after the file)\n"
             "  --dry-run        print the effective config, parameter counts and memory plan, then exit\n"
+            "  --eval-only      evaluate the weights (resume / init_weights) on zeroshot_data and val_data, then exit\n"
             "  -h, --help       this text\n");
 }
 
@@ -65,6 +67,47 @@ static void print_progress(const Config *c, const StepRecord *r, float loss_avg,
     fflush(stdout);
 }
 
+// ---------------------------------------------------------------- evaluation
+
+// Zero-shot classification on zeroshot_data and retrieval + loss on val_data (whichever is configured),
+// printed and logged as one {"eval": true, ...} record.
+static void run_eval(const Config *c, ClipModel *m, FILE *log, long step) {
+    if (!c->zeroshot_data[0] && !c->val_data[0]) return;
+    double t0 = now_seconds();
+    fprintf(log, "{\"eval\":true,\"step\":%ld", step);
+    if (c->zeroshot_data[0]) {
+        int C, T = 1;
+        char **classes = read_lines(c->zeroshot_classnames, &C), *plain = "{}", **templates = &plain;
+        if (c->zeroshot_templates[0]) templates = read_lines(c->zeroshot_templates, &T);
+        Tokenizer *tok = tokenizer_load(NULL);
+        float *classifier = zeroshot_classifier(m, tok, classes, C, templates, T);
+        Loader *l = loader_open(c, c->zeroshot_data, 0, (int)c->batch_size, 0, 1);
+        ZeroShotResult r = eval_zeroshot(m, classifier, C, l);
+        loader_close(l);
+        printf("eval step %ld: zero-shot top-1 %.1f%% top-5 %.1f%% on %ld images, %d classes (uniform chance %.1f%%, "
+               "always the most frequent class %.1f%%)\n", step, 100 * r.top1, 100 * r.top5, r.n, C, 100.0 / C, 100 * r.majority);
+        fprintf(log, ",\"zeroshot_top1\":%.5g,\"zeroshot_top5\":%.5g,\"zeroshot_majority\":%.5g,\"zeroshot_n\":%ld", r.top1, r.top5,
+                r.majority, r.n);
+        free(classifier);
+        tokenizer_free(tok);
+        free_lines(classes, C);
+        if (templates != &plain) free_lines(templates, T);
+    }
+    if (c->val_data[0]) {
+        Loader *l = loader_open(c, c->val_data, 0, (int)c->batch_size, 0, 1);
+        RetrievalResult r = eval_retrieval(m, l, c->val_max_pairs);
+        loader_close(l);
+        printf("eval step %ld: val loss %.4f | image->text R@1/5/10 %.1f/%.1f/%.1f%% | text->image %.1f/%.1f/%.1f%% (%ld pairs)\n", step,
+               r.loss, 100 * r.image_to_text[0], 100 * r.image_to_text[1], 100 * r.image_to_text[2], 100 * r.text_to_image[0],
+               100 * r.text_to_image[1], 100 * r.text_to_image[2], r.n);
+        fprintf(log, ",\"val_loss\":%.6g,\"i2t_r1\":%.5g,\"i2t_r5\":%.5g,\"i2t_r10\":%.5g,\"t2i_r1\":%.5g,\"t2i_r5\":%.5g,\"t2i_r10\":%.5g,\"val_n\":%ld",
+                r.loss, r.image_to_text[0], r.image_to_text[1], r.image_to_text[2], r.text_to_image[0], r.text_to_image[1],
+                r.text_to_image[2], r.n);
+    }
+    fprintf(log, ",\"eval_s\":%.4g}\n", now_seconds() - t0);
+    fflush(log);
+}
+
 static void save_checkpoint(const Config *c, long step, ClipModel *m, Optimizer *opt, const Loader *loader,
                             const char *config_text) {
     char loader_state[1024], err[1024];
@@ -82,7 +125,7 @@ int main(int argc, char **argv) {
     Config cfg;
     config_defaults(&cfg);
     const char *config_path = NULL;
-    int dry_run = 0, tokenize = 0;
+    int dry_run = 0, tokenize = 0, eval_only = 0;
     const char *inspect_spec = NULL;
     long inspect_limit = 0;
     for (int i = 1; i < argc; i++) {
@@ -90,6 +133,7 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--help-config")) return config_print_reference(stdout), 0;
         if (!strcmp(argv[i], "--dry-run")) dry_run = 1;
         else if (!strcmp(argv[i], "--tokenize")) tokenize = 1;
+        else if (!strcmp(argv[i], "--eval-only")) eval_only = 1;
         else if (!strcmp(argv[i], "-c") && i + 1 < argc) config_path = argv[++i];
         else if (!strcmp(argv[i], "--set") && i + 1 < argc) i++;  // applied after the file, below
         else if (!strcmp(argv[i], "--inspect-data") && i + 1 < argc) inspect_spec = argv[++i];
@@ -155,9 +199,11 @@ int main(int argc, char **argv) {
     config_print(&cfg, mem);
     fclose(mem);
     snprintf(path, sizeof(path), "%s/config.conf", cfg.run_dir);
-    FILE *cf = fopenCheck(path, "w");
-    fputs(config_text, cf);
-    fcloseCheck(cf);
+    if (!eval_only) {
+        FILE *cf = fopenCheck(path, "w");
+        fputs(config_text, cf);
+        fcloseCheck(cf);
+    }
 
     // ---- data
     Loader *loader = loader_open(&cfg, cfg.data, 1, (int)B, 0, 1);
@@ -182,7 +228,13 @@ int main(int argc, char **argv) {
         printf("resumed from step %ld (%s)\n", start, cfg.resume);
     }
     snprintf(path, sizeof(path), "%s/log.jsonl", cfg.run_dir);
-    FILE *step_log = fopenCheck(path, start > 0 ? "a" : "w");
+    FILE *step_log = fopenCheck(path, start > 0 || eval_only ? "a" : "w");
+    if (eval_only) {
+        run_eval(&cfg, &model, step_log, start);
+        fcloseCheck(step_log);
+        clip_model_free(&model);
+        return 0;
+    }
     Diagnostics diag;
     diag_init(&diag, &cfg, L);
     int tty = isatty(fileno(stdout));
@@ -239,6 +291,7 @@ int main(int argc, char **argv) {
             if (log_now) t_log = now, ran_in_log = 0, wait_in_log = 0;
         }
         int last = step + 1 == end;
+        if ((cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) || step + 1 == cfg.steps) run_eval(&cfg, &model, step_log, step + 1);
         if (last || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || stop_signal)
             save_checkpoint(&cfg, step + 1, &model, &opt, loader, config_text);
         if (stop_signal) {

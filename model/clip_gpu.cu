@@ -295,29 +295,35 @@ template <typename T> static void tower_head_forward(ClipGPU *g, TowerBuf *tb, c
     proj_forward(features, tb->pooled_ln, P + tb->proj, B, t->width, g->cfg.embed_dim);
 }
 
+static void begin_inputs(ClipGPU *g);
 static void upload_text(ClipGPU *g, const Batch *b, int start, int B);
 static void upload_images(ClipGPU *g, const Batch *b, int start, int B);
 static void inputs_consumed(ClipGPU *g);
 
-// Forward of micro-batch [start, start + B) of the batch (inputs uploaded on the way: the text tower runs
-// while the images are copied): every activation saved, features written.
-template <typename T> static void forward_micro(ClipGPU *g, const Batch *b, int start, int B) {
+// Text tower of micro-batch [start, start + B): token + position embeddings -> causal blocks -> ln_final
+// at the EOT -> @ text_projection into txt_feat rows start.. (activations saved).
+template <typename T> static void forward_text(ClipGPU *g, const Batch *b, int start, int B) {
     const ClipLayout *L = g->L;
-    const Config *c = &g->cfg;
     const float *P = g->params;
-    const T *W = (const T *)g->wts;
-    int S = c->image_size, Ps = c->patch_size, G2 = (S / Ps) * (S / Ps), Dv = L->visual.width, Nv = B * L->visual.tokens;
-    size_t E = c->embed_dim;
-    // text tower: token + position embeddings -> causal blocks -> ln_final at the EOT -> @ text_projection
     upload_text(g, b, start, B);
     const char *in = g->inputs[g->cur];
     mark(g, PROF_EMBED_OTHER);
     text_embed_forward_gpu<T>(as<T>(g->txt.x0), (const int32_t *)(in + g->off_tokens), P + L->token_embedding, P + L->text_pos,
                               B, L->text.tokens, L->text.width);
     tower_forward<T>(g, &g->txt, B);
-    tower_head_forward<T>(g, &g->txt, (const int *)(in + g->off_eot), B, g->txt_feat + start * E);
-    // image tower: patches @ conv1 -> class token + positions -> ln_pre -> blocks -> ln_post(class) @ proj
+    tower_head_forward<T>(g, &g->txt, (const int *)(in + g->off_eot), B, g->txt_feat + (size_t)start * g->cfg.embed_dim);
+}
+
+// Image tower of micro-batch [start, start + B): patches @ conv1 -> class token + positions -> ln_pre ->
+// blocks -> ln_post(class) @ proj into img_feat rows start.. (activations saved).
+template <typename T> static void forward_image(ClipGPU *g, const Batch *b, int start, int B) {
+    const ClipLayout *L = g->L;
+    const Config *c = &g->cfg;
+    const float *P = g->params;
+    const T *W = (const T *)g->wts;
+    int S = c->image_size, Ps = c->patch_size, G2 = (S / Ps) * (S / Ps), Dv = L->visual.width, Nv = B * L->visual.tokens;
     upload_images(g, b, start, B);
+    const char *in = g->inputs[g->cur];
     mark(g, PROF_EMBED_OTHER);
     patch_im2col_gpu<T>(as<T>(g->patches), (const uint8_t *)in, B, S, Ps);
     mark(g, PROF_GEMM);
@@ -328,7 +334,15 @@ template <typename T> static void forward_micro(ClipGPU *g, const Batch *b, int 
     residual_layernorm_forward_gpu<T>(NULL, as<T>(g->vis.x0), g->ln_pre_mean, g->ln_pre_rstd, as<T>(g->v_embed), NULL, NULL,
                                       P + L->ln_pre_w, P + L->ln_pre_b, Nv, Dv);
     tower_forward<T>(g, &g->vis, B);
-    tower_head_forward<T>(g, &g->vis, NULL, B, g->img_feat + start * E);
+    tower_head_forward<T>(g, &g->vis, NULL, B, g->img_feat + (size_t)start * c->embed_dim);
+}
+
+// Forward of micro-batch [start, start + B) of the batch, both towers (the text tower runs while the images
+// are copied): every activation saved, features written.
+template <typename T> static void forward_micro(ClipGPU *g, const Batch *b, int start, int B) {
+    begin_inputs(g);
+    forward_text<T>(g, b, start, B);
+    forward_image<T>(g, b, start, B);
     inputs_consumed(g);
 }
 
@@ -442,12 +456,20 @@ template <typename T> static void backward_micro(ClipGPU *g, int B, const float 
 // positions and the token index, computed on the host where the ids are) before the text tower, the images
 // (tens of MB) after it has been enqueued, so that their host staging and copy overlap it. Device buffer
 // and pinned stage k alternate between micro-batches; copies run on copy_stream, ordered by events.
-static void upload_text(ClipGPU *g, const Batch *b, int start, int B) {
-    const Config *c = &g->cfg;
-    int Tt = c->context_length, k = g->stage_next;
+
+// Selects the device input buffer and pinned stage of the next micro-batch (they alternate, so one can be
+// filled while the other is read) and waits until both are free.
+static void begin_inputs(ClipGPU *g) {
+    int k = g->stage_next;
     g->stage_next ^= 1, g->cur = k;
     mark(g, PROF_INPUT);
-    cudaCheck(cudaEventSynchronize(g->stage_free[k]));  // the last copies out of stage k are done
+    cudaCheck(cudaEventSynchronize(g->stage_free[k]));                  // the last copies out of stage k are done
+    cudaCheck(cudaStreamWaitEvent(g->copy_stream, g->consumed[k], 0));  // kernels two micro-batches ago are done with it
+}
+
+static void upload_text(ClipGPU *g, const Batch *b, int start, int B) {
+    const Config *c = &g->cfg;
+    int Tt = c->context_length, k = g->cur;
     char *h = g->stage[k];
     int32_t *tokens = (int32_t *)(h + g->off_tokens);
     memcpy(tokens, b->tokens + (size_t)start * Tt, (size_t)B * Tt * sizeof(int32_t));
@@ -459,9 +481,9 @@ static void upload_text(ClipGPU *g, const Batch *b, int start, int B) {
     token_index_build(index, tokens, B * Tt, c->vocab_size, g->vocab_counts);
     g->num_unique[k] = index[0], g->num_chunks[k] = index[1];
     size_t bytes = g->off_index - g->off_tokens + token_index_ints((size_t)B * Tt) * sizeof(int);
-    cudaCheck(cudaStreamWaitEvent(g->copy_stream, g->consumed[k], 0));  // kernels two micro-batches ago are done with it
     cudaCheck(cudaMemcpyAsync(g->inputs[k] + g->off_tokens, h + g->off_tokens, bytes, cudaMemcpyHostToDevice, g->copy_stream));
     cudaCheck(cudaEventRecord(g->text_ready, g->copy_stream));
+    cudaCheck(cudaEventRecord(g->stage_free[k], g->copy_stream));
     cudaCheck(cudaStreamWaitEvent(0, g->text_ready, 0));
 }
 
@@ -566,6 +588,25 @@ void clip_gpu_upload(ClipGPU *g, const float *params, const Optimizer *o) {
     }
     g->logit_scale_host = params[g->L->logit_scale];
     cudaCheck(cudaDeviceSynchronize());
+}
+
+template <typename T> static void encode(ClipGPU *g, const Batch *b, int images, int texts) {
+    for (int start = 0; start < b->size; start += g->mb) {
+        int B = b->size - start < g->mb ? b->size - start : g->mb;
+        begin_inputs(g);
+        if (texts) forward_text<T>(g, b, start, B);
+        if (images) forward_image<T>(g, b, start, B);
+        inputs_consumed(g);
+    }
+}
+
+void clip_gpu_encode(ClipGPU *g, const Batch *b, float *image_features, float *text_features) {
+    if (b->size < 1 || b->size > g->max_batch) fatal("clip_gpu_encode: batch of %d, the model holds at most %d", b->size, g->max_batch);
+    if (g->use_bf16) encode<bf16>(g, b, image_features != NULL, text_features != NULL);
+    else encode<float>(g, b, image_features != NULL, text_features != NULL);
+    size_t bytes = (size_t)b->size * g->cfg.embed_dim * sizeof(float);
+    if (image_features) cudaCheck(cudaMemcpy(image_features, g->img_feat, bytes, cudaMemcpyDeviceToHost));
+    if (text_features) cudaCheck(cudaMemcpy(text_features, g->txt_feat, bytes, cudaMemcpyDeviceToHost));
 }
 
 void clip_gpu_features(ClipGPU *g, float *image_features, float *text_features) {

@@ -61,6 +61,9 @@ float clip_gpu_logit_scale(const ClipGPU *g);
 void clip_gpu_download(ClipGPU *g, float *params, Optimizer *o, float *grads);
 // Uploads params (and the moments o->m/u when o is not NULL), e.g. after a resume.
 void clip_gpu_upload(ClipGPU *g, const float *params, const Optimizer *o);
+// Forward only (evaluation): the features (b->size, embed_dim) of the images and/or the captions of a batch;
+// a NULL output skips that tower (and its input may be NULL).
+void clip_gpu_encode(ClipGPU *g, const Batch *b, float *image_features, float *text_features);
 // Features of the last forward_backward, (batch, embed_dim) each.
 void clip_gpu_features(ClipGPU *g, float *image_features, float *text_features);
 

@@ -123,3 +123,30 @@ void clip_model_to_device(ClipModel *m, const Optimizer *o) {
 #endif
     (void)m, (void)o;
 }
+
+void clip_model_encode_images(ClipModel *m, const uint8_t *images, int n, float *features) {
+    const Config *c = &m->cpu.cfg;
+#ifdef HAVE_CUDA
+    if (m->gpu) {
+        Batch b = {n, c->image_size, c->context_length, (uint8_t *)images, NULL, NULL};
+        clip_gpu_encode(m->gpu, &b, features, NULL);
+        return;
+    }
+#endif
+    images_normalize(images, m->images, n, c->image_size);
+    clip_cpu_encode_image(&m->cpu, m->images, n);
+    memcpy(features, m->cpu.acts.image_features, (size_t)n * c->embed_dim * sizeof(float));
+}
+
+void clip_model_encode_texts(ClipModel *m, const int32_t *tokens, int n, float *features) {
+    const Config *c = &m->cpu.cfg;
+#ifdef HAVE_CUDA
+    if (m->gpu) {
+        Batch b = {n, c->image_size, c->context_length, NULL, (int32_t *)tokens, NULL};
+        clip_gpu_encode(m->gpu, &b, NULL, features);
+        return;
+    }
+#endif
+    clip_cpu_encode_text(&m->cpu, tokens, n);
+    memcpy(features, m->cpu.acts.text_features, (size_t)n * c->embed_dim * sizeof(float));
+}

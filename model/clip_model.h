@@ -30,6 +30,10 @@ float clip_model_grad_norm(ClipModel *m);
 // Global-norm clipping (when c->grad_clip > 0, given the norm), the optimizer step, the logit_scale clamp.
 void clip_model_update(ClipModel *m, Optimizer *o, float lr, float grad_norm);
 float clip_model_logit_scale(const ClipModel *m);
+// Forward only (evaluation): raw features (n, embed_dim) of n <= batch_size images (uint8, as in a Batch)
+// or token rows (n, context_length).
+void clip_model_encode_images(ClipModel *m, const uint8_t *images, int n, float *features);
+void clip_model_encode_texts(ClipModel *m, const int32_t *tokens, int n, float *features);
 // Parameters and optimizer moments to the host (before a checkpoint) and back (after a resume).
 void clip_model_to_host(ClipModel *m, Optimizer *o);
 void clip_model_to_device(ClipModel *m, const Optimizer *o);

@@ -73,6 +73,14 @@ static const Key KEYS[] = {
     {"data", T_STR, OFF(data), "synthetic", 0, 0, NULL,
      "training data: synthetic, or webdataset shards: dir/{00000..00099}.tar, a directory, several joined by ::"},
     {"val_data", T_STR, OFF(val_data), "", 0, 0, NULL, "validation shards (same syntax); empty = none"},
+    {"val_max_pairs", T_LONG, OFF(val_max_pairs), "10000", 1, BIG, NULL, "validation pairs used for retrieval R@1/5/10 and the validation loss"},
+    {"zeroshot_data", T_STR, OFF(zeroshot_data), "", 0, 0, NULL,
+     "labelled eval shards (samples with a `cls` member holding the class index) for zero-shot classification; empty = none"},
+    {"zeroshot_classnames", T_STR, OFF(zeroshot_classnames), "", 0, 0, NULL,
+     "class names, one per line in class-index order (scripts/get_zeroshot_imagenet.sh writes ImageNet's)"},
+    {"zeroshot_templates", T_STR, OFF(zeroshot_templates), "", 0, 0, NULL,
+     "prompt templates, one per line, {} = the class name (e.g. data/openai_imagenet_templates.txt); empty = the name alone"},
+    {"eval_every", T_LONG, OFF(eval_every), "0", 0, BIG, NULL, "steps between evaluations (zero-shot and/or retrieval); 0 = only at the end"},
     {"synthetic_size", T_LONG, OFF(synthetic_size), "4096", 1, BIG, NULL, "distinct samples the synthetic source cycles through"},
     {"data_workers", T_INT, OFF(data_workers), "4", 1, 1024, NULL, "decode threads per rank"},
     {"shuffle_buffer", T_LONG, OFF(shuffle_buffer), "1000", 0, BIG, NULL, "samples held for shuffling (0 = shard order only)"},
@@ -320,6 +328,8 @@ void config_finalize(Config *c) {
         config_error(source_of("samples"), "samples", "set steps or samples, not both (steps is set at %s)", source_of("steps"));
     if (c->steps == 0 && c->samples == 0) config_error("config", "steps", "missing required key (or set samples)");
     if (c->steps == 0) c->steps = (c->samples + c->batch_size - 1) / c->batch_size;
+    if (c->zeroshot_data[0] && !c->zeroshot_classnames[0])
+        config_error(source_of("zeroshot_data"), "zeroshot_data", "needs zeroshot_classnames (a file of class names)");
     if (c->micro_batch_size > c->batch_size)
         config_error(source_of("micro_batch_size"), "micro_batch_size", "%ld is larger than batch_size %ld", c->micro_batch_size, c->batch_size);
 }

@@ -49,6 +49,11 @@ typedef struct {
     // ---- data ----
     char data[CONFIG_STR];    // "synthetic" or a shard spec
     char val_data[CONFIG_STR];// "" = none
+    long val_max_pairs;       // pairs used for the retrieval eval
+    char zeroshot_data[CONFIG_STR];       // labelled shards (a `cls` member per sample) for zero-shot eval
+    char zeroshot_classnames[CONFIG_STR]; // one class name per line, in class-index order
+    char zeroshot_templates[CONFIG_STR];  // one prompt per line with {} for the name; "" = the name alone
+    long eval_every;          // steps between evaluations; 0 = only at the end
     long synthetic_size;      // samples in the synthetic pool
     int data_workers;         // decode threads per rank
     long shuffle_buffer;      // samples held for shuffling

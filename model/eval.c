@@ -42,22 +42,25 @@ static void normalize_rows(float *x, int n, int E) {
     }
 }
 
-float *zeroshot_classifier(const Encoder *enc, const Tokenizer *tok, char **classnames, int C, char **templates, int T) {
-    int E = enc->embed_dim, ctx = enc->context_length;
+// The most samples one encode call takes: the model's training batch.
+static int max_batch(const ClipModel *m) { return (int)m->cpu.cfg.batch_size; }
+
+float *zeroshot_classifier(ClipModel *m, const Tokenizer *tok, char **classnames, int C, char **templates, int T) {
+    int E = m->cpu.cfg.embed_dim, ctx = m->cpu.cfg.context_length, mb = max_batch(m);
     float *classifier = callocCheck((size_t)C * E, sizeof(float));
-    int32_t *ids = mallocCheck((size_t)enc->max_batch * ctx * sizeof(int32_t));
-    float *feat = mallocCheck((size_t)enc->max_batch * E * sizeof(float));
+    int32_t *ids = mallocCheck((size_t)mb * ctx * sizeof(int32_t));
+    float *feat = mallocCheck((size_t)mb * E * sizeof(float));
     char text[8192];
     for (int c = 0; c < C; c++) {
-        for (int t0 = 0; t0 < T; t0 += enc->max_batch) {
-            int n = T - t0 < enc->max_batch ? T - t0 : enc->max_batch;
+        for (int t0 = 0; t0 < T; t0 += mb) {
+            int n = T - t0 < mb ? T - t0 : mb;
             for (int i = 0; i < n; i++) {
                 const char *tpl = templates[t0 + i], *hole = strstr(tpl, "{}");
                 if (hole) snprintf(text, sizeof(text), "%.*s%s%s", (int)(hole - tpl), tpl, classnames[c], hole + 2);
                 else snprintf(text, sizeof(text), "%s %s", tpl, classnames[c]);
                 if (tokenizer_encode(tok, text, ids + (size_t)i * ctx, ctx) < 0) fatal("zero-shot prompt '%s' cannot be tokenized", text);
             }
-            enc->encode_texts(enc->model, ids, n, feat);
+            clip_model_encode_texts(m, ids, n, feat);
             normalize_rows(feat, n, E);
             for (int i = 0; i < n; i++)
                 for (int k = 0; k < E; k++) classifier[(size_t)c * E + k] += feat[(size_t)i * E + k] / T;
@@ -86,18 +89,24 @@ void zeroshot_accuracy(ZeroShotResult *r, const float *img_n, const int32_t *lab
     free(score);
 }
 
-ZeroShotResult eval_zeroshot(const Encoder *enc, const float *classifier, int C, Loader *loader) {
-    ZeroShotResult r = {0, 0, 0};
-    float *feat = mallocCheck((size_t)enc->max_batch * enc->embed_dim * sizeof(float));
+ZeroShotResult eval_zeroshot(ClipModel *m, const float *classifier, int C, Loader *loader) {
+    ZeroShotResult r = {0, 0, 0, 0};
+    long *per_class = callocCheck((size_t)C, sizeof(long));
+    int E = m->cpu.cfg.embed_dim;
+    float *feat = mallocCheck((size_t)max_batch(m) * E * sizeof(float));
     Batch b;
     int n;
     while ((n = loader_next(loader, &b)) > 0) {
-        if (n > enc->max_batch) fatal("eval_zeroshot: loader batch %d exceeds the encoder's %d", n, enc->max_batch);
-        enc->encode_images(enc->model, b.images, n, feat);
-        normalize_rows(feat, n, enc->embed_dim);
-        zeroshot_accuracy(&r, feat, b.labels, n, classifier, C, enc->embed_dim);
+        if (n > max_batch(m)) fatal("eval_zeroshot: loader batch %d exceeds the model's %d", n, max_batch(m));
+        clip_model_encode_images(m, b.images, n, feat);
+        normalize_rows(feat, n, E);
+        zeroshot_accuracy(&r, feat, b.labels, n, classifier, C, E);
+        for (int i = 0; i < n; i++)
+            if (b.labels[i] >= 0 && b.labels[i] < C) per_class[b.labels[i]]++;
     }
-    if (r.n) r.top1 /= r.n, r.top5 /= r.n;
+    for (int c = 0; c < C; c++) r.majority = fmax(r.majority, (double)per_class[c]);
+    if (r.n) r.top1 /= r.n, r.top5 /= r.n, r.majority /= r.n;
+    free(per_class);
     free(feat);
     return r;
 }
@@ -128,25 +137,25 @@ void retrieval_recall(RetrievalResult *r, const float *img_n, const float *txt_n
     r->n = n;
 }
 
-RetrievalResult eval_retrieval(const Encoder *enc, Loader *loader, long max_pairs) {
+RetrievalResult eval_retrieval(ClipModel *m, Loader *loader, long max_pairs) {
     RetrievalResult r;
     memset(&r, 0, sizeof(r));
-    int E = enc->embed_dim;
+    int E = m->cpu.cfg.embed_dim;
     float *img = NULL, *txt = NULL;
     long n = 0, cap = 0, batches = 0;
     Batch b;
     int got;
     while ((max_pairs == 0 || n < max_pairs) && (got = loader_next(loader, &b)) > 0) {
-        if (got > enc->max_batch) fatal("eval_retrieval: loader batch %d exceeds the encoder's %d", got, enc->max_batch);
+        if (got > max_batch(m)) fatal("eval_retrieval: loader batch %d exceeds the model's %d", got, max_batch(m));
         if (max_pairs && n + got > max_pairs) got = (int)(max_pairs - n);
         if (n + got > cap) {
             cap = 2 * (n + got);
             img = reallocCheck(img, (size_t)cap * E * sizeof(float)), txt = reallocCheck(txt, (size_t)cap * E * sizeof(float));
         }
-        enc->encode_images(enc->model, b.images, got, img + (size_t)n * E);
-        enc->encode_texts(enc->model, b.tokens, got, txt + (size_t)n * E);
+        clip_model_encode_images(m, b.images, got, img + (size_t)n * E);
+        clip_model_encode_texts(m, b.tokens, got, txt + (size_t)n * E);
         // the loss of each batch, as training computes it
-        r.loss += contrastive_loss(img + (size_t)n * E, txt + (size_t)n * E, enc->logit_scale, got, E, NULL, NULL, NULL);
+        r.loss += contrastive_loss(img + (size_t)n * E, txt + (size_t)n * E, clip_model_logit_scale(m), got, E, NULL, NULL, NULL);
         n += got, batches++;
     }
     if (n > 0) {

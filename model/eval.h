@@ -1,4 +1,4 @@
-// eval.h: evaluation of a CLIP model, for any execution path through an Encoder: zero-shot classification
+// eval.h: evaluation of a CLIP model (CPU or GPU, through clip_model.h): zero-shot classification
 // (class names x prompt templates -> averaged, normalised class embeddings; top-1/top-5 on a labelled set)
 // and retrieval on validation pairs (image->text and text->image R@1/5/10, and the contrastive loss).
 #pragma once
@@ -6,19 +6,11 @@
 
 #include "../data/loader.h"
 #include "../data/tokenizer.h"
-
-typedef struct {
-    void *model;
-    int max_batch;       // most samples one encode call takes
-    int embed_dim, context_length;
-    float logit_scale;   // the model's logit_scale parameter (log of the temperature's inverse)
-    // raw (unnormalised) features (n, E) of n <= max_batch images (uint8, as in a Batch) or token rows
-    void (*encode_images)(void *model, const uint8_t *images, int n, float *features);
-    void (*encode_texts)(void *model, const int32_t *tokens, int n, float *features);
-} Encoder;
+#include "clip_model.h"
 
 typedef struct {
     double top1, top5;  // accuracies in [0, 1]
+    double majority;    // share of the most frequent class: the accuracy of always guessing it
     long n;             // labelled images evaluated
 } ZeroShotResult;
 
@@ -34,12 +26,12 @@ char **read_lines(const char *path, int *count);
 void free_lines(char **lines, int count);
 // Class embeddings (C, E), each the normalised mean of its normalised template embeddings.
 // A template without "{}" gets the class name appended after a space.
-float *zeroshot_classifier(const Encoder *enc, const Tokenizer *tok, char **classnames, int C, char **templates, int T);
+float *zeroshot_classifier(ClipModel *m, const Tokenizer *tok, char **classnames, int C, char **templates, int T);
 // The metrics on given normalised features: zero-shot accuracy counts are ADDED to r (top1/top5 as hit
 // counts, n as images; eval_zeroshot turns them into rates); retrieval recall fills r's recalls and n.
 void zeroshot_accuracy(ZeroShotResult *r, const float *img_n, const int32_t *labels, int n, const float *classifier, int C, int E);
 void retrieval_recall(RetrievalResult *r, const float *img_n, const float *txt_n, long n, int E);
 // Top-1/top-5 over the labelled images of an eval loader (labels < 0 are skipped; labels >= C are errors).
-ZeroShotResult eval_zeroshot(const Encoder *enc, const float *classifier, int C, Loader *loader);
+ZeroShotResult eval_zeroshot(ClipModel *m, const float *classifier, int C, Loader *loader);
 // Retrieval and loss over up to max_pairs pairs of an eval loader (0 = all).
-RetrievalResult eval_retrieval(const Encoder *enc, Loader *loader, long max_pairs);
+RetrievalResult eval_retrieval(ClipModel *m, Loader *loader, long max_pairs);
