@@ -71,7 +71,8 @@ float *zeroshot_classifier(ClipModel *m, const Tokenizer *tok, char **classnames
     return classifier;
 }
 
-void zeroshot_accuracy(ZeroShotResult *r, const float *img_n, const int32_t *labels, int n, const float *classifier, int C, int E) {
+void zeroshot_accuracy(ZeroShotResult *r, long *seen, long *hit, const float *img_n, const int32_t *labels, int n,
+                       const float *classifier, int C, int E) {
     double *score = mallocCheck((size_t)C * sizeof(double));
     for (int i = 0; i < n; i++) {
         int label = labels[i];
@@ -85,13 +86,14 @@ void zeroshot_accuracy(ZeroShotResult *r, const float *img_n, const int32_t *lab
         int rank = 0;  // classes scoring at least as high as the true one: ties count against it
         for (int c = 0; c < C; c++) rank += c != label && score[c] >= score[label];
         r->top1 += rank < 1, r->top5 += rank < 5, r->n++;
+        seen[label]++, hit[label] += rank < 1;
     }
     free(score);
 }
 
 ZeroShotResult eval_zeroshot(ClipModel *m, const float *classifier, int C, Loader *loader) {
-    ZeroShotResult r = {0, 0, 0, 0};
-    long *per_class = callocCheck((size_t)C, sizeof(long));
+    ZeroShotResult r = {0, 0, 0, 0, 0};
+    long *seen = callocCheck((size_t)C, sizeof(long)), *hit = callocCheck((size_t)C, sizeof(long));
     int E = m->cpu.cfg.embed_dim;
     float *feat = mallocCheck((size_t)max_batch(m) * E * sizeof(float));
     Batch b;
@@ -100,13 +102,15 @@ ZeroShotResult eval_zeroshot(ClipModel *m, const float *classifier, int C, Loade
         if (n > max_batch(m)) fatal("eval_zeroshot: loader batch %d exceeds the model's %d", n, max_batch(m));
         clip_model_encode_images(m, b.images, n, feat);
         normalize_rows(feat, n, E);
-        zeroshot_accuracy(&r, feat, b.labels, n, classifier, C, E);
-        for (int i = 0; i < n; i++)
-            if (b.labels[i] >= 0 && b.labels[i] < C) per_class[b.labels[i]]++;
+        zeroshot_accuracy(&r, seen, hit, feat, b.labels, n, classifier, C, E);
     }
-    for (int c = 0; c < C; c++) r.majority = fmax(r.majority, (double)per_class[c]);
-    if (r.n) r.top1 /= r.n, r.top5 /= r.n, r.majority /= r.n;
-    free(per_class);
+    int present = 0;
+    for (int c = 0; c < C; c++) {
+        r.majority = fmax(r.majority, (double)seen[c]);
+        if (seen[c]) r.per_class += (double)hit[c] / seen[c], present++;
+    }
+    if (r.n) r.top1 /= r.n, r.top5 /= r.n, r.majority /= r.n, r.per_class /= present;
+    free(seen), free(hit);
     free(feat);
     return r;
 }

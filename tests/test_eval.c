@@ -22,9 +22,12 @@ static void test_zeroshot_accuracy_counts(void) {
     unit(img + 2 * E, 1), img[2 * E + 5] = 1;
     unit(img + 3 * E, 4);
     int32_t labels[4] = {2, 3, 5, -1};
-    ZeroShotResult r = {0, 0, 0, 0};
-    zeroshot_accuracy(&r, img, labels, 4, classes, 6, E);
+    ZeroShotResult r = {0, 0, 0, 0, 0};
+    long seen[6] = {0}, hit[6] = {0};
+    zeroshot_accuracy(&r, seen, hit, img, labels, 4, classes, 6, E);
     EXPECT(r.n == 3 && r.top1 == 1 && r.top5 == 3, "n %ld top1 %g top5 %g, want 3 1 3", r.n, r.top1, r.top5);
+    EXPECT(seen[2] == 1 && hit[2] == 1 && seen[3] == 1 && hit[3] == 0 && seen[5] == 1 && hit[5] == 0 && seen[4] == 0,
+           "per-class counts wrong");
 }
 
 static void test_retrieval_recall(void) {
