@@ -287,7 +287,8 @@ static void gemm_cases(Int8GemmPath path) {
     gemm_case(&r, path, 1, 16, 16);
     gemm_case(&r, path, 129, 272, 144);
     gemm_case(&r, path, 300, 2304, 768);   // ViT-B qkv width: several column tiles
-    gemm_case(&r, path, 2000, 784, 1040);  // several tiles per persistent CTA, ragged everywhere
+    gemm_case(&r, path, 2000, 784, 1040);  // ragged everywhere
+    gemm_case(&r, path, 4400, 2304, 272);  // 162 work items: several per persistent cluster; odd M-tile count
 }
 
 static void test_int8_gemm_mma(void) {
