@@ -85,9 +85,10 @@ __device__ inline uint32_t swz(int row, int chunk) { return row * 128 + ((chunk 
 #define WG_CLUSTER 2
 #define WG_A_BYTES (WG_BM * WG_BK)         // 16 KB
 #define WG_B_BYTES (WG_BN * WG_BK)         // 32 KB, half of it from each CTA of the cluster
-#define WG_Y_BOX 64                        // output boxes of 64 x 64 bf16 (128-byte rows, swizzled)
-#define WG_Y_BOX_BYTES (WG_Y_BOX * WG_Y_BOX * 2)
-#define WG_Y_BYTES (2 * 2 * WG_Y_BOX_BYTES)  // 32 KB: two staging buffers of one box per consumer
+#define WG_Y_BOX_ROWS 16                   // output boxes of 16 x 64 bf16 (128-byte rows, swizzled), one per warp
+#define WG_Y_BOX_COLS 64
+#define WG_Y_BOX_BYTES (WG_Y_BOX_ROWS * WG_Y_BOX_COLS * 2)
+#define WG_Y_BYTES (8 * 2 * WG_Y_BOX_BYTES)  // 32 KB: two staging buffers per consumer warp
 #define WG_P_BYTES (WG_BN * 8 + WG_BM * 4)   // epilogue parameters: (bias, s_b) per column, s_a per row
 // 226.6 KB of the 227 KB a block may have: 4 stages, staging, parameters, barriers (full, empty, p_full, p_empty)
 #define WG_SMEM (WG_STAGES * (WG_A_BYTES + WG_B_BYTES) + WG_Y_BYTES + WG_P_BYTES + (2 * WG_STAGES + 2) * 8)
@@ -156,7 +157,17 @@ __device__ inline void bulk_wait_read1() { asm volatile("cp.async.bulk.wait_grou
 __device__ inline void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
 // Orders this thread's ordinary shared-memory stores before later async-proxy (TMA) reads of them.
 __device__ inline void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
-__device__ inline void named_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
+// Stores four 8 x 8 b16 matrices from the mma accumulator fragment layout (register k: matrix k, lane l holding
+// row l / 4, columns 2 (l % 4) and + 1); lane l gives the shared address of row l % 8 of matrix l / 8.
+__device__ inline void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(r0), "r"(r1), "r"(r2),
+                 "r"(r3)
+                 : "memory");
+}
+__device__ inline uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
 
 // wgmma descriptor of a K-major operand in the swizzled layout above: start address >> 4 (bits 0-13), leading
 // byte offset unused for swizzled K-major (1, bits 16-29), stride byte offset = 1024 between 8-row groups
@@ -205,6 +216,47 @@ __device__ inline void wgmma_m64n256k32(int (&d)[128], uint64_t desc_a, uint64_t
           "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
+// The bf16 TMA-store epilogue of one consumer warp: its 16 rows x 256 columns leave as 4 boxes of 16 x 64, each
+// staged (stmatrix, 128-byte rows with chunk c of row r at c ^ (r % 8): conflict-free, and the layout the TMA store
+// reads with SWIZZLE_128B) in one of the warp's two buffers, which is rewritten once the store issued from it two
+// rounds ago has read it. Only the warp synchronises. sa0, sa1: s_a of the thread's rows; PER_COL 0: s_b = sb_t
+// for all columns, so the multiplier is computed once per row.
+template <int PER_COL>
+__device__ inline void epilogue_tma(const int (&acc)[128], const float *p_col, float sa0, float sa1, float sb_t,
+                                    uint8_t *bufs, int &round, const CUtensorMap *map, int col0, int row0, int rows_in,
+                                    int N, int lane) {
+    float m0 = sb_dequant_scale(sa0, sb_t), m1 = sb_dequant_scale(sa1, sb_t);
+#pragma unroll
+    for (int b = 0; b < WG_BN / WG_Y_BOX_COLS; b++, round++) {
+        uint8_t *buf = bufs + (round % 2) * WG_Y_BOX_BYTES;
+        if (lane == 0) bulk_wait_read1();
+        __syncwarp();
+#pragma unroll
+        for (int jp = 0; jp < 4; jp++) {  // 8-column groups j, j + 1: matrices (rows 0-7, j), (8-15, j), (0-7, j + 1), (8-15, j + 1)
+            uint32_t r[4];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int j = 8 * b + 2 * jp + h;
+                float4 p = *(const float4 *)(p_col + 2 * (8 * j + 2 * (lane % 4)));  // bias, s_b of 2 columns
+                float m00 = m0, m01 = m0, m10 = m1, m11 = m1;
+                if (PER_COL)
+                    m00 = sb_dequant_scale(sa0, p.y), m01 = sb_dequant_scale(sa0, p.w),
+                    m10 = sb_dequant_scale(sa1, p.y), m11 = sb_dequant_scale(sa1, p.w);
+                r[2 * h] = pack_bf16(fmaf((float)acc[4 * j], m00, p.x), fmaf((float)acc[4 * j + 1], m01, p.z));
+                r[2 * h + 1] = pack_bf16(fmaf((float)acc[4 * j + 2], m10, p.x), fmaf((float)acc[4 * j + 3], m11, p.z));
+            }
+            int m = lane / 8, row = (m & 1) * 8 + lane % 8, chunk = (2 * jp + (m >> 1)) ^ (row % 8);
+            stmatrix_x4(smem_u32(buf) + row * 128 + chunk * 16, r[0], r[1], r[2], r[3]);
+        }
+        fence_async_smem();
+        __syncwarp();
+        if (lane == 0) {
+            if (rows_in && col0 + b * WG_Y_BOX_COLS < N) tma_store_2d(map, buf, col0 + b * WG_Y_BOX_COLS, row0);
+            bulk_commit();  // one group per round, even an empty one: wait_read1 counts rounds
+        }
+    }
+}
+
 #endif
 
 // Work items are pairs of M tiles x one N tile (one per cluster), numbered with N fastest, so the clusters running
@@ -239,7 +291,7 @@ __global__ void __launch_bounds__(384, 1)
             mbar_init(&empty[s], 2 * WG_CLUSTER);  // each consumer warpgroup of both CTAs
         }
         mbar_init(p_full, 32);  // the loader warp's lanes
-        mbar_init(p_empty, 2);  // both consumer warpgroups, done with the parameters
+        mbar_init(p_empty, 8);  // each consumer warp, done with the parameters
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     cluster_sync();  // the peer's barriers exist before anything is multicast or arrived on
@@ -287,6 +339,7 @@ __global__ void __launch_bounds__(384, 1)
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
         int c = wg - 1, leader = threadIdx.x % 128 == 0;
         int tma_out = OUT == INT8_OUT_BF16 && !g.accumulate;
+        float sb_t = tensor_scale<OUT>(g);
         int acc[128];
         int it = 0, ti = 0, round = 0;  // k-tiles, tiles, output boxes so far (the box buffer is round % 2)
         for (int item = cluster; item < items; item += clusters, ti++) {
@@ -317,34 +370,12 @@ __global__ void __launch_bounds__(384, 1)
             mbar_wait(p_full, ti & 1);
             float sa0 = p_row[c * 64 + rl], sa1 = p_row[c * 64 + rl + 8];
             if (tma_out) {
-                // Four rounds, one 64 x 64 box each, staged in two alternating buffers (128-byte rows, chunk c of
-                // row r at c ^ (r % 8): conflict-free for these stores, and the layout the TMA store reads with
-                // SWIZZLE_128B). A buffer is rewritten once the store issued from it two rounds ago has read it.
-#pragma unroll
-                for (int b = 0; b < WG_BN / WG_Y_BOX; b++, round++) {
-                    uint8_t *box = sy + (c * 2 + round % 2) * WG_Y_BOX_BYTES;
-                    if (leader) bulk_wait_read1();
-                    named_sync(1 + c, 128);
-#pragma unroll
-                    for (int jj = 0; jj < 8; jj++) {
-                        int j = 8 * b + jj;
-                        float4 p = *(const float4 *)(p_col + 2 * (8 * j + 2 * (lane % 4)));  // bias, s_b of 2 columns
-                        __nv_bfloat162 lo = __floats2bfloat162_rn(sb_dequant_acc(acc[4 * j], sa0, p.y, p.x),
-                                                                  sb_dequant_acc(acc[4 * j + 1], sa0, p.w, p.z));
-                        __nv_bfloat162 hi = __floats2bfloat162_rn(sb_dequant_acc(acc[4 * j + 2], sa1, p.y, p.x),
-                                                                  sb_dequant_acc(acc[4 * j + 3], sa1, p.w, p.z));
-                        int off = (jj ^ (rl % 8)) * 16 + (lane % 4) * 4;  // rl and rl + 8 share rl % 8
-                        *(__nv_bfloat162 *)(box + rl * 128 + off) = lo;
-                        *(__nv_bfloat162 *)(box + (rl + 8) * 128 + off) = hi;
-                    }
-                    fence_async_smem();
-                    named_sync(1 + c, 128);
-                    if (leader) {
-                        if (m0 + c * 64 < g.M && n0 + b * WG_Y_BOX < g.N)
-                            tma_store_2d(&tma_y, box, n0 + b * WG_Y_BOX, m0 + c * 64);
-                        bulk_commit();  // one group per round, even an empty one: wait_read1 counts rounds
-                    }
-                }
+                uint8_t *bufs = sy + (c * 4 + warp) * 2 * WG_Y_BOX_BYTES;
+                int row0 = m0 + c * 64 + warp * 16, rows_in = row0 < g.M;
+                if (g.b_scale_per_col)
+                    epilogue_tma<1>(acc, p_col, sa0, sa1, 0.0f, bufs, round, &tma_y, n0, row0, rows_in, g.N, lane);
+                else
+                    epilogue_tma<0>(acc, p_col, sa0, sa1, sb_t, bufs, round, &tma_y, n0, row0, rows_in, g.N, lane);
             } else {
 #pragma unroll
                 for (int j = 0; j < WG_BN / 8; j++) {
@@ -353,11 +384,11 @@ __global__ void __launch_bounds__(384, 1)
                     store2<OUT>(g, r0, sa0, p, n0 + cl, acc[4 * j], acc[4 * j + 1]);
                     store2<OUT>(g, r0 + 8, sa1, p, n0 + cl, acc[4 * j + 2], acc[4 * j + 3]);
                 }
-                named_sync(1 + c, 128);  // all parameter reads of this warpgroup are done
             }
-            if (leader) mbar_arrive(p_empty);
+            __syncwarp();  // the warp's parameter reads are done
+            if (lane == 0) mbar_arrive(p_empty);
         }
-        if (leader) bulk_wait();  // the staging buffers must outlive the stores reading them
+        if (lane == 0) bulk_wait();  // the staging buffers must outlive the stores reading them
     }
     cluster_sync();  // no CTA exits while its peer may still arrive on its barriers
 #endif
@@ -519,7 +550,7 @@ template <int OUT> static void launch_wgmma(const Int8Gemm *g, cudaStream_t stre
     CUtensorMap tb = make_tensor_map(g->b, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->N, g->K, WG_BN / WG_CLUSTER, WG_BK);
     // bf16 output without accumulation leaves through TMA stores; other outputs are stored directly (ta: unused).
     CUtensorMap ty = OUT == INT8_OUT_BF16 && !g->accumulate
-                         ? make_tensor_map(g->out, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, g->M, g->N, WG_Y_BOX, WG_Y_BOX)
+                         ? make_tensor_map(g->out, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, g->M, g->N, WG_Y_BOX_ROWS, WG_Y_BOX_COLS)
                          : ta;
     int items = (ceil_div(g->M, WG_BM) + 1) / 2 * ceil_div(g->N, WG_BN);
     cfg.gridDim = dim3(WG_CLUSTER * (items < max_clusters ? items : max_clusters));

@@ -194,8 +194,9 @@ static void test_quantize_2way(void) {
 // ------------------------------------------------------------------------------------------------ int8 GEMM
 static const char *path_name(Int8GemmPath p) { return p == INT8_PATH_WGMMA ? "wgmma" : "mma.sync"; }
 
-// Exact int32 accumulators; then bf16 out with bias and a tensor-wise scale (on sm_90: the TMA-store epilogue);
-// then fp32 and bf16 out with per-column scales, accumulating into random values (the direct-store epilogue).
+// Exact int32 accumulators; then bf16 out with bias and a tensor-wise, then per-column scale (on sm_90: the TMA-store
+// epilogue); then fp32 and bf16 out with per-column scales, accumulating into random values (the direct-store
+// epilogue).
 // Each compared bit for bit with the CPU (same float ops).
 static void gemm_case(Rng *r, Int8GemmPath path, int M, int N, int K) {
     size_t mk = (size_t)M * K, nk = (size_t)N * K, mn = (size_t)M * N;
@@ -226,21 +227,24 @@ static void gemm_case(Rng *r, Int8GemmPath path, int M, int N, int K) {
            d / N, d % N, d < 0 ? 0 : acc[d], d < 0 ? 0 : acc_ref[d]);
     cudaCheck(cudaFree(g.out));
 
-    // 2. bf16 with bias, tensor-wise scale
+    // 2. bf16 with bias, tensor-wise then per-column scales (on sm_90: the TMA-store epilogue, both variants)
     bf16 *y = (bf16 *)host_alloc(sizeof(bf16) * mn);
-    g.out = dev_poisoned(sizeof(bf16) * mn, 0xFF), g.out_type = INT8_OUT_BF16;
-    g.a_scale = d_sa, g.b_scale = d_sb, g.b_scale_per_col = 0, g.bias = d_bias;
-    int8_gemm_path(&g, path, 0);
-    download(y, g.out, sizeof(bf16) * mn);
     long bad = -1;
-    for (size_t i = 0; i < mn && bad < 0; i++) {
-        float ref = bf(__float2bfloat16(ref_epilogue(acc_ref[i], sa[i / N], sb, 0, bias, i % N, 0.0f)));
-        if (!(bf(y[i]) == ref)) bad = (long)i;
+    for (int per_col = 0; per_col < 2; per_col++) {
+        g.out = dev_poisoned(sizeof(bf16) * mn, 0xFF), g.out_type = INT8_OUT_BF16;
+        g.a_scale = d_sa, g.b_scale = d_sb, g.b_scale_per_col = per_col, g.bias = d_bias;
+        int8_gemm_path(&g, path, 0);
+        download(y, g.out, sizeof(bf16) * mn);
+        bad = -1;
+        for (size_t i = 0; i < mn && bad < 0; i++) {
+            float ref = bf(__float2bfloat16(ref_epilogue(acc_ref[i], sa[i / N], sb, per_col, bias, i % N, 0.0f)));
+            if (!(bf(y[i]) == ref)) bad = (long)i;
+        }
+        EXPECT(bad < 0, "%s (M %d, N %d, K %d) bf16 out (per-column scales %d) differs at (%ld, %ld): %g vs ref %g",
+               path_name(path), M, N, K, per_col, bad / N, bad % N, bad < 0 ? 0 : bf(y[bad]),
+               bad < 0 ? 0 : bf(__float2bfloat16(ref_epilogue(acc_ref[bad], sa[bad / N], sb, per_col, bias, bad % N, 0.0f))));
+        cudaCheck(cudaFree(g.out));
     }
-    EXPECT(bad < 0, "%s (M %d, N %d, K %d) bf16 out differs at (%ld, %ld): %g vs ref %g", path_name(path), M, N, K,
-           bad / N, bad % N, bad < 0 ? 0 : bf(y[bad]),
-           bad < 0 ? 0 : bf(__float2bfloat16(ref_epilogue(acc_ref[bad], sa[bad / N], sb, 0, bias, bad % N, 0.0f))));
-    cudaCheck(cudaFree(g.out));
 
     // 3. fp32, per-column scales, no bias, accumulating into random values
     float *old = (float *)host_alloc(sizeof(float) * mn), *yf = (float *)host_alloc(sizeof(float) * mn);
