@@ -81,7 +81,6 @@ __device__ inline uint32_t swz(int row, int chunk) { return row * 128 + ((chunk 
 #define WG_BM 128
 #define WG_BN 256
 #define WG_BK 128  // int8 elements = bytes: one swizzle row
-#define WG_STAGES 4
 #define WG_CLUSTER 2
 #define WG_A_BYTES (WG_BM * WG_BK)         // 16 KB
 #define WG_B_BYTES (WG_BN * WG_BK)         // 32 KB, half of it from each CTA of the cluster
@@ -91,6 +90,7 @@ __device__ inline uint32_t swz(int row, int chunk) { return row * 128 + ((chunk 
 #define WG_Y_BYTES (8 * 2 * WG_Y_BOX_BYTES)  // 32 KB: two staging buffers per consumer warp
 #define WG_P_BYTES (WG_BN * 8 + WG_BM * 4)   // epilogue parameters: (bias, s_b) per column, s_a per row
 // 226.6 KB of the 227 KB a block may have: 4 stages, staging, parameters, barriers (full, empty, p_full, p_empty)
+#define WG_STAGES 4
 #define WG_SMEM (WG_STAGES * (WG_A_BYTES + WG_B_BYTES) + WG_Y_BYTES + WG_P_BYTES + (2 * WG_STAGES + 2) * 8)
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -231,13 +231,16 @@ __device__ inline void epilogue_tma(const int (&acc)[128], const float *p_col, f
         uint8_t *buf = bufs + (round % 2) * WG_Y_BOX_BYTES;
         if (lane == 0) bulk_wait_read1();
         __syncwarp();
+        float4 pb[8];  // (bias, s_b) of the thread's 2 columns in each 8-column group, loaded first (measured: +2-3%)
+#pragma unroll
+        for (int jj = 0; jj < 8; jj++) pb[jj] = *(const float4 *)(p_col + 2 * (8 * (8 * b + jj) + 2 * (lane % 4)));
 #pragma unroll
         for (int jp = 0; jp < 4; jp++) {  // 8-column groups j, j + 1: matrices (rows 0-7, j), (8-15, j), (0-7, j + 1), (8-15, j + 1)
             uint32_t r[4];
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 int j = 8 * b + 2 * jp + h;
-                float4 p = *(const float4 *)(p_col + 2 * (8 * j + 2 * (lane % 4)));  // bias, s_b of 2 columns
+                float4 p = pb[2 * jp + h];
                 float m00 = m0, m01 = m0, m10 = m1, m11 = m1;
                 if (PER_COL)
                     m00 = sb_dequant_scale(sa0, p.y), m01 = sb_dequant_scale(sa0, p.w),
@@ -274,7 +277,7 @@ __global__ void __launch_bounds__(384, 1)
     if (smem_u32(smem) & 1023) __trap();
     uint8_t *sa = smem;                                  // [stage] (128, 128) int8
     uint8_t *sb = sa + WG_STAGES * WG_A_BYTES;           // [stage] (256, 128) int8: rows 0-127 from CTA 0, 128-255 from CTA 1
-    uint8_t *sy = sb + WG_STAGES * WG_B_BYTES;           // [consumer][2 buffers] (64, 64) bf16
+    uint8_t *sy = sb + WG_STAGES * WG_B_BYTES;           // [consumer warp][2 buffers] (16, 64) bf16
     float *p_col = (float *)(sy + WG_Y_BYTES);           // [256] (bias, s_b) of the tile's columns (zeros past N)
     float *p_row = p_col + 2 * WG_BN;                    // [128] s_a of the tile's rows (zeros past M)
     uint64_t *full = (uint64_t *)(p_row + WG_BM), *empty = full + WG_STAGES, *p_full = empty + WG_STAGES,
