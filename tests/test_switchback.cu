@@ -1,8 +1,9 @@
 // test_switchback.cu: the SwitchBack kernels against their CPU references (tests/ref_switchback.h):
-// quantizers bit-exact; the int8 GEMM exact in int32 and bit-exact through its dequantize epilogue, for each kernel
-// the GPU can run; the layer's forward and backward in all four modes against fp32 within bounds derived from the
-// quantization step. Fresh random inputs every run (the seed is printed; SB_TEST_SEED=n repeats a run), outputs
-// poisoned before each kernel, odd shapes (M = 197 * 3 + 5, N and K multiples of 16 but not of 64).
+// quantizers bit-exact (the row-wise one also fused with column sums, chunk sums bit for bit); the int8 GEMM exact
+// in int32 and bit-exact through its dequantize epilogue, for each kernel the GPU can run; the layer's forward and
+// backward in all four modes against fp32 within bounds derived from the quantization step. Fresh random inputs
+// every run (the seed is printed; SB_TEST_SEED=n repeats a run), outputs poisoned before each kernel, odd shapes
+// (M = 197 * 3 + 5, N and K multiples of 16 but not of 64).
 // Without a GPU every test is skipped.
 #include <time.h>
 #include <unistd.h>
@@ -100,6 +101,32 @@ static void quantize_rowwise_case(Rng *r, int M, int K) {
     EXPECT(dq < 0, "(%d, %d) q differs at %ld: %d vs ref %d", M, K, dq, dq < 0 ? 0 : q[dq], dq < 0 ? 0 : q_ref[dq]);
     EXPECT(ds < 0, "(%d, %d) scale differs at row %ld: %g vs ref %g", M, K, ds / 4, ds < 0 ? 0 : s[ds / 4],
            ds < 0 ? 0 : s_ref[ds / 4]);
+
+    // Fused with the column sums: the same q and s, and each chunk's fp32 column sums in row order (bit for bit).
+    if (K <= SB_QC_MAX_K) {
+        int chunks = (M + SB_QC_ROWS - 1) / SB_QC_ROWS;
+        float *part = (float *)host_alloc(sizeof(float) * chunks * K);
+        float *d_part = (float *)dev_poisoned(sizeof(float) * chunks * K, 0xFF);
+        cudaCheck(cudaMemset(d_q, 0x80, M * K));
+        cudaCheck(cudaMemset(d_s, 0xFF, sizeof(float) * M));
+        quantize_rowwise_colsums(d_q, d_s, d_part, d_x, M, K, 0);
+        download(q, d_q, M * K);
+        download(s, d_s, sizeof(float) * M);
+        download(part, d_part, sizeof(float) * chunks * K);
+        dq = first_diff(q, q_ref, M * K), ds = first_diff(s, s_ref, sizeof(float) * M);
+        EXPECT(dq < 0 && ds < 0, "(%d, %d) fused with column sums: q or scale differs (q at %ld, scale at row %ld)", M,
+               K, dq, ds / 4);
+        long bad = -1;
+        for (int c = 0; c < chunks && bad < 0; c++)
+            for (int j = 0; j < K && bad < 0; j++) {
+                float sum = 0.0f;
+                for (int i = c * SB_QC_ROWS; i < M && i < (c + 1) * SB_QC_ROWS; i++) sum += bf(x[(size_t)i * K + j]);
+                if (!(part[(size_t)c * K + j] == sum)) bad = (long)c * K + j;
+            }
+        EXPECT(bad < 0, "(%d, %d) column sum of chunk %ld, column %ld differs", M, K, bad / K, bad % K);
+        cudaCheck(cudaFree(d_part));
+        free(part);
+    }
     cudaCheck(cudaFree(d_x));
     cudaCheck(cudaFree(d_q));
     cudaCheck(cudaFree(d_s));
@@ -115,6 +142,9 @@ static void test_quantize_rowwise(void) {
     quantize_rowwise_case(&r, 3, 5120);
     quantize_rowwise_case(&r, 2, 6160);
     quantize_rowwise_case(&r, 1, 16);
+    quantize_rowwise_case(&r, 300, 4112);  // column sums: 3 vectors per thread, a ragged last chunk
+    quantize_rowwise_case(&r, 130, 8192);  // the widest fused case
+    quantize_rowwise_case(&r, 1, 8208);    // too wide for the fused kernel
 }
 
 static void dequantize_case(Rng *r, int M, int K) {
