@@ -7,8 +7,8 @@
 //    256 x 128 B, signalling "full" mbarriers; two consumer warpgroups run wgmma.m64n256k32.s32.s8.s8 on 64 rows
 //    each, keep one k-tile of wgmma in flight and release the stage before it through "empty" mbarriers in both
 //    CTAs. A loader warp puts each tile's epilogue parameters (bias, scales) in shared memory during the tile's
-//    mainloop. The epilogue dequantizes from registers; bf16 output goes through swizzled shared memory and TMA
-//    stores, which drain while the next tile computes.
+//    mainloop. The epilogue dequantizes from registers, each warp on its own: bf16 output goes through the warp's
+//    swizzled shared-memory buffers (stmatrix) and TMA stores, which drain while the next tile computes.
 //  - sm_80 / sm_89 (and a fallback on sm_90): 128 x 128 x 128 tiles, a 3-stage cp.async pipeline into the same
 //    swizzled layout, ldmatrix + mma.sync.m16n8k32.s8, 8 warps of 64 x 32.
 // Out-of-range rows and K columns are loaded as zeros (TMA's out-of-bounds fill, cp.async's zero fill), so M is
