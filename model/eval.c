@@ -50,20 +50,26 @@ float *zeroshot_classifier(ClipModel *m, const Tokenizer *tok, char **classnames
     float *classifier = callocCheck((size_t)C * E, sizeof(float));
     int32_t *ids = mallocCheck((size_t)mb * ctx * sizeof(int32_t));
     float *feat = mallocCheck((size_t)mb * E * sizeof(float));
-    char text[8192];
+    char text[8192], names[8192];
     for (int c = 0; c < C; c++) {
-        for (int t0 = 0; t0 < T; t0 += mb) {
-            int n = T - t0 < mb ? T - t0 : mb;
-            for (int i = 0; i < n; i++) {
-                const char *tpl = templates[t0 + i], *hole = strstr(tpl, "{}");
-                if (hole) snprintf(text, sizeof(text), "%.*s%s%s", (int)(hole - tpl), tpl, classnames[c], hole + 2);
-                else snprintf(text, sizeof(text), "%s %s", tpl, classnames[c]);
-                if (tokenizer_encode(tok, text, ids + (size_t)i * ctx, ctx) < 0) fatal("zero-shot prompt '%s' cannot be tokenized", text);
-            }
-            clip_model_encode_texts(m, ids, n, feat);
-            normalize_rows(feat, n, E);
-            for (int i = 0; i < n; i++)
-                for (int k = 0; k < E; k++) classifier[(size_t)c * E + k] += feat[(size_t)i * E + k] / T;
+        // the prompts of a class: every alternative name ("a|b|c") in every template
+        snprintf(names, sizeof(names), "%s", classnames[c]);
+        char *alt[256];
+        int A = 0;
+        for (char *save = NULL, *tok_s = strtok_r(names, "|", &save); tok_s && A < 256; tok_s = strtok_r(NULL, "|", &save)) alt[A++] = tok_s;
+        if (A == 0) fatal("zero-shot class %d has an empty name", c);
+        int P = A * T, filled = 0;
+        for (int p = 0; p < P; p++) {
+            const char *tpl = templates[p % T], *name = alt[p / T], *hole = strstr(tpl, "{}");
+            if (hole) snprintf(text, sizeof(text), "%.*s%s%s", (int)(hole - tpl), tpl, name, hole + 2);
+            else snprintf(text, sizeof(text), "%s %s", tpl, name);
+            if (tokenizer_encode(tok, text, ids + (size_t)filled * ctx, ctx) < 0) fatal("zero-shot prompt '%s' cannot be tokenized", text);
+            if (++filled < mb && p + 1 < P) continue;
+            clip_model_encode_texts(m, ids, filled, feat);
+            normalize_rows(feat, filled, E);
+            for (int i = 0; i < filled; i++)
+                for (int k = 0; k < E; k++) classifier[(size_t)c * E + k] += feat[(size_t)i * E + k] / P;
+            filled = 0;
         }
     }
     normalize_rows(classifier, C, E);

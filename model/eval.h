@@ -25,7 +25,8 @@ typedef struct {
 // Blank lines and lines starting with '#' are skipped. Stops with file:line on an error.
 char **read_lines(const char *path, int *count);
 void free_lines(char **lines, int count);
-// Class embeddings (C, E), each the normalised mean of its normalised template embeddings.
+// Class embeddings (C, E), each the normalised mean of its normalised prompt embeddings: every template
+// filled with every alternative name of the class (a class line may list several, "cat|kitten|tabby").
 // A template without "{}" gets the class name appended after a space.
 float *zeroshot_classifier(ClipModel *m, const Tokenizer *tok, char **classnames, int C, char **templates, int T);
 // The metrics on given normalised features: zero-shot counts are ADDED to r (top1/top5 as hit counts, n as
