@@ -279,7 +279,8 @@ static void sb_parity(const char *what, const char *const *sets, int B) {
         compare(name, &got, &ref, &cpu.layout, B, c.embed_dim, SB_B_LOSS, SB_B_FEAT, SB_B_ALL, SB_B_TENSOR);
     }
     Config cs = c;
-    set_all(&cs, variants[0]);
+    const char *ss[] = {variants[0][0], variants[0][1], variants[0][2], NULL};
+    set_all(&cs, ss);
     float *broken = (float *)mallocCheck(cpu.layout.buffer_elems * sizeof(float));
     memcpy(broken, cpu.params, cpu.layout.buffer_elems * sizeof(float));
     scale_linear_weights(broken, &cpu.layout, 1.05f);
@@ -406,7 +407,7 @@ static void test_switchback_memory_plan(void) {
 static void test_switchback_training_tracks_bf16(void) {
     SKIP_WITHOUT_GPU();
     enum { STEPS = 2000, WIN = 100, M = 3 };
-    const char *sets[M][5] = {{"batch_size=64", "steps=2000", "precision=bf16", "device=cuda", NULL},
+    const char *sets[M][6] = {{"batch_size=64", "steps=2000", "precision=bf16", "device=cuda", NULL},
                               {"batch_size=64", "steps=2000", "precision=int8_switchback", "device=cuda", NULL},
                               {"batch_size=64", "steps=2000", "precision=bf16", "device=cuda", "seed=1"}};
     Config cfg[M];
