@@ -6,7 +6,8 @@
 // results go to docs/benchmarks.md by hand.
 //   ./build/tests/bench_clip_gpu [model ...]     (default: b16 l14 h14)
 //   models: b16 b16r0 l14 h14 h14r0 h14r2 (bf16); suffix i8 = int8_switchback standard, me = memory_efficient,
-//   vw = vectorwise, ev = int8_everywhere (l14i8 l14me h14i8 h14me h14vw h14ev h14r0i8 h14r0me)
+//   vw = vectorwise, ev = int8_everywhere, mlp = standard on c_fc and c_proj only (l14i8 l14me h14i8 h14me h14vw
+//   h14ev h14mlp h14r0i8 h14r0me)
 #include "test_gpu.h"
 extern "C" {
 #include "../model/clip.h"
@@ -22,7 +23,7 @@ extern "C" {
 typedef struct {
     const char *name, *config;
     int batch, recompute;
-    const char *precision, *variant;
+    const char *precision, *variant, *layers;  // layers: switchback_layers (NULL: all four)
 } BenchModel;
 
 static const BenchModel MODELS[] = {
@@ -36,6 +37,7 @@ static const BenchModel MODELS[] = {
     {"h14me", "configs/vit_h_14.conf", 64, 1, "int8_switchback", "memory_efficient"},
     {"h14vw", "configs/vit_h_14.conf", 64, 1, "int8_switchback", "vectorwise"},
     {"h14ev", "configs/vit_h_14.conf", 64, 1, "int8_switchback", "int8_everywhere"},
+    {"h14mlp", "configs/vit_h_14.conf", 64, 1, "int8_switchback", "standard", "c_fc,c_proj"},
     {"h14r0", "configs/vit_h_14.conf", 64, 0, "bf16", "standard"},
     {"h14r0i8", "configs/vit_h_14.conf", 64, 0, "int8_switchback", "standard"},
     {"h14r0me", "configs/vit_h_14.conf", 64, 0, "int8_switchback", "memory_efficient"},
@@ -46,11 +48,12 @@ static void run(const BenchModel *bm) {
     Config c;
     config_defaults(&c);
     config_load_file(&c, bm->config);
-    char sets[5][64];
+    char sets[6][64];
     snprintf(sets[0], 64, "batch_size=%d", bm->batch), snprintf(sets[1], 64, "micro_batch_size=0");
     snprintf(sets[2], 64, "recompute=%d", bm->recompute), snprintf(sets[3], 64, "precision=%s", bm->precision);
     snprintf(sets[4], 64, "switchback_variant=%s", bm->variant);
-    for (int i = 0; i < 5; i++) config_set(&c, sets[i], i + 1);
+    snprintf(sets[5], 64, "switchback_layers=%s", bm->layers ? bm->layers : "qkv,out_proj,c_fc,c_proj");
+    for (int i = 0; i < 6; i++) config_set(&c, sets[i], i + 1);
     config_finalize(&c);
     ClipLayout L;
     clip_layout_build(&L, &c);
