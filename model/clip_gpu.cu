@@ -1,7 +1,8 @@
 // clip_gpu.cu: the CLIP training step on one GPU (see clip_gpu.h): device buffers, forward and backward of
 // both towers and the loss in the order of model/clip_cpu.c, gradient accumulation over micro-batches, the
 // fused optimizer step, the memory plan and the per-family step-time profile. The model code is a template
-// over the activation type T (float for precision fp32, bf16 for bf16); kernels live in kernels/.
+// over the activation type T (float for precision fp32, bf16 for bf16 and int8_switchback, whose SwitchBack
+// linears sit behind linear_forward / linear_backward); kernels live in kernels/.
 #include <math.h>
 #include <omp.h>
 #include <string.h>
