@@ -19,7 +19,7 @@
 //   gradient magnifies that into the gradients (as in bf16 above): a fp32 CPU emulation of the same
 //   quantization (no bf16) gave loss <= 1.5e-2, features 1.8-2.5e-2, all gradients 3.5-6.4e-2, worst tensor
 //   <= 0.10 over 6 batches; on the H100 (with bf16 on top) loss <= 1e-2, features <= 3.5e-2 (text tower),
-//   all gradients <= 9.2e-2, worst tensor <= 0.18 over 2 runs. The bounds are 1.4-3x that. A broken scale must
+//   all gradients <= 9.2e-2, worst tensor <= 0.18 over 3 runs. The bounds are 1.4-3x that. A broken scale must
 //   fail them: the same step with every SwitchBack weight 10% too large (a wrong s_w) is run and checked to
 //   fail (5% already moved the text features by 5.9e-2 .. 1.0e-1 and the gradients by 0.13-0.25 on the H100;
 //   emulated, 5% in the backward's W^T alone moves the gradients by >= 0.19). memory_efficient's gradients
