@@ -135,26 +135,39 @@ static const float *w_scale_qt(const SbWeight *w, SwitchBackMode mode) {
 // ------------------------------------------------------------------------------------------------ the layer
 static inline long round16(long x) { return (x + 15) / 16 * 16; }
 
+// The scratch buffers of switchback_init, in order: gq, gs, db_partial, x_deq, gqt, xqt, g_absmax, x_absmax
+// (0 bytes: not used by the mode).
+static void scratch_sizes(size_t bytes[8], SwitchBackMode mode, int max_M, int max_C) {
+    size_t mc = (size_t)max_M * max_C, m16c = (size_t)round16(max_M) * max_C, absmax = sizeof(float) * ((size_t)max_M + max_C + 1);
+    int me = mode == SB_MEMORY_EFFICIENT, ev = mode == SB_INT8_EVERYWHERE;
+    // db partial sums: one row per chunk of the fused quantize + column-sum pass, or per SB_DB_CHUNKS
+    size_t chunks = ceil_div(max_M, SB_QC_ROWS) > SB_DB_CHUNKS ? ceil_div(max_M, SB_QC_ROWS) : SB_DB_CHUNKS;
+    size_t b[8] = {mc, sizeof(float) * max_M, sizeof(float) * chunks * max_C, me ? sizeof(bf16) * mc : 0,
+                   ev ? m16c : 0, ev ? m16c : 0, ev ? absmax : 0, ev ? absmax : 0};
+    memcpy(bytes, b, sizeof(b));
+}
+
+size_t switchback_scratch_bytes(SwitchBackMode mode, int max_M, int max_C) {
+    size_t b[8], total = 32 << 20;  // + lt_gemm_init's workspace
+    scratch_sizes(b, mode, max_M, max_C);
+    for (int i = 0; i < 8; i++) total += b[i];
+    return total;
+}
+
 void switchback_init(SwitchBack *sb, SwitchBackMode mode, int max_M, int max_C) {
     memset(sb, 0, sizeof(*sb));
     sb->mode = mode, sb->max_M = max_M, sb->max_C = max_C;
-    lt_gemm_init(&sb->lt);
-    size_t mc = (size_t)max_M * max_C;
-    cudaCheck(cudaMalloc(&sb->gq, mc));
-    cudaCheck(cudaMalloc(&sb->gs, sizeof(float) * max_M));
-    size_t chunks = ceil_div(max_M, SB_QC_ROWS) > SB_DB_CHUNKS ? ceil_div(max_M, SB_QC_ROWS) : SB_DB_CHUNKS;
-    cudaCheck(cudaMalloc(&sb->db_partial, sizeof(float) * chunks * max_C));
-    if (mode == SB_MEMORY_EFFICIENT) cudaCheck(cudaMalloc(&sb->x_deq, sizeof(bf16) * mc));
-    if (mode == SB_INT8_EVERYWHERE) {
-        if (round16(max_M) * 16129 > 2147483647L) {  // |int32 accumulator| <= 127^2 * M16 must not overflow
-            fprintf(stderr, "error: SwitchBack int8 everywhere: %d rows overflow the int32 weight-gradient sum\n", max_M);
-            exit(1);
-        }
-        cudaCheck(cudaMalloc(&sb->gqt, round16(max_M) * max_C));
-        cudaCheck(cudaMalloc(&sb->xqt, round16(max_M) * max_C));
-        cudaCheck(cudaMalloc(&sb->g_absmax, sizeof(float) * ((size_t)max_M + max_C + 1)));
-        cudaCheck(cudaMalloc(&sb->x_absmax, sizeof(float) * ((size_t)max_M + max_C + 1)));
+    if (mode == SB_INT8_EVERYWHERE && round16(max_M) * 16129 > 2147483647L) {  // |int32 accumulator| <= 127^2 * M16
+        fprintf(stderr, "error: SwitchBack int8 everywhere: %d rows overflow the int32 weight-gradient sum\n", max_M);
+        exit(1);
     }
+    lt_gemm_init(&sb->lt);
+    size_t b[8];
+    scratch_sizes(b, mode, max_M, max_C);
+    void **ptrs[8] = {(void **)&sb->gq, (void **)&sb->gs, (void **)&sb->db_partial, (void **)&sb->x_deq,
+                      (void **)&sb->gqt, (void **)&sb->xqt, (void **)&sb->g_absmax, (void **)&sb->x_absmax};
+    for (int i = 0; i < 8; i++)
+        if (b[i]) cudaCheck(cudaMalloc(ptrs[i], b[i]));
 }
 
 void switchback_free(SwitchBack *sb) {
@@ -195,9 +208,9 @@ void switchback_backward(SwitchBack *sb, bf16 *dx, float *dw, float *db, const b
                          cudaStream_t stream) {
     check_size(sb, w, M);
     int N = w->N, K = w->K;
-    if (sb->mode == SB_MEMORY_EFFICIENT ? (!xq || !xs) : !x) {
+    if (sb->mode == SB_MEMORY_EFFICIENT ? (!x && (!xq || !xs)) : !x) {
         fprintf(stderr, "error: switchback_backward: mode %d needs %s\n", (int)sb->mode,
-                sb->mode == SB_MEMORY_EFFICIENT ? "the forward's xq and xs" : "the forward's input x");
+                sb->mode == SB_MEMORY_EFFICIENT ? "the forward's input x, or its xq and xs" : "the forward's input x");
         exit(1);
     }
 
@@ -229,7 +242,7 @@ void switchback_backward(SwitchBack *sb, bf16 *dx, float *dw, float *db, const b
         e.M = N, e.N = K, e.K = m16;
         int8_gemm(&e, stream);
     } else {
-        if (sb->mode == SB_MEMORY_EFFICIENT) {
+        if (sb->mode == SB_MEMORY_EFFICIENT && !x) {
             dequantize_rowwise(sb->x_deq, xq, xs, M, K, stream);
             x = sb->x_deq;
         }

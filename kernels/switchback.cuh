@@ -62,14 +62,17 @@ typedef struct {
 
 void switchback_init(SwitchBack *sb, SwitchBackMode mode, int max_M, int max_C);
 void switchback_free(SwitchBack *sb);
+// Device bytes switchback_init allocates (memory plans).
+size_t switchback_scratch_bytes(SwitchBackMode mode, int max_M, int max_C);
 
 // y (M, N) = x (M, K) . W^T + bias (bias may be NULL). Also writes xq (M, K) and xs (M), x quantized row-wise:
 // the memory-efficient mode keeps them for the backward pass instead of x.
 void switchback_forward(SwitchBack *sb, bf16 *y, int8_t *xq, float *xs, const bf16 *x, const SbWeight *w,
                         const bf16 *bias, int M, cudaStream_t stream);
 // From g = dL/dy (M, N): dx (M, K) = g . W (overwritten); dw (N, K) and db (N) fp32, accumulated into when
-// accumulate = 1 (micro-batches), db may be NULL. x: the forward's input (not needed, may be NULL, in the
-// memory-efficient mode); xq, xs: the forward's int8 copy (needed in the memory-efficient mode only).
+// accumulate = 1 (micro-batches), db may be NULL. x: the forward's input; xq, xs: the forward's int8 copy, used
+// in the memory-efficient mode when x is NULL (a caller that keeps x anyway, e.g. for another op's backward,
+// passes it and dW uses it as in the standard mode).
 void switchback_backward(SwitchBack *sb, bf16 *dx, float *dw, float *db, const bf16 *g, const bf16 *x,
                          const int8_t *xq, const float *xs, const SbWeight *w, int M, int accumulate,
                          cudaStream_t stream);

@@ -1,7 +1,8 @@
 // clip_gpu.cu: the CLIP training step on one GPU (see clip_gpu.h): device buffers, forward and backward of
 // both towers and the loss in the order of model/clip_cpu.c, gradient accumulation over micro-batches, the
 // fused optimizer step, the memory plan and the per-family step-time profile. The model code is a template
-// over the activation type T (float for precision fp32, bf16 for bf16); kernels live in kernels/.
+// over the activation type T (float for precision fp32, bf16 for bf16 and int8_switchback, whose SwitchBack
+// linears sit behind linear_forward / linear_backward); kernels live in kernels/.
 #include <math.h>
 #include <omp.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include "../kernels/loss.cuh"
 #include "../kernels/matmul.cuh"
 #include "../kernels/reduce.cuh"
+#include "../kernels/switchback.cuh"
 #include "clip_gpu.h"
 extern "C" {
 #include "ops_cpu.h"
@@ -29,11 +31,16 @@ const char *const PROF_NAMES[PROF_FAMILIES] = {"GEMMs", "attention fwd", "attent
 
 // One residual block's saved activations (T-typed where void *). Under recompute, ln_1/ln_2 and fc_gelu
 // point at shared scratch instead of per-layer storage; attn/mlp (the branch outputs) are kept only with
-// layer-scale, whose gradient needs them.
+// layer-scale, whose gradient needs them. precision int8_switchback adds the int8 copies of the block's linear
+// weights, and of the linears' inputs (xq, xs: saved per layer where the memory-efficient variant keeps them
+// instead of the bf16 input, else shared scratch).
 typedef struct {
     void *ln_1, *qkv, *att_y, *attn, *res_1, *ln_2, *fc, *fc_gelu, *mlp, *res_2;  // (N, D), (N, 3D), (N, H) ...
     float *ln_1_mean, *ln_1_rstd, *ln_2_mean, *ln_2_rstd;                          // (N)
     float *att_stats;                                                              // attention_stats_elems
+    int8_t *xq[SB_LINEARS];                                                        // (N, input width), by SB_LINEAR_*
+    float *xs[SB_LINEARS];                                                         // (N) row maxima of the inputs
+    SbWeight w8[SB_LINEARS];
 } BlockBuf;
 
 typedef struct {
@@ -71,6 +78,12 @@ struct ClipGPU {
     // scratch shared by both towers (sized for the larger)
     void *branch, *ln_scratch, *gelu_scratch, *dres, *d_a, *d_b, *d_wide;
     float *att_scratch, *dpool, *dpool_ln;
+    // SwitchBack (precision int8_switchback): which linears (SB_LINEAR_*) run it; which of those save their int8
+    // input as the activation for the weight gradient (memory-efficient variant); the layer's scratch
+    int sb_on[SB_LINEARS], sb_saved[SB_LINEARS], sb_max_M, sb_max_C;
+    SwitchBack sb;
+    int8_t *xq_scratch;  // (N, max(D, H)) int8 inputs of the linears that do not save them
+    float *xs_scratch;   // (N)
     // the whole batch: features, their gradients, loss
     float *img_feat, *txt_feat, *dimg, *dtxt, *loss_scratch, *loss, *norm, *norm_scratch;
     int last_batch;
@@ -143,21 +156,31 @@ static void carve_tower(ClipGPU *g, Arena *a, TowerBuf *tb, GpuMemoryPlan *p) {
     size_t es = g->use_bf16 ? 2 : 4, N = (size_t)g->mb * t->tokens, D = t->width, H = t->mlp, r = g->recompute;
     size_t *act = &p->activations;
     tb->x0 = take(a, N * D * es, act);
+    size_t in[SB_LINEARS] = {D, D, D, H}, out[SB_LINEARS] = {3 * D, D, H, D};  // the linears' widths
     for (int l = 0; l < t->layers; l++) {
         BlockBuf *k = &tb->blocks[l];
-        k->ln_1 = r < 2 ? take(a, N * D * es, act) : g->ln_scratch;
+        k->ln_1 = r < 2 && !g->sb_saved[SB_LINEAR_QKV] ? take(a, N * D * es, act) : g->ln_scratch;
         k->ln_1_mean = TAKE_F(a, N, act), k->ln_1_rstd = TAKE_F(a, N, act);
         k->qkv = take(a, N * 3 * D * es, act);
         k->att_y = take(a, N * D * es, act);
         k->att_stats = TAKE_F(a, attention_stats_elems(g->use_bf16, g->mb, t->tokens, t->heads), act);
         k->attn = g->has_ls ? take(a, N * D * es, act) : g->branch;
         k->res_1 = take(a, N * D * es, act);
-        k->ln_2 = r < 2 ? take(a, N * D * es, act) : g->ln_scratch;
+        k->ln_2 = r < 2 && !g->sb_saved[SB_LINEAR_C_FC] ? take(a, N * D * es, act) : g->ln_scratch;
         k->ln_2_mean = TAKE_F(a, N, act), k->ln_2_rstd = TAKE_F(a, N, act);
         k->fc = take(a, N * H * es, act);
-        k->fc_gelu = r < 1 ? take(a, N * H * es, act) : g->gelu_scratch;
+        k->fc_gelu = r < 1 && !g->sb_saved[SB_LINEAR_C_PROJ] ? take(a, N * H * es, act) : g->gelu_scratch;
         k->mlp = g->has_ls ? take(a, N * D * es, act) : g->branch;
         k->res_2 = take(a, N * D * es, act);
+        for (int i = 0; i < SB_LINEARS; i++) {
+            if (g->sb_saved[i]) k->xq[i] = (int8_t *)take(a, N * in[i], act), k->xs[i] = TAKE_F(a, N, act);
+            else k->xq[i] = g->xq_scratch, k->xs[i] = g->xs_scratch;
+            if (!g->sb_on[i]) continue;
+            SbWeight *w8 = &k->w8[i];  // W (out, in) and W^T in int8, the maxima (out + in + 1)
+            w8->N = (int)out[i], w8->K = (int)in[i];
+            w8->q = (int8_t *)take(a, out[i] * in[i], &p->weights), w8->qt = (int8_t *)take(a, out[i] * in[i], &p->weights);
+            w8->absmax = TAKE_F(a, out[i] + in[i] + 1, &p->weights);
+        }
     }
     tb->pooled = TAKE_F(a, g->mb * D, &p->other), tb->pooled_ln = TAKE_F(a, g->mb * D, &p->other);
     tb->pooled_mean = TAKE_F(a, g->mb, &p->other), tb->pooled_rstd = TAKE_F(a, g->mb, &p->other);
@@ -186,10 +209,11 @@ static void carve(ClipGPU *g, Arena *a, GpuMemoryPlan *p) {
 
     // shared scratch, sized for the larger tower
     const TowerLayout *towers[2] = {&L->visual, &L->text};
-    size_t nd = 0, nh = 0, nwide = 0, att = 0, bd = 0;
+    size_t nd = 0, nh = 0, nwide = 0, att = 0, bd = 0, rows = 0, cols = 0;
     for (int i = 0; i < 2; i++) {
         const TowerLayout *t = towers[i];
         size_t N = mb * t->tokens;
+        rows = max_sz(rows, N), cols = max_sz(cols, max_sz(3 * t->width, t->mlp));
         nd = max_sz(nd, N * t->width), nh = max_sz(nh, N * t->mlp);
         nwide = max_sz(nwide, N * max_sz(3 * t->width, t->mlp));
         att = max_sz(att, attention_stats_elems(g->use_bf16, (int)mb, t->tokens, t->heads));
@@ -197,8 +221,13 @@ static void carve(ClipGPU *g, Arena *a, GpuMemoryPlan *p) {
     }
     size_t *o = &p->other;
     g->branch = take(a, nd * es, o);  // also the patch embeddings (fewer rows than the vision tower)
-    g->ln_scratch = g->recompute >= 2 ? take(a, nd * es, o) : NULL;
-    g->gelu_scratch = g->recompute >= 1 ? take(a, nh * es, o) : NULL;
+    int int8 = c->precision == PRECISION_INT8_SWITCHBACK;
+    g->ln_scratch = g->recompute >= 2 || g->sb_saved[SB_LINEAR_QKV] || g->sb_saved[SB_LINEAR_C_FC] ? take(a, nd * es, o) : NULL;
+    g->gelu_scratch = g->recompute >= 1 || g->sb_saved[SB_LINEAR_C_PROJ] ? take(a, nh * es, o) : NULL;
+    g->xq_scratch = int8 ? (int8_t *)take(a, nh, o) : NULL;
+    g->xs_scratch = int8 ? TAKE_F(a, rows, o) : NULL;
+    g->sb_max_M = (int)rows, g->sb_max_C = (int)cols;
+    if (int8) *o += switchback_scratch_bytes((SwitchBackMode)c->switchback_variant, (int)rows, (int)cols);  // switchback_init's
     g->dres = take(a, nd * es, o), g->d_a = take(a, nd * es, o), g->d_b = take(a, nd * es, o);
     g->d_wide = take(a, nwide * es, o);
     g->att_scratch = TAKE_F(a, att, o);
@@ -239,12 +268,48 @@ static void proj_backward(float *dx, float *dproj, const float *dout, const floa
 
 static const float *opt_param(const ClipGPU *g, size_t off) { return off == NO_TENSOR ? NULL : g->params + off; }
 
+// The transformer linears, i = SB_LINEAR_* of block k: y (N, OC) = x (N, C) @ W^T + b with W at layout offset w
+// and b at b. SwitchBack (int8 x row-wise . int8 W tensor- or vector-wise) for the layers precision
+// int8_switchback replaces, else the cuBLASLt GEMM of the T-typed weight copy. SwitchBack also writes x's int8
+// copy into k->xq[i], k->xs[i]: the saved activation where sb_saved[i], else scratch.
+template <typename T>
+static void linear_forward(ClipGPU *g, BlockBuf *k, int i, T *y, const T *x, size_t w, size_t b, int N, int C, int OC) {
+    const T *W = (const T *)g->wts;
+    if (g->sb_on[i]) switchback_forward(&g->sb, (bf16 *)y, k->xq[i], k->xs[i], (const bf16 *)x, &k->w8[i], (const bf16 *)(W + b), N, 0);
+    else matmul_forward_gpu<T>(y, x, W + w, W + b, N, C, OC);
+}
+
+// dx (N, C) = dy (N, OC) @ W (overwritten) and dW += dy^T @ x into the fp32 gradients. SwitchBack: dx from int8
+// dy (row-wise) and int8 W^T, dW in bf16 with fp32 accumulation; from the saved int8 x where sb_saved[i] (the
+// bf16 x is not kept then). Bias gradients stay with the caller (some are fused into other passes).
+template <typename T>
+static void linear_backward(ClipGPU *g, BlockBuf *k, int i, T *dx, const T *dy, const T *x, size_t w, int N, int C, int OC) {
+    if (g->sb_on[i]) {
+        switchback_backward(&g->sb, (bf16 *)dx, g->grads + w, NULL, (const bf16 *)dy, g->sb_saved[i] ? NULL : (const bf16 *)x,
+                            k->xq[i], k->xs[i], &k->w8[i], N, 1, 0);
+    } else {
+        matmul_backward_input_gpu<T>(dx, dy, (const T *)g->wts + w, N, C, OC);
+        matmul_backward_weight_gpu<T>(g->grads + w, dy, x, N, C, OC);
+    }
+}
+
+// Remakes the int8 copies of the SwitchBack weights from the bf16 copy (after every optimizer step and upload).
+static void quantize_switchback_weights(ClipGPU *g) {
+    TowerBuf *towers[2] = {&g->vis, &g->txt};
+    for (int ti = 0; ti < 2; ti++)
+        for (int l = 0; l < towers[ti]->t->layers; l++) {
+            const BlockLayout *w = &towers[ti]->t->blocks[l];
+            size_t off[SB_LINEARS] = {w->in_proj_w, w->out_proj_w, w->c_fc_w, w->c_proj_w};
+            for (int i = 0; i < SB_LINEARS; i++)
+                if (g->sb_on[i]) switchback_quantize_weight(&towers[ti]->blocks[l].w8[i], g->params_bf16 + off[i], g->sb.mode, 0);
+        }
+}
+
 // The blocks of one tower: x0 -> res_2 of the last block. Each block's second residual add is fused with
 // the next block's ln_1.
 template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B) {
     const TowerLayout *t = tb->t;
     const float *P = g->params;
-    const T *W = (const T *)g->wts;
     int N = B * t->tokens, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu;
     const BlockLayout *w0 = &t->blocks[0];
     mark(g, PROF_LAYERNORM);
@@ -255,20 +320,20 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
         const BlockLayout *w = &t->blocks[l];
         BlockBuf *k = &tb->blocks[l];
         mark(g, PROF_GEMM);
-        matmul_forward_gpu<T>(as<T>(k->qkv), as<T>(k->ln_1), W + w->in_proj_w, W + w->in_proj_b, N, D, 3 * D);
+        linear_forward<T>(g, k, SB_LINEAR_QKV, as<T>(k->qkv), as<T>(k->ln_1), w->in_proj_w, w->in_proj_b, N, D, 3 * D);
         mark(g, PROF_ATTENTION);
         attention_forward_gpu(as<T>(k->att_y), k->att_stats, as<T>(k->qkv), B, t->tokens, D, t->heads, t->causal);
         mark(g, PROF_GEMM);
-        matmul_forward_gpu<T>(as<T>(k->attn), as<T>(k->att_y), W + w->out_proj_w, W + w->out_proj_b, N, D, D);
+        linear_forward<T>(g, k, SB_LINEAR_OUT_PROJ, as<T>(k->attn), as<T>(k->att_y), w->out_proj_w, w->out_proj_b, N, D, D);
         mark(g, PROF_LAYERNORM);
         residual_layernorm_forward_gpu<T>(as<T>(k->res_1), as<T>(k->ln_2), k->ln_2_mean, k->ln_2_rstd, x, as<T>(k->attn),
                                       opt_param(g, w->ls_1), P + w->ln_2_w, P + w->ln_2_b, N, D);
         mark(g, PROF_GEMM);
-        matmul_forward_gpu<T>(as<T>(k->fc), as<T>(k->ln_2), W + w->c_fc_w, W + w->c_fc_b, N, D, H);
+        linear_forward<T>(g, k, SB_LINEAR_C_FC, as<T>(k->fc), as<T>(k->ln_2), w->c_fc_w, w->c_fc_b, N, D, H);
         mark(g, PROF_GELU);
         gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)N * H, quick);
         mark(g, PROF_GEMM);
-        matmul_forward_gpu<T>(as<T>(k->mlp), as<T>(k->fc_gelu), W + w->c_proj_w, W + w->c_proj_b, N, H, D);
+        linear_forward<T>(g, k, SB_LINEAR_C_PROJ, as<T>(k->mlp), as<T>(k->fc_gelu), w->c_proj_w, w->c_proj_b, N, H, D);
         mark(g, PROF_LAYERNORM);
         if (l + 1 < t->layers) {
             BlockBuf *kn = &tb->blocks[l + 1];
@@ -352,7 +417,6 @@ template <typename T> static void forward_micro(ClipGPU *g, const Batch *b, int 
 template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B) {
     const TowerLayout *t = tb->t;
     const float *P = g->params;
-    const T *W = (const T *)g->wts;
     float *G = g->grads;
     int N = B * t->tokens, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu, r = g->recompute;
     T *dres = as<T>(g->dres), *d_a = as<T>(g->d_a), *d_b = as<T>(g->d_b), *d_wide = as<T>(g->d_wide);
@@ -367,8 +431,7 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         mark(g, PROF_GELU);
         if (r >= 1) gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)N * H, quick);  // recompute
         mark(g, PROF_GEMM);
-        matmul_backward_input_gpu<T>(d_wide, dmlp, W + w->c_proj_w, N, H, D);
-        matmul_backward_weight_gpu<T>(G + w->c_proj_w, dmlp, as<T>(k->fc_gelu), N, H, D);
+        linear_backward<T>(g, k, SB_LINEAR_C_PROJ, d_wide, dmlp, as<T>(k->fc_gelu), w->c_proj_w, N, H, D);
         mark(g, PROF_PARAM_GRADS);
         bias_grad_gpu<T>(G + w->c_proj_b, dmlp, N, D, D);
         mark(g, PROF_GELU);
@@ -376,8 +439,7 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         mark(g, PROF_LAYERNORM);
         if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_2), as<T>(k->res_1), k->ln_2_mean, k->ln_2_rstd, P + w->ln_2_w, P + w->ln_2_b, N, D);
         mark(g, PROF_GEMM);
-        matmul_backward_input_gpu<T>(d_b, d_wide, W + w->c_fc_w, N, D, H);
-        matmul_backward_weight_gpu<T>(G + w->c_fc_w, d_wide, as<T>(k->ln_2), N, D, H);
+        linear_backward<T>(g, k, SB_LINEAR_C_FC, d_b, d_wide, as<T>(k->ln_2), w->c_fc_w, N, D, H);
         mark(g, PROF_LAYERNORM_BACKWARD);
         layernorm_backward_gpu<T>(dres, G + w->ln_2_w, G + w->ln_2_b, d_b, as<T>(k->res_1), P + w->ln_2_w, k->ln_2_mean, k->ln_2_rstd, N, D);
         // res_1 = x + ls_1 * out_proj(attention(in_proj(ln_1(x))))
@@ -385,8 +447,7 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         mark(g, PROF_PARAM_GRADS);
         if (w->ls_1 != NO_TENSOR) layerscale_backward_gpu<T>(d_a, G + w->ls_1, dres, as<T>(k->attn), P + w->ls_1, N, D), dattn = d_a;
         mark(g, PROF_GEMM);
-        matmul_backward_input_gpu<T>(d_b, dattn, W + w->out_proj_w, N, D, D);
-        matmul_backward_weight_gpu<T>(G + w->out_proj_w, dattn, as<T>(k->att_y), N, D, D);
+        linear_backward<T>(g, k, SB_LINEAR_OUT_PROJ, d_b, dattn, as<T>(k->att_y), w->out_proj_w, N, D, D);
         mark(g, PROF_PARAM_GRADS);
         bias_grad_gpu<T>(G + w->out_proj_b, dattn, N, D, D);
         mark(g, PROF_ATTENTION_BACKWARD);
@@ -394,8 +455,7 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         mark(g, PROF_LAYERNORM);
         if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_1), x, k->ln_1_mean, k->ln_1_rstd, P + w->ln_1_w, P + w->ln_1_b, N, D);
         mark(g, PROF_GEMM);
-        matmul_backward_input_gpu<T>(d_a, d_wide, W + w->in_proj_w, N, D, 3 * D);
-        matmul_backward_weight_gpu<T>(G + w->in_proj_w, d_wide, as<T>(k->ln_1), N, D, 3 * D);
+        linear_backward<T>(g, k, SB_LINEAR_QKV, d_a, d_wide, as<T>(k->ln_1), w->in_proj_w, N, D, 3 * D);
         mark(g, PROF_PARAM_GRADS);
         bias_grad_gpu<T>(G + w->in_proj_b, d_wide, N, 3 * D, 3 * D);
         mark(g, PROF_LAYERNORM_BACKWARD);
@@ -561,6 +621,7 @@ void clip_gpu_update(ClipGPU *g, Optimizer *o, float lr, float grad_scale) {
                o->kind == OPTIMIZER_STABLE_ADAMW);
     float *ls = g->params + g->L->logit_scale;  // as open_clip: clamp to [0, ln 100] after every step
     clamp_scalar_gpu(ls, 0.0f, logf(100.0f));
+    quantize_switchback_weights(g);
     mark(g, PROF_GAP);
     cudaCheck(cudaMemcpy(o->rms, g->plan.rms, (size_t)g->L->num_tensors * sizeof(float), cudaMemcpyDeviceToHost));
     cudaCheck(cudaMemcpy(&g->logit_scale_host, ls, sizeof(float), cudaMemcpyDeviceToHost));
@@ -582,6 +643,7 @@ void clip_gpu_upload(ClipGPU *g, const float *params, const Optimizer *o) {
     size_t n = g->L->buffer_elems, bytes = n * sizeof(float);
     cudaCheck(cudaMemcpy(g->params, params, bytes, cudaMemcpyHostToDevice));
     if (g->params_bf16) copy_to_bf16_gpu(g->params_bf16, g->params, n);
+    quantize_switchback_weights(g);
     if (o) {
         cudaCheck(cudaMemcpy(g->m, o->m, bytes, cudaMemcpyHostToDevice));
         cudaCheck(cudaMemcpy(g->u, o->u, bytes, cudaMemcpyHostToDevice));
@@ -640,8 +702,15 @@ int clip_gpu_micro_batch(const Config *c) { return (int)(c->micro_batch_size ? c
 static void init_shape(ClipGPU *g, const Config *c, const ClipLayout *L, int mb, int recompute) {
     memset(g, 0, sizeof(*g));
     g->cfg = *c, g->L = L;
-    g->use_bf16 = c->precision == PRECISION_BF16, g->mb = mb, g->max_batch = (int)c->batch_size, g->recompute = recompute;
+    g->use_bf16 = c->precision != PRECISION_FP32, g->mb = mb, g->max_batch = (int)c->batch_size, g->recompute = recompute;
     g->has_ls = config_has_layer_scale(c);
+    // int8_switchback runs on the bf16 path with the switchback_layers through SwitchBack. The memory-efficient
+    // variant saves a layer's int8 input + row scales instead of its bf16 input only where the recompute level
+    // would save that input (ln_1 and ln_2 below recompute 2, the GELU output below 1), so it never costs memory;
+    // never out_proj's input, the attention output, which the attention backward keeps in bf16 anyway.
+    int sb = c->precision == PRECISION_INT8_SWITCHBACK, me = sb && c->switchback_variant == SB_VARIANT_MEMORY_EFFICIENT;
+    int kept[SB_LINEARS] = {recompute < 2, 0, recompute < 2, recompute < 1};
+    for (int i = 0; i < SB_LINEARS; i++) g->sb_on[i] = sb && (c->switchback_mask >> i & 1), g->sb_saved[i] = me && g->sb_on[i] && kept[i];
     g->vis.t = &L->visual, g->txt.t = &L->text;
     g->vis.blocks = (BlockBuf *)callocCheck((size_t)L->visual.layers, sizeof(BlockBuf));
     g->txt.blocks = (BlockBuf *)callocCheck((size_t)L->text.layers, sizeof(BlockBuf));
@@ -680,7 +749,7 @@ int clip_gpu_print_memory_plan(const Config *c, const ClipLayout *L) {
     size_t avail = free_b > (256u << 20) ? free_b - (256u << 20) : 0;  // headroom for the CUDA libraries' own buffers
     printf("memory plan (GPU, %s, micro-batch %d, recompute %d): weights %.2f GiB, grads %.2f GiB, optimizer %.2f GiB, "
            "activations %.2f GiB, other %.2f GiB = %.2f GiB of %.2f GiB free\n",
-           c->precision == PRECISION_BF16 ? "bf16" : "fp32", mb, c->recompute, gib(p.weights), gib(p.grads), gib(p.optimizer),
+           c->precision == PRECISION_FP32 ? "fp32" : c->precision == PRECISION_BF16 ? "bf16" : "int8_switchback", mb, c->recompute, gib(p.weights), gib(p.grads), gib(p.optimizer),
            gib(p.activations), gib(p.other), gib(p.total), gib(free_b));
     printf("largest micro-batch that fits: recompute 0: %d, 1: %d, 2: %d (batch_size %ld)\n", largest_fit(c, L, 0, avail),
            largest_fit(c, L, 1, avail), largest_fit(c, L, 2, avail), c->batch_size);
@@ -690,15 +759,17 @@ int clip_gpu_print_memory_plan(const Config *c, const ClipLayout *L) {
 ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *params) {
     const char *why = clip_gpu_unavailable();
     if (*why) fatal("device = cuda: %s", why);
-    if (c->precision != PRECISION_FP32 && c->precision != PRECISION_BF16)
-        fatal("precision int8_switchback is not integrated in the GPU step yet; use precision = bf16 or fp32");
     int mb = clip_gpu_micro_batch(c);
-    if (c->precision == PRECISION_BF16) {
+    if (c->precision != PRECISION_FP32) {
         const TowerLayout *ts[2] = {&L->visual, &L->text};
-        for (int i = 0; i < 2; i++)
+        for (int i = 0; i < 2; i++) {
             if (ts[i]->head_dim % 8 || ts[i]->head_dim > 128)
-                fatal("precision = bf16: attention head dim %d (%s tower) must be a multiple of 8 up to 128", ts[i]->head_dim,
-                      i ? "text" : "image");
+                fatal("precision = bf16/int8_switchback: attention head dim %d (%s tower) must be a multiple of 8 up to 128",
+                      ts[i]->head_dim, i ? "text" : "image");
+            if (c->precision == PRECISION_INT8_SWITCHBACK && (ts[i]->width % 16 || ts[i]->mlp % 16))
+                fatal("precision = int8_switchback: the %s tower's width %d and MLP width %d must be multiples of 16 (int8 GEMM)",
+                      i ? "text" : "image", ts[i]->width, ts[i]->mlp);
+        }
     }
     ClipGPU *g = (ClipGPU *)callocCheck(1, sizeof(ClipGPU));
     init_shape(g, c, L, mb, c->recompute);
@@ -719,6 +790,8 @@ ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *para
     g->wts = g->use_bf16 ? (void *)g->params_bf16 : (void *)g->params;
     cudaCheck(cudaMemset(g->m, 0, L->buffer_elems * sizeof(float)));
     cudaCheck(cudaMemset(g->u, 0, L->buffer_elems * sizeof(float)));
+    if (c->precision == PRECISION_INT8_SWITCHBACK)
+        switchback_init(&g->sb, (SwitchBackMode)c->switchback_variant, g->sb_max_M, g->sb_max_C);
     clip_gpu_upload(g, params, NULL);
     size_t *off = (size_t *)mallocCheck(L->num_tensors * sizeof(size_t)), *numel = (size_t *)mallocCheck(L->num_tensors * sizeof(size_t));
     int *decay = (int *)mallocCheck(L->num_tensors * sizeof(int));
@@ -752,6 +825,7 @@ void clip_gpu_free(ClipGPU *g) {
     if (g->prof_ev[0])
         for (int i = 0; i < PROF_EVENTS; i++) cudaCheck(cudaEventDestroy(g->prof_ev[i]));
     adamw_plan_free(&g->plan);
+    if (g->cfg.precision == PRECISION_INT8_SWITCHBACK) switchback_free(&g->sb);
     cudaCheck(cudaFree(g->arena));
     free(g->vis.blocks), free(g->txt.blocks), free(g->vocab_counts);
     free(g);

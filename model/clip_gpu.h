@@ -2,7 +2,8 @@
 // precision fp32: every activation and GEMM in fp32 (parity with the CPU reference). precision bf16: bf16
 // weights (a copy written by the optimizer) and activations, fp32 master weights, gradients, optimizer
 // moments, LayerNorm/softmax/loss arithmetic and all reductions. The pooled features, final projections
-// and the contrastive loss are fp32 in both modes.
+// and the contrastive loss are fp32 in both modes. precision int8_switchback: bf16 with the transformer
+// linears through SwitchBack (int8 forward and input gradient; docs/switchback.md).
 //
 // Gradient accumulation: a batch larger than micro_batch_size runs in micro-batches, and the contrastive
 // loss is still over the whole batch, exactly: first every micro-batch is run forward (features only kept),
@@ -26,7 +27,7 @@ typedef struct ClipGPU ClipGPU;
 
 // Bytes the GPU path needs, by kind, for one micro-batch size (nothing is allocated).
 typedef struct {
-    size_t weights;      // fp32 master weights and the bf16 copy
+    size_t weights;      // fp32 master weights, the bf16 copy, int8_switchback's int8 copies
     size_t grads;        // fp32 gradients
     size_t optimizer;    // fp32 moments and the optimizer's tables
     size_t activations;  // saved for backward, per micro-batch

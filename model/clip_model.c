@@ -21,8 +21,6 @@ const char *clip_model_check(const Config *c, int *device) {
         snprintf(why, sizeof(why), "device = cuda: %s; or run on the CPU with --set device=cpu", gpu_why);
         return why;
     }
-    if (*device == DEVICE_CUDA && c->precision == PRECISION_INT8_SWITCHBACK)
-        return "precision = int8_switchback: the SwitchBack layers are not integrated in the GPU step yet; use precision = bf16";
     if (*device == DEVICE_CPU && c->precision != PRECISION_FP32) {
         snprintf(why, sizeof(why), "precision = %s needs the GPU (%s); the CPU path is fp32 (--set precision=fp32)",
                  c->precision == PRECISION_BF16 ? "bf16" : "int8_switchback", gpu_why);

@@ -67,6 +67,10 @@ static const Key KEYS[] = {
     {"device", T_ENUM, OFF(device), "auto", 0, 0, "auto|cpu|cuda", "auto = the GPU when built with CUDA and one is present, else CPU"},
     {"recompute", T_INT, OFF(recompute), "1", 0, 2, NULL,
      "GPU activation recompute in backward (as llm.c -r): 0 none, 1 the GELU output, 2 also the LayerNorm outputs"},
+    {"switchback_layers", T_STR, OFF(switchback_layers), "qkv,out_proj,c_fc,c_proj", 0, 0, NULL,
+     "precision = int8_switchback: the transformer linears (both towers) that run SwitchBack, comma-separated subset of qkv,out_proj,c_fc,c_proj, or none"},
+    {"switchback_variant", T_ENUM, OFF(switchback_variant), "standard", 0, 0, "standard|memory_efficient|vectorwise|int8_everywhere",
+     "SwitchBack: standard; memory_efficient (int8 inputs + row scales saved for the weight gradient); vectorwise (per-output-channel weight scales); int8_everywhere (weight gradient in int8 too: the paper's losing baseline)"},
     {"seed", T_U64, OFF(seed), "0", 0, 1.8e19, NULL, "seed for init, data order and augmentation"},
     {"threads", T_INT, OFF(threads), "0", 0, 4096, NULL, "CPU threads for the CPU path; 0 = all cores (OMP_NUM_THREADS)"},
     // data
@@ -316,6 +320,25 @@ void config_set(Config *c, const char *assignment, int arg_index) {
 
 static const char *source_of(const char *name) { return key_source[find_key(name)]; }
 
+// "qkv,c_fc" -> bits 1 << SB_LINEAR_*; "none" -> 0.
+static int parse_linears(const char *list, const char *where) {
+    static const char *names[SB_LINEARS] = {"qkv", "out_proj", "c_fc", "c_proj"};
+    if (strcmp(list, "none") == 0) return 0;
+    int mask = 0;
+    for (const char *p = list;;) {
+        while (*p == ' ') p++;
+        size_t n = strcspn(p, ","), len = n;
+        while (len && p[len - 1] == ' ') len--;
+        int i = 0;
+        while (i < SB_LINEARS && !(strlen(names[i]) == len && strncmp(p, names[i], len) == 0)) i++;
+        if (i == SB_LINEARS)
+            config_error(where, "switchback_layers", "'%.*s' is not one of qkv, out_proj, c_fc, c_proj (or the whole list: none)", (int)len, p);
+        mask |= 1 << i;
+        if (!p[n]) return mask;
+        p += n + 1;
+    }
+}
+
 void config_finalize(Config *c) {
     for (int k = 0; k < NKEYS; k++)
         if (!KEYS[k].def && !key_given[k]) config_error("config", KEYS[k].name, "missing required key");
@@ -332,6 +355,7 @@ void config_finalize(Config *c) {
     if (c->steps == 0) c->steps = (c->samples + c->batch_size - 1) / c->batch_size;
     if (c->zeroshot_data[0] && !c->zeroshot_classnames[0])
         config_error(source_of("zeroshot_data"), "zeroshot_data", "needs zeroshot_classnames (a file of class names)");
+    c->switchback_mask = parse_linears(c->switchback_layers, source_of("switchback_layers"));
     if (c->micro_batch_size > c->batch_size)
         config_error(source_of("micro_batch_size"), "micro_batch_size", "%ld is larger than batch_size %ld", c->micro_batch_size, c->batch_size);
 }

@@ -10,6 +10,10 @@ enum { OPTIMIZER_ADAMW, OPTIMIZER_STABLE_ADAMW };
 enum { PRECISION_FP32, PRECISION_BF16, PRECISION_INT8_SWITCHBACK };
 enum { DEVICE_AUTO, DEVICE_CPU, DEVICE_CUDA };
 enum { IMAGE_ALPHA_DROP, IMAGE_ALPHA_WHITE };
+// switchback_layers: bit (1 << i) for the i-th transformer linear, in this order (qkv, out_proj, c_fc, c_proj)
+enum { SB_LINEAR_QKV, SB_LINEAR_OUT_PROJ, SB_LINEAR_C_FC, SB_LINEAR_C_PROJ, SB_LINEARS };
+// switchback_variant: the same order as SwitchBackMode (kernels/switchback.cuh)
+enum { SB_VARIANT_STANDARD, SB_VARIANT_MEMORY_EFFICIENT, SB_VARIANT_VECTORWISE, SB_VARIANT_INT8_EVERYWHERE };
 
 #define CONFIG_STR 512
 
@@ -45,6 +49,9 @@ typedef struct {
     int precision;            // PRECISION_*
     int device;               // DEVICE_*
     int recompute;            // GPU activation recompute: 0 none, 1 GELU, 2 GELU + LayerNorms
+    char switchback_layers[CONFIG_STR];  // int8_switchback: which linears, e.g. "qkv,out_proj,c_fc,c_proj" or "none"
+    int switchback_mask;      // derived from switchback_layers: bit 1 << SB_LINEAR_*
+    int switchback_variant;   // SB_VARIANT_*
     uint64_t seed;
     int threads;              // CPU threads for the fp32 path; 0 = OpenMP's default
     // ---- data ----

@@ -67,6 +67,16 @@ static void test_set_overrides_and_include(void) {
     EXPECT(c.wd == 0.05f, "wd %g", c.wd);
     EXPECT(c.optimizer == OPTIMIZER_ADAMW, "optimizer %d", c.optimizer);
     EXPECT(!config_has_layer_scale(&c), "layer-scale should be off");
+    EXPECT(c.switchback_mask == 15 && c.switchback_variant == SB_VARIANT_STANDARD, "switchback defaults: mask %d variant %d",
+           c.switchback_mask, c.switchback_variant);
+    config_set(&c, "switchback_layers= c_proj, qkv", 4);
+    config_set(&c, "switchback_variant=memory_efficient", 5);
+    config_finalize(&c);
+    EXPECT(c.switchback_mask == (1 << SB_LINEAR_QKV | 1 << SB_LINEAR_C_PROJ) && c.switchback_variant == SB_VARIANT_MEMORY_EFFICIENT,
+           "switchback_layers 'c_proj, qkv': mask %d variant %d", c.switchback_mask, c.switchback_variant);
+    config_set(&c, "switchback_layers=none", 6);
+    config_finalize(&c);
+    EXPECT(c.switchback_mask == 0, "switchback_layers none: mask %d", c.switchback_mask);
 }
 
 // Run ./train_clip --dry-run on a config text; returns the exit code and the stderr text.
@@ -100,6 +110,7 @@ static void test_bad_configs_name_file_line_key(void) {
         {"vision_heads = 5\n", "", "bad.conf:2: vision_heads: 5 does not divide vision_width 64"},
         {"", "--set nope=1", "--set:4: nope: unknown key (./train_clip --help-config"},
         {"", "--set steps=-4", "--set:4: steps: -4 is out of range"},
+        {"switchback_layers = qkv,fc1\n", "", "bad.conf:2: switchback_layers: 'fc1' is not one of qkv, out_proj, c_fc, c_proj"},
     };
     char err[4096], text[1024];
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
