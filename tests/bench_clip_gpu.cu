@@ -3,10 +3,14 @@
 // memory, and the split of the step by op family (GPU time between events around the ops). A step is what
 // the trainer runs: forward + backward (with the input upload), gradient norm, optimizer, each ending in a
 // host read as in train_clip. Prints a table; results go to docs/benchmarks.md by hand.
-//   ./build/tests/bench_clip_gpu [model ...]     models: b16 b16r0 l14 h14 h14r2 (default: b16 l14 h14)
+//   ./build/tests/bench_clip_gpu [model ...]     models: b16 b16r0 l14 h14 h14r0 h14r2, and b16z h14z (ZeRO-1)
+// (default: b16 l14 h14). Multi-GPU: start one process per GPU (mpirun -np N, or scripts/run_local.sh N): the
+// batch is per GPU, the global batch N times that; rank 0 prints, img/s is per GPU, and "comm wait" is the time
+// the compute stream waits for collectives (communication not hidden by compute).
 #include "test_gpu.h"
 extern "C" {
 #include "../model/clip.h"
+#include "../model/clip_dist.h"
 #include "../model/clip_gpu.h"
 #include "../model/config.h"
 #include "../optim/optim.h"
@@ -18,23 +22,25 @@ extern "C" {
 
 typedef struct {
     const char *name, *config;
-    int batch, recompute;
+    int batch, recompute, zero;  // batch per GPU
 } BenchModel;
 
 static const BenchModel MODELS[] = {
-    {"b16", "configs/vit_b_16.conf", 256, 1}, {"b16r0", "configs/vit_b_16.conf", 256, 0},
-    {"l14", "configs/vit_l_14.conf", 128, 1}, {"h14", "configs/vit_h_14.conf", 64, 1},
-    {"h14r0", "configs/vit_h_14.conf", 64, 0}, {"h14r2", "configs/vit_h_14.conf", 64, 2},
+    {"b16", "configs/vit_b_16.conf", 256, 1, 0}, {"b16r0", "configs/vit_b_16.conf", 256, 0, 0},
+    {"b16z", "configs/vit_b_16.conf", 256, 1, 1}, {"l14", "configs/vit_l_14.conf", 128, 1, 0},
+    {"h14", "configs/vit_h_14.conf", 64, 1, 0},   {"h14r0", "configs/vit_h_14.conf", 64, 0, 0},
+    {"h14r2", "configs/vit_h_14.conf", 64, 2, 0}, {"h14z", "configs/vit_h_14.conf", 64, 1, 1},
 };
 
-static void run(const BenchModel *bm) {
+static void run(const BenchModel *bm, int world) {
     Config c;
     config_defaults(&c);
     config_load_file(&c, bm->config);
-    char sets[4][64];
-    snprintf(sets[0], 64, "batch_size=%d", bm->batch), snprintf(sets[1], 64, "micro_batch_size=0");
-    snprintf(sets[2], 64, "recompute=%d", bm->recompute), snprintf(sets[3], 64, "precision=bf16");
-    for (int i = 0; i < 4; i++) config_set(&c, sets[i], i + 1);
+    char sets[5][64];
+    snprintf(sets[0], 64, "batch_size=%d", bm->batch * world), snprintf(sets[1], 64, "micro_batch_size=0");
+    snprintf(sets[2], 64, "recompute=%d", bm->recompute), snprintf(sets[3], 64, "precision=bf16"), snprintf(sets[4], 64, "zero=%d", bm->zero);
+    for (int i = 0; i < 5; i++) config_set(&c, sets[i], i + 1);
+    c.world_size = world;
     config_finalize(&c);
     ClipLayout L;
     clip_layout_build(&L, &c);
@@ -76,7 +82,7 @@ static void run(const BenchModel *bm) {
     clip_gpu_profile_read(g, ms);
     clip_gpu_profile(g, 0);
     double flops = 3 * clip_forward_flops(&L, &c) * B;
-    printf("| %s | %d | %d | %.1f | %.0f | %.1f%% | %.2f | %.2f |", c.model, B, bm->recompute, step_s * 1e3, B / step_s,
+    printf("| %s | %d | %d | %d | %d | %.1f | %.0f | %.1f%% | %.2f | %.2f |", c.model, world, c.zero, B, bm->recompute, step_s * 1e3, B / step_s,
            100 * flops / step_s / (PEAK_TFLOPS * 1e12), (double)(total_b - free_b) / (1u << 30), (double)plan.total / (1u << 30));
     for (int f = 0; f < PROF_FAMILIES; f++) sum += ms[f] / 3;
     for (int f = 0; f < PROF_FAMILIES; f++) printf(" %.1f (%.0f%%) |", ms[f] / 3, 100 * ms[f] / 3 / sum);
@@ -93,11 +99,17 @@ int main(int argc, char **argv) {
         printf("bench_clip_gpu: skipped: no GPU\n");
         return 0;
     }
+    Dist d;
+    dist_init(&d);
+    if (d.rank != 0 && !freopen("/dev/null", "w", stdout)) return 1;
+    if (d.world > 1) gpu_dist_init(&d, 300);
     test_seed();
     cudaDeviceProp prop;
-    cudaCheck(cudaGetDeviceProperties(&prop, 0));
-    printf("GPU: %s, %d SMs, %.1f GiB\n", prop.name, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1u << 30));
-    printf("| model | batch | recompute | step ms | img/s | MFU | GPU mem used GiB | plan GiB |");
+    int dev;
+    cudaCheck(cudaGetDevice(&dev));
+    cudaCheck(cudaGetDeviceProperties(&prop, dev));
+    printf("GPU: %s, %d SMs, %.1f GiB; %d GPU(s)\n", prop.name, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1u << 30), d.world);
+    printf("| model | GPUs | ZeRO | batch/GPU | recompute | step ms | img/s/GPU | MFU | GPU mem used GiB | plan GiB |");
     for (int f = 0; f < PROF_FAMILIES; f++) printf(" %s ms |", PROF_NAMES[f]);
     printf(" host/gaps ms |\n");
     const char *defaults[] = {"b16", "l14", "h14"};
@@ -106,8 +118,10 @@ int main(int argc, char **argv) {
         const char *want = argc > 1 ? argv[i + 1] : defaults[i];
         int found = 0;
         for (size_t k = 0; k < sizeof(MODELS) / sizeof(MODELS[0]); k++)
-            if (!strcmp(MODELS[k].name, want)) run(&MODELS[k]), found = 1;
+            if (!strcmp(MODELS[k].name, want)) run(&MODELS[k], d.world), found = 1;
         if (!found) fprintf(stderr, "unknown model %s\n", want);
     }
+    gpu_dist_finalize();
+    dist_finalize(&d);
     return 0;
 }
