@@ -101,7 +101,7 @@ void gd_sync(GpuDist *gd) {
     for (long polls = 0;; polls++) {
         cudaError_t e = cudaEventQuery(gd->done);
         if (e == cudaSuccess) return;
-        if (e != cudaErrorNotReady) cudaCheck(e);
+        if (e != cudaErrorNotReady) cuda_check(e, "cudaEventQuery(gd->done)", __FILE__, __LINE__);
         ncclResult_t async;
         ncclCheck(gd, ncclCommGetAsyncError(gd->comm, &async));
         if (async != ncclSuccess && async != ncclInProgress) {

@@ -86,8 +86,8 @@ struct ClipGPU {
     // rows [rank max_batch, (rank + 1) max_batch) of the global batch.
     GpuDist *dist;
     int rank, world, zero, reducing, next_bucket, num_buckets;
-    // Gradient buckets in the order backward finishes them (vision head, vision blocks last to first, vision
-    // front, then the text tower alike): ranges [lo, hi) of the flat buffers. With ZeRO-1 this rank owns
+    // Gradient buckets in the order backward finishes them (text head, text blocks last to first, text front,
+    // then the image tower alike): ranges [lo, hi) of the flat buffers. With ZeRO-1 this rank owns
     // [own_lo, own_hi) of each, and keeps its moments at state_off of the compact m, u.
     size_t *bucket_lo, *bucket_hi, *own_lo, *own_hi, *state_off;
     float *feat_n, *dfeat_n;  // (2, world max_batch, E): normalised [image | text] features of all ranks; their gradients
@@ -147,12 +147,12 @@ static void build_buckets(ClipGPU *g) {
     g->own_lo = (size_t *)callocCheck((size_t)n, sizeof(size_t)), g->own_hi = (size_t *)callocCheck((size_t)n, sizeof(size_t));
     g->state_off = (size_t *)callocCheck((size_t)n, sizeof(size_t));
 #define BUCKET(lo, hi) (g->bucket_lo[k] = (lo), g->bucket_hi[k] = (hi), k++)
-    BUCKET(L->ln_post_w, L->token_embedding);  // ln_post, proj
-    for (int l = V->layers - 1; l >= 0; l--) BUCKET(V->blocks[l].ln_1_w, l + 1 < V->layers ? V->blocks[l + 1].ln_1_w : L->ln_post_w);
-    BUCKET(0, V->blocks[0].ln_1_w);  // conv1, class embedding, positions, ln_pre
     BUCKET(L->ln_final_w, L->buffer_elems);  // ln_final, text_projection, logit_scale (its gradient comes from the loss)
     for (int l = T->layers - 1; l >= 0; l--) BUCKET(T->blocks[l].ln_1_w, l + 1 < T->layers ? T->blocks[l + 1].ln_1_w : L->ln_final_w);
     BUCKET(L->token_embedding, T->blocks[0].ln_1_w);  // token embedding, positions
+    BUCKET(L->ln_post_w, L->token_embedding);  // ln_post, proj
+    for (int l = V->layers - 1; l >= 0; l--) BUCKET(V->blocks[l].ln_1_w, l + 1 < V->layers ? V->blocks[l + 1].ln_1_w : L->ln_post_w);
+    BUCKET(0, V->blocks[0].ln_1_w);  // conv1, class embedding, positions, ln_pre
 #undef BUCKET
     g->num_buckets = n;
     size_t covered = 0;
@@ -502,13 +502,25 @@ template <typename T> static void tower_head_backward(ClipGPU *g, TowerBuf *tb, 
     scatter_rows_gpu<T>(as<T>(g->dres), g->dpool, index, B, t->tokens, D);
 }
 
-// Backward of the micro-batch whose forward is in the buffers, from its slices of d features.
+// Backward of the micro-batch whose forward is in the buffers, from its slices of d features. The text tower
+// goes first: in a multi-GPU step the reduction of its gradients (the token embedding is the largest bucket)
+// then runs during the longer image backward, and only the small image front is reduced after backward.
 template <typename T> static void backward_micro(ClipGPU *g, int B, const float *dimg, const float *dtxt) {
     const ClipLayout *L = g->L;
     const Config *c = &g->cfg;
     const float *P = g->params;
     float *G = g->grads;
     int S = c->image_size, Ps = c->patch_size, G2 = (S / Ps) * (S / Ps), Dv = L->visual.width, Tv = L->visual.tokens;
+    // text tower
+    const TowerLayout *Tt = &L->text;
+    tower_head_backward<T>(g, &g->txt, (const int *)(g->inputs[g->cur] + g->off_eot), B, dtxt);
+    grads_done(g);
+    tower_backward<T>(g, &g->txt, B);
+    mark(g, PROF_EMBED_OTHER);
+    bias_grad_gpu<T>(G + L->text_pos, as<T>(g->dres), B, Tt->tokens * Tt->width, (long)Tt->tokens * Tt->width);
+    text_embed_backward_gpu<T>(G + L->token_embedding, g->tok_scratch, as<T>(g->dres), (const int *)(g->inputs[g->cur] + g->off_index),
+                               g->num_unique[g->cur], g->num_chunks[g->cur], B * Tt->tokens, Tt->width);
+    grads_done(g);
     // image tower
     tower_head_backward<T>(g, &g->vis, NULL, B, dimg);
     grads_done(g);
@@ -523,16 +535,6 @@ template <typename T> static void backward_micro(ClipGPU *g, int B, const float 
     vision_embed_backward_gpu<T>(dpatch, dembed, B, G2, Dv);
     mark(g, PROF_GEMM);
     matmul_backward_weight_gpu<T>(G + L->conv1_w, dpatch, as<T>(g->patches), B * G2, 3 * Ps * Ps, Dv);
-    grads_done(g);
-    // text tower
-    const TowerLayout *Tt = &L->text;
-    tower_head_backward<T>(g, &g->txt, (const int *)(g->inputs[g->cur] + g->off_eot), B, dtxt);
-    grads_done(g);
-    tower_backward<T>(g, &g->txt, B);
-    mark(g, PROF_EMBED_OTHER);
-    bias_grad_gpu<T>(G + L->text_pos, as<T>(g->dres), B, Tt->tokens * Tt->width, (long)Tt->tokens * Tt->width);
-    text_embed_backward_gpu<T>(G + L->token_embedding, g->tok_scratch, as<T>(g->dres), (const int *)(g->inputs[g->cur] + g->off_index),
-                               g->num_unique[g->cur], g->num_chunks[g->cur], B * Tt->tokens, Tt->width);
     grads_done(g);
     inputs_consumed(g);
 }
