@@ -2,11 +2,12 @@
 // in double). (1) contrastive_loss_gpu vs contrastive_loss: loss, both feature gradients, the logit_scale
 // gradient (added to an existing value), for batches 5 / 64 / 300 and odd embedding widths. (2) The per-rank
 // form that multi-GPU training uses: the rows of each of 4 "ranks" (contrastive_loss_rows_gpu) against
-// contrastive_loss_rows, gradients w.r.t. all N normalised features. Bounds (relative): loss 1e-5; feature
-// gradients and the logit_scale gradient (a sum of 2B^2 terms of both signs) 1e-4, fp32 sums against double
-// (measured: up to 1.5e-6 and 1.0e-5). The matched pairs are made more similar than the others by `match`,
-// but not so much that the loss vanishes (a loss near 0 is a difference of nearly equal fp32 numbers;
-// training never gets there).
+// contrastive_loss_rows, gradients w.r.t. all N normalised features. Bounds: loss 1e-5 relative to max(loss, 1)
+// (each term is logsumexp - z_target, two numbers of the size of the logits, so its fp32 error is absolute: a
+// loss of 0.0097 came out 2e-7 off, 2e-5 relative, on an H200); feature gradients and the logit_scale gradient
+// (a sum of 2B^2 terms of both signs) 1e-4 relative, fp32 sums against double (measured: up to 3.7e-6 and
+// 2.7e-5). The matched pairs are made more similar than the others by `match`, but not so much that the loss
+// vanishes (a loss near 0 is a difference of nearly equal fp32 numbers; training never gets there).
 #include "../kernels/loss.cuh"
 #include "test_gpu.h"
 
@@ -23,7 +24,7 @@ static void check(int B, int E, float logit_scale, float match) {
     float gl, gdls;
     to_host<float>(&gl, d_loss, 1), to_host<float>(&gdls, d_dls, 1);
     gdls -= start;
-    double el = fabs(gl - loss) / fabs(loss), es = fabs(gdls - dscale) / fmax(fabs(dscale), 1e-3);
+    double el = fabs(gl - loss) / fmax(fabs(loss), 1.0), es = fabs(gdls - dscale) / fmax(fabs(dscale), 1e-3);
     to_host<float>(g, d_dimg, n);
     double ei = rel_err(g, dimg, n);
     to_host<float>(g, d_dtxt, n);
@@ -38,11 +39,11 @@ static void check(int B, int E, float logit_scale, float match) {
 }
 
 // Rows [r b, (r + 1) b) of N = 4 b for each rank r, from normalised features, against the CPU reference.
-static void check_rows(int b, int E, float logit_scale) {
+static void check_rows(int b, int E, float logit_scale, float match) {
     int N = 4 * b;
     size_t n = (size_t)N * E;
     float *img = rand_host(n, 1.0f), *txt = rand_host(n, 1.0f), *inv = zeros_host(N);
-    for (size_t i = 0; i < n; i++) txt[i] += 0.5f * img[i];
+    for (size_t i = 0; i < n; i++) txt[i] += match * img[i];
     l2_normalize_forward(img, inv, img, N, E);
     l2_normalize_forward(txt, inv, txt, N, E);
     float *d_img = to_device<float>(img, n), *d_txt = to_device<float>(txt, n), *d_ls = to_device<float>(&logit_scale, 1);
@@ -57,7 +58,7 @@ static void check_rows(int b, int E, float logit_scale) {
         to_host<float>(g, d_dimg, n);
         double ei = rel_err(g, dimg, n);
         to_host<float>(g, d_dtxt, n);
-        double et = rel_err(g, dtxt, n), el = fabs(gl - loss) / fabs(loss), es = fabs(gdls - dscale) / fmax(fabs(dscale), 1e-3);
+        double et = rel_err(g, dtxt, n), el = fabs(gl - loss) / fmax(fabs(loss), 1.0), es = fabs(gdls - dscale) / fmax(fabs(dscale), 1e-3);
         EXPECT(el < 1e-5, "rank %d of 4, b=%d E=%d: loss %.7f vs %.7f (rel %.2e)", r, b, E, gl, loss, el);
         EXPECT(es < 1e-4, "rank %d of 4, b=%d E=%d: dlogit_scale %.7g vs %.7g", r, b, E, gdls, dscale);
         EXPECT(ei < 1e-4 && et < 1e-4, "rank %d of 4, b=%d E=%d: dimg rel err %.2e, dtxt %.2e", r, b, E, ei, et);
@@ -79,8 +80,8 @@ static void test_contrastive_loss(void) {
 
 static void test_loss_rows(void) {
     SKIP_WITHOUT_GPU();
-    check_rows(3, 64, logf(1 / 0.07f));
-    check_rows(50, 512, logf(100.0f));
+    check_rows(3, 64, logf(1 / 0.07f), 0.5f);
+    check_rows(50, 512, logf(100.0f), 0.05f);
 }
 
 int main(void) {

@@ -13,14 +13,18 @@
 //         weight by about +-lr whatever its gradient's size, so a sign that rounding flips shows in full).
 //         A missing reduction (one rank's half of the batch) is off by about 0.7 per tensor, the loss of the
 //         local batch alone by log(16) / log(8).
+//     Measured on 2 H200s (two runs, identical): fp32 loss 7.7e-8, grads 8.4e-7 (worst tensor 1.1e-6), params
+//     8.5e-7, m 2.8e-6, u 2.3e-6, RMS 4.7e-7; bf16 loss 7.7e-8, grads 4.6e-8, params 1.3e-5, m 1.4e-4, RMS 3.2e-4
+//     (the bf16 forward of a sample did not depend on the batch split there; the bounds allow for GEMMs that do).
 //  2. Training: ./train_clip, tiny config, 100 steps of batch 64 on the synthetic source, 1 GPU against 2 GPUs
 //     (zero = 0 and 1, fp32; and bf16 with zero = 1). Both see the same 64 samples per step (the synthetic
 //     source deals a global stream over the ranks), so every 10-step mean loss must be within 1% (fp32) / 2%
-//     (bf16) of the 1-GPU run's.
+//     (bf16) of the 1-GPU run's. Measured: fp32 every step within 5.2e-6 (both ZeRO settings); bf16 windows
+//     within 0.3% (single steps up to 9%: bf16 rounding amplified over 100 steps).
 //  3. Resume: 2 GPUs, bf16, ZeRO-1: 12 steps straight against 6 + checkpoint + resume + 6: final weights and
 //     moments bit-identical, and the checkpoint holds both ranks' data positions.
 //  4. Failure: rank 1 of a running 2-GPU job is killed (SIGKILL); rank 0 must exit non-zero with an error naming
-//     itself and the cause within dist_timeout (8 s) + 30 s, not hang.
+//     itself and the cause within dist_timeout (8 s) + 30 s, not hang (measured: 8.1 s).
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -329,6 +333,7 @@ static void test_training_curve(void) {
         if (!ok || n != STEPS_RUN) return;
     }
     for (int k = 1; k < 5; k++) {
+        if (k == 3) continue;  // the bf16 reference
         int ref = k < 3 ? 0 : 3;
         double bound = k < 3 ? 0.01 : 0.02, worst = 0, worst_step = 0;
         printf("  %s vs %s, 10-step mean loss:", runs[k].tag, runs[ref].tag);
