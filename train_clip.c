@@ -121,10 +121,11 @@ static void run_eval(const Config *c, ClipModel *m, FILE *log, long step) {
         Loader *l = loader_open(c, c->zeroshot_data, 0, (int)c->batch_size, 0, 1);
         ZeroShotResult r = eval_zeroshot(m, classifier, C, l);
         loader_close(l);
-        printf("eval step %ld: zero-shot top-1 %.1f%% top-5 %.1f%% on %ld images, %d classes (uniform chance %.1f%%, "
-               "always the most frequent class %.1f%%)\n", step, 100 * r.top1, 100 * r.top5, r.n, C, 100.0 / C, 100 * r.majority);
-        fprintf(log, ",\"zeroshot_top1\":%.5g,\"zeroshot_top5\":%.5g,\"zeroshot_majority\":%.5g,\"zeroshot_n\":%ld", r.top1, r.top5,
-                r.majority, r.n);
+        printf("eval step %ld: zero-shot top-1 %.1f%% top-5 %.1f%% mean per-class %.1f%% on %ld images of %d classes "
+               "(chance: %.1f%% per class; always the most frequent class: %.1f%% top-1)\n", step, 100 * r.top1, 100 * r.top5,
+               100 * r.per_class, r.n, C, 100.0 / C, 100 * r.majority);
+        fprintf(log, ",\"zeroshot_top1\":%.5g,\"zeroshot_top5\":%.5g,\"zeroshot_per_class\":%.5g,\"zeroshot_majority\":%.5g,\"zeroshot_n\":%ld",
+                r.top1, r.top5, r.per_class, r.majority, r.n);
         free(classifier);
         tokenizer_free(tok);
         free_lines(classes, C);

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../model/utils.h"
+
 #ifdef HAVE_JPEG
 #include <setjmp.h>
 // clang-format off
@@ -148,7 +150,15 @@ static ImageStatus decode_jpeg(const uint8_t *data, size_t len, long max_pixels,
 #endif
 
 #ifdef HAVE_STB
-static ImageStatus decode_stb(const uint8_t *data, size_t len, long max_pixels, Image *img, char *why, size_t cap) {
+// RGBA (n pixels) onto white, in place into the first 3n bytes: c' = (c a + 255 (255 - a) + 127) / 255.
+static void composite_on_white(uint8_t *px, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        unsigned a = px[4 * i + 3];
+        for (int ch = 0; ch < 3; ch++) px[3 * i + ch] = (uint8_t)((px[4 * i + ch] * a + 255u * (255u - a) + 127u) / 255u);
+    }
+}
+
+static ImageStatus decode_stb(const uint8_t *data, size_t len, long max_pixels, int alpha_on_white, Image *img, char *why, size_t cap) {
     int w, h, comp;
     // stb_image will not even read the header of a PNG over 2^30 bytes, so the limit reads it itself
     if (sniff_format(data, len) == FORMAT_PNG && len >= 24 && memcmp(data + 12, "IHDR", 4) == 0) {
@@ -162,22 +172,33 @@ static ImageStatus decode_stb(const uint8_t *data, size_t len, long max_pixels, 
     img->full_w = w, img->full_h = h;
     ImageStatus s = check_size(w, h, max_pixels, why, cap);
     if (s != IMAGE_OK) return s;
-    // 3 channels requested: grey replicated, alpha dropped, palette expanded, 16-bit reduced to the high byte
-    uint8_t *pixels = stbi_load_from_memory(data, (int)len, &w, &h, &comp, 3);
+    // 3 channels requested: grey replicated, alpha dropped, palette expanded, 16-bit reduced to the high byte;
+    // 4 when the alpha is to be composited (grey+alpha and palette transparency come as RGBA too)
+    int with_alpha = alpha_on_white && (comp == 2 || comp == 4);
+    uint8_t *pixels = stbi_load_from_memory(data, (int)len, &w, &h, &comp, with_alpha ? 4 : 3);
     if (!pixels) return fail(IMAGE_CORRUPT, why, cap, "stb_image: %s", stbi_failure_reason());
+    if (with_alpha) composite_on_white(pixels, (size_t)w * h);
     img->rgb = pixels, img->w = w, img->h = h;  // stb allocates with malloc (STBI_MALLOC default)
     return IMAGE_OK;
 }
 #endif
 
 #ifdef HAVE_WEBP
-static ImageStatus decode_webp(const uint8_t *data, size_t len, long max_pixels, Image *img, char *why, size_t cap) {
+static ImageStatus decode_webp(const uint8_t *data, size_t len, long max_pixels, int alpha_on_white, Image *img, char *why, size_t cap) {
     WebPBitstreamFeatures f;
     if (WebPGetFeatures(data, len, &f) != VP8_STATUS_OK) return fail(IMAGE_CORRUPT, why, cap, "libwebp: bad header");
     if (f.has_animation) return fail(IMAGE_UNSUPPORTED, why, cap, "animated WebP");
     img->full_w = img->w = f.width, img->full_h = img->h = f.height;
     ImageStatus s = check_size(f.width, f.height, max_pixels, why, cap);
     if (s != IMAGE_OK || (s = alloc_rgb(img, why, cap)) != IMAGE_OK) return s;
+    if (alpha_on_white && f.has_alpha) {
+        size_t n = (size_t)img->w * img->h;
+        uint8_t *rgba = reallocCheck(img->rgb, 4 * n);
+        img->rgb = rgba;
+        if (!WebPDecodeRGBAInto(data, len, rgba, 4 * n, img->w * 4)) return fail(IMAGE_CORRUPT, why, cap, "libwebp: cannot decode");
+        composite_on_white(rgba, n);
+        return IMAGE_OK;
+    }
     size_t stride = (size_t)img->w * 3;
     if (!WebPDecodeRGBInto(data, len, img->rgb, stride * img->h, (int)stride))
         return fail(IMAGE_CORRUPT, why, cap, "libwebp: cannot decode");
@@ -185,7 +206,8 @@ static ImageStatus decode_webp(const uint8_t *data, size_t len, long max_pixels,
 }
 #endif
 
-ImageStatus image_decode(const uint8_t *data, size_t len, long max_pixels, int keep_side, Image *img, char *why, size_t why_cap) {
+ImageStatus image_decode(const uint8_t *data, size_t len, long max_pixels, int keep_side, int alpha_on_white, Image *img,
+                         char *why, size_t why_cap) {
     memset(img, 0, sizeof(*img));
     why[0] = '\0';
     Format fmt = sniff_format(data, len);
@@ -194,7 +216,7 @@ ImageStatus image_decode(const uint8_t *data, size_t len, long max_pixels, int k
         case FORMAT_JPEG: return decode_jpeg(data, len, max_pixels, keep_side, img, why, why_cap);
 #endif
 #ifdef HAVE_WEBP
-        case FORMAT_WEBP: return decode_webp(data, len, max_pixels, img, why, why_cap);
+        case FORMAT_WEBP: return decode_webp(data, len, max_pixels, alpha_on_white, img, why, why_cap);
 #endif
 #ifdef HAVE_STB
         case FORMAT_PNG:
@@ -204,7 +226,7 @@ ImageStatus image_decode(const uint8_t *data, size_t len, long max_pixels, int k
 #ifndef HAVE_JPEG
         case FORMAT_JPEG:  // stb_image's own JPEG decoder when libjpeg is missing
 #endif
-            return decode_stb(data, len, max_pixels, img, why, why_cap);
+            return decode_stb(data, len, max_pixels, alpha_on_white, img, why, why_cap);
 #endif
         case FORMAT_UNKNOWN: return fail(IMAGE_UNSUPPORTED, why, why_cap, "not a JPEG, PNG, WebP, GIF, BMP or PNM file");
         default: return fail(IMAGE_UNSUPPORTED, why, why_cap, "%s images: this build has no decoder for them", FORMAT_NAMES[fmt]);

@@ -47,7 +47,7 @@ int inspect_data_main(const Config *c, const char *spec, long limit) {
     ShardList shards;
     shards_parse(spec, &shards);
     Tokenizer *tok = tokenizer_load(NULL);
-    SampleParams params = {tok, c->image_size, c->context_length, c->max_image_pixels, 0};
+    SampleParams params = {tok, c->image_size, c->context_length, c->max_image_pixels, c->image_alpha, 0};
     ShardIndex idx = {0};
     Line *lines = callocCheck(CHUNK, sizeof(Line));
     long samples = 0, skipped = 0, bad_shards = 0, skips[SAMPLE_STATUSES] = {0};

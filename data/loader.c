@@ -321,7 +321,7 @@ static Loader *open_shards(Loader *l, const char *spec) {
     l->mode = !l->is_train ? PLAN_EVAL : c->resampled ? PLAN_RESAMPLED : PLAN_TRAIN;
     shard_plan_init(&l->plan, l->shards.n, c->seed, l->rank, l->world, l->mode);
     l->tok = tokenizer_load(NULL);
-    l->params = (SampleParams){l->tok, c->image_size, c->context_length, c->max_image_pixels, l->is_train};
+    l->params = (SampleParams){l->tok, c->image_size, c->context_length, c->max_image_pixels, c->image_alpha, l->is_train};
     l->n_workers = c->data_workers;
     l->held_slot = -1;
     for (int k = 0; k < 2; k++) batch_alloc(&l->slots[k].batch, l->batch_size, c->image_size, c->context_length);

@@ -59,7 +59,8 @@ SampleResult sample_load(FILE *f, const WdsSample *s, const SampleParams *p, Rng
     reserve((void **)&scratch->bytes, &scratch->bytes_cap, (size_t)s->image.size + 1);
     if (tar_read_span(f, s->image, scratch->bytes) != 0) return skip(r, SKIP_CORRUPT_IMAGE, "cannot read the image");
     Image img;
-    ImageStatus st = image_decode(scratch->bytes, (size_t)s->image.size, p->max_image_pixels, p->image_size, &img, r.why, sizeof(r.why));
+    ImageStatus st = image_decode(scratch->bytes, (size_t)s->image.size, p->max_image_pixels, p->image_size, p->alpha_on_white, &img, r.why,
+                                  sizeof(r.why));
     r.width = img.full_w, r.height = img.full_h, r.label = read_label(f, s->cls);
     static const SampleStatus BY_IMAGE_STATUS[] = {SAMPLE_OK, SKIP_CORRUPT_IMAGE, SKIP_TOO_LARGE, SKIP_UNSUPPORTED};
     r.status = BY_IMAGE_STATUS[st];

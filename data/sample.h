@@ -31,6 +31,7 @@ typedef struct {
     const Tokenizer *tok;
     int image_size, context_length;
     long max_image_pixels;
+    int alpha_on_white;  // composite transparent pixels onto white (config image_alpha = white)
     int is_train;  // random crop from the sample's stream, else resize + centre crop
 } SampleParams;
 

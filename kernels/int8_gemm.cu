@@ -3,11 +3,12 @@
 //  - sm_90a (H100): persistent, warp-specialised, in clusters of 2 CTAs. A CTA computes a 128 x 256 tile; the
 //    two CTAs of a cluster take adjacent M tiles of one N tile, so they share B: each loads half of the B tile
 //    and multicasts it to both (a third fewer bytes from L2 per k-step, which bounds this GEMM otherwise).
-//    One producer thread issues the TMA loads into 128-byte-swizzled shared memory, 3 stages of 128 x 128 A +
+//    One producer thread issues the TMA loads into 128-byte-swizzled shared memory, 4 stages of 128 x 128 A +
 //    256 x 128 B, signalling "full" mbarriers; two consumer warpgroups run wgmma.m64n256k32.s32.s8.s8 on 64 rows
-//    each and release each stage, as soon as their wgmma on it are done, through "empty" mbarriers in both CTAs
-//    (the other warpgroup keeps the tensor cores busy meanwhile). The epilogue dequantizes from registers;
-//    bf16 output goes through swizzled shared memory and TMA stores, which drain while the next tile computes.
+//    each, keep one k-tile of wgmma in flight and release the stage before it through "empty" mbarriers in both
+//    CTAs. A loader warp puts each tile's epilogue parameters (bias, scales) in shared memory during the tile's
+//    mainloop. The epilogue dequantizes from registers, each warp on its own: bf16 output goes through the warp's
+//    swizzled shared-memory buffers (stmatrix) and TMA stores, which drain while the next tile computes.
 //  - sm_80 / sm_89 (and a fallback on sm_90): 128 x 128 x 128 tiles, a 3-stage cp.async pipeline into the same
 //    swizzled layout, ldmatrix + mma.sync.m16n8k32.s8, 8 warps of 64 x 32.
 // Out-of-range rows and K columns are loaded as zeros (TMA's out-of-bounds fill, cp.async's zero fill), so M is
@@ -20,30 +21,31 @@ typedef __nv_bfloat16 bf16;
 
 // ------------------------------------------------------------------------------------------------ epilogue
 // Both kernels own pairs of adjacent output columns: col is even and N % 16 == 0, so col + 1 < N too.
-// sa = s_a[row]; sb_t = s_b[0] (tensor-wise). OUT (= g.out_type) is a template parameter so that each kernel's
-// unrolled epilogue holds one output path only. Bias and scales are read-only (__ldg), so the compiler may load
-// them ahead of the stores.
+// sa = s_a[row]; sb_t = s_b[0] (tensor-wise); p = (bias, s_b) of columns col and col + 1. OUT (= g.out_type) is a
+// template parameter so that each kernel's unrolled epilogue holds one output path only.
 
-// Bias and s_b of columns col, col + 1 (zeros past N: those outputs are never stored).
-__device__ inline void column_params(const Int8Gemm &g, float sb_t, int col, float2 &bias, float2 &sb) {
-    bias = make_float2(0.0f, 0.0f), sb = make_float2(sb_t, sb_t);
-    if (col >= g.N) return;
-    if (g.bias) bias = __bfloat1622float2(__ldg((const __nv_bfloat162 *)(g.bias + col)));
-    if (g.b_scale_per_col) sb = make_float2(__ldg(g.b_scale + col), __ldg(g.b_scale + col + 1));
+// (bias, s_b) of columns col, col + 1 from global memory (zeros past N: those outputs are never stored).
+__device__ inline float4 column_params(const Int8Gemm &g, float sb_t, int col) {
+    float4 p = make_float4(0.0f, sb_t, 0.0f, sb_t);
+    if (col >= g.N) return p;
+    if (g.bias) {
+        float2 b = __bfloat1622float2(__ldg((const __nv_bfloat162 *)(g.bias + col)));
+        p.x = b.x, p.z = b.y;
+    }
+    if (g.b_scale_per_col) p.y = __ldg(g.b_scale + col), p.w = __ldg(g.b_scale + col + 1);
+    return p;
 }
 
 // Direct store of one pair to global memory (any output type, accumulation).
 template <int OUT>
-__device__ inline void store2(const Int8Gemm &g, int row, float sa, float sb_t, int col, int v0, int v1) {
+__device__ inline void store2(const Int8Gemm &g, int row, float sa, float4 p, int col, int v0, int v1) {
     if (row >= g.M || col >= g.N) return;
     size_t idx = (size_t)row * g.N + col;
     if (OUT == INT8_OUT_I32) {
         *(int2 *)((int32_t *)g.out + idx) = make_int2(v0, v1);
         return;
     }
-    float2 bias, sb;
-    column_params(g, sb_t, col, bias, sb);
-    float y0 = sb_dequant_acc(v0, sa, sb.x, bias.x), y1 = sb_dequant_acc(v1, sa, sb.y, bias.y);
+    float y0 = sb_dequant_acc(v0, sa, p.y, p.x), y1 = sb_dequant_acc(v1, sa, p.w, p.z);
     if (OUT == INT8_OUT_F32) {
         float2 *o = (float2 *)((float *)g.out + idx);
         if (g.accumulate) {
@@ -79,18 +81,24 @@ __device__ inline uint32_t swz(int row, int chunk) { return row * 128 + ((chunk 
 #define WG_BM 128
 #define WG_BN 256
 #define WG_BK 128  // int8 elements = bytes: one swizzle row
-#define WG_STAGES 3
 #define WG_CLUSTER 2
 #define WG_A_BYTES (WG_BM * WG_BK)         // 16 KB
 #define WG_B_BYTES (WG_BN * WG_BK)         // 32 KB, half of it from each CTA of the cluster
-#define WG_Y_BYTES (WG_BM * WG_BN * 2)     // 64 KB: the bf16 output tile, staged for the TMA store
-#define WG_Y_BOX 64                        // output boxes of 64 x 64 bf16 (128-byte rows, swizzled)
-#define WG_Y_BOX_BYTES (WG_Y_BOX * WG_Y_BOX * 2)
-#define WG_SMEM (WG_STAGES * (WG_A_BYTES + WG_B_BYTES) + WG_Y_BYTES + 2 * WG_STAGES * 8 + 1024)  // + barriers, align
+#define WG_Y_BOX_ROWS 16                   // output boxes of 16 x 64 bf16 (128-byte rows, swizzled), one per warp
+#define WG_Y_BOX_COLS 64
+#define WG_Y_BOX_BYTES (WG_Y_BOX_ROWS * WG_Y_BOX_COLS * 2)
+#define WG_Y_BYTES (8 * 2 * WG_Y_BOX_BYTES)  // 32 KB: two staging buffers per consumer warp
+#define WG_P_BYTES (WG_BN * 8 + WG_BM * 4)   // epilogue parameters: (bias, s_b) per column, s_a per row
+// 226.6 KB of the 227 KB a block may have: 4 stages, staging, parameters, barriers (full, empty, p_full, p_empty)
+#define WG_STAGES 4
+#define WG_SMEM (WG_STAGES * (WG_A_BYTES + WG_B_BYTES) + WG_Y_BYTES + WG_P_BYTES + (2 * WG_STAGES + 2) * 8)
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ inline void mbar_init(uint64_t *bar, int count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+}
+__device__ inline void mbar_arrive(uint64_t *bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(bar)) : "memory");
 }
 __device__ inline void mbar_expect_tx(uint64_t *bar, uint32_t bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
@@ -144,11 +152,22 @@ __device__ inline void tma_store_2d(const CUtensorMap *map, const void *src, int
                  : "memory");
 }
 __device__ inline void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
-__device__ inline void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
+// The newest bulk group may still be reading shared memory; all older ones have finished reading.
+__device__ inline void bulk_wait_read1() { asm volatile("cp.async.bulk.wait_group.read 1;" ::: "memory"); }
 __device__ inline void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
 // Orders this thread's ordinary shared-memory stores before later async-proxy (TMA) reads of them.
 __device__ inline void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
-__device__ inline void named_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
+// Stores four 8 x 8 b16 matrices from the mma accumulator fragment layout (register k: matrix k, lane l holding
+// row l / 4, columns 2 (l % 4) and + 1); lane l gives the shared address of row l % 8 of matrix l / 8.
+__device__ inline void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(r0), "r"(r1), "r"(r2),
+                 "r"(r3)
+                 : "memory");
+}
+__device__ inline uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
 
 // wgmma descriptor of a K-major operand in the swizzled layout above: start address >> 4 (bits 0-13), leading
 // byte offset unused for swizzled K-major (1, bits 16-29), stride byte offset = 1024 between 8-row groups
@@ -197,32 +216,85 @@ __device__ inline void wgmma_m64n256k32(int (&d)[128], uint64_t desc_a, uint64_t
           "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
+// The bf16 TMA-store epilogue of one consumer warp: its 16 rows x 256 columns leave as 4 boxes of 16 x 64, each
+// staged (stmatrix, 128-byte rows with chunk c of row r at c ^ (r % 8): conflict-free, and the layout the TMA store
+// reads with SWIZZLE_128B) in one of the warp's two buffers, which is rewritten once the store issued from it two
+// rounds ago has read it. Only the warp synchronises. sa0, sa1: s_a of the thread's rows; PER_COL 0: s_b = sb_t
+// for all columns, so the multiplier is computed once per row.
+template <int PER_COL>
+__device__ inline void epilogue_tma(const int (&acc)[128], const float *p_col, float sa0, float sa1, float sb_t,
+                                    uint8_t *bufs, int &round, const CUtensorMap *map, int col0, int row0, int rows_in,
+                                    int N, int lane) {
+    float m0 = sb_dequant_scale(sa0, sb_t), m1 = sb_dequant_scale(sa1, sb_t);
+#pragma unroll
+    for (int b = 0; b < WG_BN / WG_Y_BOX_COLS; b++, round++) {
+        uint8_t *buf = bufs + (round % 2) * WG_Y_BOX_BYTES;
+        if (lane == 0) bulk_wait_read1();
+        __syncwarp();
+        float4 pb[8];  // (bias, s_b) of the thread's 2 columns in each 8-column group, loaded first (measured: +2-3%)
+#pragma unroll
+        for (int jj = 0; jj < 8; jj++) pb[jj] = *(const float4 *)(p_col + 2 * (8 * (8 * b + jj) + 2 * (lane % 4)));
+#pragma unroll
+        for (int jp = 0; jp < 4; jp++) {  // 8-column groups j, j + 1: matrices (rows 0-7, j), (8-15, j), (0-7, j + 1), (8-15, j + 1)
+            uint32_t r[4];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int j = 8 * b + 2 * jp + h;
+                float4 p = pb[2 * jp + h];
+                float m00 = m0, m01 = m0, m10 = m1, m11 = m1;
+                if (PER_COL)
+                    m00 = sb_dequant_scale(sa0, p.y), m01 = sb_dequant_scale(sa0, p.w),
+                    m10 = sb_dequant_scale(sa1, p.y), m11 = sb_dequant_scale(sa1, p.w);
+                r[2 * h] = pack_bf16(fmaf((float)acc[4 * j], m00, p.x), fmaf((float)acc[4 * j + 1], m01, p.z));
+                r[2 * h + 1] = pack_bf16(fmaf((float)acc[4 * j + 2], m10, p.x), fmaf((float)acc[4 * j + 3], m11, p.z));
+            }
+            int m = lane / 8, row = (m & 1) * 8 + lane % 8, chunk = (2 * jp + (m >> 1)) ^ (row % 8);
+            stmatrix_x4(smem_u32(buf) + row * 128 + chunk * 16, r[0], r[1], r[2], r[3]);
+        }
+        fence_async_smem();
+        __syncwarp();
+        if (lane == 0) {
+            if (rows_in && col0 + b * WG_Y_BOX_COLS < N) tma_store_2d(map, buf, col0 + b * WG_Y_BOX_COLS, row0);
+            bulk_commit();  // one group per round, even an empty one: wait_read1 counts rounds
+        }
+    }
+}
+
 #endif
 
 // Work items are pairs of M tiles x one N tile (one per cluster), numbered with N fastest, so the clusters running
 // at one time share A rows (and all of B) in L2.
+// Warpgroup 0: warp 0 (one thread) issues the TMA loads; warp 1 loads each tile's epilogue parameters (bias and
+// s_b per column, s_a per row) into shared memory while the tile's mainloop runs, so that the epilogue reads them
+// at shared-memory latency. Warpgroups 1-2: the consumers (64 rows each).
 template <int OUT>
 __global__ void __launch_bounds__(384, 1)
     int8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap tma_a, const __grid_constant__ CUtensorMap tma_b,
                            const __grid_constant__ CUtensorMap tma_y, const Int8Gemm g) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    extern __shared__ uint8_t smem_raw[];
-    uint8_t *smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);  // swizzled tiles: 1024-aligned
+    // No room for an alignment margin: the dynamic shared memory starts 1024-aligned (checked).
+    extern __shared__ __align__(1024) uint8_t smem[];
+    if (smem_u32(smem) & 1023) __trap();
     uint8_t *sa = smem;                                  // [stage] (128, 128) int8
     uint8_t *sb = sa + WG_STAGES * WG_A_BYTES;           // [stage] (256, 128) int8: rows 0-127 from CTA 0, 128-255 from CTA 1
-    uint8_t *sy = sb + WG_STAGES * WG_B_BYTES;           // [consumer][4 boxes] (64, 64) bf16
-    uint64_t *full = (uint64_t *)(sy + WG_Y_BYTES), *empty = full + WG_STAGES;
+    uint8_t *sy = sb + WG_STAGES * WG_B_BYTES;           // [consumer warp][2 buffers] (16, 64) bf16
+    float *p_col = (float *)(sy + WG_Y_BYTES);           // [256] (bias, s_b) of the tile's columns (zeros past N)
+    float *p_row = p_col + 2 * WG_BN;                    // [128] s_a of the tile's rows (zeros past M)
+    uint64_t *full = (uint64_t *)(p_row + WG_BM), *empty = full + WG_STAGES, *p_full = empty + WG_STAGES,
+             *p_empty = p_full + 1;
     uint32_t rank = cluster_rank();
     int m_tiles = (g.M + WG_BM - 1) / WG_BM, tiles_n = (g.N + WG_BN - 1) / WG_BN;
     int items = (m_tiles + 1) / 2 * tiles_n, cluster = blockIdx.x / WG_CLUSTER, clusters = gridDim.x / WG_CLUSTER;
     int ktiles = (g.K + WG_BK - 1) / WG_BK;
-    int wg = threadIdx.x / 128;  // 0: producer, 1-2: consumers
+    int wg = threadIdx.x / 128, lane = threadIdx.x % 32, warp = threadIdx.x / 32 % 4;  // wg 0: producer, 1-2: consumers
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < WG_STAGES; s++) {
             mbar_init(&full[s], 1);                // this CTA's producer's arrive.expect_tx, then the TMA bytes
             mbar_init(&empty[s], 2 * WG_CLUSTER);  // each consumer warpgroup of both CTAs
         }
+        mbar_init(p_full, 32);  // the loader warp's lanes
+        mbar_init(p_empty, 8);  // each consumer warp, done with the parameters
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     cluster_sync();  // the peer's barriers exist before anything is multicast or arrived on
@@ -243,16 +315,37 @@ __global__ void __launch_bounds__(384, 1)
                                           n0 + rank * (WG_BN / 2), &full[s], (1 << WG_CLUSTER) - 1);
                 }
             }
+        } else if (warp == 1) {
+            float sb_t = tensor_scale<OUT>(g);
+            int ti = 0;
+            for (int item = cluster; item < items; item += clusters, ti++) {
+                int m0 = (item / tiles_n * 2 + rank) * WG_BM, n0 = item % tiles_n * WG_BN;
+                mbar_wait(p_empty, (ti & 1) ^ 1);  // the consumers are done with the previous tile's parameters
+                if (OUT != INT8_OUT_I32) {
+#pragma unroll
+                    for (int i = 0; i < WG_BN / 32; i++) {
+                        int c = lane + 32 * i, col = n0 + c;
+                        float bias = 0.0f, sbc = 0.0f;
+                        if (col < g.N) {
+                            bias = g.bias ? __bfloat162float(__ldg(g.bias + col)) : 0.0f;
+                            sbc = g.b_scale_per_col ? __ldg(g.b_scale + col) : sb_t;
+                        }
+                        *(float2 *)(p_col + 2 * c) = make_float2(bias, sbc);
+                    }
+#pragma unroll
+                    for (int i = 0; i < WG_BM / 32; i++) p_row[lane + 32 * i] = row_scale<OUT>(g, m0 + lane + 32 * i);
+                }
+                mbar_arrive(p_full);  // release: the stores above are visible to the consumers' wait
+            }
         }
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
-        int c = wg - 1, lane = threadIdx.x % 32, warp = threadIdx.x / 32 % 4, leader = threadIdx.x % 128 == 0;
+        int c = wg - 1, leader = threadIdx.x % 128 == 0;
         int tma_out = OUT == INT8_OUT_BF16 && !g.accumulate;
         float sb_t = tensor_scale<OUT>(g);
-        uint8_t *y_stage = sy + c * (WG_Y_BYTES / 2);
         int acc[128];
-        int it = 0;
-        for (int item = cluster; item < items; item += clusters) {
+        int it = 0, ti = 0, round = 0;  // k-tiles, tiles, output boxes so far (the box buffer is round % 2)
+        for (int item = cluster; item < items; item += clusters, ti++) {
             int m0 = (item / tiles_n * 2 + rank) * WG_BM, n0 = item % tiles_n * WG_BN;
             for (int kt = 0; kt < ktiles; kt++, it++) {
                 int s = it % WG_STAGES;
@@ -264,54 +357,41 @@ __global__ void __launch_bounds__(384, 1)
                 for (int kk = 0; kk < WG_BK / 32; kk++)  // +32 bytes along K: +2 in the address field
                     wgmma_m64n256k32(acc, da + 2 * kk, db + 2 * kk, kt > 0 || kk > 0);
                 wgmma_commit();
-                // Release the stage as soon as this warpgroup's wgmma on it are done; the other warpgroup's keep
-                // the tensor cores busy meanwhile (measured: a little faster than keeping one k-tile in flight).
-                wgmma_wait<0>();
-                fence_regs(acc);
-                if (leader)
-                    for (int r = 0; r < WG_CLUSTER; r++) mbar_arrive_cluster(&empty[s], r);
+                // Keep this k-tile's wgmma in flight while the previous k-tile's stage is released (measured: the
+                // same speed as waiting for them and releasing this stage at once).
+                wgmma_wait<1>();
+                if (kt > 0 && leader)
+                    for (int r = 0; r < WG_CLUSTER; r++) mbar_arrive_cluster(&empty[(it - 1) % WG_STAGES], r);
             }
+            wgmma_wait<0>();
+            fence_regs(acc);
+            if (leader)
+                for (int r = 0; r < WG_CLUSTER; r++) mbar_arrive_cluster(&empty[(it - 1) % WG_STAGES], r);
 
             // Accumulator layout: register 4j + 2h + e holds row 16 warp + lane / 4 + 8h, column 8j + 2 (lane % 4) + e.
             int rl = warp * 16 + lane / 4, r0 = m0 + c * 64 + rl;
-            float sa0 = row_scale<OUT>(g, r0), sa1 = row_scale<OUT>(g, r0 + 8);
+            mbar_wait(p_full, ti & 1);
+            float sa0 = p_row[c * 64 + rl], sa1 = p_row[c * 64 + rl + 8];
             if (tma_out) {
-                // Stage the 64 x 256 bf16 result as 4 boxes of 64 x 64 (128-byte rows, chunk c of row r at c ^ (r % 8):
-                // conflict-free for these stores, and the layout the TMA store reads with SWIZZLE_128B).
-                if (leader) bulk_wait_read();  // the previous tile's stores have read the staging buffer
-                named_sync(1 + c, 128);
-#pragma unroll
-                for (int j = 0; j < WG_BN / 8; j++) {
-                    int col = n0 + 8 * j + 2 * (lane % 4);
-                    float2 bias, sb;
-                    column_params(g, sb_t, col, bias, sb);
-                    __nv_bfloat162 lo = __floats2bfloat162_rn(sb_dequant_acc(acc[4 * j], sa0, sb.x, bias.x),
-                                                              sb_dequant_acc(acc[4 * j + 1], sa0, sb.y, bias.y));
-                    __nv_bfloat162 hi = __floats2bfloat162_rn(sb_dequant_acc(acc[4 * j + 2], sa1, sb.x, bias.x),
-                                                              sb_dequant_acc(acc[4 * j + 3], sa1, sb.y, bias.y));
-                    uint8_t *box = y_stage + j / 8 * WG_Y_BOX_BYTES;
-                    int off = ((j % 8) ^ (rl % 8)) * 16 + (lane % 4) * 4;  // rl and rl + 8 share rl % 8
-                    *(__nv_bfloat162 *)(box + rl * 128 + off) = lo;
-                    *(__nv_bfloat162 *)(box + (rl + 8) * 128 + off) = hi;
-                }
-                fence_async_smem();
-                named_sync(1 + c, 128);
-                if (leader && m0 + c * 64 < g.M) {
-                    for (int b = 0; b < WG_BN / WG_Y_BOX; b++)
-                        if (n0 + b * WG_Y_BOX < g.N)
-                            tma_store_2d(&tma_y, y_stage + b * WG_Y_BOX_BYTES, n0 + b * WG_Y_BOX, m0 + c * 64);
-                    bulk_commit();
-                }
+                uint8_t *bufs = sy + (c * 4 + warp) * 2 * WG_Y_BOX_BYTES;
+                int row0 = m0 + c * 64 + warp * 16, rows_in = row0 < g.M;
+                if (g.b_scale_per_col)
+                    epilogue_tma<1>(acc, p_col, sa0, sa1, 0.0f, bufs, round, &tma_y, n0, row0, rows_in, g.N, lane);
+                else
+                    epilogue_tma<0>(acc, p_col, sa0, sa1, sb_t, bufs, round, &tma_y, n0, row0, rows_in, g.N, lane);
             } else {
 #pragma unroll
                 for (int j = 0; j < WG_BN / 8; j++) {
-                    int col = n0 + 8 * j + 2 * (lane % 4);
-                    store2<OUT>(g, r0, sa0, sb_t, col, acc[4 * j], acc[4 * j + 1]);
-                    store2<OUT>(g, r0 + 8, sa1, sb_t, col, acc[4 * j + 2], acc[4 * j + 3]);
+                    int cl = 8 * j + 2 * (lane % 4);
+                    float4 p = *(const float4 *)(p_col + 2 * cl);
+                    store2<OUT>(g, r0, sa0, p, n0 + cl, acc[4 * j], acc[4 * j + 1]);
+                    store2<OUT>(g, r0 + 8, sa1, p, n0 + cl, acc[4 * j + 2], acc[4 * j + 3]);
                 }
             }
+            __syncwarp();  // the warp's parameter reads are done
+            if (lane == 0) mbar_arrive(p_empty);
         }
-        if (leader) bulk_wait();  // the staging buffer must outlive the stores reading it
+        if (lane == 0) bulk_wait();  // the staging buffers must outlive the stores reading them
     }
     cluster_sync();  // no CTA exits while its peer may still arrive on its barriers
 #endif
@@ -401,8 +481,9 @@ template <int OUT> __global__ void __launch_bounds__(256) int8_gemm_mma_kernel(c
 #pragma unroll
         for (int nt = 0; nt < 4; nt++) {
             int col = n0 + wn + nt * 8 + 2 * (lane % 4);
-            store2<OUT>(g, r0, sa0, sb_t, col, acc[mt][nt][0], acc[mt][nt][1]);
-            store2<OUT>(g, r0 + 8, sa1, sb_t, col, acc[mt][nt][2], acc[mt][nt][3]);
+            float4 p = OUT == INT8_OUT_I32 ? make_float4(0.0f, 0.0f, 0.0f, 0.0f) : column_params(g, sb_t, col);
+            store2<OUT>(g, r0, sa0, p, col, acc[mt][nt][0], acc[mt][nt][1]);
+            store2<OUT>(g, r0 + 8, sa1, p, col, acc[mt][nt][2], acc[mt][nt][3]);
         }
     }
 }
@@ -450,33 +531,38 @@ static void check_args(const Int8Gemm *g) {
     }
 }
 
+template <int OUT> static void launch_wgmma(const Int8Gemm *g, cudaStream_t stream) {
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute cluster;
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = WG_CLUSTER, cluster.val.clusterDim.y = 1, cluster.val.clusterDim.z = 1;
+    cfg.blockDim = dim3(384), cfg.dynamicSmemBytes = WG_SMEM, cfg.stream = stream;
+    cfg.attrs = &cluster, cfg.numAttrs = 1;
+    auto kernel = int8_gemm_wgmma_kernel<OUT>;
+    static int max_clusters = 0;  // once per kernel: raise the shared-memory limit, ask how many clusters fit
+    if (!max_clusters) {
+        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_SMEM));
+        cfg.gridDim = dim3(WG_CLUSTER);
+        cudaCheck(cudaOccupancyMaxActiveClusters(&max_clusters, kernel, &cfg));
+        if (max_clusters < 1) {
+            fprintf(stderr, "error: int8_gemm: no cluster of %d CTAs with %d bytes of shared memory fits\n", WG_CLUSTER, WG_SMEM);
+            exit(1);
+        }
+    }
+    CUtensorMap ta = make_tensor_map(g->a, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->M, g->K, WG_BM, WG_BK);
+    CUtensorMap tb = make_tensor_map(g->b, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->N, g->K, WG_BN / WG_CLUSTER, WG_BK);
+    // bf16 output without accumulation leaves through TMA stores; other outputs are stored directly (ta: unused).
+    CUtensorMap ty = OUT == INT8_OUT_BF16 && !g->accumulate
+                         ? make_tensor_map(g->out, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, g->M, g->N, WG_Y_BOX_ROWS, WG_Y_BOX_COLS)
+                         : ta;
+    int items = (ceil_div(g->M, WG_BM) + 1) / 2 * ceil_div(g->N, WG_BN);
+    cfg.gridDim = dim3(WG_CLUSTER * (items < max_clusters ? items : max_clusters));
+    cudaCheck(cudaLaunchKernelEx(&cfg, kernel, ta, tb, ty, *g));
+}
+
 template <int OUT> static void launch(const Int8Gemm *g, Int8GemmPath path, cudaStream_t stream) {
     if (path == INT8_PATH_WGMMA) {
-        cudaLaunchConfig_t cfg = {};
-        cudaLaunchAttribute cluster;
-        cluster.id = cudaLaunchAttributeClusterDimension;
-        cluster.val.clusterDim.x = WG_CLUSTER, cluster.val.clusterDim.y = 1, cluster.val.clusterDim.z = 1;
-        cfg.blockDim = dim3(384), cfg.dynamicSmemBytes = WG_SMEM, cfg.stream = stream;
-        cfg.attrs = &cluster, cfg.numAttrs = 1;
-        static int max_clusters = 0;  // once per kernel: raise the shared-memory limit, ask how many clusters fit
-        if (!max_clusters) {
-            cudaCheck(cudaFuncSetAttribute(int8_gemm_wgmma_kernel<OUT>, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_SMEM));
-            cfg.gridDim = dim3(WG_CLUSTER);
-            cudaCheck(cudaOccupancyMaxActiveClusters(&max_clusters, int8_gemm_wgmma_kernel<OUT>, &cfg));
-            if (max_clusters < 1) {
-                fprintf(stderr, "error: int8_gemm: no cluster of %d CTAs with %d bytes of shared memory fits\n", WG_CLUSTER, WG_SMEM);
-                exit(1);
-            }
-        }
-        CUtensorMap ta = make_tensor_map(g->a, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->M, g->K, WG_BM, WG_BK);
-        CUtensorMap tb = make_tensor_map(g->b, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->N, g->K, WG_BN / WG_CLUSTER, WG_BK);
-        // bf16 output without accumulation leaves through TMA stores; other outputs are stored directly (ta: unused).
-        CUtensorMap ty = OUT == INT8_OUT_BF16 && !g->accumulate
-                             ? make_tensor_map(g->out, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, g->M, g->N, WG_Y_BOX, WG_Y_BOX)
-                             : ta;
-        int items = (ceil_div(g->M, WG_BM) + 1) / 2 * ceil_div(g->N, WG_BN);
-        cfg.gridDim = dim3(WG_CLUSTER * (items < max_clusters ? items : max_clusters));
-        cudaCheck(cudaLaunchKernelEx(&cfg, int8_gemm_wgmma_kernel<OUT>, ta, tb, ty, *g));
+        launch_wgmma<OUT>(g, stream);
     } else {
         static int smem_set = 0;  // the dynamic shared-memory limit is raised once per kernel
         if (!smem_set) {

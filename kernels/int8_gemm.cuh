@@ -8,8 +8,10 @@
 
 // The epilogue's exact float ops, shared with the CPU reference (tests/ref_switchback.h):
 //   y = fmaf((float)acc, (s_a * (1.0f / 16129.0f)) * s_b, bias)    (16129 = 127^2; then + old value if accumulating)
+// sb_dequant_scale is the multiplier alone (kernels compute it once per row when s_b is tensor-wise).
+static __host__ __device__ inline float sb_dequant_scale(float s_a, float s_b) { return (s_a * (1.0f / 16129.0f)) * s_b; }
 static __host__ __device__ inline float sb_dequant_acc(int32_t acc, float s_a, float s_b, float bias) {
-    return fmaf((float)acc, (s_a * (1.0f / 16129.0f)) * s_b, bias);
+    return fmaf((float)acc, sb_dequant_scale(s_a, s_b), bias);
 }
 
 typedef enum { INT8_OUT_BF16 = 0, INT8_OUT_F32 = 1, INT8_OUT_I32 = 2 } Int8GemmOut;

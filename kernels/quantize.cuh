@@ -63,6 +63,12 @@ static __device__ inline void warp_quantize_row(int8_t *q, float *s, const bf16 
 
 // Row-wise: q (M, K) int8 and s (M) = absmax of each row of x (M, K). K % 16 == 0.
 void quantize_rowwise(int8_t *q, float *s, const bf16 *x, int M, int K, cudaStream_t stream);
+// quantize_rowwise fused with the fp32 column sums of x (for a bias gradient): one read of x instead of two.
+// partial (ceil(M / SB_QC_ROWS), K) receives the column sums of each chunk of SB_QC_ROWS rows, each added in row
+// order (deterministic); the caller adds the chunks up. K % 16 == 0 and K <= SB_QC_MAX_K.
+#define SB_QC_ROWS 128
+#define SB_QC_MAX_K 8192
+void quantize_rowwise_colsums(int8_t *q, float *s, float *partial, const bf16 *x, int M, int K, cudaStream_t stream);
 // x (M, K) bf16 = dequantized q (M, K) with row scales s (M).
 void dequantize_rowwise(bf16 *x, const int8_t *q, const float *s, int M, int K, cudaStream_t stream);
 

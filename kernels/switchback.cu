@@ -80,19 +80,24 @@ __global__ void column_sums_partial_kernel(float *partial, const bf16 *g, int M,
     if (c < N) partial[(size_t)blockIdx.y * N + c] = total;
 }
 
-__global__ void column_sums_final_kernel(float *db, const float *partial, int N, int accumulate) {
+// db (+)= the sum of the chunks rows of partial (chunks, N), in row order.
+__global__ void column_sums_final_kernel(float *db, const float *partial, int chunks, int N, int accumulate) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= N) return;
     float total = 0.0f;
-    for (int i = 0; i < SB_DB_CHUNKS; i++) total += partial[(size_t)i * N + c];
+    for (int i = 0; i < chunks; i++) total += partial[(size_t)i * N + c];
     db[c] = accumulate ? db[c] + total : total;
+}
+
+static void column_sums_final(float *db, const float *partial, int chunks, int N, int accumulate, cudaStream_t stream) {
+    column_sums_final_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(db, partial, chunks, N, accumulate);
+    cudaCheckLaunch();
 }
 
 void column_sums(float *db, float *partial, const bf16 *g, int M, int N, int accumulate, cudaStream_t stream) {
     column_sums_partial_kernel<<<dim3(ceil_div(N, 256), SB_DB_CHUNKS), dim3(32, 8), 0, stream>>>(partial, g, M, N);
     cudaCheckLaunch();
-    column_sums_final_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(db, partial, N, accumulate);
-    cudaCheckLaunch();
+    column_sums_final(db, partial, SB_DB_CHUNKS, N, accumulate, stream);
 }
 
 // ------------------------------------------------------------------------------------------------ weights
@@ -137,7 +142,8 @@ void switchback_init(SwitchBack *sb, SwitchBackMode mode, int max_M, int max_C) 
     size_t mc = (size_t)max_M * max_C;
     cudaCheck(cudaMalloc(&sb->gq, mc));
     cudaCheck(cudaMalloc(&sb->gs, sizeof(float) * max_M));
-    cudaCheck(cudaMalloc(&sb->db_partial, sizeof(float) * SB_DB_CHUNKS * max_C));
+    size_t chunks = ceil_div(max_M, SB_QC_ROWS) > SB_DB_CHUNKS ? ceil_div(max_M, SB_QC_ROWS) : SB_DB_CHUNKS;
+    cudaCheck(cudaMalloc(&sb->db_partial, sizeof(float) * chunks * max_C));
     if (mode == SB_MEMORY_EFFICIENT) cudaCheck(cudaMalloc(&sb->x_deq, sizeof(bf16) * mc));
     if (mode == SB_INT8_EVERYWHERE) {
         if (round16(max_M) * 16129 > 2147483647L) {  // |int32 accumulator| <= 127^2 * M16 must not overflow
@@ -195,8 +201,11 @@ void switchback_backward(SwitchBack *sb, bf16 *dx, float *dw, float *db, const b
         exit(1);
     }
 
-    // dx (M, K) = g (M, N) . W (N, K): int8 g row-wise times the int8 W^T copy (K, N)
-    quantize_rowwise(sb->gq, sb->gs, g, M, N, stream);
+    // dx (M, K) = g (M, N) . W (N, K): int8 g row-wise times the int8 W^T copy (K, N). db from the same read of g
+    // (column sums per chunk of rows, added up below) where N allows.
+    int fused_db = db && N <= SB_QC_MAX_K;
+    if (fused_db) quantize_rowwise_colsums(sb->gq, sb->gs, sb->db_partial, g, M, N, stream);
+    else quantize_rowwise(sb->gq, sb->gs, g, M, N, stream);
     Int8Gemm d = {};
     d.out = dx, d.out_type = INT8_OUT_BF16;
     d.a = sb->gq, d.a_scale = sb->gs;                                                    // (M, N)
@@ -226,5 +235,6 @@ void switchback_backward(SwitchBack *sb, bf16 *dx, float *dw, float *db, const b
         }
         lt_gemm_bf16(&sb->lt, dw, CUDA_R_32F, g, 1, x, 0, NULL, N, K, M, accumulate ? 1.0f : 0.0f, stream);
     }
-    if (db) column_sums(db, sb->db_partial, g, M, N, accumulate, stream);
+    if (fused_db) column_sums_final(db, sb->db_partial, ceil_div(M, SB_QC_ROWS), N, accumulate, stream);
+    else if (db) column_sums(db, sb->db_partial, g, M, N, accumulate, stream);
 }

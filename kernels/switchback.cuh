@@ -2,7 +2,7 @@
 //   forward      y  = int8(x row-wise) . int8(W tensor-wise)^T + b              (int8_gemm, fused dequantize)
 //   input grad   dx = int8(g row-wise) . int8(W^T tensor-wise)^T                (the same GEMM; W^T int8 copy)
 //   weight grad  dW = g^T x in bf16 through cuBLASLt (fp32 accumulate, fp32 out)  ("switch back" to 16 bit)
-//   bias grad    db = column sums of g (fp32, deterministic)
+//   bias grad    db = column sums of g (fp32, deterministic; from the same read of g as its quantization)
 // Modes (SwitchBackMode):
 //   SB_STANDARD          as above
 //   SB_MEMORY_EFFICIENT  the backward pass takes the forward's int8 x + row scales instead of bf16 x (half the saved
@@ -54,7 +54,7 @@ typedef struct {
     long max_M, max_C;  // C: the largest K or N of any layer
     int8_t *gq;         // (M, C) row-wise int8 of the output gradient
     float *gs;          // (M) its row scales
-    float *db_partial;  // (SB_DB_CHUNKS, C)
+    float *db_partial;  // (max(SB_DB_CHUNKS, max_M / SB_QC_ROWS rounded up), C)
     bf16 *x_deq;        // (M, C) memory-efficient: dequantized x for dW
     int8_t *gqt, *xqt;  // (C, M16) int8 everywhere: g^T and x^T, per-row scales (M16 = M rounded up to 16)
     float *g_absmax, *x_absmax;  // (M + C + 1) each

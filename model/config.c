@@ -89,6 +89,8 @@ static const Key KEYS[] = {
     {"data_workers", T_INT, OFF(data_workers), "4", 1, 1024, NULL, "decode threads per rank"},
     {"shuffle_buffer", T_LONG, OFF(shuffle_buffer), "1000", 0, BIG, NULL, "samples held for shuffling (0 = shard order only)"},
     {"resampled", T_BOOL, OFF(resampled), "false", 0, 1, NULL, "draw shards with replacement (open_clip --dataset-resampled)"},
+    {"image_alpha", T_ENUM, OFF(image_alpha), "drop", 0, 0, "drop|white",
+     "transparent images: drop alpha as PIL's convert('RGB') and open_clip do (black-on-transparent art turns black), or composite onto white"},
     {"max_image_pixels", T_LONG, OFF(max_image_pixels), "100000000", 1, BIG, NULL, "images with more pixels are skipped"},
     // run
     {"run_dir", T_STR, OFF(run_dir), "runs/default", 0, 0, NULL, "directory for the log, the effective config and checkpoints"},

@@ -9,6 +9,7 @@ enum { SCHEDULE_COSINE, SCHEDULE_CONST };
 enum { OPTIMIZER_ADAMW, OPTIMIZER_STABLE_ADAMW };
 enum { PRECISION_FP32, PRECISION_BF16, PRECISION_INT8_SWITCHBACK };
 enum { DEVICE_AUTO, DEVICE_CPU, DEVICE_CUDA };
+enum { IMAGE_ALPHA_DROP, IMAGE_ALPHA_WHITE };
 
 #define CONFIG_STR 512
 
@@ -62,6 +63,7 @@ typedef struct {
     long shuffle_buffer;      // samples held for shuffling
     int resampled;            // draw shards with replacement
     long max_image_pixels;    // larger images are skipped
+    int image_alpha;          // IMAGE_ALPHA_DROP (as PIL convert("RGB")) or IMAGE_ALPHA_WHITE
     // ---- run, logging, checkpoints ----
     char run_dir[CONFIG_STR];
     long log_every;

@@ -50,20 +50,26 @@ float *zeroshot_classifier(ClipModel *m, const Tokenizer *tok, char **classnames
     float *classifier = callocCheck((size_t)C * E, sizeof(float));
     int32_t *ids = mallocCheck((size_t)mb * ctx * sizeof(int32_t));
     float *feat = mallocCheck((size_t)mb * E * sizeof(float));
-    char text[8192];
+    char text[8192], names[8192];
     for (int c = 0; c < C; c++) {
-        for (int t0 = 0; t0 < T; t0 += mb) {
-            int n = T - t0 < mb ? T - t0 : mb;
-            for (int i = 0; i < n; i++) {
-                const char *tpl = templates[t0 + i], *hole = strstr(tpl, "{}");
-                if (hole) snprintf(text, sizeof(text), "%.*s%s%s", (int)(hole - tpl), tpl, classnames[c], hole + 2);
-                else snprintf(text, sizeof(text), "%s %s", tpl, classnames[c]);
-                if (tokenizer_encode(tok, text, ids + (size_t)i * ctx, ctx) < 0) fatal("zero-shot prompt '%s' cannot be tokenized", text);
-            }
-            clip_model_encode_texts(m, ids, n, feat);
-            normalize_rows(feat, n, E);
-            for (int i = 0; i < n; i++)
-                for (int k = 0; k < E; k++) classifier[(size_t)c * E + k] += feat[(size_t)i * E + k] / T;
+        // the prompts of a class: every alternative name ("a|b|c") in every template
+        snprintf(names, sizeof(names), "%s", classnames[c]);
+        char *alt[256];
+        int A = 0;
+        for (char *save = NULL, *tok_s = strtok_r(names, "|", &save); tok_s && A < 256; tok_s = strtok_r(NULL, "|", &save)) alt[A++] = tok_s;
+        if (A == 0) fatal("zero-shot class %d has an empty name", c);
+        int P = A * T, filled = 0;
+        for (int p = 0; p < P; p++) {
+            const char *tpl = templates[p % T], *name = alt[p / T], *hole = strstr(tpl, "{}");
+            if (hole) snprintf(text, sizeof(text), "%.*s%s%s", (int)(hole - tpl), tpl, name, hole + 2);
+            else snprintf(text, sizeof(text), "%s %s", tpl, name);
+            if (tokenizer_encode(tok, text, ids + (size_t)filled * ctx, ctx) < 0) fatal("zero-shot prompt '%s' cannot be tokenized", text);
+            if (++filled < mb && p + 1 < P) continue;
+            clip_model_encode_texts(m, ids, filled, feat);
+            normalize_rows(feat, filled, E);
+            for (int i = 0; i < filled; i++)
+                for (int k = 0; k < E; k++) classifier[(size_t)c * E + k] += feat[(size_t)i * E + k] / P;
+            filled = 0;
         }
     }
     normalize_rows(classifier, C, E);
@@ -71,7 +77,8 @@ float *zeroshot_classifier(ClipModel *m, const Tokenizer *tok, char **classnames
     return classifier;
 }
 
-void zeroshot_accuracy(ZeroShotResult *r, const float *img_n, const int32_t *labels, int n, const float *classifier, int C, int E) {
+void zeroshot_accuracy(ZeroShotResult *r, long *seen, long *hit, const float *img_n, const int32_t *labels, int n,
+                       const float *classifier, int C, int E) {
     double *score = mallocCheck((size_t)C * sizeof(double));
     for (int i = 0; i < n; i++) {
         int label = labels[i];
@@ -85,13 +92,14 @@ void zeroshot_accuracy(ZeroShotResult *r, const float *img_n, const int32_t *lab
         int rank = 0;  // classes scoring at least as high as the true one: ties count against it
         for (int c = 0; c < C; c++) rank += c != label && score[c] >= score[label];
         r->top1 += rank < 1, r->top5 += rank < 5, r->n++;
+        seen[label]++, hit[label] += rank < 1;
     }
     free(score);
 }
 
 ZeroShotResult eval_zeroshot(ClipModel *m, const float *classifier, int C, Loader *loader) {
-    ZeroShotResult r = {0, 0, 0, 0};
-    long *per_class = callocCheck((size_t)C, sizeof(long));
+    ZeroShotResult r = {0, 0, 0, 0, 0};
+    long *seen = callocCheck((size_t)C, sizeof(long)), *hit = callocCheck((size_t)C, sizeof(long));
     int E = m->cpu.cfg.embed_dim;
     float *feat = mallocCheck((size_t)max_batch(m) * E * sizeof(float));
     Batch b;
@@ -100,13 +108,15 @@ ZeroShotResult eval_zeroshot(ClipModel *m, const float *classifier, int C, Loade
         if (n > max_batch(m)) fatal("eval_zeroshot: loader batch %d exceeds the model's %d", n, max_batch(m));
         clip_model_encode_images(m, b.images, n, feat);
         normalize_rows(feat, n, E);
-        zeroshot_accuracy(&r, feat, b.labels, n, classifier, C, E);
-        for (int i = 0; i < n; i++)
-            if (b.labels[i] >= 0 && b.labels[i] < C) per_class[b.labels[i]]++;
+        zeroshot_accuracy(&r, seen, hit, feat, b.labels, n, classifier, C, E);
     }
-    for (int c = 0; c < C; c++) r.majority = fmax(r.majority, (double)per_class[c]);
-    if (r.n) r.top1 /= r.n, r.top5 /= r.n, r.majority /= r.n;
-    free(per_class);
+    int present = 0;
+    for (int c = 0; c < C; c++) {
+        r.majority = fmax(r.majority, (double)seen[c]);
+        if (seen[c]) r.per_class += (double)hit[c] / seen[c], present++;
+    }
+    if (r.n) r.top1 /= r.n, r.top5 /= r.n, r.majority /= r.n, r.per_class /= present;
+    free(seen), free(hit);
     free(feat);
     return r;
 }

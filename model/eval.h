@@ -10,6 +10,7 @@
 
 typedef struct {
     double top1, top5;  // accuracies in [0, 1]
+    double per_class;   // mean over classes of each class's top-1 accuracy (balanced; chance = 1/classes)
     double majority;    // share of the most frequent class: the accuracy of always guessing it
     long n;             // labelled images evaluated
 } ZeroShotResult;
@@ -24,12 +25,15 @@ typedef struct {
 // Blank lines and lines starting with '#' are skipped. Stops with file:line on an error.
 char **read_lines(const char *path, int *count);
 void free_lines(char **lines, int count);
-// Class embeddings (C, E), each the normalised mean of its normalised template embeddings.
+// Class embeddings (C, E), each the normalised mean of its normalised prompt embeddings: every template
+// filled with every alternative name of the class (a class line may list several, "cat|kitten|tabby").
 // A template without "{}" gets the class name appended after a space.
 float *zeroshot_classifier(ClipModel *m, const Tokenizer *tok, char **classnames, int C, char **templates, int T);
-// The metrics on given normalised features: zero-shot accuracy counts are ADDED to r (top1/top5 as hit
-// counts, n as images; eval_zeroshot turns them into rates); retrieval recall fills r's recalls and n.
-void zeroshot_accuracy(ZeroShotResult *r, const float *img_n, const int32_t *labels, int n, const float *classifier, int C, int E);
+// The metrics on given normalised features: zero-shot counts are ADDED to r (top1/top5 as hit counts, n as
+// images) and, per class, to seen[C] and hit[C] (top-1 hits); eval_zeroshot turns them into rates.
+// Retrieval recall fills r's recalls and n.
+void zeroshot_accuracy(ZeroShotResult *r, long *seen, long *hit, const float *img_n, const int32_t *labels, int n,
+                       const float *classifier, int C, int E);
 void retrieval_recall(RetrievalResult *r, const float *img_n, const float *txt_n, long n, int E);
 // Top-1/top-5 over the labelled images of an eval loader (labels < 0 are skipped; labels >= C are errors).
 ZeroShotResult eval_zeroshot(ClipModel *m, const float *classifier, int C, Loader *loader);

@@ -180,6 +180,9 @@ def main():
     counts = Counter(s["category"] for s in samples)
     classes = sorted(c for c, n in counts.items() if n >= MIN_CLASS_IMAGES and c not in excluded)
     train = [s for s in samples if not held_out(s["source"])]
+    # every training shard mixes the categories, as shards of web data do: in directory order a shuffle
+    # buffer would see one category at a time (and whole batches of black-on-transparent line art)
+    random.Random(0).shuffle(train)
     val = [s for s in samples if held_out(s["source"])]
     for s in val:
         if s["category"] in classes:

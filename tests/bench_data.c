@@ -130,7 +130,7 @@ static void *decode_loop(void *arg) {
     for (long k = j->thread; now_seconds() - t0 < j->seconds; k += j->threads) {
         const Bytes *b = &images[j->format][k % N_IMAGES];
         Image img;
-        if (image_decode(b->data, b->len, 100000000, S, &img, why, sizeof(why)) != IMAGE_OK) fatal("bench image: %s", why);
+        if (image_decode(b->data, b->len, 100000000, S, 0, &img, why, sizeof(why)) != IMAGE_OK) fatal("bench image: %s", why);
         transform_train(&img, S, &r, out);
         image_free(&img);
         j->done++;

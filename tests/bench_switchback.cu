@@ -1,9 +1,14 @@
 // bench_switchback.cu: times the SwitchBack kernels at CLIP shapes against cuBLAS: per shape the bf16 GEMM
 // (cuBLASLt), the int8 GEMM of cuBLASLt (int32 out), ours (int8 + dequantize, bf16 out; the wgmma and the
 // mma.sync kernel), the quantizers, and the whole linear layer forward + backward, SwitchBack versus bf16.
-// CUDA events around each repetition, warm-up first, the median of the repetitions; activations alternate
+// CUDA events around each op, the ops interleaved within each repetition (time_ops), warm-up first, the median of
+// the repetitions; activations alternate
 // between two sets of buffers (each larger than L2 at these shapes); random normal data (never zeros).
-// Ends with a table. Usage: bench_switchback [reps]
+// Ends with a table. Usage: bench_switchback [reps [shape]]: shape, a part of a shape's name ("H/14 qkv"), times
+// that shape alone. SB_BENCH_PROFILE=1: no timing; the three GEMMs of each shape run once, warm, between
+// cudaProfilerStart and Stop (for `ncu --profile-from-start off`).
+#include <cuda_profiler_api.h>
+#include <string.h>
 #include "../kernels/switchback.cuh"
 
 typedef struct {
@@ -132,22 +137,39 @@ static int cmp_float(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-// Median milliseconds over reps, after 3 warm-up runs.
-static float time_op(Bench *b, Op op, int reps) {
-    for (int i = 0; i < 3; i++) run_op(b, op, i % 2);
-    cudaEvent_t ev[2 * 64];
-    float ms[64];
-    for (int i = 0; i < 2 * reps; i++) cudaCheck(cudaEventCreate(&ev[i]));
-    for (int i = 0; i < reps; i++) {
-        cudaCheck(cudaEventRecord(ev[2 * i], 0));
-        run_op(b, op, i % 2);
-        cudaCheck(cudaEventRecord(ev[2 * i + 1], 0));
+// Median milliseconds of each op over reps. The ops are interleaved inside each repetition, and repetition i
+// starts at op i % NOPS, so every op sees every position and the same clock / power state (timed one after the
+// other, the ops timed later in a shape ran 10-12% slower than the same kernel timed first). 3 warm-up rounds.
+static void time_ops(Bench *b, const int *use, int reps, float *med) {
+    for (int i = 0; i < 3; i++)
+        for (int op = 0; op < NOPS; op++)
+            if (use[op]) run_op(b, (Op)op, i % 2);
+    cudaEvent_t *ev = (cudaEvent_t *)malloc(sizeof(cudaEvent_t) * 2 * NOPS * reps);
+    float *ms = (float *)malloc(sizeof(float) * NOPS * reps);
+    if (!ev || !ms) {
+        fprintf(stderr, "error: out of host memory\n");
+        exit(1);
     }
+    for (int i = 0; i < 2 * NOPS * reps; i++) cudaCheck(cudaEventCreate(&ev[i]));
+    for (int i = 0; i < reps; i++)
+        for (int k = 0; k < NOPS; k++) {
+            int op = (i + k) % NOPS;
+            if (!use[op]) continue;
+            cudaCheck(cudaEventRecord(ev[2 * (op * reps + i)], 0));
+            run_op(b, (Op)op, i % 2);
+            cudaCheck(cudaEventRecord(ev[2 * (op * reps + i) + 1], 0));
+        }
     cudaCheck(cudaDeviceSynchronize());
-    for (int i = 0; i < reps; i++) cudaCheck(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
-    for (int i = 0; i < 2 * reps; i++) cudaCheck(cudaEventDestroy(ev[i]));
-    qsort(ms, reps, sizeof(float), cmp_float);
-    return ms[reps / 2];
+    for (int op = 0; op < NOPS; op++) {
+        med[op] = NAN;
+        if (!use[op]) continue;
+        float *t = ms + op * reps;
+        for (int i = 0; i < reps; i++) cudaCheck(cudaEventElapsedTime(&t[i], ev[2 * (op * reps + i)], ev[2 * (op * reps + i) + 1]));
+        qsort(t, reps, sizeof(float), cmp_float);
+        med[op] = t[reps / 2];
+    }
+    for (int i = 0; i < 2 * NOPS * reps; i++) cudaCheck(cudaEventDestroy(ev[i]));
+    free(ev), free(ms);
 }
 
 static void *dmalloc(size_t bytes) {
@@ -159,6 +181,8 @@ static void *dmalloc(size_t bytes) {
 int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 20;
     if (reps < 1 || reps > 64) reps = 20;
+    const char *only = argc > 2 ? argv[2] : NULL;
+    int profile = getenv("SB_BENCH_PROFILE") && atoi(getenv("SB_BENCH_PROFILE"));
     if (cuda_device_count() == 0) {
         printf("bench_switchback: skipped: no GPU\n");
         return 0;
@@ -169,8 +193,11 @@ int main(int argc, char **argv) {
     printf("GPU: %s (sm_%d%d, %d SMs, L2 %d MB), %d reps, median\n", prop.name, prop.major, prop.minor,
            prop.multiProcessorCount, prop.l2CacheSize >> 20, reps);
     float t[NSHAPES][NOPS];
+    int done[NSHAPES] = {0};
     unsigned long long *d_count = (unsigned long long *)dmalloc(sizeof(unsigned long long));
     for (int si = 0; si < NSHAPES; si++) {
+        if (only && !strstr(shapes[si].name, only)) continue;
+        done[si] = 1;
         Bench b = {};
         b.s = shapes[si];
         int M = b.s.M, K = b.s.K, N = b.s.N, C = K > N ? K : N;
@@ -213,12 +240,21 @@ int main(int argc, char **argv) {
 
         double flop = 2.0 * M * N * K;
         printf("\n%s: M %d, K %d -> N %d (%.1f GFLOP per GEMM); %s\n", b.s.name, M, K, N, flop * 1e-9, check);
-        for (int op = 0; op < NOPS; op++) {
-            if (op == OP_INT8_WGMMA && !wgmma) {
-                t[si][op] = NAN;
-                continue;
+        int use[NOPS];
+        for (int op = 0; op < NOPS; op++) use[op] = op != OP_INT8_WGMMA || wgmma;
+        if (profile) {
+            for (int rep = 0; rep < 2; rep++) {  // the first round warms up
+                if (rep) cudaCheck(cudaProfilerStart());
+                for (int op = OP_BF16_GEMM; op <= OP_INT8_WGMMA; op++)
+                    if (use[op]) run_op(&b, (Op)op, 0);
+                cudaCheck(cudaDeviceSynchronize());
+                if (rep) cudaCheck(cudaProfilerStop());
             }
-            t[si][op] = time_op(&b, (Op)op, reps);
+            for (int op = 0; op < NOPS; op++) use[op] = 0;
+        }
+        time_ops(&b, use, reps, t[si]);
+        for (int op = 0; op < NOPS; op++) {
+            if (!use[op]) continue;
             double tf = flop / (t[si][op] * 1e-3) * 1e-12;
             if (op <= OP_INT8_MMA) printf("  %-38s %8.3f ms %7.1f TFLOP/s\n", op_names[op], t[si][op], tf);
             else if (op == OP_QUANT_ROWS)
@@ -246,6 +282,7 @@ int main(int argc, char **argv) {
     printf("%-13s %9s %9s %9s %7s %9s %9s %9s %9s %7s %7s\n", "shape", "bf16", "int8 cuBL", "ours", "ours/bf", "ours mma",
            "quant GB/s", "bf16 f+b", "SB f+b", "SB x", "SBme x");
     for (int si = 0; si < NSHAPES; si++) {
+        if (!done[si] || profile) continue;
         const Shape *s = &shapes[si];
         double flop = 2.0 * s->M * s->N * s->K;
         float *r = t[si];

@@ -10,7 +10,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int keep_side = size & 1 ? 8 : 0;
     Image img;
     char why[256];
-    ImageStatus s = image_decode(data, size, 1 << 20, keep_side, &img, why, sizeof(why));
+    ImageStatus s = image_decode(data, size, 1 << 20, keep_side, size & 1, &img, why, sizeof(why));
     if (s == IMAGE_OK) {
         if (!img.rgb || img.w < 1 || img.h < 1 || img.w > img.full_w || img.h > img.full_h) abort();
         enum { S = 24 };

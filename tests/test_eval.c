@@ -22,9 +22,12 @@ static void test_zeroshot_accuracy_counts(void) {
     unit(img + 2 * E, 1), img[2 * E + 5] = 1;
     unit(img + 3 * E, 4);
     int32_t labels[4] = {2, 3, 5, -1};
-    ZeroShotResult r = {0, 0, 0, 0};
-    zeroshot_accuracy(&r, img, labels, 4, classes, 6, E);
+    ZeroShotResult r = {0, 0, 0, 0, 0};
+    long seen[6] = {0}, hit[6] = {0};
+    zeroshot_accuracy(&r, seen, hit, img, labels, 4, classes, 6, E);
     EXPECT(r.n == 3 && r.top1 == 1 && r.top5 == 3, "n %ld top1 %g top5 %g, want 3 1 3", r.n, r.top1, r.top5);
+    EXPECT(seen[2] == 1 && hit[2] == 1 && seen[3] == 1 && hit[3] == 0 && seen[5] == 1 && hit[5] == 0 && seen[4] == 0,
+           "per-class counts wrong");
 }
 
 static void test_retrieval_recall(void) {
@@ -60,19 +63,25 @@ static void test_classifier_averages_templates(void) {
     ClipModel m;
     clip_model_init(&m, &c, DEVICE_CPU);
     Tokenizer *tok = tokenizer_load(NULL);
-    char *names[2] = {"wasp", "house"}, *templates[3] = {"a photo of a {}.", "{}", "clip art of a"};
+    // class 1 lists two alternative names: its embedding averages the prompts of both
+    char *names[2] = {"wasp", "house|home"}, *templates[3] = {"a photo of a {}.", "{}", "clip art of a"};
     float *cls = zeroshot_classifier(&m, tok, names, 2, templates, 3);
     int E = c.embed_dim, T = c.context_length;
+    const char *alternatives[2][2] = {{"wasp", NULL}, {"house", "home"}};
     for (int k = 0; k < 2; k++) {
         float *want = callocCheck((size_t)E, sizeof(float)), *f = mallocCheck((size_t)E * sizeof(float));
         int32_t *ids = mallocCheck((size_t)T * sizeof(int32_t));
-        char text[3][64];
-        snprintf(text[0], 64, "a photo of a %s.", names[k]), snprintf(text[1], 64, "%s", names[k]), snprintf(text[2], 64, "clip art of a %s", names[k]);
-        for (int t = 0; t < 3; t++) {
-            tokenizer_encode(tok, text[t], ids, T);
-            clip_model_encode_texts(&m, ids, 1, f);
-            normalize(f, E);
-            for (int i = 0; i < E; i++) want[i] += f[i] / 3;
+        int A = alternatives[k][1] ? 2 : 1;
+        for (int a = 0; a < A; a++) {
+            const char *name = alternatives[k][a];
+            char text[3][64];
+            snprintf(text[0], 64, "a photo of a %s.", name), snprintf(text[1], 64, "%s", name), snprintf(text[2], 64, "clip art of a %s", name);
+            for (int t = 0; t < 3; t++) {
+                tokenizer_encode(tok, text[t], ids, T);
+                clip_model_encode_texts(&m, ids, 1, f);
+                normalize(f, E);
+                for (int i = 0; i < E; i++) want[i] += f[i] / (3 * A);
+            }
         }
         normalize(want, E);
         EXPECT(rel_err(cls + k * E, want, E) < 1e-5, "class %s embedding differs (rel err %.2e)", names[k], rel_err(cls + k * E, want, E));

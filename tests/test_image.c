@@ -5,6 +5,7 @@
 // libjpeg/libwebp by at most DECODE_TOLERANCE. Also DCT-domain scaling, the crop parameters, the pixel
 // limit and damaged data.
 #include "../data/image.h"
+#include <stb/stb_image.h>
 #include "../data/transform.h"
 #include "data_fixtures.h"
 #include "test.h"
@@ -26,15 +27,50 @@ static void planar_to_interleaved(const uint8_t *in, int S, uint8_t *out) {
         for (int p = 0; p < S * S; p++) out[p * 3 + c] = in[c * S * S + p];
 }
 
-static ImageStatus decode_file(const char *name, long max_pixels, int keep_side, Image *img) {
+static ImageStatus decode_file_alpha(const char *name, long max_pixels, int keep_side, int alpha_on_white, Image *img) {
     char path[256], why[256];
     snprintf(path, sizeof(path), IMAGE_DIR "%s", name);
     size_t len;
     uint8_t *data = read_whole_file(path, &len);
     if (!data) return IMAGE_CORRUPT;
-    ImageStatus s = image_decode(data, len, max_pixels, keep_side, img, why, sizeof(why));
+    ImageStatus s = image_decode(data, len, max_pixels, keep_side, alpha_on_white, img, why, sizeof(why));
     free(data);
     return s;
+}
+
+static ImageStatus decode_file(const char *name, long max_pixels, int keep_side, Image *img) {
+    return decode_file_alpha(name, max_pixels, keep_side, 0, img);
+}
+
+// image_alpha = white: opaque pixels as decoded without alpha, transparent ones white, the rest between
+// (against the PIL-exact alpha-dropped decode of the same files and their alpha from the PNG itself).
+static void test_alpha_on_white(void) {
+    const char *files[] = {"rgba.png", "la.png"};
+    for (int f = 0; f < 2; f++) {
+        Image drop, white;
+        EXPECT(decode_file_alpha(files[f], 100000000, 0, 0, &drop) == IMAGE_OK, "%s", files[f]);
+        EXPECT(decode_file_alpha(files[f], 100000000, 0, 1, &white) == IMAGE_OK, "%s (white)", files[f]);
+        char path[256];
+        snprintf(path, sizeof(path), IMAGE_DIR "%s", files[f]);
+        size_t len;
+        uint8_t *data = read_whole_file(path, &len);
+        int w, h, comp;
+        uint8_t *rgba = data ? stbi_load_from_memory(data, (int)len, &w, &h, &comp, 4) : NULL;
+        EXPECT(rgba && w == drop.w && h == drop.h && w == white.w, "%s: reference decode", files[f]);
+        int opaque = 0, clear = 0, partial = 0;
+        for (long i = 0; rgba && i < (long)w * h; i++) {
+            unsigned a = rgba[4 * i + 3];
+            for (int ch = 0; ch < 3; ch++) {
+                unsigned d = drop.rgb[3 * i + ch], v = white.rgb[3 * i + ch];
+                unsigned want = (d * a + 255 * (255 - a) + 127) / 255;  // stb's RGB equals the dropped decode
+                EXPECT(v == want, "%s pixel %ld ch %d: %u, want %u (alpha %u)", files[f], i, ch, v, want, a);
+            }
+            opaque += a == 255, clear += a == 0, partial += a > 0 && a < 255;
+        }
+        if (f == 0) EXPECT(clear > 0 && partial > 0, "%s has no transparent or partial pixels: the test would prove nothing", files[f]);
+        free(rgba), free(data);
+        image_free(&drop), image_free(&white);
+    }
 }
 
 static void test_against_pil(void) {
@@ -173,7 +209,7 @@ static void test_damaged_images(void) {
         if (!data) continue;
         for (size_t cut = 0; cut < len; cut += 1 + len / 40) {
             Image img;
-            ImageStatus s = image_decode(data, cut, 100000000, 0, &img, why, sizeof(why));
+            ImageStatus s = image_decode(data, cut, 100000000, 0, 0, &img, why, sizeof(why));
             if (i < 5) EXPECT(s != IMAGE_OK, "%s cut at %zu of %zu decodes", files[i], cut, len);
             image_free(&img);
         }
@@ -182,7 +218,7 @@ static void test_damaged_images(void) {
             memcpy(copy, data, len);
             for (int k = 0; k < 4; k++) copy[8 + rng_below(&r, len - 8)] = (uint8_t)rng_u64(&r);
             Image img;
-            ImageStatus s = image_decode(copy, len, 100000000, 0, &img, why, sizeof(why));
+            ImageStatus s = image_decode(copy, len, 100000000, 0, 0, &img, why, sizeof(why));
             EXPECT(s != IMAGE_OK || (img.rgb && img.w == img.full_w), "%s: damaged decode reports OK without pixels", files[i]);
             image_free(&img);
         }
@@ -190,8 +226,8 @@ static void test_damaged_images(void) {
         free(data);
     }
     Image img;
-    EXPECT(image_decode((const uint8_t *)"II*\0abcdefgh", 12, 100, 0, &img, why, sizeof(why)) == IMAGE_UNSUPPORTED, "TIFF is unsupported");
-    EXPECT(image_decode((const uint8_t *)"\xff\xd8", 2, 100, 0, &img, why, sizeof(why)) == IMAGE_UNSUPPORTED, "2 bytes are no JPEG");
+    EXPECT(image_decode((const uint8_t *)"II*\0abcdefgh", 12, 100, 0, 0, &img, why, sizeof(why)) == IMAGE_UNSUPPORTED, "TIFF is unsupported");
+    EXPECT(image_decode((const uint8_t *)"\xff\xd8", 2, 100, 0, 0, &img, why, sizeof(why)) == IMAGE_UNSUPPORTED, "2 bytes are no JPEG");
 }
 
 int main(void) {
@@ -200,5 +236,6 @@ int main(void) {
     RUN(test_random_crop_params);
     RUN(test_pixel_limit);
     RUN(test_damaged_images);
+    RUN(test_alpha_on_white);
     TEST_EXIT();
 }

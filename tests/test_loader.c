@@ -31,7 +31,7 @@ static Config test_config(int workers, long buffer, uint64_t seed) {
 // caption's tokens, or the expected skip reason.
 static void test_sample_verdicts(void) {
     if (!tok) SKIP("no vocabulary (%s): run scripts/get_vocab.sh", VOCAB);
-    SampleParams p = {tok, S, T, 100000000, 1};
+    SampleParams p = {tok, S, T, 100000000, IMAGE_ALPHA_DROP, 1};
     SampleScratch scratch = {0};
     uint8_t image[3 * S * S];
     int32_t tokens[T], want[T];

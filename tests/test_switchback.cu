@@ -1,8 +1,9 @@
 // test_switchback.cu: the SwitchBack kernels against their CPU references (tests/ref_switchback.h):
-// quantizers bit-exact; the int8 GEMM exact in int32 and bit-exact through its dequantize epilogue, for each kernel
-// the GPU can run; the layer's forward and backward in all four modes against fp32 within bounds derived from the
-// quantization step. Fresh random inputs every run (the seed is printed; SB_TEST_SEED=n repeats a run), outputs
-// poisoned before each kernel, odd shapes (M = 197 * 3 + 5, N and K multiples of 16 but not of 64).
+// quantizers bit-exact (the row-wise one also fused with column sums, chunk sums bit for bit); the int8 GEMM exact
+// in int32 and bit-exact through its dequantize epilogue, for each kernel the GPU can run; the layer's forward and
+// backward in all four modes against fp32 within bounds derived from the quantization step. Fresh random inputs
+// every run (the seed is printed; SB_TEST_SEED=n repeats a run), outputs poisoned before each kernel, odd shapes
+// (M = 197 * 3 + 5, N and K multiples of 16 but not of 64).
 // Without a GPU every test is skipped.
 #include <time.h>
 #include <unistd.h>
@@ -100,6 +101,32 @@ static void quantize_rowwise_case(Rng *r, int M, int K) {
     EXPECT(dq < 0, "(%d, %d) q differs at %ld: %d vs ref %d", M, K, dq, dq < 0 ? 0 : q[dq], dq < 0 ? 0 : q_ref[dq]);
     EXPECT(ds < 0, "(%d, %d) scale differs at row %ld: %g vs ref %g", M, K, ds / 4, ds < 0 ? 0 : s[ds / 4],
            ds < 0 ? 0 : s_ref[ds / 4]);
+
+    // Fused with the column sums: the same q and s, and each chunk's fp32 column sums in row order (bit for bit).
+    if (K <= SB_QC_MAX_K) {
+        int chunks = (M + SB_QC_ROWS - 1) / SB_QC_ROWS;
+        float *part = (float *)host_alloc(sizeof(float) * chunks * K);
+        float *d_part = (float *)dev_poisoned(sizeof(float) * chunks * K, 0xFF);
+        cudaCheck(cudaMemset(d_q, 0x80, M * K));
+        cudaCheck(cudaMemset(d_s, 0xFF, sizeof(float) * M));
+        quantize_rowwise_colsums(d_q, d_s, d_part, d_x, M, K, 0);
+        download(q, d_q, M * K);
+        download(s, d_s, sizeof(float) * M);
+        download(part, d_part, sizeof(float) * chunks * K);
+        dq = first_diff(q, q_ref, M * K), ds = first_diff(s, s_ref, sizeof(float) * M);
+        EXPECT(dq < 0 && ds < 0, "(%d, %d) fused with column sums: q or scale differs (q at %ld, scale at row %ld)", M,
+               K, dq, ds / 4);
+        long bad = -1;
+        for (int c = 0; c < chunks && bad < 0; c++)
+            for (int j = 0; j < K && bad < 0; j++) {
+                float sum = 0.0f;
+                for (int i = c * SB_QC_ROWS; i < M && i < (c + 1) * SB_QC_ROWS; i++) sum += bf(x[(size_t)i * K + j]);
+                if (!(part[(size_t)c * K + j] == sum)) bad = (long)c * K + j;
+            }
+        EXPECT(bad < 0, "(%d, %d) column sum of chunk %ld, column %ld differs", M, K, bad / K, bad % K);
+        cudaCheck(cudaFree(d_part));
+        free(part);
+    }
     cudaCheck(cudaFree(d_x));
     cudaCheck(cudaFree(d_q));
     cudaCheck(cudaFree(d_s));
@@ -115,6 +142,9 @@ static void test_quantize_rowwise(void) {
     quantize_rowwise_case(&r, 3, 5120);
     quantize_rowwise_case(&r, 2, 6160);
     quantize_rowwise_case(&r, 1, 16);
+    quantize_rowwise_case(&r, 300, 4112);  // column sums: 3 vectors per thread, a ragged last chunk
+    quantize_rowwise_case(&r, 130, 8192);  // the widest fused case
+    quantize_rowwise_case(&r, 1, 8208);    // too wide for the fused kernel
 }
 
 static void dequantize_case(Rng *r, int M, int K) {
@@ -194,8 +224,9 @@ static void test_quantize_2way(void) {
 // ------------------------------------------------------------------------------------------------ int8 GEMM
 static const char *path_name(Int8GemmPath p) { return p == INT8_PATH_WGMMA ? "wgmma" : "mma.sync"; }
 
-// Exact int32 accumulators; then bf16 out with bias and a tensor-wise scale (on sm_90: the TMA-store epilogue);
-// then fp32 and bf16 out with per-column scales, accumulating into random values (the direct-store epilogue).
+// Exact int32 accumulators; then bf16 out with bias and a tensor-wise, then per-column scale (on sm_90: the TMA-store
+// epilogue); then fp32 and bf16 out with per-column scales, accumulating into random values (the direct-store
+// epilogue).
 // Each compared bit for bit with the CPU (same float ops).
 static void gemm_case(Rng *r, Int8GemmPath path, int M, int N, int K) {
     size_t mk = (size_t)M * K, nk = (size_t)N * K, mn = (size_t)M * N;
@@ -226,21 +257,24 @@ static void gemm_case(Rng *r, Int8GemmPath path, int M, int N, int K) {
            d / N, d % N, d < 0 ? 0 : acc[d], d < 0 ? 0 : acc_ref[d]);
     cudaCheck(cudaFree(g.out));
 
-    // 2. bf16 with bias, tensor-wise scale
+    // 2. bf16 with bias, tensor-wise then per-column scales (on sm_90: the TMA-store epilogue, both variants)
     bf16 *y = (bf16 *)host_alloc(sizeof(bf16) * mn);
-    g.out = dev_poisoned(sizeof(bf16) * mn, 0xFF), g.out_type = INT8_OUT_BF16;
-    g.a_scale = d_sa, g.b_scale = d_sb, g.b_scale_per_col = 0, g.bias = d_bias;
-    int8_gemm_path(&g, path, 0);
-    download(y, g.out, sizeof(bf16) * mn);
     long bad = -1;
-    for (size_t i = 0; i < mn && bad < 0; i++) {
-        float ref = bf(__float2bfloat16(ref_epilogue(acc_ref[i], sa[i / N], sb, 0, bias, i % N, 0.0f)));
-        if (!(bf(y[i]) == ref)) bad = (long)i;
+    for (int per_col = 0; per_col < 2; per_col++) {
+        g.out = dev_poisoned(sizeof(bf16) * mn, 0xFF), g.out_type = INT8_OUT_BF16;
+        g.a_scale = d_sa, g.b_scale = d_sb, g.b_scale_per_col = per_col, g.bias = d_bias;
+        int8_gemm_path(&g, path, 0);
+        download(y, g.out, sizeof(bf16) * mn);
+        bad = -1;
+        for (size_t i = 0; i < mn && bad < 0; i++) {
+            float ref = bf(__float2bfloat16(ref_epilogue(acc_ref[i], sa[i / N], sb, per_col, bias, i % N, 0.0f)));
+            if (!(bf(y[i]) == ref)) bad = (long)i;
+        }
+        EXPECT(bad < 0, "%s (M %d, N %d, K %d) bf16 out (per-column scales %d) differs at (%ld, %ld): %g vs ref %g",
+               path_name(path), M, N, K, per_col, bad / N, bad % N, bad < 0 ? 0 : bf(y[bad]),
+               bad < 0 ? 0 : bf(__float2bfloat16(ref_epilogue(acc_ref[bad], sa[bad / N], sb, per_col, bias, bad % N, 0.0f))));
+        cudaCheck(cudaFree(g.out));
     }
-    EXPECT(bad < 0, "%s (M %d, N %d, K %d) bf16 out differs at (%ld, %ld): %g vs ref %g", path_name(path), M, N, K,
-           bad / N, bad % N, bad < 0 ? 0 : bf(y[bad]),
-           bad < 0 ? 0 : bf(__float2bfloat16(ref_epilogue(acc_ref[bad], sa[bad / N], sb, 0, bias, bad % N, 0.0f))));
-    cudaCheck(cudaFree(g.out));
 
     // 3. fp32, per-column scales, no bias, accumulating into random values
     float *old = (float *)host_alloc(sizeof(float) * mn), *yf = (float *)host_alloc(sizeof(float) * mn);
@@ -287,7 +321,8 @@ static void gemm_cases(Int8GemmPath path) {
     gemm_case(&r, path, 1, 16, 16);
     gemm_case(&r, path, 129, 272, 144);
     gemm_case(&r, path, 300, 2304, 768);   // ViT-B qkv width: several column tiles
-    gemm_case(&r, path, 2000, 784, 1040);  // several tiles per persistent CTA, ragged everywhere
+    gemm_case(&r, path, 2000, 784, 1040);  // ragged everywhere
+    gemm_case(&r, path, 4400, 2304, 272);  // 162 work items: several per persistent cluster; odd M-tile count
 }
 
 static void test_int8_gemm_mma(void) {
