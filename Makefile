@@ -61,6 +61,15 @@ ifneq ($(NVCC_PATH),)
   NVFLAGS   += -DHAVE_CUDA
   LDFLAGS   += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/lib -Wl,-rpath,$(CUDA_HOME)/lib64
   LDLIBS    += -lcublasLt -lcublas -lcudart -lstdc++
+  # NCCL (multi-GPU): nccl.h beside the CUDA headers (this machine and the GPU machines) or the system's
+  NCCL_H := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h))
+  ifneq ($(NCCL_H),)
+    CFLAGS  += -DHAVE_NCCL
+    NVFLAGS += -DHAVE_NCCL
+    LDLIBS  += -lnccl
+  else
+    MISSING += "NCCL: one GPU per run only; multi-GPU training needs it (Debian: apt-get install libnccl-dev)"
+  endif
 else
   MISSING += "nvcc: building without CUDA, CPU only (install the CUDA toolkit for the GPU path)"
 endif
@@ -125,7 +134,7 @@ clean:
 FUZZ_CC    ?= clang
 SANITIZERS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_FLAGS := -std=gnu11 -g -O1 $(SANITIZERS) $(filter -D% -I%,$(filter-out -DHAVE_CUDA,$(CFLAGS)))
-FUZZ_LIBS  := $(filter-out -lcublasLt -lcublas -lcudart -lstdc++,$(LDLIBS))
+FUZZ_LIBS  := $(filter-out -lcublasLt -lcublas -lcudart -lstdc++ -lnccl,$(LDLIBS))
 FUZZERS    := $(patsubst tests/%.c,$(BUILD)/fuzz/%,$(wildcard tests/fuzz_*.c))
 SANITIZE_FLAGS ?=
 CFLAGS     += $(SANITIZE_FLAGS)

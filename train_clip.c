@@ -4,6 +4,9 @@
 // (and optional clipping) -> optimizer step (AdamW or the StableAdamW hybrid) -> clamp logit_scale ->
 // log (loss, lr, per-tensor RMS) -> checkpoint every N steps. The step runs on the GPU (bf16 or fp32) when
 // there is one, else on the fp32 CPU reference: model/clip_model.h dispatches, so the loop is the same.
+// Multi-GPU: `mpirun -np N ./train_clip -c ...` (or RANK / WORLD_SIZE / LOCAL_RANK, model/distributed.h) runs one
+// process per GPU, each on its batch_size / N share of every batch from its own shards; the step sums their
+// gradients (model/clip_gpu.h). Rank 0 prints, logs and writes checkpoints, which hold every rank's data position.
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
@@ -17,8 +20,12 @@
 #include "model/checkpoint.h"
 #include "model/clip.h"
 #include "model/clip_model.h"
+#include "model/distributed.h"
 #include "model/eval.h"
 #include "model/config.h"
+#ifdef HAVE_CUDA
+#include "model/clip_dist.h"
+#endif
 #include "model/utils.h"
 #include "optim/diagnostics.h"
 #include "optim/optim.h"
@@ -40,6 +47,36 @@ static void usage(FILE *out) {
 // ---------------------------------------------------------------- preemption: SIGTERM / SIGUSR1 save and stop
 static volatile sig_atomic_t stop_signal = 0;
 static void on_signal(int sig) { stop_signal = sig; }
+
+// ---------------------------------------------------------------- ranks
+// The trainer's exchanges between ranks go through the GPUs' communicator (the GPU path is the only
+// multi-process one); in a single process they are copies.
+
+#define LOADER_STATE_CAP 1024  // bytes of one rank's data position
+
+static void ranks_allgather(const void *mine, void *all, size_t bytes) {
+#ifdef HAVE_CUDA
+    if (gpu_dist()) {
+        gpu_dist_allgather_host(gpu_dist(), mine, all, bytes);
+        return;
+    }
+#endif
+    memcpy(all, mine, bytes);
+}
+
+static double ranks_sum(double x) {
+#ifdef HAVE_CUDA
+    if (gpu_dist()) gpu_dist_sum_host(gpu_dist(), &x, 1);
+#endif
+    return x;
+}
+
+static void ranks_finalize(Dist *d) {
+#ifdef HAVE_CUDA
+    gpu_dist_finalize();
+#endif
+    dist_finalize(d);
+}
 
 // ---------------------------------------------------------------- console output
 
@@ -109,16 +146,37 @@ static void run_eval(const Config *c, ClipModel *m, FILE *log, long step) {
     fflush(log);
 }
 
-static void save_checkpoint(const Config *c, long step, ClipModel *m, Optimizer *opt, const Loader *loader,
+// Every rank takes part (the data positions and, with ZeRO-1, the moments are gathered); rank 0 writes. The
+// state file's loader metadata holds one line per rank, in rank order.
+static void save_checkpoint(const Config *c, int rank, long step, ClipModel *m, Optimizer *opt, const Loader *loader,
                             const char *config_text) {
-    char loader_state[1024], err[1024];
-    loader_get_state(loader, loader_state, sizeof(loader_state));
+    int W = c->world_size;
+    char mine[LOADER_STATE_CAP] = "", err[1024], *all = mallocCheck((size_t)W * LOADER_STATE_CAP), *states = mallocCheck((size_t)W * LOADER_STATE_CAP);
+    loader_get_state(loader, mine, sizeof(mine));
+    ranks_allgather(mine, all, LOADER_STATE_CAP);
+    states[0] = '\0';
+    for (int r = 0, len = 0; r < W; r++) len += snprintf(states + len, (size_t)(W * LOADER_STATE_CAP - len), "%s%s", r ? "\n" : "", all + (size_t)r * LOADER_STATE_CAP);
     double t0 = now_seconds();
     clip_model_to_host(m, opt);
-    if (checkpoint_save(c->run_dir, step, &m->cpu.layout, m->cpu.params, opt, config_text, loader_state, err, sizeof(err)) != 0)
-        fatal("checkpoint at step %ld failed: %s (earlier checkpoints are untouched)", step, err);
-    checkpoint_prune(c->run_dir, c->keep_checkpoints);
+    if (rank == 0) {
+        if (checkpoint_save(c->run_dir, step, &m->cpu.layout, m->cpu.params, opt, config_text, states, err, sizeof(err)) != 0)
+            fatal("checkpoint at step %ld failed: %s (earlier checkpoints are untouched)", step, err);
+        checkpoint_prune(c->run_dir, c->keep_checkpoints);
+    }
     printf("checkpoint: step %ld saved to %s/checkpoints (%.1f s)\n", step, c->run_dir, now_seconds() - t0);
+    free(all), free(states);
+}
+
+// This rank's line of a checkpoint's loader metadata (one line per rank that saved it).
+static void loader_state_of_rank(const char *states, int rank, int world, char *out, size_t cap) {
+    int lines = 1;
+    for (const char *p = states; *p; p++) lines += *p == '\n';
+    if (lines != world)
+        fatal("the checkpoint holds the data positions of %d rank(s), this run has %d: resume with the same number of processes",
+              lines, world);
+    const char *p = states;
+    for (int r = 0; r < rank; r++) p = strchr(p, '\n') + 1;
+    snprintf(out, cap, "%.*s", (int)strcspn(p, "\n"), p);
 }
 
 int main(int argc, char **argv) {
@@ -155,8 +213,17 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--set")) config_set(&cfg, argv[i + 1], i + 1), i++;
     if (inspect_spec) return inspect_data_main(&cfg, inspect_spec, inspect_limit);  // data keys only: no finalize
+    if (tokenize) {
+        config_finalize(&cfg);
+        return tokenize_main(&cfg);
+    }
+    // ---- processes: this one's rank; only rank 0 prints (errors and warnings go to stderr from every rank)
+    Dist dist;
+    dist_init(&dist);
+    int rank = dist.rank, world = dist.world;
+    if (rank != 0 && !freopen("/dev/null", "w", stdout)) fatal("freopen(/dev/null) failed: %s", strerror(errno));
+    cfg.world_size = world;
     config_finalize(&cfg);
-    if (tokenize) return tokenize_main(&cfg);
     if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
 
     // ---- model
@@ -170,7 +237,15 @@ int main(int argc, char **argv) {
     int device;
     const char *unsupported = clip_model_check(&cfg, &device);
     const char *precisions[] = {"fp32", "bf16", "int8_switchback"};
-    printf("device: %s, precision %s\n", device == DEVICE_CUDA ? "cuda" : "cpu", precisions[cfg.precision]);
+    if (world > 1 && device != DEVICE_CUDA)
+        dist_fail(&dist, "%d processes: multi-process training is the GPU path's (NCCL); the CPU path runs in one process "
+                  "(start it without mpirun)%s%s", world, unsupported ? ": " : "", unsupported ? unsupported : "");
+#ifdef HAVE_CUDA
+    if (world > 1) gpu_dist_init(&dist, cfg.dist_timeout);  // selects this rank's GPU before any other CUDA work
+#endif
+    printf("device: %s, precision %s", device == DEVICE_CUDA ? "cuda" : "cpu", precisions[cfg.precision]);
+    if (world > 1) printf(", %d ranks (GPUs) x batch %ld%s", world, B / world, cfg.zero ? ", ZeRO-1" : "");
+    printf("\n");
     if (!unsupported) clip_model_print_memory_plan(&cfg, &layout, device);
     printf("training: %ld steps x batch %ld, optimizer %s, lr %g (warmup %ld, %s), wd %g, threads %d\n", cfg.steps, cfg.batch_size,
            cfg.optimizer == OPTIMIZER_STABLE_ADAMW ? "stable_adamw" : "adamw", cfg.lr, cfg.warmup,
@@ -179,6 +254,7 @@ int main(int argc, char **argv) {
         if (unsupported) printf("note: a real run would stop here: %s\n", unsupported);
         printf("\n# effective config\n");
         config_print(&cfg, stdout);
+        ranks_finalize(&dist);
         return 0;
     }
     if (unsupported) fatal("%s", unsupported);
@@ -190,7 +266,7 @@ int main(int argc, char **argv) {
     Optimizer opt;
     optim_init(&opt, &cfg, L);
 
-    // ---- run directory: the effective config and the step log
+    // ---- run directory: the effective config and the step log (rank 0's; the other ranks log to /dev/null)
     if (mkdir_p(cfg.run_dir) != 0) fatal("cannot create run_dir %s: %s", cfg.run_dir, strerror(errno));
     char path[CONFIG_STR + 64];
     size_t cap = 1 << 16;
@@ -200,14 +276,14 @@ int main(int argc, char **argv) {
     config_print(&cfg, mem);
     fclose(mem);
     snprintf(path, sizeof(path), "%s/config.conf", cfg.run_dir);
-    if (!eval_only) {
+    if (!eval_only && rank == 0) {
         FILE *cf = fopenCheck(path, "w");
         fputs(config_text, cf);
         fcloseCheck(cf);
     }
 
-    // ---- data
-    Loader *loader = loader_open(&cfg, cfg.data, 1, (int)B, 0, 1);
+    // ---- data: this rank's share of the shards, batch_size / world samples per step
+    Loader *loader = loader_open(&cfg, cfg.data, 1, (int)(B / world), rank, world);
 
     // ---- initial weights: a resumed checkpoint, or init_weights, or open_clip's initialisation
     long start = 0;
@@ -221,19 +297,28 @@ int main(int argc, char **argv) {
         printf("initialised from %s\n", cfg.init_weights);
     }
     if (cfg.resume[0]) {
-        char loader_state[1024], err[1024];
-        start = checkpoint_resume(cfg.run_dir, cfg.resume, L, model.cpu.params, &opt, loader_state, sizeof(loader_state), err, sizeof(err));
+        // every rank reads the checkpoint (for its data position); the weights and moments are rank 0's
+        char *states = mallocCheck((size_t)world * LOADER_STATE_CAP), mine[LOADER_STATE_CAP], err[1024];
+        start = checkpoint_resume(cfg.run_dir, cfg.resume, L, model.cpu.params, &opt, states, (size_t)world * LOADER_STATE_CAP, err, sizeof(err));
         if (start < 0) fatal("%s", err);
+        long *steps = mallocCheck((size_t)world * sizeof(long));
+        ranks_allgather(&start, steps, sizeof(long));
+        for (int r = 0; r < world; r++)
+            if (steps[r] != start) dist_fail(&dist, "resumed step %ld here, %ld on rank %d: the ranks read different checkpoints", start, steps[r], r);
+        free(steps);
         clip_model_to_device(&model, &opt);
-        loader_restore(loader, loader_state);
+        loader_state_of_rank(states, rank, world, mine, sizeof(mine));
+        loader_restore(loader, mine);
+        free(states);
         printf("resumed from step %ld (%s)\n", start, cfg.resume);
     }
     snprintf(path, sizeof(path), "%s/log.jsonl", cfg.run_dir);
-    FILE *step_log = fopenCheck(path, start > 0 || eval_only ? "a" : "w");
+    FILE *step_log = fopenCheck(rank == 0 ? path : "/dev/null", start > 0 || eval_only ? "a" : "w");
     if (eval_only) {
         run_eval(&cfg, &model, step_log, start);
         fcloseCheck(step_log);
         clip_model_free(&model);
+        ranks_finalize(&dist);
         return 0;
     }
     Diagnostics diag;
@@ -264,7 +349,7 @@ int main(int argc, char **argv) {
             // a non-finite step is skipped, not applied; too many in a row ends the run with a checkpoint
             fprintf(stderr, "warning: step %ld: non-finite %s, update skipped\n", step + 1, isfinite(loss) ? "gradient" : "loss");
             if (++nonfinite >= cfg.max_nonfinite_steps) {
-                save_checkpoint(&cfg, step, &model, &opt, loader, config_text);
+                save_checkpoint(&cfg, rank, step, &model, &opt, loader, config_text);
                 fatal("%d consecutive non-finite steps at step %ld: stopping (last good state checkpointed). Lower lr or check the data.",
                       nonfinite, step + 1);
             }
@@ -276,7 +361,7 @@ int main(int argc, char **argv) {
         double now = now_seconds(), dt = now - t0;
         ran++, ran_in_log++, wait_in_log += t_data;
         StepRecord rec = {step + 1, (step + 1) * cfg.batch_size, loss, lr, expf(clip_model_logit_scale(&model)), norm,
-                          dt, batch.size / dt, t_data, skipped};
+                          dt, B / dt, t_data, skipped};
         if (diag_step(&diag, step_log, &rec, opt.rms)) {
             int patch = diag.watch[0];
             printf("%sloss spike at step %ld: %.4f vs reference %.4f; %s RMS over the steps before: ", tty ? "\n" : "", step + 1, loss,
@@ -292,11 +377,13 @@ int main(int argc, char **argv) {
             if (log_now) t_log = now, ran_in_log = 0, wait_in_log = 0;
         }
         int last = step + 1 == end;
+        // every rank evaluates (the whole eval set: no rank waits for another), rank 0 reports
         if ((cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) || step + 1 == cfg.steps) run_eval(&cfg, &model, step_log, step + 1);
-        if (last || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || stop_signal)
-            save_checkpoint(&cfg, step + 1, &model, &opt, loader, config_text);
-        if (stop_signal) {
-            printf("received signal %d: checkpoint saved at step %ld, stopping; resume with --set resume=latest\n", (int)stop_signal, step + 1);
+        int stop = world > 1 ? ranks_sum(stop_signal != 0) > 0 : stop_signal != 0;  // all ranks stop at the same step
+        if (last || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || stop)
+            save_checkpoint(&cfg, rank, step + 1, &model, &opt, loader, config_text);
+        if (stop) {
+            printf("received a stop signal: checkpoint saved at step %ld, stopping; resume with --set resume=latest\n", step + 1);
             break;
         }
     }
@@ -307,5 +394,6 @@ int main(int argc, char **argv) {
     free(config_text);
     optim_free(&opt);
     clip_model_free(&model);
+    ranks_finalize(&dist);
     return 0;
 }

@@ -1,55 +1,65 @@
-// adamw.cu: fused multi-tensor AdamW / StableAdamW, global gradient norm, parameter copy (see adamw.cuh).
+// adamw.cu: fused multi-tensor AdamW / StableAdamW over a plan (all elements or a ZeRO-1 shard), sums of squares
+// for the gradient norm, parameter copy (see adamw.cuh).
 #include <stdlib.h>
 
 #include "adamw.cuh"
 
 __global__ void adamw_moments_kernel(float *partial, const float *grads, float *m, float *u, const long *chunk_offset,
-                                     const int *chunk_len, float b1t, float b2t, float eps, float grad_scale) {
+                                     const long *chunk_state, const int *chunk_len, float b1t, float b2t, float eps, float grad_scale) {
     int c = blockIdx.x;
-    long off = chunk_offset[c];
+    long off = chunk_offset[c], st = chunk_state[c];
     float ratio = 0.0f;
     for (int i = threadIdx.x; i < chunk_len[c]; i += blockDim.x) {
-        long k = off + i;
-        float g = grads[k] * grad_scale;
-        float mk = b1t * m[k] + (1.0f - b1t) * g, uk = b2t * u[k] + (1.0f - b2t) * g * g;
-        m[k] = mk, u[k] = uk;
+        float g = grads[off + i] * grad_scale;
+        float mk = b1t * m[st + i] + (1.0f - b1t) * g, uk = b2t * u[st + i] + (1.0f - b2t) * g * g;
+        m[st + i] = mk, u[st + i] = uk;
         ratio += g * g / fmaxf(uk, eps * eps);
     }
     ratio = block_sum(ratio);
     if (threadIdx.x == 0) partial[c] = ratio;
 }
 
-__global__ void adamw_apply_kernel(float *params, bf16 *params_bf16, float *rms_out, const float *m, const float *u,
-                                   const float *partial, const int *chunk_tensor, const long *chunk_offset,
-                                   const int *chunk_len, const int *tensor_first_chunk, const long *tensor_numel,
-                                   const float *tensor_wd, float lr, float eps, int clip) {
+// One block per tensor: the sum of its chunks' partials, in chunk order (0 for a tensor with no chunk here).
+__global__ void tensor_sum_kernel(float *tensor_sum, const float *partial, const int *tensor_first_chunk) {
+    int t = blockIdx.x;
+    float s = 0.0f;
+    for (int k = tensor_first_chunk[t] + threadIdx.x; k < tensor_first_chunk[t + 1]; k += blockDim.x) s += partial[k];
+    s = block_sum(s);
+    if (threadIdx.x == 0) tensor_sum[t] = s;
+}
+
+__global__ void rms_kernel(float *rms, const float *tensor_sum, const long *tensor_numel, int num_tensors) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < num_tensors) rms[t] = sqrtf(tensor_sum[t] / (float)tensor_numel[t]);
+}
+
+__global__ void adamw_apply_kernel(float *params, bf16 *params_bf16, const float *m, const float *u, const float *rms,
+                                   const int *chunk_tensor, const long *chunk_offset, const long *chunk_state,
+                                   const int *chunk_len, const float *tensor_wd, float lr, float eps, int clip) {
     int c = blockIdx.x, t = chunk_tensor[c];
-    float ratio = 0.0f;
-    for (int k = tensor_first_chunk[t] + threadIdx.x; k < tensor_first_chunk[t + 1]; k += blockDim.x) ratio += partial[k];
-    float rms = sqrtf(block_sum(ratio) / (float)tensor_numel[t]);
-    if (threadIdx.x == 0 && c == tensor_first_chunk[t]) rms_out[t] = rms;
-    float lr_t = clip ? lr / fmaxf(1.0f, rms) : lr, decay = 1.0f - lr * tensor_wd[t];
-    long off = chunk_offset[c];
+    float lr_t = clip ? lr / fmaxf(1.0f, rms[t]) : lr, decay = 1.0f - lr * tensor_wd[t];
+    long off = chunk_offset[c], st = chunk_state[c];
     for (int i = threadIdx.x; i < chunk_len[c]; i += blockDim.x) {
-        long k = off + i;
-        float p = params[k] * decay - lr_t * m[k] / (sqrtf(u[k]) + eps);
-        params[k] = p;
-        if (params_bf16) params_bf16[k] = __float2bfloat16_rn(p);
+        float p = params[off + i] * decay - lr_t * m[st + i] / (sqrtf(u[st + i]) + eps);
+        params[off + i] = p;
+        if (params_bf16) params_bf16[off + i] = __float2bfloat16_rn(p);
     }
 }
 
-__global__ void sum_squares_kernel(float *partial, const float *g, size_t n) {
+__global__ void chunk_sum_squares_kernel(float *partial, const float *g, const long *chunk_offset, const int *chunk_len) {
+    int c = blockIdx.x;
+    const float *x = g + chunk_offset[c];
     float s = 0.0f;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) s += g[i] * g[i];
+    for (int i = threadIdx.x; i < chunk_len[c]; i += blockDim.x) s += x[i] * x[i];
     s = block_sum(s);
-    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+    if (threadIdx.x == 0) partial[c] = s;
 }
 
-__global__ void sqrt_of_sum_kernel(float *out, const float *partial, int n) {
+__global__ void sum_kernel(float *out, const float *partial, int n) {
     float s = 0.0f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
     s = block_sum(s);
-    if (threadIdx.x == 0) *out = sqrtf(s);
+    if (threadIdx.x == 0) *out = s;
 }
 
 __global__ void copy_to_bf16_kernel(bf16 *dst, const float *src, size_t n) {
@@ -66,53 +76,79 @@ template <typename X> static X *upload(const X *h, size_t n) {
     return d;
 }
 
-void adamw_plan_init(AdamWPlan *p, int num_tensors, const size_t *offset, const size_t *numel, const int *decay, float wd) {
-    int nc = 0;
-    for (int t = 0; t < num_tensors; t++) nc += (int)((numel[t] + ADAMW_CHUNK - 1) / ADAMW_CHUNK);
-    int *ct = (int *)malloc(nc * sizeof(int)), *cl = (int *)malloc(nc * sizeof(int)), *first = (int *)malloc((num_tensors + 1) * sizeof(int));
-    long *co = (long *)malloc(nc * sizeof(long)), *tn = (long *)malloc(num_tensors * sizeof(long));
+void adamw_plan_init(AdamWPlan *p, int num_tensors, const size_t *offset, const size_t *numel, const int *decay, float wd,
+                     int num_segments, const size_t *seg_lo, const size_t *seg_hi) {
+    // no segments: one covering every tensor, its moments at the flat offsets
+    size_t all_hi = 0, zero = 0;
+    for (int t = 0; t < num_tensors; t++) all_hi = offset[t] + numel[t] > all_hi ? offset[t] + numel[t] : all_hi;
+    if (num_segments == 0) num_segments = 1, seg_lo = &zero, seg_hi = &all_hi;
+    size_t *seg_state = (size_t *)malloc(num_segments * sizeof(size_t)), state = 0;
+    for (int s = 0; s < num_segments; s++) seg_state[s] = state, state += seg_hi[s] - seg_lo[s];
+    int cap = 0;  // chunks: one per ADAMW_CHUNK of each (tensor, segment) overlap
+    for (int t = 0; t < num_tensors; t++)
+        for (int s = 0; s < num_segments; s++) {
+            size_t lo = offset[t] > seg_lo[s] ? offset[t] : seg_lo[s], hi = offset[t] + numel[t] < seg_hi[s] ? offset[t] + numel[t] : seg_hi[s];
+            if (lo < hi) cap += (int)((hi - lo + ADAMW_CHUNK - 1) / ADAMW_CHUNK);
+        }
+    int *ct = (int *)malloc((cap + 1) * sizeof(int)), *cl = (int *)malloc((cap + 1) * sizeof(int)), *first = (int *)malloc((num_tensors + 1) * sizeof(int));
+    long *co = (long *)malloc((cap + 1) * sizeof(long)), *cs = (long *)malloc((cap + 1) * sizeof(long)), *tn = (long *)malloc(num_tensors * sizeof(long));
     float *twd = (float *)malloc(num_tensors * sizeof(float));
-    if (!ct || !cl || !first || !co || !tn || !twd) {
+    if (!seg_state || !ct || !cl || !first || !co || !cs || !tn || !twd) {
         fprintf(stderr, "error: adamw_plan_init: out of host memory\n");
         exit(1);
     }
     int c = 0;
     for (int t = 0; t < num_tensors; t++) {
         first[t] = c, tn[t] = (long)numel[t], twd[t] = decay[t] ? wd : 0.0f;
-        for (size_t s = 0; s < numel[t]; s += ADAMW_CHUNK, c++)
-            ct[c] = t, co[c] = (long)(offset[t] + s), cl[c] = (int)(numel[t] - s < ADAMW_CHUNK ? numel[t] - s : ADAMW_CHUNK);
+        for (int s = 0; s < num_segments; s++) {
+            size_t lo = offset[t] > seg_lo[s] ? offset[t] : seg_lo[s], hi = offset[t] + numel[t] < seg_hi[s] ? offset[t] + numel[t] : seg_hi[s];
+            for (size_t k = lo; k < hi; k += ADAMW_CHUNK, c++)
+                ct[c] = t, co[c] = (long)k, cs[c] = (long)(seg_state[s] + k - seg_lo[s]), cl[c] = (int)(hi - k < ADAMW_CHUNK ? hi - k : ADAMW_CHUNK);
+        }
     }
     first[num_tensors] = c;
-    p->num_tensors = num_tensors, p->num_chunks = nc;
-    p->chunk_tensor = upload(ct, nc), p->chunk_offset = upload(co, nc), p->chunk_len = upload(cl, nc);
+    p->num_tensors = num_tensors, p->num_chunks = c, p->state_elems = state;
+    p->chunk_tensor = upload(ct, c + 1), p->chunk_offset = upload(co, c + 1), p->chunk_state = upload(cs, c + 1), p->chunk_len = upload(cl, c + 1);
     p->tensor_first_chunk = upload(first, num_tensors + 1), p->tensor_numel = upload(tn, num_tensors);
     p->tensor_wd = upload(twd, num_tensors);
-    cudaCheck(cudaMalloc(&p->partial, (nc ? nc : 1) * sizeof(float)));
+    cudaCheck(cudaMalloc(&p->partial, (c + 1) * sizeof(float)));
+    cudaCheck(cudaMalloc(&p->tensor_sum, num_tensors * sizeof(float)));
     cudaCheck(cudaMalloc(&p->rms, num_tensors * sizeof(float)));
     cudaCheck(cudaMemset(p->rms, 0, num_tensors * sizeof(float)));
-    free(ct), free(cl), free(first), free(co), free(tn), free(twd);
+    free(seg_state), free(ct), free(cl), free(first), free(co), free(cs), free(tn), free(twd);
 }
 
 void adamw_plan_free(AdamWPlan *p) {
-    cudaCheck(cudaFree(p->chunk_tensor)), cudaCheck(cudaFree(p->chunk_offset)), cudaCheck(cudaFree(p->chunk_len));
-    cudaCheck(cudaFree(p->tensor_first_chunk)), cudaCheck(cudaFree(p->tensor_numel)), cudaCheck(cudaFree(p->tensor_wd));
-    cudaCheck(cudaFree(p->partial)), cudaCheck(cudaFree(p->rms));
+    cudaCheck(cudaFree(p->chunk_tensor)), cudaCheck(cudaFree(p->chunk_offset)), cudaCheck(cudaFree(p->chunk_state));
+    cudaCheck(cudaFree(p->chunk_len)), cudaCheck(cudaFree(p->tensor_first_chunk)), cudaCheck(cudaFree(p->tensor_numel));
+    cudaCheck(cudaFree(p->tensor_wd)), cudaCheck(cudaFree(p->partial)), cudaCheck(cudaFree(p->tensor_sum)), cudaCheck(cudaFree(p->rms));
 }
 
-void adamw_step_gpu(const AdamWPlan *p, float *params, bf16 *params_bf16, const float *grads, float *m, float *u, float lr,
-                float b1t, float b2t, float eps, float grad_scale, int clip) {
+void adamw_moments_gpu(const AdamWPlan *p, const float *grads, float *m, float *u, float b1t, float b2t, float eps, float grad_scale) {
+    if (p->num_chunks) {
+        adamw_moments_kernel<<<p->num_chunks, 512>>>(p->partial, grads, m, u, p->chunk_offset, p->chunk_state, p->chunk_len, b1t,
+                                                     b2t, eps, grad_scale);
+        cudaCheckLaunch();
+    }
+    tensor_sum_kernel<<<p->num_tensors, 256>>>(p->tensor_sum, p->partial, p->tensor_first_chunk);
+    cudaCheckLaunch();
+}
+
+void adamw_apply_gpu(const AdamWPlan *p, float *params, bf16 *params_bf16, const float *m, const float *u, float lr, float eps, int clip) {
+    rms_kernel<<<ceil_div(p->num_tensors, 256), 256>>>(p->rms, p->tensor_sum, p->tensor_numel, p->num_tensors);
+    cudaCheckLaunch();
     if (p->num_chunks == 0) return;
-    adamw_moments_kernel<<<p->num_chunks, 512>>>(p->partial, grads, m, u, p->chunk_offset, p->chunk_len, b1t, b2t, eps, grad_scale);
-    cudaCheckLaunch();
-    adamw_apply_kernel<<<p->num_chunks, 512>>>(params, params_bf16, p->rms, m, u, p->partial, p->chunk_tensor, p->chunk_offset,
-                                               p->chunk_len, p->tensor_first_chunk, p->tensor_numel, p->tensor_wd, lr, eps, clip);
+    adamw_apply_kernel<<<p->num_chunks, 512>>>(params, params_bf16, m, u, p->rms, p->chunk_tensor, p->chunk_offset, p->chunk_state,
+                                               p->chunk_len, p->tensor_wd, lr, eps, clip);
     cudaCheckLaunch();
 }
 
-void global_norm_gpu(float *norm, const float *g, size_t n, float *scratch) {
-    sum_squares_kernel<<<GRAD_NORM_BLOCKS, 512>>>(scratch, g, n);
-    cudaCheckLaunch();
-    sqrt_of_sum_kernel<<<1, 512>>>(norm, scratch, GRAD_NORM_BLOCKS);
+void adamw_sum_squares_gpu(const AdamWPlan *p, float *out, const float *g) {
+    if (p->num_chunks) {
+        chunk_sum_squares_kernel<<<p->num_chunks, 512>>>(p->partial, g, p->chunk_offset, p->chunk_len);
+        cudaCheckLaunch();
+    }
+    sum_kernel<<<1, 1024>>>(out, p->partial, p->num_chunks);
     cudaCheckLaunch();
 }
 

@@ -1,10 +1,14 @@
 // adamw.cuh: the fused optimizer step over every tensor of the model at once (AdamW, or the StableAdamW
-// hybrid with per-tensor update clipping by RMS = sqrt(mean(g^2 / max(u, eps^2)))), the global gradient
-// norm, the fp32 -> bf16 parameter copy, and clamping of one scalar (logit_scale).
-// The flat buffers are split into chunks of at most ADAMW_CHUNK elements, each inside one tensor: a first
-// kernel updates the moments and writes each chunk's partial RMS sum, a second sums its tensor's partials in
-// chunk order and applies the update (writing the bf16 copy too). Reference: adamw_update, optim_step,
-// grad_global_norm in optim/adamw.c.
+// hybrid with per-tensor update clipping by RMS = sqrt(mean(g^2 / max(u, eps^2)))), the sum of squares of the
+// gradients (for the global norm), the fp32 -> bf16 parameter copy, and clamping of one scalar (logit_scale).
+// A plan covers the elements this process updates: all of them, or with ZeRO-1 its shard, given as segments
+// of the flat buffers. They are split into chunks of at most ADAMW_CHUNK elements, each inside one tensor.
+// The step has two phases so that a sharded run can sum the RMS partial sums over processes in between:
+// adamw_moments_gpu updates the moments and sums each tensor's g^2 / max(u, eps^2) over its chunks (in chunk
+// order); adamw_apply_gpu takes those sums (then covering the whole tensor) and updates the parameters.
+// Parameters and gradients are indexed by flat offset; the moments by the plan's compact state offset (equal
+// to the flat offset when the plan covers everything). Reference: adamw_update, optim_step, grad_global_norm
+// in optim/adamw.c.
 #pragma once
 #include "common.cuh"
 
@@ -12,26 +16,32 @@
 
 typedef struct {
     int num_tensors, num_chunks;
+    size_t state_elems;       // moments this plan needs (the sum of the segment lengths)
     int *chunk_tensor;        // (num_chunks) tensor of each chunk
     long *chunk_offset;       // (num_chunks) first element in the flat buffers
+    long *chunk_state;        // (num_chunks) first element in the moments
     int *chunk_len;           // (num_chunks)
     int *tensor_first_chunk;  // (num_tensors + 1)
-    long *tensor_numel;       // (num_tensors)
+    long *tensor_numel;       // (num_tensors) whole tensors, shards or not
     float *tensor_wd;         // (num_tensors) weight decay (0 for tensors that take none)
-    float *partial;           // (num_chunks) sums of g^2 / max(u, eps^2)
+    float *partial;           // (num_chunks) sums of g^2 / max(u, eps^2), or of g^2
+    float *tensor_sum;        // (num_tensors) per-tensor sums of partial (over all processes before apply)
     float *rms;               // (num_tensors) RMS of each tensor at the last step
 } AdamWPlan;
 
-// Tensor t spans numel[t] elements from offset[t] of the flat buffers; wd applies where decay[t].
-void adamw_plan_init(AdamWPlan *p, int num_tensors, const size_t *offset, const size_t *numel, const int *decay, float wd);
+// Tensor t spans numel[t] elements from offset[t] of the flat buffers; wd applies where decay[t]. The plan
+// covers the elements of the segments [seg_lo[s], seg_hi[s]) (ascending, disjoint; their moments stored one
+// after another in that order), or every tensor when num_segments is 0.
+void adamw_plan_init(AdamWPlan *p, int num_tensors, const size_t *offset, const size_t *numel, const int *decay, float wd,
+                     int num_segments, const size_t *seg_lo, const size_t *seg_hi);
 void adamw_plan_free(AdamWPlan *p);
-// One step: g = grads * grad_scale; m, u updated; params (and params_bf16 when not NULL) updated;
-// p->rms filled. b1t, b2t: the bias-corrected betas of this step (optim_betas). clip: StableAdamW.
-void adamw_step_gpu(const AdamWPlan *p, float *params, bf16 *params_bf16, const float *grads, float *m, float *u, float lr,
-                float b1t, float b2t, float eps, float grad_scale, int clip);
-// *norm (device) = sqrt(sum of squares of g (n)); scratch of GRAD_NORM_BLOCKS floats.
-#define GRAD_NORM_BLOCKS 512
-void global_norm_gpu(float *norm, const float *g, size_t n, float *scratch);
+// Phase 1: g = grads * grad_scale; m, u updated; p->tensor_sum = this plan's sums of g^2 / max(u, eps^2) per
+// tensor. b1t, b2t: the bias-corrected betas of this step (optim_betas).
+void adamw_moments_gpu(const AdamWPlan *p, const float *grads, float *m, float *u, float b1t, float b2t, float eps, float grad_scale);
+// Phase 2, from p->tensor_sum: p->rms filled; params (and params_bf16 when not NULL) updated. clip: StableAdamW.
+void adamw_apply_gpu(const AdamWPlan *p, float *params, bf16 *params_bf16, const float *m, const float *u, float lr, float eps, int clip);
+// *out (device) = sum of g^2 over the plan's elements.
+void adamw_sum_squares_gpu(const AdamWPlan *p, float *out, const float *g);
 // dst (n) = bf16(src)
 void copy_to_bf16_gpu(bf16 *dst, const float *src, size_t n);
 // *x = min(max(*x, lo), hi) on the device

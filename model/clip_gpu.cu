@@ -2,7 +2,9 @@
 // both towers and the loss in the order of model/clip_cpu.c, gradient accumulation over micro-batches, the
 // fused optimizer step, the memory plan and the per-family step-time profile. The model code is a template
 // over the activation type T (float for precision fp32, bf16 for bf16 and int8_switchback, whose SwitchBack
-// linears sit behind linear_forward / linear_backward); kernels live in kernels/.
+// linears sit behind linear_forward / linear_backward); kernels live in kernels/. In a multi-GPU run
+// (clip_dist.h) the same step takes this rank's share of the batch, computes the loss over the global batch,
+// reduces the gradients over the ranks while backward runs, and optionally shards the optimizer (ZeRO-1).
 #include <math.h>
 #include <omp.h>
 #include <string.h>
@@ -16,6 +18,7 @@
 #include "../kernels/matmul.cuh"
 #include "../kernels/reduce.cuh"
 #include "../kernels/switchback.cuh"
+#include "clip_dist.h"
 #include "clip_gpu.h"
 extern "C" {
 #include "ops_cpu.h"
@@ -27,7 +30,7 @@ extern "C" {
 
 const char *const PROF_NAMES[PROF_FAMILIES] = {"GEMMs", "attention fwd", "attention bwd", "layernorm+residual fwd",
                                                 "layernorm bwd", "GELU", "bias/ls grads", "embed/pool/memset", "loss",
-                                                "optimizer", "input wait"};
+                                                "optimizer", "input wait", "comm wait"};
 
 // One residual block's saved activations (T-typed where void *). Under recompute, ln_1/ln_2 and fc_gelu
 // point at shared scratch instead of per-layer storage; attn/mlp (the branch outputs) are kept only with
@@ -85,12 +88,21 @@ struct ClipGPU {
     int8_t *xq_scratch;  // (N, max(D, H)) int8 inputs of the linears that do not save them
     float *xs_scratch;   // (N)
     // the whole batch: features, their gradients, loss
-    float *img_feat, *txt_feat, *dimg, *dtxt, *loss_scratch, *loss, *norm, *norm_scratch;
+    float *img_feat, *txt_feat, *dimg, *dtxt, *loss_scratch, *loss, *norm;
     int last_batch;
     // profiling
     int prof_on, prof_n, prof_fam[PROF_EVENTS];
     cudaEvent_t prof_ev[PROF_EVENTS];
     double prof_ms[PROF_FAMILIES];
+    // multi-GPU (clip_dist.h); a single process is rank 0 of 1 with dist NULL. This rank's max_batch pairs are
+    // rows [rank max_batch, (rank + 1) max_batch) of the global batch.
+    GpuDist *dist;
+    int rank, world, zero, reducing, next_bucket, num_buckets;
+    // Gradient buckets in the order backward finishes them (text head, text blocks last to first, text front,
+    // then the image tower alike): ranges [lo, hi) of the flat buffers. With ZeRO-1 this rank owns
+    // [own_lo, own_hi) of each, and keeps its moments at state_off of the compact m, u.
+    size_t *bucket_lo, *bucket_hi, *own_lo, *own_hi, *state_off;
+    float *feat_n, *dfeat_n;  // (2, world max_batch, E): normalised [image | text] features of all ranks; their gradients
 };
 
 template <typename T> static inline T *as(void *p) { return (T *)p; }
@@ -132,6 +144,74 @@ void clip_gpu_profile_read(ClipGPU *g, double ms[PROF_FAMILIES]) {
     mark(g, PROF_GAP);
     prof_flush(g);
     memcpy(ms, g->prof_ms, sizeof(g->prof_ms));
+}
+
+// ---------------------------------------------------------------- multi-GPU: gradient buckets, shards, collectives
+
+// Fills the buckets: ranges of the flat buffers whose gradients are final at one point of backward, in that
+// order. They tile [0, buffer_elems): ln_1 opens each block's tensors and the layout runs vision front,
+// vision blocks, vision head, text front, text blocks, text head, logit_scale (model/clip_layout.c).
+static void build_buckets(ClipGPU *g) {
+    const ClipLayout *L = g->L;
+    const TowerLayout *V = &L->visual, *T = &L->text;
+    int n = V->layers + T->layers + 4, k = 0;
+    g->bucket_lo = (size_t *)callocCheck((size_t)n, sizeof(size_t)), g->bucket_hi = (size_t *)callocCheck((size_t)n, sizeof(size_t));
+    g->own_lo = (size_t *)callocCheck((size_t)n, sizeof(size_t)), g->own_hi = (size_t *)callocCheck((size_t)n, sizeof(size_t));
+    g->state_off = (size_t *)callocCheck((size_t)n, sizeof(size_t));
+#define BUCKET(lo, hi) (g->bucket_lo[k] = (lo), g->bucket_hi[k] = (hi), k++)
+    BUCKET(L->ln_final_w, L->buffer_elems);  // ln_final, text_projection, logit_scale (its gradient comes from the loss)
+    for (int l = T->layers - 1; l >= 0; l--) BUCKET(T->blocks[l].ln_1_w, l + 1 < T->layers ? T->blocks[l + 1].ln_1_w : L->ln_final_w);
+    BUCKET(L->token_embedding, T->blocks[0].ln_1_w);  // token embedding, positions
+    BUCKET(L->ln_post_w, L->token_embedding);  // ln_post, proj
+    for (int l = V->layers - 1; l >= 0; l--) BUCKET(V->blocks[l].ln_1_w, l + 1 < V->layers ? V->blocks[l + 1].ln_1_w : L->ln_post_w);
+    BUCKET(0, V->blocks[0].ln_1_w);  // conv1, class embedding, positions, ln_pre
+#undef BUCKET
+    g->num_buckets = n;
+    size_t covered = 0;
+    for (int i = 0; i < n; i++) covered += g->bucket_hi[i] - g->bucket_lo[i];
+    if (covered != L->buffer_elems) fatal("clip_gpu: gradient buckets cover %zu of %zu elements", covered, L->buffer_elems);
+}
+
+// Moments a rank keeps under ZeRO-1 (the largest part of each bucket: every rank allocates the same).
+static size_t shard_elems(const ClipGPU *g) {
+    size_t n = 0, lo, hi;
+    for (int k = 0; k < g->num_buckets; k++) dist_part(g->bucket_hi[k] - g->bucket_lo[k], g->world, 0, &lo, &hi), n += hi - lo;
+    return n;
+}
+
+// Backward has finished the next bucket's gradients. In the last micro-batch's backward of a multi-GPU step they
+// are reduced over the ranks on the communicator's stream while backward goes on: all-reduced, or with ZeRO-1
+// reduce-scattered to the owners of their parts.
+static void grads_done(ClipGPU *g) {
+    if (!g->reducing) return;
+    int k = g->next_bucket++;
+    gd_begin(g->dist);
+    if (g->zero) gd_reduce_parts(g->dist, g->grads + g->bucket_lo[k], g->bucket_hi[k] - g->bucket_lo[k]);
+    else gd_allreduce(g->dist, g->grads + g->bucket_lo[k], g->bucket_hi[k] - g->bucket_lo[k]);
+}
+
+// ZeRO-1: every rank's parts of full (buffer_elems, e.g. the parameters after each rank updated its parts) to
+// every rank.
+static void gather_parts(ClipGPU *g, float *full) {
+    gd_begin(g->dist);
+    gd_group(g->dist, 1);
+    for (int k = 0; k < g->num_buckets; k++) gd_gather_parts(g->dist, full + g->bucket_lo[k], g->bucket_hi[k] - g->bucket_lo[k]);
+    gd_group(g->dist, 0);
+    gd_end(g->dist);
+}
+
+// ZeRO-1 moments: full (buffer_elems) from every rank's compact state (gathered into scratch full), or this
+// rank's compact state from full.
+static void unshard_state(ClipGPU *g, float *full, const float *state) {
+    for (int k = 0; k < g->num_buckets; k++)
+        cudaCheck(cudaMemcpyAsync(full + g->own_lo[k], state + g->state_off[k], (g->own_hi[k] - g->own_lo[k]) * sizeof(float),
+                                  cudaMemcpyDeviceToDevice, 0));
+    gather_parts(g, full);
+}
+static void shard_state(ClipGPU *g, float *state, const float *full) {
+    for (int k = 0; k < g->num_buckets; k++)
+        cudaCheck(cudaMemcpyAsync(state + g->state_off[k], full + g->own_lo[k], (g->own_hi[k] - g->own_lo[k]) * sizeof(float),
+                                  cudaMemcpyDeviceToDevice, 0));
 }
 
 // ---------------------------------------------------------------- buffers
@@ -195,8 +275,9 @@ static void carve(ClipGPU *g, Arena *a, GpuMemoryPlan *p) {
     g->params = TAKE_F(a, n, &p->weights);
     g->params_bf16 = g->use_bf16 ? (bf16 *)take(a, n * 2, &p->weights) : NULL;
     g->grads = TAKE_F(a, n, &p->grads);
-    g->m = TAKE_F(a, n, &p->optimizer), g->u = TAKE_F(a, n, &p->optimizer);
-    p->optimizer += (size_t)(n / ADAMW_CHUNK + L->num_tensors) * 24;  // the plan's tables (allocated by adamw_plan_init)
+    size_t state = g->zero ? shard_elems(g) : n;  // ZeRO-1: the moments of this rank's parts only
+    g->m = TAKE_F(a, state, &p->optimizer), g->u = TAKE_F(a, state, &p->optimizer);
+    p->optimizer += (size_t)(state / ADAMW_CHUNK + L->num_tensors + g->num_buckets) * 32;  // the plan's tables (adamw_plan_init)
 
     // inputs: images uint8, tokens, EOT positions, token index
     int S = c->image_size, Tt = c->context_length;
@@ -242,13 +323,13 @@ static void carve(ClipGPU *g, Arena *a, GpuMemoryPlan *p) {
     carve_tower(g, a, &g->vis, p);
     carve_tower(g, a, &g->txt, p);
 
-    // the whole batch
-    size_t Bt = (size_t)g->max_batch;
-    g->img_feat = TAKE_F(a, Bt * E, o), g->txt_feat = TAKE_F(a, Bt * E, o);
+    // the whole batch: this rank's features (an encode takes up to batch_size), the global batch's for the loss
+    size_t Bt = (size_t)g->max_batch, Ng = Bt * g->world;
+    g->img_feat = TAKE_F(a, c->batch_size * E, o), g->txt_feat = TAKE_F(a, c->batch_size * E, o);
     g->dimg = TAKE_F(a, Bt * E, o), g->dtxt = TAKE_F(a, Bt * E, o);
-    g->loss_scratch = TAKE_F(a, contrastive_loss_scratch_elems((int)Bt, (int)E), o);
+    g->feat_n = TAKE_F(a, 2 * Ng * E, o), g->dfeat_n = TAKE_F(a, 2 * Ng * E, o);
+    g->loss_scratch = TAKE_F(a, contrastive_loss_scratch_elems((int)Bt, (int)Ng), o);
     g->loss = TAKE_F(a, 1, o), g->norm = TAKE_F(a, 1, o);
-    g->norm_scratch = TAKE_F(a, GRAD_NORM_BLOCKS, o);
     p->other += (32u << 20) + (4u << 20);  // cuBLASLt workspace, column-sum partials (allocated by the kernels)
     p->total = p->weights + p->grads + p->optimizer + p->activations + p->other;
 }
@@ -460,6 +541,7 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         bias_grad_gpu<T>(G + w->in_proj_b, d_wide, N, 3 * D, 3 * D);
         mark(g, PROF_LAYERNORM_BACKWARD);
         layernorm_backward_gpu<T>(dres, G + w->ln_1_w, G + w->ln_1_b, d_a, x, P + w->ln_1_w, k->ln_1_mean, k->ln_1_rstd, N, D);
+        grads_done(g);
     }
 }
 
@@ -479,15 +561,28 @@ template <typename T> static void tower_head_backward(ClipGPU *g, TowerBuf *tb, 
     scatter_rows_gpu<T>(as<T>(g->dres), g->dpool, index, B, t->tokens, D);
 }
 
-// Backward of the micro-batch whose forward is in the buffers, from its slices of d features.
+// Backward of the micro-batch whose forward is in the buffers, from its slices of d features. The text tower
+// goes first: in a multi-GPU step the reduction of its gradients (the token embedding is the largest bucket)
+// then runs during the longer image backward, and only the small image front is reduced after backward.
 template <typename T> static void backward_micro(ClipGPU *g, int B, const float *dimg, const float *dtxt) {
     const ClipLayout *L = g->L;
     const Config *c = &g->cfg;
     const float *P = g->params;
     float *G = g->grads;
     int S = c->image_size, Ps = c->patch_size, G2 = (S / Ps) * (S / Ps), Dv = L->visual.width, Tv = L->visual.tokens;
+    // text tower
+    const TowerLayout *Tt = &L->text;
+    tower_head_backward<T>(g, &g->txt, (const int *)(g->inputs[g->cur] + g->off_eot), B, dtxt);
+    grads_done(g);
+    tower_backward<T>(g, &g->txt, B);
+    mark(g, PROF_EMBED_OTHER);
+    bias_grad_gpu<T>(G + L->text_pos, as<T>(g->dres), B, Tt->tokens * Tt->width, (long)Tt->tokens * Tt->width);
+    text_embed_backward_gpu<T>(G + L->token_embedding, g->tok_scratch, as<T>(g->dres), (const int *)(g->inputs[g->cur] + g->off_index),
+                               g->num_unique[g->cur], g->num_chunks[g->cur], B * Tt->tokens, Tt->width);
+    grads_done(g);
     // image tower
     tower_head_backward<T>(g, &g->vis, NULL, B, dimg);
+    grads_done(g);
     tower_backward<T>(g, &g->vis, B);
     mark(g, PROF_EMBED_OTHER);
     T *dembed = as<T>(g->d_a), *dpatch = as<T>(g->d_b);
@@ -499,14 +594,7 @@ template <typename T> static void backward_micro(ClipGPU *g, int B, const float 
     vision_embed_backward_gpu<T>(dpatch, dembed, B, G2, Dv);
     mark(g, PROF_GEMM);
     matmul_backward_weight_gpu<T>(G + L->conv1_w, dpatch, as<T>(g->patches), B * G2, 3 * Ps * Ps, Dv);
-    // text tower
-    const TowerLayout *Tt = &L->text;
-    tower_head_backward<T>(g, &g->txt, (const int *)(g->inputs[g->cur] + g->off_eot), B, dtxt);
-    tower_backward<T>(g, &g->txt, B);
-    mark(g, PROF_EMBED_OTHER);
-    bias_grad_gpu<T>(G + L->text_pos, as<T>(g->dres), B, Tt->tokens * Tt->width, (long)Tt->tokens * Tt->width);
-    text_embed_backward_gpu<T>(G + L->token_embedding, g->tok_scratch, as<T>(g->dres), (const int *)(g->inputs[g->cur] + g->off_index),
-                               g->num_unique[g->cur], g->num_chunks[g->cur], B * Tt->tokens, Tt->width);
+    grads_done(g);
     inputs_consumed(g);
 }
 
@@ -569,6 +657,40 @@ static void inputs_consumed(ClipGPU *g) { cudaCheck(cudaEventRecord(g->consumed[
 
 // ---------------------------------------------------------------- the step
 
+// The contrastive loss over the global batch (contrastive_loss_rows in model/ops_cpu.h): this rank's b pairs
+// are rows [rank b, (rank + 1) b) of N = world b. The normalised features of all ranks are all-gathered, each
+// rank computes the loss terms of its rows with gradients w.r.t. all N features, and those gradients are
+// reduce-scattered back to the features' owners; the loss is summed over the ranks, and logit_scale's
+// gradient is reduced with the others. Leaves d(features) of this rank's pairs in g->dimg, g->dtxt.
+static void global_loss(ClipGPU *g, int b) {
+    const ClipLayout *L = g->L;
+    int E = g->cfg.embed_dim, N = b * g->world;
+    size_t own = (size_t)g->rank * b * E, all = (size_t)N * E;
+    float *img_n = g->feat_n, *txt_n = img_n + all, *dimg_n = g->dfeat_n, *dtxt_n = dimg_n + all;
+    mark(g, PROF_LOSS);
+    contrastive_normalize_gpu(img_n + own, txt_n + own, g->img_feat, g->txt_feat, b, E, g->loss_scratch);
+    if (g->dist) {
+        mark(g, PROF_COMM);
+        gd_begin(g->dist);
+        gd_group(g->dist, 1), gd_allgather(g->dist, img_n, (size_t)b * E), gd_allgather(g->dist, txt_n, (size_t)b * E), gd_group(g->dist, 0);
+        gd_end(g->dist);
+        mark(g, PROF_LOSS);
+    }
+    contrastive_loss_rows_gpu(g->loss, dimg_n, dtxt_n, g->grads + L->logit_scale, img_n, txt_n, g->params + L->logit_scale, N, E,
+                              g->rank * b, b, g->loss_scratch);
+    if (g->dist) {
+        mark(g, PROF_COMM);
+        gd_begin(g->dist);
+        gd_group(g->dist, 1);
+        gd_reduce_scatter(g->dist, dimg_n, (size_t)b * E), gd_reduce_scatter(g->dist, dtxt_n, (size_t)b * E);
+        gd_allreduce(g->dist, g->loss, 1);
+        gd_group(g->dist, 0);
+        gd_end(g->dist);
+        mark(g, PROF_LOSS);
+    }
+    contrastive_normalize_backward_gpu(g->dimg, g->dtxt, dimg_n + own, dtxt_n + own, img_n + own, txt_n + own, b, E, g->loss_scratch);
+}
+
 template <typename T> static void forward_backward(ClipGPU *g, const Batch *b) {
     int total = b->size, mb = g->mb, nmicro = (total + mb - 1) / mb, E = g->cfg.embed_dim;
     mark(g, PROF_OPTIMIZER);
@@ -578,14 +700,23 @@ template <typename T> static void forward_backward(ClipGPU *g, const Batch *b) {
         int start = j * mb, B = total - start < mb ? total - start : mb;
         forward_micro<T>(g, b, start, B);
     }
-    mark(g, PROF_LOSS);
-    contrastive_loss_gpu(g->loss, g->dimg, g->dtxt, g->grads + g->L->logit_scale, g->img_feat, g->txt_feat,
-                         g->params + g->L->logit_scale, total, E, g->loss_scratch);
-    // pass 2: backward of each micro-batch (the others recomputed forward first), last to first
+    global_loss(g, total);
+    // The host waits for the loss's collectives here, with the timeout: a lost rank then ends the run now,
+    // before pass 2 blocks on input buffers whose release depends on them.
+    if (g->dist) gd_sync(g->dist);
+    // pass 2: backward of each micro-batch (the others recomputed forward first), last to first; the last
+    // one's backward reduces the gradients over the ranks, bucket by bucket as they are done
     for (int j = nmicro - 1; j >= 0; j--) {
         int start = j * mb, B = total - start < mb ? total - start : mb;
         if (j != nmicro - 1) forward_micro<T>(g, b, start, B);
+        g->reducing = g->dist && j == 0, g->next_bucket = 0;
         backward_micro<T>(g, B, g->dimg + (size_t)start * E, g->dtxt + (size_t)start * E);
+    }
+    if (g->dist) {
+        if (g->next_bucket != g->num_buckets) fatal("clip_gpu: backward reduced %d of %d gradient buckets", g->next_bucket, g->num_buckets);
+        g->reducing = 0;
+        mark(g, PROF_COMM);
+        gd_end(g->dist);
     }
     mark(g, PROF_GAP);
 }
@@ -598,6 +729,7 @@ float clip_gpu_forward_backward(ClipGPU *g, const Batch *b) {
     if (g->use_bf16) forward_backward<bf16>(g, b);
     else forward_backward<float>(g, b);
     g->last_batch = b->size;
+    if (g->dist) gd_sync(g->dist);
     float loss;
     cudaCheck(cudaMemcpy(&loss, g->loss, sizeof(float), cudaMemcpyDeviceToHost));
     return loss;
@@ -605,11 +737,16 @@ float clip_gpu_forward_backward(ClipGPU *g, const Batch *b) {
 
 float clip_gpu_grad_norm(ClipGPU *g) {
     mark(g, PROF_OPTIMIZER);
-    global_norm_gpu(g->norm, g->grads, g->L->buffer_elems, g->norm_scratch);
+    adamw_sum_squares_gpu(&g->plan, g->norm, g->grads);
+    if (g->zero) {  // each rank holds the reduced gradients of its parts only
+        mark(g, PROF_COMM);
+        gd_begin(g->dist), gd_allreduce(g->dist, g->norm, 1), gd_end(g->dist);
+    }
     mark(g, PROF_GAP);
-    float norm;
-    cudaCheck(cudaMemcpy(&norm, g->norm, sizeof(float), cudaMemcpyDeviceToHost));
-    return norm;
+    if (g->dist) gd_sync(g->dist);
+    float sum;
+    cudaCheck(cudaMemcpy(&sum, g->norm, sizeof(float), cudaMemcpyDeviceToHost));
+    return sqrtf(sum);
 }
 
 void clip_gpu_update(ClipGPU *g, Optimizer *o, float lr, float grad_scale) {
@@ -617,38 +754,69 @@ void clip_gpu_update(ClipGPU *g, Optimizer *o, float lr, float grad_scale) {
     float b1t, b2t;
     optim_betas(o, o->t, &b1t, &b2t);
     mark(g, PROF_OPTIMIZER);
-    adamw_step_gpu(&g->plan, g->params, g->params_bf16, g->grads, g->m, g->u, lr, b1t, b2t, o->eps, grad_scale,
-               o->kind == OPTIMIZER_STABLE_ADAMW);
+    adamw_moments_gpu(&g->plan, g->grads, g->m, g->u, b1t, b2t, o->eps, grad_scale);
+    if (g->zero) {  // the RMS of whole tensors: sum the ranks' partial sums
+        mark(g, PROF_COMM);
+        gd_begin(g->dist), gd_allreduce(g->dist, g->plan.tensor_sum, (size_t)g->L->num_tensors), gd_end(g->dist);
+        mark(g, PROF_OPTIMIZER);
+    }
+    adamw_apply_gpu(&g->plan, g->params, g->zero ? NULL : g->params_bf16, g->m, g->u, lr, o->eps, o->kind == OPTIMIZER_STABLE_ADAMW);
+    if (g->zero) {  // each rank updated its parts: gather them all, then the bf16 copy of the whole
+        mark(g, PROF_COMM);
+        gather_parts(g, g->params);
+        mark(g, PROF_OPTIMIZER);
+        if (g->params_bf16) copy_to_bf16_gpu(g->params_bf16, g->params, g->L->buffer_elems);
+    }
     float *ls = g->params + g->L->logit_scale;  // as open_clip: clamp to [0, ln 100] after every step
     clamp_scalar_gpu(ls, 0.0f, logf(100.0f));
     quantize_switchback_weights(g);
     mark(g, PROF_GAP);
+    if (g->dist) gd_sync(g->dist);
     cudaCheck(cudaMemcpy(o->rms, g->plan.rms, (size_t)g->L->num_tensors * sizeof(float), cudaMemcpyDeviceToHost));
     cudaCheck(cudaMemcpy(&g->logit_scale_host, ls, sizeof(float), cudaMemcpyDeviceToHost));
 }
 
 float clip_gpu_logit_scale(const ClipGPU *g) { return g->logit_scale_host; }
 
+// With ZeRO-1 every rank must call this (the gradients and moments are gathered from the ranks' parts, through
+// the gradient buffer: its contents are gone afterwards).
 void clip_gpu_download(ClipGPU *g, float *params, Optimizer *o, float *grads) {
     size_t bytes = g->L->buffer_elems * sizeof(float);
     cudaCheck(cudaMemcpy(params, g->params, bytes, cudaMemcpyDeviceToHost));
-    if (o) {
+    if (grads) {
+        if (g->zero) gather_parts(g, g->grads), gd_sync(g->dist);
+        cudaCheck(cudaMemcpy(grads, g->grads, bytes, cudaMemcpyDeviceToHost));
+    }
+    if (o && g->zero) {
+        unshard_state(g, g->grads, g->m), gd_sync(g->dist);
+        cudaCheck(cudaMemcpy(o->m, g->grads, bytes, cudaMemcpyDeviceToHost));
+        unshard_state(g, g->grads, g->u), gd_sync(g->dist);
+        cudaCheck(cudaMemcpy(o->u, g->grads, bytes, cudaMemcpyDeviceToHost));
+    } else if (o) {
         cudaCheck(cudaMemcpy(o->m, g->m, bytes, cudaMemcpyDeviceToHost));
         cudaCheck(cudaMemcpy(o->u, g->u, bytes, cudaMemcpyDeviceToHost));
     }
-    if (grads) cudaCheck(cudaMemcpy(grads, g->grads, bytes, cudaMemcpyDeviceToHost));
 }
 
+// Every rank calls this in a multi-GPU run: rank 0's parameters and moments are broadcast, so the ranks start
+// identical whatever they read (ZeRO-1: each keeps the moments of its parts, staged in the gradient buffer).
 void clip_gpu_upload(ClipGPU *g, const float *params, const Optimizer *o) {
     size_t n = g->L->buffer_elems, bytes = n * sizeof(float);
     cudaCheck(cudaMemcpy(g->params, params, bytes, cudaMemcpyHostToDevice));
+    if (g->dist) gd_begin(g->dist), gd_broadcast(g->dist, g->params, n), gd_end(g->dist);
     if (g->params_bf16) copy_to_bf16_gpu(g->params_bf16, g->params, n);
     quantize_switchback_weights(g);
     if (o) {
-        cudaCheck(cudaMemcpy(g->m, o->m, bytes, cudaMemcpyHostToDevice));
-        cudaCheck(cudaMemcpy(g->u, o->u, bytes, cudaMemcpyHostToDevice));
+        float *host[2] = {o->m, o->u}, *dev[2] = {g->m, g->u};
+        for (int i = 0; i < 2; i++) {
+            float *dst = g->zero ? g->grads : dev[i];
+            cudaCheck(cudaMemcpy(dst, host[i], bytes, cudaMemcpyHostToDevice));
+            if (g->dist) gd_begin(g->dist), gd_broadcast(g->dist, dst, n), gd_end(g->dist);
+            if (g->zero) shard_state(g, dev[i], g->grads), gd_sync(g->dist);  // the staging buffer is reused next
+        }
     }
     g->logit_scale_host = params[g->L->logit_scale];
+    if (g->dist) gd_sync(g->dist);
     cudaCheck(cudaDeviceSynchronize());
 }
 
@@ -663,7 +831,8 @@ template <typename T> static void encode(ClipGPU *g, const Batch *b, int images,
 }
 
 void clip_gpu_encode(ClipGPU *g, const Batch *b, float *image_features, float *text_features) {
-    if (b->size < 1 || b->size > g->max_batch) fatal("clip_gpu_encode: batch of %d, the model holds at most %d", b->size, g->max_batch);
+    if (b->size < 1 || b->size > g->cfg.batch_size)
+        fatal("clip_gpu_encode: batch of %d, the model holds at most %ld", b->size, g->cfg.batch_size);
     if (g->use_bf16) encode<bf16>(g, b, image_features != NULL, text_features != NULL);
     else encode<float>(g, b, image_features != NULL, text_features != NULL);
     size_t bytes = (size_t)b->size * g->cfg.embed_dim * sizeof(float);
@@ -696,13 +865,18 @@ const char *clip_gpu_unavailable(void) {
     return why;
 }
 
-int clip_gpu_micro_batch(const Config *c) { return (int)(c->micro_batch_size ? c->micro_batch_size : c->batch_size); }
+int clip_gpu_micro_batch(const Config *c) {
+    return (int)(c->micro_batch_size ? c->micro_batch_size : c->batch_size / c->world_size);
+}
 
-// A model with its sizes set and no memory: enough to carve in counting mode.
+// A model with its sizes set and no memory: enough to carve in counting mode. Per rank: max_batch pairs of
+// the global batch_size.
 static void init_shape(ClipGPU *g, const Config *c, const ClipLayout *L, int mb, int recompute) {
     memset(g, 0, sizeof(*g));
     g->cfg = *c, g->L = L;
-    g->use_bf16 = c->precision != PRECISION_FP32, g->mb = mb, g->max_batch = (int)c->batch_size, g->recompute = recompute;
+    g->world = c->world_size, g->zero = c->zero && c->world_size > 1;
+    g->use_bf16 = c->precision != PRECISION_FP32, g->mb = mb, g->max_batch = (int)(c->batch_size / c->world_size);
+    g->recompute = recompute;
     g->has_ls = config_has_layer_scale(c);
     // int8_switchback runs on the bf16 path with the switchback_layers through SwitchBack. The memory-efficient
     // variant saves a layer's int8 input + row scales instead of its bf16 input only where the recompute level
@@ -716,6 +890,12 @@ static void init_shape(ClipGPU *g, const Config *c, const ClipLayout *L, int mb,
     g->txt.blocks = (BlockBuf *)callocCheck((size_t)L->text.layers, sizeof(BlockBuf));
     g->vis.ln_w = L->ln_post_w, g->vis.ln_b = L->ln_post_b, g->vis.proj = L->visual_proj;
     g->txt.ln_w = L->ln_final_w, g->txt.ln_b = L->ln_final_b, g->txt.proj = L->text_projection;
+    build_buckets(g);
+}
+
+static void free_shape(ClipGPU *g) {
+    free(g->vis.blocks), free(g->txt.blocks);
+    free(g->bucket_lo), free(g->bucket_hi), free(g->own_lo), free(g->own_hi), free(g->state_off);
 }
 
 GpuMemoryPlan clip_gpu_memory_plan(const Config *c, const ClipLayout *L, int micro_batch, int recompute) {
@@ -724,15 +904,42 @@ GpuMemoryPlan clip_gpu_memory_plan(const Config *c, const ClipLayout *L, int mic
     Arena a = {NULL, 0};
     GpuMemoryPlan p;
     carve(&g, &a, &p);
-    free(g.vis.blocks), free(g.txt.blocks);
+    free_shape(&g);
     return p;
+}
+
+// The optimizer's plan: every tensor, or with ZeRO-1 this rank's part of each bucket (the segments in address
+// order, which is the order of their moments in m and u).
+static void init_optimizer_plan(ClipGPU *g) {
+    const ClipLayout *L = g->L;
+    size_t *off = (size_t *)mallocCheck(L->num_tensors * sizeof(size_t)), *numel = (size_t *)mallocCheck(L->num_tensors * sizeof(size_t));
+    int *decay = (int *)mallocCheck(L->num_tensors * sizeof(int)), nb = g->num_buckets, *order = (int *)mallocCheck(nb * sizeof(int));
+    for (int i = 0; i < L->num_tensors; i++) off[i] = L->tensors[i].offset, numel[i] = L->tensors[i].numel, decay[i] = L->tensors[i].decay;
+    size_t *seg_lo = (size_t *)mallocCheck(nb * sizeof(size_t)), *seg_hi = (size_t *)mallocCheck(nb * sizeof(size_t));
+    for (int k = 0; k < nb; k++) {
+        dist_part(g->bucket_hi[k] - g->bucket_lo[k], g->world, g->rank, &g->own_lo[k], &g->own_hi[k]);
+        g->own_lo[k] += g->bucket_lo[k], g->own_hi[k] += g->bucket_lo[k];
+        order[k] = k;
+    }
+    for (int a = 1; a < nb; a++)  // buckets by address
+        for (int b = a; b > 0 && g->bucket_lo[order[b]] < g->bucket_lo[order[b - 1]]; b--) {
+            int t = order[b];
+            order[b] = order[b - 1], order[b - 1] = t;
+        }
+    size_t state = 0;
+    for (int i = 0; i < nb; i++) {
+        int k = order[i];
+        seg_lo[i] = g->own_lo[k], seg_hi[i] = g->own_hi[k], g->state_off[k] = state, state += g->own_hi[k] - g->own_lo[k];
+    }
+    adamw_plan_init(&g->plan, L->num_tensors, off, numel, decay, g->cfg.wd, g->zero ? nb : 0, seg_lo, seg_hi);
+    free(off), free(numel), free(decay), free(order), free(seg_lo), free(seg_hi);
 }
 
 static double gib(size_t b) { return (double)b / (1u << 30); }
 
 // Largest micro-batch (up to batch_size) whose plan fits in `avail` bytes, 0 if none.
 static int largest_fit(const Config *c, const ClipLayout *L, int recompute, size_t avail) {
-    int lo = 0, hi = (int)c->batch_size;
+    int lo = 0, hi = (int)(c->batch_size / c->world_size);
     while (lo < hi) {
         int mid = lo + (hi - lo + 1) / 2;
         if (clip_gpu_memory_plan(c, L, mid, recompute).total <= avail) lo = mid;
@@ -751,12 +958,15 @@ int clip_gpu_print_memory_plan(const Config *c, const ClipLayout *L) {
            "activations %.2f GiB, other %.2f GiB = %.2f GiB of %.2f GiB free\n",
            c->precision == PRECISION_FP32 ? "fp32" : c->precision == PRECISION_BF16 ? "bf16" : "int8_switchback", mb, c->recompute, gib(p.weights), gib(p.grads), gib(p.optimizer),
            gib(p.activations), gib(p.other), gib(p.total), gib(free_b));
-    printf("largest micro-batch that fits: recompute 0: %d, 1: %d, 2: %d (batch_size %ld)\n", largest_fit(c, L, 0, avail),
-           largest_fit(c, L, 1, avail), largest_fit(c, L, 2, avail), c->batch_size);
+    printf("largest micro-batch that fits: recompute 0: %d, 1: %d, 2: %d (batch per rank %ld)\n", largest_fit(c, L, 0, avail),
+           largest_fit(c, L, 1, avail), largest_fit(c, L, 2, avail), c->batch_size / c->world_size);
     return p.total <= avail;
 }
 
 ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *params) {
+    GpuDist *dist = c->world_size > 1 ? gpu_dist() : NULL;
+    if (c->world_size > 1 && (!dist || gd_world(dist) != c->world_size))
+        fatal("clip_gpu_create: world_size %d needs the process's communicator of as many ranks (gpu_dist_init)", c->world_size);
     const char *why = clip_gpu_unavailable();
     if (*why) fatal("device = cuda: %s", why);
     int mb = clip_gpu_micro_batch(c);
@@ -773,6 +983,7 @@ ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *para
     }
     ClipGPU *g = (ClipGPU *)callocCheck(1, sizeof(ClipGPU));
     init_shape(g, c, L, mb, c->recompute);
+    g->dist = dist, g->rank = dist ? gd_rank(dist) : 0;
     Arena count = {NULL, 0};
     GpuMemoryPlan p;
     carve(g, &count, &p);
@@ -788,16 +999,13 @@ ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *para
     Arena a = {g->arena, 0};
     carve(g, &a, &p);
     g->wts = g->use_bf16 ? (void *)g->params_bf16 : (void *)g->params;
-    cudaCheck(cudaMemset(g->m, 0, L->buffer_elems * sizeof(float)));
-    cudaCheck(cudaMemset(g->u, 0, L->buffer_elems * sizeof(float)));
+    init_optimizer_plan(g);
+    size_t state = g->zero ? shard_elems(g) : L->buffer_elems;
+    cudaCheck(cudaMemset(g->m, 0, state * sizeof(float)));
+    cudaCheck(cudaMemset(g->u, 0, state * sizeof(float)));
     if (c->precision == PRECISION_INT8_SWITCHBACK)
         switchback_init(&g->sb, (SwitchBackMode)c->switchback_variant, g->sb_max_M, g->sb_max_C);
     clip_gpu_upload(g, params, NULL);
-    size_t *off = (size_t *)mallocCheck(L->num_tensors * sizeof(size_t)), *numel = (size_t *)mallocCheck(L->num_tensors * sizeof(size_t));
-    int *decay = (int *)mallocCheck(L->num_tensors * sizeof(int));
-    for (int i = 0; i < L->num_tensors; i++) off[i] = L->tensors[i].offset, numel[i] = L->tensors[i].numel, decay[i] = L->tensors[i].decay;
-    adamw_plan_init(&g->plan, L->num_tensors, off, numel, decay, c->wd);
-    free(off), free(numel), free(decay);
     cudaCheck(cudaStreamCreateWithFlags(&g->copy_stream, cudaStreamNonBlocking));
     cudaCheck(cudaEventCreateWithFlags(&g->text_ready, cudaEventDisableTiming));
     cudaCheck(cudaEventCreateWithFlags(&g->images_ready, cudaEventDisableTiming));
@@ -827,6 +1035,6 @@ void clip_gpu_free(ClipGPU *g) {
     adamw_plan_free(&g->plan);
     if (g->cfg.precision == PRECISION_INT8_SWITCHBACK) switchback_free(&g->sb);
     cudaCheck(cudaFree(g->arena));
-    free(g->vis.blocks), free(g->txt.blocks), free(g->vocab_counts);
+    free_shape(g), free(g->vocab_counts);
     free(g);
 }

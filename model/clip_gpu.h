@@ -11,6 +11,15 @@
 // with its activations and backward from its slice of d(features), accumulating parameter gradients. This
 // is open_clip's --accum-freq (two forward passes and one backward per sample) with the loss computed once;
 // the last micro-batch's first forward is reused, so K micro-batches cost 2K-1 forwards.
+//
+// Multi-GPU (config world_size > 1, after gpu_dist_init of clip_dist.h): each rank passes its batch_size /
+// world_size pairs (micro_batch_size is per rank). The loss is over the global batch (features all-gathered,
+// each rank computes its rows of the global logits; open_clip's local loss with gather-with-grad), and the
+// gradients are summed over the ranks while backward runs, bucket by bucket on their own stream, so they equal
+// those of one process holding the whole batch. The loss returned is the global one on every rank. With
+// zero = 1 (ZeRO-1) each rank keeps and updates only its part of each bucket's moments, and the parameters are
+// all-gathered after the update; RMS and the gradient norm are still over whole tensors. Every rank makes the
+// same calls in the same order (forward_backward, grad_norm, update, upload, download are collective).
 #pragma once
 #include <stddef.h>
 
@@ -41,7 +50,7 @@ GpuMemoryPlan clip_gpu_memory_plan(const Config *c, const ClipLayout *L, int mic
 // Prints the plan for the config's micro-batch, the GPU's free memory and the largest micro-batch that fits
 // (per recompute level). Returns 1 if the configured micro-batch fits.
 int clip_gpu_print_memory_plan(const Config *c, const ClipLayout *L);
-// Micro-batch size of a config: micro_batch_size, or batch_size when it is 0.
+// Micro-batch size of a config (per rank): micro_batch_size, or batch_size / world_size when it is 0.
 int clip_gpu_micro_batch(const Config *c);
 
 // Allocates everything (after checking the plan fits) and uploads params (L->buffer_elems floats).
@@ -58,9 +67,10 @@ float clip_gpu_grad_norm(ClipGPU *g);
 void clip_gpu_update(ClipGPU *g, Optimizer *o, float lr, float grad_scale);
 // logit_scale after the last update (no GPU round trip).
 float clip_gpu_logit_scale(const ClipGPU *g);
-// Copies to the host: params (buffer_elems) and, when not NULL, the moments into o->m/u and grads.
+// Copies to the host: params (buffer_elems) and, when not NULL, the moments into o->m/u and grads (the
+// gradients are gone afterwards under ZeRO-1, where this gathers the ranks' parts).
 void clip_gpu_download(ClipGPU *g, float *params, Optimizer *o, float *grads);
-// Uploads params (and the moments o->m/u when o is not NULL), e.g. after a resume.
+// Uploads params (and the moments o->m/u when o is not NULL), e.g. after a resume; multi-GPU: rank 0's.
 void clip_gpu_upload(ClipGPU *g, const float *params, const Optimizer *o);
 // Forward only (evaluation): the features (b->size, embed_dim) of the images and/or the captions of a batch;
 // a NULL output skips that tower (and its input may be NULL).
@@ -68,10 +78,11 @@ void clip_gpu_encode(ClipGPU *g, const Batch *b, float *image_features, float *t
 // Features of the last forward_backward, (batch, embed_dim) each.
 void clip_gpu_features(ClipGPU *g, float *image_features, float *text_features);
 
-// Step-time split by op family (benchmarks): events between ops while profiling is on.
+// Step-time split by op family (benchmarks): events between ops while profiling is on. PROF_COMM is the time
+// the compute stream waits for collectives: communication not hidden by compute.
 enum {
     PROF_GEMM, PROF_ATTENTION, PROF_ATTENTION_BACKWARD, PROF_LAYERNORM, PROF_LAYERNORM_BACKWARD, PROF_GELU,
-    PROF_PARAM_GRADS, PROF_EMBED_OTHER, PROF_LOSS, PROF_OPTIMIZER, PROF_INPUT, PROF_FAMILIES
+    PROF_PARAM_GRADS, PROF_EMBED_OTHER, PROF_LOSS, PROF_OPTIMIZER, PROF_INPUT, PROF_COMM, PROF_FAMILIES
 };
 extern const char *const PROF_NAMES[PROF_FAMILIES];
 void clip_gpu_profile(ClipGPU *g, int on);

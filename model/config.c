@@ -73,6 +73,10 @@ static const Key KEYS[] = {
      "SwitchBack: standard; memory_efficient (int8 inputs + row scales saved for the weight gradient); vectorwise (per-output-channel weight scales); int8_everywhere (weight gradient in int8 too: the paper's losing baseline)"},
     {"seed", T_U64, OFF(seed), "0", 0, 1.8e19, NULL, "seed for init, data order and augmentation"},
     {"threads", T_INT, OFF(threads), "0", 0, 4096, NULL, "CPU threads for the CPU path; 0 = all cores (OMP_NUM_THREADS)"},
+    {"zero", T_BOOL, OFF(zero), "false", 0, 1, NULL,
+     "multi-GPU: ZeRO-1, each rank keeps and updates only its shard of the optimizer moments (less memory, same result)"},
+    {"dist_timeout", T_FLOAT, OFF(dist_timeout), "600", 1, 1e7, NULL,
+     "multi-GPU: seconds a rank waits for a collective before it stops the run with an error (a lost or hung rank)"},
     // data
     {"data", T_STR, OFF(data), "synthetic", 0, 0, NULL,
      "training data: synthetic, or webdataset shards: dir/{00000..00099}.tar, a directory, several joined by ::"},
@@ -240,6 +244,7 @@ static void assign(Config *c, const char *where, const char *name, const char *v
 
 void config_defaults(Config *c) {
     memset(c, 0, sizeof(*c));
+    c->world_size = 1;
     for (int k = 0; k < NKEYS; k++) {
         key_given[k] = 0;
         snprintf(key_source[k], sizeof(key_source[k]), "default");
@@ -356,8 +361,12 @@ void config_finalize(Config *c) {
     if (c->zeroshot_data[0] && !c->zeroshot_classnames[0])
         config_error(source_of("zeroshot_data"), "zeroshot_data", "needs zeroshot_classnames (a file of class names)");
     c->switchback_mask = parse_linears(c->switchback_layers, source_of("switchback_layers"));
-    if (c->micro_batch_size > c->batch_size)
-        config_error(source_of("micro_batch_size"), "micro_batch_size", "%ld is larger than batch_size %ld", c->micro_batch_size, c->batch_size);
+    if (c->batch_size % c->world_size)
+        config_error(source_of("batch_size"), "batch_size", "%ld is not a multiple of the %d ranks (each rank takes batch_size / ranks)",
+                     c->batch_size, c->world_size);
+    if (c->micro_batch_size > c->batch_size / c->world_size)
+        config_error(source_of("micro_batch_size"), "micro_batch_size", "%ld is larger than the per-rank batch %ld (batch_size %ld / %d ranks)",
+                     c->micro_batch_size, c->batch_size / c->world_size, c->batch_size, c->world_size);
 }
 
 static void format_value(const Config *c, int k, char *out, size_t n) {

@@ -54,6 +54,9 @@ typedef struct {
     int switchback_variant;   // SB_VARIANT_*
     uint64_t seed;
     int threads;              // CPU threads for the fp32 path; 0 = OpenMP's default
+    int zero;                 // ZeRO-1: optimizer moments sharded over the ranks
+    float dist_timeout;       // seconds a rank waits on a collective before it stops the run
+    int world_size;           // processes in the run: not a key, set from the launcher before config_finalize (1 by default)
     // ---- data ----
     char data[CONFIG_STR];    // "synthetic" or a shard spec
     char val_data[CONFIG_STR];// "" = none

@@ -5,12 +5,16 @@
 // the input upload), gradient norm, optimizer, each ending in a host read as in train_clip. Prints a table;
 // results go to docs/benchmarks.md by hand.
 //   ./build/tests/bench_clip_gpu [model ...]     (default: b16 l14 h14)
-//   models: b16 b16r0 l14 h14 h14r0 h14r2 (bf16); suffix i8 = int8_switchback standard, me = memory_efficient,
-//   vw = vectorwise, ev = int8_everywhere, mlp = standard on c_fc and c_proj only (l14i8 l14me h14i8 h14me h14vw
-//   h14ev h14mlp h14r0i8 h14r0me)
+//   models: b16 b16r0 l14 h14 h14r0 h14r2 (bf16); b16z h14z (bf16, ZeRO-1); suffix i8 = int8_switchback standard,
+//   me = memory_efficient, vw = vectorwise, ev = int8_everywhere, mlp = standard on c_fc and c_proj only
+//   (l14i8 l14me h14i8 h14me h14vw h14ev h14mlp h14r0i8 h14r0me)
+// Multi-GPU: start one process per GPU (mpirun -np N, or scripts/run_local.sh N): the batch is per GPU, the
+// global batch N times that; rank 0 prints, img/s is per GPU, and "comm wait" is the time the compute stream
+// waits for collectives (communication not hidden by compute).
 #include "test_gpu.h"
 extern "C" {
 #include "../model/clip.h"
+#include "../model/clip_dist.h"
 #include "../model/clip_gpu.h"
 #include "../model/config.h"
 #include "../optim/optim.h"
@@ -22,38 +26,42 @@ extern "C" {
 
 typedef struct {
     const char *name, *config;
-    int batch, recompute;
+    int batch, recompute, zero;                // batch per GPU
     const char *precision, *variant, *layers;  // layers: switchback_layers (NULL: all four)
 } BenchModel;
 
 static const BenchModel MODELS[] = {
-    {"b16", "configs/vit_b_16.conf", 256, 1, "bf16", "standard"},
-    {"b16r0", "configs/vit_b_16.conf", 256, 0, "bf16", "standard"},
-    {"l14", "configs/vit_l_14.conf", 128, 1, "bf16", "standard"},
-    {"l14i8", "configs/vit_l_14.conf", 128, 1, "int8_switchback", "standard"},
-    {"l14me", "configs/vit_l_14.conf", 128, 1, "int8_switchback", "memory_efficient"},
-    {"h14", "configs/vit_h_14.conf", 64, 1, "bf16", "standard"},
-    {"h14i8", "configs/vit_h_14.conf", 64, 1, "int8_switchback", "standard"},
-    {"h14me", "configs/vit_h_14.conf", 64, 1, "int8_switchback", "memory_efficient"},
-    {"h14vw", "configs/vit_h_14.conf", 64, 1, "int8_switchback", "vectorwise"},
-    {"h14ev", "configs/vit_h_14.conf", 64, 1, "int8_switchback", "int8_everywhere"},
-    {"h14mlp", "configs/vit_h_14.conf", 64, 1, "int8_switchback", "standard", "c_fc,c_proj"},
-    {"h14r0", "configs/vit_h_14.conf", 64, 0, "bf16", "standard"},
-    {"h14r0i8", "configs/vit_h_14.conf", 64, 0, "int8_switchback", "standard"},
-    {"h14r0me", "configs/vit_h_14.conf", 64, 0, "int8_switchback", "memory_efficient"},
-    {"h14r2", "configs/vit_h_14.conf", 64, 2, "bf16", "standard"},
+    {"b16", "configs/vit_b_16.conf", 256, 1, 0, "bf16", "standard"},
+    {"b16r0", "configs/vit_b_16.conf", 256, 0, 0, "bf16", "standard"},
+    {"b16z", "configs/vit_b_16.conf", 256, 1, 1, "bf16", "standard"},
+    {"l14", "configs/vit_l_14.conf", 128, 1, 0, "bf16", "standard"},
+    {"l14i8", "configs/vit_l_14.conf", 128, 1, 0, "int8_switchback", "standard"},
+    {"l14me", "configs/vit_l_14.conf", 128, 1, 0, "int8_switchback", "memory_efficient"},
+    {"h14", "configs/vit_h_14.conf", 64, 1, 0, "bf16", "standard"},
+    {"h14z", "configs/vit_h_14.conf", 64, 1, 1, "bf16", "standard"},
+    {"h14i8", "configs/vit_h_14.conf", 64, 1, 0, "int8_switchback", "standard"},
+    {"h14me", "configs/vit_h_14.conf", 64, 1, 0, "int8_switchback", "memory_efficient"},
+    {"h14vw", "configs/vit_h_14.conf", 64, 1, 0, "int8_switchback", "vectorwise"},
+    {"h14ev", "configs/vit_h_14.conf", 64, 1, 0, "int8_switchback", "int8_everywhere"},
+    {"h14mlp", "configs/vit_h_14.conf", 64, 1, 0, "int8_switchback", "standard", "c_fc,c_proj"},
+    {"h14r0", "configs/vit_h_14.conf", 64, 0, 0, "bf16", "standard"},
+    {"h14r0i8", "configs/vit_h_14.conf", 64, 0, 0, "int8_switchback", "standard"},
+    {"h14r0me", "configs/vit_h_14.conf", 64, 0, 0, "int8_switchback", "memory_efficient"},
+    {"h14r2", "configs/vit_h_14.conf", 64, 2, 0, "bf16", "standard"},
 };
 
-static void run(const BenchModel *bm) {
+static void run(const BenchModel *bm, int world) {
     Config c;
     config_defaults(&c);
     config_load_file(&c, bm->config);
-    char sets[6][64];
-    snprintf(sets[0], 64, "batch_size=%d", bm->batch), snprintf(sets[1], 64, "micro_batch_size=0");
+    char sets[7][64];
+    snprintf(sets[0], 64, "batch_size=%d", bm->batch * world), snprintf(sets[1], 64, "micro_batch_size=0");
     snprintf(sets[2], 64, "recompute=%d", bm->recompute), snprintf(sets[3], 64, "precision=%s", bm->precision);
     snprintf(sets[4], 64, "switchback_variant=%s", bm->variant);
     snprintf(sets[5], 64, "switchback_layers=%s", bm->layers ? bm->layers : "qkv,out_proj,c_fc,c_proj");
-    for (int i = 0; i < 6; i++) config_set(&c, sets[i], i + 1);
+    snprintf(sets[6], 64, "zero=%d", bm->zero);
+    for (int i = 0; i < 7; i++) config_set(&c, sets[i], i + 1);
+    c.world_size = world;
     config_finalize(&c);
     ClipLayout L;
     clip_layout_build(&L, &c);
@@ -95,9 +103,9 @@ static void run(const BenchModel *bm) {
     clip_gpu_profile_read(g, ms);
     clip_gpu_profile(g, 0);
     double flops = 3 * clip_forward_flops(&L, &c) * B;
-    printf("| %s | %s | %d | %d | %.1f | %.0f | %.1f%% | %.2f | %.2f | %.2f |", c.model, bm->name, B, bm->recompute, step_s * 1e3,
-           B / step_s, 100 * flops / step_s / (PEAK_TFLOPS * 1e12), (double)(total_b - free_b) / (1u << 30),
-           (double)plan.total / (1u << 30), (double)plan.activations / (1u << 30));
+    printf("| %s | %s | %d | %d | %d | %d | %.1f | %.0f | %.1f%% | %.2f | %.2f | %.2f |", c.model, bm->name, world, c.zero, B,
+           bm->recompute, step_s * 1e3, B / step_s, 100 * flops / step_s / (PEAK_TFLOPS * 1e12),
+           (double)(total_b - free_b) / (1u << 30), (double)plan.total / (1u << 30), (double)plan.activations / (1u << 30));
     for (int f = 0; f < PROF_FAMILIES; f++) sum += ms[f] / 3;
     for (int f = 0; f < PROF_FAMILIES; f++) printf(" %.1f (%.0f%%) |", ms[f] / 3, 100 * ms[f] / 3 / sum);
     printf(" %.1f | loss %.3f\n", step_s * 1e3 - sum, loss);
@@ -113,11 +121,17 @@ int main(int argc, char **argv) {
         printf("bench_clip_gpu: skipped: no GPU\n");
         return 0;
     }
+    Dist d;
+    dist_init(&d);
+    if (d.rank != 0 && !freopen("/dev/null", "w", stdout)) return 1;
+    if (d.world > 1) gpu_dist_init(&d, 300);
     test_seed();
     cudaDeviceProp prop;
-    cudaCheck(cudaGetDeviceProperties(&prop, 0));
-    printf("GPU: %s, %d SMs, %.1f GiB\n", prop.name, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1u << 30));
-    printf("| model | variant | batch | recompute | step ms | img/s | MFU | GPU mem used GiB | plan GiB | plan activations GiB |");
+    int dev;
+    cudaCheck(cudaGetDevice(&dev));
+    cudaCheck(cudaGetDeviceProperties(&prop, dev));
+    printf("GPU: %s, %d SMs, %.1f GiB; %d GPU(s)\n", prop.name, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1u << 30), d.world);
+    printf("| model | variant | GPUs | ZeRO | batch/GPU | recompute | step ms | img/s/GPU | MFU | GPU mem used GiB | plan GiB | plan activations GiB |");
     for (int f = 0; f < PROF_FAMILIES; f++) printf(" %s ms |", PROF_NAMES[f]);
     printf(" host/gaps ms |\n");
     const char *defaults[] = {"b16", "l14", "h14"};
@@ -126,8 +140,10 @@ int main(int argc, char **argv) {
         const char *want = argc > 1 ? argv[i + 1] : defaults[i];
         int found = 0;
         for (size_t k = 0; k < sizeof(MODELS) / sizeof(MODELS[0]); k++)
-            if (!strcmp(MODELS[k].name, want)) run(&MODELS[k]), found = 1;
+            if (!strcmp(MODELS[k].name, want)) run(&MODELS[k], d.world), found = 1;
         if (!found) fprintf(stderr, "unknown model %s\n", want);
     }
+    gpu_dist_finalize();
+    dist_finalize(&d);
     return 0;
 }

@@ -1,36 +1,71 @@
 // test_adamw.cu: the fused multi-tensor optimizer (kernels/adamw.cu) against adamw_update of optim/adamw.c
 // for AdamW and StableAdamW over tensors of odd sizes (one element, one chunk, several chunks), with and
-// without weight decay, a gradient scale (as global-norm clipping applies), three steps; the bf16 copy; and
-// the global norm against grad_global_norm. Bounds (relative L2): parameters and moments 1e-5; per-tensor
-// RMS 1e-5; bf16 copy == bf16(params); norm 1e-5.
+// without weight decay, a gradient scale (as global-norm clipping applies), three steps; the bf16 copy; the
+// sum of squares against grad_global_norm. Then the same steps sharded as ZeRO-1 does over 2 "ranks" (each
+// plan covers its part of every bucket, buckets cutting through tensors; the RMS partial sums added between
+// the phases; each rank's compact moments): the owners' parameters and moments must equal the unsharded
+// reference. Bounds (relative L2): parameters and moments 1e-5; per-tensor RMS 1e-5; bf16 copy ==
+// bf16(params); norm 1e-5.
 #include "../kernels/adamw.cuh"
 #include "test_gpu.h"
 extern "C" {
+#include "../model/clip_dist.h"
 #include "../optim/optim.h"
 }
 
+enum { NT = 5, RANKS = 2, BUCKETS = 3 };
+static const size_t NUMEL[NT] = {1, 33, 70001, 131073, 4096};
+static const int DECAY[NT] = {0, 0, 1, 1, 1};
+
+// Fresh gradients for a step (zero in the padding between tensors, as in the model's buffers).
+static float *step_grads(const size_t *offset, size_t n, int step) {
+    float *g = rand_host(n, step == 2 ? 100.0f : 1.0f);  // a large gradient at step 2 makes StableAdamW clip
+    for (int t = 0; t < NT; t++)
+        for (size_t i = offset[t] + NUMEL[t]; i < (t + 1 < NT ? offset[t + 1] : n); i++) g[i] = 0;
+    return g;
+}
+
 static void check(int clip) {
-    enum { NT = 5 };
-    size_t numel[NT] = {1, 33, 70001, 131073, 4096}, offset[NT];
-    int decay[NT] = {0, 0, 1, 1, 1};
-    size_t n = 0;
-    for (int t = 0; t < NT; t++) offset[t] = n, n += (numel[t] + 31) / 32 * 32;
+    size_t offset[NT], n = 0;
+    for (int t = 0; t < NT; t++) offset[t] = n, n += (NUMEL[t] + 31) / 32 * 32;
     float *p = rand_host(n, 1.0f), *m = zeros_host(n), *u = zeros_host(n), *g = zeros_host(n), rms[NT];
+    // unsharded
     AdamWPlan plan;
-    adamw_plan_init(&plan, NT, offset, numel, decay, 0.1f);
+    adamw_plan_init(&plan, NT, offset, NUMEL, DECAY, 0.1f, 0, NULL, NULL);
     float *d_p = to_device<float>(p, n), *d_m = to_device<float>(m, n), *d_u = to_device<float>(u, n), *d_g = poisoned<float>(n);
     bf16 *d_pb = poisoned<bf16>(n);
-    float lr = 1e-2f, b1 = 0.9f, b2 = 0.98f, eps = 1e-6f, scale = 0.5f;
+    // sharded over RANKS: buckets cut through tensors; rank r owns part r of each (its segments, ascending)
+    size_t bucket[BUCKETS + 1] = {0, 40000, 150016, n}, seg_lo[RANKS][BUCKETS], seg_hi[RANKS][BUCKETS];
+    AdamWPlan splan[RANKS];
+    float *s_p[RANKS], *s_m[RANKS], *s_u[RANKS];
+    for (int r = 0; r < RANKS; r++) {
+        for (int k = 0; k < BUCKETS; k++) {
+            dist_part(bucket[k + 1] - bucket[k], RANKS, r, &seg_lo[r][k], &seg_hi[r][k]);
+            seg_lo[r][k] += bucket[k], seg_hi[r][k] += bucket[k];
+        }
+        adamw_plan_init(&splan[r], NT, offset, NUMEL, DECAY, 0.1f, BUCKETS, seg_lo[r], seg_hi[r]);
+        s_p[r] = to_device<float>(p, n);
+        s_m[r] = to_device<float>(m, splan[r].state_elems), s_u[r] = to_device<float>(u, splan[r].state_elems);
+    }
+    float lr = 1e-2f, b1 = 0.9f, b2 = 0.98f, eps = 1e-6f, scale = 0.5f, sums[RANKS][NT], norm_parts[RANKS];
     for (int step = 1; step <= 3; step++) {
-        float *gr = rand_host(n, step == 2 ? 100.0f : 1.0f);  // a large gradient at step 2 makes StableAdamW clip
-        for (int t = 0; t < NT; t++)  // padding between tensors is zero, as in the model's buffers
-            for (size_t i = offset[t] + numel[t]; i < (t + 1 < NT ? offset[t + 1] : n); i++) gr[i] = 0;
+        float *gr = step_grads(offset, n, step);
         cudaCheck(cudaMemcpy(d_g, gr, n * sizeof(float), cudaMemcpyHostToDevice));
         float b1t = (float)(b1 * (1 - pow(b1, step - 1)) / (1 - pow(b1, step))), b2t = (float)(b2 * (1 - pow(b2, step - 1)) / (1 - pow(b2, step)));
         for (size_t i = 0; i < n; i++) g[i] = gr[i] * scale;
         for (int t = 0; t < NT; t++)
-            rms[t] = adamw_update(p + offset[t], g + offset[t], m + offset[t], u + offset[t], numel[t], lr, decay[t] ? 0.1f : 0.0f, b1t, b2t, eps, clip);
-        adamw_step_gpu(&plan, d_p, d_pb, d_g, d_m, d_u, lr, b1t, b2t, eps, scale, clip);
+            rms[t] = adamw_update(p + offset[t], g + offset[t], m + offset[t], u + offset[t], NUMEL[t], lr, DECAY[t] ? 0.1f : 0.0f, b1t, b2t, eps, clip);
+        adamw_moments_gpu(&plan, d_g, d_m, d_u, b1t, b2t, eps, scale);
+        adamw_apply_gpu(&plan, d_p, d_pb, d_m, d_u, lr, eps, clip);
+        for (int r = 0; r < RANKS; r++) {
+            adamw_moments_gpu(&splan[r], d_g, s_m[r], s_u[r], b1t, b2t, eps, scale);
+            to_host<float>(sums[r], splan[r].tensor_sum, NT);
+        }
+        for (int t = 0; t < NT; t++) sums[0][t] += sums[1][t];  // the all-reduce of the partial sums
+        for (int r = 0; r < RANKS; r++) {
+            cudaCheck(cudaMemcpy(splan[r].tensor_sum, sums[0], NT * sizeof(float), cudaMemcpyHostToDevice));
+            adamw_apply_gpu(&splan[r], s_p[r], NULL, s_m[r], s_u[r], lr, eps, clip);
+        }
         free(gr);
     }
     float *hp = zeros_host(n), *hm = zeros_host(n), *hu = zeros_host(n), hr[NT];
@@ -42,21 +77,40 @@ static void check(int clip) {
     cudaCheck(cudaMemcpy(hb, d_pb, n * sizeof(bf16), cudaMemcpyDeviceToHost));
     int bad = 0;
     for (int t = 0; t < NT; t++)
-        for (size_t i = 0; i < numel[t]; i++) bad += (float)hb[offset[t] + i] != round_bf16(hp[offset[t] + i]);
+        for (size_t i = 0; i < NUMEL[t]; i++) bad += (float)hb[offset[t] + i] != round_bf16(hp[offset[t] + i]);
     EXPECT(bad == 0, "clip=%d: %d bf16 copies differ from bf16(params)", clip, bad);
     printf("  clip=%d: params %.1e m %.1e u %.1e rms %.1e (rms %.3g %.3g %.3g %.3g %.3g)\n", clip, ep, em, eu, er, rms[0], rms[1], rms[2], rms[3], rms[4]);
-    // global norm of the last gradients, padding included (zero)
-    float *d_norm = poisoned<float>(1), *d_scratch = poisoned<float>(GRAD_NORM_BLOCKS), norm;
-    global_norm_gpu(d_norm, d_g, n, d_scratch);
-    to_host<float>(&norm, d_norm, 1);
-    float *gl = zeros_host(n);
-    to_host<float>(gl, d_g, n);
-    float ref = grad_global_norm(gl, n);
-    EXPECT(fabs(norm - ref) / ref < 1e-5, "global norm %.7g vs %.7g", norm, ref);
-    free(p), free(m), free(u), free(g), free(hp), free(hm), free(hu), free(hb), free(gl);
+    // sharded: the owners' elements assembled, the compact moments at their segments
+    float *sp = zeros_host(n), *sm = zeros_host(n), *su = zeros_host(n), *tmp = zeros_host(n), srms[NT];
+    for (int r = 0; r < RANKS; r++) {
+        size_t st = 0, state = splan[r].state_elems;
+        float *cm = zeros_host(state), *cu = zeros_host(state);
+        to_host<float>(tmp, s_p[r], n), to_host<float>(cm, s_m[r], state), to_host<float>(cu, s_u[r], state);
+        for (int k = 0; k < BUCKETS; k++)
+            for (size_t i = seg_lo[r][k]; i < seg_hi[r][k]; i++, st++) sp[i] = tmp[i], sm[i] = cm[st], su[i] = cu[st];
+        free(cm), free(cu);
+    }
+    to_host<float>(srms, splan[1].rms, NT);
+    double sep = rel_err(sp, p, n), sem = rel_err(sm, m, n), seu = rel_err(su, u, n), ser = rel_err(srms, rms, NT);
+    EXPECT(sep < 1e-5 && sem < 1e-5 && seu < 1e-5, "clip=%d sharded: params %.2e m %.2e u %.2e", clip, sep, sem, seu);
+    EXPECT(ser < 1e-5, "clip=%d sharded: rms rel err %.2e", clip, ser);
+    // sum of squares of the last gradients, padding included (zero): whole, and as the two ranks' parts
+    float *d_sum = poisoned<float>(1), sum, ref = grad_global_norm(g, n) / scale;
+    adamw_sum_squares_gpu(&plan, d_sum, d_g);
+    to_host<float>(&sum, d_sum, 1);
+    for (int r = 0; r < RANKS; r++) adamw_sum_squares_gpu(&splan[r], d_sum, d_g), to_host<float>(&norm_parts[r], d_sum, 1);
+    EXPECT(fabs(sqrtf(sum) - ref) / ref < 1e-5, "global norm %.7g vs %.7g", sqrtf(sum), ref);
+    EXPECT(fabs(sqrtf(norm_parts[0] + norm_parts[1]) - ref) / ref < 1e-5, "sharded global norm %.7g vs %.7g",
+           sqrtf(norm_parts[0] + norm_parts[1]), ref);
+    printf("  clip=%d sharded over %d: params %.1e m %.1e u %.1e rms %.1e\n", clip, RANKS, sep, sem, seu, ser);
+    free(p), free(m), free(u), free(g), free(hp), free(hm), free(hu), free(hb), free(sp), free(sm), free(su), free(tmp);
     adamw_plan_free(&plan);
     cudaCheck(cudaFree(d_p)), cudaCheck(cudaFree(d_m)), cudaCheck(cudaFree(d_u)), cudaCheck(cudaFree(d_g)), cudaCheck(cudaFree(d_pb));
-    cudaCheck(cudaFree(d_norm)), cudaCheck(cudaFree(d_scratch));
+    cudaCheck(cudaFree(d_sum));
+    for (int r = 0; r < RANKS; r++) {
+        adamw_plan_free(&splan[r]);
+        cudaCheck(cudaFree(s_p[r])), cudaCheck(cudaFree(s_m[r])), cudaCheck(cudaFree(s_u[r]));
+    }
 }
 
 static void test_adamw(void) {

@@ -1,0 +1,212 @@
+// clip_dist.cu: the process's NCCL communicator, its stream, the collectives the GPU step uses and the polled
+// waits that turn a lost rank or an NCCL error into an error exit (see clip_dist.h).
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "../kernels/cuda_utils.cuh"
+#include "clip_dist.h"
+extern "C" {
+#include "utils.h"
+}
+
+#ifdef HAVE_NCCL
+#include <nccl.h>
+
+struct GpuDist {
+    Dist *d;
+    double timeout;
+    ncclComm_t comm;
+    cudaStream_t stream;                      // every collective
+    cudaEvent_t compute_done, comm_done, done;
+    float *host_io;                           // device staging of the host collectives
+    size_t host_io_bytes;
+};
+
+static GpuDist *the_dist;  // one communicator per process (one process per GPU)
+
+// Ends every rank's run: MPI_Abort under MPI; otherwise this process exits at once, and the other ranks stop
+// at their own next wait. _exit, not exit: no teardown of the communicator or the CUDA context that would wait
+// for a collective that never completes (the driver reclaims both when the process ends).
+__attribute__((noreturn, format(printf, 2, 3))) static void gd_fail(const GpuDist *gd, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (gd->d->mpi) dist_fail(gd->d, "%s", msg);
+    fflush(NULL);
+    fprintf(stderr, "error: rank %d of %d: %s\n", gd->d->rank, gd->d->world, msg);
+    _exit(1);
+}
+
+static void nccl_check(const GpuDist *gd, ncclResult_t r, const char *call, const char *file, int line) {
+    if (r == ncclSuccess) return;
+    gd_fail(gd, "%s failed at %s:%d: %s (%s)", call, file, line, ncclGetErrorString(r), gd->comm ? ncclGetLastError(gd->comm) : "");
+}
+#define ncclCheck(gd, call) nccl_check((gd), (call), #call, __FILE__, __LINE__)
+
+void gpu_dist_init(Dist *d, double timeout_s) {
+    if (the_dist) fatal("gpu_dist_init: called twice");
+    GpuDist *gd = (GpuDist *)callocCheck(1, sizeof(GpuDist));
+    gd->d = d, gd->timeout = timeout_s;
+    int gpus = cuda_device_count(), dev = gpus == 1 ? 0 : d->local_rank;  // a launcher may show each process only its GPU
+    if (dev >= gpus)
+        dist_fail(d, "local rank %d needs GPU %d, but %d GPU(s) are visible: start at most one process per GPU on each machine "
+                  "(check CUDA_VISIBLE_DEVICES)", d->local_rank, d->local_rank, gpus);
+    cudaCheck(cudaSetDevice(dev));
+    setenv("NCCL_NVLS_ENABLE", "0", 1);  // no NVLink multicast: it can take a shared host's GPUs out of service
+    ncclUniqueId id;
+    if (d->rank == 0) ncclCheck(gd, ncclGetUniqueId(&id));
+    dist_broadcast(d, &id, sizeof(id));
+    ncclCheck(gd, ncclCommInitRank(&gd->comm, d->world, id, d->rank));
+    cudaCheck(cudaStreamCreateWithFlags(&gd->stream, cudaStreamNonBlocking));
+    cudaCheck(cudaEventCreateWithFlags(&gd->compute_done, cudaEventDisableTiming));
+    cudaCheck(cudaEventCreateWithFlags(&gd->comm_done, cudaEventDisableTiming));
+    cudaCheck(cudaEventCreateWithFlags(&gd->done, cudaEventDisableTiming));
+    the_dist = gd;
+    double n = 1;  // everyone there and connected, within the timeout
+    gpu_dist_sum_host(gd, &n, 1);
+    if (n != d->world) gd_fail(gd, "the communicator's first all-reduce counted %g ranks, not %d", n, d->world);
+}
+
+void gpu_dist_finalize(void) {
+    GpuDist *gd = the_dist;
+    if (!gd) return;
+    gd_sync(gd);
+    ncclCheck(gd, ncclCommDestroy(gd->comm));
+    cudaCheck(cudaStreamDestroy(gd->stream));
+    cudaCheck(cudaEventDestroy(gd->compute_done)), cudaCheck(cudaEventDestroy(gd->comm_done)), cudaCheck(cudaEventDestroy(gd->done));
+    if (gd->host_io) cudaCheck(cudaFree(gd->host_io));
+    free(gd);
+    the_dist = NULL;
+}
+
+GpuDist *gpu_dist(void) { return the_dist; }
+int gd_rank(const GpuDist *gd) { return gd->d->rank; }
+int gd_world(const GpuDist *gd) { return gd->d->world; }
+
+void gd_begin(GpuDist *gd) {
+    cudaCheck(cudaEventRecord(gd->compute_done, 0));
+    cudaCheck(cudaStreamWaitEvent(gd->stream, gd->compute_done, 0));
+}
+
+void gd_end(GpuDist *gd) {
+    cudaCheck(cudaEventRecord(gd->comm_done, gd->stream));
+    cudaCheck(cudaStreamWaitEvent(0, gd->comm_done, 0));
+}
+
+void gd_sync(GpuDist *gd) {
+    cudaCheck(cudaEventRecord(gd->done, 0));
+    double t0 = now_seconds();
+    for (long polls = 0;; polls++) {
+        cudaError_t e = cudaEventQuery(gd->done);
+        if (e == cudaSuccess) return;
+        if (e != cudaErrorNotReady) cuda_check(e, "cudaEventQuery(gd->done)", __FILE__, __LINE__);
+        ncclResult_t async;
+        ncclCheck(gd, ncclCommGetAsyncError(gd->comm, &async));
+        if (async != ncclSuccess && async != ncclInProgress) {
+            gd_fail(gd, "NCCL reported an error: %s (%s); another rank may have failed", ncclGetErrorString(async),
+                    ncclGetLastError(gd->comm));
+        }
+        if (now_seconds() - t0 > gd->timeout)
+            gd_fail(gd, "a collective did not complete within dist_timeout = %g s: another rank died, hangs, or is much slower "
+                    "(raise dist_timeout if checkpoints or evaluation take longer)", gd->timeout);
+        if (polls > 1000) usleep(50);  // spin for the first polls: most waits are short
+    }
+}
+
+void gd_group(GpuDist *gd, int start) { ncclCheck(gd, start ? ncclGroupStart() : ncclGroupEnd()); }
+
+void gd_allreduce(GpuDist *gd, float *x, size_t n) {
+    ncclCheck(gd, ncclAllReduce(x, x, n, ncclFloat, ncclSum, gd->comm, gd->stream));
+}
+
+void gd_allgather(GpuDist *gd, float *buf, size_t per_rank) {
+    ncclCheck(gd, ncclAllGather(buf + (size_t)gd->d->rank * per_rank, buf, per_rank, ncclFloat, gd->comm, gd->stream));
+}
+
+void gd_reduce_scatter(GpuDist *gd, float *buf, size_t per_rank) {
+    ncclCheck(gd, ncclReduceScatter(buf, buf + (size_t)gd->d->rank * per_rank, per_rank, ncclFloat, ncclSum, gd->comm, gd->stream));
+}
+
+void gd_broadcast(GpuDist *gd, float *x, size_t n) { ncclCheck(gd, ncclBroadcast(x, x, n, ncclFloat, 0, gd->comm, gd->stream)); }
+
+void gd_reduce_parts(GpuDist *gd, float *buf, size_t len) {
+    int W = gd->d->world;
+    if (len % W == 0) return gd_reduce_scatter(gd, buf, len / W);
+    gd_group(gd, 1);
+    for (int r = 0; r < W; r++) {
+        size_t lo, hi;
+        dist_part(len, W, r, &lo, &hi);
+        if (hi > lo) ncclCheck(gd, ncclReduce(buf + lo, buf + lo, hi - lo, ncclFloat, ncclSum, r, gd->comm, gd->stream));
+    }
+    gd_group(gd, 0);
+}
+
+void gd_gather_parts(GpuDist *gd, float *buf, size_t len) {
+    int W = gd->d->world;
+    if (len % W == 0) return gd_allgather(gd, buf, len / W);
+    gd_group(gd, 1);
+    for (int r = 0; r < W; r++) {
+        size_t lo, hi;
+        dist_part(len, W, r, &lo, &hi);
+        if (hi > lo) ncclCheck(gd, ncclBroadcast(buf + lo, buf + lo, hi - lo, ncclFloat, r, gd->comm, gd->stream));
+    }
+    gd_group(gd, 0);
+}
+
+// Host bytes through the device buffer host_io (grown as needed), in float units for the collectives.
+static float *host_io(GpuDist *gd, size_t bytes) {
+    if (bytes > gd->host_io_bytes) {
+        if (gd->host_io) cudaCheck(cudaFree(gd->host_io));
+        cudaCheck(cudaMalloc(&gd->host_io, bytes));
+        gd->host_io_bytes = bytes;
+    }
+    return gd->host_io;
+}
+
+void gpu_dist_allgather_host(GpuDist *gd, const void *mine, void *all, size_t bytes) {
+    size_t per = (bytes + 3) / 4, W = (size_t)gd->d->world;  // floats per rank
+    float *buf = host_io(gd, W * per * 4);
+    cudaCheck(cudaMemcpy(buf + (size_t)gd->d->rank * per, mine, bytes, cudaMemcpyHostToDevice));
+    gd_begin(gd);
+    gd_allgather(gd, buf, per);
+    gd_end(gd);
+    gd_sync(gd);
+    for (size_t r = 0; r < W; r++) cudaCheck(cudaMemcpy((char *)all + r * bytes, buf + r * per, bytes, cudaMemcpyDeviceToHost));
+}
+
+void gpu_dist_sum_host(GpuDist *gd, double *x, int n) {
+    double *buf = (double *)host_io(gd, (size_t)n * sizeof(double));
+    cudaCheck(cudaMemcpy(buf, x, (size_t)n * sizeof(double), cudaMemcpyHostToDevice));
+    gd_begin(gd);
+    ncclCheck(gd, ncclAllReduce(buf, buf, (size_t)n, ncclDouble, ncclSum, gd->comm, gd->stream));
+    gd_end(gd);
+    gd_sync(gd);
+    cudaCheck(cudaMemcpy(x, buf, (size_t)n * sizeof(double), cudaMemcpyDeviceToHost));
+}
+
+#else  // no NCCL: a single process, so gpu_dist() is NULL and the collectives are never called
+
+void gpu_dist_init(Dist *d, double timeout_s) {
+    dist_fail(d, "%d processes need NCCL for the GPU collectives, and this build has none (install NCCL, e.g. Debian's "
+              "libnccl-dev, and rebuild), or run one process", d->world);
+}
+void gpu_dist_finalize(void) {}
+GpuDist *gpu_dist(void) { return NULL; }
+#define NO_NCCL { fatal("%s: this build has no NCCL", __func__); }
+void gpu_dist_allgather_host(GpuDist *, const void *, void *, size_t) NO_NCCL
+void gpu_dist_sum_host(GpuDist *, double *, int) NO_NCCL
+int gd_rank(const GpuDist *) NO_NCCL
+int gd_world(const GpuDist *) NO_NCCL
+void gd_begin(GpuDist *) NO_NCCL
+void gd_end(GpuDist *) NO_NCCL
+void gd_sync(GpuDist *) NO_NCCL
+void gd_group(GpuDist *, int) NO_NCCL
+void gd_allreduce(GpuDist *, float *, size_t) NO_NCCL
+void gd_allgather(GpuDist *, float *, size_t) NO_NCCL
+void gd_reduce_scatter(GpuDist *, float *, size_t) NO_NCCL
+void gd_broadcast(GpuDist *, float *, size_t) NO_NCCL
+void gd_reduce_parts(GpuDist *, float *, size_t) NO_NCCL
+void gd_gather_parts(GpuDist *, float *, size_t) NO_NCCL
+#endif
