@@ -312,6 +312,12 @@ static void load_file(Config *c, const char *path, int depth) {
 
 void config_load_file(Config *c, const char *path) { load_file(c, path, 0); }
 
+void config_load(Config *c, const char *path) {
+    config_defaults(c);
+    config_load_file(c, path);
+    config_finalize(c);
+}
+
 void config_set(Config *c, const char *assignment, int arg_index) {
     char where[64], buf[CONFIG_STR + 128];
     snprintf(where, sizeof(where), "--set:%d", arg_index);

@@ -92,6 +92,8 @@ void config_load_file(Config *c, const char *path);
 void config_set(Config *c, const char *assignment, int arg_index);
 // Cross-key checks and derived values; call once after all files and overrides.
 void config_finalize(Config *c);
+// A config file as it stands: defaults, the file, finalize (tests and tools; no overrides).
+void config_load(Config *c, const char *path);
 // Print every key with its effective value and where it came from.
 void config_print(const Config *c, FILE *out);
 // Print the reference of all keys (name, type, default, meaning) as a Markdown table.

@@ -8,12 +8,6 @@
 #include "../model/utils.h"
 #include "test.h"
 
-static void load(Config *c, const char *path) {
-    config_defaults(c);
-    config_load_file(c, path);
-    config_finalize(c);
-}
-
 // open_clip's counts (DESIGN.md): total = image + text + 1 (logit_scale)
 static void test_param_counts_equal_open_clip(void) {
     struct {
@@ -25,7 +19,7 @@ static void test_param_counts_equal_open_clip(void) {
     for (int i = 0; i < 5; i++) {
         Config c;
         ClipLayout L;
-        load(&c, want[i].path);
+        config_load(&c, want[i].path);
         clip_layout_build(&L, &c);
         EXPECT(L.num_image_params == want[i].image, "%s: image params %zu, open_clip %zu", want[i].path, L.num_image_params, want[i].image);
         EXPECT(L.num_text_params == want[i].text, "%s: text params %zu, open_clip %zu", want[i].path, L.num_text_params, want[i].text);

@@ -9,9 +9,7 @@
 
 static void test_spike_event_carries_rms_history(void) {
     Config c;
-    config_defaults(&c);
-    config_load_file(&c, "configs/tiny.conf");
-    config_finalize(&c);
+    config_load(&c, "configs/tiny.conf");
     ClipLayout L;
     clip_layout_build(&L, &c);
     Diagnostics d;

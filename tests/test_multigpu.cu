@@ -376,9 +376,7 @@ static void test_resume_exact(void) {
     EXPECT(ok, "train_clip failed");
     if (!ok) return;
     Config c;
-    config_defaults(&c);
-    config_load_file(&c, "configs/tiny.conf");
-    config_finalize(&c);
+    config_load(&c, "configs/tiny.conf");
     ClipLayout L;
     clip_layout_build(&L, &c);
     snprintf(a, sizeof(a), "%s/checkpoints/step_00000012.model.safetensors", straight);

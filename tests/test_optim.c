@@ -103,9 +103,7 @@ static void test_schedule(void) {
 // biases, norms, class embedding and logit_scale stay.
 static void test_weight_decay_excludes_ndim_below_two(void) {
     Config c;
-    config_defaults(&c);
-    config_load_file(&c, "configs/tiny.conf");
-    config_finalize(&c);
+    config_load(&c, "configs/tiny.conf");
     ClipLayout L;
     clip_layout_build(&L, &c);
     float *p = mallocCheck(L.buffer_elems * sizeof(float)), *g = callocCheck(L.buffer_elems, sizeof(float));
