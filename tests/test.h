@@ -84,3 +84,26 @@ static inline const char *test_path(const char *name) {
     snprintf(b, sizeof(bufs[0]), "%s/%s", test_dir(), name);
     return b;
 }
+
+// Runs fn(arg) in a child process (code that is meant to stop the program, such as fatal errors) and
+// returns its exit code (-1 if it did not exit normally), with what it wrote to stderr in msg.
+#include <sys/wait.h>
+static inline int test_in_child(void (*fn)(void *), void *arg, char *msg, size_t cap) {
+    int fds[2];
+    if (pipe(fds) != 0) return perror("pipe"), -1;
+    fflush(stdout), fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        fn(arg);
+        _exit(0);
+    }
+    close(fds[1]);
+    size_t len = 0;
+    for (ssize_t got; len < cap - 1 && (got = read(fds[0], msg + len, cap - 1 - len)) > 0;) len += (size_t)got;
+    msg[len] = '\0';
+    close(fds[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}

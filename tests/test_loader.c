@@ -194,6 +194,16 @@ static void test_epochs(void) {
     free(eval), free(train);
 }
 
+typedef struct {
+    Config c;
+    const char *state;
+} RestoreArgs;
+
+static void restore_in_child(void *arg) {
+    RestoreArgs *a = arg;
+    loader_restore(loader_open(&a->c, TRAIN_SPEC, 1, 4, 0, 1), a->state);
+}
+
 static void test_resume(void) {
     if (!tok) SKIP("no vocabulary");
     int n_ref, n_resumed, n_head;
@@ -217,24 +227,11 @@ static void test_resume(void) {
     }
     free(head), free(ref);
     // a position saved with other data settings (here the seed) is refused with a message
-    int fds[2];
-    EXPECT(pipe(fds) == 0, "pipe");
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        c.seed = 12;
-        loader_restore(loader_open(&c, TRAIN_SPEC, 1, 4, 0, 1), state);
-        _exit(0);
-    }
-    close(fds[1]);
-    char msg[2048] = "";
-    size_t len = 0;
-    for (ssize_t got; len < sizeof(msg) - 1 && (got = read(fds[0], msg + len, sizeof(msg) - 1 - len)) > 0;) len += (size_t)got;
-    msg[len] = '\0';
-    close(fds[0]);
-    int status;
-    waitpid(pid, &status, 0);
-    EXPECT(WIFEXITED(status) && WEXITSTATUS(status) != 0 && strstr(msg, "other data settings"), "restore with another seed: '%s'", msg);
+    char msg[2048];
+    RestoreArgs args = {c, state};
+    args.c.seed = 12;
+    int rc = test_in_child(restore_in_child, &args, msg, sizeof(msg));
+    EXPECT(rc > 0 && strstr(msg, "other data settings"), "restore with another seed: exit %d, '%s'", rc, msg);
 }
 
 static void test_ranks_disjoint(void) {

@@ -156,25 +156,15 @@ static void test_spec_expansion(void) {
 }
 
 // A missing shard stops the program with a message naming it (run in a child process).
+static void parse_missing(void *arg) {
+    ShardList l;
+    shards_parse(SHARD_DIR "train-{0..5}.tar", &l);
+}
+
 static void test_missing_shard_is_an_error(void) {
-    int fds[2];
-    EXPECT(pipe(fds) == 0, "pipe");
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        ShardList l;
-        shards_parse(SHARD_DIR "train-{0..5}.tar", &l);
-        _exit(0);
-    }
-    close(fds[1]);
-    char msg[1024] = "";
-    size_t len = 0;
-    for (ssize_t got; len < sizeof(msg) - 1 && (got = read(fds[0], msg + len, sizeof(msg) - 1 - len)) > 0;) len += (size_t)got;
-    msg[len] = '\0';
-    close(fds[0]);
-    int status;
-    waitpid(pid, &status, 0);
-    EXPECT(WIFEXITED(status) && WEXITSTATUS(status) != 0, "a missing shard did not stop the program");
+    char msg[1024];
+    int rc = test_in_child(parse_missing, NULL, msg, sizeof(msg));
+    EXPECT(rc > 0, "a missing shard did not stop the program (exit %d)", rc);
     EXPECT(strstr(msg, "train-4.tar") != NULL, "the error does not name the missing shard: '%s'", msg);
 }
 
