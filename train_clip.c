@@ -87,15 +87,18 @@ static void format_duration(char *buf, size_t n, double s) {
 }
 
 // One line per log interval; on a terminal, a progress bar redrawn in place between them.
+// img_per_s: the whole run's (all ranks); mfu: 0 when not known (CPU); gpu_gib: this rank's GPU memory.
 static void print_progress(const Config *c, const StepRecord *r, float loss_avg, double img_per_s, double wait_share,
-                           double eta_s, float rms_patch, int newline) {
-    char eta[32];
+                           double eta_s, float rms_patch, double mfu, double gpu_gib, int newline) {
+    char eta[32], per_gpu[48] = "", device[64] = "";
     format_duration(eta, sizeof(eta), eta_s);
+    if (c->world_size > 1) snprintf(per_gpu, sizeof(per_gpu), " (%.0f per GPU)", img_per_s / c->world_size);
+    if (mfu > 0) snprintf(device, sizeof(device), " | MFU %.1f%% | GPU %.1f GiB", 100 * mfu, gpu_gib);
     if (newline) {
         printf("step %6ld/%ld | %ld samples | loss %.4f (avg %.4f) | lr %.2e | logit scale %.2f | grad norm %.3f | "
-               "rms patch %.2f | %.0f img/s | data wait %.0f%% | eta %s\n",
+               "rms patch %.2f | %.0f img/s%s%s | data wait %.0f%% | eta %s\n",
                r->step, c->steps, r->samples, r->loss, loss_avg, r->lr, r->logit_scale, r->grad_norm, rms_patch, img_per_s,
-               100 * wait_share, eta);
+               per_gpu, device, 100 * wait_share, eta);
     } else {
         int width = 30, done = (int)(width * r->step / c->steps);
         printf("\r[%.*s%*s] %ld/%ld loss %.4f %.0f img/s eta %s   ", done, "##############################", width - done, "",
@@ -328,7 +331,8 @@ int main(int argc, char **argv) {
     signal(SIGTERM, on_signal);
     signal(SIGUSR1, on_signal);
     signal(SIGXFSZ, SIG_IGN);  // a file-size limit then fails the write (a clear error) instead of killing the run
-    printf("training FLOPs: %.3g per step (3 x forward)\n", 3 * clip_forward_flops(L, &cfg) * B);
+    double flops_per_image = 3 * clip_forward_flops(L, &cfg);  // training = 3 x forward, for MFU
+    printf("training FLOPs: %.3g per step (3 x forward)\n", flops_per_image * B);
 
     // ---- the training loop
     long end = cfg.steps, ran = 0, ran_in_log = 0;
@@ -373,7 +377,9 @@ int main(int argc, char **argv) {
         if (log_now || tty) {
             double rate = ran_in_log * B / (now - t_log), eta = (end - step - 1) * (now - t_run) / ran;
             if (log_now && tty) printf("\r");
-            print_progress(&cfg, &rec, loss_avg, rate, wait_in_log / (now - t_log), eta, opt.rms[diag.watch[0]], log_now);
+            double peak = clip_model_peak_flops(&model), mfu = peak > 0 ? flops_per_image * rate / cfg.world_size / peak : 0;
+            print_progress(&cfg, &rec, loss_avg, rate, wait_in_log / (now - t_log), eta, opt.rms[diag.watch[0]], mfu,
+                           (double)clip_model_memory_used(&model) / (1u << 30), log_now);
             if (log_now) t_log = now, ran_in_log = 0, wait_in_log = 0;
         }
         int last = step + 1 == end;

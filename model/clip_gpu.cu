@@ -848,6 +848,22 @@ void clip_gpu_features(ClipGPU *g, float *image_features, float *text_features) 
 
 // ---------------------------------------------------------------- setup, memory plan, errors
 
+double clip_gpu_peak_flops(void) {
+    int dev;
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDevice(&dev));
+    cudaCheck(cudaGetDeviceProperties(&prop, dev));
+    if (prop.major == 9) return strstr(prop.name, "PCIe") ? 756e12 : 989e12;  // H100/H200 SXM; H100 PCIe
+    if (prop.major == 8 && prop.minor == 0) return 312e12;                     // A100
+    return 0;
+}
+
+size_t clip_gpu_memory_used(void) {
+    size_t free_b, total_b;
+    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
+    return total_b - free_b;
+}
+
 const char *clip_gpu_unavailable(void) {
     static char why[256];
     int n = 0, runtime = 0, driver = 0;

@@ -44,6 +44,10 @@ typedef struct {
     size_t total;
 } GpuMemoryPlan;
 
+// Dense bf16 tensor-core peak of the current GPU in FLOP/s (for MFU; 0 when not known) and the device
+// memory in use now, in bytes.
+double clip_gpu_peak_flops(void);
+size_t clip_gpu_memory_used(void);
 // Why the GPU cannot be used ("" when it can): no device, driver older than the toolkit, ...
 const char *clip_gpu_unavailable(void);
 GpuMemoryPlan clip_gpu_memory_plan(const Config *c, const ClipLayout *L, int micro_batch, int recompute);

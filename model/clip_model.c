@@ -148,3 +148,17 @@ void clip_model_encode_texts(ClipModel *m, const int32_t *tokens, int n, float *
     clip_cpu_encode_text(&m->cpu, tokens, n);
     memcpy(features, m->cpu.acts.text_features, (size_t)n * c->embed_dim * sizeof(float));
 }
+
+double clip_model_peak_flops(const ClipModel *m) {
+#ifdef HAVE_CUDA
+    if (m->gpu) return clip_gpu_peak_flops();
+#endif
+    return 0;
+}
+
+size_t clip_model_memory_used(const ClipModel *m) {
+#ifdef HAVE_CUDA
+    if (m->gpu) return clip_gpu_memory_used();
+#endif
+    return 0;
+}

@@ -30,6 +30,10 @@ float clip_model_grad_norm(ClipModel *m);
 // Global-norm clipping (when c->grad_clip > 0, given the norm), the optimizer step, the logit_scale clamp.
 void clip_model_update(ClipModel *m, Optimizer *o, float lr, float grad_norm);
 float clip_model_logit_scale(const ClipModel *m);
+// For the progress line: the device's dense bf16 peak in FLOP/s (0 on the CPU or an unknown GPU) and the
+// GPU memory in use in bytes (0 on the CPU).
+double clip_model_peak_flops(const ClipModel *m);
+size_t clip_model_memory_used(const ClipModel *m);
 // Forward only (evaluation): raw features (n, embed_dim) of n <= batch_size images (uint8, as in a Batch)
 // or token rows (n, context_length).
 void clip_model_encode_images(ClipModel *m, const uint8_t *images, int n, float *features);
