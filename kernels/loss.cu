@@ -67,8 +67,8 @@ void contrastive_loss_rows_gpu(float *loss, float *dimg_n, float *dtxt_n, float 
     float *cos = scratch + 2 * (size_t)b, *cos_t = cos + (size_t)b * N, *loss_part = cos_t + (size_t)b * N, *dscale_part = loss_part + 2 * b;
     const float *img_r = img_n + (size_t)row0 * E, *txt_r = txt_n + (size_t)row0 * E;  // this process's rows
     // row-major cos[i][j] = img_r[i] . txt_n[j] is column-major (N, b) = txt_n^T-view @ img_r; cos_t[i][j] = txt_r[i] . img_n[j]
-    matmul_cm(cos, CUDA_R_32F, N, txt_n, E, 1, img_r, E, 0, CUDA_R_32F, NULL, N, b, E, 1.0f, 0.0f);
-    matmul_cm(cos_t, CUDA_R_32F, N, img_n, E, 1, txt_r, E, 0, CUDA_R_32F, NULL, N, b, E, 1.0f, 0.0f);
+    matmul_cm(cos, CUDA_R_32F, N, txt_n, E, 1, img_r, E, 0, CUDA_R_32F, NULL, N, b, E, 1.0f, 0.0f, 0);
+    matmul_cm(cos_t, CUDA_R_32F, N, img_n, E, 1, txt_r, E, 0, CUDA_R_32F, NULL, N, b, E, 1.0f, 0.0f, 0);
     cross_entropy_rows_kernel<<<b, 256>>>(cos, loss_part, dscale_part, logit_scale, N, row0);      // image -> texts
     cudaCheckLaunch();
     cross_entropy_rows_kernel<<<b, 256>>>(cos_t, loss_part + b, dscale_part + b, logit_scale, N, row0);  // text -> images
@@ -78,10 +78,10 @@ void contrastive_loss_rows_gpu(float *loss, float *dimg_n, float *dtxt_n, float 
     // With G, Gt the overwritten cos, cos_t (b, N), row-major:
     //   d img_n[j] = sum_i Gt[i][j] txt_r[i] for every j, and + sum_j G[i][j] txt_n[j] for the own rows row0 + i;
     //   d txt_n[j] = sum_i G[i][j] img_r[i] for every j, and + sum_j Gt[i][j] img_n[j] for the own rows.
-    matmul_cm(dimg_n, CUDA_R_32F, E, txt_r, E, 0, cos_t, N, 1, CUDA_R_32F, NULL, E, N, b, 1.0f, 0.0f);
-    matmul_cm(dimg_n + (size_t)row0 * E, CUDA_R_32F, E, txt_n, E, 0, cos, N, 0, CUDA_R_32F, NULL, E, b, N, 1.0f, 1.0f);
-    matmul_cm(dtxt_n, CUDA_R_32F, E, img_r, E, 0, cos, N, 1, CUDA_R_32F, NULL, E, N, b, 1.0f, 0.0f);
-    matmul_cm(dtxt_n + (size_t)row0 * E, CUDA_R_32F, E, img_n, E, 0, cos_t, N, 0, CUDA_R_32F, NULL, E, b, N, 1.0f, 1.0f);
+    matmul_cm(dimg_n, CUDA_R_32F, E, txt_r, E, 0, cos_t, N, 1, CUDA_R_32F, NULL, E, N, b, 1.0f, 0.0f, 0);
+    matmul_cm(dimg_n + (size_t)row0 * E, CUDA_R_32F, E, txt_n, E, 0, cos, N, 0, CUDA_R_32F, NULL, E, b, N, 1.0f, 1.0f, 0);
+    matmul_cm(dtxt_n, CUDA_R_32F, E, img_r, E, 0, cos, N, 1, CUDA_R_32F, NULL, E, N, b, 1.0f, 0.0f, 0);
+    matmul_cm(dtxt_n + (size_t)row0 * E, CUDA_R_32F, E, img_n, E, 0, cos_t, N, 0, CUDA_R_32F, NULL, E, b, N, 1.0f, 1.0f, 0);
 }
 
 void contrastive_normalize_backward_gpu(float *dimg, float *dtxt, const float *dimg_n, const float *dtxt_n, const float *img_n,

@@ -23,7 +23,7 @@ static void *workspace;
 static Plan plans[MAX_PLANS];
 static int num_plans;
 
-static size_t type_size(cudaDataType_t t) { return t == CUDA_R_32F ? 4 : 2; }
+static size_t type_size(cudaDataType_t t) { return t == CUDA_R_32F || t == CUDA_R_32I ? 4 : t == CUDA_R_8I ? 1 : 2; }
 
 // Largest power of two (<= 256) dividing the address and the leading-dimension stride in bytes.
 static int alignment_of(const void *p, int ld, size_t elem) {
@@ -47,7 +47,8 @@ static Plan *get_plan(const PlanKey *key) {
     memset(p, 0, sizeof(*p));
     p->key = *key;
     cudaDataType_t abt = (cudaDataType_t)key->ab_type, dt = (cudaDataType_t)key->d_type;
-    cublasCheck(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    int int8 = abt == CUDA_R_8I;  // int8 operands accumulate and scale in int32
+    cublasCheck(cublasLtMatmulDescCreate(&p->desc, int8 ? CUBLAS_COMPUTE_32I : CUBLAS_COMPUTE_32F, int8 ? CUDA_R_32I : CUDA_R_32F));
     cublasOperation_t ta = key->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = key->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
     cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
@@ -82,7 +83,8 @@ static Plan *get_plan(const PlanKey *key) {
 }
 
 void matmul_cm(void *d, cudaDataType_t d_type, int ldd, const void *a, int lda, int trans_a, const void *b, int ldb,
-               int trans_b, cudaDataType_t ab_type, const void *bias, int m, int n, int k, float alpha, float beta) {
+               int trans_b, cudaDataType_t ab_type, const void *bias, int m, int n, int k, float alpha, float beta,
+               cudaStream_t stream) {
     if (m == 0 || n == 0) return;
     size_t ab = type_size(ab_type), ds = type_size(d_type);
     int align = alignment_of(a, lda, ab);
@@ -92,8 +94,10 @@ void matmul_cm(void *d, cudaDataType_t d_type, int ldd, const void *a, int lda, 
     PlanKey key = {m, n, k, lda, ldb, ldd, trans_a, trans_b, (int)ab_type, (int)d_type, bias != NULL, align};
     Plan *p = get_plan(&key);
     if (bias) cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-    cublasCheck(cublasLtMatmul(handle, p->desc, &alpha, a, p->la, b, p->lb, &beta, d, p->ld, d, p->ld, &p->algo, workspace,
-                               WORKSPACE_BYTES, 0));
+    int32_t alpha_i = (int32_t)alpha, beta_i = (int32_t)beta;
+    const void *pa = ab_type == CUDA_R_8I ? (const void *)&alpha_i : &alpha, *pb = ab_type == CUDA_R_8I ? (const void *)&beta_i : &beta;
+    cublasCheck(cublasLtMatmul(handle, p->desc, pa, a, p->la, b, p->lb, pb, d, p->ld, d, p->ld, &p->algo, workspace,
+                               WORKSPACE_BYTES, stream));
 }
 
 template <typename T> static cudaDataType_t type_of(void);
@@ -102,15 +106,15 @@ template <> cudaDataType_t type_of<bf16>(void) { return CUDA_R_16BF; }
 
 // Row-major (N, OC) = column-major (OC, N): out^T = w (C, OC)^T-view @ inp^T
 template <typename T> void matmul_forward_gpu(T *out, const T *inp, const T *w, const T *bias, int N, int C, int OC) {
-    matmul_cm(out, type_of<T>(), OC, w, C, 1, inp, C, 0, type_of<T>(), bias, OC, N, C, 1.0f, 0.0f);
+    matmul_cm(out, type_of<T>(), OC, w, C, 1, inp, C, 0, type_of<T>(), bias, OC, N, C, 1.0f, 0.0f, 0);
 }
 
 template <typename T> void matmul_backward_input_gpu(T *dinp, const T *dout, const T *w, int N, int C, int OC) {
-    matmul_cm(dinp, type_of<T>(), C, w, C, 0, dout, OC, 0, type_of<T>(), NULL, C, N, OC, 1.0f, 0.0f);
+    matmul_cm(dinp, type_of<T>(), C, w, C, 0, dout, OC, 0, type_of<T>(), NULL, C, N, OC, 1.0f, 0.0f, 0);
 }
 
 template <typename T> void matmul_backward_weight_gpu(float *dw, const T *dout, const T *inp, int N, int C, int OC) {
-    matmul_cm(dw, CUDA_R_32F, C, inp, C, 0, dout, OC, 1, type_of<T>(), NULL, C, OC, N, 1.0f, 1.0f);
+    matmul_cm(dw, CUDA_R_32F, C, inp, C, 0, dout, OC, 1, type_of<T>(), NULL, C, OC, N, 1.0f, 1.0f, 0);
 }
 
 #define INSTANTIATE(T)                                                                        \

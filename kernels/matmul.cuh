@@ -7,9 +7,11 @@
 #include "common.cuh"
 
 // Column-major, as cuBLAS sees it: D (m, n) = alpha op(A) op(B) + beta D (+ bias (m) down each column).
-// A, B of type ab_type; D (and bias) of type d_type; op = transpose when trans_* is set.
+// A, B of type ab_type; D (and bias) of type d_type; op = transpose when trans_* is set. ab_type CUDA_R_8I
+// takes d_type CUDA_R_32I (int32 accumulation; alpha and beta are then whole numbers). Runs on stream.
 void matmul_cm(void *d, cudaDataType_t d_type, int ldd, const void *a, int lda, int trans_a, const void *b, int ldb,
-               int trans_b, cudaDataType_t ab_type, const void *bias, int m, int n, int k, float alpha, float beta);
+               int trans_b, cudaDataType_t ab_type, const void *bias, int m, int n, int k, float alpha, float beta,
+               cudaStream_t stream);
 
 // out (N, OC) = inp (N, C) @ w^T (+ bias (OC), may be NULL)
 template <typename T> void matmul_forward_gpu(T *out, const T *inp, const T *w, const T *bias, int N, int C, int OC);

@@ -1,61 +1,9 @@
-// switchback.cu: the SwitchBack linear layer (forward, backward, weight quantization, the four modes), the
-// cuBLASLt bf16 GEMM it switches back to for the weight gradient, and the bias-gradient column sums.
+// switchback.cu: the SwitchBack linear layer (forward, backward, weight quantization, the four modes) and the
+// bias-gradient column sums. The bf16 weight gradient it switches back to is matmul.cuh's cuBLASLt GEMM.
 // API and the meaning of each mode in switchback.cuh.
 #include <string.h>
+#include "matmul.cuh"
 #include "switchback.cuh"
-
-// ------------------------------------------------------------------------------------------------ cuBLASLt
-void lt_gemm_init(LtGemm *lt) {
-    cublasCheck(cublasLtCreate(&lt->handle));
-    lt->workspace_size = 32 << 20;
-    cudaCheck(cudaMalloc(&lt->workspace, lt->workspace_size));
-}
-
-void lt_gemm_free(LtGemm *lt) {
-    cudaCheck(cudaFree(lt->workspace));
-    cublasCheck(cublasLtDestroy(lt->handle));
-}
-
-void lt_gemm_bf16(LtGemm *lt, void *c, cudaDataType c_type, const bf16 *a, int a_t, const bf16 *b, int b_t,
-                  const bf16 *bias, int m, int n, int k, float beta, cudaStream_t stream) {
-    // cuBLASLt is column-major: row-major C (m, n) is column-major C^T (n, m) = op(B)^T . op(A)^T, so cuBLAS's
-    // first operand is our B and its second our A, each read in its own storage order.
-    cublasLtMatmulDesc_t desc;
-    cublasCheck(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    cublasOperation_t op_first = b_t ? CUBLAS_OP_T : CUBLAS_OP_N, op_second = a_t ? CUBLAS_OP_T : CUBLAS_OP_N;
-    cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
-    cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
-    if (bias) {
-        cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-        cudaDataType bias_type = CUDA_R_16BF;
-        cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-        cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-        cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
-    }
-    cublasLtMatrixLayout_t lay_first, lay_second, lay_c;  // (rows, cols, leading dimension), column-major
-    cublasCheck(cublasLtMatrixLayoutCreate(&lay_first, CUDA_R_16BF, b_t ? k : n, b_t ? n : k, b_t ? k : n));
-    cublasCheck(cublasLtMatrixLayoutCreate(&lay_second, CUDA_R_16BF, a_t ? m : k, a_t ? k : m, a_t ? m : k));
-    cublasCheck(cublasLtMatrixLayoutCreate(&lay_c, c_type, n, m, n));
-    cublasLtMatmulPreference_t pref;
-    cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
-    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt->workspace_size,
-                                                     sizeof(lt->workspace_size)));
-    cublasLtMatmulHeuristicResult_t heur;
-    int found = 0;
-    cublasCheck(cublasLtMatmulAlgoGetHeuristic(lt->handle, desc, lay_first, lay_second, lay_c, lay_c, pref, 1, &heur, &found));
-    if (found == 0) {
-        fprintf(stderr, "error: lt_gemm_bf16: no cuBLASLt algorithm for m %d n %d k %d (a_t %d, b_t %d)\n", m, n, k, a_t, b_t);
-        exit(1);
-    }
-    float alpha = 1.0f;
-    cublasCheck(cublasLtMatmul(lt->handle, desc, &alpha, b, lay_first, a, lay_second, &beta, c, lay_c, c, lay_c,
-                               &heur.algo, lt->workspace, lt->workspace_size, stream));
-    cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
-    cublasCheck(cublasLtMatrixLayoutDestroy(lay_c));
-    cublasCheck(cublasLtMatrixLayoutDestroy(lay_second));
-    cublasCheck(cublasLtMatrixLayoutDestroy(lay_first));
-    cublasCheck(cublasLtMatmulDescDestroy(desc));
-}
 
 // ------------------------------------------------------------------------------------------------ bias grad
 // Block (32, 8) covers 256 columns of one chunk of rows: thread (x, y) sums its 8 columns (16-byte loads) over rows
@@ -148,7 +96,7 @@ static void scratch_sizes(size_t bytes[8], SwitchBackMode mode, int max_M, int m
 }
 
 size_t switchback_scratch_bytes(SwitchBackMode mode, int max_M, int max_C) {
-    size_t b[8], total = 32 << 20;  // + lt_gemm_init's workspace
+    size_t b[8], total = 0;
     scratch_sizes(b, mode, max_M, max_C);
     for (int i = 0; i < 8; i++) total += b[i];
     return total;
@@ -161,7 +109,6 @@ void switchback_init(SwitchBack *sb, SwitchBackMode mode, int max_M, int max_C) 
         fprintf(stderr, "error: SwitchBack int8 everywhere: %d rows overflow the int32 weight-gradient sum\n", max_M);
         exit(1);
     }
-    lt_gemm_init(&sb->lt);
     size_t b[8];
     scratch_sizes(b, mode, max_M, max_C);
     void **ptrs[8] = {(void **)&sb->gq, (void **)&sb->gs, (void **)&sb->db_partial, (void **)&sb->x_deq,
@@ -179,7 +126,6 @@ void switchback_free(SwitchBack *sb) {
     cudaCheck(cudaFree(sb->xqt));
     cudaCheck(cudaFree(sb->g_absmax));
     cudaCheck(cudaFree(sb->x_absmax));
-    lt_gemm_free(&sb->lt);
 }
 
 static void check_size(const SwitchBack *sb, const SbWeight *w, int M) {
@@ -246,7 +192,8 @@ void switchback_backward(SwitchBack *sb, bf16 *dx, float *dw, float *db, const b
             dequantize_rowwise(sb->x_deq, xq, xs, M, K, stream);
             x = sb->x_deq;
         }
-        lt_gemm_bf16(&sb->lt, dw, CUDA_R_32F, g, 1, x, 0, NULL, N, K, M, accumulate ? 1.0f : 0.0f, stream);
+        // dW (N, K) (+)= g^T x: column-major dW^T (K, N) = x^T (K, M) . g (M, N), fp32 out
+        matmul_cm(dw, CUDA_R_32F, K, x, K, 0, g, N, 1, CUDA_R_16BF, NULL, K, N, M, 1.0f, accumulate ? 1.0f : 0.0f, stream);
     }
     if (fused_db) column_sums_final(db, sb->db_partial, ceil_div(M, SB_QC_ROWS), N, accumulate, stream);
     else if (db) column_sums(db, sb->db_partial, g, M, N, accumulate, stream);

@@ -17,20 +17,6 @@
 
 typedef enum { SB_STANDARD = 0, SB_MEMORY_EFFICIENT = 1, SB_VECTORWISE = 2, SB_INT8_EVERYWHERE = 3 } SwitchBackMode;
 
-// cuBLASLt handle + workspace for the bf16 GEMMs.
-typedef struct {
-    cublasLtHandle_t handle;
-    void *workspace;
-    size_t workspace_size;
-} LtGemm;
-
-void lt_gemm_init(LtGemm *lt);
-void lt_gemm_free(LtGemm *lt);
-// Row-major C (m, n) = op(A) . op(B) (+ bias (n)), bf16 inputs, fp32 accumulate. A is (m, k), or (k, m) if a_t;
-// B is (k, n), or (n, k) if b_t. C is CUDA_R_16BF or CUDA_R_32F; beta = 1 accumulates into C (no bias then).
-void lt_gemm_bf16(LtGemm *lt, void *c, cudaDataType c_type, const bf16 *a, int a_t, const bf16 *b, int b_t,
-                  const bf16 *bias, int m, int n, int k, float beta, cudaStream_t stream);
-
 // db (N) (+)= column sums of g (M, N), fp32, in a fixed order. partial: (SB_DB_CHUNKS, N) scratch.
 #define SB_DB_CHUNKS 64
 void column_sums(float *db, float *partial, const bf16 *g, int M, int N, int accumulate, cudaStream_t stream);
@@ -50,7 +36,6 @@ void switchback_quantize_weight(SbWeight *w, const bf16 *W, SwitchBackMode mode,
 // One per model (or per stream): the mode, cuBLASLt, and scratch sized for the largest layer.
 typedef struct {
     SwitchBackMode mode;
-    LtGemm lt;
     long max_M, max_C;  // C: the largest K or N of any layer
     int8_t *gq;         // (M, C) row-wise int8 of the output gradient
     float *gs;          // (M) its row scales

@@ -339,12 +339,12 @@ static void carve(ClipGPU *g, Arena *a, GpuMemoryPlan *p) {
 // The pooled features are fp32 and the two projections use the fp32 master weights (tiny GEMMs).
 // out (B, E) = x (B, C) @ proj (C, E)
 static void proj_forward(float *out, const float *x, const float *proj, int B, int C, int E) {
-    matmul_cm(out, CUDA_R_32F, E, proj, E, 0, x, C, 0, CUDA_R_32F, NULL, E, B, C, 1.0f, 0.0f);
+    matmul_cm(out, CUDA_R_32F, E, proj, E, 0, x, C, 0, CUDA_R_32F, NULL, E, B, C, 1.0f, 0.0f, 0);
 }
 // dx (B, C) = dout (B, E) @ proj^T;  dproj (C, E) += x^T @ dout
 static void proj_backward(float *dx, float *dproj, const float *dout, const float *x, const float *proj, int B, int C, int E) {
-    matmul_cm(dx, CUDA_R_32F, C, proj, E, 1, dout, E, 0, CUDA_R_32F, NULL, C, B, E, 1.0f, 0.0f);
-    matmul_cm(dproj, CUDA_R_32F, E, dout, E, 0, x, C, 1, CUDA_R_32F, NULL, E, C, B, 1.0f, 1.0f);
+    matmul_cm(dx, CUDA_R_32F, C, proj, E, 1, dout, E, 0, CUDA_R_32F, NULL, C, B, E, 1.0f, 0.0f, 0);
+    matmul_cm(dproj, CUDA_R_32F, E, dout, E, 0, x, C, 1, CUDA_R_32F, NULL, E, C, B, 1.0f, 1.0f, 0);
 }
 
 static const float *opt_param(const ClipGPU *g, size_t off) { return off == NO_TENSOR ? NULL : g->params + off; }

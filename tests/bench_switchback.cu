@@ -9,6 +9,7 @@
 // cudaProfilerStart and Stop (for `ncu --profile-from-start off`).
 #include <cuda_profiler_api.h>
 #include <string.h>
+#include "../kernels/matmul.cuh"
 #include "../kernels/switchback.cuh"
 
 typedef struct {
@@ -43,37 +44,6 @@ __global__ void count_diff_kernel(unsigned long long *count, const uint16_t *a, 
     if (i < n && a[i] != b[i]) atomicAdd(count, 1ull);
 }
 
-// cuBLASLt int8 x int8 -> int32, row-major y (M, N) = x (M, K) . w (N, K)^T: column-major y^T = w^T x, i.e.
-// the "TN" form cuBLASLt's int8 kernels need.
-static void lt_gemm_int8(LtGemm *lt, int32_t *y, const int8_t *x, const int8_t *w, int M, int N, int K) {
-    cublasLtMatmulDesc_t desc;
-    cublasCheck(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32I, CUDA_R_32I));
-    cublasOperation_t t = CUBLAS_OP_T;
-    cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)));
-    cublasLtMatrixLayout_t la, lb, lc;
-    cublasCheck(cublasLtMatrixLayoutCreate(&la, CUDA_R_8I, K, N, K));
-    cublasCheck(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8I, K, M, K));
-    cublasCheck(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32I, N, M, N));
-    cublasLtMatmulPreference_t pref;
-    cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
-    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt->workspace_size,
-                                                     sizeof(lt->workspace_size)));
-    cublasLtMatmulHeuristicResult_t heur;
-    int found = 0;
-    cublasCheck(cublasLtMatmulAlgoGetHeuristic(lt->handle, desc, la, lb, lc, lc, pref, 1, &heur, &found));
-    if (!found) {
-        fprintf(stderr, "error: no cuBLASLt int8 algorithm for (%d, %d, %d)\n", M, N, K);
-        exit(1);
-    }
-    int32_t alpha = 1, beta = 0;
-    cublasCheck(cublasLtMatmul(lt->handle, desc, &alpha, w, la, x, lb, &beta, y, lc, y, lc, &heur.algo, lt->workspace,
-                               lt->workspace_size, 0));
-    cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
-    cublasCheck(cublasLtMatrixLayoutDestroy(lc));
-    cublasCheck(cublasLtMatrixLayoutDestroy(lb));
-    cublasCheck(cublasLtMatrixLayoutDestroy(la));
-    cublasCheck(cublasLtMatmulDescDestroy(desc));
-}
 
 // Everything one shape needs; [2]: the two alternating sets of activations.
 typedef struct {
@@ -84,7 +54,6 @@ typedef struct {
     int32_t *y32;
     SbWeight qw;
     SwitchBack sb, sb_me;  // standard and memory-efficient scratch
-    LtGemm lt;
 } Bench;
 
 typedef enum {
@@ -108,16 +77,17 @@ static void run_op(Bench *b, Op op, int set) {
     int M = b->s.M, K = b->s.K, N = b->s.N;
     Int8Gemm f = forward_gemm(b, set);
     switch (op) {
-    case OP_BF16_GEMM: lt_gemm_bf16(&b->lt, b->y, CUDA_R_16BF, b->x[set], 0, b->w, 1, NULL, M, N, K, 0.0f, 0); break;
-    case OP_INT8_LT: lt_gemm_int8(&b->lt, b->y32, b->xq[set], b->qw.q, M, N, K); break;
+    case OP_BF16_GEMM: matmul_forward_gpu<bf16>(b->y, b->x[set], b->w, NULL, M, K, N); break;
+    // cuBLASLt int8 -> int32, y (M, N) = x (M, K) . w (N, K)^T in the "TN" form its int8 kernels need
+    case OP_INT8_LT: matmul_cm(b->y32, CUDA_R_32I, N, b->qw.q, K, 1, b->xq[set], K, 0, CUDA_R_8I, NULL, N, M, K, 1.0f, 0.0f, 0); break;
     case OP_INT8_WGMMA: int8_gemm_path(&f, INT8_PATH_WGMMA, 0); break;
     case OP_INT8_MMA: int8_gemm_path(&f, INT8_PATH_MMA, 0); break;
     case OP_QUANT_ROWS: quantize_rowwise(b->xq[set], b->xs[set], b->x[set], M, K, 0); break;
     case OP_QUANT_WEIGHT: switchback_quantize_weight(&b->qw, b->w, SB_STANDARD, 0); break;
     case OP_LAYER_BF16:
-        lt_gemm_bf16(&b->lt, b->y, CUDA_R_16BF, b->x[set], 0, b->w, 1, b->bias, M, N, K, 0.0f, 0);  // y = x W^T + b
-        lt_gemm_bf16(&b->lt, b->dx, CUDA_R_16BF, b->g[set], 0, b->w, 0, NULL, M, K, N, 0.0f, 0);   // dx = g W
-        lt_gemm_bf16(&b->lt, b->dw, CUDA_R_32F, b->g[set], 1, b->x[set], 0, NULL, N, K, M, 0.0f, 0);  // dW = g^T x
+        matmul_forward_gpu<bf16>(b->y, b->x[set], b->w, b->bias, M, K, N);          // y = x W^T + b
+        matmul_backward_input_gpu<bf16>(b->dx, b->g[set], b->w, M, K, N);            // dx = g W
+        matmul_cm(b->dw, CUDA_R_32F, K, b->x[set], K, 0, b->g[set], N, 1, CUDA_R_16BF, NULL, K, N, M, 1.0f, 0.0f, 0);  // dW = g^T x
         column_sums(b->db, b->sb.db_partial, b->g[set], M, N, 0, 0);
         break;
     case OP_LAYER_SB:
@@ -218,7 +188,6 @@ int main(int argc, char **argv) {
         sb_weight_alloc(&b.qw, N, K);
         switchback_init(&b.sb, SB_STANDARD, M, C);
         switchback_init(&b.sb_me, SB_MEMORY_EFFICIENT, M, C);
-        lt_gemm_init(&b.lt);
         switchback_quantize_weight(&b.qw, b.w, SB_STANDARD, 0);
         for (int i = 0; i < 2; i++) quantize_rowwise(b.xq[i], b.xs[i], b.x[i], M, K, 0);
 
@@ -275,7 +244,6 @@ int main(int argc, char **argv) {
         sb_weight_free(&b.qw);
         switchback_free(&b.sb);
         switchback_free(&b.sb_me);
-        lt_gemm_free(&b.lt);
     }
 
     printf("\nTFLOP/s (2MNK / median time); fwd+bwd in ms, speed-up = bf16 / SwitchBack\n");
