@@ -33,15 +33,6 @@ void free_lines(char **lines, int count) {
     free(lines);
 }
 
-static void normalize_rows(float *x, int n, int E) {
-    for (int i = 0; i < n; i++) {
-        double ss = 0;
-        for (int k = 0; k < E; k++) ss += (double)x[(size_t)i * E + k] * x[(size_t)i * E + k];
-        float inv = (float)(1.0 / fmax(sqrt(ss), 1e-12));
-        for (int k = 0; k < E; k++) x[(size_t)i * E + k] *= inv;
-    }
-}
-
 // The most samples one encode call takes: the model's training batch.
 static int max_batch(const ClipModel *m) { return (int)m->cpu.cfg.batch_size; }
 
@@ -66,13 +57,13 @@ float *zeroshot_classifier(ClipModel *m, const Tokenizer *tok, char **classnames
             if (tokenizer_encode(tok, text, ids + (size_t)filled * ctx, ctx) < 0) fatal("zero-shot prompt '%s' cannot be tokenized", text);
             if (++filled < mb && p + 1 < P) continue;
             clip_model_encode_texts(m, ids, filled, feat);
-            normalize_rows(feat, filled, E);
+            l2_normalize_forward(feat, NULL, feat, filled, E);
             for (int i = 0; i < filled; i++)
                 for (int k = 0; k < E; k++) classifier[(size_t)c * E + k] += feat[(size_t)i * E + k] / P;
             filled = 0;
         }
     }
-    normalize_rows(classifier, C, E);
+    l2_normalize_forward(classifier, NULL, classifier, C, E);
     free(ids), free(feat);
     return classifier;
 }
@@ -107,7 +98,7 @@ ZeroShotResult eval_zeroshot(ClipModel *m, const float *classifier, int C, Loade
     while ((n = loader_next(loader, &b)) > 0) {
         if (n > max_batch(m)) fatal("eval_zeroshot: loader batch %d exceeds the model's %d", n, max_batch(m));
         clip_model_encode_images(m, b.images, n, feat);
-        normalize_rows(feat, n, E);
+        l2_normalize_forward(feat, NULL, feat, n, E);
         zeroshot_accuracy(&r, seen, hit, feat, b.labels, n, classifier, C, E);
     }
     int present = 0;
@@ -170,7 +161,7 @@ RetrievalResult eval_retrieval(ClipModel *m, Loader *loader, long max_pairs) {
     }
     if (n > 0) {
         r.loss /= batches;
-        normalize_rows(img, (int)n, E), normalize_rows(txt, (int)n, E);
+        l2_normalize_forward(img, NULL, img, (int)n, E), l2_normalize_forward(txt, NULL, txt, (int)n, E);
         retrieval_recall(&r, img, txt, n, E);
     }
     free(img), free(txt);

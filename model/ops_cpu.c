@@ -303,7 +303,7 @@ void l2_normalize_forward(float *out, float *inv_norm, const float *x, int B, in
         for (int i = 0; i < E; i++) ss += (double)x[(size_t)b * E + i] * x[(size_t)b * E + i];
         // F.normalize divides by max(||x||, 1e-12)
         double n = sqrt(ss) > 1e-12 ? sqrt(ss) : 1e-12;
-        inv_norm[b] = (float)(1.0 / n);
+        if (inv_norm) inv_norm[b] = (float)(1.0 / n);
         for (int i = 0; i < E; i++) out[(size_t)b * E + i] = (float)(x[(size_t)b * E + i] / n);
     }
 }

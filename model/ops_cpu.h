@@ -50,7 +50,8 @@ void gather_rows_backward(float *dx, const float *dout, const int *index, int B,
 // index[b] = position of the first maximum token id in ids[b] (the EOT), as torch's argmax.
 void eot_positions(int *index, const int32_t *ids, int B, int T);
 
-// Row-wise L2 normalisation (B, E), as F.normalize; inv_norm (B) kept for backward. dx is written (=).
+// Row-wise L2 normalisation (B, E), as F.normalize; out may be x; inv_norm (B) kept for backward (or NULL).
+// dx is written (=).
 void l2_normalize_forward(float *out, float *inv_norm, const float *x, int B, int E);
 void l2_normalize_backward(float *dx, const float *dy, const float *y, const float *inv_norm, int B, int E);
 
