@@ -1,6 +1,9 @@
 // loader.c: the Loader behind data/loader.h: the synthetic source, and webdataset shards read by one
 // assembler thread and data_workers decode threads.
 //
+// Both sources fill two batch buffers from a background thread: the trainer reads one while the other is
+// being filled, so drawing or decoding the next batch overlaps the training step.
+//
 // The shard pipeline. The assembler walks the rank's stream of items: visit v reads the shard
 // shard_plan_visit(v), indexes its headers, and its samples come out in shard_plan_order(v) order (the
 // shuffle buffer); item (v, i) is the i-th of them. Counting items from where the loader starts, item g
@@ -56,8 +59,9 @@ typedef struct {
 typedef struct {
     Batch batch;
     int ready;
-    uint64_t visit;  // the position after this batch
+    uint64_t visit;  // the position after this batch (shards)
     int item;
+    uint64_t position;  // the position after this batch (synthetic)
     LoaderStats stats;
 } BatchSlot;
 
@@ -67,8 +71,7 @@ struct Loader {
     LoaderStats stats;
     // synthetic source
     int synthetic;
-    uint64_t position;  // samples this rank has drawn so far
-    Batch batch;
+    uint64_t position;  // samples this rank has drawn up to the last batch returned
     // webdataset shards
     char spec[CONFIG_STR];
     ShardList shards;
@@ -80,7 +83,7 @@ struct Loader {
     int item;
     int n_workers, started;
     Worker *workers;
-    pthread_t assembler;
+    pthread_t assembler;  // the thread that fills the batch slots (for either source)
     pthread_mutex_t mu;
     pthread_cond_t cond;  // a batch slot became ready or free, or stop
     BatchSlot slots[2];
@@ -143,6 +146,26 @@ static void *worker_main(void *arg) {
     if (f) fclose(f);
     sample_scratch_free(&scratch);
     return NULL;
+}
+
+// ---------------------------------------------------------------- batch slots
+
+// The filling thread's side of the two-slot handshake: wait until the trainer has released the slot
+// (returns 0 on stop), and hand a filled slot over (n = 0: nothing more, an eval pass has ended).
+static int slot_wait_free(Loader *l, BatchSlot *bs) {
+    pthread_mutex_lock(&l->mu);
+    while (bs->ready && !atomic_load(&l->stop)) pthread_cond_wait(&l->cond, &l->mu);
+    pthread_mutex_unlock(&l->mu);
+    return !atomic_load(&l->stop);
+}
+
+static void slot_publish(Loader *l, BatchSlot *bs, int n, int ended, const LoaderStats *st) {
+    pthread_mutex_lock(&l->mu);
+    bs->batch.size = n, bs->stats = *st;
+    bs->ready = n > 0;
+    l->finished = ended, l->end_stats = *st;
+    pthread_cond_broadcast(&l->cond);
+    pthread_mutex_unlock(&l->mu);
 }
 
 // ---------------------------------------------------------------- the assembler
@@ -247,9 +270,7 @@ static void *assembler_main(void *arg) {
     int item = l->item;
     for (int slot = 0;; slot ^= 1) {
         BatchSlot *bs = &l->slots[slot];
-        pthread_mutex_lock(&l->mu);
-        while (bs->ready && !atomic_load(&l->stop)) pthread_cond_wait(&l->cond, &l->mu);
-        pthread_mutex_unlock(&l->mu);
+        if (!slot_wait_free(l, bs)) break;
         int n = 0, ended = 0;
         while (n < l->batch_size && !atomic_load(&l->stop)) {
             dispatch(l, &c, &st);
@@ -282,12 +303,8 @@ static void *assembler_main(void *arg) {
         }
         if (atomic_load(&l->stop)) break;
         st.images_per_s = decode_rate(l);
-        pthread_mutex_lock(&l->mu);
-        bs->batch.size = n, bs->visit = visit, bs->item = item, bs->stats = st;
-        bs->ready = n > 0;
-        l->finished = ended, l->end_stats = st;
-        pthread_cond_broadcast(&l->cond);
-        pthread_mutex_unlock(&l->mu);
+        bs->visit = visit, bs->item = item;
+        slot_publish(l, bs, n, ended, &st);
         if (ended) break;
     }
     shard_index_free(&c.idx);
@@ -295,7 +312,52 @@ static void *assembler_main(void *arg) {
     return NULL;
 }
 
+// ---------------------------------------------------------------- synthetic source
+
+// Fills the slots with draws from the pool, data_workers-wide (OpenMP). Train: an endless stream of draws,
+// disjoint across ranks; eval: one ordered pass over the pool.
+static void *synthetic_main(void *arg) {
+    Loader *l = arg;
+    const Config *c = &l->cfg;
+    int S = c->image_size, T = c->context_length;
+    uint64_t pool = (uint64_t)c->synthetic_size, position = l->position;
+    LoaderStats st = {0};
+    for (int slot = 0;; slot ^= 1) {
+        BatchSlot *bs = &l->slots[slot];
+        if (!slot_wait_free(l, bs)) break;
+        int n = l->batch_size;
+        if (!l->is_train) n = position >= pool ? 0 : (int)(pool - position < (uint64_t)n ? pool - position : (uint64_t)n);
+        double t0 = now_seconds();
+#pragma omp parallel for schedule(static) num_threads(c->data_workers)
+        for (int i = 0; i < n; i++) {
+            uint64_t k = position + (uint64_t)i, index = k;
+            if (l->is_train) {
+                Rng r;
+                rng_init(&r, c->seed, RNG_DATA, k * (uint64_t)l->world + (uint64_t)l->rank);
+                index = rng_below(&r, pool);
+            }
+            synthetic_sample(c->seed, index, S, T, c->vocab_size, bs->batch.images + (size_t)i * 3 * S * S,
+                             bs->batch.tokens + (size_t)i * T);
+        }
+        double dt = now_seconds() - t0;
+        position += (uint64_t)n;
+        st.samples += n;
+        if (n > 0 && dt > 0) st.images_per_s = n / dt;
+        bs->position = position;
+        slot_publish(l, bs, n, n == 0, &st);
+        if (n == 0) break;
+    }
+    return NULL;
+}
+
+// ---------------------------------------------------------------- the API
+
 static void start_threads(Loader *l) {
+    if (l->synthetic) {
+        if (pthread_create(&l->assembler, NULL, synthetic_main, l)) fatal("pthread_create failed for the synthetic data source");
+        l->started = 1;
+        return;
+    }
     int B = l->batch_size, W = l->n_workers, S = l->cfg.image_size, T = l->cfg.context_length;
     l->workers = callocCheck((size_t)W, sizeof(Worker));
     for (int i = 0; i < W; i++) {
@@ -314,22 +376,28 @@ static void start_threads(Loader *l) {
     l->started = 1;
 }
 
-static Loader *open_shards(Loader *l, const char *spec) {
-    const Config *c = &l->cfg;
-    snprintf(l->spec, sizeof(l->spec), "%s", spec);
-    shards_parse(spec, &l->shards);
-    l->mode = !l->is_train ? PLAN_EVAL : c->resampled ? PLAN_RESAMPLED : PLAN_TRAIN;
-    shard_plan_init(&l->plan, l->shards.n, c->seed, l->rank, l->world, l->mode);
-    l->tok = tokenizer_load(NULL);
-    l->params = (SampleParams){l->tok, c->image_size, c->context_length, c->max_image_pixels, c->image_alpha, l->is_train};
-    l->n_workers = c->data_workers;
+Loader *loader_open(const Config *c, const char *spec, int is_train, int batch_size, int rank, int world) {
+    if (batch_size < 1) fatal("loader_open: batch size %d", batch_size);
+    Loader *l = callocCheck(1, sizeof(Loader));
+    l->cfg = *c;
+    l->is_train = is_train, l->batch_size = batch_size, l->rank = rank, l->world = world;
+    l->synthetic = strcmp(spec, "synthetic") == 0;
+    if (!l->synthetic) {
+        snprintf(l->spec, sizeof(l->spec), "%s", spec);
+        shards_parse(spec, &l->shards);
+        l->mode = !l->is_train ? PLAN_EVAL : c->resampled ? PLAN_RESAMPLED : PLAN_TRAIN;
+        shard_plan_init(&l->plan, l->shards.n, c->seed, l->rank, l->world, l->mode);
+        l->tok = tokenizer_load(NULL);
+        l->params = (SampleParams){l->tok, c->image_size, c->context_length, c->max_image_pixels, c->image_alpha, l->is_train};
+        l->n_workers = c->data_workers;
+    }
     l->held_slot = -1;
     for (int k = 0; k < 2; k++) batch_alloc(&l->slots[k].batch, l->batch_size, c->image_size, c->context_length);
     if (pthread_mutex_init(&l->mu, NULL) || pthread_cond_init(&l->cond, NULL)) fatal("pthread mutex/cond init failed");
     return l;
 }
 
-static int next_shards(Loader *l, Batch *b) {
+int loader_next(Loader *l, Batch *b) {
     if (!l->started) start_threads(l);
     double t0 = now_seconds();
     pthread_mutex_lock(&l->mu);
@@ -345,7 +413,7 @@ static int next_shards(Loader *l, Batch *b) {
     if (bs->ready) {
         l->stats = bs->stats;
         l->held_slot = l->next_slot, l->next_slot ^= 1;
-        l->visit = bs->visit, l->item = bs->item;
+        l->visit = bs->visit, l->item = bs->item, l->position = bs->position;
         *b = bs->batch;
         n = b->size;
     } else {
@@ -356,54 +424,6 @@ static int next_shards(Loader *l, Batch *b) {
     l->stats.wait_seconds += now_seconds() - t0;
     return n;
 }
-
-// ---------------------------------------------------------------- synthetic source
-
-static int next_synthetic(Loader *l, Batch *b) {
-    const Config *c = &l->cfg;
-    int S = c->image_size, T = c->context_length;
-    uint64_t pool = (uint64_t)c->synthetic_size;
-    // eval: one ordered pass over the pool; train: an endless stream of draws, disjoint across ranks
-    if (!l->is_train && l->position >= pool) return 0;
-    int n = l->batch_size;
-    if (!l->is_train && l->position + (uint64_t)n > pool) n = (int)(pool - l->position);
-    double t0 = now_seconds();
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < n; i++) {
-        uint64_t k = l->position + (uint64_t)i;
-        uint64_t index = k;
-        if (l->is_train) {
-            Rng r;
-            rng_init(&r, c->seed, RNG_DATA, k * (uint64_t)l->world + (uint64_t)l->rank);
-            index = rng_below(&r, pool);
-        }
-        synthetic_sample(c->seed, index, S, T, c->vocab_size, l->batch.images + (size_t)i * 3 * S * S,
-                         l->batch.tokens + (size_t)i * T);
-    }
-    double dt = now_seconds() - t0;
-    l->position += (uint64_t)n;
-    l->stats.samples += n;
-    l->stats.wait_seconds += dt;
-    l->stats.images_per_s = dt > 0 ? n / dt : 0;
-    l->batch.size = n;
-    *b = l->batch;
-    return n;
-}
-
-// ---------------------------------------------------------------- the API
-
-Loader *loader_open(const Config *c, const char *spec, int is_train, int batch_size, int rank, int world) {
-    if (batch_size < 1) fatal("loader_open: batch size %d", batch_size);
-    Loader *l = callocCheck(1, sizeof(Loader));
-    l->cfg = *c;
-    l->is_train = is_train, l->batch_size = batch_size, l->rank = rank, l->world = world;
-    if (strcmp(spec, "synthetic") != 0) return open_shards(l, spec);
-    l->synthetic = 1;
-    batch_alloc(&l->batch, batch_size, c->image_size, c->context_length);
-    return l;
-}
-
-int loader_next(Loader *l, Batch *b) { return l->synthetic ? next_synthetic(l, b) : next_shards(l, b); }
 
 LoaderStats loader_stats(const Loader *l) { return l->stats; }
 
@@ -428,13 +448,13 @@ void loader_get_state(const Loader *l, char *buf, size_t cap) {
 }
 
 void loader_restore(Loader *l, const char *state) {
+    if (l->started) fatal("loader_restore: called after the first loader_next");
     if (l->synthetic) {
         unsigned long long pos;
         if (sscanf(state, "synthetic position=%llu", &pos) != 1) fatal("loader state '%s' is not a synthetic-source position", state);
         l->position = pos;
         return;
     }
-    if (l->started) fatal("loader_restore: called after the first loader_next");
     unsigned long long seed, visit;
     int n, world, rank, resampled, item;
     long buffer;
@@ -452,36 +472,35 @@ void loader_restore(Loader *l, const char *state) {
 }
 
 void loader_close(Loader *l) {
-    if (!l->synthetic) {
-        atomic_store(&l->stop, 1);
-        if (l->started) {
-            for (int i = 0; i < l->n_workers; i++) {
-                pthread_mutex_lock(&l->workers[i].mu);
-                pthread_cond_broadcast(&l->workers[i].cond);
-                pthread_mutex_unlock(&l->workers[i].mu);
-            }
-            pthread_mutex_lock(&l->mu);
-            pthread_cond_broadcast(&l->cond);
-            pthread_mutex_unlock(&l->mu);
-            pthread_join(l->assembler, NULL);
-            for (int i = 0; i < l->n_workers; i++) {
-                Worker *w = &l->workers[i];
-                pthread_join(w->thread, NULL);
-                for (int k = 0; k < w->cap; k++) free(w->ring[k].image), free(w->ring[k].tokens);
-                free(w->ring);
-                pthread_mutex_destroy(&w->mu);
-                pthread_cond_destroy(&w->cond);
-            }
-            free(l->workers);
+    atomic_store(&l->stop, 1);
+    if (l->started) {
+        for (int i = 0; i < l->n_workers; i++) {
+            pthread_mutex_lock(&l->workers[i].mu);
+            pthread_cond_broadcast(&l->workers[i].cond);
+            pthread_mutex_unlock(&l->workers[i].mu);
         }
-        for (int k = 0; k < 2; k++) batch_free(&l->slots[k].batch);
-        pthread_mutex_destroy(&l->mu);
-        pthread_cond_destroy(&l->cond);
+        pthread_mutex_lock(&l->mu);
+        pthread_cond_broadcast(&l->cond);
+        pthread_mutex_unlock(&l->mu);
+        pthread_join(l->assembler, NULL);
+        for (int i = 0; i < l->n_workers; i++) {
+            Worker *w = &l->workers[i];
+            pthread_join(w->thread, NULL);
+            for (int k = 0; k < w->cap; k++) free(w->ring[k].image), free(w->ring[k].tokens);
+            free(w->ring);
+            pthread_mutex_destroy(&w->mu);
+            pthread_cond_destroy(&w->cond);
+        }
+        free(l->workers);
+    }
+    for (int k = 0; k < 2; k++) batch_free(&l->slots[k].batch);
+    pthread_mutex_destroy(&l->mu);
+    pthread_cond_destroy(&l->cond);
+    if (!l->synthetic) {
         tokenizer_free(l->tok);
         shard_plan_free(&l->plan);
         shards_free(&l->shards);
     }
-    if (l->synthetic) batch_free(&l->batch);
     free(l);
 }
 

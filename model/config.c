@@ -90,7 +90,7 @@ static const Key KEYS[] = {
      "prompt templates, one per line, {} = the class name (e.g. data/openai_imagenet_templates.txt); empty = the name alone"},
     {"eval_every", T_LONG, OFF(eval_every), "0", 0, BIG, NULL, "steps between evaluations (zero-shot and/or retrieval); 0 = only at the end"},
     {"synthetic_size", T_LONG, OFF(synthetic_size), "4096", 1, BIG, NULL, "distinct samples the synthetic source cycles through"},
-    {"data_workers", T_INT, OFF(data_workers), "4", 1, 1024, NULL, "decode threads per rank"},
+    {"data_workers", T_INT, OFF(data_workers), "4", 1, 1024, NULL, "decode threads per rank (for the synthetic source: drawing threads)"},
     {"shuffle_buffer", T_LONG, OFF(shuffle_buffer), "1000", 0, BIG, NULL, "samples held for shuffling (0 = shard order only)"},
     {"resampled", T_BOOL, OFF(resampled), "false", 0, 1, NULL, "draw shards with replacement (open_clip --dataset-resampled)"},
     {"image_alpha", T_ENUM, OFF(image_alpha), "drop", 0, 0, "drop|white",

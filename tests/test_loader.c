@@ -1,13 +1,15 @@
 // test_loader.c: the judgement of every fixture sample (each skip reason, image sizes, captions), and the
 // threaded loader on the committed shards: eval passes in spec order with a short last batch, the same
 // batches for 1 and 3 decode threads, resume from a saved position (also across an epoch and with another
-// thread count), disjoint ranks, whole epochs, resampling, the pixel limit, statistics.
-// Needs data/bpe_simple_vocab_16e6.txt.gz (scripts/get_vocab.sh); without it these tests are skipped.
+// thread count), disjoint ranks, whole epochs, resampling, the pixel limit, statistics; the synthetic source
+// through the same background filling (its draws, its eval pass, resume, a held batch left intact).
+// Needs data/bpe_simple_vocab_16e6.txt.gz (scripts/get_vocab.sh); without it the shard tests are skipped.
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "../data/loader.h"
 #include "../data/sample.h"
+#include "../data/synthetic.h"
 #include "data_fixtures.h"
 #include "test.h"
 
@@ -296,6 +298,64 @@ static void test_limits_and_stats(void) {
     loader_close(l);
 }
 
+// The synthetic source is filled by a background thread like the shards: an eval pass yields the pool in
+// order (sample k = synthetic_sample(seed, k)) with a short last batch, then 0; a train stream is the same
+// for any thread count and resumes exactly; the batch handed out is not touched while the next one is drawn.
+static void test_synthetic_source(void) {
+    enum { B = 8, POOL = 50 };
+    Config c = test_config(3, 0, 7);
+    c.synthetic_size = POOL;
+    size_t img = (size_t)3 * S * S;
+    uint8_t want_img[3 * S * S];
+    int32_t want_tok[T];
+    Loader *ev = loader_open(&c, "synthetic", 0, B, 0, 1);
+    Batch b;
+    int seen = 0, n, batches = 0, wrong = 0;
+    while ((n = loader_next(ev, &b)) > 0) {
+        for (int i = 0; i < n; i++) {
+            synthetic_sample(c.seed, (uint64_t)(seen + i), S, T, c.vocab_size, want_img, want_tok);
+            wrong += memcmp(b.images + i * img, want_img, img) != 0 || memcmp(b.tokens + i * T, want_tok, sizeof(want_tok)) != 0;
+        }
+        seen += n, batches++;
+        EXPECT(n == B || seen == POOL, "batch %d has %d samples", batches, n);
+    }
+    EXPECT(seen == POOL && batches == (POOL + B - 1) / B, "eval pass: %d samples in %d batches", seen, batches);
+    EXPECT(wrong == 0, "%d eval samples differ from synthetic_sample", wrong);
+    EXPECT(loader_next(ev, &b) == 0, "an ended eval pass stays ended");
+    EXPECT(loader_stats(ev).samples == POOL, "stats count %ld samples", loader_stats(ev).samples);
+    loader_close(ev);
+
+    // train: 6 batches with 3 threads; the same with 1 thread after restoring the position after batch 2
+    enum { N = 6 };
+    uint8_t *imgs = mallocCheck(N * B * img);
+    int32_t *toks = mallocCheck(N * B * T * sizeof(int32_t));
+    char state[128] = "";
+    Loader *tr = loader_open(&c, "synthetic", 1, B, 1, 2);
+    for (int k = 0; k < N; k++) {
+        EXPECT(loader_next(tr, &b) == B, "train batch %d is full", k);
+        memcpy(imgs + k * B * img, b.images, B * img);
+        memcpy(toks + k * B * T, b.tokens, B * T * sizeof(int32_t));
+        if (k == 1) loader_get_state(tr, state, sizeof(state));
+        if (k == 3) {  // the filling thread draws the next batch meanwhile; this one must stay as it was
+            usleep(50000);
+            EXPECT(memcmp(b.images, imgs + k * B * img, B * img) == 0, "the held batch changed while the next was drawn");
+        }
+    }
+    loader_close(tr);
+    c.data_workers = 1;
+    Loader *re = loader_open(&c, "synthetic", 1, B, 1, 2);
+    loader_restore(re, state);
+    int differ = 0;
+    for (int k = 2; k < N; k++) {
+        loader_next(re, &b);
+        differ += memcmp(b.images, imgs + k * B * img, B * img) != 0 || memcmp(b.tokens, toks + k * B * T, B * T * sizeof(int32_t)) != 0;
+    }
+    EXPECT(differ == 0, "%d of %d batches differ after restoring '%s' with another thread count", differ, N - 2, state);
+    loader_close(re);
+    free(imgs);
+    free(toks);
+}
+
 int main(void) {
     if (access(VOCAB, R_OK) == 0) tok = tokenizer_load(VOCAB);
     manifest_n = read_manifest(&manifest);
@@ -308,6 +368,7 @@ int main(void) {
     RUN(test_ranks_disjoint);
     RUN(test_resampled);
     RUN(test_limits_and_stats);
+    RUN(test_synthetic_source);
     if (tok) tokenizer_free(tok);
     free(manifest);
     TEST_EXIT();
