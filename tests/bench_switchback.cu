@@ -95,7 +95,7 @@ static void run_op(Bench *b, Op op, int set) {
         SwitchBack *sb = op == OP_LAYER_SB ? &b->sb : &b->sb_me;
         switchback_forward(sb, b->y, b->xq[set], b->xs[set], b->x[set], &b->qw, b->bias, M, 0);
         switchback_backward(sb, b->dx, b->dw, b->db, b->g[set], op == OP_LAYER_SB ? b->x[set] : NULL, b->xq[set],
-                            b->xs[set], &b->qw, M, 0, 0);
+                            b->xs[set], &b->qw, M, 0, 0, 0);
         break;
     }
     default: break;
