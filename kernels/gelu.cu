@@ -88,16 +88,26 @@ void gelu_forward_quantize_gpu(bf16 *out, int8_t *q, float *qs, const bf16 *inp,
     cudaCheckLaunch();
 }
 
-// The backward's rows for the fused quantizer: dinp = dout * gelu'(inp), written (bf16) and returned.
+// The backward's rows for the fused quantizer: dinp = dout * gelu'(inp), written (bf16); the column sums (c_fc's bias
+// gradient) add the fp32 values, as gelu_backward_bias_gpu does.
 struct GeluBackwardRows {
+    struct In {
+        Vec<bf16, 8> g, x;
+    };
     bf16 *dinp;
     const bf16 *dout, *inp;
     int C, quick;
-    __device__ uint4 operator()(int row, int vec) const {
+    __device__ In load(int row, int vec) const {
         size_t o = (size_t)row * C + vec * 8;
-        Vec<bf16, 8> g = load_vec<bf16, 8>(dout + o), x = load_vec<bf16, 8>(inp + o), d;
-        for (int i = 0; i < 8; i++) d.v[i] = from_float<bf16>(to_float(g.v[i]) * gelu_grad(to_float(x.v[i]), quick));
-        store_vec<bf16, 8>(dinp + o, d);
+        return In{load_vec<bf16, 8>(dout + o), load_vec<bf16, 8>(inp + o)};
+    }
+    __device__ uint4 apply(const In &in, int row, int vec, float *f) const {
+        Vec<bf16, 8> d;
+        for (int i = 0; i < 8; i++) {
+            f[i] = to_float(in.g.v[i]) * gelu_grad(to_float(in.x.v[i]), quick);
+            d.v[i] = from_float<bf16>(f[i]);
+        }
+        store_vec<bf16, 8>(dinp + (size_t)row * C + vec * 8, d);
         return *(const uint4 *)&d;
     }
 };
@@ -109,9 +119,10 @@ void gelu_backward_quantize_gpu(bf16 *dinp, int8_t *q, float *qs, float *dbias, 
         exit(1);
     }
     if (N == 0) return;
-    int chunks = ceil_div(N, SB_QC_ROWS);
+    // chunks of 8 to SB_QC_ROWS rows: about 4 blocks per multiprocessor (the per-element math needs the occupancy)
+    int rows = min(SB_QC_ROWS, max(8, ceil_div(ceil_div(N, 4 * num_sms()), 8) * 8)), chunks = ceil_div(N, rows);
     float *partial = colsum_partials((size_t)chunks * C);
-    rowwise_colsums_run(q, qs, partial, GeluBackwardRows{dinp, dout, inp, C, quick}, N, C, "gelu_backward_quantize_gpu", 0);
+    rowwise_colsums_run(q, qs, partial, GeluBackwardRows{dinp, dout, inp, C, quick}, N, C, rows, "gelu_backward_quantize_gpu", 0);
     colsum_finish_gpu(dbias, NULL, partial, chunks, C);
 }
 

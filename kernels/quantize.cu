@@ -23,13 +23,22 @@ void quantize_rowwise(int8_t *q, float *s, const bf16 *x, int M, int K, cudaStre
 
 // The plain row-wise quantizer + column sums: rows of x as they are.
 struct RowLoad {
+    typedef uint4 In;
     const bf16 *x;
     int K;
-    __device__ uint4 operator()(int row, int vec) const { return __ldg((const uint4 *)(x + (size_t)row * K) + vec); }
+    __device__ uint4 load(int row, int vec) const { return __ldg((const uint4 *)(x + (size_t)row * K) + vec); }
+    __device__ uint4 apply(uint4 in, int, int, float *f) const {
+        const __nv_bfloat162 *h = (const __nv_bfloat162 *)&in;
+        for (int e = 0; e < 4; e++) {
+            float2 v = __bfloat1622float2(h[e]);
+            f[2 * e] = v.x, f[2 * e + 1] = v.y;
+        }
+        return in;
+    }
 };
 
 void quantize_rowwise_colsums(int8_t *q, float *s, float *partial, const bf16 *x, int M, int K, cudaStream_t stream) {
-    rowwise_colsums_run(q, s, partial, RowLoad{x, K}, M, K, "quantize_rowwise_colsums", stream);
+    rowwise_colsums_run(q, s, partial, RowLoad{x, K}, M, K, SB_QC_ROWS, "quantize_rowwise_colsums", stream);
 }
 
 // Each thread: 8 elements (one 8-byte load, one 16-byte store), all in one row since K % 8 == 0.

@@ -64,17 +64,20 @@ static __device__ inline void warp_quantize_row(int8_t *q, float *s, const bf16 
     if (lane == 0) *s = m;
 }
 
-// Row-wise quantization fused with column sums, for any producer of the rows: op(row, vec) returns the 8 bf16
-// values of 16-byte vector vec of row (and may write them out, e.g. a GELU backward's result); the kernel writes
-// q (M, K), s (M) and partial (ceil(M / SB_QC_ROWS), K) = each chunk's column sums, added in row order.
-// A block of 256 threads walks its chunk of SB_QC_ROWS rows G rows at a time, the whole width of each row held in
-// registers: thread t owns the 8-column vectors t, t + 256, ... (V of them), so its column sums stay in registers
-// across the chunk. Row maxima: per-thread, then per warp (shuffles), then across the 8 warps through shared
-// memory (double-buffered: one barrier per group).
+// Row-wise quantization fused with column sums, for any producer of the rows. The producer op has two steps, so
+// that all of a thread's loads are in flight before any store (a producer writing in place would otherwise
+// serialise them): In op.load(row, vec) reads what 16-byte vector vec of row needs; uint4 op.apply(in, row, vec,
+// f) computes its 8 values, fills f (fp32, what the column sums add) and returns them as bf16 (what is quantized;
+// apply may also store them). The kernel writes q (M, K), s (M) and partial (ceil(M / rows), K) = the column sums
+// of each chunk of `rows` rows, added in row order.
+// A block of 256 threads walks its chunk G rows at a time, the whole width of each row held in registers: thread
+// t owns the 8-column vectors t, t + 256, ... (V of them), so its column sums stay in registers across the chunk.
+// Row maxima: per-thread, then per warp (shuffles), then across the 8 warps through shared memory
+// (double-buffered: one barrier per group).
 template <int V, int G, class Op>
-__global__ void __launch_bounds__(256) rowwise_colsums_kernel(int8_t *q, float *s, float *partial, Op op, int M, int K) {
+__global__ void __launch_bounds__(256) rowwise_colsums_kernel(int8_t *q, float *s, float *partial, Op op, int M, int K, int rows) {
     __shared__ float red[2][8][G];
-    int r0 = blockIdx.x * SB_QC_ROWS, r1 = min(M, r0 + SB_QC_ROWS), nv = K / 8;
+    int r0 = blockIdx.x * rows, r1 = min(M, r0 + rows), nv = K / 8;
     int t = threadIdx.x, lane = t % 32, warp = t / 32;
     float sum[V][8];
 #pragma unroll
@@ -82,20 +85,26 @@ __global__ void __launch_bounds__(256) rowwise_colsums_kernel(int8_t *q, float *
 #pragma unroll
         for (int e = 0; e < 8; e++) sum[k][e] = 0.0f;
     for (int rg = r0, grp = 0; rg < r1; rg += G, grp++) {
-        uint4 v[G][V];
+        typename Op::In in[G][V];
 #pragma unroll
         for (int i = 0; i < G; i++)  // all loads first: G x V of them in flight
 #pragma unroll
-            for (int k = 0; k < V; k++) {
-                int row = rg + i, vec = t + 256 * k;
-                v[i][k] = make_uint4(0, 0, 0, 0);
-                if (row < r1 && vec < nv) v[i][k] = op(row, vec);
-            }
+            for (int k = 0; k < V; k++)
+                if (rg + i < r1 && t + 256 * k < nv) in[i][k] = op.load(rg + i, t + 256 * k);
+        uint4 v[G][V];
 #pragma unroll
         for (int i = 0; i < G; i++) {
             float m = 0.0f;
 #pragma unroll
-            for (int k = 0; k < V; k++) m = fmaxf(m, absmax8(v[i][k]));
+            for (int k = 0; k < V; k++) {
+                v[i][k] = make_uint4(0, 0, 0, 0);
+                if (rg + i >= r1 || t + 256 * k >= nv) continue;
+                float f[8];
+                v[i][k] = op.apply(in[i][k], rg + i, t + 256 * k, f);
+#pragma unroll
+                for (int e = 0; e < 8; e++) sum[k][e] += f[e];
+                m = fmaxf(m, absmax8(v[i][k]));
+            }
             m = warp_absmax(m);
             if (lane == 0) red[grp & 1][warp][i] = m;
         }
@@ -110,14 +119,7 @@ __global__ void __launch_bounds__(256) rowwise_colsums_kernel(int8_t *q, float *
 #pragma unroll
             for (int k = 0; k < V; k++) {
                 int vec = t + 256 * k;
-                if (vec >= nv) continue;
-                ((uint2 *)(q + (size_t)row * K))[vec] = quantize8(v[i][k], mult);
-                const __nv_bfloat162 *h = (const __nv_bfloat162 *)&v[i][k];
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float2 f = __bfloat1622float2(h[e]);
-                    sum[k][2 * e] += f.x, sum[k][2 * e + 1] += f.y;
-                }
+                if (vec < nv) ((uint2 *)(q + (size_t)row * K))[vec] = quantize8(v[i][k], mult);
             }
             if (t == 0) s[row] = am;
         }
@@ -132,21 +134,24 @@ __global__ void __launch_bounds__(256) rowwise_colsums_kernel(int8_t *q, float *
     }
 }
 
-// Launches rowwise_colsums_kernel (who: the caller's name for the error message). K % 16 == 0, K <= SB_QC_MAX_K.
+// Launches rowwise_colsums_kernel over chunks of `rows` rows (who: the caller's name for the error message).
+// K % 16 == 0, K <= SB_QC_MAX_K.
 template <class Op>
-void rowwise_colsums_run(int8_t *q, float *s, float *partial, Op op, int M, int K, const char *who, cudaStream_t stream) {
+void rowwise_colsums_run(int8_t *q, float *s, float *partial, Op op, int M, int K, int rows, const char *who, cudaStream_t stream) {
     if (K % 16 != 0 || K > SB_QC_MAX_K) {
         fprintf(stderr, "error: %s: K = %d must be a multiple of 16, at most %d\n", who, K, SB_QC_MAX_K);
         exit(1);
     }
     if (M == 0) return;
-    // V vectors of each row per thread, G rows per group: V x G ~ 8 loads of 16 bytes in flight per thread.
-    int blocks = ceil_div(M, SB_QC_ROWS), v = ceil_div(K / 8, 256);
+    // V vectors of each row per thread, G rows per group: V x G ~ 8 loads of 16 bytes in flight per thread (fewer
+    // rows for a producer that loads L vectors per output vector, to keep its registers in bounds).
+    constexpr int L = sizeof(typename Op::In) / 16;
+    int blocks = ceil_div(M, rows), v = ceil_div(K / 8, 256);
     switch (v) {
-    case 1: rowwise_colsums_kernel<1, 8><<<blocks, 256, 0, stream>>>(q, s, partial, op, M, K); break;
-    case 2: rowwise_colsums_kernel<2, 4><<<blocks, 256, 0, stream>>>(q, s, partial, op, M, K); break;
-    case 3: rowwise_colsums_kernel<3, 3><<<blocks, 256, 0, stream>>>(q, s, partial, op, M, K); break;
-    default: rowwise_colsums_kernel<4, 2><<<blocks, 256, 0, stream>>>(q, s, partial, op, M, K); break;
+    case 1: rowwise_colsums_kernel<1, 8 / L><<<blocks, 256, 0, stream>>>(q, s, partial, op, M, K, rows); break;
+    case 2: rowwise_colsums_kernel<2, 4 / L><<<blocks, 256, 0, stream>>>(q, s, partial, op, M, K, rows); break;
+    case 3: rowwise_colsums_kernel<3, (3 / L > 0 ? 3 / L : 1)><<<blocks, 256, 0, stream>>>(q, s, partial, op, M, K, rows); break;
+    default: rowwise_colsums_kernel<4, 2 / L><<<blocks, 256, 0, stream>>>(q, s, partial, op, M, K, rows); break;
     }
     cudaCheckLaunch();
 }

@@ -3,7 +3,7 @@
 // (relative L2): fp32 1e-5; bf16 outputs 1e-2 (the inputs are the same bf16 values on both sides; the
 // outputs are rounded to bf16 once); the fp32 bias gradient 1e-5. The SwitchBack variants (bf16, the result also
 // quantized row-wise) against the plain kernels: the same bf16 results bit for bit, the int8 rows bit for bit
-// against ref_quantize_rows of them, the bias gradient to fp32 rounding (another summation order), all-zero rows.
+// against ref_quantize_rows of them, the bias gradient 1e-5 (fp32 sums in another order), all-zero rows.
 #include "../kernels/gelu.cuh"
 #include "test_gpu.h"
 #include "ref_switchback.h"
@@ -82,7 +82,7 @@ static void check_quantized(int N, int C, int quick) {
     to_host<bf16>(g, d_dx, n), to_host<bf16>(g2, d_dout, n), to_host<float>(gb, d_db, C), to_host<float>(gb2, d_db2, C);
     dq = rows_quantized_diff(d_q, d_s, d_dout, N, C);
     double eb = rel_err(gb2, gb, C);
-    EXPECT(!memcmp(g, g2, n * sizeof(float)) && dq < 0 && eb < 1e-6,
+    EXPECT(!memcmp(g, g2, n * sizeof(float)) && dq < 0 && eb < 1e-5,
            "%dx%d quick=%d: backward with int8 output: dinp %s, first int8 difference %ld, dbias rel err %.2e", N, C, quick,
            memcmp(g, g2, n * sizeof(float)) ? "differs" : "same", dq, eb);
     printf("  bf16 %dx%d quick=%d: int8 rows bit-exact, dbias vs plain kernel %.1e\n", N, C, quick, eb);
