@@ -3,7 +3,9 @@
 // forward, rows of up to LN_MAX_VECS vectors per lane (C <= 1280 in bf16) stay in registers (NV > 0) and
 // each input is read once; other widths (NV = 0) re-read the row from L1. The backward re-reads from L1 and
 // leaves the weight and bias gradients to a column sum (reduce.cuh). (Keeping the backward's row and
-// those sums in registers, with warps striding over rows, ran slower: fewer rows in flight.)
+// those sums in registers, with warps striding over rows, ran slower: fewer rows in flight.) Both can also emit
+// their result quantized row-wise for SwitchBack (an extra pass over the row: registers in the forward, L1 in
+// the backward).
 #include "layernorm.cuh"
 #include "quantize.cuh"
 #include "reduce.cuh"

@@ -1,6 +1,7 @@
 // quantize.cu: SwitchBack's quantization kernels: row-wise int8 of activations and gradients (for gradients
-// optionally fused with their column sums), the dequantization the memory-efficient mode needs, and the two-way
-// (row/tensor + transposed column/tensor) quantization of weights. Formulas and API in quantize.cuh.
+// optionally fused with their column sums; the fused kernel itself is in quantize.cuh, for producers), the
+// dequantization the memory-efficient mode needs, and the two-way (row/tensor + transposed column/tensor)
+// quantization of weights, one at a time or many in one launch. Formulas and API in quantize.cuh.
 #include "quantize.cuh"
 
 // ------------------------------------------------------------------------------------------------ row-wise
