@@ -19,13 +19,15 @@ __global__ void adamw_moments_kernel(float *partial, const float *grads, float *
     if (threadIdx.x == 0) partial[c] = ratio;
 }
 
-// One block per tensor: the sum of its chunks' partials, in chunk order (0 for a tensor with no chunk here).
-__global__ void tensor_sum_kernel(float *tensor_sum, const float *partial, const int *tensor_first_chunk) {
+// One block per tensor: the sum (in chunk order) or the maximum of its chunks' partials (0 for a tensor with no
+// chunk here).
+template <int MAX> __global__ void tensor_reduce_kernel(float *out, const float *partial, const int *tensor_first_chunk) {
     int t = blockIdx.x;
     float s = 0.0f;
-    for (int k = tensor_first_chunk[t] + threadIdx.x; k < tensor_first_chunk[t + 1]; k += blockDim.x) s += partial[k];
-    s = block_sum(s);
-    if (threadIdx.x == 0) tensor_sum[t] = s;
+    for (int k = tensor_first_chunk[t] + threadIdx.x; k < tensor_first_chunk[t + 1]; k += blockDim.x)
+        s = MAX ? fmaxf(s, partial[k]) : s + partial[k];
+    s = MAX ? block_max(s) : block_sum(s);
+    if (threadIdx.x == 0) out[t] = s;
 }
 
 __global__ void rms_kernel(float *rms, const float *tensor_sum, const long *tensor_numel, int num_tensors) {
@@ -33,17 +35,25 @@ __global__ void rms_kernel(float *rms, const float *tensor_sum, const long *tens
     if (t < num_tensors) rms[t] = sqrtf(tensor_sum[t] / (float)tensor_numel[t]);
 }
 
-__global__ void adamw_apply_kernel(float *params, bf16 *params_bf16, const float *m, const float *u, const float *rms,
-                                   const int *chunk_tensor, const long *chunk_offset, const long *chunk_state,
+// With params_bf16: chunk_absmax (num_chunks) = max |bf16 copy| over each chunk.
+__global__ void adamw_apply_kernel(float *params, bf16 *params_bf16, float *chunk_absmax, const float *m, const float *u,
+                                   const float *rms, const int *chunk_tensor, const long *chunk_offset, const long *chunk_state,
                                    const int *chunk_len, const float *tensor_wd, float lr, float eps, int clip) {
     int c = blockIdx.x, t = chunk_tensor[c];
-    float lr_t = clip ? lr / fmaxf(1.0f, rms[t]) : lr, decay = 1.0f - lr * tensor_wd[t];
+    float lr_t = clip ? lr / fmaxf(1.0f, rms[t]) : lr, decay = 1.0f - lr * tensor_wd[t], am = 0.0f;
     long off = chunk_offset[c], st = chunk_state[c];
     for (int i = threadIdx.x; i < chunk_len[c]; i += blockDim.x) {
         float p = params[off + i] * decay - lr_t * m[st + i] / (sqrtf(u[st + i]) + eps);
         params[off + i] = p;
-        if (params_bf16) params_bf16[off + i] = __float2bfloat16_rn(p);
+        if (params_bf16) {
+            bf16 h = __float2bfloat16_rn(p);
+            params_bf16[off + i] = h;
+            am = fmaxf(am, fabsf(__bfloat162float(h)));
+        }
     }
+    if (!params_bf16) return;  // uniform over the block: the barriers in block_max are safe
+    am = block_max(am);
+    if (threadIdx.x == 0) chunk_absmax[c] = am;
 }
 
 __global__ void chunk_sum_squares_kernel(float *partial, const float *g, const long *chunk_offset, const int *chunk_len) {
@@ -114,6 +124,8 @@ void adamw_plan_init(AdamWPlan *p, int num_tensors, const size_t *offset, const 
     cudaCheck(cudaMalloc(&p->partial, (c + 1) * sizeof(float)));
     cudaCheck(cudaMalloc(&p->tensor_sum, num_tensors * sizeof(float)));
     cudaCheck(cudaMalloc(&p->rms, num_tensors * sizeof(float)));
+    cudaCheck(cudaMalloc(&p->chunk_absmax, (c + 1) * sizeof(float)));
+    cudaCheck(cudaMalloc(&p->tensor_absmax, num_tensors * sizeof(float)));
     cudaCheck(cudaMemset(p->rms, 0, num_tensors * sizeof(float)));
     free(seg_state), free(ct), free(cl), free(first), free(co), free(cs), free(tn), free(twd);
 }
@@ -122,6 +134,7 @@ void adamw_plan_free(AdamWPlan *p) {
     cudaCheck(cudaFree(p->chunk_tensor)), cudaCheck(cudaFree(p->chunk_offset)), cudaCheck(cudaFree(p->chunk_state));
     cudaCheck(cudaFree(p->chunk_len)), cudaCheck(cudaFree(p->tensor_first_chunk)), cudaCheck(cudaFree(p->tensor_numel));
     cudaCheck(cudaFree(p->tensor_wd)), cudaCheck(cudaFree(p->partial)), cudaCheck(cudaFree(p->tensor_sum)), cudaCheck(cudaFree(p->rms));
+    cudaCheck(cudaFree(p->chunk_absmax)), cudaCheck(cudaFree(p->tensor_absmax));
 }
 
 void adamw_moments_gpu(const AdamWPlan *p, const float *grads, float *m, float *u, float b1t, float b2t, float eps, float grad_scale) {
@@ -130,16 +143,20 @@ void adamw_moments_gpu(const AdamWPlan *p, const float *grads, float *m, float *
                                                      b2t, eps, grad_scale);
         cudaCheckLaunch();
     }
-    tensor_sum_kernel<<<p->num_tensors, 256>>>(p->tensor_sum, p->partial, p->tensor_first_chunk);
+    tensor_reduce_kernel<0><<<p->num_tensors, 256>>>(p->tensor_sum, p->partial, p->tensor_first_chunk);
     cudaCheckLaunch();
 }
 
 void adamw_apply_gpu(const AdamWPlan *p, float *params, bf16 *params_bf16, const float *m, const float *u, float lr, float eps, int clip) {
     rms_kernel<<<ceil_div(p->num_tensors, 256), 256>>>(p->rms, p->tensor_sum, p->tensor_numel, p->num_tensors);
     cudaCheckLaunch();
-    if (p->num_chunks == 0) return;
-    adamw_apply_kernel<<<p->num_chunks, 512>>>(params, params_bf16, m, u, p->rms, p->chunk_tensor, p->chunk_offset, p->chunk_state,
-                                               p->chunk_len, p->tensor_wd, lr, eps, clip);
+    if (p->num_chunks) {
+        adamw_apply_kernel<<<p->num_chunks, 512>>>(params, params_bf16, p->chunk_absmax, m, u, p->rms, p->chunk_tensor,
+                                                   p->chunk_offset, p->chunk_state, p->chunk_len, p->tensor_wd, lr, eps, clip);
+        cudaCheckLaunch();
+    }
+    if (!params_bf16) return;
+    tensor_reduce_kernel<1><<<p->num_tensors, 256>>>(p->tensor_absmax, p->chunk_absmax, p->tensor_first_chunk);
     cudaCheckLaunch();
 }
 

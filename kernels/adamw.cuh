@@ -27,6 +27,8 @@ typedef struct {
     float *partial;           // (num_chunks) sums of g^2 / max(u, eps^2), or of g^2
     float *tensor_sum;        // (num_tensors) per-tensor sums of partial (over all processes before apply)
     float *rms;               // (num_tensors) RMS of each tensor at the last step
+    float *chunk_absmax;      // (num_chunks) max |bf16 parameter| per chunk at the last step (with a bf16 copy)
+    float *tensor_absmax;     // (num_tensors) the same per tensor (of the elements this plan covers)
 } AdamWPlan;
 
 // Tensor t spans numel[t] elements from offset[t] of the flat buffers; wd applies where decay[t]. The plan
@@ -39,6 +41,8 @@ void adamw_plan_free(AdamWPlan *p);
 // tensor. b1t, b2t: the bias-corrected betas of this step (optim_betas).
 void adamw_moments_gpu(const AdamWPlan *p, const float *grads, float *m, float *u, float b1t, float b2t, float eps, float grad_scale);
 // Phase 2, from p->tensor_sum: p->rms filled; params (and params_bf16 when not NULL) updated. clip: StableAdamW.
+// With params_bf16, also p->tensor_absmax = max |new bf16 value| of each tensor's elements in the plan (exact: what
+// SwitchBack's weight quantizer needs, so it skips its own pass for the maxima).
 void adamw_apply_gpu(const AdamWPlan *p, float *params, bf16 *params_bf16, const float *m, const float *u, float lr, float eps, int clip);
 // *out (device) = sum of g^2 over the plan's elements.
 void adamw_sum_squares_gpu(const AdamWPlan *p, float *out, const float *g);

@@ -3,18 +3,29 @@
 // forward, rows of up to LN_MAX_VECS vectors per lane (C <= 1280 in bf16) stay in registers (NV > 0) and
 // each input is read once; other widths (NV = 0) re-read the row from L1. The backward re-reads from L1 and
 // leaves the weight and bias gradients to a column sum (reduce.cuh). (Keeping the backward's row and
-// those sums in registers, with warps striding over rows, ran slower: fewer rows in flight.)
+// those sums in registers, with warps striding over rows, ran slower: fewer rows in flight.) Both can also emit
+// their result quantized row-wise for SwitchBack (an extra pass over the row: registers in the forward, L1 in
+// the backward).
 #include "layernorm.cuh"
+#include "quantize.cuh"
 #include "reduce.cuh"
 
 #define LN_EPS 1e-5f
 #define ROWS_PER_BLOCK 8
 #define LN_MAX_VECS 5
 
-// recompute = 1: mean/rstd are read instead of computed (x is the LayerNorm input, f unused).
+template <typename T, int V>
+__device__ __forceinline__ Vec<T, V> ln_apply(Vec<T, V> x, float m, float s, const float *w, const float *b) {
+    Vec<T, V> y;
+    for (int i = 0; i < V; i++) y.v[i] = from_float<T>((to_float(x.v[i]) - m) * s * w[i] + b[i]);
+    return y;
+}
+
+// recompute = 1: mean/rstd are read instead of computed (x is the LayerNorm input, f unused). out and q (with qs)
+// are each optional.
 template <typename T, int V, int NV>
-__global__ void residual_layernorm_forward_kernel(T *res, T *out, float *mean, float *rstd, const T *x, const T *f,
-                                                  const float *ls, const float *w, const float *b, int N, int C,
+__global__ void residual_layernorm_forward_kernel(T *res, T *out, int8_t *q, float *qs, float *mean, float *rstd, const T *x,
+                                                  const T *f, const float *ls, const float *w, const float *b, int N, int C,
                                                   int recompute) {
     int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= N) return;
@@ -56,20 +67,40 @@ __global__ void residual_layernorm_forward_kernel(T *res, T *out, float *mean, f
         s = 1.0f / sqrtf(warp_sum(var) / C + LN_EPS);
         if (lane == 0) mean[row] = m, rstd[row] = s;
     }
-    // pass 3: normalise, scale, shift
+    // pass 3: normalise, scale, shift (the outputs stay in keep for the quantizer)
+    float am = 0.0f;
 #pragma unroll
     for (int j = 0; j < nvec; j++) {
         int c = (j * 32 + lane) * V;
-        Vec<T, V> xv = NV > 0 && !recompute ? keep[j] : load_vec<T, V>(x + off + c), y;
-        for (int i = 0; i < V; i++) y.v[i] = from_float<T>((to_float(xv.v[i]) - m) * s * w[c + i] + b[c + i]);
-        store_vec<T, V>(out + off + c, y);
+        Vec<T, V> xv = NV > 0 && !recompute ? keep[j] : load_vec<T, V>(x + off + c);
+        Vec<T, V> y = ln_apply<T, V>(xv, m, s, w + c, b + c);
+        if (out) store_vec<T, V>(out + off + c, y);
+        if (q)
+            for (int i = 0; i < V; i++) am = fmaxf(am, fabsf(to_float(y.v[i])));
+        if (NV > 0) keep[j] = y;
     }
+    if (!q) return;
+    // pass 4: the outputs quantized row-wise for SwitchBack (quantize.cuh's formulas; the re-reading path
+    // recomputes them, bit-identically)
+    am = warp_max(am);
+    float mult = sb_quant_mult(am);
+#pragma unroll
+    for (int j = 0; j < nvec; j++) {
+        int c = (j * 32 + lane) * V;
+        Vec<T, V> y = NV > 0 ? keep[j] : ln_apply<T, V>(load_vec<T, V>(x + off + c), m, s, w + c, b + c);
+        Vec<int8_t, V> qv;
+        for (int i = 0; i < V; i++) qv.v[i] = sb_quantize(to_float(y.v[i]), mult);
+        store_vec<int8_t, V>(q + off + c, qv);
+    }
+    if (lane == 0) qs[row] = am;
 }
 
 // dinp += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * w; one warp per row.
+// q (with qs), optional: the new dinp quantized row-wise for SwitchBack (a third pass re-reads the lane's own
+// stores from L1).
 template <typename T, int V>
-__global__ void layernorm_backward_kernel(T *dinp, const T *dout, const T *inp, const float *w, const float *mean,
-                                          const float *rstd, int N, int C) {
+__global__ void layernorm_backward_kernel(T *dinp, int8_t *q, float *qs, const T *dout, const T *inp, const float *w,
+                                          const float *mean, const float *rstd, int N, int C) {
     int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= N) return;
     size_t off = (size_t)row * C;
@@ -82,14 +113,26 @@ __global__ void layernorm_backward_kernel(T *dinp, const T *dout, const T *inp, 
         }
     }
     sum_d = warp_sum(sum_d) / C, sum_dx = warp_sum(sum_dx) / C;
+    float am = 0.0f;
     for (int c = lane * V; c < C; c += 32 * V) {
         Vec<T, V> g = load_vec<T, V>(dout + off + c), x = load_vec<T, V>(inp + off + c), d = load_vec<T, V>(dinp + off + c);
         for (int i = 0; i < V; i++) {
             float xhat = (to_float(x.v[i]) - m) * s;
             d.v[i] = from_float<T>(to_float(d.v[i]) + s * (to_float(g.v[i]) * w[c + i] - sum_d - xhat * sum_dx));
+            am = fmaxf(am, fabsf(to_float(d.v[i])));
         }
         store_vec<T, V>(dinp + off + c, d);
     }
+    if (!q) return;
+    am = warp_max(am);
+    float mult = sb_quant_mult(am);
+    for (int c = lane * V; c < C; c += 32 * V) {
+        Vec<T, V> d = load_vec<T, V>(dinp + off + c);
+        Vec<int8_t, V> qv;
+        for (int i = 0; i < V; i++) qv.v[i] = sb_quantize(to_float(d.v[i]), mult);
+        store_vec<int8_t, V>(q + off + c, qv);
+    }
+    if (lane == 0) qs[row] = am;
 }
 
 template <typename T, int V>
@@ -116,41 +159,41 @@ static int vecs_per_lane(int C, int V) { return C % (32 * V) == 0 && C / (32 * V
     }
 
 template <typename T>
-static void launch_forward(T *res, T *out, float *mean, float *rstd, const T *x, const T *f, const float *ls,
-                           const float *w, const float *b, int N, int C, int recompute) {
+static void launch_forward(T *res, T *out, int8_t *q, float *qs, float *mean, float *rstd, const T *x, const T *f,
+                           const float *ls, const float *w, const float *b, int N, int C, int recompute) {
     if (N == 0) return;
     int grid = ceil_div(N, ROWS_PER_BLOCK);
-    if (vec_width<T>(C, res, out, x, f) > 1) {
+    if (vec_width<T>(C, res, out, x, f) > 1 && vec_width<T>(C, q) > 1) {
         constexpr int V = 16 / sizeof(T);
         DISPATCH_NV(vecs_per_lane(C, V), (residual_layernorm_forward_kernel<T, V, NV><<<grid, 32 * ROWS_PER_BLOCK>>>(
-                                             res, out, mean, rstd, x, f, ls, w, b, N, C, recompute)));
+                                             res, out, q, qs, mean, rstd, x, f, ls, w, b, N, C, recompute)));
     } else {
         DISPATCH_NV(vecs_per_lane(C, 1), (residual_layernorm_forward_kernel<T, 1, NV><<<grid, 32 * ROWS_PER_BLOCK>>>(
-                                             res, out, mean, rstd, x, f, ls, w, b, N, C, recompute)));
+                                             res, out, q, qs, mean, rstd, x, f, ls, w, b, N, C, recompute)));
     }
     cudaCheckLaunch();
 }
 
 template <typename T>
 void residual_layernorm_forward_gpu(T *res, T *out, float *mean, float *rstd, const T *x, const T *f, const float *ls,
-                                    const float *w, const float *b, int N, int C) {
-    launch_forward(res, out, mean, rstd, x, f, ls, w, b, N, C, 0);
+                                    const float *w, const float *b, int N, int C, int8_t *q, float *qs) {
+    launch_forward(res, out, q, qs, mean, rstd, x, f, ls, w, b, N, C, 0);
 }
 
 template <typename T>
 void layernorm_recompute_gpu(T *out, const T *inp, const float *mean, const float *rstd, const float *w, const float *b, int N, int C) {
-    launch_forward<T>(NULL, out, (float *)mean, (float *)rstd, inp, NULL, NULL, w, b, N, C, 1);
+    launch_forward<T>(NULL, out, NULL, NULL, (float *)mean, (float *)rstd, inp, NULL, NULL, w, b, N, C, 1);
 }
 
 template <typename T>
 void layernorm_backward_gpu(T *dinp, float *dw, float *db, const T *dout, const T *inp, const float *w, const float *mean,
-                            const float *rstd, int N, int C) {
+                            const float *rstd, int N, int C, int8_t *q, float *qs) {
     if (N == 0) return;
     int grid = ceil_div(N, ROWS_PER_BLOCK);
-    if (vec_width<T>(C, dinp, dout, inp) > 1)
-        layernorm_backward_kernel<T, 16 / sizeof(T)><<<grid, 32 * ROWS_PER_BLOCK>>>(dinp, dout, inp, w, mean, rstd, N, C);
+    if (vec_width<T>(C, dinp, dout, inp) > 1 && vec_width<T>(C, q) > 1)
+        layernorm_backward_kernel<T, 16 / sizeof(T)><<<grid, 32 * ROWS_PER_BLOCK>>>(dinp, q, qs, dout, inp, w, mean, rstd, N, C);
     else
-        layernorm_backward_kernel<T, 1><<<grid, 32 * ROWS_PER_BLOCK>>>(dinp, dout, inp, w, mean, rstd, N, C);
+        layernorm_backward_kernel<T, 1><<<grid, 32 * ROWS_PER_BLOCK>>>(dinp, q, qs, dout, inp, w, mean, rstd, N, C);
     cudaCheckLaunch();
     layernorm_param_grads_gpu<T>(dw, db, dout, inp, mean, rstd, N, C);
 }
@@ -167,11 +210,11 @@ template <typename T> void layerscale_backward_gpu(T *df, float *dls, const T *d
 
 #define INSTANTIATE(T)                                                                                                   \
     template void residual_layernorm_forward_gpu<T>(T *, T *, float *, float *, const T *, const T *, const float *,      \
-                                                    const float *, const float *, int, int);                             \
+                                                    const float *, const float *, int, int, int8_t *, float *);          \
     template void layernorm_recompute_gpu<T>(T *, const T *, const float *, const float *, const float *, const float *, \
                                              int, int);                                                                  \
     template void layernorm_backward_gpu<T>(T *, float *, float *, const T *, const T *, const float *, const float *,    \
-                                            const float *, int, int);                                                    \
+                                            const float *, int, int, int8_t *, float *);                                 \
     template void layerscale_backward_gpu<T>(T *, float *, const T *, const T *, const float *, int, int);
 INSTANTIATE(float)
 INSTANTIATE(bf16)

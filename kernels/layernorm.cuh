@@ -7,15 +7,18 @@
 
 // r = x (+ ls * f when f is given; ls NULL means 1), rounded to T; res (N, C) = r when f is given;
 // then when w is given: out (N, C) = LayerNorm(r) * w + b with mean, rstd (N) saved. w NULL: only the add.
+// q, qs (optional): the output (rounded to T) quantized row-wise for a SwitchBack linear (quantize.cuh: q (N, C)
+// int8, qs (N) row maxima), bit-identical to quantize_rowwise of out; out may then be NULL (not written).
 template <typename T>
 void residual_layernorm_forward_gpu(T *res, T *out, float *mean, float *rstd, const T *x, const T *f, const float *ls,
-                                const float *w, const float *b, int N, int C);
+                                const float *w, const float *b, int N, int C, int8_t *q = NULL, float *qs = NULL);
 // out = (inp - mean) * rstd * w + b from saved statistics (activation recompute).
 template <typename T>
 void layernorm_recompute_gpu(T *out, const T *inp, const float *mean, const float *rstd, const float *w, const float *b, int N, int C);
-// dinp (N, C) += d LayerNorm / d inp given dout. dw, db (C) += the weight and bias gradients.
+// dinp (N, C) += d LayerNorm / d inp given dout. dw, db (C) += the weight and bias gradients. q, qs (optional):
+// the new dinp (rounded to T) quantized row-wise, as residual_layernorm_forward_gpu's.
 template <typename T>
 void layernorm_backward_gpu(T *dinp, float *dw, float *db, const T *dout, const T *inp, const float *w, const float *mean,
-                        const float *rstd, int N, int C);
+                        const float *rstd, int N, int C, int8_t *q = NULL, float *qs = NULL);
 // Gradient into a layer-scaled residual branch: df (N, C) = dout * ls (per channel); dls (C) += sum dout * f.
 template <typename T> void layerscale_backward_gpu(T *df, float *dls, const T *dout, const T *f, const float *ls, int N, int C);

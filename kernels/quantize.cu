@@ -1,6 +1,7 @@
 // quantize.cu: SwitchBack's quantization kernels: row-wise int8 of activations and gradients (for gradients
-// optionally fused with their column sums), the dequantization the memory-efficient mode needs, and the two-way
-// (row/tensor + transposed column/tensor) quantization of weights. Formulas and API in quantize.cuh.
+// optionally fused with their column sums; the fused kernel itself is in quantize.cuh, for producers), the
+// dequantization the memory-efficient mode needs, and the two-way (row/tensor + transposed column/tensor)
+// quantization of weights, one at a time or many in one launch. Formulas and API in quantize.cuh.
 #include "quantize.cuh"
 
 // ------------------------------------------------------------------------------------------------ row-wise
@@ -21,86 +22,24 @@ void quantize_rowwise(int8_t *q, float *s, const bf16 *x, int M, int K, cudaStre
     cudaCheckLaunch();
 }
 
-// A block of 256 threads walks its chunk of SB_QC_ROWS rows G rows at a time, the whole width of each row held in
-// registers: thread t owns the 8-column vectors t, t + 256, ... (V of them), so its column sums stay in registers
-// across the chunk. Row maxima: per-thread, then per warp (shuffles), then across the 8 warps through shared
-// memory (double-buffered: one barrier per group).
-template <int V, int G>
-__global__ void __launch_bounds__(256) quantize_rowwise_colsums_kernel(int8_t *q, float *s, float *partial, const bf16 *x,
-                                                                       int M, int K) {
-    __shared__ float red[2][8][G];
-    int r0 = blockIdx.x * SB_QC_ROWS, r1 = min(M, r0 + SB_QC_ROWS), nv = K / 8;
-    int t = threadIdx.x, lane = t % 32, warp = t / 32;
-    float sum[V][8];
-#pragma unroll
-    for (int k = 0; k < V; k++)
-#pragma unroll
-        for (int e = 0; e < 8; e++) sum[k][e] = 0.0f;
-    for (int rg = r0, grp = 0; rg < r1; rg += G, grp++) {
-        uint4 v[G][V];
-#pragma unroll
-        for (int i = 0; i < G; i++)  // all loads first: G x V of them in flight
-#pragma unroll
-            for (int k = 0; k < V; k++) {
-                int row = rg + i, vec = t + 256 * k;
-                v[i][k] = make_uint4(0, 0, 0, 0);
-                if (row < r1 && vec < nv) v[i][k] = __ldg((const uint4 *)(x + (size_t)row * K) + vec);
-            }
-#pragma unroll
-        for (int i = 0; i < G; i++) {
-            float m = 0.0f;
-#pragma unroll
-            for (int k = 0; k < V; k++) m = fmaxf(m, absmax8(v[i][k]));
-            m = warp_absmax(m);
-            if (lane == 0) red[grp & 1][warp][i] = m;
+// The plain row-wise quantizer + column sums: rows of x as they are.
+struct RowLoad {
+    typedef uint4 In;
+    const bf16 *x;
+    int K;
+    __device__ uint4 load(int row, int vec) const { return __ldg((const uint4 *)(x + (size_t)row * K) + vec); }
+    __device__ uint4 apply(uint4 in, int, int, float *f) const {
+        const __nv_bfloat162 *h = (const __nv_bfloat162 *)&in;
+        for (int e = 0; e < 4; e++) {
+            float2 v = __bfloat1622float2(h[e]);
+            f[2 * e] = v.x, f[2 * e + 1] = v.y;
         }
-        __syncthreads();
-#pragma unroll
-        for (int i = 0; i < G; i++) {
-            int row = rg + i;
-            if (row >= r1) break;
-            float am = 0.0f;
-            for (int w = 0; w < 8; w++) am = fmaxf(am, red[grp & 1][w][i]);
-            float mult = sb_quant_mult(am);
-#pragma unroll
-            for (int k = 0; k < V; k++) {
-                int vec = t + 256 * k;
-                if (vec >= nv) continue;
-                ((uint2 *)(q + (size_t)row * K))[vec] = quantize8(v[i][k], mult);
-                const __nv_bfloat162 *h = (const __nv_bfloat162 *)&v[i][k];
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float2 f = __bfloat1622float2(h[e]);
-                    sum[k][2 * e] += f.x, sum[k][2 * e + 1] += f.y;
-                }
-            }
-            if (t == 0) s[row] = am;
-        }
+        return in;
     }
-#pragma unroll
-    for (int k = 0; k < V; k++) {
-        int vec = t + 256 * k;
-        if (vec >= nv) continue;
-        float4 *p = (float4 *)(partial + (size_t)blockIdx.x * K + 8 * vec);
-        p[0] = make_float4(sum[k][0], sum[k][1], sum[k][2], sum[k][3]);
-        p[1] = make_float4(sum[k][4], sum[k][5], sum[k][6], sum[k][7]);
-    }
-}
+};
 
 void quantize_rowwise_colsums(int8_t *q, float *s, float *partial, const bf16 *x, int M, int K, cudaStream_t stream) {
-    if (K % 16 != 0 || K > SB_QC_MAX_K) {
-        fprintf(stderr, "error: quantize_rowwise_colsums: K = %d must be a multiple of 16, at most %d\n", K, SB_QC_MAX_K);
-        exit(1);
-    }
-    // V vectors of each row per thread, G rows per group: V x G ~ 8 loads of 16 bytes in flight per thread.
-    int blocks = ceil_div(M, SB_QC_ROWS), v = ceil_div(K / 8, 256);
-    switch (v) {
-    case 1: quantize_rowwise_colsums_kernel<1, 8><<<blocks, 256, 0, stream>>>(q, s, partial, x, M, K); break;
-    case 2: quantize_rowwise_colsums_kernel<2, 4><<<blocks, 256, 0, stream>>>(q, s, partial, x, M, K); break;
-    case 3: quantize_rowwise_colsums_kernel<3, 3><<<blocks, 256, 0, stream>>>(q, s, partial, x, M, K); break;
-    default: quantize_rowwise_colsums_kernel<4, 2><<<blocks, 256, 0, stream>>>(q, s, partial, x, M, K); break;
-    }
-    cudaCheckLaunch();
+    rowwise_colsums_run(q, s, partial, RowLoad{x, K}, M, K, SB_QC_ROWS, "quantize_rowwise_colsums", stream);
 }
 
 // Each thread: 8 elements (one 8-byte load, one 16-byte store), all in one row since K % 8 == 0.
@@ -171,12 +110,13 @@ void quantize_absmax(float *absmax, const bf16 *x, int R, int C, cudaStream_t st
     cudaCheckLaunch();
 }
 
-__global__ void quantize_2way_kernel(int8_t *q, int8_t *qt, int ldt, const float *absmax, int per_channel,
-                                     const bf16 *x, int R, int C) {
+// One 64 x 64 tile of quantize_2way (absmax only read when per_channel; tensor_max otherwise).
+__device__ inline void quantize_2way_tile(int8_t *q, int8_t *qt, int ldt, const float *absmax, int per_channel, float tensor_max,
+                                          const bf16 *x, int R, int C, int r0, int c0) {
     __shared__ float tile[QT][QT + 1];
-    int r0 = blockIdx.y * QT, c0 = blockIdx.x * QT, t = threadIdx.x;
+    int t = threadIdx.x;
     load_tile(tile, x, R, C, r0, c0);
-    float tensor_mult = sb_quant_mult(absmax[R + C]);
+    float tensor_mult = sb_quant_mult(tensor_max);
     for (int i = 0; i < 2; i++) {
         int a = t / 8 + 32 * i, b = (t % 8) * 8;  // q: row a, columns b..b+7; qt: row a (= column of x), b..b+7
         if (q && r0 + a < R && c0 + b < C) {
@@ -192,6 +132,34 @@ __global__ void quantize_2way_kernel(int8_t *q, int8_t *qt, int ldt, const float
             *(uint2 *)(qt + (size_t)(c0 + a) * ldt + r0 + b) = *(uint2 *)v;
         }
     }
+}
+
+__global__ void quantize_2way_kernel(int8_t *q, int8_t *qt, int ldt, const float *absmax, int per_channel,
+                                     const bf16 *x, int R, int C) {
+    quantize_2way_tile(q, qt, ldt, absmax, per_channel, absmax[R + C], x, R, C, blockIdx.y * QT, blockIdx.x * QT);
+}
+
+// A block per tile of all jobs: the job by binary search over the first tiles, then its tile in row-major order.
+__global__ void quantize_2way_jobs_kernel(const Quant2wayJob *jobs, int njobs) {
+    int lo = 0, hi = njobs - 1, b = blockIdx.x;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (jobs[mid].tile0 <= b) lo = mid;
+        else hi = mid - 1;
+    }
+    Quant2wayJob j = jobs[lo];
+    int tile = b - j.tile0, tiles_c = (j.C + QT - 1) / QT;
+    float m = *j.tensor_max;
+    quantize_2way_tile(j.q, j.qt, j.R, NULL, 0, m, j.x, j.R, j.C, tile / tiles_c * QT, tile % tiles_c * QT);
+    if (tile == 0 && threadIdx.x == 0) *j.absmax_out = m;
+}
+
+int quantize_2way_tiles(int R, int C) { return ceil_div(R, QT) * ceil_div(C, QT); }
+
+void quantize_2way_jobs(const Quant2wayJob *jobs, int njobs, int tiles, cudaStream_t stream) {
+    if (njobs == 0) return;
+    quantize_2way_jobs_kernel<<<tiles, 256, 0, stream>>>(jobs, njobs);
+    cudaCheckLaunch();
 }
 
 void quantize_2way(int8_t *q, int8_t *qt, int ldt, const float *absmax, int per_channel, const bf16 *x, int R, int C,

@@ -1,6 +1,7 @@
 // switchback.cu: the SwitchBack linear layer (forward, backward, weight quantization, the four modes) and the
 // bias-gradient column sums. The bf16 weight gradient it switches back to is matmul.cuh's cuBLASLt GEMM.
 // API and the meaning of each mode in switchback.cuh.
+#include <stdlib.h>
 #include <string.h>
 #include "matmul.cuh"
 #include "switchback.cuh"
@@ -71,6 +72,26 @@ void switchback_quantize_weight(SbWeight *w, const bf16 *W, SwitchBackMode mode,
     quantize_2way(w->q, w->qt, w->N, w->absmax, mode == SB_VECTORWISE, W, w->N, w->K, stream);
 }
 
+void sb_weight_batch_init(SbWeightBatch *b, SbWeight *const *w, const bf16 *const *W, const float *const *tensor_max, int n) {
+    Quant2wayJob *jobs = (Quant2wayJob *)malloc(sizeof(Quant2wayJob) * (n ? n : 1));
+    if (!jobs) {
+        fprintf(stderr, "error: sb_weight_batch_init: out of host memory\n");
+        exit(1);
+    }
+    b->n = n, b->tiles = 0;
+    for (int i = 0; i < n; i++) {  // W[i] (N, K) -> q (N, K), qt (K, N); the maximum into absmax[N + K]
+        jobs[i] = (Quant2wayJob){W[i], w[i]->q, w[i]->qt, tensor_max[i], w[i]->absmax + w[i]->N + w[i]->K, w[i]->N, w[i]->K, b->tiles};
+        b->tiles += quantize_2way_tiles(w[i]->N, w[i]->K);
+    }
+    cudaCheck(cudaMalloc(&b->jobs, sizeof(Quant2wayJob) * (n ? n : 1)));
+    cudaCheck(cudaMemcpy(b->jobs, jobs, sizeof(Quant2wayJob) * n, cudaMemcpyHostToDevice));
+    free(jobs);
+}
+
+void sb_weight_batch_free(SbWeightBatch *b) { cudaCheck(cudaFree(b->jobs)); }
+
+void switchback_quantize_weights(const SbWeightBatch *b, cudaStream_t stream) { quantize_2way_jobs(b->jobs, b->n, b->tiles, stream); }
+
 // Scales of W's int8 copies: vector-wise, the row maxima for q (one per output column of y) and the column
 // maxima for qt (one per output column of dx); tensor-wise, the tensor maximum for both.
 static const float *w_scale_q(const SbWeight *w, SwitchBackMode mode) {
@@ -139,7 +160,7 @@ static void check_size(const SwitchBack *sb, const SbWeight *w, int M) {
 void switchback_forward(SwitchBack *sb, bf16 *y, int8_t *xq, float *xs, const bf16 *x, const SbWeight *w,
                         const bf16 *bias, int M, cudaStream_t stream) {
     check_size(sb, w, M);
-    quantize_rowwise(xq, xs, x, M, w->K, stream);
+    if (x) quantize_rowwise(xq, xs, x, M, w->K, stream);
     Int8Gemm f = {};
     f.out = y, f.out_type = INT8_OUT_BF16;
     f.a = xq, f.a_scale = xs;                                                          // (M, K)
@@ -150,7 +171,7 @@ void switchback_forward(SwitchBack *sb, bf16 *y, int8_t *xq, float *xs, const bf
 }
 
 void switchback_backward(SwitchBack *sb, bf16 *dx, float *dw, float *db, const bf16 *g, const bf16 *x,
-                         const int8_t *xq, const float *xs, const SbWeight *w, int M, int accumulate,
+                         const int8_t *xq, const float *xs, const SbWeight *w, int M, int accumulate, int g_quantized,
                          cudaStream_t stream) {
     check_size(sb, w, M);
     int N = w->N, K = w->K;
@@ -161,10 +182,10 @@ void switchback_backward(SwitchBack *sb, bf16 *dx, float *dw, float *db, const b
     }
 
     // dx (M, K) = g (M, N) . W (N, K): int8 g row-wise times the int8 W^T copy (K, N). db from the same read of g
-    // (column sums per chunk of rows, added up below) where N allows.
-    int fused_db = db && N <= SB_QC_MAX_K;
+    // (column sums per chunk of rows, added up below) where N allows and g is quantized here.
+    int fused_db = db && N <= SB_QC_MAX_K && !g_quantized;
     if (fused_db) quantize_rowwise_colsums(sb->gq, sb->gs, sb->db_partial, g, M, N, stream);
-    else quantize_rowwise(sb->gq, sb->gs, g, M, N, stream);
+    else if (!g_quantized) quantize_rowwise(sb->gq, sb->gs, g, M, N, stream);
     Int8Gemm d = {};
     d.out = dx, d.out_type = INT8_OUT_BF16;
     d.a = sb->gq, d.a_scale = sb->gs;                                                    // (M, N)

@@ -33,6 +33,17 @@ void sb_weight_alloc(SbWeight *w, int N, int K);
 void sb_weight_free(SbWeight *w);
 void switchback_quantize_weight(SbWeight *w, const bf16 *W, SwitchBackMode mode, cudaStream_t stream);
 
+// Many weights' int8 copies remade in one launch (tensor-wise modes: not SB_VECTORWISE), from tensor maxima already
+// known, e.g. the optimizer's (adamw.cuh: tensor_absmax of the step that wrote W): no pass for the maxima, and the
+// same int8 copies and maxima as switchback_quantize_weight. tensor_max[i]: device address of max |W[i]|.
+typedef struct {
+    Quant2wayJob *jobs;  // device
+    int n, tiles;
+} SbWeightBatch;
+void sb_weight_batch_init(SbWeightBatch *b, SbWeight *const *w, const bf16 *const *W, const float *const *tensor_max, int n);
+void sb_weight_batch_free(SbWeightBatch *b);
+void switchback_quantize_weights(const SbWeightBatch *b, cudaStream_t stream);
+
 // One per model (or per stream): the mode, cuBLASLt, and scratch sized for the largest layer.
 typedef struct {
     SwitchBackMode mode;
@@ -51,13 +62,15 @@ void switchback_free(SwitchBack *sb);
 size_t switchback_scratch_bytes(SwitchBackMode mode, int max_M, int max_C);
 
 // y (M, N) = x (M, K) . W^T + bias (bias may be NULL). Also writes xq (M, K) and xs (M), x quantized row-wise:
-// the memory-efficient mode keeps them for the backward pass instead of x.
+// the memory-efficient mode keeps them for the backward pass instead of x. x NULL: xq and xs already hold x
+// quantized row-wise (written by x's producer, e.g. a fused LayerNorm or GELU) and are only read.
 void switchback_forward(SwitchBack *sb, bf16 *y, int8_t *xq, float *xs, const bf16 *x, const SbWeight *w,
                         const bf16 *bias, int M, cudaStream_t stream);
 // From g = dL/dy (M, N): dx (M, K) = g . W (overwritten); dw (N, K) and db (N) fp32, accumulated into when
 // accumulate = 1 (micro-batches), db may be NULL. x: the forward's input; xq, xs: the forward's int8 copy, used
 // in the memory-efficient mode when x is NULL (a caller that keeps x anyway, e.g. for another op's backward,
-// passes it and dW uses it as in the standard mode).
+// passes it and dW uses it as in the standard mode). g_quantized = 1: sb->gq, sb->gs already hold g quantized
+// row-wise (written by g's producer, e.g. a fused LayerNorm or GELU backward); g (bf16) is still read for dW (and db).
 void switchback_backward(SwitchBack *sb, bf16 *dx, float *dw, float *db, const bf16 *g, const bf16 *x,
-                         const int8_t *xq, const float *xs, const SbWeight *w, int M, int accumulate,
+                         const int8_t *xq, const float *xs, const SbWeight *w, int M, int accumulate, int g_quantized,
                          cudaStream_t stream);

@@ -82,9 +82,11 @@ struct ClipGPU {
     void *branch, *ln_scratch, *gelu_scratch, *dres, *d_a, *d_b, *d_wide;
     float *att_scratch, *dpool, *dpool_ln;
     // SwitchBack (precision int8_switchback): which linears (SB_LINEAR_*) run it; which of those save their int8
-    // input as the activation for the weight gradient (memory-efficient variant); the layer's scratch
-    int sb_on[SB_LINEARS], sb_saved[SB_LINEARS], sb_max_M, sb_max_C;
+    // input as the activation for the weight gradient (memory-efficient variant); whose input producers must still
+    // write the bf16 input (a GEMM or the backward reads it); the layer's scratch
+    int sb_on[SB_LINEARS], sb_saved[SB_LINEARS], in_bf16[SB_LINEARS], sb_max_M, sb_max_C;
     SwitchBack sb;
+    SbWeightBatch sb_batch;  // every SwitchBack weight, quantized with the optimizer's maxima (n = 0: not used)
     int8_t *xq_scratch;  // (N, max(D, H)) int8 inputs of the linears that do not save them
     float *xs_scratch;   // (N)
     // the whole batch: features, their gradients, loss
@@ -303,8 +305,8 @@ static void carve(ClipGPU *g, Arena *a, GpuMemoryPlan *p) {
     size_t *o = &p->other;
     g->branch = take(a, nd * es, o);  // also the patch embeddings (fewer rows than the vision tower)
     int int8 = c->precision == PRECISION_INT8_SWITCHBACK;
-    g->ln_scratch = g->recompute >= 2 || g->sb_saved[SB_LINEAR_QKV] || g->sb_saved[SB_LINEAR_C_FC] ? take(a, nd * es, o) : NULL;
-    g->gelu_scratch = g->recompute >= 1 || g->sb_saved[SB_LINEAR_C_PROJ] ? take(a, nh * es, o) : NULL;
+    g->ln_scratch = g->recompute >= 2 ? take(a, nd * es, o) : NULL;
+    g->gelu_scratch = g->recompute >= 1 ? take(a, nh * es, o) : NULL;
     g->xq_scratch = int8 ? (int8_t *)take(a, nh, o) : NULL;
     g->xs_scratch = int8 ? TAKE_F(a, rows, o) : NULL;
     g->sb_max_M = (int)rows, g->sb_max_C = (int)cols;
@@ -351,23 +353,32 @@ static const float *opt_param(const ClipGPU *g, size_t off) { return off == NO_T
 
 // The transformer linears, i = SB_LINEAR_* of block k: y (N, OC) = x (N, C) @ W^T + b with W at layout offset w
 // and b at b. SwitchBack (int8 x row-wise . int8 W tensor- or vector-wise) for the layers precision
-// int8_switchback replaces, else the cuBLASLt GEMM of the T-typed weight copy. SwitchBack also writes x's int8
-// copy into k->xq[i], k->xs[i]: the saved activation where sb_saved[i], else scratch.
+// int8_switchback replaces, else the cuBLASLt GEMM of the T-typed weight copy. SwitchBack reads x's int8 copy from
+// k->xq[i], k->xs[i] (the saved activation where sb_saved[i], else scratch): written there by x's producer
+// (LayerNorm, GELU; x is then not read and may be unwritten), or for out_proj quantized here from x.
 template <typename T>
 static void linear_forward(ClipGPU *g, BlockBuf *k, int i, T *y, const T *x, size_t w, size_t b, int N, int C, int OC) {
     const T *W = (const T *)g->wts;
-    if (g->sb_on[i]) switchback_forward(&g->sb, (bf16 *)y, k->xq[i], k->xs[i], (const bf16 *)x, &k->w8[i], (const bf16 *)(W + b), N, 0);
+    const bf16 *xb = i == SB_LINEAR_OUT_PROJ ? (const bf16 *)x : NULL;
+    if (g->sb_on[i]) switchback_forward(&g->sb, (bf16 *)y, k->xq[i], k->xs[i], xb, &k->w8[i], (const bf16 *)(W + b), N, 0);
     else matmul_forward_gpu<T>(y, x, W + w, W + b, N, C, OC);
 }
 
+// Where a producer writes the quantized input of linear i (NULL where it does not run SwitchBack), and where the
+// bf16 input (NULL where nothing reads it).
+static int8_t *in_q(ClipGPU *g, BlockBuf *k, int i) { return g->sb_on[i] ? k->xq[i] : NULL; }
+static float *in_s(ClipGPU *g, BlockBuf *k, int i) { return g->sb_on[i] ? k->xs[i] : NULL; }
+template <typename T> static T *in_bf16(ClipGPU *g, void *p, int i) { return g->in_bf16[i] ? as<T>(p) : NULL; }
+
 // dx (N, C) = dy (N, OC) @ W (overwritten) and dW += dy^T @ x into the fp32 gradients. SwitchBack: dx from int8
-// dy (row-wise) and int8 W^T, dW in bf16 with fp32 accumulation; from the saved int8 x where sb_saved[i] (the
-// bf16 x is not kept then). Bias gradients stay with the caller (some are fused into other passes).
+// dy (row-wise; dy_q: already in g->sb.gq, gs, written by dy's producer) and int8 W^T, dW in bf16 with fp32
+// accumulation; from the saved int8 x where sb_saved[i] (the bf16 x is not kept then). Bias gradients stay with
+// the caller (some are fused into other passes).
 template <typename T>
-static void linear_backward(ClipGPU *g, BlockBuf *k, int i, T *dx, const T *dy, const T *x, size_t w, int N, int C, int OC) {
+static void linear_backward(ClipGPU *g, BlockBuf *k, int i, T *dx, const T *dy, int dy_q, const T *x, size_t w, int N, int C, int OC) {
     if (g->sb_on[i]) {
         switchback_backward(&g->sb, (bf16 *)dx, g->grads + w, NULL, (const bf16 *)dy, g->sb_saved[i] ? NULL : (const bf16 *)x,
-                            k->xq[i], k->xs[i], &k->w8[i], N, 1, 0);
+                            k->xq[i], k->xs[i], &k->w8[i], N, 1, dy_q, 0);
     } else {
         matmul_backward_input_gpu<T>(dx, dy, (const T *)g->wts + w, N, C, OC);
         matmul_backward_weight_gpu<T>(g->grads + w, dy, x, N, C, OC);
@@ -375,7 +386,13 @@ static void linear_backward(ClipGPU *g, BlockBuf *k, int i, T *dx, const T *dy, 
 }
 
 // Remakes the int8 copies of the SwitchBack weights from the bf16 copy (after every optimizer step and upload).
-static void quantize_switchback_weights(ClipGPU *g) {
+// after_update: the optimizer step just wrote them with their maxima (adamw_apply_gpu's tensor_absmax), so the
+// batch (when the mode and ZeRO allow it) quantizes them all in one launch without a pass for the maxima.
+static void quantize_switchback_weights(ClipGPU *g, int after_update) {
+    if (after_update && g->sb_batch.n) {
+        switchback_quantize_weights(&g->sb_batch, 0);
+        return;
+    }
     TowerBuf *towers[2] = {&g->vis, &g->txt};
     for (int ti = 0; ti < 2; ti++)
         for (int l = 0; l < towers[ti]->t->layers; l++) {
@@ -394,8 +411,10 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
     int N = B * t->tokens, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu;
     const BlockLayout *w0 = &t->blocks[0];
     mark(g, PROF_LAYERNORM);
-    residual_layernorm_forward_gpu<T>(NULL, as<T>(tb->blocks[0].ln_1), tb->blocks[0].ln_1_mean, tb->blocks[0].ln_1_rstd,
-                                  as<T>(tb->x0), NULL, NULL, P + w0->ln_1_w, P + w0->ln_1_b, N, D);
+    BlockBuf *k0 = &tb->blocks[0];
+    residual_layernorm_forward_gpu<T>(NULL, in_bf16<T>(g, k0->ln_1, SB_LINEAR_QKV), k0->ln_1_mean, k0->ln_1_rstd, as<T>(tb->x0),
+                                      NULL, NULL, P + w0->ln_1_w, P + w0->ln_1_b, N, D, in_q(g, k0, SB_LINEAR_QKV),
+                                      in_s(g, k0, SB_LINEAR_QKV));
     const T *x = as<T>(tb->x0);
     for (int l = 0; l < t->layers; l++) {
         const BlockLayout *w = &t->blocks[l];
@@ -407,20 +426,25 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
         mark(g, PROF_GEMM);
         linear_forward<T>(g, k, SB_LINEAR_OUT_PROJ, as<T>(k->attn), as<T>(k->att_y), w->out_proj_w, w->out_proj_b, N, D, D);
         mark(g, PROF_LAYERNORM);
-        residual_layernorm_forward_gpu<T>(as<T>(k->res_1), as<T>(k->ln_2), k->ln_2_mean, k->ln_2_rstd, x, as<T>(k->attn),
-                                      opt_param(g, w->ls_1), P + w->ln_2_w, P + w->ln_2_b, N, D);
+        residual_layernorm_forward_gpu<T>(as<T>(k->res_1), in_bf16<T>(g, k->ln_2, SB_LINEAR_C_FC), k->ln_2_mean, k->ln_2_rstd, x,
+                                          as<T>(k->attn), opt_param(g, w->ls_1), P + w->ln_2_w, P + w->ln_2_b, N, D,
+                                          in_q(g, k, SB_LINEAR_C_FC), in_s(g, k, SB_LINEAR_C_FC));
         mark(g, PROF_GEMM);
         linear_forward<T>(g, k, SB_LINEAR_C_FC, as<T>(k->fc), as<T>(k->ln_2), w->c_fc_w, w->c_fc_b, N, D, H);
         mark(g, PROF_GELU);
-        gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)N * H, quick);
+        if (g->sb_on[SB_LINEAR_C_PROJ])
+            gelu_forward_quantize_gpu(in_bf16<bf16>(g, k->fc_gelu, SB_LINEAR_C_PROJ), k->xq[SB_LINEAR_C_PROJ], k->xs[SB_LINEAR_C_PROJ],
+                                      as<bf16>(k->fc), N, H, quick);
+        else gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)N * H, quick);
         mark(g, PROF_GEMM);
         linear_forward<T>(g, k, SB_LINEAR_C_PROJ, as<T>(k->mlp), as<T>(k->fc_gelu), w->c_proj_w, w->c_proj_b, N, H, D);
         mark(g, PROF_LAYERNORM);
         if (l + 1 < t->layers) {
             BlockBuf *kn = &tb->blocks[l + 1];
             const BlockLayout *wn = &t->blocks[l + 1];
-            residual_layernorm_forward_gpu<T>(as<T>(k->res_2), as<T>(kn->ln_1), kn->ln_1_mean, kn->ln_1_rstd, as<T>(k->res_1),
-                                          as<T>(k->mlp), opt_param(g, w->ls_2), P + wn->ln_1_w, P + wn->ln_1_b, N, D);
+            residual_layernorm_forward_gpu<T>(as<T>(k->res_2), in_bf16<T>(g, kn->ln_1, SB_LINEAR_QKV), kn->ln_1_mean, kn->ln_1_rstd,
+                                              as<T>(k->res_1), as<T>(k->mlp), opt_param(g, w->ls_2), P + wn->ln_1_w, P + wn->ln_1_b,
+                                              N, D, in_q(g, kn, SB_LINEAR_QKV), in_s(g, kn, SB_LINEAR_QKV));
         } else {
             residual_layernorm_forward_gpu<T>(as<T>(k->res_2), (T *)NULL, NULL, NULL, as<T>(k->res_1), as<T>(k->mlp),
                                           opt_param(g, w->ls_2), NULL, NULL, N, D);
@@ -501,6 +525,12 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
     float *G = g->grads;
     int N = B * t->tokens, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu, r = g->recompute;
     T *dres = as<T>(g->dres), *d_a = as<T>(g->d_a), *d_b = as<T>(g->d_b), *d_wide = as<T>(g->d_wide);
+    // SwitchBack: the LayerNorm backwards also quantize the residual-stream gradient into g->sb.gq, gs where it is
+    // the next linear's output gradient as it is (no layer-scale between): ln_2's for out_proj, ln_1's for the
+    // previous block's c_proj (dres_q: gq holds dres for this block's c_proj); the GELU backward quantizes c_fc's.
+    int dres_q = 0;
+    int8_t *gq = g->sb.gq;
+    float *gs = g->sb.gs;
     for (int l = t->layers - 1; l >= 0; l--) {
         const BlockLayout *w = &t->blocks[l];
         BlockBuf *k = &tb->blocks[l];
@@ -512,23 +542,27 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         mark(g, PROF_GELU);
         if (r >= 1) gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)N * H, quick);  // recompute
         mark(g, PROF_GEMM);
-        linear_backward<T>(g, k, SB_LINEAR_C_PROJ, d_wide, dmlp, as<T>(k->fc_gelu), w->c_proj_w, N, H, D);
+        linear_backward<T>(g, k, SB_LINEAR_C_PROJ, d_wide, dmlp, dres_q, as<T>(k->fc_gelu), w->c_proj_w, N, H, D);
         mark(g, PROF_PARAM_GRADS);
         bias_grad_gpu<T>(G + w->c_proj_b, dmlp, N, D, D);
         mark(g, PROF_GELU);
-        gelu_backward_bias_gpu<T>(d_wide, G + w->c_fc_b, d_wide, as<T>(k->fc), N, H, quick);  // with c_fc's bias gradient
+        int fc_q = g->sb_on[SB_LINEAR_C_FC];  // with c_fc's bias gradient (and its output gradient quantized)
+        if (fc_q) gelu_backward_quantize_gpu(as<bf16>(d_wide), gq, gs, G + w->c_fc_b, as<bf16>(d_wide), as<bf16>(k->fc), N, H, quick);
+        else gelu_backward_bias_gpu<T>(d_wide, G + w->c_fc_b, d_wide, as<T>(k->fc), N, H, quick);
         mark(g, PROF_LAYERNORM);
         if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_2), as<T>(k->res_1), k->ln_2_mean, k->ln_2_rstd, P + w->ln_2_w, P + w->ln_2_b, N, D);
         mark(g, PROF_GEMM);
-        linear_backward<T>(g, k, SB_LINEAR_C_FC, d_b, d_wide, as<T>(k->ln_2), w->c_fc_w, N, D, H);
+        linear_backward<T>(g, k, SB_LINEAR_C_FC, d_b, d_wide, fc_q, as<T>(k->ln_2), w->c_fc_w, N, D, H);
         mark(g, PROF_LAYERNORM_BACKWARD);
-        layernorm_backward_gpu<T>(dres, G + w->ln_2_w, G + w->ln_2_b, d_b, as<T>(k->res_1), P + w->ln_2_w, k->ln_2_mean, k->ln_2_rstd, N, D);
+        int att_q = g->sb_on[SB_LINEAR_OUT_PROJ] && w->ls_1 == NO_TENSOR;
+        layernorm_backward_gpu<T>(dres, G + w->ln_2_w, G + w->ln_2_b, d_b, as<T>(k->res_1), P + w->ln_2_w, k->ln_2_mean, k->ln_2_rstd,
+                                  N, D, att_q ? gq : NULL, gs);
         // res_1 = x + ls_1 * out_proj(attention(in_proj(ln_1(x))))
         const T *dattn = dres;
         mark(g, PROF_PARAM_GRADS);
         if (w->ls_1 != NO_TENSOR) layerscale_backward_gpu<T>(d_a, G + w->ls_1, dres, as<T>(k->attn), P + w->ls_1, N, D), dattn = d_a;
         mark(g, PROF_GEMM);
-        linear_backward<T>(g, k, SB_LINEAR_OUT_PROJ, d_b, dattn, as<T>(k->att_y), w->out_proj_w, N, D, D);
+        linear_backward<T>(g, k, SB_LINEAR_OUT_PROJ, d_b, dattn, att_q, as<T>(k->att_y), w->out_proj_w, N, D, D);
         mark(g, PROF_PARAM_GRADS);
         bias_grad_gpu<T>(G + w->out_proj_b, dattn, N, D, D);
         mark(g, PROF_ATTENTION_BACKWARD);
@@ -536,11 +570,13 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         mark(g, PROF_LAYERNORM);
         if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_1), x, k->ln_1_mean, k->ln_1_rstd, P + w->ln_1_w, P + w->ln_1_b, N, D);
         mark(g, PROF_GEMM);
-        linear_backward<T>(g, k, SB_LINEAR_QKV, d_a, d_wide, as<T>(k->ln_1), w->in_proj_w, N, D, 3 * D);
+        linear_backward<T>(g, k, SB_LINEAR_QKV, d_a, d_wide, 0, as<T>(k->ln_1), w->in_proj_w, N, D, 3 * D);
         mark(g, PROF_PARAM_GRADS);
         bias_grad_gpu<T>(G + w->in_proj_b, d_wide, N, 3 * D, 3 * D);
         mark(g, PROF_LAYERNORM_BACKWARD);
-        layernorm_backward_gpu<T>(dres, G + w->ln_1_w, G + w->ln_1_b, d_a, x, P + w->ln_1_w, k->ln_1_mean, k->ln_1_rstd, N, D);
+        dres_q = l > 0 && g->sb_on[SB_LINEAR_C_PROJ] && t->blocks[l - 1].ls_2 == NO_TENSOR;
+        layernorm_backward_gpu<T>(dres, G + w->ln_1_w, G + w->ln_1_b, d_a, x, P + w->ln_1_w, k->ln_1_mean, k->ln_1_rstd, N, D,
+                                  dres_q ? gq : NULL, gs);
         grads_done(g);
     }
 }
@@ -769,7 +805,7 @@ void clip_gpu_update(ClipGPU *g, Optimizer *o, float lr, float grad_scale) {
     }
     float *ls = g->params + g->L->logit_scale;  // as open_clip: clamp to [0, ln 100] after every step
     clamp_scalar_gpu(ls, 0.0f, logf(100.0f));
-    quantize_switchback_weights(g);
+    quantize_switchback_weights(g, 1);
     mark(g, PROF_GAP);
     if (g->dist) gd_sync(g->dist);
     cudaCheck(cudaMemcpy(o->rms, g->plan.rms, (size_t)g->L->num_tensors * sizeof(float), cudaMemcpyDeviceToHost));
@@ -805,7 +841,7 @@ void clip_gpu_upload(ClipGPU *g, const float *params, const Optimizer *o) {
     cudaCheck(cudaMemcpy(g->params, params, bytes, cudaMemcpyHostToDevice));
     if (g->dist) gd_begin(g->dist), gd_broadcast(g->dist, g->params, n), gd_end(g->dist);
     if (g->params_bf16) copy_to_bf16_gpu(g->params_bf16, g->params, n);
-    quantize_switchback_weights(g);
+    quantize_switchback_weights(g, 0);
     if (o) {
         float *host[2] = {o->m, o->u}, *dev[2] = {g->m, g->u};
         for (int i = 0; i < 2; i++) {
@@ -901,6 +937,9 @@ static void init_shape(ClipGPU *g, const Config *c, const ClipLayout *L, int mb,
     int sb = c->precision == PRECISION_INT8_SWITCHBACK, me = sb && c->switchback_variant == SB_VARIANT_MEMORY_EFFICIENT;
     int kept[SB_LINEARS] = {recompute < 2, 0, recompute < 2, recompute < 1};
     for (int i = 0; i < SB_LINEARS; i++) g->sb_on[i] = sb && (c->switchback_mask >> i & 1), g->sb_saved[i] = me && g->sb_on[i] && kept[i];
+    // SwitchBack's inputs but the attention output come quantized from their producers (LayerNorm, GELU); the bf16
+    // copy is written only where the backward reads the saved one (not recomputed, not replaced by the int8 copy)
+    for (int i = 0; i < SB_LINEARS; i++) g->in_bf16[i] = !g->sb_on[i] || (kept[i] && !g->sb_saved[i]);
     g->vis.t = &L->visual, g->txt.t = &L->text;
     g->vis.blocks = (BlockBuf *)callocCheck((size_t)L->visual.layers, sizeof(BlockBuf));
     g->txt.blocks = (BlockBuf *)callocCheck((size_t)L->text.layers, sizeof(BlockBuf));
@@ -949,6 +988,30 @@ static void init_optimizer_plan(ClipGPU *g) {
     }
     adamw_plan_init(&g->plan, L->num_tensors, off, numel, decay, g->cfg.wd, g->zero ? nb : 0, seg_lo, seg_hi);
     free(off), free(numel), free(decay), free(order), free(seg_lo), free(seg_hi);
+}
+
+// The SwitchBack weight batch: every weight of a SwitchBack linear with its tensor's maximum in the optimizer plan.
+static void init_weight_batch(ClipGPU *g) {
+    const ClipLayout *L = g->L;
+    int cap = SB_LINEARS * (L->visual.layers + L->text.layers), n = 0;
+    SbWeight **w = (SbWeight **)mallocCheck(cap * sizeof(SbWeight *));
+    const bf16 **W = (const bf16 **)mallocCheck(cap * sizeof(bf16 *));
+    const float **mx = (const float **)mallocCheck(cap * sizeof(float *));
+    TowerBuf *towers[2] = {&g->vis, &g->txt};
+    for (int ti = 0; ti < 2; ti++)
+        for (int l = 0; l < towers[ti]->t->layers; l++) {
+            const BlockLayout *b = &towers[ti]->t->blocks[l];
+            size_t off[SB_LINEARS] = {b->in_proj_w, b->out_proj_w, b->c_fc_w, b->c_proj_w};
+            for (int i = 0; i < SB_LINEARS; i++) {
+                if (!g->sb_on[i]) continue;
+                int t = 0;
+                while (t < L->num_tensors && L->tensors[t].offset != off[i]) t++;
+                if (t == L->num_tensors) fatal("clip_gpu: no tensor at offset %zu for a SwitchBack weight", off[i]);
+                w[n] = &towers[ti]->blocks[l].w8[i], W[n] = g->params_bf16 + off[i], mx[n] = g->plan.tensor_absmax + t, n++;
+            }
+        }
+    sb_weight_batch_init(&g->sb_batch, w, W, mx, n);
+    free(w), free(W), free(mx);
 }
 
 static double gib(size_t b) { return (double)b / (1u << 30); }
@@ -1019,8 +1082,10 @@ ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *para
     size_t state = g->zero ? shard_elems(g) : L->buffer_elems;
     cudaCheck(cudaMemset(g->m, 0, state * sizeof(float)));
     cudaCheck(cudaMemset(g->u, 0, state * sizeof(float)));
-    if (c->precision == PRECISION_INT8_SWITCHBACK)
+    if (c->precision == PRECISION_INT8_SWITCHBACK) {
         switchback_init(&g->sb, (SwitchBackMode)c->switchback_variant, g->sb_max_M, g->sb_max_C);
+        if (!g->zero && g->sb.mode != SB_VECTORWISE) init_weight_batch(g);  // ZeRO-1 has no full bf16 update here
+    }
     clip_gpu_upload(g, params, NULL);
     cudaCheck(cudaStreamCreateWithFlags(&g->copy_stream, cudaStreamNonBlocking));
     cudaCheck(cudaEventCreateWithFlags(&g->text_ready, cudaEventDisableTiming));
@@ -1050,6 +1115,7 @@ void clip_gpu_free(ClipGPU *g) {
         for (int i = 0; i < PROF_EVENTS; i++) cudaCheck(cudaEventDestroy(g->prof_ev[i]));
     adamw_plan_free(&g->plan);
     if (g->cfg.precision == PRECISION_INT8_SWITCHBACK) switchback_free(&g->sb);
+    if (g->sb_batch.jobs) sb_weight_batch_free(&g->sb_batch);
     cudaCheck(cudaFree(g->arena));
     free_shape(g), free(g->vocab_counts);
     free(g);

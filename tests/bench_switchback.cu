@@ -1,6 +1,7 @@
 // bench_switchback.cu: times the SwitchBack kernels at CLIP shapes against cuBLAS: per shape the bf16 GEMM
 // (cuBLASLt), the int8 GEMM of cuBLASLt (int32 out), ours (int8 + dequantize, bf16 out; the wgmma and the
-// mma.sync kernel), the quantizers, and the whole linear layer forward + backward, SwitchBack versus bf16.
+// mma.sync kernel), the quantizers, and the whole linear layer forward + backward, SwitchBack versus bf16; at the
+// fc1 shapes also the GELU producers with their int8 rows, fused against GELU then quantize_rowwise.
 // CUDA events around each op, the ops interleaved within each repetition (time_ops), warm-up first, the median of
 // the repetitions; activations alternate
 // between two sets of buffers (each larger than L2 at these shapes); random normal data (never zeros).
@@ -9,6 +10,7 @@
 // cudaProfilerStart and Stop (for `ncu --profile-from-start off`).
 #include <cuda_profiler_api.h>
 #include <string.h>
+#include "../kernels/gelu.cuh"
 #include "../kernels/matmul.cuh"
 #include "../kernels/switchback.cuh"
 
@@ -58,11 +60,13 @@ typedef struct {
 
 typedef enum {
     OP_BF16_GEMM, OP_INT8_LT, OP_INT8_WGMMA, OP_INT8_MMA, OP_QUANT_ROWS, OP_QUANT_WEIGHT, OP_LAYER_BF16, OP_LAYER_SB,
-    OP_LAYER_SB_MEMEFF, NOPS
+    OP_LAYER_SB_MEMEFF, OP_GELU_FWD_Q, OP_GELU_FWD_FUSED, OP_GELU_FWD_FUSED_INT8, OP_GELU_BWD_Q, OP_GELU_BWD_FUSED, NOPS
 } Op;
 static const char *op_names[NOPS] = {"cuBLAS bf16 GEMM", "cuBLASLt int8 GEMM (int32 out)", "ours int8 GEMM+dequant (wgmma)",
                                      "ours int8 GEMM+dequant (mma.sync)", "row-wise quantize of x", "weight quantize (+W^T)",
-                                     "bf16 linear fwd+bwd (cuBLASLt)", "SwitchBack fwd+bwd", "SwitchBack memory-efficient fwd+bwd"};
+                                     "bf16 linear fwd+bwd (cuBLASLt)", "SwitchBack fwd+bwd", "SwitchBack memory-efficient fwd+bwd",
+                                     "GELU fwd, then row quantize", "GELU fwd + int8 (fused)", "GELU fwd, int8 only (fused)",
+                                     "GELU bwd + bias grad, then quantize", "GELU bwd + bias grad + int8 (fused)"};
 
 static Int8Gemm forward_gemm(Bench *b, int set) {
     Int8Gemm f = {};
@@ -90,12 +94,24 @@ static void run_op(Bench *b, Op op, int set) {
         matmul_cm(b->dw, CUDA_R_32F, K, b->x[set], K, 0, b->g[set], N, 1, CUDA_R_16BF, NULL, K, N, M, 1.0f, 0.0f, 0);  // dW = g^T x
         column_sums(b->db, b->sb.db_partial, b->g[set], M, N, 0, 0);
         break;
+    // GELU of y (M, N) as c_fc's output, its input gradient from g; int8 rows into the layer's gq scratch
+    case OP_GELU_FWD_Q:
+        gelu_forward_gpu<bf16>(b->y2, b->y, (size_t)M * N, 0);
+        quantize_rowwise(b->sb.gq, b->sb.gs, b->y2, M, N, 0);
+        break;
+    case OP_GELU_FWD_FUSED: gelu_forward_quantize_gpu(b->y2, b->sb.gq, b->sb.gs, b->y, M, N, 0); break;
+    case OP_GELU_FWD_FUSED_INT8: gelu_forward_quantize_gpu(NULL, b->sb.gq, b->sb.gs, b->y, M, N, 0); break;
+    case OP_GELU_BWD_Q:
+        gelu_backward_bias_gpu<bf16>(b->y2, b->db, b->g[set], b->y, M, N, 0);
+        quantize_rowwise(b->sb.gq, b->sb.gs, b->y2, M, N, 0);
+        break;
+    case OP_GELU_BWD_FUSED: gelu_backward_quantize_gpu(b->y2, b->sb.gq, b->sb.gs, b->db, b->g[set], b->y, M, N, 0); break;
     case OP_LAYER_SB:
     case OP_LAYER_SB_MEMEFF: {
         SwitchBack *sb = op == OP_LAYER_SB ? &b->sb : &b->sb_me;
         switchback_forward(sb, b->y, b->xq[set], b->xs[set], b->x[set], &b->qw, b->bias, M, 0);
         switchback_backward(sb, b->dx, b->dw, b->db, b->g[set], op == OP_LAYER_SB ? b->x[set] : NULL, b->xq[set],
-                            b->xs[set], &b->qw, M, 0, 0);
+                            b->xs[set], &b->qw, M, 0, 0, 0);
         break;
     }
     default: break;
@@ -210,7 +226,8 @@ int main(int argc, char **argv) {
         double flop = 2.0 * M * N * K;
         printf("\n%s: M %d, K %d -> N %d (%.1f GFLOP per GEMM); %s\n", b.s.name, M, K, N, flop * 1e-9, check);
         int use[NOPS];
-        for (int op = 0; op < NOPS; op++) use[op] = op != OP_INT8_WGMMA || wgmma;
+        for (int op = 0; op < NOPS; op++) use[op] = (op != OP_INT8_WGMMA || wgmma) && (op < OP_GELU_FWD_Q || strstr(b.s.name, "fc1"));
+        fill_normal(b.y, mn, 23, 1.0f);  // c_fc's output for the GELU ops
         if (profile) {
             for (int rep = 0; rep < 2; rep++) {  // the first round warms up
                 if (rep) cudaCheck(cudaProfilerStart());
@@ -230,6 +247,9 @@ int main(int argc, char **argv) {
                 printf("  %-38s %8.3f ms %7.0f GB/s\n", op_names[op], t[si][op], (3.0 * mk + 4.0 * M) / (t[si][op] * 1e-3) * 1e-9);
             else if (op == OP_QUANT_WEIGHT)
                 printf("  %-38s %8.3f ms %7.0f GB/s\n", op_names[op], t[si][op], (4.0 * nk) / (t[si][op] * 1e-3) * 1e-9);
+            else if (op >= OP_GELU_FWD_Q)  // the fewest bytes of the fused op: bf16 in, bf16 out (but int8 only), int8 out
+                printf("  %-38s %8.3f ms %7.0f GB/s\n", op_names[op], t[si][op],
+                       (op <= OP_GELU_FWD_FUSED_INT8 ? (op == OP_GELU_FWD_FUSED_INT8 ? 3.0 : 5.0) : 7.0) * mn / (t[si][op] * 1e-3) * 1e-9);
             else printf("  %-38s %8.3f ms (3 GEMMs: %.0f TFLOP/s effective)\n", op_names[op], t[si][op], 3 * flop / (t[si][op] * 1e-3) * 1e-12);
         }
 

@@ -3,6 +3,8 @@
 // int8_gemm.cuh), so the GPU must match them bit for bit; the fp32 matmul is the layer's exact reference.
 #pragma once
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 #include "../kernels/int8_gemm.cuh"
 #include "../kernels/quantize.cuh"
 
@@ -17,6 +19,32 @@ static void ref_quantize_rows(int8_t *q, float *s, const bf16 *x, int R, int C) 
         for (int c = 0; c < C; c++) q[(size_t)r * C + c] = sb_quantize(bf(x[(size_t)r * C + c]), mult);
         s[r] = m;
     }
+}
+
+// A fused producer's int8 rows q (R, C) and maxima s (R), on the device, against ref_quantize_rows of the bf16
+// values x (R, C) it wrote (device), bit for bit: the index of the first differing q, R * C + r for a differing
+// maximum of row r, or -1.
+static long rows_quantized_diff(const int8_t *d_q, const float *d_s, const bf16 *d_x, int R, int C) {
+    size_t n = (size_t)R * C;
+    bf16 *x = (bf16 *)malloc(n * sizeof(bf16) + 1);
+    int8_t *q = (int8_t *)malloc(n + 1), *rq = (int8_t *)malloc(n + 1);
+    float *s = (float *)malloc(R * sizeof(float) + 1), *rs = (float *)malloc(R * sizeof(float) + 1);
+    if (!x || !q || !rq || !s || !rs) {
+        fprintf(stderr, "error: rows_quantized_diff: out of host memory\n");
+        exit(1);
+    }
+    cudaCheck(cudaDeviceSynchronize());
+    cudaCheck(cudaMemcpy(x, d_x, n * sizeof(bf16), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(q, d_q, n, cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(s, d_s, R * sizeof(float), cudaMemcpyDeviceToHost));
+    ref_quantize_rows(rq, rs, x, R, C);
+    long diff = -1;
+    for (size_t i = 0; i < n && diff < 0; i++)
+        if (q[i] != rq[i]) diff = (long)i;
+    for (int r = 0; r < R && diff < 0; r++)
+        if (memcmp(&s[r], &rs[r], sizeof(float))) diff = (long)n + r;
+    free(x), free(q), free(rq), free(s), free(rs);
+    return diff;
 }
 
 // absmax (R + C + 1) = [row maxima | column maxima | tensor maximum] of x (R, C).

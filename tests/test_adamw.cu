@@ -5,7 +5,7 @@
 // plan covers its part of every bucket, buckets cutting through tensors; the RMS partial sums added between
 // the phases; each rank's compact moments): the owners' parameters and moments must equal the unsharded
 // reference. Bounds (relative L2): parameters and moments 1e-5; per-tensor RMS 1e-5; bf16 copy ==
-// bf16(params); norm 1e-5.
+// bf16(params), and its per-tensor maxima (SwitchBack's weight scales) exact; norm 1e-5.
 #include "../kernels/adamw.cuh"
 #include "test_gpu.h"
 extern "C" {
@@ -79,6 +79,14 @@ static void check(int clip) {
     for (int t = 0; t < NT; t++)
         for (size_t i = 0; i < NUMEL[t]; i++) bad += (float)hb[offset[t] + i] != round_bf16(hp[offset[t] + i]);
     EXPECT(bad == 0, "clip=%d: %d bf16 copies differ from bf16(params)", clip, bad);
+    // the maxima of the bf16 copy per tensor (SwitchBack's weight scales), exact
+    float ham[NT];
+    to_host<float>(ham, plan.tensor_absmax, NT);
+    for (int t = 0; t < NT; t++) {
+        float mx = 0.0f;
+        for (size_t i = 0; i < NUMEL[t]; i++) mx = fmaxf(mx, fabsf((float)hb[offset[t] + i]));
+        EXPECT(ham[t] == mx, "clip=%d: tensor %d bf16 maximum %g, expected %g", clip, t, ham[t], mx);
+    }
     printf("  clip=%d: params %.1e m %.1e u %.1e rms %.1e (rms %.3g %.3g %.3g %.3g %.3g)\n", clip, ep, em, eu, er, rms[0], rms[1], rms[2], rms[3], rms[4]);
     // sharded: the owners' elements assembled, the compact moments at their segments
     float *sp = zeros_host(n), *sm = zeros_host(n), *su = zeros_host(n), *tmp = zeros_host(n), srms[NT];

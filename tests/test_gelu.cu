@@ -1,9 +1,12 @@
 // test_gelu.cu: kernels/gelu.cu against gelu_forward/backward of model/ops_cpu.c, exact-erf GELU and
 // QuickGELU, float and bf16, vector-width and odd sizes; the backward with the bias gradient fused. Bounds
 // (relative L2): fp32 1e-5; bf16 outputs 1e-2 (the inputs are the same bf16 values on both sides; the
-// outputs are rounded to bf16 once); the fp32 bias gradient 1e-5.
+// outputs are rounded to bf16 once); the fp32 bias gradient 1e-5. The SwitchBack variants (bf16, the result also
+// quantized row-wise) against the plain kernels: the same bf16 results bit for bit, the int8 rows bit for bit
+// against ref_quantize_rows of them, the bias gradient 1e-5 (fp32 sums in another order), all-zero rows.
 #include "../kernels/gelu.cuh"
 #include "test_gpu.h"
+#include "ref_switchback.h"
 
 template <typename T> static void check_forward(size_t n, int quick) {
     const char *tn = sizeof(T) == 2 ? "bf16" : "fp32";
@@ -52,6 +55,52 @@ template <typename T> static void check_backward(int N, int C, int quick) {
     cudaCheck(cudaFree(d_x)), cudaCheck(cudaFree(d_dout)), cudaCheck(cudaFree(d_dx)), cudaCheck(cudaFree(d_db)), cudaCheck(cudaFree(d_db2));
 }
 
+// SwitchBack variants, N x C bf16 with row 1 all zeros (its int8 row must be zeros with maximum 0).
+static void check_quantized(int N, int C, int quick) {
+    size_t n = (size_t)N * C;
+    float *x = rand_host(n, 4.0f), *dout = rand_host(n, 1.0f), *db = rand_host(C, 1.0f), *g = zeros_host(n), *g2 = zeros_host(n);
+    for (int c = 0; c < C; c++) x[C + c] = 0.0f, dout[C + c] = 0.0f;
+    round_to<bf16>(x, n), round_to<bf16>(dout, n);
+    bf16 *d_x = to_device<bf16>(x, n), *d_dout = to_device<bf16>(dout, n), *d_y = poisoned<bf16>(n), *d_y2 = poisoned<bf16>(n);
+    int8_t *d_q = poisoned<int8_t>(n), *d_q2 = poisoned<int8_t>(n);
+    float *d_s = poisoned<float>(N), *d_s2 = poisoned<float>(N);
+    cudaCheck(cudaMemset(d_q, 0x80, n)), cudaCheck(cudaMemset(d_q2, 0x80, n));  // -128: never a quantized value
+    gelu_forward_gpu<bf16>(d_y, d_x, n, quick);
+    gelu_forward_quantize_gpu(d_y2, d_q, d_s, d_x, N, C, quick);
+    gelu_forward_quantize_gpu(NULL, d_q2, d_s2, d_x, N, C, quick);  // int8 only
+    to_host<bf16>(g, d_y, n), to_host<bf16>(g2, d_y2, n);
+    long dq = rows_quantized_diff(d_q, d_s, d_y, N, C), dq2 = rows_quantized_diff(d_q2, d_s2, d_y, N, C);
+    EXPECT(!memcmp(g, g2, n * sizeof(float)) && dq < 0 && dq2 < 0,
+           "%dx%d quick=%d: forward with int8 output: out %s, first int8 difference %ld (without out %ld)", N, C, quick,
+           memcmp(g, g2, n * sizeof(float)) ? "differs" : "same", dq, dq2);
+    // backward, in place as the model runs it: dinp against the plain kernel, int8 rows, dbias (+=)
+    bf16 *d_dx = poisoned<bf16>(n);
+    float *d_db = to_device<float>(db, C), *d_db2 = to_device<float>(db, C), *gb = zeros_host(C), *gb2 = zeros_host(C);
+    cudaCheck(cudaMemset(d_q, 0x80, n)), cudaCheck(cudaMemset(d_s, 0xFF, N * sizeof(float)));
+    gelu_backward_bias_gpu<bf16>(d_dx, d_db, d_dout, d_x, N, C, quick);
+    gelu_backward_quantize_gpu(d_dout, d_q, d_s, d_db2, d_dout, d_x, N, C, quick);
+    to_host<bf16>(g, d_dx, n), to_host<bf16>(g2, d_dout, n), to_host<float>(gb, d_db, C), to_host<float>(gb2, d_db2, C);
+    dq = rows_quantized_diff(d_q, d_s, d_dout, N, C);
+    double eb = rel_err(gb2, gb, C);
+    EXPECT(!memcmp(g, g2, n * sizeof(float)) && dq < 0 && eb < 1e-5,
+           "%dx%d quick=%d: backward with int8 output: dinp %s, first int8 difference %ld, dbias rel err %.2e", N, C, quick,
+           memcmp(g, g2, n * sizeof(float)) ? "differs" : "same", dq, eb);
+    printf("  bf16 %dx%d quick=%d: int8 rows bit-exact, dbias vs plain kernel %.1e\n", N, C, quick, eb);
+    free(x), free(dout), free(db), free(g), free(g2), free(gb), free(gb2);
+    void *dev[] = {d_x, d_dout, d_y, d_y2, d_q, d_q2, d_s, d_s2, d_dx, d_db, d_db2};
+    for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) cudaCheck(cudaFree(dev[i]));
+}
+
+static void test_gelu_quantized(void) {
+    SKIP_WITHOUT_GPU();
+    for (int quick = 0; quick < 2; quick++) {
+        check_quantized(37, 80, quick);      // narrower than a block's threads
+        check_quantized(300, 3072, quick);   // ViT-L/14 text MLP
+        check_quantized(131, 5120, quick);   // ViT-H/14 MLP, more than one chunk of rows
+        check_quantized(5, 8192, quick);     // the widest row
+    }
+}
+
 static void test_gelu(void) {
     SKIP_WITHOUT_GPU();
     for (int quick = 0; quick < 2; quick++) {
@@ -65,5 +114,6 @@ static void test_gelu(void) {
 int main(void) {
     test_seed();
     RUN(test_gelu);
+    RUN(test_gelu_quantized);
     TEST_EXIT();
 }

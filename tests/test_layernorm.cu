@@ -2,9 +2,12 @@
 // residual add (with and without layer-scale, plain, add only), recompute from saved statistics, backward,
 // layer-scale backward; float and bf16, vector and odd widths. Bounds (relative L2 error): fp32 1e-5;
 // bf16 outputs 1e-2 (one bf16 rounding of each output, ~2e-3), fp32 statistics and parameter gradients
-// 1e-5 (the inputs are the same bf16-rounded values on both sides).
+// 1e-5 (the inputs are the same bf16-rounded values on both sides). The SwitchBack outputs (forward and backward
+// results quantized row-wise in the same pass) bit for bit against ref_quantize_rows of the bf16 results, with
+// the bf16 results unchanged, and (forward) without the bf16 output written.
 #include "../kernels/layernorm.cuh"
 #include "test_gpu.h"
+#include "ref_switchback.h"
 
 template <typename T> static void check_forward(int N, int C, int with_f, int with_ls, int with_ln) {
     const char *tn = sizeof(T) == 2 ? "bf16" : "fp32";
@@ -87,6 +90,45 @@ template <typename T> static void check_backward(int N, int C) {
     cudaCheck(cudaFree(d_ls)), cudaCheck(cudaFree(d_dls));
 }
 
+// bf16 with the SwitchBack outputs: forward (residual + LN, then LN only without out) and backward.
+static void check_quantized(int N, int C) {
+    size_t n = (size_t)N * C;
+    float *x = rand_host(n, 2.0f), *f = rand_host(n, 1.0f), *w = rand_host(C, 1.5f), *b = rand_host(C, 0.5f);
+    float *dout = rand_host(n, 1.0f), *dinp = rand_host(n, 1.0f), *dw = zeros_host(C), *db = zeros_host(C);
+    round_to<bf16>(x, n), round_to<bf16>(f, n), round_to<bf16>(dout, n), round_to<bf16>(dinp, n);
+    bf16 *d_x = to_device<bf16>(x, n), *d_f = to_device<bf16>(f, n), *d_res = poisoned<bf16>(n), *d_res2 = poisoned<bf16>(n);
+    bf16 *d_out = poisoned<bf16>(n), *d_out2 = poisoned<bf16>(n);
+    float *d_w = to_device<float>(w, C), *d_b = to_device<float>(b, C), *d_mean = poisoned<float>(N), *d_rstd = poisoned<float>(N);
+    int8_t *d_q = poisoned<int8_t>(n), *d_q2 = poisoned<int8_t>(n);
+    cudaCheck(cudaMemset(d_q, 0x80, n)), cudaCheck(cudaMemset(d_q2, 0x80, n));  // -128: never a quantized value
+    float *d_s = poisoned<float>(N), *d_s2 = poisoned<float>(N);
+    float *g = zeros_host(n), *g2 = zeros_host(n);
+    residual_layernorm_forward_gpu<bf16>(d_res, d_out, d_mean, d_rstd, d_x, d_f, NULL, d_w, d_b, N, C);
+    residual_layernorm_forward_gpu<bf16>(d_res2, d_out2, d_mean, d_rstd, d_x, d_f, NULL, d_w, d_b, N, C, d_q, d_s);
+    to_host<bf16>(g, d_out, n), to_host<bf16>(g2, d_out2, n);
+    long dq = rows_quantized_diff(d_q, d_s, d_out2, N, C);
+    EXPECT(!memcmp(g, g2, n * sizeof(float)) && dq < 0, "bf16 N=%d C=%d: forward with int8 output: out %s, first int8 difference %ld",
+           N, C, memcmp(g, g2, n * sizeof(float)) ? "differs" : "same", dq);
+    // LayerNorm alone, int8 only (out NULL): the same int8 rows
+    residual_layernorm_forward_gpu<bf16>(NULL, d_out, d_mean, d_rstd, d_res, NULL, NULL, d_w, d_b, N, C);
+    residual_layernorm_forward_gpu<bf16>(NULL, NULL, d_mean, d_rstd, d_res, NULL, NULL, d_w, d_b, N, C, d_q2, d_s2);
+    dq = rows_quantized_diff(d_q2, d_s2, d_out, N, C);
+    EXPECT(dq < 0, "bf16 N=%d C=%d: LayerNorm with only the int8 output: first difference %ld", N, C, dq);
+    // backward: dinp (+=) and its int8 rows
+    bf16 *d_dout = to_device<bf16>(dout, n), *d_dinp = to_device<bf16>(dinp, n), *d_dinp2 = to_device<bf16>(dinp, n);
+    float *d_dw = to_device<float>(dw, C), *d_db = to_device<float>(db, C);
+    cudaCheck(cudaMemset(d_q, 0x80, n)), cudaCheck(cudaMemset(d_s, 0xFF, N * sizeof(float)));
+    layernorm_backward_gpu<bf16>(d_dinp, d_dw, d_db, d_dout, d_x, d_w, d_mean, d_rstd, N, C);
+    layernorm_backward_gpu<bf16>(d_dinp2, d_dw, d_db, d_dout, d_x, d_w, d_mean, d_rstd, N, C, d_q, d_s);
+    to_host<bf16>(g, d_dinp, n), to_host<bf16>(g2, d_dinp2, n);
+    dq = rows_quantized_diff(d_q, d_s, d_dinp2, N, C);
+    EXPECT(!memcmp(g, g2, n * sizeof(float)) && dq < 0, "bf16 N=%d C=%d: backward with int8 output: dinp %s, first int8 difference %ld",
+           N, C, memcmp(g, g2, n * sizeof(float)) ? "differs" : "same", dq);
+    free(x), free(f), free(w), free(b), free(dout), free(dinp), free(dw), free(db), free(g), free(g2);
+    void *dev[] = {d_x, d_f, d_res, d_res2, d_out, d_out2, d_w, d_b, d_mean, d_rstd, d_q, d_q2, d_s, d_s2, d_dout, d_dinp, d_dinp2, d_dw, d_db};
+    for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) cudaCheck(cudaFree(dev[i]));
+}
+
 // odd (re-reading path), 768 / 1280 / 512 (register paths in bf16 / fp32), many rows per warp
 static const int SIZES[][2] = {{37, 75}, {130, 768}, {9, 1280}, {300, 64}, {50, 512}, {3000, 768}};
 
@@ -107,9 +149,15 @@ static void test_layernorm_backward(void) {
     for (int s = 0; s < 6; s++) check_backward<float>(SIZES[s][0], SIZES[s][1]), check_backward<bf16>(SIZES[s][0], SIZES[s][1]);
 }
 
+static void test_layernorm_quantized(void) {
+    SKIP_WITHOUT_GPU();
+    for (int s = 0; s < 6; s++) check_quantized(SIZES[s][0], SIZES[s][1]);
+}
+
 int main(void) {
     test_seed();
     RUN(test_layernorm_forward);
     RUN(test_layernorm_backward);
+    RUN(test_layernorm_quantized);
     TEST_EXIT();
 }

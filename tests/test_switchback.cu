@@ -1,5 +1,6 @@
 // test_switchback.cu: the SwitchBack kernels against their CPU references (tests/ref_switchback.h):
-// quantizers bit-exact (the row-wise one also fused with column sums, chunk sums bit for bit); the int8 GEMM exact
+// quantizers bit-exact (the row-wise one also fused with column sums, chunk sums bit for bit; the weights' one-launch
+// batch with given maxima equal to the per-weight path); the int8 GEMM exact
 // in int32 and bit-exact through its dequantize epilogue, for each kernel the GPU can run; the layer's forward and
 // backward in all four modes against fp32 within bounds derived from the quantization step. Fresh random inputs
 // every run (the seed is printed; SB_TEST_SEED=n repeats a run), outputs poisoned before each kernel, odd shapes
@@ -221,6 +222,51 @@ static void test_quantize_2way(void) {
     quantize_2way_case(&r, 1, 16, 16, 0, 1);
 }
 
+// Several weights through one switchback_quantize_weights launch, their maxima given (as the optimizer provides):
+// the same int8 W, W^T and tensor maximum as switchback_quantize_weight, bit for bit.
+static void test_quantize_weight_batch(void) {
+    NEED_GPU();
+    Rng r = test_rng();
+    enum { NW = 4 };
+    const int shape[NW][2] = {{208, 336}, {16, 16}, {1280, 96}, {336, 1040}};  // (N, K)
+    SbWeight w[NW], ref[NW], *wp[NW];
+    const bf16 *Wp[NW];
+    const float *mp[NW];
+    bf16 *d_W[NW];
+    float *d_max[NW];
+    for (int i = 0; i < NW; i++) {
+        int N = shape[i][0], K = shape[i][1];
+        bf16 *h = (bf16 *)host_alloc(sizeof(bf16) * N * K);
+        fill_bf16(&r, h, NULL, N, K, 0.05f, 1);
+        float *am = (float *)host_alloc(sizeof(float) * (N + K + 1));
+        ref_absmax(am, h, N, K);
+        d_W[i] = (bf16 *)dev_upload(h, sizeof(bf16) * N * K), d_max[i] = (float *)dev_upload(am + N + K, sizeof(float));
+        sb_weight_alloc(&w[i], N, K), sb_weight_alloc(&ref[i], N, K);
+        cudaCheck(cudaMemset(w[i].q, 0x80, (size_t)N * K)), cudaCheck(cudaMemset(w[i].qt, 0x80, (size_t)N * K));
+        cudaCheck(cudaMemset(w[i].absmax, 0xFF, sizeof(float) * (N + K + 1)));
+        switchback_quantize_weight(&ref[i], d_W[i], SB_STANDARD, 0);
+        wp[i] = &w[i], Wp[i] = d_W[i], mp[i] = d_max[i];
+        free(h), free(am);
+    }
+    SbWeightBatch b;
+    sb_weight_batch_init(&b, wp, Wp, mp, NW);
+    switchback_quantize_weights(&b, 0);
+    for (int i = 0; i < NW; i++) {
+        size_t nk = (size_t)w[i].N * w[i].K;
+        int8_t *q = (int8_t *)host_alloc(nk), *qt = (int8_t *)host_alloc(nk), *rq = (int8_t *)host_alloc(nk), *rqt = (int8_t *)host_alloc(nk);
+        float m, rm;
+        download(q, w[i].q, nk), download(qt, w[i].qt, nk), download(rq, ref[i].q, nk), download(rqt, ref[i].qt, nk);
+        download(&m, w[i].absmax + w[i].N + w[i].K, sizeof(float)), download(&rm, ref[i].absmax + w[i].N + w[i].K, sizeof(float));
+        long dq = first_diff(q, rq, nk), dt = first_diff(qt, rqt, nk);
+        EXPECT(dq < 0 && dt < 0 && m == rm, "batch weight %d (%d, %d): q differs at %ld, qt at %ld, maximum %g vs %g", i, w[i].N,
+               w[i].K, dq, dt, m, rm);
+        free(q), free(qt), free(rq), free(rqt);
+        sb_weight_free(&w[i]), sb_weight_free(&ref[i]);
+        cudaCheck(cudaFree(d_W[i])), cudaCheck(cudaFree(d_max[i]));
+    }
+    sb_weight_batch_free(&b);
+}
+
 // ------------------------------------------------------------------------------------------------ int8 GEMM
 static const char *path_name(Int8GemmPath p) { return p == INT8_PATH_WGMMA ? "wgmma" : "mma.sync"; }
 
@@ -411,7 +457,7 @@ static void layer_case(SwitchBackMode mode, int M, int K, int N) {
     switchback_quantize_weight(&qw, d_w, mode, 0);
     switchback_forward(&sb, d_y, d_xq, d_xs, d_x, &qw, d_b, M, 0);
     int mem_eff = mode == SB_MEMORY_EFFICIENT;
-    switchback_backward(&sb, d_dx, d_dw, d_db, d_g, mem_eff ? NULL : d_x, d_xq, d_xs, &qw, M, 0, 0);
+    switchback_backward(&sb, d_dx, d_dw, d_db, d_g, mem_eff ? NULL : d_x, d_xq, d_xs, &qw, M, 0, 0, 0);
     float *y = download_bf16(d_y, mn), *dx = download_bf16(d_dx, mk);
     float *dw = (float *)host_alloc(sizeof(float) * nk), *db = (float *)host_alloc(sizeof(float) * N);
     download(dw, d_dw, sizeof(float) * nk);
@@ -458,7 +504,7 @@ static void layer_case(SwitchBackMode mode, int M, int K, int N) {
 
     // A second backward accumulating into dw and db must double them (up to fp32 rounding of the sum: every
     // kernel here is deterministic and cuBLASLt picks the same algorithm for the same shapes).
-    switchback_backward(&sb, d_dx, d_dw, d_db, d_g, mem_eff ? NULL : d_x, d_xq, d_xs, &qw, M, 1, 0);
+    switchback_backward(&sb, d_dx, d_dw, d_db, d_g, mem_eff ? NULL : d_x, d_xq, d_xs, &qw, M, 1, 0, 0);
     float *dw2 = (float *)host_alloc(sizeof(float) * nk), *db2 = (float *)host_alloc(sizeof(float) * N);
     download(dw2, d_dw, sizeof(float) * nk);
     download(db2, d_db, sizeof(float) * N);
@@ -468,6 +514,27 @@ static void layer_case(SwitchBackMode mode, int M, int K, int N) {
     EXPECT(e <= 1e-6, "%s: dw accumulated over two backward passes is not twice dw (relative error %.3g)", names[mode], e);
     e = rel_err(db2, db, N);
     EXPECT(e <= 1e-6, "%s: db accumulated over two backward passes is not twice db (relative error %.3g)", names[mode], e);
+
+    // Inputs quantized by their producers (forward with x NULL: xq, xs as the forward wrote them; backward with
+    // g_quantized: sb.gq, sb.gs filled beforehand): y, dx and dw bit for bit, db to fp32 rounding (column_sums'
+    // order instead of the quantizer's chunks).
+    cudaCheck(cudaMemset(d_y, 0xFF, sizeof(bf16) * mn));
+    cudaCheck(cudaMemset(d_dx, 0xFF, sizeof(bf16) * mk));
+    switchback_forward(&sb, d_y, d_xq, d_xs, NULL, &qw, d_b, M, 0);
+    quantize_rowwise(sb.gq, sb.gs, d_g, M, N, 0);
+    switchback_backward(&sb, d_dx, d_dw, d_db, d_g, mem_eff ? NULL : d_x, d_xq, d_xs, &qw, M, 0, 1, 0);
+    float *y3 = download_bf16(d_y, mn), *dx3 = download_bf16(d_dx, mk);
+    download(dw2, d_dw, sizeof(float) * nk);
+    download(db2, d_db, sizeof(float) * N);
+    for (size_t i = 0; i < nk; i++) dw[i] *= 0.5f;  // exact: back to the first pass's dw
+    for (int j = 0; j < N; j++) db[j] *= 0.5f;
+    EXPECT(first_diff(y3, y, sizeof(float) * mn) < 0 && first_diff(dx3, dx, sizeof(float) * mk) < 0 &&
+               first_diff(dw2, dw, sizeof(float) * nk) < 0,
+           "%s: with pre-quantized x and g, y / dx / dw differ (first byte %ld / %ld / %ld)", names[mode],
+           first_diff(y3, y, sizeof(float) * mn), first_diff(dx3, dx, sizeof(float) * mk), first_diff(dw2, dw, sizeof(float) * nk));
+    e = rel_err(db2, db, N);
+    EXPECT(e <= 1e-6, "%s: with pre-quantized g, db relative error %.3g", names[mode], e);
+    free(y3), free(dx3);
 
     switchback_free(&sb);
     sb_weight_free(&qw);
@@ -509,6 +576,7 @@ int main(void) {
     RUN(test_quantize_rowwise);
     RUN(test_dequantize_rowwise);
     RUN(test_quantize_2way);
+    RUN(test_quantize_weight_batch);
     RUN(test_int8_gemm_mma);
     RUN(test_int8_gemm_wgmma);
     RUN(test_layer_standard);
