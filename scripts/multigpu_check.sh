@@ -43,7 +43,7 @@ if command -v mpirun > /dev/null && ldd ./train_clip | grep -q libmpi; then
     s=$(date +%s)
     echo "== mpirun train_clip" >> "$out/tests.log"
     timeout 120 "${mpirun[@]}" -np "$gpus" -x NCCL_NVLS_ENABLE=0 ./train_clip -c configs/tiny.conf --set device=cuda --set steps=20 \
-        --set zero=1 --set log_every=5 --set checkpoint_every=0 --set run_dir="$out/mpi_run" >> "$out/tests.log" 2>&1
+        --set zero=1 --set log_every=5 --set checkpoint_every=0 --set run_dir="$(mktemp -d)" >> "$out/tests.log" 2>&1
     echo "== mpirun train_clip: exit $? in $(( $(date +%s) - s )) s" >> "$out/tests.log"
     TEST_MULTIGPU_MPIRUN="${mpirun[*]}" run_test test_multigpu "test_multigpu under mpirun"
 else
