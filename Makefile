@@ -47,7 +47,7 @@ endif
 
 # MPI: mpicc's flags; or, on a machine with OpenMPI's runtime (mpirun, libmpi.so.40) but no mpicc and mpi.h,
 # MPI_INCLUDE = a folder holding a copy of OpenMPI's headers (mpi.h of the same major version) and the runtime
-# library itself, found by ldconfig unless MPI_LIBRARY names it (docs/benchmarks.md "MPI build"):
+# library itself, found by ldconfig unless MPI_LIBRARY names it (README.md "Several GPUs"):
 #   make MPI_INCLUDE=.mpi/include [MPI_LIBRARY=/path/libmpi.so.40]
 MPI_INCLUDE ?=
 MPICC_PATH := $(shell command -v mpicc 2>/dev/null)

@@ -35,7 +35,7 @@ run_test() {  # run_test TEST [LABEL]
     echo "== ${2:-$1}: exit $? in $(( $(date +%s) - s )) s" >> "$out/tests.log"
 }
 for t in test_adamw test_loss_gpu test_multigpu; do run_test $t; done
-{ timeout 150 "$bin/bench_clip_gpu" b16 h14 && timeout 300 scripts/run_local.sh "$gpus" "$bin/bench_clip_gpu" b16 b16bf b16z b16zbf &&
+{ timeout 240 "$bin/bench_clip_gpu" b16 h14 && timeout 300 scripts/run_local.sh "$gpus" "$bin/bench_clip_gpu" b16 b16bf b16z b16zbf &&
     TRAIN_CLIP_COMM_PRIORITY=low timeout 120 scripts/run_local.sh "$gpus" "$bin/bench_clip_gpu" b16 &&
     timeout 300 scripts/run_local.sh "$gpus" "$bin/bench_clip_gpu" h14 h14bf h14z h14zbf; } > "$out/bench.log" 2>&1
 if command -v mpirun > /dev/null && ldd ./train_clip | grep -q libmpi; then
