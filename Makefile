@@ -59,9 +59,11 @@ ifneq ($(MPI_INCLUDE),)
   ifeq ($(MPI_LIBRARY),)
     $(error MPI_INCLUDE is set but no libmpi.so.40 was found (ldconfig -p); set MPI_LIBRARY=/path/libmpi.so.40)
   endif
+  # -lmpi through a link libmpi.so in the build folder: nvcc takes no library file named by its path
+  $(shell mkdir -p $(BUILD)/mpi && ln -sf $(abspath $(MPI_LIBRARY)) $(BUILD)/mpi/libmpi.so)
   CFLAGS  += -DHAVE_MPI -I$(MPI_INCLUDE)
-  LDFLAGS += -Wl,-rpath,$(dir $(MPI_LIBRARY))
-  LDLIBS  += $(MPI_LIBRARY)
+  LDFLAGS += -L$(BUILD)/mpi -Wl,-rpath,$(dir $(MPI_LIBRARY))
+  LDLIBS  += -lmpi
 else ifneq ($(MPICC_PATH),)
   CFLAGS  += -DHAVE_MPI $(shell mpicc --showme:compile 2>/dev/null)
   NVFLAGS += -DHAVE_MPI $(shell mpicc --showme:compile 2>/dev/null)

@@ -203,7 +203,9 @@ static void run_steps(const Config *c, int rank, const char *path) {
 static int equivalence_worker(const char *dir) {
     Dist d;
     dist_init(&d);
-    gpu_dist_init(&d, 60);
+    Config defaults;
+    config_defaults(&defaults);
+    gpu_dist_init(&d, 60, defaults.comm_sms);
     char path[700];
     for (int v = 0; v < NVARIANTS; v++) {
         Config c;
