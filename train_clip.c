@@ -244,7 +244,7 @@ int main(int argc, char **argv) {
         dist_fail(&dist, "%d processes: multi-process training is the GPU path's (NCCL); the CPU path runs in one process "
                   "(start it without mpirun)%s%s", world, unsupported ? ": " : "", unsupported ? unsupported : "");
 #ifdef HAVE_CUDA
-    if (world > 1) gpu_dist_init(&dist, cfg.dist_timeout, cfg.comm_sms);  // selects this rank's GPU before any other CUDA work
+    if (world > 1) gpu_dist_init(&dist, cfg.dist_timeout);  // selects this rank's GPU before any other CUDA work
 #endif
     printf("device: %s, precision %s", device == DEVICE_CUDA ? "cuda" : "cpu", precisions[cfg.precision]);
     if (world > 1) printf(", %d ranks (GPUs) x batch %ld%s", world, B / world, cfg.zero ? ", ZeRO-1" : "");

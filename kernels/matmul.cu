@@ -8,7 +8,7 @@
 #define MAX_PLANS 512
 
 typedef struct {
-    int m, n, k, lda, ldb, ldd, trans_a, trans_b, ab_type, d_type, has_bias, align, sm_target;
+    int m, n, k, lda, ldb, ldd, trans_a, trans_b, ab_type, d_type, has_bias, align;
 } PlanKey;
 
 typedef struct {
@@ -22,9 +22,6 @@ static cublasLtHandle_t handle;
 static void *workspace;
 static Plan plans[MAX_PLANS];
 static int num_plans;
-static int sm_target;  // SMs the GEMMs are planned for; 0 = all (matmul_reserve_sms)
-
-void matmul_reserve_sms(int reserved) { sm_target = reserved > 0 ? max(num_sms() - reserved, 1) : 0; }
 
 static size_t type_size(cudaDataType_t t) { return t == CUDA_R_32F || t == CUDA_R_32I ? 4 : t == CUDA_R_8I ? 1 : 2; }
 
@@ -59,10 +56,6 @@ static Plan *get_plan(const PlanKey *key) {
     cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
     if (key->has_bias)
         cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &dt, sizeof(dt)));
-    if (key->sm_target) {
-        int32_t sms = key->sm_target;
-        cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sms, sizeof(sms)));
-    }
     cublasCheck(cublasLtMatrixLayoutCreate(&p->la, abt, key->trans_a ? key->k : key->m, key->trans_a ? key->m : key->k, key->lda));
     cublasCheck(cublasLtMatrixLayoutCreate(&p->lb, abt, key->trans_b ? key->n : key->k, key->trans_b ? key->k : key->n, key->ldb));
     cublasCheck(cublasLtMatrixLayoutCreate(&p->ld, dt, key->m, key->n, key->ldd));
@@ -98,7 +91,7 @@ void matmul_cm(void *d, cudaDataType_t d_type, int ldd, const void *a, int lda, 
     align = min(align, alignment_of(b, ldb, ab));
     align = min(align, alignment_of(d, ldd, ds));
     if (bias) align = min(align, alignment_of(bias, 0, ds));
-    PlanKey key = {m, n, k, lda, ldb, ldd, trans_a, trans_b, (int)ab_type, (int)d_type, bias != NULL, align, sm_target};
+    PlanKey key = {m, n, k, lda, ldb, ldd, trans_a, trans_b, (int)ab_type, (int)d_type, bias != NULL, align};
     Plan *p = get_plan(&key);
     if (bias) cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
     int32_t alpha_i = (int32_t)alpha, beta_i = (int32_t)beta;

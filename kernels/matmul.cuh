@@ -12,10 +12,6 @@
 void matmul_cm(void *d, cudaDataType_t d_type, int ldd, const void *a, int lda, int trans_a, const void *b, int ldb,
                int trans_b, cudaDataType_t ab_type, const void *bias, int m, int n, int k, float alpha, float beta,
                cudaStream_t stream);
-// The GEMMs from here on leave `reserved` SMs to kernels of another stream running beside them (0: use all): a
-// persistent GEMM sized for every SM otherwise stalls on the SMs that the other kernels hold. cuBLASLt's
-// CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET; a plan per target.
-void matmul_reserve_sms(int reserved);
 
 // out (N, OC) = inp (N, C) @ w^T (+ bias (OC), may be NULL)
 template <typename T> void matmul_forward_gpu(T *out, const T *inp, const T *w, const T *bias, int N, int C, int OC);

@@ -46,7 +46,7 @@ static void nccl_check(const GpuDist *gd, ncclResult_t r, const char *call, cons
 }
 #define ncclCheck(gd, call) nccl_check((gd), (call), #call, __FILE__, __LINE__)
 
-void gpu_dist_init(Dist *d, double timeout_s, int comm_sms) {
+void gpu_dist_init(Dist *d, double timeout_s) {
     if (the_dist) fatal("gpu_dist_init: called twice");
     GpuDist *gd = (GpuDist *)callocCheck(1, sizeof(GpuDist));
     gd->d = d, gd->timeout = timeout_s;
@@ -59,9 +59,7 @@ void gpu_dist_init(Dist *d, double timeout_s, int comm_sms) {
     ncclUniqueId id;
     if (d->rank == 0) ncclCheck(gd, ncclGetUniqueId(&id));
     dist_broadcast(d, &id, sizeof(id));
-    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-    if (comm_sms > 0) config.minCTAs = config.maxCTAs = comm_sms;
-    ncclCheck(gd, ncclCommInitRankConfig(&gd->comm, d->world, id, d->rank, &config));
+    ncclCheck(gd, ncclCommInitRank(&gd->comm, d->world, id, d->rank));
     int least, greatest;  // stream priorities: lower numbers are scheduled first; TRAIN_CLIP_COMM_PRIORITY=low to compare
     cudaCheck(cudaDeviceGetStreamPriorityRange(&least, &greatest));
     const char *prio = getenv("TRAIN_CLIP_COMM_PRIORITY");
@@ -223,7 +221,7 @@ void gpu_dist_sum_host(GpuDist *gd, double *x, int n) {
 
 #else  // no NCCL: a single process, so gpu_dist() is NULL and the collectives are never called
 
-void gpu_dist_init(Dist *d, double timeout_s, int comm_sms) {
+void gpu_dist_init(Dist *d, double timeout_s) {
     dist_fail(d, "%d processes need NCCL for the GPU collectives, and this build has none (install NCCL, e.g. Debian's "
               "libnccl-dev, and rebuild), or run one process", d->world);
 }

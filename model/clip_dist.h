@@ -22,9 +22,8 @@ extern "C" {
 typedef struct GpuDist GpuDist;
 
 // Selects GPU d->local_rank, makes the communicator (rank 0's NCCL id through dist_broadcast) and checks with
-// one all-reduce that every rank is there. timeout_s bounds each later wait; comm_sms > 0 caps NCCL's kernels at
-// that many CTAs (config comm_sms; 0 = NCCL's choice). Call before any other CUDA work.
-void gpu_dist_init(Dist *d, double timeout_s, int comm_sms);
+// one all-reduce that every rank is there. timeout_s bounds each later wait. Call before any other CUDA work.
+void gpu_dist_init(Dist *d, double timeout_s);
 void gpu_dist_finalize(void);
 GpuDist *gpu_dist(void);
 // The trainer's small exchanges, host memory in and out: every rank's `bytes` in rank order into all

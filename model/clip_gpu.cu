@@ -744,15 +744,8 @@ static void global_loss(ClipGPU *g, int b) {
     contrastive_normalize_backward_gpu(g->dimg, g->dtxt, dimg_n + own, dtxt_n + own, img_n + own, txt_n + own, b, E, g->loss_scratch);
 }
 
-// While collectives run beside compute (ZeRO-1's gather beside the forward, the gradient sums beside the last
-// backward) the GEMMs leave comm_sms SMs to NCCL's kernels (matmul_reserve_sms).
-static void share_sms(const ClipGPU *g, int on) {
-    if (g->dist) matmul_reserve_sms(on ? g->cfg.comm_sms : 0);
-}
-
 template <typename T> static void forward_backward(ClipGPU *g, const Batch *b) {
     int total = b->size, mb = g->mb, nmicro = (total + mb - 1) / mb, E = g->cfg.embed_dim;
-    share_sms(g, g->gathers_pending > 0);
     mark(g, PROF_OPTIMIZER);
     cudaCheck(cudaMemsetAsync(g->grads, 0, g->L->buffer_elems * sizeof(float), 0));
     // pass 1: every micro-batch forward; the last one's activations stay for its backward
@@ -770,7 +763,6 @@ template <typename T> static void forward_backward(ClipGPU *g, const Batch *b) {
         int start = j * mb, B = total - start < mb ? total - start : mb;
         if (j != nmicro - 1) forward_micro<T>(g, b, start, B);
         g->reducing = g->dist && j == 0, g->next_bucket = 0;
-        if (g->reducing) share_sms(g, 1);
         backward_micro<T>(g, B, g->dimg + (size_t)start * E, g->dtxt + (size_t)start * E);
     }
     if (g->dist) {
@@ -778,7 +770,6 @@ template <typename T> static void forward_backward(ClipGPU *g, const Batch *b) {
         g->reducing = 0;
         mark(g, PROF_COMM);
         gd_end(g->dist);
-        share_sms(g, 0);
     }
     mark(g, PROF_GAP);
 }

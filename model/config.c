@@ -77,8 +77,6 @@ static const Key KEYS[] = {
      "multi-GPU: ZeRO-1, each rank keeps and updates only its shard of the optimizer moments (less memory, same result)"},
     {"grad_reduce", T_ENUM, OFF(grad_reduce), "fp32", 0, 0, "fp32|bf16",
      "multi-GPU: sum the gradients over the ranks in fp32, or in bf16 (half the bytes; NCCL adds in bf16, about 3 significant digits)"},
-    {"comm_sms", T_INT, OFF(comm_sms), "4", 0, 64, NULL,
-     "multi-GPU: SMs left to the collectives that run beside compute: NCCL's CTAs are capped at this and the GEMMs then target the other SMs; 0 = NCCL's default, GEMMs on all SMs"},
     {"dist_timeout", T_FLOAT, OFF(dist_timeout), "600", 1, 1e7, NULL,
      "multi-GPU: seconds a rank waits for a collective before it stops the run with an error (a lost or hung rank)"},
     // data

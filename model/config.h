@@ -57,7 +57,6 @@ typedef struct {
     int threads;              // CPU threads for the fp32 path; 0 = OpenMP's default
     int zero;                 // ZeRO-1: optimizer moments sharded over the ranks
     int grad_reduce;          // GRAD_REDUCE_*: the type the gradients are summed over the ranks in
-    int comm_sms;             // SMs left to the collectives beside compute (NCCL's CTAs); 0 = NCCL's default, GEMMs on all
     float dist_timeout;       // seconds a rank waits on a collective before it stops the run
     int world_size;           // processes in the run: not a key, set from the launcher before config_finalize (1 by default)
     // ---- data ----

@@ -11,8 +11,7 @@
 //   (l14i8 l14me h14i8 h14me h14vw h14ev h14mlp h14r0i8 h14r0me)
 // Multi-GPU: start one process per GPU (mpirun -np N, or scripts/run_local.sh N): the batch is per GPU, the
 // global batch N times that; rank 0 prints, img/s is per GPU, and "comm wait" is the time the compute stream
-// waits for collectives (communication not hidden by compute). A first argument comm_sms=K sets that key
-// (default: the config's) for the process's communicator and every model; the variant column shows it.
+// waits for collectives (communication not hidden by compute).
 #include "test_gpu.h"
 extern "C" {
 #include "../model/clip.h"
@@ -57,18 +56,17 @@ static const BenchModel MODELS[] = {
     {"h14r2", "configs/vit_h_14.conf", 64, 2, 0, "bf16", "standard"},
 };
 
-static void run(const BenchModel *bm, int world, int comm_sms) {
+static void run(const BenchModel *bm, int world) {
     Config c;
     config_defaults(&c);
     config_load_file(&c, bm->config);
-    char sets[9][64];
+    char sets[8][64];
     snprintf(sets[0], 64, "batch_size=%d", bm->batch * world), snprintf(sets[1], 64, "micro_batch_size=0");
     snprintf(sets[2], 64, "recompute=%d", bm->recompute), snprintf(sets[3], 64, "precision=%s", bm->precision);
     snprintf(sets[4], 64, "switchback_variant=%s", bm->variant);
     snprintf(sets[5], 64, "switchback_layers=%s", bm->layers ? bm->layers : "qkv,out_proj,c_fc,c_proj");
     snprintf(sets[6], 64, "zero=%d", bm->zero), snprintf(sets[7], 64, "grad_reduce=%s", bm->reduce ? bm->reduce : "fp32");
-    snprintf(sets[8], 64, "comm_sms=%d", comm_sms);
-    for (int i = 0; i < 9; i++) config_set(&c, sets[i], i + 1);
+    for (int i = 0; i < 8; i++) config_set(&c, sets[i], i + 1);
     c.world_size = world;
     config_finalize(&c);
     ClipLayout L;
@@ -111,10 +109,7 @@ static void run(const BenchModel *bm, int world, int comm_sms) {
     clip_gpu_profile_read(g, ms);
     clip_gpu_profile(g, 0);
     double flops = 3 * clip_forward_flops(&L, &c) * B;
-    char variant[64];
-    if (world > 1) snprintf(variant, sizeof(variant), "%s comm_sms %d", bm->name, comm_sms);
-    else snprintf(variant, sizeof(variant), "%s", bm->name);
-    printf("| %s | %s | %d | %d | %d | %d | %.1f | %.0f | %.1f%% | %.2f | %.2f | %.2f |", c.model, variant, world, c.zero, B,
+    printf("| %s | %s | %d | %d | %d | %d | %.1f | %.0f | %.1f%% | %.2f | %.2f | %.2f |", c.model, bm->name, world, c.zero, B,
            bm->recompute, step_s * 1e3, B / step_s, 100 * flops / step_s / (PEAK_TFLOPS * 1e12),
            (double)(total_b - free_b) / (1u << 30), (double)plan.total / (1u << 30), (double)plan.activations / (1u << 30));
     for (int f = 0; f < PROF_FAMILIES; f++) sum += ms[f] / 3;
@@ -135,11 +130,7 @@ int main(int argc, char **argv) {
     Dist d;
     dist_init(&d);
     if (d.rank != 0 && !freopen("/dev/null", "w", stdout)) return 1;
-    Config defaults;
-    config_defaults(&defaults);
-    int comm_sms = defaults.comm_sms, first = 1;
-    if (argc > 1 && sscanf(argv[1], "comm_sms=%d", &comm_sms) == 1) first = 2;
-    if (d.world > 1) gpu_dist_init(&d, 300, comm_sms);
+    if (d.world > 1) gpu_dist_init(&d, 300);
     test_seed();
     cudaDeviceProp prop;
     int dev;
@@ -149,13 +140,13 @@ int main(int argc, char **argv) {
     printf("| model | variant | GPUs | ZeRO | batch/GPU | recompute | step ms | img/s/GPU | MFU | GPU mem used GiB | plan GiB | plan activations GiB |");
     for (int f = 0; f < PROF_FAMILIES; f++) printf(" %s ms |", PROF_NAMES[f]);
     printf(" host/gaps ms |\n");
-    const char *standard[] = {"b16", "l14", "h14"};
-    int n = argc > first ? argc - first : 3;
+    const char *defaults[] = {"b16", "l14", "h14"};
+    int n = argc > 1 ? argc - 1 : 3;
     for (int i = 0; i < n; i++) {
-        const char *want = argc > first ? argv[i + first] : standard[i];
+        const char *want = argc > 1 ? argv[i + 1] : defaults[i];
         int found = 0;
         for (size_t k = 0; k < sizeof(MODELS) / sizeof(MODELS[0]); k++)
-            if (!strcmp(MODELS[k].name, want)) run(&MODELS[k], d.world, comm_sms), found = 1;
+            if (!strcmp(MODELS[k].name, want)) run(&MODELS[k], d.world), found = 1;
         if (!found) fprintf(stderr, "unknown model %s\n", want);
     }
     gpu_dist_finalize();

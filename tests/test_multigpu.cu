@@ -203,9 +203,7 @@ static void run_steps(const Config *c, int rank, const char *path) {
 static int equivalence_worker(const char *dir) {
     Dist d;
     dist_init(&d);
-    Config defaults;
-    config_defaults(&defaults);
-    gpu_dist_init(&d, 60, defaults.comm_sms);
+    gpu_dist_init(&d, 60);
     char path[700];
     for (int v = 0; v < NVARIANTS; v++) {
         Config c;
