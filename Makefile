@@ -45,8 +45,26 @@ else
   MISSING += "utf8proc: the tokenizer is unavailable, only data = synthetic works (Debian: apt-get install libutf8proc-dev)"
 endif
 
+# MPI: mpicc's flags; or, on a machine with OpenMPI's runtime (mpirun, libmpi.so.40) but no mpicc and mpi.h,
+# MPI_INCLUDE = a folder holding a copy of OpenMPI's headers (mpi.h of the same major version) and the runtime
+# library itself, found by ldconfig unless MPI_LIBRARY names it (README.md "Several GPUs"):
+#   make MPI_INCLUDE=.mpi/include [MPI_LIBRARY=/path/libmpi.so.40]
+MPI_INCLUDE ?=
 MPICC_PATH := $(shell command -v mpicc 2>/dev/null)
-ifneq ($(MPICC_PATH),)
+ifneq ($(MPI_INCLUDE),)
+  MPI_LIBRARY ?= $(shell /sbin/ldconfig -p 2>/dev/null | sed -n 's/.*libmpi\.so\.40 .*=> //p' | head -1)
+  ifeq ($(wildcard $(MPI_INCLUDE)/mpi.h),)
+    $(error MPI_INCLUDE=$(MPI_INCLUDE) holds no mpi.h)
+  endif
+  ifeq ($(MPI_LIBRARY),)
+    $(error MPI_INCLUDE is set but no libmpi.so.40 was found (ldconfig -p); set MPI_LIBRARY=/path/libmpi.so.40)
+  endif
+  # -lmpi through a link libmpi.so in the build folder: nvcc takes no library file named by its path
+  $(shell mkdir -p $(BUILD)/mpi && ln -sf $(abspath $(MPI_LIBRARY)) $(BUILD)/mpi/libmpi.so)
+  CFLAGS  += -DHAVE_MPI -I$(MPI_INCLUDE)
+  LDFLAGS += -L$(BUILD)/mpi -Wl,-rpath,$(dir $(MPI_LIBRARY))
+  LDLIBS  += -lmpi
+else ifneq ($(MPICC_PATH),)
   CFLAGS  += -DHAVE_MPI $(shell mpicc --showme:compile 2>/dev/null)
   NVFLAGS += -DHAVE_MPI $(shell mpicc --showme:compile 2>/dev/null)
   LDLIBS  += $(shell mpicc --showme:link 2>/dev/null)

@@ -169,9 +169,9 @@ void adamw_sum_squares_gpu(const AdamWPlan *p, float *out, const float *g) {
     cudaCheckLaunch();
 }
 
-void copy_to_bf16_gpu(bf16 *dst, const float *src, size_t n) {
+void copy_to_bf16_gpu(bf16 *dst, const float *src, size_t n, cudaStream_t stream) {
     if (n == 0) return;
-    copy_to_bf16_kernel<<<min(ceil_div((long)n, 512), 16 * num_sms()), 512>>>(dst, src, n);
+    copy_to_bf16_kernel<<<min(ceil_div((long)n, 512), 16 * num_sms()), 512, 0, stream>>>(dst, src, n);
     cudaCheckLaunch();
 }
 

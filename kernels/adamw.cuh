@@ -46,7 +46,7 @@ void adamw_moments_gpu(const AdamWPlan *p, const float *grads, float *m, float *
 void adamw_apply_gpu(const AdamWPlan *p, float *params, bf16 *params_bf16, const float *m, const float *u, float lr, float eps, int clip);
 // *out (device) = sum of g^2 over the plan's elements.
 void adamw_sum_squares_gpu(const AdamWPlan *p, float *out, const float *g);
-// dst (n) = bf16(src)
-void copy_to_bf16_gpu(bf16 *dst, const float *src, size_t n);
+// dst (n) = bf16(src), on `stream`
+void copy_to_bf16_gpu(bf16 *dst, const float *src, size_t n, cudaStream_t stream = 0);
 // *x = min(max(*x, lo), hi) on the device
 void clamp_scalar_gpu(float *x, float lo, float hi);

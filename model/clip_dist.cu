@@ -1,9 +1,10 @@
 // clip_dist.cu: the process's NCCL communicator, its stream, the collectives the GPU step uses and the polled
 // waits that turn a lost rank or an NCCL error into an error exit (see clip_dist.h).
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
-#include "../kernels/cuda_utils.cuh"
+#include "../kernels/adamw.cuh"
 #include "clip_dist.h"
 extern "C" {
 #include "utils.h"
@@ -59,7 +60,10 @@ void gpu_dist_init(Dist *d, double timeout_s) {
     if (d->rank == 0) ncclCheck(gd, ncclGetUniqueId(&id));
     dist_broadcast(d, &id, sizeof(id));
     ncclCheck(gd, ncclCommInitRank(&gd->comm, d->world, id, d->rank));
-    cudaCheck(cudaStreamCreateWithFlags(&gd->stream, cudaStreamNonBlocking));
+    int least, greatest;  // stream priorities: lower numbers are scheduled first; TRAIN_CLIP_COMM_PRIORITY=low to compare
+    cudaCheck(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    const char *prio = getenv("TRAIN_CLIP_COMM_PRIORITY");
+    cudaCheck(cudaStreamCreateWithPriority(&gd->stream, cudaStreamNonBlocking, prio && !strcmp(prio, "low") ? least : greatest));
     cudaCheck(cudaEventCreateWithFlags(&gd->compute_done, cudaEventDisableTiming));
     cudaCheck(cudaEventCreateWithFlags(&gd->comm_done, cudaEventDisableTiming));
     cudaCheck(cudaEventCreateWithFlags(&gd->done, cudaEventDisableTiming));
@@ -84,6 +88,7 @@ void gpu_dist_finalize(void) {
 GpuDist *gpu_dist(void) { return the_dist; }
 int gd_rank(const GpuDist *gd) { return gd->d->rank; }
 int gd_world(const GpuDist *gd) { return gd->d->world; }
+cudaStream_t gd_stream(const GpuDist *gd) { return gd->stream; }
 
 void gd_begin(GpuDist *gd) {
     cudaCheck(cudaEventRecord(gd->compute_done, 0));
@@ -97,11 +102,15 @@ void gd_end(GpuDist *gd) {
 
 void gd_sync(GpuDist *gd) {
     cudaCheck(cudaEventRecord(gd->done, 0));
+    gd_wait_event(gd, gd->done);
+}
+
+void gd_wait_event(GpuDist *gd, cudaEvent_t ev) {
     double t0 = now_seconds();
     for (long polls = 0;; polls++) {
-        cudaError_t e = cudaEventQuery(gd->done);
+        cudaError_t e = cudaEventQuery(ev);
         if (e == cudaSuccess) return;
-        if (e != cudaErrorNotReady) cuda_check(e, "cudaEventQuery(gd->done)", __FILE__, __LINE__);
+        if (e != cudaErrorNotReady) cuda_check(e, "cudaEventQuery", __FILE__, __LINE__);
         ncclResult_t async;
         ncclCheck(gd, ncclCommGetAsyncError(gd->comm, &async));
         if (async != ncclSuccess && async != ncclInProgress) {
@@ -131,16 +140,40 @@ void gd_reduce_scatter(GpuDist *gd, float *buf, size_t per_rank) {
 
 void gd_broadcast(GpuDist *gd, float *x, size_t n) { ncclCheck(gd, ncclBroadcast(x, x, n, ncclFloat, 0, gd->comm, gd->stream)); }
 
-void gd_reduce_parts(GpuDist *gd, float *buf, size_t len) {
+// Each owner's part of buf (len elements of `type`, es bytes each) becomes the sum over the ranks.
+static void reduce_parts(GpuDist *gd, char *buf, size_t len, ncclDataType_t type, size_t es) {
     int W = gd->d->world;
-    if (len % W == 0) return gd_reduce_scatter(gd, buf, len / W);
+    if (len % W == 0) {
+        size_t per = len / W;
+        ncclCheck(gd, ncclReduceScatter(buf, buf + gd->d->rank * per * es, per, type, ncclSum, gd->comm, gd->stream));
+        return;
+    }
     gd_group(gd, 1);
     for (int r = 0; r < W; r++) {
         size_t lo, hi;
         dist_part(len, W, r, &lo, &hi);
-        if (hi > lo) ncclCheck(gd, ncclReduce(buf + lo, buf + lo, hi - lo, ncclFloat, ncclSum, r, gd->comm, gd->stream));
+        if (hi > lo) ncclCheck(gd, ncclReduce(buf + lo * es, buf + lo * es, hi - lo, type, ncclSum, r, gd->comm, gd->stream));
     }
     gd_group(gd, 0);
+}
+
+__global__ static void widen_bf16_kernel(float *dst, const bf16 *src, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) dst[i] = __bfloat162float(src[i]);
+}
+
+void gd_reduce_grads(GpuDist *gd, float *x, bf16 *x16, size_t len, int parts) {
+    if (!x16) {
+        if (parts) reduce_parts(gd, (char *)x, len, ncclFloat, sizeof(float));
+        else ncclCheck(gd, ncclAllReduce(x, x, len, ncclFloat, ncclSum, gd->comm, gd->stream));
+        return;
+    }
+    copy_to_bf16_gpu(x16, x, len, gd->stream);
+    size_t lo = 0, hi = len;
+    if (parts) reduce_parts(gd, (char *)x16, len, ncclBfloat16, sizeof(bf16)), dist_part(len, gd->d->world, gd->d->rank, &lo, &hi);
+    else ncclCheck(gd, ncclAllReduce(x16, x16, len, ncclBfloat16, ncclSum, gd->comm, gd->stream));
+    if (hi == lo) return;
+    widen_bf16_kernel<<<(unsigned)std::min<size_t>((hi - lo + 511) / 512, 4096), 512, 0, gd->stream>>>(x + lo, x16 + lo, hi - lo);
+    cudaCheckLaunch();
 }
 
 void gd_gather_parts(GpuDist *gd, float *buf, size_t len) {
@@ -199,14 +232,16 @@ void gpu_dist_allgather_host(GpuDist *, const void *, void *, size_t) NO_NCCL
 void gpu_dist_sum_host(GpuDist *, double *, int) NO_NCCL
 int gd_rank(const GpuDist *) NO_NCCL
 int gd_world(const GpuDist *) NO_NCCL
+cudaStream_t gd_stream(const GpuDist *) NO_NCCL
 void gd_begin(GpuDist *) NO_NCCL
 void gd_end(GpuDist *) NO_NCCL
 void gd_sync(GpuDist *) NO_NCCL
+void gd_wait_event(GpuDist *, cudaEvent_t) NO_NCCL
 void gd_group(GpuDist *, int) NO_NCCL
 void gd_allreduce(GpuDist *, float *, size_t) NO_NCCL
 void gd_allgather(GpuDist *, float *, size_t) NO_NCCL
 void gd_reduce_scatter(GpuDist *, float *, size_t) NO_NCCL
 void gd_broadcast(GpuDist *, float *, size_t) NO_NCCL
-void gd_reduce_parts(GpuDist *, float *, size_t) NO_NCCL
+void gd_reduce_grads(GpuDist *, float *, bf16 *, size_t, int) NO_NCCL
 void gd_gather_parts(GpuDist *, float *, size_t) NO_NCCL
 #endif

@@ -3,10 +3,13 @@
 // NCCL communicator, made once per process by gpu_dist_init and found by gpu_dist() (NULL in a single-process
 // run). NVLink multicast stays off (NCCL_NVLS_ENABLE=0).
 //
-// Collectives run on the communicator's own stream; gd_begin / gd_end order them after, and make the default
-// stream wait for, everything enqueued so far. Every host wait on collectives goes through gd_sync, which polls:
-// an NCCL error (ncclCommGetAsyncError) or a wait longer than the timeout (a rank died or hangs) ends this
-// process with "error: rank R of W: cause" (MPI_Abort under MPI, so every rank stops), never a silent hang.
+// Collectives run on the communicator's own stream, created with the device's highest priority so that their
+// blocks are scheduled ahead of the compute kernels' waiting blocks as those retire (the gradient all-reduce
+// runs beside backward; TRAIN_CLIP_COMM_PRIORITY=low gives it the lowest instead, for comparison). gd_begin /
+// gd_end order them after, and make the default stream wait for, everything enqueued so far. Every host wait on
+// collectives goes through gd_sync, which polls: an NCCL error (ncclCommGetAsyncError) or a wait longer than
+// the timeout (a rank died or hangs) ends this process with "error: rank R of W: cause" (MPI_Abort under MPI,
+// so every rank stops), never a silent hang.
 // A build without NCCL is single-process: gpu_dist_init refuses a larger world and the rest is never reached.
 #pragma once
 #include <stddef.h>
@@ -37,16 +40,20 @@ static inline void dist_part(size_t len, int world, int r, size_t *lo, size_t *h
 
 #ifdef __cplusplus
 }
+#include "../kernels/common.cuh"
 
 int gd_rank(const GpuDist *gd);
 int gd_world(const GpuDist *gd);
 // Collectives after the default stream's work so far / the default stream after the collectives so far.
 void gd_begin(GpuDist *gd);
 void gd_end(GpuDist *gd);
-// The host waits for the default stream (polled, with the timeout and NCCL's error state).
+// The host waits for the default stream / for an event (polled, with the timeout and NCCL's error state).
 void gd_sync(GpuDist *gd);
+void gd_wait_event(GpuDist *gd, cudaEvent_t ev);
 // Collectives between gd_group(gd, 1) and gd_group(gd, 0) are launched together (ncclGroupStart/End).
 void gd_group(GpuDist *gd, int start);
+// The communicator's stream (for work that must run in order with the collectives, e.g. their events).
+cudaStream_t gd_stream(const GpuDist *gd);
 // fp32, in place, on the communicator's stream. Sum over ranks of x (n).
 void gd_allreduce(GpuDist *gd, float *x, size_t n);
 // buf (world * per_rank): rank r's part is buf + r * per_rank. All-gather: every rank gets every part;
@@ -55,8 +62,12 @@ void gd_allgather(GpuDist *gd, float *buf, size_t per_rank);
 void gd_reduce_scatter(GpuDist *gd, float *buf, size_t per_rank);
 // Rank 0's x (n) to every rank.
 void gd_broadcast(GpuDist *gd, float *x, size_t n);
-// Each owner's part of buf (len) becomes the sum over ranks (reduce-scatter, or one reduce per part when the
-// world does not divide len); and back: every rank gets every owner's part (all-gather, or broadcasts).
-void gd_reduce_parts(GpuDist *gd, float *buf, size_t len);
+// A gradient bucket x (len) summed over the ranks: all of it (parts = 0), or with ZeRO-1 (parts = 1) only each
+// owner's part (dist_part; a reduce-scatter, or one reduce per part when the world does not divide len). With
+// x16 (len bf16 scratch) the sum is taken in bf16: x is rounded into x16, NCCL adds in bf16 (each partial sum
+// rounded to bf16: world - 1 roundings after the first), and the sum, or this rank's part of it, is widened back
+// into x; half the bytes of fp32 (docs/benchmarks.md "Multi-GPU" for the numerics).
+void gd_reduce_grads(GpuDist *gd, float *x, bf16 *x16, size_t len, int parts);
+// Every rank gets every owner's part of buf (len): an all-gather, or broadcasts when the world does not divide len.
 void gd_gather_parts(GpuDist *gd, float *buf, size_t len);
 #endif

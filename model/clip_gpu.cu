@@ -100,10 +100,16 @@ struct ClipGPU {
     // rows [rank max_batch, (rank + 1) max_batch) of the global batch.
     GpuDist *dist;
     int rank, world, zero, reducing, next_bucket, num_buckets;
+    bf16 *grads_bf16;  // (buffer_elems) bf16 scratch of the gradient sum with grad_reduce = bf16, else NULL
     // Gradient buckets in the order backward finishes them (text head, text blocks last to first, text front,
     // then the image tower alike): ranges [lo, hi) of the flat buffers. With ZeRO-1 this rank owns
     // [own_lo, own_hi) of each, and keeps its moments at state_off of the compact m, u.
     size_t *bucket_lo, *bucket_hi, *own_lo, *own_hi, *state_off;
+    // ZeRO-1: the parameters' all-gather after the update runs on the communicator's stream bucket by bucket in
+    // gather_order (the order the next forward reads them); gathered[k] completes bucket k's parameters and bf16
+    // copy, and the forward waits for it just before it first reads them (wait_params) while gather_pending[k].
+    int *gather_order, *gather_pending, gathers_pending;
+    cudaEvent_t *gathered;
     float *feat_n, *dfeat_n;  // (2, world max_batch, E): normalised [image | text] features of all ranks; their gradients
 };
 
@@ -160,6 +166,7 @@ static void build_buckets(ClipGPU *g) {
     g->bucket_lo = (size_t *)callocCheck((size_t)n, sizeof(size_t)), g->bucket_hi = (size_t *)callocCheck((size_t)n, sizeof(size_t));
     g->own_lo = (size_t *)callocCheck((size_t)n, sizeof(size_t)), g->own_hi = (size_t *)callocCheck((size_t)n, sizeof(size_t));
     g->state_off = (size_t *)callocCheck((size_t)n, sizeof(size_t));
+    g->gather_order = (int *)callocCheck((size_t)n, sizeof(int)), g->gather_pending = (int *)callocCheck((size_t)n, sizeof(int));
 #define BUCKET(lo, hi) (g->bucket_lo[k] = (lo), g->bucket_hi[k] = (hi), k++)
     BUCKET(L->ln_final_w, L->buffer_elems);  // ln_final, text_projection, logit_scale (its gradient comes from the loss)
     for (int l = T->layers - 1; l >= 0; l--) BUCKET(T->blocks[l].ln_1_w, l + 1 < T->layers ? T->blocks[l + 1].ln_1_w : L->ln_final_w);
@@ -172,6 +179,12 @@ static void build_buckets(ClipGPU *g) {
     size_t covered = 0;
     for (int i = 0; i < n; i++) covered += g->bucket_hi[i] - g->bucket_lo[i];
     if (covered != L->buffer_elems) fatal("clip_gpu: gradient buckets cover %zu of %zu elements", covered, L->buffer_elems);
+    // the forward's order: the text head first (it holds logit_scale, which the host reads after the update),
+    // then text front, text blocks 0, 1, ..., image front, vision blocks 0, 1, ..., vision head
+    int o = 0;
+    g->gather_order[o++] = 0;
+    for (int i = T->layers + 1; i >= 1; i--) g->gather_order[o++] = i;
+    for (int i = n - 1; i >= T->layers + 2; i--) g->gather_order[o++] = i;
 }
 
 // Moments a rank keeps under ZeRO-1 (the largest part of each bucket: every rank allocates the same).
@@ -187,9 +200,42 @@ static size_t shard_elems(const ClipGPU *g) {
 static void grads_done(ClipGPU *g) {
     if (!g->reducing) return;
     int k = g->next_bucket++;
+    size_t lo = g->bucket_lo[k];
     gd_begin(g->dist);
-    if (g->zero) gd_reduce_parts(g->dist, g->grads + g->bucket_lo[k], g->bucket_hi[k] - g->bucket_lo[k]);
-    else gd_allreduce(g->dist, g->grads + g->bucket_lo[k], g->bucket_hi[k] - g->bucket_lo[k]);
+    gd_reduce_grads(g->dist, g->grads + lo, g->grads_bf16 ? g->grads_bf16 + lo : NULL, g->bucket_hi[k] - lo, g->zero);
+}
+
+// ZeRO-1, after each rank updated its parts of the parameters: every part to every rank and the bf16 copy of
+// the whole, bucket by bucket on the communicator's stream, so that the transfer runs beside the next forward.
+static void gather_params(ClipGPU *g) {
+    gd_begin(g->dist);
+    for (int i = 0; i < g->num_buckets; i++) {
+        int k = g->gather_order[i];
+        size_t lo = g->bucket_lo[k], n = g->bucket_hi[k] - lo;
+        gd_gather_parts(g->dist, g->params + lo, n);
+        if (g->params_bf16) copy_to_bf16_gpu(g->params_bf16 + lo, g->params + lo, n, gd_stream(g->dist));
+        cudaCheck(cudaEventRecord(g->gathered[k], gd_stream(g->dist)));
+        g->gather_pending[k] = 1;
+    }
+    g->gathers_pending = g->num_buckets;
+}
+
+// The default stream's next work reads the parameters of bucket k / of the bucket holding layout offset off:
+// it waits for their gather if one is pending.
+static void wait_bucket(ClipGPU *g, int k) {
+    if (!g->gather_pending[k]) return;
+    mark(g, PROF_COMM);
+    cudaCheck(cudaStreamWaitEvent(0, g->gathered[k], 0));
+    g->gather_pending[k] = 0, g->gathers_pending--;
+}
+static void wait_params(ClipGPU *g, size_t off) {
+    if (!g->gathers_pending) return;
+    int k = 0;
+    while (off < g->bucket_lo[k] || off >= g->bucket_hi[k]) k++;  // the buckets tile the buffer
+    wait_bucket(g, k);
+}
+static void wait_all_params(ClipGPU *g) {
+    for (int k = 0; k < g->num_buckets && g->gathers_pending; k++) wait_bucket(g, k);
 }
 
 // ZeRO-1: every rank's parts of full (buffer_elems, e.g. the parameters after each rank updated its parts) to
@@ -277,6 +323,7 @@ static void carve(ClipGPU *g, Arena *a, GpuMemoryPlan *p) {
     g->params = TAKE_F(a, n, &p->weights);
     g->params_bf16 = g->use_bf16 ? (bf16 *)take(a, n * 2, &p->weights) : NULL;
     g->grads = TAKE_F(a, n, &p->grads);
+    g->grads_bf16 = g->world > 1 && c->grad_reduce == GRAD_REDUCE_BF16 ? (bf16 *)take(a, n * 2, &p->grads) : NULL;
     size_t state = g->zero ? shard_elems(g) : n;  // ZeRO-1: the moments of this rank's parts only
     g->m = TAKE_F(a, state, &p->optimizer), g->u = TAKE_F(a, state, &p->optimizer);
     p->optimizer += (size_t)(state / ADAMW_CHUNK + L->num_tensors + g->num_buckets) * 32;  // the plan's tables (adamw_plan_init)
@@ -410,6 +457,7 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
     const float *P = g->params;
     int N = B * t->tokens, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu;
     const BlockLayout *w0 = &t->blocks[0];
+    wait_params(g, w0->ln_1_w);
     mark(g, PROF_LAYERNORM);
     BlockBuf *k0 = &tb->blocks[0];
     residual_layernorm_forward_gpu<T>(NULL, in_bf16<T>(g, k0->ln_1, SB_LINEAR_QKV), k0->ln_1_mean, k0->ln_1_rstd, as<T>(tb->x0),
@@ -438,6 +486,7 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
         else gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)N * H, quick);
         mark(g, PROF_GEMM);
         linear_forward<T>(g, k, SB_LINEAR_C_PROJ, as<T>(k->mlp), as<T>(k->fc_gelu), w->c_proj_w, w->c_proj_b, N, H, D);
+        if (l + 1 < t->layers) wait_params(g, t->blocks[l + 1].ln_1_w);  // read by the fused LayerNorm below
         mark(g, PROF_LAYERNORM);
         if (l + 1 < t->layers) {
             BlockBuf *kn = &tb->blocks[l + 1];
@@ -457,6 +506,7 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
 template <typename T> static void tower_head_forward(ClipGPU *g, TowerBuf *tb, const int *index, int B, float *features) {
     const TowerLayout *t = tb->t;
     const float *P = g->params;
+    wait_params(g, tb->ln_w);
     mark(g, PROF_EMBED_OTHER);
     gather_rows_gpu<T>(tb->pooled, as<T>(tb->blocks[t->layers - 1].res_2), index, B, t->tokens, t->width);
     residual_layernorm_forward_gpu<float>(NULL, tb->pooled_ln, tb->pooled_mean, tb->pooled_rstd, tb->pooled, NULL, NULL,
@@ -477,6 +527,7 @@ template <typename T> static void forward_text(ClipGPU *g, const Batch *b, int s
     const float *P = g->params;
     upload_text(g, b, start, B);
     const char *in = g->inputs[g->cur];
+    wait_params(g, L->token_embedding);
     mark(g, PROF_EMBED_OTHER);
     text_embed_forward_gpu<T>(as<T>(g->txt.x0), (const int32_t *)(in + g->off_tokens), P + L->token_embedding, P + L->text_pos,
                               B, L->text.tokens, L->text.width);
@@ -494,6 +545,7 @@ template <typename T> static void forward_image(ClipGPU *g, const Batch *b, int 
     int S = c->image_size, Ps = c->patch_size, G2 = (S / Ps) * (S / Ps), Dv = L->visual.width, Nv = B * L->visual.tokens;
     upload_images(g, b, start, B);
     const char *in = g->inputs[g->cur];
+    wait_params(g, L->conv1_w);
     mark(g, PROF_EMBED_OTHER);
     patch_im2col_gpu<T>(as<T>(g->patches), (const uint8_t *)in, B, S, Ps);
     mark(g, PROF_GEMM);
@@ -647,7 +699,8 @@ static void begin_inputs(ClipGPU *g) {
     int k = g->stage_next;
     g->stage_next ^= 1, g->cur = k;
     mark(g, PROF_INPUT);
-    cudaCheck(cudaEventSynchronize(g->stage_free[k]));                  // the last copies out of stage k are done
+    if (g->dist) gd_wait_event(g->dist, g->stage_free[k]);              // the last copies out of stage k are done
+    else cudaCheck(cudaEventSynchronize(g->stage_free[k]));             // (polled with the timeout in a multi-GPU run)
     cudaCheck(cudaStreamWaitEvent(g->copy_stream, g->consumed[k], 0));  // kernels two micro-batches ago are done with it
 }
 
@@ -789,6 +842,7 @@ void clip_gpu_update(ClipGPU *g, Optimizer *o, float lr, float grad_scale) {
     o->t++;
     float b1t, b2t;
     optim_betas(o, o->t, &b1t, &b2t);
+    wait_all_params(g);  // the last gather is done (the forward in between waited for it)
     mark(g, PROF_OPTIMIZER);
     adamw_moments_gpu(&g->plan, g->grads, g->m, g->u, b1t, b2t, o->eps, grad_scale);
     if (g->zero) {  // the RMS of whole tensors: sum the ranks' partial sums
@@ -797,14 +851,15 @@ void clip_gpu_update(ClipGPU *g, Optimizer *o, float lr, float grad_scale) {
         mark(g, PROF_OPTIMIZER);
     }
     adamw_apply_gpu(&g->plan, g->params, g->zero ? NULL : g->params_bf16, g->m, g->u, lr, o->eps, o->kind == OPTIMIZER_STABLE_ADAMW);
-    if (g->zero) {  // each rank updated its parts: gather them all, then the bf16 copy of the whole
+    float *ls = g->params + g->L->logit_scale;  // as open_clip: clamp to [0, ln 100] after every step (ZeRO-1: the
+    clamp_scalar_gpu(ls, 0.0f, logf(100.0f));   // owner's value, gathered below over the others')
+    if (g->zero) {  // each rank updated its parts: gathered beside the next forward; the host reads logit_scale
         mark(g, PROF_COMM);
-        gather_parts(g, g->params);
+        gather_params(g);
+        wait_params(g, g->L->logit_scale);
         mark(g, PROF_OPTIMIZER);
-        if (g->params_bf16) copy_to_bf16_gpu(g->params_bf16, g->params, g->L->buffer_elems);
+        if (g->cfg.precision == PRECISION_INT8_SWITCHBACK) wait_all_params(g);  // the int8 weights from the bf16 copy
     }
-    float *ls = g->params + g->L->logit_scale;  // as open_clip: clamp to [0, ln 100] after every step
-    clamp_scalar_gpu(ls, 0.0f, logf(100.0f));
     quantize_switchback_weights(g, 1);
     mark(g, PROF_GAP);
     if (g->dist) gd_sync(g->dist);
@@ -818,6 +873,7 @@ float clip_gpu_logit_scale(const ClipGPU *g) { return g->logit_scale_host; }
 // the gradient buffer: its contents are gone afterwards).
 void clip_gpu_download(ClipGPU *g, float *params, Optimizer *o, float *grads) {
     size_t bytes = g->L->buffer_elems * sizeof(float);
+    wait_all_params(g);
     cudaCheck(cudaMemcpy(params, g->params, bytes, cudaMemcpyDeviceToHost));
     if (grads) {
         if (g->zero) gather_parts(g, g->grads), gd_sync(g->dist);
@@ -838,6 +894,7 @@ void clip_gpu_download(ClipGPU *g, float *params, Optimizer *o, float *grads) {
 // identical whatever they read (ZeRO-1: each keeps the moments of its parts, staged in the gradient buffer).
 void clip_gpu_upload(ClipGPU *g, const float *params, const Optimizer *o) {
     size_t n = g->L->buffer_elems, bytes = n * sizeof(float);
+    wait_all_params(g);
     cudaCheck(cudaMemcpy(g->params, params, bytes, cudaMemcpyHostToDevice));
     if (g->dist) gd_begin(g->dist), gd_broadcast(g->dist, g->params, n), gd_end(g->dist);
     if (g->params_bf16) copy_to_bf16_gpu(g->params_bf16, g->params, n);
@@ -951,6 +1008,7 @@ static void init_shape(ClipGPU *g, const Config *c, const ClipLayout *L, int mb,
 static void free_shape(ClipGPU *g) {
     free(g->vis.blocks), free(g->txt.blocks);
     free(g->bucket_lo), free(g->bucket_hi), free(g->own_lo), free(g->own_hi), free(g->state_off);
+    free(g->gather_order), free(g->gather_pending);
 }
 
 GpuMemoryPlan clip_gpu_memory_plan(const Config *c, const ClipLayout *L, int micro_batch, int recompute) {
@@ -1079,6 +1137,10 @@ ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *para
     carve(g, &a, &p);
     g->wts = g->use_bf16 ? (void *)g->params_bf16 : (void *)g->params;
     init_optimizer_plan(g);
+    if (g->zero) {
+        g->gathered = (cudaEvent_t *)callocCheck((size_t)g->num_buckets, sizeof(cudaEvent_t));
+        for (int k = 0; k < g->num_buckets; k++) cudaCheck(cudaEventCreateWithFlags(&g->gathered[k], cudaEventDisableTiming));
+    }
     size_t state = g->zero ? shard_elems(g) : L->buffer_elems;
     cudaCheck(cudaMemset(g->m, 0, state * sizeof(float)));
     cudaCheck(cudaMemset(g->u, 0, state * sizeof(float)));
@@ -1114,6 +1176,8 @@ void clip_gpu_free(ClipGPU *g) {
     if (g->prof_ev[0])
         for (int i = 0; i < PROF_EVENTS; i++) cudaCheck(cudaEventDestroy(g->prof_ev[i]));
     adamw_plan_free(&g->plan);
+    for (int k = 0; g->gathered && k < g->num_buckets; k++) cudaCheck(cudaEventDestroy(g->gathered[k]));
+    free(g->gathered);
     if (g->cfg.precision == PRECISION_INT8_SWITCHBACK) switchback_free(&g->sb);
     if (g->sb_batch.jobs) sb_weight_batch_free(&g->sb_batch);
     cudaCheck(cudaFree(g->arena));

@@ -10,6 +10,7 @@ enum { OPTIMIZER_ADAMW, OPTIMIZER_STABLE_ADAMW };
 enum { PRECISION_FP32, PRECISION_BF16, PRECISION_INT8_SWITCHBACK };
 enum { DEVICE_AUTO, DEVICE_CPU, DEVICE_CUDA };
 enum { IMAGE_ALPHA_DROP, IMAGE_ALPHA_WHITE };
+enum { GRAD_REDUCE_FP32, GRAD_REDUCE_BF16 };
 // switchback_layers: bit (1 << i) for the i-th transformer linear, in this order (qkv, out_proj, c_fc, c_proj)
 enum { SB_LINEAR_QKV, SB_LINEAR_OUT_PROJ, SB_LINEAR_C_FC, SB_LINEAR_C_PROJ, SB_LINEARS };
 // switchback_variant: the same order as SwitchBackMode (kernels/switchback.cuh)
@@ -55,6 +56,7 @@ typedef struct {
     uint64_t seed;
     int threads;              // CPU threads for the fp32 path; 0 = OpenMP's default
     int zero;                 // ZeRO-1: optimizer moments sharded over the ranks
+    int grad_reduce;          // GRAD_REDUCE_*: the type the gradients are summed over the ranks in
     float dist_timeout;       // seconds a rank waits on a collective before it stops the run
     int world_size;           // processes in the run: not a key, set from the launcher before config_finalize (1 by default)
     // ---- data ----

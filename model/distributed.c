@@ -110,7 +110,8 @@ static void file_broadcast(Dist *d, void *buf, size_t bytes) {
         if (f) {
             int world;
             size_t n;
-            int ok = fscanf(f, "train_clip rendezvous world=%d bytes=%zu\n", &world, &n) == 2;
+            // the header's one '\n' read by itself: a "\n" in the format would also eat the blob's leading whitespace
+            int ok = fscanf(f, "train_clip rendezvous world=%d bytes=%zu", &world, &n) == 2 && fgetc(f) == '\n';
             if (!ok || world != d->world || n != bytes)
                 dist_fail(d, "rendezvous file %s is from another job (world %d, %zu bytes); use a fresh path per job", path, world, n);
             freadCheck(buf, 1, bytes, f);

@@ -5,7 +5,8 @@
 // the input upload), gradient norm, optimizer, each ending in a host read as in train_clip. Prints a table;
 // results go to docs/benchmarks.md by hand.
 //   ./build/tests/bench_clip_gpu [model ...]     (default: b16 l14 h14)
-//   models: b16 b16r0 l14 h14 h14r0 h14r2 (bf16); b16z h14z (bf16, ZeRO-1); suffix i8 = int8_switchback standard,
+//   models: b16 b16r0 l14 h14 h14r0 h14r2 (bf16); b16z h14z (bf16, ZeRO-1); suffix bf (b16bf b16zbf h14bf h14zbf)
+//   = the gradients summed over the GPUs in bf16 (grad_reduce = bf16); suffix i8 = int8_switchback standard,
 //   me = memory_efficient, vw = vectorwise, ev = int8_everywhere, mlp = standard on c_fc and c_proj only
 //   (l14i8 l14me h14i8 h14me h14vw h14ev h14mlp h14r0i8 h14r0me)
 // Multi-GPU: start one process per GPU (mpirun -np N, or scripts/run_local.sh N): the batch is per GPU, the
@@ -28,17 +29,22 @@ typedef struct {
     const char *name, *config;
     int batch, recompute, zero;                // batch per GPU
     const char *precision, *variant, *layers;  // layers: switchback_layers (NULL: all four)
+    const char *reduce;                        // grad_reduce (NULL: fp32)
 } BenchModel;
 
 static const BenchModel MODELS[] = {
     {"b16", "configs/vit_b_16.conf", 256, 1, 0, "bf16", "standard"},
     {"b16r0", "configs/vit_b_16.conf", 256, 0, 0, "bf16", "standard"},
     {"b16z", "configs/vit_b_16.conf", 256, 1, 1, "bf16", "standard"},
+    {"b16bf", "configs/vit_b_16.conf", 256, 1, 0, "bf16", "standard", NULL, "bf16"},
+    {"b16zbf", "configs/vit_b_16.conf", 256, 1, 1, "bf16", "standard", NULL, "bf16"},
     {"l14", "configs/vit_l_14.conf", 128, 1, 0, "bf16", "standard"},
     {"l14i8", "configs/vit_l_14.conf", 128, 1, 0, "int8_switchback", "standard"},
     {"l14me", "configs/vit_l_14.conf", 128, 1, 0, "int8_switchback", "memory_efficient"},
     {"h14", "configs/vit_h_14.conf", 64, 1, 0, "bf16", "standard"},
     {"h14z", "configs/vit_h_14.conf", 64, 1, 1, "bf16", "standard"},
+    {"h14bf", "configs/vit_h_14.conf", 64, 1, 0, "bf16", "standard", NULL, "bf16"},
+    {"h14zbf", "configs/vit_h_14.conf", 64, 1, 1, "bf16", "standard", NULL, "bf16"},
     {"h14i8", "configs/vit_h_14.conf", 64, 1, 0, "int8_switchback", "standard"},
     {"h14me", "configs/vit_h_14.conf", 64, 1, 0, "int8_switchback", "memory_efficient"},
     {"h14vw", "configs/vit_h_14.conf", 64, 1, 0, "int8_switchback", "vectorwise"},
@@ -54,13 +60,13 @@ static void run(const BenchModel *bm, int world) {
     Config c;
     config_defaults(&c);
     config_load_file(&c, bm->config);
-    char sets[7][64];
+    char sets[8][64];
     snprintf(sets[0], 64, "batch_size=%d", bm->batch * world), snprintf(sets[1], 64, "micro_batch_size=0");
     snprintf(sets[2], 64, "recompute=%d", bm->recompute), snprintf(sets[3], 64, "precision=%s", bm->precision);
     snprintf(sets[4], 64, "switchback_variant=%s", bm->variant);
     snprintf(sets[5], 64, "switchback_layers=%s", bm->layers ? bm->layers : "qkv,out_proj,c_fc,c_proj");
-    snprintf(sets[6], 64, "zero=%d", bm->zero);
-    for (int i = 0; i < 7; i++) config_set(&c, sets[i], i + 1);
+    snprintf(sets[6], 64, "zero=%d", bm->zero), snprintf(sets[7], 64, "grad_reduce=%s", bm->reduce ? bm->reduce : "fp32");
+    for (int i = 0; i < 8; i++) config_set(&c, sets[i], i + 1);
     c.world_size = world;
     config_finalize(&c);
     ClipLayout L;
