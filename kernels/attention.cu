@@ -2,7 +2,11 @@
 // fp32: one warp per query row, the reference's loops. bf16: flash attention (FlashAttention-2 scheme) with
 // mma.sync.m16n8k16 (sm_80 and sm_90): a block of 4 warps owns a tile of 64 queries (forward, dq) or 64 keys
 // (dk, dv), each warp 16 of its rows; the other side streams through shared memory in tiles of 64 rows,
-// double-buffered with cp.async. The head dim is padded to HD, a multiple of 16, with zeros.
+// double-buffered with cp.async. The head dim is padded to HD, a multiple of 16, with zeros. The backward is
+// two kernels (dq; dk and dv) that each recompute P: a single kernel adding dq with fp32 atomics measured
+// 1.45-1.55x slower (docs/benchmarks.md, "Attention kernels"). Each kernel's launch bounds ask for as many
+// blocks per SM as its shared memory allows, which caps the registers (a few bytes spill at HD 64-80): the
+// occupancy bought more than the spills cost.
 #include "attention.cuh"
 
 // ---------------------------------------------------------------- fp32: the reference algorithm
@@ -132,19 +136,9 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int byt
 }
 __device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait(void) { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-// p[0..1] += (a, b) in global memory: one 8-byte reduction on sm_90, two 4-byte ones before
-__device__ __forceinline__ void atomic_add2(float *p, float a, float b) {
-#if __CUDA_ARCH__ >= 900
-    atomicAdd(reinterpret_cast<float2 *>(p), make_float2(a, b));
-#else
-    atomicAdd(p, a), atomicAdd(p + 1, b);
-#endif
-}
-
 // Lane addresses for ldmatrix.x4 over a 16x16 block at (row0, col0) of a [row][col] tile:
 // "A" order gives an mma A fragment (and, with .trans, the B fragments of two n-tiles when the tile is
-// stored [k][n]); "B" order gives the B fragments of two n-tiles when the tile is stored [n][k] (and, with
-// .trans, an A fragment when the tile is stored [k][m]).
+// stored [k][n]); "B" order gives the B fragments of two n-tiles when the tile is stored [n][k].
 __device__ __forceinline__ int a_row(int lane) { return (lane & 7) + ((lane >> 3) & 1) * 8; }
 __device__ __forceinline__ int a_col(int lane) { return (lane >> 4) * 8; }
 __device__ __forceinline__ int b_row(int lane) { return (lane & 7) + (lane >> 4) * 8; }
@@ -153,11 +147,6 @@ __device__ __forceinline__ int b_col(int lane) { return ((lane >> 3) & 1) * 8; }
 template <int HD> struct FaTile {
     bf16 x[FA_TILE][HD + 8];  // +8: rows 16 bytes apart in bank terms, so ldmatrix is conflict-free
 };
-// dS^T of a key tile by a query tile, [key][query], for the backward's dQ product.
-struct FaScores {
-    bf16 x[FA_TILE][FA_TILE + 8];
-};
-
 // Rows row0 .. row0+63 of a (T, ld) slice (src = row 0 of this sequence and head), hd real columns; rows
 // past T and columns past hd are zero. The tile's 64 * HD/8 16-byte chunks are HD/16 per thread, unrolled.
 template <int HD> __device__ __forceinline__ void load_tile(FaTile<HD> &dst, const bf16 *src, int ld, int row0, int T, int hd) {
@@ -200,9 +189,9 @@ __device__ __forceinline__ void mma_frags_by_tile(float s[8][4], const uint32_t 
 #pragma unroll
     for (int i = 0; i < 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
     FOR_GROUPS(lo, hi, {
-_Pragma("unroll")
+        _Pragma("unroll")
         for (int kk = 0; kk < HD / 16; kk++)
-_Pragma("unroll")
+            _Pragma("unroll")
             for (int np = 0; np < 4; np++) {
                 if (!IN_GROUPS(np, lo, hi)) continue;
                 uint32_t b[4];
@@ -238,26 +227,11 @@ __device__ __forceinline__ void mma_frag_by_rows(float acc[HD / 8][4], const uin
 template <int HD>
 __device__ __forceinline__ void mma_probs_by_tile(float acc[HD / 8][4], const float p[8][4], const FaTile<HD> &Y, int lane, int lo, int hi) {
     FOR_GROUPS(lo, hi, {
-_Pragma("unroll")
+        _Pragma("unroll")
         for (int kk = 0; kk < 4; kk++) {
             if (!IN_GROUPS(kk, lo, hi)) continue;
             uint32_t a[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]), pack_bf16(p[2 * kk][2], p[2 * kk][3]),
                              pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]), pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
-            mma_frag_by_rows<HD>(acc, a, Y, kk, lane);
-        }
-    });
-}
-
-// acc (16 x HD) += S^T[:, r0 .. r0+16)^T (16 x 64, from the [key][query] tile) @ Y (64 x HD), over key
-// groups [0, hi).
-template <int HD>
-__device__ __forceinline__ void mma_scores_t_by_tile(float acc[HD / 8][4], const FaScores &S, int r0, const FaTile<HD> &Y, int lane, int hi) {
-    FOR_GROUPS(0, hi, {
-_Pragma("unroll")
-        for (int kk = 0; kk < 4; kk++) {
-            if (!IN_GROUPS(kk, 0, hi)) continue;
-            uint32_t a[4];
-            ldsm_x4_trans(a, &S.x[kk * 16 + b_row(lane)][r0 + b_col(lane)]);
             mma_frag_by_rows<HD>(acc, a, Y, kk, lane);
         }
     });
@@ -270,10 +244,10 @@ _Pragma("unroll")
 // 16-row groups of a tile starting at row0 that hold rows before T (at most 4).
 __device__ __forceinline__ int groups_before(int T, int row0) { return max(0, min(4, (T - row0 + 15) / 16)); }
 
-// 4 blocks per SM (shared memory allows 4 at HD 80): capped at 128 registers; at 165 (3 blocks) it ran 0-12% slower.
+// 4 blocks per SM up to HD 80 (128 registers): at 143-165 registers (3 blocks) it ran 0-12% slower.
 template <int HD>
-__global__ void __launch_bounds__(FA_THREADS, 4) flash_forward_kernel(bf16 *out, float *lse, const bf16 *qkv, int T, int C,
-                                                                   int NH, int causal, float scale_log2) {
+__global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 4 : HD <= 96 ? 3 : 2)
+    flash_forward_kernel(bf16 *out, float *lse, const bf16 *qkv, int T, int C, int NH, int causal, float scale_log2) {
     extern __shared__ __align__(16) unsigned char smem[];
     FaTile<HD> &Qs = *reinterpret_cast<FaTile<HD> *>(smem), *Ks = &Qs + 1, *Vs = &Qs + 3;
     int qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -312,22 +286,22 @@ __global__ void __launch_bounds__(FA_THREADS, 4) flash_forward_kernel(bf16 *out,
             // the online softmax in the log2 domain: p = 2^(s scale_log2 - m), one FFMA and one ex2 per score;
             // columns past group hi are neither computed nor read
             if ((j + 1) * FA_TILE > T || (causal && j == qt)) {
-_Pragma("unroll")
+                _Pragma("unroll")
                 for (int nt = 0; nt < 8; nt++)
-_Pragma("unroll")
+                    _Pragma("unroll")
                     for (int e = 0; e < 4; e++) {
                         int key = j * FA_TILE + C_COL(lane, nt, e), query = q0 + r0 + C_ROW(lane, e);
                         if (key >= T || (causal && key > query)) s[nt][e] = -INFINITY;
                     }
             }
             float mx[2] = {-INFINITY, -INFINITY};
-_Pragma("unroll")
+            _Pragma("unroll")
             for (int nt = 0; nt < 8; nt++)
                 if (IN_GROUPS(nt >> 1, 0, hi))
-_Pragma("unroll")
+                    _Pragma("unroll")
                     for (int e = 0; e < 4; e++) mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
             float alpha[2], base[2], rs[2] = {0.0f, 0.0f};
-_Pragma("unroll")
+            _Pragma("unroll")
             for (int r = 0; r < 2; r++) {
                 mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
                 mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
@@ -336,17 +310,17 @@ _Pragma("unroll")
                 alpha[r] = fast_exp2(m_run[r] - base[r]);
                 m_run[r] = m_new;
             }
-_Pragma("unroll")
+            _Pragma("unroll")
             for (int nt = 0; nt < 8; nt++)
                 if (IN_GROUPS(nt >> 1, 0, hi))
-_Pragma("unroll")
+                    _Pragma("unroll")
                     for (int e = 0; e < 4; e++) {
                         s[nt][e] = fast_exp2(fmaf(s[nt][e], scale_log2, -base[e >> 1]));
                         rs[e >> 1] += s[nt][e];
                     }
             l_run[0] = l_run[0] * alpha[0] + rs[0];
             l_run[1] = l_run[1] * alpha[1] + rs[1];
-_Pragma("unroll")
+            _Pragma("unroll")
             for (int i = 0; i < HD / 8; i++) o[i][0] *= alpha[0], o[i][1] *= alpha[0], o[i][2] *= alpha[1], o[i][3] *= alpha[1];
             mma_probs_by_tile<HD>(o, s, Vs[j & 1], lane, 0, hi);
         });
@@ -372,42 +346,114 @@ _Pragma("unroll")
     }
 }
 
-// delta (B, NH, T) = rowsum(dout * out) per head: the softmax backward's correction term. Also zeroes the
-// head's part of the row of dq_acc (B, T, C), which the backward accumulates into.
-__global__ void attention_delta_kernel(float *delta, float *dq_acc, const bf16 *out, const bf16 *dout, int B, int T, int C, int NH) {
+// delta (B, NH, T) = rowsum(dout * out) per head: the softmax backward's correction term.
+__global__ void attention_delta_kernel(float *delta, const bf16 *out, const bf16 *dout, int B, int T, int C, int NH) {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)B * T * NH) return;
     int h = (int)(idx % NH), t = (int)(idx / NH % T), b = (int)(idx / NH / T), hd = C / NH;
     size_t off = ((size_t)b * T + t) * C + h * hd;
     float s = 0.0f;
-    Vec<float, 4> zero = {};
     for (int i = 0; i < hd; i += 8) {
         Vec<bf16, 8> o = load_vec<bf16, 8>(out + off + i), g = load_vec<bf16, 8>(dout + off + i);
         for (int k = 0; k < 8; k++) s += to_float(o.v[k]) * to_float(g.v[k]);
-        store_vec(dq_acc + off + i, zero), store_vec(dq_acc + off + i + 4, zero);
     }
     delta[((size_t)b * NH + h) * T + t] = s;
 }
 
-// One block per tile of 64 keys (each warp 16 of them), over the query tiles that can see them:
-// S^T = K Q^T, P^T = exp2(S^T - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += dS^T Q;
-// then dS^T goes through shared memory and each warp adds dQ = dS K for 16 of the tile's queries into dq_acc
-// (fp32 atomics: every key tile adds to the same queries). P is computed once (FlashAttention-2's backward).
+// dq for a tile of 64 queries: S = Q K^T, P = exp2(S - lse), dP = dO V^T, dS = P (dP - delta), dQ = scale dS K.
+// 3 blocks per SM up to HD 80 (168 registers), as the dk/dv kernel.
 template <int HD>
-__global__ void __launch_bounds__(FA_THREADS) flash_backward_kernel(bf16 *dqkv, float *dq_acc, const bf16 *qkv, const bf16 *dout,
-                                                                    const float *lse, const float *delta, int T, int C, int NH,
-                                                                    int causal, float scale_log2, float scale) {
+__global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
+    flash_backward_dq_kernel(bf16 *dqkv, const bf16 *qkv, const bf16 *dout, const float *lse, const float *delta, int T, int C,
+                             int NH, int causal, float scale_log2, float scale) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    FaTile<HD> &Qs = *reinterpret_cast<FaTile<HD> *>(smem), &dOs = *(&Qs + 1), *Ks = &Qs + 2, *Vs = &Qs + 4;
+    int qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int hd = C / NH, ld = 3 * C, q0 = qt * FA_TILE, r0 = warp * 16;
+    const bf16 *qb = qkv + (size_t)b * T * ld + h * hd, *kb = qb + C, *vb = qb + 2 * C;
+    const bf16 *ob = dout + (size_t)b * T * C + h * hd;
+    int n_kt = (T + FA_TILE - 1) / FA_TILE;
+    if (causal) n_kt = min(n_kt, qt + 1);
+    load_tile<HD>(Qs, qb, ld, q0, T, hd);
+    load_tile<HD>(dOs, ob, C, q0, T, hd);
+    load_tile<HD>(Ks[0], kb, ld, 0, T, hd);
+    load_tile<HD>(Vs[0], vb, ld, 0, T, hd);
+    cp_async_commit();
+    float row_lse[2], row_delta[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int query = q0 + r0 + C_ROW(lane, 2 * r);
+        size_t i = ((size_t)b * NH + h) * T + min(query, T - 1);
+        row_lse[r] = lse[i], row_delta[r] = delta[i];
+    }
+    float dq[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.0f;
+    for (int j = 0; j < n_kt; j++) {
+        if (j + 1 < n_kt) {
+            load_tile<HD>(Ks[(j + 1) & 1], kb, ld, (j + 1) * FA_TILE, T, hd);
+            load_tile<HD>(Vs[(j + 1) & 1], vb, ld, (j + 1) * FA_TILE, T, hd);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        // key groups this warp needs (as in the forward); a warp of padding queries only keeps the barriers
+        int hi = groups_before(T, j * FA_TILE);
+        if (causal) hi = min(hi, (q0 + r0 + 15 - j * FA_TILE) / 16 + 1);
+        if (q0 + r0 < T) FOR_GROUPS(0, hi, {
+            float s[8][4], dp[8][4];
+            mma_rows_by_tile<HD>(s, Qs, r0, Ks[j & 1], lane, 0, hi);
+            mma_rows_by_tile<HD>(dp, dOs, r0, Vs[j & 1], lane, 0, hi);
+            // P = 2^(s scale_log2 - lse); padding keys and the causal future masked (last tile and diagonal only);
+            // padding queries need no mask: their dq is not written
+            int edge = (j + 1) * FA_TILE > T || (causal && j == qt);
+            _Pragma("unroll")
+            for (int nt = 0; nt < 8; nt++)
+                if (IN_GROUPS(nt >> 1, 0, hi))
+                    _Pragma("unroll")
+                    for (int e = 0; e < 4; e++) {
+                        float p = fast_exp2(fmaf(s[nt][e], scale_log2, -row_lse[e >> 1]));
+                        if (edge) {
+                            int key = j * FA_TILE + C_COL(lane, nt, e), query = q0 + r0 + C_ROW(lane, e);
+                            if (key >= T || (causal && key > query)) p = 0.0f;
+                        }
+                        s[nt][e] = p * (dp[nt][e] - row_delta[e >> 1]);
+                    }
+            mma_probs_by_tile<HD>(dq, s, Ks[j & 1], lane, 0, hi);
+        });
+        __syncthreads();
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int query = q0 + r0 + C_ROW(lane, 2 * r);
+        if (query >= T) continue;
+        bf16 *y = dqkv + ((size_t)b * T + query) * ld + h * hd;
+#pragma unroll
+        for (int nt = 0; nt < HD / 8; nt++) {
+            int col = C_COL(lane, nt, 0);
+            if (col < hd) *reinterpret_cast<uint32_t *>(y + col) = pack_bf16(dq[nt][2 * r] * scale, dq[nt][2 * r + 1] * scale);
+        }
+    }
+}
+
+// dk, dv for a tile of 64 keys, each warp 16 of them, over the query tiles that can see them:
+// P^T = exp2(K Q^T - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += scale dS^T Q.
+// 3 blocks per SM up to HD 80 (168 registers): 6-12% faster than 2 blocks at 178-240 registers.
+template <int HD>
+__global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
+    flash_backward_dkdv_kernel(bf16 *dqkv, const bf16 *qkv, const bf16 *dout, const float *lse, const float *delta, int T, int C,
+                               int NH, int causal, float scale_log2, float scale) {
     extern __shared__ __align__(16) unsigned char smem[];
     FaTile<HD> &Ks = *reinterpret_cast<FaTile<HD> *>(smem), &Vs = *(&Ks + 1), *Qs = &Ks + 2, *dOs = &Ks + 4;
-    FaScores &dSs = *reinterpret_cast<FaScores *>(&Ks + 6);
-    float(*lse_s)[FA_TILE] = reinterpret_cast<float(*)[FA_TILE]>(&dSs + 1), (*delta_s)[FA_TILE] = lse_s + 2;
+    float(*lse_s)[FA_TILE] = reinterpret_cast<float(*)[FA_TILE]>(&Ks + 6), (*delta_s)[FA_TILE] = lse_s + 2;
     int kt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int hd = C / NH, ld = 3 * C, k0 = kt * FA_TILE, r0 = warp * 16;
     const bf16 *qb = qkv + (size_t)b * T * ld + h * hd, *kb = qb + C, *vb = qb + 2 * C;
     const bf16 *ob = dout + (size_t)b * T * C + h * hd;
     const float *lse_h = lse + ((size_t)b * NH + h) * T, *delta_h = delta + ((size_t)b * NH + h) * T;
-    float *dq_b = dq_acc + (size_t)b * T * C + h * hd;
-    int n_qt = (T + FA_TILE - 1) / FA_TILE, i0 = causal ? kt : 0, kgroups = groups_before(T, k0);
+    int n_qt = (T + FA_TILE - 1) / FA_TILE, i0 = causal ? kt : 0;
     load_tile<HD>(Ks, kb, ld, k0, T, hd);
     load_tile<HD>(Vs, vb, ld, k0, T, hd);
     // query tile i goes to buffer (i - i0) & 1, with its lse and delta
@@ -439,73 +485,37 @@ __global__ void __launch_bounds__(FA_THREADS) flash_backward_kernel(bf16 *dqkv, 
         }
         __syncthreads();
         // query groups this warp's keys need: up to the sequence end and, causal, from its first key on; a warp
-        // of padding keys computes nothing but still writes its (zero) rows of dS^T
+        // of padding keys only keeps the barriers
         int lo = causal ? max(0, (k0 + r0 - i * FA_TILE) / 16) : 0, hi = groups_before(T, i * FA_TILE);
-        if (k0 + r0 >= T) hi = 0;
-        float s[8][4];
-        if (lo < hi) {
-            FOR_GROUPS(lo, hi, {
-            float dp[8][4];
+        if (k0 + r0 < T) FOR_GROUPS(lo, hi, {
+            float s[8][4], dp[8][4];
             mma_rows_by_tile<HD>(s, Ks, r0, Qs[buf], lane, lo, hi);  // S^T: rows are keys, columns queries
-            // P^T = 2^(s scale_log2 - lse), zero outside the groups [lo, hi); padding queries, padding keys and,
-            // causal, queries before the key masked (the last tiles and the diagonal only)
-            int edge = (i + 1) * FA_TILE > T || k0 + FA_TILE > T || (causal && i == kt);
-_Pragma("unroll")
-            for (int nt = 0; nt < 8; nt++)
-_Pragma("unroll")
-                for (int e = 0; e < 4; e++) {
-                    int qcol = C_COL(lane, nt, e);
-                    float p = 0.0f;
-                    if (IN_GROUPS(nt >> 1, lo, hi)) {
-                        p = fast_exp2(fmaf(s[nt][e], scale_log2, -lse_s[buf][qcol]));
-                        if (edge) {
-                            int query = i * FA_TILE + qcol, key = k0 + r0 + C_ROW(lane, e);
-                            if (query >= T || key >= T || (causal && key > query)) p = 0.0f;
-                        }
-                    }
-                    s[nt][e] = p;
-                }
-            mma_probs_by_tile<HD>(dv, s, dOs[buf], lane, lo, hi);
-            mma_rows_by_tile<HD>(dp, Vs, r0, dOs[buf], lane, lo, hi);
-_Pragma("unroll")
+            // P^T = 2^(s scale_log2 - lse); padding queries and, causal, queries before the key masked (last query
+            // tile and the diagonal only); padding keys need no mask: their dk, dv are not written
+            int edge = (i + 1) * FA_TILE > T || (causal && i == kt);
+            _Pragma("unroll")
             for (int nt = 0; nt < 8; nt++)
                 if (IN_GROUPS(nt >> 1, lo, hi))
-_Pragma("unroll")
+                    _Pragma("unroll")
+                    for (int e = 0; e < 4; e++) {
+                        int qcol = C_COL(lane, nt, e);
+                        float p = fast_exp2(fmaf(s[nt][e], scale_log2, -lse_s[buf][qcol]));
+                        if (edge) {
+                            int query = i * FA_TILE + qcol, key = k0 + r0 + C_ROW(lane, e);
+                            if (query >= T || (causal && key > query)) p = 0.0f;
+                        }
+                        s[nt][e] = p;
+                    }
+            mma_probs_by_tile<HD>(dv, s, dOs[buf], lane, lo, hi);
+            mma_rows_by_tile<HD>(dp, Vs, r0, dOs[buf], lane, lo, hi);
+            _Pragma("unroll")
+            for (int nt = 0; nt < 8; nt++)
+                if (IN_GROUPS(nt >> 1, lo, hi))
+                    _Pragma("unroll")
                     for (int e = 0; e < 4; e++) s[nt][e] *= dp[nt][e] - delta_s[buf][C_COL(lane, nt, e)];
             mma_probs_by_tile<HD>(dk, s, Qs[buf], lane, lo, hi);
-            });
-        } else {
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-        }
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int r = 0; r < 2; r++)
-                *reinterpret_cast<uint32_t *>(&dSs.x[r0 + C_ROW(lane, 2 * r)][C_COL(lane, nt, 0)]) = pack_bf16(s[nt][2 * r], s[nt][2 * r + 1]);
+        });
         __syncthreads();
-        // dQ for queries [i*64 + r0, +16) over this tile's keys (up to T and, causal, up to the warp's last query)
-        int q = i * FA_TILE + r0;
-        if (q < T) {
-            int khi = kgroups;
-            if (causal) khi = min(khi, (q + 15 - k0) / 16 + 1);
-            float dq[HD / 8][4];
-#pragma unroll
-            for (int n = 0; n < HD / 8; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
-            mma_scores_t_by_tile<HD>(dq, dSs, r0, Ks, lane, khi);
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                int query = q + C_ROW(lane, 2 * r);
-                if (query >= T) continue;
-                float *y = dq_b + (size_t)query * C;
-#pragma unroll
-                for (int nt = 0; nt < HD / 8; nt++) {
-                    int col = C_COL(lane, nt, 0);
-                    if (col < hd) atomic_add2(y + col, dq[nt][2 * r], dq[nt][2 * r + 1]);
-                }
-            }
-        }
-        __syncthreads();  // the next iteration overwrites dS^T and this query buffer
     }
 #undef LOAD_QUERY_TILE
 #pragma unroll
@@ -523,17 +533,6 @@ _Pragma("unroll")
     }
 }
 
-// dq, the first C columns of each dqkv row = scale * dq_acc; one thread per 8 columns.
-__global__ void attention_dq_kernel(bf16 *dqkv, const float *dq_acc, size_t rows, int C, float scale) {
-    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x, per_row = C / 8;
-    if (idx >= rows * per_row) return;
-    size_t r = idx / per_row, c = idx % per_row * 8;
-    Vec<float, 4> a = load_vec<float, 4>(dq_acc + r * C + c), a2 = load_vec<float, 4>(dq_acc + r * C + c + 4);
-    Vec<bf16, 8> y;
-    for (int k = 0; k < 4; k++) y.v[k] = __float2bfloat16(a.v[k] * scale), y.v[k + 4] = __float2bfloat16(a2.v[k] * scale);
-    store_vec(dqkv + r * 3 * C + c, y);
-}
-
 // Shared-memory bytes of each kernel, and the launch (the dynamic limit is raised once per kernel).
 template <int HD> static void flash_forward(bf16 *out, float *lse, const bf16 *qkv, int B, int T, int C, int NH, int causal) {
     size_t smem = 5 * sizeof(FaTile<HD>);
@@ -548,17 +547,20 @@ template <int HD> static void flash_forward(bf16 *out, float *lse, const bf16 *q
 }
 
 template <int HD>
-static void flash_backward(bf16 *dqkv, float *dq_acc, const float *delta, const bf16 *dout, const bf16 *qkv, const float *lse,
-                           int B, int T, int C, int NH, int causal) {
-    size_t smem = 6 * sizeof(FaTile<HD>) + sizeof(FaScores) + 4 * FA_TILE * sizeof(float);
+static void flash_backward(bf16 *dqkv, const float *delta, const bf16 *dout, const bf16 *qkv, const float *lse, int B, int T,
+                           int C, int NH, int causal) {
+    size_t smem_dq = 6 * sizeof(FaTile<HD>), smem_dkdv = 6 * sizeof(FaTile<HD>) + 4 * FA_TILE * sizeof(float);
     static int configured = 0;
     if (!configured) {
-        cudaCheck(cudaFuncSetAttribute(flash_backward_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        cudaCheck(cudaFuncSetAttribute(flash_backward_dq_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_dq));
+        cudaCheck(cudaFuncSetAttribute(flash_backward_dkdv_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_dkdv));
         configured = 1;
     }
     float scale = 1.0f / sqrtf((float)(C / NH)), scale_log2 = 1.4426950408889634f * scale;
-    flash_backward_kernel<HD><<<dim3(ceil_div(T, FA_TILE), NH, B), FA_THREADS, smem>>>(dqkv, dq_acc, qkv, dout, lse, delta, T, C, NH,
-                                                                                      causal, scale_log2, scale);
+    dim3 grid(ceil_div(T, FA_TILE), NH, B);
+    flash_backward_dq_kernel<HD><<<grid, FA_THREADS, smem_dq>>>(dqkv, qkv, dout, lse, delta, T, C, NH, causal, scale_log2, scale);
+    cudaCheckLaunch();
+    flash_backward_dkdv_kernel<HD><<<grid, FA_THREADS, smem_dkdv>>>(dqkv, qkv, dout, lse, delta, T, C, NH, causal, scale_log2, scale);
     cudaCheckLaunch();
 }
 
@@ -588,26 +590,16 @@ void attention_forward_gpu(bf16 *out, float *lse, const bf16 *qkv, int B, int T,
     DISPATCH_HD(padded_head_dim(C, NH), flash_forward<HD>(out, lse, qkv, B, T, C, NH, causal));
 }
 
-// The bf16 scratch: delta (B, NH, T), then dq_acc (B, T, C) from a 32-byte boundary (8-float vectors).
-static size_t dq_acc_offset(int B, int T, int NH) { return ((size_t)B * NH * T + 7) / 8 * 8; }
-
 void attention_backward_gpu(bf16 *dqkv, float *scratch, const bf16 *dout, const bf16 *qkv, const bf16 *out, const float *lse,
                         int B, int T, int C, int NH, int causal) {
     if (B == 0) return;
     int hd_pad = padded_head_dim(C, NH);
-    size_t rows = (size_t)B * T;
-    float *delta = scratch, *dq_acc = scratch + dq_acc_offset(B, T, NH);
-    attention_delta_kernel<<<ceil_div((long)(rows * NH), 256), 256>>>(delta, dq_acc, out, dout, B, T, C, NH);
+    size_t rows = (size_t)B * T * NH;
+    attention_delta_kernel<<<ceil_div((long)rows, 256), 256>>>(scratch, out, dout, B, T, C, NH);
     cudaCheckLaunch();
-    DISPATCH_HD(hd_pad, flash_backward<HD>(dqkv, dq_acc, delta, dout, qkv, lse, B, T, C, NH, causal));
-    attention_dq_kernel<<<ceil_div((long)(rows * C / 8), 256), 256>>>(dqkv, dq_acc, rows, C, 1.0f / sqrtf((float)(C / NH)));
-    cudaCheckLaunch();
+    DISPATCH_HD(hd_pad, flash_backward<HD>(dqkv, scratch, dout, qkv, lse, B, T, C, NH, causal));
 }
 
 size_t attention_stats_elems(int bf16_path, int B, int T, int NH) {
     return bf16_path ? (size_t)B * NH * T : (size_t)B * NH * T * T;
-}
-
-size_t attention_scratch_elems(int bf16_path, int B, int T, int C, int NH) {
-    return bf16_path ? dq_acc_offset(B, T, NH) + (size_t)B * T * C : (size_t)B * NH * T * T;
 }

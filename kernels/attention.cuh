@@ -1,8 +1,7 @@
 // attention.cuh: multi-head self-attention on the fused projection qkv (B, T, 3C) laid out [q | k | v],
 // head h at columns h*hd .. (h+1)*hd of each part; out (B, T, C); causal masks key t2 > query t (text).
 //   fp32: the reference algorithm (softmax probabilities kept, (B, NH, T, T)), for parity runs.
-//   bf16: flash attention (tensor-core mma.sync, online softmax, only the log-sum-exp (B, NH, T) kept; the
-//         backward in one pass over the key tiles, dq accumulated in fp32 in the scratch);
+//   bf16: flash attention (tensor-core mma.sync, online softmax, only the log-sum-exp (B, NH, T) kept);
 //         head dims that are multiples of 8 up to 128 (CLIP: 64, 80, 88; tiny: 16).
 // Backward overwrites dqkv (the reference accumulates). Reference: attention_forward/backward in
 // model/ops_cpu.c.
@@ -17,12 +16,9 @@ void attention_backward_gpu(float *dqkv, float *scratch, const float *dout, cons
 
 // lse: (B, NH, T) log2-domain log-sum-exp of each query's scaled scores.
 void attention_forward_gpu(bf16 *out, float *lse, const bf16 *qkv, int B, int T, int C, int NH, int causal);
-// out: the forward output; scratch: attention_scratch_elems floats.
+// out: the forward output; scratch: (B, NH, T) floats.
 void attention_backward_gpu(bf16 *dqkv, float *scratch, const bf16 *dout, const bf16 *qkv, const bf16 *out, const float *lse,
                         int B, int T, int C, int NH, int causal);
 
-// Floats of the statistics the forward keeps per call.
+// Floats of the statistics the forward keeps per call, which is also the backward scratch's size.
 size_t attention_stats_elems(int bf16_path, int B, int T, int NH);
-// Floats of the backward's scratch: fp32 the dpre matrix (B, NH, T, T); bf16 the softmax correction (B, NH, T)
-// and the fp32 dq accumulator (B, T, C).
-size_t attention_scratch_elems(int bf16_path, int B, int T, int C, int NH);

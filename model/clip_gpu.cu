@@ -297,7 +297,7 @@ static void carve(ClipGPU *g, Arena *a, GpuMemoryPlan *p) {
         rows = max_sz(rows, N), cols = max_sz(cols, max_sz(3 * t->width, t->mlp));
         nd = max_sz(nd, N * t->width), nh = max_sz(nh, N * t->mlp);
         nwide = max_sz(nwide, N * max_sz(3 * t->width, t->mlp));
-        att = max_sz(att, attention_scratch_elems(g->use_bf16, (int)mb, t->tokens, t->width, t->heads));
+        att = max_sz(att, attention_stats_elems(g->use_bf16, (int)mb, t->tokens, t->heads));
         bd = max_sz(bd, mb * t->width);
     }
     size_t *o = &p->other;

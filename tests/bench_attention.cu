@@ -68,7 +68,7 @@ int main(int argc, char **argv) {
             cudaCheck(cudaMalloc(&lse[i], ns * sizeof(float)));
         }
         cudaCheck(cudaMalloc(&dqkv, nqkv * sizeof(bf16)));
-        cudaCheck(cudaMalloc(&scratch, attention_scratch_elems(1, s.B, s.T, C, s.NH) * sizeof(float)));
+        cudaCheck(cudaMalloc(&scratch, attention_stats_elems(1, s.B, s.T, s.NH) * sizeof(float)));
         for (int i = 0; i < 3; i++) {
             attention_forward_gpu(out[i & 1], lse[i & 1], qkv[i & 1], s.B, s.T, C, s.NH, s.causal);
             attention_backward_gpu(dqkv, scratch, dout[i & 1], qkv[i & 1], out[i & 1], lse[i & 1], s.B, s.T, C, s.NH, s.causal);

@@ -17,7 +17,7 @@ template <typename T> static void check(int B, int Tn, int NH, int hd, int causa
     attention_backward(dqkv, dout, qkv, att, B, Tn, C, NH, causal);
     T *d_qkv = to_device<T>(qkv, nqkv), *d_dout = to_device<T>(dout, nout), *d_out = poisoned<T>(nout), *d_dqkv = poisoned<T>(nqkv);
     size_t ns = attention_stats_elems(sizeof(T) == 2, B, Tn, NH);
-    float *d_stats = poisoned<float>(ns), *d_scratch = poisoned<float>(attention_scratch_elems(sizeof(T) == 2, B, Tn, C, NH));
+    float *d_stats = poisoned<float>(ns), *d_scratch = poisoned<float>(ns);
     attention_forward_gpu(d_out, d_stats, d_qkv, B, Tn, C, NH, causal);
     attention_backward_gpu(d_dqkv, d_scratch, d_dout, d_qkv, d_out, d_stats, B, Tn, C, NH, causal);
     to_host<T>(g, d_out, nout);
