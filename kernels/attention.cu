@@ -244,7 +244,7 @@ __device__ __forceinline__ void mma_probs_by_tile(float acc[HD / 8][4], const fl
 // 16-row groups of a tile starting at row0 that hold rows before T (at most 4).
 __device__ __forceinline__ int groups_before(int T, int row0) { return max(0, min(4, (T - row0 + 15) / 16)); }
 
-// 4 blocks per SM up to HD 80 (128 registers): at 143-165 registers (3 blocks) it ran 0-12% slower.
+// 4 blocks per SM up to HD 80 (128 registers): at 143-165 registers (3 blocks) it ran 2-24% slower.
 template <int HD>
 __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 4 : HD <= 96 ? 3 : 2)
     flash_forward_kernel(bf16 *out, float *lse, const bf16 *qkv, int T, int C, int NH, int causal, float scale_log2) {
@@ -440,7 +440,7 @@ __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
 
 // dk, dv for a tile of 64 keys, each warp 16 of them, over the query tiles that can see them:
 // P^T = exp2(K Q^T - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += scale dS^T Q.
-// 3 blocks per SM up to HD 80 (168 registers): 6-12% faster than 2 blocks at 178-240 registers.
+// 3 blocks per SM up to HD 80 (168 registers): 6-13% faster than 2 blocks at 178-240 registers.
 template <int HD>
 __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
     flash_backward_dkdv_kernel(bf16 *dqkv, const bf16 *qkv, const bf16 *dout, const float *lse, const float *delta, int T, int C,
