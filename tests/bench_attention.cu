@@ -1,0 +1,109 @@
+// bench_attention.cu: times the bf16 flash attention (kernels/attention.cu) forward and backward at the CLIP
+// shapes that matter (vision towers of ViT-B/16, L/14, H/14; causal text towers). FLOPs: 4 B NH T^2 hd for the
+// forward (half when causal), 2.5x that for the backward. CUDA events around each call, 3 warm-up rounds,
+// the median of the repetitions; inputs alternate between two sets of random normal buffers (never zeros).
+// The yardstick, PyTorch's scaled_dot_product_attention per backend, is tests/bench_attention_torch.py.
+// Usage: bench_attention [reps].
+#include "../kernels/attention.cuh"
+extern "C" {
+#include "../model/utils.h"
+}
+
+typedef struct {
+    const char *name;
+    int B, NH, T, hd, causal;
+} Shape;
+
+static const Shape shapes[] = {
+    {"ViT-H/14 vision", 64, 16, 257, 80, 0}, {"ViT-H/14 text", 64, 16, 77, 64, 1},  {"ViT-L/14 vision", 128, 16, 257, 64, 0},
+    {"ViT-B/16 vision", 256, 12, 197, 64, 0}, {"ViT-B/16 text", 256, 8, 77, 64, 1},
+};
+#define NSHAPES (int)(sizeof(shapes) / sizeof(shapes[0]))
+
+// Normal values from a counter-based hash (splitmix64 + Box-Muller), so filling costs no host time.
+__global__ void fill_normal_kernel(bf16 *p, size_t n, uint64_t seed, float std) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    float u1 = ((z >> 40) + 1) * (1.0f / 16777217.0f), u2 = ((z >> 16) & 0xFFFFFF) * (1.0f / 16777216.0f);
+    p[i] = __float2bfloat16(std * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2));
+}
+
+static bf16 *normal_buffer(size_t n, uint64_t seed, float std) {
+    bf16 *p;
+    cudaCheck(cudaMalloc(&p, n * sizeof(bf16)));
+    fill_normal_kernel<<<ceil_div((long)n, 256), 256>>>(p, n, seed, std);
+    cudaCheckLaunch();
+    return p;
+}
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+int main(int argc, char **argv) {
+    int reps = argc > 1 ? atoi(argv[1]) : 30;
+    if (reps < 1 || reps > 1000) reps = 30;
+    if (cuda_device_count() == 0) {
+        printf("bench_attention: skipped: no GPU\n");
+        return 0;
+    }
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    printf("GPU: %s (sm_%d%d, %d SMs), %d reps, median\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount, reps);
+    float res[NSHAPES][2];
+    for (int si = 0; si < NSHAPES; si++) {
+        Shape s = shapes[si];
+        int C = s.NH * s.hd;
+        size_t nqkv = (size_t)s.B * s.T * 3 * C, nout = (size_t)s.B * s.T * C, ns = attention_stats_elems(1, s.B, s.T, s.NH);
+        bf16 *qkv[2], *dout[2], *out[2], *dqkv;
+        float *lse[2], *scratch;
+        for (int i = 0; i < 2; i++) {
+            qkv[i] = normal_buffer(nqkv, 100 * si + 2 * i, 1.0f), dout[i] = normal_buffer(nout, 100 * si + 2 * i + 1, 1.0f);
+            cudaCheck(cudaMalloc(&out[i], nout * sizeof(bf16)));
+            cudaCheck(cudaMalloc(&lse[i], ns * sizeof(float)));
+        }
+        cudaCheck(cudaMalloc(&dqkv, nqkv * sizeof(bf16)));
+        cudaCheck(cudaMalloc(&scratch, attention_stats_elems(1, s.B, s.T, s.NH) * sizeof(float)));
+        for (int i = 0; i < 3; i++) {
+            attention_forward_gpu(out[i & 1], lse[i & 1], qkv[i & 1], s.B, s.T, C, s.NH, s.causal);
+            attention_backward_gpu(dqkv, scratch, dout[i & 1], qkv[i & 1], out[i & 1], lse[i & 1], s.B, s.T, C, s.NH, s.causal);
+        }
+        cudaEvent_t ev[3];
+        for (int i = 0; i < 3; i++) cudaCheck(cudaEventCreate(&ev[i]));
+        float *ms = (float *)mallocCheck(sizeof(float) * 2 * reps);
+        for (int r = 0; r < reps; r++) {
+            int i = r & 1;
+            cudaCheck(cudaEventRecord(ev[0], 0));
+            attention_forward_gpu(out[i], lse[i], qkv[i], s.B, s.T, C, s.NH, s.causal);
+            cudaCheck(cudaEventRecord(ev[1], 0));
+            attention_backward_gpu(dqkv, scratch, dout[i], qkv[i], out[i], lse[i], s.B, s.T, C, s.NH, s.causal);
+            cudaCheck(cudaEventRecord(ev[2], 0));
+            cudaCheck(cudaEventSynchronize(ev[2]));
+            cudaCheck(cudaEventElapsedTime(&ms[r], ev[0], ev[1]));
+            cudaCheck(cudaEventElapsedTime(&ms[reps + r], ev[1], ev[2]));
+        }
+        qsort(ms, reps, sizeof(float), cmp_float);
+        qsort(ms + reps, reps, sizeof(float), cmp_float);
+        res[si][0] = ms[reps / 2], res[si][1] = ms[reps + reps / 2];
+        free(ms);
+        for (int i = 0; i < 3; i++) cudaCheck(cudaEventDestroy(ev[i]));
+        for (int i = 0; i < 2; i++) {
+            cudaCheck(cudaFree(qkv[i])), cudaCheck(cudaFree(dout[i])), cudaCheck(cudaFree(out[i])), cudaCheck(cudaFree(lse[i]));
+        }
+        cudaCheck(cudaFree(dqkv)), cudaCheck(cudaFree(scratch));
+    }
+    printf("\n| shape | B | NH | T | hd | causal | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s | fwd+bwd ms |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for (int si = 0; si < NSHAPES; si++) {
+        Shape s = shapes[si];
+        double flop = 4.0 * s.B * s.NH * (double)s.T * s.T * s.hd * (s.causal ? 0.5 : 1.0);
+        printf("| %s | %d | %d | %d | %d | %d | %.3f | %.0f | %.3f | %.0f | %.3f |\n", s.name, s.B, s.NH, s.T, s.hd, s.causal,
+               res[si][0], flop / res[si][0] * 1e-9, res[si][1], 2.5 * flop / res[si][1] * 1e-9, res[si][0] + res[si][1]);
+    }
+    return 0;
+}
