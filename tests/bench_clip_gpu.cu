@@ -9,6 +9,7 @@
 //   = the gradients summed over the GPUs in bf16 (grad_reduce = bf16); suffix i8 = int8_switchback standard,
 //   me = memory_efficient, vw = vectorwise, ev = int8_everywhere, mlp = standard on c_fc and c_proj only
 //   (l14i8 l14me h14i8 h14me h14vw h14ev h14mlp h14r0i8 h14r0me)
+//   BENCH_SET="key=value ..." applies more config settings to every model (e.g. BENCH_SET=grad_overlap=false).
 // Multi-GPU: start one process per GPU (mpirun -np N, or scripts/run_local.sh N): the batch is per GPU, the
 // global batch N times that; rank 0 prints, img/s is per GPU, and "comm wait" is the time the compute stream
 // waits for collectives (communication not hidden by compute).
@@ -67,6 +68,9 @@ static void run(const BenchModel *bm, int world) {
     snprintf(sets[5], 64, "switchback_layers=%s", bm->layers ? bm->layers : "qkv,out_proj,c_fc,c_proj");
     snprintf(sets[6], 64, "zero=%d", bm->zero), snprintf(sets[7], 64, "grad_reduce=%s", bm->reduce ? bm->reduce : "fp32");
     for (int i = 0; i < 8; i++) config_set(&c, sets[i], i + 1);
+    char extra[256];  // BENCH_SET="key=value ...": more settings for every model, e.g. grad_overlap=false
+    snprintf(extra, sizeof(extra), "%s", getenv("BENCH_SET") ? getenv("BENCH_SET") : "");
+    for (char *save, *kv = strtok_r(extra, " ", &save); kv; kv = strtok_r(NULL, " ", &save)) config_set(&c, kv, 0);
     c.world_size = world;
     config_finalize(&c);
     ClipLayout L;
