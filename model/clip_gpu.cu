@@ -194,20 +194,15 @@ static size_t shard_elems(const ClipGPU *g) {
     return n;
 }
 
-// Bucket k's gradients summed over the ranks on the communicator's stream, after the compute stream's work so
-// far: all-reduced, or with ZeRO-1 reduce-scattered to the owners of their parts.
-static void reduce_bucket(ClipGPU *g, int k) {
-    size_t lo = g->bucket_lo[k];
-    gd_begin(g->dist);
-    gd_reduce_grads(g->dist, g->grads + lo, g->grads_bf16 ? g->grads_bf16 + lo : NULL, g->bucket_hi[k] - lo, g->zero);
-}
-
 // Backward has finished the next bucket's gradients. In the last micro-batch's backward of a multi-GPU step they
-// are reduced while backward goes on (grad_overlap), else all after it (forward_backward).
+// are reduced over the ranks on the communicator's stream while backward goes on: all-reduced, or with ZeRO-1
+// reduce-scattered to the owners of their parts.
 static void grads_done(ClipGPU *g) {
     if (!g->reducing) return;
     int k = g->next_bucket++;
-    if (g->cfg.grad_overlap) reduce_bucket(g, k);
+    size_t lo = g->bucket_lo[k];
+    gd_begin(g->dist);
+    gd_reduce_grads(g->dist, g->grads + lo, g->grads_bf16 ? g->grads_bf16 + lo : NULL, g->bucket_hi[k] - lo, g->zero);
 }
 
 // ZeRO-1, after each rank updated its parts of the parameters: every part to every rank and the bf16 copy of
@@ -810,8 +805,6 @@ template <typename T> static void forward_backward(ClipGPU *g, const Batch *b) {
         if (g->next_bucket != g->num_buckets) fatal("clip_gpu: backward reduced %d of %d gradient buckets", g->next_bucket, g->num_buckets);
         g->reducing = 0;
         mark(g, PROF_COMM);
-        if (!g->cfg.grad_overlap)
-            for (int k = 0; k < g->num_buckets; k++) reduce_bucket(g, k);
         gd_end(g->dist);
     }
     mark(g, PROF_GAP);

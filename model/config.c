@@ -75,9 +75,6 @@ static const Key KEYS[] = {
     {"threads", T_INT, OFF(threads), "0", 0, 4096, NULL, "CPU threads for the CPU path; 0 = all cores (OMP_NUM_THREADS)"},
     {"zero", T_BOOL, OFF(zero), "false", 0, 1, NULL,
      "multi-GPU: ZeRO-1, each rank keeps and updates only its shard of the optimizer moments (less memory, same result)"},
-    {"grad_overlap", T_BOOL, OFF(grad_overlap), "true", 0, 1, NULL,
-     "multi-GPU: sum each gradient bucket over the ranks while backward goes on (true), or all of them after backward "
-     "(false: the collectives then run alone; the same sums)"},
     {"grad_reduce", T_ENUM, OFF(grad_reduce), "fp32", 0, 0, "fp32|bf16",
      "multi-GPU: sum the gradients over the ranks in fp32, or in bf16 (half the bytes; NCCL adds in bf16, about 3 significant digits)"},
     {"dist_timeout", T_FLOAT, OFF(dist_timeout), "600", 1, 1e7, NULL,

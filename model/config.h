@@ -56,7 +56,6 @@ typedef struct {
     uint64_t seed;
     int threads;              // CPU threads for the fp32 path; 0 = OpenMP's default
     int zero;                 // ZeRO-1: optimizer moments sharded over the ranks
-    int grad_overlap;         // multi-GPU: sum gradient buckets while backward goes on (1) or after it (0)
     int grad_reduce;          // GRAD_REDUCE_*: the type the gradients are summed over the ranks in
     float dist_timeout;       // seconds a rank waits on a collective before it stops the run
     int world_size;           // processes in the run: not a key, set from the launcher before config_finalize (1 by default)
