@@ -29,6 +29,7 @@
 #include "model/utils.h"
 #include "optim/diagnostics.h"
 #include "optim/optim.h"
+#include "optim/tensorboard.h"
 
 static void usage(FILE *out) {
     fprintf(out,
@@ -110,10 +111,12 @@ static void print_progress(const Config *c, const StepRecord *r, float loss_avg,
 // ---------------------------------------------------------------- evaluation
 
 // Zero-shot classification on zeroshot_data and retrieval + loss on val_data (whichever is configured),
-// printed and logged as one {"eval": true, ...} record.
-static void run_eval(const Config *c, ClipModel *m, FILE *log, long step) {
+// printed and logged as one {"eval": true, ...} record (and one TensorBoard event when tb is given).
+static void run_eval(const Config *c, ClipModel *m, FILE *log, TbWriter *tb, long step) {
     if (!c->zeroshot_data[0] && !c->val_data[0]) return;
     double t0 = now_seconds();
+    TbScalar scalars[10];
+    int n = 0;
     fprintf(log, "{\"eval\":true,\"step\":%ld", step);
     if (c->zeroshot_data[0]) {
         int C, T = 1;
@@ -129,6 +132,9 @@ static void run_eval(const Config *c, ClipModel *m, FILE *log, long step) {
                100 * r.per_class, r.n, C, 100.0 / C, 100 * r.majority);
         fprintf(log, ",\"zeroshot_top1\":%.5g,\"zeroshot_top5\":%.5g,\"zeroshot_per_class\":%.5g,\"zeroshot_majority\":%.5g,\"zeroshot_n\":%ld",
                 r.top1, r.top5, r.per_class, r.majority, r.n);
+        scalars[n++] = (TbScalar){"eval/zeroshot_top1", (float)r.top1};
+        scalars[n++] = (TbScalar){"eval/zeroshot_top5", (float)r.top5};
+        scalars[n++] = (TbScalar){"eval/zeroshot_per_class", (float)r.per_class};
         free(classifier);
         tokenizer_free(tok);
         free_lines(classes, C);
@@ -144,9 +150,14 @@ static void run_eval(const Config *c, ClipModel *m, FILE *log, long step) {
         fprintf(log, ",\"val_loss\":%.6g,\"i2t_r1\":%.5g,\"i2t_r5\":%.5g,\"i2t_r10\":%.5g,\"t2i_r1\":%.5g,\"t2i_r5\":%.5g,\"t2i_r10\":%.5g,\"val_n\":%ld",
                 r.loss, r.image_to_text[0], r.image_to_text[1], r.image_to_text[2], r.text_to_image[0], r.text_to_image[1],
                 r.text_to_image[2], r.n);
+        static const char *tags[6] = {"eval/i2t_r1", "eval/i2t_r5", "eval/i2t_r10", "eval/t2i_r1", "eval/t2i_r5", "eval/t2i_r10"};
+        scalars[n++] = (TbScalar){"eval/val_loss", (float)r.loss};
+        for (int k = 0; k < 3; k++) scalars[n++] = (TbScalar){tags[k], (float)r.image_to_text[k]};
+        for (int k = 0; k < 3; k++) scalars[n++] = (TbScalar){tags[3 + k], (float)r.text_to_image[k]};
     }
     fprintf(log, ",\"eval_s\":%.4g}\n", now_seconds() - t0);
     fflush(log);
+    if (tb) tb_scalars(tb, step, scalars, n);
 }
 
 // Every rank takes part (the data positions and, with ZeRO-1, the moments are gathered); rank 0 writes. The
@@ -317,8 +328,11 @@ int main(int argc, char **argv) {
     }
     snprintf(path, sizeof(path), "%s/log.jsonl", cfg.run_dir);
     FILE *step_log = fopenCheck(rank == 0 ? path : "/dev/null", start > 0 || eval_only ? "a" : "w");
+    TbWriter tb_writer, *tb = NULL;  // rank 0's; a resumed run adds a file, TensorBoard merges them
+    if (cfg.tensorboard && rank == 0) tb_open(&tb_writer, cfg.run_dir), tb = &tb_writer;
     if (eval_only) {
-        run_eval(&cfg, &model, step_log, start);
+        run_eval(&cfg, &model, step_log, tb, start);
+        if (tb) tb_close(tb);
         fcloseCheck(step_log);
         clip_model_free(&model);
         ranks_finalize(&dist);
@@ -380,11 +394,18 @@ int main(int argc, char **argv) {
             double peak = clip_model_peak_flops(&model), mfu = peak > 0 ? flops_per_image * rate / cfg.world_size / peak : 0;
             print_progress(&cfg, &rec, loss_avg, rate, wait_in_log / (now - t_log), eta, opt.rms[diag.watch[0]], mfu,
                            (double)clip_model_memory_used(&model) / (1u << 30), log_now);
+            if (log_now && tb) {
+                TbScalar s[9] = {{"train/loss", rec.loss}, {"train/loss_avg", loss_avg}, {"train/lr", rec.lr},
+                                 {"train/logit_scale", rec.logit_scale}, {"train/grad_norm", rec.grad_norm},
+                                 {"train/rms_patch", opt.rms[diag.watch[0]]}, {"train/img_per_s", (float)rate},
+                                 {"train/data_wait", (float)(wait_in_log / (now - t_log))}, {"train/mfu", (float)mfu}};
+                tb_scalars(tb, rec.step, s, mfu > 0 ? 9 : 8);  // MFU only where the peak is known (GPU)
+            }
             if (log_now) t_log = now, ran_in_log = 0, wait_in_log = 0;
         }
         int last = step + 1 == end;
         // every rank evaluates (the whole eval set: no rank waits for another), rank 0 reports
-        if ((cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) || step + 1 == cfg.steps) run_eval(&cfg, &model, step_log, step + 1);
+        if ((cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) || step + 1 == cfg.steps) run_eval(&cfg, &model, step_log, tb, step + 1);
         int stop = world > 1 ? ranks_sum(stop_signal != 0) > 0 : stop_signal != 0;  // all ranks stop at the same step
         if (last || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || stop)
             save_checkpoint(&cfg, rank, step + 1, &model, &opt, loader, config_text);
@@ -395,6 +416,7 @@ int main(int argc, char **argv) {
     }
     if (diag.spikes) printf("loss spikes: %ld (events in %s/log.jsonl)\n", diag.spikes, cfg.run_dir);
     printf("done: %ld steps this run, final step %ld of %ld\n", ran, start + ran, cfg.steps);
+    if (tb) tb_close(tb);
     fcloseCheck(step_log);
     loader_close(loader);
     free(config_text);

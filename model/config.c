@@ -101,6 +101,8 @@ static const Key KEYS[] = {
     // run
     {"run_dir", T_STR, OFF(run_dir), "runs/default", 0, 0, NULL, "directory for the log, the effective config and checkpoints"},
     {"log_every", T_LONG, OFF(log_every), "10", 1, BIG, NULL, "console log interval in steps"},
+    {"tensorboard", T_BOOL, OFF(tensorboard), "false", 0, 1, NULL,
+     "also write each log interval's scalars and the evaluation metrics as a TensorBoard event file in run_dir"},
     {"checkpoint_every", T_LONG, OFF(checkpoint_every), "1000", 0, BIG, NULL, "checkpoint interval in steps; 0 = only at the end"},
     {"keep_checkpoints", T_INT, OFF(keep_checkpoints), "3", 1, 1000000, NULL, "checkpoints kept; older ones are deleted"},
     {"resume", T_STR, OFF(resume), "", 0, 0, NULL, "empty = fresh start; latest = newest complete checkpoint in run_dir; or a checkpoint path"},

@@ -76,6 +76,7 @@ typedef struct {
     // ---- run, logging, checkpoints ----
     char run_dir[CONFIG_STR];
     long log_every;
+    int tensorboard;          // 1: also write the logged scalars as TensorBoard event files in run_dir
     long checkpoint_every;    // 0 = only at the end
     int keep_checkpoints;
     char resume[CONFIG_STR];  // "" = fresh start, "latest", or a checkpoint path

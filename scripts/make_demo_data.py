@@ -6,14 +6,17 @@
 
 Each PNG (but 19 print-size ones over 4096 x 4096 pixels) becomes a sample whose caption is its category path and title, e.g.
 animals/bugs/flying_wasp_gerald_g._02.png -> "animals bugs flying wasp" (the author signature and the
-number are dropped, see caption_of). Deterministically, about 5% of the images (by a hash of their path)
-are held out for evaluation:
+number are dropped, see caption_of). The zero-shot classes are the sub-categories (the top two folders) with
+at least MIN_CLASS_IMAGES pictures, named in caption form ("animals bugs", "shapes stars", "signs and symbols
+flags"): concrete kinds of picture, named as the captions the text tower learnt from begin. Deterministically,
+about 5% of the images (by a hash of their path) are held out for evaluation, and at least MIN_CLASS_HELD_OUT
+of each class:
 
     datasets/demo/train/00000.tar ...   training shards of 512 samples
     datasets/demo/val/00000.tar ...     held-out shards; their samples of a class in classnames.txt also
                                         have a `cls` member (the class index, as text)
-    datasets/demo/classnames.txt        one class per line: the top-level categories with at least
-                                        MIN_CLASS_IMAGES images (not "unsorted" and "special")
+    datasets/demo/classnames.txt        one class per line (not the catch-alls "unsorted" and "special",
+                                        nor pictures directly in a top-level folder)
 
 Without the package (or with --synthetic) it writes a captioned-shapes dataset of the same layout instead:
 coloured discs, squares and triangles drawn into PNGs with the standard library (zlib), captioned like
@@ -38,14 +41,25 @@ OPENCLIPART = "/usr/share/openclipart/png"
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 PER_SHARD = 512
 HELD_OUT_PERCENT = 5
-MIN_CLASS_IMAGES = 40
+MIN_CLASS_IMAGES = 50
+MIN_CLASS_HELD_OUT = 10  # per class, so that no class's accuracy rests on one or two images
 NOT_CLASSES = {"unsorted", "special"}  # catch-all folders, not kinds of picture
 AUTHOR_MIN_TITLES = 3
 MAX_PIXELS = 4096 * 4096  # 19 print-size posters and flags (up to 21k x 30k px) are left out
 
 
-def held_out(relative_path):
-    return int(hashlib.sha1(relative_path.encode()).hexdigest()[:8], 16) % 100 < HELD_OUT_PERCENT
+def path_hash(relative_path):
+    return int(hashlib.sha1(relative_path.encode()).hexdigest()[:8], 16)
+
+
+def held_out_sources(samples, classes):
+    """The pictures whose path hash mod 100 is below HELD_OUT_PERCENT, and for each class the MIN_CLASS_HELD_OUT
+    of lowest hash mod 100 (5% of a class of 50 would be 2 or 3 pictures, too few to measure its accuracy)."""
+    held = {s["source"] for s in samples if path_hash(s["source"]) % 100 < HELD_OUT_PERCENT}
+    for c in classes:
+        of_class = sorted((s["source"] for s in samples if s["category"] == c), key=lambda source: path_hash(source) % 100)
+        held.update(of_class[:MIN_CLASS_HELD_OUT])
+    return held
 
 
 def title_words(stem):
@@ -93,6 +107,15 @@ def caption_of(relative_path, authors):
     return re.sub(r"\s+", " ", caption).strip().lower()
 
 
+def category_of(relative_path):
+    """The class of a picture: its top two folders in caption form (animals/birds/penguin/x.png -> "animals birds");
+    None for a picture directly in a top-level folder or in a catch-all one."""
+    folders = relative_path.split("/")[:-1]
+    if len(folders) < 2 or folders[0] in NOT_CLASSES:
+        return None
+    return " ".join(folders[:2]).replace("_", " ").lower()
+
+
 def openclipart_samples():
     paths = []
     for root, dirs, files in os.walk(OPENCLIPART):
@@ -106,7 +129,7 @@ def openclipart_samples():
         if width * height > MAX_PIXELS:
             continue
         rel = os.path.relpath(path, OPENCLIPART)
-        samples.append({"image": path, "caption": caption_of(rel, authors), "source": rel, "category": rel.split("/")[0]})
+        samples.append({"image": path, "caption": caption_of(rel, authors), "source": rel, "category": category_of(rel)})
     return samples
 
 
@@ -170,20 +193,21 @@ def main():
     args = ap.parse_args()
     tmp = None
     if os.path.isdir(OPENCLIPART) and not args.synthetic:
-        samples, excluded = openclipart_samples(), NOT_CLASSES
+        samples = openclipart_samples()
         print(f"openclipart-png: {len(samples)} images")
     else:
         if not args.synthetic:
             print(f"{OPENCLIPART} not found (apt-get install openclipart-png): writing the synthetic captioned-shapes dataset")
         tmp = tempfile.TemporaryDirectory()
-        samples, excluded = synthetic_samples(args.synthetic_size, tmp.name), set()
+        samples = synthetic_samples(args.synthetic_size, tmp.name)
     counts = Counter(s["category"] for s in samples)
-    classes = sorted(c for c, n in counts.items() if n >= MIN_CLASS_IMAGES and c not in excluded)
-    train = [s for s in samples if not held_out(s["source"])]
+    classes = sorted(c for c, n in counts.items() if c and n >= MIN_CLASS_IMAGES)
+    held = held_out_sources(samples, classes)
+    train = [s for s in samples if s["source"] not in held]
     # every training shard mixes the categories, as shards of web data do: in directory order a shuffle
     # buffer would see one category at a time (and whole batches of black-on-transparent line art)
     random.Random(0).shuffle(train)
-    val = [s for s in samples if held_out(s["source"])]
+    val = [s for s in samples if s["source"] in held]
     for s in val:
         if s["category"] in classes:
             s["cls"] = classes.index(s["category"])
@@ -195,7 +219,7 @@ def main():
     n_train = len(write_shards(train, os.path.join(args.out, "train"), PER_SHARD))
     n_val = len(write_shards(val, os.path.join(args.out, "val"), PER_SHARD))
     with open(os.path.join(args.out, "classnames.txt"), "w") as f:
-        f.write("".join(c.replace("_", " ") + "\n" for c in classes))
+        f.write("".join(c + "\n" for c in classes))
     if tmp:
         tmp.cleanup()
     print(f"wrote {len(train)} training samples in {n_train} shards to {args.out}/train, {len(val)} held out in {n_val} "
