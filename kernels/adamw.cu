@@ -5,11 +5,14 @@
 #include "adamw.cuh"
 
 // Every chunk kernel runs ADAMW_THREADS threads per block; thread x visits the chunk's elements x, x + ADAMW_THREADS,
-// ... in that order (the order of its share of the sums). One element per thread at a time left few loads in
-// flight (~69% of DRAM bandwidth on the H100): chunk_for issues the loads of ADAMW_UNROLL of them first, then
-// updates them in the same order, so the results are bit-identical to a one-at-a-time loop.
+// ... in that order (the order of its share of the sums). chunk_for issues the loads of ADAMW_UNROLL of them
+// first, then updates them in the same order: more bytes in flight than one element at a time, same arithmetic.
+// On the H100 at ViT-H/14 (tests/bench_adamw.cu, docs/benchmarks.md) 16 at a time took the norm pass from 68% to
+// 92% of DRAM bandwidth and moments/apply from 84-85% to 85-86%; 4 and 8 did less, 8 with 3 blocks per SM spilled.
+// The results were bit-identical to the one-at-a-time loop there (bench_adamw's checksums); that rests on nvcc
+// contracting the same expressions to the same FMAs, which is not promised (with 4, the norm's sum differed).
 #define ADAMW_THREADS 512
-#define ADAMW_UNROLL 8
+#define ADAMW_UNROLL 16
 
 // load(i, v) reads element i's N inputs into v; update(i, v) computes and stores element i.
 template <int N, typename Load, typename Update> __device__ __forceinline__ void chunk_for(int len, Load load, Update update) {
