@@ -9,8 +9,7 @@
 //    each, keep one k-tile of wgmma in flight and release the stage before it through "empty" mbarriers in both
 //    CTAs. A loader warp puts each tile's epilogue parameters (bias, scales) in shared memory during the tile's
 //    mainloop. The epilogue dequantizes from registers, each warp on its own: bf16 output goes through the warp's
-//    swizzled shared-memory buffers (stmatrix) and TMA stores, which drain while the next tile computes. Launched
-//    as a programmatic dependent launch, so that its prologue overlaps the end of the kernel before it.
+//    swizzled shared-memory buffers (stmatrix) and TMA stores, which drain while the next tile computes.
 //  - sm_80 / sm_89 (and a fallback on sm_90): 128 x 128 x 128 tiles, a 3-stage cp.async pipeline into the same
 //    swizzled layout, ldmatrix + mma.sync.m16n8k32.s8, 8 warps of 64 x 32.
 // Out-of-range rows and K columns are loaded as zeros (TMA's out-of-bounds fill, cp.async's zero fill), so M is
@@ -330,9 +329,6 @@ __global__ void __launch_bounds__(384, 1)
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     cluster_sync();  // the peer's barriers exist before anything is multicast or arrived on
-    // Launched as a programmatic dependent launch: the prologue above may overlap the end of the kernel before
-    // this one in the stream; nothing in global memory is read or written before that kernel has completed.
-    asm volatile("griddepcontrol.wait;" ::: "memory");
 
     if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
@@ -566,16 +562,13 @@ static void check_args(const Int8Gemm *g) {
     }
 }
 
-// Clusters of 2 CTAs and (attrs[1]) a programmatic dependent launch: the CTAs may start, and run the prologue up
-// to griddepcontrol.wait, while the previous kernel in the stream finishes (its last blocks leave SMs idle).
-static cudaLaunchConfig_t wgmma_config(cudaLaunchAttribute (&attrs)[2], int smem, cudaStream_t stream) {
+// Launch configuration of the wgmma kernel: 384 threads, clusters of 2 CTAs.
+static cudaLaunchConfig_t wgmma_config(cudaLaunchAttribute *cluster, int smem, cudaStream_t stream) {
     cudaLaunchConfig_t cfg = {};
-    attrs[0].id = cudaLaunchAttributeClusterDimension;
-    attrs[0].val.clusterDim.x = WG_CLUSTER, attrs[0].val.clusterDim.y = 1, attrs[0].val.clusterDim.z = 1;
-    attrs[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attrs[1].val.programmaticStreamSerializationAllowed = 1;
+    cluster->id = cudaLaunchAttributeClusterDimension;
+    cluster->val.clusterDim.x = WG_CLUSTER, cluster->val.clusterDim.y = 1, cluster->val.clusterDim.z = 1;
     cfg.blockDim = dim3(384), cfg.dynamicSmemBytes = smem, cfg.stream = stream;
-    cfg.attrs = attrs, cfg.numAttrs = 2;
+    cfg.attrs = cluster, cfg.numAttrs = 1;
     return cfg;
 }
 
@@ -584,10 +577,10 @@ template <int OUT, int BN> static int wgmma_clusters(void) {
     static int max_clusters = 0;
     if (!max_clusters) {
         auto kernel = int8_gemm_wgmma_kernel<OUT, BN>;
-        cudaLaunchAttribute attrs[2];
-        cudaLaunchConfig_t cfg = wgmma_config(attrs, WgTile<BN>::SMEM, 0);
+        cudaLaunchAttribute cluster;
+        cudaLaunchConfig_t cfg = wgmma_config(&cluster, WgTile<BN>::SMEM, 0);
         cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WgTile<BN>::SMEM));
-        cfg.gridDim = dim3(WG_CLUSTER), cfg.numAttrs = 1;  // the cluster shape alone
+        cfg.gridDim = dim3(WG_CLUSTER);
         cudaCheck(cudaOccupancyMaxActiveClusters(&max_clusters, kernel, &cfg));
         if (max_clusters < 1) {
             fprintf(stderr, "error: int8_gemm: no cluster of %d CTAs with %d bytes of shared memory fits\n", WG_CLUSTER,
@@ -603,8 +596,8 @@ static int wgmma_items(const Int8Gemm *g, int bn) { return (ceil_div(g->M, WG_BM
 
 template <int OUT, int BN> static void launch_wgmma(const Int8Gemm *g, cudaStream_t stream) {
     int max_clusters = wgmma_clusters<OUT, BN>();
-    cudaLaunchAttribute attrs[2];
-    cudaLaunchConfig_t cfg = wgmma_config(attrs, WgTile<BN>::SMEM, stream);
+    cudaLaunchAttribute cluster;
+    cudaLaunchConfig_t cfg = wgmma_config(&cluster, WgTile<BN>::SMEM, stream);
     CUtensorMap ta = make_tensor_map(g->a, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->M, g->K, WG_BM, WG_BK);
     CUtensorMap tb = make_tensor_map(g->b, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->N, g->K, BN / WG_CLUSTER, WG_BK);
     // bf16 output without accumulation leaves through TMA stores; other outputs are stored directly (ta: unused).
