@@ -1,10 +1,11 @@
 // int8_gemm.cu: the int8 GEMM of SwitchBack with its fused dequantize epilogue (API and formula in int8_gemm.cuh).
 // Two kernels, picked by the device's compute capability:
-//  - sm_90a (H100): persistent, warp-specialised, in clusters of 2 CTAs. A CTA computes a 128 x 256 tile; the
-//    two CTAs of a cluster take adjacent M tiles of one N tile, so they share B: each loads half of the B tile
-//    and multicasts it to both (a third fewer bytes from L2 per k-step, which bounds this GEMM otherwise).
-//    One producer thread issues the TMA loads into 128-byte-swizzled shared memory, 4 stages of 128 x 128 A +
-//    256 x 128 B, signalling "full" mbarriers; two consumer warpgroups run wgmma.m64n256k32.s32.s8.s8 on 64 rows
+//  - sm_90a (H100): persistent, warp-specialised, in clusters of 2 CTAs. A CTA computes a 128 x 256 tile (or
+//    128 x 128 where that fills the last wave better: small problems); the two CTAs of a cluster take adjacent M
+//    tiles of one N tile, so they share B: each loads half of the B tile and multicasts it to both (a third fewer
+//    bytes from L2 per k-step, which bounds this GEMM otherwise). One producer thread issues the TMA loads into
+//    128-byte-swizzled shared memory, 4 stages of 128 x 128 A + 256 x 128 B (6 of 128 x 128 + 128 x 128),
+//    signalling "full" mbarriers; two consumer warpgroups run wgmma.m64n256k32.s32.s8.s8 (m64n128k32) on 64 rows
 //    each, keep one k-tile of wgmma in flight and release the stage before it through "empty" mbarriers in both
 //    CTAs. A loader warp puts each tile's epilogue parameters (bias, scales) in shared memory during the tile's
 //    mainloop. The epilogue dequantizes from registers, each warp on its own: bf16 output goes through the warp's
@@ -79,19 +80,23 @@ __device__ inline uint32_t swz(int row, int chunk) { return row * 128 + ((chunk 
 
 // ------------------------------------------------------------------------------------------------ sm_90a
 #define WG_BM 128
-#define WG_BN 256
 #define WG_BK 128  // int8 elements = bytes: one swizzle row
 #define WG_CLUSTER 2
 #define WG_A_BYTES (WG_BM * WG_BK)         // 16 KB
-#define WG_B_BYTES (WG_BN * WG_BK)         // 32 KB, half of it from each CTA of the cluster
 #define WG_Y_BOX_ROWS 16                   // output boxes of 16 x 64 bf16 (128-byte rows, swizzled), one per warp
 #define WG_Y_BOX_COLS 64
 #define WG_Y_BOX_BYTES (WG_Y_BOX_ROWS * WG_Y_BOX_COLS * 2)
 #define WG_Y_BYTES (8 * 2 * WG_Y_BOX_BYTES)  // 32 KB: two staging buffers per consumer warp
-#define WG_P_BYTES (WG_BN * 8 + WG_BM * 4)   // epilogue parameters: (bias, s_b) per column, s_a per row
-// 226.6 KB of the 227 KB a block may have: 4 stages, staging, parameters, barriers (full, empty, p_full, p_empty)
-#define WG_STAGES 4
-#define WG_SMEM (WG_STAGES * (WG_A_BYTES + WG_B_BYTES) + WG_Y_BYTES + WG_P_BYTES + (2 * WG_STAGES + 2) * 8)
+// The tile is 128 x BN, BN = 256 or 128 (int8_gemm picks by shape: int8_gemm_tile_width). Shared memory: the stages,
+// the staging buffers, the epilogue parameters ((bias, s_b) per column, s_a per row) and the barriers (full,
+// empty, p_full, p_empty); as many stages as fit in the 227 KB a block may have: 4 (226.6 KB) at BN = 256, 6
+// (225.6 KB) at BN = 128.
+template <int BN> struct WgTile {
+    static constexpr int STAGES = BN == 256 ? 4 : 6;
+    static constexpr int B_BYTES = BN * WG_BK;  // half of it from each CTA of the cluster
+    static constexpr int P_BYTES = BN * 8 + WG_BM * 4;
+    static constexpr int SMEM = STAGES * (WG_A_BYTES + B_BYTES) + WG_Y_BYTES + P_BYTES + (2 * STAGES + 2) * 8;
+};
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ inline void mbar_init(uint64_t *bar, int count) {
@@ -179,9 +184,9 @@ __device__ inline void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" 
 __device__ inline void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N> __device__ inline void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
 // Keeps the compiler from moving accumulator reads/writes across the asynchronous wgmma.
-__device__ inline void fence_regs(int (&d)[128]) {
+template <int R> __device__ inline void fence_regs(int (&d)[R]) {
 #pragma unroll
-    for (int i = 0; i < 128; i++) asm volatile("" : "+r"(d[i])::"memory");
+    for (int i = 0; i < R; i++) asm volatile("" : "+r"(d[i])::"memory");
 }
 
 // d (64 x 256 s32, wgmma accumulator layout) (+)= A (64 x 32 s8) . B (256 x 32 s8)^T; accumulate = 0 overwrites.
@@ -216,18 +221,43 @@ __device__ inline void wgmma_m64n256k32(int (&d)[128], uint64_t desc_a, uint64_t
           "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
-// The bf16 TMA-store epilogue of one consumer warp: its 16 rows x 256 columns leave as 4 boxes of 16 x 64, each
+// The same for a 64 x 128 accumulator (B: 128 x 32 s8).
+__device__ inline void wgmma_m64n128k32(int (&d)[64], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, %64, %65, p;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
+          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
+          "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
+          "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
+          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+// d (64 x BN) (+)= A (64 x 32) . B (BN x 32)^T with the wgmma of that width.
+template <int BN> __device__ inline void wgmma_tile(int (&d)[BN / 2], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    if constexpr (BN == 256) wgmma_m64n256k32(d, desc_a, desc_b, accumulate);
+    else wgmma_m64n128k32(d, desc_a, desc_b, accumulate);
+}
+// The bf16 TMA-store epilogue of one consumer warp: its 16 rows x BN columns leave as BN / 64 boxes of 16 x 64, each
 // staged (stmatrix, 128-byte rows with chunk c of row r at c ^ (r % 8): conflict-free, and the layout the TMA store
 // reads with SWIZZLE_128B) in one of the warp's two buffers, which is rewritten once the store issued from it two
 // rounds ago has read it. Only the warp synchronises. sa0, sa1: s_a of the thread's rows; PER_COL 0: s_b = sb_t
 // for all columns, so the multiplier is computed once per row.
-template <int PER_COL>
-__device__ inline void epilogue_tma(const int (&acc)[128], const float *p_col, float sa0, float sa1, float sb_t,
+template <int PER_COL, int BN>
+__device__ inline void epilogue_tma(const int (&acc)[BN / 2], const float *p_col, float sa0, float sa1, float sb_t,
                                     uint8_t *bufs, int &round, const CUtensorMap *map, int col0, int row0, int rows_in,
                                     int N, int lane) {
     float m0 = sb_dequant_scale(sa0, sb_t), m1 = sb_dequant_scale(sa1, sb_t);
 #pragma unroll
-    for (int b = 0; b < WG_BN / WG_Y_BOX_COLS; b++, round++) {
+    for (int b = 0; b < BN / WG_Y_BOX_COLS; b++, round++) {
         uint8_t *buf = bufs + (round % 2) * WG_Y_BOX_BYTES;
         if (lane == 0) bulk_wait_read1();
         __syncwarp();
@@ -267,7 +297,7 @@ __device__ inline void epilogue_tma(const int (&acc)[128], const float *p_col, f
 // Warpgroup 0: warp 0 (one thread) issues the TMA loads; warp 1 loads each tile's epilogue parameters (bias and
 // s_b per column, s_a per row) into shared memory while the tile's mainloop runs, so that the epilogue reads them
 // at shared-memory latency. Warpgroups 1-2: the consumers (64 rows each).
-template <int OUT>
+template <int OUT, int BN>
 __global__ void __launch_bounds__(384, 1)
     int8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap tma_a, const __grid_constant__ CUtensorMap tma_b,
                            const __grid_constant__ CUtensorMap tma_y, const Int8Gemm g) {
@@ -275,21 +305,22 @@ __global__ void __launch_bounds__(384, 1)
     // No room for an alignment margin: the dynamic shared memory starts 1024-aligned (checked).
     extern __shared__ __align__(1024) uint8_t smem[];
     if (smem_u32(smem) & 1023) __trap();
+    constexpr int STAGES = WgTile<BN>::STAGES, B_BYTES = WgTile<BN>::B_BYTES;
     uint8_t *sa = smem;                                  // [stage] (128, 128) int8
-    uint8_t *sb = sa + WG_STAGES * WG_A_BYTES;           // [stage] (256, 128) int8: rows 0-127 from CTA 0, 128-255 from CTA 1
-    uint8_t *sy = sb + WG_STAGES * WG_B_BYTES;           // [consumer warp][2 buffers] (16, 64) bf16
-    float *p_col = (float *)(sy + WG_Y_BYTES);           // [256] (bias, s_b) of the tile's columns (zeros past N)
-    float *p_row = p_col + 2 * WG_BN;                    // [128] s_a of the tile's rows (zeros past M)
-    uint64_t *full = (uint64_t *)(p_row + WG_BM), *empty = full + WG_STAGES, *p_full = empty + WG_STAGES,
+    uint8_t *sb = sa + STAGES * WG_A_BYTES;              // [stage] (BN, 128) int8: the first BN / 2 rows from CTA 0
+    uint8_t *sy = sb + STAGES * B_BYTES;                 // [consumer warp][2 buffers] (16, 64) bf16
+    float *p_col = (float *)(sy + WG_Y_BYTES);           // [BN] (bias, s_b) of the tile's columns (zeros past N)
+    float *p_row = p_col + 2 * BN;                       // [128] s_a of the tile's rows (zeros past M)
+    uint64_t *full = (uint64_t *)(p_row + WG_BM), *empty = full + STAGES, *p_full = empty + STAGES,
              *p_empty = p_full + 1;
     uint32_t rank = cluster_rank();
-    int m_tiles = (g.M + WG_BM - 1) / WG_BM, tiles_n = (g.N + WG_BN - 1) / WG_BN;
+    int m_tiles = (g.M + WG_BM - 1) / WG_BM, tiles_n = (g.N + BN - 1) / BN;
     int items = (m_tiles + 1) / 2 * tiles_n, cluster = blockIdx.x / WG_CLUSTER, clusters = gridDim.x / WG_CLUSTER;
     int ktiles = (g.K + WG_BK - 1) / WG_BK;
     int wg = threadIdx.x / 128, lane = threadIdx.x % 32, warp = threadIdx.x / 32 % 4;  // wg 0: producer, 1-2: consumers
 
     if (threadIdx.x == 0) {
-        for (int s = 0; s < WG_STAGES; s++) {
+        for (int s = 0; s < STAGES; s++) {
             mbar_init(&full[s], 1);                // this CTA's producer's arrive.expect_tx, then the TMA bytes
             mbar_init(&empty[s], 2 * WG_CLUSTER);  // each consumer warpgroup of both CTAs
         }
@@ -302,28 +333,28 @@ __global__ void __launch_bounds__(384, 1)
     if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         if (threadIdx.x == 0) {
-            int it = 0;  // k-tiles loaded so far, over all tiles: stage it % WG_STAGES, phase (it / WG_STAGES) & 1
+            int it = 0;  // k-tiles loaded so far, over all tiles: stage it % STAGES, phase (it / STAGES) & 1
             for (int item = cluster; item < items; item += clusters) {
-                int mt = item / tiles_n * 2 + rank, n0 = item % tiles_n * WG_BN;
+                int mt = item / tiles_n * 2 + rank, n0 = item % tiles_n * BN;
                 int a_row = min(mt, m_tiles - 1) * WG_BM;  // past the last M tile (odd count): load any valid tile
                 for (int kt = 0; kt < ktiles; kt++, it++) {
-                    int s = it % WG_STAGES;
-                    mbar_wait(&empty[s], ((it / WG_STAGES) & 1) ^ 1);  // both CTAs are done with stage s
-                    mbar_expect_tx(&full[s], WG_A_BYTES + WG_B_BYTES);  // whole boxes, out-of-bounds zeros included
+                    int s = it % STAGES;
+                    mbar_wait(&empty[s], ((it / STAGES) & 1) ^ 1);  // both CTAs are done with stage s
+                    mbar_expect_tx(&full[s], WG_A_BYTES + B_BYTES);  // whole boxes, out-of-bounds zeros included
                     tma_load_2d(sa + s * WG_A_BYTES, &tma_a, kt * WG_BK, a_row, &full[s]);
-                    tma_load_2d_multicast(sb + s * WG_B_BYTES + rank * (WG_B_BYTES / 2), &tma_b, kt * WG_BK,
-                                          n0 + rank * (WG_BN / 2), &full[s], (1 << WG_CLUSTER) - 1);
+                    tma_load_2d_multicast(sb + s * B_BYTES + rank * (B_BYTES / 2), &tma_b, kt * WG_BK,
+                                          n0 + rank * (BN / 2), &full[s], (1 << WG_CLUSTER) - 1);
                 }
             }
         } else if (warp == 1) {
             float sb_t = tensor_scale<OUT>(g);
             int ti = 0;
             for (int item = cluster; item < items; item += clusters, ti++) {
-                int m0 = (item / tiles_n * 2 + rank) * WG_BM, n0 = item % tiles_n * WG_BN;
+                int m0 = (item / tiles_n * 2 + rank) * WG_BM, n0 = item % tiles_n * BN;
                 mbar_wait(p_empty, (ti & 1) ^ 1);  // the consumers are done with the previous tile's parameters
                 if (OUT != INT8_OUT_I32) {
 #pragma unroll
-                    for (int i = 0; i < WG_BN / 32; i++) {
+                    for (int i = 0; i < BN / 32; i++) {
                         int c = lane + 32 * i, col = n0 + c;
                         float bias = 0.0f, sbc = 0.0f;
                         if (col < g.N) {
@@ -343,30 +374,30 @@ __global__ void __launch_bounds__(384, 1)
         int c = wg - 1, leader = threadIdx.x % 128 == 0;
         int tma_out = OUT == INT8_OUT_BF16 && !g.accumulate;
         float sb_t = tensor_scale<OUT>(g);
-        int acc[128];
+        int acc[BN / 2];
         int it = 0, ti = 0, round = 0;  // k-tiles, tiles, output boxes so far (the box buffer is round % 2)
         for (int item = cluster; item < items; item += clusters, ti++) {
-            int m0 = (item / tiles_n * 2 + rank) * WG_BM, n0 = item % tiles_n * WG_BN;
+            int m0 = (item / tiles_n * 2 + rank) * WG_BM, n0 = item % tiles_n * BN;
             for (int kt = 0; kt < ktiles; kt++, it++) {
-                int s = it % WG_STAGES;
-                mbar_wait(&full[s], (it / WG_STAGES) & 1);
+                int s = it % STAGES;
+                mbar_wait(&full[s], (it / STAGES) & 1);
                 uint64_t da = wgmma_desc(smem_u32(sa + s * WG_A_BYTES + c * 64 * WG_BK));
-                uint64_t db = wgmma_desc(smem_u32(sb + s * WG_B_BYTES));
+                uint64_t db = wgmma_desc(smem_u32(sb + s * B_BYTES));
                 wgmma_fence();
 #pragma unroll
                 for (int kk = 0; kk < WG_BK / 32; kk++)  // +32 bytes along K: +2 in the address field
-                    wgmma_m64n256k32(acc, da + 2 * kk, db + 2 * kk, kt > 0 || kk > 0);
+                    wgmma_tile<BN>(acc, da + 2 * kk, db + 2 * kk, kt > 0 || kk > 0);
                 wgmma_commit();
                 // Keep this k-tile's wgmma in flight while the previous k-tile's stage is released (measured: the
                 // same speed as waiting for them and releasing this stage at once).
                 wgmma_wait<1>();
                 if (kt > 0 && leader)
-                    for (int r = 0; r < WG_CLUSTER; r++) mbar_arrive_cluster(&empty[(it - 1) % WG_STAGES], r);
+                    for (int r = 0; r < WG_CLUSTER; r++) mbar_arrive_cluster(&empty[(it - 1) % STAGES], r);
             }
             wgmma_wait<0>();
             fence_regs(acc);
             if (leader)
-                for (int r = 0; r < WG_CLUSTER; r++) mbar_arrive_cluster(&empty[(it - 1) % WG_STAGES], r);
+                for (int r = 0; r < WG_CLUSTER; r++) mbar_arrive_cluster(&empty[(it - 1) % STAGES], r);
 
             // Accumulator layout: register 4j + 2h + e holds row 16 warp + lane / 4 + 8h, column 8j + 2 (lane % 4) + e.
             int rl = warp * 16 + lane / 4, r0 = m0 + c * 64 + rl;
@@ -376,12 +407,12 @@ __global__ void __launch_bounds__(384, 1)
                 uint8_t *bufs = sy + (c * 4 + warp) * 2 * WG_Y_BOX_BYTES;
                 int row0 = m0 + c * 64 + warp * 16, rows_in = row0 < g.M;
                 if (g.b_scale_per_col)
-                    epilogue_tma<1>(acc, p_col, sa0, sa1, 0.0f, bufs, round, &tma_y, n0, row0, rows_in, g.N, lane);
+                    epilogue_tma<1, BN>(acc, p_col, sa0, sa1, 0.0f, bufs, round, &tma_y, n0, row0, rows_in, g.N, lane);
                 else
-                    epilogue_tma<0>(acc, p_col, sa0, sa1, sb_t, bufs, round, &tma_y, n0, row0, rows_in, g.N, lane);
+                    epilogue_tma<0, BN>(acc, p_col, sa0, sa1, sb_t, bufs, round, &tma_y, n0, row0, rows_in, g.N, lane);
             } else {
 #pragma unroll
-                for (int j = 0; j < WG_BN / 8; j++) {
+                for (int j = 0; j < BN / 8; j++) {
                     int cl = 8 * j + 2 * (lane % 4);
                     float4 p = *(const float4 *)(p_col + 2 * cl);
                     store2<OUT>(g, r0, sa0, p, n0 + cl, acc[4 * j], acc[4 * j + 1]);
@@ -531,38 +562,69 @@ static void check_args(const Int8Gemm *g) {
     }
 }
 
-template <int OUT> static void launch_wgmma(const Int8Gemm *g, cudaStream_t stream) {
+// Launch configuration of the wgmma kernel: 384 threads, clusters of 2 CTAs.
+static cudaLaunchConfig_t wgmma_config(cudaLaunchAttribute *cluster, int smem, cudaStream_t stream) {
     cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute cluster;
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = WG_CLUSTER, cluster.val.clusterDim.y = 1, cluster.val.clusterDim.z = 1;
-    cfg.blockDim = dim3(384), cfg.dynamicSmemBytes = WG_SMEM, cfg.stream = stream;
-    cfg.attrs = &cluster, cfg.numAttrs = 1;
-    auto kernel = int8_gemm_wgmma_kernel<OUT>;
-    static int max_clusters = 0;  // once per kernel: raise the shared-memory limit, ask how many clusters fit
+    cluster->id = cudaLaunchAttributeClusterDimension;
+    cluster->val.clusterDim.x = WG_CLUSTER, cluster->val.clusterDim.y = 1, cluster->val.clusterDim.z = 1;
+    cfg.blockDim = dim3(384), cfg.dynamicSmemBytes = smem, cfg.stream = stream;
+    cfg.attrs = cluster, cfg.numAttrs = 1;
+    return cfg;
+}
+
+// How many clusters of the wgmma kernel<OUT, BN> run at once; the first call raises its shared-memory limit.
+template <int OUT, int BN> static int wgmma_clusters(void) {
+    static int max_clusters = 0;
     if (!max_clusters) {
-        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_SMEM));
+        auto kernel = int8_gemm_wgmma_kernel<OUT, BN>;
+        cudaLaunchAttribute cluster;
+        cudaLaunchConfig_t cfg = wgmma_config(&cluster, WgTile<BN>::SMEM, 0);
+        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WgTile<BN>::SMEM));
         cfg.gridDim = dim3(WG_CLUSTER);
         cudaCheck(cudaOccupancyMaxActiveClusters(&max_clusters, kernel, &cfg));
         if (max_clusters < 1) {
-            fprintf(stderr, "error: int8_gemm: no cluster of %d CTAs with %d bytes of shared memory fits\n", WG_CLUSTER, WG_SMEM);
+            fprintf(stderr, "error: int8_gemm: no cluster of %d CTAs with %d bytes of shared memory fits\n", WG_CLUSTER,
+                    WgTile<BN>::SMEM);
             exit(1);
         }
     }
+    return max_clusters;
+}
+
+// Work items (pairs of M tiles x one N tile) of a 128 x BN tiling.
+static int wgmma_items(const Int8Gemm *g, int bn) { return (ceil_div(g->M, WG_BM) + 1) / 2 * ceil_div(g->N, bn); }
+
+template <int OUT, int BN> static void launch_wgmma(const Int8Gemm *g, cudaStream_t stream) {
+    int max_clusters = wgmma_clusters<OUT, BN>();
+    cudaLaunchAttribute cluster;
+    cudaLaunchConfig_t cfg = wgmma_config(&cluster, WgTile<BN>::SMEM, stream);
     CUtensorMap ta = make_tensor_map(g->a, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->M, g->K, WG_BM, WG_BK);
-    CUtensorMap tb = make_tensor_map(g->b, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->N, g->K, WG_BN / WG_CLUSTER, WG_BK);
+    CUtensorMap tb = make_tensor_map(g->b, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->N, g->K, BN / WG_CLUSTER, WG_BK);
     // bf16 output without accumulation leaves through TMA stores; other outputs are stored directly (ta: unused).
     CUtensorMap ty = OUT == INT8_OUT_BF16 && !g->accumulate
                          ? make_tensor_map(g->out, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, g->M, g->N, WG_Y_BOX_ROWS, WG_Y_BOX_COLS)
                          : ta;
-    int items = (ceil_div(g->M, WG_BM) + 1) / 2 * ceil_div(g->N, WG_BN);
+    int items = wgmma_items(g, BN);
     cfg.gridDim = dim3(WG_CLUSTER * (items < max_clusters ? items : max_clusters));
-    cudaCheck(cudaLaunchKernelEx(&cfg, kernel, ta, tb, ty, *g));
+    cudaCheck(cudaLaunchKernelEx(&cfg, int8_gemm_wgmma_kernel<OUT, BN>, ta, tb, ty, *g));
+}
+
+// The tile width by shape: 128 where the busiest cluster finishes sooner with it, counting ceil(items / clusters)
+// tiles per cluster and a 128-wide tile as 0.6 of a 256-wide one (half the math, but the same A bytes per k-tile
+// and epilogue rows). The last wave of a small problem is where it pays: the ViT-H/14 text tower's N = 1024
+// (4,928 rows: 80 wide items on 66 clusters, 2 rounds; 160 narrow ones, 3 rounds of 0.6).
+int int8_gemm_tile_width(const Int8Gemm *g) {
+    int clusters = wgmma_clusters<INT8_OUT_BF16, 256>();  // the same for every output type (same shared memory)
+    double wide = ceil_div(wgmma_items(g, 256), clusters), narrow = 0.6 * ceil_div(wgmma_items(g, 128), clusters);
+    return narrow < wide ? 128 : 256;
 }
 
 template <int OUT> static void launch(const Int8Gemm *g, Int8GemmPath path, cudaStream_t stream) {
-    if (path == INT8_PATH_WGMMA) {
-        launch_wgmma<OUT>(g, stream);
+    if (path == INT8_PATH_WGMMA) path = int8_gemm_tile_width(g) == 128 ? INT8_PATH_WGMMA_N128 : INT8_PATH_WGMMA_N256;
+    if (path == INT8_PATH_WGMMA_N256) {
+        launch_wgmma<OUT, 256>(g, stream);
+    } else if (path == INT8_PATH_WGMMA_N128) {
+        launch_wgmma<OUT, 128>(g, stream);
     } else {
         static int smem_set = 0;  // the dynamic shared-memory limit is raised once per kernel
         if (!smem_set) {
@@ -579,10 +641,19 @@ void int8_gemm_path(const Int8Gemm *g, Int8GemmPath path, cudaStream_t stream) {
     int dev, major;
     cudaCheck(cudaGetDevice(&dev));
     cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    static int use_mma = -1;  // SB_INT8_GEMM=mma in the environment: the portable kernel everywhere (debugging)
-    if (use_mma < 0) use_mma = getenv("SB_INT8_GEMM") && strcmp(getenv("SB_INT8_GEMM"), "mma") == 0;
-    if (path == INT8_PATH_AUTO) path = major == 9 && !use_mma ? INT8_PATH_WGMMA : INT8_PATH_MMA;
-    if (path == INT8_PATH_WGMMA && major != 9) {
+    // SB_INT8_GEMM in the environment picks the kernel that int8_gemm runs (debugging, measurements): mma (the
+    // portable kernel everywhere), n256 or n128 (the wgmma kernel with that tile width for every shape).
+    static Int8GemmPath forced = (Int8GemmPath)-1;
+    if ((int)forced < 0) {
+        const char *e = getenv("SB_INT8_GEMM");
+        forced = !e                       ? INT8_PATH_AUTO
+                 : strcmp(e, "mma") == 0  ? INT8_PATH_MMA
+                 : strcmp(e, "n256") == 0 ? INT8_PATH_WGMMA_N256
+                 : strcmp(e, "n128") == 0 ? INT8_PATH_WGMMA_N128
+                                          : INT8_PATH_AUTO;
+    }
+    if (path == INT8_PATH_AUTO) path = forced != INT8_PATH_AUTO ? forced : major == 9 ? INT8_PATH_WGMMA : INT8_PATH_MMA;
+    if (path != INT8_PATH_MMA && major != 9) {
         fprintf(stderr, "error: int8_gemm: the wgmma kernel needs an sm_90 GPU (this one is sm_%d*)\n", major);
         exit(1);
     }

@@ -15,7 +15,8 @@ static __host__ __device__ inline float sb_dequant_acc(int32_t acc, float s_a, f
 }
 
 typedef enum { INT8_OUT_BF16 = 0, INT8_OUT_F32 = 1, INT8_OUT_I32 = 2 } Int8GemmOut;
-typedef enum { INT8_PATH_AUTO = 0, INT8_PATH_WGMMA = 1, INT8_PATH_MMA = 2 } Int8GemmPath;
+// INT8_PATH_WGMMA: the sm_90a kernel with its tile width (256 or 128 columns) picked by shape; _N256 / _N128 force one.
+typedef enum { INT8_PATH_AUTO = 0, INT8_PATH_WGMMA = 1, INT8_PATH_MMA = 2, INT8_PATH_WGMMA_N256 = 3, INT8_PATH_WGMMA_N128 = 4 } Int8GemmPath;
 
 typedef struct {
     void *out;                   // (M, N) row-major, of out_type
@@ -30,8 +31,10 @@ typedef struct {
     int M, N, K;                 // M >= 1 arbitrary; N and K multiples of 16; a, b 16-byte aligned
 } Int8Gemm;
 
-// Runs the fastest kernel for the current device (wgmma on sm_90, mma.sync otherwise; SB_INT8_GEMM=mma in the
-// environment forces mma.sync).
+// Runs the fastest kernel for the current device (wgmma on sm_90, mma.sync otherwise). SB_INT8_GEMM in the
+// environment forces one: mma (mma.sync), n256 or n128 (wgmma with that tile width).
 void int8_gemm(const Int8Gemm *g, cudaStream_t stream);
 // Tests and benchmarks: force one kernel (INT8_PATH_WGMMA needs an sm_90 device).
 void int8_gemm_path(const Int8Gemm *g, Int8GemmPath path, cudaStream_t stream);
+// The tile width (256 or 128 columns) that INT8_PATH_WGMMA uses for g's shape (M, N, K; sm_90 only).
+int int8_gemm_tile_width(const Int8Gemm *g);

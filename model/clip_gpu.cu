@@ -417,18 +417,24 @@ static int8_t *in_q(ClipGPU *g, BlockBuf *k, int i) { return g->sb_on[i] ? k->xq
 static float *in_s(ClipGPU *g, BlockBuf *k, int i) { return g->sb_on[i] ? k->xs[i] : NULL; }
 template <typename T> static T *in_bf16(ClipGPU *g, void *p, int i) { return g->in_bf16[i] ? as<T>(p) : NULL; }
 
-// dx (N, C) = dy (N, OC) @ W (overwritten) and dW += dy^T @ x into the fp32 gradients. SwitchBack: dx from int8
-// dy (row-wise; dy_q: already in g->sb.gq, gs, written by dy's producer) and int8 W^T, dW in bf16 with fp32
-// accumulation; from the saved int8 x where sb_saved[i] (the bf16 x is not kept then). Bias gradients stay with
-// the caller (some are fused into other passes).
+// dx (N, C) = dy (N, OC) @ W (overwritten) and dW += dy^T @ x into the fp32 gradients, and db (OC) += the column
+// sums of dy when db is given (c_fc's comes from the GELU backward). SwitchBack: dx from int8 dy (row-wise; dy_q:
+// already in g->sb.gq, gs, written by dy's producer, else quantized here with db from the same pass) and int8 W^T,
+// dW in bf16 with fp32 accumulation; from the saved int8 x where sb_saved[i] (the bf16 x is not kept then).
 template <typename T>
-static void linear_backward(ClipGPU *g, BlockBuf *k, int i, T *dx, const T *dy, int dy_q, const T *x, size_t w, int N, int C, int OC) {
+static void linear_backward(ClipGPU *g, BlockBuf *k, int i, T *dx, float *db, const T *dy, int dy_q, const T *x, size_t w, int N,
+                            int C, int OC) {
+    int sb_db = g->sb_on[i] && !dy_q;
     if (g->sb_on[i]) {
-        switchback_backward(&g->sb, (bf16 *)dx, g->grads + w, NULL, (const bf16 *)dy, g->sb_saved[i] ? NULL : (const bf16 *)x,
-                            k->xq[i], k->xs[i], &k->w8[i], N, 1, dy_q, 0);
+        switchback_backward(&g->sb, (bf16 *)dx, g->grads + w, sb_db ? db : NULL, (const bf16 *)dy,
+                            g->sb_saved[i] ? NULL : (const bf16 *)x, k->xq[i], k->xs[i], &k->w8[i], N, 1, dy_q, 0);
     } else {
         matmul_backward_input_gpu<T>(dx, dy, (const T *)g->wts + w, N, C, OC);
         matmul_backward_weight_gpu<T>(g->grads + w, dy, x, N, C, OC);
+    }
+    if (db && !sb_db) {
+        mark(g, PROF_PARAM_GRADS);
+        bias_grad_gpu<T>(db, dy, N, OC, OC);
     }
 }
 
@@ -594,9 +600,7 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         mark(g, PROF_GELU);
         if (r >= 1) gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)N * H, quick);  // recompute
         mark(g, PROF_GEMM);
-        linear_backward<T>(g, k, SB_LINEAR_C_PROJ, d_wide, dmlp, dres_q, as<T>(k->fc_gelu), w->c_proj_w, N, H, D);
-        mark(g, PROF_PARAM_GRADS);
-        bias_grad_gpu<T>(G + w->c_proj_b, dmlp, N, D, D);
+        linear_backward<T>(g, k, SB_LINEAR_C_PROJ, d_wide, G + w->c_proj_b, dmlp, dres_q, as<T>(k->fc_gelu), w->c_proj_w, N, H, D);
         mark(g, PROF_GELU);
         int fc_q = g->sb_on[SB_LINEAR_C_FC];  // with c_fc's bias gradient (and its output gradient quantized)
         if (fc_q) gelu_backward_quantize_gpu(as<bf16>(d_wide), gq, gs, G + w->c_fc_b, as<bf16>(d_wide), as<bf16>(k->fc), N, H, quick);
@@ -604,7 +608,7 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         mark(g, PROF_LAYERNORM);
         if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_2), as<T>(k->res_1), k->ln_2_mean, k->ln_2_rstd, P + w->ln_2_w, P + w->ln_2_b, N, D);
         mark(g, PROF_GEMM);
-        linear_backward<T>(g, k, SB_LINEAR_C_FC, d_b, d_wide, fc_q, as<T>(k->ln_2), w->c_fc_w, N, D, H);
+        linear_backward<T>(g, k, SB_LINEAR_C_FC, d_b, NULL, d_wide, fc_q, as<T>(k->ln_2), w->c_fc_w, N, D, H);
         mark(g, PROF_LAYERNORM_BACKWARD);
         int att_q = g->sb_on[SB_LINEAR_OUT_PROJ] && w->ls_1 == NO_TENSOR;
         layernorm_backward_gpu<T>(dres, G + w->ln_2_w, G + w->ln_2_b, d_b, as<T>(k->res_1), P + w->ln_2_w, k->ln_2_mean, k->ln_2_rstd,
@@ -614,17 +618,13 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         mark(g, PROF_PARAM_GRADS);
         if (w->ls_1 != NO_TENSOR) layerscale_backward_gpu<T>(d_a, G + w->ls_1, dres, as<T>(k->attn), P + w->ls_1, N, D), dattn = d_a;
         mark(g, PROF_GEMM);
-        linear_backward<T>(g, k, SB_LINEAR_OUT_PROJ, d_b, dattn, att_q, as<T>(k->att_y), w->out_proj_w, N, D, D);
-        mark(g, PROF_PARAM_GRADS);
-        bias_grad_gpu<T>(G + w->out_proj_b, dattn, N, D, D);
+        linear_backward<T>(g, k, SB_LINEAR_OUT_PROJ, d_b, G + w->out_proj_b, dattn, att_q, as<T>(k->att_y), w->out_proj_w, N, D, D);
         mark(g, PROF_ATTENTION_BACKWARD);
         attention_backward_gpu(d_wide, g->att_scratch, d_b, as<T>(k->qkv), as<T>(k->att_y), k->att_stats, B, t->tokens, D, t->heads, t->causal);
         mark(g, PROF_LAYERNORM);
         if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_1), x, k->ln_1_mean, k->ln_1_rstd, P + w->ln_1_w, P + w->ln_1_b, N, D);
         mark(g, PROF_GEMM);
-        linear_backward<T>(g, k, SB_LINEAR_QKV, d_a, d_wide, 0, as<T>(k->ln_1), w->in_proj_w, N, D, 3 * D);
-        mark(g, PROF_PARAM_GRADS);
-        bias_grad_gpu<T>(G + w->in_proj_b, d_wide, N, 3 * D, 3 * D);
+        linear_backward<T>(g, k, SB_LINEAR_QKV, d_a, G + w->in_proj_b, d_wide, 0, as<T>(k->ln_1), w->in_proj_w, N, D, 3 * D);
         mark(g, PROF_LAYERNORM_BACKWARD);
         dres_q = l > 0 && g->sb_on[SB_LINEAR_C_PROJ] && t->blocks[l - 1].ls_2 == NO_TENSOR;
         layernorm_backward_gpu<T>(dres, G + w->ln_1_w, G + w->ln_1_b, d_a, x, P + w->ln_1_w, k->ln_1_mean, k->ln_1_rstd, N, D,

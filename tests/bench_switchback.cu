@@ -6,8 +6,12 @@
 // the repetitions; activations alternate
 // between two sets of buffers (each larger than L2 at these shapes); random normal data (never zeros).
 // Ends with a table. Usage: bench_switchback [reps [shape]]: shape, a part of a shape's name ("H/14 qkv"), times
-// that shape alone. SB_BENCH_PROFILE=1: no timing; the three GEMMs of each shape run once, warm, between
-// cudaProfilerStart and Stop (for `ncu --profile-from-start off`).
+// that shape alone; shape "step": the GEMMs of the training step's linears instead (batch x tokens rows of each
+// tower of ViT-H/14 at batch 64 and ViT-L/14 at 128; forward x W^T and input gradient g W), cuBLAS bf16 as the bf16
+// step calls it against ours at the tile width int8_gemm picks and at both widths, and each tower's sum per step
+// (the smaller step shapes fit in L2, as they do in the step right after their producer).
+// SB_BENCH_PROFILE=1: no timing; the three GEMMs of each shape run once, warm, between cudaProfilerStart and Stop
+// (for `ncu --profile-from-start off`).
 #include <cuda_profiler_api.h>
 #include <string.h>
 #include "../kernels/gelu.cuh"
@@ -17,6 +21,8 @@
 typedef struct {
     const char *name;
     int M, K, N;
+    int dx;      // step shapes: 1 for the input-gradient orientation (K, N: the layer's out and in)
+    int layers;  // step shapes: how many of these GEMMs a step runs
 } Shape;
 
 static const Shape shapes[] = {
@@ -24,6 +30,19 @@ static const Shape shapes[] = {
     {"ViT-H/14 out", 65792, 1280, 1280}, {"ViT-H/14 fc1", 65792, 1280, 5120}, {"ViT-H/14 fc2", 65792, 5120, 1280},
 };
 #define NSHAPES (int)(sizeof(shapes) / sizeof(shapes[0]))
+
+// The step's GEMMs: per tower, M = batch x tokens, each linear forward (K = in, N = out) and input gradient.
+#define STEP_TOWER(tower, M, D, layers)                                                          \
+    {tower " qkv", M, D, 3 * D, 0, layers}, {tower " qkv dx", M, 3 * D, D, 1, layers},           \
+        {tower " out", M, D, D, 0, layers}, {tower " out dx", M, D, D, 1, layers},               \
+        {tower " fc1", M, D, 4 * D, 0, layers}, {tower " fc1 dx", M, 4 * D, D, 1, layers},       \
+        {tower " fc2", M, 4 * D, D, 0, layers}, {tower " fc2 dx", M, D, 4 * D, 1, layers}
+static const Shape step_shapes[] = {
+    STEP_TOWER("H/14 img", 64 * 257, 1280, 32), STEP_TOWER("H/14 txt", 64 * 77, 1024, 24),
+    STEP_TOWER("L/14 img", 128 * 257, 1024, 24), STEP_TOWER("L/14 txt", 128 * 77, 768, 12),
+};
+#define NSTEP (int)(sizeof(step_shapes) / sizeof(step_shapes[0]))
+#define MAXSHAPES (NSTEP > NSHAPES ? NSTEP : NSHAPES)
 
 // Normal values from a counter-based hash (splitmix64 + Box-Muller), so filling costs no host time.
 __global__ void fill_normal_kernel(bf16 *p, size_t n, uint64_t seed, float std) {
@@ -60,13 +79,15 @@ typedef struct {
 
 typedef enum {
     OP_BF16_GEMM, OP_INT8_LT, OP_INT8_WGMMA, OP_INT8_MMA, OP_QUANT_ROWS, OP_QUANT_WEIGHT, OP_LAYER_BF16, OP_LAYER_SB,
-    OP_LAYER_SB_MEMEFF, OP_GELU_FWD_Q, OP_GELU_FWD_FUSED, OP_GELU_FWD_FUSED_INT8, OP_GELU_BWD_Q, OP_GELU_BWD_FUSED, NOPS
+    OP_LAYER_SB_MEMEFF, OP_GELU_FWD_Q, OP_GELU_FWD_FUSED, OP_GELU_FWD_FUSED_INT8, OP_GELU_BWD_Q, OP_GELU_BWD_FUSED,
+    OP_INT8_N256, OP_INT8_N128, NOPS
 } Op;
 static const char *op_names[NOPS] = {"cuBLAS bf16 GEMM", "cuBLASLt int8 GEMM (int32 out)", "ours int8 GEMM+dequant (wgmma)",
                                      "ours int8 GEMM+dequant (mma.sync)", "row-wise quantize of x", "weight quantize (+W^T)",
                                      "bf16 linear fwd+bwd (cuBLASLt)", "SwitchBack fwd+bwd", "SwitchBack memory-efficient fwd+bwd",
                                      "GELU fwd, then row quantize", "GELU fwd + int8 (fused)", "GELU fwd, int8 only (fused)",
-                                     "GELU bwd + bias grad, then quantize", "GELU bwd + bias grad + int8 (fused)"};
+                                     "GELU bwd + bias grad, then quantize", "GELU bwd + bias grad + int8 (fused)",
+                                     "ours, 128 x 256 tiles", "ours, 128 x 128 tiles"};
 
 static Int8Gemm forward_gemm(Bench *b, int set) {
     Int8Gemm f = {};
@@ -81,11 +102,16 @@ static void run_op(Bench *b, Op op, int set) {
     int M = b->s.M, K = b->s.K, N = b->s.N;
     Int8Gemm f = forward_gemm(b, set);
     switch (op) {
-    case OP_BF16_GEMM: matmul_forward_gpu<bf16>(b->y, b->x[set], b->w, NULL, M, K, N); break;
+    case OP_BF16_GEMM:  // a dx shape as the step computes it: y (M, N) = x (M, K) . w (K, N)
+        if (b->s.dx) matmul_backward_input_gpu<bf16>(b->y, b->x[set], b->w, M, N, K);
+        else matmul_forward_gpu<bf16>(b->y, b->x[set], b->w, NULL, M, K, N);
+        break;
     // cuBLASLt int8 -> int32, y (M, N) = x (M, K) . w (N, K)^T in the "TN" form its int8 kernels need
     case OP_INT8_LT: matmul_cm(b->y32, CUDA_R_32I, N, b->qw.q, K, 1, b->xq[set], K, 0, CUDA_R_8I, NULL, N, M, K, 1.0f, 0.0f, 0); break;
     case OP_INT8_WGMMA: int8_gemm_path(&f, INT8_PATH_WGMMA, 0); break;
     case OP_INT8_MMA: int8_gemm_path(&f, INT8_PATH_MMA, 0); break;
+    case OP_INT8_N256: int8_gemm_path(&f, INT8_PATH_WGMMA_N256, 0); break;
+    case OP_INT8_N128: int8_gemm_path(&f, INT8_PATH_WGMMA_N128, 0); break;
     case OP_QUANT_ROWS: quantize_rowwise(b->xq[set], b->xs[set], b->x[set], M, K, 0); break;
     case OP_QUANT_WEIGHT: switchback_quantize_weight(&b->qw, b->w, SB_STANDARD, 0); break;
     case OP_LAYER_BF16:
@@ -168,6 +194,10 @@ int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 20;
     if (reps < 1 || reps > 64) reps = 20;
     const char *only = argc > 2 ? argv[2] : NULL;
+    int step = only && strcmp(only, "step") == 0;
+    const Shape *list = step ? step_shapes : shapes;
+    int nshapes = step ? NSTEP : NSHAPES;
+    if (step) only = NULL;
     int profile = getenv("SB_BENCH_PROFILE") && atoi(getenv("SB_BENCH_PROFILE"));
     if (cuda_device_count() == 0) {
         printf("bench_switchback: skipped: no GPU\n");
@@ -178,14 +208,14 @@ int main(int argc, char **argv) {
     int wgmma = prop.major == 9;
     printf("GPU: %s (sm_%d%d, %d SMs, L2 %d MB), %d reps, median\n", prop.name, prop.major, prop.minor,
            prop.multiProcessorCount, prop.l2CacheSize >> 20, reps);
-    float t[NSHAPES][NOPS];
-    int done[NSHAPES] = {0};
+    float t[MAXSHAPES][NOPS];
+    int done[MAXSHAPES] = {0};
     unsigned long long *d_count = (unsigned long long *)dmalloc(sizeof(unsigned long long));
-    for (int si = 0; si < NSHAPES; si++) {
-        if (only && !strstr(shapes[si].name, only)) continue;
+    for (int si = 0; si < nshapes; si++) {
+        if (only && !strstr(list[si].name, only)) continue;
         done[si] = 1;
         Bench b = {};
-        b.s = shapes[si];
+        b.s = list[si];
         int M = b.s.M, K = b.s.K, N = b.s.N, C = K > N ? K : N;
         size_t mk = (size_t)M * K, mn = (size_t)M * N, nk = (size_t)N * K;
         for (int i = 0; i < 2; i++) {
@@ -207,26 +237,30 @@ int main(int argc, char **argv) {
         switchback_quantize_weight(&b.qw, b.w, SB_STANDARD, 0);
         for (int i = 0; i < 2; i++) quantize_rowwise(b.xq[i], b.xs[i], b.x[i], M, K, 0);
 
-        // Cross-check: both of our kernels must give identical bf16 outputs (same int32 sums, same epilogue).
+        // Cross-check: our kernels must give identical bf16 outputs (same int32 sums, same epilogue); step shapes:
+        // the two tile widths of the wgmma kernel.
         const char *check = "wgmma not run (not sm_90)";
         if (wgmma) {
             Int8Gemm f = forward_gemm(&b, 0);
-            int8_gemm_path(&f, INT8_PATH_WGMMA, 0);
+            int8_gemm_path(&f, INT8_PATH_WGMMA_N256, 0);
             f.out = b.y2;
-            int8_gemm_path(&f, INT8_PATH_MMA, 0);
+            int8_gemm_path(&f, step ? INT8_PATH_WGMMA_N128 : INT8_PATH_MMA, 0);
             cudaCheck(cudaMemset(d_count, 0, sizeof(unsigned long long)));
             count_diff_kernel<<<ceil_div((long)mn, 256), 256>>>(d_count, (uint16_t *)b.y, (uint16_t *)b.y2, mn);
             cudaCheckLaunch();
             unsigned long long diff;
             cudaCheck(cudaMemcpy(&diff, d_count, sizeof(diff), cudaMemcpyDeviceToHost));
-            check = diff == 0 ? "wgmma == mma.sync: identical" : "MISMATCH between wgmma and mma.sync";
+            check = diff == 0 ? (step ? "128x256 == 128x128 tiles: identical" : "wgmma == mma.sync: identical")
+                              : "MISMATCH between our kernels";
             if (diff) printf("  %llu of %zu outputs differ\n", diff, mn);
         }
 
         double flop = 2.0 * M * N * K;
         printf("\n%s: M %d, K %d -> N %d (%.1f GFLOP per GEMM); %s\n", b.s.name, M, K, N, flop * 1e-9, check);
         int use[NOPS];
-        for (int op = 0; op < NOPS; op++) use[op] = (op != OP_INT8_WGMMA || wgmma) && (op < OP_GELU_FWD_Q || strstr(b.s.name, "fc1"));
+        for (int op = 0; op < NOPS; op++)
+            use[op] = step ? wgmma && (op == OP_BF16_GEMM || op == OP_INT8_WGMMA || op == OP_INT8_N256 || op == OP_INT8_N128)
+                           : (op != OP_INT8_WGMMA || wgmma) && (op < OP_GELU_FWD_Q || (op <= OP_GELU_BWD_FUSED && strstr(b.s.name, "fc1")));
         fill_normal(b.y, mn, 23, 1.0f);  // c_fc's output for the GELU ops
         if (profile) {
             for (int rep = 0; rep < 2; rep++) {  // the first round warms up
@@ -242,7 +276,7 @@ int main(int argc, char **argv) {
         for (int op = 0; op < NOPS; op++) {
             if (!use[op]) continue;
             double tf = flop / (t[si][op] * 1e-3) * 1e-12;
-            if (op <= OP_INT8_MMA) printf("  %-38s %8.3f ms %7.1f TFLOP/s\n", op_names[op], t[si][op], tf);
+            if (op <= OP_INT8_MMA || op >= OP_INT8_N256) printf("  %-38s %8.3f ms %7.1f TFLOP/s\n", op_names[op], t[si][op], tf);
             else if (op == OP_QUANT_ROWS)
                 printf("  %-38s %8.3f ms %7.0f GB/s\n", op_names[op], t[si][op], (3.0 * mk + 4.0 * M) / (t[si][op] * 1e-3) * 1e-9);
             else if (op == OP_QUANT_WEIGHT)
@@ -266,18 +300,41 @@ int main(int argc, char **argv) {
         switchback_free(&b.sb_me);
     }
 
-    printf("\nTFLOP/s (2MNK / median time); fwd+bwd in ms, speed-up = bf16 / SwitchBack\n");
-    printf("%-13s %9s %9s %9s %7s %9s %9s %9s %9s %7s %7s\n", "shape", "bf16", "int8 cuBL", "ours", "ours/bf", "ours mma",
-           "quant GB/s", "bf16 f+b", "SB f+b", "SB x", "SBme x");
-    for (int si = 0; si < NSHAPES; si++) {
-        if (!done[si] || profile) continue;
-        const Shape *s = &shapes[si];
-        double flop = 2.0 * s->M * s->N * s->K;
-        float *r = t[si];
-        printf("%-13s %9.0f %9.0f %9.0f %7.2f %9.0f %9.0f %9.3f %9.3f %7.2f %7.2f\n", s->name, flop / r[OP_BF16_GEMM] * 1e-9,
-               flop / r[OP_INT8_LT] * 1e-9, flop / r[OP_INT8_WGMMA] * 1e-9, r[OP_BF16_GEMM] / r[OP_INT8_WGMMA],
-               flop / r[OP_INT8_MMA] * 1e-9, (3.0 * s->M * s->K + 4.0 * s->M) / r[OP_QUANT_ROWS] * 1e-6,
-               r[OP_LAYER_BF16], r[OP_LAYER_SB], r[OP_LAYER_BF16] / r[OP_LAYER_SB], r[OP_LAYER_BF16] / r[OP_LAYER_SB_MEMEFF]);
+    if (step && wgmma && !profile) {
+        // Per shape, then per tower: the sum over the step's layers (ms per step of these GEMMs).
+        printf("\nstep GEMMs: ms (median); ours = the width int8_gemm picks; per step = ms x layers\n");
+        printf("%-16s %6s %11s %8s %8s %8s %8s %4s %7s\n", "shape", "M", "K -> N", "bf16", "ours", "128x256", "128x128",
+               "pick", "bf/ours");
+        double sum[4] = {0};
+        for (int si = 0; si < nshapes; si++) {
+            const Shape *s = &list[si];
+            float *r = t[si];
+            Int8Gemm f = {};
+            f.M = s->M, f.N = s->N, f.K = s->K;
+            printf("%-16s %6d %5d->%-5d %8.3f %8.3f %8.3f %8.3f %4d %7.2f\n", s->name, s->M, s->K, s->N, r[OP_BF16_GEMM],
+                   r[OP_INT8_WGMMA], r[OP_INT8_N256], r[OP_INT8_N128], int8_gemm_tile_width(&f), r[OP_BF16_GEMM] / r[OP_INT8_WGMMA]);
+            float v[4] = {r[OP_BF16_GEMM], r[OP_INT8_WGMMA], r[OP_INT8_N256], r[OP_INT8_N128]};
+            for (int k = 0; k < 4; k++) sum[k] += v[k] * s->layers;
+            if (si % 8 == 7) {
+                printf("%-16.8s per step (x%d)  %8.2f %8.2f %8.2f %8.2f      %7.2f\n", s->name, s->layers, sum[0], sum[1], sum[2],
+                       sum[3], sum[0] / sum[1]);
+                for (int k = 0; k < 4; k++) sum[k] = 0;
+            }
+        }
+    } else if (!step && !profile) {
+        printf("\nTFLOP/s (2MNK / median time); fwd+bwd in ms, speed-up = bf16 / SwitchBack\n");
+        printf("%-13s %9s %9s %9s %7s %9s %9s %9s %9s %7s %7s\n", "shape", "bf16", "int8 cuBL", "ours", "ours/bf", "ours mma",
+               "quant GB/s", "bf16 f+b", "SB f+b", "SB x", "SBme x");
+        for (int si = 0; si < NSHAPES; si++) {
+            if (!done[si] || profile) continue;
+            const Shape *s = &shapes[si];
+            double flop = 2.0 * s->M * s->N * s->K;
+            float *r = t[si];
+            printf("%-13s %9.0f %9.0f %9.0f %7.2f %9.0f %9.0f %9.3f %9.3f %7.2f %7.2f\n", s->name, flop / r[OP_BF16_GEMM] * 1e-9,
+                   flop / r[OP_INT8_LT] * 1e-9, flop / r[OP_INT8_WGMMA] * 1e-9, r[OP_BF16_GEMM] / r[OP_INT8_WGMMA],
+                   flop / r[OP_INT8_MMA] * 1e-9, (3.0 * s->M * s->K + 4.0 * s->M) / r[OP_QUANT_ROWS] * 1e-6,
+                   r[OP_LAYER_BF16], r[OP_LAYER_SB], r[OP_LAYER_BF16] / r[OP_LAYER_SB], r[OP_LAYER_BF16] / r[OP_LAYER_SB_MEMEFF]);
+        }
     }
     cudaCheck(cudaFree(d_count));
     return 0;

@@ -1,7 +1,7 @@
 // test_switchback.cu: the SwitchBack kernels against their CPU references (tests/ref_switchback.h):
 // quantizers bit-exact (the row-wise one also fused with column sums, chunk sums bit for bit; the weights' one-launch
-// batch with given maxima equal to the per-weight path); the int8 GEMM exact
-// in int32 and bit-exact through its dequantize epilogue, for each kernel the GPU can run; the layer's forward and
+// batch with given maxima equal to the per-weight path); the int8 GEMM exact in int32 and bit-exact through its
+// dequantize epilogue, for each kernel the GPU can run (the wgmma one at both tile widths); the layer's forward and
 // backward in all four modes against fp32 within bounds derived from the quantization step. Fresh random inputs
 // every run (the seed is printed; SB_TEST_SEED=n repeats a run), outputs poisoned before each kernel, odd shapes
 // (M = 197 * 3 + 5, N and K multiples of 16 but not of 64).
@@ -268,7 +268,9 @@ static void test_quantize_weight_batch(void) {
 }
 
 // ------------------------------------------------------------------------------------------------ int8 GEMM
-static const char *path_name(Int8GemmPath p) { return p == INT8_PATH_WGMMA ? "wgmma" : "mma.sync"; }
+static const char *path_name(Int8GemmPath p) {
+    return p == INT8_PATH_WGMMA_N256 ? "wgmma 128x256" : p == INT8_PATH_WGMMA_N128 ? "wgmma 128x128" : "mma.sync";
+}
 
 // Exact int32 accumulators; then bf16 out with bias and a tensor-wise, then per-column scale (on sm_90: the TMA-store
 // epilogue); then fp32 and bf16 out with per-column scales, accumulating into random values (the direct-store
@@ -368,7 +370,7 @@ static void gemm_cases(Int8GemmPath path) {
     gemm_case(&r, path, 129, 272, 144);
     gemm_case(&r, path, 300, 2304, 768);   // ViT-B qkv width: several column tiles
     gemm_case(&r, path, 2000, 784, 1040);  // ragged everywhere
-    gemm_case(&r, path, 4400, 2304, 272);  // 162 work items: several per persistent cluster; odd M-tile count
+    gemm_case(&r, path, 4400, 2304, 272);  // 162 (324 at 128 wide) work items: several per cluster; odd M-tile count
 }
 
 static void test_int8_gemm_mma(void) {
@@ -379,7 +381,8 @@ static void test_int8_gemm_mma(void) {
 static void test_int8_gemm_wgmma(void) {
     NEED_GPU();
     if (sm_major != 9) SKIP("the wgmma kernel needs an sm_90 GPU");
-    gemm_cases(INT8_PATH_WGMMA);
+    gemm_cases(INT8_PATH_WGMMA_N256);  // both tile widths on every case (int8_gemm picks one by shape)
+    gemm_cases(INT8_PATH_WGMMA_N128);
 }
 
 // ------------------------------------------------------------------------------------------------ the layer
