@@ -9,6 +9,7 @@
 // the kernels can be compared bit for bit.
 //   ./build/tests/bench_adamw [config [reps]]     (default: configs/vit_h_14.conf 20)
 #include "../kernels/adamw.cuh"
+#include "bench_gpu.h"
 extern "C" {
 #include "../model/clip.h"
 #include "../model/config.h"
@@ -17,23 +18,6 @@ extern "C" {
 
 #define PEAK_GBS 3350.0
 
-// x[i] = scale * normal (squared when square), from a counter hash (splitmix64 + Box-Muller).
-__global__ void fill_kernel(float *x, size_t n, uint64_t seed, float scale, int square) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ULL;
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-        z ^= z >> 31;
-        float u1 = ((z >> 40) + 1) * (1.0f / 16777217.0f), u2 = ((z >> 16) & 0xFFFFFF) * (1.0f / 16777216.0f);
-        float v = scale * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2);
-        x[i] = square ? v * v : v;
-    }
-}
-
-static void fill(float *x, size_t n, uint64_t seed, float scale, int square) {
-    fill_kernel<<<16 * num_sms(), 512>>>(x, n, seed, scale, square);
-    cudaCheckLaunch();
-}
 
 // *h += sum over i of a mix of (the 32-bit words of x, i): order-independent, so deterministic.
 __global__ void checksum_kernel(unsigned long long *h, const uint32_t *x, size_t n) {
@@ -90,7 +74,7 @@ int main(int argc, char **argv) {
     cudaCheck(cudaMalloc(&p, n * sizeof(float))), cudaCheck(cudaMalloc(&g, n * sizeof(float)));
     cudaCheck(cudaMalloc(&m, n * sizeof(float))), cudaCheck(cudaMalloc(&u, n * sizeof(float)));
     cudaCheck(cudaMalloc(&pb, n * sizeof(bf16))), cudaCheck(cudaMalloc(&norm, sizeof(float)));
-    fill(p, n, 1, 0.02f, 0), fill(g, n, 2, 1e-3f, 0), fill(m, n, 3, 1e-4f, 0), fill(u, n, 4, 1e-3f, 1);
+    fill_normal(p, n, 1, 0.02f), fill_normal(g, n, 2, 1e-3f), fill_normal(m, n, 3, 1e-4f), fill_normal(u, n, 4, 1e-3f, 1);
     cudaDeviceProp prop;
     cudaCheck(cudaGetDeviceProperties(&prop, 0));
     printf("GPU: %s (%d SMs); %s: %d tensors, %zu parameters (%d chunks of <= %d), %d reps, median\n", prop.name,
@@ -111,7 +95,7 @@ int main(int argc, char **argv) {
         cudaCheck(cudaEventRecord(ev[0]));
         cudaCheck(cudaMemsetAsync(g, 0, n * sizeof(float)));
         cudaCheck(cudaEventRecord(ev[1]));
-        fill(g, n, 10 + r, 1e-3f, 0);
+        fill_normal(g, n, 10 + r, 1e-3f);
         cudaCheck(cudaEventRecord(ev[2]));
         adamw_sum_squares_gpu(&plan, norm, g);
         cudaCheck(cudaEventRecord(ev[3]));

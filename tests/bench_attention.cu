@@ -5,6 +5,7 @@
 // The yardstick, PyTorch's scaled_dot_product_attention per backend, is tests/bench_attention_torch.py.
 // Usage: bench_attention [reps].
 #include "../kernels/attention.cuh"
+#include "bench_gpu.h"
 extern "C" {
 #include "../model/utils.h"
 }
@@ -20,23 +21,10 @@ static const Shape shapes[] = {
 };
 #define NSHAPES (int)(sizeof(shapes) / sizeof(shapes[0]))
 
-// Normal values from a counter-based hash (splitmix64 + Box-Muller), so filling costs no host time.
-__global__ void fill_normal_kernel(bf16 *p, size_t n, uint64_t seed, float std) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ULL;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    z ^= z >> 31;
-    float u1 = ((z >> 40) + 1) * (1.0f / 16777217.0f), u2 = ((z >> 16) & 0xFFFFFF) * (1.0f / 16777216.0f);
-    p[i] = __float2bfloat16(std * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2));
-}
-
 static bf16 *normal_buffer(size_t n, uint64_t seed, float std) {
     bf16 *p;
     cudaCheck(cudaMalloc(&p, n * sizeof(bf16)));
-    fill_normal_kernel<<<ceil_div((long)n, 256), 256>>>(p, n, seed, std);
-    cudaCheckLaunch();
+    fill_normal(p, n, seed, std);
     return p;
 }
 

@@ -17,6 +17,7 @@
 #include "../kernels/gelu.cuh"
 #include "../kernels/matmul.cuh"
 #include "../kernels/switchback.cuh"
+#include "bench_gpu.h"
 
 typedef struct {
     const char *name;
@@ -44,21 +45,6 @@ static const Shape step_shapes[] = {
 #define NSTEP (int)(sizeof(step_shapes) / sizeof(step_shapes[0]))
 #define MAXSHAPES (NSTEP > NSHAPES ? NSTEP : NSHAPES)
 
-// Normal values from a counter-based hash (splitmix64 + Box-Muller), so filling costs no host time.
-__global__ void fill_normal_kernel(bf16 *p, size_t n, uint64_t seed, float std) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ULL;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    z ^= z >> 31;
-    float u1 = ((z >> 40) + 1) * (1.0f / 16777217.0f), u2 = ((z >> 16) & 0xFFFFFF) * (1.0f / 16777216.0f);
-    p[i] = __float2bfloat16(std * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2));
-}
-static void fill_normal(bf16 *p, size_t n, uint64_t seed, float std) {
-    fill_normal_kernel<<<ceil_div((long)n, 256), 256>>>(p, n, seed, std);
-    cudaCheckLaunch();
-}
 
 __global__ void count_diff_kernel(unsigned long long *count, const uint16_t *a, const uint16_t *b, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;

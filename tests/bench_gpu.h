@@ -1,0 +1,23 @@
+// bench_gpu.h: what the GPU benchmarks share: inputs filled on the device with normal values from a counter
+// hash (splitmix64 + Box-Muller), so that filling gigabytes costs no host time and no host memory.
+#pragma once
+#include "../kernels/common.cuh"
+
+// x[i] = std * normal(seed, i), or its square (a positive second moment) when square.
+template <typename T> __global__ void fill_normal_kernel(T *x, size_t n, uint64_t seed, float std, int square) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ULL;
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+        z ^= z >> 31;
+        float u1 = ((z >> 40) + 1) * (1.0f / 16777217.0f), u2 = ((z >> 16) & 0xFFFFFF) * (1.0f / 16777216.0f);
+        float v = std * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2);
+        x[i] = (T)(square ? v * v : v);
+    }
+}
+
+template <typename T> static void fill_normal(T *x, size_t n, uint64_t seed, float std, int square = 0) {
+    long blocks = ceil_div((long)n, 256);
+    fill_normal_kernel<T><<<blocks < 32L * num_sms() ? (int)blocks : 32 * num_sms(), 256>>>(x, n, seed, std, square);
+    cudaCheckLaunch();
+}
