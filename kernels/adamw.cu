@@ -134,8 +134,7 @@ void adamw_plan_init(AdamWPlan *p, int num_tensors, const size_t *offset, const 
     long *co = (long *)malloc((cap + 1) * sizeof(long)), *cs = (long *)malloc((cap + 1) * sizeof(long)), *tn = (long *)malloc(num_tensors * sizeof(long));
     float *twd = (float *)malloc(num_tensors * sizeof(float));
     if (!seg_state || !ct || !cl || !first || !co || !cs || !tn || !twd) {
-        fprintf(stderr, "error: adamw_plan_init: out of host memory\n");
-        exit(1);
+        fatal("adamw_plan_init: out of host memory");
     }
     int c = 0;
     for (int t = 0; t < num_tensors; t++) {

@@ -567,8 +567,7 @@ static void flash_backward(bf16 *dqkv, const float *delta, const bf16 *dout, con
 static int padded_head_dim(int C, int NH) {
     int hd = C / NH;
     if (hd % 8 || hd > 128) {
-        fprintf(stderr, "error: bf16 attention supports head dims that are multiples of 8 up to 128, got %d\n", hd);
-        exit(1);
+        fatal("bf16 attention supports head dims that are multiples of 8 up to 128, got %d", hd);
     }
     return (hd + 15) / 16 * 16;
 }

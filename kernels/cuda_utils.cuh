@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "../model/utils.h"
+
 static inline void cuda_check(cudaError_t err, const char *call, const char *file, int line) {
     if (err == cudaSuccess) return;
     fflush(stdout);
@@ -24,9 +26,7 @@ static inline void cuda_check(cudaError_t err, const char *call, const char *fil
 
 static inline void cublas_check(cublasStatus_t st, const char *call, const char *file, int line) {
     if (st == CUBLAS_STATUS_SUCCESS) return;
-    fflush(stdout);
-    fprintf(stderr, "error: %s failed at %s:%d: cuBLAS status %d (%s)\n", call, file, line, (int)st, cublasGetStatusString(st));
-    exit(1);
+    fatal("%s failed at %s:%d: cuBLAS status %d (%s)", call, file, line, (int)st, cublasGetStatusString(st));
 }
 #define cublasCheck(call) cublas_check((call), #call, __FILE__, __LINE__)
 

@@ -79,9 +79,8 @@ __global__ void __launch_bounds__(GF_THREADS) gelu_forward_quantize_kernel(bf16 
 
 void gelu_forward_quantize_gpu(bf16 *out, int8_t *q, float *qs, const bf16 *inp, int N, int C, int quick) {
     if (C % 16 || C > GF_THREADS * 8 * GF_MAX_VECS || vec_width<bf16>(C, out, inp, q) == 1) {
-        fprintf(stderr, "error: gelu_forward_quantize_gpu: C = %d must be a multiple of 16 up to %d, rows 16-byte aligned\n", C,
-                GF_THREADS * 8 * GF_MAX_VECS);
-        exit(1);
+        fatal("gelu_forward_quantize_gpu: C = %d must be a multiple of 16 up to %d, rows 16-byte aligned", C,
+              GF_THREADS * 8 * GF_MAX_VECS);
     }
     if (N == 0) return;
     gelu_forward_quantize_kernel<<<N, GF_THREADS>>>(out, q, qs, inp, C, quick);
@@ -115,8 +114,7 @@ struct GeluBackwardRows {
 void gelu_backward_quantize_gpu(bf16 *dinp, int8_t *q, float *qs, float *dbias, const bf16 *dout, const bf16 *inp, int N,
                                 int C, int quick) {
     if (vec_width<bf16>(C, dinp, dout, inp, q) == 1) {
-        fprintf(stderr, "error: gelu_backward_quantize_gpu: rows of %d must be 16-byte aligned\n", C);
-        exit(1);
+        fatal("gelu_backward_quantize_gpu: rows of %d must be 16-byte aligned", C);
     }
     if (N == 0) return;
     // chunks of 8 to SB_QC_ROWS rows: about 4 blocks per multiprocessor (the per-element math needs the occupancy)

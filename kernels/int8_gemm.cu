@@ -534,8 +534,7 @@ static CUtensorMap make_tensor_map(const void *p, CUtensorMapDataType type, int 
         cudaDriverEntryPointQueryResult q;
         cudaCheck(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", (void **)&encode, 12000, cudaEnableDefault, &q));
         if (q != cudaDriverEntryPointSuccess || !encode) {
-            fprintf(stderr, "error: int8_gemm: the driver has no cuTensorMapEncodeTiled\n");
-            exit(1);
+            fatal("int8_gemm: the driver has no cuTensorMapEncodeTiled");
         }
     }
     CUtensorMap map;
@@ -544,8 +543,7 @@ static CUtensorMap make_tensor_map(const void *p, CUtensorMapDataType type, int 
     CUresult r = encode(&map, type, 2, (void *)p, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
                         CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS) {
-        fprintf(stderr, "error: int8_gemm: cuTensorMapEncodeTiled failed (CUresult %d) for (%d, %d)\n", (int)r, rows, cols);
-        exit(1);
+        fatal("int8_gemm: cuTensorMapEncodeTiled failed (CUresult %d) for (%d, %d)", (int)r, rows, cols);
     }
     return map;
 }
@@ -557,8 +555,7 @@ static void check_args(const Int8Gemm *g) {
     else if ((uintptr_t)g->a % 16 || (uintptr_t)g->b % 16 || (uintptr_t)g->out % 8) why = "a and b must be 16-byte aligned, out 8-byte aligned";
     else if (g->out_type != INT8_OUT_I32 && (!g->a_scale || !g->b_scale)) why = "a_scale and b_scale are needed";
     if (why) {
-        fprintf(stderr, "error: int8_gemm (M %d, N %d, K %d): %s\n", g->M, g->N, g->K, why);
-        exit(1);
+        fatal("int8_gemm (M %d, N %d, K %d): %s", g->M, g->N, g->K, why);
     }
 }
 
@@ -583,9 +580,8 @@ template <int OUT, int BN> static int wgmma_clusters(void) {
         cfg.gridDim = dim3(WG_CLUSTER);
         cudaCheck(cudaOccupancyMaxActiveClusters(&max_clusters, kernel, &cfg));
         if (max_clusters < 1) {
-            fprintf(stderr, "error: int8_gemm: no cluster of %d CTAs with %d bytes of shared memory fits\n", WG_CLUSTER,
-                    WgTile<BN>::SMEM);
-            exit(1);
+            fatal("int8_gemm: no cluster of %d CTAs with %d bytes of shared memory fits", WG_CLUSTER,
+                  WgTile<BN>::SMEM);
         }
     }
     return max_clusters;
@@ -654,8 +650,7 @@ void int8_gemm_path(const Int8Gemm *g, Int8GemmPath path, cudaStream_t stream) {
     }
     if (path == INT8_PATH_AUTO) path = forced != INT8_PATH_AUTO ? forced : major == 9 ? INT8_PATH_WGMMA : INT8_PATH_MMA;
     if (path != INT8_PATH_MMA && major != 9) {
-        fprintf(stderr, "error: int8_gemm: the wgmma kernel needs an sm_90 GPU (this one is sm_%d*)\n", major);
-        exit(1);
+        fatal("int8_gemm: the wgmma kernel needs an sm_90 GPU (this one is sm_%d*)", major);
     }
     switch (g->out_type) {
     case INT8_OUT_BF16: launch<INT8_OUT_BF16>(g, path, stream); break;

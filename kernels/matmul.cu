@@ -40,8 +40,7 @@ static Plan *get_plan(const PlanKey *key) {
         cudaCheck(cudaMalloc(&workspace, WORKSPACE_BYTES));
     }
     if (num_plans == MAX_PLANS) {
-        fprintf(stderr, "error: matmul: more than %d GEMM shapes\n", MAX_PLANS);
-        exit(1);
+        fatal("matmul: more than %d GEMM shapes", MAX_PLANS);
     }
     Plan *p = &plans[num_plans];
     memset(p, 0, sizeof(*p));
@@ -73,9 +72,8 @@ static Plan *get_plan(const PlanKey *key) {
     cublasCheck(cublasLtMatmulAlgoGetHeuristic(handle, p->desc, p->la, p->lb, p->ld, p->ld, pref, 1, &result, &found));
     cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
     if (!found) {
-        fprintf(stderr, "error: matmul: cuBLASLt has no algorithm for m=%d n=%d k=%d (trans %d%d, types %d->%d, bias %d, align %d)\n",
-                key->m, key->n, key->k, key->trans_a, key->trans_b, key->ab_type, key->d_type, key->has_bias, key->align);
-        exit(1);
+        fatal("matmul: cuBLASLt has no algorithm for m=%d n=%d k=%d (trans %d%d, types %d->%d, bias %d, align %d)",
+              key->m, key->n, key->k, key->trans_a, key->trans_b, key->ab_type, key->d_type, key->has_bias, key->align);
     }
     p->algo = result.algo;
     num_plans++;

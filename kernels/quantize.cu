@@ -14,8 +14,7 @@ __global__ void quantize_rowwise_kernel(int8_t *q, float *s, const bf16 *x, int 
 
 void quantize_rowwise(int8_t *q, float *s, const bf16 *x, int M, int K, cudaStream_t stream) {
     if (K % 16 != 0) {
-        fprintf(stderr, "error: quantize_rowwise: K = %d must be a multiple of 16\n", K);
-        exit(1);
+        fatal("quantize_rowwise: K = %d must be a multiple of 16", K);
     }
     const int rows_per_block = 8;
     quantize_rowwise_kernel<<<ceil_div(M, rows_per_block), 32 * rows_per_block, 0, stream>>>(q, s, x, M, K);
@@ -56,8 +55,7 @@ __global__ void dequantize_rowwise_kernel(bf16 *x, const int8_t *q, const float 
 
 void dequantize_rowwise(bf16 *x, const int8_t *q, const float *s, int M, int K, cudaStream_t stream) {
     if (K % 16 != 0) {
-        fprintf(stderr, "error: dequantize_rowwise: K = %d must be a multiple of 16\n", K);
-        exit(1);
+        fatal("dequantize_rowwise: K = %d must be a multiple of 16", K);
     }
     dequantize_rowwise_kernel<<<ceil_div((long)M * K / 8, 256), 256, 0, stream>>>(x, q, s, M, K);
     cudaCheckLaunch();
@@ -102,8 +100,7 @@ __global__ void quantize_absmax_kernel(float *absmax, const bf16 *x, int R, int 
 
 void quantize_absmax(float *absmax, const bf16 *x, int R, int C, cudaStream_t stream) {
     if (C % 16 != 0) {
-        fprintf(stderr, "error: quantize_absmax: C = %d must be a multiple of 16\n", C);
-        exit(1);
+        fatal("quantize_absmax: C = %d must be a multiple of 16", C);
     }
     cudaCheck(cudaMemsetAsync(absmax, 0, sizeof(float) * ((size_t)R + C + 1), stream));
     quantize_absmax_kernel<<<dim3(ceil_div(C, QT), ceil_div(R, QT)), 256, 0, stream>>>(absmax, x, R, C);
@@ -165,9 +162,8 @@ void quantize_2way_jobs(const Quant2wayJob *jobs, int njobs, int tiles, cudaStre
 void quantize_2way(int8_t *q, int8_t *qt, int ldt, const float *absmax, int per_channel, const bf16 *x, int R, int C,
                    cudaStream_t stream) {
     if (C % 16 != 0 || (qt && (ldt < R || ldt % 16 != 0))) {
-        fprintf(stderr, "error: quantize_2way: C = %d must be a multiple of 16, ldt = %d a multiple of 16 >= R = %d\n",
-                C, ldt, R);
-        exit(1);
+        fatal("quantize_2way: C = %d must be a multiple of 16, ldt = %d a multiple of 16 >= R = %d",
+              C, ldt, R);
     }
     // The grid covers rows up to ldt so that the padding columns of qt are written (as zeros).
     quantize_2way_kernel<<<dim3(ceil_div(C, QT), ceil_div(ldt > R ? ldt : R, QT)), 256, 0, stream>>>(

@@ -139,8 +139,7 @@ __global__ void __launch_bounds__(256) rowwise_colsums_kernel(int8_t *q, float *
 template <class Op>
 void rowwise_colsums_run(int8_t *q, float *s, float *partial, Op op, int M, int K, int rows, const char *who, cudaStream_t stream) {
     if (K % 16 != 0 || K > SB_QC_MAX_K) {
-        fprintf(stderr, "error: %s: K = %d must be a multiple of 16, at most %d\n", who, K, SB_QC_MAX_K);
-        exit(1);
+        fatal("%s: K = %d must be a multiple of 16, at most %d", who, K, SB_QC_MAX_K);
     }
     if (M == 0) return;
     // V vectors of each row per thread, G rows per group: V x G ~ 8 loads of 16 bytes in flight per thread (fewer

@@ -52,8 +52,7 @@ void column_sums(float *db, float *partial, const bf16 *g, int M, int N, int acc
 // ------------------------------------------------------------------------------------------------ weights
 void sb_weight_alloc(SbWeight *w, int N, int K) {
     if (N % 16 || K % 16) {
-        fprintf(stderr, "error: SwitchBack weight (%d, %d): both dimensions must be multiples of 16\n", N, K);
-        exit(1);
+        fatal("SwitchBack weight (%d, %d): both dimensions must be multiples of 16", N, K);
     }
     w->N = N, w->K = K;
     cudaCheck(cudaMalloc(&w->q, (size_t)N * K));
@@ -75,8 +74,7 @@ void switchback_quantize_weight(SbWeight *w, const bf16 *W, SwitchBackMode mode,
 void sb_weight_batch_init(SbWeightBatch *b, SbWeight *const *w, const bf16 *const *W, const float *const *tensor_max, int n) {
     Quant2wayJob *jobs = (Quant2wayJob *)malloc(sizeof(Quant2wayJob) * (n ? n : 1));
     if (!jobs) {
-        fprintf(stderr, "error: sb_weight_batch_init: out of host memory\n");
-        exit(1);
+        fatal("sb_weight_batch_init: out of host memory");
     }
     b->n = n, b->tiles = 0;
     for (int i = 0; i < n; i++) {  // W[i] (N, K) -> q (N, K), qt (K, N); the maximum into absmax[N + K]
@@ -127,8 +125,7 @@ void switchback_init(SwitchBack *sb, SwitchBackMode mode, int max_M, int max_C) 
     memset(sb, 0, sizeof(*sb));
     sb->mode = mode, sb->max_M = max_M, sb->max_C = max_C;
     if (mode == SB_INT8_EVERYWHERE && round16(max_M) * 16129 > 2147483647L) {  // |int32 accumulator| <= 127^2 * M16
-        fprintf(stderr, "error: SwitchBack int8 everywhere: %d rows overflow the int32 weight-gradient sum\n", max_M);
-        exit(1);
+        fatal("SwitchBack int8 everywhere: %d rows overflow the int32 weight-gradient sum", max_M);
     }
     size_t b[8];
     scratch_sizes(b, mode, max_M, max_C);
@@ -151,9 +148,8 @@ void switchback_free(SwitchBack *sb) {
 
 static void check_size(const SwitchBack *sb, const SbWeight *w, int M) {
     if (M > sb->max_M || w->N > sb->max_C || w->K > sb->max_C) {
-        fprintf(stderr, "error: SwitchBack layer (M %d, K %d, N %d) exceeds the scratch sized for M %ld, C %ld\n", M,
-                w->K, w->N, sb->max_M, sb->max_C);
-        exit(1);
+        fatal("SwitchBack layer (M %d, K %d, N %d) exceeds the scratch sized for M %ld, C %ld", M,
+              w->K, w->N, sb->max_M, sb->max_C);
     }
 }
 
@@ -176,9 +172,8 @@ void switchback_backward(SwitchBack *sb, bf16 *dx, float *dw, float *db, const b
     check_size(sb, w, M);
     int N = w->N, K = w->K;
     if (sb->mode == SB_MEMORY_EFFICIENT ? (!x && (!xq || !xs)) : !x) {
-        fprintf(stderr, "error: switchback_backward: mode %d needs %s\n", (int)sb->mode,
-                sb->mode == SB_MEMORY_EFFICIENT ? "the forward's input x, or its xq and xs" : "the forward's input x");
-        exit(1);
+        fatal("switchback_backward: mode %d needs %s", (int)sb->mode,
+              sb->mode == SB_MEMORY_EFFICIENT ? "the forward's input x, or its xq and xs" : "the forward's input x");
     }
 
     // dx (M, K) = g (M, N) . W (N, K): int8 g row-wise times the int8 W^T copy (K, N). db from the same read of g
