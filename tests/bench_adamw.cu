@@ -40,11 +40,6 @@ static unsigned long long checksum(const void *x, size_t bytes) {
     return h;
 }
 
-static int cmp_float(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
 enum { ZERO, NORM, MOMENTS, APPLY, PASSES };
 static const char *NAMES[PASSES] = {"zero grads (memset)", "sum of squares (norm)", "moments", "apply + bf16 + maxima"};
 static const double BYTES_PER_PARAM[PASSES] = {4, 4, 20, 18};
@@ -110,8 +105,7 @@ int main(int argc, char **argv) {
     }
     printf("| pass | bytes/param | ms | GB/s | of %.0f GB/s |\n|---|---|---|---|---|\n", PEAK_GBS);
     for (int k = 0; k < PASSES; k++) {
-        qsort(ms + k * reps, reps, sizeof(float), cmp_float);
-        med[k] = ms[k * reps + reps / 2], total += med[k];
+        med[k] = median(ms + k * reps, reps), total += med[k];
         double gbs = BYTES_PER_PARAM[k] * np / (med[k] * 1e-3) / 1e9;
         printf("| %s | %.0f | %.3f | %.0f | %.1f%% |\n", NAMES[k], BYTES_PER_PARAM[k], med[k], gbs, 100 * gbs / PEAK_GBS);
     }

@@ -28,11 +28,6 @@ static bf16 *normal_buffer(size_t n, uint64_t seed, float std) {
     return p;
 }
 
-static int cmp_float(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
 int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 30;
     if (reps < 1 || reps > 1000) reps = 30;
@@ -75,9 +70,7 @@ int main(int argc, char **argv) {
             cudaCheck(cudaEventElapsedTime(&ms[r], ev[0], ev[1]));
             cudaCheck(cudaEventElapsedTime(&ms[reps + r], ev[1], ev[2]));
         }
-        qsort(ms, reps, sizeof(float), cmp_float);
-        qsort(ms + reps, reps, sizeof(float), cmp_float);
-        res[si][0] = ms[reps / 2], res[si][1] = ms[reps + reps / 2];
+        res[si][0] = median(ms, reps), res[si][1] = median(ms + reps, reps);
         free(ms);
         for (int i = 0; i < 3; i++) cudaCheck(cudaEventDestroy(ev[i]));
         for (int i = 0; i < 2; i++) {

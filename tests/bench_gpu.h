@@ -1,7 +1,19 @@
 // bench_gpu.h: what the GPU benchmarks share: inputs filled on the device with normal values from a counter
-// hash (splitmix64 + Box-Muller), so that filling gigabytes costs no host time and no host memory.
+// hash (splitmix64 + Box-Muller), so that filling gigabytes costs no host time and no host memory; the median
+// of repeated timings.
 #pragma once
 #include "../kernels/common.cuh"
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+// The median of n timings (sorts them in place).
+static float median(float *x, int n) {
+    qsort(x, n, sizeof(float), cmp_float);
+    return x[n / 2];
+}
 
 // x[i] = std * normal(seed, i), or its square (a positive second moment) when square.
 template <typename T> __global__ void fill_normal_kernel(T *x, size_t n, uint64_t seed, float std, int square) {

@@ -130,11 +130,6 @@ static void run_op(Bench *b, Op op, int set) {
     }
 }
 
-static int cmp_float(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
 // Median milliseconds of each op over reps. The ops are interleaved inside each repetition, and repetition i
 // starts at op i % NOPS, so every op sees every position and the same clock / power state (timed one after the
 // other, the ops timed later in a shape ran 10-12% slower than the same kernel timed first). 3 warm-up rounds.
@@ -142,12 +137,8 @@ static void time_ops(Bench *b, const int *use, int reps, float *med) {
     for (int i = 0; i < 3; i++)
         for (int op = 0; op < NOPS; op++)
             if (use[op]) run_op(b, (Op)op, i % 2);
-    cudaEvent_t *ev = (cudaEvent_t *)malloc(sizeof(cudaEvent_t) * 2 * NOPS * reps);
-    float *ms = (float *)malloc(sizeof(float) * NOPS * reps);
-    if (!ev || !ms) {
-        fprintf(stderr, "error: out of host memory\n");
-        exit(1);
-    }
+    cudaEvent_t *ev = (cudaEvent_t *)mallocCheck(sizeof(cudaEvent_t) * 2 * NOPS * reps);
+    float *ms = (float *)mallocCheck(sizeof(float) * NOPS * reps);
     for (int i = 0; i < 2 * NOPS * reps; i++) cudaCheck(cudaEventCreate(&ev[i]));
     for (int i = 0; i < reps; i++)
         for (int k = 0; k < NOPS; k++) {
@@ -163,8 +154,7 @@ static void time_ops(Bench *b, const int *use, int reps, float *med) {
         if (!use[op]) continue;
         float *t = ms + op * reps;
         for (int i = 0; i < reps; i++) cudaCheck(cudaEventElapsedTime(&t[i], ev[2 * (op * reps + i)], ev[2 * (op * reps + i) + 1]));
-        qsort(t, reps, sizeof(float), cmp_float);
-        med[op] = t[reps / 2];
+        med[op] = median(t, reps);
     }
     for (int i = 0; i < 2 * NOPS * reps; i++) cudaCheck(cudaEventDestroy(ev[i]));
     free(ev), free(ms);
