@@ -255,6 +255,7 @@ int main(int argc, char **argv) {
         dist_fail(&dist, "%d processes: multi-process training is the GPU path's (NCCL); the CPU path runs in one process "
                   "(start it without mpirun)%s%s", world, unsupported ? ": " : "", unsupported ? unsupported : "");
 #ifdef HAVE_CUDA
+    if (world > 1 && cfg.bind_cpus) dist_place_threads(&dist, cfg.threads);  // before NCCL's and the loader's threads start
     if (world > 1) gpu_dist_init(&dist, cfg.dist_timeout);  // selects this rank's GPU before any other CUDA work
 #endif
     printf("device: %s, precision %s", device == DEVICE_CUDA ? "cuda" : "cpu", precisions[cfg.precision]);

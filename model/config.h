@@ -57,6 +57,7 @@ typedef struct {
     int threads;              // CPU threads for the fp32 path; 0 = OpenMP's default
     int zero;                 // ZeRO-1: optimizer moments sharded over the ranks
     int grad_reduce;          // GRAD_REDUCE_*: the type the gradients are summed over the ranks in
+    int bind_cpus;            // multi-GPU: each rank on its own slice of the node's CPUs (dist_place_threads)
     float dist_timeout;       // seconds a rank waits on a collective before it stops the run
     int world_size;           // processes in the run: not a key, set from the launcher before config_finalize (1 by default)
     // ---- data ----

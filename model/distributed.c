@@ -1,8 +1,12 @@
 // distributed.c: process roles and bootstrap (see distributed.h): MPI when launched by it, otherwise
 // the environment plus a file or TCP rendezvous for the one-off broadcast of the NCCL id.
+#define _GNU_SOURCE  // sched_setaffinity, CPU_SET
 #include "distributed.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <omp.h>
+#include <sched.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -58,6 +62,7 @@ void dist_init(Dist *d) {
         MPI_Comm local;
         MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &local);
         MPI_Comm_rank(local, &d->local_rank);
+        MPI_Comm_size(local, &d->local_size);
         MPI_Comm_free(&local);
         d->mpi = 1;
         return;
@@ -69,9 +74,15 @@ void dist_init(Dist *d) {
 #endif
     d->world = env_int("WORLD_SIZE", 1);
     d->rank = env_int("RANK", 0);
-    d->local_rank = env_int("LOCAL_RANK", env_int("SLURM_LOCALID", d->rank));
+    d->local_size = 1;
     if (d->world < 1 || d->rank >= d->world) fatal("RANK=%d is not below WORLD_SIZE=%d", d->rank, d->world);
     if (d->world == 1) return;
+    d->local_rank = env_int("LOCAL_RANK", env_int("SLURM_LOCALID", d->rank));
+    // torchrun's, slurm's (with --ntasks-per-node) or MPICH's name for the ranks on this machine; else one machine
+    d->local_size = env_int("LOCAL_WORLD_SIZE", env_int("SLURM_NTASKS_PER_NODE", env_int("MPI_LOCALNRANKS", d->world)));
+    if (d->local_size < 1 || d->local_rank >= d->local_size)
+        fatal("LOCAL_RANK=%d is not below the ranks on this machine (%d: LOCAL_WORLD_SIZE, SLURM_NTASKS_PER_NODE or WORLD_SIZE)",
+              d->local_rank, d->local_size);
     const char *r = getenv("TRAIN_CLIP_RENDEZVOUS");
     if (r && *r) snprintf(d->rendezvous, sizeof(d->rendezvous), "%s", r);
     else if (getenv("MASTER_ADDR") && getenv("MASTER_PORT"))  // torchrun's store owns MASTER_PORT: use the next one
@@ -81,6 +92,52 @@ void dist_init(Dist *d) {
               "(or MASTER_ADDR and MASTER_PORT)", d->world);
     if (strncmp(d->rendezvous, "file:", 5) && strncmp(d->rendezvous, "tcp:", 4))
         fatal("TRAIN_CLIP_RENDEZVOUS=%s: expected file:PATH or tcp:HOST:PORT", d->rendezvous);
+}
+
+void dist_slice(int n, int r, int size, int *lo, int *hi) {
+    *lo = (int)((long)r * n / size), *hi = (int)((long)(r + 1) * n / size);
+    if (*hi <= *lo) *lo = *lo < n ? *lo : n - 1, *hi = *lo + 1;  // more ranks than CPUs: neighbours share one
+}
+
+// "0-15,32-47": the CPUs of a set, as taskset and /proc print them.
+static void cpu_list(char *buf, size_t size, const cpu_set_t *set) {
+    size_t len = 0;
+    buf[0] = 0;
+    for (int c = 0; c < CPU_SETSIZE && len < size; c++) {
+        if (!CPU_ISSET(c, set) || (c > 0 && CPU_ISSET(c - 1, set))) continue;
+        int e = c;
+        while (e + 1 < CPU_SETSIZE && CPU_ISSET(e + 1, set)) e++;
+        len += snprintf(buf + len, size - len, e > c ? "%s%d-%d" : "%s%d", len ? "," : "", c, e);
+    }
+}
+
+void dist_place_threads(const Dist *d, int threads) {
+    if (d->local_size < 2) return;
+    cpu_set_t set, mine;
+    if (sched_getaffinity(0, sizeof(set), &set)) fatal("sched_getaffinity: %s", strerror(errno));
+    int online = (int)sysconf(_SC_NPROCESSORS_ONLN), bound = CPU_COUNT(&set) < online;
+    if (!bound) {
+        int lo, hi;
+        dist_slice(CPU_COUNT(&set), d->local_rank, d->local_size, &lo, &hi);
+        CPU_ZERO(&mine);
+        for (int c = 0, i = 0; c < CPU_SETSIZE; c++)
+            if (CPU_ISSET(c, &set)) {
+                if (i >= lo && i < hi) CPU_SET(c, &mine);
+                i++;
+            }
+        if (sched_setaffinity(0, sizeof(mine), &mine)) fatal("sched_setaffinity: %s", strerror(errno));
+        set = mine;
+    }
+    int share = online / d->local_size, n = CPU_COUNT(&set);
+    if (threads <= 0 && !getenv("OMP_NUM_THREADS")) omp_set_num_threads(share < 1 ? 1 : share < n ? share : n);
+    char list[256];
+    cpu_list(list, sizeof(list), &set);
+    printf("cpus: local rank %d of %d on CPUs %s (%s), %d OpenMP threads\n", d->local_rank, d->local_size, list,
+           bound ? "bound by the launcher" : "its slice of the machine's", omp_get_max_threads());
+    if (bound && n < share)
+        fprintf(stderr, "warning: local rank %d is bound to %d CPU(s), fewer than its share of %d: the data loader, NCCL and "
+                "kernel launches share them (mpirun binds each rank to one core when np <= 2: add --bind-to none)\n",
+                d->local_rank, n, share);
 }
 
 void dist_finalize(Dist *d) {

@@ -1,9 +1,9 @@
 // distributed.h: who this process is in a multi-process run, and the bootstrap exchange between processes.
 // Three ways to start, tried in this order:
 //   1. under MPI (mpirun / srun with PMI), when built with MPI: rank, world size and local rank from MPI;
-//   2. from the environment (torchrun / slurm-style): RANK, WORLD_SIZE, LOCAL_RANK, and a rendezvous
-//      for the bootstrap broadcast: TRAIN_CLIP_RENDEZVOUS=file:/shared/path (a fresh path per job) or
-//      tcp:HOST:PORT, or torchrun's MASTER_ADDR + MASTER_PORT;
+//   2. from the environment (torchrun / slurm-style): RANK, WORLD_SIZE, LOCAL_RANK (LOCAL_WORLD_SIZE), and a
+//      rendezvous for the bootstrap broadcast: TRAIN_CLIP_RENDEZVOUS=file:/shared/path (a fresh path per job)
+//      or tcp:HOST:PORT, or torchrun's MASTER_ADDR + MASTER_PORT;
 //   3. otherwise a single process (rank 0 of 1).
 // The bootstrap broadcast carries a small blob from rank 0 to all (the NCCL unique id). GPU collectives
 // then go through NCCL; CPU collectives (multi-process CPU training) need MPI.
@@ -11,12 +11,21 @@
 #include <stddef.h>
 
 typedef struct {
-    int rank, world, local_rank;
+    int rank, world, local_rank, local_size;  // local: among the ranks on this machine
     int mpi;               // started through MPI
     char rendezvous[512];  // "file:PATH" or "tcp:HOST:PORT" when started from the environment
 } Dist;
 
 void dist_init(Dist *d);
+// Host threads of a multi-process run. The ranks of a node run their host work in lockstep (every collective
+// aligns them), so with each process's OpenMP pool spanning all cores, their parallel regions and NCCL's
+// threads compete for the same cores at the same moments and kernel launches wait. Unless the launcher bound
+// the process already (its CPU set is smaller than the machine's), local rank r of n takes CPUs slice r of n
+// of its set; the OpenMP pool gets the process's share of the node's CPUs unless `threads` > 0 or
+// OMP_NUM_THREADS set it. Call before starting threads (NCCL's included); prints what it did.
+void dist_place_threads(const Dist *d, int threads);
+// Rank r of `size`'s share [lo, hi) of n CPUs: contiguous, even; at least one (ranks beyond n share).
+void dist_slice(int n, int r, int size, int *lo, int *hi);
 void dist_finalize(Dist *d);
 // rank 0's bytes to every rank; the same call on all ranks (a timeout or a lost peer stops the program).
 void dist_broadcast(Dist *d, void *buf, size_t bytes);

@@ -134,7 +134,7 @@ int main(int argc, char **argv) {
     Dist d;
     dist_init(&d);
     if (d.rank != 0 && !freopen("/dev/null", "w", stdout)) return 1;
-    if (d.world > 1) gpu_dist_init(&d, 300);
+    if (d.world > 1) dist_place_threads(&d, 0), gpu_dist_init(&d, 300);
     test_seed();
     cudaDeviceProp prop;
     int dev;

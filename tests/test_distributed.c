@@ -2,7 +2,10 @@
 // environment starts (RANK / WORLD_SIZE) with a file and a TCP (loopback) rendezvous, a missing peer
 // that must end in an error naming it within the timeout (never a hang), and, when built with MPI and
 // mpirun exists, an MPI start with broadcast, all-reduce and all-gather.
+#define _GNU_SOURCE  // sched_getaffinity
 #include <netinet/in.h>
+#include <omp.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -69,6 +72,54 @@ static void test_single_process_default(void) {
     EXPECT(d.rank == 0 && d.world == 1 && x == 2, "single process: rank %d world %d", d.rank, d.world);
 }
 
+// Every rank's CPU slice: contiguous, disjoint, covering all n CPUs, sizes within one of each other; with more
+// ranks than CPUs, one valid CPU each.
+static void test_cpu_slices(void) {
+    int cases[][2] = {{32, 2}, {32, 8}, {2, 2}, {7, 3}, {128, 8}, {96, 7}, {3, 8}, {1, 4}};
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        int n = cases[k][0], size = cases[k][1], next = 0, least = n, most = 0, bad = 0;
+        for (int r = 0; r < size; r++) {
+            int lo, hi;
+            dist_slice(n, r, size, &lo, &hi);
+            if (lo < 0 || hi > n || hi <= lo) bad = 1;
+            if (size <= n && lo != next) bad = 1;
+            next = hi, least = hi - lo < least ? hi - lo : least, most = hi - lo > most ? hi - lo : most;
+        }
+        EXPECT(!bad && (size > n ? most == 1 : next == n && most - least <= 1), "%d CPUs over %d ranks: slices wrong", n, size);
+    }
+}
+
+// A second rank of two on this machine, started without binding, keeps its half of the CPUs and that many
+// OpenMP threads (a child process: the binding is for the rest of its life).
+static void test_place_threads(void) {
+    cpu_set_t set;
+    sched_getaffinity(0, sizeof(set), &set);
+    int online = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (CPU_COUNT(&set) < online || online < 2 || getenv("OMP_NUM_THREADS")) {
+        SKIP("this process is bound to %d of %d CPUs or OMP_NUM_THREADS is set", CPU_COUNT(&set), online);
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("RANK", "1", 1), setenv("LOCAL_RANK", "1", 1), setenv("WORLD_SIZE", "2", 1), setenv("LOCAL_WORLD_SIZE", "2", 1);
+        setenv("TRAIN_CLIP_RENDEZVOUS", "file:/nonexistent/unused", 1);
+        if (!freopen("/dev/null", "w", stdout)) _exit(9);
+        Dist d;
+        dist_init(&d);
+        dist_place_threads(&d, 0);
+        cpu_set_t mine;
+        sched_getaffinity(0, sizeof(mine), &mine);
+        int lo, hi, want = online / 2;
+        dist_slice(online, 1, 2, &lo, &hi);
+        int ok = CPU_COUNT(&mine) == hi - lo && CPU_ISSET(online - 1, &mine) && !CPU_ISSET(0, &mine);
+        _exit(!ok ? 1 : omp_get_max_threads() != want ? 2 : 0);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    int rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    EXPECT(rc == 0, "local rank 1 of 2: %s (exit %d)", rc == 1 ? "not bound to the upper half of the CPUs" : "wrong OpenMP thread count", rc);
+}
+
 static void test_file_rendezvous(void) {
     char path[128];
     snprintf(path, sizeof(path), "file:%s", test_path("rendezvous"));
@@ -128,6 +179,8 @@ static void test_mpi_start(void) {
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "--mpi-child")) return child_main();
     RUN(test_single_process_default);
+    RUN(test_cpu_slices);
+    RUN(test_place_threads);
     RUN(test_file_rendezvous);
     RUN(test_tcp_rendezvous);
     RUN(test_missing_peer_fails_fast);
