@@ -107,6 +107,11 @@ __global__ void copy_to_bf16_kernel(bf16 *dst, const float *src, size_t n) {
         dst[i] = __float2bfloat16_rn(src[i]);
 }
 
+__global__ void copy_to_fp32_kernel(float *dst, const bf16 *src, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __bfloat162float(src[i]);
+}
+
 __global__ void clamp_scalar_kernel(float *x, float lo, float hi) { *x = fminf(fmaxf(*x, lo), hi); }
 
 template <typename X> static X *upload(const X *h, size_t n) {
@@ -201,6 +206,12 @@ void adamw_sum_squares_gpu(const AdamWPlan *p, float *out, const float *g) {
 void copy_to_bf16_gpu(bf16 *dst, const float *src, size_t n, cudaStream_t stream) {
     if (n == 0) return;
     copy_to_bf16_kernel<<<min(ceil_div((long)n, 512), 16 * num_sms()), 512, 0, stream>>>(dst, src, n);
+    cudaCheckLaunch();
+}
+
+void copy_to_fp32_gpu(float *dst, const bf16 *src, size_t n, cudaStream_t stream) {
+    if (n == 0) return;
+    copy_to_fp32_kernel<<<min(ceil_div((long)n, 512), 16 * num_sms()), 512, 0, stream>>>(dst, src, n);
     cudaCheckLaunch();
 }
 

@@ -48,5 +48,7 @@ void adamw_apply_gpu(const AdamWPlan *p, float *params, bf16 *params_bf16, const
 void adamw_sum_squares_gpu(const AdamWPlan *p, float *out, const float *g);
 // dst (n) = bf16(src), on `stream`
 void copy_to_bf16_gpu(bf16 *dst, const float *src, size_t n, cudaStream_t stream = 0);
+// dst (n) = fp32(src), on `stream` (the bf16 gradient sums of grad_reduce = bf16 back into the fp32 gradients)
+void copy_to_fp32_gpu(float *dst, const bf16 *src, size_t n, cudaStream_t stream = 0);
 // *x = min(max(*x, lo), hi) on the device
 void clamp_scalar_gpu(float *x, float lo, float hi);

@@ -157,10 +157,6 @@ static void reduce_parts(GpuDist *gd, char *buf, size_t len, ncclDataType_t type
     gd_group(gd, 0);
 }
 
-__global__ static void widen_bf16_kernel(float *dst, const bf16 *src, size_t n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) dst[i] = __bfloat162float(src[i]);
-}
-
 void gd_reduce_grads(GpuDist *gd, float *x, bf16 *x16, size_t len, int parts) {
     if (!x16) {
         if (parts) reduce_parts(gd, (char *)x, len, ncclFloat, sizeof(float));
@@ -171,9 +167,7 @@ void gd_reduce_grads(GpuDist *gd, float *x, bf16 *x16, size_t len, int parts) {
     size_t lo = 0, hi = len;
     if (parts) reduce_parts(gd, (char *)x16, len, ncclBfloat16, sizeof(bf16)), dist_part(len, gd->d->world, gd->d->rank, &lo, &hi);
     else ncclCheck(gd, ncclAllReduce(x16, x16, len, ncclBfloat16, ncclSum, gd->comm, gd->stream));
-    if (hi == lo) return;
-    widen_bf16_kernel<<<(unsigned)std::min<size_t>((hi - lo + 511) / 512, 4096), 512, 0, gd->stream>>>(x + lo, x16 + lo, hi - lo);
-    cudaCheckLaunch();
+    copy_to_fp32_gpu(x + lo, x16 + lo, hi - lo, gd->stream);
 }
 
 void gd_gather_parts(GpuDist *gd, float *buf, size_t len) {

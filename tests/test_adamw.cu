@@ -131,9 +131,31 @@ static void test_stable_adamw(void) {
     check(1);
 }
 
+// The bf16 copies of the gradient sums (grad_reduce = bf16) and of the parameters: fp32 -> bf16 rounds to
+// nearest even (the CPU's rounding of the same values), bf16 -> fp32 is exact; an odd length, a tail untouched.
+static void test_bf16_copies(void) {
+    SKIP_WITHOUT_GPU();
+    size_t n = 100003;
+    float *x = rand_host(n, 3.0f), *y = (float *)mallocCheck((n + 1) * sizeof(float));
+    float *d_x = to_device<float>(x, n), *d_y = poisoned<float>(n + 1);
+    bf16 *d_h = poisoned<bf16>(n);
+    copy_to_bf16_gpu(d_h, d_x, n);
+    copy_to_fp32_gpu(d_y, d_h, n);
+    to_host<float>(y, d_y, n + 1);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        float want = round_bf16(x[i]);
+        bad += memcmp(&y[i], &want, sizeof(float)) != 0;
+    }
+    EXPECT(bad == 0 && isnan(y[n]), "%zu of %zu values differ from the CPU's bf16 rounding, or the tail was written", bad, n);
+    free(x), free(y);
+    cudaCheck(cudaFree(d_x)), cudaCheck(cudaFree(d_y)), cudaCheck(cudaFree(d_h));
+}
+
 int main(void) {
     test_seed();
     RUN(test_adamw);
     RUN(test_stable_adamw);
+    RUN(test_bf16_copies);
     TEST_EXIT();
 }
