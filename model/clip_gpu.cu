@@ -385,7 +385,7 @@ static void carve(ClipGPU *g, Arena *a, GpuMemoryPlan *p) {
     g->feat_n = TAKE_F(a, 2 * Ng * E, o), g->dfeat_n = TAKE_F(a, 2 * Ng * E, o);
     g->loss_scratch = TAKE_F(a, contrastive_loss_scratch_elems((int)Bt, (int)Ng), o);
     g->loss = TAKE_F(a, 1, o), g->norm = TAKE_F(a, 1, o);
-    p->other += (32u << 20) + (4u << 20);  // cuBLASLt workspace, column-sum partials (allocated by the kernels)
+    p->other += (32u << 20) + COLSUM_PARTIAL_BYTES;  // cuBLASLt workspace, column-sum partials (allocated by the kernels)
     p->total = p->weights + p->grads + p->optimizer + p->activations + p->other;
 }
 
@@ -424,7 +424,8 @@ static float *in_s(ClipGPU *g, BlockBuf *k, int i) { return g->sb_on[i] ? k->xs[
 template <typename T> static T *in_bf16(BlockBuf *k, void *p, int i) { return k->in_bf16[i] ? as<T>(p) : NULL; }
 
 // dx (N, C) = dy (N, OC) @ W (overwritten) and dW += dy^T @ x into the fp32 gradients, and db (OC) += the column
-// sums of dy when db is given (c_fc's comes from the GELU backward). SwitchBack: dx from int8 dy (row-wise; dy_q:
+// sums of dy when db is given (c_fc's comes from the GELU backward, out_proj's and c_proj's from the LayerNorm
+// backwards, tower_backward). SwitchBack: dx from int8 dy (row-wise; dy_q:
 // already in g->sb.gq, gs, written by dy's producer, else quantized here with db from the same pass) and int8 W^T,
 // dW in bf16 with fp32 accumulation; from the saved int8 x where sb_saved[i] (the bf16 x is not kept then).
 template <typename T>
@@ -582,7 +583,16 @@ template <typename T> static void forward_micro(ClipGPU *g, const Batch *b, int 
 
 // ---------------------------------------------------------------- backward
 
-// g->dres (N, D) holds d(last block output) on entry and d(x0) on return.
+// What a LayerNorm backward sums for the residual branch ls * f above it (its new dinp is the branch's output
+// gradient): the bias gradient of the branch's last linear (layout offset b), the layer-scale's (ls, or NO_TENSOR).
+template <typename T> static BranchGrads<T> branch_grads(ClipGPU *g, size_t b, size_t ls, void *f) {
+    int has = ls != NO_TENSOR;
+    return BranchGrads<T>{g->grads + b, has ? g->grads + ls : NULL, has ? g->params + ls : NULL, has ? as<T>(f) : NULL};
+}
+
+// g->dres (N, D) holds d(last block output) on entry and d(x0) on return. The bias (and layer-scale) gradients of
+// out_proj and c_proj come from the LayerNorm backwards that produce their output gradients (ln_2's, and the next
+// block's ln_1's), but the last block's c_proj's, whose output gradient comes from the head.
 template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B) {
     const TowerLayout *t = tb->t;
     const float *P = g->params;
@@ -598,16 +608,17 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
     for (int l = t->layers - 1; l >= 0; l--) {
         const BlockLayout *w = &t->blocks[l];
         BlockBuf *k = &tb->blocks[l];
-        int r = k->recompute;
+        int r = k->recompute, last = l == t->layers - 1;
         const T *x = as<T>(l ? tb->blocks[l - 1].res_2 : tb->x0);
         // res_2 = res_1 + ls_2 * c_proj(gelu(c_fc(ln_2(res_1))))
         const T *dmlp = dres;
         mark(g, PROF_PARAM_GRADS);
-        if (w->ls_2 != NO_TENSOR) layerscale_backward_gpu<T>(d_a, G + w->ls_2, dres, as<T>(k->mlp), P + w->ls_2, N, D), dmlp = d_a;
+        if (w->ls_2 != NO_TENSOR)
+            layerscale_backward_gpu<T>(d_a, last ? G + w->ls_2 : NULL, dres, as<T>(k->mlp), P + w->ls_2, N, D), dmlp = d_a;
         mark(g, PROF_GELU);
         if (r >= 1) gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)N * H, quick);  // recompute
         mark(g, PROF_GEMM);
-        linear_backward<T>(g, k, SB_LINEAR_C_PROJ, d_wide, G + w->c_proj_b, dmlp, dres_q, as<T>(k->fc_gelu), w->c_proj_w, N, H, D);
+        linear_backward<T>(g, k, SB_LINEAR_C_PROJ, d_wide, last ? G + w->c_proj_b : NULL, dmlp, dres_q, as<T>(k->fc_gelu), w->c_proj_w, N, H, D);
         mark(g, PROF_GELU);
         int fc_q = g->sb_on[SB_LINEAR_C_FC];  // with c_fc's bias gradient (and its output gradient quantized)
         if (fc_q) gelu_backward_quantize_gpu(as<bf16>(d_wide), gq, gs, G + w->c_fc_b, as<bf16>(d_wide), as<bf16>(k->fc), N, H, quick);
@@ -618,14 +629,15 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         linear_backward<T>(g, k, SB_LINEAR_C_FC, d_b, NULL, d_wide, fc_q, as<T>(k->ln_2), w->c_fc_w, N, D, H);
         mark(g, PROF_LAYERNORM_BACKWARD);
         int att_q = g->sb_on[SB_LINEAR_OUT_PROJ] && w->ls_1 == NO_TENSOR;
+        BranchGrads<T> attn_grads = branch_grads<T>(g, w->out_proj_b, w->ls_1, k->attn);
         layernorm_backward_gpu<T>(dres, G + w->ln_2_w, G + w->ln_2_b, d_b, as<T>(k->res_1), P + w->ln_2_w, k->ln_2_mean, k->ln_2_rstd,
-                                  N, D, att_q ? gq : NULL, gs);
+                                  N, D, att_q ? gq : NULL, gs, &attn_grads);
         // res_1 = x + ls_1 * out_proj(attention(in_proj(ln_1(x))))
         const T *dattn = dres;
         mark(g, PROF_PARAM_GRADS);
-        if (w->ls_1 != NO_TENSOR) layerscale_backward_gpu<T>(d_a, G + w->ls_1, dres, as<T>(k->attn), P + w->ls_1, N, D), dattn = d_a;
+        if (w->ls_1 != NO_TENSOR) layerscale_backward_gpu<T>(d_a, NULL, dres, as<T>(k->attn), P + w->ls_1, N, D), dattn = d_a;
         mark(g, PROF_GEMM);
-        linear_backward<T>(g, k, SB_LINEAR_OUT_PROJ, d_b, G + w->out_proj_b, dattn, att_q, as<T>(k->att_y), w->out_proj_w, N, D, D);
+        linear_backward<T>(g, k, SB_LINEAR_OUT_PROJ, d_b, NULL, dattn, att_q, as<T>(k->att_y), w->out_proj_w, N, D, D);
         mark(g, PROF_ATTENTION_BACKWARD);
         attention_backward_gpu(d_wide, g->att_scratch, d_b, as<T>(k->qkv), as<T>(k->att_y), k->att_stats, B, t->tokens, D, t->heads, t->causal);
         mark(g, PROF_LAYERNORM);
@@ -634,8 +646,10 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         linear_backward<T>(g, k, SB_LINEAR_QKV, d_a, G + w->in_proj_b, d_wide, 0, as<T>(k->ln_1), w->in_proj_w, N, D, 3 * D);
         mark(g, PROF_LAYERNORM_BACKWARD);
         dres_q = l > 0 && g->sb_on[SB_LINEAR_C_PROJ] && t->blocks[l - 1].ls_2 == NO_TENSOR;
+        BranchGrads<T> mlp_grads;  // the previous block's MLP branch
+        if (l > 0) mlp_grads = branch_grads<T>(g, t->blocks[l - 1].c_proj_b, t->blocks[l - 1].ls_2, tb->blocks[l - 1].mlp);
         layernorm_backward_gpu<T>(dres, G + w->ln_1_w, G + w->ln_1_b, d_a, x, P + w->ln_1_w, k->ln_1_mean, k->ln_1_rstd, N, D,
-                                  dres_q ? gq : NULL, gs);
+                                  dres_q ? gq : NULL, gs, l > 0 ? &mlp_grads : NULL);
         grads_done(g);
     }
 }
