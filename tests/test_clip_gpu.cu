@@ -8,7 +8,8 @@
 //     init the loss is near log B and its gradient is a small difference of nearly equal logits, which
 //     magnifies the features' bf16 rounding (the batch-2 runs at ViT sizes vary most from seed to seed).
 //     A wrong or missing term is off by ~100%, and the fp32 run at the same shapes checks the logic to 1e-4;
-//   gradient accumulation (micro-batches 4 and 3 of 8) and every recompute level equal the plain step to 1e-5;
+//   gradient accumulation (micro-batches 4 and 3 of 8) and every recompute level (also with recompute_keep = 1: block
+//     0 of each tower saves everything) equal the plain step to 1e-5; the memory plan of recompute_keep to the byte;
 //   training 200 steps on the synthetic data, GPU bf16 vs CPU fp32 from the same init and batches: each
 //     20-step mean loss within 5% (+0.05) of the CPU's, and both fall below 75% of their first window.
 // precision int8_switchback (every variant; tiny, tiny QuickGELU + layer-scale, and widths 256 at batch 16):
