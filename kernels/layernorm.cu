@@ -5,7 +5,10 @@
 // leaves the weight and bias gradients to a column sum (reduce.cuh). (Keeping the backward's row and
 // those sums in registers, with warps striding over rows, ran slower: fewer rows in flight.) Both can also emit
 // their result quantized row-wise for SwitchBack (an extra pass over the row: registers in the forward, L1 in
-// the backward).
+// the backward). The backward can also sum its output's columns for the residual branch below it (BranchGrads:
+// the next linear's bias and layer-scale gradients): then one wave of blocks, each summing its rows through shared
+// memory. (A first version kept a sum per warp, 4 C bytes of shared memory each: at C = 1280 that left 40 warps per
+// SM and the backward took 1.2 ms more on ViT-H/14, which ate half of what the fusion saved.)
 #include "layernorm.cuh"
 #include "quantize.cuh"
 #include "reduce.cuh"
@@ -95,44 +98,76 @@ __global__ void residual_layernorm_forward_kernel(T *res, T *out, int8_t *q, flo
     if (lane == 0) qs[row] = am;
 }
 
-// dinp += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * w; one warp per row.
+// dinp += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * w; one warp per row, the block's
+// ROWS_PER_BLOCK warps taking its rows_per_block rows a group of ROWS_PER_BLOCK at a time.
 // q (with qs), optional: the new dinp quantized row-wise for SwitchBack (a third pass re-reads the lane's own
 // stores from L1).
-template <typename T, int V>
-__global__ void layernorm_backward_kernel(T *dinp, int8_t *q, float *qs, const T *dout, const T *inp, const float *w,
-                                          const float *mean, const float *rstd, int N, int C) {
-    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= N) return;
-    size_t off = (size_t)row * C;
-    float m = mean[row], s = rstd[row], sum_d = 0.0f, sum_dx = 0.0f;
-    for (int c = lane * V; c < C; c += 32 * V) {
-        Vec<T, V> g = load_vec<T, V>(dout + off + c), x = load_vec<T, V>(inp + off + c);
-        for (int i = 0; i < V; i++) {
-            float xhat = (to_float(x.v[i]) - m) * s, dxhat = to_float(g.v[i]) * w[c + i];
-            sum_d += dxhat, sum_dx += dxhat * xhat;
+// NOUT > 0 (BranchGrads): the column sums of the new dinp (rounded to T) over the block's rows go to partial (reduce.cuh's
+// layout, chunk = block): o = 0 sums round(dinp * ls) (ls NULL: dinp), o = 1 (NOUT 2, with ls) dinp * f. Each group's
+// rows are staged in shared memory (exact: they are T values), then each thread adds its columns' group sums, in row
+// order, to the block's sums (shared memory too: a warp holds nothing across rows, so the rows in flight stay many).
+template <typename T, int V, int NOUT>
+__global__ void layernorm_backward_kernel(T *dinp, int8_t *q, float *qs, float *partial, const float *ls, const T *f,
+                                          const T *dout, const T *inp, const float *w, const float *mean, const float *rstd,
+                                          int N, int C, int rows_per_block) {
+    extern __shared__ float sums[];  // NOUT x C block sums, then the group's rows of dinp: ROWS_PER_BLOCK x C of T
+    T *stage = (T *)(sums + NOUT * C);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int c = threadIdx.x; c < NOUT * C; c += blockDim.x) sums[c] = 0.0f;
+    int r_end = min(N, (blockIdx.x + 1) * rows_per_block);
+    for (int r0 = blockIdx.x * rows_per_block; r0 < r_end; r0 += ROWS_PER_BLOCK) {
+        int row = r0 + warp;
+        if (row < r_end) {
+            size_t off = (size_t)row * C;
+            float m = mean[row], s = rstd[row], sum_d = 0.0f, sum_dx = 0.0f;
+            for (int c = lane * V; c < C; c += 32 * V) {
+                Vec<T, V> g = load_vec<T, V>(dout + off + c), x = load_vec<T, V>(inp + off + c);
+                for (int i = 0; i < V; i++) {
+                    float xhat = (to_float(x.v[i]) - m) * s, dxhat = to_float(g.v[i]) * w[c + i];
+                    sum_d += dxhat, sum_dx += dxhat * xhat;
+                }
+            }
+            sum_d = warp_sum(sum_d) / C, sum_dx = warp_sum(sum_dx) / C;
+            float am = 0.0f;
+            for (int c = lane * V; c < C; c += 32 * V) {
+                Vec<T, V> g = load_vec<T, V>(dout + off + c), x = load_vec<T, V>(inp + off + c), d = load_vec<T, V>(dinp + off + c);
+                for (int i = 0; i < V; i++) {
+                    float xhat = (to_float(x.v[i]) - m) * s;
+                    d.v[i] = from_float<T>(to_float(d.v[i]) + s * (to_float(g.v[i]) * w[c + i] - sum_d - xhat * sum_dx));
+                    am = fmaxf(am, fabsf(to_float(d.v[i])));
+                }
+                store_vec<T, V>(dinp + off + c, d);
+                if (NOUT) store_vec<T, V>(stage + warp * C + c, d);
+            }
+            if (q) {
+                am = warp_max(am);
+                float mult = sb_quant_mult(am);
+                for (int c = lane * V; c < C; c += 32 * V) {
+                    Vec<T, V> d = load_vec<T, V>(dinp + off + c);
+                    Vec<int8_t, V> qv;
+                    for (int i = 0; i < V; i++) qv.v[i] = sb_quantize(to_float(d.v[i]), mult);
+                    store_vec<int8_t, V>(q + off + c, qv);
+                }
+                if (lane == 0) qs[row] = am;
+            }
         }
-    }
-    sum_d = warp_sum(sum_d) / C, sum_dx = warp_sum(sum_dx) / C;
-    float am = 0.0f;
-    for (int c = lane * V; c < C; c += 32 * V) {
-        Vec<T, V> g = load_vec<T, V>(dout + off + c), x = load_vec<T, V>(inp + off + c), d = load_vec<T, V>(dinp + off + c);
-        for (int i = 0; i < V; i++) {
-            float xhat = (to_float(x.v[i]) - m) * s;
-            d.v[i] = from_float<T>(to_float(d.v[i]) + s * (to_float(g.v[i]) * w[c + i] - sum_d - xhat * sum_dx));
-            am = fmaxf(am, fabsf(to_float(d.v[i])));
+        if (!NOUT) continue;
+        __syncthreads();
+        // the values the unfused passes would read: the branch gradient as layerscale_backward writes it, and dinp * f
+        int n = min(ROWS_PER_BLOCK, r_end - r0);
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            float sb = 0.0f, sl = 0.0f;
+            for (int y = 0; y < n; y++) {
+                float d = to_float(stage[y * C + c]);
+                if (NOUT == 2) sb += to_float(from_float<T>(d * ls[c])), sl += d * to_float(f[(size_t)(r0 + y) * C + c]);
+                else sb += d;
+            }
+            sums[c] += sb;
+            if (NOUT == 2) sums[C + c] += sl;
         }
-        store_vec<T, V>(dinp + off + c, d);
+        __syncthreads();  // before the next group overwrites the stage
     }
-    if (!q) return;
-    am = warp_max(am);
-    float mult = sb_quant_mult(am);
-    for (int c = lane * V; c < C; c += 32 * V) {
-        Vec<T, V> d = load_vec<T, V>(dinp + off + c);
-        Vec<int8_t, V> qv;
-        for (int i = 0; i < V; i++) qv.v[i] = sb_quantize(to_float(d.v[i]), mult);
-        store_vec<int8_t, V>(q + off + c, qv);
-    }
-    if (lane == 0) qs[row] = am;
+    for (int e = threadIdx.x; e < NOUT * C; e += blockDim.x) partial[((size_t)(e / C) * gridDim.x + blockIdx.x) * C + e % C] = sums[e];
 }
 
 template <typename T, int V>
@@ -185,23 +220,57 @@ void layernorm_recompute_gpu(T *out, const T *inp, const float *mean, const floa
     launch_forward<T>(NULL, out, NULL, NULL, (float *)mean, (float *)rstd, inp, NULL, NULL, w, b, N, C, 1);
 }
 
+template <typename T, int V, int NOUT>
+static void launch_backward(T *dinp, int8_t *q, float *qs, const BranchGrads<T> *br, const T *dout, const T *inp, const float *w,
+                            const float *mean, const float *rstd, int N, int C) {
+    auto kernel = layernorm_backward_kernel<T, V, NOUT>;
+    if (!NOUT) {  // a row per warp
+        kernel<<<ceil_div(N, ROWS_PER_BLOCK), 32 * ROWS_PER_BLOCK>>>(dinp, q, qs, NULL, NULL, NULL, dout, inp, w, mean, rstd, N, C,
+                                                                     ROWS_PER_BLOCK);
+        cudaCheckLaunch();
+        return;
+    }
+    // One wave of blocks (as many as fit beside each other), each striding over its share of the rows, at most
+    // COLSUM_PARTIAL_BYTES of partial sums.
+    size_t smem = (size_t)C * (NOUT * sizeof(float) + ROWS_PER_BLOCK * sizeof(T));
+    int dev, smem_max, per_sm;
+    cudaCheck(cudaGetDevice(&dev));
+    cudaCheck(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    if (smem > (size_t)smem_max) fatal("layernorm_backward_gpu: the branch gradients of C = %d need %zu bytes of shared memory, the GPU has %d", C, smem, smem_max);
+    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * ROWS_PER_BLOCK, smem));
+    int blocks = min(max(per_sm, 1) * num_sms(), (int)(COLSUM_PARTIAL_BYTES / ((size_t)NOUT * C * sizeof(float))));
+    int rows = max(ROWS_PER_BLOCK, ceil_div(N, blocks));
+    blocks = ceil_div(N, rows);
+    float *partial = colsum_partials((size_t)NOUT * blocks * C);
+    kernel<<<blocks, 32 * ROWS_PER_BLOCK, smem>>>(dinp, q, qs, partial, br->ls, br->f, dout, inp, w, mean, rstd, N, C, rows);
+    cudaCheckLaunch();
+    colsum_finish_gpu(br->db, br->dls, partial, blocks, C);
+}
+
+template <typename T, int V>
+static void launch_backward(T *dinp, int8_t *q, float *qs, const BranchGrads<T> *br, const T *dout, const T *inp, const float *w,
+                            const float *mean, const float *rstd, int N, int C) {
+    if (!br) launch_backward<T, V, 0>(dinp, q, qs, br, dout, inp, w, mean, rstd, N, C);
+    else if (!br->ls) launch_backward<T, V, 1>(dinp, q, qs, br, dout, inp, w, mean, rstd, N, C);
+    else launch_backward<T, V, 2>(dinp, q, qs, br, dout, inp, w, mean, rstd, N, C);
+}
+
 template <typename T>
 void layernorm_backward_gpu(T *dinp, float *dw, float *db, const T *dout, const T *inp, const float *w, const float *mean,
-                            const float *rstd, int N, int C, int8_t *q, float *qs) {
+                            const float *rstd, int N, int C, int8_t *q, float *qs, const BranchGrads<T> *br) {
     if (N == 0) return;
-    int grid = ceil_div(N, ROWS_PER_BLOCK);
-    if (vec_width<T>(C, dinp, dout, inp) > 1 && vec_width<T>(C, q) > 1)
-        layernorm_backward_kernel<T, 16 / sizeof(T)><<<grid, 32 * ROWS_PER_BLOCK>>>(dinp, q, qs, dout, inp, w, mean, rstd, N, C);
-    else
-        layernorm_backward_kernel<T, 1><<<grid, 32 * ROWS_PER_BLOCK>>>(dinp, q, qs, dout, inp, w, mean, rstd, N, C);
-    cudaCheckLaunch();
+    if (br && (!br->db || !br->ls != !br->dls || !br->ls != !br->f)) fatal("layernorm_backward_gpu: BranchGrads needs db, and ls, dls, f together");
+    if (vec_width<T>(C, dinp, dout, inp, br ? br->f : NULL) > 1 && vec_width<T>(C, q) > 1)
+        launch_backward<T, 16 / sizeof(T)>(dinp, q, qs, br, dout, inp, w, mean, rstd, N, C);
+    else launch_backward<T, 1>(dinp, q, qs, br, dout, inp, w, mean, rstd, N, C);
     layernorm_param_grads_gpu<T>(dw, db, dout, inp, mean, rstd, N, C);
 }
 
 template <typename T> void layerscale_backward_gpu(T *df, float *dls, const T *dout, const T *f, const float *ls, int N, int C) {
     size_t n = (size_t)N * C;
     if (n == 0) return;
-    product_colsum_gpu<T>(dls, dout, f, N, C);  // before df is written: df may alias dout
+    if (dls) product_colsum_gpu<T>(dls, dout, f, N, C);  // before df is written: df may alias dout
     int grid = min(ceil_div((long)n, 256), 8 * num_sms());
     if (vec_width<T>(C, df, dout) > 1) layerscale_backward_kernel<T, 16 / sizeof(T)><<<grid, 256>>>(df, dout, ls, n, C);
     else layerscale_backward_kernel<T, 1><<<grid, 256>>>(df, dout, ls, n, C);
@@ -214,7 +283,7 @@ template <typename T> void layerscale_backward_gpu(T *df, float *dls, const T *d
     template void layernorm_recompute_gpu<T>(T *, const T *, const float *, const float *, const float *, const float *, \
                                              int, int);                                                                  \
     template void layernorm_backward_gpu<T>(T *, float *, float *, const T *, const T *, const float *, const float *,    \
-                                            const float *, int, int, int8_t *, float *);                                 \
+                                            const float *, int, int, int8_t *, float *, const BranchGrads<T> *);         \
     template void layerscale_backward_gpu<T>(T *, float *, const T *, const T *, const float *, int, int);
 INSTANTIATE(float)
 INSTANTIATE(bf16)

@@ -15,10 +15,22 @@ void residual_layernorm_forward_gpu(T *res, T *out, float *mean, float *rstd, co
 // out = (inp - mean) * rstd * w + b from saved statistics (activation recompute).
 template <typename T>
 void layernorm_recompute_gpu(T *out, const T *inp, const float *mean, const float *rstd, const float *w, const float *b, int N, int C);
+// The gradients of the residual branch whose output gradient is the LayerNorm backward's new dinp (the branch
+// before the LayerNorm in the forward: res = x + ls * f), summed over the rows in the same pass instead of reading
+// dinp again: db (C) += the column sums of the branch gradient round(dinp * ls) (ls NULL: dinp), the bias gradient
+// of the branch's last linear; with layer-scale, dls (C) += the column sums of dinp * f (f (N, C) the branch output).
+// Values as layerscale_backward_gpu / bias_grad_gpu would read them (dinp rounded to T), added in another order.
+template <typename T> struct BranchGrads {
+    float *db, *dls;
+    const float *ls;
+    const T *f;
+};
 // dinp (N, C) += d LayerNorm / d inp given dout. dw, db (C) += the weight and bias gradients. q, qs (optional):
-// the new dinp (rounded to T) quantized row-wise, as residual_layernorm_forward_gpu's.
+// the new dinp (rounded to T) quantized row-wise, as residual_layernorm_forward_gpu's. br (optional): the branch
+// gradients above (shared memory per block: C (4 + 8 sizeof(T)) bytes, C (8 + 8 sizeof(T)) with layer-scale).
 template <typename T>
 void layernorm_backward_gpu(T *dinp, float *dw, float *db, const T *dout, const T *inp, const float *w, const float *mean,
-                        const float *rstd, int N, int C, int8_t *q = NULL, float *qs = NULL);
-// Gradient into a layer-scaled residual branch: df (N, C) = dout * ls (per channel); dls (C) += sum dout * f.
+                        const float *rstd, int N, int C, int8_t *q = NULL, float *qs = NULL, const BranchGrads<T> *br = NULL);
+// Gradient into a layer-scaled residual branch: df (N, C) = dout * ls (per channel); dls (C) += sum dout * f
+// (dls NULL: not summed, a LayerNorm backward's BranchGrads did).
 template <typename T> void layerscale_backward_gpu(T *df, float *dls, const T *dout, const T *f, const float *ls, int N, int C);

@@ -38,16 +38,23 @@ template <typename T, int V> struct LayerNormGradOp {
     }
 };
 
+// A block of 32 x 32 threads owns 32 columns of one output (blockIdx.y): thread (x, y) adds chunks y, y + 32, ...
+// in order, then row y = 0 adds the 32 results in order. Many chunks (a kernel's whole wave of blocks) stay
+// cheap: each thread reads chunks / 32 of them.
 __global__ void colsum_finish_kernel(float *out, float *out2, const float *partial, int chunks, int C) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    float s = 0.0f, s2 = 0.0f;
-    for (int k = 0; k < chunks; k++) s += partial[(size_t)k * C + c];
-    out[c] += s;
-    if (out2) {
-        for (int k = 0; k < chunks; k++) s2 += partial[((size_t)chunks + k) * C + c];
-        out2[c] += s2;
+    __shared__ float red[32][33];
+    int tx = threadIdx.x, ty = threadIdx.y, c = blockIdx.x * 32 + tx, o = blockIdx.y;
+    float s = 0.0f;
+    if (c < C) {
+        const float *p = partial + (size_t)o * chunks * C + c;
+#pragma unroll 8
+        for (int k = ty; k < chunks; k += 32) s += p[(size_t)k * C];
     }
+    red[ty][tx] = s;
+    __syncthreads();
+    if (ty || c >= C) return;
+    for (int y = 1; y < 32; y++) s += red[y][tx];
+    (o ? out2 : out)[c] += s;
 }
 
 // Grown on demand (the first calls of a run size it for good).
@@ -64,7 +71,7 @@ float *colsum_partials(size_t elems) {
 }
 
 void colsum_finish_gpu(float *out, float *out2, const float *partial, int chunks, int C) {
-    colsum_finish_kernel<<<ceil_div(C, 256), 256>>>(out, out2, partial, chunks, C);
+    colsum_finish_kernel<<<dim3(ceil_div(C, 32), out2 ? 2 : 1), dim3(32, 32)>>>(out, out2, partial, chunks, C);
     cudaCheckLaunch();
 }
 

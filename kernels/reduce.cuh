@@ -17,7 +17,10 @@ template <typename T> void layernorm_param_grads_gpu(float *dw, float *db, const
 
 // ---- for kernels that fuse a column sum into their own pass
 // Partial sums of `chunks` row chunks are laid out partial[(o * chunks + chunk) * C + c] (o = 1: a second
-// output); colsum_finish_gpu adds them, in chunk order, to out (and out2).
+// output); colsum_finish_gpu adds them, in a fixed order, to out (and out2). colsum_partials is the one scratch
+// for them, grown on demand; the memory plan counts COLSUM_PARTIAL_BYTES for it (the LayerNorm backward's branch
+// sums choose their chunks to stay within it; the int8 GELU backward's chunks can take more).
+#define COLSUM_PARTIAL_BYTES (8u << 20)
 float *colsum_partials(size_t elems);
 void colsum_finish_gpu(float *out, float *out2, const float *partial, int chunks, int C);
 // The row chunks colsum uses for N rows of C columns read in vectors of V.

@@ -32,12 +32,16 @@ const char *const PROF_NAMES[PROF_FAMILIES] = {"GEMMs", "attention fwd", "attent
                                                 "layernorm bwd", "GELU", "bias/ls grads", "embed/pool/memset", "loss",
                                                 "optimizer", "input wait", "comm wait"};
 
-// One residual block's saved activations (T-typed where void *). Under recompute, ln_1/ln_2 and fc_gelu
-// point at shared scratch instead of per-layer storage; attn/mlp (the branch outputs) are kept only with
-// layer-scale, whose gradient needs them. precision int8_switchback adds the int8 copies of the block's linear
-// weights, and of the linears' inputs (xq, xs: saved per layer where the memory-efficient variant keeps them
-// instead of the bf16 input, else shared scratch).
+// One residual block's saved activations (T-typed where void *). Under recompute (the block's own level: 0 for
+// the first recompute_keep blocks of a tower), ln_1/ln_2 and fc_gelu point at shared scratch instead of
+// per-layer storage; attn/mlp (the branch outputs) are kept only with layer-scale, whose gradient needs them.
+// precision int8_switchback adds the int8 copies of the block's linear weights, and of the linears' inputs (xq,
+// xs: saved per layer where the memory-efficient variant keeps them instead of the bf16 input, else shared
+// scratch). block_plan sets what the block saves.
 typedef struct {
+    int recompute;               // this block's recompute level
+    int sb_saved[SB_LINEARS];    // by SB_LINEAR_*: the linear saves its int8 input (not the bf16 one) for backward
+    int in_bf16[SB_LINEARS];     // the linear's input producer writes the bf16 input (a GEMM or the backward reads it)
     void *ln_1, *qkv, *att_y, *attn, *res_1, *ln_2, *fc, *fc_gelu, *mlp, *res_2;  // (N, D), (N, 3D), (N, H) ...
     float *ln_1_mean, *ln_1_rstd, *ln_2_mean, *ln_2_rstd;                          // (N)
     float *att_stats;                                                              // attention_stats_elems
@@ -58,7 +62,7 @@ typedef struct {
 struct ClipGPU {
     Config cfg;
     const ClipLayout *L;
-    int use_bf16, mb, max_batch, recompute, has_ls;
+    int use_bf16, mb, max_batch, recompute, recompute_keep, has_ls;
     char *arena;
     // parameters: fp32 master, the T-typed copy the GEMMs read (the master itself in fp32), gradients, moments
     float *params, *grads, *m, *u;
@@ -81,10 +85,9 @@ struct ClipGPU {
     // scratch shared by both towers (sized for the larger)
     void *branch, *ln_scratch, *gelu_scratch, *dres, *d_a, *d_b, *d_wide;
     float *att_scratch, *dpool, *dpool_ln;
-    // SwitchBack (precision int8_switchback): which linears (SB_LINEAR_*) run it; which of those save their int8
-    // input as the activation for the weight gradient (memory-efficient variant); whose input producers must still
-    // write the bf16 input (a GEMM or the backward reads it); the layer's scratch
-    int sb_on[SB_LINEARS], sb_saved[SB_LINEARS], in_bf16[SB_LINEARS], sb_max_M, sb_max_C;
+    // SwitchBack (precision int8_switchback): which linears (SB_LINEAR_*) run it (per block: which save their int8
+    // input, whose producers write the bf16 input); the layer's scratch
+    int sb_on[SB_LINEARS], sb_max_M, sb_max_C;
     SwitchBack sb;
     SbWeightBatch sb_batch;  // every SwitchBack weight, quantized with the optimizer's maxima (n = 0: not used)
     int8_t *xq_scratch;  // (N, max(D, H)) int8 inputs of the linears that do not save them
@@ -281,27 +284,28 @@ static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
 static void carve_tower(ClipGPU *g, Arena *a, TowerBuf *tb, GpuMemoryPlan *p) {
     const TowerLayout *t = tb->t;
-    size_t es = g->use_bf16 ? 2 : 4, N = (size_t)g->mb * t->tokens, D = t->width, H = t->mlp, r = g->recompute;
+    size_t es = g->use_bf16 ? 2 : 4, N = (size_t)g->mb * t->tokens, D = t->width, H = t->mlp;
     size_t *act = &p->activations;
     tb->x0 = take(a, N * D * es, act);
     size_t in[SB_LINEARS] = {D, D, D, H}, out[SB_LINEARS] = {3 * D, D, H, D};  // the linears' widths
     for (int l = 0; l < t->layers; l++) {
         BlockBuf *k = &tb->blocks[l];
-        k->ln_1 = r < 2 && !g->sb_saved[SB_LINEAR_QKV] ? take(a, N * D * es, act) : g->ln_scratch;
+        int r = k->recompute;
+        k->ln_1 = r < 2 && !k->sb_saved[SB_LINEAR_QKV] ? take(a, N * D * es, act) : g->ln_scratch;
         k->ln_1_mean = TAKE_F(a, N, act), k->ln_1_rstd = TAKE_F(a, N, act);
         k->qkv = take(a, N * 3 * D * es, act);
         k->att_y = take(a, N * D * es, act);
         k->att_stats = TAKE_F(a, attention_stats_elems(g->use_bf16, g->mb, t->tokens, t->heads), act);
         k->attn = g->has_ls ? take(a, N * D * es, act) : g->branch;
         k->res_1 = take(a, N * D * es, act);
-        k->ln_2 = r < 2 && !g->sb_saved[SB_LINEAR_C_FC] ? take(a, N * D * es, act) : g->ln_scratch;
+        k->ln_2 = r < 2 && !k->sb_saved[SB_LINEAR_C_FC] ? take(a, N * D * es, act) : g->ln_scratch;
         k->ln_2_mean = TAKE_F(a, N, act), k->ln_2_rstd = TAKE_F(a, N, act);
         k->fc = take(a, N * H * es, act);
-        k->fc_gelu = r < 1 && !g->sb_saved[SB_LINEAR_C_PROJ] ? take(a, N * H * es, act) : g->gelu_scratch;
+        k->fc_gelu = r < 1 && !k->sb_saved[SB_LINEAR_C_PROJ] ? take(a, N * H * es, act) : g->gelu_scratch;
         k->mlp = g->has_ls ? take(a, N * D * es, act) : g->branch;
         k->res_2 = take(a, N * D * es, act);
         for (int i = 0; i < SB_LINEARS; i++) {
-            if (g->sb_saved[i]) k->xq[i] = (int8_t *)take(a, N * in[i], act), k->xs[i] = TAKE_F(a, N, act);
+            if (k->sb_saved[i]) k->xq[i] = (int8_t *)take(a, N * in[i], act), k->xs[i] = TAKE_F(a, N, act);
             else k->xq[i] = g->xq_scratch, k->xs[i] = g->xs_scratch;
             if (!g->sb_on[i]) continue;
             SbWeight *w8 = &k->w8[i];  // W (out, in) and W^T in int8, the maxima (out + in + 1)
@@ -352,8 +356,10 @@ static void carve(ClipGPU *g, Arena *a, GpuMemoryPlan *p) {
     size_t *o = &p->other;
     g->branch = take(a, nd * es, o);  // also the patch embeddings (fewer rows than the vision tower)
     int int8 = c->precision == PRECISION_INT8_SWITCHBACK;
-    g->ln_scratch = g->recompute >= 2 ? take(a, nd * es, o) : NULL;
-    g->gelu_scratch = g->recompute >= 1 ? take(a, nh * es, o) : NULL;
+    // scratch for the recomputed activations, when some block recomputes (both towers' blocks past recompute_keep)
+    int some = g->recompute_keep < L->visual.layers || g->recompute_keep < L->text.layers;
+    g->ln_scratch = g->recompute >= 2 && some ? take(a, nd * es, o) : NULL;
+    g->gelu_scratch = g->recompute >= 1 && some ? take(a, nh * es, o) : NULL;
     g->xq_scratch = int8 ? (int8_t *)take(a, nh, o) : NULL;
     g->xs_scratch = int8 ? TAKE_F(a, rows, o) : NULL;
     g->sb_max_M = (int)rows, g->sb_max_C = (int)cols;
@@ -379,7 +385,7 @@ static void carve(ClipGPU *g, Arena *a, GpuMemoryPlan *p) {
     g->feat_n = TAKE_F(a, 2 * Ng * E, o), g->dfeat_n = TAKE_F(a, 2 * Ng * E, o);
     g->loss_scratch = TAKE_F(a, contrastive_loss_scratch_elems((int)Bt, (int)Ng), o);
     g->loss = TAKE_F(a, 1, o), g->norm = TAKE_F(a, 1, o);
-    p->other += (32u << 20) + (4u << 20);  // cuBLASLt workspace, column-sum partials (allocated by the kernels)
+    p->other += (32u << 20) + COLSUM_PARTIAL_BYTES;  // cuBLASLt workspace, column-sum partials (allocated by the kernels)
     p->total = p->weights + p->grads + p->optimizer + p->activations + p->other;
 }
 
@@ -415,10 +421,11 @@ static void linear_forward(ClipGPU *g, BlockBuf *k, int i, T *y, const T *x, siz
 // bf16 input (NULL where nothing reads it).
 static int8_t *in_q(ClipGPU *g, BlockBuf *k, int i) { return g->sb_on[i] ? k->xq[i] : NULL; }
 static float *in_s(ClipGPU *g, BlockBuf *k, int i) { return g->sb_on[i] ? k->xs[i] : NULL; }
-template <typename T> static T *in_bf16(ClipGPU *g, void *p, int i) { return g->in_bf16[i] ? as<T>(p) : NULL; }
+template <typename T> static T *in_bf16(BlockBuf *k, void *p, int i) { return k->in_bf16[i] ? as<T>(p) : NULL; }
 
 // dx (N, C) = dy (N, OC) @ W (overwritten) and dW += dy^T @ x into the fp32 gradients, and db (OC) += the column
-// sums of dy when db is given (c_fc's comes from the GELU backward). SwitchBack: dx from int8 dy (row-wise; dy_q:
+// sums of dy when db is given (c_fc's comes from the GELU backward, out_proj's and c_proj's from the LayerNorm
+// backwards, tower_backward). SwitchBack: dx from int8 dy (row-wise; dy_q:
 // already in g->sb.gq, gs, written by dy's producer, else quantized here with db from the same pass) and int8 W^T,
 // dW in bf16 with fp32 accumulation; from the saved int8 x where sb_saved[i] (the bf16 x is not kept then).
 template <typename T>
@@ -427,7 +434,7 @@ static void linear_backward(ClipGPU *g, BlockBuf *k, int i, T *dx, float *db, co
     int sb_db = g->sb_on[i] && !dy_q;
     if (g->sb_on[i]) {
         switchback_backward(&g->sb, (bf16 *)dx, g->grads + w, sb_db ? db : NULL, (const bf16 *)dy,
-                            g->sb_saved[i] ? NULL : (const bf16 *)x, k->xq[i], k->xs[i], &k->w8[i], N, 1, dy_q, 0);
+                            k->sb_saved[i] ? NULL : (const bf16 *)x, k->xq[i], k->xs[i], &k->w8[i], N, 1, dy_q, 0);
     } else {
         matmul_backward_input_gpu<T>(dx, dy, (const T *)g->wts + w, N, C, OC);
         matmul_backward_weight_gpu<T>(g->grads + w, dy, x, N, C, OC);
@@ -466,7 +473,7 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
     wait_params(g, w0->ln_1_w);
     mark(g, PROF_LAYERNORM);
     BlockBuf *k0 = &tb->blocks[0];
-    residual_layernorm_forward_gpu<T>(NULL, in_bf16<T>(g, k0->ln_1, SB_LINEAR_QKV), k0->ln_1_mean, k0->ln_1_rstd, as<T>(tb->x0),
+    residual_layernorm_forward_gpu<T>(NULL, in_bf16<T>(k0, k0->ln_1, SB_LINEAR_QKV), k0->ln_1_mean, k0->ln_1_rstd, as<T>(tb->x0),
                                       NULL, NULL, P + w0->ln_1_w, P + w0->ln_1_b, N, D, in_q(g, k0, SB_LINEAR_QKV),
                                       in_s(g, k0, SB_LINEAR_QKV));
     const T *x = as<T>(tb->x0);
@@ -480,14 +487,14 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
         mark(g, PROF_GEMM);
         linear_forward<T>(g, k, SB_LINEAR_OUT_PROJ, as<T>(k->attn), as<T>(k->att_y), w->out_proj_w, w->out_proj_b, N, D, D);
         mark(g, PROF_LAYERNORM);
-        residual_layernorm_forward_gpu<T>(as<T>(k->res_1), in_bf16<T>(g, k->ln_2, SB_LINEAR_C_FC), k->ln_2_mean, k->ln_2_rstd, x,
+        residual_layernorm_forward_gpu<T>(as<T>(k->res_1), in_bf16<T>(k, k->ln_2, SB_LINEAR_C_FC), k->ln_2_mean, k->ln_2_rstd, x,
                                           as<T>(k->attn), opt_param(g, w->ls_1), P + w->ln_2_w, P + w->ln_2_b, N, D,
                                           in_q(g, k, SB_LINEAR_C_FC), in_s(g, k, SB_LINEAR_C_FC));
         mark(g, PROF_GEMM);
         linear_forward<T>(g, k, SB_LINEAR_C_FC, as<T>(k->fc), as<T>(k->ln_2), w->c_fc_w, w->c_fc_b, N, D, H);
         mark(g, PROF_GELU);
         if (g->sb_on[SB_LINEAR_C_PROJ])
-            gelu_forward_quantize_gpu(in_bf16<bf16>(g, k->fc_gelu, SB_LINEAR_C_PROJ), k->xq[SB_LINEAR_C_PROJ], k->xs[SB_LINEAR_C_PROJ],
+            gelu_forward_quantize_gpu(in_bf16<bf16>(k, k->fc_gelu, SB_LINEAR_C_PROJ), k->xq[SB_LINEAR_C_PROJ], k->xs[SB_LINEAR_C_PROJ],
                                       as<bf16>(k->fc), N, H, quick);
         else gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)N * H, quick);
         mark(g, PROF_GEMM);
@@ -497,7 +504,7 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
         if (l + 1 < t->layers) {
             BlockBuf *kn = &tb->blocks[l + 1];
             const BlockLayout *wn = &t->blocks[l + 1];
-            residual_layernorm_forward_gpu<T>(as<T>(k->res_2), in_bf16<T>(g, kn->ln_1, SB_LINEAR_QKV), kn->ln_1_mean, kn->ln_1_rstd,
+            residual_layernorm_forward_gpu<T>(as<T>(k->res_2), in_bf16<T>(kn, kn->ln_1, SB_LINEAR_QKV), kn->ln_1_mean, kn->ln_1_rstd,
                                               as<T>(k->res_1), as<T>(k->mlp), opt_param(g, w->ls_2), P + wn->ln_1_w, P + wn->ln_1_b,
                                               N, D, in_q(g, kn, SB_LINEAR_QKV), in_s(g, kn, SB_LINEAR_QKV));
         } else {
@@ -576,12 +583,21 @@ template <typename T> static void forward_micro(ClipGPU *g, const Batch *b, int 
 
 // ---------------------------------------------------------------- backward
 
-// g->dres (N, D) holds d(last block output) on entry and d(x0) on return.
+// What a LayerNorm backward sums for the residual branch ls * f above it (its new dinp is the branch's output
+// gradient): the bias gradient of the branch's last linear (layout offset b), the layer-scale's (ls, or NO_TENSOR).
+template <typename T> static BranchGrads<T> branch_grads(ClipGPU *g, size_t b, size_t ls, void *f) {
+    int has = ls != NO_TENSOR;
+    return BranchGrads<T>{g->grads + b, has ? g->grads + ls : NULL, has ? g->params + ls : NULL, has ? as<T>(f) : NULL};
+}
+
+// g->dres (N, D) holds d(last block output) on entry and d(x0) on return. The bias (and layer-scale) gradients of
+// out_proj and c_proj come from the LayerNorm backwards that produce their output gradients (ln_2's, and the next
+// block's ln_1's), but the last block's c_proj's, whose output gradient comes from the head.
 template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B) {
     const TowerLayout *t = tb->t;
     const float *P = g->params;
     float *G = g->grads;
-    int N = B * t->tokens, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu, r = g->recompute;
+    int N = B * t->tokens, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu;
     T *dres = as<T>(g->dres), *d_a = as<T>(g->d_a), *d_b = as<T>(g->d_b), *d_wide = as<T>(g->d_wide);
     // SwitchBack: the LayerNorm backwards also quantize the residual-stream gradient into g->sb.gq, gs where it is
     // the next linear's output gradient as it is (no layer-scale between): ln_2's for out_proj, ln_1's for the
@@ -592,15 +608,17 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
     for (int l = t->layers - 1; l >= 0; l--) {
         const BlockLayout *w = &t->blocks[l];
         BlockBuf *k = &tb->blocks[l];
+        int r = k->recompute, last = l == t->layers - 1;
         const T *x = as<T>(l ? tb->blocks[l - 1].res_2 : tb->x0);
         // res_2 = res_1 + ls_2 * c_proj(gelu(c_fc(ln_2(res_1))))
         const T *dmlp = dres;
         mark(g, PROF_PARAM_GRADS);
-        if (w->ls_2 != NO_TENSOR) layerscale_backward_gpu<T>(d_a, G + w->ls_2, dres, as<T>(k->mlp), P + w->ls_2, N, D), dmlp = d_a;
+        if (w->ls_2 != NO_TENSOR)
+            layerscale_backward_gpu<T>(d_a, last ? G + w->ls_2 : NULL, dres, as<T>(k->mlp), P + w->ls_2, N, D), dmlp = d_a;
         mark(g, PROF_GELU);
         if (r >= 1) gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)N * H, quick);  // recompute
         mark(g, PROF_GEMM);
-        linear_backward<T>(g, k, SB_LINEAR_C_PROJ, d_wide, G + w->c_proj_b, dmlp, dres_q, as<T>(k->fc_gelu), w->c_proj_w, N, H, D);
+        linear_backward<T>(g, k, SB_LINEAR_C_PROJ, d_wide, last ? G + w->c_proj_b : NULL, dmlp, dres_q, as<T>(k->fc_gelu), w->c_proj_w, N, H, D);
         mark(g, PROF_GELU);
         int fc_q = g->sb_on[SB_LINEAR_C_FC];  // with c_fc's bias gradient (and its output gradient quantized)
         if (fc_q) gelu_backward_quantize_gpu(as<bf16>(d_wide), gq, gs, G + w->c_fc_b, as<bf16>(d_wide), as<bf16>(k->fc), N, H, quick);
@@ -611,14 +629,15 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         linear_backward<T>(g, k, SB_LINEAR_C_FC, d_b, NULL, d_wide, fc_q, as<T>(k->ln_2), w->c_fc_w, N, D, H);
         mark(g, PROF_LAYERNORM_BACKWARD);
         int att_q = g->sb_on[SB_LINEAR_OUT_PROJ] && w->ls_1 == NO_TENSOR;
+        BranchGrads<T> attn_grads = branch_grads<T>(g, w->out_proj_b, w->ls_1, k->attn);
         layernorm_backward_gpu<T>(dres, G + w->ln_2_w, G + w->ln_2_b, d_b, as<T>(k->res_1), P + w->ln_2_w, k->ln_2_mean, k->ln_2_rstd,
-                                  N, D, att_q ? gq : NULL, gs);
+                                  N, D, att_q ? gq : NULL, gs, &attn_grads);
         // res_1 = x + ls_1 * out_proj(attention(in_proj(ln_1(x))))
         const T *dattn = dres;
         mark(g, PROF_PARAM_GRADS);
-        if (w->ls_1 != NO_TENSOR) layerscale_backward_gpu<T>(d_a, G + w->ls_1, dres, as<T>(k->attn), P + w->ls_1, N, D), dattn = d_a;
+        if (w->ls_1 != NO_TENSOR) layerscale_backward_gpu<T>(d_a, NULL, dres, as<T>(k->attn), P + w->ls_1, N, D), dattn = d_a;
         mark(g, PROF_GEMM);
-        linear_backward<T>(g, k, SB_LINEAR_OUT_PROJ, d_b, G + w->out_proj_b, dattn, att_q, as<T>(k->att_y), w->out_proj_w, N, D, D);
+        linear_backward<T>(g, k, SB_LINEAR_OUT_PROJ, d_b, NULL, dattn, att_q, as<T>(k->att_y), w->out_proj_w, N, D, D);
         mark(g, PROF_ATTENTION_BACKWARD);
         attention_backward_gpu(d_wide, g->att_scratch, d_b, as<T>(k->qkv), as<T>(k->att_y), k->att_stats, B, t->tokens, D, t->heads, t->causal);
         mark(g, PROF_LAYERNORM);
@@ -627,8 +646,10 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         linear_backward<T>(g, k, SB_LINEAR_QKV, d_a, G + w->in_proj_b, d_wide, 0, as<T>(k->ln_1), w->in_proj_w, N, D, 3 * D);
         mark(g, PROF_LAYERNORM_BACKWARD);
         dres_q = l > 0 && g->sb_on[SB_LINEAR_C_PROJ] && t->blocks[l - 1].ls_2 == NO_TENSOR;
+        BranchGrads<T> mlp_grads;  // the previous block's MLP branch
+        if (l > 0) mlp_grads = branch_grads<T>(g, t->blocks[l - 1].c_proj_b, t->blocks[l - 1].ls_2, tb->blocks[l - 1].mlp);
         layernorm_backward_gpu<T>(dres, G + w->ln_1_w, G + w->ln_1_b, d_a, x, P + w->ln_1_w, k->ln_1_mean, k->ln_1_rstd, N, D,
-                                  dres_q ? gq : NULL, gs);
+                                  dres_q ? gq : NULL, gs, l > 0 ? &mlp_grads : NULL);
         grads_done(g);
     }
 }
@@ -980,26 +1001,35 @@ int clip_gpu_micro_batch(const Config *c) {
 
 // A model with its sizes set and no memory: enough to carve in counting mode. Per rank: max_batch pairs of
 // the global batch_size.
+// What block k saves at recompute level r. int8_switchback runs on the bf16 path with the switchback_layers through
+// SwitchBack. The memory-efficient variant saves a layer's int8 input + row scales instead of its bf16 input only
+// where the recompute level would save that input (ln_1 and ln_2 below recompute 2, the GELU output below 1), so it
+// never costs memory; never out_proj's input, the attention output, which the attention backward keeps in bf16 anyway.
+// SwitchBack's inputs but the attention output come quantized from their producers (LayerNorm, GELU); the bf16 copy
+// is written only where the backward reads the saved one (not recomputed, not replaced by the int8 copy).
+static void block_plan(const ClipGPU *g, BlockBuf *k, int r) {
+    int me = g->cfg.switchback_variant == SB_VARIANT_MEMORY_EFFICIENT, kept[SB_LINEARS] = {r < 2, 0, r < 2, r < 1};
+    k->recompute = r;
+    for (int i = 0; i < SB_LINEARS; i++) {
+        k->sb_saved[i] = me && g->sb_on[i] && kept[i];
+        k->in_bf16[i] = !g->sb_on[i] || (kept[i] && !k->sb_saved[i]);
+    }
+}
+
 static void init_shape(ClipGPU *g, const Config *c, const ClipLayout *L, int mb, int recompute) {
     memset(g, 0, sizeof(*g));
     g->cfg = *c, g->L = L;
     g->world = c->world_size, g->zero = c->zero && c->world_size > 1;
     g->use_bf16 = c->precision != PRECISION_FP32, g->mb = mb, g->max_batch = (int)(c->batch_size / c->world_size);
-    g->recompute = recompute;
+    g->recompute = recompute, g->recompute_keep = c->recompute_keep;
     g->has_ls = config_has_layer_scale(c);
-    // int8_switchback runs on the bf16 path with the switchback_layers through SwitchBack. The memory-efficient
-    // variant saves a layer's int8 input + row scales instead of its bf16 input only where the recompute level
-    // would save that input (ln_1 and ln_2 below recompute 2, the GELU output below 1), so it never costs memory;
-    // never out_proj's input, the attention output, which the attention backward keeps in bf16 anyway.
-    int sb = c->precision == PRECISION_INT8_SWITCHBACK, me = sb && c->switchback_variant == SB_VARIANT_MEMORY_EFFICIENT;
-    int kept[SB_LINEARS] = {recompute < 2, 0, recompute < 2, recompute < 1};
-    for (int i = 0; i < SB_LINEARS; i++) g->sb_on[i] = sb && (c->switchback_mask >> i & 1), g->sb_saved[i] = me && g->sb_on[i] && kept[i];
-    // SwitchBack's inputs but the attention output come quantized from their producers (LayerNorm, GELU); the bf16
-    // copy is written only where the backward reads the saved one (not recomputed, not replaced by the int8 copy)
-    for (int i = 0; i < SB_LINEARS; i++) g->in_bf16[i] = !g->sb_on[i] || (kept[i] && !g->sb_saved[i]);
+    int sb = c->precision == PRECISION_INT8_SWITCHBACK;
+    for (int i = 0; i < SB_LINEARS; i++) g->sb_on[i] = sb && (c->switchback_mask >> i & 1);
     g->vis.t = &L->visual, g->txt.t = &L->text;
     g->vis.blocks = (BlockBuf *)callocCheck((size_t)L->visual.layers, sizeof(BlockBuf));
     g->txt.blocks = (BlockBuf *)callocCheck((size_t)L->text.layers, sizeof(BlockBuf));
+    for (int l = 0; l < L->visual.layers; l++) block_plan(g, &g->vis.blocks[l], l < c->recompute_keep ? 0 : recompute);
+    for (int l = 0; l < L->text.layers; l++) block_plan(g, &g->txt.blocks[l], l < c->recompute_keep ? 0 : recompute);
     g->vis.ln_w = L->ln_post_w, g->vis.ln_b = L->ln_post_b, g->vis.proj = L->visual_proj;
     g->txt.ln_w = L->ln_final_w, g->txt.ln_b = L->ln_final_b, g->txt.proj = L->text_projection;
     build_buckets(g);
@@ -1091,9 +1121,9 @@ int clip_gpu_print_memory_plan(const Config *c, const ClipLayout *L) {
     size_t free_b = 0, total_b = 0;
     cudaCheck(cudaMemGetInfo(&free_b, &total_b));
     size_t avail = free_b > (256u << 20) ? free_b - (256u << 20) : 0;  // headroom for the CUDA libraries' own buffers
-    printf("memory plan (GPU, %s, micro-batch %d, recompute %d): weights %.2f GiB, grads %.2f GiB, optimizer %.2f GiB, "
+    printf("memory plan (GPU, %s, micro-batch %d, recompute %d, recompute_keep %d): weights %.2f GiB, grads %.2f GiB, optimizer %.2f GiB, "
            "activations %.2f GiB, other %.2f GiB = %.2f GiB of %.2f GiB free\n",
-           c->precision == PRECISION_FP32 ? "fp32" : c->precision == PRECISION_BF16 ? "bf16" : "int8_switchback", mb, c->recompute, gib(p.weights), gib(p.grads), gib(p.optimizer),
+           c->precision == PRECISION_FP32 ? "fp32" : c->precision == PRECISION_BF16 ? "bf16" : "int8_switchback", mb, c->recompute, c->recompute_keep, gib(p.weights), gib(p.grads), gib(p.optimizer),
            gib(p.activations), gib(p.other), gib(p.total), gib(free_b));
     printf("largest micro-batch that fits: recompute 0: %d, 1: %d, 2: %d (batch per rank %ld)\n", largest_fit(c, L, 0, avail),
            largest_fit(c, L, 1, avail), largest_fit(c, L, 2, avail), c->batch_size / c->world_size);
@@ -1129,7 +1159,7 @@ ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *para
     if (p.total > free_b) {
         int fit = largest_fit(c, L, c->recompute, free_b > (256u << 20) ? free_b - (256u << 20) : 0);
         fatal("out of GPU memory: micro-batch %d needs %.2f GiB, %.2f GiB are free. Largest micro-batch that fits with "
-              "recompute = %d: %d; set micro_batch_size (gradient accumulation keeps the batch) or recompute = 2",
+              "recompute = %d: %d; set micro_batch_size (gradient accumulation keeps the batch), recompute = 2 or a smaller recompute_keep",
               mb, gib(p.total), gib(free_b), c->recompute, fit);
     }
     cudaCheck(cudaMalloc(&g->arena, count.used));

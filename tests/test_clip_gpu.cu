@@ -8,7 +8,8 @@
 //     init the loss is near log B and its gradient is a small difference of nearly equal logits, which
 //     magnifies the features' bf16 rounding (the batch-2 runs at ViT sizes vary most from seed to seed).
 //     A wrong or missing term is off by ~100%, and the fp32 run at the same shapes checks the logic to 1e-4;
-//   gradient accumulation (micro-batches 4 and 3 of 8) and every recompute level equal the plain step to 1e-5;
+//   gradient accumulation (micro-batches 4 and 3 of 8) and every recompute level (also with recompute_keep = 1: block
+//     0 of each tower saves everything) equal the plain step to 1e-5; the memory plan of recompute_keep to the byte;
 //   training 200 steps on the synthetic data, GPU bf16 vs CPU fp32 from the same init and batches: each
 //     20-step mean loss within 5% (+0.05) of the CPU's, and both fall below 75% of their first window.
 // precision int8_switchback (every variant; tiny, tiny QuickGELU + layer-scale, and widths 256 at batch 16):
@@ -193,13 +194,15 @@ static void test_accumulation_and_recompute(void) {
     StepResult ref, got;
     result_alloc(&ref, &cpu.layout, 8, c.embed_dim), result_alloc(&got, &cpu.layout, 8, c.embed_dim);
     gpu_step(&ref, &c, &cpu.layout, cpu.params, &b);
-    const char *variants[][2] = {{"micro_batch_size=4", "recompute=0"}, {"micro_batch_size=3", "recompute=1"},
-                                 {"micro_batch_size=8", "recompute=1"}, {"micro_batch_size=8", "recompute=2"}};
-    for (int v = 0; v < 4; v++) {
+    // recompute_keep = 1: block 0 of each tower saves everything, block 1 recomputes
+    const char *variants[][3] = {{"micro_batch_size=4", "recompute=0", "recompute_keep=0"}, {"micro_batch_size=3", "recompute=1", "recompute_keep=0"},
+                                 {"micro_batch_size=8", "recompute=1", "recompute_keep=0"}, {"micro_batch_size=8", "recompute=2", "recompute_keep=0"},
+                                 {"micro_batch_size=3", "recompute=1", "recompute_keep=1"}, {"micro_batch_size=8", "recompute=2", "recompute_keep=1"}};
+    for (int v = 0; v < 6; v++) {
         Config cv = c;
-        config_set(&cv, variants[v][0], 1), config_set(&cv, variants[v][1], 2);
-        char what[96];
-        snprintf(what, sizeof(what), "fp32 %s %s", variants[v][0], variants[v][1]);
+        config_set(&cv, variants[v][0], 1), config_set(&cv, variants[v][1], 2), config_set(&cv, variants[v][2], 3);
+        char what[128];
+        snprintf(what, sizeof(what), "fp32 %s %s %s", variants[v][0], variants[v][1], variants[v][2]);
         gpu_step(&got, &cv, &cpu.layout, cpu.params, &b);
         compare(what, &got, &ref, &cpu.layout, 8, c.embed_dim, 1e-5, 1e-5, 1e-5, 1e-4);
     }
@@ -287,17 +290,19 @@ static void sb_parity(const char *what, const char *const *sets, int B) {
     result_alloc(&ref, &cpu.layout, B, c.embed_dim), result_alloc(&got, &cpu.layout, B, c.embed_dim);
     cpu_step(&ref, &cpu, &b);
     float *std_grads = zeros_host(cpu.layout.buffer_elems);
-    const char *variants[][3] = {{"precision=int8_switchback", "switchback_variant=standard", "recompute=1"},
-                                 {"precision=int8_switchback", "switchback_variant=memory_efficient", "recompute=0"},
-                                 {"precision=int8_switchback", "switchback_variant=memory_efficient", "recompute=1"},
-                                 {"precision=int8_switchback", "switchback_variant=vectorwise", "recompute=1"},
-                                 {"precision=int8_switchback", "switchback_variant=int8_everywhere", "recompute=2"}};
-    for (int v = 0; v < 5; v++) {
+    // recompute_keep = 1 with memory_efficient: block 0 saves its GELU output in int8, block 1 recomputes it
+    const char *variants[][4] = {{"precision=int8_switchback", "switchback_variant=standard", "recompute=1", "recompute_keep=0"},
+                                 {"precision=int8_switchback", "switchback_variant=memory_efficient", "recompute=0", "recompute_keep=0"},
+                                 {"precision=int8_switchback", "switchback_variant=memory_efficient", "recompute=1", "recompute_keep=0"},
+                                 {"precision=int8_switchback", "switchback_variant=memory_efficient", "recompute=1", "recompute_keep=1"},
+                                 {"precision=int8_switchback", "switchback_variant=vectorwise", "recompute=1", "recompute_keep=0"},
+                                 {"precision=int8_switchback", "switchback_variant=int8_everywhere", "recompute=2", "recompute_keep=0"}};
+    for (int v = 0; v < 6; v++) {
         Config cv = c;
-        const char *sv[] = {variants[v][0], variants[v][1], variants[v][2], NULL};
+        const char *sv[] = {variants[v][0], variants[v][1], variants[v][2], variants[v][3], NULL};
         set_all(&cv, sv);
-        char name[160];
-        snprintf(name, sizeof(name), "%s %s %s", what, variants[v][1] + 19, variants[v][2]);
+        char name[192];
+        snprintf(name, sizeof(name), "%s %s %s %s", what, variants[v][1] + 19, variants[v][2], variants[v][3]);
         gpu_step(&got, &cv, &cpu.layout, cpu.params, &b);
         compare(name, &got, &ref, &cpu.layout, B, c.embed_dim, SB_B_LOSS, SB_B_FEAT, SB_B_ALL, SB_B_TENSOR);
         // memory-efficient: the weight gradients come from the int8 inputs, so they differ from the standard
@@ -310,7 +315,7 @@ static void sb_parity(const char *what, const char *const *sets, int B) {
         }
     }
     Config cs = c;
-    const char *ss[] = {variants[0][0], variants[0][1], variants[0][2], NULL};
+    const char *ss[] = {variants[0][0], variants[0][1], variants[0][2], variants[0][3], NULL};
     set_all(&cs, ss);
     float *broken = (float *)mallocCheck(cpu.layout.buffer_elems * sizeof(float));
     memcpy(broken, cpu.params, cpu.layout.buffer_elems * sizeof(float));
@@ -365,14 +370,16 @@ static void test_switchback_plumbing(void) {
     EXPECT(same, "int8_switchback with switchback_layers = none differs from bf16");
 
     gpu_step(&ref, &c, L, cpu.params, &b);
-    const char *variants[][2] = {{"micro_batch_size=3", "recompute=1"}, {"micro_batch_size=8", "recompute=0"},
-                                 {"micro_batch_size=8", "recompute=2"}};
-    for (int v = 0; v < 3; v++) {
+    // recompute_keep = 1: block 0 writes its GELU output (and LayerNorm outputs) in bf16 too, block 1 does not
+    const char *variants[][3] = {{"micro_batch_size=3", "recompute=1", "recompute_keep=0"}, {"micro_batch_size=8", "recompute=0", "recompute_keep=0"},
+                                 {"micro_batch_size=8", "recompute=2", "recompute_keep=0"}, {"micro_batch_size=3", "recompute=1", "recompute_keep=1"},
+                                 {"micro_batch_size=8", "recompute=2", "recompute_keep=1"}};
+    for (int v = 0; v < 5; v++) {
         Config cv = c;
-        const char *sv[] = {variants[v][0], variants[v][1], NULL};
+        const char *sv[] = {variants[v][0], variants[v][1], variants[v][2], NULL};
         set_all(&cv, sv);
-        char what[96];
-        snprintf(what, sizeof(what), "int8 %s %s", variants[v][0], variants[v][1]);
+        char what[128];
+        snprintf(what, sizeof(what), "int8 %s %s %s", variants[v][0], variants[v][1], variants[v][2]);
         gpu_step(&got, &cv, L, cpu.params, &b);
         compare(what, &got, &ref, L, 8, E, 1e-3, 1e-3, 1e-2, 2e-2);
     }
@@ -433,6 +440,46 @@ static void test_switchback_memory_plan(void) {
     clip_layout_free(&L);
 }
 
+// recompute_keep = K (host arithmetic): the first K blocks of each tower save what recompute 0 saves, the others
+// recompute; with every block kept the plan is recompute 0's to the byte (no recompute scratch).
+static void test_recompute_keep_memory_plan(void) {
+    Config c;
+    const char *sets[] = {"precision=bf16", "batch_size=64", NULL};
+    make_config(&c, sets);
+    ClipLayout L;
+    clip_layout_build(&L, &c);
+    const TowerLayout *towers[2] = {&L.visual, &L.text};
+    size_t gelu = 0, ln = 0, gelu8 = 0;  // per kept block of both towers: the GELU output, the two LayerNorm outputs
+    for (int t = 0; t < 2; t++) {
+        size_t N = 64 * towers[t]->tokens, D = towers[t]->width, H = towers[t]->mlp;
+        gelu += round256(2 * N * H), ln += 2 * round256(2 * N * D), gelu8 += round256(N * H) + round256(4 * N);
+    }
+    Config ck = c, cm = c, cmk = c;
+    const char *sk[] = {"recompute_keep=1", NULL}, *sm[] = {"precision=int8_switchback", "switchback_variant=memory_efficient", NULL};
+    set_all(&ck, sk), set_all(&cm, sm), cmk = cm, set_all(&cmk, sk);
+    GpuMemoryPlan p1 = clip_gpu_memory_plan(&c, &L, 64, 1), k1 = clip_gpu_memory_plan(&ck, &L, 64, 1);
+    GpuMemoryPlan p2 = clip_gpu_memory_plan(&c, &L, 64, 2), k2 = clip_gpu_memory_plan(&ck, &L, 64, 2);
+    EXPECT(k1.activations - p1.activations == gelu && k1.other == p1.other, "recompute 1, keep 1: activations +%zu (expected %zu), other %+zd",
+           k1.activations - p1.activations, gelu, (ssize_t)(k1.other - p1.other));
+    EXPECT(k2.activations - p2.activations == gelu + ln && k2.other == p2.other, "recompute 2, keep 1: activations +%zu (expected %zu)",
+           k2.activations - p2.activations, gelu + ln);
+    GpuMemoryPlan m1 = clip_gpu_memory_plan(&cm, &L, 64, 1), mk1 = clip_gpu_memory_plan(&cmk, &L, 64, 1);
+    EXPECT(mk1.activations - m1.activations == gelu8, "memory_efficient recompute 1, keep 1: activations +%zu (expected %zu: int8 GELU outputs)",
+           mk1.activations - m1.activations, gelu8);
+    Config call = c;
+    char keep_all[32];
+    snprintf(keep_all, sizeof(keep_all), "recompute_keep=%d", L.visual.layers > L.text.layers ? L.visual.layers : L.text.layers);
+    const char *sa[] = {keep_all, NULL};
+    set_all(&call, sa);
+    for (int r = 1; r < 3; r++) {
+        GpuMemoryPlan a = clip_gpu_memory_plan(&call, &L, 64, r), z = clip_gpu_memory_plan(&c, &L, 64, 0);
+        EXPECT(a.total == z.total && a.activations == z.activations, "recompute %d, every block kept: %zu bytes, recompute 0 %zu", r, a.total, z.total);
+    }
+    printf("  tiny batch 64: recompute 1 %zu, keep 1 %zu, recompute 2 %zu, keep 1 %zu bytes of activations\n", p1.activations, k1.activations,
+           p2.activations, k2.activations);
+    clip_layout_free(&L);
+}
+
 // 2,000 steps of the tiny config on the synthetic data from the same init and batches: bf16, int8_switchback, and
 // bf16 from another init seed (the run-to-run noise the int8 curve is judged against). Loss table every 100 steps.
 static void test_switchback_training_tracks_bf16(void) {
@@ -481,6 +528,7 @@ int main(void) {
     test_seed();
     RUN(test_gpu_matches_cpu);
     RUN(test_accumulation_and_recompute);
+    RUN(test_recompute_keep_memory_plan);
     RUN(test_training_tracks_cpu);
     RUN(test_switchback_memory_plan);
     RUN(test_switchback_matches_cpu);

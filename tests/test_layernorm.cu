@@ -4,7 +4,10 @@
 // bf16 outputs 1e-2 (one bf16 rounding of each output, ~2e-3), fp32 statistics and parameter gradients
 // 1e-5 (the inputs are the same bf16-rounded values on both sides). The SwitchBack outputs (forward and backward
 // results quantized row-wise in the same pass) bit for bit against ref_quantize_rows of the bf16 results, with
-// the bf16 results unchanged, and (forward) without the bf16 output written.
+// the bf16 results unchanged, and (forward) without the bf16 output written. The backward with the branch gradients
+// (BranchGrads, with and without layer-scale): dinp and the LayerNorm's own gradients bit for bit those of the plain
+// backward, the branch sums 1e-5 from fp64 sums of the same (T-rounded) dinp values read back, and within the dinp
+// bound of the fp32 CPU reference's.
 #include "../kernels/layernorm.cuh"
 #include "test_gpu.h"
 #include "ref_switchback.h"
@@ -129,6 +132,72 @@ static void check_quantized(int N, int C) {
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) cudaCheck(cudaFree(dev[i]));
 }
 
+// The backward with BranchGrads against the plain backward on a copy, and the sums against the CPU.
+template <typename T> static void check_branch_grads(int N, int C, int with_ls, int quantized) {
+    const char *tn = sizeof(T) == 2 ? "bf16" : "fp32";
+    size_t n = (size_t)N * C;
+    float *x = rand_host(n, 2.0f), *w = rand_host(C, 1.5f), *b = rand_host(C, 0.5f), *dout = rand_host(n, 1.0f);
+    float *dinp = rand_host(n, 1.0f), *f = rand_host(n, 1.0f), *ls = rand_host(C, 1.0f), *dbr = rand_host(C, 1.0f), *dls = rand_host(C, 1.0f);
+    float *dw = zeros_host(C), *db = zeros_host(C);
+    round_to<T>(x, n), round_to<T>(dout, n), round_to<T>(dinp, n), round_to<T>(f, n);
+    float *out = zeros_host(n), *mean = zeros_host(N), *rstd = zeros_host(N);
+    layernorm_forward(out, mean, rstd, x, w, b, N, C);
+    T *d_x = to_device<T>(x, n), *d_dout = to_device<T>(dout, n), *d_dinp = to_device<T>(dinp, n), *d_dinp2 = to_device<T>(dinp, n);
+    T *d_f = to_device<T>(f, n);
+    float *d_w = to_device<float>(w, C), *d_mean = to_device<float>(mean, N), *d_rstd = to_device<float>(rstd, N);
+    float *d_dw = to_device<float>(dw, C), *d_db = to_device<float>(db, C), *d_dw2 = to_device<float>(dw, C), *d_db2 = to_device<float>(db, C);
+    float *d_ls = to_device<float>(ls, C), *d_dbr = to_device<float>(dbr, C), *d_dls = to_device<float>(dls, C);
+    int8_t *d_q = quantized ? poisoned<int8_t>(n) : NULL, *d_q2 = quantized ? poisoned<int8_t>(n) : NULL;
+    float *d_s = quantized ? poisoned<float>(N) : NULL, *d_s2 = quantized ? poisoned<float>(N) : NULL;
+    layernorm_backward_gpu<T>(d_dinp, d_dw, d_db, d_dout, d_x, d_w, d_mean, d_rstd, N, C, d_q, d_s);
+    BranchGrads<T> br = {d_dbr, with_ls ? d_dls : NULL, with_ls ? d_ls : NULL, with_ls ? d_f : NULL};
+    layernorm_backward_gpu<T>(d_dinp2, d_dw2, d_db2, d_dout, d_x, d_w, d_mean, d_rstd, N, C, d_q2, d_s2, &br);
+    float *g = zeros_host(n), *g2 = zeros_host(n), *h = zeros_host(4 * C), *h2 = zeros_host(4 * C);
+    to_host<T>(g, d_dinp, n), to_host<T>(g2, d_dinp2, n);
+    to_host<float>(h, d_dw, C), to_host<float>(h + C, d_db, C), to_host<float>(h2, d_dw2, C), to_host<float>(h2 + C, d_db2, C);
+    int same = !memcmp(g, g2, n * sizeof(float)) && !memcmp(h, h2, 2 * C * sizeof(float));
+    if (quantized) {
+        int8_t *q = (int8_t *)mallocCheck(n), *q2 = (int8_t *)mallocCheck(n);
+        float *s = zeros_host(N), *s2 = zeros_host(N);
+        cudaCheck(cudaMemcpy(q, d_q, n, cudaMemcpyDeviceToHost)), cudaCheck(cudaMemcpy(q2, d_q2, n, cudaMemcpyDeviceToHost));
+        to_host<float>(s, d_s, N), to_host<float>(s2, d_s2, N);
+        same = same && !memcmp(q, q2, n) && !memcmp(s, s2, N * sizeof(float));
+        free(q), free(q2), free(s), free(s2);
+    }
+    EXPECT(same, "%s N=%d C=%d ls=%d q=%d: the backward with branch gradients changed dinp, dw, db or the int8 rows", tn, N, C,
+           with_ls, quantized);
+    // the sums of the GPU's own dinp (as the unfused passes read it), in fp64, and the fp32 CPU reference's
+    layernorm_backward(dinp, dw, db, dout, x, w, mean, rstd, N, C);
+    float *want = zeros_host(2 * C), *ref = zeros_host(2 * C), *got = zeros_host(2 * C);
+    for (int c = 0; c < C; c++) {
+        double sb = dbr[c], sl = dls[c], rb = dbr[c], rl = dls[c];
+        for (int r = 0; r < N; r++) {
+            float d = g2[(size_t)r * C + c], dr = dinp[(size_t)r * C + c], fv = f[(size_t)r * C + c];
+            float gb = d;
+            if (with_ls) {
+                gb = d * ls[c];
+                round_to<T>(&gb, 1);
+            }
+            sb += gb, sl += (double)d * fv, rb += with_ls ? dr * ls[c] : dr, rl += (double)dr * fv;
+        }
+        want[c] = (float)sb, want[C + c] = (float)sl, ref[c] = (float)rb, ref[C + c] = (float)rl;
+    }
+    to_host<float>(got, d_dbr, C), to_host<float>(got + C, d_dls, C);
+    int m = with_ls ? 2 : 1;
+    double e = rel_err(got, want, m * C), er = rel_err(got, ref, m * C);
+    EXPECT(e < 1e-5, "%s N=%d C=%d ls=%d q=%d: branch sums rel err %.2e against the sums of the same dinp", tn, N, C, with_ls, quantized, e);
+    EXPECT(er < (sizeof(T) == 2 ? 1e-2 : 1e-5), "%s N=%d C=%d ls=%d: branch sums rel err %.2e against the CPU reference", tn, N, C, with_ls, er);
+    if (!with_ls) {
+        to_host<float>(got + C, d_dls, C);  // untouched
+        EXPECT(!memcmp(got + C, dls, C * sizeof(float)), "%s: dls written without layer-scale", tn);
+    }
+    printf("  %s N=%d C=%d ls=%d q=%d: branch sums %.1e (same dinp), %.1e (CPU)\n", tn, N, C, with_ls, quantized, e, er);
+    free(x), free(w), free(b), free(dout), free(dinp), free(f), free(ls), free(dbr), free(dls), free(dw), free(db), free(out), free(mean);
+    free(rstd), free(g), free(g2), free(h), free(h2), free(want), free(ref), free(got);
+    void *dev[] = {d_x, d_dout, d_dinp, d_dinp2, d_f, d_w, d_mean, d_rstd, d_dw, d_db, d_dw2, d_db2, d_ls, d_dbr, d_dls, d_q, d_q2, d_s, d_s2};
+    for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) cudaCheck(cudaFree(dev[i]));
+}
+
 // odd (re-reading path), 768 / 1280 / 512 (register paths in bf16 / fp32), many rows per warp
 static const int SIZES[][2] = {{37, 75}, {130, 768}, {9, 1280}, {300, 64}, {50, 512}, {3000, 768}};
 
@@ -149,6 +218,14 @@ static void test_layernorm_backward(void) {
     for (int s = 0; s < 6; s++) check_backward<float>(SIZES[s][0], SIZES[s][1]), check_backward<bf16>(SIZES[s][0], SIZES[s][1]);
 }
 
+// more rows than one wave of blocks holds at 8 rows each (ViT-H/14's vision tower at batch 64: 16,448 x 1280)
+static void test_layernorm_branch_grads(void) {
+    SKIP_WITHOUT_GPU();
+    for (int s = 0; s < 6; s++)
+        for (int ls = 0; ls < 2; ls++) check_branch_grads<float>(SIZES[s][0], SIZES[s][1], ls, 0), check_branch_grads<bf16>(SIZES[s][0], SIZES[s][1], ls, 0);
+    check_branch_grads<bf16>(16448, 1280, 0, 1), check_branch_grads<bf16>(16448, 1280, 1, 0), check_branch_grads<float>(20000, 768, 1, 0);
+}
+
 static void test_layernorm_quantized(void) {
     SKIP_WITHOUT_GPU();
     for (int s = 0; s < 6; s++) check_quantized(SIZES[s][0], SIZES[s][1]);
@@ -159,5 +236,6 @@ int main(void) {
     RUN(test_layernorm_forward);
     RUN(test_layernorm_backward);
     RUN(test_layernorm_quantized);
+    RUN(test_layernorm_branch_grads);
     TEST_EXIT();
 }
