@@ -999,8 +999,6 @@ int clip_gpu_micro_batch(const Config *c) {
     return (int)(c->micro_batch_size ? c->micro_batch_size : c->batch_size / c->world_size);
 }
 
-// A model with its sizes set and no memory: enough to carve in counting mode. Per rank: max_batch pairs of
-// the global batch_size.
 // What block k saves at recompute level r. int8_switchback runs on the bf16 path with the switchback_layers through
 // SwitchBack. The memory-efficient variant saves a layer's int8 input + row scales instead of its bf16 input only
 // where the recompute level would save that input (ln_1 and ln_2 below recompute 2, the GELU output below 1), so it
@@ -1016,6 +1014,8 @@ static void block_plan(const ClipGPU *g, BlockBuf *k, int r) {
     }
 }
 
+// A model with its sizes set and no memory: enough to carve in counting mode. Per rank: max_batch pairs of
+// the global batch_size.
 static void init_shape(ClipGPU *g, const Config *c, const ClipLayout *L, int mb, int recompute) {
     memset(g, 0, sizeof(*g));
     g->cfg = *c, g->L = L;
