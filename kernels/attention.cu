@@ -3,10 +3,12 @@
 // mma.sync.m16n8k16 (sm_80 and sm_90): a block of 4 warps owns a tile of 64 queries (forward, dq) or 64 keys
 // (dk, dv), each warp 16 of its rows; the other side streams through shared memory in tiles of 64 rows,
 // double-buffered with cp.async. The head dim is padded to HD, a multiple of 16, with zeros. The backward is
-// two kernels (dq; dk and dv) that each recompute P: a single kernel adding dq with fp32 atomics measured
-// 1.45-1.55x slower (docs/benchmarks.md, "Attention kernels"). Each kernel's launch bounds ask for as many
-// blocks per SM as its shared memory allows, which caps the registers (a few bytes spill at HD 64-80): the
-// occupancy bought more than the spills cost.
+// two kernels (dq, which also computes the softmax correction delta = rowsum(dO * O); dk and dv) that each
+// recompute P: a single kernel adding dq with fp32 atomics measured 1.45-1.55x slower (docs/benchmarks.md,
+// "Attention kernels"). Each kernel's launch bounds ask for as many blocks per SM as its shared memory allows,
+// which caps the registers (a few bytes spill at HD 64-80): the occupancy bought more than the spills cost.
+// On sm_90 GPUs, head dims 64 and 80 run the same three kernels built on wgmma (the last section; docs/benchmarks.md,
+// "Attention on wgmma (sm_90a)").
 #include "attention.cuh"
 
 // ---------------------------------------------------------------- fp32: the reference algorithm
@@ -316,7 +318,7 @@ __device__ __forceinline__ void store_out_lse(bf16 *out_h, float *lse_h, const f
     }
 }
 
-// dk (times scale) and dv rows of the backward: dk_h = the key part of dqkv at this head, dv 3C / 3 further.
+// dk (times scale) and dv rows of the backward; dk_h: this head's columns of the key part of dqkv (dv: C further).
 template <int HD>
 __device__ __forceinline__ void store_dk_dv(bf16 *dk_h, const float (&dk)[HD / 8][4], const float (&dv)[HD / 8][4], float scale,
                                             int row0, int T, int C, int hd, int lane) {
@@ -621,7 +623,9 @@ template <int N> __device__ __forceinline__ void fence_acc(float (&d)[N][4]) {
 __device__ __forceinline__ void wgmma_ss_n16(float (&d)[2][4], uint64_t desc_a, uint64_t desc_b, int accumulate) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7"
+        "}, %8, %9, p, 1, 1, 0, 0;\n}\n"
         : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
@@ -629,15 +633,23 @@ __device__ __forceinline__ void wgmma_ss_n16(float (&d)[2][4], uint64_t desc_a, 
 __device__ __forceinline__ void wgmma_ss_n64(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b, int accumulate) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+          "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 // d (64 x 16) += A (64 x 16, registers) . B (16 x 16, MN-major descriptor).
 __device__ __forceinline__ void wgmma_rs_n16(float (&d)[2][4], const uint32_t (&a)[4], uint64_t desc_b) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 1;\n}\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7"
+        "}, {%8, %9, %10, %11}, %12, p, 1, 1, 1;\n}\n"
         : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
 }
@@ -645,8 +657,14 @@ __device__ __forceinline__ void wgmma_rs_n16(float (&d)[2][4], const uint32_t (&
 __device__ __forceinline__ void wgmma_rs_n64(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc_b) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+          "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
 }
 
@@ -740,8 +758,10 @@ __global__ void __launch_bounds__(FA_THREADS, 4)
         wg_fence_async_smem();  // the copies' writes before the wgmma's reads (async proxy)
         __syncthreads();
         int key0 = j * FA_TILE, edge = key0 + FA_TILE > T || (causal && j == qt);
-        if (T - key0 <= 16) wg_forward_tile<16, HD>(o, m_run, l_run, Qs, Ks[j & 1], Vs[j & 1], key0, q0 + r0, edge, T, causal, scale_log2, lane);
-        else wg_forward_tile<64, HD>(o, m_run, l_run, Qs, Ks[j & 1], Vs[j & 1], key0, q0 + r0, edge, T, causal, scale_log2, lane);
+        if (T - key0 <= 16)
+            wg_forward_tile<16, HD>(o, m_run, l_run, Qs, Ks[j & 1], Vs[j & 1], key0, q0 + r0, edge, T, causal, scale_log2, lane);
+        else
+            wg_forward_tile<64, HD>(o, m_run, l_run, Qs, Ks[j & 1], Vs[j & 1], key0, q0 + r0, edge, T, causal, scale_log2, lane);
         __syncthreads();  // the next iteration's loads overwrite this buffer
     }
     store_out_lse<HD>(out + (size_t)b * T * C + h * HD, lse + ((size_t)b * NH + h) * T, o, m_run, l_run, q0 + r0, T, C, HD, lane);
@@ -866,13 +886,11 @@ __device__ __forceinline__ void wg_dkdv_tile(float (&dk)[HD / 8][4], float (&dv)
 }
 #endif
 
-#ifndef WG_DKDV_BLOCKS80
-#define WG_DKDV_BLOCKS80 2
-#endif
-// dk, dv for a tile of 64 keys, as flash_backward_dkdv_kernel. 3 blocks per SM at HD 64 (6 tiles of shared memory);
-// at HD 80, WG_DKDV_BLOCKS80 (3 blocks cap the registers at 168: 172 bytes spill and ptxas serializes the wgmmas).
+// dk, dv for a tile of 64 keys, as flash_backward_dkdv_kernel. 3 blocks per SM (6 tiles of shared memory): at HD 80
+// the 168 registers this leaves spill 96 bytes and ptxas serializes the wgmmas, yet it measured 216 us against 230
+// with 2 blocks (186 registers, no spills) at ViT-H/14.
 template <int HD>
-__global__ void __launch_bounds__(FA_THREADS, HD == 80 ? WG_DKDV_BLOCKS80 : 3)
+__global__ void __launch_bounds__(FA_THREADS, 3)
     flash_backward_dkdv_wgmma_kernel(bf16 *dqkv, const bf16 *qkv, const bf16 *dout, const float *lse, const float *delta, int T,
                                      int C, int NH, int causal, float scale_log2, float scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -919,9 +937,11 @@ __global__ void __launch_bounds__(FA_THREADS, HD == 80 ? WG_DKDV_BLOCKS80 : 3)
         __syncthreads();
         int query0 = i * FA_TILE, edge = query0 + FA_TILE > T || (causal && i == kt);
         if (T - query0 <= 16)
-            wg_dkdv_tile<16, HD>(dk, dv, Ks, Vs, Qs[buf], dOs[buf], lse_s[buf], delta_s[buf], query0, k0 + r0, edge, T, causal, scale_log2, lane);
+            wg_dkdv_tile<16, HD>(dk, dv, Ks, Vs, Qs[buf], dOs[buf], lse_s[buf], delta_s[buf], query0, k0 + r0, edge, T, causal,
+                                 scale_log2, lane);
         else
-            wg_dkdv_tile<64, HD>(dk, dv, Ks, Vs, Qs[buf], dOs[buf], lse_s[buf], delta_s[buf], query0, k0 + r0, edge, T, causal, scale_log2, lane);
+            wg_dkdv_tile<64, HD>(dk, dv, Ks, Vs, Qs[buf], dOs[buf], lse_s[buf], delta_s[buf], query0, k0 + r0, edge, T, causal,
+                                 scale_log2, lane);
         __syncthreads();
     }
 #undef LOAD_QUERY_TILE
@@ -965,7 +985,8 @@ template <int HD> static void flash_forward(bf16 *out, float *lse, const bf16 *q
     static int configured[2];
     if constexpr (HD == 64 || HD == 80)
         if (use_wgmma(C / NH)) {
-            launch(flash_forward_wgmma_kernel<HD>, configured[1], 5 * sizeof(WgTile<HD>), B, T, NH, out, lse, qkv, T, C, NH, causal, scale_log2);
+            launch(flash_forward_wgmma_kernel<HD>, configured[1], 5 * sizeof(WgTile<HD>), B, T, NH, out, lse, qkv, T, C, NH, causal,
+                   scale_log2);
             return;
         }
     launch(flash_forward_kernel<HD>, configured[0], 5 * sizeof(FaTile<HD>), B, T, NH, out, lse, qkv, T, C, NH, causal, scale_log2);
