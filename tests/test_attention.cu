@@ -1,10 +1,10 @@
 // test_attention.cu: kernels/attention.cu against attention_forward/backward of model/ops_cpu.c at CLIP's
 // shapes (head dims 64, 80, 88 with sequences 50, 197, 257; causal 77 for text; the tiny config's 16) and
-// odd ones (T = 1, 5, 16, 33, 65, 80, 81, 129: partial tiles, a last tile of exactly 16 rows (the wgmma kernels'
-// narrow tail) and of 17; causal 257, 197 and 129: several key tiles adding to each query's dq). fp32 (the
-// reference algorithm on the GPU) bound 1e-5. bf16 flash attention on the same bf16-rounded qkv: out 1e-2, dqkv
-// 2e-2 for each of dq, dk, dv (probabilities are rounded to bf16 for the P V and dS products), for both kernel families: the default
-// (wgmma on an sm_90 GPU at head dims 64 and 80) and mma.sync forced.
+// odd ones (T = 1, 5, 16, 33, 65, 80, 81, 129: partial tiles, a last tile of exactly 16 rows (the wgmma
+// kernels' narrow tail) and of 17; causal 257, 197 and 129: several key tiles adding to each query's dq).
+// fp32 (the reference algorithm on the GPU) bound 1e-5. bf16 flash attention on the same bf16-rounded qkv:
+// out 1e-2, each of dq, dk, dv 2e-2 (probabilities are rounded to bf16 for the P V and dS products), for both
+// kernel families: the default (wgmma on an sm_90 GPU at head dims 64 and 80) and mma.sync forced.
 #include "../kernels/attention.cuh"
 #include "test_gpu.h"
 
