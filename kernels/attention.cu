@@ -3,10 +3,12 @@
 // mma.sync.m16n8k16 (sm_80 and sm_90): a block of 4 warps owns a tile of 64 queries (forward, dq) or 64 keys
 // (dk, dv), each warp 16 of its rows; the other side streams through shared memory in tiles of 64 rows,
 // double-buffered with cp.async. The head dim is padded to HD, a multiple of 16, with zeros. The backward is
-// two kernels (dq; dk and dv) that each recompute P: a single kernel adding dq with fp32 atomics measured
-// 1.45-1.55x slower (docs/benchmarks.md, "Attention kernels"). Each kernel's launch bounds ask for as many
-// blocks per SM as its shared memory allows, which caps the registers (a few bytes spill at HD 64-80): the
-// occupancy bought more than the spills cost.
+// two kernels (dq, which also computes the softmax correction delta = rowsum(dO * O); dk and dv) that each
+// recompute P: a single kernel adding dq with fp32 atomics measured 1.45-1.55x slower (docs/benchmarks.md,
+// "Attention kernels"). Each kernel's launch bounds ask for as many blocks per SM as its shared memory allows,
+// which caps the registers (a few bytes spill at HD 64-80): the occupancy bought more than the spills cost.
+// On sm_90 GPUs, head dims 64 and 80 run the same three kernels built on wgmma (the last section; docs/benchmarks.md,
+// "Attention on wgmma (sm_90a)").
 #include "attention.cuh"
 
 // ---------------------------------------------------------------- fp32: the reference algorithm
@@ -244,11 +246,92 @@ __device__ __forceinline__ void mma_probs_by_tile(float acc[HD / 8][4], const fl
 // 16-row groups of a tile starting at row0 that hold rows before T (at most 4).
 __device__ __forceinline__ int groups_before(int T, int row0) { return max(0, min(4, (T - row0 + 15) / 16)); }
 
+// One online-softmax step over scores s of 16 rows in the mma C layout (NT tiles of 8 columns; unless ALL, column
+// groups of 16 at or past hi are neither read nor written): s becomes p = 2^(s scale_log2 - m) with the running row
+// max m (log2 domain), l (this lane's part of the row sums) adds p, and the running output o is rescaled.
+template <int NT, int ALL, int HD>
+__device__ __forceinline__ void online_softmax(float (&s)[NT][4], float (&o)[HD / 8][4], float m_run[2], float l_run[2], float scale_log2,
+                                               int hi) {
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+        if (ALL || (nt >> 1) < hi)
+#pragma unroll
+            for (int e = 0; e < 4; e++) mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
+    float alpha[2], base[2], rs[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        float m_new = fmaxf(m_run[r], mx[r] * scale_log2);
+        base[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing unmasked yet stays at zero
+        alpha[r] = fast_exp2(m_run[r] - base[r]);
+        m_run[r] = m_new;
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+        if (ALL || (nt >> 1) < hi)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                s[nt][e] = fast_exp2(fmaf(s[nt][e], scale_log2, -base[e >> 1]));
+                rs[e >> 1] += s[nt][e];
+            }
+    l_run[0] = l_run[0] * alpha[0] + rs[0];
+    l_run[1] = l_run[1] * alpha[1] + rs[1];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) o[i][0] *= alpha[0], o[i][1] *= alpha[0], o[i][2] *= alpha[1], o[i][3] *= alpha[1];
+}
+
+// Rows row0 + C_ROW(lane, 2 r) (r = 0, 1) of acc (16 x HD, mma C layout) times mul[r] to dst (row stride ld), the
+// first hd columns, rows before T only.
+template <int HD>
+__device__ __forceinline__ void store_rows(bf16 *dst, int ld, const float (&acc)[HD / 8][4], const float mul[2], int row0, int T,
+                                           int hd, int lane) {
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int t = row0 + C_ROW(lane, 2 * r);
+        if (t >= T) continue;
+        bf16 *y = dst + (size_t)t * ld;
+#pragma unroll
+        for (int nt = 0; nt < HD / 8; nt++) {
+            int col = C_COL(lane, nt, 0);
+            if (col < hd) *reinterpret_cast<uint32_t *>(y + col) = pack_bf16(acc[nt][2 * r] * mul[r], acc[nt][2 * r + 1] * mul[r]);
+        }
+    }
+}
+
+// The forward's output rows (scaled by 1 / l) and their log-sum-exp m + log2(l).
+template <int HD>
+__device__ __forceinline__ void store_out_lse(bf16 *out_h, float *lse_h, const float (&o)[HD / 8][4], const float m_run[2],
+                                              float l_run[2], int row0, int T, int C, int hd, int lane) {
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
+        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
+    }
+    const float inv[2] = {1.0f / l_run[0], 1.0f / l_run[1]};
+    store_rows<HD>(out_h, C, o, inv, row0, T, hd, lane);
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int t = row0 + C_ROW(lane, 2 * r);
+        if (t < T && (lane & 3) == 0) lse_h[t] = m_run[r] + log2f(l_run[r]);
+    }
+}
+
+// dk (times scale) and dv rows of the backward; dk_h: this head's columns of the key part of dqkv (dv: C further).
+template <int HD>
+__device__ __forceinline__ void store_dk_dv(bf16 *dk_h, const float (&dk)[HD / 8][4], const float (&dv)[HD / 8][4], float scale,
+                                            int row0, int T, int C, int hd, int lane) {
+    const float mk[2] = {scale, scale}, mv[2] = {1.0f, 1.0f};
+    store_rows<HD>(dk_h, 3 * C, dk, mk, row0, T, hd, lane);
+    store_rows<HD>(dk_h + C, 3 * C, dv, mv, row0, T, hd, lane);
+}
+
 // 4 blocks per SM up to HD 80 (128 registers): at 143-165 registers (3 blocks) it ran 2-24% slower.
 template <int HD>
 __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 4 : HD <= 96 ? 3 : 2)
     flash_forward_kernel(bf16 *out, float *lse, const bf16 *qkv, int T, int C, int NH, int causal, float scale_log2) {
-    extern __shared__ __align__(16) unsigned char smem[];
+    extern __shared__ __align__(1024) unsigned char smem[];
     FaTile<HD> &Qs = *reinterpret_cast<FaTile<HD> *>(smem), *Ks = &Qs + 1, *Vs = &Qs + 3;
     int qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int hd = C / NH, ld = 3 * C, q0 = qt * FA_TILE, r0 = warp * 16;
@@ -294,79 +377,44 @@ __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 4 : HD <= 96 ? 3 : 2)
                         if (key >= T || (causal && key > query)) s[nt][e] = -INFINITY;
                     }
             }
-            float mx[2] = {-INFINITY, -INFINITY};
-            _Pragma("unroll")
-            for (int nt = 0; nt < 8; nt++)
-                if (IN_GROUPS(nt >> 1, 0, hi))
-                    _Pragma("unroll")
-                    for (int e = 0; e < 4; e++) mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
-            float alpha[2], base[2], rs[2] = {0.0f, 0.0f};
-            _Pragma("unroll")
-            for (int r = 0; r < 2; r++) {
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-                float m_new = fmaxf(m_run[r], mx[r] * scale_log2);
-                base[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing unmasked yet stays at zero
-                alpha[r] = fast_exp2(m_run[r] - base[r]);
-                m_run[r] = m_new;
-            }
-            _Pragma("unroll")
-            for (int nt = 0; nt < 8; nt++)
-                if (IN_GROUPS(nt >> 1, 0, hi))
-                    _Pragma("unroll")
-                    for (int e = 0; e < 4; e++) {
-                        s[nt][e] = fast_exp2(fmaf(s[nt][e], scale_log2, -base[e >> 1]));
-                        rs[e >> 1] += s[nt][e];
-                    }
-            l_run[0] = l_run[0] * alpha[0] + rs[0];
-            l_run[1] = l_run[1] * alpha[1] + rs[1];
-            _Pragma("unroll")
-            for (int i = 0; i < HD / 8; i++) o[i][0] *= alpha[0], o[i][1] *= alpha[0], o[i][2] *= alpha[1], o[i][3] *= alpha[1];
+            online_softmax<8, all_, HD>(s, o, m_run, l_run, scale_log2, hi);
             mma_probs_by_tile<HD>(o, s, Vs[j & 1], lane, 0, hi);
         });
         __syncthreads();  // the next iteration's loads overwrite this buffer
     }
+    store_out_lse<HD>(out + (size_t)b * T * C + h * hd, lse + ((size_t)b * NH + h) * T, o, m_run, l_run, q0 + r0, T, C, hd, lane);
+}
+
+// delta = rowsum(dout * out) of this thread's two rows in the mma C layout (rows row0 + C_ROW(lane, 2 r); the
+// wgmma accumulator of a warp has the same layout): the softmax backward's correction term. The four lanes of a row
+// each sum every fourth 16-byte chunk; the dq kernels compute it for their queries (no pass of its own) and write it
+// to delta (B, NH, T) for the dk/dv kernel. Rows past T get 0.
+__device__ __forceinline__ void row_deltas(float d[2], float *delta_h, const bf16 *out_b, const bf16 *dout_b, int C, int row0,
+                                           int T, int hd, int lane) {
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
-        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
-    }
+        int t = row0 + C_ROW(lane, 2 * r);
+        float s = 0.0f;
+        if (t < T)
+            for (int c = (lane & 3) * 8; c < hd; c += 32) {
+                Vec<bf16, 8> o = load_vec<bf16, 8>(out_b + (size_t)t * C + c), g = load_vec<bf16, 8>(dout_b + (size_t)t * C + c);
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-        int query = q0 + r0 + C_ROW(lane, 2 * r);
-        if (query >= T) continue;
-        float inv = 1.0f / l_run[r];
-        bf16 *y = out + ((size_t)b * T + query) * C + h * hd;
-#pragma unroll
-        for (int nt = 0; nt < HD / 8; nt++) {
-            int col = C_COL(lane, nt, 0);
-            if (col < hd) *reinterpret_cast<uint32_t *>(y + col) = pack_bf16(o[nt][2 * r] * inv, o[nt][2 * r + 1] * inv);
-        }
-        if ((lane & 3) == 0) lse[((size_t)b * NH + h) * T + query] = m_run[r] + log2f(l_run[r]);
+                for (int k = 0; k < 8; k++) s += to_float(o.v[k]) * to_float(g.v[k]);
+            }
+        s += __shfl_xor_sync(0xffffffffu, s, 1);
+        s += __shfl_xor_sync(0xffffffffu, s, 2);
+        d[r] = s;
+        if (t < T && (lane & 3) == 0) delta_h[t] = s;
     }
 }
 
-// delta (B, NH, T) = rowsum(dout * out) per head: the softmax backward's correction term.
-__global__ void attention_delta_kernel(float *delta, const bf16 *out, const bf16 *dout, int B, int T, int C, int NH) {
-    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (size_t)B * T * NH) return;
-    int h = (int)(idx % NH), t = (int)(idx / NH % T), b = (int)(idx / NH / T), hd = C / NH;
-    size_t off = ((size_t)b * T + t) * C + h * hd;
-    float s = 0.0f;
-    for (int i = 0; i < hd; i += 8) {
-        Vec<bf16, 8> o = load_vec<bf16, 8>(out + off + i), g = load_vec<bf16, 8>(dout + off + i);
-        for (int k = 0; k < 8; k++) s += to_float(o.v[k]) * to_float(g.v[k]);
-    }
-    delta[((size_t)b * NH + h) * T + t] = s;
-}
-
-// dq for a tile of 64 queries: S = Q K^T, P = exp2(S - lse), dP = dO V^T, dS = P (dP - delta), dQ = scale dS K.
-// 3 blocks per SM up to HD 80 (168 registers), as the dk/dv kernel.
+// dq for a tile of 64 queries: S = Q K^T, P = exp2(S - lse), dP = dO V^T, dS = P (dP - delta), dQ = scale dS K; delta
+// computed here and written for the dk/dv kernel. 3 blocks per SM up to HD 80 (168 registers), as the dk/dv kernel.
 template <int HD>
 __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
-    flash_backward_dq_kernel(bf16 *dqkv, const bf16 *qkv, const bf16 *dout, const float *lse, const float *delta, int T, int C,
-                             int NH, int causal, float scale_log2, float scale) {
-    extern __shared__ __align__(16) unsigned char smem[];
+    flash_backward_dq_kernel(bf16 *dqkv, float *delta, const bf16 *qkv, const bf16 *out, const bf16 *dout, const float *lse,
+                             int T, int C, int NH, int causal, float scale_log2, float scale) {
+    extern __shared__ __align__(1024) unsigned char smem[];
     FaTile<HD> &Qs = *reinterpret_cast<FaTile<HD> *>(smem), &dOs = *(&Qs + 1), *Ks = &Qs + 2, *Vs = &Qs + 4;
     int qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int hd = C / NH, ld = 3 * C, q0 = qt * FA_TILE, r0 = warp * 16;
@@ -380,12 +428,9 @@ __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
     load_tile<HD>(Vs[0], vb, ld, 0, T, hd);
     cp_async_commit();
     float row_lse[2], row_delta[2];
+    row_deltas(row_delta, delta + ((size_t)b * NH + h) * T, out + (size_t)b * T * C + h * hd, ob, C, q0 + r0, T, hd, lane);
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-        int query = q0 + r0 + C_ROW(lane, 2 * r);
-        size_t i = ((size_t)b * NH + h) * T + min(query, T - 1);
-        row_lse[r] = lse[i], row_delta[r] = delta[i];
-    }
+    for (int r = 0; r < 2; r++) row_lse[r] = lse[((size_t)b * NH + h) * T + min(q0 + r0 + C_ROW(lane, 2 * r), T - 1)];
     float dq[HD / 8][4];
 #pragma unroll
     for (int i = 0; i < HD / 8; i++) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.0f;
@@ -425,17 +470,8 @@ __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
         });
         __syncthreads();
     }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        int query = q0 + r0 + C_ROW(lane, 2 * r);
-        if (query >= T) continue;
-        bf16 *y = dqkv + ((size_t)b * T + query) * ld + h * hd;
-#pragma unroll
-        for (int nt = 0; nt < HD / 8; nt++) {
-            int col = C_COL(lane, nt, 0);
-            if (col < hd) *reinterpret_cast<uint32_t *>(y + col) = pack_bf16(dq[nt][2 * r] * scale, dq[nt][2 * r + 1] * scale);
-        }
-    }
+    const float mul[2] = {scale, scale};
+    store_rows<HD>(dqkv + (size_t)b * T * ld + h * hd, ld, dq, mul, q0 + r0, T, hd, lane);
 }
 
 // dk, dv for a tile of 64 keys, each warp 16 of them, over the query tiles that can see them:
@@ -445,7 +481,7 @@ template <int HD>
 __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
     flash_backward_dkdv_kernel(bf16 *dqkv, const bf16 *qkv, const bf16 *dout, const float *lse, const float *delta, int T, int C,
                                int NH, int causal, float scale_log2, float scale) {
-    extern __shared__ __align__(16) unsigned char smem[];
+    extern __shared__ __align__(1024) unsigned char smem[];
     FaTile<HD> &Ks = *reinterpret_cast<FaTile<HD> *>(smem), &Vs = *(&Ks + 1), *Qs = &Ks + 2, *dOs = &Ks + 4;
     float(*lse_s)[FA_TILE] = reinterpret_cast<float(*)[FA_TILE]>(&Ks + 6), (*delta_s)[FA_TILE] = lse_s + 2;
     int kt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -518,50 +554,462 @@ __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
         __syncthreads();
     }
 #undef LOAD_QUERY_TILE
+    store_dk_dv<HD>(dqkv + (size_t)b * T * ld + C + h * hd, dk, dv, scale, k0 + r0, T, C, hd, lane);
+}
+
+// ---------------------------------------------------------------- bf16 on sm_90a: wgmma
+// The same three kernels with warpgroup MMAs (wgmma.mma_async, Hopper only; built in the sm_90a pass, empty in the
+// sm_80 one): one warpgroup (4 warps) per block owns 64 rows; the score products S = X Y^T read both operands from
+// shared memory, the products with probabilities (O += P V, dQ += dS K, dV += P^T dO, dK += dS^T Q) take P or dS
+// from registers as A (the accumulator layout of a warp's 16 rows is the mma.sync A layout) and the other tile as an
+// MN-major B. One swizzled tile layout serves both as a K-major operand (reduction over the head dim) and as an
+// MN-major one (reduction over the rows), so each tile is loaded once. The last tile of the streamed side is
+// computed 16 columns wide when it holds at most 16 rows (T = 197, 257: one 64-wide product of mostly padding
+// saved per tile). Head dims 64 and 80 only (CLIP's vision towers); the others stay on mma.sync.
+
+// Tile of 64 rows x HD (64 or 80). Columns 0-63: 64 rows of 128 bytes, 16-byte chunk j of row r at chunk j ^ (r % 8)
+// (the 128-byte swizzle); at HD 80, columns 64-79 from element 4096: 64 rows of 32 bytes, chunk j of row r at
+// j ^ (r / 4 % 2) (the 32-byte swizzle). Both spread the 8 rows of a core matrix over all banks (the unswizzled
+// core-matrix layout measured 73% excess shared-memory wavefronts) and keep a row's chunks together, so that the
+// threads copying a row read it in whole sectors. Tiles start at multiples of 1024 bytes (the swizzles are on
+// address bits).
+template <int HD> struct WgTile {
+    static_assert(HD == 64 || HD == 80, "wgmma attention: head dims 64 and 80");
+    bf16 x[FA_TILE * HD];
+};
+// Rows row0 .. row0+63 of a (T, ld) slice; rows past T are zero. Eight threads copy a row's first 128 bytes.
+template <int HD> __device__ __forceinline__ void wg_load_tile(WgTile<HD> &dst, const bf16 *src, int ld, int row0, int T) {
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-        int key = k0 + r0 + C_ROW(lane, 2 * r);
-        if (key >= T) continue;
-        bf16 *yk = dqkv + ((size_t)b * T + key) * ld + C + h * hd, *yv = yk + C;
-#pragma unroll
-        for (int nt = 0; nt < HD / 8; nt++) {
-            int col = C_COL(lane, nt, 0);
-            if (col >= hd) continue;
-            *reinterpret_cast<uint32_t *>(yk + col) = pack_bf16(dk[nt][2 * r] * scale, dk[nt][2 * r + 1] * scale);
-            *reinterpret_cast<uint32_t *>(yv + col) = pack_bf16(dv[nt][2 * r], dv[nt][2 * r + 1]);
-        }
+    for (int k = 0; k < 4; k++) {
+        int i = threadIdx.x + k * FA_THREADS, r = i >> 3, j = i & 7, t = row0 + r;
+        cp_async16(&dst.x[r * 64 + ((j ^ (r & 7)) << 3)], src + (t < T ? (size_t)t * ld + j * 8 : 0), t < T ? 16 : 0);
+    }
+    if constexpr (HD == 80) {
+        int r = threadIdx.x >> 1, j = threadIdx.x & 1, t = row0 + r;
+        cp_async16(&dst.x[4096 + r * 16 + ((j ^ ((r >> 2) & 1)) << 3)], src + (t < T ? (size_t)t * ld + 64 + j * 8 : 0),
+                   t < T ? 16 : 0);
     }
 }
 
-// Shared-memory bytes of each kernel, and the launch (the dynamic limit is raised once per kernel).
-template <int HD> static void flash_forward(bf16 *out, float *lse, const bf16 *qkv, int B, int T, int C, int NH, int causal) {
-    size_t smem = 5 * sizeof(FaTile<HD>);
-    static int configured = 0;
-    if (!configured) {
-        cudaCheck(cudaFuncSetAttribute(flash_forward_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        configured = 1;
-    }
-    float scale_log2 = 1.4426950408889634f / sqrtf((float)(C / NH));
-    flash_forward_kernel<HD><<<dim3(ceil_div(T, FA_TILE), NH, B), FA_THREADS, smem>>>(out, lse, qkv, T, C, NH, causal, scale_log2);
-    cudaCheckLaunch();
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// Shared-memory matrix descriptor: start address >> 4 (bits 0-13), leading byte offset unused by these swizzled
+// layouts (1, bits 16-29), stride byte offset between 8-row groups (bits 32-45), layout (bits 62-63: 1 = 128-byte
+// swizzle, 3 = 32-byte swizzle).
+__device__ __forceinline__ uint64_t wg_desc(const bf16 *p, uint32_t sbo, uint64_t layout) {
+    return (uint64_t)((smem_u32(p) & 0x3FFFF) >> 4) | (1ull << 16) | ((uint64_t)(sbo >> 4) << 32) | (layout << 62);
+}
+// Columns [16 kk, 16 kk + 16) of a tile as a K-major operand (rows = M or N, reduction over the head dim).
+template <int HD> __device__ __forceinline__ uint64_t desc_k(const WgTile<HD> &X, int kk) {
+    return kk < 4 ? wg_desc(X.x + kk * 16, 1024, 1) : wg_desc(X.x + 4096, 256, 3);
+}
+// Rows [16 kk, 16 kk + 16) of a tile as an MN-major operand (reduction over the rows): columns 0-63, and 64-79.
+template <int HD> __device__ __forceinline__ uint64_t desc_mn_lo(const WgTile<HD> &X, int kk) {
+    return wg_desc(X.x + kk * 16 * 64, 1024, 1);
+}
+template <int HD> __device__ __forceinline__ uint64_t desc_mn_hi(const WgTile<HD> &X, int kk) {
+    return wg_desc(X.x + 4096 + kk * 16 * 16, 256, 3);
+}
+__device__ __forceinline__ void wg_fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+// Keeps the compiler from moving reads of an accumulator above the wait for the wgmma that writes it.
+template <int N> __device__ __forceinline__ void fence_acc(float (&d)[N][4]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3])::"memory");
 }
 
+// d (64 x 16) (+)= A (64 x 16, K-major descriptor) . B (16 x 16, K-major descriptor)^T; accumulate = 0 overwrites.
+__device__ __forceinline__ void wgmma_ss_n16(float (&d)[2][4], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7"
+        "}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+// d (64 x 64) (+)= A (64 x 16, K-major descriptor) . B (64 x 16, K-major descriptor)^T; accumulate = 0 overwrites.
+__device__ __forceinline__ void wgmma_ss_n64(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+          "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+// d (64 x 16) += A (64 x 16, registers) . B (16 x 16, MN-major descriptor).
+__device__ __forceinline__ void wgmma_rs_n16(float (&d)[2][4], const uint32_t (&a)[4], uint64_t desc_b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7"
+        "}, {%8, %9, %10, %11}, %12, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
+}
+// d (64 x 64) += A (64 x 16, registers) . B (16 x 64, MN-major descriptor).
+__device__ __forceinline__ void wgmma_rs_n64(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc_b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+          "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
+}
+
+// s (64 x N) = X (64 x HD) . Y (N x HD)^T for N = 16 or 64, both tiles K-major.
+template <int N, int HD> __device__ __forceinline__ void wg_scores(float (&s)[N / 8][4], const WgTile<HD> &X, const WgTile<HD> &Y) {
+    wg_fence();  // s's registers were read since the last wgmma that wrote them
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        if constexpr (N == 16) wgmma_ss_n16(s, desc_k(X, kk), desc_k(Y, kk), kk > 0);
+        else wgmma_ss_n64(s, desc_k(X, kk), desc_k(Y, kk), kk > 0);
+    }
+}
+// acc (64 x HD) += p (64 x N, accumulator layout, rounded to bf16) . rows [0, N) of Y (at HD 80, columns 64-79 as a
+// second, 16 wide product into acc[8..9]).
+template <int N, int HD>
+__device__ __forceinline__ void wg_probs(float (&acc)[HD / 8][4], const float (&p)[N / 8][4], const WgTile<HD> &Y) {
+    uint32_t a[N / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < N / 16; kk++) {
+        a[kk][0] = pack_bf16(p[2 * kk][0], p[2 * kk][1]), a[kk][1] = pack_bf16(p[2 * kk][2], p[2 * kk][3]);
+        a[kk][2] = pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]), a[kk][3] = pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+    }
+    wg_fence();  // orders the writes of a (and of acc, rescaled by the forward) before the wgmma that reads them
+    float(&lo)[8][4] = *reinterpret_cast<float(*)[8][4]>(&acc[0]);
+#pragma unroll
+    for (int kk = 0; kk < N / 16; kk++) {
+        wgmma_rs_n64(lo, a[kk], desc_mn_lo(Y, kk));
+        if constexpr (HD == 80) wgmma_rs_n16(*reinterpret_cast<float(*)[2][4]>(&acc[8]), a[kk], desc_mn_hi(Y, kk));
+    }
+}
+#endif
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// One key tile of the forward (N = 16 or 64 keys from key0) for rows query0 + C_ROW: S, the mask (edge tiles only),
+// the online softmax, O += P V.
+template <int N, int HD>
+__device__ __forceinline__ void wg_forward_tile(float (&o)[HD / 8][4], float m_run[2], float l_run[2], const WgTile<HD> &Qs,
+                                                const WgTile<HD> &K, const WgTile<HD> &V, int key0, int query0, int edge, int T,
+                                                int causal, float scale_log2, int lane) {
+    float s[N / 8][4];
+    wg_scores<N>(s, Qs, K);
+    wg_commit();
+    wg_wait0();
+    fence_acc(s);
+    if (edge) {
+#pragma unroll
+        for (int nt = 0; nt < N / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int key = key0 + C_COL(lane, nt, e), query = query0 + C_ROW(lane, e);
+                if (key >= T || (causal && key > query)) s[nt][e] = -INFINITY;
+            }
+    }
+    online_softmax<N / 8, 1, HD>(s, o, m_run, l_run, scale_log2, 4);
+    wg_probs<N>(o, s, V);
+    wg_commit();
+    wg_wait0();
+    fence_acc(o);
+}
+#endif
+
+// 4 blocks per SM (5 tiles of shared memory, at most 128 registers).
 template <int HD>
-static void flash_backward(bf16 *dqkv, const float *delta, const bf16 *dout, const bf16 *qkv, const float *lse, int B, int T,
-                           int C, int NH, int causal) {
-    size_t smem_dq = 6 * sizeof(FaTile<HD>), smem_dkdv = 6 * sizeof(FaTile<HD>) + 4 * FA_TILE * sizeof(float);
-    static int configured = 0;
+__global__ void __launch_bounds__(FA_THREADS, 4)
+    flash_forward_wgmma_kernel(bf16 *out, float *lse, const bf16 *qkv, int T, int C, int NH, int causal, float scale_log2) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ __align__(1024) unsigned char smem[];
+    WgTile<HD> &Qs = *reinterpret_cast<WgTile<HD> *>(smem), *Ks = &Qs + 1, *Vs = &Qs + 3;
+    if (smem_u32(smem) & 1023) __trap();  // the swizzles need 1024-byte aligned tiles
+    int qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, lane = threadIdx.x % 32;
+    int ld = 3 * C, q0 = qt * FA_TILE, r0 = threadIdx.x / 32 * 16;
+    const bf16 *qb = qkv + (size_t)b * T * ld + h * HD, *kb = qb + C, *vb = qb + 2 * C;
+    int n_kt = (T + FA_TILE - 1) / FA_TILE;
+    if (causal) n_kt = min(n_kt, qt + 1);
+    wg_load_tile<HD>(Qs, qb, ld, q0, T);
+    wg_load_tile<HD>(Ks[0], kb, ld, 0, T);
+    wg_load_tile<HD>(Vs[0], vb, ld, 0, T);
+    cp_async_commit();
+    float o[HD / 8][4], m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    for (int j = 0; j < n_kt; j++) {
+        if (j + 1 < n_kt) {
+            wg_load_tile<HD>(Ks[(j + 1) & 1], kb, ld, (j + 1) * FA_TILE, T);
+            wg_load_tile<HD>(Vs[(j + 1) & 1], vb, ld, (j + 1) * FA_TILE, T);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        wg_fence_async_smem();  // the copies' writes before the wgmma's reads (async proxy)
+        __syncthreads();
+        int key0 = j * FA_TILE, edge = key0 + FA_TILE > T || (causal && j == qt);
+        if (T - key0 <= 16)
+            wg_forward_tile<16, HD>(o, m_run, l_run, Qs, Ks[j & 1], Vs[j & 1], key0, q0 + r0, edge, T, causal, scale_log2, lane);
+        else
+            wg_forward_tile<64, HD>(o, m_run, l_run, Qs, Ks[j & 1], Vs[j & 1], key0, q0 + r0, edge, T, causal, scale_log2, lane);
+        __syncthreads();  // the next iteration's loads overwrite this buffer
+    }
+    store_out_lse<HD>(out + (size_t)b * T * C + h * HD, lse + ((size_t)b * NH + h) * T, o, m_run, l_run, q0 + r0, T, C, HD, lane);
+#endif
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// One key tile of dq: S = Q K^T, dP = dO V^T, dS = P (dP - delta) with P = 2^(S scale_log2 - lse) (masked on edge
+// tiles), dQ += dS K.
+template <int N, int HD>
+__device__ __forceinline__ void wg_dq_tile(float (&dq)[HD / 8][4], const WgTile<HD> &Qs, const WgTile<HD> &dOs, const WgTile<HD> &K,
+                                           const WgTile<HD> &V, const float row_lse[2], const float row_delta[2], int key0,
+                                           int query0, int edge, int T, int causal, float scale_log2, int lane) {
+    float s[N / 8][4], dp[N / 8][4];
+    wg_scores<N>(s, Qs, K);
+    wg_scores<N>(dp, dOs, V);
+    wg_commit();
+    wg_wait0();
+    fence_acc(s);
+    fence_acc(dp);
+#pragma unroll
+    for (int nt = 0; nt < N / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float p = fast_exp2(fmaf(s[nt][e], scale_log2, -row_lse[e >> 1]));
+            if (edge) {
+                int key = key0 + C_COL(lane, nt, e), query = query0 + C_ROW(lane, e);
+                if (key >= T || (causal && key > query)) p = 0.0f;
+            }
+            s[nt][e] = p * (dp[nt][e] - row_delta[e >> 1]);
+        }
+    wg_probs<N>(dq, s, K);
+    wg_commit();
+    wg_wait0();
+    fence_acc(dq);
+}
+#endif
+
+// dq (and delta) for a tile of 64 queries, as flash_backward_dq_kernel. 3 blocks per SM (6 tiles of shared memory).
+template <int HD>
+__global__ void __launch_bounds__(FA_THREADS, 3)
+    flash_backward_dq_wgmma_kernel(bf16 *dqkv, float *delta, const bf16 *qkv, const bf16 *out, const bf16 *dout, const float *lse,
+                                   int T, int C, int NH, int causal, float scale_log2, float scale) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ __align__(1024) unsigned char smem[];
+    WgTile<HD> &Qs = *reinterpret_cast<WgTile<HD> *>(smem), &dOs = *(&Qs + 1), *Ks = &Qs + 2, *Vs = &Qs + 4;
+    if (smem_u32(smem) & 1023) __trap();  // the swizzles need 1024-byte aligned tiles
+    int qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, lane = threadIdx.x % 32;
+    int ld = 3 * C, q0 = qt * FA_TILE, r0 = threadIdx.x / 32 * 16;
+    const bf16 *qb = qkv + (size_t)b * T * ld + h * HD, *kb = qb + C, *vb = qb + 2 * C;
+    const bf16 *ob = dout + (size_t)b * T * C + h * HD;
+    int n_kt = (T + FA_TILE - 1) / FA_TILE;
+    if (causal) n_kt = min(n_kt, qt + 1);
+    wg_load_tile<HD>(Qs, qb, ld, q0, T);
+    wg_load_tile<HD>(dOs, ob, C, q0, T);
+    wg_load_tile<HD>(Ks[0], kb, ld, 0, T);
+    wg_load_tile<HD>(Vs[0], vb, ld, 0, T);
+    cp_async_commit();
+    float row_lse[2], row_delta[2];
+    row_deltas(row_delta, delta + ((size_t)b * NH + h) * T, out + (size_t)b * T * C + h * HD, ob, C, q0 + r0, T, HD, lane);
+#pragma unroll
+    for (int r = 0; r < 2; r++) row_lse[r] = lse[((size_t)b * NH + h) * T + min(q0 + r0 + C_ROW(lane, 2 * r), T - 1)];
+    float dq[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.0f;
+    for (int j = 0; j < n_kt; j++) {
+        if (j + 1 < n_kt) {
+            wg_load_tile<HD>(Ks[(j + 1) & 1], kb, ld, (j + 1) * FA_TILE, T);
+            wg_load_tile<HD>(Vs[(j + 1) & 1], vb, ld, (j + 1) * FA_TILE, T);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        wg_fence_async_smem();
+        __syncthreads();
+        int key0 = j * FA_TILE, edge = key0 + FA_TILE > T || (causal && j == qt);
+        if (T - key0 <= 16)
+            wg_dq_tile<16, HD>(dq, Qs, dOs, Ks[j & 1], Vs[j & 1], row_lse, row_delta, key0, q0 + r0, edge, T, causal, scale_log2, lane);
+        else
+            wg_dq_tile<64, HD>(dq, Qs, dOs, Ks[j & 1], Vs[j & 1], row_lse, row_delta, key0, q0 + r0, edge, T, causal, scale_log2, lane);
+        __syncthreads();
+    }
+    const float mul[2] = {scale, scale};
+    store_rows<HD>(dqkv + (size_t)b * T * ld + h * HD, ld, dq, mul, q0 + r0, T, HD, lane);
+#endif
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// One query tile of dk, dv (N = 16 or 64 queries from query0) for keys key0 + C_ROW: S^T = K Q^T, dP^T = V dO^T,
+// P^T = 2^(S^T scale_log2 - lse) (masked on edge tiles), dV += P^T dO, dK += P^T (dP^T - delta) Q.
+template <int N, int HD>
+__device__ __forceinline__ void wg_dkdv_tile(float (&dk)[HD / 8][4], float (&dv)[HD / 8][4], const WgTile<HD> &Ks, const WgTile<HD> &Vs,
+                                             const WgTile<HD> &Q, const WgTile<HD> &dO, const float *lse_s, const float *delta_s,
+                                             int query0, int key0, int edge, int T, int causal, float scale_log2, int lane) {
+    float s[N / 8][4], dp[N / 8][4];
+    wg_scores<N>(s, Ks, Q);
+    wg_scores<N>(dp, Vs, dO);
+    wg_commit();
+    wg_wait0();
+    fence_acc(s);
+    fence_acc(dp);
+#pragma unroll
+    for (int nt = 0; nt < N / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int qcol = C_COL(lane, nt, e);
+            float p = fast_exp2(fmaf(s[nt][e], scale_log2, -lse_s[qcol]));
+            if (edge) {
+                int query = query0 + qcol, key = key0 + C_ROW(lane, e);
+                if (query >= T || (causal && key > query)) p = 0.0f;
+            }
+            s[nt][e] = p;
+            dp[nt][e] = p * (dp[nt][e] - delta_s[qcol]);
+        }
+    wg_probs<N>(dv, s, dO);
+    wg_probs<N>(dk, dp, Q);
+    wg_commit();
+    wg_wait0();
+    fence_acc(dv);
+    fence_acc(dk);
+}
+#endif
+
+// dk, dv for a tile of 64 keys, as flash_backward_dkdv_kernel. 3 blocks per SM (6 tiles of shared memory): at HD 80
+// the 168 registers this leaves spill 96 bytes and ptxas serializes the wgmmas, yet it measured 216 us against 230
+// with 2 blocks (186 registers, no spills) at ViT-H/14.
+template <int HD>
+__global__ void __launch_bounds__(FA_THREADS, 3)
+    flash_backward_dkdv_wgmma_kernel(bf16 *dqkv, const bf16 *qkv, const bf16 *dout, const float *lse, const float *delta, int T,
+                                     int C, int NH, int causal, float scale_log2, float scale) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ __align__(1024) unsigned char smem[];
+    WgTile<HD> &Ks = *reinterpret_cast<WgTile<HD> *>(smem), &Vs = *(&Ks + 1), *Qs = &Ks + 2, *dOs = &Ks + 4;
+    if (smem_u32(smem) & 1023) __trap();  // the swizzles need 1024-byte aligned tiles
+    float(*lse_s)[FA_TILE] = reinterpret_cast<float(*)[FA_TILE]>(&Ks + 6), (*delta_s)[FA_TILE] = lse_s + 2;
+    int kt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, lane = threadIdx.x % 32;
+    int ld = 3 * C, k0 = kt * FA_TILE, r0 = threadIdx.x / 32 * 16;
+    const bf16 *qb = qkv + (size_t)b * T * ld + h * HD, *kb = qb + C, *vb = qb + 2 * C;
+    const bf16 *ob = dout + (size_t)b * T * C + h * HD;
+    const float *lse_h = lse + ((size_t)b * NH + h) * T, *delta_h = delta + ((size_t)b * NH + h) * T;
+    int n_qt = (T + FA_TILE - 1) / FA_TILE, i0 = causal ? kt : 0;
+    wg_load_tile<HD>(Ks, kb, ld, k0, T);
+    wg_load_tile<HD>(Vs, vb, ld, k0, T);
+    // query tile i goes to buffer (i - i0) & 1, with its lse and delta
+#define LOAD_QUERY_TILE(i)                                                       \
+    do {                                                                         \
+        int buf_ = ((i) - i0) & 1, t_ = (i) * FA_TILE + threadIdx.x;             \
+        wg_load_tile<HD>(Qs[buf_], qb, ld, (i) * FA_TILE, T);                    \
+        wg_load_tile<HD>(dOs[buf_], ob, C, (i) * FA_TILE, T);                    \
+        if (threadIdx.x < FA_TILE) {                                             \
+            lse_s[buf_][threadIdx.x] = t_ < T ? lse_h[t_] : 0.0f;                 \
+            delta_s[buf_][threadIdx.x] = t_ < T ? delta_h[t_] : 0.0f;             \
+        }                                                                        \
+    } while (0)
+    LOAD_QUERY_TILE(i0);
+    cp_async_commit();
+    float dk[HD / 8][4], dv[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.0f;
+    for (int i = i0; i < n_qt; i++) {
+        int buf = (i - i0) & 1;
+        if (i + 1 < n_qt) {
+            LOAD_QUERY_TILE(i + 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        wg_fence_async_smem();
+        __syncthreads();
+        int query0 = i * FA_TILE, edge = query0 + FA_TILE > T || (causal && i == kt);
+        if (T - query0 <= 16)
+            wg_dkdv_tile<16, HD>(dk, dv, Ks, Vs, Qs[buf], dOs[buf], lse_s[buf], delta_s[buf], query0, k0 + r0, edge, T, causal,
+                                 scale_log2, lane);
+        else
+            wg_dkdv_tile<64, HD>(dk, dv, Ks, Vs, Qs[buf], dOs[buf], lse_s[buf], delta_s[buf], query0, k0 + r0, edge, T, causal,
+                                 scale_log2, lane);
+        __syncthreads();
+    }
+#undef LOAD_QUERY_TILE
+    store_dk_dv<HD>(dqkv + (size_t)b * T * ld + C + h * HD, dk, dv, scale, k0 + r0, T, C, HD, lane);
+#endif
+}
+
+// Kernel family of the bf16 path: set by attention_set_kernels, else ATTENTION_KERNELS=mma in the environment forces
+// mma.sync (measurements), else wgmma on sm_90 GPUs at head dims 64 and 80.
+static AttnKernels attn_kernels = ATTN_KERNELS_AUTO;
+
+void attention_set_kernels(AttnKernels k) { attn_kernels = k; }
+
+static int use_wgmma(int hd) {
+    static int sm90 = -1, env_mma = 0;
+    if (sm90 < 0) {
+        int dev, major;
+        cudaCheck(cudaGetDevice(&dev));
+        cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+        sm90 = major == 9;
+        const char *e = getenv("ATTENTION_KERNELS");
+        env_mma = e && strcmp(e, "mma") == 0;
+    }
+    if (attn_kernels == ATTN_KERNELS_MMA || (attn_kernels == ATTN_KERNELS_AUTO && env_mma)) return 0;
+    return sm90 && (hd == 64 || hd == 80);
+}
+
+// Launches kernel on grid (tiles of T, NH, B) with smem dynamic bytes (its limit raised on the first call).
+template <typename Kernel, typename... Args>
+static void launch(Kernel kernel, int &configured, size_t smem, int B, int T, int NH, Args... args) {
     if (!configured) {
-        cudaCheck(cudaFuncSetAttribute(flash_backward_dq_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_dq));
-        cudaCheck(cudaFuncSetAttribute(flash_backward_dkdv_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_dkdv));
+        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         configured = 1;
     }
+    kernel<<<dim3(ceil_div(T, FA_TILE), NH, B), FA_THREADS, smem>>>(args...);
+    cudaCheckLaunch();
+}
+
+template <int HD> static void flash_forward(bf16 *out, float *lse, const bf16 *qkv, int B, int T, int C, int NH, int causal) {
+    float scale_log2 = 1.4426950408889634f / sqrtf((float)(C / NH));
+    static int configured[2];
+    if constexpr (HD == 64 || HD == 80)
+        if (use_wgmma(C / NH)) {
+            launch(flash_forward_wgmma_kernel<HD>, configured[1], 5 * sizeof(WgTile<HD>), B, T, NH, out, lse, qkv, T, C, NH, causal,
+                   scale_log2);
+            return;
+        }
+    launch(flash_forward_kernel<HD>, configured[0], 5 * sizeof(FaTile<HD>), B, T, NH, out, lse, qkv, T, C, NH, causal, scale_log2);
+}
+
+// delta: (B, NH, T) scratch, written by the dq kernel and read by the dk/dv kernel.
+template <int HD>
+static void flash_backward(bf16 *dqkv, float *delta, const bf16 *dout, const bf16 *qkv, const bf16 *out, const float *lse, int B,
+                           int T, int C, int NH, int causal) {
     float scale = 1.0f / sqrtf((float)(C / NH)), scale_log2 = 1.4426950408889634f * scale;
-    dim3 grid(ceil_div(T, FA_TILE), NH, B);
-    flash_backward_dq_kernel<HD><<<grid, FA_THREADS, smem_dq>>>(dqkv, qkv, dout, lse, delta, T, C, NH, causal, scale_log2, scale);
-    cudaCheckLaunch();
-    flash_backward_dkdv_kernel<HD><<<grid, FA_THREADS, smem_dkdv>>>(dqkv, qkv, dout, lse, delta, T, C, NH, causal, scale_log2, scale);
-    cudaCheckLaunch();
+    static int configured[4];
+    if constexpr (HD == 64 || HD == 80)
+        if (use_wgmma(C / NH)) {
+            launch(flash_backward_dq_wgmma_kernel<HD>, configured[2], 6 * sizeof(WgTile<HD>), B, T, NH, dqkv, delta, qkv, out, dout,
+                   lse, T, C, NH, causal, scale_log2, scale);
+            launch(flash_backward_dkdv_wgmma_kernel<HD>, configured[3], 6 * sizeof(WgTile<HD>) + 4 * FA_TILE * sizeof(float), B, T, NH,
+                   dqkv, qkv, dout, lse, (const float *)delta, T, C, NH, causal, scale_log2, scale);
+            return;
+        }
+    launch(flash_backward_dq_kernel<HD>, configured[0], 6 * sizeof(FaTile<HD>), B, T, NH, dqkv, delta, qkv, out, dout, lse, T, C, NH,
+           causal, scale_log2, scale);
+    launch(flash_backward_dkdv_kernel<HD>, configured[1], 6 * sizeof(FaTile<HD>) + 4 * FA_TILE * sizeof(float), B, T, NH, dqkv, qkv,
+           dout, lse, (const float *)delta, T, C, NH, causal, scale_log2, scale);
 }
 
 static int padded_head_dim(int C, int NH) {
@@ -592,11 +1040,7 @@ void attention_forward_gpu(bf16 *out, float *lse, const bf16 *qkv, int B, int T,
 void attention_backward_gpu(bf16 *dqkv, float *scratch, const bf16 *dout, const bf16 *qkv, const bf16 *out, const float *lse,
                         int B, int T, int C, int NH, int causal) {
     if (B == 0) return;
-    int hd_pad = padded_head_dim(C, NH);
-    size_t rows = (size_t)B * T * NH;
-    attention_delta_kernel<<<ceil_div((long)rows, 256), 256>>>(scratch, out, dout, B, T, C, NH);
-    cudaCheckLaunch();
-    DISPATCH_HD(hd_pad, flash_backward<HD>(dqkv, scratch, dout, qkv, lse, B, T, C, NH, causal));
+    DISPATCH_HD(padded_head_dim(C, NH), flash_backward<HD>(dqkv, scratch, dout, qkv, out, lse, B, T, C, NH, causal));
 }
 
 size_t attention_stats_elems(int bf16_path, int B, int T, int NH) {

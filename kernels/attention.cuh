@@ -1,8 +1,9 @@
 // attention.cuh: multi-head self-attention on the fused projection qkv (B, T, 3C) laid out [q | k | v],
 // head h at columns h*hd .. (h+1)*hd of each part; out (B, T, C); causal masks key t2 > query t (text).
 //   fp32: the reference algorithm (softmax probabilities kept, (B, NH, T, T)), for parity runs.
-//   bf16: flash attention (tensor-core mma.sync, online softmax, only the log-sum-exp (B, NH, T) kept);
-//         head dims that are multiples of 8 up to 128 (CLIP: 64, 80, 88; tiny: 16).
+//   bf16: flash attention (tensor cores, online softmax, only the log-sum-exp (B, NH, T) kept); head dims that
+//         are multiples of 8 up to 128 (CLIP: 64, 80, 88; tiny: 16). wgmma kernels on sm_90 at head dims 64 and
+//         80, mma.sync kernels otherwise.
 // Backward overwrites dqkv (the reference accumulates). Reference: attention_forward/backward in
 // model/ops_cpu.c.
 #pragma once
@@ -19,6 +20,11 @@ void attention_forward_gpu(bf16 *out, float *lse, const bf16 *qkv, int B, int T,
 // out: the forward output; scratch: (B, NH, T) floats.
 void attention_backward_gpu(bf16 *dqkv, float *scratch, const bf16 *dout, const bf16 *qkv, const bf16 *out, const float *lse,
                         int B, int T, int C, int NH, int causal);
+
+// Which kernels the bf16 path runs (tests, benchmarks): AUTO as described above (ATTENTION_KERNELS=mma in the
+// environment forces mma.sync), MMA always mma.sync.
+typedef enum { ATTN_KERNELS_AUTO, ATTN_KERNELS_MMA } AttnKernels;
+void attention_set_kernels(AttnKernels k);
 
 // Floats of the statistics the forward keeps per call, which is also the backward scratch's size.
 size_t attention_stats_elems(int bf16_path, int B, int T, int NH);
