@@ -1,7 +1,11 @@
 // gelu.cu: GELU / QuickGELU forward and backward (see gelu.cuh). The forward is a grid-stride loop over
 // 16-byte vectors; the backward runs as a column sum (reduce.cuh) whose element op also writes dinp. The
-// SwitchBack variants emit int8 rows for the next linear: the forward a block per row (the row in registers),
-// the backward through quantize.cuh's fused row-wise quantizer + column sums.
+// SwitchBack variants emit int8 rows for the next linear: the forward a persistent block per row at a time (the
+// row in registers), the backward through quantize.cuh's fused row-wise quantizer + column sums.
+// bf16 inputs take 65,536 values, so the bf16 kernels look GELU and its gradient up in tables (shared memory)
+// instead of evaluating erf: ~20 instructions an element, which bound the int8 forward. fp32 evaluates the formulas.
+#include <math.h>
+#include <string.h>
 #include "gelu.cuh"
 #include "quantize.cuh"
 #include "reduce.cuh"
@@ -20,24 +24,120 @@ __device__ __forceinline__ float gelu_grad(float x, int quick) {
     return 0.5f * (1.0f + erff(x * (float)M_SQRT1_2)) + x * expf(-0.5f * x * x) * INV_SQRT_2PI;
 }
 
+// ---- The bf16 tables. Per sign, the 2048 inputs with |x| in [2^-10, 64) (16 binades of 128 values): the exact
+// GELU rounded to bf16 (what the bf16 kernels store) and the exact gradient rounded to fp32, computed in double
+// (Phi from erfc: no cancellation in the negative tail, where 0.5 x (1 + erff) loses all digits below x ~ -4).
+// Outside: |x| < 2^-10 gives gelu(x) = 0.5 x (the relative change 0.8 |x| < 2^-9 never reaches a bf16 rounding
+// boundary) and gelu'(x) = 0.5 + c1 x (the next term, ~0.3 x^3, is below 2^-30 of 0.5); |x| >= 64 gives x or -0
+// and 1 or 0 (the tails of both functions underflow even bf16 / fp32 denormals there); NaN stays NaN.
+#define GELU_LUT_LO 0x3A80  // bf16 bits of 2^-10
+#define GELU_LUT_N 2048
+__device__ __align__(16) uint16_t gelu_value_lut[2][2 * GELU_LUT_N];  // [quick][sign * GELU_LUT_N + i], bf16 bits
+__device__ __align__(16) float gelu_grad_lut[2][2 * GELU_LUT_N];
+__shared__ __align__(16) uint16_t gelu_value_smem[2 * GELU_LUT_N];  // the block's copy (8 KB; 16 KB for grad)
+__shared__ __align__(16) float gelu_grad_smem[2 * GELU_LUT_N];
+
+// The lookups, x given as bf16 bits b: GELU as fp32 (a bf16 value but at bf16 denormals) and gelu'(x). The slot
+// is clamped and the tail selected after, so that no lane branches.
+__device__ __forceinline__ uint32_t gelu_lut_slot(uint32_t b, uint32_t *u) {
+    *u = (b & 0x7FFF) - GELU_LUT_LO;
+    return min(*u, GELU_LUT_N - 1) + (b >> 15) * GELU_LUT_N;
+}
+__device__ __forceinline__ float gelu_bf16(const uint16_t *tab, uint32_t b) {
+    uint32_t u, i = gelu_lut_slot(b, &u);
+    float x = __uint_as_float(b << 16), t = __uint_as_float((uint32_t)tab[i] << 16);
+    return u < GELU_LUT_N ? t : fabsf(x) < 1.0f ? 0.5f * x : (x < 0.0f ? -0.0f : x);
+}
+__device__ __forceinline__ float gelu_grad_bf16(const float *tab, uint32_t b, float tiny_slope) {
+    uint32_t u, i = gelu_lut_slot(b, &u);
+    float x = __uint_as_float(b << 16), t = tab[i];
+    return u < GELU_LUT_N ? t : fabsf(x) < 1.0f ? fmaf(x, tiny_slope, 0.5f) : (x < 0.0f ? 0.0f : (x > 0.0f ? 1.0f : x));
+}
+// gelu'(x) = 0.5 + slope x + O(x^3) near 0
+__device__ __forceinline__ float gelu_tiny_slope(int quick) { return quick ? 0.851f : 2.0f * INV_SQRT_2PI; }
+__device__ __forceinline__ uint32_t bf16_bits(bf16 x) { return __bfloat16_as_ushort(x); }
+// Copies a table into the block's shared memory (all threads of the block call it, before any lookup).
+__device__ void smem_fill(void *dst, const void *src, int bytes) {
+    int t = threadIdx.y * blockDim.x + threadIdx.x, nt = blockDim.x * blockDim.y;
+    for (int i = t; i < bytes / 16; i += nt) ((uint4 *)dst)[i] = ((const uint4 *)src)[i];
+    __syncthreads();
+}
+__device__ const uint16_t *gelu_value_prepare(int quick) {
+    smem_fill(gelu_value_smem, gelu_value_lut[quick], sizeof(gelu_value_smem));
+    return gelu_value_smem;
+}
+__device__ const float *gelu_grad_prepare(int quick) {
+    smem_fill(gelu_grad_smem, gelu_grad_lut[quick], sizeof(gelu_grad_smem));
+    return gelu_grad_smem;
+}
+
+// The exact value x rounded to bf16 (nearest, ties to even), not through a double rounding to fp32 first.
+static uint16_t bf16_bits_of(double x) {
+    float f = (float)x;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0xFFFF) == 0x8000 && (double)f != x) u += fabs(x) > fabs((double)f) ? 1 : -1;  // not a tie in truth
+    return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+// Fills the tables on the device at the first bf16 call (one device per process).
+static void gelu_luts_init(void) {
+    static int done = 0;
+    if (done) return;
+    static uint16_t val[2][2 * GELU_LUT_N];
+    static float grad[2][2 * GELU_LUT_N];
+    for (int quick = 0; quick < 2; quick++)
+        for (int i = 0; i < 2 * GELU_LUT_N; i++) {
+            uint32_t bits = (uint32_t)(GELU_LUT_LO + i % GELU_LUT_N | (i / GELU_LUT_N) << 15) << 16;
+            float xf;
+            memcpy(&xf, &bits, 4);
+            double x = xf, v, g;
+            if (quick) {
+                double s = 1.0 / (1.0 + exp(-1.702 * x)), r = 1.0 / (1.0 + exp(1.702 * x));  // r = 1 - s
+                v = x * s, g = s + 1.702 * x * s * r;
+            } else {
+                double p = 0.5 * erfc(-x * M_SQRT1_2);
+                v = x * p, g = p + x * exp(-0.5 * x * x) * 0.39894228040143267794;
+            }
+            val[quick][i] = bf16_bits_of(v), grad[quick][i] = (float)g;
+        }
+    cudaCheck(cudaMemcpyToSymbol(gelu_value_lut, val, sizeof(val)));
+    cudaCheck(cudaMemcpyToSymbol(gelu_grad_lut, grad, sizeof(grad)));
+    done = 1;
+}
+
 template <typename T, int V> __global__ void gelu_forward_kernel(T *out, const T *inp, size_t n, int quick) {
+    constexpr bool lut = sizeof(T) == 2;
+    const uint16_t *tab = NULL;
+    if constexpr (lut) tab = gelu_value_prepare(quick);
     for (size_t j = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V; j < n; j += (size_t)gridDim.x * blockDim.x * V) {
         Vec<T, V> x = load_vec<T, V>(inp + j), y;
-        for (int i = 0; i < V; i++) y.v[i] = from_float<T>(gelu_value(to_float(x.v[i]), quick));
+        for (int i = 0; i < V; i++) {
+            if constexpr (lut) y.v[i] = from_float<T>(gelu_bf16(tab, bf16_bits(x.v[i])));
+            else y.v[i] = from_float<T>(gelu_value(to_float(x.v[i]), quick));
+        }
         store_vec<T, V>(out + j, y);
     }
 }
+
 
 template <typename T, int V> struct GeluBackwardOp {
     static const int NOUT = 1;
     T *dinp;
     const T *dout, *inp;
     int C, quick;
+    __device__ void prepare() const {
+        if constexpr (sizeof(T) == 2) gelu_grad_prepare(quick);
+    }
+    __device__ float grad(T x) const {
+        if constexpr (sizeof(T) == 2) return gelu_grad_bf16(gelu_grad_smem, bf16_bits(x), gelu_tiny_slope(quick));
+        else return gelu_grad(x, quick);
+    }
     __device__ void operator()(int r, int c, float *acc, float *) const {
         size_t o = (size_t)r * C + c;
         Vec<T, V> g = load_vec<T, V>(dout + o), x = load_vec<T, V>(inp + o), d;
         for (int i = 0; i < V; i++) {
-            float v = to_float(g.v[i]) * gelu_grad(to_float(x.v[i]), quick);
+            float v = to_float(g.v[i]) * grad(x.v[i]);
             d.v[i] = from_float<T>(v);
             acc[i] += v;
         }
@@ -45,36 +145,42 @@ template <typename T, int V> struct GeluBackwardOp {
     }
 };
 
-// A block of GF_THREADS per row of C (C % 8 == 0, C <= GF_THREADS * 8 * GF_MAX_VECS): thread t owns the 8-column
-// vectors t, t + GF_THREADS, ...; the values stay in registers between the row maximum and the quantization.
+// Persistent blocks of GF_THREADS, a row of C at a time (C % 8 == 0, C <= GF_THREADS * 8 * GF_MAX_VECS): thread t
+// owns the 8-column vectors t, t + GF_THREADS, ...; all of a row's loads are issued before any use, and the values
+// stay in registers between the row maximum and the quantization.
 #define GF_THREADS 128
 #define GF_MAX_VECS 8
 __global__ void __launch_bounds__(GF_THREADS) gelu_forward_quantize_kernel(bf16 *out, int8_t *q, float *qs, const bf16 *inp,
-                                                                           int C, int quick) {
-    size_t off = (size_t)blockIdx.x * C;
+                                                                           int N, int C, int quick) {
+    const uint16_t *tab = gelu_value_prepare(quick);
     int nv = C / 8, t = threadIdx.x;
-    Vec<bf16, 8> y[GF_MAX_VECS];
-    float am = 0.0f;
+    for (int row = blockIdx.x; row < N; row += gridDim.x) {
+        size_t off = (size_t)row * C;
+        Vec<bf16, 8> y[GF_MAX_VECS];
 #pragma unroll
-    for (int k = 0; k < GF_MAX_VECS; k++) {
-        int c = (t + GF_THREADS * k) * 8;
-        if (c >= C) break;
-        Vec<bf16, 8> x = load_vec<bf16, 8>(inp + off + c);
-        for (int i = 0; i < 8; i++) {
-            y[k].v[i] = from_float<bf16>(gelu_value(to_float(x.v[i]), quick));
-            am = fmaxf(am, fabsf(to_float(y[k].v[i])));
+        for (int k = 0; k < GF_MAX_VECS; k++)
+            if (t + GF_THREADS * k < nv) y[k] = load_vec<bf16, 8>(inp + off + (t + GF_THREADS * k) * 8);
+        float am = 0.0f;
+#pragma unroll
+        for (int k = 0; k < GF_MAX_VECS; k++) {
+            int vec = t + GF_THREADS * k;
+            if (vec >= nv) break;
+            for (int i = 0; i < 8; i++) {
+                y[k].v[i] = from_float<bf16>(gelu_bf16(tab, bf16_bits(y[k].v[i])));
+                am = fmaxf(am, fabsf(to_float(y[k].v[i])));
+            }
+            if (out) store_vec<bf16, 8>(out + off + vec * 8, y[k]);
         }
-        if (out) store_vec<bf16, 8>(out + off + c, y[k]);
-    }
-    am = block_max(am);
-    float mult = sb_quant_mult(am);
+        am = block_max(am);
+        float mult = sb_quant_mult(am);
 #pragma unroll
-    for (int k = 0; k < GF_MAX_VECS; k++) {
-        int vec = t + GF_THREADS * k;
-        if (vec >= nv) break;
-        ((uint2 *)(q + off))[vec] = quantize8(*(const uint4 *)&y[k], mult);
+        for (int k = 0; k < GF_MAX_VECS; k++) {
+            int vec = t + GF_THREADS * k;
+            if (vec >= nv) break;
+            ((uint2 *)(q + off))[vec] = quantize8(*(const uint4 *)&y[k], mult);
+        }
+        if (t == 0) qs[row] = am;
     }
-    if (t == 0) qs[blockIdx.x] = am;
 }
 
 void gelu_forward_quantize_gpu(bf16 *out, int8_t *q, float *qs, const bf16 *inp, int N, int C, int quick) {
@@ -83,7 +189,10 @@ void gelu_forward_quantize_gpu(bf16 *out, int8_t *q, float *qs, const bf16 *inp,
               GF_THREADS * 8 * GF_MAX_VECS);
     }
     if (N == 0) return;
-    gelu_forward_quantize_kernel<<<N, GF_THREADS>>>(out, q, qs, inp, C, quick);
+    gelu_luts_init();
+    static int per_sm = 0;  // as many blocks as fit at once
+    if (!per_sm) cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gelu_forward_quantize_kernel, GF_THREADS, 0));
+    gelu_forward_quantize_kernel<<<min(N, per_sm * num_sms()), GF_THREADS>>>(out, q, qs, inp, N, C, quick);
     cudaCheckLaunch();
 }
 
@@ -96,6 +205,7 @@ struct GeluBackwardRows {
     bf16 *dinp;
     const bf16 *dout, *inp;
     int C, quick;
+    __device__ void prepare() const { gelu_grad_prepare(quick); }
     __device__ In load(int row, int vec) const {
         size_t o = (size_t)row * C + vec * 8;
         return In{load_vec<bf16, 8>(dout + o), load_vec<bf16, 8>(inp + o)};
@@ -103,7 +213,7 @@ struct GeluBackwardRows {
     __device__ uint4 apply(const In &in, int row, int vec, float *f) const {
         Vec<bf16, 8> d;
         for (int i = 0; i < 8; i++) {
-            f[i] = to_float(in.g.v[i]) * gelu_grad(to_float(in.x.v[i]), quick);
+            f[i] = to_float(in.g.v[i]) * gelu_grad_bf16(gelu_grad_smem, bf16_bits(in.x.v[i]), gelu_tiny_slope(quick));
             d.v[i] = from_float<bf16>(f[i]);
         }
         store_vec<bf16, 8>(dinp + (size_t)row * C + vec * 8, d);
@@ -117,6 +227,7 @@ void gelu_backward_quantize_gpu(bf16 *dinp, int8_t *q, float *qs, float *dbias, 
         fatal("gelu_backward_quantize_gpu: rows of %d must be 16-byte aligned", C);
     }
     if (N == 0) return;
+    gelu_luts_init();
     // chunks of 8 to SB_QC_ROWS rows: about 4 blocks per multiprocessor (the per-element math needs the occupancy)
     int rows = min(SB_QC_ROWS, max(8, ceil_div(ceil_div(N, 4 * num_sms()), 8) * 8)), chunks = ceil_div(N, rows);
     float *partial = colsum_partials((size_t)chunks * C);
@@ -128,6 +239,7 @@ static int grid_for(size_t n) { return (int)(n / 256 + 1 < (size_t)16 * num_sms(
 
 template <typename T> void gelu_forward_gpu(T *out, const T *inp, size_t n, int quick) {
     if (n == 0) return;
+    if (sizeof(T) == 2) gelu_luts_init();
     if (vec_width<T>(n, out, inp) > 1) gelu_forward_kernel<T, 16 / sizeof(T)><<<grid_for(n), 256>>>(out, inp, n, quick);
     else gelu_forward_kernel<T, 1><<<grid_for(n), 256>>>(out, inp, n, quick);
     cudaCheckLaunch();
@@ -135,6 +247,7 @@ template <typename T> void gelu_forward_gpu(T *out, const T *inp, size_t n, int 
 
 template <typename T> void gelu_backward_bias_gpu(T *dinp, float *dbias, const T *dout, const T *inp, int N, int C, int quick) {
     const int V = 16 / sizeof(T);
+    if (sizeof(T) == 2) gelu_luts_init();
     if (vec_width<T>(C, dinp, dout, inp) > 1) colsum_run<V>(dbias, NULL, GeluBackwardOp<T, V>{dinp, dout, inp, C, quick}, N, C);
     else colsum_run<1>(dbias, NULL, GeluBackwardOp<T, 1>{dinp, dout, inp, C, quick}, N, C);
 }

@@ -26,6 +26,7 @@ struct RowLoad {
     typedef uint4 In;
     const bf16 *x;
     int K;
+    __device__ void prepare() const {}
     __device__ uint4 load(int row, int vec) const { return __ldg((const uint4 *)(x + (size_t)row * K) + vec); }
     __device__ uint4 apply(uint4 in, int, int, float *f) const {
         const __nv_bfloat162 *h = (const __nv_bfloat162 *)&in;

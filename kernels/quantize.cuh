@@ -68,7 +68,7 @@ static __device__ inline void warp_quantize_row(int8_t *q, float *s, const bf16 
 // that all of a thread's loads are in flight before any store (a producer writing in place would otherwise
 // serialise them): In op.load(row, vec) reads what 16-byte vector vec of row needs; uint4 op.apply(in, row, vec,
 // f) computes its 8 values, fills f (fp32, what the column sums add) and returns them as bf16 (what is quantized;
-// apply may also store them). The kernel writes q (M, K), s (M) and partial (ceil(M / rows), K) = the column sums
+// apply may also store them); op.prepare(), called by every thread at the block's start, may fill shared memory. The kernel writes q (M, K), s (M) and partial (ceil(M / rows), K) = the column sums
 // of each chunk of `rows` rows, added in row order.
 // A block of 256 threads walks its chunk G rows at a time, the whole width of each row held in registers: thread
 // t owns the 8-column vectors t, t + 256, ... (V of them), so its column sums stay in registers across the chunk.
@@ -79,6 +79,7 @@ __global__ void __launch_bounds__(256) rowwise_colsums_kernel(int8_t *q, float *
     __shared__ float red[2][8][G];
     int r0 = blockIdx.x * rows, r1 = min(M, r0 + rows), nv = K / 8;
     int t = threadIdx.x, lane = t % 32, warp = t / 32;
+    op.prepare();
     float sum[V][8];
 #pragma unroll
     for (int k = 0; k < V; k++)

@@ -6,6 +6,7 @@ template <typename T, int V> struct SumOp {
     static const int NOUT = 1;
     const T *a;
     long ld;
+    __device__ void prepare() const {}
     __device__ void operator()(int r, int c, float *acc, float *) const {
         Vec<T, V> x = load_vec<T, V>(a + (size_t)r * ld + c);
         for (int i = 0; i < V; i++) acc[i] += to_float(x.v[i]);
@@ -16,6 +17,7 @@ template <typename T, int V> struct ProductOp {
     static const int NOUT = 1;
     const T *a, *b;
     int C;
+    __device__ void prepare() const {}
     __device__ void operator()(int r, int c, float *acc, float *) const {
         Vec<T, V> x = load_vec<T, V>(a + (size_t)r * C + c), y = load_vec<T, V>(b + (size_t)r * C + c);
         for (int i = 0; i < V; i++) acc[i] += to_float(x.v[i]) * to_float(y.v[i]);
@@ -27,6 +29,7 @@ template <typename T, int V> struct LayerNormGradOp {
     const T *dout, *inp;
     const float *mean, *rstd;
     int C;
+    __device__ void prepare() const {}
     __device__ void operator()(int r, int c, float *dw, float *db) const {
         Vec<T, V> g = load_vec<T, V>(dout + (size_t)r * C + c), x = load_vec<T, V>(inp + (size_t)r * C + c);
         float m = mean[r], s = rstd[r];

@@ -27,7 +27,7 @@ void colsum_finish_gpu(float *out, float *out2, const float *partial, int chunks
 void colsum_split(int N, int C, int V, int *chunks, int *rows_per_chunk);
 
 // Op: NOUT (1 or 2) sums; op(row, col, acc, acc2) reads V columns from col of row (and may write) and adds
-// to acc (and acc2).
+// to acc (and acc2); op.prepare(), called by every thread at the block's start, may fill shared memory (and sync).
 template <int V, class Op>
 __global__ void colsum_partial_kernel(float *partial, Op op, int N, int C, int rows_per_chunk) {
     __shared__ float red[Op::NOUT][8][32 * V];
@@ -35,6 +35,7 @@ __global__ void colsum_partial_kernel(float *partial, Op op, int N, int C, int r
     int c0 = (blockIdx.x * 32 + tx) * V;
     int r_begin = blockIdx.y * rows_per_chunk, r_end = min(N, r_begin + rows_per_chunk);
     float acc[V], acc2[V];
+    op.prepare();
     for (int i = 0; i < V; i++) acc[i] = 0.0f, acc2[i] = 0.0f;
     if (c0 < C)
         for (int r = r_begin + ty; r < r_end; r += 8) op(r, c0, acc, acc2);

@@ -66,13 +66,14 @@ typedef struct {
 typedef enum {
     OP_BF16_GEMM, OP_INT8_LT, OP_INT8_WGMMA, OP_INT8_MMA, OP_QUANT_ROWS, OP_QUANT_WEIGHT, OP_LAYER_BF16, OP_LAYER_SB,
     OP_LAYER_SB_MEMEFF, OP_GELU_FWD_Q, OP_GELU_FWD_FUSED, OP_GELU_FWD_FUSED_INT8, OP_GELU_BWD_Q, OP_GELU_BWD_FUSED,
-    OP_INT8_N256, OP_INT8_N128, NOPS
+    OP_GELU_FWD, OP_GELU_BWD, OP_INT8_N256, OP_INT8_N128, NOPS
 } Op;
 static const char *op_names[NOPS] = {"cuBLAS bf16 GEMM", "cuBLASLt int8 GEMM (int32 out)", "ours int8 GEMM+dequant (wgmma)",
                                      "ours int8 GEMM+dequant (mma.sync)", "row-wise quantize of x", "weight quantize (+W^T)",
                                      "bf16 linear fwd+bwd (cuBLASLt)", "SwitchBack fwd+bwd", "SwitchBack memory-efficient fwd+bwd",
                                      "GELU fwd, then row quantize", "GELU fwd + int8 (fused)", "GELU fwd, int8 only (fused)",
                                      "GELU bwd + bias grad, then quantize", "GELU bwd + bias grad + int8 (fused)",
+                                     "GELU fwd (bf16)", "GELU bwd + bias grad (bf16)",
                                      "ours, 128 x 256 tiles", "ours, 128 x 128 tiles"};
 
 static Int8Gemm forward_gemm(Bench *b, int set) {
@@ -118,6 +119,8 @@ static void run_op(Bench *b, Op op, int set) {
         quantize_rowwise(b->sb.gq, b->sb.gs, b->y2, M, N, 0);
         break;
     case OP_GELU_BWD_FUSED: gelu_backward_quantize_gpu(b->y2, b->sb.gq, b->sb.gs, b->db, b->g[set], b->y, M, N, 0); break;
+    case OP_GELU_FWD: gelu_forward_gpu<bf16>(b->y2, b->y, (size_t)M * N, 0); break;
+    case OP_GELU_BWD: gelu_backward_bias_gpu<bf16>(b->y2, b->db, b->g[set], b->y, M, N, 0); break;
     case OP_LAYER_SB:
     case OP_LAYER_SB_MEMEFF: {
         SwitchBack *sb = op == OP_LAYER_SB ? &b->sb : &b->sb_me;
@@ -236,7 +239,7 @@ int main(int argc, char **argv) {
         int use[NOPS];
         for (int op = 0; op < NOPS; op++)
             use[op] = step ? wgmma && (op == OP_BF16_GEMM || op == OP_INT8_WGMMA || op == OP_INT8_N256 || op == OP_INT8_N128)
-                           : (op != OP_INT8_WGMMA || wgmma) && (op < OP_GELU_FWD_Q || (op <= OP_GELU_BWD_FUSED && strstr(b.s.name, "fc1")));
+                           : (op != OP_INT8_WGMMA || wgmma) && (op < OP_GELU_FWD_Q || (op <= OP_GELU_BWD && strstr(b.s.name, "fc1")));
         fill_normal(b.y, mn, 23, 1.0f);  // c_fc's output for the GELU ops
         if (profile) {
             for (int rep = 0; rep < 2; rep++) {  // the first round warms up
@@ -257,9 +260,10 @@ int main(int argc, char **argv) {
                 printf("  %-38s %8.3f ms %7.0f GB/s\n", op_names[op], t[si][op], (3.0 * mk + 4.0 * M) / (t[si][op] * 1e-3) * 1e-9);
             else if (op == OP_QUANT_WEIGHT)
                 printf("  %-38s %8.3f ms %7.0f GB/s\n", op_names[op], t[si][op], (4.0 * nk) / (t[si][op] * 1e-3) * 1e-9);
-            else if (op >= OP_GELU_FWD_Q)  // the fewest bytes of the fused op: bf16 in, bf16 out (but int8 only), int8 out
-                printf("  %-38s %8.3f ms %7.0f GB/s\n", op_names[op], t[si][op],
-                       (op <= OP_GELU_FWD_FUSED_INT8 ? (op == OP_GELU_FWD_FUSED_INT8 ? 3.0 : 5.0) : 7.0) * mn / (t[si][op] * 1e-3) * 1e-9);
+            else if (op >= OP_GELU_FWD_Q) {  // the fewest bytes per element of the (fused) op: bf16 in, out, int8 out
+                static const double bytes[] = {5, 5, 3, 7, 7, 4, 6};  // OP_GELU_FWD_Q ... OP_GELU_BWD
+                printf("  %-38s %8.3f ms %7.0f GB/s\n", op_names[op], t[si][op], bytes[op - OP_GELU_FWD_Q] * mn / (t[si][op] * 1e-3) * 1e-9);
+            }
             else printf("  %-38s %8.3f ms (3 GEMMs: %.0f TFLOP/s effective)\n", op_names[op], t[si][op], 3 * flop / (t[si][op] * 1e-3) * 1e-12);
         }
 

@@ -4,6 +4,10 @@
 // outputs are rounded to bf16 once); the fp32 bias gradient 1e-5. The SwitchBack variants (bf16, the result also
 // quantized row-wise) against the plain kernels: the same bf16 results bit for bit, the int8 rows bit for bit
 // against ref_quantize_rows of them, the bias gradient 1e-5 (fp32 sums in another order), all-zero rows.
+// The bf16 kernels (tables, kernels/gelu.cu) on every one of the 65,536 bf16 inputs against the exact functions
+// in long double: the forward is a nearest bf16 of the exact GELU (within one step where that is a bf16 denormal),
+// the gradient a nearest fp32 of the exact derivative (within 1 ulp for |x| < 2^-10); NaN stays NaN.
+#include <math.h>
 #include "../kernels/gelu.cuh"
 #include "test_gpu.h"
 #include "ref_switchback.h"
@@ -91,6 +95,81 @@ static void check_quantized(int N, int C, int quick) {
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) cudaCheck(cudaFree(dev[i]));
 }
 
+// The exact GELU (quick: x sigmoid(1.702 x)) and its derivative, in long double; Phi from erfc (no cancellation).
+static void gelu_exact_ld(long double x, int quick, long double *v, long double *g) {
+    if (quick) {
+        long double s = 1.0L / (1.0L + expl(-1.702L * x)), r = 1.0L / (1.0L + expl(1.702L * x));  // r = 1 - s
+        *v = x * s, *g = s + 1.702L * x * s * r;
+    } else {
+        long double p = 0.5L * erfcl(-x / sqrtl(2.0L));
+        *v = x * p, *g = p + x * expl(-0.5L * x * x) / sqrtl(2.0L * (long double)M_PI);
+    }
+}
+static float bf16_of_bits(uint32_t b) {
+    float f;
+    b <<= 16;
+    memcpy(&f, &b, 4);
+    return f;
+}
+static float bf16_next(float r, int dir) {  // the adjacent bf16 value, toward +inf (dir 1) or -inf (-1)
+    uint32_t b;
+    memcpy(&b, &r, 4);
+    b >>= 16;
+    if (r == 0.0f) return bf16_of_bits(dir > 0 ? 0x0001 : 0x8001);
+    return bf16_of_bits((r > 0) == (dir > 0) ? b + 1 : b - 1);
+}
+// r is a nearest representable value to e, given its two neighbours lo and hi (slack: a relative tolerance for e's
+// own error, ~1e-18 in long double).
+static int is_nearest(float r, float lo, float hi, long double e) {
+    long double d = fabsl((long double)r - e), tol = 1e-15L * fabsl(e);
+    return d <= fabsl((long double)lo - e) + tol && d <= fabsl((long double)hi - e) + tol;
+}
+
+static void test_gelu_tables(void) {
+    SKIP_WITHOUT_GPU();
+    const int n = 65536;
+    float *x = zeros_host(n), *y = zeros_host(n), *g = zeros_host(n), *one = zeros_host(n);
+    for (int i = 0; i < n; i++) x[i] = bf16_of_bits(i), one[i] = 1.0f;
+    bf16 *d_x = to_device<bf16>(x, n), *d_one = to_device<bf16>(one, n), *d_y = poisoned<bf16>(n), *d_dx = poisoned<bf16>(n);
+    float *d_g = poisoned<float>(n);
+    for (int quick = 0; quick < 2; quick++) {
+        cudaCheck(cudaMemset(d_g, 0, n * sizeof(float)));
+        gelu_forward_gpu<bf16>(d_y, d_x, n, quick);
+        gelu_backward_bias_gpu<bf16>(d_dx, d_g, d_one, d_x, 1, n, quick);  // one row, dout = 1: dbias = gelu'(x) in fp32
+        to_host<bf16>(y, d_y, n), to_host<float>(g, d_g, n);
+        int bad_v = 0, bad_g = 0, first_v = -1, first_g = -1;
+        for (int i = 0; i < n; i++) {
+            if (isnan(x[i])) {
+                if (!isnan(y[i]) || !isnan(g[i])) bad_v++, first_v = first_v < 0 ? i : first_v;
+                continue;
+            }
+            if (isinf(x[i])) {  // the limits: x or -0, and 1 or 0
+                int ok = x[i] > 0 ? y[i] == x[i] && g[i] == 1.0f : y[i] == 0.0f && g[i] == 0.0f;
+                if (!ok) bad_v++, first_v = first_v < 0 ? i : first_v;
+                continue;
+            }
+            long double v, d;
+            gelu_exact_ld(x[i], quick, &v, &d);
+            // forward: a nearest bf16; within one step where the result is a bf16 denormal (|v| < 2^-126)
+            int ok = isfinite(y[i]) && (is_nearest(y[i], bf16_next(y[i], -1), bf16_next(y[i], 1), v) ||
+                                        (fabsl(v) < 0x1p-126L && fabsl((long double)y[i] - v) <= 0x1p-133L));
+            if (!ok) bad_v++, first_v = first_v < 0 ? i : first_v;
+            // gradient: a nearest fp32; within 1 ulp for |x| < 2^-10
+            float lo = nextafterf(g[i], -INFINITY), hi = nextafterf(g[i], INFINITY);
+            ok = isfinite(g[i]) && (is_nearest(g[i], lo, hi, d) ||
+                                    (fabsf(x[i]) < 0x1p-10f && fabsl((long double)g[i] - d) <= (long double)(hi - g[i])));
+            if (!ok) bad_g++, first_g = first_g < 0 ? i : first_g;
+        }
+        EXPECT(bad_v == 0, "quick=%d: %d bf16 inputs with a wrong GELU (first: x = %g -> %g)", quick, bad_v, first_v < 0 ? 0.0 : x[first_v],
+               first_v < 0 ? 0.0 : y[first_v]);
+        EXPECT(bad_g == 0, "quick=%d: %d bf16 inputs with a wrong gradient (first: x = %g -> %.9g)", quick, bad_g,
+               first_g < 0 ? 0.0 : x[first_g], first_g < 0 ? 0.0 : g[first_g]);
+        printf("  quick=%d: all 65536 bf16 inputs: GELU a nearest bf16, gradient a nearest fp32 (%d / %d off)\n", quick, bad_v, bad_g);
+    }
+    free(x), free(y), free(g), free(one);
+    cudaCheck(cudaFree(d_x)), cudaCheck(cudaFree(d_one)), cudaCheck(cudaFree(d_y)), cudaCheck(cudaFree(d_dx)), cudaCheck(cudaFree(d_g));
+}
+
 static void test_gelu_quantized(void) {
     SKIP_WITHOUT_GPU();
     for (int quick = 0; quick < 2; quick++) {
@@ -114,6 +193,7 @@ static void test_gelu(void) {
 int main(void) {
     test_seed();
     RUN(test_gelu);
+    RUN(test_gelu_tables);
     RUN(test_gelu_quantized);
     TEST_EXIT();
 }
