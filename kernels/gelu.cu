@@ -26,7 +26,7 @@ __device__ __forceinline__ float gelu_grad(float x, int quick) {
 
 // ---- The bf16 tables. Per sign, the 2048 inputs with |x| in [2^-10, 64) (16 binades of 128 values): the exact
 // GELU rounded to bf16 (what the bf16 kernels store) and the exact gradient rounded to fp32, computed in double
-// (Phi from erfc: no cancellation in the negative tail, where 0.5 x (1 + erff) loses all digits below x ~ -4).
+// (Phi from erfc: no cancellation in the negative tail, where 0.5 x (1 + erff) is wrong in bf16 below x ~ -4.6).
 // Outside: |x| < 2^-10 gives gelu(x) = 0.5 x (the relative change 0.8 |x| < 2^-9 never reaches a bf16 rounding
 // boundary) and gelu'(x) = 0.5 + c1 x (the next term, ~0.3 x^3, is below 2^-30 of 0.5); |x| >= 64 gives x or -0
 // and 1 or 0 (the tails of both functions underflow even bf16 / fp32 denormals there); NaN stays NaN.

@@ -1,5 +1,6 @@
 // gelu.cuh: the MLP activation, exact GELU 0.5 x (1 + erf(x / sqrt 2)) (open_clip's nn.GELU) or QuickGELU
-// x sigmoid(1.702 x) (OpenAI weights), forward and backward, elementwise on float or bf16.
+// x sigmoid(1.702 x) (OpenAI weights), forward and backward, elementwise on float or bf16. fp32 evaluates the
+// formulas; bf16 looks them up (gelu.cu): the GELU correctly rounded to bf16, its gradient to fp32.
 // cuBLASLt's GELU epilogues compute the tanh approximation, not erf, so the activation is its own pass.
 // Reference: gelu_forward/backward in model/ops_cpu.c.
 #pragma once
