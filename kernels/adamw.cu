@@ -102,14 +102,10 @@ __global__ void sum_kernel(float *out, const float *partial, int n) {
     if (threadIdx.x == 0) *out = s;
 }
 
-__global__ void copy_to_bf16_kernel(bf16 *dst, const float *src, size_t n) {
+// dst = src converted (to bf16: round to nearest even)
+template <typename D, typename S> __global__ void convert_kernel(D *dst, const S *src, size_t n) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        dst[i] = __float2bfloat16_rn(src[i]);
-}
-
-__global__ void copy_to_fp32_kernel(float *dst, const bf16 *src, size_t n) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        dst[i] = __bfloat162float(src[i]);
+        dst[i] = from_float<D>(to_float(src[i]));
 }
 
 __global__ void clamp_scalar_kernel(float *x, float lo, float hi) { *x = fminf(fmaxf(*x, lo), hi); }
@@ -203,17 +199,13 @@ void adamw_sum_squares_gpu(const AdamWPlan *p, float *out, const float *g) {
     cudaCheckLaunch();
 }
 
-void copy_to_bf16_gpu(bf16 *dst, const float *src, size_t n, cudaStream_t stream) {
+template <typename D, typename S> static void convert_gpu(D *dst, const S *src, size_t n, cudaStream_t stream) {
     if (n == 0) return;
-    copy_to_bf16_kernel<<<min(ceil_div((long)n, 512), 16 * num_sms()), 512, 0, stream>>>(dst, src, n);
+    convert_kernel<D, S><<<min(ceil_div((long)n, 512), 16 * num_sms()), 512, 0, stream>>>(dst, src, n);
     cudaCheckLaunch();
 }
-
-void copy_to_fp32_gpu(float *dst, const bf16 *src, size_t n, cudaStream_t stream) {
-    if (n == 0) return;
-    copy_to_fp32_kernel<<<min(ceil_div((long)n, 512), 16 * num_sms()), 512, 0, stream>>>(dst, src, n);
-    cudaCheckLaunch();
-}
+void copy_to_bf16_gpu(bf16 *dst, const float *src, size_t n, cudaStream_t stream) { convert_gpu(dst, src, n, stream); }
+void copy_to_fp32_gpu(float *dst, const bf16 *src, size_t n, cudaStream_t stream) { convert_gpu(dst, src, n, stream); }
 
 void clamp_scalar_gpu(float *x, float lo, float hi) {
     clamp_scalar_kernel<<<1, 1>>>(x, lo, hi);
