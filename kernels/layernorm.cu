@@ -17,10 +17,12 @@
 #define ROWS_PER_BLOCK 8
 #define LN_MAX_VECS 5
 
+// y = (x - m) * s * w + b for the V columns at c
 template <typename T, int V>
-__device__ __forceinline__ Vec<T, V> ln_apply(Vec<T, V> x, float m, float s, const float *w, const float *b) {
+__device__ __forceinline__ Vec<T, V> ln_apply(Vec<T, V> x, float m, float s, const float *w, const float *b, int c) {
+    Vec<float, V> wv = load_floats<V>(w + c), bv = load_floats<V>(b + c);
     Vec<T, V> y;
-    for (int i = 0; i < V; i++) y.v[i] = from_float<T>((to_float(x.v[i]) - m) * s * w[i] + b[i]);
+    for (int i = 0; i < V; i++) y.v[i] = from_float<T>((to_float(x.v[i]) - m) * s * wv.v[i] + bv.v[i]);
     return y;
 }
 
@@ -47,8 +49,10 @@ __global__ void residual_layernorm_forward_kernel(T *res, T *out, int8_t *q, flo
             Vec<T, V> xv = load_vec<T, V>(x + off + c);
             if (f) {
                 Vec<T, V> fv = load_vec<T, V>(f + off + c);
+                Vec<float, V> lv;
+                if (ls) lv = load_floats<V>(ls + c);
                 for (int i = 0; i < V; i++)
-                    xv.v[i] = from_float<T>(to_float(xv.v[i]) + (ls ? ls[c + i] : 1.0f) * to_float(fv.v[i]));
+                    xv.v[i] = from_float<T>(to_float(xv.v[i]) + (ls ? lv.v[i] : 1.0f) * to_float(fv.v[i]));
                 store_vec<T, V>(res + off + c, xv);
             }
             if (NV > 0) keep[j] = xv;
@@ -76,7 +80,7 @@ __global__ void residual_layernorm_forward_kernel(T *res, T *out, int8_t *q, flo
     for (int j = 0; j < nvec; j++) {
         int c = (j * 32 + lane) * V;
         Vec<T, V> xv = NV > 0 && !recompute ? keep[j] : load_vec<T, V>(x + off + c);
-        Vec<T, V> y = ln_apply<T, V>(xv, m, s, w + c, b + c);
+        Vec<T, V> y = ln_apply<T, V>(xv, m, s, w, b, c);
         if (out) store_vec<T, V>(out + off + c, y);
         if (q)
             for (int i = 0; i < V; i++) am = fmaxf(am, fabsf(to_float(y.v[i])));
@@ -90,7 +94,7 @@ __global__ void residual_layernorm_forward_kernel(T *res, T *out, int8_t *q, flo
 #pragma unroll
     for (int j = 0; j < nvec; j++) {
         int c = (j * 32 + lane) * V;
-        Vec<T, V> y = NV > 0 ? keep[j] : ln_apply<T, V>(load_vec<T, V>(x + off + c), m, s, w + c, b + c);
+        Vec<T, V> y = NV > 0 ? keep[j] : ln_apply<T, V>(load_vec<T, V>(x + off + c), m, s, w, b, c);
         Vec<int8_t, V> qv;
         for (int i = 0; i < V; i++) qv.v[i] = sb_quantize(to_float(y.v[i]), mult);
         store_vec<int8_t, V>(q + off + c, qv);
@@ -122,8 +126,9 @@ __global__ void layernorm_backward_kernel(T *dinp, int8_t *q, float *qs, float *
             float m = mean[row], s = rstd[row], sum_d = 0.0f, sum_dx = 0.0f;
             for (int c = lane * V; c < C; c += 32 * V) {
                 Vec<T, V> g = load_vec<T, V>(dout + off + c), x = load_vec<T, V>(inp + off + c);
+                Vec<float, V> wv = load_floats<V>(w + c);
                 for (int i = 0; i < V; i++) {
-                    float xhat = (to_float(x.v[i]) - m) * s, dxhat = to_float(g.v[i]) * w[c + i];
+                    float xhat = (to_float(x.v[i]) - m) * s, dxhat = to_float(g.v[i]) * wv.v[i];
                     sum_d += dxhat, sum_dx += dxhat * xhat;
                 }
             }
@@ -131,9 +136,10 @@ __global__ void layernorm_backward_kernel(T *dinp, int8_t *q, float *qs, float *
             float am = 0.0f;
             for (int c = lane * V; c < C; c += 32 * V) {
                 Vec<T, V> g = load_vec<T, V>(dout + off + c), x = load_vec<T, V>(inp + off + c), d = load_vec<T, V>(dinp + off + c);
+                Vec<float, V> wv = load_floats<V>(w + c);
                 for (int i = 0; i < V; i++) {
                     float xhat = (to_float(x.v[i]) - m) * s;
-                    d.v[i] = from_float<T>(to_float(d.v[i]) + s * (to_float(g.v[i]) * w[c + i] - sum_d - xhat * sum_dx));
+                    d.v[i] = from_float<T>(to_float(d.v[i]) + s * (to_float(g.v[i]) * wv.v[i] - sum_d - xhat * sum_dx));
                     am = fmaxf(am, fabsf(to_float(d.v[i])));
                 }
                 store_vec<T, V>(dinp + off + c, d);
@@ -198,7 +204,7 @@ static void launch_forward(T *res, T *out, int8_t *q, float *qs, float *mean, fl
                            const float *ls, const float *w, const float *b, int N, int C, int recompute) {
     if (N == 0) return;
     int grid = ceil_div(N, ROWS_PER_BLOCK);
-    if (vec_width<T>(C, res, out, x, f) > 1 && vec_width<T>(C, q) > 1) {
+    if (vec_width<T>(C, res, out, x, f) > 1 && vec_width<T>(C, q) > 1 && vec_width<float>(C, w, b, ls) > 1) {
         constexpr int V = 16 / sizeof(T);
         DISPATCH_NV(vecs_per_lane(C, V), (residual_layernorm_forward_kernel<T, V, NV><<<grid, 32 * ROWS_PER_BLOCK>>>(
                                              res, out, q, qs, mean, rstd, x, f, ls, w, b, N, C, recompute)));
@@ -261,7 +267,7 @@ void layernorm_backward_gpu(T *dinp, float *dw, float *db, const T *dout, const 
                             const float *rstd, int N, int C, int8_t *q, float *qs, const BranchGrads<T> *br) {
     if (N == 0) return;
     if (br && (!br->db || !br->ls != !br->dls || !br->ls != !br->f)) fatal("layernorm_backward_gpu: BranchGrads needs db, and ls, dls, f together");
-    if (vec_width<T>(C, dinp, dout, inp, br ? br->f : NULL) > 1 && vec_width<T>(C, q) > 1)
+    if (vec_width<T>(C, dinp, dout, inp, br ? br->f : NULL) > 1 && vec_width<T>(C, q) > 1 && vec_width<float>(C, w) > 1)
         launch_backward<T, 16 / sizeof(T)>(dinp, q, qs, br, dout, inp, w, mean, rstd, N, C);
     else launch_backward<T, 1>(dinp, q, qs, br, dout, inp, w, mean, rstd, N, C);
     layernorm_param_grads_gpu<T>(dw, db, dout, inp, mean, rstd, N, C);
