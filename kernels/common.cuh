@@ -22,6 +22,21 @@ template <typename T, int V> __device__ __forceinline__ Vec<T, V> load_vec(const
 template <typename T, int V> __device__ __forceinline__ void store_vec(T *p, const Vec<T, V> &x) {
     *reinterpret_cast<Vec<T, V> *>(p) = x;
 }
+// V fp32 values (per-column parameters beside a Vec<T, V> of data): 16-byte loads when V % 4 == 0 (p 16-byte
+// aligned), else one load each. A scalar load per element costs a warp as many L1 requests as the whole vector.
+template <int V> __device__ __forceinline__ Vec<float, V> load_floats(const float *p) {
+    Vec<float, V> r;
+    if constexpr (V % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < V; i += 4) {
+            float4 t = *reinterpret_cast<const float4 *>(p + i);
+            r.v[i] = t.x, r.v[i + 1] = t.y, r.v[i + 2] = t.z, r.v[i + 3] = t.w;
+        }
+    } else {
+        for (int i = 0; i < V; i++) r.v[i] = p[i];
+    }
+    return r;
+}
 
 __device__ __forceinline__ float warp_sum(float x) {
     for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);

@@ -1,14 +1,15 @@
 // layernorm.cu: LayerNorm forward fused with the residual add, backward, and the layer-scale branch
-// gradient (see layernorm.cuh). One warp per row; lane l owns the vectors at columns (j * 32 + l) * V. In the
-// forward, rows of up to LN_MAX_VECS vectors per lane (C <= 1280 in bf16) stay in registers (NV > 0) and
-// each input is read once; other widths (NV = 0) re-read the row from L1. The backward re-reads from L1 and
-// leaves the weight and bias gradients to a column sum (reduce.cuh). (Keeping the backward's row and
-// those sums in registers, with warps striding over rows, ran slower: fewer rows in flight.) Both can also emit
-// their result quantized row-wise for SwitchBack (an extra pass over the row: registers in the forward, L1 in
-// the backward). The backward can also sum its output's columns for the residual branch below it (BranchGrads:
-// the next linear's bias and layer-scale gradients): then one wave of blocks, each summing its rows through shared
-// memory. (A first version kept a sum per warp, 4 C bytes of shared memory each: at C = 1280 that left 40 warps per
-// SM and the backward took 1.2 ms more on ViT-H/14, which ate half of what the fusion saved.)
+// gradient (see layernorm.cuh). One warp per row; lane l owns the vectors at columns (j * 32 + l) * V, and the
+// per-column parameters beside them are loaded as vectors too (one scalar load per element made the L1 requests
+// the limit: the forward ran at 1.5x its copy time). Rows of up to LN_MAX_VECS vectors per lane (C <= 1280 in
+// bf16) stay in registers (NV > 0) and each input is read once; other widths (NV = 0) re-read the row from L1.
+// The backward runs as one wave of blocks, each striding over its rows a group of warps at a time, and sums the
+// columns the gradients need in the same pass, through shared memory: its own weight and bias gradients, and for
+// the residual branch below it (BranchGrads) the next linear's bias and layer-scale gradients (the weight and bias
+// gradients were a column-sum pass of their own that read dout and inp again, 4 bytes per element). Both can
+// also emit their result quantized row-wise for SwitchBack (an extra pass over the row, from registers).
+// (What ran slower: the row and the sums in registers with a few warps striding over rows, too few rows in flight;
+// a sum per warp in shared memory, 4 C bytes each, which at C = 1280 left 40 warps per SM.)
 #include "layernorm.cuh"
 #include "quantize.cuh"
 #include "reduce.cuh"
@@ -16,11 +17,16 @@
 #define LN_EPS 1e-5f
 #define ROWS_PER_BLOCK 8
 #define LN_MAX_VECS 5
+#ifndef LN_BWD_WARPS
+#define LN_BWD_WARPS 4  // the backward's rows per group: warps per block (8 was measured, not tested: docs/benchmarks.md)
+#endif
 
+// y = (x - m) * s * w + b for the V columns at c
 template <typename T, int V>
-__device__ __forceinline__ Vec<T, V> ln_apply(Vec<T, V> x, float m, float s, const float *w, const float *b) {
+__device__ __forceinline__ Vec<T, V> ln_apply(Vec<T, V> x, float m, float s, const float *w, const float *b, int c) {
+    Vec<float, V> wv = load_floats<V>(w + c), bv = load_floats<V>(b + c);
     Vec<T, V> y;
-    for (int i = 0; i < V; i++) y.v[i] = from_float<T>((to_float(x.v[i]) - m) * s * w[i] + b[i]);
+    for (int i = 0; i < V; i++) y.v[i] = from_float<T>((to_float(x.v[i]) - m) * s * wv.v[i] + bv.v[i]);
     return y;
 }
 
@@ -47,8 +53,10 @@ __global__ void residual_layernorm_forward_kernel(T *res, T *out, int8_t *q, flo
             Vec<T, V> xv = load_vec<T, V>(x + off + c);
             if (f) {
                 Vec<T, V> fv = load_vec<T, V>(f + off + c);
+                Vec<float, V> lv;
+                if (ls) lv = load_floats<V>(ls + c);
                 for (int i = 0; i < V; i++)
-                    xv.v[i] = from_float<T>(to_float(xv.v[i]) + (ls ? ls[c + i] : 1.0f) * to_float(fv.v[i]));
+                    xv.v[i] = from_float<T>(to_float(xv.v[i]) + (ls ? lv.v[i] : 1.0f) * to_float(fv.v[i]));
                 store_vec<T, V>(res + off + c, xv);
             }
             if (NV > 0) keep[j] = xv;
@@ -76,7 +84,7 @@ __global__ void residual_layernorm_forward_kernel(T *res, T *out, int8_t *q, flo
     for (int j = 0; j < nvec; j++) {
         int c = (j * 32 + lane) * V;
         Vec<T, V> xv = NV > 0 && !recompute ? keep[j] : load_vec<T, V>(x + off + c);
-        Vec<T, V> y = ln_apply<T, V>(xv, m, s, w + c, b + c);
+        Vec<T, V> y = ln_apply<T, V>(xv, m, s, w, b, c);
         if (out) store_vec<T, V>(out + off + c, y);
         if (q)
             for (int i = 0; i < V; i++) am = fmaxf(am, fabsf(to_float(y.v[i])));
@@ -90,7 +98,7 @@ __global__ void residual_layernorm_forward_kernel(T *res, T *out, int8_t *q, flo
 #pragma unroll
     for (int j = 0; j < nvec; j++) {
         int c = (j * 32 + lane) * V;
-        Vec<T, V> y = NV > 0 ? keep[j] : ln_apply<T, V>(load_vec<T, V>(x + off + c), m, s, w + c, b + c);
+        Vec<T, V> y = NV > 0 ? keep[j] : ln_apply<T, V>(load_vec<T, V>(x + off + c), m, s, w, b, c);
         Vec<int8_t, V> qv;
         for (int i = 0; i < V; i++) qv.v[i] = sb_quantize(to_float(y.v[i]), mult);
         store_vec<int8_t, V>(q + off + c, qv);
@@ -99,51 +107,70 @@ __global__ void residual_layernorm_forward_kernel(T *res, T *out, int8_t *q, flo
 }
 
 // dinp += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * w; one warp per row, the block's
-// ROWS_PER_BLOCK warps taking its rows_per_block rows a group of ROWS_PER_BLOCK at a time.
-// q (with qs), optional: the new dinp quantized row-wise for SwitchBack (a third pass re-reads the lane's own
-// stores from L1).
-// NOUT > 0 (BranchGrads): the column sums of the new dinp (rounded to T) over the block's rows go to partial (reduce.cuh's
-// layout, chunk = block): o = 0 sums round(dinp * ls) (ls NULL: dinp), o = 1 (NOUT 2, with ls) dinp * f. Each group's
-// rows are staged in shared memory (exact: they are T values), then each thread adds its columns' group sums, in row
-// order, to the block's sums (shared memory too: a warp holds nothing across rows, so the rows in flight stay many).
-template <typename T, int V, int NOUT>
-__global__ void layernorm_backward_kernel(T *dinp, int8_t *q, float *qs, float *partial, const float *ls, const T *f,
-                                          const T *dout, const T *inp, const float *w, const float *mean, const float *rstd,
-                                          int N, int C, int rows_per_block) {
-    extern __shared__ float sums[];  // NOUT x C block sums, then the group's rows of dinp: ROWS_PER_BLOCK x C of T
-    T *stage = (T *)(sums + NOUT * C);
+// LN_BWD_WARPS warps taking its rows_per_block rows (one wave of blocks) a group of LN_BWD_WARPS at a time. NV > 0: the
+// lane's NV vectors of dout and inp stay in registers; NV = 0: the second pass re-reads them (L1).
+// The column sums ride along, over the block's rows, into partial (reduce.cuh's layout, chunk = block): o = 0 the
+// weight gradient dout * xhat, o = 1 the bias gradient dout; with BranchGrads (NOUT > 0) o = 2 round(dinp * ls) (ls
+// NULL: the new dinp, rounded to T), o = 3 (NOUT 2, with ls) dinp * f. Each group's rows of dout, inp (and the new
+// dinp) are staged in shared memory (exact: T values), then each thread adds its columns' group sums, in row order,
+// to the block's sums (shared memory too: a warp holds nothing across rows, so the rows in flight stay many).
+// q (with qs), optional: the new dinp quantized row-wise for SwitchBack (from registers; NV = 0 re-reads the lane's
+// own stores).
+template <typename T, int V, int NV, int NOUT>
+__global__ void __launch_bounds__(32 * LN_BWD_WARPS)
+    layernorm_backward_kernel(T *dinp, int8_t *q, float *qs, float *partial, const float *ls, const T *f, const T *dout,
+                              const T *inp, const float *w, const float *mean, const float *rstd, int N, int C, int rows_per_block) {
+    constexpr int S = 2 + NOUT;  // column sums
+    extern __shared__ float sums[];  // S x C block sums, then the group's rows of dout, inp (and dinp): LN_BWD_WARPS x C of T each
+    __shared__ float st_m[LN_BWD_WARPS], st_s[LN_BWD_WARPS];
+    T *st_g = (T *)(sums + S * C), *st_x = st_g + LN_BWD_WARPS * C, *st_d = st_x + LN_BWD_WARPS * C;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    for (int c = threadIdx.x; c < NOUT * C; c += blockDim.x) sums[c] = 0.0f;
+    int nvec = NV > 0 ? NV : (C / V + 31 - lane) / 32;  // vectors of this lane
+    for (int c = threadIdx.x; c < S * C; c += blockDim.x) sums[c] = 0.0f;
     int r_end = min(N, (blockIdx.x + 1) * rows_per_block);
-    for (int r0 = blockIdx.x * rows_per_block; r0 < r_end; r0 += ROWS_PER_BLOCK) {
+    for (int r0 = blockIdx.x * rows_per_block; r0 < r_end; r0 += LN_BWD_WARPS) {
         int row = r0 + warp;
         if (row < r_end) {
             size_t off = (size_t)row * C;
             float m = mean[row], s = rstd[row], sum_d = 0.0f, sum_dx = 0.0f;
-            for (int c = lane * V; c < C; c += 32 * V) {
+            Vec<T, V> keep[NV > 0 ? NV : 1], xk[NV > 0 ? NV : 1];  // keep: dout's vectors, then the new dinp's
+#pragma unroll
+            for (int j = 0; j < nvec; j++) {
+                int c = (j * 32 + lane) * V;
                 Vec<T, V> g = load_vec<T, V>(dout + off + c), x = load_vec<T, V>(inp + off + c);
+                Vec<float, V> wv = load_floats<V>(w + c);
                 for (int i = 0; i < V; i++) {
-                    float xhat = (to_float(x.v[i]) - m) * s, dxhat = to_float(g.v[i]) * w[c + i];
+                    float xhat = (to_float(x.v[i]) - m) * s, dxhat = to_float(g.v[i]) * wv.v[i];
                     sum_d += dxhat, sum_dx += dxhat * xhat;
                 }
+                store_vec<T, V>(st_g + warp * C + c, g), store_vec<T, V>(st_x + warp * C + c, x);
+                if (NV > 0) keep[j] = g, xk[j] = x;
             }
+            if (lane == 0) st_m[warp] = m, st_s[warp] = s;
             sum_d = warp_sum(sum_d) / C, sum_dx = warp_sum(sum_dx) / C;
             float am = 0.0f;
-            for (int c = lane * V; c < C; c += 32 * V) {
-                Vec<T, V> g = load_vec<T, V>(dout + off + c), x = load_vec<T, V>(inp + off + c), d = load_vec<T, V>(dinp + off + c);
+#pragma unroll
+            for (int j = 0; j < nvec; j++) {
+                int c = (j * 32 + lane) * V;
+                Vec<T, V> g = NV > 0 ? keep[j] : load_vec<T, V>(dout + off + c), x = NV > 0 ? xk[j] : load_vec<T, V>(inp + off + c);
+                Vec<T, V> d = load_vec<T, V>(dinp + off + c);
+                Vec<float, V> wv = load_floats<V>(w + c);
                 for (int i = 0; i < V; i++) {
                     float xhat = (to_float(x.v[i]) - m) * s;
-                    d.v[i] = from_float<T>(to_float(d.v[i]) + s * (to_float(g.v[i]) * w[c + i] - sum_d - xhat * sum_dx));
+                    d.v[i] = from_float<T>(to_float(d.v[i]) + s * (to_float(g.v[i]) * wv.v[i] - sum_d - xhat * sum_dx));
                     am = fmaxf(am, fabsf(to_float(d.v[i])));
                 }
                 store_vec<T, V>(dinp + off + c, d);
-                if (NOUT) store_vec<T, V>(stage + warp * C + c, d);
+                if (NOUT) store_vec<T, V>(st_d + warp * C + c, d);
+                if (NV > 0) keep[j] = d;
             }
             if (q) {
                 am = warp_max(am);
                 float mult = sb_quant_mult(am);
-                for (int c = lane * V; c < C; c += 32 * V) {
-                    Vec<T, V> d = load_vec<T, V>(dinp + off + c);
+#pragma unroll
+                for (int j = 0; j < nvec; j++) {
+                    int c = (j * 32 + lane) * V;
+                    Vec<T, V> d = NV > 0 ? keep[j] : load_vec<T, V>(dinp + off + c);
                     Vec<int8_t, V> qv;
                     for (int i = 0; i < V; i++) qv.v[i] = sb_quantize(to_float(d.v[i]), mult);
                     store_vec<int8_t, V>(q + off + c, qv);
@@ -151,23 +178,34 @@ __global__ void layernorm_backward_kernel(T *dinp, int8_t *q, float *qs, float *
                 if (lane == 0) qs[row] = am;
             }
         }
-        if (!NOUT) continue;
         __syncthreads();
-        // the values the unfused passes would read: the branch gradient as layerscale_backward writes it, and dinp * f
-        int n = min(ROWS_PER_BLOCK, r_end - r0);
-        for (int c = threadIdx.x; c < C; c += blockDim.x) {
-            float sb = 0.0f, sl = 0.0f;
+        // the group's column sums; the branch's as the unfused passes would read them (the branch gradient as
+        // layerscale_backward writes it, and dinp * f)
+        int n = min(LN_BWD_WARPS, r_end - r0);
+        for (int c = threadIdx.x * V; c < C; c += blockDim.x * V) {
+            float a[S][V];
+            for (int o = 0; o < S; o++)
+                for (int i = 0; i < V; i++) a[o][i] = 0.0f;
+            Vec<float, V> lv;
+            if (NOUT == 2) lv = load_floats<V>(ls + c);
             for (int y = 0; y < n; y++) {
-                float d = to_float(stage[y * C + c]);
-                if (NOUT == 2) sb += to_float(from_float<T>(d * ls[c])), sl += d * to_float(f[(size_t)(r0 + y) * C + c]);
-                else sb += d;
+                Vec<T, V> g = load_vec<T, V>(st_g + y * C + c), x = load_vec<T, V>(st_x + y * C + c), d, fv;
+                if (NOUT) d = load_vec<T, V>(st_d + y * C + c);
+                if (NOUT == 2) fv = load_vec<T, V>(f + (size_t)(r0 + y) * C + c);
+                float m = st_m[y], s = st_s[y];
+                for (int i = 0; i < V; i++) {
+                    float gi = to_float(g.v[i]);
+                    a[0][i] += gi * ((to_float(x.v[i]) - m) * s), a[1][i] += gi;
+                    if (NOUT == 2) a[2][i] += to_float(from_float<T>(to_float(d.v[i]) * lv.v[i])), a[3][i] += to_float(d.v[i]) * to_float(fv.v[i]);
+                    else if (NOUT) a[2][i] += to_float(d.v[i]);
+                }
             }
-            sums[c] += sb;
-            if (NOUT == 2) sums[C + c] += sl;
+            for (int o = 0; o < S; o++)
+                for (int i = 0; i < V; i++) sums[o * C + c + i] += a[o][i];
         }
         __syncthreads();  // before the next group overwrites the stage
     }
-    for (int e = threadIdx.x; e < NOUT * C; e += blockDim.x) partial[((size_t)(e / C) * gridDim.x + blockIdx.x) * C + e % C] = sums[e];
+    for (int e = threadIdx.x; e < S * C; e += blockDim.x) partial[((size_t)(e / C) * gridDim.x + blockIdx.x) * C + e % C] = sums[e];
 }
 
 template <typename T, int V>
@@ -183,14 +221,15 @@ __global__ void layerscale_backward_kernel(T *df, const T *dout, const float *ls
 // Vectors per lane for the register path (1 .. LN_MAX_VECS), or 0 for the re-reading path.
 static int vecs_per_lane(int C, int V) { return C % (32 * V) == 0 && C / (32 * V) <= LN_MAX_VECS ? C / (32 * V) : 0; }
 
-#define DISPATCH_NV(nv, call)                                                                              \
+// Runs the statements given with NV a compile-time constant equal to nv.
+#define DISPATCH_NV(nv, ...)                                                                               \
     switch (nv) {                                                                                          \
-        case 1: { constexpr int NV = 1; call; } break;                                                     \
-        case 2: { constexpr int NV = 2; call; } break;                                                     \
-        case 3: { constexpr int NV = 3; call; } break;                                                     \
-        case 4: { constexpr int NV = 4; call; } break;                                                     \
-        case 5: { constexpr int NV = 5; call; } break;                                                     \
-        default: { constexpr int NV = 0; call; } break;                                                    \
+        case 1: { constexpr int NV = 1; __VA_ARGS__; } break;                                              \
+        case 2: { constexpr int NV = 2; __VA_ARGS__; } break;                                              \
+        case 3: { constexpr int NV = 3; __VA_ARGS__; } break;                                              \
+        case 4: { constexpr int NV = 4; __VA_ARGS__; } break;                                              \
+        case 5: { constexpr int NV = 5; __VA_ARGS__; } break;                                              \
+        default: { constexpr int NV = 0; __VA_ARGS__; } break;                                             \
     }
 
 template <typename T>
@@ -198,7 +237,7 @@ static void launch_forward(T *res, T *out, int8_t *q, float *qs, float *mean, fl
                            const float *ls, const float *w, const float *b, int N, int C, int recompute) {
     if (N == 0) return;
     int grid = ceil_div(N, ROWS_PER_BLOCK);
-    if (vec_width<T>(C, res, out, x, f) > 1 && vec_width<T>(C, q) > 1) {
+    if (vec_width<T>(C, res, out, x, f) > 1 && vec_width<T>(C, q) > 1 && vec_width<float>(C, w, b, ls) > 1) {
         constexpr int V = 16 / sizeof(T);
         DISPATCH_NV(vecs_per_lane(C, V), (residual_layernorm_forward_kernel<T, V, NV><<<grid, 32 * ROWS_PER_BLOCK>>>(
                                              res, out, q, qs, mean, rstd, x, f, ls, w, b, N, C, recompute)));
@@ -220,40 +259,46 @@ void layernorm_recompute_gpu(T *out, const T *inp, const float *mean, const floa
     launch_forward<T>(NULL, out, NULL, NULL, (float *)mean, (float *)rstd, inp, NULL, NULL, w, b, N, C, 1);
 }
 
-template <typename T, int V, int NOUT>
-static void launch_backward(T *dinp, int8_t *q, float *qs, const BranchGrads<T> *br, const T *dout, const T *inp, const float *w,
-                            const float *mean, const float *rstd, int N, int C) {
-    auto kernel = layernorm_backward_kernel<T, V, NOUT>;
-    if (!NOUT) {  // a row per warp
-        kernel<<<ceil_div(N, ROWS_PER_BLOCK), 32 * ROWS_PER_BLOCK>>>(dinp, q, qs, NULL, NULL, NULL, dout, inp, w, mean, rstd, N, C,
-                                                                     ROWS_PER_BLOCK);
-        cudaCheckLaunch();
-        return;
-    }
-    // One wave of blocks (as many as fit beside each other), each striding over its share of the rows, at most
-    // COLSUM_PARTIAL_BYTES of partial sums.
-    size_t smem = (size_t)C * (NOUT * sizeof(float) + ROWS_PER_BLOCK * sizeof(T));
-    int dev, smem_max, per_sm;
+// The backward kernel's shared memory at width C, after raising its limit to that.
+template <typename T, int V, int NV, int NOUT> static size_t backward_smem(int C) {
+    size_t smem = (size_t)C * ((2 + NOUT) * sizeof(float) + (NOUT ? 3 : 2) * LN_BWD_WARPS * sizeof(T));
+    int dev, smem_max;
     cudaCheck(cudaGetDevice(&dev));
     cudaCheck(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    if (smem > (size_t)smem_max) fatal("layernorm_backward_gpu: the branch gradients of C = %d need %zu bytes of shared memory, the GPU has %d", C, smem, smem_max);
-    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * ROWS_PER_BLOCK, smem));
-    int blocks = min(max(per_sm, 1) * num_sms(), (int)(COLSUM_PARTIAL_BYTES / ((size_t)NOUT * C * sizeof(float))));
-    int rows = max(ROWS_PER_BLOCK, ceil_div(N, blocks));
+    if (smem > (size_t)smem_max) fatal("layernorm_backward_gpu: C = %d needs %zu bytes of shared memory, the GPU has %d", C, smem, smem_max);
+    cudaCheck(cudaFuncSetAttribute(layernorm_backward_kernel<T, V, NV, NOUT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    return smem;
+}
+
+// One wave of blocks, each striding over its share of the rows, then the sums' finish. The row split, so the order
+// of dw's and db's sums, is that of the kernel with the branch bias sum (the step's usual one) whichever runs: as
+// many blocks as fit beside each other, at most COLSUM_PARTIAL_BYTES of partial sums for all four sums.
+template <typename T, int V, int NV, int NOUT>
+static void launch_backward(T *dinp, float *dw, float *db, int8_t *q, float *qs, const BranchGrads<T> *br, const T *dout,
+                            const T *inp, const float *w, const float *mean, const float *rstd, int N, int C) {
+    int per_sm;
+    cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, layernorm_backward_kernel<T, V, NV, 1>, 32 * LN_BWD_WARPS,
+                                                            backward_smem<T, V, NV, 1>(C)));
+    int blocks = min(max(per_sm, 1) * num_sms(), (int)(COLSUM_PARTIAL_BYTES / ((size_t)4 * C * sizeof(float))));
+    int rows = max(LN_BWD_WARPS, ceil_div(N, blocks));
     blocks = ceil_div(N, rows);
-    float *partial = colsum_partials((size_t)NOUT * blocks * C);
-    kernel<<<blocks, 32 * ROWS_PER_BLOCK, smem>>>(dinp, q, qs, partial, br->ls, br->f, dout, inp, w, mean, rstd, N, C, rows);
+    size_t smem = backward_smem<T, V, NV, NOUT>(C);
+    float *partial = colsum_partials((size_t)(2 + NOUT) * blocks * C);
+    layernorm_backward_kernel<T, V, NV, NOUT><<<blocks, 32 * LN_BWD_WARPS, smem>>>(
+        dinp, q, qs, partial, br ? br->ls : NULL, br ? br->f : NULL, dout, inp, w, mean, rstd, N, C, rows);
     cudaCheckLaunch();
-    colsum_finish_gpu(br->db, br->dls, partial, blocks, C);
+    colsum_finish_gpu(dw, db, partial, blocks, C);
+    if (NOUT) colsum_finish_gpu(br->db, br->dls, partial + (size_t)2 * blocks * C, blocks, C);
 }
 
 template <typename T, int V>
-static void launch_backward(T *dinp, int8_t *q, float *qs, const BranchGrads<T> *br, const T *dout, const T *inp, const float *w,
-                            const float *mean, const float *rstd, int N, int C) {
-    if (!br) launch_backward<T, V, 0>(dinp, q, qs, br, dout, inp, w, mean, rstd, N, C);
-    else if (!br->ls) launch_backward<T, V, 1>(dinp, q, qs, br, dout, inp, w, mean, rstd, N, C);
-    else launch_backward<T, V, 2>(dinp, q, qs, br, dout, inp, w, mean, rstd, N, C);
+static void launch_backward(T *dinp, float *dw, float *db, int8_t *q, float *qs, const BranchGrads<T> *br, const T *dout,
+                            const T *inp, const float *w, const float *mean, const float *rstd, int N, int C) {
+    DISPATCH_NV(vecs_per_lane(C, V), {
+        if (!br) launch_backward<T, V, NV, 0>(dinp, dw, db, q, qs, br, dout, inp, w, mean, rstd, N, C);
+        else if (!br->ls) launch_backward<T, V, NV, 1>(dinp, dw, db, q, qs, br, dout, inp, w, mean, rstd, N, C);
+        else launch_backward<T, V, NV, 2>(dinp, dw, db, q, qs, br, dout, inp, w, mean, rstd, N, C);
+    });
 }
 
 template <typename T>
@@ -261,10 +306,9 @@ void layernorm_backward_gpu(T *dinp, float *dw, float *db, const T *dout, const 
                             const float *rstd, int N, int C, int8_t *q, float *qs, const BranchGrads<T> *br) {
     if (N == 0) return;
     if (br && (!br->db || !br->ls != !br->dls || !br->ls != !br->f)) fatal("layernorm_backward_gpu: BranchGrads needs db, and ls, dls, f together");
-    if (vec_width<T>(C, dinp, dout, inp, br ? br->f : NULL) > 1 && vec_width<T>(C, q) > 1)
-        launch_backward<T, 16 / sizeof(T)>(dinp, q, qs, br, dout, inp, w, mean, rstd, N, C);
-    else launch_backward<T, 1>(dinp, q, qs, br, dout, inp, w, mean, rstd, N, C);
-    layernorm_param_grads_gpu<T>(dw, db, dout, inp, mean, rstd, N, C);
+    if (vec_width<T>(C, dinp, dout, inp, br ? br->f : NULL) > 1 && vec_width<T>(C, q) > 1 && vec_width<float>(C, w) > 1)
+        launch_backward<T, 16 / sizeof(T)>(dinp, dw, db, q, qs, br, dout, inp, w, mean, rstd, N, C);
+    else launch_backward<T, 1>(dinp, dw, db, q, qs, br, dout, inp, w, mean, rstd, N, C);
 }
 
 template <typename T> void layerscale_backward_gpu(T *df, float *dls, const T *dout, const T *f, const float *ls, int N, int C) {

@@ -25,9 +25,10 @@ template <typename T> struct BranchGrads {
     const float *ls;
     const T *f;
 };
-// dinp (N, C) += d LayerNorm / d inp given dout. dw, db (C) += the weight and bias gradients. q, qs (optional):
-// the new dinp (rounded to T) quantized row-wise, as residual_layernorm_forward_gpu's. br (optional): the branch
-// gradients above (shared memory per block: C (4 + 8 sizeof(T)) bytes, C (8 + 8 sizeof(T)) with layer-scale).
+// dinp (N, C) += d LayerNorm / d inp given dout. dw, db (C) += the weight and bias gradients (summed in the same
+// pass, in an order that does not depend on br). q, qs (optional): the new dinp (rounded to T) quantized row-wise,
+// as residual_layernorm_forward_gpu's. br (optional): the branch gradients above. Shared memory per block:
+// C (8 + 8 sizeof(T)) bytes, C (12 + 12 sizeof(T)) with br, C (16 + 12 sizeof(T)) with layer-scale.
 template <typename T>
 void layernorm_backward_gpu(T *dinp, float *dw, float *db, const T *dout, const T *inp, const float *w, const float *mean,
                         const float *rstd, int N, int C, int8_t *q = NULL, float *qs = NULL, const BranchGrads<T> *br = NULL);

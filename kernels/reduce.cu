@@ -1,5 +1,5 @@
-// reduce.cu: column sums accumulated into fp32 (see reduce.cuh): the element operations of the plain,
-// product and LayerNorm sums, the partial-sum scratch, the row split and the in-order finish.
+// reduce.cu: column sums accumulated into fp32 (see reduce.cuh): the element operations of the plain
+// and product sums, the partial-sum scratch, the row split and the in-order finish.
 #include "reduce.cuh"
 
 template <typename T, int V> struct SumOp {
@@ -21,23 +21,6 @@ template <typename T, int V> struct ProductOp {
     __device__ void operator()(int r, int c, float *acc, float *) const {
         Vec<T, V> x = load_vec<T, V>(a + (size_t)r * C + c), y = load_vec<T, V>(b + (size_t)r * C + c);
         for (int i = 0; i < V; i++) acc[i] += to_float(x.v[i]) * to_float(y.v[i]);
-    }
-};
-
-template <typename T, int V> struct LayerNormGradOp {
-    static const int NOUT = 2;
-    const T *dout, *inp;
-    const float *mean, *rstd;
-    int C;
-    __device__ void prepare() const {}
-    __device__ void operator()(int r, int c, float *dw, float *db) const {
-        Vec<T, V> g = load_vec<T, V>(dout + (size_t)r * C + c), x = load_vec<T, V>(inp + (size_t)r * C + c);
-        float m = mean[r], s = rstd[r];
-        for (int i = 0; i < V; i++) {
-            float gi = to_float(g.v[i]);
-            dw[i] += gi * (to_float(x.v[i]) - m) * s;
-            db[i] += gi;
-        }
     }
 };
 
@@ -98,16 +81,8 @@ template <typename T> void product_colsum_gpu(float *out, const T *a, const T *b
     else colsum_run<1>(out, NULL, ProductOp<T, 1>{a, b, C}, N, C);
 }
 
-template <typename T> void layernorm_param_grads_gpu(float *dw, float *db, const T *dout, const T *inp, const float *mean,
-                                                     const float *rstd, int N, int C) {
-    const int V = 16 / sizeof(T);
-    if (vec_width<T>(C, dout, inp) > 1) colsum_run<V>(dw, db, LayerNormGradOp<T, V>{dout, inp, mean, rstd, C}, N, C);
-    else colsum_run<1>(dw, db, LayerNormGradOp<T, 1>{dout, inp, mean, rstd, C}, N, C);
-}
-
 #define INSTANTIATE(T)                                                                                      \
     template void bias_grad_gpu<T>(float *, const T *, int, int, long);                                     \
-    template void product_colsum_gpu<T>(float *, const T *, const T *, int, int);                           \
-    template void layernorm_param_grads_gpu<T>(float *, float *, const T *, const T *, const float *, const float *, int, int);
+    template void product_colsum_gpu<T>(float *, const T *, const T *, int, int);
 INSTANTIATE(float)
 INSTANTIATE(bf16)

@@ -1,5 +1,6 @@
 // reduce.cuh: column sums of (N, C) row-major matrices accumulated into fp32 vectors: the gradients of
-// everything broadcast over rows (biases, layer-scale, LayerNorm weights, positional embeddings, class token).
+// everything broadcast over rows (biases, layer-scale, positional embeddings, class token; the LayerNorm
+// backward sums its parameter gradients itself, through the partial-sum layout below).
 // Deterministic: rows are split into fixed chunks whose partial sums are added in order.
 // The kernel is a template over an element operation, so that another pass (the GELU backward) can fuse
 // its column sum in: a block of 32 x 8 threads owns 32 column vectors of one row chunk.
@@ -10,17 +11,13 @@
 template <typename T> void bias_grad_gpu(float *db, const T *a, int N, int C, long ld);
 // out (C) += sum over rows of a * b (N, C) (the layer-scale gradient: dout * branch output).
 template <typename T> void product_colsum_gpu(float *out, const T *a, const T *b, int N, int C);
-// LayerNorm weight and bias gradients: dw (C) += sum dout * xhat, db (C) += sum dout, with
-// xhat = (inp - mean) * rstd recomputed from the saved row statistics.
-template <typename T> void layernorm_param_grads_gpu(float *dw, float *db, const T *dout, const T *inp, const float *mean,
-                                                     const float *rstd, int N, int C);
 
 // ---- for kernels that fuse a column sum into their own pass
 // Partial sums of `chunks` row chunks are laid out partial[(o * chunks + chunk) * C + c] (o = 1: a second
 // output); colsum_finish_gpu adds them, in a fixed order, to out (and out2). colsum_partials is the one scratch
-// for them, grown on demand; the memory plan counts COLSUM_PARTIAL_BYTES for it (the LayerNorm backward's branch
+// for them, grown on demand; the memory plan counts COLSUM_PARTIAL_BYTES for it (the LayerNorm backward's
 // sums choose their chunks to stay within it; the int8 GELU backward's chunks can take more).
-#define COLSUM_PARTIAL_BYTES (8u << 20)
+#define COLSUM_PARTIAL_BYTES (16u << 20)
 float *colsum_partials(size_t elems);
 void colsum_finish_gpu(float *out, float *out2, const float *partial, int chunks, int C);
 // The row chunks colsum uses for N rows of C columns read in vectors of V.

@@ -18,28 +18,6 @@ extern "C" {
 
 #define PEAK_GBS 3350.0
 
-
-// *h += sum over i of a mix of (the 32-bit words of x, i): order-independent, so deterministic.
-__global__ void checksum_kernel(unsigned long long *h, const uint32_t *x, size_t n) {
-    unsigned long long s = 0;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        uint64_t z = ((uint64_t)x[i] << 32 | (uint32_t)i) * 0x9e3779b97f4a7c15ULL;
-        s += z ^ (z >> 29);
-    }
-    atomicAdd(h, s);
-}
-
-static unsigned long long checksum(const void *x, size_t bytes) {
-    unsigned long long *d, h;
-    cudaCheck(cudaMalloc(&d, sizeof(*d)));
-    cudaCheck(cudaMemset(d, 0, sizeof(*d)));
-    checksum_kernel<<<16 * num_sms(), 256>>>(d, (const uint32_t *)x, bytes / 4);
-    cudaCheckLaunch();
-    cudaCheck(cudaMemcpy(&h, d, sizeof(h), cudaMemcpyDeviceToHost));
-    cudaCheck(cudaFree(d));
-    return h;
-}
-
 enum { ZERO, NORM, MOMENTS, APPLY, PASSES };
 static const char *NAMES[PASSES] = {"zero grads (memset)", "sum of squares (norm)", "moments", "apply + bf16 + maxima"};
 static const double BYTES_PER_PARAM[PASSES] = {4, 4, 20, 18};

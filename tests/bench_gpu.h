@@ -1,6 +1,6 @@
 // bench_gpu.h: what the GPU benchmarks share: inputs filled on the device with normal values from a counter
 // hash (splitmix64 + Box-Muller), so that filling gigabytes costs no host time and no host memory; the median
-// of repeated timings.
+// of repeated timings; an order-independent checksum of device memory, to compare two builds bit for bit.
 #pragma once
 #include "../kernels/common.cuh"
 
@@ -32,4 +32,25 @@ template <typename T> static void fill_normal(T *x, size_t n, uint64_t seed, flo
     long blocks = ceil_div((long)n, 256);
     fill_normal_kernel<T><<<blocks < 32L * num_sms() ? (int)blocks : 32 * num_sms(), 256>>>(x, n, seed, std, square);
     cudaCheckLaunch();
+}
+
+// *h += sum over i of a mix of (the 32-bit words of x, i): order-independent, so deterministic.
+__global__ void checksum_kernel(unsigned long long *h, const uint32_t *x, size_t n) {
+    unsigned long long s = 0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t z = ((uint64_t)x[i] << 32 | (uint32_t)i) * 0x9e3779b97f4a7c15ULL;
+        s += z ^ (z >> 29);
+    }
+    atomicAdd(h, s);
+}
+
+static unsigned long long checksum(const void *x, size_t bytes) {
+    unsigned long long *d, h;
+    cudaCheck(cudaMalloc(&d, sizeof(*d)));
+    cudaCheck(cudaMemset(d, 0, sizeof(*d)));
+    checksum_kernel<<<16 * num_sms(), 256>>>(d, (const uint32_t *)x, bytes / 4);
+    cudaCheckLaunch();
+    cudaCheck(cudaMemcpy(&h, d, sizeof(h), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaFree(d));
+    return h;
 }

@@ -7,7 +7,8 @@
 // the bf16 results unchanged, and (forward) without the bf16 output written. The backward with the branch gradients
 // (BranchGrads, with and without layer-scale): dinp and the LayerNorm's own gradients bit for bit those of the plain
 // backward, the branch sums 1e-5 from fp64 sums of the same (T-rounded) dinp values read back, and within the dinp
-// bound of the fp32 CPU reference's.
+// bound of the fp32 CPU reference's. The weight and bias gradients, summed in the backward's pass, also over a whole
+// wave of blocks of many rows each (16448 x 1280, ViT-H/14's vision rows).
 #include "../kernels/layernorm.cuh"
 #include "test_gpu.h"
 #include "ref_switchback.h"
@@ -213,9 +214,11 @@ static void test_layernorm_forward(void) {
     }
 }
 
+// and a whole wave of blocks at the step's width, many rows each (the parameter gradients' sums span the rows)
 static void test_layernorm_backward(void) {
     SKIP_WITHOUT_GPU();
     for (int s = 0; s < 6; s++) check_backward<float>(SIZES[s][0], SIZES[s][1]), check_backward<bf16>(SIZES[s][0], SIZES[s][1]);
+    check_backward<bf16>(16448, 1280);
 }
 
 // more rows than one wave of blocks holds at 8 rows each (ViT-H/14's vision tower at batch 64: 16,448 x 1280)
