@@ -1,11 +1,15 @@
-// matmul.cu: cuBLASLt GEMMs (see matmul.cuh). Descriptors and the heuristic's algorithm are cached per
-// shape, so the steady state is one cublasLtMatmul call per GEMM.
+// matmul.cu: cuBLASLt GEMMs (see matmul.cuh). Descriptors and the algorithm are cached per shape, so the
+// steady state is one cublasLtMatmul call per GEMM. The algorithm is the heuristic's first choice, or with
+// matmul_set_tuning the fastest of its first candidates, timed on the shape's first call.
+#include <math.h>
 #include <string.h>
 
 #include "matmul.cuh"
 
 #define WORKSPACE_BYTES (32u << 20)  // cuBLASLt's recommendation for Hopper
 #define MAX_PLANS 512
+#define MAX_CANDIDATES 16
+#define TUNE_REPS 3
 
 typedef struct {
     int m, n, k, lda, ldb, ldd, trans_a, trans_b, ab_type, d_type, has_bias, align;
@@ -16,12 +20,20 @@ typedef struct {
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, ld;
     cublasLtMatmulAlgo_t algo;
+    int num_candidates;  // heuristic results not yet timed (0 once tuned, or without tuning)
+    cublasLtMatmulAlgo_t candidates[MAX_CANDIDATES];
 } Plan;
 
 static cublasLtHandle_t handle;
 static void *workspace;
 static Plan plans[MAX_PLANS];
 static int num_plans;
+static int tune_candidates = 1, tune_verbose;
+
+void matmul_set_tuning(int candidates, int verbose) {
+    tune_candidates = candidates < 1 ? 1 : candidates > MAX_CANDIDATES ? MAX_CANDIDATES : candidates;
+    tune_verbose = verbose;
+}
 
 static size_t type_size(cudaDataType_t t) { return t == CUDA_R_32F || t == CUDA_R_32I ? 4 : t == CUDA_R_8I ? 1 : 2; }
 
@@ -67,17 +79,59 @@ static Plan *get_plan(const PlanKey *key) {
     cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align, sizeof(align)));
     cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align, sizeof(align)));
     cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align, sizeof(align)));
-    cublasLtMatmulHeuristicResult_t result;
+    cublasLtMatmulHeuristicResult_t results[MAX_CANDIDATES];
     int found = 0;
-    cublasCheck(cublasLtMatmulAlgoGetHeuristic(handle, p->desc, p->la, p->lb, p->ld, p->ld, pref, 1, &result, &found));
+    cublasCheck(cublasLtMatmulAlgoGetHeuristic(handle, p->desc, p->la, p->lb, p->ld, p->ld, pref, tune_candidates, results, &found));
     cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
     if (!found) {
         fatal("matmul: cuBLASLt has no algorithm for m=%d n=%d k=%d (trans %d%d, types %d->%d, bias %d, align %d)",
               key->m, key->n, key->k, key->trans_a, key->trans_b, key->ab_type, key->d_type, key->has_bias, key->align);
     }
-    p->algo = result.algo;
+    p->algo = results[0].algo;
+    if (found > 1) {
+        p->num_candidates = found;
+        for (int i = 0; i < found; i++) p->candidates[i] = results[i].algo;
+    }
     num_plans++;
     return p;
+}
+
+// Times each candidate (after one warm-up call) writing a scratch copy of D, since D may accumulate (beta = 1),
+// and keeps the fastest. Where the scratch cannot be had (memory planned to the byte), the first choice stays.
+static void tune_plan(Plan *p, const void *alpha, const void *a, const void *b, const void *beta, size_t d_bytes, cudaStream_t stream) {
+    int n = p->num_candidates;
+    p->num_candidates = 0;
+    void *scratch;
+    if (cudaMalloc(&scratch, d_bytes) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return;
+    }
+    cudaEvent_t e0, e1;
+    cudaCheck(cudaMemsetAsync(scratch, 0, d_bytes, stream));
+    cudaCheck(cudaEventCreate(&e0)), cudaCheck(cudaEventCreate(&e1));
+    float ms[MAX_CANDIDATES];
+    int best = 0;
+    for (int i = 0; i < n; i++) {
+        for (int r = 0; r <= TUNE_REPS; r++) {
+            if (r == 1) cudaCheck(cudaEventRecord(e0, stream));
+            cublasCheck(cublasLtMatmul(handle, p->desc, alpha, a, p->la, b, p->lb, beta, scratch, p->ld, scratch, p->ld,
+                                       &p->candidates[i], workspace, WORKSPACE_BYTES, stream));
+        }
+        cudaCheck(cudaEventRecord(e1, stream));
+        cudaCheck(cudaEventSynchronize(e1));
+        cudaCheck(cudaEventElapsedTime(&ms[i], e0, e1));
+        ms[i] /= TUNE_REPS;
+        if (ms[i] < ms[best]) best = i;
+    }
+    p->algo = p->candidates[best];
+    if (tune_verbose) {
+        const PlanKey *k = &p->key;
+        printf("matmul tuning: m %d n %d k %d trans %d%d types %d->%d: first choice %.3f ms, fastest #%d of %d %.3f ms (%.1f%%)\n",
+               k->m, k->n, k->k, k->trans_a, k->trans_b, k->ab_type, k->d_type, ms[0], best, n, ms[best],
+               100.0 * (ms[0] - ms[best]) / ms[0]);
+    }
+    cudaCheck(cudaEventDestroy(e0)), cudaCheck(cudaEventDestroy(e1));
+    cudaCheck(cudaFree(scratch));
 }
 
 void matmul_cm(void *d, cudaDataType_t d_type, int ldd, const void *a, int lda, int trans_a, const void *b, int ldb,
@@ -94,6 +148,7 @@ void matmul_cm(void *d, cudaDataType_t d_type, int ldd, const void *a, int lda, 
     if (bias) cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
     int32_t alpha_i = (int32_t)alpha, beta_i = (int32_t)beta;
     const void *pa = ab_type == CUDA_R_8I ? (const void *)&alpha_i : &alpha, *pb = ab_type == CUDA_R_8I ? (const void *)&beta_i : &beta;
+    if (p->num_candidates) tune_plan(p, pa, a, b, pb, (size_t)ldd * (n - 1) * ds + (size_t)m * ds, stream);
     cublasCheck(cublasLtMatmul(handle, p->desc, pa, a, p->la, b, p->lb, pb, d, p->ld, d, p->ld, &p->algo, workspace,
                                WORKSPACE_BYTES, stream));
 }

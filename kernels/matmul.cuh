@@ -13,6 +13,12 @@ void matmul_cm(void *d, cudaDataType_t d_type, int ldd, const void *a, int lda, 
                int trans_b, cudaDataType_t ab_type, const void *bias, int m, int n, int k, float alpha, float beta,
                cudaStream_t stream);
 
+// candidates > 1: each new GEMM shape times the first `candidates` (at most 16) algorithms of cuBLASLt's heuristic
+// on its first call and keeps the fastest (verbose: one line each on stdout). The choice depends on timing, so
+// two processes may sum in different orders (results equal to rounding, not bit for bit). Default: 1, the
+// heuristic's first choice. Affects shapes first seen after the call.
+void matmul_set_tuning(int candidates, int verbose);
+
 // out (N, OC) = inp (N, C) @ w^T (+ bias (OC), may be NULL)
 template <typename T> void matmul_forward_gpu(T *out, const T *inp, const T *w, const T *bias, int N, int C, int OC);
 // dinp (N, C) = dout (N, OC) @ w   (overwrites)

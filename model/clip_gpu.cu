@@ -1151,6 +1151,7 @@ ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *para
     ClipGPU *g = (ClipGPU *)callocCheck(1, sizeof(ClipGPU));
     init_shape(g, c, L, mb, c->recompute);
     g->dist = dist, g->rank = dist ? gd_rank(dist) : 0;
+    matmul_set_tuning(c->gemm_tuning, g->rank == 0);
     Arena count = {NULL, 0};
     GpuMemoryPlan p;
     carve(g, &count, &p);

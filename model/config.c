@@ -69,6 +69,8 @@ static const Key KEYS[] = {
      "GPU activation recompute in backward (as llm.c -r): 0 none, 1 the GELU output, 2 also the LayerNorm outputs"},
     {"recompute_keep", T_INT, OFF(recompute_keep), "0", 0, 1000, NULL,
      "under recompute >= 1: the first N residual blocks of each tower keep all their activations (as recompute 0), spending memory for speed"},
+    {"gemm_tuning", T_INT, OFF(gemm_tuning), "0", 0, 16, NULL,
+     "GPU: time this many of cuBLASLt's candidate algorithms per GEMM shape on its first call and keep the fastest; 0 = its first choice (timing decides, so runs may differ in rounding)"},
     {"switchback_layers", T_STR, OFF(switchback_layers), "qkv,out_proj,c_fc,c_proj", 0, 0, NULL,
      "precision = int8_switchback: the transformer linears (both towers) that run SwitchBack, comma-separated subset of qkv,out_proj,c_fc,c_proj, or none"},
     {"switchback_variant", T_ENUM, OFF(switchback_variant), "standard", 0, 0, "standard|memory_efficient|vectorwise|int8_everywhere",
