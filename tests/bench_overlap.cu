@@ -1,0 +1,105 @@
+// bench_overlap.cu: how much the ViT-H/14 step's GEMMs slow down while an NCCL all-reduce runs beside them
+// (docs/benchmarks.md, Multi-GPU, Run 8: its 2-GPU GEMMs ran ~8 ms slower whatever NCCL was given). Run on two
+// GPUs: scripts/run_local.sh 2 ./build/tests/bench_overlap [reps]; vary NCCL_MAX_CTAS / NCCL_MIN_CTAS outside.
+// Per GEMM shape, medians of reps: the GEMM alone; the all-reduce of the step's largest buckets alone; and each
+// GEMM enqueued right after the all-reduce (on the communicator's stream, as the step does), i.e. beside it.
+// If a GEMM beside a collective takes about as long as the collective, the GEMM waits for SMs that NCCL holds
+// (a persistent GEMM kernel), rather than sharing bandwidth.
+#include "../kernels/matmul.cuh"
+#include "../model/clip_dist.h"
+#include "bench_gpu.h"
+extern "C" {
+#include "../model/distributed.h"
+#include "../model/utils.h"
+}
+
+typedef struct {
+    const char *name;
+    int N, C, OC, weight_grad;  // forward out (N, OC) = inp (N, C) @ w^T, or dw (OC, C) += dout^T @ inp
+} Shape;
+
+static const Shape SHAPES[] = {
+    {"H/14 qkv fwd", 16448, 1280, 3840, 0},    {"H/14 c_fc fwd", 16448, 1280, 5120, 0},
+    {"H/14 c_proj fwd", 16448, 5120, 1280, 0}, {"H/14 c_fc dW", 16448, 1280, 5120, 1},
+    {"H/14 c_proj dW", 16448, 5120, 1280, 1},
+};
+
+static void gemm(const Shape *s, bf16 *a, bf16 *b, bf16 *out, float *dw) {
+    if (s->weight_grad) matmul_backward_weight_gpu<bf16>(dw, a, b, s->N, s->C, s->OC);  // a: dout (N, OC), b: inp (N, C)
+    else matmul_forward_gpu<bf16>(out, a, b, NULL, s->N, s->C, s->OC);                 // a: inp (N, C), b: w (OC, C)
+}
+
+int main(int argc, char **argv) {
+    if (cuda_device_count() == 0) {
+        printf("bench_overlap: skipped: no GPU\n");
+        return 0;
+    }
+    Dist d;
+    dist_init(&d);
+    if (d.world < 2) {
+        printf("bench_overlap: skipped: needs 2 ranks (scripts/run_local.sh 2 %s)\n", argv[0]);
+        return 0;
+    }
+    if (d.rank != 0 && !freopen("/dev/null", "w", stdout)) return 1;
+    dist_place_threads(&d, 0);
+    gpu_dist_init(&d, 300);
+    GpuDist *gd = gpu_dist();
+    int reps = argc > 1 ? atoi(argv[1]) : 10;
+    if (reps < 1 || reps > 1000) fatal("bench_overlap: reps %d: expected 1..1000", reps);
+    size_t max_in = 16448 * 5120, grad_elems = 250u << 20;  // 1 GB of fp32 gradients: about ViT-H/14's 4 largest buckets
+    bf16 *a, *b, *out;
+    float *dw, *grads;
+    cudaCheck(cudaMalloc(&a, max_in * sizeof(bf16))), cudaCheck(cudaMalloc(&b, max_in * sizeof(bf16)));
+    cudaCheck(cudaMalloc(&out, max_in * sizeof(bf16))), cudaCheck(cudaMalloc(&dw, 5120 * 5120 * sizeof(float)));
+    cudaCheck(cudaMalloc(&grads, grad_elems * sizeof(float)));
+    fill_normal<bf16>(a, max_in, 1, 1.0f), fill_normal<bf16>(b, max_in, 2, 0.02f), fill_normal<float>(grads, grad_elems, 3, 1e-3f);
+    cudaCheck(cudaMemset(dw, 0, 5120 * 5120 * sizeof(float)));
+    cudaEvent_t e0, e1, c0, c1;
+    cudaCheck(cudaEventCreate(&e0)), cudaCheck(cudaEventCreate(&e1)), cudaCheck(cudaEventCreate(&c0)), cudaCheck(cudaEventCreate(&c1));
+    float *t_alone = (float *)mallocCheck(reps * sizeof(float)), *t_beside = (float *)mallocCheck(reps * sizeof(float));
+    float *t_comm = (float *)mallocCheck(reps * sizeof(float));
+    // the all-reduce alone
+    for (int r = 0; r < reps + 1; r++) {
+        gd_begin(gd);
+        cudaCheck(cudaEventRecord(c0, gd_stream(gd)));
+        gd_allreduce(gd, grads, grad_elems);
+        cudaCheck(cudaEventRecord(c1, gd_stream(gd)));
+        gd_end(gd), gd_sync(gd);
+        if (r) cudaCheck(cudaEventElapsedTime(&t_comm[r - 1], c0, c1));
+    }
+    float comm_ms = median(t_comm, reps);
+    printf("GPU 2 ranks; all-reduce of %.2f GB fp32 alone: %.3f ms (NCCL_MAX_CTAS=%s NCCL_MIN_CTAS=%s)\n",
+           grad_elems * 4.0 / 1e9, comm_ms, getenv("NCCL_MAX_CTAS") ? getenv("NCCL_MAX_CTAS") : "default",
+           getenv("NCCL_MIN_CTAS") ? getenv("NCCL_MIN_CTAS") : "default");
+    printf("| GEMM | TFLOP | alone ms | beside the all-reduce ms | slowdown ms | all-reduce beside it ms |\n|---|---|---|---|---|---|\n");
+    for (size_t k = 0; k < sizeof(SHAPES) / sizeof(SHAPES[0]); k++) {
+        const Shape *s = &SHAPES[k];
+        for (int r = 0; r < reps + 1; r++) {  // alone (the first a warm-up)
+            cudaCheck(cudaEventRecord(e0, 0));
+            gemm(s, a, b, out, dw);
+            cudaCheck(cudaEventRecord(e1, 0));
+            gd_sync(gd);
+            if (r) cudaCheck(cudaEventElapsedTime(&t_alone[r - 1], e0, e1));
+        }
+        for (int r = 0; r < reps + 1; r++) {  // beside: the collective first (high priority), the GEMM right after
+            gd_begin(gd);
+            cudaCheck(cudaEventRecord(c0, gd_stream(gd)));
+            gd_allreduce(gd, grads, grad_elems);
+            cudaCheck(cudaEventRecord(c1, gd_stream(gd)));
+            cudaCheck(cudaEventRecord(e0, 0));
+            gemm(s, a, b, out, dw);
+            cudaCheck(cudaEventRecord(e1, 0));
+            gd_end(gd), gd_sync(gd);
+            if (r) cudaCheck(cudaEventElapsedTime(&t_beside[r - 1], e0, e1)), cudaCheck(cudaEventElapsedTime(&t_comm[r - 1], c0, c1));
+        }
+        double flops = 2.0 * s->N * s->C * s->OC;
+        float alone = median(t_alone, reps), beside = median(t_beside, reps), comm = median(t_comm, reps);
+        printf("| %s (N %d, C %d, OC %d) | %.2f | %.3f | %.3f | %+.3f | %.3f |\n", s->name, s->N, s->C, s->OC, flops / 1e12, alone,
+               beside, beside - alone, comm);
+    }
+    free(t_alone), free(t_beside), free(t_comm);
+    cudaCheck(cudaFree(a)), cudaCheck(cudaFree(b)), cudaCheck(cudaFree(out)), cudaCheck(cudaFree(dw)), cudaCheck(cudaFree(grads));
+    gpu_dist_finalize();
+    dist_finalize(&d);
+    return 0;
+}
