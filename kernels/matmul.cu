@@ -12,7 +12,7 @@
 #define TUNE_REPS 3
 
 typedef struct {
-    int m, n, k, lda, ldb, ldd, trans_a, trans_b, ab_type, d_type, has_bias, align;
+    int m, n, k, lda, ldb, ldd, trans_a, trans_b, ab_type, d_type, has_bias, align, sm_target;
 } PlanKey;
 
 typedef struct {
@@ -29,6 +29,9 @@ static void *workspace;
 static Plan plans[MAX_PLANS];
 static int num_plans;
 static int tune_candidates = 1, tune_verbose;
+static int sm_target;  // SMs the GEMMs are planned for; 0 = all (matmul_set_sm_target)
+
+void matmul_set_sm_target(int sms) { sm_target = sms > 0 ? sms : 0; }
 
 void matmul_set_tuning(int candidates, int verbose) {
     tune_candidates = candidates < 1 ? 1 : candidates > MAX_CANDIDATES ? MAX_CANDIDATES : candidates;
@@ -67,6 +70,10 @@ static Plan *get_plan(const PlanKey *key) {
     cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
     if (key->has_bias)
         cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &dt, sizeof(dt)));
+    if (key->sm_target) {
+        int32_t sms = key->sm_target;
+        cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sms, sizeof(sms)));
+    }
     cublasCheck(cublasLtMatrixLayoutCreate(&p->la, abt, key->trans_a ? key->k : key->m, key->trans_a ? key->m : key->k, key->lda));
     cublasCheck(cublasLtMatrixLayoutCreate(&p->lb, abt, key->trans_b ? key->n : key->k, key->trans_b ? key->k : key->n, key->ldb));
     cublasCheck(cublasLtMatrixLayoutCreate(&p->ld, dt, key->m, key->n, key->ldd));
@@ -143,7 +150,7 @@ void matmul_cm(void *d, cudaDataType_t d_type, int ldd, const void *a, int lda, 
     align = min(align, alignment_of(b, ldb, ab));
     align = min(align, alignment_of(d, ldd, ds));
     if (bias) align = min(align, alignment_of(bias, 0, ds));
-    PlanKey key = {m, n, k, lda, ldb, ldd, trans_a, trans_b, (int)ab_type, (int)d_type, bias != NULL, align};
+    PlanKey key = {m, n, k, lda, ldb, ldd, trans_a, trans_b, (int)ab_type, (int)d_type, bias != NULL, align, sm_target};
     Plan *p = get_plan(&key);
     if (bias) cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
     int32_t alpha_i = (int32_t)alpha, beta_i = (int32_t)beta;

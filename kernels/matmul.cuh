@@ -18,6 +18,9 @@ void matmul_cm(void *d, cudaDataType_t d_type, int ldd, const void *a, int lda, 
 // two processes may sum in different orders (results equal to rounding, not bit for bit). Default: 1, the
 // heuristic's first choice. Affects shapes first seen after the call.
 void matmul_set_tuning(int candidates, int verbose);
+// sms > 0: GEMMs from now on are planned for that many SMs (cuBLASLt's SM count target), leaving the others to
+// kernels running beside them; 0: all SMs.
+void matmul_set_sm_target(int sms);
 
 // out (N, OC) = inp (N, C) @ w^T (+ bias (OC), may be NULL)
 template <typename T> void matmul_forward_gpu(T *out, const T *inp, const T *w, const T *bias, int N, int C, int OC);

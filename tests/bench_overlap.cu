@@ -4,7 +4,10 @@
 // Per GEMM shape, medians of reps: the GEMM alone; the all-reduce of the step's largest buckets alone; and each
 // GEMM enqueued right after the all-reduce (on the communicator's stream, as the step does), i.e. beside it.
 // If a GEMM beside a collective takes about as long as the collective, the GEMM waits for SMs that NCCL holds
-// (a persistent GEMM kernel), rather than sharing bandwidth.
+// (a persistent GEMM kernel), rather than sharing bandwidth. BENCH_SM_TARGETS="0,120,100" repeats the table with
+// the GEMMs planned for that many SMs (cuBLASLt's SM count target; 0 = all).
+#include <string.h>
+
 #include "../kernels/matmul.cuh"
 #include "../model/clip_dist.h"
 #include "bench_gpu.h"
@@ -71,31 +74,36 @@ int main(int argc, char **argv) {
     printf("GPU 2 ranks; all-reduce of %.2f GB fp32 alone: %.3f ms (NCCL_MAX_CTAS=%s NCCL_MIN_CTAS=%s)\n",
            grad_elems * 4.0 / 1e9, comm_ms, getenv("NCCL_MAX_CTAS") ? getenv("NCCL_MAX_CTAS") : "default",
            getenv("NCCL_MIN_CTAS") ? getenv("NCCL_MIN_CTAS") : "default");
-    printf("| GEMM | TFLOP | alone ms | beside the all-reduce ms | slowdown ms | all-reduce beside it ms |\n|---|---|---|---|---|---|\n");
-    for (size_t k = 0; k < sizeof(SHAPES) / sizeof(SHAPES[0]); k++) {
-        const Shape *s = &SHAPES[k];
-        for (int r = 0; r < reps + 1; r++) {  // alone (the first a warm-up)
-            cudaCheck(cudaEventRecord(e0, 0));
-            gemm(s, a, b, out, dw);
-            cudaCheck(cudaEventRecord(e1, 0));
-            gd_sync(gd);
-            if (r) cudaCheck(cudaEventElapsedTime(&t_alone[r - 1], e0, e1));
+    const char *targets = getenv("BENCH_SM_TARGETS") ? getenv("BENCH_SM_TARGETS") : "0";
+    printf("| GEMM | SM target | TFLOP | alone ms | beside the all-reduce ms | slowdown ms | all-reduce beside it ms |\n|---|---|---|---|---|---|---|\n");
+    for (const char *t = targets; *t; t = strchr(t, ',') ? strchr(t, ',') + 1 : t + strlen(t)) {
+        int sms = atoi(t);
+        matmul_set_sm_target(sms);
+        for (size_t k = 0; k < sizeof(SHAPES) / sizeof(SHAPES[0]); k++) {
+            const Shape *s = &SHAPES[k];
+            for (int r = 0; r < reps + 1; r++) {  // alone (the first a warm-up)
+                cudaCheck(cudaEventRecord(e0, 0));
+                gemm(s, a, b, out, dw);
+                cudaCheck(cudaEventRecord(e1, 0));
+                gd_sync(gd);
+                if (r) cudaCheck(cudaEventElapsedTime(&t_alone[r - 1], e0, e1));
+            }
+            for (int r = 0; r < reps + 1; r++) {  // beside: the collective first (high priority), the GEMM right after
+                gd_begin(gd);
+                cudaCheck(cudaEventRecord(c0, gd_stream(gd)));
+                gd_allreduce(gd, grads, grad_elems);
+                cudaCheck(cudaEventRecord(c1, gd_stream(gd)));
+                cudaCheck(cudaEventRecord(e0, 0));
+                gemm(s, a, b, out, dw);
+                cudaCheck(cudaEventRecord(e1, 0));
+                gd_end(gd), gd_sync(gd);
+                if (r) cudaCheck(cudaEventElapsedTime(&t_beside[r - 1], e0, e1)), cudaCheck(cudaEventElapsedTime(&t_comm[r - 1], c0, c1));
+            }
+            double flops = 2.0 * s->N * s->C * s->OC;
+            float alone = median(t_alone, reps), beside = median(t_beside, reps), comm = median(t_comm, reps);
+            printf("| %s (N %d, C %d, OC %d) | %d | %.2f | %.3f | %.3f | %+.3f | %.3f |\n", s->name, s->N, s->C, s->OC, sms, flops / 1e12,
+                   alone, beside, beside - alone, comm);
         }
-        for (int r = 0; r < reps + 1; r++) {  // beside: the collective first (high priority), the GEMM right after
-            gd_begin(gd);
-            cudaCheck(cudaEventRecord(c0, gd_stream(gd)));
-            gd_allreduce(gd, grads, grad_elems);
-            cudaCheck(cudaEventRecord(c1, gd_stream(gd)));
-            cudaCheck(cudaEventRecord(e0, 0));
-            gemm(s, a, b, out, dw);
-            cudaCheck(cudaEventRecord(e1, 0));
-            gd_end(gd), gd_sync(gd);
-            if (r) cudaCheck(cudaEventElapsedTime(&t_beside[r - 1], e0, e1)), cudaCheck(cudaEventElapsedTime(&t_comm[r - 1], c0, c1));
-        }
-        double flops = 2.0 * s->N * s->C * s->OC;
-        float alone = median(t_alone, reps), beside = median(t_beside, reps), comm = median(t_comm, reps);
-        printf("| %s (N %d, C %d, OC %d) | %.2f | %.3f | %.3f | %+.3f | %.3f |\n", s->name, s->N, s->C, s->OC, flops / 1e12, alone,
-               beside, beside - alone, comm);
     }
     free(t_alone), free(t_beside), free(t_comm);
     cudaCheck(cudaFree(a)), cudaCheck(cudaFree(b)), cudaCheck(cudaFree(out)), cudaCheck(cudaFree(dw)), cudaCheck(cudaFree(grads));
