@@ -1,7 +1,9 @@
 // matmul.cu: cuBLASLt GEMMs (see matmul.cuh). Descriptors and the algorithm are cached per shape, so the
 // steady state is one cublasLtMatmul call per GEMM. The algorithm is the heuristic's first choice, or with
 // matmul_set_tuning the fastest of its first candidates, timed on the shape's first call.
+#include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "matmul.cuh"
@@ -20,9 +22,15 @@ typedef struct {
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, ld;
     cublasLtMatmulAlgo_t algo;
+    int choice;          // algo's index in the heuristic's list
     int num_candidates;  // heuristic results not yet timed (0 once tuned, or without tuning)
     cublasLtMatmulAlgo_t candidates[MAX_CANDIDATES];
 } Plan;
+
+typedef struct {
+    PlanKey key;
+    int choice;
+} Choice;
 
 static cublasLtHandle_t handle;
 static void *workspace;
@@ -30,6 +38,8 @@ static Plan plans[MAX_PLANS];
 static int num_plans;
 static int tune_candidates = 1, tune_verbose;
 static int sm_target;  // SMs the GEMMs are planned for; 0 = all (matmul_set_sm_target)
+static Choice loaded[MAX_PLANS];  // matmul_tuning_load's choices for shapes not planned yet
+static int num_loaded;
 
 void matmul_set_sm_target(int sms) { sm_target = sms > 0 ? sms : 0; }
 
@@ -95,7 +105,11 @@ static Plan *get_plan(const PlanKey *key) {
               key->m, key->n, key->k, key->trans_a, key->trans_b, key->ab_type, key->d_type, key->has_bias, key->align);
     }
     p->algo = results[0].algo;
-    if (found > 1) {
+    int cached = -1;
+    for (int i = 0; i < num_loaded; i++)
+        if (!memcmp(&loaded[i].key, key, sizeof(PlanKey))) cached = loaded[i].choice;
+    if (cached >= 0 && cached < found) p->algo = results[cached].algo, p->choice = cached;
+    else if (found > 1) {
         p->num_candidates = found;
         for (int i = 0; i < found; i++) p->candidates[i] = results[i].algo;
     }
@@ -130,7 +144,7 @@ static void tune_plan(Plan *p, const void *alpha, const void *a, const void *b, 
         ms[i] /= TUNE_REPS;
         if (ms[i] < ms[best]) best = i;
     }
-    p->algo = p->candidates[best];
+    p->algo = p->candidates[best], p->choice = best;
     if (tune_verbose) {
         const PlanKey *k = &p->key;
         printf("matmul tuning: m %d n %d k %d trans %d%d types %d->%d: first choice %.3f ms, fastest #%d of %d %.3f ms (%.1f%%)\n",
@@ -139,6 +153,58 @@ static void tune_plan(Plan *p, const void *alpha, const void *a, const void *b, 
     }
     cudaCheck(cudaEventDestroy(e0)), cudaCheck(cudaEventDestroy(e1));
     cudaCheck(cudaFree(scratch));
+}
+
+// The file: a line naming the GPU and cuBLASLt (choices made elsewhere are ignored), then one line per shape:
+// the PlanKey's fields and the index of the algorithm in the heuristic's list.
+static void tuning_header(char *buf, size_t n) {
+    cudaDeviceProp prop;
+    int dev;
+    cudaCheck(cudaGetDevice(&dev));
+    cudaCheck(cudaGetDeviceProperties(&prop, dev));
+    snprintf(buf, n, "# train_clip GEMM choices: %s, cuBLASLt %zu\n", prop.name, cublasLtGetVersion());
+}
+
+int matmul_tuning_load(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char want[256], line[256];
+    tuning_header(want, sizeof(want));
+    if (!fgets(line, sizeof(line), f) || strcmp(line, want)) {
+        fclose(f);
+        return -1;
+    }
+    int lineno = 1;
+    num_loaded = 0;
+    while (fgets(line, sizeof(line), f)) {
+        lineno++;
+        Choice c;
+        PlanKey *k = &c.key;
+        memset(&c, 0, sizeof(c));
+        if (sscanf(line, "%d %d %d %d %d %d %d %d %d %d %d %d %d %d", &k->m, &k->n, &k->k, &k->lda, &k->ldb, &k->ldd, &k->trans_a,
+                   &k->trans_b, &k->ab_type, &k->d_type, &k->has_bias, &k->align, &k->sm_target, &c.choice) != 14 ||
+            c.choice < 0 || c.choice >= MAX_CANDIDATES)
+            fatal("%s:%d: expected 13 numbers of a GEMM shape and an algorithm index below %d", path, lineno, MAX_CANDIDATES);
+        if (num_loaded == MAX_PLANS) fatal("%s: more than %d GEMM shapes", path, MAX_PLANS);
+        loaded[num_loaded++] = c;
+    }
+    fclose(f);
+    return num_loaded;
+}
+
+void matmul_tuning_save(const char *path) {
+    char tmp[1100], header[256];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    tuning_header(header, sizeof(header));
+    FILE *f = fopenCheck(tmp, "w");
+    fputs(header, f);
+    for (int i = 0; i < num_plans; i++) {
+        const PlanKey *k = &plans[i].key;
+        fprintf(f, "%d %d %d %d %d %d %d %d %d %d %d %d %d %d\n", k->m, k->n, k->k, k->lda, k->ldb, k->ldd, k->trans_a, k->trans_b,
+                k->ab_type, k->d_type, k->has_bias, k->align, k->sm_target, plans[i].choice);
+    }
+    fcloseCheck(f);
+    if (rename(tmp, path) != 0) fatal("matmul_tuning_save: rename %s -> %s: %s", tmp, path, strerror(errno));
 }
 
 void matmul_cm(void *d, cudaDataType_t d_type, int ldd, const void *a, int lda, int trans_a, const void *b, int ldb,

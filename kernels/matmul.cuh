@@ -18,6 +18,12 @@ void matmul_cm(void *d, cudaDataType_t d_type, int ldd, const void *a, int lda, 
 // two processes may sum in different orders (results equal to rounding, not bit for bit). Default: 1, the
 // heuristic's first choice. Affects shapes first seen after the call.
 void matmul_set_tuning(int candidates, int verbose);
+// The tuned choices of this process's shapes, kept so that a resumed run makes the same ones (bit-exact resume):
+// load reads them (for shapes not planned yet; returns how many, 0 without the file, -1 when it was made on
+// another GPU or cuBLASLt, then ignored; a malformed line is fatal, naming it); save writes every planned shape's
+// (through a temporary file and a rename).
+int matmul_tuning_load(const char *path);
+void matmul_tuning_save(const char *path);
 // sms > 0: GEMMs from now on are planned for that many SMs (cuBLASLt's SM count target), leaving the others to
 // kernels running beside them; 0: all SMs.
 void matmul_set_sm_target(int sms);

@@ -962,6 +962,12 @@ void clip_gpu_features(ClipGPU *g, float *image_features, float *text_features) 
 
 // ---------------------------------------------------------------- setup, memory plan, errors
 
+int clip_gpu_gemm_choices(const char *path, int save) {
+    if (!save) return matmul_tuning_load(path);
+    matmul_tuning_save(path);
+    return 0;
+}
+
 double clip_gpu_peak_flops(void) {
     int dev;
     cudaDeviceProp prop;

@@ -115,6 +115,19 @@ void clip_model_to_host(ClipModel *m, Optimizer *o) {
     (void)m, (void)o;
 }
 
+void clip_model_gemm_choices(const ClipModel *m, const Config *c, int rank, int save) {
+#ifdef HAVE_CUDA
+    if (!m->gpu || c->gemm_tuning < 2) return;
+    char path[CONFIG_STR + 64];
+    snprintf(path, sizeof(path), "%s/gemm_choices.rank%d.txt", c->run_dir, rank);
+    int n = clip_gpu_gemm_choices(path, save);
+    if (n > 0) printf("gemm_tuning: %d GEMM choices from %s\n", n, path);
+    if (n < 0) printf("gemm_tuning: %s was made on another GPU or cuBLASLt; timing the GEMMs again\n", path);
+#else
+    (void)m, (void)c, (void)rank, (void)save;
+#endif
+}
+
 void clip_model_to_device(ClipModel *m, const Optimizer *o) {
 #ifdef HAVE_CUDA
     if (m->gpu) clip_gpu_upload(m->gpu, m->cpu.params, o);

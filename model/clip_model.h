@@ -34,6 +34,9 @@ float clip_model_logit_scale(const ClipModel *m);
 // GPU memory in use in bytes (0 on the CPU).
 double clip_model_peak_flops(const ClipModel *m);
 size_t clip_model_memory_used(const ClipModel *m);
+// GPU with gemm_tuning > 1: the GEMM algorithms chosen so far, written to (save) or read from
+// run_dir/gemm_choices.rank<rank>.txt, so that a resumed run makes the same choices (bit-exact resume).
+void clip_model_gemm_choices(const ClipModel *m, const Config *c, int rank, int save);
 // Forward only (evaluation): raw features (n, embed_dim) of n <= batch_size images (uint8, as in a Batch)
 // or token rows (n, context_length).
 void clip_model_encode_images(ClipModel *m, const uint8_t *images, int n, float *features);
