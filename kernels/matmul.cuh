@@ -14,10 +14,12 @@ void matmul_cm(void *d, cudaDataType_t d_type, int ldd, const void *a, int lda, 
                cudaStream_t stream);
 
 // candidates > 1: each new GEMM shape times the first `candidates` (at most 16) algorithms of cuBLASLt's heuristic
-// on its first call and keeps the fastest (verbose: one line each on stdout). The choice depends on timing, so
-// two processes may sum in different orders (results equal to rounding, not bit for bit). Default: 1, the
+// on its first call and keeps the fastest. The choice depends on timing, so two processes may sum in different
+// orders (results equal to rounding, not bit for bit; matmul_tuning_save/load keep the choices). Default: 1, the
 // heuristic's first choice. Affects shapes first seen after the call.
-void matmul_set_tuning(int candidates, int verbose);
+void matmul_set_tuning(int candidates);
+// One line on stdout about the shapes timed since the last report (nothing when none were).
+void matmul_tuning_report(void);
 // The tuned choices of this process's shapes, kept so that a resumed run makes the same ones (bit-exact resume):
 // load reads them (for shapes not planned yet; returns how many, 0 without the file, -1 when it was made on
 // another GPU or cuBLASLt, then ignored; a malformed line is fatal, naming it); save writes every planned shape's

@@ -882,6 +882,7 @@ void clip_gpu_update(ClipGPU *g, Optimizer *o, float lr, float grad_scale) {
         if (g->cfg.precision == PRECISION_INT8_SWITCHBACK) wait_all_params(g);  // the int8 weights from the bf16 copy
     }
     quantize_switchback_weights(g, 1);
+    if (g->rank == 0) matmul_tuning_report();
     mark(g, PROF_GAP);
     if (g->dist) gd_sync(g->dist);
     cudaCheck(cudaMemcpy(o->rms, g->plan.rms, (size_t)g->L->num_tensors * sizeof(float), cudaMemcpyDeviceToHost));
@@ -1157,7 +1158,7 @@ ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *para
     ClipGPU *g = (ClipGPU *)callocCheck(1, sizeof(ClipGPU));
     init_shape(g, c, L, mb, c->recompute);
     g->dist = dist, g->rank = dist ? gd_rank(dist) : 0;
-    matmul_set_tuning(c->gemm_tuning, g->rank == 0);
+    matmul_set_tuning(c->gemm_tuning);
     Arena count = {NULL, 0};
     GpuMemoryPlan p;
     carve(g, &count, &p);

@@ -72,7 +72,7 @@ static void test_tuning(void) {
     int fd = mkstemp(path);
     EXPECT(fd >= 0, "mkstemp failed");
     close(fd);
-    matmul_set_tuning(8, 0);
+    matmul_set_tuning(8);
     check<bf16>(1000, 512, 768, 1);
     matmul_tuning_save(path);
     char line[256], header[256];
@@ -98,7 +98,7 @@ static void test_tuning(void) {
     fprintf(f, "# train_clip GEMM choices: another GPU, cuBLASLt 1\n768 700 512 %s %d\n", rest, want);
     fcloseCheck(f);
     EXPECT(matmul_tuning_load(path) == -1, "a file from another GPU was not refused");
-    matmul_set_tuning(1, 0);
+    matmul_set_tuning(1);
     unlink(path);
 }
 
