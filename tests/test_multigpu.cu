@@ -30,7 +30,9 @@
 //     (bf16) of the 1-GPU run's. Measured: fp32 every step within 5.2e-6 (both ZeRO settings); bf16 windows
 //     within 0.3% (single steps up to 9%: bf16 rounding amplified over 100 steps).
 //  3. Resume: 2 GPUs, bf16, ZeRO-1: 12 steps straight against 6 + checkpoint + resume + 6: final weights and
-//     moments bit-identical, and the checkpoint holds both ranks' data positions.
+//     moments bit-identical, and the checkpoint holds both ranks' data positions. gemm_tuning times the GEMM
+//     algorithms, so the split run starts from the straight run's gemm_choices files (as its first half would
+//     have made them) and its resumed half must read its own: without them the runs differ (measured).
 //  4. Failure: rank 1 of a running 2-GPU job is killed (SIGKILL); rank 0 must exit non-zero with an error naming
 //     itself and the cause within dist_timeout (8 s) + 30 s, not hang (measured: 8.1 s).
 #include <signal.h>
@@ -404,7 +406,17 @@ static void test_resume_exact(void) {
                            "device=cuda", "dist_timeout=60", "stop_after=6", NULL};
     const char *second[] = {"precision=bf16", "zero=1", "batch_size=16", "steps=12", "warmup=3", "log_every=100", "checkpoint_every=0",
                             "device=cuda", "dist_timeout=60", "resume=latest", NULL};
-    int ok = train("straight", 2, straight, common) && train("split_a", 2, split, first) && train("split_b", 2, split, second);
+    int ok = train("straight", 2, straight, common);
+    EXPECT(mkdir_p(split) == 0, "cannot create %s", split);
+    for (int r = 0; ok && r < 2; r++) {  // the straight run's GEMM choices, or the two would time their own
+        snprintf(a, sizeof(a), "%s/gemm_choices.rank%d.txt", straight, r), snprintf(b, sizeof(b), "%s/gemm_choices.rank%d.txt", split, r);
+        FILE *in = fopen(a, "rb"), *out = fopen(b, "wb");
+        EXPECT(in && out, "cannot copy %s to %s", a, b);
+        for (int ch; in && out && (ch = fgetc(in)) != EOF;) fputc(ch, out);
+        if (in) fclose(in);
+        if (out) fcloseCheck(out);
+    }
+    ok = ok && train("split_a", 2, split, first) && train("split_b", 2, split, second);
     EXPECT(ok, "train_clip failed");
     if (!ok) return;
     Config c;
