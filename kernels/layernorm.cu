@@ -1,15 +1,14 @@
 // layernorm.cu: LayerNorm forward fused with the residual add, backward, and the layer-scale branch
-// gradient (see layernorm.cuh). One warp per row; lane l owns the vectors at columns (j * 32 + l) * V, and the
-// per-column parameters beside them are loaded as vectors too (one scalar load per element made the L1 requests
-// the limit: the forward ran at 1.5x its copy time). Rows of up to LN_MAX_VECS vectors per lane (C <= 1280 in
-// bf16) stay in registers (NV > 0) and each input is read once; other widths (NV = 0) re-read the row from L1.
-// The backward runs as one wave of blocks, each striding over its rows a group of warps at a time, and sums the
-// columns the gradients need in the same pass, through shared memory: its own weight and bias gradients, and for
-// the residual branch below it (BranchGrads) the next linear's bias and layer-scale gradients (the weight and bias
-// gradients were a column-sum pass of their own that read dout and inp again, 4 bytes per element). Both can
-// also emit their result quantized row-wise for SwitchBack (an extra pass over the row, from registers).
-// (What ran slower: the row and the sums in registers with a few warps striding over rows, too few rows in flight;
-// a sum per warp in shared memory, 4 C bytes each, which at C = 1280 left 40 warps per SM.)
+// gradient (see layernorm.cuh). One warp per row; lane l owns the vectors at columns (j * 32 + l) * V. In the
+// forward, rows of up to LN_MAX_VECS vectors per lane (C <= 1280 in bf16) stay in registers (NV > 0) and
+// each input is read once; other widths (NV = 0) re-read the row from L1. The backward re-reads from L1 and
+// leaves the weight and bias gradients to a column sum (reduce.cuh). (Keeping the backward's row and
+// those sums in registers, with warps striding over rows, ran slower: fewer rows in flight.) Both can also emit
+// their result quantized row-wise for SwitchBack (an extra pass over the row: registers in the forward, L1 in
+// the backward). The backward can also sum its output's columns for the residual branch below it (BranchGrads:
+// the next linear's bias and layer-scale gradients): then one wave of blocks, each summing its rows through shared
+// memory. (A first version kept a sum per warp, 4 C bytes of shared memory each: at C = 1280 that left 40 warps per
+// SM and the backward took 1.2 ms more on ViT-H/14, which ate half of what the fusion saved.)
 #include "layernorm.cuh"
 #include "quantize.cuh"
 #include "reduce.cuh"
@@ -18,7 +17,13 @@
 #define ROWS_PER_BLOCK 8
 #define LN_MAX_VECS 5
 #ifndef LN_BWD_WARPS
-#define LN_BWD_WARPS 4  // the backward's rows per group: warps per block (8 was measured, not tested: docs/benchmarks.md)
+#define LN_BWD_WARPS 8  // the backward's rows per group: warps per block
+#endif
+#ifndef LN_BWD_MIN_BLOCKS
+#define LN_BWD_MIN_BLOCKS 1  // blocks per SM the backward's register use must allow
+#endif
+#ifndef LN_FWD_MIN_BLOCKS
+#define LN_FWD_MIN_BLOCKS 1  // the same for the forward (blocks of 32 * ROWS_PER_BLOCK threads)
 #endif
 
 // y = (x - m) * s * w + b for the V columns at c
@@ -33,9 +38,9 @@ __device__ __forceinline__ Vec<T, V> ln_apply(Vec<T, V> x, float m, float s, con
 // recompute = 1: mean/rstd are read instead of computed (x is the LayerNorm input, f unused). out and q (with qs)
 // are each optional.
 template <typename T, int V, int NV>
-__global__ void residual_layernorm_forward_kernel(T *res, T *out, int8_t *q, float *qs, float *mean, float *rstd, const T *x,
-                                                  const T *f, const float *ls, const float *w, const float *b, int N, int C,
-                                                  int recompute) {
+__global__ void __launch_bounds__(32 * ROWS_PER_BLOCK, LN_FWD_MIN_BLOCKS)
+    residual_layernorm_forward_kernel(T *res, T *out, int8_t *q, float *qs, float *mean, float *rstd, const T *x, const T *f,
+                                      const float *ls, const float *w, const float *b, int N, int C, int recompute) {
     int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= N) return;
     size_t off = (size_t)row * C;
@@ -117,23 +122,29 @@ __global__ void residual_layernorm_forward_kernel(T *res, T *out, int8_t *q, flo
 // q (with qs), optional: the new dinp quantized row-wise for SwitchBack (from registers; NV = 0 re-reads the lane's
 // own stores).
 template <typename T, int V, int NV, int NOUT>
-__global__ void __launch_bounds__(32 * LN_BWD_WARPS)
+__global__ void __launch_bounds__(32 * LN_BWD_WARPS, LN_BWD_MIN_BLOCKS)
     layernorm_backward_kernel(T *dinp, int8_t *q, float *qs, float *partial, const float *ls, const T *f, const T *dout,
                               const T *inp, const float *w, const float *mean, const float *rstd, int N, int C, int rows_per_block) {
     constexpr int S = 2 + NOUT;  // column sums
-    extern __shared__ float sums[];  // S x C block sums, then the group's rows of dout, inp (and dinp): LN_BWD_WARPS x C of T each
+    static_assert(LN_MAX_VECS <= LN_BWD_WARPS, "NV > 0: a thread sums at most one column vector");
+    // the block's sums: NV > 0 (C <= blockDim.x * V) those of the thread's column vector in acc, else S x C in
+    // shared memory; then the group's rows of dout, inp (and dinp): LN_BWD_WARPS x C of T each
+    extern __shared__ float sums[];
     __shared__ float st_m[LN_BWD_WARPS], st_s[LN_BWD_WARPS];
-    T *st_g = (T *)(sums + S * C), *st_x = st_g + LN_BWD_WARPS * C, *st_d = st_x + LN_BWD_WARPS * C;
+    T *st_g = (T *)(sums + (NV > 0 ? 0 : S * C)), *st_x = st_g + LN_BWD_WARPS * C, *st_d = st_x + LN_BWD_WARPS * C;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int nvec = NV > 0 ? NV : (C / V + 31 - lane) / 32;  // vectors of this lane
-    for (int c = threadIdx.x; c < S * C; c += blockDim.x) sums[c] = 0.0f;
+    float acc[S][V];
+    for (int o = 0; o < S; o++)
+        for (int i = 0; i < V; i++) acc[o][i] = 0.0f;
+    if (NV == 0)
+        for (int c = threadIdx.x; c < S * C; c += blockDim.x) sums[c] = 0.0f;
     int r_end = min(N, (blockIdx.x + 1) * rows_per_block);
     for (int r0 = blockIdx.x * rows_per_block; r0 < r_end; r0 += LN_BWD_WARPS) {
         int row = r0 + warp;
         if (row < r_end) {
             size_t off = (size_t)row * C;
             float m = mean[row], s = rstd[row], sum_d = 0.0f, sum_dx = 0.0f;
-            Vec<T, V> keep[NV > 0 ? NV : 1], xk[NV > 0 ? NV : 1];  // keep: dout's vectors, then the new dinp's
 #pragma unroll
             for (int j = 0; j < nvec; j++) {
                 int c = (j * 32 + lane) * V;
@@ -144,7 +155,6 @@ __global__ void __launch_bounds__(32 * LN_BWD_WARPS)
                     sum_d += dxhat, sum_dx += dxhat * xhat;
                 }
                 store_vec<T, V>(st_g + warp * C + c, g), store_vec<T, V>(st_x + warp * C + c, x);
-                if (NV > 0) keep[j] = g, xk[j] = x;
             }
             if (lane == 0) st_m[warp] = m, st_s[warp] = s;
             sum_d = warp_sum(sum_d) / C, sum_dx = warp_sum(sum_dx) / C;
@@ -152,7 +162,7 @@ __global__ void __launch_bounds__(32 * LN_BWD_WARPS)
 #pragma unroll
             for (int j = 0; j < nvec; j++) {
                 int c = (j * 32 + lane) * V;
-                Vec<T, V> g = NV > 0 ? keep[j] : load_vec<T, V>(dout + off + c), x = NV > 0 ? xk[j] : load_vec<T, V>(inp + off + c);
+                Vec<T, V> g = load_vec<T, V>(st_g + warp * C + c), x = load_vec<T, V>(st_x + warp * C + c);
                 Vec<T, V> d = load_vec<T, V>(dinp + off + c);
                 Vec<float, V> wv = load_floats<V>(w + c);
                 for (int i = 0; i < V; i++) {
@@ -162,7 +172,6 @@ __global__ void __launch_bounds__(32 * LN_BWD_WARPS)
                 }
                 store_vec<T, V>(dinp + off + c, d);
                 if (NOUT) store_vec<T, V>(st_d + warp * C + c, d);
-                if (NV > 0) keep[j] = d;
             }
             if (q) {
                 am = warp_max(am);
@@ -170,7 +179,7 @@ __global__ void __launch_bounds__(32 * LN_BWD_WARPS)
 #pragma unroll
                 for (int j = 0; j < nvec; j++) {
                     int c = (j * 32 + lane) * V;
-                    Vec<T, V> d = NV > 0 ? keep[j] : load_vec<T, V>(dinp + off + c);
+                    Vec<T, V> d = load_vec<T, V>(NOUT ? st_d + warp * C + c : dinp + off + c);
                     Vec<int8_t, V> qv;
                     for (int i = 0; i < V; i++) qv.v[i] = sb_quantize(to_float(d.v[i]), mult);
                     store_vec<int8_t, V>(q + off + c, qv);
@@ -201,11 +210,21 @@ __global__ void __launch_bounds__(32 * LN_BWD_WARPS)
                 }
             }
             for (int o = 0; o < S; o++)
-                for (int i = 0; i < V; i++) sums[o * C + c + i] += a[o][i];
+                for (int i = 0; i < V; i++) {
+                    if (NV > 0) acc[o][i] += a[o][i];
+                    else sums[o * C + c + i] += a[o][i];
+                }
         }
         __syncthreads();  // before the next group overwrites the stage
     }
-    for (int e = threadIdx.x; e < S * C; e += blockDim.x) partial[((size_t)(e / C) * gridDim.x + blockIdx.x) * C + e % C] = sums[e];
+    if (NV > 0) {
+        int c = threadIdx.x * V;
+        if (c < C)
+            for (int o = 0; o < S; o++)
+                for (int i = 0; i < V; i++) partial[((size_t)o * gridDim.x + blockIdx.x) * C + c + i] = acc[o][i];
+    } else {
+        for (int e = threadIdx.x; e < S * C; e += blockDim.x) partial[((size_t)(e / C) * gridDim.x + blockIdx.x) * C + e % C] = sums[e];
+    }
 }
 
 template <typename T, int V>
@@ -259,26 +278,33 @@ void layernorm_recompute_gpu(T *out, const T *inp, const float *mean, const floa
     launch_forward<T>(NULL, out, NULL, NULL, (float *)mean, (float *)rstd, inp, NULL, NULL, w, b, N, C, 1);
 }
 
-// The backward kernel's shared memory at width C, after raising its limit to that.
+// The backward kernel's dynamic shared memory at width C; its limit is raised to the GPU's once.
 template <typename T, int V, int NV, int NOUT> static size_t backward_smem(int C) {
-    size_t smem = (size_t)C * ((2 + NOUT) * sizeof(float) + (NOUT ? 3 : 2) * LN_BWD_WARPS * sizeof(T));
-    int dev, smem_max;
-    cudaCheck(cudaGetDevice(&dev));
-    cudaCheck(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    static int smem_max = 0;
+    if (!smem_max) {
+        int dev;
+        cudaCheck(cudaGetDevice(&dev));
+        cudaCheck(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+        cudaCheck(cudaFuncSetAttribute(layernorm_backward_kernel<T, V, NV, NOUT>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max));
+    }
+    size_t smem = (size_t)C * ((NV > 0 ? 0 : (2 + NOUT) * sizeof(float)) + (NOUT ? 3 : 2) * LN_BWD_WARPS * sizeof(T));
     if (smem > (size_t)smem_max) fatal("layernorm_backward_gpu: C = %d needs %zu bytes of shared memory, the GPU has %d", C, smem, smem_max);
-    cudaCheck(cudaFuncSetAttribute(layernorm_backward_kernel<T, V, NV, NOUT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     return smem;
 }
 
 // One wave of blocks, each striding over its share of the rows, then the sums' finish. The row split, so the order
 // of dw's and db's sums, is that of the kernel with the branch bias sum (the step's usual one) whichever runs: as
-// many blocks as fit beside each other, at most COLSUM_PARTIAL_BYTES of partial sums for all four sums.
+// many blocks as fit beside each other (the occupancy query is kept per width: it costs host time), at most
+// COLSUM_PARTIAL_BYTES of partial sums for all four sums.
 template <typename T, int V, int NV, int NOUT>
 static void launch_backward(T *dinp, float *dw, float *db, int8_t *q, float *qs, const BranchGrads<T> *br, const T *dout,
                             const T *inp, const float *w, const float *mean, const float *rstd, int N, int C) {
-    int per_sm;
-    cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, layernorm_backward_kernel<T, V, NV, 1>, 32 * LN_BWD_WARPS,
-                                                            backward_smem<T, V, NV, 1>(C)));
+    static int per_sm_C = -1, per_sm;
+    if (C != per_sm_C) {
+        cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, layernorm_backward_kernel<T, V, NV, 1>, 32 * LN_BWD_WARPS,
+                                                                backward_smem<T, V, NV, 1>(C)));
+        per_sm_C = C;
+    }
     int blocks = min(max(per_sm, 1) * num_sms(), (int)(COLSUM_PARTIAL_BYTES / ((size_t)4 * C * sizeof(float))));
     int rows = max(LN_BWD_WARPS, ceil_div(N, blocks));
     blocks = ceil_div(N, rows);

@@ -4,8 +4,7 @@
 // writing int8 rows for SwitchBack instead of the bf16 output (7), the backward (reads dout, inp and dinp, writes
 // dinp: 8), with the branch bias sum (8) and with int8 rows too (9); statistics, parameters and partial sums are not
 // counted. Per step: the calls a ViT-H/14 (batch 64) or ViT-B/16 (batch 256) step makes at each shape (two per
-// residual block). CUDA events around each call, 3 warm-up calls, the median (each call waits for the last, so
-// its launches and host work count: small shapes read high against a step, which enqueues calls back to back);
+// residual block). Calls back to back between CUDA events (batches of reps, the median of 7 batches' means);
 // inputs rotate over enough sets (each a fresh normal fill) that L2 holds none of them. Before timing it prints
 // checksums of each case's outputs from fixed inputs, so two builds of the kernels can be compared bit for bit.
 //   ./build/tests/bench_layernorm [reps]      (default 30)
@@ -61,20 +60,21 @@ static void fill_set(Set *s, size_t n, uint64_t seed) {
     fill_normal(s->dinp, n, seed + 3, 1.0f);
 }
 
-// Median GPU time of one call of case k, ms, rotating over the sets.
+// GPU time of one call of case k, ms: batches of reps calls back to back (as a step enqueues them), rotating over the
+// sets, between two events; the median over TRIALS batches of the batch's mean.
+#define TRIALS 7
 static float time_case(int k, const Set *sets, int nsets, const Params *p, int N, int C, int reps, cudaEvent_t e0, cudaEvent_t e1) {
-    float *ms = (float *)mallocCheck(reps * sizeof(float));
-    for (int r = -3; r < reps; r++) {
-        const Set *s = &sets[(r + 3) % nsets];
+    float ms[TRIALS];
+    for (int i = 0; i < 3; i++) run_case(k, &sets[i % nsets], p, N, C);  // warm-up
+    for (int t = 0; t < TRIALS; t++) {
         cudaCheck(cudaEventRecord(e0));
-        run_case(k, s, p, N, C);
+        for (int r = 0; r < reps; r++) run_case(k, &sets[r % nsets], p, N, C);
         cudaCheck(cudaEventRecord(e1));
         cudaCheck(cudaEventSynchronize(e1));
-        if (r >= 0) cudaCheck(cudaEventElapsedTime(&ms[r], e0, e1));
+        cudaCheck(cudaEventElapsedTime(&ms[t], e0, e1));
+        ms[t] /= reps;
     }
-    float m = median(ms, reps);
-    free(ms);
-    return m;
+    return median(ms, TRIALS);
 }
 
 int main(int argc, char **argv) {
@@ -102,7 +102,8 @@ int main(int argc, char **argv) {
     }
     double copy_gbs = 2.0 * cb / (median(ct, 10) * 1e-3) / 1e9;
     cudaCheck(cudaFree(c0)), cudaCheck(cudaFree(c1));
-    printf("GPU: %s (%d SMs); copy %.0f GB/s (read + write); %d reps, median\n", prop.name, prop.multiProcessorCount, copy_gbs, reps);
+    printf("GPU: %s (%d SMs); copy %.0f GB/s (read + write); batches of %d calls, median of %d\n", prop.name,
+           prop.multiProcessorCount, copy_gbs, reps, TRIALS);
 
     float med[NSHAPES][CASES];
     for (int si = 0; si < NSHAPES; si++) {
