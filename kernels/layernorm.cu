@@ -1,14 +1,15 @@
 // layernorm.cu: LayerNorm forward fused with the residual add, backward, and the layer-scale branch
-// gradient (see layernorm.cuh). One warp per row; lane l owns the vectors at columns (j * 32 + l) * V. In the
-// forward, rows of up to LN_MAX_VECS vectors per lane (C <= 1280 in bf16) stay in registers (NV > 0) and
-// each input is read once; other widths (NV = 0) re-read the row from L1. The backward re-reads from L1 and
-// leaves the weight and bias gradients to a column sum (reduce.cuh). (Keeping the backward's row and
-// those sums in registers, with warps striding over rows, ran slower: fewer rows in flight.) Both can also emit
-// their result quantized row-wise for SwitchBack (an extra pass over the row: registers in the forward, L1 in
-// the backward). The backward can also sum its output's columns for the residual branch below it (BranchGrads:
-// the next linear's bias and layer-scale gradients): then one wave of blocks, each summing its rows through shared
-// memory. (A first version kept a sum per warp, 4 C bytes of shared memory each: at C = 1280 that left 40 warps per
-// SM and the backward took 1.2 ms more on ViT-H/14, which ate half of what the fusion saved.)
+// gradient (see layernorm.cuh). One warp per row; lane l owns the vectors at columns (j * 32 + l) * V, and the
+// per-column parameters beside them are loaded as vectors too (one scalar load per element made the L1 requests
+// the limit). In the forward, rows of up to LN_MAX_VECS vectors per lane (C <= 1280 in bf16) stay in registers
+// (NV > 0) and each input is read once; other widths (NV = 0) re-read the row from L1. The backward runs as one
+// wave of blocks, each striding over its rows LN_BWD_WARPS at a time with the group's rows of dout and inp staged
+// in shared memory, and sums in the same pass the columns the gradients need: its own weight and bias gradients
+// and, for the residual branch below it (BranchGrads), the next linear's bias and layer-scale gradients. A thread
+// keeps the sums of one column vector in registers where the width allows (NV > 0), else they go through shared
+// memory; colsum_finish_gpu (reduce.cuh) adds the blocks' partial sums. Both can also emit their result quantized
+// row-wise for SwitchBack (an extra pass over the row). (Slower: a sum per warp in shared memory, 4 C bytes each,
+// which at C = 1280 left 40 warps per SM.)
 #include "layernorm.cuh"
 #include "quantize.cuh"
 #include "reduce.cuh"
@@ -285,6 +286,9 @@ template <typename T, int V, int NV, int NOUT> static size_t backward_smem(int C
         int dev;
         cudaCheck(cudaGetDevice(&dev));
         cudaCheck(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+        cudaFuncAttributes fa;  // the limit counts the kernel's static shared memory too
+        cudaCheck(cudaFuncGetAttributes(&fa, layernorm_backward_kernel<T, V, NV, NOUT>));
+        smem_max -= (int)fa.sharedSizeBytes;
         cudaCheck(cudaFuncSetAttribute(layernorm_backward_kernel<T, V, NV, NOUT>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max));
     }
     size_t smem = (size_t)C * ((NV > 0 ? 0 : (2 + NOUT) * sizeof(float)) + (NOUT ? 3 : 2) * LN_BWD_WARPS * sizeof(T));
