@@ -172,12 +172,12 @@ static void save_checkpoint(const Config *c, int rank, long step, ClipModel *m, 
     for (int r = 0, len = 0; r < W; r++) len += snprintf(states + len, (size_t)(W * LOADER_STATE_CAP - len), "%s%s", r ? "\n" : "", all + (size_t)r * LOADER_STATE_CAP);
     double t0 = now_seconds();
     clip_model_to_host(m, opt);
-    clip_model_gemm_choices(m, c, rank, 1);
     if (rank == 0) {
         if (checkpoint_save(c->run_dir, step, &m->cpu.layout, m->cpu.params, opt, config_text, states, err, sizeof(err)) != 0)
             fatal("checkpoint at step %ld failed: %s (earlier checkpoints are untouched)", step, err);
         checkpoint_prune(c->run_dir, c->keep_checkpoints);
     }
+    clip_model_gemm_choices(m, c, rank, 1);
     printf("checkpoint: step %ld saved to %s/checkpoints (%.1f s)\n", step, c->run_dir, now_seconds() - t0);
     free(all), free(states);
 }

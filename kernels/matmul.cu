@@ -195,19 +195,25 @@ int matmul_tuning_load(const char *path) {
     return num_loaded;
 }
 
-void matmul_tuning_save(const char *path) {
+int matmul_tuning_save(const char *path, char *err, size_t errlen) {
     char tmp[1100], header[256];
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     tuning_header(header, sizeof(header));
-    FILE *f = fopenCheck(tmp, "w");
-    fputs(header, f);
-    for (int i = 0; i < num_plans; i++) {
+    FILE *f = fopen(tmp, "w");
+    if (!f) return snprintf(err, errlen, "%s: %s", tmp, strerror(errno)), -1;
+    int bad = fputs(header, f) < 0;
+    for (int i = 0; i < num_plans && !bad; i++) {
         const PlanKey *k = &plans[i].key;
-        fprintf(f, "%d %d %d %d %d %d %d %d %d %d %d %d %d %d\n", k->m, k->n, k->k, k->lda, k->ldb, k->ldd, k->trans_a, k->trans_b,
-                k->ab_type, k->d_type, k->has_bias, k->align, k->sm_target, plans[i].choice);
+        bad = fprintf(f, "%d %d %d %d %d %d %d %d %d %d %d %d %d %d\n", k->m, k->n, k->k, k->lda, k->ldb, k->ldd, k->trans_a,
+                      k->trans_b, k->ab_type, k->d_type, k->has_bias, k->align, k->sm_target, plans[i].choice) < 0;
     }
-    fcloseCheck(f);
-    if (rename(tmp, path) != 0) fatal("matmul_tuning_save: rename %s -> %s: %s", tmp, path, strerror(errno));
+    bad = fclose(f) != 0 || bad;
+    if (bad || rename(tmp, path) != 0) {
+        snprintf(err, errlen, "%s: %s", bad ? tmp : path, strerror(errno));
+        remove(tmp);
+        return -1;
+    }
+    return 0;
 }
 
 void matmul_cm(void *d, cudaDataType_t d_type, int ldd, const void *a, int lda, int trans_a, const void *b, int ldb,

@@ -23,9 +23,9 @@ void matmul_tuning_report(void);
 // The tuned choices of this process's shapes, kept so that a resumed run makes the same ones (bit-exact resume):
 // load reads them (for shapes not planned yet; returns how many, 0 without the file, -1 when it was made on
 // another GPU or cuBLASLt, then ignored; a malformed line is fatal, naming it); save writes every planned shape's
-// (through a temporary file and a rename).
+// (through a temporary file and a rename; on failure returns -1 with the reason in err, the old file untouched).
 int matmul_tuning_load(const char *path);
-void matmul_tuning_save(const char *path);
+int matmul_tuning_save(const char *path, char *err, size_t errlen);
 // sms > 0: GEMMs from now on are planned for that many SMs (cuBLASLt's SM count target), leaving the others to
 // kernels running beside them; 0: all SMs.
 void matmul_set_sm_target(int sms);

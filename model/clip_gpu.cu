@@ -965,8 +965,11 @@ void clip_gpu_features(ClipGPU *g, float *image_features, float *text_features) 
 
 int clip_gpu_gemm_choices(const char *path, int save) {
     if (!save) return matmul_tuning_load(path);
-    matmul_tuning_save(path);
-    return 0;
+    char err[1200];
+    if (matmul_tuning_save(path, err, sizeof(err)) == 0) return 0;
+    fprintf(stderr, "warning: gemm_tuning's choices not saved (%s): a resume from this checkpoint times the GEMMs again "
+            "and may round differently\n", err);
+    return -2;
 }
 
 double clip_gpu_peak_flops(void) {

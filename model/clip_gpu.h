@@ -47,7 +47,8 @@ typedef struct {
 // Dense bf16 tensor-core peak of the current GPU in FLOP/s (for MFU; 0 when not known) and the device
 // memory in use now, in bytes.
 double clip_gpu_peak_flops(void);
-// gemm_tuning's choices (matmul_tuning_load/save): save = 0 reads path (returns as matmul_tuning_load), 1 writes it.
+// gemm_tuning's choices (matmul_tuning_load/save): save = 0 reads path (returns as matmul_tuning_load), 1 writes it
+// (returns 0, or -2 after a warning on stderr: a failed write does not stop the run).
 int clip_gpu_gemm_choices(const char *path, int save);
 size_t clip_gpu_memory_used(void);
 // Why the GPU cannot be used ("" when it can): no device, driver older than the toolkit, ...

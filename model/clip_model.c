@@ -122,7 +122,7 @@ void clip_model_gemm_choices(const ClipModel *m, const Config *c, int rank, int 
     snprintf(path, sizeof(path), "%s/gemm_choices.rank%d.txt", c->run_dir, rank);
     int n = clip_gpu_gemm_choices(path, save);
     if (n > 0) printf("gemm_tuning: %d GEMM choices from %s\n", n, path);
-    if (n < 0) printf("gemm_tuning: %s was made on another GPU or cuBLASLt; timing the GEMMs again\n", path);
+    if (n == -1) printf("gemm_tuning: %s was made on another GPU or cuBLASLt; timing the GEMMs again\n", path);
 #else
     (void)m, (void)c, (void)rank, (void)save;
 #endif

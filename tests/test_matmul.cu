@@ -65,7 +65,7 @@ static int saved_choice(const char *path, const char *prefix, char *line_out) {
 
 // gemm_tuning: a tuned shape computes the same as above (its dW still accumulates once: the candidates are timed
 // on a scratch output); its choice is saved; a loaded choice is used for a shape not seen yet instead of timing
-// (the saved file then names it); a file from another GPU or cuBLASLt is refused.
+// (the saved file then names it); a file from another GPU or cuBLASLt is refused; a failed save says where.
 static void test_tuning(void) {
     SKIP_WITHOUT_GPU();
     char path[] = "/tmp/test_matmul_tuning.XXXXXX";
@@ -74,7 +74,8 @@ static void test_tuning(void) {
     close(fd);
     matmul_set_tuning(8);
     check<bf16>(1000, 512, 768, 1);
-    matmul_tuning_save(path);
+    char err[1200];
+    EXPECT(matmul_tuning_save(path, err, sizeof(err)) == 0, "save failed: %s", err);
     char line[256], header[256];
     int chosen = saved_choice(path, "768 1000 512 ", line);  // the forward: m = OC, n = N, k = C
     EXPECT(chosen >= 0 && chosen < 8, "the tuned forward shape's line is missing or its choice %d is out of range", chosen);
@@ -91,13 +92,15 @@ static void test_tuning(void) {
     fcloseCheck(f);
     EXPECT(matmul_tuning_load(path) == 1, "the edited file did not load one choice");
     check<bf16>(600, 512, 768, 1);
-    matmul_tuning_save(path);
+    EXPECT(matmul_tuning_save(path, err, sizeof(err)) == 0, "save failed: %s", err);
     int used = saved_choice(path, "768 600 512 ", NULL);
     EXPECT(used == want, "N = 600 ran with choice %d, the file said %d", used, want);
     f = fopenCheck(path, "w");
     fprintf(f, "# train_clip GEMM choices: another GPU, cuBLASLt 1\n768 700 512 %s %d\n", rest, want);
     fcloseCheck(f);
     EXPECT(matmul_tuning_load(path) == -1, "a file from another GPU was not refused");
+    EXPECT(matmul_tuning_save("/nonexistent-dir/choices.txt", err, sizeof(err)) == -1 && strstr(err, "/nonexistent-dir"),
+           "a save into a missing directory did not fail with its name: %s", err);
     matmul_set_tuning(1);
     unlink(path);
 }
