@@ -9,7 +9,8 @@
 //     magnifies the features' bf16 rounding (the batch-2 runs at ViT sizes vary most from seed to seed).
 //     A wrong or missing term is off by ~100%, and the fp32 run at the same shapes checks the logic to 1e-4;
 //   gradient accumulation (micro-batches 4 and 3 of 8) and every recompute level (also with recompute_keep = 1: block
-//     0 of each tower saves everything) equal the plain step to 1e-5; the memory plan of recompute_keep to the byte;
+//     0 of each tower saves everything) equal the plain step to 1e-5 (each gradient tensor 1e-4); the memory plan of
+//     recompute_keep to the byte;
 //   training 200 steps on the synthetic data, GPU bf16 vs CPU fp32 from the same init and batches: each
 //     20-step mean loss within 5% (+0.05) of the CPU's, and both fall below 75% of their first window.
 // precision int8_switchback (every variant; tiny, tiny QuickGELU + layer-scale, and widths 256 at batch 16):
@@ -26,9 +27,10 @@
 //   emulated, 5% in the backward's W^T alone moves the gradients by >= 0.19). memory_efficient's gradients
 //   must differ from standard's (they come from the int8 inputs), by < 1e-2;
 //   the plumbing exactly: switchback_layers = none equals bf16 bit for bit; micro-batches 3 of 8 and recompute
-//   0/2 equal the plain int8 step (1e-3; int8 products are exact, so only fp32 sum orders differ); after an
-//   optimizer step and after an upload the step equals a fresh model's on the same weights bit for bit (the
-//   int8 weights are remade); the memory plan's saving equals the bytes of the bf16 inputs replaced;
+//   0/2 equal the plain int8 step (loss and features 1e-3, all gradients 1e-2, each tensor 2e-2; int8 products are
+//   exact, so only fp32 sum orders differ); after an optimizer step and after an upload the step equals a fresh
+//   model's on the same weights bit for bit (the int8 weights are remade); the memory plan's saving equals the
+//   bytes of the bf16 inputs replaced;
 //   2,000 training steps of the tiny config, bf16 vs int8 from the same init and batches: the last 200 steps'
 //   mean loss within 3% (a bf16 run from another init seed lands ~3% away), every 100-step mean within 10%
 //   (+0.02), and the int8 loss falls below half its first window.
