@@ -82,7 +82,7 @@ static const Key KEYS[] = {
     {"grad_reduce", T_ENUM, OFF(grad_reduce), "fp32", 0, 0, "fp32|bf16",
      "multi-GPU: sum the gradients over the ranks in fp32, or in bf16 (half the bytes; NCCL adds in bf16, about 3 significant digits)"},
     {"bind_cpus", T_BOOL, OFF(bind_cpus), "true", 0, 1, NULL,
-     "multi-GPU: each rank of a node takes its own slice of the CPUs (unless the launcher bound it) and an OpenMP pool of its share"},
+     "multi-GPU: each rank of a node takes its own slice of the CPUs its cgroup allows (unless the launcher bound it) and an OpenMP pool of its share"},
     {"dist_timeout", T_FLOAT, OFF(dist_timeout), "600", 1, 1e7, NULL,
      "multi-GPU: seconds a rank waits for a collective before it stops the run with an error (a lost or hung rank)"},
     // data

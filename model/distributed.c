@@ -20,6 +20,7 @@
 #include <mpi.h>
 #endif
 
+#include "cpuset.h"
 #include "utils.h"
 
 static double process_start;  // for rejecting rendezvous files left by an earlier job
@@ -99,41 +100,21 @@ void dist_slice(int n, int r, int size, int *lo, int *hi) {
     if (*hi <= *lo) *lo = *lo < n ? *lo : n - 1, *hi = *lo + 1;  // more ranks than CPUs: neighbours share one
 }
 
-// "0-15,32-47": the CPUs of a set, as taskset and /proc print them.
-static void cpu_list(char *buf, size_t size, const cpu_set_t *set) {
-    size_t len = 0;
-    buf[0] = 0;
-    for (int c = 0; c < CPU_SETSIZE && len < size; c++) {
-        if (!CPU_ISSET(c, set) || (c > 0 && CPU_ISSET(c - 1, set))) continue;
-        int e = c;
-        while (e + 1 < CPU_SETSIZE && CPU_ISSET(e + 1, set)) e++;
-        len += snprintf(buf + len, size - len, e > c ? "%s%d-%d" : "%s%d", len ? "," : "", c, e);
-    }
-}
-
 void dist_place_threads(const Dist *d, int threads) {
     if (d->local_size < 2) return;
-    cpu_set_t set, mine;
-    if (sched_getaffinity(0, sizeof(set), &set)) fatal("sched_getaffinity: %s", strerror(errno));
-    int online = (int)sysconf(_SC_NPROCESSORS_ONLN), bound = CPU_COUNT(&set) < online;
-    if (!bound) {
-        int lo, hi;
-        dist_slice(CPU_COUNT(&set), d->local_rank, d->local_size, &lo, &hi);
-        CPU_ZERO(&mine);
-        for (int c = 0, i = 0; c < CPU_SETSIZE; c++)
-            if (CPU_ISSET(c, &set)) {
-                if (i >= lo && i < hi) CPU_SET(c, &mine);
-                i++;
-            }
-        if (sched_setaffinity(0, sizeof(mine), &mine)) fatal("sched_setaffinity: %s", strerror(errno));
-        set = mine;
-    }
-    int share = online / d->local_size, n = CPU_COUNT(&set);
+    cpu_set_t affinity, mine, cgroup;
+    if (sched_getaffinity(0, sizeof(affinity), &affinity)) fatal("sched_getaffinity: %s", strerror(errno));
+    // what the process may use: its container's (cgroup's) CPUs, else the machine's
+    int online = (int)sysconf(_SC_NPROCESSORS_ONLN), allowed = cpuset_allowed(&cgroup) == 0 ? CPU_COUNT(&cgroup) : online;
+    int bound = cpuset_place(allowed, &affinity, d->local_rank, d->local_size, &mine);
+    if (!bound && sched_setaffinity(0, sizeof(mine), &mine)) fatal("sched_setaffinity: %s", strerror(errno));
+    int share = allowed / d->local_size, n = CPU_COUNT(&mine);
     if (threads <= 0 && !getenv("OMP_NUM_THREADS")) omp_set_num_threads(share < 1 ? 1 : share < n ? share : n);
-    char list[256];
-    cpu_list(list, sizeof(list), &set);
-    printf("cpus: local rank %d of %d on CPUs %s (%s), %d OpenMP threads\n", d->local_rank, d->local_size, list,
-           bound ? "bound by the launcher" : "its slice of the machine's", omp_get_max_threads());
+    char list[256], how[64] = "bound by the launcher";
+    cpuset_print(list, sizeof(list), &mine);
+    if (!bound) snprintf(how, sizeof(how), "its slice of the %s %d CPUs", allowed < online ? "container's" : "machine's", allowed);
+    printf("cpus: local rank %d of %d on CPUs %s (%s), %d OpenMP threads\n", d->local_rank, d->local_size, list, how,
+           omp_get_max_threads());
     if (bound && n < share)
         fprintf(stderr, "warning: local rank %d is bound to %d CPU(s), fewer than its share of %d: the data loader, NCCL and "
                 "kernel launches share them (mpirun binds each rank to one core when np <= 2: add --bind-to none)\n",

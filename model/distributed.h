@@ -20,8 +20,9 @@ void dist_init(Dist *d);
 // Host threads of a multi-process run. The ranks of a node run their host work in lockstep (every collective
 // aligns them), so with each process's OpenMP pool spanning all cores, their parallel regions and NCCL's
 // threads compete for the same cores at the same moments and kernel launches wait. Unless the launcher bound
-// the process already (its CPU set is smaller than the machine's), local rank r of n takes CPUs slice r of n
-// of its set; the OpenMP pool gets the process's share of the node's CPUs unless `threads` > 0 or
+// the process already (its CPU set is smaller than what its cgroup allows: a container's, a Kubernetes pod's or
+// a slurm job's cpuset, else the machine's online CPUs), local rank r of n takes CPUs slice r of n of its set
+// (cpuset.h); the OpenMP pool gets the process's share of the allowed CPUs unless `threads` > 0 or
 // OMP_NUM_THREADS set it. Call before starting threads (NCCL's included); prints what it did.
 void dist_place_threads(const Dist *d, int threads);
 // Rank r of `size`'s share [lo, hi) of n CPUs: contiguous, even; at least one (ranks beyond n share).

@@ -1,8 +1,9 @@
 // test_distributed.c: process roles and the bootstrap broadcast with real processes on this machine:
 // environment starts (RANK / WORLD_SIZE) with a file and a TCP (loopback) rendezvous, a missing peer
 // that must end in an error naming it within the timeout (never a hang), and, when built with MPI and
-// mpirun exists, an MPI start with broadcast, all-reduce and all-gather.
-#define _GNU_SOURCE  // sched_getaffinity
+// mpirun exists, an MPI start with broadcast, all-reduce and all-gather. Also where a node's ranks run:
+// CPU lists, the cgroup's allowed CPUs (from made-up cgroup trees) and each rank's slice of them.
+#define _GNU_SOURCE  // sched_getaffinity, cpu_set_t
 #include <netinet/in.h>
 #include <omp.h>
 #include <sched.h>
@@ -11,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../model/cpuset.h"
 #include "../model/distributed.h"
 #include "../model/utils.h"
 #include "test.h"
@@ -89,16 +91,138 @@ static void test_cpu_slices(void) {
     }
 }
 
-// A second rank of two on this machine, started without binding, keeps its half of the CPUs and that many
-// OpenMP threads (a child process: the binding is for the rest of its life).
+// CPU lists as the cgroup files, taskset and /proc write them: parsed, printed back the same, bad ones refused.
+static void test_cpu_lists(void) {
+    struct { const char *text, *printed; int count; } good[] = {
+        {"0", "0", 1}, {"0-3", "0-3", 4}, {"0-3,8-11\n", "0-3,8-11", 8}, {"7\n", "7", 1},
+        {"0,2,4-5,9", "0,2,4-5,9", 5}, {"1-2,3-4", "1-4", 4}, {"5-5", "5", 1}, {"1023", "1023", 1},
+    };
+    char buf[256];
+    for (size_t k = 0; k < sizeof(good) / sizeof(good[0]); k++) {
+        cpu_set_t set;
+        int rc = cpuset_parse(good[k].text, &set);
+        cpuset_print(buf, sizeof(buf), &set);
+        EXPECT(rc == 0 && CPU_COUNT(&set) == good[k].count && !strcmp(buf, good[k].printed),
+               "\"%s\": rc %d, %d CPUs, printed back as \"%s\"", good[k].text, rc, CPU_COUNT(&set), buf);
+    }
+    cpu_set_t set, want;
+    CPU_ZERO(&want);
+    for (int c = 0; c < 12; c++)
+        if (c < 4 || c >= 8) CPU_SET(c, &want);
+    EXPECT(cpuset_parse("0-3,8-11\n", &set) == 0 && CPU_EQUAL(&set, &want), "0-3,8-11: not the CPUs 0-3 and 8-11");
+    const char *bad[] = {"", "\n", "x", "-1", "+1", " 1", "1 ", "3-1", "1-", "-", "1,", ",1", "1,,2", "1--2",
+                         "0-3\n\n", "1\n2", "0x1", "1024", "0-1024", "99999999999999999999"};
+    for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++)
+        EXPECT(cpuset_parse(bad[k], &set) == -1, "\"%s\" was accepted", bad[k]);
+    // any set printed reads back as itself (sets from a fixed pseudo-random sequence, sparse to dense)
+    unsigned x = 12345;
+    for (int k = 0; k < 200; k++) {
+        CPU_ZERO(&want);
+        for (int c = 0; c < 96; c++)
+            if (((x = x * 1103515245u + 12345u) >> 16) % 8 < (unsigned)(k % 9)) CPU_SET(c, &want);
+        if (!CPU_COUNT(&want)) continue;
+        cpuset_print(buf, sizeof(buf), &want);
+        EXPECT(cpuset_parse(buf, &set) == 0 && CPU_EQUAL(&set, &want), "\"%s\" did not read back as the set printed", buf);
+    }
+}
+
+// A file under the test's scratch folder, with its folders.
+static void put(const char *path, const char *text) {
+    char dir[512];
+    snprintf(dir, sizeof(dir), "%s", test_path(path));
+    *strrchr(dir, '/') = 0;
+    if (mkdir_p(dir)) fatal("mkdir_p %s: %s", dir, strerror(errno));
+    FILE *f = fopenCheck(test_path(path), "w");
+    fwriteCheck(text, 1, strlen(text), f);
+    fcloseCheck(f);
+}
+
+// The allowed CPUs from made-up cgroup trees: v1 and v2, the process's own cgroup or its nearest ancestor with
+// the file (a container that sees the host's path), v1 before a hybrid system's v2, none found.
+static void test_cgroup_cpuset(void) {
+    put("v1/cpuset/cpuset.cpus", "0-31\n");
+    put("v1/cpuset/slurm/job_1/cpuset.cpus", "8-15\n");
+    put("v1/cpuset/slurm/job_1/step_0/cpuset.cpus", "8-9\n");
+    put("v2/cpuset.cpus.effective", "0-63\n");
+    put("v2/kubepods/pod1/cpuset.cpus.effective", "4-7,12-15\n");
+    put("v2/kubepods/pod1/cpuset.cpus", "\n");  // v2's own request, empty: not the file read
+    put("hybrid/cpuset.cpus.effective", "0-63\n");
+    put("hybrid/cpuset/cpuset.cpus", "0-1\n");
+    put("bad/cpuset.cpus.effective", "garbage\n");
+    put("none/unrelated", "");
+    struct { const char *cgroups, *root, *want; } cases[] = {
+        {"12:cpuset:/slurm/job_1/step_0\n1:name=systemd:/user.slice\n", "v1", "8-9"},
+        {"12:cpuset:/slurm/job_1/step_7\n", "v1", "8-15"},                   // no such cgroup here: its parent's
+        {"4:cpuset:/docker/0123abcd\n", "v1", "0-31"},                       // the container's at the mount's root
+        {"3:cpu,cpuacct:/\n5:cpuacct,cpuset:/slurm/job_1\n", "v1", "8-15"}, // cpuset among other controllers
+        {"0::/kubepods/pod1/container2\n", "v2", "4-7,12-15"},              // no cpuset controller: its pod's
+        {"0::/kubepods/pod1", "v2", "4-7,12-15"},                           // no final newline
+        {"0::/\n", "v2", "0-63"},
+        {"3:cpuset:/\n1:name=systemd:/\n0::/\n", "hybrid", "0-1"},        // v1's cpuset wins, listed first
+        {"0::/user.slice\n3:cpuset:/\n", "hybrid", "0-1"},                 // or last
+        {"0::/\n", "bad", NULL},
+        {"0::/a/b\n", "none", NULL},
+        {"1:name=systemd:/\n2:cpu:/\n", "v1", NULL},                       // neither v1's cpuset nor v2
+        {"", "v2", NULL},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        cpu_set_t set;
+        char root[512], got[256] = "";
+        snprintf(root, sizeof(root), "%s", test_path(cases[k].root));
+        int rc = cpuset_from_cgroup(cases[k].cgroups, root, &set);
+        if (rc == 0) cpuset_print(got, sizeof(got), &set);
+        EXPECT(cases[k].want ? rc == 0 && !strcmp(got, cases[k].want) : rc == -1, "cgroups \"%s\" under %s: rc %d, CPUs \"%s\", want %s",
+               cases[k].cgroups, cases[k].root, rc, got, cases[k].want ? cases[k].want : "none (rc -1)");
+    }
+}
+
+// This process's affinity lies within the CPUs its cgroup allows, as read here.
+static void test_cgroup_here(void) {
+    cpu_set_t cgroup, affinity, both;
+    if (cpuset_allowed(&cgroup)) SKIP("no cgroup cpuset file could be read here");
+    sched_getaffinity(0, sizeof(affinity), &affinity);
+    CPU_AND(&both, &affinity, &cgroup);
+    char a[256], c[256];
+    cpuset_print(a, sizeof(a), &affinity), cpuset_print(c, sizeof(c), &cgroup);
+    EXPECT(CPU_EQUAL(&both, &affinity), "affinity %s is not within the cgroup's CPUs %s", a, c);
+}
+
+// A rank whose affinity is its container's whole set takes its slice of it (in the set's order, across gaps); one
+// bound to fewer CPUs by its launcher keeps them.
+static void test_cpu_placement(void) {
+    cpu_set_t allowed, affinity, mine;
+    cpuset_parse("4-7,12-15", &allowed);
+    int n = CPU_COUNT(&allowed);
+    struct { const char *affinity; int rank, size, bound; const char *want; } cases[] = {
+        {"4-7,12-15", 0, 2, 0, "4-7"},        {"4-7,12-15", 1, 2, 0, "12-15"},
+        {"4-7,12-15", 1, 3, 0, "6-7,12"},     {"4-7,12-15", 2, 3, 0, "13-15"},
+        {"4-7,12-15", 7, 8, 0, "15"},         {"4-7,12-15", 9, 10, 0, "15"},  // more ranks than CPUs
+        {"12-13", 0, 2, 1, "12-13"},          {"5", 1, 2, 1, "5"},
+    };
+    char got[256];
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        cpuset_parse(cases[k].affinity, &affinity);
+        int bound = cpuset_place(n, &affinity, cases[k].rank, cases[k].size, &mine);
+        cpuset_print(got, sizeof(got), &mine);
+        EXPECT(bound == cases[k].bound && !strcmp(got, cases[k].want), "allowed 4-7,12-15, affinity %s, rank %d of %d: %s %s, want %s %s",
+               cases[k].affinity, cases[k].rank, cases[k].size, bound ? "bound" : "sliced", got,
+               cases[k].bound ? "bound" : "sliced", cases[k].want);
+    }
+}
+
+// A second rank of two on this machine, started with all the CPUs its cgroup allows, keeps its half of them
+// and that many OpenMP threads (a child process: the binding is for the rest of its life).
 static void test_place_threads(void) {
-    cpu_set_t set;
+    cpu_set_t set, cgroup;
     sched_getaffinity(0, sizeof(set), &set);
-    int online = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (CPU_COUNT(&set) < online || online < 2 || getenv("OMP_NUM_THREADS")) {
-        SKIP("this process is bound to %d of %d CPUs or OMP_NUM_THREADS is set", CPU_COUNT(&set), online);
+    int n = CPU_COUNT(&set), allowed = cpuset_allowed(&cgroup) == 0 ? CPU_COUNT(&cgroup) : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < allowed || n < 2 || getenv("OMP_NUM_THREADS")) {
+        SKIP("this process is bound to %d of %d CPUs or OMP_NUM_THREADS is set", n, allowed);
         return;
     }
+    int first = 0, last = CPU_SETSIZE - 1;
+    while (!CPU_ISSET(first, &set)) first++;
+    while (!CPU_ISSET(last, &set)) last--;
     pid_t pid = fork();
     if (pid == 0) {
         setenv("RANK", "1", 1), setenv("LOCAL_RANK", "1", 1), setenv("WORLD_SIZE", "2", 1), setenv("LOCAL_WORLD_SIZE", "2", 1);
@@ -109,9 +233,9 @@ static void test_place_threads(void) {
         dist_place_threads(&d, 0);
         cpu_set_t mine;
         sched_getaffinity(0, sizeof(mine), &mine);
-        int lo, hi, want = online / 2;
-        dist_slice(online, 1, 2, &lo, &hi);
-        int ok = CPU_COUNT(&mine) == hi - lo && CPU_ISSET(online - 1, &mine) && !CPU_ISSET(0, &mine);
+        int lo, hi, want = allowed / 2;
+        dist_slice(n, 1, 2, &lo, &hi);
+        int ok = CPU_COUNT(&mine) == hi - lo && CPU_ISSET(last, &mine) && !CPU_ISSET(first, &mine);
         _exit(!ok ? 1 : omp_get_max_threads() != want ? 2 : 0);
     }
     int st;
@@ -180,6 +304,10 @@ int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "--mpi-child")) return child_main();
     RUN(test_single_process_default);
     RUN(test_cpu_slices);
+    RUN(test_cpu_lists);
+    RUN(test_cgroup_cpuset);
+    RUN(test_cgroup_here);
+    RUN(test_cpu_placement);
     RUN(test_place_threads);
     RUN(test_file_rendezvous);
     RUN(test_tcp_rendezvous);
