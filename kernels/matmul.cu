@@ -37,7 +37,8 @@ static void *workspace;
 static Plan plans[MAX_PLANS];
 static int num_plans;
 static int tune_candidates = 1;
-static int tuned, tuned_changed;  // shapes timed since the last matmul_tuning_report, and how many took another algorithm
+static int tuned, tuned_changed, tuned_rejected;  // since the last matmul_tuning_report: shapes timed, how many took another
+                                                  // algorithm, candidates rejected as computing otherwise
 static double tuned_first_ms, tuned_best_ms;
 static int sm_target;  // SMs the GEMMs are planned for; 0 = all (matmul_set_sm_target)
 static Choice loaded[MAX_PLANS];  // matmul_tuning_load's choices for shapes not planned yet
@@ -52,8 +53,9 @@ void matmul_set_tuning(int candidates) {
 void matmul_tuning_report(void) {
     if (!tuned) return;
     printf("gemm_tuning: timed %d GEMM shapes, %d run faster on another of cuBLASLt's candidates than its first choice "
-           "(one call of each: %.2f -> %.2f ms)\n", tuned, tuned_changed, tuned_first_ms, tuned_best_ms);
-    tuned = tuned_changed = 0, tuned_first_ms = tuned_best_ms = 0;
+           "(one call of each: %.2f -> %.2f ms); %d candidates rejected as computing otherwise\n", tuned, tuned_changed,
+           tuned_first_ms, tuned_best_ms, tuned_rejected);
+    tuned = tuned_changed = tuned_rejected = 0, tuned_first_ms = tuned_best_ms = 0;
 }
 
 static size_t type_size(cudaDataType_t t) { return t == CUDA_R_32F || t == CUDA_R_32I ? 4 : t == CUDA_R_8I ? 1 : 2; }
@@ -125,25 +127,72 @@ static Plan *get_plan(const PlanKey *key) {
     return p;
 }
 
-// Times each candidate (after one warm-up call) writing a scratch copy of D, since D may accumulate (beta = 1),
-// and keeps the fastest. Where the scratch cannot be had (memory planned to the byte), the first choice stays.
-static void tune_plan(Plan *p, const void *alpha, const void *a, const void *b, const void *beta, size_t d_bytes, cudaStream_t stream) {
+// stats[0] = max |x - ref|, stats[1] = max |ref| over n elements (non-negative floats compare as their bits)
+template <typename T> __global__ void max_diff_kernel(unsigned *stats, const T *x, const T *ref, size_t n) {
+    float d = 0.0f, r = 0.0f;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float xi = (float)x[i], ri = (float)ref[i];
+        d = fmaxf(d, fabsf(xi - ri)), r = fmaxf(r, fabsf(ri));
+    }
+    if (d != d) d = INFINITY;  // NaN: as far off as can be
+    atomicMax(&stats[0], __float_as_uint(d)), atomicMax(&stats[1], __float_as_uint(r));
+}
+
+// max |x - ref| / max |ref| of two outputs of type t
+static double output_diff(unsigned *stats, const void *x, const void *ref, size_t bytes, cudaDataType_t t, cudaStream_t stream) {
+    size_t n = bytes / type_size(t);
+    cudaCheck(cudaMemsetAsync(stats, 0, 2 * sizeof(unsigned), stream));
+    if (t == CUDA_R_32F) max_diff_kernel<<<512, 256, 0, stream>>>(stats, (const float *)x, (const float *)ref, n);
+    else if (t == CUDA_R_16BF) max_diff_kernel<<<512, 256, 0, stream>>>(stats, (const bf16 *)x, (const bf16 *)ref, n);
+    else max_diff_kernel<<<512, 256, 0, stream>>>(stats, (const int32_t *)x, (const int32_t *)ref, n);
+    cudaCheckLaunch();
+    unsigned h[2];
+    cudaCheck(cudaMemcpyAsync(h, stats, sizeof(h), cudaMemcpyDeviceToHost, stream));
+    cudaCheck(cudaStreamSynchronize(stream));
+    float d, r;
+    memcpy(&d, &h[0], 4), memcpy(&r, &h[1], 4);
+    return r > 0 ? d / r : d;
+}
+
+// Runs each candidate once from a copy of D (the GEMM may accumulate into it) and compares its output with the
+// first choice's: one further off than rounding is not taken, with a warning. Then times the others (one
+// warm-up call, then TUNE_REPS) on that scratch and keeps the fastest. Where the scratch cannot be had (memory
+// planned to the byte), the first choice stays.
+static void tune_plan(Plan *p, const void *alpha, const void *a, const void *b, const void *beta, const void *d, size_t d_bytes,
+                      cudaStream_t stream) {
     int n = p->num_candidates;
     p->num_candidates = 0;
-    void *scratch;
-    if (cudaMalloc(&scratch, d_bytes) != cudaSuccess) {
+    char *scratch;
+    size_t padded = (d_bytes + 255) / 256 * 256;
+    if (cudaMalloc(&scratch, 2 * padded + 256) != cudaSuccess) {
         (void)cudaGetLastError();
         return;
     }
+    char *out = scratch, *ref = scratch + padded;
+    unsigned *stats = (unsigned *)(scratch + 2 * padded);
+    cudaDataType_t dt = (cudaDataType_t)p->key.d_type;
+    double tol = dt == CUDA_R_16BF ? 1e-2 : 1e-3;  // bf16 outputs may round 1 ulp (2^-8) apart
     cudaEvent_t e0, e1;
-    cudaCheck(cudaMemsetAsync(scratch, 0, d_bytes, stream));
     cudaCheck(cudaEventCreate(&e0)), cudaCheck(cudaEventCreate(&e1));
     float ms[MAX_CANDIDATES];
     int best = 0;
     for (int i = 0; i < n; i++) {
+        cudaCheck(cudaMemcpyAsync(i ? out : ref, d, d_bytes, cudaMemcpyDeviceToDevice, stream));
+        cublasCheck(cublasLtMatmul(handle, p->desc, alpha, a, p->la, b, p->lb, beta, i ? out : ref, p->ld, i ? out : ref, p->ld,
+                                   &p->candidates[i], workspace, WORKSPACE_BYTES, stream));
+        double diff = i ? output_diff(stats, out, ref, d_bytes, dt, stream) : 0.0;
+        ms[i] = INFINITY;
+        if (diff > tol) {
+            const PlanKey *k = &p->key;
+            fprintf(stderr, "warning: gemm_tuning: cuBLASLt candidate %d of GEMM m %d n %d k %d (trans %d%d, types %d->%d, bias %d) "
+                    "differs from its first choice by %.2e of the output's largest value: not used\n", i, k->m, k->n, k->k,
+                    k->trans_a, k->trans_b, k->ab_type, k->d_type, k->has_bias, diff);
+            tuned_rejected++;
+            continue;
+        }
         for (int r = 0; r <= TUNE_REPS; r++) {
             if (r == 1) cudaCheck(cudaEventRecord(e0, stream));
-            cublasCheck(cublasLtMatmul(handle, p->desc, alpha, a, p->la, b, p->lb, beta, scratch, p->ld, scratch, p->ld,
+            cublasCheck(cublasLtMatmul(handle, p->desc, alpha, a, p->la, b, p->lb, beta, out, p->ld, out, p->ld,
                                        &p->candidates[i], workspace, WORKSPACE_BYTES, stream));
         }
         cudaCheck(cudaEventRecord(e1, stream));
@@ -230,7 +279,7 @@ void matmul_cm(void *d, cudaDataType_t d_type, int ldd, const void *a, int lda, 
     if (bias) cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
     int32_t alpha_i = (int32_t)alpha, beta_i = (int32_t)beta;
     const void *pa = ab_type == CUDA_R_8I ? (const void *)&alpha_i : &alpha, *pb = ab_type == CUDA_R_8I ? (const void *)&beta_i : &beta;
-    if (p->num_candidates) tune_plan(p, pa, a, b, pb, (size_t)ldd * (n - 1) * ds + (size_t)m * ds, stream);
+    if (p->num_candidates) tune_plan(p, pa, a, b, pb, d, (size_t)ldd * (n - 1) * ds + (size_t)m * ds, stream);
     cublasCheck(cublasLtMatmul(handle, p->desc, pa, a, p->la, b, p->lb, pb, d, p->ld, d, p->ld, &p->algo, workspace,
                                WORKSPACE_BYTES, stream));
 }

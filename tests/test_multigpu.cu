@@ -30,9 +30,10 @@
 //     (bf16) of the 1-GPU run's. Measured: fp32 every step within 5.2e-6 (both ZeRO settings); bf16 windows
 //     within 0.3% (single steps up to 9%: bf16 rounding amplified over 100 steps).
 //  3. Resume: 2 GPUs, bf16, ZeRO-1: 12 steps straight against 6 + checkpoint + resume + 6: final weights and
-//     moments bit-identical, and the checkpoint holds both ranks' data positions. gemm_tuning times the GEMM
-//     algorithms, so the split run starts from the straight run's gemm_choices files (as its first half would
-//     have made them) and its resumed half must read its own: without them the runs differ (measured).
+//     moments bit-identical, and the checkpoint holds both ranks' data positions. All three runs set
+//     gemm_tuning = 8, which times the GEMM algorithms: the split run starts from the straight run's gemm_choices
+//     files (as its first half would have made them) and its resumed half must read its own (without them the
+//     runs differ: measured).
 //  4. Failure: rank 1 of a running 2-GPU job is killed (SIGKILL); rank 0 must exit non-zero with an error naming
 //     itself and the cause within dist_timeout (8 s) + 30 s, not hang (measured: 8.1 s).
 #include <signal.h>
@@ -401,11 +402,11 @@ static void test_resume_exact(void) {
     char straight[700], split[700], a[800], b[800];
     snprintf(straight, sizeof(straight), "%s/straight", test_dir()), snprintf(split, sizeof(split), "%s/split", test_dir());
     const char *common[] = {"precision=bf16", "zero=1", "batch_size=16", "steps=12", "warmup=3", "log_every=100", "checkpoint_every=0",
-                            "device=cuda", "dist_timeout=60", NULL};
+                            "device=cuda", "dist_timeout=60", "gemm_tuning=8", NULL};
     const char *first[] = {"precision=bf16", "zero=1", "batch_size=16", "steps=12", "warmup=3", "log_every=100", "checkpoint_every=0",
-                           "device=cuda", "dist_timeout=60", "stop_after=6", NULL};
+                           "device=cuda", "dist_timeout=60", "gemm_tuning=8", "stop_after=6", NULL};
     const char *second[] = {"precision=bf16", "zero=1", "batch_size=16", "steps=12", "warmup=3", "log_every=100", "checkpoint_every=0",
-                            "device=cuda", "dist_timeout=60", "resume=latest", NULL};
+                            "device=cuda", "dist_timeout=60", "gemm_tuning=8", "resume=latest", NULL};
     int ok = train("straight", 2, straight, common);
     EXPECT(mkdir_p(split) == 0, "cannot create %s", split);
     for (int r = 0; ok && r < 2; r++) {  // the straight run's GEMM choices, or the two would time their own
