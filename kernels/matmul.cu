@@ -13,9 +13,10 @@
 #define MAX_CANDIDATES 16
 #define TUNE_REPS 3
 
-typedef struct {
+typedef struct {  // ints only: compared with memcmp and written to the choices file field by field
     int m, n, k, lda, ldb, ldd, trans_a, trans_b, ab_type, d_type, has_bias, align, sm_target;
 } PlanKey;
+#define KEY_FIELDS ((int)(sizeof(PlanKey) / sizeof(int)))
 
 typedef struct {
     PlanKey key;
@@ -208,7 +209,7 @@ static void tune_plan(Plan *p, const void *alpha, const void *a, const void *b, 
 }
 
 // The file: a line naming the GPU and cuBLASLt (choices made elsewhere are ignored), then one line per shape:
-// the PlanKey's fields and the index of the algorithm in the heuristic's list.
+// the PlanKey's KEY_FIELDS fields in order and the index of the algorithm in the heuristic's list.
 static void tuning_header(char *buf, size_t n) {
     cudaDeviceProp prop;
     int dev;
@@ -231,12 +232,13 @@ int matmul_tuning_load(const char *path) {
     while (fgets(line, sizeof(line), f)) {
         lineno++;
         Choice c;
-        PlanKey *k = &c.key;
-        memset(&c, 0, sizeof(c));
-        if (sscanf(line, "%d %d %d %d %d %d %d %d %d %d %d %d %d %d", &k->m, &k->n, &k->k, &k->lda, &k->ldb, &k->ldd, &k->trans_a,
-                   &k->trans_b, &k->ab_type, &k->d_type, &k->has_bias, &k->align, &k->sm_target, &c.choice) != 14 ||
-            c.choice < 0 || c.choice >= MAX_CANDIDATES)
-            fatal("%s:%d: expected 13 numbers of a GEMM shape and an algorithm index below %d", path, lineno, MAX_CANDIDATES);
+        int *field = (int *)&c.key, ok = 1, used = 0;
+        const char *p = line;
+        for (int i = 0; i <= KEY_FIELDS && ok; i++, p += used)
+            ok = sscanf(p, "%d%n", i < KEY_FIELDS ? &field[i] : &c.choice, &used) == 1;
+        if (!ok || c.choice < 0 || c.choice >= MAX_CANDIDATES)
+            fatal("%s:%d: expected %d numbers of a GEMM shape and an algorithm index below %d", path, lineno, KEY_FIELDS,
+                  MAX_CANDIDATES);
         if (num_loaded == MAX_PLANS) fatal("%s: more than %d GEMM shapes", path, MAX_PLANS);
         loaded[num_loaded++] = c;
     }
@@ -252,9 +254,9 @@ int matmul_tuning_save(const char *path, char *err, size_t errlen) {
     if (!f) return snprintf(err, errlen, "%s: %s", tmp, strerror(errno)), -1;
     int bad = fputs(header, f) < 0;
     for (int i = 0; i < num_plans && !bad; i++) {
-        const PlanKey *k = &plans[i].key;
-        bad = fprintf(f, "%d %d %d %d %d %d %d %d %d %d %d %d %d %d\n", k->m, k->n, k->k, k->lda, k->ldb, k->ldd, k->trans_a,
-                      k->trans_b, k->ab_type, k->d_type, k->has_bias, k->align, k->sm_target, plans[i].choice) < 0;
+        const int *field = (const int *)&plans[i].key;
+        for (int j = 0; j < KEY_FIELDS && !bad; j++) bad = fprintf(f, "%d ", field[j]) < 0;
+        bad = bad || fprintf(f, "%d\n", plans[i].choice) < 0;
     }
     bad = fclose(f) != 0 || bad;
     if (bad || rename(tmp, path) != 0) {
