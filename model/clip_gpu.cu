@@ -621,8 +621,8 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         linear_backward<T>(g, k, SB_LINEAR_C_PROJ, d_wide, last ? G + w->c_proj_b : NULL, dmlp, dres_q, as<T>(k->fc_gelu), w->c_proj_w, N, H, D);
         mark(g, PROF_GELU);
         int fc_q = g->sb_on[SB_LINEAR_C_FC];  // with c_fc's bias gradient (and its output gradient quantized)
-        if (fc_q) gelu_backward_quantize_gpu(as<bf16>(d_wide), gq, gs, G + w->c_fc_b, as<bf16>(d_wide), as<bf16>(k->fc), N, H, quick);
-        else gelu_backward_bias_gpu<T>(d_wide, G + w->c_fc_b, d_wide, as<T>(k->fc), N, H, quick);
+        if (fc_q) gelu_backward_quantize_gpu(as<bf16>(d_wide), NULL, gq, gs, G + w->c_fc_b, as<bf16>(d_wide), as<bf16>(k->fc), N, H, quick);
+        else gelu_backward_bias_gpu<T>(d_wide, NULL, G + w->c_fc_b, d_wide, as<T>(k->fc), N, H, quick);
         mark(g, PROF_LAYERNORM);
         if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_2), as<T>(k->res_1), k->ln_2_mean, k->ln_2_rstd, P + w->ln_2_w, P + w->ln_2_b, N, D);
         mark(g, PROF_GEMM);
