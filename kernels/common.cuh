@@ -72,11 +72,11 @@ __device__ __forceinline__ float block_max(float x) {
 // The widest vector (16 bytes, else 1 element) that rows of `row_elems` elements starting at every pointer
 // given (NULL ones ignored) allow.
 template <typename T> static inline int vec_width(size_t row_elems, const void *p0, const void *p1 = NULL,
-                                                  const void *p2 = NULL, const void *p3 = NULL) {
+                                                  const void *p2 = NULL, const void *p3 = NULL, const void *p4 = NULL) {
     const int V = 16 / (int)sizeof(T);
-    const void *ps[4] = {p0, p1, p2, p3};
+    const void *ps[5] = {p0, p1, p2, p3, p4};
     if (row_elems % V) return 1;
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         if (ps[i] && ((uintptr_t)ps[i] % 16)) return 1;
     return V;
 }

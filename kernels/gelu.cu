@@ -1,5 +1,6 @@
 // gelu.cu: GELU / QuickGELU forward and backward (see gelu.cuh). The forward is a grid-stride loop over
-// 16-byte vectors; the backward runs as a column sum (reduce.cuh) whose element op also writes dinp. The
+// 16-byte vectors; the backward runs as a column sum (reduce.cuh) whose element op also writes dinp and, when
+// asked, the recomputed forward output (gelu_vec: the forward's own computation, so bit-identical). The
 // SwitchBack variants emit int8 rows for the next linear: the forward a persistent block per row at a time (the
 // row in registers), the backward through quantize.cuh's fused row-wise quantizer + column sums.
 // bf16 inputs take 65,536 values, so the bf16 kernels look GELU and its gradient up in tables (shared memory)
@@ -85,6 +86,20 @@ __device__ const float *gelu_grad_prepare(int quick) {
     return gelu_grad_smem;
 }
 
+// GELU of V elements as every kernel writing a bf16 or fp32 GELU output computes it, so that the backward's
+// recomputed output equals the forward's bit for bit: bf16 from the block's table (gelu_value_prepare first; the
+// 8-wide and the scalar lookups agree element by element), fp32 by the formula.
+template <typename T, int V> __device__ __forceinline__ Vec<T, V> gelu_vec(Vec<T, V> x, int quick) {
+    Vec<T, V> y;
+    if constexpr (sizeof(T) == 2 && V == 8) y = gelu8_bf16(gelu_value_smem, x);
+    else
+        for (int i = 0; i < V; i++) {
+            if constexpr (sizeof(T) == 2) y.v[i] = from_float<T>(gelu_bf16(gelu_value_smem, bf16_bits(x.v[i])));
+            else y.v[i] = from_float<T>(gelu_value(to_float(x.v[i]), quick));
+        }
+    return y;
+}
+
 // The exact value x rounded to bf16 (nearest, ties to even), not through a double rounding to fp32 first.
 static uint16_t bf16_bits_of(double x) {
     float f = (float)x;
@@ -121,29 +136,22 @@ static void gelu_luts_init(void) {
 }
 
 template <typename T, int V> __global__ void gelu_forward_kernel(T *out, const T *inp, size_t n, int quick) {
-    constexpr bool lut = sizeof(T) == 2;
-    const uint16_t *tab = NULL;
-    if constexpr (lut) tab = gelu_value_prepare(quick);
-    for (size_t j = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V; j < n; j += (size_t)gridDim.x * blockDim.x * V) {
-        Vec<T, V> x = load_vec<T, V>(inp + j), y;
-        if constexpr (lut && V == 8) y = gelu8_bf16(tab, x);
-        else
-            for (int i = 0; i < V; i++) {
-                if constexpr (lut) y.v[i] = from_float<T>(gelu_bf16(tab, bf16_bits(x.v[i])));
-                else y.v[i] = from_float<T>(gelu_value(to_float(x.v[i]), quick));
-            }
-        store_vec<T, V>(out + j, y);
-    }
+    if constexpr (sizeof(T) == 2) gelu_value_prepare(quick);
+    for (size_t j = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V; j < n; j += (size_t)gridDim.x * blockDim.x * V)
+        store_vec<T, V>(out + j, gelu_vec<T, V>(load_vec<T, V>(inp + j), quick));
 }
 
-
+// The backward's element op; act: where to write gelu(inp) too, or NULL (the value table is filled only then).
 template <typename T, int V> struct GeluBackwardOp {
     static const int NOUT = 1;
-    T *dinp;
+    T *dinp, *act;
     const T *dout, *inp;
     int C, quick;
     __device__ void prepare() const {
-        if constexpr (sizeof(T) == 2) gelu_grad_prepare(quick);
+        if constexpr (sizeof(T) == 2) {
+            gelu_grad_prepare(quick);
+            if (act) gelu_value_prepare(quick);
+        }
     }
     __device__ float grad(T x) const {
         if constexpr (sizeof(T) == 2) return gelu_grad_bf16(gelu_grad_smem, bf16_bits(x), gelu_tiny_slope(quick));
@@ -152,6 +160,9 @@ template <typename T, int V> struct GeluBackwardOp {
     __device__ void operator()(int r, int c, float *acc, float *) const {
         size_t o = (size_t)r * C + c;
         Vec<T, V> g = load_vec<T, V>(dout + o), x = load_vec<T, V>(inp + o), d;
+        // act first: bf16 (V = 8) then needs 45 registers on sm_90a, not 58 (4 blocks of 256 per multiprocessor, fewer
+        // than colsum_run launches at C = 5120)
+        if (act) store_vec<T, V>(act + o, gelu_vec<T, V>(x, quick));
         for (int i = 0; i < V; i++) {
             float v = to_float(g.v[i]) * grad(x.v[i]);
             d.v[i] = from_float<T>(v);
@@ -211,20 +222,26 @@ void gelu_forward_quantize_gpu(bf16 *out, int8_t *q, float *qs, const bf16 *inp,
 }
 
 // The backward's rows for the fused quantizer: dinp = dout * gelu'(inp), written (bf16); the column sums (c_fc's bias
-// gradient) add the fp32 values, as gelu_backward_bias_gpu does.
+// gradient) add the fp32 values, as gelu_backward_bias_gpu does; act as in GeluBackwardOp.
 struct GeluBackwardRows {
     struct In {
         Vec<bf16, 8> g, x;
     };
-    bf16 *dinp;
+    bf16 *dinp, *act;
     const bf16 *dout, *inp;
     int C, quick;
-    __device__ void prepare() const { gelu_grad_prepare(quick); }
+    __device__ void prepare() const {
+        gelu_grad_prepare(quick);
+        if (act) gelu_value_prepare(quick);
+    }
     __device__ In load(int row, int vec) const {
         size_t o = (size_t)row * C + vec * 8;
         return In{load_vec<bf16, 8>(dout + o), load_vec<bf16, 8>(inp + o)};
     }
     __device__ uint4 apply(const In &in, int row, int vec, float *f) const {
+        // act first: 113-121 registers at C = 2048-5120 on sm_90a, so 2 blocks of 256 per multiprocessor as without
+        // act; written after dinp, 160 (1 block)
+        if (act) store_vec<bf16, 8>(act + (size_t)row * C + vec * 8, gelu_vec<bf16, 8>(in.x, quick));
         Vec<bf16, 8> d;
         for (int i = 0; i < 8; i++) {
             f[i] = to_float(in.g.v[i]) * gelu_grad_bf16(gelu_grad_smem, bf16_bits(in.x.v[i]), gelu_tiny_slope(quick));
@@ -235,9 +252,9 @@ struct GeluBackwardRows {
     }
 };
 
-void gelu_backward_quantize_gpu(bf16 *dinp, int8_t *q, float *qs, float *dbias, const bf16 *dout, const bf16 *inp, int N,
-                                int C, int quick) {
-    if (vec_width<bf16>(C, dinp, dout, inp, q) == 1) {
+void gelu_backward_quantize_gpu(bf16 *dinp, bf16 *act, int8_t *q, float *qs, float *dbias, const bf16 *dout, const bf16 *inp,
+                                int N, int C, int quick) {
+    if (vec_width<bf16>(C, dinp, act, dout, inp, q) == 1) {
         fatal("gelu_backward_quantize_gpu: rows of %d must be 16-byte aligned", C);
     }
     if (N == 0) return;
@@ -245,7 +262,7 @@ void gelu_backward_quantize_gpu(bf16 *dinp, int8_t *q, float *qs, float *dbias, 
     // chunks of 8 to SB_QC_ROWS rows: about 4 blocks per multiprocessor (the per-element math needs the occupancy)
     int rows = min(SB_QC_ROWS, max(8, ceil_div(ceil_div(N, 4 * num_sms()), 8) * 8)), chunks = ceil_div(N, rows);
     float *partial = colsum_partials((size_t)chunks * C);
-    rowwise_colsums_run(q, qs, partial, GeluBackwardRows{dinp, dout, inp, C, quick}, N, C, rows, "gelu_backward_quantize_gpu", 0);
+    rowwise_colsums_run(q, qs, partial, GeluBackwardRows{dinp, act, dout, inp, C, quick}, N, C, rows, "gelu_backward_quantize_gpu", 0);
     colsum_finish_gpu(dbias, NULL, partial, chunks, C);
 }
 
@@ -259,14 +276,15 @@ template <typename T> void gelu_forward_gpu(T *out, const T *inp, size_t n, int 
     cudaCheckLaunch();
 }
 
-template <typename T> void gelu_backward_bias_gpu(T *dinp, float *dbias, const T *dout, const T *inp, int N, int C, int quick) {
+template <typename T>
+void gelu_backward_bias_gpu(T *dinp, T *act, float *dbias, const T *dout, const T *inp, int N, int C, int quick) {
     const int V = 16 / sizeof(T);
     if (sizeof(T) == 2) gelu_luts_init();
-    if (vec_width<T>(C, dinp, dout, inp) > 1) colsum_run<V>(dbias, NULL, GeluBackwardOp<T, V>{dinp, dout, inp, C, quick}, N, C);
-    else colsum_run<1>(dbias, NULL, GeluBackwardOp<T, 1>{dinp, dout, inp, C, quick}, N, C);
+    if (vec_width<T>(C, dinp, act, dout, inp) > 1) colsum_run<V>(dbias, NULL, GeluBackwardOp<T, V>{dinp, act, dout, inp, C, quick}, N, C);
+    else colsum_run<1>(dbias, NULL, GeluBackwardOp<T, 1>{dinp, act, dout, inp, C, quick}, N, C);
 }
 
 template void gelu_forward_gpu<float>(float *, const float *, size_t, int);
 template void gelu_forward_gpu<bf16>(bf16 *, const bf16 *, size_t, int);
-template void gelu_backward_bias_gpu<float>(float *, float *, const float *, const float *, int, int, int);
-template void gelu_backward_bias_gpu<bf16>(bf16 *, float *, const bf16 *, const bf16 *, int, int, int);
+template void gelu_backward_bias_gpu<float>(float *, float *, float *, const float *, const float *, int, int, int);
+template void gelu_backward_bias_gpu<bf16>(bf16 *, bf16 *, float *, const bf16 *, const bf16 *, int, int, int);

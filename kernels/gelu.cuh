@@ -10,12 +10,14 @@
 template <typename T> void gelu_forward_gpu(T *out, const T *inp, size_t n, int quick);
 // dinp (N, C) = dout * gelu'(inp), overwriting (the reference accumulates; dinp may be dout), and in the
 // same pass dbias (C) += the column sums of dinp: the gradient of the bias before the GELU (fp32).
-template <typename T> void gelu_backward_bias_gpu(T *dinp, float *dbias, const T *dout, const T *inp, int N, int C, int quick);
+// act: NULL, or where the same pass also writes gelu(inp), equal to gelu_forward_gpu's output bit for bit (the
+// recompute of a GELU output that was not kept, for the next linear's weight gradient; aliases nothing else).
+template <typename T> void gelu_backward_bias_gpu(T *dinp, T *act, float *dbias, const T *dout, const T *inp, int N, int C, int quick);
 // SwitchBack (bf16 only; C % 16 == 0): the output also quantized row-wise for the next linear (quantize.cuh: q (N, C)
 // int8, qs (N) row maxima of the bf16 values), bit-identical to quantize_rowwise of out.
 // Forward: out may be NULL (not written); C <= 8192.
 void gelu_forward_quantize_gpu(bf16 *out, int8_t *q, float *qs, const bf16 *inp, int N, int C, int quick);
-// Backward: as gelu_backward_bias_gpu (dinp written, dbias += the fp32 column sums, in another fixed order), and
-// dinp quantized; C <= SB_QC_MAX_K.
-void gelu_backward_quantize_gpu(bf16 *dinp, int8_t *q, float *qs, float *dbias, const bf16 *dout, const bf16 *inp, int N, int C,
-                                int quick);
+// Backward: as gelu_backward_bias_gpu (dinp written, act too unless NULL, dbias += the fp32 column sums, in another
+// fixed order), and dinp quantized; C <= SB_QC_MAX_K.
+void gelu_backward_quantize_gpu(bf16 *dinp, bf16 *act, int8_t *q, float *qs, float *dbias, const bf16 *dout, const bf16 *inp,
+                                int N, int C, int quick);

@@ -166,18 +166,12 @@ void switchback_forward(SwitchBack *sb, bf16 *y, int8_t *xq, float *xs, const bf
     int8_gemm(&f, stream);
 }
 
-void switchback_backward(SwitchBack *sb, bf16 *dx, float *dw, float *db, const bf16 *g, const bf16 *x,
-                         const int8_t *xq, const float *xs, const SbWeight *w, int M, int accumulate, int g_quantized,
-                         cudaStream_t stream) {
+void switchback_backward_input(SwitchBack *sb, bf16 *dx, float *db, const bf16 *g, const SbWeight *w, int M, int accumulate,
+                               int g_quantized, cudaStream_t stream) {
     check_size(sb, w, M);
     int N = w->N, K = w->K;
-    if (sb->mode == SB_MEMORY_EFFICIENT ? (!x && (!xq || !xs)) : !x) {
-        fatal("switchback_backward: mode %d needs %s", (int)sb->mode,
-              sb->mode == SB_MEMORY_EFFICIENT ? "the forward's input x, or its xq and xs" : "the forward's input x");
-    }
-
     // dx (M, K) = g (M, N) . W (N, K): int8 g row-wise times the int8 W^T copy (K, N). db from the same read of g
-    // (column sums per chunk of rows, added up below) where N allows and g is quantized here.
+    // (column sums per chunk of rows, added up after the GEMM) where N allows and g is quantized here.
     int fused_db = db && N <= SB_QC_MAX_K && !g_quantized;
     if (fused_db) quantize_rowwise_colsums(sb->gq, sb->gs, sb->db_partial, g, M, N, stream);
     else if (!g_quantized) quantize_rowwise(sb->gq, sb->gs, g, M, N, stream);
@@ -187,7 +181,18 @@ void switchback_backward(SwitchBack *sb, bf16 *dx, float *dw, float *db, const b
     d.b = w->qt, d.b_scale = w_scale_qt(w, sb->mode), d.b_scale_per_col = sb->mode == SB_VECTORWISE;  // (K, N)
     d.M = M, d.N = K, d.K = N;
     int8_gemm(&d, stream);
+    if (fused_db) column_sums_final(db, sb->db_partial, ceil_div(M, SB_QC_ROWS), N, accumulate, stream);
+    else if (db) column_sums(db, sb->db_partial, g, M, N, accumulate, stream);
+}
 
+void switchback_backward_weight(SwitchBack *sb, float *dw, const bf16 *g, const bf16 *x, const int8_t *xq, const float *xs,
+                                const SbWeight *w, int M, int accumulate, cudaStream_t stream) {
+    check_size(sb, w, M);
+    int N = w->N, K = w->K;
+    if (sb->mode == SB_MEMORY_EFFICIENT ? (!x && (!xq || !xs)) : !x) {
+        fatal("switchback_backward_weight: mode %d needs %s", (int)sb->mode,
+              sb->mode == SB_MEMORY_EFFICIENT ? "the forward's input x, or its xq and xs" : "the forward's input x");
+    }
     // dw (N, K) = g^T (N, M) . x (M, K)
     if (sb->mode == SB_INT8_EVERYWHERE) {
         // Both operands quantized along the token dimension M: g^T (N, M16) and x^T (K, M16), one scale per row
@@ -211,6 +216,11 @@ void switchback_backward(SwitchBack *sb, bf16 *dx, float *dw, float *db, const b
         // dW (N, K) (+)= g^T x: column-major dW^T (K, N) = x^T (K, M) . g (M, N), fp32 out
         matmul_cm(dw, CUDA_R_32F, K, x, K, 0, g, N, 1, CUDA_R_16BF, NULL, K, N, M, 1.0f, accumulate ? 1.0f : 0.0f, stream);
     }
-    if (fused_db) column_sums_final(db, sb->db_partial, ceil_div(M, SB_QC_ROWS), N, accumulate, stream);
-    else if (db) column_sums(db, sb->db_partial, g, M, N, accumulate, stream);
+}
+
+void switchback_backward(SwitchBack *sb, bf16 *dx, float *dw, float *db, const bf16 *g, const bf16 *x,
+                         const int8_t *xq, const float *xs, const SbWeight *w, int M, int accumulate, int g_quantized,
+                         cudaStream_t stream) {
+    switchback_backward_input(sb, dx, db, g, w, M, accumulate, g_quantized, stream);
+    switchback_backward_weight(sb, dw, g, x, xq, xs, w, M, accumulate, stream);
 }

@@ -74,3 +74,11 @@ void switchback_forward(SwitchBack *sb, bf16 *y, int8_t *xq, float *xs, const bf
 void switchback_backward(SwitchBack *sb, bf16 *dx, float *dw, float *db, const bf16 *g, const bf16 *x,
                          const int8_t *xq, const float *xs, const SbWeight *w, int M, int accumulate, int g_quantized,
                          cudaStream_t stream);
+// switchback_backward in its two halves, for a caller that runs something between them (the model's c_proj: the
+// GELU backward, which also recomputes x, and quantizes c_fc's output gradient into sb->gq, gs). The input half:
+// dx and db (g quantized here unless g_quantized; the only half that reads sb->gq, gs). The weight half: dw from g
+// (bf16) and x (or xq, xs), through its own scratch (x_deq, or the int8-everywhere buffers).
+void switchback_backward_input(SwitchBack *sb, bf16 *dx, float *db, const bf16 *g, const SbWeight *w, int M, int accumulate,
+                               int g_quantized, cudaStream_t stream);
+void switchback_backward_weight(SwitchBack *sb, float *dw, const bf16 *g, const bf16 *x, const int8_t *xq, const float *xs,
+                                const SbWeight *w, int M, int accumulate, cudaStream_t stream);

@@ -2,7 +2,7 @@
 // both towers and the loss in the order of model/clip_cpu.c, gradient accumulation over micro-batches, the
 // fused optimizer step, the memory plan and the per-family step-time profile. The model code is a template
 // over the activation type T (float for precision fp32, bf16 for bf16 and int8_switchback, whose SwitchBack
-// linears sit behind linear_forward / linear_backward); kernels live in kernels/. In a multi-GPU run
+// linears sit behind linear_forward / linear_backward and its halves); kernels live in kernels/. In a multi-GPU run
 // (clip_dist.h) the same step takes this rank's share of the batch, computes the loss over the global batch,
 // reduces the gradients over the ranks while backward runs, and optionally shards the optimizer (ZeRO-1).
 #include <math.h>
@@ -423,26 +423,42 @@ static int8_t *in_q(ClipGPU *g, BlockBuf *k, int i) { return g->sb_on[i] ? k->xq
 static float *in_s(ClipGPU *g, BlockBuf *k, int i) { return g->sb_on[i] ? k->xs[i] : NULL; }
 template <typename T> static T *in_bf16(BlockBuf *k, void *p, int i) { return k->in_bf16[i] ? as<T>(p) : NULL; }
 
-// dx (N, C) = dy (N, OC) @ W (overwritten) and dW += dy^T @ x into the fp32 gradients, and db (OC) += the column
-// sums of dy when db is given (c_fc's comes from the GELU backward, out_proj's and c_proj's from the LayerNorm
-// backwards, tower_backward). SwitchBack: dx from int8 dy (row-wise; dy_q:
-// already in g->sb.gq, gs, written by dy's producer, else quantized here with db from the same pass) and int8 W^T,
-// dW in bf16 with fp32 accumulation; from the saved int8 x where sb_saved[i] (the bf16 x is not kept then).
+// The backward of linear i of block k in two halves (tower_backward runs the GELU backward between c_proj's).
+// The input half: dx (N, C) = dy (N, OC) @ W (overwritten), and db (OC) += the column sums of dy when db is given
+// (c_fc's comes from the GELU backward, out_proj's and c_proj's from the LayerNorm backwards, tower_backward).
+// SwitchBack: dx from int8 dy (row-wise; dy_q: already in g->sb.gq, gs, written by dy's producer, else quantized
+// here with db from the same pass) and int8 W^T.
 template <typename T>
-static void linear_backward(ClipGPU *g, BlockBuf *k, int i, T *dx, float *db, const T *dy, int dy_q, const T *x, size_t w, int N,
-                            int C, int OC) {
+static void linear_backward_input(ClipGPU *g, BlockBuf *k, int i, T *dx, float *db, const T *dy, int dy_q, size_t w, int N, int C,
+                                  int OC) {
     int sb_db = g->sb_on[i] && !dy_q;
-    if (g->sb_on[i]) {
-        switchback_backward(&g->sb, (bf16 *)dx, g->grads + w, sb_db ? db : NULL, (const bf16 *)dy,
-                            k->sb_saved[i] ? NULL : (const bf16 *)x, k->xq[i], k->xs[i], &k->w8[i], N, 1, dy_q, 0);
-    } else {
-        matmul_backward_input_gpu<T>(dx, dy, (const T *)g->wts + w, N, C, OC);
-        matmul_backward_weight_gpu<T>(g->grads + w, dy, x, N, C, OC);
-    }
+    if (g->sb_on[i]) switchback_backward_input(&g->sb, (bf16 *)dx, sb_db ? db : NULL, (const bf16 *)dy, &k->w8[i], N, 1, dy_q, 0);
+    else matmul_backward_input_gpu<T>(dx, dy, (const T *)g->wts + w, N, C, OC);
     if (db && !sb_db) {
         mark(g, PROF_PARAM_GRADS);
         bias_grad_gpu<T>(db, dy, N, OC, OC);
     }
+}
+
+// The weight half: dW += dy^T @ x into the fp32 gradients. SwitchBack: in bf16 with fp32 accumulation; from the
+// saved int8 x where sb_saved[i] (the bf16 x is not kept then). Reads neither dx nor g->sb.gq.
+template <typename T>
+static void linear_backward_weight(ClipGPU *g, BlockBuf *k, int i, const T *dy, const T *x, size_t w, int N, int C, int OC) {
+    if (g->sb_on[i]) {
+        switchback_backward_weight(&g->sb, g->grads + w, (const bf16 *)dy, k->sb_saved[i] ? NULL : (const bf16 *)x, k->xq[i],
+                                   k->xs[i], &k->w8[i], N, 1, 0);
+    } else {
+        matmul_backward_weight_gpu<T>(g->grads + w, dy, x, N, C, OC);
+    }
+}
+
+// Both halves (the caller has marked PROF_GEMM).
+template <typename T>
+static void linear_backward(ClipGPU *g, BlockBuf *k, int i, T *dx, float *db, const T *dy, int dy_q, const T *x, size_t w, int N,
+                            int C, int OC) {
+    linear_backward_input<T>(g, k, i, dx, db, dy, dy_q, w, N, C, OC);
+    mark(g, PROF_GEMM);  // the input half may have marked a bias gradient
+    linear_backward_weight<T>(g, k, i, dy, x, w, N, C, OC);
 }
 
 // Remakes the int8 copies of the SwitchBack weights from the bf16 copy (after every optimizer step and upload).
@@ -592,7 +608,9 @@ template <typename T> static BranchGrads<T> branch_grads(ClipGPU *g, size_t b, s
 
 // g->dres (N, D) holds d(last block output) on entry and d(x0) on return. The bias (and layer-scale) gradients of
 // out_proj and c_proj come from the LayerNorm backwards that produce their output gradients (ln_2's, and the next
-// block's ln_1's), but the last block's c_proj's, whose output gradient comes from the head.
+// block's ln_1's), but the last block's c_proj's, whose output gradient comes from the head. The MLP's backward:
+// c_proj's input gradient, the GELU backward (which also writes the GELU output under recompute: no separate
+// recompute pass), c_proj's weight gradient, c_fc's backward.
 template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B) {
     const TowerLayout *t = tb->t;
     const float *P = g->params;
@@ -615,14 +633,18 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         mark(g, PROF_PARAM_GRADS);
         if (w->ls_2 != NO_TENSOR)
             layerscale_backward_gpu<T>(d_a, last ? G + w->ls_2 : NULL, dres, as<T>(k->mlp), P + w->ls_2, N, D), dmlp = d_a;
-        mark(g, PROF_GELU);
-        if (r >= 1) gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)N * H, quick);  // recompute
         mark(g, PROF_GEMM);
-        linear_backward<T>(g, k, SB_LINEAR_C_PROJ, d_wide, last ? G + w->c_proj_b : NULL, dmlp, dres_q, as<T>(k->fc_gelu), w->c_proj_w, N, H, D);
+        linear_backward_input<T>(g, k, SB_LINEAR_C_PROJ, d_wide, last ? G + w->c_proj_b : NULL, dmlp, dres_q, w->c_proj_w, N, H, D);
+        // The GELU backward, with c_fc's bias gradient (and its output gradient quantized), also writes the GELU output
+        // for c_proj's weight gradient where the block did not keep it (recompute >= 1; such a block never saves c_proj's
+        // int8 input instead: block_plan). It overwrites gq, gs, which only c_proj's input half read.
         mark(g, PROF_GELU);
-        int fc_q = g->sb_on[SB_LINEAR_C_FC];  // with c_fc's bias gradient (and its output gradient quantized)
-        if (fc_q) gelu_backward_quantize_gpu(as<bf16>(d_wide), gq, gs, G + w->c_fc_b, as<bf16>(d_wide), as<bf16>(k->fc), N, H, quick);
-        else gelu_backward_bias_gpu<T>(d_wide, G + w->c_fc_b, d_wide, as<T>(k->fc), N, H, quick);
+        int fc_q = g->sb_on[SB_LINEAR_C_FC];
+        T *act = r >= 1 ? as<T>(k->fc_gelu) : NULL;
+        if (fc_q) gelu_backward_quantize_gpu(as<bf16>(d_wide), (bf16 *)act, gq, gs, G + w->c_fc_b, as<bf16>(d_wide), as<bf16>(k->fc), N, H, quick);
+        else gelu_backward_bias_gpu<T>(d_wide, act, G + w->c_fc_b, d_wide, as<T>(k->fc), N, H, quick);
+        mark(g, PROF_GEMM);
+        linear_backward_weight<T>(g, k, SB_LINEAR_C_PROJ, dmlp, as<T>(k->fc_gelu), w->c_proj_w, N, H, D);
         mark(g, PROF_LAYERNORM);
         if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_2), as<T>(k->res_1), k->ln_2_mean, k->ln_2_rstd, P + w->ln_2_w, P + w->ln_2_b, N, D);
         mark(g, PROF_GEMM);

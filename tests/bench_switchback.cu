@@ -1,7 +1,8 @@
 // bench_switchback.cu: times the SwitchBack kernels at CLIP shapes against cuBLAS: per shape the bf16 GEMM
 // (cuBLASLt), the int8 GEMM of cuBLASLt (int32 out), ours (int8 + dequantize, bf16 out; the wgmma and the
 // mma.sync kernel), the quantizers, and the whole linear layer forward + backward, SwitchBack versus bf16; at the
-// fc1 shapes also the GELU producers with their int8 rows, fused against GELU then quantize_rowwise.
+// fc1 shapes also the GELU producers with their int8 rows, fused against GELU then quantize_rowwise, and the GELU
+// backwards that also write the recomputed GELU output (the model's backward at recompute >= 1).
 // CUDA events around each op, the ops interleaved within each repetition (time_ops), warm-up first, the median of
 // the repetitions; activations alternate
 // between two sets of buffers (each larger than L2 at these shapes); random normal data (never zeros).
@@ -55,7 +56,7 @@ __global__ void count_diff_kernel(unsigned long long *count, const uint16_t *a, 
 // Everything one shape needs; [2]: the two alternating sets of activations.
 typedef struct {
     Shape s;
-    bf16 *x[2], *g[2], *w, *bias, *y, *y2, *dx;
+    bf16 *x[2], *g[2], *w, *bias, *y, *y2, *y3, *dx;  // y3: the GELU backwards' recomputed output
     int8_t *xq[2];
     float *xs[2], *dw, *db;
     int32_t *y32;
@@ -66,14 +67,15 @@ typedef struct {
 typedef enum {
     OP_BF16_GEMM, OP_INT8_LT, OP_INT8_WGMMA, OP_INT8_MMA, OP_QUANT_ROWS, OP_QUANT_WEIGHT, OP_LAYER_BF16, OP_LAYER_SB,
     OP_LAYER_SB_MEMEFF, OP_GELU_FWD_Q, OP_GELU_FWD_FUSED, OP_GELU_FWD_FUSED_INT8, OP_GELU_BWD_Q, OP_GELU_BWD_FUSED,
-    OP_GELU_FWD, OP_GELU_BWD, OP_INT8_N256, OP_INT8_N128, NOPS
+    OP_GELU_FWD, OP_GELU_BWD, OP_GELU_BWD_ACT, OP_GELU_BWD_FUSED_ACT, OP_INT8_N256, OP_INT8_N128, NOPS
 } Op;
 static const char *op_names[NOPS] = {"cuBLAS bf16 GEMM", "cuBLASLt int8 GEMM (int32 out)", "ours int8 GEMM+dequant (wgmma)",
                                      "ours int8 GEMM+dequant (mma.sync)", "row-wise quantize of x", "weight quantize (+W^T)",
                                      "bf16 linear fwd+bwd (cuBLASLt)", "SwitchBack fwd+bwd", "SwitchBack memory-efficient fwd+bwd",
                                      "GELU fwd, then row quantize", "GELU fwd + int8 (fused)", "GELU fwd, int8 only (fused)",
                                      "GELU bwd + bias grad, then quantize", "GELU bwd + bias grad + int8 (fused)",
-                                     "GELU fwd (bf16)", "GELU bwd + bias grad (bf16)",
+                                     "GELU fwd (bf16)", "GELU bwd + bias grad (bf16)", "GELU bwd + bias grad + fwd out (bf16)",
+                                     "GELU bwd + bias grad + int8 + fwd out",
                                      "ours, 128 x 256 tiles", "ours, 128 x 128 tiles"};
 
 static Int8Gemm forward_gemm(Bench *b, int set) {
@@ -115,12 +117,14 @@ static void run_op(Bench *b, Op op, int set) {
     case OP_GELU_FWD_FUSED: gelu_forward_quantize_gpu(b->y2, b->sb.gq, b->sb.gs, b->y, M, N, 0); break;
     case OP_GELU_FWD_FUSED_INT8: gelu_forward_quantize_gpu(NULL, b->sb.gq, b->sb.gs, b->y, M, N, 0); break;
     case OP_GELU_BWD_Q:
-        gelu_backward_bias_gpu<bf16>(b->y2, b->db, b->g[set], b->y, M, N, 0);
+        gelu_backward_bias_gpu<bf16>(b->y2, NULL, b->db, b->g[set], b->y, M, N, 0);
         quantize_rowwise(b->sb.gq, b->sb.gs, b->y2, M, N, 0);
         break;
-    case OP_GELU_BWD_FUSED: gelu_backward_quantize_gpu(b->y2, b->sb.gq, b->sb.gs, b->db, b->g[set], b->y, M, N, 0); break;
+    case OP_GELU_BWD_FUSED: gelu_backward_quantize_gpu(b->y2, NULL, b->sb.gq, b->sb.gs, b->db, b->g[set], b->y, M, N, 0); break;
     case OP_GELU_FWD: gelu_forward_gpu<bf16>(b->y2, b->y, (size_t)M * N, 0); break;
-    case OP_GELU_BWD: gelu_backward_bias_gpu<bf16>(b->y2, b->db, b->g[set], b->y, M, N, 0); break;
+    case OP_GELU_BWD: gelu_backward_bias_gpu<bf16>(b->y2, NULL, b->db, b->g[set], b->y, M, N, 0); break;
+    case OP_GELU_BWD_ACT: gelu_backward_bias_gpu<bf16>(b->y2, b->y3, b->db, b->g[set], b->y, M, N, 0); break;
+    case OP_GELU_BWD_FUSED_ACT: gelu_backward_quantize_gpu(b->y2, b->y3, b->sb.gq, b->sb.gs, b->db, b->g[set], b->y, M, N, 0); break;
     case OP_LAYER_SB:
     case OP_LAYER_SB_MEMEFF: {
         SwitchBack *sb = op == OP_LAYER_SB ? &b->sb : &b->sb_me;
@@ -206,7 +210,7 @@ int main(int argc, char **argv) {
         b.w = (bf16 *)dmalloc(sizeof(bf16) * nk), b.bias = (bf16 *)dmalloc(sizeof(bf16) * N);
         fill_normal(b.w, nk, 17, 0.02f);
         fill_normal(b.bias, N, 19, 0.02f);
-        b.y = (bf16 *)dmalloc(sizeof(bf16) * mn), b.y2 = (bf16 *)dmalloc(sizeof(bf16) * mn);
+        b.y = (bf16 *)dmalloc(sizeof(bf16) * mn), b.y2 = (bf16 *)dmalloc(sizeof(bf16) * mn), b.y3 = (bf16 *)dmalloc(sizeof(bf16) * mn);
         b.dx = (bf16 *)dmalloc(sizeof(bf16) * mk);
         b.dw = (float *)dmalloc(sizeof(float) * nk), b.db = (float *)dmalloc(sizeof(float) * N);
         b.y32 = (int32_t *)dmalloc(sizeof(int32_t) * mn);
@@ -239,7 +243,7 @@ int main(int argc, char **argv) {
         int use[NOPS];
         for (int op = 0; op < NOPS; op++)
             use[op] = step ? wgmma && (op == OP_BF16_GEMM || op == OP_INT8_WGMMA || op == OP_INT8_N256 || op == OP_INT8_N128)
-                           : (op != OP_INT8_WGMMA || wgmma) && (op < OP_GELU_FWD_Q || (op <= OP_GELU_BWD && strstr(b.s.name, "fc1")));
+                           : (op != OP_INT8_WGMMA || wgmma) && (op < OP_GELU_FWD_Q || (op <= OP_GELU_BWD_FUSED_ACT && strstr(b.s.name, "fc1")));
         fill_normal(b.y, mn, 23, 1.0f);  // c_fc's output for the GELU ops
         if (profile) {
             for (int rep = 0; rep < 2; rep++) {  // the first round warms up
@@ -261,7 +265,7 @@ int main(int argc, char **argv) {
             else if (op == OP_QUANT_WEIGHT)
                 printf("  %-38s %8.3f ms %7.0f GB/s\n", op_names[op], t[si][op], (4.0 * nk) / (t[si][op] * 1e-3) * 1e-9);
             else if (op >= OP_GELU_FWD_Q) {  // the fewest bytes per element of the (fused) op: bf16 in, out, int8 out
-                static const double bytes[] = {5, 5, 3, 7, 7, 4, 6};  // OP_GELU_FWD_Q ... OP_GELU_BWD
+                static const double bytes[] = {5, 5, 3, 7, 7, 4, 6, 8, 9};  // OP_GELU_FWD_Q ... OP_GELU_BWD_FUSED_ACT
                 printf("  %-38s %8.3f ms %7.0f GB/s\n", op_names[op], t[si][op], bytes[op - OP_GELU_FWD_Q] * mn / (t[si][op] * 1e-3) * 1e-9);
             }
             else printf("  %-38s %8.3f ms (3 GEMMs: %.0f TFLOP/s effective)\n", op_names[op], t[si][op], 3 * flop / (t[si][op] * 1e-3) * 1e-12);
@@ -273,8 +277,8 @@ int main(int argc, char **argv) {
             cudaCheck(cudaFree(b.xq[i]));
             cudaCheck(cudaFree(b.xs[i]));
         }
-        void *bufs[] = {b.w, b.bias, b.y, b.y2, b.dx, b.dw, b.db, b.y32};
-        for (int i = 0; i < 8; i++) cudaCheck(cudaFree(bufs[i]));
+        void *bufs[] = {b.w, b.bias, b.y, b.y2, b.y3, b.dx, b.dw, b.db, b.y32};
+        for (int i = 0; i < 9; i++) cudaCheck(cudaFree(bufs[i]));
         sb_weight_free(&b.qw);
         switchback_free(&b.sb);
         switchback_free(&b.sb_me);

@@ -10,7 +10,8 @@
 //     A wrong or missing term is off by ~100%, and the fp32 run at the same shapes checks the logic to 1e-4;
 //   gradient accumulation (micro-batches 4 and 3 of 8) and every recompute level (also with recompute_keep = 1: block
 //     0 of each tower saves everything) equal the plain step to 1e-5 (each gradient tensor 1e-4); the memory plan of
-//     recompute_keep to the byte;
+//     recompute_keep to the byte; in bf16 and int8_switchback, recompute 1 (also with recompute_keep = 1) equals
+//     recompute 0 bit for bit (the GELU backward rewrites the GELU output c_proj's weight gradient reads: the forward's);
 //   training 200 steps on the synthetic data, GPU bf16 vs CPU fp32 from the same init and batches: each
 //     20-step mean loss within 5% (+0.05) of the CPU's, and both fall below 75% of their first window.
 // precision int8_switchback (every variant; tiny, tiny QuickGELU + layer-scale, and widths 256 at batch 16):
@@ -230,6 +231,31 @@ static void test_accumulation_and_recompute(void) {
         compare(&f, what, 1e-5, 1e-5, 1e-5, 1e-4);
     }
     fixture_free(&f);
+}
+
+// recompute 1 recomputes the GELU output in the GELU backward's pass, between c_proj's input and weight gradients,
+// bit for bit the forward's (kernels/gelu.cu), so the step equals recompute 0's exactly: bf16, and int8_switchback
+// (its standard variant: the memory-efficient one takes c_proj's dW from int8 at recompute 0).
+static void test_recompute_gelu_exact(void) {
+    SKIP_WITHOUT_GPU();
+    const char *precisions[] = {"precision=bf16", "precision=int8_switchback"};
+    const char *variants[][2] = {{"recompute=1", "recompute_keep=0"}, {"recompute=1", "recompute_keep=1"}};
+    for (int p = 0; p < 2; p++) {
+        const char *base[] = {"batch_size=8", precisions[p], "recompute=0", NULL};
+        StepFixture f;
+        fixture_make(&f, base, 8, GPU_ONLY);
+        gpu_step(&f.ref, &f.c, &f.cpu.layout, f.cpu.params, &f.b);
+        for (int v = 0; v < 2; v++) {
+            Config cv = f.c;
+            config_set(&cv, variants[v][0], 1), config_set(&cv, variants[v][1], 2);
+            gpu_step(&f.got, &cv, &f.cpu.layout, f.cpu.params, &f.b);
+            int same = identical(&f);
+            EXPECT(same, "%s %s %s differs from recompute 0 (loss %.7f vs %.7f)", precisions[p] + 10, variants[v][0], variants[v][1],
+                   f.got.loss, f.ref.loss);
+            printf("  %s %s %s: %s\n", precisions[p] + 10, variants[v][0], variants[v][1], same ? "= recompute 0 bit for bit" : "differs");
+        }
+        fixture_free(&f);
+    }
 }
 
 // 200 steps of the tiny config on the synthetic data, CPU fp32 and GPU bf16 in lockstep on the same batches.
@@ -534,6 +560,7 @@ int main(void) {
     test_seed();
     RUN(test_gpu_matches_cpu);
     RUN(test_accumulation_and_recompute);
+    RUN(test_recompute_gelu_exact);
     RUN(test_recompute_keep_memory_plan);
     RUN(test_training_tracks_cpu);
     RUN(test_switchback_memory_plan);

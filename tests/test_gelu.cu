@@ -1,9 +1,11 @@
 // test_gelu.cu: kernels/gelu.cu against gelu_forward/backward of model/ops_cpu.c, exact-erf GELU and
 // QuickGELU, float and bf16, vector-width and odd sizes; the backward with the bias gradient fused. Bounds
 // (relative L2): fp32 1e-5; bf16 outputs 1e-2 (the inputs are the same bf16 values on both sides; the
-// outputs are rounded to bf16 once); the fp32 bias gradient 1e-5. The SwitchBack variants (bf16, the result also
-// quantized row-wise) against the plain kernels: the same bf16 results bit for bit, the int8 rows bit for bit
-// against ref_quantize_rows of them, the bias gradient 1e-5 (fp32 sums in another order), all-zero rows.
+// outputs are rounded to bf16 once); the fp32 bias gradient 1e-5. The backwards' optional recomputed output (act,
+// written into NaN-poisoned buffers) equal to gelu_forward_gpu's bit for bit, with dinp and dbias as without it.
+// The SwitchBack variants (bf16, the result also quantized row-wise) against the plain kernels: the same bf16
+// results bit for bit, the int8 rows bit for bit against ref_quantize_rows of them, the bias gradient 1e-5 (fp32
+// sums in another order), all-zero rows.
 // The bf16 kernels (tables, kernels/gelu.cu) on every one of the 65,536 bf16 inputs against the exact functions
 // in long double: the forward is a nearest bf16 of the exact GELU (within one step where that is a bf16 denormal),
 // the gradient a nearest fp32 of the exact derivative (within 1 ulp for |x| < 2^-10); NaN stays NaN.
@@ -27,8 +29,16 @@ template <typename T> static void check_forward(size_t n, int quick) {
     cudaCheck(cudaFree(d_x)), cudaCheck(cudaFree(d_y));
 }
 
+// The element where two host copies of device results first differ bit for bit, or -1.
+static long first_mismatch(const float *a, const float *b, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&a[i], &b[i], sizeof(float))) return (long)i;
+    return -1;
+}
+
 // The backward with c_fc's bias gradient fused: dinp against the reference, dbias (+=) against column sums
-// in double; out of place and in place (dinp aliasing dout, as the model runs it).
+// in double; out of place without act, and in place (dinp aliasing dout, as the model runs it) with act, which
+// must equal gelu_forward_gpu's output bit for bit and leave dinp and dbias bit for bit as without it.
 template <typename T> static void check_backward(int N, int C, int quick) {
     const char *tn = sizeof(T) == 2 ? "bf16" : "fp32";
     size_t n = (size_t)N * C;
@@ -41,22 +51,28 @@ template <typename T> static void check_backward(int N, int C, int quick) {
         for (int r = 0; r < N; r++) s += dx[(size_t)r * C + c];
         ref[c] = db[c] + (float)s;
     }
-    T *d_x = to_device<T>(x, n), *d_dout = to_device<T>(dout, n), *d_dx = poisoned<T>(n);
+    T *d_x = to_device<T>(x, n), *d_dout = to_device<T>(dout, n), *d_dx = poisoned<T>(n), *d_y = poisoned<T>(n), *d_act = poisoned<T>(n);
     float *d_db = to_device<float>(db, C), *d_db2 = to_device<float>(db, C);
-    gelu_backward_bias_gpu<T>(d_dx, d_db, d_dout, d_x, N, C, quick);
-    gelu_backward_bias_gpu<T>(d_dout, d_db2, d_dout, d_x, N, C, quick);  // in place
+    gelu_forward_gpu<T>(d_y, d_x, n, quick);
+    gelu_backward_bias_gpu<T>(d_dx, NULL, d_db, d_dout, d_x, N, C, quick);
+    gelu_backward_bias_gpu<T>(d_dout, d_act, d_db2, d_dout, d_x, N, C, quick);  // in place, with act
     double bound = sizeof(T) == 2 ? 1e-2 : 1e-5;
     to_host<T>(g, d_dx, n);
     double ed = rel_err(g, dx, n);
     to_host<float>(got, d_db, C);
     double eb = rel_err(got, ref, C);
     EXPECT(ed < bound && eb < 1e-5, "%s %dx%d quick=%d: dinp rel err %.2e, dbias %.2e", tn, N, C, quick, ed, eb);
-    to_host<T>(g, d_dout, n), to_host<float>(got, d_db2, C);
-    EXPECT(rel_err(g, dx, n) < bound && rel_err(got, ref, C) < 1e-5, "%s %dx%d: in place: dinp rel err %.2e, dbias %.2e", tn, N,
-           C, rel_err(g, dx, n), rel_err(got, ref, C));
-    printf("  %s %dx%d quick=%d: dinp %.1e dbias %.1e\n", tn, N, C, quick, ed, eb);
-    free(x), free(dout), free(dx), free(g), free(db), free(ref), free(got);
-    cudaCheck(cudaFree(d_x)), cudaCheck(cudaFree(d_dout)), cudaCheck(cudaFree(d_dx)), cudaCheck(cudaFree(d_db)), cudaCheck(cudaFree(d_db2));
+    float *g2 = zeros_host(n), *got2 = zeros_host(C), *y = zeros_host(n), *act = zeros_host(n);
+    to_host<T>(g2, d_dout, n), to_host<float>(got2, d_db2, C), to_host<T>(y, d_y, n), to_host<T>(act, d_act, n);
+    long di = first_mismatch(g2, g, n), bi = first_mismatch(got2, got, C), ai = first_mismatch(act, y, n);
+    EXPECT(di < 0 && bi < 0, "%s %dx%d quick=%d: in place with act: dinp differs at %ld, dbias at %ld from the pass without", tn, N,
+           C, quick, di, bi);
+    EXPECT(ai < 0, "%s %dx%d quick=%d: act differs from gelu_forward_gpu's output at %ld: %.9g vs %.9g (x = %.9g)", tn, N, C,
+           quick, ai, ai < 0 ? 0.0 : act[ai], ai < 0 ? 0.0 : y[ai], ai < 0 ? 0.0 : x[ai]);
+    printf("  %s %dx%d quick=%d: dinp %.1e dbias %.1e; act = forward %s\n", tn, N, C, quick, ed, eb, ai < 0 ? "bit for bit" : "DIFFERS");
+    free(x), free(dout), free(dx), free(g), free(db), free(ref), free(got), free(g2), free(got2), free(y), free(act);
+    void *dev[] = {d_x, d_dout, d_dx, d_y, d_act, d_db, d_db2};
+    for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) cudaCheck(cudaFree(dev[i]));
 }
 
 // SwitchBack variants, N x C bf16 with row 1 all zeros (its int8 row must be zeros with maximum 0).
@@ -77,21 +93,33 @@ static void check_quantized(int N, int C, int quick) {
     EXPECT(!memcmp(g, g2, n * sizeof(float)) && dq < 0 && dq2 < 0,
            "%dx%d quick=%d: forward with int8 output: out %s, first int8 difference %ld (without out %ld)", N, C, quick,
            memcmp(g, g2, n * sizeof(float)) ? "differs" : "same", dq, dq2);
-    // backward, in place as the model runs it: dinp against the plain kernel, int8 rows, dbias (+=)
-    bf16 *d_dx = poisoned<bf16>(n);
-    float *d_db = to_device<float>(db, C), *d_db2 = to_device<float>(db, C), *gb = zeros_host(C), *gb2 = zeros_host(C);
+    // backward: dinp against the plain kernel, int8 rows, dbias (+=); out of place without act, then in place with act
+    // (as the model runs it), which must equal the forward's output (g above) bit for bit and change nothing else
+    bf16 *d_dx = poisoned<bf16>(n), *d_dx2 = poisoned<bf16>(n), *d_act = poisoned<bf16>(n);
+    float *d_db = to_device<float>(db, C), *d_db2 = to_device<float>(db, C), *d_db3 = to_device<float>(db, C);
+    float *gb = zeros_host(C), *gb2 = zeros_host(C), *gb3 = zeros_host(C), *g3 = zeros_host(n), *act = zeros_host(n);
     cudaCheck(cudaMemset(d_q, 0x80, n)), cudaCheck(cudaMemset(d_s, 0xFF, N * sizeof(float)));
-    gelu_backward_bias_gpu<bf16>(d_dx, d_db, d_dout, d_x, N, C, quick);
-    gelu_backward_quantize_gpu(d_dout, d_q, d_s, d_db2, d_dout, d_x, N, C, quick);
-    to_host<bf16>(g, d_dx, n), to_host<bf16>(g2, d_dout, n), to_host<float>(gb, d_db, C), to_host<float>(gb2, d_db2, C);
-    dq = rows_quantized_diff(d_q, d_s, d_dout, N, C);
-    double eb = rel_err(gb2, gb, C);
-    EXPECT(!memcmp(g, g2, n * sizeof(float)) && dq < 0 && eb < 1e-5,
+    cudaCheck(cudaMemset(d_q2, 0x80, n)), cudaCheck(cudaMemset(d_s2, 0xFF, N * sizeof(float)));
+    gelu_backward_bias_gpu<bf16>(d_dx, NULL, d_db, d_dout, d_x, N, C, quick);
+    gelu_backward_quantize_gpu(d_dx2, NULL, d_q2, d_s2, d_db3, d_dout, d_x, N, C, quick);
+    gelu_backward_quantize_gpu(d_dout, d_act, d_q, d_s, d_db2, d_dout, d_x, N, C, quick);
+    to_host<bf16>(g2, d_dx, n), to_host<bf16>(g3, d_dx2, n), to_host<float>(gb, d_db, C), to_host<float>(gb3, d_db3, C);
+    dq2 = rows_quantized_diff(d_q2, d_s2, d_dx2, N, C);
+    double eb = rel_err(gb3, gb, C);
+    EXPECT(!memcmp(g2, g3, n * sizeof(float)) && dq2 < 0 && eb < 1e-5,
            "%dx%d quick=%d: backward with int8 output: dinp %s, first int8 difference %ld, dbias rel err %.2e", N, C, quick,
-           memcmp(g, g2, n * sizeof(float)) ? "differs" : "same", dq, eb);
-    printf("  bf16 %dx%d quick=%d: int8 rows bit-exact, dbias vs plain kernel %.1e\n", N, C, quick, eb);
-    free(x), free(dout), free(db), free(g), free(g2), free(gb), free(gb2);
-    void *dev[] = {d_x, d_dout, d_y, d_y2, d_q, d_q2, d_s, d_s2, d_dx, d_db, d_db2};
+           memcmp(g2, g3, n * sizeof(float)) ? "differs" : "same", dq2, eb);
+    to_host<bf16>(g3, d_dout, n), to_host<float>(gb2, d_db2, C), to_host<bf16>(act, d_act, n);
+    dq = rows_quantized_diff(d_q, d_s, d_dout, N, C);
+    long di = first_mismatch(g3, g2, n), bi = first_mismatch(gb2, gb3, C), ai = first_mismatch(act, g, n);
+    EXPECT(di < 0 && dq < 0 && bi < 0, "%dx%d quick=%d: in place with act: dinp differs at %ld, first int8 difference %ld, dbias differs at %ld",
+           N, C, quick, di, dq, bi);
+    EXPECT(ai < 0, "%dx%d quick=%d: int8 backward's act differs from gelu_forward_gpu's output at %ld: %.9g vs %.9g (x = %.9g)", N, C,
+           quick, ai, ai < 0 ? 0.0 : act[ai], ai < 0 ? 0.0 : g[ai], ai < 0 ? 0.0 : x[ai]);
+    printf("  bf16 %dx%d quick=%d: int8 rows bit-exact, dbias vs plain kernel %.1e; act = forward %s\n", N, C, quick, eb,
+           ai < 0 ? "bit for bit" : "DIFFERS");
+    free(x), free(dout), free(db), free(g), free(g2), free(g3), free(gb), free(gb2), free(gb3), free(act);
+    void *dev[] = {d_x, d_dout, d_y, d_y2, d_q, d_q2, d_s, d_s2, d_dx, d_dx2, d_act, d_db, d_db2, d_db3};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) cudaCheck(cudaFree(dev[i]));
 }
 
@@ -135,7 +163,7 @@ static void test_gelu_tables(void) {
     for (int quick = 0; quick < 2; quick++) {
         cudaCheck(cudaMemset(d_g, 0, n * sizeof(float)));
         gelu_forward_gpu<bf16>(d_y, d_x, n, quick);
-        gelu_backward_bias_gpu<bf16>(d_dx, d_g, d_one, d_x, 1, n, quick);  // one row, dout = 1: dbias = gelu'(x) in fp32
+        gelu_backward_bias_gpu<bf16>(d_dx, NULL, d_g, d_one, d_x, 1, n, quick);  // one row, dout = 1: dbias = gelu'(x) in fp32
         to_host<bf16>(y, d_y, n), to_host<float>(g, d_g, n);
         int bad_v = 0, bad_g = 0, first_v = -1, first_g = -1;
         for (int i = 0; i < n; i++) {

@@ -2,7 +2,8 @@
 // quantizers bit-exact (the row-wise one also fused with column sums, chunk sums bit for bit; the weights' one-launch
 // batch with given maxima equal to the per-weight path); the int8 GEMM exact in int32 and bit-exact through its
 // dequantize epilogue, for each kernel the GPU can run (the wgmma one at both tile widths); the layer's forward and
-// backward in all four modes against fp32 within bounds derived from the quantization step. Fresh random inputs
+// backward in all four modes against fp32 within bounds derived from the quantization step, and its two halves
+// (input, weight gradient), with the int8 gradient scratch overwritten between them, equal to it bit for bit. Fresh random inputs
 // every run (the seed is printed; SB_TEST_SEED=n repeats a run), outputs poisoned before each kernel, odd shapes
 // (M = 197 * 3 + 5, N and K multiples of 16 but not of 64).
 // Without a GPU every test is skipped.
@@ -538,6 +539,24 @@ static void layer_case(SwitchBackMode mode, int M, int K, int N) {
     e = rel_err(db2, db, N);
     EXPECT(e <= 1e-6, "%s: with pre-quantized g, db relative error %.3g", names[mode], e);
     free(y3), free(dx3);
+
+    // The two halves, as the model runs c_proj's backward: sb.gq, sb.gs overwritten between them (the GELU backward
+    // quantizes c_fc's output gradient there) must not change dx, dw or db (bit for bit the first pass's).
+    cudaCheck(cudaMemset(d_dx, 0xFF, sizeof(bf16) * mk));
+    cudaCheck(cudaMemset(d_dw, 0xFF, sizeof(float) * nk));
+    cudaCheck(cudaMemset(d_db, 0xFF, sizeof(float) * N));
+    switchback_backward_input(&sb, d_dx, d_db, d_g, &qw, M, 0, 0, 0);
+    cudaCheck(cudaMemset(sb.gq, 0x80, (size_t)M * N));
+    cudaCheck(cudaMemset(sb.gs, 0xFF, sizeof(float) * M));
+    switchback_backward_weight(&sb, d_dw, d_g, mem_eff ? NULL : d_x, d_xq, d_xs, &qw, M, 0, 0);
+    float *dx4 = download_bf16(d_dx, mk);
+    download(dw2, d_dw, sizeof(float) * nk);
+    download(db2, d_db, sizeof(float) * N);
+    EXPECT(first_diff(dx4, dx, sizeof(float) * mk) < 0 && first_diff(dw2, dw, sizeof(float) * nk) < 0 &&
+               first_diff(db2, db, sizeof(float) * N) < 0,
+           "%s: the two halves with sb.gq overwritten between them: dx / dw / db differ (first byte %ld / %ld / %ld)", names[mode],
+           first_diff(dx4, dx, sizeof(float) * mk), first_diff(dw2, dw, sizeof(float) * nk), first_diff(db2, db, sizeof(float) * N));
+    free(dx4);
 
     switchback_free(&sb);
     sb_weight_free(&qw);
