@@ -13,10 +13,18 @@ extern "C" {
 #ifdef HAVE_NCCL
 #include <nccl.h>
 
+// NCCL 2.28 added CTA policies and copy-engine all-gathers over symmetric windows; older NCCL runs without them.
+#define HAVE_NCCL_CE (NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0))
+
 struct GpuDist {
     Dist *d;
     double timeout;
     ncclComm_t comm;
+    ncclComm_t ce_comm;                       // CTA policy ZERO, for the bulk all-gathers (NULL: not used)
+#if HAVE_NCCL_CE
+    ncclWindow_t win;                         // gd_alloc's block on ce_comm
+#endif
+    char *win_lo, *win_hi;
     cudaStream_t stream;                      // every collective
     cudaEvent_t compute_done, comm_done, done;
     float *host_io;                           // device staging of the host collectives
@@ -77,6 +85,7 @@ void gpu_dist_finalize(void) {
     GpuDist *gd = the_dist;
     if (!gd) return;
     gd_sync(gd);
+    if (gd->ce_comm) ncclCheck(gd, ncclCommDestroy(gd->ce_comm));
     ncclCheck(gd, ncclCommDestroy(gd->comm));
     cudaCheck(cudaStreamDestroy(gd->stream));
     cudaCheck(cudaEventDestroy(gd->compute_done)), cudaCheck(cudaEventDestroy(gd->comm_done)), cudaCheck(cudaEventDestroy(gd->done));
@@ -111,8 +120,10 @@ void gd_wait_event(GpuDist *gd, cudaEvent_t ev) {
         cudaError_t e = cudaEventQuery(ev);
         if (e == cudaSuccess) return;
         if (e != cudaErrorNotReady) cuda_check(e, "cudaEventQuery", __FILE__, __LINE__);
-        ncclResult_t async;
+        ncclResult_t async, async_ce = ncclSuccess;
         ncclCheck(gd, ncclCommGetAsyncError(gd->comm, &async));
+        if (gd->ce_comm) ncclCheck(gd, ncclCommGetAsyncError(gd->ce_comm, &async_ce));
+        if (async == ncclSuccess || async == ncclInProgress) async = async_ce;
         if (async != ncclSuccess && async != ncclInProgress) {
             gd_fail(gd, "NCCL reported an error: %s (%s); another rank may have failed", ncclGetErrorString(async),
                     ncclGetLastError(gd->comm));
@@ -157,7 +168,24 @@ static void reduce_parts(GpuDist *gd, char *buf, size_t len, ncclDataType_t type
     gd_group(gd, 0);
 }
 
+// Whether an all-gather of buf (bytes) goes on the copy engines' communicator.
+static int on_ce(const GpuDist *gd, const void *buf, size_t bytes) {
+    return gd->ce_comm && (const char *)buf >= gd->win_lo && (const char *)buf + bytes <= gd->win_hi;
+}
+
+// In place: rank r's part buf + r * per_rank to every rank.
+static void allgather_bulk(GpuDist *gd, float *buf, size_t per_rank) {
+    ncclComm_t c = on_ce(gd, buf, per_rank * gd->d->world * sizeof(float)) ? gd->ce_comm : gd->comm;
+    ncclCheck(gd, ncclAllGather(buf + (size_t)gd->d->rank * per_rank, buf, per_rank, ncclFloat, c, gd->stream));
+}
+
 void gd_reduce_grads(GpuDist *gd, float *x, bf16 *x16, size_t len, int parts) {
+    int W = gd->d->world;
+    if (!x16 && !parts && len % W == 0 && on_ce(gd, x, len * sizeof(float))) {
+        gd_reduce_scatter(gd, x, len / W);  // on the SMs (a sum), then the copy engines pass the parts around
+        allgather_bulk(gd, x, len / W);
+        return;
+    }
     if (!x16) {
         if (parts) reduce_parts(gd, (char *)x, len, ncclFloat, sizeof(float));
         else ncclCheck(gd, ncclAllReduce(x, x, len, ncclFloat, ncclSum, gd->comm, gd->stream));
@@ -172,7 +200,7 @@ void gd_reduce_grads(GpuDist *gd, float *x, bf16 *x16, size_t len, int parts) {
 
 void gd_gather_parts(GpuDist *gd, float *buf, size_t len) {
     int W = gd->d->world;
-    if (len % W == 0) return gd_allgather(gd, buf, len / W);
+    if (len % W == 0) return allgather_bulk(gd, buf, len / W);
     gd_group(gd, 1);
     for (int r = 0; r < W; r++) {
         size_t lo, hi;
@@ -180,6 +208,54 @@ void gd_gather_parts(GpuDist *gd, float *buf, size_t len) {
         if (hi > lo) ncclCheck(gd, ncclBroadcast(buf + lo, buf + lo, hi - lo, ncclFloat, r, gd->comm, gd->stream));
     }
     gd_group(gd, 0);
+}
+
+void *gd_alloc(GpuDist *gd, size_t bytes) {
+    void *p = NULL;
+#if HAVE_NCCL_CE
+    // NCCL's windows cover the ranks of one machine (NVLink); every decision is taken by all ranks together, since a
+    // rank that gathered on the other communicator than its peers would wait forever.
+    const char *env = getenv("TRAIN_CLIP_COPY_ENGINE");
+    if (!(env && !strcmp(env, "0")) && gd->d->local_size == gd->d->world && !gd->win_lo) {
+        double ok = ncclMemAlloc(&p, bytes) == ncclSuccess, registered = 0;
+        gpu_dist_sum_host(gd, &ok, 1);
+        if (ok == gd->d->world) {
+            if (!gd->ce_comm) {
+                ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+                cfg.CTAPolicy = NCCL_CTA_POLICY_ZERO;
+                ncclCheck(gd, ncclCommSplit(gd->comm, 0, gd->d->rank, &gd->ce_comm, &cfg));
+            }
+            registered = ncclCommWindowRegister(gd->ce_comm, p, bytes, &gd->win, NCCL_WIN_COLL_SYMMETRIC) == ncclSuccess;
+            ok = registered;
+            gpu_dist_sum_host(gd, &ok, 1);
+        }
+        if (ok == gd->d->world) {
+            gd->win_lo = (char *)p, gd->win_hi = (char *)p + bytes;
+            if (gd->d->rank == 0)
+                printf("collectives: the bulk all-gathers on the copy engines (NCCL CTA policy ZERO, a %.2f GiB window; "
+                       "TRAIN_CLIP_COPY_ENGINE=0 keeps them on the SMs)\n", bytes / 1073741824.0);
+            return p;
+        }
+        if (registered) ncclCheck(gd, ncclCommWindowDeregister(gd->ce_comm, gd->win));
+        if (p) ncclCheck(gd, ncclMemFree(p)), p = NULL;
+        if (gd->d->rank == 0) fprintf(stderr, "warning: NCCL could not give every rank a %.2f GiB window: the all-gathers stay on the SMs\n",
+                                      bytes / 1073741824.0);
+    }
+#endif
+    cudaCheck(cudaMalloc(&p, bytes));
+    return p;
+}
+
+void gd_free(GpuDist *gd, void *p) {
+#if HAVE_NCCL_CE
+    if (p && (char *)p == gd->win_lo) {
+        ncclCheck(gd, ncclCommWindowDeregister(gd->ce_comm, gd->win));
+        ncclCheck(gd, ncclMemFree(p));
+        gd->win_lo = gd->win_hi = NULL;
+        return;
+    }
+#endif
+    cudaCheck(cudaFree(p));
 }
 
 // Host bytes through the device buffer host_io (grown as needed), in float units for the collectives.
@@ -237,5 +313,7 @@ void gd_allgather(GpuDist *, float *, size_t) NO_NCCL
 void gd_reduce_scatter(GpuDist *, float *, size_t) NO_NCCL
 void gd_broadcast(GpuDist *, float *, size_t) NO_NCCL
 void gd_reduce_grads(GpuDist *, float *, bf16 *, size_t, int) NO_NCCL
+void *gd_alloc(GpuDist *, size_t) NO_NCCL
+void gd_free(GpuDist *, void *) NO_NCCL
 void gd_gather_parts(GpuDist *, float *, size_t) NO_NCCL
 #endif

@@ -10,6 +10,11 @@
 // collectives goes through gd_sync, which polls: an NCCL error (ncclCommGetAsyncError) or a wait longer than
 // the timeout (a rank died or hangs) ends this process with "error: rank R of W: cause" (MPI_Abort under MPI,
 // so every rank stops), never a silent hang.
+// The step's device memory comes from gd_alloc: one block per rank, the same size on every rank, registered with NCCL
+// as a symmetric window of a second communicator whose CTA policy is ZERO. Its bulk all-gathers (the second half of
+// each gradient sum, ZeRO-1's parameter gathers) then run on the copy engines where NCCL can (one node, NVLink), and
+// the SMs stay with the compute beside them: a kernel beside an SM collective runs up to 2x slower (docs/benchmarks.md,
+// "Multi-GPU"). TRAIN_CLIP_COPY_ENGINE=0 turns this off (plain cudaMalloc, every collective on SMs).
 // A build without NCCL is single-process: gpu_dist_init refuses a larger world and the rest is never reached.
 #pragma once
 #include <stddef.h>
@@ -62,12 +67,18 @@ void gd_allgather(GpuDist *gd, float *buf, size_t per_rank);
 void gd_reduce_scatter(GpuDist *gd, float *buf, size_t per_rank);
 // Rank 0's x (n) to every rank.
 void gd_broadcast(GpuDist *gd, float *x, size_t n);
+// Device memory for the step's buffers (collective: every rank, the same bytes), and its release (collective too).
+void *gd_alloc(GpuDist *gd, size_t bytes);
+void gd_free(GpuDist *gd, void *p);
 // A gradient bucket x (len) summed over the ranks: all of it (parts = 0), or with ZeRO-1 (parts = 1) only each
-// owner's part (dist_part; a reduce-scatter, or one reduce per part when the world does not divide len). With
+// owner's part (dist_part; a reduce-scatter, or one reduce per part when the world does not divide len). All of it
+// is a reduce-scatter then an all-gather on the copy engines when x lies in gd_alloc's window and the world divides
+// len; an all-reduce otherwise. With
 // x16 (len bf16 scratch) the sum is taken in bf16: x is rounded into x16, NCCL adds in bf16 (each partial sum
 // rounded to bf16: world - 1 roundings after the first), and the sum, or this rank's part of it, is widened back
 // into x; half the bytes of fp32 (docs/benchmarks.md "Multi-GPU" for the numerics).
 void gd_reduce_grads(GpuDist *gd, float *x, bf16 *x16, size_t len, int parts);
-// Every rank gets every owner's part of buf (len): an all-gather, or broadcasts when the world does not divide len.
+// Every rank gets every owner's part of buf (len): an all-gather (on the copy engines when buf lies in gd_alloc's
+// window), or broadcasts when the world does not divide len.
 void gd_gather_parts(GpuDist *gd, float *buf, size_t len);
 #endif

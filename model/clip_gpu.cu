@@ -245,9 +245,7 @@ static void wait_all_params(ClipGPU *g) {
 // every rank.
 static void gather_parts(ClipGPU *g, float *full) {
     gd_begin(g->dist);
-    gd_group(g->dist, 1);
     for (int k = 0; k < g->num_buckets; k++) gd_gather_parts(g->dist, full + g->bucket_lo[k], g->bucket_hi[k] - g->bucket_lo[k]);
-    gd_group(g->dist, 0);
     gd_end(g->dist);
 }
 
@@ -1195,7 +1193,8 @@ ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *para
               "recompute = %d: %d; set micro_batch_size (gradient accumulation keeps the batch), recompute = 2 or a smaller recompute_keep",
               mb, gib(p.total), gib(free_b), c->recompute, fit);
     }
-    cudaCheck(cudaMalloc(&g->arena, count.used));
+    if (g->dist) g->arena = (char *)gd_alloc(g->dist, count.used);  // a window for the copy engines' gathers
+    else cudaCheck(cudaMalloc(&g->arena, count.used));
     Arena a = {g->arena, 0};
     carve(g, &a, &p);
     g->wts = g->use_bf16 ? (void *)g->params_bf16 : (void *)g->params;
@@ -1243,7 +1242,8 @@ void clip_gpu_free(ClipGPU *g) {
     free(g->gathered);
     if (g->cfg.precision == PRECISION_INT8_SWITCHBACK) switchback_free(&g->sb);
     if (g->sb_batch.jobs) sb_weight_batch_free(&g->sb_batch);
-    cudaCheck(cudaFree(g->arena));
+    if (g->dist) gd_free(g->dist, g->arena);
+    else cudaCheck(cudaFree(g->arena));
     free_shape(g), free(g->vocab_counts);
     free(g);
 }
