@@ -33,7 +33,7 @@ __device__ __forceinline__ float adam_m(float m, float g, float b1t) { return __
 __device__ __forceinline__ float adam_u(float u, float g, float b2t) { return __fmaf_rn(b2t, u, (1.0f - b2t) * g * g); }
 __device__ __forceinline__ float rms_term(float g, float u, float eps) { return g * g / fmaxf(u, eps * eps); }
 __device__ __forceinline__ float adam_p(float p, float m, float u, float decay, float lr_t, float eps) {
-    return p * decay - lr_t * m / (sqrtf(u) + eps);
+    return __fmaf_rn(p, decay, -(lr_t * m / (sqrtf(u) + eps)));
 }
 
 __global__ void __launch_bounds__(ADAMW_THREADS) adamw_moments_kernel(float *partial, const float *grads, float *m, float *u,
@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(ADAMW_THREADS) adamw_apply_kernel(float *param
                                                                    const long *chunk_offset, const long *chunk_state, const int *chunk_len,
                                                                    const float *tensor_wd, float b1t, float b2t, float lr, float eps, int clip) {
     int c = blockIdx.x, t = chunk_tensor[c];
-    float lr_t = clip ? lr / fmaxf(1.0f, rms[t]) : lr, decay = 1.0f - lr * tensor_wd[t], am = 0.0f;
+    float lr_t = clip ? lr / fmaxf(1.0f, rms[t]) : lr, decay = __fmaf_rn(-lr, tensor_wd[t], 1.0f), am = 0.0f;
     float *pc = params + chunk_offset[c];
     bf16 *hc = params_bf16 ? params_bf16 + chunk_offset[c] : NULL;
     float *mc = m + chunk_state[c], *uc = u + chunk_state[c];

@@ -132,6 +132,13 @@ static void test_stable_adamw(void) {
     check(1);
 }
 
+// The number of the n floats of a and b whose bits differ.
+static size_t count_diff(const float *a, const float *b, size_t n) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) k += memcmp(a + i, b + i, sizeof(float)) != 0;
+    return k;
+}
+
 // The unscaled step in one pass (adamw_grad_stats_gpu with u, then adamw_step_gpu) against the two phases with
 // grad_scale 1: the same bits (parameters, bf16 copy and its maxima, moments, RMS, the norm's sum), three steps,
 // whole and sharded over 2 "ranks" (the RMS sums added between the passes, as the step does).
@@ -177,17 +184,20 @@ static void test_fused_step(void) {
                     if (v) adamw_step_gpu(&plan[r], d_g, d_m[v][r], d_u[v][r], d_p[v][r], d_b[v][r], b1t, b2t, lr, eps, 1);
                     else adamw_apply_gpu(&plan[r], d_p[v][r], d_b[v][r], d_m[v][r], d_u[v][r], lr, eps, 1);
                     to_host<float>(rms[v][r], plan[r].rms, NT), to_host<float>(absmax[v][r], plan[r].tensor_absmax, NT);
-                    if (v) {  // this rank's results of both ways, after each step
+                    if (v) {  // this rank's results of both ways after each step, bit for bit
                         size_t st = plan[r].state_elems;
                         float *a = zeros_host(n), *b = zeros_host(n);
-                        int same = 1;
-                        to_host<float>(a, d_p[0][r], n), to_host<float>(b, d_p[1][r], n), same &= !memcmp(a, b, n * 4);
-                        to_host<float>(a, d_m[0][r], st), to_host<float>(b, d_m[1][r], st), same &= !memcmp(a, b, st * 4);
-                        to_host<float>(a, d_u[0][r], st), to_host<float>(b, d_u[1][r], st), same &= !memcmp(a, b, st * 4);
+                        const char *what[6] = {"parameters", "m", "u", "bf16 copy", "RMS", "bf16 maxima"};
+                        size_t diff[6] = {};
+                        to_host<float>(a, d_p[0][r], n), to_host<float>(b, d_p[1][r], n), diff[0] = count_diff(a, b, n);
+                        to_host<float>(a, d_m[0][r], st), to_host<float>(b, d_m[1][r], st), diff[1] = count_diff(a, b, st);
+                        to_host<float>(a, d_u[0][r], st), to_host<float>(b, d_u[1][r], st), diff[2] = count_diff(a, b, st);
                         cudaCheck(cudaMemcpy(a, d_b[0][r], n * 2, cudaMemcpyDeviceToHost)), cudaCheck(cudaMemcpy(b, d_b[1][r], n * 2, cudaMemcpyDeviceToHost));
-                        same &= !memcmp(a, b, n * 2);
-                        same &= !memcmp(rms[0][r], rms[1][r], sizeof(rms[0][r])) && !memcmp(absmax[0][r], absmax[1][r], sizeof(absmax[0][r]));
-                        EXPECT(same, "sharded=%d rank %d step %d: the one-pass step differs from the two phases", sharded, r, step);
+                        diff[3] = count_diff(a, b, n / 2);
+                        diff[4] = count_diff(rms[0][r], rms[1][r], NT), diff[5] = count_diff(absmax[0][r], absmax[1][r], NT);
+                        for (int q = 0; q < 6; q++)
+                            EXPECT(diff[q] == 0, "sharded=%d rank %d step %d: %zu %s values of the one-pass step differ from the two phases'",
+                                   sharded, r, step, diff[q], what[q]);
                         EXPECT(norm[0][r] == norm[1][r], "sharded=%d rank %d step %d: sum of squares %.9g vs %.9g", sharded, r, step,
                                norm[0][r], norm[1][r]);
                         free(a), free(b);
