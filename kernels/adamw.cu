@@ -52,8 +52,9 @@ __global__ void __launch_bounds__(ADAMW_THREADS) adamw_moments_kernel(float *par
     if (threadIdx.x == 0) partial[c] = ratio;
 }
 
-// The gradient statistics pass: sum of g^2 per chunk, and with u the RMS sum the moments pass would make (u read, not
-// written: a step that turns out non-finite leaves the moments as they were).
+// The gradient statistics pass: sum of g^2 per chunk (one FMA an element, with or without u: the ratio's g^2 must
+// not become the sum's addend), and with u the RMS sum the moments pass would make (u read, not written: a step
+// that turns out non-finite leaves the moments as they were).
 __global__ void __launch_bounds__(ADAMW_THREADS) adamw_stats_kernel(float *partial_sq, float *partial, const float *grads, const float *u,
                                                                    const long *chunk_offset, const long *chunk_state,
                                                                    const int *chunk_len, float b2t, float eps) {
@@ -62,8 +63,8 @@ __global__ void __launch_bounds__(ADAMW_THREADS) adamw_stats_kernel(float *parti
     float sq = 0.0f, ratio = 0.0f;
     if (uc)
         chunk_for<2>(chunk_len[c], [&](int i, float *v) { v[0] = gc[i], v[1] = uc[i]; },
-                     [&](int i, float *v) { sq += v[0] * v[0], ratio += rms_term(v[0], adam_u(v[1], v[0], b2t), eps); });
-    else chunk_for<1>(chunk_len[c], [&](int i, float *v) { v[0] = gc[i]; }, [&](int i, float *v) { sq += v[0] * v[0]; });
+                     [&](int i, float *v) { sq = __fmaf_rn(v[0], v[0], sq), ratio += rms_term(v[0], adam_u(v[1], v[0], b2t), eps); });
+    else chunk_for<1>(chunk_len[c], [&](int i, float *v) { v[0] = gc[i]; }, [&](int i, float *v) { sq = __fmaf_rn(v[0], v[0], sq); });
     sq = block_sum(sq);
     if (uc) ratio = block_sum(ratio);  // uniform over the block
     if (threadIdx.x == 0) partial_sq[c] = sq, partial[c] = ratio;
