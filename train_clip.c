@@ -364,7 +364,7 @@ int main(int argc, char **argv) {
         loader_next(loader, &batch);
         double t_data = now_seconds() - t0;
         float loss = clip_model_forward_backward(&model, &batch);
-        float norm = clip_model_grad_norm(&model);
+        float norm = clip_model_grad_norm(&model, &opt);
         float lr = lr_at(&cfg, step);
         int skipped = !isfinite(loss) || !isfinite(norm);
         if (skipped) {

@@ -1,5 +1,5 @@
-// adamw.cu: fused multi-tensor AdamW / StableAdamW over a plan (all elements or a ZeRO-1 shard), sums of squares
-// for the gradient norm, parameter copy (see adamw.cuh).
+// adamw.cu: fused multi-tensor AdamW / StableAdamW over a plan (all elements or a ZeRO-1 shard), the gradient
+// statistics pass (sums of squares for the gradient norm, RMS sums), parameter copy (see adamw.cuh).
 #include <stdlib.h>
 
 #include "adamw.cuh"
@@ -27,6 +27,15 @@ template <int N, typename Load, typename Update> __device__ __forceinline__ void
     }
 }
 
+// The per-element arithmetic, shared by every kernel (FMAs written out, so that the stats pass and the moments
+// pass compute the same u' and the same ratio whatever the compiler contracts).
+__device__ __forceinline__ float adam_m(float m, float g, float b1t) { return __fmaf_rn(b1t, m, (1.0f - b1t) * g); }
+__device__ __forceinline__ float adam_u(float u, float g, float b2t) { return __fmaf_rn(b2t, u, (1.0f - b2t) * g * g); }
+__device__ __forceinline__ float rms_term(float g, float u, float eps) { return g * g / fmaxf(u, eps * eps); }
+__device__ __forceinline__ float adam_p(float p, float m, float u, float decay, float lr_t, float eps) {
+    return __fmaf_rn(p, decay, -(lr_t * m / (sqrtf(u) + eps)));
+}
+
 __global__ void __launch_bounds__(ADAMW_THREADS) adamw_moments_kernel(float *partial, const float *grads, float *m, float *u,
                                                                      const long *chunk_offset, const long *chunk_state, const int *chunk_len,
                                                                      float b1t, float b2t, float eps, float grad_scale) {
@@ -35,13 +44,30 @@ __global__ void __launch_bounds__(ADAMW_THREADS) adamw_moments_kernel(float *par
     float *mc = m + chunk_state[c], *uc = u + chunk_state[c], ratio = 0.0f;
     chunk_for<3>(chunk_len[c], [&](int i, float *v) { v[0] = gc[i], v[1] = mc[i], v[2] = uc[i]; },
                  [&](int i, float *v) {
-                     float g = v[0] * grad_scale;
-                     float mk = b1t * v[1] + (1.0f - b1t) * g, uk = b2t * v[2] + (1.0f - b2t) * g * g;
-                     mc[i] = mk, uc[i] = uk;
-                     ratio += g * g / fmaxf(uk, eps * eps);
+                     float g = v[0] * grad_scale, uk = adam_u(v[2], g, b2t);
+                     mc[i] = adam_m(v[1], g, b1t), uc[i] = uk;
+                     ratio += rms_term(g, uk, eps);
                  });
     ratio = block_sum(ratio);
     if (threadIdx.x == 0) partial[c] = ratio;
+}
+
+// The gradient statistics pass: sum of g^2 per chunk (one FMA an element, with or without u: the ratio's g^2 must
+// not become the sum's addend), and with u the RMS sum the moments pass would make (u read, not written: a step
+// that turns out non-finite leaves the moments as they were).
+__global__ void __launch_bounds__(ADAMW_THREADS) adamw_stats_kernel(float *partial_sq, float *partial, const float *grads, const float *u,
+                                                                   const long *chunk_offset, const long *chunk_state,
+                                                                   const int *chunk_len, float b2t, float eps) {
+    int c = blockIdx.x;
+    const float *gc = grads + chunk_offset[c], *uc = u ? u + chunk_state[c] : NULL;
+    float sq = 0.0f, ratio = 0.0f;
+    if (uc)
+        chunk_for<2>(chunk_len[c], [&](int i, float *v) { v[0] = gc[i], v[1] = uc[i]; },
+                     [&](int i, float *v) { sq = __fmaf_rn(v[0], v[0], sq), ratio += rms_term(v[0], adam_u(v[1], v[0], b2t), eps); });
+    else chunk_for<1>(chunk_len[c], [&](int i, float *v) { v[0] = gc[i]; }, [&](int i, float *v) { sq = __fmaf_rn(v[0], v[0], sq); });
+    sq = block_sum(sq);
+    if (uc) ratio = block_sum(ratio);  // uniform over the block
+    if (threadIdx.x == 0) partial_sq[c] = sq, partial[c] = ratio;
 }
 
 // One block per tensor: the sum (in chunk order) or the maximum of its chunks' partials (0 for a tensor with no
@@ -60,39 +86,40 @@ __global__ void rms_kernel(float *rms, const float *tensor_sum, const long *tens
     if (t < num_tensors) rms[t] = sqrtf(tensor_sum[t] / (float)tensor_numel[t]);
 }
 
-// With params_bf16: chunk_absmax (num_chunks) = max |bf16 copy| over each chunk.
-__global__ void __launch_bounds__(ADAMW_THREADS) adamw_apply_kernel(float *params, bf16 *params_bf16, float *chunk_absmax, const float *m,
-                                                                   const float *u, const float *rms, const int *chunk_tensor,
+// The parameter update of a chunk from its moments (read, or computed from the gradient first by the fused step:
+// MOMENTS), with params_bf16 also its bf16 copy and chunk_absmax[c] = max |bf16 copy| over the chunk.
+template <bool MOMENTS>
+__global__ void __launch_bounds__(ADAMW_THREADS) adamw_apply_kernel(float *params, bf16 *params_bf16, float *chunk_absmax, const float *grads,
+                                                                   float *m, float *u, const float *rms, const int *chunk_tensor,
                                                                    const long *chunk_offset, const long *chunk_state, const int *chunk_len,
-                                                                   const float *tensor_wd, float lr, float eps, int clip) {
+                                                                   const float *tensor_wd, float b1t, float b2t, float lr, float eps, int clip) {
     int c = blockIdx.x, t = chunk_tensor[c];
-    float lr_t = clip ? lr / fmaxf(1.0f, rms[t]) : lr, decay = 1.0f - lr * tensor_wd[t], am = 0.0f;
+    float lr_t = clip ? lr / fmaxf(1.0f, rms[t]) : lr, decay = __fmaf_rn(-lr, tensor_wd[t], 1.0f), am = 0.0f;
     float *pc = params + chunk_offset[c];
     bf16 *hc = params_bf16 ? params_bf16 + chunk_offset[c] : NULL;
-    const float *mc = m + chunk_state[c], *uc = u + chunk_state[c];
-    chunk_for<3>(chunk_len[c], [&](int i, float *v) { v[0] = pc[i], v[1] = mc[i], v[2] = uc[i]; },
-                 [&](int i, float *v) {
-                     float p = v[0] * decay - lr_t * v[1] / (sqrtf(v[2]) + eps);
-                     pc[i] = p;
-                     if (hc) {
-                         bf16 h = __float2bfloat16_rn(p);
-                         hc[i] = h;
-                         am = fmaxf(am, fabsf(__bfloat162float(h)));
-                     }
-                 });
+    float *mc = m + chunk_state[c], *uc = u + chunk_state[c];
+    const float *gc = MOMENTS ? grads + chunk_offset[c] : NULL;
+    chunk_for<MOMENTS ? 4 : 3>(chunk_len[c],
+                               [&](int i, float *v) {
+                                   v[0] = pc[i], v[1] = mc[i], v[2] = uc[i];
+                                   if constexpr (MOMENTS) v[3] = gc[i];
+                               },
+                               [&](int i, float *v) {
+                                   if constexpr (MOMENTS) {
+                                       v[1] = adam_m(v[1], v[3], b1t), v[2] = adam_u(v[2], v[3], b2t);
+                                       mc[i] = v[1], uc[i] = v[2];
+                                   }
+                                   float p = adam_p(v[0], v[1], v[2], decay, lr_t, eps);
+                                   pc[i] = p;
+                                   if (hc) {
+                                       bf16 h = __float2bfloat16_rn(p);
+                                       hc[i] = h;
+                                       am = fmaxf(am, fabsf(__bfloat162float(h)));
+                                   }
+                               });
     if (!params_bf16) return;  // uniform over the block: the barriers in block_max are safe
     am = block_max(am);
     if (threadIdx.x == 0) chunk_absmax[c] = am;
-}
-
-__global__ void __launch_bounds__(ADAMW_THREADS) chunk_sum_squares_kernel(float *partial, const float *g, const long *chunk_offset,
-                                                                         const int *chunk_len) {
-    int c = blockIdx.x;
-    const float *x = g + chunk_offset[c];
-    float s = 0.0f;
-    chunk_for<1>(chunk_len[c], [&](int i, float *v) { v[0] = x[i]; }, [&](int i, float *v) { s += v[0] * v[0]; });
-    s = block_sum(s);
-    if (threadIdx.x == 0) partial[c] = s;
 }
 
 __global__ void sum_kernel(float *out, const float *partial, int n) {
@@ -152,6 +179,7 @@ void adamw_plan_init(AdamWPlan *p, int num_tensors, const size_t *offset, const 
     p->tensor_first_chunk = upload(first, num_tensors + 1), p->tensor_numel = upload(tn, num_tensors);
     p->tensor_wd = upload(twd, num_tensors);
     cudaCheck(cudaMalloc(&p->partial, (c + 1) * sizeof(float)));
+    cudaCheck(cudaMalloc(&p->partial_sq, (c + 1) * sizeof(float)));
     cudaCheck(cudaMalloc(&p->tensor_sum, num_tensors * sizeof(float)));
     cudaCheck(cudaMalloc(&p->rms, num_tensors * sizeof(float)));
     cudaCheck(cudaMalloc(&p->chunk_absmax, (c + 1) * sizeof(float)));
@@ -163,8 +191,14 @@ void adamw_plan_init(AdamWPlan *p, int num_tensors, const size_t *offset, const 
 void adamw_plan_free(AdamWPlan *p) {
     cudaCheck(cudaFree(p->chunk_tensor)), cudaCheck(cudaFree(p->chunk_offset)), cudaCheck(cudaFree(p->chunk_state));
     cudaCheck(cudaFree(p->chunk_len)), cudaCheck(cudaFree(p->tensor_first_chunk)), cudaCheck(cudaFree(p->tensor_numel));
-    cudaCheck(cudaFree(p->tensor_wd)), cudaCheck(cudaFree(p->partial)), cudaCheck(cudaFree(p->tensor_sum)), cudaCheck(cudaFree(p->rms));
+    cudaCheck(cudaFree(p->tensor_wd)), cudaCheck(cudaFree(p->partial)), cudaCheck(cudaFree(p->partial_sq)), cudaCheck(cudaFree(p->tensor_sum)), cudaCheck(cudaFree(p->rms));
     cudaCheck(cudaFree(p->chunk_absmax)), cudaCheck(cudaFree(p->tensor_absmax));
+}
+
+// p->tensor_sum from the chunks' partial sums (p->partial).
+static void tensor_sums(const AdamWPlan *p) {
+    tensor_reduce_kernel<0><<<p->num_tensors, 256>>>(p->tensor_sum, p->partial, p->tensor_first_chunk);
+    cudaCheckLaunch();
 }
 
 void adamw_moments_gpu(const AdamWPlan *p, const float *grads, float *m, float *u, float b1t, float b2t, float eps, float grad_scale) {
@@ -173,16 +207,23 @@ void adamw_moments_gpu(const AdamWPlan *p, const float *grads, float *m, float *
                                                      b2t, eps, grad_scale);
         cudaCheckLaunch();
     }
-    tensor_reduce_kernel<0><<<p->num_tensors, 256>>>(p->tensor_sum, p->partial, p->tensor_first_chunk);
-    cudaCheckLaunch();
+    tensor_sums(p);
 }
 
-void adamw_apply_gpu(const AdamWPlan *p, float *params, bf16 *params_bf16, const float *m, const float *u, float lr, float eps, int clip) {
+// The parameter pass of adamw_apply_gpu (grads NULL: moments read) and adamw_step_gpu (moments updated from grads).
+static void apply(const AdamWPlan *p, float *params, bf16 *params_bf16, const float *grads, float *m, float *u, float b1t, float b2t,
+                  float lr, float eps, int clip) {
     rms_kernel<<<ceil_div(p->num_tensors, 256), 256>>>(p->rms, p->tensor_sum, p->tensor_numel, p->num_tensors);
     cudaCheckLaunch();
     if (p->num_chunks) {
-        adamw_apply_kernel<<<p->num_chunks, ADAMW_THREADS>>>(params, params_bf16, p->chunk_absmax, m, u, p->rms, p->chunk_tensor,
-                                                   p->chunk_offset, p->chunk_state, p->chunk_len, p->tensor_wd, lr, eps, clip);
+        if (grads)
+            adamw_apply_kernel<true><<<p->num_chunks, ADAMW_THREADS>>>(params, params_bf16, p->chunk_absmax, grads, m, u, p->rms,
+                                                                  p->chunk_tensor, p->chunk_offset, p->chunk_state, p->chunk_len,
+                                                                  p->tensor_wd, b1t, b2t, lr, eps, clip);
+        else
+            adamw_apply_kernel<false><<<p->num_chunks, ADAMW_THREADS>>>(params, params_bf16, p->chunk_absmax, NULL, m, u, p->rms,
+                                                                   p->chunk_tensor, p->chunk_offset, p->chunk_state, p->chunk_len,
+                                                                   p->tensor_wd, b1t, b2t, lr, eps, clip);
         cudaCheckLaunch();
     }
     if (!params_bf16) return;
@@ -190,13 +231,24 @@ void adamw_apply_gpu(const AdamWPlan *p, float *params, bf16 *params_bf16, const
     cudaCheckLaunch();
 }
 
-void adamw_sum_squares_gpu(const AdamWPlan *p, float *out, const float *g) {
+void adamw_apply_gpu(const AdamWPlan *p, float *params, bf16 *params_bf16, const float *m, const float *u, float lr, float eps, int clip) {
+    apply(p, params, params_bf16, NULL, (float *)m, (float *)u, 0.0f, 0.0f, lr, eps, clip);  // m, u only read without grads
+}
+
+void adamw_grad_stats_gpu(const AdamWPlan *p, float *norm_sq, const float *grads, const float *u, float b2t, float eps) {
     if (p->num_chunks) {
-        chunk_sum_squares_kernel<<<p->num_chunks, ADAMW_THREADS>>>(p->partial, g, p->chunk_offset, p->chunk_len);
+        adamw_stats_kernel<<<p->num_chunks, ADAMW_THREADS>>>(p->partial_sq, p->partial, grads, u, p->chunk_offset, p->chunk_state,
+                                                             p->chunk_len, b2t, eps);
         cudaCheckLaunch();
     }
-    sum_kernel<<<1, 1024>>>(out, p->partial, p->num_chunks);
+    sum_kernel<<<1, 1024>>>(norm_sq, p->partial_sq, p->num_chunks);
     cudaCheckLaunch();
+    if (u) tensor_sums(p);
+}
+
+void adamw_step_gpu(const AdamWPlan *p, const float *grads, float *m, float *u, float *params, bf16 *params_bf16, float b1t, float b2t,
+                    float lr, float eps, int clip) {
+    apply(p, params, params_bf16, grads, m, u, b1t, b2t, lr, eps, clip);
 }
 
 template <typename D, typename S> static void convert_gpu(D *dst, const S *src, size_t n, cudaStream_t stream) {

@@ -3,9 +3,15 @@
 // gradients (for the global norm), the fp32 -> bf16 parameter copy, and clamping of one scalar (logit_scale).
 // A plan covers the elements this process updates: all of them, or with ZeRO-1 its shard, given as segments
 // of the flat buffers. They are split into chunks of at most ADAMW_CHUNK elements, each inside one tensor.
-// The step has two phases so that a sharded run can sum the RMS partial sums over processes in between:
-// adamw_moments_gpu updates the moments and sums each tensor's g^2 / max(u, eps^2) over its chunks (in chunk
-// order); adamw_apply_gpu takes those sums (then covering the whole tensor) and updates the parameters.
+// A step needs each tensor's sum of g^2 / max(u', eps^2) (u' the updated second moment; in chunk order) before any
+// parameter moves, and the host needs the gradient norm before the step (to skip a non-finite one, or to clip):
+//  - unscaled gradients (no global-norm clipping): adamw_grad_stats_gpu reads g and u once for the norm and the
+//    RMS sums (writing nothing), then adamw_step_gpu updates moments and parameters in one pass: 8 + 30 bytes a
+//    parameter;
+//  - scaled gradients: adamw_grad_stats_gpu for the norm (4 bytes), adamw_moments_gpu (moments and RMS sums from
+//    the scaled g, 20 bytes), adamw_apply_gpu (parameters, 18 bytes).
+// Both give the same bits for an unscaled step. A sharded run sums the RMS partial sums over processes before the
+// parameter pass.
 // Parameters and gradients are indexed by flat offset; the moments by the plan's compact state offset (equal
 // to the flat offset when the plan covers everything). Reference: adamw_update, optim_step, grad_global_norm
 // in optim/adamw.c.
@@ -24,7 +30,8 @@ typedef struct {
     int *tensor_first_chunk;  // (num_tensors + 1)
     long *tensor_numel;       // (num_tensors) whole tensors, shards or not
     float *tensor_wd;         // (num_tensors) weight decay (0 for tensors that take none)
-    float *partial;           // (num_chunks) sums of g^2 / max(u, eps^2), or of g^2
+    float *partial;           // (num_chunks) sums of g^2 / max(u', eps^2)
+    float *partial_sq;        // (num_chunks) sums of g^2
     float *tensor_sum;        // (num_tensors) per-tensor sums of partial (over all processes before apply)
     float *rms;               // (num_tensors) RMS of each tensor at the last step
     float *chunk_absmax;      // (num_chunks) max |bf16 parameter| per chunk at the last step (with a bf16 copy)
@@ -37,15 +44,21 @@ typedef struct {
 void adamw_plan_init(AdamWPlan *p, int num_tensors, const size_t *offset, const size_t *numel, const int *decay, float wd,
                      int num_segments, const size_t *seg_lo, const size_t *seg_hi);
 void adamw_plan_free(AdamWPlan *p);
-// Phase 1: g = grads * grad_scale; m, u updated; p->tensor_sum = this plan's sums of g^2 / max(u, eps^2) per
-// tensor. b1t, b2t: the bias-corrected betas of this step (optim_betas).
+// *norm_sq (device) = sum of g^2 over the plan's elements; with u (not NULL) also p->tensor_sum = the plan's sums of
+// g^2 / max(u', eps^2) per tensor, u' = b2t u + (1 - b2t) g^2 the second moment that this step will write (u read only).
+// b2t: the bias-corrected beta2 of that step (optim_betas).
+void adamw_grad_stats_gpu(const AdamWPlan *p, float *norm_sq, const float *grads, const float *u, float b2t, float eps);
+// The unscaled step, from p->tensor_sum of adamw_grad_stats_gpu (over all processes): m, u updated, p->rms filled,
+// params (and params_bf16 when not NULL, with p->tensor_absmax as adamw_apply_gpu) updated. clip: StableAdamW.
+void adamw_step_gpu(const AdamWPlan *p, const float *grads, float *m, float *u, float *params, bf16 *params_bf16, float b1t, float b2t,
+                    float lr, float eps, int clip);
+// The scaled step, phase 1: g = grads * grad_scale; m, u updated; p->tensor_sum = this plan's sums of
+// g^2 / max(u, eps^2) per tensor. b1t, b2t: the bias-corrected betas of this step (optim_betas).
 void adamw_moments_gpu(const AdamWPlan *p, const float *grads, float *m, float *u, float b1t, float b2t, float eps, float grad_scale);
 // Phase 2, from p->tensor_sum: p->rms filled; params (and params_bf16 when not NULL) updated. clip: StableAdamW.
 // With params_bf16, also p->tensor_absmax = max |new bf16 value| of each tensor's elements in the plan (exact: what
 // SwitchBack's weight quantizer needs, so it skips its own pass for the maxima).
 void adamw_apply_gpu(const AdamWPlan *p, float *params, bf16 *params_bf16, const float *m, const float *u, float lr, float eps, int clip);
-// *out (device) = sum of g^2 over the plan's elements.
-void adamw_sum_squares_gpu(const AdamWPlan *p, float *out, const float *g);
 // dst (n) = bf16(src), on `stream`
 void copy_to_bf16_gpu(bf16 *dst, const float *src, size_t n, cudaStream_t stream = 0);
 // dst (n) = fp32(src), on `stream` (the bf16 gradient sums of grad_reduce = bf16 back into the fp32 gradients)

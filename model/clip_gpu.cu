@@ -70,6 +70,7 @@ struct ClipGPU {
     void *wts;
     AdamWPlan plan;
     float logit_scale_host;
+    long stats_t;  // the optimizer step whose RMS sums clip_gpu_grad_norm made (0: none)
     // inputs of a micro-batch: [images | tokens | EOT positions | token index], two device buffers and two
     // pinned host stages used alternately, copied on their own stream (see upload_text)
     size_t input_bytes, off_tokens, off_eot, off_index;
@@ -865,12 +866,19 @@ float clip_gpu_forward_backward(ClipGPU *g, const Batch *b) {
     return loss;
 }
 
-float clip_gpu_grad_norm(ClipGPU *g) {
+float clip_gpu_grad_norm(ClipGPU *g, const Optimizer *o) {
     mark(g, PROF_OPTIMIZER);
-    adamw_sum_squares_gpu(&g->plan, g->norm, g->grads);
-    if (g->zero) {  // each rank holds the reduced gradients of its parts only
+    // Without global-norm clipping the next step takes the gradients unscaled, so this pass (which reads the
+    // gradients anyway) also makes its RMS sums from u, and clip_gpu_update is then a single pass.
+    g->stats_t = o && g->cfg.grad_clip == 0 ? o->t + 1 : 0;
+    float b1t, b2t = 0;
+    if (g->stats_t) optim_betas(o, g->stats_t, &b1t, &b2t);
+    adamw_grad_stats_gpu(&g->plan, g->norm, g->grads, g->stats_t ? g->u : NULL, b2t, o ? o->eps : 0.0f);
+    if (g->zero) {  // each rank holds the reduced gradients of its parts only: sums over the ranks
         mark(g, PROF_COMM);
-        gd_begin(g->dist), gd_allreduce(g->dist, g->norm, 1), gd_end(g->dist);
+        gd_begin(g->dist), gd_allreduce(g->dist, g->norm, 1);
+        if (g->stats_t) gd_allreduce(g->dist, g->plan.tensor_sum, (size_t)g->L->num_tensors);
+        gd_end(g->dist);
     }
     mark(g, PROF_GAP);
     if (g->dist) gd_sync(g->dist);
@@ -885,13 +893,20 @@ void clip_gpu_update(ClipGPU *g, Optimizer *o, float lr, float grad_scale) {
     optim_betas(o, o->t, &b1t, &b2t);
     wait_all_params(g);  // the last gather is done (the forward in between waited for it)
     mark(g, PROF_OPTIMIZER);
-    adamw_moments_gpu(&g->plan, g->grads, g->m, g->u, b1t, b2t, o->eps, grad_scale);
-    if (g->zero) {  // the RMS of whole tensors: sum the ranks' partial sums
-        mark(g, PROF_COMM);
-        gd_begin(g->dist), gd_allreduce(g->dist, g->plan.tensor_sum, (size_t)g->L->num_tensors), gd_end(g->dist);
-        mark(g, PROF_OPTIMIZER);
+    int clip = o->kind == OPTIMIZER_STABLE_ADAMW;
+    bf16 *copy = g->zero ? NULL : g->params_bf16;
+    if (g->stats_t == o->t && grad_scale == 1.0f) {  // the RMS sums are made (and summed over the ranks): one pass
+        adamw_step_gpu(&g->plan, g->grads, g->m, g->u, g->params, copy, b1t, b2t, lr, o->eps, clip);
+    } else {
+        adamw_moments_gpu(&g->plan, g->grads, g->m, g->u, b1t, b2t, o->eps, grad_scale);
+        if (g->zero) {  // the RMS of whole tensors: sum the ranks' partial sums
+            mark(g, PROF_COMM);
+            gd_begin(g->dist), gd_allreduce(g->dist, g->plan.tensor_sum, (size_t)g->L->num_tensors), gd_end(g->dist);
+            mark(g, PROF_OPTIMIZER);
+        }
+        adamw_apply_gpu(&g->plan, g->params, copy, g->m, g->u, lr, o->eps, clip);
     }
-    adamw_apply_gpu(&g->plan, g->params, g->zero ? NULL : g->params_bf16, g->m, g->u, lr, o->eps, o->kind == OPTIMIZER_STABLE_ADAMW);
+    g->stats_t = 0;
     float *ls = g->params + g->L->logit_scale;  // as open_clip: clamp to [0, ln 100] after every step (ZeRO-1: the
     clamp_scalar_gpu(ls, 0.0f, logf(100.0f));   // owner's value, gathered below over the others')
     if (g->zero) {  // each rank updated its parts: gathered beside the next forward; the host reads logit_scale

@@ -67,8 +67,9 @@ void clip_gpu_free(ClipGPU *g);
 // Zeroes the gradients, runs forward and backward over the whole batch (micro-batched as above), leaves
 // the gradients on the GPU and returns the loss.
 float clip_gpu_forward_backward(ClipGPU *g, const Batch *batch);
-// Global L2 norm of the gradients.
-float clip_gpu_grad_norm(ClipGPU *g);
+// Global L2 norm of the gradients. With o (the optimizer of the next clip_gpu_update) and no global-norm clipping
+// configured, the same pass also sums what that step's RMS needs, and the step becomes one pass (kernels/adamw.cuh).
+float clip_gpu_grad_norm(ClipGPU *g, const Optimizer *o);
 // One optimizer step (o->t is incremented, o->rms filled; o->m/u stay on the host untouched), gradients
 // scaled by grad_scale first (global-norm clipping), then logit_scale clamped to [0, ln 100].
 void clip_gpu_update(ClipGPU *g, Optimizer *o, float lr, float grad_scale);

@@ -78,9 +78,9 @@ float clip_model_forward_backward(ClipModel *m, const Batch *b) {
     return loss;
 }
 
-float clip_model_grad_norm(ClipModel *m) {
+float clip_model_grad_norm(ClipModel *m, const Optimizer *o) {
 #ifdef HAVE_CUDA
-    if (m->gpu) return clip_gpu_grad_norm(m->gpu);
+    if (m->gpu) return clip_gpu_grad_norm(m->gpu, o);
 #endif
     return grad_global_norm(m->cpu.grads, m->cpu.layout.buffer_elems);
 }

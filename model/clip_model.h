@@ -26,7 +26,8 @@ void clip_model_init(ClipModel *m, const Config *c, int device);
 void clip_model_free(ClipModel *m);
 // Forward + backward of the batch (gradients kept on the device); returns the loss.
 float clip_model_forward_backward(ClipModel *m, const Batch *b);
-float clip_model_grad_norm(ClipModel *m);
+// The global gradient norm; on the GPU with o, its pass also prepares o's next step (clip_gpu_grad_norm).
+float clip_model_grad_norm(ClipModel *m, const Optimizer *o);
 // Global-norm clipping (when c->grad_clip > 0, given the norm), the optimizer step, the logit_scale clamp.
 void clip_model_update(ClipModel *m, Optimizer *o, float lr, float grad_norm);
 float clip_model_logit_scale(const ClipModel *m);

@@ -100,7 +100,7 @@ static void run(const BenchModel *bm, int world) {
     for (int s = 0; s < WARMUP + STEPS; s++) {
         if (s == WARMUP) t0 = now_seconds();
         loss = clip_gpu_forward_backward(g, &b);
-        float norm = clip_gpu_grad_norm(g);
+        float norm = clip_gpu_grad_norm(g, &o);
         clip_gpu_update(g, &o, 1e-4f, 1.0f);
         if (!isfinite(loss) || !isfinite(norm)) printf("  warning: non-finite loss %g / norm %g\n", loss, norm);
     }
@@ -112,7 +112,7 @@ static void run(const BenchModel *bm, int world) {
     clip_gpu_profile(g, 1);
     for (int s = 0; s < 3; s++) {
         clip_gpu_forward_backward(g, &b);
-        clip_gpu_grad_norm(g);
+        clip_gpu_grad_norm(g, &o);
         clip_gpu_update(g, &o, 1e-4f, 1.0f);
     }
     clip_gpu_profile_read(g, ms);

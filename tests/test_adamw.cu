@@ -5,7 +5,8 @@
 // plan covers its part of every bucket, buckets cutting through tensors; the RMS partial sums added between
 // the phases; each rank's compact moments): the owners' parameters and moments must equal the unsharded
 // reference. Bounds (relative L2): parameters and moments 1e-5; per-tensor RMS 1e-5; bf16 copy ==
-// bf16(params), and its per-tensor maxima (SwitchBack's weight scales) exact; norm 1e-5.
+// bf16(params), and its per-tensor maxima (SwitchBack's weight scales) exact; norm 1e-5. The unscaled step in one
+// pass (statistics, then adamw_step_gpu) equals the two phases bit for bit, whole and sharded.
 #include "../kernels/adamw.cuh"
 #include "test_gpu.h"
 extern "C" {
@@ -104,9 +105,9 @@ static void check(int clip) {
     EXPECT(ser < 1e-5, "clip=%d sharded: rms rel err %.2e", clip, ser);
     // sum of squares of the last gradients, padding included (zero): whole, and as the two ranks' parts
     float *d_sum = poisoned<float>(1), sum, ref = grad_global_norm(g, n) / scale;
-    adamw_sum_squares_gpu(&plan, d_sum, d_g);
+    adamw_grad_stats_gpu(&plan, d_sum, d_g, NULL, 0.0f, 0.0f);
     to_host<float>(&sum, d_sum, 1);
-    for (int r = 0; r < RANKS; r++) adamw_sum_squares_gpu(&splan[r], d_sum, d_g), to_host<float>(&norm_parts[r], d_sum, 1);
+    for (int r = 0; r < RANKS; r++) adamw_grad_stats_gpu(&splan[r], d_sum, d_g, NULL, 0.0f, 0.0f), to_host<float>(&norm_parts[r], d_sum, 1);
     EXPECT(fabs(sqrtf(sum) - ref) / ref < 1e-5, "global norm %.7g vs %.7g", sqrtf(sum), ref);
     EXPECT(fabs(sqrtf(norm_parts[0] + norm_parts[1]) - ref) / ref < 1e-5, "sharded global norm %.7g vs %.7g",
            sqrtf(norm_parts[0] + norm_parts[1]), ref);
@@ -129,6 +130,95 @@ static void test_adamw(void) {
 static void test_stable_adamw(void) {
     SKIP_WITHOUT_GPU();
     check(1);
+}
+
+// The number of the n floats of a and b whose bits differ.
+static size_t count_diff(const float *a, const float *b, size_t n) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) k += memcmp(a + i, b + i, sizeof(float)) != 0;
+    return k;
+}
+
+// The unscaled step in one pass (adamw_grad_stats_gpu with u, then adamw_step_gpu) against the two phases with
+// grad_scale 1: the same bits (parameters, bf16 copy and its maxima, moments, RMS, the norm's sum), three steps,
+// whole and sharded over 2 "ranks" (the RMS sums added between the passes, as the step does).
+static void test_fused_step(void) {
+    SKIP_WITHOUT_GPU();
+    size_t offset[NT], n = 0;
+    for (int t = 0; t < NT; t++) offset[t] = n, n += (NUMEL[t] + 31) / 32 * 32;
+    size_t bucket[BUCKETS + 1] = {0, 40000, 150016, n}, seg_lo[RANKS][BUCKETS], seg_hi[RANKS][BUCKETS];
+    float *p0 = rand_host(n, 1.0f), lr = 1e-2f, b1 = 0.9f, b2 = 0.98f, eps = 1e-6f;
+    for (int sharded = 0; sharded < 2; sharded++) {
+        int nplans = sharded ? RANKS : 1;
+        AdamWPlan plan[RANKS];
+        float *d_p[2][RANKS], *d_m[2][RANKS], *d_u[2][RANKS], *d_sum = poisoned<float>(2);
+        bf16 *d_b[2][RANKS];
+        for (int r = 0; r < nplans; r++) {
+            for (int k = 0; k < BUCKETS && sharded; k++) {
+                dist_part(bucket[k + 1] - bucket[k], RANKS, r, &seg_lo[r][k], &seg_hi[r][k]);
+                seg_lo[r][k] += bucket[k], seg_hi[r][k] += bucket[k];
+            }
+            adamw_plan_init(&plan[r], NT, offset, NUMEL, DECAY, 0.1f, sharded ? BUCKETS : 0, seg_lo[r], seg_hi[r]);
+            for (int v = 0; v < 2; v++) {  // v = 0: two phases, 1: one pass
+                d_p[v][r] = to_device<float>(p0, n), d_b[v][r] = poisoned<bf16>(n);
+                d_m[v][r] = poisoned<float>(plan[r].state_elems), d_u[v][r] = poisoned<float>(plan[r].state_elems);
+                cudaCheck(cudaMemset(d_m[v][r], 0, plan[r].state_elems * sizeof(float)));
+                cudaCheck(cudaMemset(d_u[v][r], 0, plan[r].state_elems * sizeof(float)));
+            }
+        }
+        float *d_g = poisoned<float>(n), sums[2][RANKS][NT], norm[2][RANKS], rms[2][RANKS][NT], absmax[2][RANKS][NT];
+        for (int step = 1; step <= 3; step++) {
+            float *gr = step_grads(offset, n, step);
+            cudaCheck(cudaMemcpy(d_g, gr, n * sizeof(float), cudaMemcpyHostToDevice));
+            float b1t = (float)(b1 * (1 - pow(b1, step - 1)) / (1 - pow(b1, step))), b2t = (float)(b2 * (1 - pow(b2, step - 1)) / (1 - pow(b2, step)));
+            for (int v = 0; v < 2; v++) {
+                for (int r = 0; r < nplans; r++) {
+                    adamw_grad_stats_gpu(&plan[r], d_sum, d_g, v ? d_u[v][r] : NULL, b2t, eps);
+                    to_host<float>(&norm[v][r], d_sum, 1);
+                    if (!v) adamw_moments_gpu(&plan[r], d_g, d_m[v][r], d_u[v][r], b1t, b2t, eps, 1.0f);
+                    to_host<float>(sums[v][r], plan[r].tensor_sum, NT);
+                }
+                for (int t = 0; t < NT && sharded; t++) sums[v][0][t] += sums[v][1][t];  // the all-reduce of the partial sums
+                for (int r = 0; r < nplans; r++) {
+                    cudaCheck(cudaMemcpy(plan[r].tensor_sum, sums[v][0], NT * sizeof(float), cudaMemcpyHostToDevice));
+                    if (v) adamw_step_gpu(&plan[r], d_g, d_m[v][r], d_u[v][r], d_p[v][r], d_b[v][r], b1t, b2t, lr, eps, 1);
+                    else adamw_apply_gpu(&plan[r], d_p[v][r], d_b[v][r], d_m[v][r], d_u[v][r], lr, eps, 1);
+                    to_host<float>(rms[v][r], plan[r].rms, NT), to_host<float>(absmax[v][r], plan[r].tensor_absmax, NT);
+                    if (v) {  // this rank's results of both ways after each step, bit for bit
+                        size_t st = plan[r].state_elems;
+                        float *a = zeros_host(n), *b = zeros_host(n);
+                        const char *what[6] = {"parameters", "m", "u", "bf16 copy", "RMS", "bf16 maxima"};
+                        size_t diff[6] = {};
+                        to_host<float>(a, d_p[0][r], n), to_host<float>(b, d_p[1][r], n), diff[0] = count_diff(a, b, n);
+                        to_host<float>(a, d_m[0][r], st), to_host<float>(b, d_m[1][r], st), diff[1] = count_diff(a, b, st);
+                        to_host<float>(a, d_u[0][r], st), to_host<float>(b, d_u[1][r], st), diff[2] = count_diff(a, b, st);
+                        cudaCheck(cudaMemcpy(a, d_b[0][r], n * 2, cudaMemcpyDeviceToHost)), cudaCheck(cudaMemcpy(b, d_b[1][r], n * 2, cudaMemcpyDeviceToHost));
+                        diff[3] = count_diff(a, b, n / 2);
+                        diff[4] = count_diff(rms[0][r], rms[1][r], NT), diff[5] = count_diff(absmax[0][r], absmax[1][r], NT);
+                        for (int q = 0; q < 6; q++)
+                            EXPECT(diff[q] == 0, "sharded=%d rank %d step %d: %zu %s values of the one-pass step differ from the two phases'",
+                                   sharded, r, step, diff[q], what[q]);
+                        EXPECT(norm[0][r] == norm[1][r], "sharded=%d rank %d step %d: sum of squares %.9g vs %.9g", sharded, r, step,
+                               norm[0][r], norm[1][r]);
+                        free(a), free(b);
+                    }
+                }
+            }
+            for (int r = 0; r < nplans; r++)  // the RMS sums of both ways
+                for (int t = 0; t < NT; t++)
+                    EXPECT(sums[0][r][t] == sums[1][r][t], "sharded=%d step %d tensor %d: RMS sum %.9g vs %.9g", sharded, step, t,
+                           sums[0][r][t], sums[1][r][t]);
+            free(gr);
+        }
+        printf("  sharded=%d: one pass equals two phases over 3 steps (last norm^2 %.6g)\n", sharded, norm[1][0]);
+        for (int r = 0; r < nplans; r++) {
+            adamw_plan_free(&plan[r]);
+            for (int v = 0; v < 2; v++)
+                cudaCheck(cudaFree(d_p[v][r])), cudaCheck(cudaFree(d_m[v][r])), cudaCheck(cudaFree(d_u[v][r])), cudaCheck(cudaFree(d_b[v][r]));
+        }
+        cudaCheck(cudaFree(d_g)), cudaCheck(cudaFree(d_sum));
+    }
+    free(p0);
 }
 
 // The bf16 copies of the gradient sums (grad_reduce = bf16) and of the parameters: fp32 -> bf16 rounds to
@@ -156,6 +246,7 @@ int main(void) {
     test_seed();
     RUN(test_adamw);
     RUN(test_stable_adamw);
+    RUN(test_fused_step);
     RUN(test_bf16_copies);
     TEST_EXIT();
 }

@@ -12,6 +12,8 @@
 //     0 of each tower saves everything) equal the plain step to 1e-5 (each gradient tensor 1e-4); the memory plan of
 //     recompute_keep to the byte; in bf16 and int8_switchback, recompute 1 (also with recompute_keep = 1) equals
 //     recompute 0 bit for bit (the GELU backward rewrites the GELU output c_proj's weight gradient reads: the forward's);
+//   the optimizer with and without global-norm clipping (its one-pass and two-phase ways), 3 steps in fp32 against the
+//     CPU: losses 1e-5, moments and RMS 1e-4, parameters 1e-3 (test_optimizer_paths_match_cpu says why);
 //   training 200 steps on the synthetic data, GPU bf16 vs CPU fp32 from the same init and batches: each
 //     20-step mean loss within 5% (+0.05) of the CPU's, and both fall below 75% of their first window.
 // precision int8_switchback (every variant; tiny, tiny QuickGELU + layer-scale, and widths 256 at batch 16):
@@ -276,8 +278,8 @@ static void test_training_tracks_cpu(void) {
         Batch b;
         loader_next(loader, &b);
         float lr = lr_at(&cc, step);
-        float lc = clip_model_forward_backward(&mc, &b), nc = clip_model_grad_norm(&mc);
-        float lg = clip_model_forward_backward(&mg, &b), ng = clip_model_grad_norm(&mg);
+        float lc = clip_model_forward_backward(&mc, &b), nc = clip_model_grad_norm(&mc, &oc);
+        float lg = clip_model_forward_backward(&mg, &b), ng = clip_model_grad_norm(&mg, &og);
         clip_model_update(&mc, &oc, lr, nc), clip_model_update(&mg, &og, lr, ng);
         win_c[step / WIN] += lc / WIN, win_g[step / WIN] += lg / WIN;
     }
@@ -294,6 +296,55 @@ static void test_training_tracks_cpu(void) {
     loader_close(loader);
     optim_free(&oc), optim_free(&og);
     clip_model_free(&mc), clip_model_free(&mg);
+}
+
+// The GPU optimizer's two ways (kernels/adamw.cuh): without global-norm clipping the gradient-norm pass also makes the
+// RMS sums and the step is one pass; with grad_clip (0.05: below the tiny model's gradient norm, so every step
+// scales) the step scales the gradients in its moments pass. Each against the CPU (fp32, 3 steps of batch 8 from the
+// same init): losses 1e-5 relative, the moments m and u and the per-tensor RMS 1e-4 (relative L2; the gradients
+// agree to 1e-4 per tensor, and m, u, the RMS follow them smoothly), the parameters 1e-3 (Adam's first steps move
+// each weight by about +-lr whatever its gradient's size, so a gradient near zero whose sign differs moves it 2 lr).
+// Unclipped moments are ~20x the clipped ones here: a scale applied twice or not at all fails the bounds.
+static void test_optimizer_paths_match_cpu(void) {
+    SKIP_WITHOUT_GPU();
+    enum { STEPS = 3 };
+    const char *clips[2] = {"grad_clip=0", "grad_clip=0.05"};
+    for (int k = 0; k < 2; k++) {
+        const char *cpu_sets[] = {"batch_size=8", "precision=fp32", "device=cpu", clips[k], NULL};
+        const char *gpu_sets[] = {"batch_size=8", "precision=fp32", "device=cuda", clips[k], NULL};
+        Config cc, cg;
+        make_config(&cc, cpu_sets), make_config(&cg, gpu_sets);
+        ClipModel mc, mg;
+        clip_model_init(&mc, &cc, DEVICE_CPU), clip_model_init(&mg, &cg, DEVICE_CUDA);
+        Optimizer oc, og;
+        optim_init(&oc, &cc, &mc.cpu.layout), optim_init(&og, &cg, &mg.cpu.layout);
+        double worst_loss = 0;
+        float first_norm = 0;
+        for (int step = 0; step < STEPS; step++) {
+            Batch b;
+            random_batch(&b, 8, &cc);
+            float lc = clip_model_forward_backward(&mc, &b), nc = clip_model_grad_norm(&mc, &oc);
+            float lg = clip_model_forward_backward(&mg, &b), ng = clip_model_grad_norm(&mg, &og);
+            if (!step) first_norm = nc;
+            worst_loss = fmax(worst_loss, fabs(lg - lc) / fabs(lc));
+            EXPECT(fabs(ng - nc) < 1e-4 * nc, "%s step %d: gradient norm %.7g vs %.7g", clips[k], step, ng, nc);
+            clip_model_update(&mc, &oc, 1e-3f, nc), clip_model_update(&mg, &og, 1e-3f, ng);
+            random_batch_free(&b);
+        }
+        clip_model_to_host(&mg, &og);
+        size_t n = mc.cpu.layout.buffer_elems;
+        int nt = mc.cpu.layout.num_tensors;
+        double ep = rel_err(mg.cpu.params, mc.cpu.params, n), em = rel_err(og.m, oc.m, n), eu = rel_err(og.u, oc.u, n);
+        double er = rel_err(og.rms, oc.rms, nt);
+        EXPECT(worst_loss < 1e-5, "%s: loss rel err %.2e", clips[k], worst_loss);
+        EXPECT(em < 1e-4 && eu < 1e-4 && er < 1e-4, "%s: m %.2e u %.2e rms %.2e", clips[k], em, eu, er);
+        EXPECT(ep < 1e-3, "%s: parameters rel err %.2e", clips[k], ep);
+        if (k) EXPECT(first_norm > 0.05f, "the first gradient norm %.3g does not exceed grad_clip 0.05: nothing clipped", first_norm);
+        printf("  %s (first norm %.3g): loss %.1e, m %.1e, u %.1e, rms %.1e, parameters %.1e\n", clips[k], first_norm, worst_loss, em,
+               eu, er, ep);
+        optim_free(&oc), optim_free(&og);
+        clip_model_free(&mc), clip_model_free(&mg);
+    }
 }
 
 // ---------------------------------------------------------------- precision int8_switchback
@@ -535,7 +586,7 @@ static void test_switchback_training_tracks_bf16(void) {
         loader_next(loader, &b);
         float lr = lr_at(&cfg[0], step);
         for (int i = 0; i < M; i++) {
-            float loss = clip_model_forward_backward(&m[i], &b), norm = clip_model_grad_norm(&m[i]);
+            float loss = clip_model_forward_backward(&m[i], &b), norm = clip_model_grad_norm(&m[i], &o[i]);
             clip_model_update(&m[i], &o[i], lr, norm);
             win[step / WIN][i] += loss / WIN;
         }
@@ -563,6 +614,7 @@ int main(void) {
     RUN(test_recompute_gelu_exact);
     RUN(test_recompute_keep_memory_plan);
     RUN(test_training_tracks_cpu);
+    RUN(test_optimizer_paths_match_cpu);
     RUN(test_switchback_memory_plan);
     RUN(test_switchback_matches_cpu);
     RUN(test_switchback_plumbing);

@@ -188,7 +188,7 @@ static void run_steps(const Config *c, int rank, const char *path) {
             synthetic_sample(7, (uint64_t)(s * GLOBAL_B + rank * b + i), S, T, c->vocab_size, batch.images + (size_t)i * 3 * S * S,
                              batch.tokens + (size_t)i * T);
         r.loss[s] = clip_gpu_forward_backward(g, &batch);
-        r.norm[s] = clip_gpu_grad_norm(g);
+        r.norm[s] = clip_gpu_grad_norm(g, &o);
         if (s == 0) clip_gpu_download(g, params, NULL, r.grads);
         clip_gpu_update(g, &o, 1e-3f, 1.0f);
     }
