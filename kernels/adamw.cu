@@ -216,14 +216,9 @@ static void apply(const AdamWPlan *p, float *params, bf16 *params_bf16, const fl
     rms_kernel<<<ceil_div(p->num_tensors, 256), 256>>>(p->rms, p->tensor_sum, p->tensor_numel, p->num_tensors);
     cudaCheckLaunch();
     if (p->num_chunks) {
-        if (grads)
-            adamw_apply_kernel<true><<<p->num_chunks, ADAMW_THREADS>>>(params, params_bf16, p->chunk_absmax, grads, m, u, p->rms,
-                                                                  p->chunk_tensor, p->chunk_offset, p->chunk_state, p->chunk_len,
-                                                                  p->tensor_wd, b1t, b2t, lr, eps, clip);
-        else
-            adamw_apply_kernel<false><<<p->num_chunks, ADAMW_THREADS>>>(params, params_bf16, p->chunk_absmax, NULL, m, u, p->rms,
-                                                                   p->chunk_tensor, p->chunk_offset, p->chunk_state, p->chunk_len,
-                                                                   p->tensor_wd, b1t, b2t, lr, eps, clip);
+        auto kernel = grads ? adamw_apply_kernel<true> : adamw_apply_kernel<false>;
+        kernel<<<p->num_chunks, ADAMW_THREADS>>>(params, params_bf16, p->chunk_absmax, grads, m, u, p->rms, p->chunk_tensor, p->chunk_offset,
+                                                 p->chunk_state, p->chunk_len, p->tensor_wd, b1t, b2t, lr, eps, clip);
         cudaCheckLaunch();
     }
     if (!params_bf16) return;
