@@ -181,14 +181,15 @@ static void allgather_bulk(GpuDist *gd, float *buf, size_t per_rank) {
 
 void gd_reduce_grads(GpuDist *gd, float *x, bf16 *x16, size_t len, int parts) {
     int W = gd->d->world;
-    if (!x16 && !parts && len % W == 0 && on_ce(gd, x, len * sizeof(float))) {
-        gd_reduce_scatter(gd, x, len / W);  // on the SMs (a sum), then the copy engines pass the parts around
-        allgather_bulk(gd, x, len / W);
-        return;
-    }
     if (!x16) {
-        if (parts) reduce_parts(gd, (char *)x, len, ncclFloat, sizeof(float));
-        else ncclCheck(gd, ncclAllReduce(x, x, len, ncclFloat, ncclSum, gd->comm, gd->stream));
+        if (parts) {
+            reduce_parts(gd, (char *)x, len, ncclFloat, sizeof(float));
+        } else if (len % W == 0 && on_ce(gd, x, len * sizeof(float))) {
+            gd_reduce_scatter(gd, x, len / W);  // on the SMs (a sum), then the copy engines pass the parts around
+            allgather_bulk(gd, x, len / W);
+        } else {
+            ncclCheck(gd, ncclAllReduce(x, x, len, ncclFloat, ncclSum, gd->comm, gd->stream));
+        }
         return;
     }
     copy_to_bf16_gpu(x16, x, len, gd->stream);
