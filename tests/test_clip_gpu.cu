@@ -260,28 +260,47 @@ static void test_recompute_gelu_exact(void) {
     }
 }
 
+// A CPU and a GPU model of the tiny config (each with its overrides) from the same init, with their optimizers.
+typedef struct {
+    Config cc, cg;
+    ClipModel mc, mg;
+    Optimizer oc, og;
+} ModelPair;
+
+static void pair_init(ModelPair *p, const char *const *cpu_sets, const char *const *gpu_sets) {
+    make_config(&p->cc, cpu_sets), make_config(&p->cg, gpu_sets);
+    clip_model_init(&p->mc, &p->cc, DEVICE_CPU), clip_model_init(&p->mg, &p->cg, DEVICE_CUDA);
+    optim_init(&p->oc, &p->cc, &p->mc.cpu.layout), optim_init(&p->og, &p->cg, &p->mg.cpu.layout);
+}
+
+static void pair_free(ModelPair *p) {
+    optim_free(&p->oc), optim_free(&p->og);
+    clip_model_free(&p->mc), clip_model_free(&p->mg);
+}
+
+// One training step of both on batch b: loss[0], norm[0] the CPU's, loss[1], norm[1] the GPU's.
+static void pair_step(ModelPair *p, const Batch *b, float lr, float loss[2], float norm[2]) {
+    loss[0] = clip_model_forward_backward(&p->mc, b), norm[0] = clip_model_grad_norm(&p->mc, &p->oc);
+    loss[1] = clip_model_forward_backward(&p->mg, b), norm[1] = clip_model_grad_norm(&p->mg, &p->og);
+    clip_model_update(&p->mc, &p->oc, lr, norm[0]), clip_model_update(&p->mg, &p->og, lr, norm[1]);
+}
+
 // 200 steps of the tiny config on the synthetic data, CPU fp32 and GPU bf16 in lockstep on the same batches.
 static void test_training_tracks_cpu(void) {
     SKIP_WITHOUT_GPU();
     enum { STEPS = 200, WIN = 20 };
     const char *cpu_sets[] = {"batch_size=32", "steps=200", "precision=fp32", "device=cpu", NULL};
     const char *gpu_sets[] = {"batch_size=32", "steps=200", "precision=bf16", "device=cuda", NULL};
-    Config cc, cg;
-    make_config(&cc, cpu_sets), make_config(&cg, gpu_sets);
-    ClipModel mc, mg;
-    clip_model_init(&mc, &cc, DEVICE_CPU), clip_model_init(&mg, &cg, DEVICE_CUDA);
-    Optimizer oc, og;
-    optim_init(&oc, &cc, &mc.cpu.layout), optim_init(&og, &cg, &mg.cpu.layout);
-    Loader *loader = loader_open(&cc, cc.data, 1, (int)cc.batch_size, 0, 1);
+    ModelPair p;
+    pair_init(&p, cpu_sets, gpu_sets);
+    Loader *loader = loader_open(&p.cc, p.cc.data, 1, (int)p.cc.batch_size, 0, 1);
     double win_c[STEPS / WIN] = {0}, win_g[STEPS / WIN] = {0};
     for (int step = 0; step < STEPS; step++) {
         Batch b;
         loader_next(loader, &b);
-        float lr = lr_at(&cc, step);
-        float lc = clip_model_forward_backward(&mc, &b), nc = clip_model_grad_norm(&mc, &oc);
-        float lg = clip_model_forward_backward(&mg, &b), ng = clip_model_grad_norm(&mg, &og);
-        clip_model_update(&mc, &oc, lr, nc), clip_model_update(&mg, &og, lr, ng);
-        win_c[step / WIN] += lc / WIN, win_g[step / WIN] += lg / WIN;
+        float loss[2], norm[2];
+        pair_step(&p, &b, lr_at(&p.cc, step), loss, norm);
+        win_c[step / WIN] += loss[0] / WIN, win_g[step / WIN] += loss[1] / WIN;
     }
     printf("  20-step mean loss, CPU fp32 / GPU bf16:");
     double worst = 0;
@@ -294,8 +313,7 @@ static void test_training_tracks_cpu(void) {
     printf("\n  largest relative gap %.3f\n", worst);
     EXPECT(win_c[STEPS / WIN - 1] < 0.75 * win_c[0] && win_g[STEPS / WIN - 1] < 0.75 * win_g[0], "the loss did not fall");
     loader_close(loader);
-    optim_free(&oc), optim_free(&og);
-    clip_model_free(&mc), clip_model_free(&mg);
+    pair_free(&p);
 }
 
 // The GPU optimizer's two ways (kernels/adamw.cuh): without global-norm clipping the gradient-norm pass also makes the
@@ -312,38 +330,32 @@ static void test_optimizer_paths_match_cpu(void) {
     for (int k = 0; k < 2; k++) {
         const char *cpu_sets[] = {"batch_size=8", "precision=fp32", "device=cpu", clips[k], NULL};
         const char *gpu_sets[] = {"batch_size=8", "precision=fp32", "device=cuda", clips[k], NULL};
-        Config cc, cg;
-        make_config(&cc, cpu_sets), make_config(&cg, gpu_sets);
-        ClipModel mc, mg;
-        clip_model_init(&mc, &cc, DEVICE_CPU), clip_model_init(&mg, &cg, DEVICE_CUDA);
-        Optimizer oc, og;
-        optim_init(&oc, &cc, &mc.cpu.layout), optim_init(&og, &cg, &mg.cpu.layout);
+        ModelPair p;
+        pair_init(&p, cpu_sets, gpu_sets);
         double worst_loss = 0;
         float first_norm = 0;
         for (int step = 0; step < STEPS; step++) {
             Batch b;
-            random_batch(&b, 8, &cc);
-            float lc = clip_model_forward_backward(&mc, &b), nc = clip_model_grad_norm(&mc, &oc);
-            float lg = clip_model_forward_backward(&mg, &b), ng = clip_model_grad_norm(&mg, &og);
-            if (!step) first_norm = nc;
-            worst_loss = fmax(worst_loss, fabs(lg - lc) / fabs(lc));
-            EXPECT(fabs(ng - nc) < 1e-4 * nc, "%s step %d: gradient norm %.7g vs %.7g", clips[k], step, ng, nc);
-            clip_model_update(&mc, &oc, 1e-3f, nc), clip_model_update(&mg, &og, 1e-3f, ng);
+            random_batch(&b, 8, &p.cc);
+            float loss[2], norm[2];
+            pair_step(&p, &b, 1e-3f, loss, norm);
+            if (!step) first_norm = norm[0];
+            worst_loss = fmax(worst_loss, fabs(loss[1] - loss[0]) / fabs(loss[0]));
+            EXPECT(fabs(norm[1] - norm[0]) < 1e-4 * norm[0], "%s step %d: gradient norm %.7g vs %.7g", clips[k], step, norm[1], norm[0]);
             random_batch_free(&b);
         }
-        clip_model_to_host(&mg, &og);
-        size_t n = mc.cpu.layout.buffer_elems;
-        int nt = mc.cpu.layout.num_tensors;
-        double ep = rel_err(mg.cpu.params, mc.cpu.params, n), em = rel_err(og.m, oc.m, n), eu = rel_err(og.u, oc.u, n);
-        double er = rel_err(og.rms, oc.rms, nt);
+        clip_model_to_host(&p.mg, &p.og);
+        size_t n = p.mc.cpu.layout.buffer_elems;
+        int nt = p.mc.cpu.layout.num_tensors;
+        double ep = rel_err(p.mg.cpu.params, p.mc.cpu.params, n), em = rel_err(p.og.m, p.oc.m, n), eu = rel_err(p.og.u, p.oc.u, n);
+        double er = rel_err(p.og.rms, p.oc.rms, nt);
         EXPECT(worst_loss < 1e-5, "%s: loss rel err %.2e", clips[k], worst_loss);
         EXPECT(em < 1e-4 && eu < 1e-4 && er < 1e-4, "%s: m %.2e u %.2e rms %.2e", clips[k], em, eu, er);
         EXPECT(ep < 1e-3, "%s: parameters rel err %.2e", clips[k], ep);
         if (k) EXPECT(first_norm > 0.05f, "the first gradient norm %.3g does not exceed grad_clip 0.05: nothing clipped", first_norm);
         printf("  %s (first norm %.3g): loss %.1e, m %.1e, u %.1e, rms %.1e, parameters %.1e\n", clips[k], first_norm, worst_loss, em,
                eu, er, ep);
-        optim_free(&oc), optim_free(&og);
-        clip_model_free(&mc), clip_model_free(&mg);
+        pair_free(&p);
     }
 }
 
