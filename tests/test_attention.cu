@@ -1,6 +1,6 @@
 // test_attention.cu: kernels/attention.cu against attention_forward/backward of model/ops_cpu.c at CLIP's
 // shapes (head dims 64, 80, 88 with sequences 50, 197, 257; causal 77 for text; the tiny config's 16) and
-// odd ones (T = 1, 5, 16, 33, 65, 80, 81, 129: partial tiles, a last tile of exactly 16 rows (the wgmma
+// odd ones (T = 1, 5, 16, 33, 65, 80, 81, 129, 321: partial tiles, a last tile of exactly 16 rows (the wgmma
 // kernels' narrow tail) and of 17; causal 257, 197 and 129: several key tiles adding to each query's dq).
 // fp32 (the reference algorithm on the GPU) bound 1e-5. bf16 flash attention on the same bf16-rounded qkv:
 // out 1e-2, each of dq, dk, dv 2e-2 (probabilities are rounded to bf16 for the P V and dS products), for both
@@ -56,7 +56,7 @@ static const int SHAPES[][5] = {{2, 17, 4, 16, 0}, {2, 32, 4, 16, 1},  {2, 50, 3
                                 {1, 257, 2, 88, 0}, {3, 77, 2, 64, 1},  {2, 33, 2, 88, 1},  {1, 130, 1, 128, 1}, {2, 70, 2, 40, 0},
                                 {2, 257, 2, 64, 1}, {3, 129, 2, 80, 1}, {2, 1, 3, 64, 0},   {2, 65, 2, 88, 0},  {2, 197, 2, 80, 0},
                                 {1, 257, 3, 64, 0}, {1, 197, 2, 80, 1}, {2, 16, 2, 80, 0},  {2, 80, 2, 64, 1},  {2, 81, 2, 80, 0},
-                                {3, 5, 2, 80, 1},   {2, 33, 2, 64, 0}};
+                                {3, 5, 2, 80, 1},   {2, 33, 2, 64, 0},  {2, 129, 2, 80, 0}, {1, 321, 2, 64, 0}, {2, 65, 2, 64, 0}};
 #define NSHAPES (int)(sizeof(SHAPES) / sizeof(SHAPES[0]))
 
 static void test_attention_fp32(void) {
