@@ -288,9 +288,14 @@ static float half_to_float(uint16_t h) {
     return v;
 }
 
-void st_read_f32(const StFile *f, const StTensor *t, float *out, size_t numel) {
+// The tensor's data, once it is known to hold numel elements.
+static const uint8_t *tensor_bytes(const StFile *f, const StTensor *t, size_t numel) {
     if (t->numel != numel) fatal("%s: tensor %s has %zu elements, expected %zu", f->path, t->name, t->numel, numel);
-    const uint8_t *src = f->data + t->begin;
+    return f->data + t->begin;
+}
+
+void st_read_f32(const StFile *f, const StTensor *t, float *out, size_t numel) {
+    const uint8_t *src = tensor_bytes(f, t, numel);
     for (size_t i = 0; i < numel; i++) {
         if (!strcmp(t->dtype, "F32")) memcpy(&out[i], src + 4 * i, 4);
         else if (!strcmp(t->dtype, "F64")) {
@@ -306,8 +311,7 @@ void st_read_f32(const StFile *f, const StTensor *t, float *out, size_t numel) {
 }
 
 void st_read_i32(const StFile *f, const StTensor *t, int32_t *out, size_t numel) {
-    if (t->numel != numel) fatal("%s: tensor %s has %zu elements, expected %zu", f->path, t->name, t->numel, numel);
-    const uint8_t *src = f->data + t->begin;
+    const uint8_t *src = tensor_bytes(f, t, numel);
     for (size_t i = 0; i < numel; i++) {
         if (!strcmp(t->dtype, "I32")) memcpy(&out[i], src + 4 * i, 4);
         else if (!strcmp(t->dtype, "I64")) {
