@@ -31,15 +31,19 @@ static void jspace(Json *j) {
     while (j->p < j->end && isspace((unsigned char)*j->p)) j->p++;
 }
 
-static int jexpect(Json *j, char c) {
+// 1 (and c consumed) when c comes next: a list's separator, or the end of an empty one.
+static int jaccept(Json *j, char c) {
     jspace(j);
-    if (j->p >= j->end || *j->p != c) {
-        char what[32];
-        snprintf(what, sizeof(what), "expected '%c'", c);
-        return jfail(j, what);
-    }
+    if (j->p >= j->end || *j->p != c) return 0;
     j->p++;
-    return 0;
+    return 1;
+}
+
+static int jexpect(Json *j, char c) {
+    if (jaccept(j, c)) return 0;
+    char what[32];
+    snprintf(what, sizeof(what), "expected '%c'", c);
+    return jfail(j, what);
 }
 
 static void put_utf8(char **o, unsigned cp) {
@@ -118,16 +122,11 @@ static int jint(Json *j, int64_t *v) {
 static int jint_array(Json *j, int64_t *v, int cap, int *n) {
     if (jexpect(j, '[')) return -1;
     *n = 0;
-    jspace(j);
-    if (j->p < j->end && *j->p == ']') return j->p++, 0;
+    if (jaccept(j, ']')) return 0;
     for (;;) {
         if (*n == cap) return jfail(j, "array too long");
         if (jint(j, &v[(*n)++])) return -1;
-        jspace(j);
-        if (j->p < j->end && *j->p == ',') {
-            j->p++;
-            continue;
-        }
+        if (jaccept(j, ',')) continue;
         return jexpect(j, ']');
     }
 }
@@ -158,11 +157,7 @@ static int parse_tensor(Json *j, StTensor *t) {
             return jfail(j, "unknown tensor field");
         }
         free(key);
-        jspace(j);
-        if (j->p < j->end && *j->p == ',') {
-            j->p++;
-            continue;
-        }
+        if (jaccept(j, ',')) continue;
         if (jexpect(j, '}')) return -1;
         break;
     }
@@ -174,8 +169,7 @@ static int parse_tensor(Json *j, StTensor *t) {
 
 static int parse_metadata(Json *j, StFile *f) {
     if (jexpect(j, '{')) return -1;
-    jspace(j);
-    if (j->p < j->end && *j->p == '}') return j->p++, 0;
+    if (jaccept(j, '}')) return 0;
     for (;;) {
         char *k, *v;
         if (jstring(j, &k) || jexpect(j, ':')) return -1;
@@ -183,19 +177,14 @@ static int parse_metadata(Json *j, StFile *f) {
         f->meta_keys = reallocCheck(f->meta_keys, (size_t)(f->num_meta + 1) * sizeof(char *));
         f->meta_values = reallocCheck(f->meta_values, (size_t)(f->num_meta + 1) * sizeof(char *));
         f->meta_keys[f->num_meta] = k, f->meta_values[f->num_meta++] = v;
-        jspace(j);
-        if (j->p < j->end && *j->p == ',') {
-            j->p++;
-            continue;
-        }
+        if (jaccept(j, ',')) continue;
         return jexpect(j, '}');
     }
 }
 
 static int parse_header(Json *j, StFile *f) {
     if (jexpect(j, '{')) return -1;
-    jspace(j);
-    if (j->p < j->end && *j->p == '}') return j->p++, 0;
+    if (jaccept(j, '}')) return 0;
     for (;;) {
         char *name;
         if (jstring(j, &name) || jexpect(j, ':')) return -1;
@@ -211,11 +200,7 @@ static int parse_header(Json *j, StFile *f) {
             free(name);
             if (parse_tensor(j, t)) return -1;
         }
-        jspace(j);
-        if (j->p < j->end && *j->p == ',') {
-            j->p++;
-            continue;
-        }
+        if (jaccept(j, ',')) continue;
         return jexpect(j, '}');
     }
 }
@@ -303,9 +288,14 @@ static float half_to_float(uint16_t h) {
     return v;
 }
 
-void st_read_f32(const StFile *f, const StTensor *t, float *out, size_t numel) {
+// The tensor's data, once it is known to hold numel elements.
+static const uint8_t *tensor_bytes(const StFile *f, const StTensor *t, size_t numel) {
     if (t->numel != numel) fatal("%s: tensor %s has %zu elements, expected %zu", f->path, t->name, t->numel, numel);
-    const uint8_t *src = f->data + t->begin;
+    return f->data + t->begin;
+}
+
+void st_read_f32(const StFile *f, const StTensor *t, float *out, size_t numel) {
+    const uint8_t *src = tensor_bytes(f, t, numel);
     for (size_t i = 0; i < numel; i++) {
         if (!strcmp(t->dtype, "F32")) memcpy(&out[i], src + 4 * i, 4);
         else if (!strcmp(t->dtype, "F64")) {
@@ -321,8 +311,7 @@ void st_read_f32(const StFile *f, const StTensor *t, float *out, size_t numel) {
 }
 
 void st_read_i32(const StFile *f, const StTensor *t, int32_t *out, size_t numel) {
-    if (t->numel != numel) fatal("%s: tensor %s has %zu elements, expected %zu", f->path, t->name, t->numel, numel);
-    const uint8_t *src = f->data + t->begin;
+    const uint8_t *src = tensor_bytes(f, t, numel);
     for (size_t i = 0; i < numel; i++) {
         if (!strcmp(t->dtype, "I32")) memcpy(&out[i], src + 4 * i, 4);
         else if (!strcmp(t->dtype, "I64")) {

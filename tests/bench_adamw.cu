@@ -27,12 +27,8 @@ static const double BYTES_PER_PARAM[PASSES] = {4, 4, 20, 18, 8, 30};
 
 int main(int argc, char **argv) {
     const char *config = argc > 1 ? argv[1] : "configs/vit_h_14.conf";
-    int reps = argc > 2 ? atoi(argv[2]) : 20;
-    if (reps < 1 || reps > 1000) reps = 20;
-    if (cuda_device_count() == 0) {
-        printf("bench_adamw: skipped: no GPU\n");
-        return 0;
-    }
+    int reps = bench_reps(argc, argv, 2, 20, 1000);
+    if (bench_no_gpu("bench_adamw")) return 0;
     Config c;
     config_defaults(&c);
     config_load_file(&c, config);
@@ -51,8 +47,7 @@ int main(int argc, char **argv) {
     cudaCheck(cudaMalloc(&m, n * sizeof(float))), cudaCheck(cudaMalloc(&u, n * sizeof(float)));
     cudaCheck(cudaMalloc(&pb, n * sizeof(bf16))), cudaCheck(cudaMalloc(&norm, sizeof(float)));
     fill_normal(p, n, 1, 0.02f), fill_normal(g, n, 2, 1e-3f), fill_normal(m, n, 3, 1e-4f), fill_normal(u, n, 4, 1e-3f, 1);
-    cudaDeviceProp prop;
-    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    cudaDeviceProp prop = bench_device();
     printf("GPU: %s (%d SMs); %s: %d tensors, %zu parameters (%d chunks of <= %d), %d reps, median\n", prop.name,
            prop.multiProcessorCount, c.model, L.num_tensors, np, plan.num_chunks, ADAMW_CHUNK, reps);
     // one step from the fixed inputs (lr large enough that the clipping and the bf16 rounding both matter)

@@ -33,14 +33,9 @@ static bf16 *normal_buffer(size_t n, uint64_t seed, float std) {
 }
 
 int main(int argc, char **argv) {
-    int reps = argc > 1 ? atoi(argv[1]) : 30;
-    if (reps < 1 || reps > 1000) reps = 30;
-    if (cuda_device_count() == 0) {
-        printf("bench_attention: skipped: no GPU\n");
-        return 0;
-    }
-    cudaDeviceProp prop;
-    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    int reps = bench_reps(argc, argv, 1, 30, 1000);
+    if (bench_no_gpu("bench_attention")) return 0;
+    cudaDeviceProp prop = bench_device();
     printf("GPU: %s (sm_%d%d, %d SMs), %d reps, median\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount, reps);
     static const AttnKernels kfam[NFAM] = {ATTN_KERNELS_AUTO, ATTN_KERNELS_MMA};
     float res[NSHAPES][NFAM][2];

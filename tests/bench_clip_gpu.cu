@@ -14,6 +14,7 @@
 // Multi-GPU: start one process per GPU (mpirun -np N, or scripts/run_local.sh N): the batch is per GPU, the
 // global batch N times that; rank 0 prints, img/s is per GPU, and "comm wait" is the time the compute stream
 // waits for collectives (communication not hidden by compute).
+#include "bench_gpu.h"
 #include "test_gpu.h"
 extern "C" {
 #include "../model/clip.h"
@@ -132,19 +133,13 @@ static void run(const BenchModel *bm, int world) {
 }
 
 int main(int argc, char **argv) {
-    if (cuda_device_count() == 0) {
-        printf("bench_clip_gpu: skipped: no GPU\n");
-        return 0;
-    }
+    if (bench_no_gpu("bench_clip_gpu")) return 0;
     Dist d;
     dist_init(&d);
     if (d.rank != 0 && !freopen("/dev/null", "w", stdout)) return 1;
     if (d.world > 1) dist_place_threads(&d, 0), gpu_dist_init(&d, 300);
     test_seed();
-    cudaDeviceProp prop;
-    int dev;
-    cudaCheck(cudaGetDevice(&dev));
-    cudaCheck(cudaGetDeviceProperties(&prop, dev));
+    cudaDeviceProp prop = bench_device();
     printf("GPU: %s, %d SMs, %.1f GiB; %d GPU(s)\n", prop.name, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1u << 30), d.world);
     printf("| model | variant | GPUs | ZeRO | batch/GPU | recompute | step ms | img/s/GPU | MFU | GPU mem used GiB | plan GiB | plan activations GiB |");
     for (int f = 0; f < PROF_FAMILIES; f++) printf(" %s ms |", PROF_NAMES[f]);

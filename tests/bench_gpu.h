@@ -1,8 +1,31 @@
-// bench_gpu.h: what the GPU benchmarks share: inputs filled on the device with normal values from a counter
-// hash (splitmix64 + Box-Muller), so that filling gigabytes costs no host time and no host memory; the median
-// of repeated timings; an order-independent checksum of device memory, to compare two builds bit for bit.
+// bench_gpu.h: what the GPU benchmarks share: the start of main (the repetition count, the skip without a GPU, the
+// device's properties); inputs filled on the device with normal values from a counter hash (splitmix64 +
+// Box-Muller), so that filling gigabytes costs no host time and no host memory; the median of repeated timings; an
+// order-independent checksum of device memory, to compare two builds bit for bit.
 #pragma once
 #include "../kernels/common.cuh"
+
+// The repetition count from argv[i]: def where it is missing or outside 1..max.
+static int bench_reps(int argc, char **argv, int i, int def, int max) {
+    int reps = argc > i ? atoi(argv[i]) : def;
+    return reps < 1 || reps > max ? def : reps;
+}
+
+// 1 where there is no GPU, after printing "NAME: skipped: no GPU" (the scripts look for that line): main returns 0.
+static int bench_no_gpu(const char *name) {
+    if (cuda_device_count() > 0) return 0;
+    printf("%s: skipped: no GPU\n", name);
+    return 1;
+}
+
+// The current device's properties, for the "GPU: ..." line each benchmark prints with its own settings.
+static cudaDeviceProp bench_device(void) {
+    int dev;
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDevice(&dev));
+    cudaCheck(cudaGetDeviceProperties(&prop, dev));
+    return prop;
+}
 
 static int cmp_float(const void *a, const void *b) {
     float x = *(const float *)a, y = *(const float *)b;

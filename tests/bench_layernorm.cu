@@ -78,14 +78,9 @@ static float time_case(int k, const Set *sets, int nsets, const Params *p, int N
 }
 
 int main(int argc, char **argv) {
-    int reps = argc > 1 ? atoi(argv[1]) : 30;
-    if (reps < 1 || reps > 1000) reps = 30;
-    if (cuda_device_count() == 0) {
-        printf("bench_layernorm: skipped: no GPU\n");
-        return 0;
-    }
-    cudaDeviceProp prop;
-    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    int reps = bench_reps(argc, argv, 1, 30, 1000);
+    if (bench_no_gpu("bench_layernorm")) return 0;
+    cudaDeviceProp prop = bench_device();
     cudaEvent_t e0, e1;
     cudaCheck(cudaEventCreate(&e0)), cudaCheck(cudaEventCreate(&e1));
     // the copy ceiling: 512 MiB device to device, bytes read + written

@@ -46,10 +46,7 @@ static void collective(GpuDist *gd, int kind, float *plain, float *win, size_t n
 }
 
 int main(int argc, char **argv) {
-    if (cuda_device_count() == 0) {
-        printf("bench_overlap: skipped: no GPU\n");
-        return 0;
-    }
+    if (bench_no_gpu("bench_overlap")) return 0;
     Dist d;
     dist_init(&d);
     if (d.world < 2) {

@@ -174,20 +174,15 @@ static void *dmalloc(size_t bytes) {
 }
 
 int main(int argc, char **argv) {
-    int reps = argc > 1 ? atoi(argv[1]) : 20;
-    if (reps < 1 || reps > 64) reps = 20;
+    int reps = bench_reps(argc, argv, 1, 20, 64);
     const char *only = argc > 2 ? argv[2] : NULL;
     int step = only && strcmp(only, "step") == 0;
     const Shape *list = step ? step_shapes : shapes;
     int nshapes = step ? NSTEP : NSHAPES;
     if (step) only = NULL;
     int profile = getenv("SB_BENCH_PROFILE") && atoi(getenv("SB_BENCH_PROFILE"));
-    if (cuda_device_count() == 0) {
-        printf("bench_switchback: skipped: no GPU\n");
-        return 0;
-    }
-    cudaDeviceProp prop;
-    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    if (bench_no_gpu("bench_switchback")) return 0;
+    cudaDeviceProp prop = bench_device();
     int wgmma = prop.major == 9;
     printf("GPU: %s (sm_%d%d, %d SMs, L2 %d MB), %d reps, median\n", prop.name, prop.major, prop.minor,
            prop.multiProcessorCount, prop.l2CacheSize >> 20, reps);

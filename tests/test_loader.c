@@ -16,7 +16,7 @@
 #define VOCAB "data/bpe_simple_vocab_16e6.txt.gz"
 #define TRAIN_SPEC SHARD_DIR "train-{0..3}.tar"
 #define TRAIN_GOOD 47  // 4 shards x 12 samples, one zero-byte image
-enum { S = 16, T = 16 };
+enum { S = 16, T = 16, SAMPLE_BYTES = 3 * S * S + T * 4 };  // one sample in read_batches' output
 
 static Tokenizer *tok;
 static ManifestLine *manifest;
@@ -97,15 +97,14 @@ static void test_labels(void) {
 
 // Reads n batches; returns a malloc'ed concatenation of (images, tokens) and the samples read.
 static uint8_t *read_batches(Loader *l, int n, int B, int *samples) {
-    size_t per = (size_t)3 * S * S + T * sizeof(int32_t);
-    uint8_t *out = callocCheck((size_t)n * B, per);
+    uint8_t *out = callocCheck((size_t)n * B, SAMPLE_BYTES);
     *samples = 0;
     Batch b;
     for (int k = 0; k < n; k++) {
         int got = loader_next(l, &b);
         for (int i = 0; i < got; i++) {
-            memcpy(out + (size_t)*samples * per, b.images + (size_t)i * 3 * S * S, (size_t)3 * S * S);
-            memcpy(out + (size_t)*samples * per + 3 * S * S, b.tokens + (size_t)i * T, T * sizeof(int32_t));
+            memcpy(out + (size_t)*samples * SAMPLE_BYTES, b.images + (size_t)i * 3 * S * S, (size_t)3 * S * S);
+            memcpy(out + (size_t)*samples * SAMPLE_BYTES + 3 * S * S, b.tokens + (size_t)i * T, T * sizeof(int32_t));
             (*samples)++;
         }
         if (!got) break;
@@ -113,9 +112,15 @@ static uint8_t *read_batches(Loader *l, int n, int B, int *samples) {
     return out;
 }
 
-static int32_t *tokens_of(uint8_t *samples, int i) {
-    return (int32_t *)(samples + (size_t)i * (3 * S * S + T * sizeof(int32_t)) + 3 * S * S);
+// read_batches of a fresh loader of TRAIN_SPEC (train or eval pass, batches of B, rank of world), closed after.
+static uint8_t *load_batches(const Config *c, int is_train, int B, int rank, int world, int n, int *samples) {
+    Loader *l = loader_open(c, TRAIN_SPEC, is_train, B, rank, world);
+    uint8_t *out = read_batches(l, n, B, samples);
+    loader_close(l);
+    return out;
 }
+
+static int32_t *tokens_of(uint8_t *samples, int i) { return (int32_t *)(samples + (size_t)i * SAMPLE_BYTES + 3 * S * S); }
 
 static void test_eval_pass(void) {
     if (!tok) SKIP("no vocabulary");
@@ -131,14 +136,10 @@ static void test_eval_pass(void) {
     EXPECT(st.samples == TRAIN_GOOD && st.skipped == 1 && st.skips[SKIP_EMPTY_MEMBER] == 1, "stats: %ld samples, %ld skipped", st.samples, st.skipped);
     loader_close(l);
     // the same samples in spec order with 1 and 3 threads
-    l = loader_open(&c, TRAIN_SPEC, 0, 5, 0, 1);
-    uint8_t *one = read_batches(l, 20, 5, &n1);
-    loader_close(l);
+    uint8_t *one = load_batches(&c, 0, 5, 0, 1, 20, &n1);
     c.data_workers = 3;
-    l = loader_open(&c, TRAIN_SPEC, 0, 5, 0, 1);
-    uint8_t *three = read_batches(l, 20, 5, &n3);
-    loader_close(l);
-    EXPECT(n1 == TRAIN_GOOD && n3 == TRAIN_GOOD && !memcmp(one, three, (size_t)n1 * (3 * S * S + T * 4)), "eval differs with 3 threads");
+    uint8_t *three = load_batches(&c, 0, 5, 0, 1, 20, &n3);
+    EXPECT(n1 == TRAIN_GOOD && n3 == TRAIN_GOOD && !memcmp(one, three, (size_t)n1 * SAMPLE_BYTES), "eval differs with 3 threads");
     int32_t want[T];
     tokenizer_encode(tok, "training sample 0 0", want, T);
     EXPECT(!memcmp(tokens_of(one, 0), want, sizeof(want)), "the first eval sample is not the spec's first");
@@ -155,20 +156,14 @@ static void test_same_batches_any_thread_count(void) {
     if (!tok) SKIP("no vocabulary");
     int n1, n3;
     Config c = test_config(1, 5, 7);
-    Loader *l = loader_open(&c, TRAIN_SPEC, 1, 4, 0, 1);
-    uint8_t *one = read_batches(l, 30, 4, &n1);
-    loader_close(l);
+    uint8_t *one = load_batches(&c, 1, 4, 0, 1, 30, &n1);
     c.data_workers = 3;
-    l = loader_open(&c, TRAIN_SPEC, 1, 4, 0, 1);
-    uint8_t *three = read_batches(l, 30, 4, &n3);
-    loader_close(l);
+    uint8_t *three = load_batches(&c, 1, 4, 0, 1, 30, &n3);
     EXPECT(n1 == 120 && n3 == 120, "train loaders ended: %d %d", n1, n3);
-    EXPECT(!memcmp(one, three, (size_t)n1 * (3 * S * S + T * 4)), "1 and 3 threads give different batches");
+    EXPECT(!memcmp(one, three, (size_t)n1 * SAMPLE_BYTES), "1 and 3 threads give different batches");
     c.seed = 8;
-    l = loader_open(&c, TRAIN_SPEC, 1, 4, 0, 1);
-    uint8_t *other = read_batches(l, 30, 4, &n3);
-    loader_close(l);
-    EXPECT(memcmp(one, other, (size_t)n1 * (3 * S * S + T * 4)) != 0, "seeds 7 and 8 give the same batches");
+    uint8_t *other = load_batches(&c, 1, 4, 0, 1, 30, &n3);
+    EXPECT(memcmp(one, other, (size_t)n1 * SAMPLE_BYTES) != 0, "seeds 7 and 8 give the same batches");
     free(one), free(three), free(other);
 }
 
@@ -177,12 +172,8 @@ static void test_epochs(void) {
     if (!tok) SKIP("no vocabulary");
     int n, eval_n;
     Config c = test_config(2, 4, 3);
-    Loader *l = loader_open(&c, TRAIN_SPEC, 0, TRAIN_GOOD, 0, 1);
-    uint8_t *eval = read_batches(l, 1, TRAIN_GOOD, &eval_n);
-    loader_close(l);
-    l = loader_open(&c, TRAIN_SPEC, 1, TRAIN_GOOD, 0, 1);
-    uint8_t *train = read_batches(l, 2, TRAIN_GOOD, &n);
-    loader_close(l);
+    uint8_t *eval = load_batches(&c, 0, TRAIN_GOOD, 0, 1, 1, &eval_n);
+    uint8_t *train = load_batches(&c, 1, TRAIN_GOOD, 0, 1, 2, &n);
     int in_order = 0;
     for (int i = 0; i < TRAIN_GOOD; i++) {
         int found = 0;
@@ -191,7 +182,7 @@ static void test_epochs(void) {
         in_order += !memcmp(tokens_of(train, i), tokens_of(eval, i), T * 4);
     }
     EXPECT(in_order < TRAIN_GOOD / 2, "the training order is the spec order (%d in place)", in_order);
-    size_t epoch_bytes = (size_t)TRAIN_GOOD * (3 * S * S + T * 4);
+    size_t epoch_bytes = (size_t)TRAIN_GOOD * SAMPLE_BYTES;
     EXPECT(n == 2 * TRAIN_GOOD && memcmp(train, train + epoch_bytes, epoch_bytes) != 0, "epochs 0 and 1 are identical");
     free(eval), free(train);
 }
@@ -223,7 +214,7 @@ static void test_resume(void) {
         loader_restore(l, state);
         uint8_t *resumed = read_batches(l, 10, 4, &n_resumed);
         loader_close(l);
-        EXPECT(n_ref == 40 && n_resumed == 40 && !memcmp(ref, resumed, (size_t)n_ref * (3 * S * S + T * 4)),
+        EXPECT(n_ref == 40 && n_resumed == 40 && !memcmp(ref, resumed, (size_t)n_ref * SAMPLE_BYTES),
                "resumed with %d threads from '%s': batches differ", workers, state);
         free(resumed);
     }
@@ -240,12 +231,8 @@ static void test_ranks_disjoint(void) {
     if (!tok) SKIP("no vocabulary");
     int n0, n1;
     Config c = test_config(2, 3, 5);
-    Loader *l = loader_open(&c, TRAIN_SPEC, 1, 20, 0, 2);
-    uint8_t *r0 = read_batches(l, 1, 20, &n0);
-    loader_close(l);
-    l = loader_open(&c, TRAIN_SPEC, 1, 20, 1, 2);
-    uint8_t *r1 = read_batches(l, 1, 20, &n1);
-    loader_close(l);
+    uint8_t *r0 = load_batches(&c, 1, 20, 0, 2, 1, &n0);
+    uint8_t *r1 = load_batches(&c, 1, 20, 1, 2, 1, &n1);
     int shared = 0;
     for (int i = 0; i < n0; i++)
         for (int j = 0; j < n1; j++) shared += !memcmp(tokens_of(r0, i), tokens_of(r1, j), T * 4);
@@ -263,10 +250,8 @@ static void test_resampled(void) {
     char state[256];
     loader_get_state(l, state, sizeof(state));
     loader_close(l);
-    l = loader_open(&c, TRAIN_SPEC, 1, 8, 0, 1);
-    uint8_t *b = read_batches(l, 12, 8, &again_n);
-    loader_close(l);
-    EXPECT(n == 96 && again_n == 96 && !memcmp(a, b, (size_t)n * (3 * S * S + T * 4)), "resampled runs differ");
+    uint8_t *b = load_batches(&c, 1, 8, 0, 1, 12, &again_n);
+    EXPECT(n == 96 && again_n == 96 && !memcmp(a, b, (size_t)n * SAMPLE_BYTES), "resampled runs differ");
     EXPECT(strstr(state, "resampled=1") != NULL, "state '%s'", state);
     free(a), free(b);
 }
