@@ -21,7 +21,7 @@
 #define LN_BWD_WARPS 8  // the backward's rows per group: warps per block
 #endif
 #ifndef LN_BWD_MIN_BLOCKS
-#define LN_BWD_MIN_BLOCKS 1  // blocks per SM the backward's register use must allow
+#define LN_BWD_MIN_BLOCKS 2  // blocks per SM the backward's register use must allow (2: at most 128 registers)
 #endif
 #ifndef LN_FWD_MIN_BLOCKS
 #define LN_FWD_MIN_BLOCKS 1  // the same for the forward (blocks of 32 * ROWS_PER_BLOCK threads)
@@ -113,15 +113,14 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK, LN_FWD_MIN_BLOCKS)
 }
 
 // dinp += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * w; one warp per row, the block's
-// LN_BWD_WARPS warps taking its rows_per_block rows (one wave of blocks) a group of LN_BWD_WARPS at a time. NV > 0: the
-// lane's NV vectors of dout and inp stay in registers; NV = 0: the second pass re-reads them (L1).
+// LN_BWD_WARPS warps taking its rows_per_block rows (one wave of blocks) a group of LN_BWD_WARPS at a time.
 // The column sums ride along, over the block's rows, into partial (reduce.cuh's layout, chunk = block): o = 0 the
 // weight gradient dout * xhat, o = 1 the bias gradient dout; with BranchGrads (NOUT > 0) o = 2 round(dinp * ls) (ls
-// NULL: the new dinp, rounded to T), o = 3 (NOUT 2, with ls) dinp * f. Each group's rows of dout, inp (and the new
-// dinp) are staged in shared memory (exact: T values), then each thread adds its columns' group sums, in row order,
-// to the block's sums (shared memory too: a warp holds nothing across rows, so the rows in flight stay many).
-// q (with qs), optional: the new dinp quantized row-wise for SwitchBack (from registers; NV = 0 re-reads the lane's
-// own stores).
+// NULL: the new dinp, rounded to T), o = 3 (NOUT 2, with ls) dinp * f. Each group's rows of dout, inp and dinp are
+// loaded together (one DRAM round trip a row, not two) and staged in shared memory (exact: T values), the new dinp
+// over the old; then each thread adds its columns' group sums, in row order, to the block's sums (shared memory
+// too: a warp holds nothing across rows, so the rows in flight stay many).
+// q (with qs), optional: the new dinp quantized row-wise for SwitchBack (from the stage).
 template <typename T, int V, int NV, int NOUT>
 __global__ void __launch_bounds__(32 * LN_BWD_WARPS, LN_BWD_MIN_BLOCKS)
     layernorm_backward_kernel(T *dinp, int8_t *q, float *qs, float *partial, const float *ls, const T *f, const T *dout,
@@ -149,13 +148,13 @@ __global__ void __launch_bounds__(32 * LN_BWD_WARPS, LN_BWD_MIN_BLOCKS)
 #pragma unroll
             for (int j = 0; j < nvec; j++) {
                 int c = (j * 32 + lane) * V;
-                Vec<T, V> g = load_vec<T, V>(dout + off + c), x = load_vec<T, V>(inp + off + c);
+                Vec<T, V> g = load_vec<T, V>(dout + off + c), x = load_vec<T, V>(inp + off + c), d = load_vec<T, V>(dinp + off + c);
                 Vec<float, V> wv = load_floats<V>(w + c);
                 for (int i = 0; i < V; i++) {
                     float xhat = (to_float(x.v[i]) - m) * s, dxhat = to_float(g.v[i]) * wv.v[i];
                     sum_d += dxhat, sum_dx += dxhat * xhat;
                 }
-                store_vec<T, V>(st_g + warp * C + c, g), store_vec<T, V>(st_x + warp * C + c, x);
+                store_vec<T, V>(st_g + warp * C + c, g), store_vec<T, V>(st_x + warp * C + c, x), store_vec<T, V>(st_d + warp * C + c, d);
             }
             if (lane == 0) st_m[warp] = m, st_s[warp] = s;
             sum_d = warp_sum(sum_d) / C, sum_dx = warp_sum(sum_dx) / C;
@@ -164,15 +163,14 @@ __global__ void __launch_bounds__(32 * LN_BWD_WARPS, LN_BWD_MIN_BLOCKS)
             for (int j = 0; j < nvec; j++) {
                 int c = (j * 32 + lane) * V;
                 Vec<T, V> g = load_vec<T, V>(st_g + warp * C + c), x = load_vec<T, V>(st_x + warp * C + c);
-                Vec<T, V> d = load_vec<T, V>(dinp + off + c);
+                Vec<T, V> d = load_vec<T, V>(st_d + warp * C + c);
                 Vec<float, V> wv = load_floats<V>(w + c);
                 for (int i = 0; i < V; i++) {
                     float xhat = (to_float(x.v[i]) - m) * s;
                     d.v[i] = from_float<T>(to_float(d.v[i]) + s * (to_float(g.v[i]) * wv.v[i] - sum_d - xhat * sum_dx));
                     am = fmaxf(am, fabsf(to_float(d.v[i])));
                 }
-                store_vec<T, V>(dinp + off + c, d);
-                if (NOUT) store_vec<T, V>(st_d + warp * C + c, d);
+                store_vec<T, V>(dinp + off + c, d), store_vec<T, V>(st_d + warp * C + c, d);
             }
             if (q) {
                 am = warp_max(am);
@@ -180,7 +178,7 @@ __global__ void __launch_bounds__(32 * LN_BWD_WARPS, LN_BWD_MIN_BLOCKS)
 #pragma unroll
                 for (int j = 0; j < nvec; j++) {
                     int c = (j * 32 + lane) * V;
-                    Vec<T, V> d = load_vec<T, V>(NOUT ? st_d + warp * C + c : dinp + off + c);
+                    Vec<T, V> d = load_vec<T, V>(st_d + warp * C + c);
                     Vec<int8_t, V> qv;
                     for (int i = 0; i < V; i++) qv.v[i] = sb_quantize(to_float(d.v[i]), mult);
                     store_vec<int8_t, V>(q + off + c, qv);
@@ -291,7 +289,7 @@ template <typename T, int V, int NV, int NOUT> static size_t backward_smem(int C
         smem_max -= (int)fa.sharedSizeBytes;
         cudaCheck(cudaFuncSetAttribute(layernorm_backward_kernel<T, V, NV, NOUT>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max));
     }
-    size_t smem = (size_t)C * ((NV > 0 ? 0 : (2 + NOUT) * sizeof(float)) + (NOUT ? 3 : 2) * LN_BWD_WARPS * sizeof(T));
+    size_t smem = (size_t)C * ((NV > 0 ? 0 : (2 + NOUT) * sizeof(float)) + 3 * LN_BWD_WARPS * sizeof(T));
     if (smem > (size_t)smem_max) fatal("layernorm_backward_gpu: C = %d needs %zu bytes of shared memory, the GPU has %d", C, smem, smem_max);
     return smem;
 }
