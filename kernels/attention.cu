@@ -138,6 +138,35 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int byt
 }
 __device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait(void) { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+// Makes this thread's landed cp.async writes visible to the async proxy, through which wgmma reads shared memory.
+__device__ __forceinline__ void fence_proxy_async(void) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+
+// A kernel's loop over its streamed tiles first .. n-1, double-buffered (tile first issued and committed by the
+// caller, with the block's own tiles): load(i, buf) issues tile i's copies into buffer buf = (i - first) & 1,
+// compute(i, buf) runs once tile i has landed, while tile i + 1's copies are in flight. ASYNC: wgmma reads the tiles.
+// The forwards and the wgmma backward kernels loop through it; the mma.sync dq and dk/dv kernels keep loops of their
+// own (through it they compiled 4-6% slower on an H100, docs/benchmarks.md).
+template <bool ASYNC, typename Load, typename Compute>
+__device__ __forceinline__ void stream_tiles(int first, int n, Load load, Compute compute) {
+    for (int i = first; i < n; i++) {
+        int buf = (i - first) & 1;
+        if (i + 1 < n) {
+            load(i + 1, buf ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        if constexpr (ASYNC) fence_proxy_async();  // the copies' writes before the wgmma's reads
+        __syncthreads();
+        compute(i, buf);
+        __syncthreads();  // the next iteration's loads overwrite this buffer
+    }
+}
 // Lane addresses for ldmatrix.x4 over a 16x16 block at (row0, col0) of a [row][col] tile:
 // "A" order gives an mma A fragment (and, with .trans, the B fragments of two n-tiles when the tile is
 // stored [k][n]); "B" order gives the B fragments of two n-tiles when the tile is stored [n][k].
@@ -338,25 +367,19 @@ __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 4 : HD <= 96 ? 3 : 2)
     const bf16 *qb = qkv + (size_t)b * T * ld + h * hd, *kb = qb + C, *vb = qb + 2 * C;
     int n_kt = (T + FA_TILE - 1) / FA_TILE;
     if (causal) n_kt = min(n_kt, qt + 1);
+    auto load_kv = [&](int j, int buf) {
+        load_tile<HD>(Ks[buf], kb, ld, j * FA_TILE, T, hd);
+        load_tile<HD>(Vs[buf], vb, ld, j * FA_TILE, T, hd);
+    };
     load_tile<HD>(Qs, qb, ld, q0, T, hd);
-    load_tile<HD>(Ks[0], kb, ld, 0, T, hd);
-    load_tile<HD>(Vs[0], vb, ld, 0, T, hd);
+    load_kv(0, 0);
     cp_async_commit();
 
     float o[HD / 8][4], m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     uint32_t qf[HD / 16][4];  // this warp's 16 query rows, loaded from shared memory once
-    for (int j = 0; j < n_kt; j++) {
-        if (j + 1 < n_kt) {
-            load_tile<HD>(Ks[(j + 1) & 1], kb, ld, (j + 1) * FA_TILE, T, hd);
-            load_tile<HD>(Vs[(j + 1) & 1], vb, ld, (j + 1) * FA_TILE, T, hd);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
+    stream_tiles<false>(0, n_kt, load_kv, [&](int j, int buf) {
         if (j == 0) load_a_frags<HD>(qf, Qs, r0, lane);
         // key groups this warp needs: up to the sequence end and, causal, up to its last query; a warp of
         // padding rows only keeps the block's barriers
@@ -364,7 +387,7 @@ __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 4 : HD <= 96 ? 3 : 2)
         if (causal) hi = min(hi, (q0 + r0 + 15 - j * FA_TILE) / 16 + 1);
         if (q0 + r0 < T) FOR_GROUPS(0, hi, {
             float s[8][4];
-            mma_frags_by_tile<HD>(s, qf, Ks[j & 1], lane, 0, hi);
+            mma_frags_by_tile<HD>(s, qf, Ks[buf], lane, 0, hi);
             // mask padding keys and the causal future (only the last tile and the causal diagonal have any), then
             // the online softmax in the log2 domain: p = 2^(s scale_log2 - m), one FFMA and one ex2 per score;
             // columns past group hi are neither computed nor read
@@ -378,10 +401,9 @@ __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 4 : HD <= 96 ? 3 : 2)
                     }
             }
             online_softmax<8, all_, HD>(s, o, m_run, l_run, scale_log2, hi);
-            mma_probs_by_tile<HD>(o, s, Vs[j & 1], lane, 0, hi);
+            mma_probs_by_tile<HD>(o, s, Vs[buf], lane, 0, hi);
         });
-        __syncthreads();  // the next iteration's loads overwrite this buffer
-    }
+    });
     store_out_lse<HD>(out + (size_t)b * T * C + h * hd, lse + ((size_t)b * NH + h) * T, o, m_run, l_run, q0 + r0, T, C, hd, lane);
 }
 
@@ -609,7 +631,6 @@ template <int HD> __device__ __forceinline__ uint64_t desc_mn_lo(const WgTile<HD
 template <int HD> __device__ __forceinline__ uint64_t desc_mn_hi(const WgTile<HD> &X, int kk) {
     return wg_desc(X.x + 4096 + kk * 16 * 16, 256, 3);
 }
-__device__ __forceinline__ void wg_fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
@@ -677,6 +698,17 @@ template <int N, int HD> __device__ __forceinline__ void wg_scores(float (&s)[N 
         else wgmma_ss_n64(s, desc_k(X, kk), desc_k(Y, kk), kk > 0);
     }
 }
+// s = X1 Y1^T and dp = X2 Y2^T (64 x N each), issued together and waited for (the backward's S and dP).
+template <int N, int HD>
+__device__ __forceinline__ void wg_score_pair(float (&s)[N / 8][4], const WgTile<HD> &X1, const WgTile<HD> &Y1, float (&dp)[N / 8][4],
+                                              const WgTile<HD> &X2, const WgTile<HD> &Y2) {
+    wg_scores<N>(s, X1, Y1);
+    wg_scores<N>(dp, X2, Y2);
+    wg_commit();
+    wg_wait0();
+    fence_acc(s);
+    fence_acc(dp);
+}
 // acc (64 x HD) += p (64 x N, accumulator layout, rounded to bf16) . rows [0, N) of Y (at HD 80, columns 64-79 as a
 // second, 16 wide product into acc[8..9]).
 template <int N, int HD>
@@ -739,31 +771,23 @@ __global__ void __launch_bounds__(FA_THREADS, 4)
     const bf16 *qb = qkv + (size_t)b * T * ld + h * HD, *kb = qb + C, *vb = qb + 2 * C;
     int n_kt = (T + FA_TILE - 1) / FA_TILE;
     if (causal) n_kt = min(n_kt, qt + 1);
+    auto load_kv = [&](int j, int buf) {
+        wg_load_tile<HD>(Ks[buf], kb, ld, j * FA_TILE, T);
+        wg_load_tile<HD>(Vs[buf], vb, ld, j * FA_TILE, T);
+    };
     wg_load_tile<HD>(Qs, qb, ld, q0, T);
-    wg_load_tile<HD>(Ks[0], kb, ld, 0, T);
-    wg_load_tile<HD>(Vs[0], vb, ld, 0, T);
+    load_kv(0, 0);
     cp_async_commit();
     float o[HD / 8][4], m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-    for (int j = 0; j < n_kt; j++) {
-        if (j + 1 < n_kt) {
-            wg_load_tile<HD>(Ks[(j + 1) & 1], kb, ld, (j + 1) * FA_TILE, T);
-            wg_load_tile<HD>(Vs[(j + 1) & 1], vb, ld, (j + 1) * FA_TILE, T);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        wg_fence_async_smem();  // the copies' writes before the wgmma's reads (async proxy)
-        __syncthreads();
+    stream_tiles<true>(0, n_kt, load_kv, [&](int j, int buf) {
         int key0 = j * FA_TILE, edge = key0 + FA_TILE > T || (causal && j == qt);
         if (T - key0 <= 16)
-            wg_forward_tile<16, HD>(o, m_run, l_run, Qs, Ks[j & 1], Vs[j & 1], key0, q0 + r0, edge, T, causal, scale_log2, lane);
+            wg_forward_tile<16, HD>(o, m_run, l_run, Qs, Ks[buf], Vs[buf], key0, q0 + r0, edge, T, causal, scale_log2, lane);
         else
-            wg_forward_tile<64, HD>(o, m_run, l_run, Qs, Ks[j & 1], Vs[j & 1], key0, q0 + r0, edge, T, causal, scale_log2, lane);
-        __syncthreads();  // the next iteration's loads overwrite this buffer
-    }
+            wg_forward_tile<64, HD>(o, m_run, l_run, Qs, Ks[buf], Vs[buf], key0, q0 + r0, edge, T, causal, scale_log2, lane);
+    });
     store_out_lse<HD>(out + (size_t)b * T * C + h * HD, lse + ((size_t)b * NH + h) * T, o, m_run, l_run, q0 + r0, T, C, HD, lane);
 #endif
 }
@@ -776,12 +800,7 @@ __device__ __forceinline__ void wg_dq_tile(float (&dq)[HD / 8][4], const WgTile<
                                            const WgTile<HD> &V, const float row_lse[2], const float row_delta[2], int key0,
                                            int query0, int edge, int T, int causal, float scale_log2, int lane) {
     float s[N / 8][4], dp[N / 8][4];
-    wg_scores<N>(s, Qs, K);
-    wg_scores<N>(dp, dOs, V);
-    wg_commit();
-    wg_wait0();
-    fence_acc(s);
-    fence_acc(dp);
+    wg_score_pair<N>(s, Qs, K, dp, dOs, V);
 #pragma unroll
     for (int nt = 0; nt < N / 8; nt++)
 #pragma unroll
@@ -815,10 +834,13 @@ __global__ void __launch_bounds__(FA_THREADS, 3)
     const bf16 *ob = dout + (size_t)b * T * C + h * HD;
     int n_kt = (T + FA_TILE - 1) / FA_TILE;
     if (causal) n_kt = min(n_kt, qt + 1);
+    auto load_kv = [&](int j, int buf) {
+        wg_load_tile<HD>(Ks[buf], kb, ld, j * FA_TILE, T);
+        wg_load_tile<HD>(Vs[buf], vb, ld, j * FA_TILE, T);
+    };
     wg_load_tile<HD>(Qs, qb, ld, q0, T);
     wg_load_tile<HD>(dOs, ob, C, q0, T);
-    wg_load_tile<HD>(Ks[0], kb, ld, 0, T);
-    wg_load_tile<HD>(Vs[0], vb, ld, 0, T);
+    load_kv(0, 0);
     cp_async_commit();
     float row_lse[2], row_delta[2];
     row_deltas(row_delta, delta + ((size_t)b * NH + h) * T, out + (size_t)b * T * C + h * HD, ob, C, q0 + r0, T, HD, lane);
@@ -827,24 +849,13 @@ __global__ void __launch_bounds__(FA_THREADS, 3)
     float dq[HD / 8][4];
 #pragma unroll
     for (int i = 0; i < HD / 8; i++) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.0f;
-    for (int j = 0; j < n_kt; j++) {
-        if (j + 1 < n_kt) {
-            wg_load_tile<HD>(Ks[(j + 1) & 1], kb, ld, (j + 1) * FA_TILE, T);
-            wg_load_tile<HD>(Vs[(j + 1) & 1], vb, ld, (j + 1) * FA_TILE, T);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        wg_fence_async_smem();
-        __syncthreads();
+    stream_tiles<true>(0, n_kt, load_kv, [&](int j, int buf) {
         int key0 = j * FA_TILE, edge = key0 + FA_TILE > T || (causal && j == qt);
         if (T - key0 <= 16)
-            wg_dq_tile<16, HD>(dq, Qs, dOs, Ks[j & 1], Vs[j & 1], row_lse, row_delta, key0, q0 + r0, edge, T, causal, scale_log2, lane);
+            wg_dq_tile<16, HD>(dq, Qs, dOs, Ks[buf], Vs[buf], row_lse, row_delta, key0, q0 + r0, edge, T, causal, scale_log2, lane);
         else
-            wg_dq_tile<64, HD>(dq, Qs, dOs, Ks[j & 1], Vs[j & 1], row_lse, row_delta, key0, q0 + r0, edge, T, causal, scale_log2, lane);
-        __syncthreads();
-    }
+            wg_dq_tile<64, HD>(dq, Qs, dOs, Ks[buf], Vs[buf], row_lse, row_delta, key0, q0 + r0, edge, T, causal, scale_log2, lane);
+    });
     const float mul[2] = {scale, scale};
     store_rows<HD>(dqkv + (size_t)b * T * ld + h * HD, ld, dq, mul, q0 + r0, T, HD, lane);
 #endif
@@ -858,12 +869,7 @@ __device__ __forceinline__ void wg_dkdv_tile(float (&dk)[HD / 8][4], float (&dv)
                                              const WgTile<HD> &Q, const WgTile<HD> &dO, const float *lse_s, const float *delta_s,
                                              int query0, int key0, int edge, int T, int causal, float scale_log2, int lane) {
     float s[N / 8][4], dp[N / 8][4];
-    wg_scores<N>(s, Ks, Q);
-    wg_scores<N>(dp, Vs, dO);
-    wg_commit();
-    wg_wait0();
-    fence_acc(s);
-    fence_acc(dp);
+    wg_score_pair<N>(s, Ks, Q, dp, Vs, dO);
 #pragma unroll
     for (int nt = 0; nt < N / 8; nt++)
 #pragma unroll
@@ -906,35 +912,23 @@ __global__ void __launch_bounds__(FA_THREADS, 3)
     int n_qt = (T + FA_TILE - 1) / FA_TILE, i0 = causal ? kt : 0;
     wg_load_tile<HD>(Ks, kb, ld, k0, T);
     wg_load_tile<HD>(Vs, vb, ld, k0, T);
-    // query tile i goes to buffer (i - i0) & 1, with its lse and delta
-#define LOAD_QUERY_TILE(i)                                                       \
-    do {                                                                         \
-        int buf_ = ((i) - i0) & 1, t_ = (i) * FA_TILE + threadIdx.x;             \
-        wg_load_tile<HD>(Qs[buf_], qb, ld, (i) * FA_TILE, T);                    \
-        wg_load_tile<HD>(dOs[buf_], ob, C, (i) * FA_TILE, T);                    \
-        if (threadIdx.x < FA_TILE) {                                             \
-            lse_s[buf_][threadIdx.x] = t_ < T ? lse_h[t_] : 0.0f;                 \
-            delta_s[buf_][threadIdx.x] = t_ < T ? delta_h[t_] : 0.0f;             \
-        }                                                                        \
-    } while (0)
-    LOAD_QUERY_TILE(i0);
+    auto load_q = [&](int i, int buf) {  // query tile i with its lse and delta
+        int t = i * FA_TILE + threadIdx.x;
+        wg_load_tile<HD>(Qs[buf], qb, ld, i * FA_TILE, T);
+        wg_load_tile<HD>(dOs[buf], ob, C, i * FA_TILE, T);
+        if (threadIdx.x < FA_TILE) {
+            lse_s[buf][threadIdx.x] = t < T ? lse_h[t] : 0.0f;
+            delta_s[buf][threadIdx.x] = t < T ? delta_h[t] : 0.0f;
+        }
+    };
+    load_q(i0, 0);
     cp_async_commit();
     float dk[HD / 8][4], dv[HD / 8][4];
 #pragma unroll
     for (int i = 0; i < HD / 8; i++)
 #pragma unroll
         for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.0f;
-    for (int i = i0; i < n_qt; i++) {
-        int buf = (i - i0) & 1;
-        if (i + 1 < n_qt) {
-            LOAD_QUERY_TILE(i + 1);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        wg_fence_async_smem();
-        __syncthreads();
+    stream_tiles<true>(i0, n_qt, load_q, [&](int i, int buf) {
         int query0 = i * FA_TILE, edge = query0 + FA_TILE > T || (causal && i == kt);
         if (T - query0 <= 16)
             wg_dkdv_tile<16, HD>(dk, dv, Ks, Vs, Qs[buf], dOs[buf], lse_s[buf], delta_s[buf], query0, k0 + r0, edge, T, causal,
@@ -942,9 +936,7 @@ __global__ void __launch_bounds__(FA_THREADS, 3)
         else
             wg_dkdv_tile<64, HD>(dk, dv, Ks, Vs, Qs[buf], dOs[buf], lse_s[buf], delta_s[buf], query0, k0 + r0, edge, T, causal,
                                  scale_log2, lane);
-        __syncthreads();
-    }
-#undef LOAD_QUERY_TILE
+    });
     store_dk_dv<HD>(dqkv + (size_t)b * T * ld + C + h * HD, dk, dv, scale, k0 + r0, T, C, HD, lane);
 #endif
 }
