@@ -698,16 +698,20 @@ template <int N, int HD> __device__ __forceinline__ void wg_scores(float (&s)[N 
         else wgmma_ss_n64(s, desc_k(X, kk), desc_k(Y, kk), kk > 0);
     }
 }
+// Commits the wgmmas issued and waits for them; a and b are their accumulators.
+template <int NA, int NB> __device__ __forceinline__ void wg_commit_wait(float (&a)[NA][4], float (&b)[NB][4]) {
+    wg_commit();
+    wg_wait0();
+    fence_acc(a);
+    fence_acc(b);
+}
 // s = X1 Y1^T and dp = X2 Y2^T (64 x N each), issued together and waited for (the backward's S and dP).
 template <int N, int HD>
 __device__ __forceinline__ void wg_score_pair(float (&s)[N / 8][4], const WgTile<HD> &X1, const WgTile<HD> &Y1, float (&dp)[N / 8][4],
                                               const WgTile<HD> &X2, const WgTile<HD> &Y2) {
     wg_scores<N>(s, X1, Y1);
     wg_scores<N>(dp, X2, Y2);
-    wg_commit();
-    wg_wait0();
-    fence_acc(s);
-    fence_acc(dp);
+    wg_commit_wait(s, dp);
 }
 // acc (64 x HD) += p (64 x N, accumulator layout, rounded to bf16) . rows [0, N) of Y (at HD 80, columns 64-79 as a
 // second, 16 wide product into acc[8..9]).
@@ -885,10 +889,7 @@ __device__ __forceinline__ void wg_dkdv_tile(float (&dk)[HD / 8][4], float (&dv)
         }
     wg_probs<N>(dv, s, dO);
     wg_probs<N>(dk, dp, Q);
-    wg_commit();
-    wg_wait0();
-    fence_acc(dv);
-    fence_acc(dk);
+    wg_commit_wait(dv, dk);
 }
 #endif
 
