@@ -13,7 +13,8 @@
 //     recompute_keep to the byte; in bf16 and int8_switchback, recompute 1 (also with recompute_keep = 1) equals
 //     recompute 0 bit for bit (the GELU backward rewrites the GELU output c_proj's weight gradient reads: the forward's);
 //   the optimizer with and without global-norm clipping (its one-pass and two-phase ways), 3 steps in fp32 against the
-//     CPU: losses 1e-5, moments and RMS 1e-4, parameters 1e-3 (test_optimizer_paths_match_cpu says why);
+//     CPU: losses 1e-5, moments 2e-4 (m) and 4e-4 (u), RMS 1e-4, parameters 1e-3 (test_optimizer_paths_match_cpu
+//     says why);
 //   training 200 steps on the synthetic data, GPU bf16 vs CPU fp32 from the same init and batches: each
 //     20-step mean loss within 5% (+0.05) of the CPU's, and both fall below 75% of their first window.
 // precision int8_switchback (every variant; tiny, tiny QuickGELU + layer-scale, and widths 256 at batch 16):
@@ -319,8 +320,10 @@ static void test_training_tracks_cpu(void) {
 // The GPU optimizer's two ways (kernels/adamw.cuh): without global-norm clipping the gradient-norm pass also makes the
 // RMS sums and the step is one pass; with grad_clip (0.05: below the tiny model's gradient norm, so every step
 // scales) the step scales the gradients in its moments pass. Each against the CPU (fp32, 3 steps of batch 8 from the
-// same init): losses 1e-5 relative, the moments m and u and the per-tensor RMS 1e-4 (relative L2; the gradients
-// agree to 1e-4 per tensor, and m, u, the RMS follow them smoothly), the parameters 1e-3 (Adam's first steps move
+// same init): losses 1e-5 relative, m 2e-4, u 4e-4 and the per-tensor RMS 1e-4 (relative L2). The gradients agree
+// to 1e-4 per tensor, and m follows them: two thirds of its norm is one embedding table's gradient (a sum over the
+// batch with cancellation; seed 924037454 put the text positional embedding's at 1.01e-4, and m's at 9.6e-5); u,
+// quadratic in the gradients, carries twice their relative error. The parameters 1e-3 (Adam's first steps move
 // each weight by about +-lr whatever its gradient's size, so a gradient near zero whose sign differs moves it 2 lr).
 // Unclipped moments are ~20x the clipped ones here: a scale applied twice or not at all fails the bounds.
 static void test_optimizer_paths_match_cpu(void) {
@@ -349,8 +352,21 @@ static void test_optimizer_paths_match_cpu(void) {
         int nt = p.mc.cpu.layout.num_tensors;
         double ep = rel_err(p.mg.cpu.params, p.mc.cpu.params, n), em = rel_err(p.og.m, p.oc.m, n), eu = rel_err(p.og.u, p.oc.u, n);
         double er = rel_err(p.og.rms, p.oc.rms, nt);
+        // the tensor whose first moment is furthest off, with its share of the moments' norm (for a failure's reader)
+        const ClipLayout *lay = &p.mc.cpu.layout;
+        double m_norm = 0.0, worst_t = -1.0, worst_share = 0.0;
+        int worst_i = 0;
+        for (size_t i = 0; i < n; i++) m_norm += (double)p.oc.m[i] * p.oc.m[i];
+        for (int t = 0; t < nt; t++) {
+            const float *a = p.og.m + lay->tensors[t].offset, *r = p.oc.m + lay->tensors[t].offset;
+            double e = rel_err(a, r, lay->tensors[t].numel), sq = 0.0;
+            for (size_t i = 0; i < lay->tensors[t].numel; i++) sq += (double)r[i] * r[i];
+            if (e * sqrt(sq) > worst_t) worst_t = e * sqrt(sq), worst_i = t, worst_share = sqrt(sq / m_norm);
+        }
+        printf("  %s: largest share of m's error: %s (rel err %.2e, %.1f%% of m's norm)\n", clips[k], lay->tensors[worst_i].name,
+               worst_t / (worst_share * sqrt(m_norm)), 100.0 * worst_share);
         EXPECT(worst_loss < 1e-5, "%s: loss rel err %.2e", clips[k], worst_loss);
-        EXPECT(em < 1e-4 && eu < 1e-4 && er < 1e-4, "%s: m %.2e u %.2e rms %.2e", clips[k], em, eu, er);
+        EXPECT(em < 2e-4 && eu < 4e-4 && er < 1e-4, "%s: m %.2e u %.2e rms %.2e", clips[k], em, eu, er);
         EXPECT(ep < 1e-3, "%s: parameters rel err %.2e", clips[k], ep);
         if (k) EXPECT(first_norm > 0.05f, "the first gradient norm %.3g does not exceed grad_clip 0.05: nothing clipped", first_norm);
         printf("  %s (first norm %.3g): loss %.1e, m %.1e, u %.1e, rms %.1e, parameters %.1e\n", clips[k], first_norm, worst_loss, em,
