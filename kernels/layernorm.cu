@@ -170,7 +170,8 @@ __global__ void __launch_bounds__(32 * LN_BWD_WARPS, LN_BWD_MIN_BLOCKS)
                     d.v[i] = from_float<T>(to_float(d.v[i]) + s * (to_float(g.v[i]) * wv.v[i] - sum_d - xhat * sum_dx));
                     am = fmaxf(am, fabsf(to_float(d.v[i])));
                 }
-                store_vec<T, V>(dinp + off + c, d), store_vec<T, V>(st_d + warp * C + c, d);
+                store_vec<T, V>(dinp + off + c, d);
+                if (NOUT || q) store_vec<T, V>(st_d + warp * C + c, d);  // read again by the column sums and the quantizer
             }
             if (q) {
                 am = warp_max(am);
