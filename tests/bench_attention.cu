@@ -22,8 +22,12 @@ static const Shape shapes[] = {
     {"ViT-B/16 vision", 256, 12, 197, 64, 0}, {"ViT-B/16 text", 256, 8, 77, 64, 1},
 };
 #define NSHAPES (int)(sizeof(shapes) / sizeof(shapes[0]))
-#define NFAM 2
-static const char *const FAMILY_NAMES[NFAM] = {"default", "mma.sync"};
+typedef struct {
+    const char *name;
+    AttnKernels kernels;
+} Family;
+static const Family FAMILIES[] = {{"default", ATTN_KERNELS_AUTO}, {"mma.sync", ATTN_KERNELS_MMA}};
+#define NFAM (int)(sizeof(FAMILIES) / sizeof(FAMILIES[0]))
 
 static bf16 *normal_buffer(size_t n, uint64_t seed, float std) {
     bf16 *p;
@@ -37,7 +41,6 @@ int main(int argc, char **argv) {
     if (bench_no_gpu("bench_attention")) return 0;
     cudaDeviceProp prop = bench_device();
     printf("GPU: %s (sm_%d%d, %d SMs), %d reps, median\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount, reps);
-    static const AttnKernels kfam[NFAM] = {ATTN_KERNELS_AUTO, ATTN_KERNELS_MMA};
     float res[NSHAPES][NFAM][2];
     for (int si = 0; si < NSHAPES; si++) {
         Shape s = shapes[si];
@@ -53,7 +56,7 @@ int main(int argc, char **argv) {
         cudaCheck(cudaMalloc(&dqkv, nqkv * sizeof(bf16)));
         cudaCheck(cudaMalloc(&scratch, ns * sizeof(float)));
         for (int ki = 0; ki < NFAM; ki++) {
-            attention_set_kernels(kfam[ki]);
+            attention_set_kernels(FAMILIES[ki].kernels);
             for (int i = 0; i < 3; i++) {
                 attention_forward_gpu(out[i & 1], lse[i & 1], qkv[i & 1], s.B, s.T, C, s.NH, s.causal);
                 attention_backward_gpu(dqkv, scratch, dout[i & 1], qkv[i & 1], out[i & 1], lse[i & 1], s.B, s.T, C, s.NH, s.causal);
@@ -65,7 +68,7 @@ int main(int argc, char **argv) {
         for (int r = 0; r < reps; r++)
             for (int f = 0; f < NFAM; f++) {
                 int ki = (r + f) % NFAM, i = r & 1;  // each family in every position of the round
-                attention_set_kernels(kfam[ki]);
+                attention_set_kernels(FAMILIES[ki].kernels);
                 cudaCheck(cudaEventRecord(ev[0], 0));
                 attention_forward_gpu(out[i], lse[i], qkv[i], s.B, s.T, C, s.NH, s.causal);
                 cudaCheck(cudaEventRecord(ev[1], 0));
@@ -92,7 +95,7 @@ int main(int argc, char **argv) {
             const float *r = res[si][ki];
             double flop = 4.0 * s.B * s.NH * (double)s.T * s.T * s.hd * (s.causal ? 0.5 : 1.0);
             printf("| %s | %d | %d | %d | %d | %d | %s | %.3f | %.0f | %.3f | %.0f | %.3f |\n", s.name, s.B, s.NH, s.T, s.hd, s.causal,
-                   FAMILY_NAMES[ki], r[0], flop / r[0] * 1e-9, r[1], 2.5 * flop / r[1] * 1e-9, r[0] + r[1]);
+                   FAMILIES[ki].name, r[0], flop / r[0] * 1e-9, r[1], 2.5 * flop / r[1] * 1e-9, r[0] + r[1]);
         }
     return 0;
 }
