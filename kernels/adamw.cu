@@ -1,5 +1,6 @@
 // adamw.cu: fused multi-tensor AdamW / StableAdamW over a plan (all elements or a ZeRO-1 shard), the gradient
-// statistics pass (sums of squares for the gradient norm, RMS sums), parameter copy (see adamw.cuh).
+// statistics pass (sums of squares for the gradient norm, RMS sums), parameter copy, the zeroing of the gradients the
+// backward adds into (see adamw.cuh).
 #include <stdlib.h>
 
 #include "adamw.cuh"
@@ -253,6 +254,32 @@ template <typename D, typename S> static void convert_gpu(D *dst, const S *src, 
 }
 void copy_to_bf16_gpu(bf16 *dst, const float *src, size_t n, cudaStream_t stream) { convert_gpu(dst, src, n, stream); }
 void copy_to_fp32_gpu(float *dst, const bf16 *src, size_t n, cudaStream_t stream) { convert_gpu(dst, src, n, stream); }
+
+__global__ void zero_chunks_kernel(float *buf, const long *chunk_offset, const int *chunk_len) {
+    float *b = buf + chunk_offset[blockIdx.x];
+    for (int i = threadIdx.x, n = chunk_len[blockIdx.x]; i < n; i += blockDim.x) b[i] = 0.0f;
+}
+
+void zero_plan_init(ZeroPlan *z, int num_ranges, const size_t *lo, const size_t *hi) {
+    int n = 0;
+    for (int r = 0; r < num_ranges; r++) n += (int)((hi[r] - lo[r] + ADAMW_CHUNK - 1) / ADAMW_CHUNK);
+    long *off = (long *)malloc((n + 1) * sizeof(long));
+    int *len = (int *)malloc((n + 1) * sizeof(int)), c = 0;
+    if (!off || !len) fatal("zero_plan_init: out of host memory");
+    for (int r = 0; r < num_ranges; r++)
+        for (size_t k = lo[r]; k < hi[r]; k += ADAMW_CHUNK, c++)
+            off[c] = (long)k, len[c] = (int)(hi[r] - k < ADAMW_CHUNK ? hi[r] - k : ADAMW_CHUNK);
+    z->num_chunks = n, z->chunk_offset = upload(off, n + 1), z->chunk_len = upload(len, n + 1);
+    free(off), free(len);
+}
+
+void zero_plan_free(ZeroPlan *z) { cudaCheck(cudaFree(z->chunk_offset)), cudaCheck(cudaFree(z->chunk_len)); }
+
+void zero_ranges_gpu(const ZeroPlan *z, float *buf) {
+    if (!z->num_chunks) return;
+    zero_chunks_kernel<<<z->num_chunks, 512>>>(buf, z->chunk_offset, z->chunk_len);
+    cudaCheckLaunch();
+}
 
 void clamp_scalar_gpu(float *x, float lo, float hi) {
     clamp_scalar_kernel<<<1, 1>>>(x, lo, hi);

@@ -1,6 +1,7 @@
 // adamw.cuh: the fused optimizer step over every tensor of the model at once (AdamW, or the StableAdamW
 // hybrid with per-tensor update clipping by RMS = sqrt(mean(g^2 / max(u, eps^2)))), the sum of squares of the
-// gradients (for the global norm), the fp32 -> bf16 parameter copy, and clamping of one scalar (logit_scale).
+// gradients (for the global norm), the fp32 -> bf16 parameter copy, clamping of one scalar (logit_scale), and the
+// zeroing of the gradients that the backward adds into before each step.
 // A plan covers the elements this process updates: all of them, or with ZeRO-1 its shard, given as segments
 // of the flat buffers. They are split into chunks of at most ADAMW_CHUNK elements, each inside one tensor.
 // A step needs each tensor's sum of g^2 / max(u', eps^2) (u' the updated second moment; in chunk order) before any
@@ -63,5 +64,16 @@ void adamw_apply_gpu(const AdamWPlan *p, float *params, bf16 *params_bf16, const
 void copy_to_bf16_gpu(bf16 *dst, const float *src, size_t n, cudaStream_t stream = 0);
 // dst (n) = fp32(src), on `stream` (the bf16 gradient sums of grad_reduce = bf16 back into the fp32 gradients)
 void copy_to_fp32_gpu(float *dst, const bf16 *src, size_t n, cudaStream_t stream = 0);
+// The parts of the gradient buffer that a step zeroes before its backward: the ranges [lo[i], hi[i]) (ascending,
+// disjoint) of the gradients the backward adds into, while the weight-gradient GEMMs overwrite theirs. Chunks of at
+// most ADAMW_CHUNK elements, zeroed in one launch.
+typedef struct {
+    int num_chunks;
+    long *chunk_offset;  // (num_chunks)
+    int *chunk_len;      // (num_chunks)
+} ZeroPlan;
+void zero_plan_init(ZeroPlan *z, int num_ranges, const size_t *lo, const size_t *hi);
+void zero_plan_free(ZeroPlan *z);
+void zero_ranges_gpu(const ZeroPlan *z, float *buf);
 // *x = min(max(*x, lo), hi) on the device
 void clamp_scalar_gpu(float *x, float lo, float hi);

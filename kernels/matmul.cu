@@ -299,13 +299,13 @@ template <typename T> void matmul_backward_input_gpu(T *dinp, const T *dout, con
     matmul_cm(dinp, type_of<T>(), C, w, C, 0, dout, OC, 0, type_of<T>(), NULL, C, N, OC, 1.0f, 0.0f, 0);
 }
 
-template <typename T> void matmul_backward_weight_gpu(float *dw, const T *dout, const T *inp, int N, int C, int OC) {
-    matmul_cm(dw, CUDA_R_32F, C, inp, C, 0, dout, OC, 1, type_of<T>(), NULL, C, OC, N, 1.0f, 1.0f, 0);
+template <typename T> void matmul_backward_weight_gpu(float *dw, const T *dout, const T *inp, int N, int C, int OC, int accumulate) {
+    matmul_cm(dw, CUDA_R_32F, C, inp, C, 0, dout, OC, 1, type_of<T>(), NULL, C, OC, N, 1.0f, accumulate ? 1.0f : 0.0f, 0);
 }
 
 #define INSTANTIATE(T)                                                                        \
     template void matmul_forward_gpu<T>(T *, const T *, const T *, const T *, int, int, int);      \
     template void matmul_backward_input_gpu<T>(T *, const T *, const T *, int, int, int);         \
-    template void matmul_backward_weight_gpu<T>(float *, const T *, const T *, int, int, int);
+    template void matmul_backward_weight_gpu<T>(float *, const T *, const T *, int, int, int, int);
 INSTANTIATE(float)
 INSTANTIATE(bf16)

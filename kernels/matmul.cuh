@@ -34,5 +34,5 @@ void matmul_set_sm_target(int sms);
 template <typename T> void matmul_forward_gpu(T *out, const T *inp, const T *w, const T *bias, int N, int C, int OC);
 // dinp (N, C) = dout (N, OC) @ w   (overwrites)
 template <typename T> void matmul_backward_input_gpu(T *dinp, const T *dout, const T *w, int N, int C, int OC);
-// dw (OC, C) += dout^T @ inp   (fp32 accumulation into the gradient buffer)
-template <typename T> void matmul_backward_weight_gpu(float *dw, const T *dout, const T *inp, int N, int C, int OC);
+// dw (OC, C) = dout^T @ inp, or += with accumulate (fp32, the gradient buffer; overwriting does not read dw)
+template <typename T> void matmul_backward_weight_gpu(float *dw, const T *dout, const T *inp, int N, int C, int OC, int accumulate);

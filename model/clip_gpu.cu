@@ -69,6 +69,10 @@ struct ClipGPU {
     bf16 *params_bf16;
     void *wts;
     AdamWPlan plan;
+    // The weight-gradient GEMMs overwrite their gradients in a step's first backward micro-batch (accumulate = 0)
+    // and add into them after; every other gradient is added into, from zero (grad_zero: the rest of the buffer).
+    ZeroPlan grad_zero;
+    int accumulate;
     float logit_scale_host;
     long stats_t;  // the optimizer step whose RMS sums clip_gpu_grad_norm made (0: none)
     // inputs of a micro-batch: [images | tokens | EOT positions | token index], two device buffers and two
@@ -330,6 +334,7 @@ static void carve(ClipGPU *g, Arena *a, GpuMemoryPlan *p) {
     size_t state = g->zero ? shard_elems(g) : n;  // ZeRO-1: the moments of this rank's parts only
     g->m = TAKE_F(a, state, &p->optimizer), g->u = TAKE_F(a, state, &p->optimizer);
     p->optimizer += (size_t)(state / ADAMW_CHUNK + L->num_tensors + g->num_buckets) * 32;  // the plan's tables (adamw_plan_init)
+    p->grads += (size_t)(n / ADAMW_CHUNK + L->num_tensors) * 12;                          // grad_zero's (zero_plan_init)
 
     // inputs: images uint8, tokens, EOT positions, token index
     int S = c->image_size, Tt = c->context_length;
@@ -396,9 +401,10 @@ static void proj_forward(float *out, const float *x, const float *proj, int B, i
     matmul_cm(out, CUDA_R_32F, E, proj, E, 0, x, C, 0, CUDA_R_32F, NULL, E, B, C, 1.0f, 0.0f, 0);
 }
 // dx (B, C) = dout (B, E) @ proj^T;  dproj (C, E) += x^T @ dout
-static void proj_backward(float *dx, float *dproj, const float *dout, const float *x, const float *proj, int B, int C, int E) {
+static void proj_backward(float *dx, float *dproj, const float *dout, const float *x, const float *proj, int B, int C, int E,
+                          int accumulate) {
     matmul_cm(dx, CUDA_R_32F, C, proj, E, 1, dout, E, 0, CUDA_R_32F, NULL, C, B, E, 1.0f, 0.0f, 0);
-    matmul_cm(dproj, CUDA_R_32F, E, dout, E, 0, x, C, 1, CUDA_R_32F, NULL, E, C, B, 1.0f, 1.0f, 0);
+    matmul_cm(dproj, CUDA_R_32F, E, dout, E, 0, x, C, 1, CUDA_R_32F, NULL, E, C, B, 1.0f, accumulate ? 1.0f : 0.0f, 0);
 }
 
 static const float *opt_param(const ClipGPU *g, size_t off) { return off == NO_TENSOR ? NULL : g->params + off; }
@@ -439,15 +445,15 @@ static void linear_backward_input(ClipGPU *g, BlockBuf *k, int i, T *dx, float *
     }
 }
 
-// The weight half: dW += dy^T @ x into the fp32 gradients. SwitchBack: in bf16 with fp32 accumulation; from the
+// The weight half: dW = dy^T @ x into the fp32 gradients (+= after the step's first micro-batch: g->accumulate). SwitchBack: in bf16 with fp32 accumulation; from the
 // saved int8 x where sb_saved[i] (the bf16 x is not kept then). Reads neither dx nor g->sb.gq.
 template <typename T>
 static void linear_backward_weight(ClipGPU *g, BlockBuf *k, int i, const T *dy, const T *x, size_t w, int N, int C, int OC) {
     if (g->sb_on[i]) {
         switchback_backward_weight(&g->sb, g->grads + w, (const bf16 *)dy, k->sb_saved[i] ? NULL : (const bf16 *)x, k->xq[i],
-                                   k->xs[i], &k->w8[i], N, 1, 0);
+                                   k->xs[i], &k->w8[i], N, g->accumulate, 0);
     } else {
-        matmul_backward_weight_gpu<T>(g->grads + w, dy, x, N, C, OC);
+        matmul_backward_weight_gpu<T>(g->grads + w, dy, x, N, C, OC, g->accumulate);
     }
 }
 
@@ -682,7 +688,7 @@ template <typename T> static void tower_head_backward(ClipGPU *g, TowerBuf *tb, 
     float *G = g->grads;
     int D = t->width;
     mark(g, PROF_GEMM);
-    proj_backward(g->dpool_ln, G + tb->proj, dfeat, tb->pooled_ln, P + tb->proj, B, D, g->cfg.embed_dim);
+    proj_backward(g->dpool_ln, G + tb->proj, dfeat, tb->pooled_ln, P + tb->proj, B, D, g->cfg.embed_dim, g->accumulate);
     mark(g, PROF_EMBED_OTHER);
     cudaCheck(cudaMemsetAsync(g->dpool, 0, (size_t)B * D * sizeof(float), 0));
     layernorm_backward_gpu<float>(g->dpool, G + tb->ln_w, G + tb->ln_b, g->dpool_ln, tb->pooled, P + tb->ln_w, tb->pooled_mean,
@@ -723,7 +729,7 @@ template <typename T> static void backward_micro(ClipGPU *g, int B, const float 
     bias_grad_gpu<T>(G + L->class_embedding, dembed, B, Dv, (long)Tv * Dv);       // class token: row 0 of each image
     vision_embed_backward_gpu<T>(dpatch, dembed, B, G2, Dv);
     mark(g, PROF_GEMM);
-    matmul_backward_weight_gpu<T>(G + L->conv1_w, dpatch, as<T>(g->patches), B * G2, 3 * Ps * Ps, Dv);
+    matmul_backward_weight_gpu<T>(G + L->conv1_w, dpatch, as<T>(g->patches), B * G2, 3 * Ps * Ps, Dv, g->accumulate);
     grads_done(g);
     inputs_consumed(g);
 }
@@ -825,7 +831,7 @@ static void global_loss(ClipGPU *g, int b) {
 template <typename T> static void forward_backward(ClipGPU *g, const Batch *b) {
     int total = b->size, mb = g->mb, nmicro = (total + mb - 1) / mb, E = g->cfg.embed_dim;
     mark(g, PROF_OPTIMIZER);
-    cudaCheck(cudaMemsetAsync(g->grads, 0, g->L->buffer_elems * sizeof(float), 0));
+    zero_ranges_gpu(&g->grad_zero, g->grads);
     // pass 1: every micro-batch forward; the last one's activations stay for its backward
     for (int j = 0; j < nmicro; j++) {
         int start = j * mb, B = total - start < mb ? total - start : mb;
@@ -840,6 +846,7 @@ template <typename T> static void forward_backward(ClipGPU *g, const Batch *b) {
     for (int j = nmicro - 1; j >= 0; j--) {
         int start = j * mb, B = total - start < mb ? total - start : mb;
         if (j != nmicro - 1) forward_micro<T>(g, b, start, B);
+        g->accumulate = j != nmicro - 1;
         g->reducing = g->dist && j == 0, g->next_bucket = 0;
         backward_micro<T>(g, B, g->dimg + (size_t)start * E, g->dtxt + (size_t)start * E);
     }
@@ -1123,6 +1130,36 @@ static void init_optimizer_plan(ClipGPU *g) {
     free(off), free(numel), free(decay), free(order), free(seg_lo), free(seg_hi);
 }
 
+// Whether the backward writes the gradient of the tensor at layout offset off with a weight-gradient GEMM (the
+// linears, conv1, the projections), which overwrites it in the step's first micro-batch.
+static int grad_from_gemm(const ClipLayout *L, size_t off) {
+    if (off == L->conv1_w || off == L->visual_proj || off == L->text_projection) return 1;
+    const TowerLayout *towers[2] = {&L->visual, &L->text};
+    for (int ti = 0; ti < 2; ti++)
+        for (int l = 0; l < towers[ti]->layers; l++) {
+            const BlockLayout *b = &towers[ti]->blocks[l];
+            if (off == b->in_proj_w || off == b->out_proj_w || off == b->c_fc_w || off == b->c_proj_w) return 1;
+        }
+    return 0;
+}
+
+// grad_zero: everything in the gradient buffer but the GEMM-written tensors (the padding between tensors too).
+static void init_grad_zero(ClipGPU *g) {
+    const ClipLayout *L = g->L;
+    size_t *lo = (size_t *)mallocCheck((L->num_tensors + 1) * sizeof(size_t)), *hi = (size_t *)mallocCheck((L->num_tensors + 1) * sizeof(size_t));
+    size_t cursor = 0;
+    int n = 0;
+    for (int i = 0; i < L->num_tensors; i++) {  // tensors in address order
+        const ParamTensor *t = &L->tensors[i];
+        if (!grad_from_gemm(L, t->offset)) continue;
+        if (t->offset > cursor) lo[n] = cursor, hi[n++] = t->offset;
+        cursor = t->offset + t->numel;
+    }
+    if (L->buffer_elems > cursor) lo[n] = cursor, hi[n++] = L->buffer_elems;
+    zero_plan_init(&g->grad_zero, n, lo, hi);
+    free(lo), free(hi);
+}
+
 // The SwitchBack weight batch: every weight of a SwitchBack linear with its tensor's maximum in the optimizer plan.
 static void init_weight_batch(ClipGPU *g) {
     const ClipLayout *L = g->L;
@@ -1214,6 +1251,9 @@ ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *para
     carve(g, &a, &p);
     g->wts = g->use_bf16 ? (void *)g->params_bf16 : (void *)g->params;
     init_optimizer_plan(g);
+    init_grad_zero(g);
+    // NaN bytes: a gradient that the step fails to write shows in the first step (a non-finite norm), not as zeros
+    cudaCheck(cudaMemset(g->grads, 0xFF, L->buffer_elems * sizeof(float)));
     if (g->zero) {
         g->gathered = (cudaEvent_t *)callocCheck((size_t)g->num_buckets, sizeof(cudaEvent_t));
         for (int k = 0; k < g->num_buckets; k++) cudaCheck(cudaEventCreateWithFlags(&g->gathered[k], cudaEventDisableTiming));
@@ -1252,7 +1292,7 @@ void clip_gpu_free(ClipGPU *g) {
     cudaCheck(cudaStreamDestroy(g->copy_stream));
     if (g->prof_ev[0])
         for (int i = 0; i < PROF_EVENTS; i++) cudaCheck(cudaEventDestroy(g->prof_ev[i]));
-    adamw_plan_free(&g->plan);
+    adamw_plan_free(&g->plan), zero_plan_free(&g->grad_zero);
     for (int k = 0; g->gathered && k < g->num_buckets; k++) cudaCheck(cudaEventDestroy(g->gathered[k]));
     free(g->gathered);
     if (g->cfg.precision == PRECISION_INT8_SWITCHBACK) switchback_free(&g->sb);

@@ -64,8 +64,8 @@ int clip_gpu_micro_batch(const Config *c);
 // L must outlive the model.
 ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *params);
 void clip_gpu_free(ClipGPU *g);
-// Zeroes the gradients, runs forward and backward over the whole batch (micro-batched as above), leaves
-// the gradients on the GPU and returns the loss.
+// Runs forward and backward over the whole batch (micro-batched as above), leaves the batch's gradients on the GPU
+// (written anew: nothing of an earlier step remains) and returns the loss.
 float clip_gpu_forward_backward(ClipGPU *g, const Batch *batch);
 // Global L2 norm of the gradients. With o (the optimizer of the next clip_gpu_update) and no global-norm clipping
 // configured, the same pass also sums what that step's RMS needs, and the step becomes one pass (kernels/adamw.cuh).

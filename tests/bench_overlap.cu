@@ -28,7 +28,7 @@ static const Shape SHAPES[] = {
 };
 
 static void gemm(const Shape *s, bf16 *a, bf16 *b, bf16 *out, float *dw) {
-    if (s->weight_grad) matmul_backward_weight_gpu<bf16>(dw, a, b, s->N, s->C, s->OC);  // a: dout (N, OC), b: inp (N, C)
+    if (s->weight_grad) matmul_backward_weight_gpu<bf16>(dw, a, b, s->N, s->C, s->OC, 0);  // a: dout (N, OC), b: inp (N, C)
     else matmul_forward_gpu<bf16>(out, a, b, NULL, s->N, s->C, s->OC);                 // a: inp (N, C), b: w (OC, C)
 }
 

@@ -6,7 +6,8 @@
 // the phases; each rank's compact moments): the owners' parameters and moments must equal the unsharded
 // reference. Bounds (relative L2): parameters and moments 1e-5; per-tensor RMS 1e-5; bf16 copy ==
 // bf16(params), and its per-tensor maxima (SwitchBack's weight scales) exact; norm 1e-5. The unscaled step in one
-// pass (statistics, then adamw_step_gpu) equals the two phases bit for bit, whole and sharded.
+// pass (statistics, then adamw_step_gpu) equals the two phases bit for bit, whole and sharded. The gradient zeroing
+// (zero_ranges_gpu) writes +0 in its ranges and nothing outside.
 #include "../kernels/adamw.cuh"
 #include "test_gpu.h"
 extern "C" {
@@ -242,11 +243,35 @@ static void test_bf16_copies(void) {
     cudaCheck(cudaFree(d_x)), cudaCheck(cudaFree(d_y)), cudaCheck(cudaFree(d_h));
 }
 
+// The gradient zeroing before a step (zero_ranges_gpu): exactly the ranges, of odd lengths and offsets, one of
+// several chunks and one of none, are zero; everything else keeps its poison.
+static void test_zero_ranges(void) {
+    SKIP_WITHOUT_GPU();
+    const size_t lo[] = {0, 1, 70, 70003, 300001}, hi[] = {1, 65, 70, 3 * ADAMW_CHUNK + 7, 300002};
+    size_t n = 300005;
+    ZeroPlan z;
+    zero_plan_init(&z, 5, lo, hi);
+    float *d = poisoned<float>(n), *h = (float *)mallocCheck(n * sizeof(float));
+    zero_ranges_gpu(&z, d);
+    to_host<float>(h, d, n);
+    size_t bad = 0;
+    for (size_t i = 0, r = 0; i < n; i++) {
+        while (r < 5 && i >= hi[r]) r++;
+        int in = r < 5 && i >= lo[r];
+        bad += in ? h[i] != 0.0f || signbit(h[i]) : !isnan(h[i]);
+    }
+    EXPECT(bad == 0, "%zu of %zu elements wrong (in a range: +0, outside: the NaN poison)", bad, n);
+    printf("  %d chunks, %zu elements checked\n", z.num_chunks, n);
+    zero_plan_free(&z), free(h);
+    cudaCheck(cudaFree(d));
+}
+
 int main(void) {
     test_seed();
     RUN(test_adamw);
     RUN(test_stable_adamw);
     RUN(test_fused_step);
     RUN(test_bf16_copies);
+    RUN(test_zero_ranges);
     TEST_EXIT();
 }

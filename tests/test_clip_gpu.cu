@@ -12,6 +12,8 @@
 //     0 of each tower saves everything) equal the plain step to 1e-5 (each gradient tensor 1e-4); the memory plan of
 //     recompute_keep to the byte; in bf16 and int8_switchback, recompute 1 (also with recompute_keep = 1) equals
 //     recompute 0 bit for bit (the GELU backward rewrites the GELU output c_proj's weight gradient reads: the forward's);
+//   a second step on another batch equals a fresh model's step on it bit for bit (gradients written anew; bf16 and
+//     int8_switchback, with and without micro-batches);
 //   the optimizer with and without global-norm clipping (its one-pass and two-phase ways), 3 steps in fp32 against the
 //     CPU: losses 1e-5, moments 2e-4 (m) and 4e-4 (u), RMS 1e-4, parameters 1e-3 (test_optimizer_paths_match_cpu
 //     says why);
@@ -212,6 +214,37 @@ static void test_gpu_matches_cpu(void) {
     parity("tiny quickgelu+layer-scale", quick_ls, 8);
     parity("ViT-B/16 shapes, 1 layer", b16, 4);
     parity("ViT-H/14 shapes, 1 layer", h14, 4);
+}
+
+// A step's gradients are written anew (the weight-gradient GEMMs overwrite theirs in the first backward micro-batch,
+// everything else is zeroed first; the buffer starts as NaN, so the first step of every test would show a gradient
+// left unwritten): a second step on another batch equals a fresh model's step on that batch bit for bit, with and
+// without micro-batches, in bf16 and int8_switchback (its int8-everywhere variant: an int8 weight-gradient GEMM).
+static void test_gradients_written_anew(void) {
+    SKIP_WITHOUT_GPU();
+    const char *variants[][3] = {{"precision=bf16", "micro_batch_size=8", "switchback_variant=standard"},
+                                 {"precision=bf16", "micro_batch_size=3", "switchback_variant=standard"},
+                                 {"precision=int8_switchback", "micro_batch_size=3", "switchback_variant=standard"},
+                                 {"precision=int8_switchback", "micro_batch_size=8", "switchback_variant=int8_everywhere"}};
+    for (int v = 0; v < 4; v++) {
+        const char *sets[] = {"batch_size=8", variants[v][0], variants[v][1], variants[v][2], NULL};
+        StepFixture f;
+        fixture_make(&f, sets, 8, GPU_ONLY);
+        gpu_step(&f.ref, &f.c, &f.cpu.layout, f.cpu.params, &f.b);
+        Batch first;
+        random_batch(&first, 8, &f.c);
+        ClipGPU *g = clip_gpu_create(&f.c, &f.cpu.layout, f.cpu.params);
+        clip_gpu_forward_backward(g, &first);
+        f.got.loss = clip_gpu_forward_backward(g, &f.b);
+        clip_gpu_features(g, f.got.img, f.got.txt);
+        float *p = zeros_host(f.cpu.layout.buffer_elems);
+        clip_gpu_download(g, p, NULL, f.got.grads);
+        int same = identical(&f);
+        EXPECT(same, "%s %s %s: the second step differs from a fresh model's (loss %.7f vs %.7f)", variants[v][0], variants[v][1],
+               variants[v][2], f.got.loss, f.ref.loss);
+        printf("  %s %s %s: %s\n", variants[v][0], variants[v][1], variants[v][2], same ? "= a fresh model's step bit for bit" : "differs");
+        free(p), random_batch_free(&first), clip_gpu_free(g), fixture_free(&f);
+    }
 }
 
 // Micro-batching (the loss stays over the whole batch) and recompute change nothing but rounding.
@@ -639,6 +672,7 @@ int main(void) {
     test_seed();
     RUN(test_gpu_matches_cpu);
     RUN(test_accumulation_and_recompute);
+    RUN(test_gradients_written_anew);
     RUN(test_recompute_gelu_exact);
     RUN(test_recompute_keep_memory_plan);
     RUN(test_training_tracks_cpu);
