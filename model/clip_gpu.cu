@@ -445,8 +445,9 @@ static void linear_backward_input(ClipGPU *g, BlockBuf *k, int i, T *dx, float *
     }
 }
 
-// The weight half: dW = dy^T @ x into the fp32 gradients (+= after the step's first micro-batch: g->accumulate). SwitchBack: in bf16 with fp32 accumulation; from the
-// saved int8 x where sb_saved[i] (the bf16 x is not kept then). Reads neither dx nor g->sb.gq.
+// The weight half: dW = dy^T @ x into the fp32 gradients (+= after the step's first micro-batch: g->accumulate).
+// SwitchBack: in bf16 with fp32 accumulation; from the saved int8 x where sb_saved[i] (the bf16 x is not kept then).
+// Reads neither dx nor g->sb.gq.
 template <typename T>
 static void linear_backward_weight(ClipGPU *g, BlockBuf *k, int i, const T *dy, const T *x, size_t w, int N, int C, int OC) {
     if (g->sb_on[i]) {
