@@ -38,6 +38,16 @@ template <int V> __device__ __forceinline__ Vec<float, V> load_floats(const floa
     return r;
 }
 
+// The store of load_floats.
+template <int V> __device__ __forceinline__ void store_floats(float *p, const Vec<float, V> &x) {
+    if constexpr (V % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < V; i += 4) *reinterpret_cast<float4 *>(p + i) = make_float4(x.v[i], x.v[i + 1], x.v[i + 2], x.v[i + 3]);
+    } else {
+        for (int i = 0; i < V; i++) p[i] = x.v[i];
+    }
+}
+
 __device__ __forceinline__ float warp_sum(float x) {
     for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
     return x;

@@ -1,72 +1,109 @@
 // embed.cu: patch extraction, class/positional and token embeddings, pooling rows (see embed.cuh).
-// Elementwise kernels, one thread per output element. The token-embedding backward sums chunks of at most
-// TOKEN_CHUNK positions (one block each), then each token's chunks in order: deterministic without atomics,
-// and a frequent token (padding) does not serialise on one block.
+// The token-embedding backward sums chunks of at most TOKEN_CHUNK positions (one block each), then each token's
+// chunks in order: deterministic without atomics, and a frequent token (padding) does not serialise on one block.
 #include <string.h>
+
+#include <type_traits>
 
 #include "../data/loader.h"
 #include "embed.cuh"
 
-template <typename T>
-__global__ void patch_im2col_kernel(T *patches, const uint8_t *images, int B, int S, int P, float3 scale, float3 shift) {
-    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    int G = S / P, K = 3 * P * P;
-    if (idx >= (size_t)B * G * G * K) return;
-    int k = (int)(idx % K);
-    size_t row = idx / K;
-    int gx = (int)(row % G), gy = (int)(row / G % G), b = (int)(row / G / G);
-    int c = k / (P * P), ky = k / P % P, kx = k % P;
-    float v = images[(((size_t)b * 3 + c) * S + gy * P + ky) * S + gx * P + kx];
-    float sc = c == 0 ? scale.x : c == 1 ? scale.y : scale.z, sh = c == 0 ? shift.x : c == 1 ? shift.y : shift.z;
-    patches[idx] = from_float<T>(v * sc - sh);
+// The elementwise kernels move V consecutive elements of a row per thread (16-byte accesses where the widths and
+// pointers allow) and split the flat index with one 64-bit division per vector; the rest is 32-bit.
+
+// V outputs of one patch row from k on; the (c, ky, kx) walk steps instead of dividing per element.
+template <typename T, int V>
+__global__ void patch_im2col_kernel(T *patches, const uint8_t *images, size_t nvec, int S, int P, float3 scale, float3 shift) {
+    size_t v = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (v >= nvec) return;
+    int G = S / P, PP = P * P, kv = 3 * PP / V;
+    int row = (int)(v / kv), k = (int)(v % kv) * V;
+    int gx = row % G, gy = row / G % G, b = row / (G * G);
+    int c = k / PP, ky = k / P % P, kx = k % P;
+    const uint8_t *img = images + (size_t)b * 3 * S * S + (size_t)gy * P * S + gx * P;  // channel 0's patch corner
+    const uint8_t *src = img + ((size_t)c * S + ky) * S;
+    Vec<T, V> out;
+#pragma unroll
+    for (int i = 0; i < V; i++) {
+        float sc = c == 0 ? scale.x : c == 1 ? scale.y : scale.z, sh = c == 0 ? shift.x : c == 1 ? shift.y : shift.z;
+        out.v[i] = from_float<T>(src[kx] * sc - sh);
+        if (++kx == P) {
+            kx = 0;
+            if (++ky == P) ky = 0, c++;
+            src = img + ((size_t)c * S + ky) * S;
+        }
+    }
+    store_vec<T, V>(patches + v * V, out);
 }
 
-template <typename T>
-__global__ void vision_embed_forward_kernel(T *x, const T *patch_emb, const float *class_emb, const float *pos, int B, int G2, int D) {
-    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    int Tn = G2 + 1;
-    if (idx >= (size_t)B * Tn * D) return;
-    int i = (int)(idx % D), t = (int)(idx / D % Tn);
-    size_t b = idx / D / Tn;
-    float src = t == 0 ? class_emb[i] : to_float(patch_emb[(b * G2 + t - 1) * D + i]);
-    x[idx] = from_float<T>(src + pos[(size_t)t * D + i]);
+template <typename T, int V>
+__global__ void vision_embed_forward_kernel(T *x, const T *patch_emb, const float *class_emb, const float *pos, size_t nvec, int G2,
+                                            int D) {
+    size_t v = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (v >= nvec) return;
+    int dv = D / V, i = (int)(v % dv) * V;
+    size_t row = v / dv;
+    int t = (int)(row % (G2 + 1));
+    Vec<float, V> p = load_floats<V>(pos + (size_t)t * D + i), src;
+    if (t == 0) src = load_floats<V>(class_emb + i);
+    else {
+        Vec<T, V> e = load_vec<T, V>(patch_emb + (row - row / (G2 + 1) - 1) * D + i);  // patch t - 1 of image row / (G2 + 1)
+        for (int j = 0; j < V; j++) src.v[j] = to_float(e.v[j]);
+    }
+    Vec<T, V> out;
+    for (int j = 0; j < V; j++) out.v[j] = from_float<T>(src.v[j] + p.v[j]);
+    store_vec<T, V>(x + v * V, out);
 }
 
-template <typename T> __global__ void vision_embed_backward_kernel(T *dpatch_emb, const T *dx, int B, int G2, int D) {
-    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (size_t)B * G2 * D) return;
-    int i = (int)(idx % D);
-    size_t row = idx / D, b = row / G2, p = row % G2;
-    dpatch_emb[idx] = dx[(b * (G2 + 1) + p + 1) * D + i];
+template <typename T, int V> __global__ void vision_embed_backward_kernel(T *dpatch_emb, const T *dx, size_t nvec, int G2, int D) {
+    size_t v = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (v >= nvec) return;
+    int dv = D / V, i = (int)(v % dv) * V;
+    size_t row = v / dv;  // patch row: image row / G2, token row % G2 + 1
+    store_vec<T, V>(dpatch_emb + v * V, load_vec<T, V>(dx + (row + row / G2 + 1) * D + i));
 }
 
-template <typename T>
-__global__ void text_embed_forward_kernel(T *x, const int32_t *ids, const float *tok_emb, const float *pos, int B, int Tn, int D) {
-    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (size_t)B * Tn * D) return;
-    int i = (int)(idx % D), t = (int)(idx / D % Tn);
-    size_t row = idx / D;
-    x[idx] = from_float<T>(tok_emb[(size_t)ids[row] * D + i] + pos[(size_t)t * D + i]);
+template <typename T, int V>
+__global__ void text_embed_forward_kernel(T *x, const int32_t *ids, const float *tok_emb, const float *pos, size_t nvec, int Tn, int D) {
+    size_t v = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (v >= nvec) return;
+    int dv = D / V, i = (int)(v % dv) * V;
+    size_t row = v / dv;
+    Vec<float, V> e = load_floats<V>(tok_emb + (size_t)ids[row] * D + i), p = load_floats<V>(pos + (size_t)(row % Tn) * D + i);
+    Vec<T, V> out;
+    for (int j = 0; j < V; j++) out.v[j] = from_float<T>(e.v[j] + p.v[j]);
+    store_vec<T, V>(x + v * V, out);
 }
 
 // One block per chunk of at most TOKEN_CHUNK positions of one token: partial (num_chunks, D).
-template <typename T>
+template <typename T, int V>
 __global__ void token_chunk_sum_kernel(float *partial, const T *dx, const int *chunk_start, const int *rows, int D) {
     int c = blockIdx.x, k0 = chunk_start[c], k1 = chunk_start[c + 1];
-    for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        float s = 0.0f;
-        for (int k = k0; k < k1; k++) s += to_float(dx[(size_t)rows[k] * D + i]);
-        partial[(size_t)c * D + i] = s;
+    for (int i = threadIdx.x * V; i < D; i += blockDim.x * V) {
+        Vec<float, V> s;
+        for (int j = 0; j < V; j++) s.v[j] = 0.0f;
+        for (int k = k0; k < k1; k++) {
+            Vec<T, V> x = load_vec<T, V>(dx + (size_t)rows[k] * D + i);
+            for (int j = 0; j < V; j++) s.v[j] += to_float(x.v[j]);
+        }
+        store_floats<V>(partial + (size_t)c * D + i, s);
     }
 }
 
 // One block per distinct token: its chunks' partial sums in order, added to its embedding row's gradient.
-__global__ void token_sum_kernel(float *dtok_emb, const float *partial, const int *token, const int *first_chunk, int D) {
+template <int V> __global__ void token_sum_kernel(float *dtok_emb, const float *partial, const int *token, const int *first_chunk, int D) {
     int u = blockIdx.x;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        float s = 0.0f;
-        for (int c = first_chunk[u]; c < first_chunk[u + 1]; c++) s += partial[(size_t)c * D + i];
-        dtok_emb[(size_t)token[u] * D + i] += s;
+    for (int i = threadIdx.x * V; i < D; i += blockDim.x * V) {
+        Vec<float, V> s;
+        for (int j = 0; j < V; j++) s.v[j] = 0.0f;
+        for (int c = first_chunk[u]; c < first_chunk[u + 1]; c++) {
+            Vec<float, V> p = load_floats<V>(partial + (size_t)c * D + i);
+            for (int j = 0; j < V; j++) s.v[j] += p.v[j];
+        }
+        float *d = dtok_emb + (size_t)token[u] * D + i;
+        Vec<float, V> g = load_floats<V>(d);
+        for (int j = 0; j < V; j++) g.v[j] += s.v[j];
+        store_floats<V>(d, g);
     }
 }
 
@@ -86,36 +123,61 @@ template <typename T> __global__ void scatter_rows_kernel(T *dx, const float *do
 
 static int blocks_for(size_t n) { return (int)((n + 255) / 256); }
 
+// The elements of T a thread moves at once over rows of `width`: 16 bytes where the width and every T pointer given
+// allow it, else 8, else 1. f: fp32 parameters read beside them (load_floats: 16-byte aligned when V % 4 == 0).
+template <typename T>
+static int vec_elems(int width, const float *f0, const float *f1, const void *p0, const void *p1 = NULL) {
+    const void *ps[2] = {p0, p1};
+    for (int bytes = 16; bytes >= 8; bytes /= 2) {
+        int v = bytes / (int)sizeof(T), ok = width % v == 0;
+        for (int i = 0; i < 2; i++) ok = ok && (uintptr_t)ps[i] % bytes == 0;
+        if (v % 4 == 0) ok = ok && (uintptr_t)f0 % 16 == 0 && (uintptr_t)f1 % 16 == 0;
+        if (ok) return v;
+    }
+    return 1;
+}
+
+// launch(V) with V a compile-time constant equal to v (one of vec_elems' widths).
+template <typename T, typename F> static void with_vec(int v, F launch) {
+    if (v == 16 / (int)sizeof(T)) launch(std::integral_constant<int, 16 / sizeof(T)>{});
+    else if (v == 8 / (int)sizeof(T)) launch(std::integral_constant<int, 8 / sizeof(T)>{});
+    else launch(std::integral_constant<int, 1>{});
+    cudaCheckLaunch();
+}
+
 template <typename T> void patch_im2col_gpu(T *patches, const uint8_t *images, int B, int S, int P) {
     size_t n = (size_t)B * (S / P) * (S / P) * 3 * P * P;
     if (n == 0) return;
     // as images_normalize: x * (1 / (255 std)) - mean / std
     float sc[3], sh[3];
     for (int c = 0; c < 3; c++) sc[c] = 1.0f / (255.0f * CLIP_STD[c]), sh[c] = CLIP_MEAN[c] / CLIP_STD[c];
-    patch_im2col_kernel<T><<<blocks_for(n), 256>>>(patches, images, B, S, P, make_float3(sc[0], sc[1], sc[2]),
-                                                   make_float3(sh[0], sh[1], sh[2]));
-    cudaCheckLaunch();
+    float3 scale = make_float3(sc[0], sc[1], sc[2]), shift = make_float3(sh[0], sh[1], sh[2]);
+    with_vec<T>(vec_elems<T>(3 * P * P, NULL, NULL, patches), [&](auto V) {
+        patch_im2col_kernel<T, V><<<blocks_for(n / V), 256>>>(patches, images, n / V, S, P, scale, shift);
+    });
 }
 
 template <typename T> void vision_embed_forward_gpu(T *x, const T *patch_emb, const float *class_emb, const float *pos, int B, int G2, int D) {
     size_t n = (size_t)B * (G2 + 1) * D;
     if (n == 0) return;
-    vision_embed_forward_kernel<T><<<blocks_for(n), 256>>>(x, patch_emb, class_emb, pos, B, G2, D);
-    cudaCheckLaunch();
+    with_vec<T>(vec_elems<T>(D, class_emb, pos, x, patch_emb), [&](auto V) {
+        vision_embed_forward_kernel<T, V><<<blocks_for(n / V), 256>>>(x, patch_emb, class_emb, pos, n / V, G2, D);
+    });
 }
 
 template <typename T> void vision_embed_backward_gpu(T *dpatch_emb, const T *dx, int B, int G2, int D) {
     size_t n = (size_t)B * G2 * D;
     if (n == 0) return;
-    vision_embed_backward_kernel<T><<<blocks_for(n), 256>>>(dpatch_emb, dx, B, G2, D);
-    cudaCheckLaunch();
+    with_vec<T>(vec_elems<T>(D, NULL, NULL, dpatch_emb, dx),
+                [&](auto V) { vision_embed_backward_kernel<T, V><<<blocks_for(n / V), 256>>>(dpatch_emb, dx, n / V, G2, D); });
 }
 
 template <typename T> void text_embed_forward_gpu(T *x, const int32_t *ids, const float *tok_emb, const float *pos, int B, int Tn, int D) {
     size_t n = (size_t)B * Tn * D;
     if (n == 0) return;
-    text_embed_forward_kernel<T><<<blocks_for(n), 256>>>(x, ids, tok_emb, pos, B, Tn, D);
-    cudaCheckLaunch();
+    with_vec<T>(vec_elems<T>(D, tok_emb, pos, x), [&](auto V) {
+        text_embed_forward_kernel<T, V><<<blocks_for(n / V), 256>>>(x, ids, tok_emb, pos, n / V, Tn, D);
+    });
 }
 
 void token_index_build(int *buf, const int32_t *ids, int n, int vocab, int *counts) {
@@ -142,11 +204,12 @@ void text_embed_backward_gpu(float *dtok_emb, float *scratch, const T *dx, const
                              int n, int D) {
     if (num_unique == 0) return;
     const int *token = index + 2, *first_chunk = token + n, *chunk_start = first_chunk + n + 1, *rows = chunk_start + n + 1;
-    int threads = min(256, (D + 31) / 32 * 32);
-    token_chunk_sum_kernel<T><<<num_chunks, threads>>>(scratch, dx, chunk_start, rows, D);
-    cudaCheckLaunch();
-    token_sum_kernel<<<num_unique, threads>>>(dtok_emb, scratch, token, first_chunk, D);
-    cudaCheckLaunch();
+    with_vec<T>(vec_elems<T>(D, dtok_emb, scratch, dx), [&](auto V) {
+        int threads = min(256, (D / V + 31) / 32 * 32);
+        token_chunk_sum_kernel<T, V><<<num_chunks, threads>>>(scratch, dx, chunk_start, rows, D);
+        cudaCheckLaunch();
+        token_sum_kernel<V><<<num_unique, threads>>>(dtok_emb, scratch, token, first_chunk, D);
+    });
 }
 
 template <typename T> void gather_rows_gpu(float *out, const T *x, const int *index, int B, int Tn, int D) {

@@ -2,7 +2,7 @@
 // normalisation fused, class token + positions (forward, backward through the column sums), token
 // embedding forward and its deterministic scatter-add backward, pooling gather/scatter at the EOT.
 // Bounds (relative L2): fp32 1e-6 (no arithmetic to speak of) for copies, 1e-5 for sums; bf16 outputs
-// 1e-2 (one rounding).
+// 1e-2 (one rounding). Widths that take each of the kernels' vector widths (16 bytes, 8 bytes, one element).
 #include "../kernels/embed.cuh"
 #include "../kernels/reduce.cuh"
 #include "test_gpu.h"
@@ -116,18 +116,22 @@ static void test_patches(void) {
     SKIP_WITHOUT_GPU();
     check_patches<float>(3, 32, 8), check_patches<bf16>(3, 32, 8);
     check_patches<float>(2, 42, 14), check_patches<bf16>(2, 224, 16);
+    // the kernels' vector widths: 8 bytes of bf16 (K = 588), one element (K = 75)
+    check_patches<bf16>(2, 42, 14), check_patches<bf16>(2, 15, 5), check_patches<float>(2, 15, 5);
 }
 
 static void test_vision_embed(void) {
     SKIP_WITHOUT_GPU();
     check_vision_embed<float>(3, 16, 64), check_vision_embed<bf16>(3, 16, 64);
     check_vision_embed<float>(4, 196, 77), check_vision_embed<bf16>(2, 256, 1280);
+    check_vision_embed<bf16>(3, 9, 77), check_vision_embed<bf16>(2, 49, 36), check_vision_embed<float>(2, 49, 30);
 }
 
 static void test_text_embed(void) {
     SKIP_WITHOUT_GPU();
     check_text<float>(5, 32, 64, 300), check_text<bf16>(5, 32, 64, 300);
     check_text<float>(3, 77, 520, 49408), check_text<bf16>(3, 77, 512, 49408);
+    check_text<bf16>(3, 13, 100, 500), check_text<bf16>(2, 7, 77, 50), check_text<float>(3, 13, 30, 500);
 }
 
 int main(void) {
