@@ -75,11 +75,16 @@ __global__ void text_embed_forward_kernel(T *x, const int32_t *ids, const float 
     store_vec<T, V>(x + v * V, out);
 }
 
-// One block per chunk of at most TOKEN_CHUNK positions of one token: partial (num_chunks, D).
+// The token sums run `lanes` threads per item (a chunk, a token), 256 / lanes items per block: thousands of items of
+// one row each, which as blocks of their own would be bound by block scheduling.
+// Chunk c (at most TOKEN_CHUNK positions of one token): partial (num_chunks, D).
 template <typename T, int V>
-__global__ void token_chunk_sum_kernel(float *partial, const T *dx, const int *chunk_start, const int *rows, int D) {
-    int c = blockIdx.x, k0 = chunk_start[c], k1 = chunk_start[c + 1];
-    for (int i = threadIdx.x * V; i < D; i += blockDim.x * V) {
+__global__ void token_chunk_sum_kernel(float *partial, const T *dx, const int *chunk_start, const int *rows, int num_chunks, int D,
+                                       int lanes) {
+    int c = blockIdx.x * (blockDim.x / lanes) + threadIdx.x / lanes;
+    if (c >= num_chunks) return;
+    int k0 = chunk_start[c], k1 = chunk_start[c + 1];
+    for (int i = threadIdx.x % lanes * V; i < D; i += lanes * V) {
         Vec<float, V> s;
         for (int j = 0; j < V; j++) s.v[j] = 0.0f;
         for (int k = k0; k < k1; k++) {
@@ -90,10 +95,13 @@ __global__ void token_chunk_sum_kernel(float *partial, const T *dx, const int *c
     }
 }
 
-// One block per distinct token: its chunks' partial sums in order, added to its embedding row's gradient.
-template <int V> __global__ void token_sum_kernel(float *dtok_emb, const float *partial, const int *token, const int *first_chunk, int D) {
-    int u = blockIdx.x;
-    for (int i = threadIdx.x * V; i < D; i += blockDim.x * V) {
+// Distinct token u: its chunks' partial sums in order, added to its embedding row's gradient.
+template <int V>
+__global__ void token_sum_kernel(float *dtok_emb, const float *partial, const int *token, const int *first_chunk, int num_unique, int D,
+                                 int lanes) {
+    int u = blockIdx.x * (blockDim.x / lanes) + threadIdx.x / lanes;
+    if (u >= num_unique) return;
+    for (int i = threadIdx.x % lanes * V; i < D; i += lanes * V) {
         Vec<float, V> s;
         for (int j = 0; j < V; j++) s.v[j] = 0.0f;
         for (int c = first_chunk[u]; c < first_chunk[u + 1]; c++) {
@@ -205,10 +213,12 @@ void text_embed_backward_gpu(float *dtok_emb, float *scratch, const T *dx, const
     if (num_unique == 0) return;
     const int *token = index + 2, *first_chunk = token + n, *chunk_start = first_chunk + n + 1, *rows = chunk_start + n + 1;
     with_vec<T>(vec_elems<T>(D, dtok_emb, scratch, dx), [&](auto V) {
-        int threads = min(256, (D / V + 31) / 32 * 32);
-        token_chunk_sum_kernel<T, V><<<num_chunks, threads>>>(scratch, dx, chunk_start, rows, D);
+        int lanes = 32;  // a power of two up to 256 (items of a block never share a thread)
+        while (lanes < D / V && lanes < 256) lanes *= 2;
+        int items = 256 / lanes;
+        token_chunk_sum_kernel<T, V><<<ceil_div(num_chunks, items), 256>>>(scratch, dx, chunk_start, rows, num_chunks, D, lanes);
         cudaCheckLaunch();
-        token_sum_kernel<V><<<num_unique, threads>>>(dtok_emb, scratch, token, first_chunk, D);
+        token_sum_kernel<V><<<ceil_div(num_unique, items), 256>>>(dtok_emb, scratch, token, first_chunk, num_unique, D, lanes);
     });
 }
 

@@ -316,8 +316,7 @@ static void launch_backward(T *dinp, float *dw, float *db, int8_t *q, float *qs,
     layernorm_backward_kernel<T, V, NV, NOUT><<<blocks, 32 * LN_BWD_WARPS, smem>>>(
         dinp, q, qs, partial, br ? br->ls : NULL, br ? br->f : NULL, dout, inp, w, mean, rstd, N, C, rows);
     cudaCheckLaunch();
-    colsum_finish_gpu(dw, db, partial, blocks, C);
-    if (NOUT) colsum_finish_gpu(br->db, br->dls, partial + (size_t)2 * blocks * C, blocks, C);
+    colsum_finish_gpu(dw, db, partial, blocks, C, NOUT ? br->db : NULL, NOUT == 2 ? br->dls : NULL);
 }
 
 template <typename T, int V>

@@ -24,23 +24,25 @@ template <typename T, int V> struct ProductOp {
     }
 };
 
-// A block of 32 x 32 threads owns 32 columns of one output (blockIdx.y): thread (x, y) adds chunks y, y + 32, ...
-// in order, then row y = 0 adds the 32 results in order. Many chunks (a kernel's whole wave of blocks) stay
-// cheap: each thread reads chunks / 32 of them.
-__global__ void colsum_finish_kernel(float *out, float *out2, const float *partial, int chunks, int C) {
+// A block of 32 x ny threads (ny = min(chunks, 32)) owns 32 columns of one output (blockIdx.y: out, out2, out3,
+// out4): thread (x, y) adds chunks y, y + ny, ... in order, then row y = 0 adds the ny results in order. Many chunks
+// (a kernel's whole wave of blocks) stay cheap: each thread reads chunks / 32 of them; few chunks over many columns
+// (the positional gradients' sums over a batch) take small blocks.
+__global__ void colsum_finish_kernel(float *out, float *out2, float *out3, float *out4, const float *partial, int chunks, int C) {
     __shared__ float red[32][33];
-    int tx = threadIdx.x, ty = threadIdx.y, c = blockIdx.x * 32 + tx, o = blockIdx.y;
+    int tx = threadIdx.x, ty = threadIdx.y, ny = blockDim.y, c = blockIdx.x * 32 + tx, o = blockIdx.y;
     float s = 0.0f;
     if (c < C) {
         const float *p = partial + (size_t)o * chunks * C + c;
 #pragma unroll 8
-        for (int k = ty; k < chunks; k += 32) s += p[(size_t)k * C];
+        for (int k = ty; k < chunks; k += ny) s += p[(size_t)k * C];
     }
     red[ty][tx] = s;
     __syncthreads();
     if (ty || c >= C) return;
-    for (int y = 1; y < 32; y++) s += red[y][tx];
-    (o ? out2 : out)[c] += s;
+    for (int y = 1; y < ny; y++) s += red[y][tx];
+    float *dst = o == 0 ? out : o == 1 ? out2 : o == 2 ? out3 : out4;
+    if (dst) dst[c] += s;
 }
 
 // Grown on demand (the first calls of a run size it for good).
@@ -56,8 +58,9 @@ float *colsum_partials(size_t elems) {
     return buf;
 }
 
-void colsum_finish_gpu(float *out, float *out2, const float *partial, int chunks, int C) {
-    colsum_finish_kernel<<<dim3(ceil_div(C, 32), out2 ? 2 : 1), dim3(32, 32)>>>(out, out2, partial, chunks, C);
+void colsum_finish_gpu(float *out, float *out2, const float *partial, int chunks, int C, float *out3, float *out4) {
+    int nout = out4 ? 4 : out3 ? 3 : out2 ? 2 : 1;
+    colsum_finish_kernel<<<dim3(ceil_div(C, 32), nout), dim3(32, max(1, min(chunks, 32)))>>>(out, out2, out3, out4, partial, chunks, C);
     cudaCheckLaunch();
 }
 
