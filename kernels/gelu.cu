@@ -259,8 +259,7 @@ void gelu_backward_quantize_gpu(bf16 *dinp, bf16 *act, int8_t *q, float *qs, flo
     }
     if (N == 0) return;
     gelu_luts_init();
-    // chunks of 8 to SB_QC_ROWS rows: about 4 blocks per multiprocessor (the per-element math needs the occupancy)
-    int rows = min(SB_QC_ROWS, max(8, ceil_div(ceil_div(N, 4 * num_sms()), 8) * 8)), chunks = ceil_div(N, rows);
+    int rows = rowwise_colsums_rows(N), chunks = ceil_div(N, rows);
     float *partial = colsum_partials((size_t)chunks * C);
     rowwise_colsums_run(q, qs, partial, GeluBackwardRows{dinp, act, dout, inp, C, quick}, N, C, rows, "gelu_backward_quantize_gpu", 0);
     colsum_finish_gpu(dbias, NULL, partial, chunks, C);

@@ -4,6 +4,8 @@
 // quantization of weights, one at a time or many in one launch. Formulas and API in quantize.cuh.
 #include "quantize.cuh"
 
+#include "common.cuh"
+
 // ------------------------------------------------------------------------------------------------ row-wise
 // One warp a row (warp_quantize_row, the same device function a fused producer would call).
 __global__ void quantize_rowwise_kernel(int8_t *q, float *s, const bf16 *x, int M, int K) {
@@ -38,8 +40,10 @@ struct RowLoad {
     }
 };
 
+int rowwise_colsums_rows(int M) { return min(SB_QC_ROWS, max(8, ceil_div(ceil_div(M, 4 * num_sms()), 8) * 8)); }
+
 void quantize_rowwise_colsums(int8_t *q, float *s, float *partial, const bf16 *x, int M, int K, cudaStream_t stream) {
-    rowwise_colsums_run(q, s, partial, RowLoad{x, K}, M, K, SB_QC_ROWS, "quantize_rowwise_colsums", stream);
+    rowwise_colsums_run(q, s, partial, RowLoad{x, K}, M, K, rowwise_colsums_rows(M), "quantize_rowwise_colsums", stream);
 }
 
 // Each thread: 8 elements (one 8-byte load, one 16-byte store), all in one row since K % 8 == 0.

@@ -19,7 +19,8 @@ template <typename T> void product_colsum_gpu(float *out, const T *a, const T *b
 // sums choose their chunks to stay within it; the int8 GELU backward's chunks can take more).
 #define COLSUM_PARTIAL_BYTES (16u << 20)
 float *colsum_partials(size_t elems);
-void colsum_finish_gpu(float *out, float *out2, const float *partial, int chunks, int C, float *out3 = NULL, float *out4 = NULL);
+void colsum_finish_gpu(float *out, float *out2, const float *partial, int chunks, int C, float *out3 = NULL, float *out4 = NULL,
+                       cudaStream_t stream = 0);
 // The row chunks colsum uses for N rows of C columns read in vectors of V.
 void colsum_split(int N, int C, int V, int *chunks, int *rows_per_chunk);
 

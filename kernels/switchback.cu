@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "matmul.cuh"
+#include "reduce.cuh"
 #include "switchback.cuh"
 
 // ------------------------------------------------------------------------------------------------ bias grad
@@ -107,9 +108,8 @@ static inline long round16(long x) { return (x + 15) / 16 * 16; }
 static void scratch_sizes(size_t bytes[8], SwitchBackMode mode, int max_M, int max_C) {
     size_t mc = (size_t)max_M * max_C, m16c = (size_t)round16(max_M) * max_C, absmax = sizeof(float) * ((size_t)max_M + max_C + 1);
     int me = mode == SB_MEMORY_EFFICIENT, ev = mode == SB_INT8_EVERYWHERE;
-    // db partial sums: one row per chunk of the fused quantize + column-sum pass, or per SB_DB_CHUNKS
-    size_t chunks = ceil_div(max_M, SB_QC_ROWS) > SB_DB_CHUNKS ? ceil_div(max_M, SB_QC_ROWS) : SB_DB_CHUNKS;
-    size_t b[8] = {mc, sizeof(float) * max_M, sizeof(float) * chunks * max_C, me ? sizeof(bf16) * mc : 0,
+    // db partial sums of column_sums (the fused quantize + column-sum pass uses colsum_partials, reduce.cuh)
+    size_t b[8] = {mc, sizeof(float) * max_M, sizeof(float) * SB_DB_CHUNKS * max_C, me ? sizeof(bf16) * mc : 0,
                    ev ? m16c : 0, ev ? m16c : 0, ev ? absmax : 0, ev ? absmax : 0};
     memcpy(bytes, b, sizeof(b));
 }
@@ -172,8 +172,9 @@ void switchback_backward_input(SwitchBack *sb, bf16 *dx, float *db, const bf16 *
     int N = w->N, K = w->K;
     // dx (M, K) = g (M, N) . W (N, K): int8 g row-wise times the int8 W^T copy (K, N). db from the same read of g
     // (column sums per chunk of rows, added up after the GEMM) where N allows and g is quantized here.
-    int fused_db = db && N <= SB_QC_MAX_K && !g_quantized;
-    if (fused_db) quantize_rowwise_colsums(sb->gq, sb->gs, sb->db_partial, g, M, N, stream);
+    int fused_db = db && N <= SB_QC_MAX_K && !g_quantized, chunks = fused_db ? ceil_div(M, rowwise_colsums_rows(M)) : 0;
+    float *partial = fused_db ? colsum_partials((size_t)chunks * N) : NULL;
+    if (fused_db) quantize_rowwise_colsums(sb->gq, sb->gs, partial, g, M, N, stream);
     else if (!g_quantized) quantize_rowwise(sb->gq, sb->gs, g, M, N, stream);
     Int8Gemm d = {};
     d.out = dx, d.out_type = INT8_OUT_BF16;
@@ -181,8 +182,12 @@ void switchback_backward_input(SwitchBack *sb, bf16 *dx, float *db, const bf16 *
     d.b = w->qt, d.b_scale = w_scale_qt(w, sb->mode), d.b_scale_per_col = sb->mode == SB_VECTORWISE;  // (K, N)
     d.M = M, d.N = K, d.K = N;
     int8_gemm(&d, stream);
-    if (fused_db) column_sums_final(db, sb->db_partial, ceil_div(M, SB_QC_ROWS), N, accumulate, stream);
-    else if (db) column_sums(db, sb->db_partial, g, M, N, accumulate, stream);
+    if (fused_db) {
+        if (!accumulate) cudaCheck(cudaMemsetAsync(db, 0, N * sizeof(float), stream));
+        colsum_finish_gpu(db, NULL, partial, chunks, N, NULL, NULL, stream);
+    } else if (db) {
+        column_sums(db, sb->db_partial, g, M, N, accumulate, stream);
+    }
 }
 
 void switchback_backward_weight(SwitchBack *sb, float *dw, const bf16 *g, const bf16 *x, const int8_t *xq, const float *xs,

@@ -50,7 +50,7 @@ typedef struct {
     long max_M, max_C;  // C: the largest K or N of any layer
     int8_t *gq;         // (M, C) row-wise int8 of the output gradient
     float *gs;          // (M) its row scales
-    float *db_partial;  // (max(SB_DB_CHUNKS, max_M / SB_QC_ROWS rounded up), C)
+    float *db_partial;  // (SB_DB_CHUNKS, C): column_sums' partial sums
     bf16 *x_deq;        // (M, C) memory-efficient: dequantized x for dW
     int8_t *gqt, *xqt;  // (C, M16) int8 everywhere: g^T and x^T, per-row scales (M16 = M rounded up to 16)
     float *g_absmax, *x_absmax;  // (M + C + 1) each

@@ -106,7 +106,7 @@ static void quantize_rowwise_case(Rng *r, int M, int K) {
 
     // Fused with the column sums: the same q and s, and each chunk's fp32 column sums in row order (bit for bit).
     if (K <= SB_QC_MAX_K) {
-        int chunks = (M + SB_QC_ROWS - 1) / SB_QC_ROWS;
+        int rows = rowwise_colsums_rows(M), chunks = (M + rows - 1) / rows;
         float *part = (float *)host_alloc(sizeof(float) * chunks * K);
         float *d_part = (float *)dev_poisoned(sizeof(float) * chunks * K, 0xFF);
         cudaCheck(cudaMemset(d_q, 0x80, M * K));
@@ -122,7 +122,7 @@ static void quantize_rowwise_case(Rng *r, int M, int K) {
         for (int c = 0; c < chunks && bad < 0; c++)
             for (int j = 0; j < K && bad < 0; j++) {
                 float sum = 0.0f;
-                for (int i = c * SB_QC_ROWS; i < M && i < (c + 1) * SB_QC_ROWS; i++) sum += bf(x[(size_t)i * K + j]);
+                for (int i = c * rows; i < M && i < (c + 1) * rows; i++) sum += bf(x[(size_t)i * K + j]);
                 if (!(part[(size_t)c * K + j] == sum)) bad = (long)c * K + j;
             }
         EXPECT(bad < 0, "(%d, %d) column sum of chunk %ld, column %ld differs", M, K, bad / K, bad % K);
@@ -147,6 +147,8 @@ static void test_quantize_rowwise(void) {
     quantize_rowwise_case(&r, 300, 4112);  // column sums: 3 vectors per thread, a ragged last chunk
     quantize_rowwise_case(&r, 130, 8192);  // the widest fused case
     quantize_rowwise_case(&r, 1, 8208);    // too wide for the fused kernel
+    quantize_rowwise_case(&r, 16448, 3840);  // ViT-H/14's qkv gradient: chunks of 32 rows (rowwise_colsums_rows)
+    quantize_rowwise_case(&r, 70001, 64);    // chunks of SB_QC_ROWS, a ragged last one
 }
 
 static void dequantize_case(Rng *r, int M, int K) {
