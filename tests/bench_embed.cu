@@ -55,28 +55,13 @@ static void run_case(int k, const Model *m, Bufs *b) {
     }
 }
 
-#define TRIALS 7
-static float time_case(int k, const Model *m, Bufs *b, int reps, cudaEvent_t e0, cudaEvent_t e1) {
-    float ms[TRIALS];
-    for (int i = 0; i < 3; i++) run_case(k, m, b);
-    for (int t = 0; t < TRIALS; t++) {
-        cudaCheck(cudaEventRecord(e0));
-        for (int r = 0; r < reps; r++) run_case(k, m, b);
-        cudaCheck(cudaEventRecord(e1));
-        cudaCheck(cudaEventSynchronize(e1));
-        cudaCheck(cudaEventElapsedTime(&ms[t], e0, e1));
-        ms[t] /= reps;
-    }
-    return median(ms, TRIALS);
-}
-
 int main(int argc, char **argv) {
     int reps = bench_reps(argc, argv, 1, 20, 1000);
     if (bench_no_gpu("bench_embed")) return 0;
     cudaDeviceProp prop = bench_device();
     cudaEvent_t e0, e1;
     cudaCheck(cudaEventCreate(&e0)), cudaCheck(cudaEventCreate(&e1));
-    printf("GPU: %s (%d SMs); batches of %d calls, median of %d; us per call\n", prop.name, prop.multiProcessorCount, reps, TRIALS);
+    printf("GPU: %s (%d SMs); batches of %d calls, median of %d; us per call\n", prop.name, prop.multiProcessorCount, reps, BENCH_TRIALS);
     printf("| model |");
     for (int k = 0; k < CASES; k++) printf(" %s |", CASE_NAMES[k]);
     printf(" total |\n");
@@ -122,7 +107,7 @@ int main(int argc, char **argv) {
         float total = 0;
         printf("| %s, batch %d |", m.name, m.B);
         for (int k = 0; k < CASES; k++) {
-            float ms = time_case(k, &m, &b, reps, e0, e1);
+            float ms = bench_call_ms([&](int) { run_case(k, &m, &b); }, reps, e0, e1);
             total += ms;
             printf(" %.1f |", ms * 1e3);
         }

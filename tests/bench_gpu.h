@@ -38,6 +38,24 @@ static float median(float *x, int n) {
     return x[n / 2];
 }
 
+// GPU time of one call of run(r), ms: 3 warm-up calls, then BENCH_TRIALS batches of reps calls back to back (as a step
+// enqueues them; r = 0 .. reps - 1, e.g. to rotate over input sets) between two events; the median of the batches'
+// means.
+#define BENCH_TRIALS 7
+template <typename F> static float bench_call_ms(F run, int reps, cudaEvent_t e0, cudaEvent_t e1) {
+    float ms[BENCH_TRIALS];
+    for (int i = 0; i < 3; i++) run(i);
+    for (int t = 0; t < BENCH_TRIALS; t++) {
+        cudaCheck(cudaEventRecord(e0));
+        for (int r = 0; r < reps; r++) run(r);
+        cudaCheck(cudaEventRecord(e1));
+        cudaCheck(cudaEventSynchronize(e1));
+        cudaCheck(cudaEventElapsedTime(&ms[t], e0, e1));
+        ms[t] /= reps;
+    }
+    return median(ms, BENCH_TRIALS);
+}
+
 // x[i] = std * normal(seed, i), or its square (a positive second moment) when square.
 template <typename T> __global__ void fill_normal_kernel(T *x, size_t n, uint64_t seed, float std, int square) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {

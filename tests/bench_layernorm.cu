@@ -60,23 +60,6 @@ static void fill_set(Set *s, size_t n, uint64_t seed) {
     fill_normal(s->dinp, n, seed + 3, 1.0f);
 }
 
-// GPU time of one call of case k, ms: batches of reps calls back to back (as a step enqueues them), rotating over the
-// sets, between two events; the median over TRIALS batches of the batch's mean.
-#define TRIALS 7
-static float time_case(int k, const Set *sets, int nsets, const Params *p, int N, int C, int reps, cudaEvent_t e0, cudaEvent_t e1) {
-    float ms[TRIALS];
-    for (int i = 0; i < 3; i++) run_case(k, &sets[i % nsets], p, N, C);  // warm-up
-    for (int t = 0; t < TRIALS; t++) {
-        cudaCheck(cudaEventRecord(e0));
-        for (int r = 0; r < reps; r++) run_case(k, &sets[r % nsets], p, N, C);
-        cudaCheck(cudaEventRecord(e1));
-        cudaCheck(cudaEventSynchronize(e1));
-        cudaCheck(cudaEventElapsedTime(&ms[t], e0, e1));
-        ms[t] /= reps;
-    }
-    return median(ms, TRIALS);
-}
-
 int main(int argc, char **argv) {
     int reps = bench_reps(argc, argv, 1, 30, 1000);
     if (bench_no_gpu("bench_layernorm")) return 0;
@@ -98,7 +81,7 @@ int main(int argc, char **argv) {
     double copy_gbs = 2.0 * cb / (median(ct, 10) * 1e-3) / 1e9;
     cudaCheck(cudaFree(c0)), cudaCheck(cudaFree(c1));
     printf("GPU: %s (%d SMs); copy %.0f GB/s (read + write); batches of %d calls, median of %d\n", prop.name,
-           prop.multiProcessorCount, copy_gbs, reps, TRIALS);
+           prop.multiProcessorCount, copy_gbs, reps, BENCH_TRIALS);
 
     float med[NSHAPES][CASES];
     for (int si = 0; si < NSHAPES; si++) {
@@ -132,7 +115,8 @@ int main(int argc, char **argv) {
         printf("%s %s (%d x %d): checksums fwd int8 %016llx %016llx, fwd res %016llx out %016llx stats %016llx; "
                "bwd dinp %016llx int8 %016llx dw,db %016llx branch %016llx\n",
                sh->model, sh->name, N, C, h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8]);
-        for (int k = 0; k < CASES; k++) med[si][k] = time_case(k, sets, nsets, &p, N, C, reps, e0, e1);
+        for (int k = 0; k < CASES; k++)  // rotating over the sets
+            med[si][k] = bench_call_ms([&](int r) { run_case(k, &sets[r % nsets], &p, N, C); }, reps, e0, e1);
         for (int i = 0; i < nsets; i++) {
             void *d[] = {sets[i].x, sets[i].f, sets[i].res, sets[i].out, sets[i].dout, sets[i].dinp, sets[i].q, sets[i].mean, sets[i].rstd, sets[i].qs};
             for (int j = 0; j < 10; j++) cudaCheck(cudaFree(d[j]));
