@@ -1,6 +1,6 @@
 // embed.cu: patch extraction, class/positional and token embeddings, pooling rows (see embed.cuh).
-// The token-embedding backward sums chunks of at most TOKEN_CHUNK positions (one block each), then each token's
-// chunks in order: deterministic without atomics, and a frequent token (padding) does not serialise on one block.
+// The token-embedding backward sums chunks of at most TOKEN_CHUNK positions, then each token's chunks in order:
+// deterministic without atomics, and a frequent token (padding) is summed by many threads, not serialised on a few.
 #include <string.h>
 
 #include <type_traits>

@@ -60,7 +60,8 @@ float *colsum_partials(size_t elems) {
 
 void colsum_finish_gpu(float *out, float *out2, const float *partial, int chunks, int C, float *out3, float *out4, cudaStream_t stream) {
     int nout = out4 ? 4 : out3 ? 3 : out2 ? 2 : 1;
-    colsum_finish_kernel<<<dim3(ceil_div(C, 32), nout), dim3(32, max(1, min(chunks, 32))), 0, stream>>>(out, out2, out3, out4, partial, chunks, C);
+    dim3 block(32, max(1, min(chunks, 32)));
+    colsum_finish_kernel<<<dim3(ceil_div(C, 32), nout), block, 0, stream>>>(out, out2, out3, out4, partial, chunks, C);
     cudaCheckLaunch();
 }
 
