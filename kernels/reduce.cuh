@@ -14,9 +14,11 @@ template <typename T> void product_colsum_gpu(float *out, const T *a, const T *b
 
 // ---- for kernels that fuse a column sum into their own pass
 // Partial sums of `chunks` row chunks are laid out partial[(o * chunks + chunk) * C + c] (o = 1..3: a second to
-// fourth output); colsum_finish_gpu adds them, in a fixed order, to out (and out2 .. out4: one launch for all). colsum_partials is the one scratch
-// for them, grown on demand; the memory plan counts COLSUM_PARTIAL_BYTES for it (the LayerNorm backward's
-// sums choose their chunks to stay within it; the int8 GELU backward's chunks can take more).
+// fourth output); colsum_finish_gpu adds them, in a fixed order, to out (and out2 .. out4: one launch for all).
+// colsum_partials is the one scratch for them (its users: the LayerNorm backward, the GELU backwards, colsum_run,
+// SwitchBack's fused quantize pass), grown on demand, for work on one stream at a time; the memory plan counts
+// COLSUM_PARTIAL_BYTES for it (the LayerNorm backward's sums choose their chunks to stay within it; the int8 GELU
+// backward's and SwitchBack's chunks can take more).
 #define COLSUM_PARTIAL_BYTES (16u << 20)
 float *colsum_partials(size_t elems);
 void colsum_finish_gpu(float *out, float *out2, const float *partial, int chunks, int C, float *out3 = NULL, float *out4 = NULL,
