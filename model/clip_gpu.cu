@@ -1131,17 +1131,10 @@ static void init_optimizer_plan(ClipGPU *g) {
     free(off), free(numel), free(decay), free(order), free(seg_lo), free(seg_hi);
 }
 
-// Whether the backward writes the gradient of the tensor at layout offset off with a weight-gradient GEMM (the
-// linears, conv1, the projections), which overwrites it in the step's first micro-batch.
-static int grad_from_gemm(const ClipLayout *L, size_t off) {
-    if (off == L->conv1_w || off == L->visual_proj || off == L->text_projection) return 1;
-    const TowerLayout *towers[2] = {&L->visual, &L->text};
-    for (int ti = 0; ti < 2; ti++)
-        for (int l = 0; l < towers[ti]->layers; l++) {
-            const BlockLayout *b = &towers[ti]->blocks[l];
-            if (off == b->in_proj_w || off == b->out_proj_w || off == b->c_fc_w || off == b->c_proj_w) return 1;
-        }
-    return 0;
+// Whether the backward writes tensor t's gradient with a weight-gradient GEMM, which overwrites it in the step's
+// first micro-batch: the blocks' linears (the tensors of a linear kind) and conv1 and the two projections.
+static int grad_from_gemm(const ClipLayout *L, const ParamTensor *t) {
+    return t->kind != KIND_OTHER || t->offset == L->conv1_w || t->offset == L->visual_proj || t->offset == L->text_projection;
 }
 
 // grad_zero: everything in the gradient buffer but the GEMM-written tensors (the padding between tensors too).
@@ -1152,7 +1145,7 @@ static void init_grad_zero(ClipGPU *g) {
     int n = 0;
     for (int i = 0; i < L->num_tensors; i++) {  // tensors in address order
         const ParamTensor *t = &L->tensors[i];
-        if (!grad_from_gemm(L, t->offset)) continue;
+        if (!grad_from_gemm(L, t)) continue;
         if (t->offset > cursor) lo[n] = cursor, hi[n++] = t->offset;
         cursor = t->offset + t->numel;
     }
