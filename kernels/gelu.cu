@@ -31,31 +31,11 @@ __device__ __forceinline__ float gelu_grad(float x, int quick) {
 // Outside: |x| < 2^-10 gives gelu(x) = 0.5 x (the relative change 0.8 |x| < 2^-9 never reaches a bf16 rounding
 // boundary) and gelu'(x) = 0.5 + c1 x (the next term, ~0.3 x^3, is below 2^-30 of 0.5); |x| >= 64 gives x or -0
 // and 1 or 0 (the tails of both functions underflow even bf16 / fp32 denormals there); NaN stays NaN.
-#define GELU_LUT_LO 0x3A80  // bf16 bits of 2^-10
-#define GELU_LUT_N 2048
 __device__ __align__(16) uint16_t gelu_value_lut[2][2 * GELU_LUT_N];  // [quick][sign * GELU_LUT_N + i], bf16 bits
 __device__ __align__(16) float gelu_grad_lut[2][2 * GELU_LUT_N];
 __shared__ __align__(16) uint16_t gelu_value_smem[2 * GELU_LUT_N];  // the block's copy (8 KB; 16 KB for grad)
 __shared__ __align__(16) float gelu_grad_smem[2 * GELU_LUT_N];
 
-// The lookups, x given as bf16 bits b: GELU as fp32 (a bf16 value but at bf16 denormals) and gelu'(x). The slot
-// is clamped and the tail selected after, so that no lane branches.
-__device__ __forceinline__ uint32_t gelu_lut_slot(uint32_t b, uint32_t *u) {
-    *u = (b & 0x7FFF) - GELU_LUT_LO;
-    return min(*u, GELU_LUT_N - 1) + (b >> 15) * GELU_LUT_N;
-}
-__device__ __forceinline__ float gelu_bf16(const uint16_t *tab, uint32_t b) {
-    uint32_t u, i = gelu_lut_slot(b, &u);
-    float x = __uint_as_float(b << 16), t = __uint_as_float((uint32_t)tab[i] << 16);
-    return u < GELU_LUT_N ? t : fabsf(x) < 1.0f ? 0.5f * x : (x < 0.0f ? -0.0f : x);
-}
-__device__ __forceinline__ float gelu_grad_bf16(const float *tab, uint32_t b, float tiny_slope) {
-    uint32_t u, i = gelu_lut_slot(b, &u);
-    float x = __uint_as_float(b << 16), t = tab[i];
-    return u < GELU_LUT_N ? t : fabsf(x) < 1.0f ? fmaf(x, tiny_slope, 0.5f) : (x < 0.0f ? 0.0f : (x > 0.0f ? 1.0f : x));
-}
-// gelu'(x) = 0.5 + slope x + O(x^3) near 0
-__device__ __forceinline__ float gelu_tiny_slope(int quick) { return quick ? 0.851f : 2.0f * INV_SQRT_2PI; }
 __device__ __forceinline__ uint32_t bf16_bits(bf16 x) { return __bfloat16_as_ushort(x); }
 // GELU of 8 bf16. When the 8 inputs of every active lane lie in the table (a warp vote; nearly always), 8 lookups
 // whose bf16 bits are the results (~8 instructions an element); else element by element, with the tails. With
@@ -133,6 +113,15 @@ static void gelu_luts_init(void) {
     cudaCheck(cudaMemcpyToSymbol(gelu_value_lut, val, sizeof(val)));
     cudaCheck(cudaMemcpyToSymbol(gelu_grad_lut, grad, sizeof(grad)));
     done = 1;
+}
+
+void gelu_tables(int quick, const uint16_t **value, const float **grad) {
+    gelu_luts_init();
+    void *v, *g;
+    cudaCheck(cudaGetSymbolAddress(&v, gelu_value_lut));
+    cudaCheck(cudaGetSymbolAddress(&g, gelu_grad_lut));
+    *value = (const uint16_t *)v + (quick ? 2 * GELU_LUT_N : 0);
+    *grad = (const float *)g + (quick ? 2 * GELU_LUT_N : 0);
 }
 
 template <typename T, int V> __global__ void gelu_forward_kernel(T *out, const T *inp, size_t n, int quick) {
