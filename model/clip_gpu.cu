@@ -11,6 +11,7 @@
 
 #include "../kernels/adamw.cuh"
 #include "../kernels/attention.cuh"
+#include "../kernels/bf16_gemm.cuh"
 #include "../kernels/embed.cuh"
 #include "../kernels/gelu.cuh"
 #include "../kernels/layernorm.cuh"
@@ -63,6 +64,7 @@ struct ClipGPU {
     Config cfg;
     const ClipLayout *L;
     int use_bf16, mb, max_batch, recompute, recompute_keep, has_ls;
+    int fused_gelu;  // c_fc's GEMM computes the GELU in its epilogue (bf16_gemm): bf16 c_fc and c_proj on an sm_90 GPU
     char *arena;
     // parameters: fp32 master, the T-typed copy the GEMMs read (the master itself in fp32), gradients, moments
     float *params, *grads, *m, *u;
@@ -513,12 +515,19 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
                                           as<T>(k->attn), opt_param(g, w->ls_1), P + w->ln_2_w, P + w->ln_2_b, N, D,
                                           in_q(g, k, SB_LINEAR_C_FC), in_s(g, k, SB_LINEAR_C_FC));
         mark(g, PROF_GEMM);
-        linear_forward<T>(g, k, SB_LINEAR_C_FC, as<T>(k->fc), as<T>(k->ln_2), w->c_fc_w, w->c_fc_b, N, D, H);
-        mark(g, PROF_GELU);
-        if (g->sb_on[SB_LINEAR_C_PROJ])
-            gelu_forward_quantize_gpu(in_bf16<bf16>(k, k->fc_gelu, SB_LINEAR_C_PROJ), k->xq[SB_LINEAR_C_PROJ], k->xs[SB_LINEAR_C_PROJ],
-                                      as<bf16>(k->fc), N, H, quick);
-        else gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)N * H, quick);
+        if (g->fused_gelu) {  // fc (the pre-activation, kept for the backward) and fc_gelu from one pass
+            const bf16 *W = (const bf16 *)g->wts;
+            Bf16Gemm fc = {BF16_EPI_GELU, as<bf16>(k->fc), as<bf16>(k->fc_gelu), as<bf16>(k->ln_2), W + w->c_fc_w, 0, W + w->c_fc_b};
+            fc.quick = quick, fc.M = N, fc.N = H, fc.K = D;
+            bf16_gemm(&fc, 0);
+        } else {
+            linear_forward<T>(g, k, SB_LINEAR_C_FC, as<T>(k->fc), as<T>(k->ln_2), w->c_fc_w, w->c_fc_b, N, D, H);
+            mark(g, PROF_GELU);
+            if (g->sb_on[SB_LINEAR_C_PROJ])
+                gelu_forward_quantize_gpu(in_bf16<bf16>(k, k->fc_gelu, SB_LINEAR_C_PROJ), k->xq[SB_LINEAR_C_PROJ],
+                                          k->xs[SB_LINEAR_C_PROJ], as<bf16>(k->fc), N, H, quick);
+            else gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)N * H, quick);
+        }
         mark(g, PROF_GEMM);
         linear_forward<T>(g, k, SB_LINEAR_C_PROJ, as<T>(k->mlp), as<T>(k->fc_gelu), w->c_proj_w, w->c_proj_b, N, H, D);
         if (l + 1 < t->layers) wait_params(g, t->blocks[l + 1].ln_1_w);  // read by the fused LayerNorm below
@@ -1078,6 +1087,8 @@ static void init_shape(ClipGPU *g, const Config *c, const ClipLayout *L, int mb,
     g->has_ls = config_has_layer_scale(c);
     int sb = c->precision == PRECISION_INT8_SWITCHBACK;
     for (int i = 0; i < SB_LINEARS; i++) g->sb_on[i] = sb && (c->switchback_mask >> i & 1);
+    g->fused_gelu = g->use_bf16 && !g->sb_on[SB_LINEAR_C_FC] && !g->sb_on[SB_LINEAR_C_PROJ] && L->visual.width % 16 == 0 &&
+                    L->visual.mlp % 16 == 0 && L->text.width % 16 == 0 && L->text.mlp % 16 == 0 && bf16_gemm_available();
     g->vis.t = &L->visual, g->txt.t = &L->text;
     g->vis.blocks = (BlockBuf *)callocCheck((size_t)L->visual.layers, sizeof(BlockBuf));
     g->txt.blocks = (BlockBuf *)callocCheck((size_t)L->text.layers, sizeof(BlockBuf));
