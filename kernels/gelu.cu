@@ -115,15 +115,12 @@ static void gelu_luts_init(void) {
     done = 1;
 }
 
-void gelu_tables(int quick, const uint16_t **value, const float **grad) {
+const uint16_t *gelu_value_table(int quick) {
     gelu_luts_init();
-    void *v, *g;
+    void *v;
     cudaCheck(cudaGetSymbolAddress(&v, gelu_value_lut));
-    cudaCheck(cudaGetSymbolAddress(&g, gelu_grad_lut));
-    *value = (const uint16_t *)v + (quick ? 2 * GELU_LUT_N : 0);
-    *grad = (const float *)g + (quick ? 2 * GELU_LUT_N : 0);
+    return (const uint16_t *)v + (quick ? 2 * GELU_LUT_N : 0);
 }
-
 template <typename T, int V> __global__ void gelu_forward_kernel(T *out, const T *inp, size_t n, int quick) {
     if constexpr (sizeof(T) == 2) gelu_value_prepare(quick);
     for (size_t j = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V; j < n; j += (size_t)gridDim.x * blockDim.x * V)

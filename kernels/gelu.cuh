@@ -22,8 +22,8 @@ void gelu_forward_quantize_gpu(bf16 *out, int8_t *q, float *qs, const bf16 *inp,
 void gelu_backward_quantize_gpu(bf16 *dinp, bf16 *act, int8_t *q, float *qs, float *dbias, const bf16 *dout, const bf16 *inp,
                                 int N, int C, int quick);
 
-// ---- The bf16 lookups (gelu.cu's tables; also bf16_gemm.cu's epilogues, so that a GELU computed there equals this
-// file's bit for bit). Per sign, the 2048 inputs with |x| in [2^-10, 64): the exact GELU rounded to bf16 and its
+// ---- The bf16 lookups (gelu.cu's tables; the GELU value also in bf16_gemm.cu's epilogue, so that a GELU computed
+// there equals gelu.cu's bit for bit). Per sign, the 2048 inputs with |x| in [2^-10, 64): the exact GELU rounded to bf16 and its
 // gradient rounded to fp32; the tails outside are computed (gelu.cu says how).
 #define GELU_LUT_LO 0x3A80  // bf16 bits of 2^-10
 #define GELU_LUT_N 2048
@@ -45,5 +45,5 @@ __device__ __forceinline__ float gelu_grad_bf16(const float *tab, uint32_t b, fl
 }
 // gelu'(x) = 0.5 + slope x + O(x^3) near 0
 __device__ __forceinline__ float gelu_tiny_slope(int quick) { return quick ? 0.851f : 0.7978845608028654f; }  // 2 / sqrt(2 pi)
-// The device addresses of the tables (filled at the first call): value (2 x GELU_LUT_N bf16 bits), grad (fp32).
-void gelu_tables(int quick, const uint16_t **value, const float **grad);
+// The device address of the value table (2 x GELU_LUT_N bf16 bits; filled at the first call).
+const uint16_t *gelu_value_table(int quick);

@@ -67,7 +67,6 @@ __device__ inline void tma_store_2d(const CUtensorMap *map, const void *src, int
 __device__ inline void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
 // The newest bulk group may still be reading shared memory; all older ones have finished reading.
 __device__ inline void bulk_wait_read1() { asm volatile("cp.async.bulk.wait_group.read 1;" ::: "memory"); }
-__device__ inline void bulk_wait_read0() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
 __device__ inline void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
 // Orders this thread's ordinary shared-memory stores before later async-proxy (TMA) reads of them.
 __device__ inline void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
@@ -83,18 +82,12 @@ __device__ inline uint32_t pack_bf16(float lo, float hi) {
     return *(uint32_t *)&v;
 }
 
-// wgmma descriptors of operands in shared memory as TMA writes them with 128-byte swizzle: rows of 128 bytes,
-// 16-byte chunk c of row r at chunk c ^ (r % 8), 1024-byte aligned 8-row groups. Fields: start address >> 4
-// (bits 0-13), leading byte offset >> 4 (bits 16-29), stride byte offset >> 4 (bits 32-45), layout type 1 = 128-byte
-// swizzle (bits 62-63).
-// K-major (a row holds K): the leading offset is unused (1), the stride 1024 bytes between 8-row groups.
+// wgmma descriptor of a K-major operand in shared memory as TMA writes it with 128-byte swizzle (rows of 128 bytes,
+// 16-byte chunk c of row r at chunk c ^ (r % 8), 1024-byte aligned 8-row groups): start address >> 4 (bits 0-13),
+// leading byte offset unused for swizzled K-major (1, bits 16-29), stride byte offset = 1024 between 8-row groups
+// (bits 32-45), layout type 1 = 128-byte swizzle (bits 62-63).
 __device__ inline uint64_t wgmma_desc(uint32_t addr) {
     return (uint64_t)((addr & 0x3FFFF) >> 4) | (1ull << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
-}
-// MN-major (a row holds 128 bytes of M or N at one k; wgmma's transposed operand): 8-row (k) groups 1024 bytes apart
-// (stride), and the next 128 bytes of M / N `leading` bytes further.
-__device__ inline uint64_t wgmma_desc_mn(uint32_t addr, uint32_t leading) {
-    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)(leading >> 4) << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
 }
 __device__ inline void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ inline void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }

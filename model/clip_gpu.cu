@@ -517,8 +517,8 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
         mark(g, PROF_GEMM);
         if (g->fused_gelu) {  // fc (the pre-activation, kept for the backward) and fc_gelu from one pass
             const bf16 *W = (const bf16 *)g->wts;
-            Bf16Gemm fc = {BF16_EPI_GELU, as<bf16>(k->fc), as<bf16>(k->fc_gelu), as<bf16>(k->ln_2), W + w->c_fc_w, 0, W + w->c_fc_b};
-            fc.quick = quick, fc.M = N, fc.N = H, fc.K = D;
+            Bf16Gemm fc = {BF16_EPI_GELU, as<bf16>(k->fc), as<bf16>(k->fc_gelu), as<bf16>(k->ln_2), W + w->c_fc_w, W + w->c_fc_b,
+                           quick, N, H, D};
             bf16_gemm(&fc, 0);
         } else {
             linear_forward<T>(g, k, SB_LINEAR_C_FC, as<T>(k->fc), as<T>(k->ln_2), w->c_fc_w, w->c_fc_b, N, D, H);
