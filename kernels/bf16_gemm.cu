@@ -211,10 +211,13 @@ template <int EPI> static void launch(const Bf16Gemm *g, cudaStream_t stream) {
 int bf16_gemm_available(void) {
     static int avail = -1;
     if (avail < 0) {
-        int dev, major;
+        int dev, major = 0;
         cudaFuncAttributes attr;
-        cudaCheck(cudaGetDevice(&dev));
-        cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+        // no device (memory plans are made without one): 0, not an error
+        if (cuda_device_count() > 0) {
+            cudaCheck(cudaGetDevice(&dev));
+            cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+        }
         // the kernel body exists only in sm_90a code; on an sm_90 device that code is what runs, if it was built
         avail = major == 9 && cudaFuncGetAttributes(&attr, bf16_gemm_kernel<BF16_EPI_BIAS>) == cudaSuccess &&
                 attr.binaryVersion == 90;
