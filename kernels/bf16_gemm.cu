@@ -144,12 +144,12 @@ __global__ void __launch_bounds__(384, 1)
                 wgmma_commit();
                 wgmma_wait<1>();
                 if (kt > 0 && leader)
-                    for (int r = 0; r < BG_CLUSTER; r++) mbar_arrive_cluster(&empty[(it - 1) % BG_STAGES], r);
+                    mbar_arrive_cluster_all(&empty[(it - 1) % BG_STAGES], BG_CLUSTER);
             }
             wgmma_wait<0>();
             fence_regs(acc);
             if (leader)
-                for (int r = 0; r < BG_CLUSTER; r++) mbar_arrive_cluster(&empty[(it - 1) % BG_STAGES], r);
+                mbar_arrive_cluster_all(&empty[(it - 1) % BG_STAGES], BG_CLUSTER);
 
             int row0 = m0 + c * 64 + warp * 16, rows_in = row0 < g.M;
             mbar_wait(p_full, ti & 1);
@@ -183,19 +183,10 @@ __global__ void __launch_bounds__(384, 1)
 
 // ------------------------------------------------------------------------------------------------ host
 template <int EPI> static void launch(const Bf16Gemm *g, cudaStream_t stream) {
-    auto kernel = bf16_gemm_kernel<EPI>;
     static int max_clusters = 0;
+    if (!max_clusters) max_clusters = wgmma_max_clusters(bf16_gemm_kernel<EPI>, BG_CLUSTER, BG_SMEM, "bf16_gemm");
     cudaLaunchAttribute cluster;
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = BG_CLUSTER, cluster.val.clusterDim.y = 1, cluster.val.clusterDim.z = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.blockDim = dim3(384), cfg.dynamicSmemBytes = BG_SMEM, cfg.stream = stream, cfg.attrs = &cluster, cfg.numAttrs = 1;
-    if (!max_clusters) {
-        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, BG_SMEM));
-        cfg.gridDim = dim3(BG_CLUSTER);
-        cudaCheck(cudaOccupancyMaxActiveClusters(&max_clusters, kernel, &cfg));
-        if (max_clusters < 1) fatal("bf16_gemm: no cluster of %d CTAs with %d bytes of shared memory fits", BG_CLUSTER, BG_SMEM);
-    }
+    cudaLaunchConfig_t cfg = wgmma_launch_config(&cluster, BG_CLUSTER, BG_SMEM, stream);
     CUtensorMap ta = make_tensor_map(g->a, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, g->M, g->K, BG_BM, BG_BK);
     CUtensorMap tb = make_tensor_map(g->b, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, g->N, g->K, BG_BN / BG_CLUSTER, BG_BK);
     CUtensorMap ty = make_tensor_map(g->out, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, g->M, g->N, BG_Y_BOX_ROWS, BG_Y_BOX_COLS);
@@ -205,7 +196,7 @@ template <int EPI> static void launch(const Bf16Gemm *g, cudaStream_t stream) {
     const uint16_t *val = EPI == BF16_EPI_GELU ? gelu_value_table(g->quick) : NULL;
     int items = (ceil_div(g->M, BG_BM) + 1) / 2 * ceil_div(g->N, BG_BN);
     cfg.gridDim = dim3(BG_CLUSTER * (items < max_clusters ? items : max_clusters));
-    cudaCheck(cudaLaunchKernelEx(&cfg, kernel, ta, tb, ty, ty2, *g, val));
+    cudaCheck(cudaLaunchKernelEx(&cfg, bf16_gemm_kernel<EPI>, ta, tb, ty, ty2, *g, val));
 }
 
 int bf16_gemm_available(void) {

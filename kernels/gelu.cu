@@ -36,6 +36,14 @@ __device__ __align__(16) float gelu_grad_lut[2][2 * GELU_LUT_N];
 __shared__ __align__(16) uint16_t gelu_value_smem[2 * GELU_LUT_N];  // the block's copy (8 KB; 16 KB for grad)
 __shared__ __align__(16) float gelu_grad_smem[2 * GELU_LUT_N];
 
+// gelu'(x) from its table (the lookup of gelu.cuh's gelu_bf16, with the gradient's tails).
+__device__ __forceinline__ float gelu_grad_bf16(const float *tab, uint32_t b, float tiny_slope) {
+    uint32_t u, i = gelu_lut_slot(b, &u);
+    float x = __uint_as_float(b << 16), t = tab[i];
+    return u < GELU_LUT_N ? t : fabsf(x) < 1.0f ? fmaf(x, tiny_slope, 0.5f) : (x < 0.0f ? 0.0f : (x > 0.0f ? 1.0f : x));
+}
+// gelu'(x) = 0.5 + slope x + O(x^3) near 0
+__device__ __forceinline__ float gelu_tiny_slope(int quick) { return quick ? 0.851f : 2.0f * INV_SQRT_2PI; }
 __device__ __forceinline__ uint32_t bf16_bits(bf16 x) { return __bfloat16_as_ushort(x); }
 // GELU of 8 bf16. When the 8 inputs of every active lane lie in the table (a warp vote; nearly always), 8 lookups
 // whose bf16 bits are the results (~8 instructions an element); else element by element, with the tails. With
@@ -116,11 +124,14 @@ static void gelu_luts_init(void) {
 }
 
 const uint16_t *gelu_value_table(int quick) {
-    gelu_luts_init();
-    void *v;
-    cudaCheck(cudaGetSymbolAddress(&v, gelu_value_lut));
+    static void *v = NULL;  // looked up once: c_fc's GEMM asks at every launch
+    if (!v) {
+        gelu_luts_init();
+        cudaCheck(cudaGetSymbolAddress(&v, gelu_value_lut));
+    }
     return (const uint16_t *)v + (quick ? 2 * GELU_LUT_N : 0);
 }
+
 template <typename T, int V> __global__ void gelu_forward_kernel(T *out, const T *inp, size_t n, int quick) {
     if constexpr (sizeof(T) == 2) gelu_value_prepare(quick);
     for (size_t j = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V; j < n; j += (size_t)gridDim.x * blockDim.x * V)

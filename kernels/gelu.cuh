@@ -22,13 +22,13 @@ void gelu_forward_quantize_gpu(bf16 *out, int8_t *q, float *qs, const bf16 *inp,
 void gelu_backward_quantize_gpu(bf16 *dinp, bf16 *act, int8_t *q, float *qs, float *dbias, const bf16 *dout, const bf16 *inp,
                                 int N, int C, int quick);
 
-// ---- The bf16 lookups (gelu.cu's tables; the GELU value also in bf16_gemm.cu's epilogue, so that a GELU computed
-// there equals gelu.cu's bit for bit). Per sign, the 2048 inputs with |x| in [2^-10, 64): the exact GELU rounded to bf16 and its
-// gradient rounded to fp32; the tails outside are computed (gelu.cu says how).
+// ---- The bf16 GELU lookup (gelu.cu's value table; also bf16_gemm.cu's epilogue, so that a GELU computed there equals
+// gelu.cu's bit for bit). Per sign, the 2048 inputs with |x| in [2^-10, 64): the exact GELU rounded to bf16; the tails
+// outside are computed (gelu.cu says how).
 #define GELU_LUT_LO 0x3A80  // bf16 bits of 2^-10
 #define GELU_LUT_N 2048
-// The lookups, x given as bf16 bits b: GELU as fp32 (a bf16 value but at bf16 denormals) and gelu'(x). The slot
-// is clamped and the tail selected after, so that no lane branches.
+// The lookup, x given as bf16 bits b: GELU as fp32 (a bf16 value but at bf16 denormals). The slot is clamped and the
+// tail selected after, so that no lane branches (gelu.cu's gradient lookup shares the slot).
 __device__ __forceinline__ uint32_t gelu_lut_slot(uint32_t b, uint32_t *u) {
     *u = (b & 0x7FFF) - GELU_LUT_LO;
     return min(*u, GELU_LUT_N - 1) + (b >> 15) * GELU_LUT_N;
@@ -38,12 +38,5 @@ __device__ __forceinline__ float gelu_bf16(const uint16_t *tab, uint32_t b) {
     float x = __uint_as_float(b << 16), t = __uint_as_float((uint32_t)tab[i] << 16);
     return u < GELU_LUT_N ? t : fabsf(x) < 1.0f ? 0.5f * x : (x < 0.0f ? -0.0f : x);
 }
-__device__ __forceinline__ float gelu_grad_bf16(const float *tab, uint32_t b, float tiny_slope) {
-    uint32_t u, i = gelu_lut_slot(b, &u);
-    float x = __uint_as_float(b << 16), t = tab[i];
-    return u < GELU_LUT_N ? t : fabsf(x) < 1.0f ? fmaf(x, tiny_slope, 0.5f) : (x < 0.0f ? 0.0f : (x > 0.0f ? 1.0f : x));
-}
-// gelu'(x) = 0.5 + slope x + O(x^3) near 0
-__device__ __forceinline__ float gelu_tiny_slope(int quick) { return quick ? 0.851f : 0.7978845608028654f; }  // 2 / sqrt(2 pi)
 // The device address of the value table (2 x GELU_LUT_N bf16 bits; filled at the first call).
 const uint16_t *gelu_value_table(int quick);

@@ -25,6 +25,10 @@ __device__ inline void mbar_arrive_cluster(uint64_t *bar, uint32_t rank) {
                  "r"(rank)
                  : "memory");
 }
+// The same barrier in every one of the cluster's first `ctas` CTAs (a consumer releasing a stage all of them fill).
+__device__ inline void mbar_arrive_cluster_all(uint64_t *bar, int ctas) {
+    for (int r = 0; r < ctas; r++) mbar_arrive_cluster(bar, r);
+}
 // Waits until the phase with this parity has completed (a fresh barrier counts its phase "1" as completed).
 __device__ inline void mbar_wait(uint64_t *bar, uint32_t parity) {
     uint32_t done = 0;
@@ -148,3 +152,26 @@ static inline CUtensorMap make_tensor_map(const void *p, CUtensorMapDataType typ
     return map;
 }
 
+// Launch configuration of the wgmma GEMMs: 384 threads (a producer warpgroup, two consumer warpgroups) in clusters
+// of `cluster` CTAs; *attr holds the cluster dimension and must outlive the launch.
+static inline cudaLaunchConfig_t wgmma_launch_config(cudaLaunchAttribute *attr, int cluster, int smem, cudaStream_t stream) {
+    cudaLaunchConfig_t cfg = {};
+    attr->id = cudaLaunchAttributeClusterDimension;
+    attr->val.clusterDim.x = cluster, attr->val.clusterDim.y = 1, attr->val.clusterDim.z = 1;
+    cfg.blockDim = dim3(384), cfg.dynamicSmemBytes = smem, cfg.stream = stream;
+    cfg.attrs = attr, cfg.numAttrs = 1;
+    return cfg;
+}
+
+// How many clusters of `kernel` run at once, after raising its shared-memory limit to smem; fatal (naming `who`)
+// when none fits. Callers keep the answer: it is the same for every launch.
+template <typename Kernel> static inline int wgmma_max_clusters(Kernel kernel, int cluster, int smem, const char *who) {
+    cudaLaunchAttribute attr;
+    cudaLaunchConfig_t cfg = wgmma_launch_config(&attr, cluster, smem, 0);
+    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    cfg.gridDim = dim3(cluster);
+    int n = 0;
+    cudaCheck(cudaOccupancyMaxActiveClusters(&n, kernel, &cfg));
+    if (n < 1) fatal("%s: no cluster of %d CTAs with %d bytes of shared memory fits", who, cluster, smem);
+    return n;
+}

@@ -259,12 +259,12 @@ __global__ void __launch_bounds__(384, 1)
                 // same speed as waiting for them and releasing this stage at once).
                 wgmma_wait<1>();
                 if (kt > 0 && leader)
-                    for (int r = 0; r < WG_CLUSTER; r++) mbar_arrive_cluster(&empty[(it - 1) % STAGES], r);
+                    mbar_arrive_cluster_all(&empty[(it - 1) % STAGES], WG_CLUSTER);
             }
             wgmma_wait<0>();
             fence_regs(acc);
             if (leader)
-                for (int r = 0; r < WG_CLUSTER; r++) mbar_arrive_cluster(&empty[(it - 1) % STAGES], r);
+                mbar_arrive_cluster_all(&empty[(it - 1) % STAGES], WG_CLUSTER);
 
             // Accumulator layout: register 4j + 2h + e holds row 16 warp + lane / 4 + 8h, column 8j + 2 (lane % 4) + e.
             int rl = warp * 16 + lane / 4, r0 = m0 + c * 64 + rl;
@@ -398,31 +398,10 @@ static void check_args(const Int8Gemm *g) {
     }
 }
 
-// Launch configuration of the wgmma kernel: 384 threads, clusters of 2 CTAs.
-static cudaLaunchConfig_t wgmma_config(cudaLaunchAttribute *cluster, int smem, cudaStream_t stream) {
-    cudaLaunchConfig_t cfg = {};
-    cluster->id = cudaLaunchAttributeClusterDimension;
-    cluster->val.clusterDim.x = WG_CLUSTER, cluster->val.clusterDim.y = 1, cluster->val.clusterDim.z = 1;
-    cfg.blockDim = dim3(384), cfg.dynamicSmemBytes = smem, cfg.stream = stream;
-    cfg.attrs = cluster, cfg.numAttrs = 1;
-    return cfg;
-}
-
-// How many clusters of the wgmma kernel<OUT, BN> run at once; the first call raises its shared-memory limit.
+// How many clusters of the wgmma kernel<OUT, BN> run at once (asked once per instantiation).
 template <int OUT, int BN> static int wgmma_clusters(void) {
     static int max_clusters = 0;
-    if (!max_clusters) {
-        auto kernel = int8_gemm_wgmma_kernel<OUT, BN>;
-        cudaLaunchAttribute cluster;
-        cudaLaunchConfig_t cfg = wgmma_config(&cluster, WgTile<BN>::SMEM, 0);
-        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WgTile<BN>::SMEM));
-        cfg.gridDim = dim3(WG_CLUSTER);
-        cudaCheck(cudaOccupancyMaxActiveClusters(&max_clusters, kernel, &cfg));
-        if (max_clusters < 1) {
-            fatal("int8_gemm: no cluster of %d CTAs with %d bytes of shared memory fits", WG_CLUSTER,
-                  WgTile<BN>::SMEM);
-        }
-    }
+    if (!max_clusters) max_clusters = wgmma_max_clusters(int8_gemm_wgmma_kernel<OUT, BN>, WG_CLUSTER, WgTile<BN>::SMEM, "int8_gemm");
     return max_clusters;
 }
 
@@ -432,7 +411,7 @@ static int wgmma_items(const Int8Gemm *g, int bn) { return (ceil_div(g->M, WG_BM
 template <int OUT, int BN> static void launch_wgmma(const Int8Gemm *g, cudaStream_t stream) {
     int max_clusters = wgmma_clusters<OUT, BN>();
     cudaLaunchAttribute cluster;
-    cudaLaunchConfig_t cfg = wgmma_config(&cluster, WgTile<BN>::SMEM, stream);
+    cudaLaunchConfig_t cfg = wgmma_launch_config(&cluster, WG_CLUSTER, WgTile<BN>::SMEM, stream);
     CUtensorMap ta = make_tensor_map(g->a, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->M, g->K, WG_BM, WG_BK);
     CUtensorMap tb = make_tensor_map(g->b, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->N, g->K, BN / WG_CLUSTER, WG_BK);
     // bf16 output without accumulation leaves through TMA stores; other outputs are stored directly (ta: unused).
