@@ -1,4 +1,4 @@
-// hopper.cuh: the sm_90a building blocks of the hand-written GEMMs (int8_gemm.cu, bf16_gemm.cu): mbarriers, TMA
+// hopper.cuh: the sm_90a building blocks of the hand-written GEMM kernel (wgmma_gemm.cuh): mbarriers, TMA
 // loads and stores (tensor maps of row-major matrices in 128-byte-swizzled boxes), cluster barriers, wgmma
 // descriptors and fences, stmatrix. The device helpers exist only where the compiler targets sm_90a.
 #pragma once
@@ -150,28 +150,4 @@ static inline CUtensorMap make_tensor_map(const void *p, CUtensorMapDataType typ
         fatal("cuTensorMapEncodeTiled failed (CUresult %d) for (%d, %d)", (int)r, rows, cols);
     }
     return map;
-}
-
-// Launch configuration of the wgmma GEMMs: 384 threads (a producer warpgroup, two consumer warpgroups) in clusters
-// of `cluster` CTAs; *attr holds the cluster dimension and must outlive the launch.
-static inline cudaLaunchConfig_t wgmma_launch_config(cudaLaunchAttribute *attr, int cluster, int smem, cudaStream_t stream) {
-    cudaLaunchConfig_t cfg = {};
-    attr->id = cudaLaunchAttributeClusterDimension;
-    attr->val.clusterDim.x = cluster, attr->val.clusterDim.y = 1, attr->val.clusterDim.z = 1;
-    cfg.blockDim = dim3(384), cfg.dynamicSmemBytes = smem, cfg.stream = stream;
-    cfg.attrs = attr, cfg.numAttrs = 1;
-    return cfg;
-}
-
-// How many clusters of `kernel` run at once, after raising its shared-memory limit to smem; fatal (naming `who`)
-// when none fits. Callers keep the answer: it is the same for every launch.
-template <typename Kernel> static inline int wgmma_max_clusters(Kernel kernel, int cluster, int smem, const char *who) {
-    cudaLaunchAttribute attr;
-    cudaLaunchConfig_t cfg = wgmma_launch_config(&attr, cluster, smem, 0);
-    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    cfg.gridDim = dim3(cluster);
-    int n = 0;
-    cudaCheck(cudaOccupancyMaxActiveClusters(&n, kernel, &cfg));
-    if (n < 1) fatal("%s: no cluster of %d CTAs with %d bytes of shared memory fits", who, cluster, smem);
-    return n;
 }

@@ -1,22 +1,16 @@
 // int8_gemm.cu: the int8 GEMM of SwitchBack with its fused dequantize epilogue (API and formula in int8_gemm.cuh).
 // Two kernels, picked by the device's compute capability:
-//  - sm_90a (H100): persistent, warp-specialised, in clusters of 2 CTAs. A CTA computes a 128 x 256 tile (or
-//    128 x 128 where that fills the last wave better: small problems); the two CTAs of a cluster take adjacent M
-//    tiles of one N tile, so they share B: each loads half of the B tile and multicasts it to both (a third fewer
-//    bytes from L2 per k-step, which bounds this GEMM otherwise). One producer thread issues the TMA loads into
-//    128-byte-swizzled shared memory, 4 stages of 128 x 128 A + 256 x 128 B (6 of 128 x 128 + 128 x 128),
-//    signalling "full" mbarriers; two consumer warpgroups run wgmma.m64n256k32.s32.s8.s8 (m64n128k32) on 64 rows
-//    each, keep one k-tile of wgmma in flight and release the stage before it through "empty" mbarriers in both
-//    CTAs. A loader warp puts each tile's epilogue parameters (bias, scales) in shared memory during the tile's
-//    mainloop. The epilogue dequantizes from registers, each warp on its own: bf16 output goes through the warp's
-//    swizzled shared-memory buffers (stmatrix) and TMA stores, which drain while the next tile computes.
+//  - sm_90a (H100): wgmma_gemm.cuh's persistent warp-specialised kernel (clusters of 2 CTAs multicasting B, TMA
+//    stages, two consumer warpgroups) with wgmma.m64n256k32.s32.s8.s8 on 128 x 256 tiles (m64n128k32 on 128 x 128
+//    where that fills the last wave better: small problems). The epilogue dequantizes from registers, each warp on
+//    its own: bf16 output goes through the warp's staging buffers and TMA stores, other outputs directly.
 //  - sm_80 / sm_89 (and a fallback on sm_90): 128 x 128 x 128 tiles, a 3-stage cp.async pipeline into the same
 //    swizzled layout, ldmatrix + mma.sync.m16n8k32.s8, 8 warps of 64 x 32.
 // Out-of-range rows and K columns are loaded as zeros (TMA's out-of-bounds fill, cp.async's zero fill), so M is
 // arbitrary; the epilogue skips (or TMA clips) rows >= M and columns >= N.
 #include <string.h>
-#include "hopper.cuh"
 #include "int8_gemm.cuh"
+#include "wgmma_gemm.cuh"
 
 typedef __nv_bfloat16 bf16;
 
@@ -77,223 +71,103 @@ template <int OUT> __device__ inline float tensor_scale(const Int8Gemm &g) {
 __device__ inline uint32_t swz(int row, int chunk) { return row * 128 + ((chunk ^ (row & 7)) << 4); }
 
 // ------------------------------------------------------------------------------------------------ sm_90a
-#define WG_BM 128
-#define WG_BK 128  // int8 elements = bytes: one swizzle row
-#define WG_CLUSTER 2
-#define WG_A_BYTES (WG_BM * WG_BK)         // 16 KB
-#define WG_Y_BOX_ROWS 16                   // output boxes of 16 x 64 bf16 (128-byte rows, swizzled), one per warp
-#define WG_Y_BOX_COLS 64
-#define WG_Y_BOX_BYTES (WG_Y_BOX_ROWS * WG_Y_BOX_COLS * 2)
-#define WG_Y_BYTES (8 * 2 * WG_Y_BOX_BYTES)  // 32 KB: two staging buffers per consumer warp
-// The tile is 128 x BN, BN = 256 or 128 (int8_gemm picks by shape: int8_gemm_tile_width). Shared memory: the stages,
-// the staging buffers, the epilogue parameters ((bias, s_b) per column, s_a per row) and the barriers (full,
-// empty, p_full, p_empty); as many stages as fit in the 227 KB a block may have: 4 (226.6 KB) at BN = 256, 6
-// (225.6 KB) at BN = 128.
-template <int BN> struct WgTile {
-    static constexpr int STAGES = BN == 256 ? 4 : 6;
-    static constexpr int B_BYTES = BN * WG_BK;  // half of it from each CTA of the cluster
-    static constexpr int P_BYTES = BN * 8 + WG_BM * 4;
-    static constexpr int SMEM = STAGES * (WG_A_BYTES + B_BYTES) + WG_Y_BYTES + P_BYTES + (2 * STAGES + 2) * 8;
-};
+// wgmma_gemm.cuh's kernel on int8 operands. The tile is 128 x BN, BN = 256 or 128 (int8_gemm picks by shape:
+// int8_gemm_tile_width), with as many stages as fit: 4 (226.6 KB) at BN = 256, 6 (225.6 KB) at BN = 128. The
+// loader warp puts (bias, s_b) of the tile's columns and s_a of its rows in shared memory (p: BN float2, then 128
+// floats; zeros past N and M).
+template <int OUT, int W> struct Int8Op {
+    typedef int8_t Elem;
+    typedef int Acc;
+    static constexpr int BN = W, STAGES = W == 256 ? 4 : 6, P_BYTES = W * 8 + WGMMA_BM * 4;
+    CUtensorMap tma_y;  // bf16 out in boxes of 16 x 64 (unused for other outputs and when accumulating)
+    Int8Gemm g;
+    int M, N, K;
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-
-// One wgmma.m64n<N>k32.s32.s8.s8. ACC: the accumulator's operands in the instruction, ...: their constraints; A, B, P:
+// One wgmma.m64n<W>k32.s32.s8.s8. ACC: the accumulator's operands in the instruction, ...: their constraints; A, B, P:
 // the numbers of the operands desc_a, desc_b and accumulate, which come after the accumulator's.
-#define WGMMA_S8(N, ACC, A, B, P, ...)                                                                        \
+#define WGMMA_S8(W, ACC, A, B, P, ...)                                                                        \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #P ", 0;\n"                                            \
-                 "wgmma.mma_async.sync.aligned.m64n" #N "k32.s32.s8.s8 {" ACC "}, %" #A ", %" #B ", p;\n}\n" \
+                 "wgmma.mma_async.sync.aligned.m64n" #W "k32.s32.s8.s8 {" ACC "}, %" #A ", %" #B ", p;\n}\n" \
                  : __VA_ARGS__                                                                                \
                  : "l"(desc_a), "l"(desc_b), "r"(accumulate))
-// d (64 x BN s32, wgmma accumulator layout) (+)= A (64 x 32 s8) . B (BN x 32 s8)^T with the wgmma of that width;
-// accumulate = 0 overwrites.
-template <int BN> __device__ inline void wgmma_tile(int (&d)[BN / 2], uint64_t desc_a, uint64_t desc_b, int accumulate) {
-    if constexpr (BN == 256) WGMMA_S8(256, WG_ACC128, 128, 129, 130, WG_D64("+r", 0), WG_D64("+r", 64));
-    else WGMMA_S8(128, WG_ACC64, 64, 65, 66, WG_D64("+r", 0));
-}
+    // d (64 x BN s32) (+)= A (64 x 32 s8) . B (BN x 32 s8)^T with the wgmma of that width.
+    __device__ void mma(int (&d)[BN / 2], uint64_t desc_a, uint64_t desc_b, int accumulate) const {
+        if constexpr (BN == 256) WGMMA_S8(256, WG_ACC128, 128, 129, 130, WG_D64("+r", 0), WG_D64("+r", 64));
+        else WGMMA_S8(128, WG_ACC64, 64, 65, 66, WG_D64("+r", 0));
+    }
 #undef WGMMA_S8
 
-// The bf16 TMA-store epilogue of one consumer warp: its 16 rows x BN columns leave as BN / 64 boxes of 16 x 64, each
-// staged (stmatrix, 128-byte rows with chunk c of row r at c ^ (r % 8): conflict-free, and the layout the TMA store
-// reads with SWIZZLE_128B) in one of the warp's two buffers, which is rewritten once the store issued from it two
-// rounds ago has read it. Only the warp synchronises. sa0, sa1: s_a of the thread's rows; PER_COL 0: s_b = sb_t
-// for all columns, so the multiplier is computed once per row.
-template <int PER_COL, int BN>
-__device__ inline void epilogue_tma(const int (&acc)[BN / 2], const float *p_col, float sa0, float sa1, float sb_t,
-                                    uint8_t *bufs, int &round, const CUtensorMap *map, int col0, int row0, int rows_in,
-                                    int N, int lane) {
-    float m0 = sb_dequant_scale(sa0, sb_t), m1 = sb_dequant_scale(sa1, sb_t);
+    __device__ void load_params(uint8_t *p, int m0, int n0, int lane) const {
+        if (OUT == INT8_OUT_I32) return;
+        float *p_col = (float *)p, *p_row = p_col + 2 * BN, sb_t = tensor_scale<OUT>(g);
 #pragma unroll
-    for (int b = 0; b < BN / WG_Y_BOX_COLS; b++, round++) {
-        uint8_t *buf = bufs + (round % 2) * WG_Y_BOX_BYTES;
-        if (lane == 0) bulk_wait_read1();
-        __syncwarp();
-        float4 pb[8];  // (bias, s_b) of the thread's 2 columns in each 8-column group, loaded first (measured: +2-3%)
-#pragma unroll
-        for (int jj = 0; jj < 8; jj++) pb[jj] = *(const float4 *)(p_col + 2 * (8 * (8 * b + jj) + 2 * (lane % 4)));
-#pragma unroll
-        for (int jp = 0; jp < 4; jp++) {  // 8-column groups j, j + 1: matrices (rows 0-7, j), (8-15, j), (0-7, j + 1), (8-15, j + 1)
-            uint32_t r[4];
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                int j = 8 * b + 2 * jp + h;
-                float4 p = pb[2 * jp + h];
-                float m00 = m0, m01 = m0, m10 = m1, m11 = m1;
-                if (PER_COL)
-                    m00 = sb_dequant_scale(sa0, p.y), m01 = sb_dequant_scale(sa0, p.w),
-                    m10 = sb_dequant_scale(sa1, p.y), m11 = sb_dequant_scale(sa1, p.w);
-                r[2 * h] = pack_bf16(fmaf((float)acc[4 * j], m00, p.x), fmaf((float)acc[4 * j + 1], m01, p.z));
-                r[2 * h + 1] = pack_bf16(fmaf((float)acc[4 * j + 2], m10, p.x), fmaf((float)acc[4 * j + 3], m11, p.z));
+        for (int i = 0; i < BN / 32; i++) {
+            int c = lane + 32 * i, col = n0 + c;
+            float bias = 0.0f, sbc = 0.0f;
+            if (col < N) {
+                bias = g.bias ? __bfloat162float(__ldg(g.bias + col)) : 0.0f;
+                sbc = g.b_scale_per_col ? __ldg(g.b_scale + col) : sb_t;
             }
-            int m = lane / 8, row = (m & 1) * 8 + lane % 8, chunk = (2 * jp + (m >> 1)) ^ (row % 8);
-            stmatrix_x4(smem_u32(buf) + row * 128 + chunk * 16, r[0], r[1], r[2], r[3]);
+            *(float2 *)(p_col + 2 * c) = make_float2(bias, sbc);
         }
-        fence_async_smem();
-        __syncwarp();
-        if (lane == 0) {
-            if (rows_in && col0 + b * WG_Y_BOX_COLS < N) tma_store_2d(map, buf, col0 + b * WG_Y_BOX_COLS, row0);
-            bulk_commit();  // one group per round, even an empty one: wait_read1 counts rounds
+#pragma unroll
+        for (int i = 0; i < WGMMA_BM / 32; i++) p_row[lane + 32 * i] = row_scale<OUT>(g, m0 + lane + 32 * i);
+    }
+
+    // bf16 output through the staging buffers: the warp's 16 rows x BN columns leave as BN / 64 boxes of 16 x 64.
+    // sa0, sa1: s_a of the thread's rows; PER_COL 0: s_b is tensor-wise (p_col[1], that of the tile's first
+    // column, which is < N), so the multiplier is computed once per row.
+    template <int PER_COL>
+    __device__ void epilogue_tma(const int (&acc)[BN / 2], const float *p_col, float sa0, float sa1, uint8_t *bufs,
+                                 int &round, int row0, int rows_in, int n0, int lane) const {
+        float m0 = sb_dequant_scale(sa0, p_col[1]), m1 = sb_dequant_scale(sa1, p_col[1]);
+#pragma unroll
+        for (int b = 0; b < BN / WGMMA_Y_BOX_COLS; b++) {
+            float4 pb[8];  // (bias, s_b) of the thread's 2 columns in each 8-column group, loaded first (measured: +2-3%)
+#pragma unroll
+            for (int jj = 0; jj < 8; jj++) pb[jj] = *(const float4 *)(p_col + 2 * (8 * (8 * b + jj) + 2 * (lane % 4)));
+            uint32_t r[4][4];
+#pragma unroll
+            for (int jp = 0; jp < 4; jp++) {
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    int j = 8 * b + 2 * jp + h;
+                    float4 q = pb[2 * jp + h];
+                    float m00 = m0, m01 = m0, m10 = m1, m11 = m1;
+                    if (PER_COL)
+                        m00 = sb_dequant_scale(sa0, q.y), m01 = sb_dequant_scale(sa0, q.w),
+                        m10 = sb_dequant_scale(sa1, q.y), m11 = sb_dequant_scale(sa1, q.w);
+                    r[jp][2 * h] = pack_bf16(fmaf((float)acc[4 * j], m00, q.x), fmaf((float)acc[4 * j + 1], m01, q.z));
+                    r[jp][2 * h + 1] = pack_bf16(fmaf((float)acc[4 * j + 2], m10, q.x), fmaf((float)acc[4 * j + 3], m11, q.z));
+                }
+            }
+            int col = n0 + b * WGMMA_Y_BOX_COLS;
+            store_box(r, bufs, round, &tma_y, col, row0, rows_in && col < N, lane);
         }
     }
-}
 
+    __device__ void epilogue(const int (&acc)[BN / 2], const uint8_t *p, uint8_t *bufs, int &round, int m0, int n0, int c,
+                             int warp, int lane) const {
+        const float *p_col = (const float *)p, *p_row = p_col + 2 * BN;
+        int rl = warp * 16 + lane / 4, r0 = m0 + c * 64 + rl;
+        float sa0 = p_row[c * 64 + rl], sa1 = p_row[c * 64 + rl + 8];
+        if (OUT == INT8_OUT_BF16 && !g.accumulate) {
+            int row0 = m0 + c * 64 + warp * 16, rows_in = row0 < M;
+            if (g.b_scale_per_col) epilogue_tma<1>(acc, p_col, sa0, sa1, bufs, round, row0, rows_in, n0, lane);
+            else epilogue_tma<0>(acc, p_col, sa0, sa1, bufs, round, row0, rows_in, n0, lane);
+        } else {
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++) {
+                int cl = 8 * j + 2 * (lane % 4);
+                float4 q = *(const float4 *)(p_col + 2 * cl);
+                store2<OUT>(g, r0, sa0, q, n0 + cl, acc[4 * j], acc[4 * j + 1]);
+                store2<OUT>(g, r0 + 8, sa1, q, n0 + cl, acc[4 * j + 2], acc[4 * j + 3]);
+            }
+        }
+    }
 #endif
-
-// Work items are pairs of M tiles x one N tile (one per cluster), numbered with N fastest, so the clusters running
-// at one time share A rows (and all of B) in L2.
-// Warpgroup 0: warp 0 (one thread) issues the TMA loads; warp 1 loads each tile's epilogue parameters (bias and
-// s_b per column, s_a per row) into shared memory while the tile's mainloop runs, so that the epilogue reads them
-// at shared-memory latency. Warpgroups 1-2: the consumers (64 rows each).
-template <int OUT, int BN>
-__global__ void __launch_bounds__(384, 1)
-    int8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap tma_a, const __grid_constant__ CUtensorMap tma_b,
-                           const __grid_constant__ CUtensorMap tma_y, const Int8Gemm g) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    // No room for an alignment margin: the dynamic shared memory starts 1024-aligned (checked).
-    extern __shared__ __align__(1024) uint8_t smem[];
-    if (smem_u32(smem) & 1023) __trap();
-    constexpr int STAGES = WgTile<BN>::STAGES, B_BYTES = WgTile<BN>::B_BYTES;
-    uint8_t *sa = smem;                                  // [stage] (128, 128) int8
-    uint8_t *sb = sa + STAGES * WG_A_BYTES;              // [stage] (BN, 128) int8: the first BN / 2 rows from CTA 0
-    uint8_t *sy = sb + STAGES * B_BYTES;                 // [consumer warp][2 buffers] (16, 64) bf16
-    float *p_col = (float *)(sy + WG_Y_BYTES);           // [BN] (bias, s_b) of the tile's columns (zeros past N)
-    float *p_row = p_col + 2 * BN;                       // [128] s_a of the tile's rows (zeros past M)
-    uint64_t *full = (uint64_t *)(p_row + WG_BM), *empty = full + STAGES, *p_full = empty + STAGES,
-             *p_empty = p_full + 1;
-    uint32_t rank = cluster_rank();
-    int m_tiles = (g.M + WG_BM - 1) / WG_BM, tiles_n = (g.N + BN - 1) / BN;
-    int items = (m_tiles + 1) / 2 * tiles_n, cluster = blockIdx.x / WG_CLUSTER, clusters = gridDim.x / WG_CLUSTER;
-    int ktiles = (g.K + WG_BK - 1) / WG_BK;
-    int wg = threadIdx.x / 128, lane = threadIdx.x % 32, warp = threadIdx.x / 32 % 4;  // wg 0: producer, 1-2: consumers
-
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < STAGES; s++) {
-            mbar_init(&full[s], 1);                // this CTA's producer's arrive.expect_tx, then the TMA bytes
-            mbar_init(&empty[s], 2 * WG_CLUSTER);  // each consumer warpgroup of both CTAs
-        }
-        mbar_init(p_full, 32);  // the loader warp's lanes
-        mbar_init(p_empty, 8);  // each consumer warp, done with the parameters
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    cluster_sync();  // the peer's barriers exist before anything is multicast or arrived on
-
-    if (wg == 0) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
-        if (threadIdx.x == 0) {
-            int it = 0;  // k-tiles loaded so far, over all tiles: stage it % STAGES, phase (it / STAGES) & 1
-            for (int item = cluster; item < items; item += clusters) {
-                int mt = item / tiles_n * 2 + rank, n0 = item % tiles_n * BN;
-                int a_row = min(mt, m_tiles - 1) * WG_BM;  // past the last M tile (odd count): load any valid tile
-                for (int kt = 0; kt < ktiles; kt++, it++) {
-                    int s = it % STAGES;
-                    mbar_wait(&empty[s], ((it / STAGES) & 1) ^ 1);  // both CTAs are done with stage s
-                    mbar_expect_tx(&full[s], WG_A_BYTES + B_BYTES);  // whole boxes, out-of-bounds zeros included
-                    tma_load_2d(sa + s * WG_A_BYTES, &tma_a, kt * WG_BK, a_row, &full[s]);
-                    tma_load_2d_multicast(sb + s * B_BYTES + rank * (B_BYTES / 2), &tma_b, kt * WG_BK,
-                                          n0 + rank * (BN / 2), &full[s], (1 << WG_CLUSTER) - 1);
-                }
-            }
-        } else if (warp == 1) {
-            float sb_t = tensor_scale<OUT>(g);
-            int ti = 0;
-            for (int item = cluster; item < items; item += clusters, ti++) {
-                int m0 = (item / tiles_n * 2 + rank) * WG_BM, n0 = item % tiles_n * BN;
-                mbar_wait(p_empty, (ti & 1) ^ 1);  // the consumers are done with the previous tile's parameters
-                if (OUT != INT8_OUT_I32) {
-#pragma unroll
-                    for (int i = 0; i < BN / 32; i++) {
-                        int c = lane + 32 * i, col = n0 + c;
-                        float bias = 0.0f, sbc = 0.0f;
-                        if (col < g.N) {
-                            bias = g.bias ? __bfloat162float(__ldg(g.bias + col)) : 0.0f;
-                            sbc = g.b_scale_per_col ? __ldg(g.b_scale + col) : sb_t;
-                        }
-                        *(float2 *)(p_col + 2 * c) = make_float2(bias, sbc);
-                    }
-#pragma unroll
-                    for (int i = 0; i < WG_BM / 32; i++) p_row[lane + 32 * i] = row_scale<OUT>(g, m0 + lane + 32 * i);
-                }
-                mbar_arrive(p_full);  // release: the stores above are visible to the consumers' wait
-            }
-        }
-    } else {
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
-        int c = wg - 1, leader = threadIdx.x % 128 == 0;
-        int tma_out = OUT == INT8_OUT_BF16 && !g.accumulate;
-        float sb_t = tensor_scale<OUT>(g);
-        int acc[BN / 2];
-        int it = 0, ti = 0, round = 0;  // k-tiles, tiles, output boxes so far (the box buffer is round % 2)
-        for (int item = cluster; item < items; item += clusters, ti++) {
-            int m0 = (item / tiles_n * 2 + rank) * WG_BM, n0 = item % tiles_n * BN;
-            for (int kt = 0; kt < ktiles; kt++, it++) {
-                int s = it % STAGES;
-                mbar_wait(&full[s], (it / STAGES) & 1);
-                uint64_t da = wgmma_desc(smem_u32(sa + s * WG_A_BYTES + c * 64 * WG_BK));
-                uint64_t db = wgmma_desc(smem_u32(sb + s * B_BYTES));
-                wgmma_fence();
-#pragma unroll
-                for (int kk = 0; kk < WG_BK / 32; kk++)  // +32 bytes along K: +2 in the address field
-                    wgmma_tile<BN>(acc, da + 2 * kk, db + 2 * kk, kt > 0 || kk > 0);
-                wgmma_commit();
-                // Keep this k-tile's wgmma in flight while the previous k-tile's stage is released (measured: the
-                // same speed as waiting for them and releasing this stage at once).
-                wgmma_wait<1>();
-                if (kt > 0 && leader)
-                    mbar_arrive_cluster_all(&empty[(it - 1) % STAGES], WG_CLUSTER);
-            }
-            wgmma_wait<0>();
-            fence_regs(acc);
-            if (leader)
-                mbar_arrive_cluster_all(&empty[(it - 1) % STAGES], WG_CLUSTER);
-
-            // Accumulator layout: register 4j + 2h + e holds row 16 warp + lane / 4 + 8h, column 8j + 2 (lane % 4) + e.
-            int rl = warp * 16 + lane / 4, r0 = m0 + c * 64 + rl;
-            mbar_wait(p_full, ti & 1);
-            float sa0 = p_row[c * 64 + rl], sa1 = p_row[c * 64 + rl + 8];
-            if (tma_out) {
-                uint8_t *bufs = sy + (c * 4 + warp) * 2 * WG_Y_BOX_BYTES;
-                int row0 = m0 + c * 64 + warp * 16, rows_in = row0 < g.M;
-                if (g.b_scale_per_col)
-                    epilogue_tma<1, BN>(acc, p_col, sa0, sa1, 0.0f, bufs, round, &tma_y, n0, row0, rows_in, g.N, lane);
-                else
-                    epilogue_tma<0, BN>(acc, p_col, sa0, sa1, sb_t, bufs, round, &tma_y, n0, row0, rows_in, g.N, lane);
-            } else {
-#pragma unroll
-                for (int j = 0; j < BN / 8; j++) {
-                    int cl = 8 * j + 2 * (lane % 4);
-                    float4 p = *(const float4 *)(p_col + 2 * cl);
-                    store2<OUT>(g, r0, sa0, p, n0 + cl, acc[4 * j], acc[4 * j + 1]);
-                    store2<OUT>(g, r0 + 8, sa1, p, n0 + cl, acc[4 * j + 2], acc[4 * j + 3]);
-                }
-            }
-            __syncwarp();  // the warp's parameter reads are done
-            if (lane == 0) mbar_arrive(p_empty);
-        }
-        if (lane == 0) bulk_wait();  // the staging buffers must outlive the stores reading them
-    }
-    cluster_sync();  // no CTA exits while its peer may still arrive on its barriers
-#endif
-}
+};
 
 // ------------------------------------------------------------------------------------------------ sm_80
 #define MM_BM 128
@@ -398,29 +272,16 @@ static void check_args(const Int8Gemm *g) {
     }
 }
 
-// How many clusters of the wgmma kernel<OUT, BN> run at once (asked once per instantiation).
-template <int OUT, int BN> static int wgmma_clusters(void) {
-    static int max_clusters = 0;
-    if (!max_clusters) max_clusters = wgmma_max_clusters(int8_gemm_wgmma_kernel<OUT, BN>, WG_CLUSTER, WgTile<BN>::SMEM, "int8_gemm");
-    return max_clusters;
-}
-
-// Work items (pairs of M tiles x one N tile) of a 128 x BN tiling.
-static int wgmma_items(const Int8Gemm *g, int bn) { return (ceil_div(g->M, WG_BM) + 1) / 2 * ceil_div(g->N, bn); }
-
 template <int OUT, int BN> static void launch_wgmma(const Int8Gemm *g, cudaStream_t stream) {
-    int max_clusters = wgmma_clusters<OUT, BN>();
-    cudaLaunchAttribute cluster;
-    cudaLaunchConfig_t cfg = wgmma_launch_config(&cluster, WG_CLUSTER, WgTile<BN>::SMEM, stream);
-    CUtensorMap ta = make_tensor_map(g->a, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->M, g->K, WG_BM, WG_BK);
-    CUtensorMap tb = make_tensor_map(g->b, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->N, g->K, BN / WG_CLUSTER, WG_BK);
+    Int8Op<OUT, BN> op;
+    CUtensorMap ta = make_tensor_map(g->a, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->M, g->K, WGMMA_BM, WGMMA_K_BYTES);
+    CUtensorMap tb = make_tensor_map(g->b, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g->N, g->K, BN / WGMMA_CLUSTER, WGMMA_K_BYTES);
     // bf16 output without accumulation leaves through TMA stores; other outputs are stored directly (ta: unused).
-    CUtensorMap ty = OUT == INT8_OUT_BF16 && !g->accumulate
-                         ? make_tensor_map(g->out, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, g->M, g->N, WG_Y_BOX_ROWS, WG_Y_BOX_COLS)
-                         : ta;
-    int items = wgmma_items(g, BN);
-    cfg.gridDim = dim3(WG_CLUSTER * (items < max_clusters ? items : max_clusters));
-    cudaCheck(cudaLaunchKernelEx(&cfg, int8_gemm_wgmma_kernel<OUT, BN>, ta, tb, ty, *g));
+    op.tma_y = OUT == INT8_OUT_BF16 && !g->accumulate
+                   ? make_tensor_map(g->out, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, g->M, g->N, WGMMA_Y_BOX_ROWS, WGMMA_Y_BOX_COLS)
+                   : ta;
+    op.g = *g, op.M = g->M, op.N = g->N, op.K = g->K;
+    wgmma_gemm_launch(op, ta, tb, "int8_gemm", stream);
 }
 
 // The tile width by shape: 128 where the busiest cluster finishes sooner with it, counting ceil(items / clusters)
@@ -428,8 +289,9 @@ template <int OUT, int BN> static void launch_wgmma(const Int8Gemm *g, cudaStrea
 // and epilogue rows). The last wave of a small problem is where it pays: the ViT-H/14 text tower's N = 1024
 // (4,928 rows: 80 wide items on 66 clusters, 2 rounds; 160 narrow ones, 3 rounds of 0.6).
 int int8_gemm_tile_width(const Int8Gemm *g) {
-    int clusters = wgmma_clusters<INT8_OUT_BF16, 256>();  // the same for every output type (same shared memory)
-    double wide = ceil_div(wgmma_items(g, 256), clusters), narrow = 0.6 * ceil_div(wgmma_items(g, 128), clusters);
+    int clusters = wgmma_gemm_clusters<Int8Op<INT8_OUT_BF16, 256>>("int8_gemm");  // the same for every output type
+    double wide = ceil_div(wgmma_gemm_items(g->M, g->N, 256), clusters);
+    double narrow = 0.6 * ceil_div(wgmma_gemm_items(g->M, g->N, 128), clusters);
     return narrow < wide ? 128 : 256;
 }
 
