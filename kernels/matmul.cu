@@ -9,7 +9,8 @@
 #include "matmul.cuh"
 
 #define WORKSPACE_BYTES (32u << 20)  // cuBLASLt's recommendation for Hopper
-#define MAX_PLANS 512
+#define MAX_PLANS 4096
+#define PLAN_SLOTS (2 * MAX_PLANS)  // the plans' hash table: open addressing, a power of 2
 #define MAX_CANDIDATES 16
 #define TUNE_REPS 3
 
@@ -37,6 +38,7 @@ static cublasLtHandle_t handle;
 static void *workspace;
 static Plan plans[MAX_PLANS];
 static int num_plans;
+static int plan_slot[PLAN_SLOTS];  // 1 + the index in plans of the key hashed there (or probed past it), 0 = empty
 static int tune_candidates = 1;
 static int tuned, tuned_changed, tuned_rejected;  // since the last matmul_tuning_report: shapes timed, how many took another
                                                   // algorithm, candidates rejected as computing otherwise
@@ -68,9 +70,20 @@ static int alignment_of(const void *p, int ld, size_t elem) {
     return a;
 }
 
+// FNV-1a over the key's ints.
+static uint32_t key_hash(const PlanKey *key) {
+    const int *field = (const int *)key;
+    uint32_t h = 2166136261u;
+    for (int i = 0; i < KEY_FIELDS; i++) h = (h ^ (uint32_t)field[i]) * 16777619u;
+    return h;
+}
+
+// The plan of a shape, made on its first call. A step calls a few hundred GEMMs, and the text tower's shapes vary
+// with its micro-batch's caption lengths (up to 10 values of its sequence length): looked up by hash.
 static Plan *get_plan(const PlanKey *key) {
-    for (int i = 0; i < num_plans; i++)
-        if (!memcmp(&plans[i].key, key, sizeof(PlanKey))) return &plans[i];
+    uint32_t slot = key_hash(key) & (PLAN_SLOTS - 1);
+    for (; plan_slot[slot]; slot = (slot + 1) & (PLAN_SLOTS - 1))
+        if (!memcmp(&plans[plan_slot[slot] - 1].key, key, sizeof(PlanKey))) return &plans[plan_slot[slot] - 1];
     if (!handle) {
         cublasCheck(cublasLtCreate(&handle));
         cudaCheck(cudaMalloc(&workspace, WORKSPACE_BYTES));
@@ -124,7 +137,7 @@ static Plan *get_plan(const PlanKey *key) {
         p->num_candidates = found;
         for (int i = 0; i < found; i++) p->candidates[i] = results[i].algo;
     }
-    num_plans++;
+    plan_slot[slot] = ++num_plans;
     return p;
 }
 

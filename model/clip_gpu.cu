@@ -53,6 +53,8 @@ typedef struct {
 
 typedef struct {
     const TowerLayout *t;
+    int tokens;                // the sequence length of the micro-batch in the buffers: t->tokens, but for the text
+                               // tower the longest caption's EOT position + 1 (upload_text); N = B tokens rows
     void *x0;                  // (N, D) residual stream entering block 0
     BlockBuf *blocks;
     float *pooled, *pooled_ln;  // (mb, D) the pooled rows and their LayerNorm (ln_post / ln_final), fp32
@@ -291,6 +293,7 @@ static void carve_tower(ClipGPU *g, Arena *a, TowerBuf *tb, GpuMemoryPlan *p) {
     const TowerLayout *t = tb->t;
     size_t es = g->use_bf16 ? 2 : 4, N = (size_t)g->mb * t->tokens, D = t->width, H = t->mlp;
     size_t *act = &p->activations;
+    tb->tokens = t->tokens;
     tb->x0 = take(a, N * D * es, act);
     size_t in[SB_LINEARS] = {D, D, D, H}, out[SB_LINEARS] = {3 * D, D, H, D};  // the linears' widths
     for (int l = 0; l < t->layers; l++) {
@@ -492,7 +495,7 @@ static void quantize_switchback_weights(ClipGPU *g, int after_update) {
 template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B) {
     const TowerLayout *t = tb->t;
     const float *P = g->params;
-    int N = B * t->tokens, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu;
+    int N = B * tb->tokens, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu;
     const BlockLayout *w0 = &t->blocks[0];
     wait_params(g, w0->ln_1_w);
     mark(g, PROF_LAYERNORM);
@@ -507,7 +510,7 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
         mark(g, PROF_GEMM);
         linear_forward<T>(g, k, SB_LINEAR_QKV, as<T>(k->qkv), as<T>(k->ln_1), w->in_proj_w, w->in_proj_b, N, D, 3 * D);
         mark(g, PROF_ATTENTION);
-        attention_forward_gpu(as<T>(k->att_y), k->att_stats, as<T>(k->qkv), B, t->tokens, D, t->heads, t->causal);
+        attention_forward_gpu(as<T>(k->att_y), k->att_stats, as<T>(k->qkv), B, tb->tokens, D, t->heads, t->causal);
         mark(g, PROF_GEMM);
         linear_forward<T>(g, k, SB_LINEAR_OUT_PROJ, as<T>(k->attn), as<T>(k->att_y), w->out_proj_w, w->out_proj_b, N, D, D);
         mark(g, PROF_LAYERNORM);
@@ -552,7 +555,7 @@ template <typename T> static void tower_head_forward(ClipGPU *g, TowerBuf *tb, c
     const float *P = g->params;
     wait_params(g, tb->ln_w);
     mark(g, PROF_EMBED_OTHER);
-    gather_rows_gpu<T>(tb->pooled, as<T>(tb->blocks[t->layers - 1].res_2), index, B, t->tokens, t->width);
+    gather_rows_gpu<T>(tb->pooled, as<T>(tb->blocks[t->layers - 1].res_2), index, B, tb->tokens, t->width);
     residual_layernorm_forward_gpu<float>(NULL, tb->pooled_ln, tb->pooled_mean, tb->pooled_rstd, tb->pooled, NULL, NULL,
                                       P + tb->ln_w, P + tb->ln_b, B, t->width);
     mark(g, PROF_GEMM);
@@ -574,7 +577,7 @@ template <typename T> static void forward_text(ClipGPU *g, const Batch *b, int s
     wait_params(g, L->token_embedding);
     mark(g, PROF_EMBED_OTHER);
     text_embed_forward_gpu<T>(as<T>(g->txt.x0), (const int32_t *)(in + g->off_tokens), P + L->token_embedding, P + L->text_pos,
-                              B, L->text.tokens, L->text.width);
+                              B, g->txt.tokens, L->text.width);
     tower_forward<T>(g, &g->txt, B);
     tower_head_forward<T>(g, &g->txt, (const int *)(in + g->off_eot), B, g->txt_feat + (size_t)start * g->cfg.embed_dim);
 }
@@ -630,7 +633,7 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
     const TowerLayout *t = tb->t;
     const float *P = g->params;
     float *G = g->grads;
-    int N = B * t->tokens, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu;
+    int N = B * tb->tokens, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu;
     T *dres = as<T>(g->dres), *d_a = as<T>(g->d_a), *d_b = as<T>(g->d_b), *d_wide = as<T>(g->d_wide);
     // SwitchBack: the LayerNorm backwards also quantize the residual-stream gradient into g->sb.gq, gs where it is
     // the next linear's output gradient as it is (no layer-scale between): ln_2's for out_proj, ln_1's for the
@@ -676,7 +679,7 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         mark(g, PROF_GEMM);
         linear_backward<T>(g, k, SB_LINEAR_OUT_PROJ, d_b, NULL, dattn, att_q, as<T>(k->att_y), w->out_proj_w, N, D, D);
         mark(g, PROF_ATTENTION_BACKWARD);
-        attention_backward_gpu(d_wide, g->att_scratch, d_b, as<T>(k->qkv), as<T>(k->att_y), k->att_stats, B, t->tokens, D, t->heads, t->causal);
+        attention_backward_gpu(d_wide, g->att_scratch, d_b, as<T>(k->qkv), as<T>(k->att_y), k->att_stats, B, tb->tokens, D, t->heads, t->causal);
         mark(g, PROF_LAYERNORM);
         if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_1), x, k->ln_1_mean, k->ln_1_rstd, P + w->ln_1_w, P + w->ln_1_b, N, D);
         mark(g, PROF_GEMM);
@@ -703,8 +706,8 @@ template <typename T> static void tower_head_backward(ClipGPU *g, TowerBuf *tb, 
     cudaCheck(cudaMemsetAsync(g->dpool, 0, (size_t)B * D * sizeof(float), 0));
     layernorm_backward_gpu<float>(g->dpool, G + tb->ln_w, G + tb->ln_b, g->dpool_ln, tb->pooled, P + tb->ln_w, tb->pooled_mean,
                               tb->pooled_rstd, B, D);
-    cudaCheck(cudaMemsetAsync(g->dres, 0, (size_t)B * t->tokens * D * sizeof(T), 0));
-    scatter_rows_gpu<T>(as<T>(g->dres), g->dpool, index, B, t->tokens, D);
+    cudaCheck(cudaMemsetAsync(g->dres, 0, (size_t)B * tb->tokens * D * sizeof(T), 0));
+    scatter_rows_gpu<T>(as<T>(g->dres), g->dpool, index, B, tb->tokens, D);
 }
 
 // Backward of the micro-batch whose forward is in the buffers, from its slices of d features. The text tower
@@ -722,9 +725,10 @@ template <typename T> static void backward_micro(ClipGPU *g, int B, const float 
     grads_done(g);
     tower_backward<T>(g, &g->txt, B);
     mark(g, PROF_EMBED_OTHER);
-    bias_grad_gpu<T>(G + L->text_pos, as<T>(g->dres), B, Tt->tokens * Tt->width, (long)Tt->tokens * Tt->width);
+    int Tp = g->txt.tokens;  // positions Tp.. keep the zero gradient they start the step with (grad_zero)
+    bias_grad_gpu<T>(G + L->text_pos, as<T>(g->dres), B, Tp * Tt->width, (long)Tp * Tt->width);
     text_embed_backward_gpu<T>(G + L->token_embedding, g->tok_scratch, as<T>(g->dres), (const int *)(g->inputs[g->cur] + g->off_index),
-                               g->num_unique[g->cur], g->num_chunks[g->cur], B * Tt->tokens, Tt->width);
+                               g->num_unique[g->cur], g->num_chunks[g->cur], B * Tp, Tt->width);
     grads_done(g);
     // image tower
     tower_head_backward<T>(g, &g->vis, NULL, B, dimg);
@@ -771,11 +775,24 @@ static void upload_text(ClipGPU *g, const Batch *b, int start, int B) {
     for (size_t i = 0; i < (size_t)B * Tt; i++)
         if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
             fatal("token id %d at position %zu is outside the vocabulary (%d)", tokens[i], (size_t)start * Tt + i, c->vocab_size);
-    eot_positions((int *)(h + g->off_eot), tokens, B, Tt);
+    int *eot = (int *)(h + g->off_eot);
+    eot_positions(eot, tokens, B, Tt);
+    // Under the causal mask a position after a caption's EOT changes nothing the loss reads (the pooled EOT row
+    // attends to earlier positions only), and its gradients are zeros: the text tower runs the micro-batch's
+    // first Tp positions, its longest caption up to the EOT rounded up to a multiple of 8 (a few GEMM shapes, not
+    // one per length), with the ids repacked (B, Tp) in place.
+    int Tp = Tt;
+    if (g->L->text.causal) {
+        Tp = 1;
+        for (int i = 0; i < B; i++) Tp = eot[i] + 1 > Tp ? eot[i] + 1 : Tp;
+        Tp = (Tp + 7) / 8 * 8 < Tt ? (Tp + 7) / 8 * 8 : Tt;
+        for (int i = 1; i < B; i++) memmove(tokens + (size_t)i * Tp, tokens + (size_t)i * Tt, (size_t)Tp * sizeof(int32_t));
+    }
+    g->txt.tokens = Tp;
     int *index = (int *)(h + g->off_index);
-    token_index_build(index, tokens, B * Tt, c->vocab_size, g->vocab_counts);
+    token_index_build(index, tokens, B * Tp, c->vocab_size, g->vocab_counts);
     g->num_unique[k] = index[0], g->num_chunks[k] = index[1];
-    size_t bytes = g->off_index - g->off_tokens + token_index_ints((size_t)B * Tt) * sizeof(int);
+    size_t bytes = g->off_index - g->off_tokens + token_index_ints((size_t)B * Tp) * sizeof(int);
     cudaCheck(cudaMemcpyAsync(g->inputs[k] + g->off_tokens, h + g->off_tokens, bytes, cudaMemcpyHostToDevice, g->copy_stream));
     cudaCheck(cudaEventRecord(g->text_ready, g->copy_stream));
     cudaCheck(cudaEventRecord(g->stage_free[k], g->copy_stream));

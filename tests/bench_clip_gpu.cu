@@ -11,6 +11,8 @@
 //   me = memory_efficient, vw = vectorwise, ev = int8_everywhere, mlp = standard on c_fc and c_proj only
 //   (l14i8 l14me h14i8 h14me h14vw h14ev h14mlp h14r0i8 h14r0me)
 //   BENCH_SET="key=value ..." applies more config settings to every model (e.g. BENCH_SET=grad_overlap=false).
+//   BENCH_CAPTION_TOKENS=n: every caption n ids long, SOT and EOT included (open_clip's synthetic "Dummy caption"
+//   is 4); default 5 to 76 at random, so that every micro-batch's text tower runs all 77 positions.
 // Multi-GPU: start one process per GPU (mpirun -np N, or scripts/run_local.sh N): the batch is per GPU, the
 // global batch N times that; rank 0 prints, img/s is per GPU, and "comm wait" is the time the compute stream
 // waits for collectives (communication not hidden by compute).
@@ -83,12 +85,16 @@ static void run(const BenchModel *bm, int world) {
     clip_layout_build(&L, &c);
     float *params = (float *)mallocCheck(L.buffer_elems * sizeof(float));
     clip_init_params(&L, params, c.seed);
-    // synthetic inputs: random pixels, captions SOT + words + EOT
+    // synthetic inputs: random pixels, captions SOT + words + EOT of 5 to T - 1 ids (a micro-batch's longest then
+    // reaches ~T: the text tower runs every position), or of BENCH_CAPTION_TOKENS ids each
     int B = bm->batch, S = c.image_size, T = c.context_length;
+    const char *cap = getenv("BENCH_CAPTION_TOKENS");
+    int cap_len = cap ? atoi(cap) : 0;
+    if (cap && (cap_len < 2 || cap_len > T)) fatal("BENCH_CAPTION_TOKENS=%s: 2 to %d ids", cap, T);
     Batch b = {B, S, T, (uint8_t *)mallocCheck((size_t)B * 3 * S * S), (int32_t *)callocCheck((size_t)B * T, sizeof(int32_t))};
     for (size_t i = 0; i < (size_t)B * 3 * S * S; i++) b.images[i] = (uint8_t)rng_below(&test_rng, 256);
     for (int i = 0; i < B; i++) {
-        int len = 5 + (int)rng_below(&test_rng, T - 5);
+        int len = cap_len ? cap_len : 5 + (int)rng_below(&test_rng, T - 5);
         b.tokens[(size_t)i * T] = 49406, b.tokens[(size_t)i * T + len - 1] = 49407;
         for (int t = 1; t < len - 1; t++) b.tokens[(size_t)i * T + t] = 1 + (int32_t)rng_below(&test_rng, 49405);
     }

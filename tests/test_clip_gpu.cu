@@ -216,6 +216,50 @@ static void test_gpu_matches_cpu(void) {
     parity("ViT-H/14 shapes, 1 layer", h14, 4);
 }
 
+// Under the causal mask a caption's positions after its EOT change nothing the loss reads, so the GPU step runs only
+// each micro-batch's first (longest EOT position + 1) text positions. Short captions (2-7 ids, micro-batches whose
+// longest differ) with random ids after the EOT: the GPU in fp32 and bf16 against the CPU, which computes every
+// position (bounds as test_gpu_matches_cpu's); and the CPU itself with those ids zeroed equals its own result to
+// 1e-6 (the positions after the EOT are dead in the reference, too).
+static void text_after_eot(const char *what, const char *const *sets) {
+    StepFixture f;
+    fixture_make(&f, sets, 6, CPU_REFERENCE);
+    int T = f.c.context_length, lens[6] = {2, 4, 3, 7, 5, 6};
+    for (int i = 0; i < 6; i++) {
+        int32_t *ids = f.b.tokens + (size_t)i * T;
+        for (int t = 1; t < T; t++) ids[t] = 1 + (int32_t)rng_below(&test_rng, 49405);
+        ids[0] = 49406, ids[lens[i] - 1] = 49407;
+    }
+    cpu_step(&f.ref, &f.cpu, &f.b);
+    const char *precisions[2] = {"precision=fp32", "precision=bf16"};
+    for (int p = 0; p < 2; p++) {
+        Config cp = f.c;
+        char name[128];
+        config_set(&cp, precisions[p], 1);
+        snprintf(name, sizeof(name), "%s %s, junk after the EOT", precisions[p] + 10, what);
+        gpu_step(&f.got, &cp, &f.cpu.layout, f.cpu.params, &f.b);
+        if (p) compare(&f, name, 1e-2, 2e-2, 0.25, 0.5);
+        else compare(&f, name, 1e-5, 1e-5, 1e-4, 1e-4);
+    }
+    for (int i = 0; i < 6; i++)
+        for (int t = lens[i]; t < T; t++) f.b.tokens[(size_t)i * T + t] = 0;
+    cpu_step(&f.got, &f.cpu, &f.b);
+    char name[128];
+    snprintf(name, sizeof(name), "CPU %s, zeros after the EOT against junk", what);
+    compare(&f, name, 1e-6, 1e-6, 1e-6, 1e-6);
+    fixture_free(&f);
+}
+
+static void test_text_after_eot(void) {
+    SKIP_WITHOUT_GPU();
+    const char *tiny[] = {"batch_size=6", "micro_batch_size=3", NULL};
+    // ViT-B/16's text tower, one block (head dim 64: the wgmma attention on an sm_90 GPU)
+    const char *b16[] = {"batch_size=6", "micro_batch_size=3", "context_length=77", "text_width=512", "text_layers=1",
+                         "text_heads=8", "embed_dim=512", NULL};
+    text_after_eot("tiny", tiny);
+    text_after_eot("ViT-B/16 text shapes, 1 layer", b16);
+}
+
 // A step's gradients are written anew (the weight-gradient GEMMs overwrite theirs in the first backward micro-batch,
 // everything else is zeroed first; the buffer starts as NaN, so the first step of every test would show a gradient
 // left unwritten): a second step on another batch equals a fresh model's step on that batch bit for bit, with and
@@ -672,6 +716,7 @@ static void test_switchback_training_tracks_bf16(void) {
 int main(void) {
     test_seed();
     RUN(test_gpu_matches_cpu);
+    RUN(test_text_after_eot);
     RUN(test_accumulation_and_recompute);
     RUN(test_gradients_written_anew);
     RUN(test_recompute_gelu_exact);
