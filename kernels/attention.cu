@@ -11,17 +11,30 @@
 // "Attention on wgmma (sm_90a)").
 #include "attention.cuh"
 
+// Sequence b of a batch: rows b T .. b T + T - 1 (seq NULL), or rows seq[b] .. seq[b + 1] - 1 of a packed batch of
+// sequences of up to T rows (the text tower's live positions). Returns the first row and sets T to the length.
+__device__ __forceinline__ size_t seq_span(const int *seq, int b, int &T) {
+    if (!seq) return (size_t)b * T;
+    int s0 = seq[b];
+    T = seq[b + 1] - s0;
+    return (size_t)s0;
+}
+
 // ---------------------------------------------------------------- fp32: the reference algorithm
 
-__global__ void attention_forward_fp32_kernel(float *out, float *att, const float *qkv, int T, int C, int NH, int causal) {
-    int t = blockIdx.x, h = blockIdx.y, b = blockIdx.z, lane = threadIdx.x;
+// Sequence b's probabilities are att[s0 NH Tmax + (h T + t) T + t2]: regions of NH Tmax^2 per Tmax rows, so that
+// packed sequences of up to Tmax rows do not overlap.
+__global__ void attention_forward_fp32_kernel(float *out, float *att, const float *qkv, int T, int C, int NH, int causal, const int *seq) {
+    int t = blockIdx.x, h = blockIdx.y, b = blockIdx.z, lane = threadIdx.x, Tmax = T;
+    size_t s0 = seq_span(seq, b, T);
+    if (t >= T) return;
     int hd = C / NH, nk = causal ? t + 1 : T;
     float scale = 1.0f / sqrtf((float)hd);
-    const float *q = qkv + ((size_t)b * T + t) * 3 * C + h * hd;
-    float *a = att + (((size_t)b * NH + h) * T + t) * T;
+    const float *q = qkv + (s0 + t) * 3 * C + h * hd;
+    float *a = att + s0 * NH * Tmax + ((size_t)h * T + t) * T;
     float mx = -INFINITY;
     for (int t2 = lane; t2 < nk; t2 += 32) {
-        const float *k = qkv + ((size_t)b * T + t2) * 3 * C + C + h * hd;
+        const float *k = qkv + (s0 + t2) * 3 * C + C + h * hd;
         float dot = 0.0f;
         for (int i = 0; i < hd; i++) dot += q[i] * k[i];
         a[t2] = dot * scale;
@@ -35,22 +48,25 @@ __global__ void attention_forward_fp32_kernel(float *out, float *att, const floa
     __syncwarp();  // the row is read by every lane below
     for (int i = lane; i < hd; i += 32) {
         float y = 0.0f;
-        for (int t2 = 0; t2 < nk; t2++) y += a[t2] * qkv[((size_t)b * T + t2) * 3 * C + 2 * C + h * hd + i];
-        out[((size_t)b * T + t) * C + h * hd + i] = y;
+        for (int t2 = 0; t2 < nk; t2++) y += a[t2] * qkv[(s0 + t2) * 3 * C + 2 * C + h * hd + i];
+        out[(s0 + t) * C + h * hd + i] = y;
     }
 }
 
 // Per query row: dpre (B, NH, T, T) = d(scaled scores), and dq.
 __global__ void attention_backward_q_fp32_kernel(float *dqkv, float *dpre, const float *dout, const float *qkv,
-                                                 const float *att, int T, int C, int NH, int causal) {
-    int t = blockIdx.x, h = blockIdx.y, b = blockIdx.z, lane = threadIdx.x;
+                                                 const float *att, int T, int C, int NH, int causal, const int *seq) {
+    int t = blockIdx.x, h = blockIdx.y, b = blockIdx.z, lane = threadIdx.x, Tmax = T;
+    size_t s0 = seq_span(seq, b, T);
+    if (t >= T) return;
     int hd = C / NH, nk = causal ? t + 1 : T;
     float scale = 1.0f / sqrtf((float)hd);
-    const float *a = att + (((size_t)b * NH + h) * T + t) * T, *dy = dout + ((size_t)b * T + t) * C + h * hd;
-    float *dp = dpre + (((size_t)b * NH + h) * T + t) * T;
+    size_t row = s0 * NH * Tmax + ((size_t)h * T + t) * T;
+    const float *a = att + row, *dy = dout + (s0 + t) * C + h * hd;
+    float *dp = dpre + row;
     float dsum = 0.0f;
     for (int t2 = lane; t2 < nk; t2 += 32) {
-        const float *v = qkv + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hd;
+        const float *v = qkv + (s0 + t2) * 3 * C + 2 * C + h * hd;
         float d = 0.0f;
         for (int i = 0; i < hd; i++) d += dy[i] * v[i];
         dp[t2] = d;
@@ -61,40 +77,42 @@ __global__ void attention_backward_q_fp32_kernel(float *dqkv, float *dpre, const
     __syncwarp();
     for (int i = lane; i < hd; i += 32) {
         float g = 0.0f;
-        for (int t2 = 0; t2 < nk; t2++) g += dp[t2] * qkv[((size_t)b * T + t2) * 3 * C + C + h * hd + i];
-        dqkv[((size_t)b * T + t) * 3 * C + h * hd + i] = g;
+        for (int t2 = 0; t2 < nk; t2++) g += dp[t2] * qkv[(s0 + t2) * 3 * C + C + h * hd + i];
+        dqkv[(s0 + t) * 3 * C + h * hd + i] = g;
     }
 }
 
 // Per key row t2: dk = sum_t dpre[t][t2] q[t], dv = sum_t att[t][t2] dy[t].
 __global__ void attention_backward_kv_fp32_kernel(float *dqkv, const float *dpre, const float *dout, const float *qkv,
-                                                  const float *att, int T, int C, int NH, int causal) {
-    int t2 = blockIdx.x, h = blockIdx.y, b = blockIdx.z, lane = threadIdx.x;
+                                                  const float *att, int T, int C, int NH, int causal, const int *seq) {
+    int t2 = blockIdx.x, h = blockIdx.y, b = blockIdx.z, lane = threadIdx.x, Tmax = T;
+    size_t s0 = seq_span(seq, b, T);
+    if (t2 >= T) return;
     int hd = C / NH;
-    size_t head = ((size_t)b * NH + h) * T;
+    size_t head = s0 * NH * Tmax + (size_t)h * T * T;
     for (int i = lane; i < hd; i += 32) {
         float dk = 0.0f, dv = 0.0f;
         for (int t = causal ? t2 : 0; t < T; t++) {
-            dk += dpre[(head + t) * T + t2] * qkv[((size_t)b * T + t) * 3 * C + h * hd + i];
-            dv += att[(head + t) * T + t2] * dout[((size_t)b * T + t) * C + h * hd + i];
+            dk += dpre[head + (size_t)t * T + t2] * qkv[(s0 + t) * 3 * C + h * hd + i];
+            dv += att[head + (size_t)t * T + t2] * dout[(s0 + t) * C + h * hd + i];
         }
-        dqkv[((size_t)b * T + t2) * 3 * C + C + h * hd + i] = dk;
-        dqkv[((size_t)b * T + t2) * 3 * C + 2 * C + h * hd + i] = dv;
+        dqkv[(s0 + t2) * 3 * C + C + h * hd + i] = dk;
+        dqkv[(s0 + t2) * 3 * C + 2 * C + h * hd + i] = dv;
     }
 }
 
-void attention_forward_gpu(float *out, float *att, const float *qkv, int B, int T, int C, int NH, int causal) {
+void attention_forward_gpu(float *out, float *att, const float *qkv, int B, int T, int C, int NH, int causal, const int *seq) {
     if (B == 0) return;
-    attention_forward_fp32_kernel<<<dim3(T, NH, B), 32>>>(out, att, qkv, T, C, NH, causal);
+    attention_forward_fp32_kernel<<<dim3(T, NH, B), 32>>>(out, att, qkv, T, C, NH, causal, seq);
     cudaCheckLaunch();
 }
 
 void attention_backward_gpu(float *dqkv, float *scratch, const float *dout, const float *qkv, const float *out, const float *att,
-                        int B, int T, int C, int NH, int causal) {
+                        int B, int T, int C, int NH, int causal, const int *seq) {
     if (B == 0) return;
-    attention_backward_q_fp32_kernel<<<dim3(T, NH, B), 32>>>(dqkv, scratch, dout, qkv, att, T, C, NH, causal);
+    attention_backward_q_fp32_kernel<<<dim3(T, NH, B), 32>>>(dqkv, scratch, dout, qkv, att, T, C, NH, causal, seq);
     cudaCheckLaunch();
-    attention_backward_kv_fp32_kernel<<<dim3(T, NH, B), 32>>>(dqkv, scratch, dout, qkv, att, T, C, NH, causal);
+    attention_backward_kv_fp32_kernel<<<dim3(T, NH, B), 32>>>(dqkv, scratch, dout, qkv, att, T, C, NH, causal, seq);
     cudaCheckLaunch();
 }
 
@@ -359,12 +377,14 @@ __device__ __forceinline__ void store_dk_dv(bf16 *dk_h, const float (&dk)[HD / 8
 // 4 blocks per SM up to HD 80 (128 registers): at 143-165 registers (3 blocks) it ran 2-24% slower.
 template <int HD>
 __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 4 : HD <= 96 ? 3 : 2)
-    flash_forward_kernel(bf16 *out, float *lse, const bf16 *qkv, int T, int C, int NH, int causal, float scale_log2) {
+    flash_forward_kernel(bf16 *out, float *lse, const bf16 *qkv, int T, int C, int NH, int causal, float scale_log2, const int *seq) {
     extern __shared__ __align__(1024) unsigned char smem[];
     FaTile<HD> &Qs = *reinterpret_cast<FaTile<HD> *>(smem), *Ks = &Qs + 1, *Vs = &Qs + 3;
     int qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int hd = C / NH, ld = 3 * C, q0 = qt * FA_TILE, r0 = warp * 16;
-    const bf16 *qb = qkv + (size_t)b * T * ld + h * hd, *kb = qb + C, *vb = qb + 2 * C;
+    size_t s0 = seq_span(seq, b, T);
+    if (q0 >= T) return;
+    const bf16 *qb = qkv + s0 * ld + h * hd, *kb = qb + C, *vb = qb + 2 * C;
     int n_kt = (T + FA_TILE - 1) / FA_TILE;
     if (causal) n_kt = min(n_kt, qt + 1);
     auto load_kv = [&](int j, int buf) {
@@ -404,7 +424,7 @@ __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 4 : HD <= 96 ? 3 : 2)
             mma_probs_by_tile<HD>(o, s, Vs[buf], lane, 0, hi);
         });
     });
-    store_out_lse<HD>(out + (size_t)b * T * C + h * hd, lse + ((size_t)b * NH + h) * T, o, m_run, l_run, q0 + r0, T, C, hd, lane);
+    store_out_lse<HD>(out + s0 * C + h * hd, lse + (s0 * NH + (size_t)h * T), o, m_run, l_run, q0 + r0, T, C, hd, lane);
 }
 
 // delta = rowsum(dout * out) of this thread's two rows in the mma C layout (rows row0 + C_ROW(lane, 2 r); the
@@ -435,13 +455,15 @@ __device__ __forceinline__ void row_deltas(float d[2], float *delta_h, const bf1
 template <int HD>
 __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
     flash_backward_dq_kernel(bf16 *dqkv, float *delta, const bf16 *qkv, const bf16 *out, const bf16 *dout, const float *lse,
-                             int T, int C, int NH, int causal, float scale_log2, float scale) {
+                             int T, int C, int NH, int causal, float scale_log2, float scale, const int *seq) {
     extern __shared__ __align__(1024) unsigned char smem[];
     FaTile<HD> &Qs = *reinterpret_cast<FaTile<HD> *>(smem), &dOs = *(&Qs + 1), *Ks = &Qs + 2, *Vs = &Qs + 4;
     int qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int hd = C / NH, ld = 3 * C, q0 = qt * FA_TILE, r0 = warp * 16;
-    const bf16 *qb = qkv + (size_t)b * T * ld + h * hd, *kb = qb + C, *vb = qb + 2 * C;
-    const bf16 *ob = dout + (size_t)b * T * C + h * hd;
+    size_t s0 = seq_span(seq, b, T);
+    if (q0 >= T) return;
+    const bf16 *qb = qkv + s0 * ld + h * hd, *kb = qb + C, *vb = qb + 2 * C;
+    const bf16 *ob = dout + s0 * C + h * hd;
     int n_kt = (T + FA_TILE - 1) / FA_TILE;
     if (causal) n_kt = min(n_kt, qt + 1);
     load_tile<HD>(Qs, qb, ld, q0, T, hd);
@@ -450,9 +472,9 @@ __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
     load_tile<HD>(Vs[0], vb, ld, 0, T, hd);
     cp_async_commit();
     float row_lse[2], row_delta[2];
-    row_deltas(row_delta, delta + ((size_t)b * NH + h) * T, out + (size_t)b * T * C + h * hd, ob, C, q0 + r0, T, hd, lane);
+    row_deltas(row_delta, delta + (s0 * NH + (size_t)h * T), out + s0 * C + h * hd, ob, C, q0 + r0, T, hd, lane);
 #pragma unroll
-    for (int r = 0; r < 2; r++) row_lse[r] = lse[((size_t)b * NH + h) * T + min(q0 + r0 + C_ROW(lane, 2 * r), T - 1)];
+    for (int r = 0; r < 2; r++) row_lse[r] = lse[(s0 * NH + (size_t)h * T) + min(q0 + r0 + C_ROW(lane, 2 * r), T - 1)];
     float dq[HD / 8][4];
 #pragma unroll
     for (int i = 0; i < HD / 8; i++) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.0f;
@@ -493,7 +515,7 @@ __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
         __syncthreads();
     }
     const float mul[2] = {scale, scale};
-    store_rows<HD>(dqkv + (size_t)b * T * ld + h * hd, ld, dq, mul, q0 + r0, T, hd, lane);
+    store_rows<HD>(dqkv + s0 * ld + h * hd, ld, dq, mul, q0 + r0, T, hd, lane);
 }
 
 // dk, dv for a tile of 64 keys, each warp 16 of them, over the query tiles that can see them:
@@ -502,15 +524,17 @@ __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
 template <int HD>
 __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
     flash_backward_dkdv_kernel(bf16 *dqkv, const bf16 *qkv, const bf16 *dout, const float *lse, const float *delta, int T, int C,
-                               int NH, int causal, float scale_log2, float scale) {
+                               int NH, int causal, float scale_log2, float scale, const int *seq) {
     extern __shared__ __align__(1024) unsigned char smem[];
     FaTile<HD> &Ks = *reinterpret_cast<FaTile<HD> *>(smem), &Vs = *(&Ks + 1), *Qs = &Ks + 2, *dOs = &Ks + 4;
     float(*lse_s)[FA_TILE] = reinterpret_cast<float(*)[FA_TILE]>(&Ks + 6), (*delta_s)[FA_TILE] = lse_s + 2;
     int kt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int hd = C / NH, ld = 3 * C, k0 = kt * FA_TILE, r0 = warp * 16;
-    const bf16 *qb = qkv + (size_t)b * T * ld + h * hd, *kb = qb + C, *vb = qb + 2 * C;
-    const bf16 *ob = dout + (size_t)b * T * C + h * hd;
-    const float *lse_h = lse + ((size_t)b * NH + h) * T, *delta_h = delta + ((size_t)b * NH + h) * T;
+    size_t s0 = seq_span(seq, b, T);
+    if (k0 >= T) return;
+    const bf16 *qb = qkv + s0 * ld + h * hd, *kb = qb + C, *vb = qb + 2 * C;
+    const bf16 *ob = dout + s0 * C + h * hd;
+    const float *lse_h = lse + (s0 * NH + (size_t)h * T), *delta_h = delta + (s0 * NH + (size_t)h * T);
     int n_qt = (T + FA_TILE - 1) / FA_TILE, i0 = causal ? kt : 0;
     load_tile<HD>(Ks, kb, ld, k0, T, hd);
     load_tile<HD>(Vs, vb, ld, k0, T, hd);
@@ -576,7 +600,7 @@ __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
         __syncthreads();
     }
 #undef LOAD_QUERY_TILE
-    store_dk_dv<HD>(dqkv + (size_t)b * T * ld + C + h * hd, dk, dv, scale, k0 + r0, T, C, hd, lane);
+    store_dk_dv<HD>(dqkv + s0 * ld + C + h * hd, dk, dv, scale, k0 + r0, T, C, hd, lane);
 }
 
 // ---------------------------------------------------------------- bf16 on sm_90a: wgmma
@@ -765,14 +789,17 @@ __device__ __forceinline__ void wg_forward_tile(float (&o)[HD / 8][4], float m_r
 // 4 blocks per SM (5 tiles of shared memory, at most 128 registers).
 template <int HD>
 __global__ void __launch_bounds__(FA_THREADS, 4)
-    flash_forward_wgmma_kernel(bf16 *out, float *lse, const bf16 *qkv, int T, int C, int NH, int causal, float scale_log2) {
+    flash_forward_wgmma_kernel(bf16 *out, float *lse, const bf16 *qkv, int T, int C, int NH, int causal, float scale_log2,
+                               const int *seq) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(1024) unsigned char smem[];
     WgTile<HD> &Qs = *reinterpret_cast<WgTile<HD> *>(smem), *Ks = &Qs + 1, *Vs = &Qs + 3;
     if (smem_u32(smem) & 1023) __trap();  // the swizzles need 1024-byte aligned tiles
     int qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, lane = threadIdx.x % 32;
     int ld = 3 * C, q0 = qt * FA_TILE, r0 = threadIdx.x / 32 * 16;
-    const bf16 *qb = qkv + (size_t)b * T * ld + h * HD, *kb = qb + C, *vb = qb + 2 * C;
+    size_t s0 = seq_span(seq, b, T);
+    if (q0 >= T) return;
+    const bf16 *qb = qkv + s0 * ld + h * HD, *kb = qb + C, *vb = qb + 2 * C;
     int n_kt = (T + FA_TILE - 1) / FA_TILE;
     if (causal) n_kt = min(n_kt, qt + 1);
     auto load_kv = [&](int j, int buf) {
@@ -792,7 +819,7 @@ __global__ void __launch_bounds__(FA_THREADS, 4)
         else
             wg_forward_tile<64, HD>(o, m_run, l_run, Qs, Ks[buf], Vs[buf], key0, q0 + r0, edge, T, causal, scale_log2, lane);
     });
-    store_out_lse<HD>(out + (size_t)b * T * C + h * HD, lse + ((size_t)b * NH + h) * T, o, m_run, l_run, q0 + r0, T, C, HD, lane);
+    store_out_lse<HD>(out + s0 * C + h * HD, lse + (s0 * NH + (size_t)h * T), o, m_run, l_run, q0 + r0, T, C, HD, lane);
 #endif
 }
 
@@ -827,15 +854,17 @@ __device__ __forceinline__ void wg_dq_tile(float (&dq)[HD / 8][4], const WgTile<
 template <int HD>
 __global__ void __launch_bounds__(FA_THREADS, 3)
     flash_backward_dq_wgmma_kernel(bf16 *dqkv, float *delta, const bf16 *qkv, const bf16 *out, const bf16 *dout, const float *lse,
-                                   int T, int C, int NH, int causal, float scale_log2, float scale) {
+                                   int T, int C, int NH, int causal, float scale_log2, float scale, const int *seq) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(1024) unsigned char smem[];
     WgTile<HD> &Qs = *reinterpret_cast<WgTile<HD> *>(smem), &dOs = *(&Qs + 1), *Ks = &Qs + 2, *Vs = &Qs + 4;
     if (smem_u32(smem) & 1023) __trap();  // the swizzles need 1024-byte aligned tiles
     int qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, lane = threadIdx.x % 32;
     int ld = 3 * C, q0 = qt * FA_TILE, r0 = threadIdx.x / 32 * 16;
-    const bf16 *qb = qkv + (size_t)b * T * ld + h * HD, *kb = qb + C, *vb = qb + 2 * C;
-    const bf16 *ob = dout + (size_t)b * T * C + h * HD;
+    size_t s0 = seq_span(seq, b, T);
+    if (q0 >= T) return;
+    const bf16 *qb = qkv + s0 * ld + h * HD, *kb = qb + C, *vb = qb + 2 * C;
+    const bf16 *ob = dout + s0 * C + h * HD;
     int n_kt = (T + FA_TILE - 1) / FA_TILE;
     if (causal) n_kt = min(n_kt, qt + 1);
     auto load_kv = [&](int j, int buf) {
@@ -847,9 +876,9 @@ __global__ void __launch_bounds__(FA_THREADS, 3)
     load_kv(0, 0);
     cp_async_commit();
     float row_lse[2], row_delta[2];
-    row_deltas(row_delta, delta + ((size_t)b * NH + h) * T, out + (size_t)b * T * C + h * HD, ob, C, q0 + r0, T, HD, lane);
+    row_deltas(row_delta, delta + (s0 * NH + (size_t)h * T), out + s0 * C + h * HD, ob, C, q0 + r0, T, HD, lane);
 #pragma unroll
-    for (int r = 0; r < 2; r++) row_lse[r] = lse[((size_t)b * NH + h) * T + min(q0 + r0 + C_ROW(lane, 2 * r), T - 1)];
+    for (int r = 0; r < 2; r++) row_lse[r] = lse[(s0 * NH + (size_t)h * T) + min(q0 + r0 + C_ROW(lane, 2 * r), T - 1)];
     float dq[HD / 8][4];
 #pragma unroll
     for (int i = 0; i < HD / 8; i++) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.0f;
@@ -861,7 +890,7 @@ __global__ void __launch_bounds__(FA_THREADS, 3)
             wg_dq_tile<64, HD>(dq, Qs, dOs, Ks[buf], Vs[buf], row_lse, row_delta, key0, q0 + r0, edge, T, causal, scale_log2, lane);
     });
     const float mul[2] = {scale, scale};
-    store_rows<HD>(dqkv + (size_t)b * T * ld + h * HD, ld, dq, mul, q0 + r0, T, HD, lane);
+    store_rows<HD>(dqkv + s0 * ld + h * HD, ld, dq, mul, q0 + r0, T, HD, lane);
 #endif
 }
 
@@ -899,7 +928,7 @@ __device__ __forceinline__ void wg_dkdv_tile(float (&dk)[HD / 8][4], float (&dv)
 template <int HD>
 __global__ void __launch_bounds__(FA_THREADS, 3)
     flash_backward_dkdv_wgmma_kernel(bf16 *dqkv, const bf16 *qkv, const bf16 *dout, const float *lse, const float *delta, int T,
-                                     int C, int NH, int causal, float scale_log2, float scale) {
+                                     int C, int NH, int causal, float scale_log2, float scale, const int *seq) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(1024) unsigned char smem[];
     WgTile<HD> &Ks = *reinterpret_cast<WgTile<HD> *>(smem), &Vs = *(&Ks + 1), *Qs = &Ks + 2, *dOs = &Ks + 4;
@@ -907,9 +936,11 @@ __global__ void __launch_bounds__(FA_THREADS, 3)
     float(*lse_s)[FA_TILE] = reinterpret_cast<float(*)[FA_TILE]>(&Ks + 6), (*delta_s)[FA_TILE] = lse_s + 2;
     int kt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, lane = threadIdx.x % 32;
     int ld = 3 * C, k0 = kt * FA_TILE, r0 = threadIdx.x / 32 * 16;
-    const bf16 *qb = qkv + (size_t)b * T * ld + h * HD, *kb = qb + C, *vb = qb + 2 * C;
-    const bf16 *ob = dout + (size_t)b * T * C + h * HD;
-    const float *lse_h = lse + ((size_t)b * NH + h) * T, *delta_h = delta + ((size_t)b * NH + h) * T;
+    size_t s0 = seq_span(seq, b, T);
+    if (k0 >= T) return;
+    const bf16 *qb = qkv + s0 * ld + h * HD, *kb = qb + C, *vb = qb + 2 * C;
+    const bf16 *ob = dout + s0 * C + h * HD;
+    const float *lse_h = lse + (s0 * NH + (size_t)h * T), *delta_h = delta + (s0 * NH + (size_t)h * T);
     int n_qt = (T + FA_TILE - 1) / FA_TILE, i0 = causal ? kt : 0;
     wg_load_tile<HD>(Ks, kb, ld, k0, T);
     wg_load_tile<HD>(Vs, vb, ld, k0, T);
@@ -938,7 +969,7 @@ __global__ void __launch_bounds__(FA_THREADS, 3)
             wg_dkdv_tile<64, HD>(dk, dv, Ks, Vs, Qs[buf], dOs[buf], lse_s[buf], delta_s[buf], query0, k0 + r0, edge, T, causal,
                                  scale_log2, lane);
     });
-    store_dk_dv<HD>(dqkv + (size_t)b * T * ld + C + h * HD, dk, dv, scale, k0 + r0, T, C, HD, lane);
+    store_dk_dv<HD>(dqkv + s0 * ld + C + h * HD, dk, dv, scale, k0 + r0, T, C, HD, lane);
 #endif
 }
 
@@ -973,36 +1004,38 @@ static void launch(Kernel kernel, int &configured, size_t smem, int B, int T, in
     cudaCheckLaunch();
 }
 
-template <int HD> static void flash_forward(bf16 *out, float *lse, const bf16 *qkv, int B, int T, int C, int NH, int causal) {
+template <int HD>
+static void flash_forward(bf16 *out, float *lse, const bf16 *qkv, int B, int T, int C, int NH, int causal, const int *seq) {
     float scale_log2 = 1.4426950408889634f / sqrtf((float)(C / NH));
     static int configured[2];
     if constexpr (HD == 64 || HD == 80)
         if (use_wgmma(C / NH)) {
             launch(flash_forward_wgmma_kernel<HD>, configured[1], 5 * sizeof(WgTile<HD>), B, T, NH, out, lse, qkv, T, C, NH, causal,
-                   scale_log2);
+                   scale_log2, seq);
             return;
         }
-    launch(flash_forward_kernel<HD>, configured[0], 5 * sizeof(FaTile<HD>), B, T, NH, out, lse, qkv, T, C, NH, causal, scale_log2);
+    launch(flash_forward_kernel<HD>, configured[0], 5 * sizeof(FaTile<HD>), B, T, NH, out, lse, qkv, T, C, NH, causal, scale_log2,
+           seq);
 }
 
 // delta: (B, NH, T) scratch, written by the dq kernel and read by the dk/dv kernel.
 template <int HD>
 static void flash_backward(bf16 *dqkv, float *delta, const bf16 *dout, const bf16 *qkv, const bf16 *out, const float *lse, int B,
-                           int T, int C, int NH, int causal) {
+                           int T, int C, int NH, int causal, const int *seq) {
     float scale = 1.0f / sqrtf((float)(C / NH)), scale_log2 = 1.4426950408889634f * scale;
     static int configured[4];
     if constexpr (HD == 64 || HD == 80)
         if (use_wgmma(C / NH)) {
             launch(flash_backward_dq_wgmma_kernel<HD>, configured[2], 6 * sizeof(WgTile<HD>), B, T, NH, dqkv, delta, qkv, out, dout,
-                   lse, T, C, NH, causal, scale_log2, scale);
+                   lse, T, C, NH, causal, scale_log2, scale, seq);
             launch(flash_backward_dkdv_wgmma_kernel<HD>, configured[3], 6 * sizeof(WgTile<HD>) + 4 * FA_TILE * sizeof(float), B, T, NH,
-                   dqkv, qkv, dout, lse, (const float *)delta, T, C, NH, causal, scale_log2, scale);
+                   dqkv, qkv, dout, lse, (const float *)delta, T, C, NH, causal, scale_log2, scale, seq);
             return;
         }
     launch(flash_backward_dq_kernel<HD>, configured[0], 6 * sizeof(FaTile<HD>), B, T, NH, dqkv, delta, qkv, out, dout, lse, T, C, NH,
-           causal, scale_log2, scale);
+           causal, scale_log2, scale, seq);
     launch(flash_backward_dkdv_kernel<HD>, configured[1], 6 * sizeof(FaTile<HD>) + 4 * FA_TILE * sizeof(float), B, T, NH, dqkv, qkv,
-           dout, lse, (const float *)delta, T, C, NH, causal, scale_log2, scale);
+           dout, lse, (const float *)delta, T, C, NH, causal, scale_log2, scale, seq);
 }
 
 static int padded_head_dim(int C, int NH) {
@@ -1025,15 +1058,15 @@ static int padded_head_dim(int C, int NH) {
         default: { constexpr int HD = 128; call; } break;                                                        \
     }
 
-void attention_forward_gpu(bf16 *out, float *lse, const bf16 *qkv, int B, int T, int C, int NH, int causal) {
+void attention_forward_gpu(bf16 *out, float *lse, const bf16 *qkv, int B, int T, int C, int NH, int causal, const int *seq) {
     if (B == 0) return;
-    DISPATCH_HD(padded_head_dim(C, NH), flash_forward<HD>(out, lse, qkv, B, T, C, NH, causal));
+    DISPATCH_HD(padded_head_dim(C, NH), flash_forward<HD>(out, lse, qkv, B, T, C, NH, causal, seq));
 }
 
 void attention_backward_gpu(bf16 *dqkv, float *scratch, const bf16 *dout, const bf16 *qkv, const bf16 *out, const float *lse,
-                        int B, int T, int C, int NH, int causal) {
+                        int B, int T, int C, int NH, int causal, const int *seq) {
     if (B == 0) return;
-    DISPATCH_HD(padded_head_dim(C, NH), flash_backward<HD>(dqkv, scratch, dout, qkv, out, lse, B, T, C, NH, causal));
+    DISPATCH_HD(padded_head_dim(C, NH), flash_backward<HD>(dqkv, scratch, dout, qkv, out, lse, B, T, C, NH, causal, seq));
 }
 
 size_t attention_stats_elems(int bf16_path, int B, int T, int NH) {

@@ -9,17 +9,21 @@
 #pragma once
 #include "common.cuh"
 
+// seq (device, B + 1 ints, or NULL): a packed batch of B sequences, sequence b being rows seq[b] .. seq[b + 1] - 1 of
+// qkv, out and dqkv, of at most T rows each (T then sizes the grid and the statistics' regions); NULL: B sequences
+// of T rows, sequence b at rows b T.., as with seq[b] = b T. The statistics of a packed batch of N rows fit in those
+// of N / T sequences of T rows.
 // att: (B, NH, T, T) probabilities.
-void attention_forward_gpu(float *out, float *att, const float *qkv, int B, int T, int C, int NH, int causal);
+void attention_forward_gpu(float *out, float *att, const float *qkv, int B, int T, int C, int NH, int causal, const int *seq = NULL);
 // out: unused (the bf16 path needs it); scratch: (B, NH, T, T).
 void attention_backward_gpu(float *dqkv, float *scratch, const float *dout, const float *qkv, const float *out, const float *att,
-                        int B, int T, int C, int NH, int causal);
+                        int B, int T, int C, int NH, int causal, const int *seq = NULL);
 
 // lse: (B, NH, T) log2-domain log-sum-exp of each query's scaled scores.
-void attention_forward_gpu(bf16 *out, float *lse, const bf16 *qkv, int B, int T, int C, int NH, int causal);
+void attention_forward_gpu(bf16 *out, float *lse, const bf16 *qkv, int B, int T, int C, int NH, int causal, const int *seq = NULL);
 // out: the forward output; scratch: (B, NH, T) floats.
 void attention_backward_gpu(bf16 *dqkv, float *scratch, const bf16 *dout, const bf16 *qkv, const bf16 *out, const float *lse,
-                        int B, int T, int C, int NH, int causal);
+                        int B, int T, int C, int NH, int causal, const int *seq = NULL);
 
 // Which kernels the bf16 path runs (tests, benchmarks): AUTO as described above (ATTENTION_KERNELS=mma in the
 // environment forces mma.sync), MMA always mma.sync.

@@ -64,12 +64,14 @@ template <typename T, int V> __global__ void vision_embed_backward_kernel(T *dpa
 }
 
 template <typename T, int V>
-__global__ void text_embed_forward_kernel(T *x, const int32_t *ids, const float *tok_emb, const float *pos, size_t nvec, int Tn, int D) {
+__global__ void text_embed_forward_kernel(T *x, const int32_t *ids, const int32_t *positions, const float *tok_emb, const float *pos,
+                                          size_t nvec, int Tn, int D) {
     size_t v = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (v >= nvec) return;
     int dv = D / V, i = (int)(v % dv) * V;
     size_t row = v / dv;
-    Vec<float, V> e = load_floats<V>(tok_emb + (size_t)ids[row] * D + i), p = load_floats<V>(pos + (size_t)(row % Tn) * D + i);
+    size_t t = positions ? (size_t)positions[row] : row % Tn;
+    Vec<float, V> e = load_floats<V>(tok_emb + (size_t)ids[row] * D + i), p = load_floats<V>(pos + t * D + i);
     Vec<T, V> out;
     for (int j = 0; j < V; j++) out.v[j] = from_float<T>(e.v[j] + p.v[j]);
     store_vec<T, V>(x + v * V, out);
@@ -180,11 +182,13 @@ template <typename T> void vision_embed_backward_gpu(T *dpatch_emb, const T *dx,
                 [&](auto V) { vision_embed_backward_kernel<T, V><<<blocks_for(n / V), 256>>>(dpatch_emb, dx, n / V, G2, D); });
 }
 
-template <typename T> void text_embed_forward_gpu(T *x, const int32_t *ids, const float *tok_emb, const float *pos, int B, int Tn, int D) {
-    size_t n = (size_t)B * Tn * D;
+template <typename T>
+void text_embed_forward_gpu(T *x, const int32_t *ids, const int32_t *positions, const float *tok_emb, const float *pos, int rows, int Tn,
+                            int D) {
+    size_t n = (size_t)rows * D;
     if (n == 0) return;
     with_vec<T>(vec_elems<T>(D, tok_emb, pos, x), [&](auto V) {
-        text_embed_forward_kernel<T, V><<<blocks_for(n / V), 256>>>(x, ids, tok_emb, pos, n / V, Tn, D);
+        text_embed_forward_kernel<T, V><<<blocks_for(n / V), 256>>>(x, ids, positions, tok_emb, pos, n / V, Tn, D);
     });
 }
 
@@ -238,7 +242,7 @@ template <typename T> void scatter_rows_gpu(T *dx, const float *dout, const int 
     template void patch_im2col_gpu<T>(T *, const uint8_t *, int, int, int);                                          \
     template void vision_embed_forward_gpu<T>(T *, const T *, const float *, const float *, int, int, int);          \
     template void vision_embed_backward_gpu<T>(T *, const T *, int, int, int);                                       \
-    template void text_embed_forward_gpu<T>(T *, const int32_t *, const float *, const float *, int, int, int);      \
+    template void text_embed_forward_gpu<T>(T *, const int32_t *, const int32_t *, const float *, const float *, int, int, int); \
     template void text_embed_backward_gpu<T>(float *, float *, const T *, const int *, int, int, int, int);          \
     template void gather_rows_gpu<T>(float *, const T *, const int *, int, int, int);                                \
     template void scatter_rows_gpu<T>(T *, const float *, const int *, int, int, int);

@@ -15,8 +15,10 @@ template <typename T> void vision_embed_forward_gpu(T *x, const T *patch_emb, co
 // dpatch_emb (B*G2, D) = rows 1.. of dx (overwrites). The class and positional gradients are column sums
 // of dx (bias_grad_gpu in reduce.cuh).
 template <typename T> void vision_embed_backward_gpu(T *dpatch_emb, const T *dx, int B, int G2, int D);
-// x (B, Tn, D) = tok_emb[ids] + pos.
-template <typename T> void text_embed_forward_gpu(T *x, const int32_t *ids, const float *tok_emb, const float *pos, int B, int Tn, int D);
+// x (rows, D): row r = tok_emb[ids[r]] + pos[positions[r]] (positions NULL: r % Tn, rows of B sequences of Tn).
+template <typename T>
+void text_embed_forward_gpu(T *x, const int32_t *ids, const int32_t *positions, const float *tok_emb, const float *pos, int rows, int Tn,
+                            int D);
 
 // The positions of each distinct token of a batch, for a deterministic scatter-add without atomics. Built
 // on the host (the ids are there) into one int buffer of token_index_ints(n) entries:
@@ -36,7 +38,7 @@ template <typename T>
 void text_embed_backward_gpu(float *dtok_emb, float *scratch, const T *dx, const int *index, int num_unique, int num_chunks,
                              int n, int D);
 
-// out (B, D) fp32 = x[b, index[b]] of x (B, Tn, D) (index NULL: row 0, the class token).
+// out (B, D) fp32 = x[b, index[b]] of x (B, Tn, D) (index NULL: row 0, the class token; Tn 0: index[b] is a row of x).
 template <typename T> void gather_rows_gpu(float *out, const T *x, const int *index, int B, int Tn, int D);
 // dx[b, index[b]] = dout[b] (other rows untouched: the caller zeroes dx).
 template <typename T> void scatter_rows_gpu(T *dx, const float *dout, const int *index, int B, int Tn, int D);

@@ -27,6 +27,7 @@ extern "C" {
 }
 
 #define PROF_EVENTS 8192
+#define TEXT_ROWS_ALIGN 256  // the packed text tower's rows are a multiple of this (upload_text)
 #define PROF_GAP (-1)  // an interval between API calls: not GPU work of any family
 
 const char *const PROF_NAMES[PROF_FAMILIES] = {"GEMMs", "attention fwd", "attention bwd", "layernorm+residual fwd",
@@ -53,8 +54,11 @@ typedef struct {
 
 typedef struct {
     const TowerLayout *t;
-    int tokens;                // the sequence length of the micro-batch in the buffers: t->tokens, but for the text
-                               // tower the longest caption's EOT position + 1 (upload_text); N = B tokens rows
+    // The micro-batch in the buffers: B sequences of `tokens` rows each (N = B tokens rows), or, where seq is set (the
+    // text tower, upload_text), `seqs` sequences packed one after another, sequence s at rows seq[s] .. seq[s + 1] - 1
+    // (device), at most `tokens` each, N = rows.
+    int tokens, rows, seqs;
+    const int *seq;
     void *x0;                  // (N, D) residual stream entering block 0
     BlockBuf *blocks;
     float *pooled, *pooled_ln;  // (mb, D) the pooled rows and their LayerNorm (ln_post / ln_final), fp32
@@ -81,11 +85,12 @@ struct ClipGPU {
     long stats_t;  // the optimizer step whose RMS sums clip_gpu_grad_norm made (0: none)
     // inputs of a micro-batch: [images | tokens | EOT positions | token index], two device buffers and two
     // pinned host stages used alternately, copied on their own stream (see upload_text)
-    size_t input_bytes, off_tokens, off_eot, off_index;
+    size_t input_bytes, off_tokens, off_eot, off_index, off_pos, off_seq, off_pos_index;
     char *inputs[2], *stage[2];
     cudaStream_t copy_stream;
     cudaEvent_t stage_free[2], consumed[2], text_ready, images_ready;
-    int stage_next, cur, num_unique[2], num_chunks[2], *vocab_counts;
+    int stage_next, cur, *vocab_counts;
+    int num_unique[2], num_chunks[2], pos_unique[2], pos_chunks[2];  // of each input stage's token and position indexes
     float *tok_scratch;  // (mb * context_length, Dt) partial sums of the token-embedding backward
     // image tower front: patches (mb*G2, 3P^2), v_embed (N, Dv) and ln_pre's statistics
     void *patches, *v_embed;
@@ -293,7 +298,7 @@ static void carve_tower(ClipGPU *g, Arena *a, TowerBuf *tb, GpuMemoryPlan *p) {
     const TowerLayout *t = tb->t;
     size_t es = g->use_bf16 ? 2 : 4, N = (size_t)g->mb * t->tokens, D = t->width, H = t->mlp;
     size_t *act = &p->activations;
-    tb->tokens = t->tokens;
+    tb->tokens = t->tokens, tb->seq = NULL;
     tb->x0 = take(a, N * D * es, act);
     size_t in[SB_LINEARS] = {D, D, D, H}, out[SB_LINEARS] = {3 * D, D, H, D};  // the linears' widths
     for (int l = 0; l < t->layers; l++) {
@@ -341,12 +346,17 @@ static void carve(ClipGPU *g, Arena *a, GpuMemoryPlan *p) {
     p->optimizer += (size_t)(state / ADAMW_CHUNK + L->num_tensors + g->num_buckets) * 32;  // the plan's tables (adamw_plan_init)
     p->grads += (size_t)(n / ADAMW_CHUNK + L->num_tensors) * 12;                          // grad_zero's (zero_plan_init)
 
-    // inputs: images uint8, tokens, EOT positions, token index
+    // inputs: images uint8, then the packed text (upload_text): token ids, the pooled rows, positions, the sequences'
+    // first rows (up to TEXT_ROWS_ALIGN padding sequences after the captions), the token and position indexes
     int S = c->image_size, Tt = c->context_length;
+    size_t text_rows = mb * Tt;
     g->off_tokens = (mb * 3 * S * S + 255) / 256 * 256;
-    g->off_eot = g->off_tokens + (mb * Tt * sizeof(int32_t) + 255) / 256 * 256;
-    g->off_index = g->off_eot + (mb * sizeof(int) + 255) / 256 * 256;
-    g->input_bytes = g->off_index + token_index_ints(mb * Tt) * sizeof(int);
+    g->off_eot = g->off_tokens + (text_rows * sizeof(int32_t) + 255) / 256 * 256;
+    g->off_pos = g->off_eot + (mb * sizeof(int) + 255) / 256 * 256;
+    g->off_seq = g->off_pos + (text_rows * sizeof(int32_t) + 255) / 256 * 256;
+    g->off_index = g->off_seq + ((mb + TEXT_ROWS_ALIGN + 1) * sizeof(int) + 255) / 256 * 256;
+    g->off_pos_index = g->off_index + (token_index_ints(text_rows) * sizeof(int) + 255) / 256 * 256;
+    g->input_bytes = g->off_pos_index + token_index_ints(text_rows) * sizeof(int);
     g->inputs[0] = (char *)take(a, g->input_bytes, &p->other), g->inputs[1] = (char *)take(a, g->input_bytes, &p->other);
     g->tok_scratch = TAKE_F(a, mb * Tt * L->text.width, &p->other);
 
@@ -495,7 +505,7 @@ static void quantize_switchback_weights(ClipGPU *g, int after_update) {
 template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B) {
     const TowerLayout *t = tb->t;
     const float *P = g->params;
-    int N = B * tb->tokens, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu;
+    int N = tb->seq ? tb->rows : B * tb->tokens, nseq = tb->seq ? tb->seqs : B, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu;
     const BlockLayout *w0 = &t->blocks[0];
     wait_params(g, w0->ln_1_w);
     mark(g, PROF_LAYERNORM);
@@ -510,7 +520,7 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
         mark(g, PROF_GEMM);
         linear_forward<T>(g, k, SB_LINEAR_QKV, as<T>(k->qkv), as<T>(k->ln_1), w->in_proj_w, w->in_proj_b, N, D, 3 * D);
         mark(g, PROF_ATTENTION);
-        attention_forward_gpu(as<T>(k->att_y), k->att_stats, as<T>(k->qkv), B, tb->tokens, D, t->heads, t->causal);
+        attention_forward_gpu(as<T>(k->att_y), k->att_stats, as<T>(k->qkv), nseq, tb->tokens, D, t->heads, t->causal, tb->seq);
         mark(g, PROF_GEMM);
         linear_forward<T>(g, k, SB_LINEAR_OUT_PROJ, as<T>(k->attn), as<T>(k->att_y), w->out_proj_w, w->out_proj_b, N, D, D);
         mark(g, PROF_LAYERNORM);
@@ -555,7 +565,7 @@ template <typename T> static void tower_head_forward(ClipGPU *g, TowerBuf *tb, c
     const float *P = g->params;
     wait_params(g, tb->ln_w);
     mark(g, PROF_EMBED_OTHER);
-    gather_rows_gpu<T>(tb->pooled, as<T>(tb->blocks[t->layers - 1].res_2), index, B, tb->tokens, t->width);
+    gather_rows_gpu<T>(tb->pooled, as<T>(tb->blocks[t->layers - 1].res_2), index, B, tb->seq ? 0 : tb->tokens, t->width);
     residual_layernorm_forward_gpu<float>(NULL, tb->pooled_ln, tb->pooled_mean, tb->pooled_rstd, tb->pooled, NULL, NULL,
                                       P + tb->ln_w, P + tb->ln_b, B, t->width);
     mark(g, PROF_GEMM);
@@ -576,8 +586,8 @@ template <typename T> static void forward_text(ClipGPU *g, const Batch *b, int s
     const char *in = g->inputs[g->cur];
     wait_params(g, L->token_embedding);
     mark(g, PROF_EMBED_OTHER);
-    text_embed_forward_gpu<T>(as<T>(g->txt.x0), (const int32_t *)(in + g->off_tokens), P + L->token_embedding, P + L->text_pos,
-                              B, g->txt.tokens, L->text.width);
+    text_embed_forward_gpu<T>(as<T>(g->txt.x0), (const int32_t *)(in + g->off_tokens), (const int32_t *)(in + g->off_pos),
+                              P + L->token_embedding, P + L->text_pos, g->txt.rows, L->text.tokens, L->text.width);
     tower_forward<T>(g, &g->txt, B);
     tower_head_forward<T>(g, &g->txt, (const int *)(in + g->off_eot), B, g->txt_feat + (size_t)start * g->cfg.embed_dim);
 }
@@ -633,7 +643,7 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
     const TowerLayout *t = tb->t;
     const float *P = g->params;
     float *G = g->grads;
-    int N = B * tb->tokens, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu;
+    int N = tb->seq ? tb->rows : B * tb->tokens, nseq = tb->seq ? tb->seqs : B, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu;
     T *dres = as<T>(g->dres), *d_a = as<T>(g->d_a), *d_b = as<T>(g->d_b), *d_wide = as<T>(g->d_wide);
     // SwitchBack: the LayerNorm backwards also quantize the residual-stream gradient into g->sb.gq, gs where it is
     // the next linear's output gradient as it is (no layer-scale between): ln_2's for out_proj, ln_1's for the
@@ -679,7 +689,8 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         mark(g, PROF_GEMM);
         linear_backward<T>(g, k, SB_LINEAR_OUT_PROJ, d_b, NULL, dattn, att_q, as<T>(k->att_y), w->out_proj_w, N, D, D);
         mark(g, PROF_ATTENTION_BACKWARD);
-        attention_backward_gpu(d_wide, g->att_scratch, d_b, as<T>(k->qkv), as<T>(k->att_y), k->att_stats, B, tb->tokens, D, t->heads, t->causal);
+        attention_backward_gpu(d_wide, g->att_scratch, d_b, as<T>(k->qkv), as<T>(k->att_y), k->att_stats, nseq, tb->tokens, D, t->heads, t->causal,
+                               tb->seq);
         mark(g, PROF_LAYERNORM);
         if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_1), x, k->ln_1_mean, k->ln_1_rstd, P + w->ln_1_w, P + w->ln_1_b, N, D);
         mark(g, PROF_GEMM);
@@ -706,8 +717,9 @@ template <typename T> static void tower_head_backward(ClipGPU *g, TowerBuf *tb, 
     cudaCheck(cudaMemsetAsync(g->dpool, 0, (size_t)B * D * sizeof(float), 0));
     layernorm_backward_gpu<float>(g->dpool, G + tb->ln_w, G + tb->ln_b, g->dpool_ln, tb->pooled, P + tb->ln_w, tb->pooled_mean,
                               tb->pooled_rstd, B, D);
-    cudaCheck(cudaMemsetAsync(g->dres, 0, (size_t)B * tb->tokens * D * sizeof(T), 0));
-    scatter_rows_gpu<T>(as<T>(g->dres), g->dpool, index, B, tb->tokens, D);
+    size_t N = tb->seq ? tb->rows : (size_t)B * tb->tokens;
+    cudaCheck(cudaMemsetAsync(g->dres, 0, N * D * sizeof(T), 0));
+    scatter_rows_gpu<T>(as<T>(g->dres), g->dpool, index, B, tb->seq ? 0 : tb->tokens, D);
 }
 
 // Backward of the micro-batch whose forward is in the buffers, from its slices of d features. The text tower
@@ -725,10 +737,11 @@ template <typename T> static void backward_micro(ClipGPU *g, int B, const float 
     grads_done(g);
     tower_backward<T>(g, &g->txt, B);
     mark(g, PROF_EMBED_OTHER);
-    int Tp = g->txt.tokens;  // positions Tp.. keep the zero gradient they start the step with (grad_zero)
-    bias_grad_gpu<T>(G + L->text_pos, as<T>(g->dres), B, Tp * Tt->width, (long)Tp * Tt->width);
-    text_embed_backward_gpu<T>(G + L->token_embedding, g->tok_scratch, as<T>(g->dres), (const int *)(g->inputs[g->cur] + g->off_index),
-                               g->num_unique[g->cur], g->num_chunks[g->cur], B * Tp, Tt->width);
+    const char *in = g->inputs[g->cur];
+    text_embed_backward_gpu<T>(G + L->text_pos, g->tok_scratch, as<T>(g->dres), (const int *)(in + g->off_pos_index),
+                               g->pos_unique[g->cur], g->pos_chunks[g->cur], g->txt.rows, Tt->width);
+    text_embed_backward_gpu<T>(G + L->token_embedding, g->tok_scratch, as<T>(g->dres), (const int *)(in + g->off_index),
+                               g->num_unique[g->cur], g->num_chunks[g->cur], g->txt.rows, Tt->width);
     grads_done(g);
     // image tower
     tower_head_backward<T>(g, &g->vis, NULL, B, dimg);
@@ -766,33 +779,47 @@ static void begin_inputs(ClipGPU *g) {
     cudaCheck(cudaStreamWaitEvent(g->copy_stream, g->consumed[k], 0));  // kernels two micro-batches ago are done with it
 }
 
+// The text of micro-batch [start, start + B), packed: under the causal mask a position after a caption's EOT changes
+// nothing the loss reads (the pooled EOT row attends to earlier positions only) and gets zero gradients, so each
+// caption keeps its positions up to its EOT (all of them without the mask), one caption after another. The rows are
+// padded to a multiple of TEXT_ROWS_ALIGN (a bounded number of GEMM shapes) with sequences of id 0 that are never
+// pooled, and at most B x context_length. The token and position indexes let the backward sum the embeddings'
+// gradients without atomics.
 static void upload_text(ClipGPU *g, const Batch *b, int start, int B) {
     const Config *c = &g->cfg;
-    int Tt = c->context_length, k = g->cur;
+    int Tt = c->context_length, k = g->cur, causal = g->L->text.causal;
     char *h = g->stage[k];
-    int32_t *tokens = (int32_t *)(h + g->off_tokens);
-    memcpy(tokens, b->tokens + (size_t)start * Tt, (size_t)B * Tt * sizeof(int32_t));
+    const int32_t *src = b->tokens + (size_t)start * Tt;
     for (size_t i = 0; i < (size_t)B * Tt; i++)
-        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
-            fatal("token id %d at position %zu is outside the vocabulary (%d)", tokens[i], (size_t)start * Tt + i, c->vocab_size);
-    int *eot = (int *)(h + g->off_eot);
-    eot_positions(eot, tokens, B, Tt);
-    // Under the causal mask a position after a caption's EOT changes nothing the loss reads (the pooled EOT row
-    // attends to earlier positions only), and its gradients are zeros: the text tower runs the micro-batch's
-    // first Tp positions, its longest caption up to the EOT rounded up to a multiple of 8 (a few GEMM shapes, not
-    // one per length), with the ids repacked (B, Tp) in place.
-    int Tp = Tt;
-    if (g->L->text.causal) {
-        Tp = 1;
-        for (int i = 0; i < B; i++) Tp = eot[i] + 1 > Tp ? eot[i] + 1 : Tp;
-        Tp = (Tp + 7) / 8 * 8 < Tt ? (Tp + 7) / 8 * 8 : Tt;
-        for (int i = 1; i < B; i++) memmove(tokens + (size_t)i * Tp, tokens + (size_t)i * Tt, (size_t)Tp * sizeof(int32_t));
+        if (src[i] < 0 || src[i] >= c->vocab_size)
+            fatal("token id %d at position %zu is outside the vocabulary (%d)", src[i], (size_t)start * Tt + i, c->vocab_size);
+    int32_t *ids = (int32_t *)(h + g->off_tokens), *pos = (int32_t *)(h + g->off_pos);
+    int *pooled = (int *)(h + g->off_eot), *seq = (int *)(h + g->off_seq);
+    eot_positions(pooled, src, B, Tt);
+    int n = 0, nseq = 0, longest = 1;
+    for (int i = 0; i < B; i++) {
+        int len = causal ? pooled[i] + 1 : Tt;
+        seq[nseq++] = n, pooled[i] += n;
+        memcpy(ids + n, src + (size_t)i * Tt, (size_t)len * sizeof(int32_t));
+        for (int t = 0; t < len; t++) pos[n + t] = t;
+        n += len, longest = len > longest ? len : longest;
     }
-    g->txt.tokens = Tp;
-    int *index = (int *)(h + g->off_index);
-    token_index_build(index, tokens, B * Tp, c->vocab_size, g->vocab_counts);
-    g->num_unique[k] = index[0], g->num_chunks[k] = index[1];
-    size_t bytes = g->off_index - g->off_tokens + token_index_ints((size_t)B * Tp) * sizeof(int);
+    int target = (n + TEXT_ROWS_ALIGN - 1) / TEXT_ROWS_ALIGN * TEXT_ROWS_ALIGN;
+    if (target > B * Tt) target = B * Tt;
+    while (n < target) {  // padding sequences
+        int len = target - n < Tt ? target - n : Tt;
+        seq[nseq++] = n;
+        memset(ids + n, 0, (size_t)len * sizeof(int32_t));
+        for (int t = 0; t < len; t++) pos[n + t] = t;
+        n += len, longest = len > longest ? len : longest;
+    }
+    seq[nseq] = n;
+    g->txt.rows = n, g->txt.seqs = nseq, g->txt.tokens = longest, g->txt.seq = (const int *)(g->inputs[k] + g->off_seq);
+    int *index = (int *)(h + g->off_index), *pos_index = (int *)(h + g->off_pos_index);
+    token_index_build(index, ids, n, c->vocab_size, g->vocab_counts);
+    token_index_build(pos_index, pos, n, Tt, g->vocab_counts);
+    g->num_unique[k] = index[0], g->num_chunks[k] = index[1], g->pos_unique[k] = pos_index[0], g->pos_chunks[k] = pos_index[1];
+    size_t bytes = g->input_bytes - g->off_tokens;
     cudaCheck(cudaMemcpyAsync(g->inputs[k] + g->off_tokens, h + g->off_tokens, bytes, cudaMemcpyHostToDevice, g->copy_stream));
     cudaCheck(cudaEventRecord(g->text_ready, g->copy_stream));
     cudaCheck(cudaEventRecord(g->stage_free[k], g->copy_stream));

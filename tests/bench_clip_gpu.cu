@@ -12,7 +12,7 @@
 //   (l14i8 l14me h14i8 h14me h14vw h14ev h14mlp h14r0i8 h14r0me)
 //   BENCH_SET="key=value ..." applies more config settings to every model (e.g. BENCH_SET=grad_overlap=false).
 //   BENCH_CAPTION_TOKENS=n: every caption n ids long, SOT and EOT included (open_clip's synthetic "Dummy caption"
-//   is 4); default 5 to 76 at random, so that every micro-batch's text tower runs all 77 positions.
+//   is 4; 77: the text tower runs every position, as open_clip's does); default 5 to 76 at random.
 // Multi-GPU: start one process per GPU (mpirun -np N, or scripts/run_local.sh N): the batch is per GPU, the
 // global batch N times that; rank 0 prints, img/s is per GPU, and "comm wait" is the time the compute stream
 // waits for collectives (communication not hidden by compute).
@@ -85,8 +85,8 @@ static void run(const BenchModel *bm, int world) {
     clip_layout_build(&L, &c);
     float *params = (float *)mallocCheck(L.buffer_elems * sizeof(float));
     clip_init_params(&L, params, c.seed);
-    // synthetic inputs: random pixels, captions SOT + words + EOT of 5 to T - 1 ids (a micro-batch's longest then
-    // reaches ~T: the text tower runs every position), or of BENCH_CAPTION_TOKENS ids each
+    // synthetic inputs: random pixels, captions SOT + words + EOT of 5 to T - 1 ids at random (the packed text tower
+    // runs ~0.53 of its positions), or of BENCH_CAPTION_TOKENS ids each
     int B = bm->batch, S = c.image_size, T = c.context_length;
     const char *cap = getenv("BENCH_CAPTION_TOKENS");
     int cap_len = cap ? atoi(cap) : 0;

@@ -47,7 +47,7 @@ static void run_case(int k, const Model *m, Bufs *b) {
             bias_grad_gpu<bf16>(b->dvpos, b->dvx, m->B, Tv * m->Dv, (long)Tv * m->Dv);
             bias_grad_gpu<bf16>(b->dcls, b->dvx, m->B, m->Dv, (long)Tv * m->Dv);
             break;
-        case TXT_FWD: text_embed_forward_gpu<bf16>(b->tx, b->ids, b->tok, b->tpos, m->B, m->Tt, m->Dt); break;
+        case TXT_FWD: text_embed_forward_gpu<bf16>(b->tx, b->ids, NULL, b->tok, b->tpos, m->B * m->Tt, m->Tt, m->Dt); break;
         case TXT_BWD:
             text_embed_backward_gpu<bf16>(b->dtok, b->scratch, b->dtx, b->index, b->num_unique, b->num_chunks, m->B * m->Tt, m->Dt);
             break;

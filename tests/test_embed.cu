@@ -77,7 +77,7 @@ template <typename T> static void check_text(int B, int Tn, int D, int V) {
     cudaCheck(cudaMemcpy(d_ids, ids, (size_t)B * Tn * sizeof(int32_t), cudaMemcpyHostToDevice));
     text_embed_forward(x, ids, tok, pos, B, Tn, D);
     text_embed_backward(dtok, dpos, dx, ids, B, Tn, D, V);  // dtok accumulates onto its random start
-    text_embed_forward_gpu<T>(d_x, d_ids, d_tok, d_pos, B, Tn, D);
+    text_embed_forward_gpu<T>(d_x, d_ids, NULL, d_tok, d_pos, B * Tn, Tn, D);
     size_t ni = token_index_ints((size_t)B * Tn);
     int *index = (int *)mallocCheck(ni * sizeof(int)), *counts = (int *)mallocCheck((size_t)V * sizeof(int)), *d_index;
     token_index_build(index, ids, B * Tn, V, counts);
@@ -87,6 +87,17 @@ template <typename T> static void check_text(int B, int Tn, int D, int V) {
     text_embed_backward_gpu<T>(d_dtok, d_scratch, d_dx, d_index, index[0], index[1], B * Tn, D);
     to_host<T>(g, d_x, nx);
     EXPECT(rel_err(g, x, nx) < (sizeof(T) == 2 ? 1e-2 : 1e-6), "%s: text embed rel err %.2e", tn, rel_err(g, x, nx));
+    // positions given per row (the packed text tower's): each sequence's reversed
+    int32_t *positions = (int32_t *)mallocCheck((size_t)B * Tn * sizeof(int32_t)), *d_positions;
+    for (int r = 0; r < B * Tn; r++) positions[r] = Tn - 1 - r % Tn;
+    for (size_t r = 0; r < (size_t)B * Tn; r++)
+        for (int i = 0; i < D; i++) x[r * D + i] = tok[(size_t)ids[r] * D + i] + pos[(size_t)positions[r] * D + i];
+    cudaCheck(cudaMalloc(&d_positions, (size_t)B * Tn * sizeof(int32_t)));
+    cudaCheck(cudaMemcpy(d_positions, positions, (size_t)B * Tn * sizeof(int32_t), cudaMemcpyHostToDevice));
+    text_embed_forward_gpu<T>(d_x, d_ids, d_positions, d_tok, d_pos, B * Tn, Tn, D);
+    to_host<T>(g, d_x, nx);
+    EXPECT(rel_err(g, x, nx) < (sizeof(T) == 2 ? 1e-2 : 1e-6), "%s: text embed at given positions rel err %.2e", tn, rel_err(g, x, nx));
+    free(positions), cudaCheck(cudaFree(d_positions));
     to_host<float>(g, d_dtok, nt);
     EXPECT(rel_err(g, dtok, nt) < 1e-5, "%s: dtoken_embedding rel err %.2e", tn, rel_err(g, dtok, nt));
     // pooling at the EOT (the largest id of each row)
