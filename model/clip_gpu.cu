@@ -83,8 +83,8 @@ struct ClipGPU {
     int accumulate;
     float logit_scale_host;
     long stats_t;  // the optimizer step whose RMS sums clip_gpu_grad_norm made (0: none)
-    // inputs of a micro-batch: [images | tokens | EOT positions | token index], two device buffers and two
-    // pinned host stages used alternately, copied on their own stream (see upload_text)
+    // inputs of a micro-batch: [images | the packed text: ids, pooled rows, positions, sequences, token and position
+    // indexes], two device buffers and two pinned host stages used alternately, copied on their own stream (upload_text)
     size_t input_bytes, off_tokens, off_eot, off_index, off_pos, off_seq, off_pos_index;
     char *inputs[2], *stage[2];
     cudaStream_t copy_stream;
@@ -500,12 +500,16 @@ static void quantize_switchback_weights(ClipGPU *g, int after_update) {
         }
 }
 
+// The rows of micro-batch B in tb's buffers, and the sequences attention sees in them (TowerBuf).
+static int tower_rows(const TowerBuf *tb, int B) { return tb->seq ? tb->rows : B * tb->tokens; }
+static int tower_seqs(const TowerBuf *tb, int B) { return tb->seq ? tb->seqs : B; }
+
 // The blocks of one tower: x0 -> res_2 of the last block. Each block's second residual add is fused with
 // the next block's ln_1.
 template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B) {
     const TowerLayout *t = tb->t;
     const float *P = g->params;
-    int N = tb->seq ? tb->rows : B * tb->tokens, nseq = tb->seq ? tb->seqs : B, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu;
+    int N = tower_rows(tb, B), nseq = tower_seqs(tb, B), D = t->width, H = t->mlp, quick = g->cfg.quick_gelu;
     const BlockLayout *w0 = &t->blocks[0];
     wait_params(g, w0->ln_1_w);
     mark(g, PROF_LAYERNORM);
@@ -643,7 +647,7 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
     const TowerLayout *t = tb->t;
     const float *P = g->params;
     float *G = g->grads;
-    int N = tb->seq ? tb->rows : B * tb->tokens, nseq = tb->seq ? tb->seqs : B, D = t->width, H = t->mlp, quick = g->cfg.quick_gelu;
+    int N = tower_rows(tb, B), nseq = tower_seqs(tb, B), D = t->width, H = t->mlp, quick = g->cfg.quick_gelu;
     T *dres = as<T>(g->dres), *d_a = as<T>(g->d_a), *d_b = as<T>(g->d_b), *d_wide = as<T>(g->d_wide);
     // SwitchBack: the LayerNorm backwards also quantize the residual-stream gradient into g->sb.gq, gs where it is
     // the next linear's output gradient as it is (no layer-scale between): ln_2's for out_proj, ln_1's for the
@@ -689,8 +693,8 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         mark(g, PROF_GEMM);
         linear_backward<T>(g, k, SB_LINEAR_OUT_PROJ, d_b, NULL, dattn, att_q, as<T>(k->att_y), w->out_proj_w, N, D, D);
         mark(g, PROF_ATTENTION_BACKWARD);
-        attention_backward_gpu(d_wide, g->att_scratch, d_b, as<T>(k->qkv), as<T>(k->att_y), k->att_stats, nseq, tb->tokens, D, t->heads, t->causal,
-                               tb->seq);
+        attention_backward_gpu(d_wide, g->att_scratch, d_b, as<T>(k->qkv), as<T>(k->att_y), k->att_stats, nseq, tb->tokens, D,
+                               t->heads, t->causal, tb->seq);
         mark(g, PROF_LAYERNORM);
         if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_1), x, k->ln_1_mean, k->ln_1_rstd, P + w->ln_1_w, P + w->ln_1_b, N, D);
         mark(g, PROF_GEMM);
@@ -717,8 +721,7 @@ template <typename T> static void tower_head_backward(ClipGPU *g, TowerBuf *tb, 
     cudaCheck(cudaMemsetAsync(g->dpool, 0, (size_t)B * D * sizeof(float), 0));
     layernorm_backward_gpu<float>(g->dpool, G + tb->ln_w, G + tb->ln_b, g->dpool_ln, tb->pooled, P + tb->ln_w, tb->pooled_mean,
                               tb->pooled_rstd, B, D);
-    size_t N = tb->seq ? tb->rows : (size_t)B * tb->tokens;
-    cudaCheck(cudaMemsetAsync(g->dres, 0, N * D * sizeof(T), 0));
+    cudaCheck(cudaMemsetAsync(g->dres, 0, (size_t)tower_rows(tb, B) * D * sizeof(T), 0));
     scatter_rows_gpu<T>(as<T>(g->dres), g->dpool, index, B, tb->seq ? 0 : tb->tokens, D);
 }
 
