@@ -147,6 +147,9 @@ int main(int argc, char **argv) {
     test_seed();
     cudaDeviceProp prop = bench_device();
     printf("GPU: %s, %d SMs, %.1f GiB; %d GPU(s)\n", prop.name, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1u << 30), d.world);
+    const char *cap = getenv("BENCH_CAPTION_TOKENS");
+    printf("captions: %s ids (the text tower runs each caption's positions up to its EOT; MFU counts every position of the context)\n",
+           cap ? cap : "5 to 76");
     printf("| model | variant | GPUs | ZeRO | batch/GPU | recompute | step ms | img/s/GPU | MFU | GPU mem used GiB | plan GiB | plan activations GiB |");
     for (int f = 0; f < PROF_FAMILIES; f++) printf(" %s ms |", PROF_NAMES[f]);
     printf(" host/gaps ms |\n");
