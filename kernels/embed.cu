@@ -117,18 +117,18 @@ __global__ void token_sum_kernel(float *dtok_emb, const float *partial, const in
     }
 }
 
-template <typename T> __global__ void gather_rows_kernel(float *out, const T *x, const int *index, int B, int Tn, int D) {
+template <typename T, typename O> __global__ void gather_rows_kernel(O *out, const T *x, const int *index, int B, int Tn, int D) {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)B * D) return;
     int i = (int)(idx % D), b = (int)(idx / D), t = index ? index[b] : 0;
-    out[idx] = to_float(x[((size_t)b * Tn + t) * D + i]);
+    out[idx] = from_float<O>(to_float(x[((size_t)b * Tn + t) * D + i]));
 }
 
-template <typename T> __global__ void scatter_rows_kernel(T *dx, const float *dout, const int *index, int B, int Tn, int D) {
+template <typename T, typename O> __global__ void scatter_rows_kernel(T *dx, const O *dout, const int *index, int B, int Tn, int D) {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)B * D) return;
     int i = (int)(idx % D), b = (int)(idx / D), t = index ? index[b] : 0;
-    dx[((size_t)b * Tn + t) * D + i] = from_float<T>(dout[idx]);
+    dx[((size_t)b * Tn + t) * D + i] = from_float<T>(to_float(dout[idx]));
 }
 
 static int blocks_for(size_t n) { return (int)((n + 255) / 256); }
@@ -226,15 +226,15 @@ void text_embed_backward_gpu(float *dtok_emb, float *scratch, const T *dx, const
     });
 }
 
-template <typename T> void gather_rows_gpu(float *out, const T *x, const int *index, int B, int Tn, int D) {
+template <typename T, typename O> void gather_rows_gpu(O *out, const T *x, const int *index, int B, int Tn, int D) {
     if (B == 0) return;
-    gather_rows_kernel<T><<<blocks_for((size_t)B * D), 256>>>(out, x, index, B, Tn, D);
+    gather_rows_kernel<T, O><<<blocks_for((size_t)B * D), 256>>>(out, x, index, B, Tn, D);
     cudaCheckLaunch();
 }
 
-template <typename T> void scatter_rows_gpu(T *dx, const float *dout, const int *index, int B, int Tn, int D) {
+template <typename T, typename O> void scatter_rows_gpu(T *dx, const O *dout, const int *index, int B, int Tn, int D) {
     if (B == 0) return;
-    scatter_rows_kernel<T><<<blocks_for((size_t)B * D), 256>>>(dx, dout, index, B, Tn, D);
+    scatter_rows_kernel<T, O><<<blocks_for((size_t)B * D), 256>>>(dx, dout, index, B, Tn, D);
     cudaCheckLaunch();
 }
 
@@ -244,7 +244,9 @@ template <typename T> void scatter_rows_gpu(T *dx, const float *dout, const int 
     template void vision_embed_backward_gpu<T>(T *, const T *, int, int, int);                                       \
     template void text_embed_forward_gpu<T>(T *, const int32_t *, const int32_t *, const float *, const float *, int, int, int); \
     template void text_embed_backward_gpu<T>(float *, float *, const T *, const int *, int, int, int, int);          \
-    template void gather_rows_gpu<T>(float *, const T *, const int *, int, int, int);                                \
-    template void scatter_rows_gpu<T>(T *, const float *, const int *, int, int, int);
+    template void gather_rows_gpu<T, float>(float *, const T *, const int *, int, int, int);                         \
+    template void scatter_rows_gpu<T, float>(T *, const float *, const int *, int, int, int);
 INSTANTIATE(float)
 INSTANTIATE(bf16)
+template void gather_rows_gpu<bf16, bf16>(bf16 *, const bf16 *, const int *, int, int, int);
+template void scatter_rows_gpu<bf16, bf16>(bf16 *, const bf16 *, const int *, int, int, int);

@@ -38,7 +38,8 @@ template <typename T>
 void text_embed_backward_gpu(float *dtok_emb, float *scratch, const T *dx, const int *index, int num_unique, int num_chunks,
                              int n, int D);
 
-// out (B, D) fp32 = x[b, index[b]] of x (B, Tn, D) (index NULL: row 0, the class token; Tn 0: index[b] is a row of x).
-template <typename T> void gather_rows_gpu(float *out, const T *x, const int *index, int B, int Tn, int D);
-// dx[b, index[b]] = dout[b] (other rows untouched: the caller zeroes dx).
-template <typename T> void scatter_rows_gpu(T *dx, const float *dout, const int *index, int B, int Tn, int D);
+// out (B, D) = x[b, index[b]] of x (B, Tn, D) (index NULL: row 0, the class token; Tn 0: index[b] is a row of x).
+// out is fp32, or T itself (a copy of the rows).
+template <typename T, typename O> void gather_rows_gpu(O *out, const T *x, const int *index, int B, int Tn, int D);
+// dx[b, index[b]] = dout[b] (other rows untouched: the caller zeroes dx); dout fp32 or T.
+template <typename T, typename O> void scatter_rows_gpu(T *dx, const O *dout, const int *index, int B, int Tn, int D);

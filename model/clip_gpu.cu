@@ -59,6 +59,11 @@ typedef struct {
     // (device), at most `tokens` each, N = rows.
     int tokens, rows, seqs;
     const int *seq;
+    // The rows the tower is pooled at: row b tokens_pool + pool[b] (device; NULL: 0, the class token). The last block
+    // runs its branch after attention on these rows only (tower_forward): pool_x, pool_att (mb, D) hold them.
+    const int *pool;
+    int pool_tn;
+    void *pool_x, *pool_att;
     void *x0;                  // (N, D) residual stream entering block 0
     BlockBuf *blocks;
     float *pooled, *pooled_ln;  // (mb, D) the pooled rows and their LayerNorm (ln_post / ln_final), fp32
@@ -298,8 +303,9 @@ static void carve_tower(ClipGPU *g, Arena *a, TowerBuf *tb, GpuMemoryPlan *p) {
     const TowerLayout *t = tb->t;
     size_t es = g->use_bf16 ? 2 : 4, N = (size_t)g->mb * t->tokens, D = t->width, H = t->mlp;
     size_t *act = &p->activations;
-    tb->tokens = t->tokens, tb->seq = NULL;
+    tb->tokens = t->tokens, tb->seq = NULL, tb->pool = NULL, tb->pool_tn = t->tokens;
     tb->x0 = take(a, N * D * es, act);
+    tb->pool_x = take(a, (size_t)g->mb * D * es, act), tb->pool_att = take(a, (size_t)g->mb * D * es, act);
     size_t in[SB_LINEARS] = {D, D, D, H}, out[SB_LINEARS] = {3 * D, D, H, D};  // the linears' widths
     for (int l = 0; l < t->layers; l++) {
         BlockBuf *k = &tb->blocks[l];
@@ -525,28 +531,38 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
         linear_forward<T>(g, k, SB_LINEAR_QKV, as<T>(k->qkv), as<T>(k->ln_1), w->in_proj_w, w->in_proj_b, N, D, 3 * D);
         mark(g, PROF_ATTENTION);
         attention_forward_gpu(as<T>(k->att_y), k->att_stats, as<T>(k->qkv), nseq, tb->tokens, D, t->heads, t->causal, tb->seq);
+        // The last block: past attention only the pooled rows reach the loss, so out_proj, the residual, ln_2 and the MLP
+        // run on those B rows (its other rows' outputs would be dead, as would their gradients).
+        int Nb = N;
+        const T *att_in = as<T>(k->att_y), *res_in = x;
+        if (l == t->layers - 1) {
+            mark(g, PROF_EMBED_OTHER);
+            gather_rows_gpu<T>(as<T>(tb->pool_att), att_in, tb->pool, B, tb->pool_tn, D);
+            gather_rows_gpu<T>(as<T>(tb->pool_x), x, tb->pool, B, tb->pool_tn, D);
+            att_in = as<T>(tb->pool_att), res_in = as<T>(tb->pool_x), Nb = B;
+        }
         mark(g, PROF_GEMM);
-        linear_forward<T>(g, k, SB_LINEAR_OUT_PROJ, as<T>(k->attn), as<T>(k->att_y), w->out_proj_w, w->out_proj_b, N, D, D);
+        linear_forward<T>(g, k, SB_LINEAR_OUT_PROJ, as<T>(k->attn), att_in, w->out_proj_w, w->out_proj_b, Nb, D, D);
         mark(g, PROF_LAYERNORM);
-        residual_layernorm_forward_gpu<T>(as<T>(k->res_1), in_bf16<T>(k, k->ln_2, SB_LINEAR_C_FC), k->ln_2_mean, k->ln_2_rstd, x,
-                                          as<T>(k->attn), opt_param(g, w->ls_1), P + w->ln_2_w, P + w->ln_2_b, N, D,
+        residual_layernorm_forward_gpu<T>(as<T>(k->res_1), in_bf16<T>(k, k->ln_2, SB_LINEAR_C_FC), k->ln_2_mean, k->ln_2_rstd, res_in,
+                                          as<T>(k->attn), opt_param(g, w->ls_1), P + w->ln_2_w, P + w->ln_2_b, Nb, D,
                                           in_q(g, k, SB_LINEAR_C_FC), in_s(g, k, SB_LINEAR_C_FC));
         mark(g, PROF_GEMM);
         if (g->fused_gelu) {  // fc (the pre-activation, kept for the backward) and fc_gelu from one pass
             const bf16 *W = (const bf16 *)g->wts;
             Bf16Gemm fc = {BF16_EPI_GELU, as<bf16>(k->fc), as<bf16>(k->fc_gelu), as<bf16>(k->ln_2), W + w->c_fc_w, W + w->c_fc_b,
-                           quick, N, H, D};
+                           quick, Nb, H, D};
             bf16_gemm(&fc, 0);
         } else {
-            linear_forward<T>(g, k, SB_LINEAR_C_FC, as<T>(k->fc), as<T>(k->ln_2), w->c_fc_w, w->c_fc_b, N, D, H);
+            linear_forward<T>(g, k, SB_LINEAR_C_FC, as<T>(k->fc), as<T>(k->ln_2), w->c_fc_w, w->c_fc_b, Nb, D, H);
             mark(g, PROF_GELU);
             if (g->sb_on[SB_LINEAR_C_PROJ])
                 gelu_forward_quantize_gpu(in_bf16<bf16>(k, k->fc_gelu, SB_LINEAR_C_PROJ), k->xq[SB_LINEAR_C_PROJ],
-                                          k->xs[SB_LINEAR_C_PROJ], as<bf16>(k->fc), N, H, quick);
-            else gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)N * H, quick);
+                                          k->xs[SB_LINEAR_C_PROJ], as<bf16>(k->fc), Nb, H, quick);
+            else gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)Nb * H, quick);
         }
         mark(g, PROF_GEMM);
-        linear_forward<T>(g, k, SB_LINEAR_C_PROJ, as<T>(k->mlp), as<T>(k->fc_gelu), w->c_proj_w, w->c_proj_b, N, H, D);
+        linear_forward<T>(g, k, SB_LINEAR_C_PROJ, as<T>(k->mlp), as<T>(k->fc_gelu), w->c_proj_w, w->c_proj_b, Nb, H, D);
         if (l + 1 < t->layers) wait_params(g, t->blocks[l + 1].ln_1_w);  // read by the fused LayerNorm below
         mark(g, PROF_LAYERNORM);
         if (l + 1 < t->layers) {
@@ -557,19 +573,20 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
                                               N, D, in_q(g, kn, SB_LINEAR_QKV), in_s(g, kn, SB_LINEAR_QKV));
         } else {
             residual_layernorm_forward_gpu<T>(as<T>(k->res_2), (T *)NULL, NULL, NULL, as<T>(k->res_1), as<T>(k->mlp),
-                                          opt_param(g, w->ls_2), NULL, NULL, N, D);
+                                          opt_param(g, w->ls_2), NULL, NULL, Nb, D);
         }
         x = as<T>(k->res_2);
     }
 }
 
 // Pool (class token or EOT), LayerNorm, project: features (B, E) fp32.
-template <typename T> static void tower_head_forward(ClipGPU *g, TowerBuf *tb, const int *index, int B, float *features) {
+template <typename T> static void tower_head_forward(ClipGPU *g, TowerBuf *tb, int B, float *features) {
     const TowerLayout *t = tb->t;
     const float *P = g->params;
     wait_params(g, tb->ln_w);
     mark(g, PROF_EMBED_OTHER);
-    gather_rows_gpu<T>(tb->pooled, as<T>(tb->blocks[t->layers - 1].res_2), index, B, tb->seq ? 0 : tb->tokens, t->width);
+    // the last block's output holds the pooled rows only (tower_forward): rows 0 .. B - 1
+    gather_rows_gpu<T>(tb->pooled, as<T>(tb->blocks[t->layers - 1].res_2), NULL, B, 1, t->width);
     residual_layernorm_forward_gpu<float>(NULL, tb->pooled_ln, tb->pooled_mean, tb->pooled_rstd, tb->pooled, NULL, NULL,
                                       P + tb->ln_w, P + tb->ln_b, B, t->width);
     mark(g, PROF_GEMM);
@@ -593,7 +610,7 @@ template <typename T> static void forward_text(ClipGPU *g, const Batch *b, int s
     text_embed_forward_gpu<T>(as<T>(g->txt.x0), (const int32_t *)(in + g->off_tokens), (const int32_t *)(in + g->off_pos),
                               P + L->token_embedding, P + L->text_pos, g->txt.rows, L->text.tokens, L->text.width);
     tower_forward<T>(g, &g->txt, B);
-    tower_head_forward<T>(g, &g->txt, (const int *)(in + g->off_eot), B, g->txt_feat + (size_t)start * g->cfg.embed_dim);
+    tower_head_forward<T>(g, &g->txt, B, g->txt_feat + (size_t)start * g->cfg.embed_dim);
 }
 
 // Image tower of micro-batch [start, start + B): patches @ conv1 -> class token + positions -> ln_pre ->
@@ -617,7 +634,7 @@ template <typename T> static void forward_image(ClipGPU *g, const Batch *b, int 
     residual_layernorm_forward_gpu<T>(NULL, as<T>(g->vis.x0), g->ln_pre_mean, g->ln_pre_rstd, as<T>(g->v_embed), NULL, NULL,
                                       P + L->ln_pre_w, P + L->ln_pre_b, Nv, Dv);
     tower_forward<T>(g, &g->vis, B);
-    tower_head_forward<T>(g, &g->vis, NULL, B, g->img_feat + (size_t)start * c->embed_dim);
+    tower_head_forward<T>(g, &g->vis, B, g->img_feat + (size_t)start * c->embed_dim);
 }
 
 // Forward of micro-batch [start, start + B) of the batch, both towers (the text tower runs while the images
@@ -660,41 +677,57 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         BlockBuf *k = &tb->blocks[l];
         int r = k->recompute, last = l == t->layers - 1;
         const T *x = as<T>(l ? tb->blocks[l - 1].res_2 : tb->x0);
+        // the last block's branch after attention ran on the B pooled rows (tower_forward): dres holds those
+        int Nb = last ? B : N;
+        const T *att_in = last ? as<T>(tb->pool_att) : as<T>(k->att_y);
         // res_2 = res_1 + ls_2 * c_proj(gelu(c_fc(ln_2(res_1))))
         const T *dmlp = dres;
         mark(g, PROF_PARAM_GRADS);
         if (w->ls_2 != NO_TENSOR)
-            layerscale_backward_gpu<T>(d_a, last ? G + w->ls_2 : NULL, dres, as<T>(k->mlp), P + w->ls_2, N, D), dmlp = d_a;
+            layerscale_backward_gpu<T>(d_a, last ? G + w->ls_2 : NULL, dres, as<T>(k->mlp), P + w->ls_2, Nb, D), dmlp = d_a;
         mark(g, PROF_GEMM);
-        linear_backward_input<T>(g, k, SB_LINEAR_C_PROJ, d_wide, last ? G + w->c_proj_b : NULL, dmlp, dres_q, w->c_proj_w, N, H, D);
+        linear_backward_input<T>(g, k, SB_LINEAR_C_PROJ, d_wide, last ? G + w->c_proj_b : NULL, dmlp, dres_q, w->c_proj_w, Nb, H, D);
         // The GELU backward, with c_fc's bias gradient (and its output gradient quantized), also writes the GELU output
         // for c_proj's weight gradient where the block did not keep it (recompute >= 1; such a block never saves c_proj's
         // int8 input instead: block_plan). It overwrites gq, gs, which only c_proj's input half read.
         mark(g, PROF_GELU);
         int fc_q = g->sb_on[SB_LINEAR_C_FC];
         T *act = r >= 1 ? as<T>(k->fc_gelu) : NULL;
-        if (fc_q) gelu_backward_quantize_gpu(as<bf16>(d_wide), (bf16 *)act, gq, gs, G + w->c_fc_b, as<bf16>(d_wide), as<bf16>(k->fc), N, H, quick);
-        else gelu_backward_bias_gpu<T>(d_wide, act, G + w->c_fc_b, d_wide, as<T>(k->fc), N, H, quick);
+        if (fc_q) gelu_backward_quantize_gpu(as<bf16>(d_wide), (bf16 *)act, gq, gs, G + w->c_fc_b, as<bf16>(d_wide), as<bf16>(k->fc), Nb, H, quick);
+        else gelu_backward_bias_gpu<T>(d_wide, act, G + w->c_fc_b, d_wide, as<T>(k->fc), Nb, H, quick);
         mark(g, PROF_GEMM);
-        linear_backward_weight<T>(g, k, SB_LINEAR_C_PROJ, dmlp, as<T>(k->fc_gelu), w->c_proj_w, N, H, D);
+        linear_backward_weight<T>(g, k, SB_LINEAR_C_PROJ, dmlp, as<T>(k->fc_gelu), w->c_proj_w, Nb, H, D);
         mark(g, PROF_LAYERNORM);
-        if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_2), as<T>(k->res_1), k->ln_2_mean, k->ln_2_rstd, P + w->ln_2_w, P + w->ln_2_b, N, D);
+        if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_2), as<T>(k->res_1), k->ln_2_mean, k->ln_2_rstd, P + w->ln_2_w, P + w->ln_2_b, Nb, D);
         mark(g, PROF_GEMM);
-        linear_backward<T>(g, k, SB_LINEAR_C_FC, d_b, NULL, d_wide, fc_q, as<T>(k->ln_2), w->c_fc_w, N, D, H);
+        linear_backward<T>(g, k, SB_LINEAR_C_FC, d_b, NULL, d_wide, fc_q, as<T>(k->ln_2), w->c_fc_w, Nb, D, H);
         mark(g, PROF_LAYERNORM_BACKWARD);
         int att_q = g->sb_on[SB_LINEAR_OUT_PROJ] && w->ls_1 == NO_TENSOR;
         BranchGrads<T> attn_grads = branch_grads<T>(g, w->out_proj_b, w->ls_1, k->attn);
         layernorm_backward_gpu<T>(dres, G + w->ln_2_w, G + w->ln_2_b, d_b, as<T>(k->res_1), P + w->ln_2_w, k->ln_2_mean, k->ln_2_rstd,
-                                  N, D, att_q ? gq : NULL, gs, &attn_grads);
+                                  Nb, D, att_q ? gq : NULL, gs, &attn_grads);
         // res_1 = x + ls_1 * out_proj(attention(in_proj(ln_1(x))))
         const T *dattn = dres;
         mark(g, PROF_PARAM_GRADS);
-        if (w->ls_1 != NO_TENSOR) layerscale_backward_gpu<T>(d_a, NULL, dres, as<T>(k->attn), P + w->ls_1, N, D), dattn = d_a;
+        if (w->ls_1 != NO_TENSOR) layerscale_backward_gpu<T>(d_a, NULL, dres, as<T>(k->attn), P + w->ls_1, Nb, D), dattn = d_a;
         mark(g, PROF_GEMM);
-        linear_backward<T>(g, k, SB_LINEAR_OUT_PROJ, d_b, NULL, dattn, att_q, as<T>(k->att_y), w->out_proj_w, N, D, D);
+        linear_backward<T>(g, k, SB_LINEAR_OUT_PROJ, d_b, NULL, dattn, att_q, att_in, w->out_proj_w, Nb, D, D);
+        const T *datt = d_b;
+        if (last) {  // d(att_y) on all rows: the pooled rows' gradients, zeros elsewhere
+            mark(g, PROF_EMBED_OTHER);
+            cudaCheck(cudaMemsetAsync(d_a, 0, (size_t)N * D * sizeof(T), 0));
+            scatter_rows_gpu<T>(d_a, d_b, tb->pool, B, tb->pool_tn, D);
+            datt = d_a;
+        }
         mark(g, PROF_ATTENTION_BACKWARD);
-        attention_backward_gpu(d_wide, g->att_scratch, d_b, as<T>(k->qkv), as<T>(k->att_y), k->att_stats, nseq, tb->tokens, D,
+        attention_backward_gpu(d_wide, g->att_scratch, datt, as<T>(k->qkv), as<T>(k->att_y), k->att_stats, nseq, tb->tokens, D,
                                t->heads, t->causal, tb->seq);
+        if (last) {  // d(x) through the residual, d(res_1), on all rows likewise
+            mark(g, PROF_EMBED_OTHER);
+            cudaCheck(cudaMemcpyAsync(d_b, dres, (size_t)B * D * sizeof(T), cudaMemcpyDeviceToDevice, 0));
+            cudaCheck(cudaMemsetAsync(dres, 0, (size_t)N * D * sizeof(T), 0));
+            scatter_rows_gpu<T>(dres, d_b, tb->pool, B, tb->pool_tn, D);
+        }
         mark(g, PROF_LAYERNORM);
         if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_1), x, k->ln_1_mean, k->ln_1_rstd, P + w->ln_1_w, P + w->ln_1_b, N, D);
         mark(g, PROF_GEMM);
@@ -709,8 +742,8 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
     }
 }
 
-// d features (B, E) -> projection, pooled LayerNorm -> g->dres = d(last block output), zero but the pooled rows.
-template <typename T> static void tower_head_backward(ClipGPU *g, TowerBuf *tb, const int *index, int B, const float *dfeat) {
+// d features (B, E) -> projection, pooled LayerNorm -> g->dres = d(last block output): its B pooled rows.
+template <typename T> static void tower_head_backward(ClipGPU *g, TowerBuf *tb, int B, const float *dfeat) {
     const TowerLayout *t = tb->t;
     const float *P = g->params;
     float *G = g->grads;
@@ -721,8 +754,7 @@ template <typename T> static void tower_head_backward(ClipGPU *g, TowerBuf *tb, 
     cudaCheck(cudaMemsetAsync(g->dpool, 0, (size_t)B * D * sizeof(float), 0));
     layernorm_backward_gpu<float>(g->dpool, G + tb->ln_w, G + tb->ln_b, g->dpool_ln, tb->pooled, P + tb->ln_w, tb->pooled_mean,
                               tb->pooled_rstd, B, D);
-    cudaCheck(cudaMemsetAsync(g->dres, 0, (size_t)tower_rows(tb, B) * D * sizeof(T), 0));
-    scatter_rows_gpu<T>(as<T>(g->dres), g->dpool, index, B, tb->seq ? 0 : tb->tokens, D);
+    scatter_rows_gpu<T>(as<T>(g->dres), g->dpool, NULL, B, 1, D);  // the last block's B pooled rows
 }
 
 // Backward of the micro-batch whose forward is in the buffers, from its slices of d features. The text tower
@@ -736,7 +768,7 @@ template <typename T> static void backward_micro(ClipGPU *g, int B, const float 
     int S = c->image_size, Ps = c->patch_size, G2 = (S / Ps) * (S / Ps), Dv = L->visual.width, Tv = L->visual.tokens;
     // text tower
     const TowerLayout *Tt = &L->text;
-    tower_head_backward<T>(g, &g->txt, (const int *)(g->inputs[g->cur] + g->off_eot), B, dtxt);
+    tower_head_backward<T>(g, &g->txt, B, dtxt);
     grads_done(g);
     tower_backward<T>(g, &g->txt, B);
     mark(g, PROF_EMBED_OTHER);
@@ -747,7 +779,7 @@ template <typename T> static void backward_micro(ClipGPU *g, int B, const float 
                                g->num_unique[g->cur], g->num_chunks[g->cur], g->txt.rows, Tt->width);
     grads_done(g);
     // image tower
-    tower_head_backward<T>(g, &g->vis, NULL, B, dimg);
+    tower_head_backward<T>(g, &g->vis, B, dimg);
     grads_done(g);
     tower_backward<T>(g, &g->vis, B);
     mark(g, PROF_EMBED_OTHER);
@@ -818,6 +850,7 @@ static void upload_text(ClipGPU *g, const Batch *b, int start, int B) {
     }
     seq[nseq] = n;
     g->txt.rows = n, g->txt.seqs = nseq, g->txt.tokens = longest, g->txt.seq = (const int *)(g->inputs[k] + g->off_seq);
+    g->txt.pool = (const int *)(g->inputs[k] + g->off_eot), g->txt.pool_tn = 0;
     int *index = (int *)(h + g->off_index), *pos_index = (int *)(h + g->off_pos_index);
     token_index_build(index, ids, n, c->vocab_size, g->vocab_counts);
     token_index_build(pos_index, pos, n, Tt, g->vocab_counts);
