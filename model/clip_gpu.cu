@@ -59,8 +59,8 @@ typedef struct {
     // (device), at most `tokens` each, N = rows.
     int tokens, rows, seqs;
     const int *seq;
-    // The rows the tower is pooled at: row b tokens_pool + pool[b] (device; NULL: 0, the class token). The last block
-    // runs its branch after attention on these rows only (tower_forward): pool_x, pool_att (mb, D) hold them.
+    // The rows the tower is pooled at: row b pool_tn + pool[b] (pool on the device; NULL: + 0, the class token). The
+    // last block runs its branch after attention on these rows only (tower_forward): pool_x, pool_att (mb, D) hold them.
     const int *pool;
     int pool_tn;
     void *pool_x, *pool_att;
@@ -510,8 +510,8 @@ static void quantize_switchback_weights(ClipGPU *g, int after_update) {
 static int tower_rows(const TowerBuf *tb, int B) { return tb->seq ? tb->rows : B * tb->tokens; }
 static int tower_seqs(const TowerBuf *tb, int B) { return tb->seq ? tb->seqs : B; }
 
-// The blocks of one tower: x0 -> res_2 of the last block. Each block's second residual add is fused with
-// the next block's ln_1.
+// The blocks of one tower: x0 -> res_2 of the last block (its B pooled rows). Each block's second residual add is
+// fused with the next block's ln_1.
 template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B) {
     const TowerLayout *t = tb->t;
     const float *P = g->params;
