@@ -192,6 +192,27 @@ void text_embed_forward_gpu(T *x, const int32_t *ids, const int32_t *positions, 
     });
 }
 
+TextPack text_pack(int32_t *ids, int32_t *positions, int *seq, int *pooled, const int32_t *src, int B, int Tt, int causal) {
+    TextPack p = {0, 0, 1};
+    auto append = [&](const int32_t *from, int len) {  // one sequence of len rows: ids from `from`, or padding (NULL)
+        seq[p.seqs++] = p.rows;
+        if (from) memcpy(ids + p.rows, from, (size_t)len * sizeof(int32_t));
+        else memset(ids + p.rows, 0, (size_t)len * sizeof(int32_t));
+        for (int t = 0; t < len; t++) positions[p.rows + t] = t;
+        p.rows += len, p.longest = len > p.longest ? len : p.longest;
+    };
+    for (int b = 0; b < B; b++) {
+        int len = causal ? pooled[b] + 1 : Tt;
+        pooled[b] += p.rows;
+        append(src + (size_t)b * Tt, len);
+    }
+    int target = (p.rows + TEXT_PACK_ALIGN - 1) / TEXT_PACK_ALIGN * TEXT_PACK_ALIGN;
+    if (target > B * Tt) target = B * Tt;
+    while (p.rows < target) append(NULL, target - p.rows < Tt ? target - p.rows : Tt);
+    seq[p.seqs] = p.rows;
+    return p;
+}
+
 void token_index_build(int *buf, const int32_t *ids, int n, int vocab, int *counts) {
     int *token = buf + 2, *first_chunk = token + n, *chunk_start = first_chunk + n + 1, *rows = chunk_start + n + 1;
     memset(counts, 0, (size_t)vocab * sizeof(int));

@@ -20,6 +20,18 @@ template <typename T>
 void text_embed_forward_gpu(T *x, const int32_t *ids, const int32_t *positions, const float *tok_emb, const float *pos, int rows, int Tn,
                             int D);
 
+// The captions (B, Tt) packed for the text tower (host): under the causal mask a position after a caption's EOT
+// changes nothing the pooled EOT row sees, so caption b keeps its first pooled[b] + 1 positions (pooled[b]: its EOT
+// position on entry; all Tt when !causal), one caption after another, then padding sequences of id 0 (never pooled)
+// up to a multiple of TEXT_PACK_ALIGN rows (a bounded number of GEMM shapes), at most B Tt. Writes ids and positions of
+// the rows, seq: the first row of each sequence and the end (B + TEXT_PACK_ALIGN + 1 ints suffice), pooled[b]: the row
+// of caption b's EOT.
+#define TEXT_PACK_ALIGN 256
+typedef struct {
+    int rows, seqs, longest;  // rows (<= B Tt), sequences (captions, then padding), the longest sequence
+} TextPack;
+TextPack text_pack(int32_t *ids, int32_t *positions, int *seq, int *pooled, const int32_t *src, int B, int Tt, int causal);
+
 // The positions of each distinct token of a batch, for a deterministic scatter-add without atomics. Built
 // on the host (the ids are there) into one int buffer of token_index_ints(n) entries:
 //   [0] num_unique, [1] num_chunks, then

@@ -27,7 +27,6 @@ extern "C" {
 }
 
 #define PROF_EVENTS 8192
-#define TEXT_ROWS_ALIGN 256  // the packed text tower's rows are a multiple of this (upload_text)
 #define PROF_GAP (-1)  // an interval between API calls: not GPU work of any family
 
 const char *const PROF_NAMES[PROF_FAMILIES] = {"GEMMs", "attention fwd", "attention bwd", "layernorm+residual fwd",
@@ -353,14 +352,14 @@ static void carve(ClipGPU *g, Arena *a, GpuMemoryPlan *p) {
     p->grads += (size_t)(n / ADAMW_CHUNK + L->num_tensors) * 12;                          // grad_zero's (zero_plan_init)
 
     // inputs: images uint8, then the packed text (upload_text): token ids, the pooled rows, positions, the sequences'
-    // first rows (up to TEXT_ROWS_ALIGN padding sequences after the captions), the token and position indexes
+    // first rows (up to TEXT_PACK_ALIGN padding sequences after the captions), the token and position indexes
     int S = c->image_size, Tt = c->context_length;
     size_t text_rows = mb * Tt;
     g->off_tokens = (mb * 3 * S * S + 255) / 256 * 256;
     g->off_eot = g->off_tokens + (text_rows * sizeof(int32_t) + 255) / 256 * 256;
     g->off_pos = g->off_eot + (mb * sizeof(int) + 255) / 256 * 256;
     g->off_seq = g->off_pos + (text_rows * sizeof(int32_t) + 255) / 256 * 256;
-    g->off_index = g->off_seq + ((mb + TEXT_ROWS_ALIGN + 1) * sizeof(int) + 255) / 256 * 256;
+    g->off_index = g->off_seq + ((mb + TEXT_PACK_ALIGN + 1) * sizeof(int) + 255) / 256 * 256;
     g->off_pos_index = g->off_index + (token_index_ints(text_rows) * sizeof(int) + 255) / 256 * 256;
     g->input_bytes = g->off_pos_index + token_index_ints(text_rows) * sizeof(int);
     g->inputs[0] = (char *)take(a, g->input_bytes, &p->other), g->inputs[1] = (char *)take(a, g->input_bytes, &p->other);
@@ -814,15 +813,11 @@ static void begin_inputs(ClipGPU *g) {
     cudaCheck(cudaStreamWaitEvent(g->copy_stream, g->consumed[k], 0));  // kernels two micro-batches ago are done with it
 }
 
-// The text of micro-batch [start, start + B), packed: under the causal mask a position after a caption's EOT changes
-// nothing the loss reads (the pooled EOT row attends to earlier positions only) and gets zero gradients, so each
-// caption keeps its positions up to its EOT (all of them without the mask), one caption after another. The rows are
-// padded to a multiple of TEXT_ROWS_ALIGN (a bounded number of GEMM shapes) with sequences of id 0 that are never
-// pooled, and at most B x context_length. The token and position indexes let the backward sum the embeddings'
-// gradients without atomics.
+// The text of micro-batch [start, start + B), packed (text_pack in embed.cuh: each caption's positions up to its EOT),
+// with the token and position indexes that let the backward sum the embeddings' gradients without atomics.
 static void upload_text(ClipGPU *g, const Batch *b, int start, int B) {
     const Config *c = &g->cfg;
-    int Tt = c->context_length, k = g->cur, causal = g->L->text.causal;
+    int Tt = c->context_length, k = g->cur;
     char *h = g->stage[k];
     const int32_t *src = b->tokens + (size_t)start * Tt;
     for (size_t i = 0; i < (size_t)B * Tt; i++)
@@ -831,25 +826,9 @@ static void upload_text(ClipGPU *g, const Batch *b, int start, int B) {
     int32_t *ids = (int32_t *)(h + g->off_tokens), *pos = (int32_t *)(h + g->off_pos);
     int *pooled = (int *)(h + g->off_eot), *seq = (int *)(h + g->off_seq);
     eot_positions(pooled, src, B, Tt);
-    int n = 0, nseq = 0, longest = 1;
-    for (int i = 0; i < B; i++) {
-        int len = causal ? pooled[i] + 1 : Tt;
-        seq[nseq++] = n, pooled[i] += n;
-        memcpy(ids + n, src + (size_t)i * Tt, (size_t)len * sizeof(int32_t));
-        for (int t = 0; t < len; t++) pos[n + t] = t;
-        n += len, longest = len > longest ? len : longest;
-    }
-    int target = (n + TEXT_ROWS_ALIGN - 1) / TEXT_ROWS_ALIGN * TEXT_ROWS_ALIGN;
-    if (target > B * Tt) target = B * Tt;
-    while (n < target) {  // padding sequences
-        int len = target - n < Tt ? target - n : Tt;
-        seq[nseq++] = n;
-        memset(ids + n, 0, (size_t)len * sizeof(int32_t));
-        for (int t = 0; t < len; t++) pos[n + t] = t;
-        n += len, longest = len > longest ? len : longest;
-    }
-    seq[nseq] = n;
-    g->txt.rows = n, g->txt.seqs = nseq, g->txt.tokens = longest, g->txt.seq = (const int *)(g->inputs[k] + g->off_seq);
+    TextPack tp = text_pack(ids, pos, seq, pooled, src, B, Tt, g->L->text.causal);
+    int n = tp.rows;
+    g->txt.rows = n, g->txt.seqs = tp.seqs, g->txt.tokens = tp.longest, g->txt.seq = (const int *)(g->inputs[k] + g->off_seq);
     g->txt.pool = (const int *)(g->inputs[k] + g->off_eot), g->txt.pool_tn = 0;
     int *index = (int *)(h + g->off_index), *pos_index = (int *)(h + g->off_pos_index);
     token_index_build(index, ids, n, c->vocab_size, g->vocab_counts);

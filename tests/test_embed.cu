@@ -123,6 +123,32 @@ template <typename T> static void check_text(int B, int Tn, int D, int V) {
     cudaCheck(cudaFree(d_pooled)), cudaCheck(cudaFree(d_scratch));
 }
 
+// text_pack on the host (no GPU): captions of 3, 8 and 1 positions up to their EOT (context 8) fill 12 rows, padded to
+// min(TEXT_PACK_ALIGN, 24) = 24 with sequences of 8 and 4 rows of id 0; without the causal mask every caption keeps
+// its 8 positions and no padding is needed.
+static void test_text_pack(void) {
+    enum { B = 3, Tt = 8 };
+    int32_t src[B * Tt], ids[B * Tt], pos[B * Tt];
+    for (int i = 0; i < B * Tt; i++) src[i] = 100 + i;
+    int pooled[B] = {2, 7, 0}, seq[B + TEXT_PACK_ALIGN + 1];
+    TextPack p = text_pack(ids, pos, seq, pooled, src, B, Tt, 1);
+    const int want_seq[] = {0, 3, 11, 12, 20, 24}, want_pooled[] = {2, 10, 11};
+    EXPECT(p.rows == 24 && p.seqs == 5 && p.longest == 8, "causal: rows %d seqs %d longest %d, want 24 5 8", p.rows, p.seqs, p.longest);
+    for (int s = 0; s <= 5 && s <= p.seqs; s++) EXPECT(seq[s] == want_seq[s], "causal: seq[%d] = %d, want %d", s, seq[s], want_seq[s]);
+    for (int b = 0; b < B; b++) EXPECT(pooled[b] == want_pooled[b], "causal: pooled[%d] = %d, want %d", b, pooled[b], want_pooled[b]);
+    // rows: caption 0's positions 0-2, caption 1's 0-7, caption 2's 0, then padding 0-7 and 0-3
+    const int src_row[12] = {0, 1, 2, 8, 9, 10, 11, 12, 13, 14, 15, 16}, want_pos[12] = {0, 1, 2, 0, 1, 2, 3, 4, 5, 6, 7, 0};
+    for (int r = 0; r < 24; r++) {
+        int id = r < 12 ? src[src_row[r]] : 0, ps = r < 12 ? want_pos[r] : r < 20 ? r - 12 : r - 20;
+        EXPECT(ids[r] == id && pos[r] == ps, "causal: row %d id %d position %d, want %d %d", r, ids[r], pos[r], id, ps);
+    }
+    int pooled2[B] = {2, 7, 0};
+    p = text_pack(ids, pos, seq, pooled2, src, B, Tt, 0);
+    EXPECT(p.rows == 24 && p.seqs == 3 && p.longest == 8, "not causal: rows %d seqs %d longest %d, want 24 3 8", p.rows, p.seqs, p.longest);
+    for (int r = 0; r < 24; r++) EXPECT(ids[r] == src[r] && pos[r] == r % 8, "not causal: row %d id %d position %d", r, ids[r], pos[r]);
+    for (int b = 0; b < B; b++) EXPECT(pooled2[b] == 8 * b + (b == 0 ? 2 : b == 1 ? 7 : 0), "not causal: pooled[%d] = %d", b, pooled2[b]);
+}
+
 static void test_patches(void) {
     SKIP_WITHOUT_GPU();
     check_patches<float>(3, 32, 8), check_patches<bf16>(3, 32, 8);
@@ -147,6 +173,7 @@ static void test_text_embed(void) {
 
 int main(void) {
     test_seed();
+    RUN(test_text_pack);
     RUN(test_patches);
     RUN(test_vision_embed);
     RUN(test_text_embed);
