@@ -101,14 +101,15 @@ __global__ void attention_backward_kv_fp32_kernel(float *dqkv, const float *dpre
     }
 }
 
-void attention_forward_gpu(float *out, float *att, const float *qkv, int B, int T, int C, int NH, int causal, const int *seq) {
+void attention_forward_gpu(float *out, float *att, const float *qkv, int B, int T, int C, int NH, int causal, const int *seq,
+                           AttnQueries) {
     if (B == 0) return;
     attention_forward_fp32_kernel<<<dim3(T, NH, B), 32>>>(out, att, qkv, T, C, NH, causal, seq);
     cudaCheckLaunch();
 }
 
 void attention_backward_gpu(float *dqkv, float *scratch, const float *dout, const float *qkv, const float *out, const float *att,
-                        int B, int T, int C, int NH, int causal, const int *seq) {
+                        int B, int T, int C, int NH, int causal, const int *seq, AttnQueries) {
     if (B == 0) return;
     attention_backward_q_fp32_kernel<<<dim3(T, NH, B), 32>>>(dqkv, scratch, dout, qkv, att, T, C, NH, causal, seq);
     cudaCheckLaunch();
@@ -120,6 +121,20 @@ void attention_backward_gpu(float *dqkv, float *scratch, const float *dout, cons
 
 #define FA_TILE 64
 #define FA_THREADS 128  // 4 warps x 16 rows
+
+// The query tile that holds sequence b's pooled row (AttnQueries, on), or NO_TILE when b has none (b >= count).
+#define NO_TILE (1 << 30)
+__device__ __forceinline__ int pooled_tile(const AttnQueries &q, int b, size_t s0) {
+    return b < q.count ? (int)((size_t)q.stride * b + (q.rows ? q.rows[b] : 0) - s0) / FA_TILE : NO_TILE;
+}
+
+// dq = 0 on the rows [q0, q0 + FA_TILE) before T of one head (dq_h: its columns of the query part; hd % 8 == 0): a
+// query tile whose dout is zero.
+__device__ void zero_dq_rows(bf16 *dq_h, int ld, int q0, int T, int hd) {
+    int per = hd / 8, n = min(FA_TILE, T - q0) * per;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        *reinterpret_cast<uint4 *>(dq_h + (size_t)(q0 + i / per) * ld + (i % per) * 8) = make_uint4(0, 0, 0, 0);
+}
 
 __device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
@@ -375,15 +390,16 @@ __device__ __forceinline__ void store_dk_dv(bf16 *dk_h, const float (&dk)[HD / 8
 }
 
 // 4 blocks per SM up to HD 80 (128 registers): at 143-165 registers (3 blocks) it ran 2-24% slower.
-template <int HD>
+template <int HD, bool POOLED>
 __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 4 : HD <= 96 ? 3 : 2)
-    flash_forward_kernel(bf16 *out, float *lse, const bf16 *qkv, int T, int C, int NH, int causal, float scale_log2, const int *seq) {
+    flash_forward_kernel(bf16 *out, float *lse, const bf16 *qkv, int T, int C, int NH, int causal, float scale_log2, const int *seq,
+                         AttnQueries queries) {
     extern __shared__ __align__(1024) unsigned char smem[];
     FaTile<HD> &Qs = *reinterpret_cast<FaTile<HD> *>(smem), *Ks = &Qs + 1, *Vs = &Qs + 3;
     int qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int hd = C / NH, ld = 3 * C, q0 = qt * FA_TILE, r0 = warp * 16;
     size_t s0 = seq_span(seq, b, T);
-    if (q0 >= T) return;
+    if (q0 >= T || (POOLED && qt != pooled_tile(queries, b, s0))) return;
     const bf16 *qb = qkv + s0 * ld + h * hd, *kb = qb + C, *vb = qb + 2 * C;
     int n_kt = (T + FA_TILE - 1) / FA_TILE;
     if (causal) n_kt = min(n_kt, qt + 1);
@@ -452,16 +468,17 @@ __device__ __forceinline__ void row_deltas(float d[2], float *delta_h, const bf1
 
 // dq for a tile of 64 queries: S = Q K^T, P = exp2(S - lse), dP = dO V^T, dS = P (dP - delta), dQ = scale dS K; delta
 // computed here and written for the dk/dv kernel. 3 blocks per SM up to HD 80 (168 registers), as the dk/dv kernel.
-template <int HD>
+template <int HD, bool POOLED>
 __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
     flash_backward_dq_kernel(bf16 *dqkv, float *delta, const bf16 *qkv, const bf16 *out, const bf16 *dout, const float *lse,
-                             int T, int C, int NH, int causal, float scale_log2, float scale, const int *seq) {
+                             int T, int C, int NH, int causal, float scale_log2, float scale, const int *seq, AttnQueries queries) {
     extern __shared__ __align__(1024) unsigned char smem[];
     FaTile<HD> &Qs = *reinterpret_cast<FaTile<HD> *>(smem), &dOs = *(&Qs + 1), *Ks = &Qs + 2, *Vs = &Qs + 4;
     int qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int hd = C / NH, ld = 3 * C, q0 = qt * FA_TILE, r0 = warp * 16;
     size_t s0 = seq_span(seq, b, T);
     if (q0 >= T) return;
+    if (POOLED && qt != pooled_tile(queries, b, s0)) return zero_dq_rows(dqkv + s0 * ld + h * hd, ld, q0, T, hd);
     const bf16 *qb = qkv + s0 * ld + h * hd, *kb = qb + C, *vb = qb + 2 * C;
     const bf16 *ob = dout + s0 * C + h * hd;
     int n_kt = (T + FA_TILE - 1) / FA_TILE;
@@ -521,10 +538,10 @@ __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
 // dk, dv for a tile of 64 keys, each warp 16 of them, over the query tiles that can see them:
 // P^T = exp2(K Q^T - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += scale dS^T Q.
 // 3 blocks per SM up to HD 80 (168 registers): 6-13% faster than 2 blocks at 178-240 registers.
-template <int HD>
+template <int HD, bool POOLED>
 __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
     flash_backward_dkdv_kernel(bf16 *dqkv, const bf16 *qkv, const bf16 *dout, const float *lse, const float *delta, int T, int C,
-                               int NH, int causal, float scale_log2, float scale, const int *seq) {
+                               int NH, int causal, float scale_log2, float scale, const int *seq, AttnQueries queries) {
     extern __shared__ __align__(1024) unsigned char smem[];
     FaTile<HD> &Ks = *reinterpret_cast<FaTile<HD> *>(smem), &Vs = *(&Ks + 1), *Qs = &Ks + 2, *dOs = &Ks + 4;
     float(*lse_s)[FA_TILE] = reinterpret_cast<float(*)[FA_TILE]>(&Ks + 6), (*delta_s)[FA_TILE] = lse_s + 2;
@@ -536,6 +553,10 @@ __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
     const bf16 *ob = dout + s0 * C + h * hd;
     const float *lse_h = lse + (s0 * NH + (size_t)h * T), *delta_h = delta + (s0 * NH + (size_t)h * T);
     int n_qt = (T + FA_TILE - 1) / FA_TILE, i0 = causal ? kt : 0;
+    if constexpr (POOLED) {  // the other query tiles' dout is zero (maybe no tile is left)
+        int pt = pooled_tile(queries, b, s0);
+        i0 = max(i0, pt), n_qt = min(n_qt, pt + 1);
+    }
     load_tile<HD>(Ks, kb, ld, k0, T, hd);
     load_tile<HD>(Vs, vb, ld, k0, T, hd);
     // query tile i goes to buffer (i - i0) & 1, with its lse and delta
@@ -549,7 +570,7 @@ __global__ void __launch_bounds__(FA_THREADS, HD <= 80 ? 3 : 2)
             delta_s[buf_][threadIdx.x] = t_ < T ? delta_h[t_] : 0.0f;                       \
         }                                                                                  \
     } while (0)
-    LOAD_QUERY_TILE(i0);
+    if (i0 < n_qt) LOAD_QUERY_TILE(i0);
     cp_async_commit();
     float dk[HD / 8][4], dv[HD / 8][4];
 #pragma unroll
@@ -787,10 +808,10 @@ __device__ __forceinline__ void wg_forward_tile(float (&o)[HD / 8][4], float m_r
 #endif
 
 // 4 blocks per SM (5 tiles of shared memory, at most 128 registers).
-template <int HD>
+template <int HD, bool POOLED>
 __global__ void __launch_bounds__(FA_THREADS, 4)
     flash_forward_wgmma_kernel(bf16 *out, float *lse, const bf16 *qkv, int T, int C, int NH, int causal, float scale_log2,
-                               const int *seq) {
+                               const int *seq, AttnQueries queries) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(1024) unsigned char smem[];
     WgTile<HD> &Qs = *reinterpret_cast<WgTile<HD> *>(smem), *Ks = &Qs + 1, *Vs = &Qs + 3;
@@ -798,7 +819,7 @@ __global__ void __launch_bounds__(FA_THREADS, 4)
     int qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, lane = threadIdx.x % 32;
     int ld = 3 * C, q0 = qt * FA_TILE, r0 = threadIdx.x / 32 * 16;
     size_t s0 = seq_span(seq, b, T);
-    if (q0 >= T) return;
+    if (q0 >= T || (POOLED && qt != pooled_tile(queries, b, s0))) return;
     const bf16 *qb = qkv + s0 * ld + h * HD, *kb = qb + C, *vb = qb + 2 * C;
     int n_kt = (T + FA_TILE - 1) / FA_TILE;
     if (causal) n_kt = min(n_kt, qt + 1);
@@ -851,10 +872,11 @@ __device__ __forceinline__ void wg_dq_tile(float (&dq)[HD / 8][4], const WgTile<
 #endif
 
 // dq (and delta) for a tile of 64 queries, as flash_backward_dq_kernel. 3 blocks per SM (6 tiles of shared memory).
-template <int HD>
+template <int HD, bool POOLED>
 __global__ void __launch_bounds__(FA_THREADS, 3)
     flash_backward_dq_wgmma_kernel(bf16 *dqkv, float *delta, const bf16 *qkv, const bf16 *out, const bf16 *dout, const float *lse,
-                                   int T, int C, int NH, int causal, float scale_log2, float scale, const int *seq) {
+                                   int T, int C, int NH, int causal, float scale_log2, float scale, const int *seq,
+                                   AttnQueries queries) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(1024) unsigned char smem[];
     WgTile<HD> &Qs = *reinterpret_cast<WgTile<HD> *>(smem), &dOs = *(&Qs + 1), *Ks = &Qs + 2, *Vs = &Qs + 4;
@@ -863,6 +885,7 @@ __global__ void __launch_bounds__(FA_THREADS, 3)
     int ld = 3 * C, q0 = qt * FA_TILE, r0 = threadIdx.x / 32 * 16;
     size_t s0 = seq_span(seq, b, T);
     if (q0 >= T) return;
+    if (POOLED && qt != pooled_tile(queries, b, s0)) return zero_dq_rows(dqkv + s0 * ld + h * HD, ld, q0, T, HD);
     const bf16 *qb = qkv + s0 * ld + h * HD, *kb = qb + C, *vb = qb + 2 * C;
     const bf16 *ob = dout + s0 * C + h * HD;
     int n_kt = (T + FA_TILE - 1) / FA_TILE;
@@ -925,10 +948,10 @@ __device__ __forceinline__ void wg_dkdv_tile(float (&dk)[HD / 8][4], float (&dv)
 // dk, dv for a tile of 64 keys, as flash_backward_dkdv_kernel. 3 blocks per SM (6 tiles of shared memory): at HD 80
 // the 168 registers this leaves spill 96 bytes and ptxas serializes the wgmmas, yet it measured 216 us against 230
 // with 2 blocks (186 registers, no spills) at ViT-H/14.
-template <int HD>
+template <int HD, bool POOLED>
 __global__ void __launch_bounds__(FA_THREADS, 3)
     flash_backward_dkdv_wgmma_kernel(bf16 *dqkv, const bf16 *qkv, const bf16 *dout, const float *lse, const float *delta, int T,
-                                     int C, int NH, int causal, float scale_log2, float scale, const int *seq) {
+                                     int C, int NH, int causal, float scale_log2, float scale, const int *seq, AttnQueries queries) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(1024) unsigned char smem[];
     WgTile<HD> &Ks = *reinterpret_cast<WgTile<HD> *>(smem), &Vs = *(&Ks + 1), *Qs = &Ks + 2, *dOs = &Ks + 4;
@@ -942,6 +965,10 @@ __global__ void __launch_bounds__(FA_THREADS, 3)
     const bf16 *ob = dout + s0 * C + h * HD;
     const float *lse_h = lse + (s0 * NH + (size_t)h * T), *delta_h = delta + (s0 * NH + (size_t)h * T);
     int n_qt = (T + FA_TILE - 1) / FA_TILE, i0 = causal ? kt : 0;
+    if constexpr (POOLED) {  // the other query tiles' dout is zero (maybe no tile is left)
+        int pt = pooled_tile(queries, b, s0);
+        i0 = max(i0, pt), n_qt = min(n_qt, pt + 1);
+    }
     wg_load_tile<HD>(Ks, kb, ld, k0, T);
     wg_load_tile<HD>(Vs, vb, ld, k0, T);
     auto load_q = [&](int i, int buf) {  // query tile i with its lse and delta
@@ -953,7 +980,7 @@ __global__ void __launch_bounds__(FA_THREADS, 3)
             delta_s[buf][threadIdx.x] = t < T ? delta_h[t] : 0.0f;
         }
     };
-    load_q(i0, 0);
+    if (i0 < n_qt) load_q(i0, 0);
     cp_async_commit();
     float dk[HD / 8][4], dv[HD / 8][4];
 #pragma unroll
@@ -1004,38 +1031,39 @@ static void launch(Kernel kernel, int &configured, size_t smem, int B, int T, in
     cudaCheckLaunch();
 }
 
-template <int HD>
-static void flash_forward(bf16 *out, float *lse, const bf16 *qkv, int B, int T, int C, int NH, int causal, const int *seq) {
+template <int HD, bool POOLED>
+static void flash_forward(bf16 *out, float *lse, const bf16 *qkv, int B, int T, int C, int NH, int causal, const int *seq,
+                          AttnQueries q) {
     float scale_log2 = 1.4426950408889634f / sqrtf((float)(C / NH));
     static int configured[2];
     if constexpr (HD == 64 || HD == 80)
         if (use_wgmma(C / NH)) {
-            launch(flash_forward_wgmma_kernel<HD>, configured[1], 5 * sizeof(WgTile<HD>), B, T, NH, out, lse, qkv, T, C, NH, causal,
-                   scale_log2, seq);
+            launch(flash_forward_wgmma_kernel<HD, POOLED>, configured[1], 5 * sizeof(WgTile<HD>), B, T, NH, out, lse, qkv, T, C, NH, causal,
+                   scale_log2, seq, q);
             return;
         }
-    launch(flash_forward_kernel<HD>, configured[0], 5 * sizeof(FaTile<HD>), B, T, NH, out, lse, qkv, T, C, NH, causal, scale_log2,
-           seq);
+    launch(flash_forward_kernel<HD, POOLED>, configured[0], 5 * sizeof(FaTile<HD>), B, T, NH, out, lse, qkv, T, C, NH, causal, scale_log2,
+           seq, q);
 }
 
 // delta: (B, NH, T) scratch, written by the dq kernel and read by the dk/dv kernel.
-template <int HD>
+template <int HD, bool POOLED>
 static void flash_backward(bf16 *dqkv, float *delta, const bf16 *dout, const bf16 *qkv, const bf16 *out, const float *lse, int B,
-                           int T, int C, int NH, int causal, const int *seq) {
+                           int T, int C, int NH, int causal, const int *seq, AttnQueries q) {
     float scale = 1.0f / sqrtf((float)(C / NH)), scale_log2 = 1.4426950408889634f * scale;
     static int configured[4];
     if constexpr (HD == 64 || HD == 80)
         if (use_wgmma(C / NH)) {
-            launch(flash_backward_dq_wgmma_kernel<HD>, configured[2], 6 * sizeof(WgTile<HD>), B, T, NH, dqkv, delta, qkv, out, dout,
-                   lse, T, C, NH, causal, scale_log2, scale, seq);
-            launch(flash_backward_dkdv_wgmma_kernel<HD>, configured[3], 6 * sizeof(WgTile<HD>) + 4 * FA_TILE * sizeof(float), B, T, NH,
-                   dqkv, qkv, dout, lse, (const float *)delta, T, C, NH, causal, scale_log2, scale, seq);
+            launch(flash_backward_dq_wgmma_kernel<HD, POOLED>, configured[2], 6 * sizeof(WgTile<HD>), B, T, NH, dqkv, delta, qkv, out, dout,
+                   lse, T, C, NH, causal, scale_log2, scale, seq, q);
+            launch(flash_backward_dkdv_wgmma_kernel<HD, POOLED>, configured[3], 6 * sizeof(WgTile<HD>) + 4 * FA_TILE * sizeof(float), B, T, NH,
+                   dqkv, qkv, dout, lse, (const float *)delta, T, C, NH, causal, scale_log2, scale, seq, q);
             return;
         }
-    launch(flash_backward_dq_kernel<HD>, configured[0], 6 * sizeof(FaTile<HD>), B, T, NH, dqkv, delta, qkv, out, dout, lse, T, C, NH,
-           causal, scale_log2, scale, seq);
-    launch(flash_backward_dkdv_kernel<HD>, configured[1], 6 * sizeof(FaTile<HD>) + 4 * FA_TILE * sizeof(float), B, T, NH, dqkv, qkv,
-           dout, lse, (const float *)delta, T, C, NH, causal, scale_log2, scale, seq);
+    launch(flash_backward_dq_kernel<HD, POOLED>, configured[0], 6 * sizeof(FaTile<HD>), B, T, NH, dqkv, delta, qkv, out, dout, lse, T, C, NH,
+           causal, scale_log2, scale, seq, q);
+    launch(flash_backward_dkdv_kernel<HD, POOLED>, configured[1], 6 * sizeof(FaTile<HD>) + 4 * FA_TILE * sizeof(float), B, T, NH, dqkv, qkv,
+           dout, lse, (const float *)delta, T, C, NH, causal, scale_log2, scale, seq, q);
 }
 
 static int padded_head_dim(int C, int NH) {
@@ -1058,15 +1086,24 @@ static int padded_head_dim(int C, int NH) {
         default: { constexpr int HD = 128; call; } break;                                                        \
     }
 
-void attention_forward_gpu(bf16 *out, float *lse, const bf16 *qkv, int B, int T, int C, int NH, int causal, const int *seq) {
+void attention_forward_gpu(bf16 *out, float *lse, const bf16 *qkv, int B, int T, int C, int NH, int causal, const int *seq,
+                           AttnQueries q) {
     if (B == 0) return;
-    DISPATCH_HD(padded_head_dim(C, NH), flash_forward<HD>(out, lse, qkv, B, T, C, NH, causal, seq));
+    if (q.on) {
+        DISPATCH_HD(padded_head_dim(C, NH), (flash_forward<HD, true>(out, lse, qkv, B, T, C, NH, causal, seq, q)));
+    } else {
+        DISPATCH_HD(padded_head_dim(C, NH), (flash_forward<HD, false>(out, lse, qkv, B, T, C, NH, causal, seq, q)));
+    }
 }
 
 void attention_backward_gpu(bf16 *dqkv, float *scratch, const bf16 *dout, const bf16 *qkv, const bf16 *out, const float *lse,
-                        int B, int T, int C, int NH, int causal, const int *seq) {
+                        int B, int T, int C, int NH, int causal, const int *seq, AttnQueries q) {
     if (B == 0) return;
-    DISPATCH_HD(padded_head_dim(C, NH), flash_backward<HD>(dqkv, scratch, dout, qkv, out, lse, B, T, C, NH, causal, seq));
+    if (q.on) {
+        DISPATCH_HD(padded_head_dim(C, NH), (flash_backward<HD, true>(dqkv, scratch, dout, qkv, out, lse, B, T, C, NH, causal, seq, q)));
+    } else {
+        DISPATCH_HD(padded_head_dim(C, NH), (flash_backward<HD, false>(dqkv, scratch, dout, qkv, out, lse, B, T, C, NH, causal, seq, q)));
+    }
 }
 
 size_t attention_stats_elems(int bf16_path, int B, int T, int NH) {

@@ -509,6 +509,12 @@ static void quantize_switchback_weights(ClipGPU *g, int after_update) {
 static int tower_rows(const TowerBuf *tb, int B) { return tb->seq ? tb->rows : B * tb->tokens; }
 static int tower_seqs(const TowerBuf *tb, int B) { return tb->seq ? tb->seqs : B; }
 
+// The queries block l's attention computes for a micro-batch of B: in the last block only the B pooled rows' (the rest
+// reach nothing the loss reads; attention.cuh's AttnQueries).
+static AttnQueries block_queries(const TowerBuf *tb, int l, int B) {
+    return l == tb->t->layers - 1 ? AttnQueries{1, tb->pool_tn, tb->pool, B} : ATTN_ALL_QUERIES;
+}
+
 // The blocks of one tower: x0 -> res_2 of the last block (its B pooled rows). Each block's second residual add is
 // fused with the next block's ln_1.
 template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B) {
@@ -529,9 +535,11 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
         mark(g, PROF_GEMM);
         linear_forward<T>(g, k, SB_LINEAR_QKV, as<T>(k->qkv), as<T>(k->ln_1), w->in_proj_w, w->in_proj_b, N, D, 3 * D);
         mark(g, PROF_ATTENTION);
-        attention_forward_gpu(as<T>(k->att_y), k->att_stats, as<T>(k->qkv), nseq, tb->tokens, D, t->heads, t->causal, tb->seq);
-        // The last block: past attention only the pooled rows reach the loss, so out_proj, the residual, ln_2 and the MLP
-        // run on those B rows (its other rows' outputs would be dead, as would their gradients).
+        attention_forward_gpu(as<T>(k->att_y), k->att_stats, as<T>(k->qkv), nseq, tb->tokens, D, t->heads, t->causal, tb->seq,
+                              block_queries(tb, l, B));
+        // The last block: only the pooled rows reach the loss, so its attention computes their query tiles only
+        // (block_queries), and out_proj, the residual, ln_2 and the MLP run on those B rows (its other rows' outputs
+        // would be dead, as would their gradients).
         int Nb = N;
         const T *att_in = as<T>(k->att_y), *res_in = x;
         if (l == t->layers - 1) {
@@ -720,7 +728,7 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         }
         mark(g, PROF_ATTENTION_BACKWARD);
         attention_backward_gpu(d_wide, g->att_scratch, datt, as<T>(k->qkv), as<T>(k->att_y), k->att_stats, nseq, tb->tokens, D,
-                               t->heads, t->causal, tb->seq);
+                               t->heads, t->causal, tb->seq, block_queries(tb, l, B));
         if (last) {  // d(x) through the residual, d(res_1), on all rows likewise
             mark(g, PROF_EMBED_OTHER);
             cudaCheck(cudaMemcpyAsync(d_b, dres, (size_t)B * D * sizeof(T), cudaMemcpyDeviceToDevice, 0));
