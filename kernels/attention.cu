@@ -665,9 +665,10 @@ template <int HD> __device__ __forceinline__ void wg_load_tile(WgTile<HD> &dst, 
 __device__ __forceinline__ uint64_t wg_desc(const bf16 *p, uint32_t sbo, uint64_t layout) {
     return (uint64_t)((smem_u32(p) & 0x3FFFF) >> 4) | (1ull << 16) | ((uint64_t)(sbo >> 4) << 32) | (layout << 62);
 }
-// Columns [16 kk, 16 kk + 16) of a tile as a K-major operand (rows = M or N, reduction over the head dim).
-template <int HD> __device__ __forceinline__ uint64_t desc_k(const WgTile<HD> &X, int kk) {
-    return kk < 4 ? wg_desc(X.x + kk * 16, 1024, 1) : wg_desc(X.x + 4096, 256, 3);
+// Columns [16 kk, 16 kk + 16) of a tile's rows from row0 on (a multiple of 8) as a K-major operand (rows = M or N,
+// reduction over the head dim).
+template <int HD> __device__ __forceinline__ uint64_t desc_k(const WgTile<HD> &X, int kk, int row0 = 0) {
+    return kk < 4 ? wg_desc(X.x + row0 * 64 + kk * 16, 1024, 1) : wg_desc(X.x + 4096 + row0 * 16, 256, 3);
 }
 // Rows [16 kk, 16 kk + 16) of a tile as an MN-major operand (reduction over the rows): columns 0-63, and 64-79.
 template <int HD> __device__ __forceinline__ uint64_t desc_mn_lo(const WgTile<HD> &X, int kk) {
@@ -693,6 +694,17 @@ __device__ __forceinline__ void wgmma_ss_n16(float (&d)[2][4], uint64_t desc_a, 
         "%0, %1, %2, %3, %4, %5, %6, %7"
         "}, %8, %9, p, 1, 1, 0, 0;\n}\n"
         : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+// d (64 x 32) (+)= A (64 x 16, K-major descriptor) . B (32 x 16, K-major descriptor)^T; accumulate = 0 overwrites.
+__device__ __forceinline__ void wgmma_ss_n32(float (&d)[4][4], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+        "}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 // d (64 x 64) (+)= A (64 x 16, K-major descriptor) . B (64 x 16, K-major descriptor)^T; accumulate = 0 overwrites.
@@ -734,13 +746,15 @@ __device__ __forceinline__ void wgmma_rs_n64(float (&d)[8][4], const uint32_t (&
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
 }
 
-// s (64 x N) = X (64 x HD) . Y (N x HD)^T for N = 16 or 64, both tiles K-major.
-template <int N, int HD> __device__ __forceinline__ void wg_scores(float (&s)[N / 8][4], const WgTile<HD> &X, const WgTile<HD> &Y) {
+// s (64 x N) = X (64 x HD) . Y (N x HD)^T for N = 16, 32 or 64 (Y's rows from y0 on), both tiles K-major.
+template <int N, int HD>
+__device__ __forceinline__ void wg_scores(float (&s)[N / 8][4], const WgTile<HD> &X, const WgTile<HD> &Y, int y0 = 0) {
     wg_fence();  // s's registers were read since the last wgmma that wrote them
 #pragma unroll
     for (int kk = 0; kk < HD / 16; kk++) {
-        if constexpr (N == 16) wgmma_ss_n16(s, desc_k(X, kk), desc_k(Y, kk), kk > 0);
-        else wgmma_ss_n64(s, desc_k(X, kk), desc_k(Y, kk), kk > 0);
+        if constexpr (N == 16) wgmma_ss_n16(s, desc_k(X, kk), desc_k(Y, kk, y0), kk > 0);
+        else if constexpr (N == 32) wgmma_ss_n32(s, desc_k(X, kk), desc_k(Y, kk, y0), kk > 0);
+        else wgmma_ss_n64(s, desc_k(X, kk), desc_k(Y, kk, y0), kk > 0);
     }
 }
 // Commits the wgmmas issued and waits for them; a and b are their accumulators.
@@ -750,18 +764,19 @@ template <int NA, int NB> __device__ __forceinline__ void wg_commit_wait(float (
     fence_acc(a);
     fence_acc(b);
 }
-// s = X1 Y1^T and dp = X2 Y2^T (64 x N each), issued together and waited for (the backward's S and dP).
+// s = X1 Y1^T and dp = X2 Y2^T (64 x N each; the Y rows from y0 on), issued together and waited for (the backward's S
+// and dP).
 template <int N, int HD>
 __device__ __forceinline__ void wg_score_pair(float (&s)[N / 8][4], const WgTile<HD> &X1, const WgTile<HD> &Y1, float (&dp)[N / 8][4],
-                                              const WgTile<HD> &X2, const WgTile<HD> &Y2) {
-    wg_scores<N>(s, X1, Y1);
-    wg_scores<N>(dp, X2, Y2);
+                                              const WgTile<HD> &X2, const WgTile<HD> &Y2, int y0 = 0) {
+    wg_scores<N>(s, X1, Y1, y0);
+    wg_scores<N>(dp, X2, Y2, y0);
     wg_commit_wait(s, dp);
 }
-// acc (64 x HD) += p (64 x N, accumulator layout, rounded to bf16) . rows [0, N) of Y (at HD 80, columns 64-79 as a
-// second, 16 wide product into acc[8..9]).
+// acc (64 x HD) += p (64 x N, accumulator layout, rounded to bf16) . rows [y0, y0 + N) of Y (y0 a multiple of 16; at
+// HD 80, columns 64-79 as a second, 16 wide product into acc[8..9]).
 template <int N, int HD>
-__device__ __forceinline__ void wg_probs(float (&acc)[HD / 8][4], const float (&p)[N / 8][4], const WgTile<HD> &Y) {
+__device__ __forceinline__ void wg_probs(float (&acc)[HD / 8][4], const float (&p)[N / 8][4], const WgTile<HD> &Y, int y0 = 0) {
     uint32_t a[N / 16][4];
 #pragma unroll
     for (int kk = 0; kk < N / 16; kk++) {
@@ -772,8 +787,8 @@ __device__ __forceinline__ void wg_probs(float (&acc)[HD / 8][4], const float (&
     float(&lo)[8][4] = *reinterpret_cast<float(*)[8][4]>(&acc[0]);
 #pragma unroll
     for (int kk = 0; kk < N / 16; kk++) {
-        wgmma_rs_n64(lo, a[kk], desc_mn_lo(Y, kk));
-        if constexpr (HD == 80) wgmma_rs_n16(*reinterpret_cast<float(*)[2][4]>(&acc[8]), a[kk], desc_mn_hi(Y, kk));
+        wgmma_rs_n64(lo, a[kk], desc_mn_lo(Y, kk + y0 / 16));
+        if constexpr (HD == 80) wgmma_rs_n16(*reinterpret_cast<float(*)[2][4]>(&acc[8]), a[kk], desc_mn_hi(Y, kk + y0 / 16));
     }
 }
 #endif
@@ -918,19 +933,20 @@ __global__ void __launch_bounds__(FA_THREADS, 3)
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// One query tile of dk, dv (N = 16 or 64 queries from query0) for keys key0 + C_ROW: S^T = K Q^T, dP^T = V dO^T,
-// P^T = 2^(S^T scale_log2 - lse) (masked on edge tiles), dV += P^T dO, dK += P^T (dP^T - delta) Q.
+// N queries of a query tile (rows y0 .. y0 + N - 1 of the tiles from query0: N = 16, 32 or 64) for dk, dv of keys
+// key0 + C_ROW: S^T = K Q^T, dP^T = V dO^T, P^T = 2^(S^T scale_log2 - lse) (masked on edge tiles), dV += P^T dO,
+// dK += P^T (dP^T - delta) Q.
 template <int N, int HD>
 __device__ __forceinline__ void wg_dkdv_tile(float (&dk)[HD / 8][4], float (&dv)[HD / 8][4], const WgTile<HD> &Ks, const WgTile<HD> &Vs,
                                              const WgTile<HD> &Q, const WgTile<HD> &dO, const float *lse_s, const float *delta_s,
-                                             int query0, int key0, int edge, int T, int causal, float scale_log2, int lane) {
+                                             int query0, int y0, int key0, int edge, int T, int causal, float scale_log2, int lane) {
     float s[N / 8][4], dp[N / 8][4];
-    wg_score_pair<N>(s, Ks, Q, dp, Vs, dO);
+    wg_score_pair<N>(s, Ks, Q, dp, Vs, dO, y0);
 #pragma unroll
     for (int nt = 0; nt < N / 8; nt++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-            int qcol = C_COL(lane, nt, e);
+            int qcol = y0 + C_COL(lane, nt, e);
             float p = fast_exp2(fmaf(s[nt][e], scale_log2, -lse_s[qcol]));
             if (edge) {
                 int query = query0 + qcol, key = key0 + C_ROW(lane, e);
@@ -939,15 +955,16 @@ __device__ __forceinline__ void wg_dkdv_tile(float (&dk)[HD / 8][4], float (&dv)
             s[nt][e] = p;
             dp[nt][e] = p * (dp[nt][e] - delta_s[qcol]);
         }
-    wg_probs<N>(dv, s, dO);
-    wg_probs<N>(dk, dp, Q);
+    wg_probs<N>(dv, s, dO, y0);
+    wg_probs<N>(dk, dp, Q, y0);
     wg_commit_wait(dv, dk);
 }
 #endif
 
 // dk, dv for a tile of 64 keys, as flash_backward_dkdv_kernel. 3 blocks per SM (6 tiles of shared memory): at HD 80
-// the 168 registers this leaves spill 96 bytes and ptxas serializes the wgmmas, yet it measured 216 us against 230
-// with 2 blocks (186 registers, no spills) at ViT-H/14.
+// the 168 registers this leaves held dk, dv and a 64-query tile's S^T and dP^T only with 96 bytes of spills and the
+// wgmmas serialized by ptxas (216 us at ViT-H/14, against 230 with 2 blocks and 186 registers); in halves of 32
+// queries it needs 159 registers, no spills, and the backward (dq + dk/dv) took 0.366 against 0.385 ms.
 template <int HD, bool POOLED>
 __global__ void __launch_bounds__(FA_THREADS, 3)
     flash_backward_dkdv_wgmma_kernel(bf16 *dqkv, const bf16 *qkv, const bf16 *dout, const float *lse, const float *delta, int T,
@@ -989,12 +1006,17 @@ __global__ void __launch_bounds__(FA_THREADS, 3)
         for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.0f;
     stream_tiles<true>(i0, n_qt, load_q, [&](int i, int buf) {
         int query0 = i * FA_TILE, edge = query0 + FA_TILE > T || (causal && i == kt);
-        if (T - query0 <= 16)
-            wg_dkdv_tile<16, HD>(dk, dv, Ks, Vs, Qs[buf], dOs[buf], lse_s[buf], delta_s[buf], query0, k0 + r0, edge, T, causal,
+        if (T - query0 <= 16) {
+            wg_dkdv_tile<16, HD>(dk, dv, Ks, Vs, Qs[buf], dOs[buf], lse_s[buf], delta_s[buf], query0, 0, k0 + r0, edge, T, causal,
                                  scale_log2, lane);
-        else
-            wg_dkdv_tile<64, HD>(dk, dv, Ks, Vs, Qs[buf], dOs[buf], lse_s[buf], delta_s[buf], query0, k0 + r0, edge, T, causal,
+        } else if constexpr (HD == 80) {  // in halves of 32 queries: S^T and dP^T of 64 x 64 beside dk and dv overflow 168 registers
+            for (int y0 = 0; y0 < min(FA_TILE, T - query0); y0 += 32)
+                wg_dkdv_tile<32, HD>(dk, dv, Ks, Vs, Qs[buf], dOs[buf], lse_s[buf], delta_s[buf], query0, y0, k0 + r0, edge, T, causal,
+                                     scale_log2, lane);
+        } else {
+            wg_dkdv_tile<64, HD>(dk, dv, Ks, Vs, Qs[buf], dOs[buf], lse_s[buf], delta_s[buf], query0, 0, k0 + r0, edge, T, causal,
                                  scale_log2, lane);
+        }
     });
     store_dk_dv<HD>(dqkv + s0 * ld + C + h * HD, dk, dv, scale, k0 + r0, T, C, HD, lane);
 #endif
