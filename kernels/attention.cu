@@ -1060,12 +1060,12 @@ static void flash_forward(bf16 *out, float *lse, const bf16 *qkv, int B, int T, 
     static int configured[2];
     if constexpr (HD == 64 || HD == 80)
         if (use_wgmma(C / NH)) {
-            launch(flash_forward_wgmma_kernel<HD, POOLED>, configured[1], 5 * sizeof(WgTile<HD>), B, T, NH, out, lse, qkv, T, C, NH, causal,
-                   scale_log2, seq, q);
+            launch(flash_forward_wgmma_kernel<HD, POOLED>, configured[1], 5 * sizeof(WgTile<HD>), B, T, NH, out, lse, qkv, T, C, NH,
+                   causal, scale_log2, seq, q);
             return;
         }
-    launch(flash_forward_kernel<HD, POOLED>, configured[0], 5 * sizeof(FaTile<HD>), B, T, NH, out, lse, qkv, T, C, NH, causal, scale_log2,
-           seq, q);
+    launch(flash_forward_kernel<HD, POOLED>, configured[0], 5 * sizeof(FaTile<HD>), B, T, NH, out, lse, qkv, T, C, NH, causal,
+           scale_log2, seq, q);
 }
 
 // delta: (B, NH, T) scratch, written by the dq kernel and read by the dk/dv kernel.
@@ -1076,16 +1076,16 @@ static void flash_backward(bf16 *dqkv, float *delta, const bf16 *dout, const bf1
     static int configured[4];
     if constexpr (HD == 64 || HD == 80)
         if (use_wgmma(C / NH)) {
-            launch(flash_backward_dq_wgmma_kernel<HD, POOLED>, configured[2], 6 * sizeof(WgTile<HD>), B, T, NH, dqkv, delta, qkv, out, dout,
-                   lse, T, C, NH, causal, scale_log2, scale, seq, q);
-            launch(flash_backward_dkdv_wgmma_kernel<HD, POOLED>, configured[3], 6 * sizeof(WgTile<HD>) + 4 * FA_TILE * sizeof(float), B, T, NH,
-                   dqkv, qkv, dout, lse, (const float *)delta, T, C, NH, causal, scale_log2, scale, seq, q);
+            launch(flash_backward_dq_wgmma_kernel<HD, POOLED>, configured[2], 6 * sizeof(WgTile<HD>), B, T, NH, dqkv, delta, qkv, out,
+                   dout, lse, T, C, NH, causal, scale_log2, scale, seq, q);
+            launch(flash_backward_dkdv_wgmma_kernel<HD, POOLED>, configured[3], 6 * sizeof(WgTile<HD>) + 4 * FA_TILE * sizeof(float), B,
+                   T, NH, dqkv, qkv, dout, lse, (const float *)delta, T, C, NH, causal, scale_log2, scale, seq, q);
             return;
         }
-    launch(flash_backward_dq_kernel<HD, POOLED>, configured[0], 6 * sizeof(FaTile<HD>), B, T, NH, dqkv, delta, qkv, out, dout, lse, T, C, NH,
-           causal, scale_log2, scale, seq, q);
-    launch(flash_backward_dkdv_kernel<HD, POOLED>, configured[1], 6 * sizeof(FaTile<HD>) + 4 * FA_TILE * sizeof(float), B, T, NH, dqkv, qkv,
-           dout, lse, (const float *)delta, T, C, NH, causal, scale_log2, scale, seq, q);
+    launch(flash_backward_dq_kernel<HD, POOLED>, configured[0], 6 * sizeof(FaTile<HD>), B, T, NH, dqkv, delta, qkv, out, dout, lse, T,
+           C, NH, causal, scale_log2, scale, seq, q);
+    launch(flash_backward_dkdv_kernel<HD, POOLED>, configured[1], 6 * sizeof(FaTile<HD>) + 4 * FA_TILE * sizeof(float), B, T, NH, dqkv,
+           qkv, dout, lse, (const float *)delta, T, C, NH, causal, scale_log2, scale, seq, q);
 }
 
 static int padded_head_dim(int C, int NH) {
