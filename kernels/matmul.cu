@@ -79,7 +79,8 @@ static uint32_t key_hash(const PlanKey *key) {
 }
 
 // The plan of a shape, made on its first call. A step calls a few hundred GEMMs, and the text tower's shapes vary
-// with its micro-batch's caption lengths (up to 10 values of its sequence length): looked up by hash.
+// with its micro-batch's caption lengths (its packed rows, a multiple of TEXT_PACK_ALIGN up to batch x context): looked
+// up by hash.
 static Plan *get_plan(const PlanKey *key) {
     uint32_t slot = key_hash(key) & (PLAN_SLOTS - 1);
     for (; plan_slot[slot]; slot = (slot + 1) & (PLAN_SLOTS - 1))

@@ -217,8 +217,8 @@ static void test_gpu_matches_cpu(void) {
 }
 
 // Under the causal mask a caption's positions after its EOT change nothing the loss reads, so the GPU step runs only
-// each micro-batch's first (longest EOT position + 1) text positions. Short captions (2-7 ids, micro-batches whose
-// longest differ) with random ids after the EOT: the GPU in fp32 and bf16 against the CPU, which computes every
+// each caption's positions up to its EOT (packed, text_pack). Short captions (2-7 ids, micro-batches whose longest
+// differ) with random ids after the EOT: the GPU in fp32 and bf16 against the CPU, which computes every
 // position (bounds as test_gpu_matches_cpu's); and the CPU itself with those ids zeroed equals its own result to
 // 1e-6 (the positions after the EOT are dead in the reference, too).
 static void text_after_eot(const char *what, const char *const *sets) {
