@@ -10,6 +10,7 @@
 // On sm_90 GPUs, head dims 64 and 80 run the same three kernels built on wgmma (the last section; docs/benchmarks.md,
 // "Attention on wgmma (sm_90a)").
 #include "attention.cuh"
+#include "hopper.cuh"
 
 // Sequence b of a batch: rows b T .. b T + T - 1 (seq NULL), or rows seq[b] .. seq[b + 1] - 1 of a packed batch of
 // sequences of up to T rows (the text tower's live positions). Returns the first row and sets T to the length.
@@ -136,8 +137,6 @@ __device__ void zero_dq_rows(bf16 *dq_h, int ld, int q0, int T, int hd) {
         *reinterpret_cast<uint4 *>(dq_h + (size_t)(q0 + i / per) * ld + (i % per) * 8) = make_uint4(0, 0, 0, 0);
 }
 
-__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
 // Four 8x8 bf16 matrices from shared memory; each lane passes one row address (see the *_row/_col helpers).
 __device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16 *p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -162,10 +161,6 @@ __device__ __forceinline__ float fast_exp2(float x) {
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
 }
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&v);
-}
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem), "r"(bytes));
 }
@@ -174,7 +169,7 @@ template <int N> __device__ __forceinline__ void cp_async_wait(void) { asm volat
 // Makes this thread's landed cp.async writes visible to the async proxy, through which wgmma reads shared memory.
 __device__ __forceinline__ void fence_proxy_async(void) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    fence_async_smem();
 #endif
 }
 
@@ -677,14 +672,6 @@ template <int HD> __device__ __forceinline__ uint64_t desc_mn_lo(const WgTile<HD
 template <int HD> __device__ __forceinline__ uint64_t desc_mn_hi(const WgTile<HD> &X, int kk) {
     return wg_desc(X.x + 4096 + kk * 16 * 16, 256, 3);
 }
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
-// Keeps the compiler from moving reads of an accumulator above the wait for the wgmma that writes it.
-template <int N> __device__ __forceinline__ void fence_acc(float (&d)[N][4]) {
-#pragma unroll
-    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3])::"memory");
-}
 
 // d (64 x 16) (+)= A (64 x 16, K-major descriptor) . B (16 x 16, K-major descriptor)^T; accumulate = 0 overwrites.
 __device__ __forceinline__ void wgmma_ss_n16(float (&d)[2][4], uint64_t desc_a, uint64_t desc_b, int accumulate) {
@@ -749,7 +736,7 @@ __device__ __forceinline__ void wgmma_rs_n64(float (&d)[8][4], const uint32_t (&
 // s (64 x N) = X (64 x HD) . Y (N x HD)^T for N = 16, 32 or 64 (Y's rows from y0 on), both tiles K-major.
 template <int N, int HD>
 __device__ __forceinline__ void wg_scores(float (&s)[N / 8][4], const WgTile<HD> &X, const WgTile<HD> &Y, int y0 = 0) {
-    wg_fence();  // s's registers were read since the last wgmma that wrote them
+    wgmma_fence();  // s's registers were read since the last wgmma that wrote them
 #pragma unroll
     for (int kk = 0; kk < HD / 16; kk++) {
         if constexpr (N == 16) wgmma_ss_n16(s, desc_k(X, kk), desc_k(Y, kk, y0), kk > 0);
@@ -759,10 +746,10 @@ __device__ __forceinline__ void wg_scores(float (&s)[N / 8][4], const WgTile<HD>
 }
 // Commits the wgmmas issued and waits for them; a and b are their accumulators.
 template <int NA, int NB> __device__ __forceinline__ void wg_commit_wait(float (&a)[NA][4], float (&b)[NB][4]) {
-    wg_commit();
-    wg_wait0();
-    fence_acc(a);
-    fence_acc(b);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(a);
+    fence_regs(b);
 }
 // s = X1 Y1^T and dp = X2 Y2^T (64 x N each; the Y rows from y0 on), issued together and waited for (the backward's S
 // and dP).
@@ -783,7 +770,7 @@ __device__ __forceinline__ void wg_probs(float (&acc)[HD / 8][4], const float (&
         a[kk][0] = pack_bf16(p[2 * kk][0], p[2 * kk][1]), a[kk][1] = pack_bf16(p[2 * kk][2], p[2 * kk][3]);
         a[kk][2] = pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]), a[kk][3] = pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3]);
     }
-    wg_fence();  // orders the writes of a (and of acc, rescaled by the forward) before the wgmma that reads them
+    wgmma_fence();  // orders the writes of a (and of acc, rescaled by the forward) before the wgmma that reads them
     float(&lo)[8][4] = *reinterpret_cast<float(*)[8][4]>(&acc[0]);
 #pragma unroll
     for (int kk = 0; kk < N / 16; kk++) {
@@ -802,9 +789,9 @@ __device__ __forceinline__ void wg_forward_tile(float (&o)[HD / 8][4], float m_r
                                                 int causal, float scale_log2, int lane) {
     float s[N / 8][4];
     wg_scores<N>(s, Qs, K);
-    wg_commit();
-    wg_wait0();
-    fence_acc(s);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(s);
     if (edge) {
 #pragma unroll
         for (int nt = 0; nt < N / 8; nt++)
@@ -816,9 +803,9 @@ __device__ __forceinline__ void wg_forward_tile(float (&o)[HD / 8][4], float m_r
     }
     online_softmax<N / 8, 1, HD>(s, o, m_run, l_run, scale_log2, 4);
     wg_probs<N>(o, s, V);
-    wg_commit();
-    wg_wait0();
-    fence_acc(o);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(o);
 }
 #endif
 
@@ -880,9 +867,9 @@ __device__ __forceinline__ void wg_dq_tile(float (&dq)[HD / 8][4], const WgTile<
             s[nt][e] = p * (dp[nt][e] - row_delta[e >> 1]);
         }
     wg_probs<N>(dq, s, K);
-    wg_commit();
-    wg_wait0();
-    fence_acc(dq);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(dq);
 }
 #endif
 

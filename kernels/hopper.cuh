@@ -1,11 +1,17 @@
-// hopper.cuh: the sm_90a building blocks of the hand-written GEMM kernel (wgmma_gemm.cuh): mbarriers, TMA
-// loads and stores (tensor maps of row-major matrices in 128-byte-swizzled boxes), cluster barriers, wgmma
-// descriptors and fences, stmatrix. The device helpers exist only where the compiler targets sm_90a.
+// hopper.cuh: the sm_90a building blocks of the hand-written GEMM kernel (wgmma_gemm.cuh) and of the wgmma attention
+// kernels (attention.cu): mbarriers, TMA loads and stores (tensor maps of row-major matrices in 128-byte-swizzled
+// boxes), cluster barriers, wgmma descriptors and fences, stmatrix. The device helpers exist only where the compiler
+// targets sm_90a, except smem_u32 and pack_bf16.
 #pragma once
 #include <cuda.h>  // CUtensorMap and its enums (types only; the encoder is fetched through the runtime)
 #include "cuda_utils.cuh"
 
 __device__ inline uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+// Two floats as a bf16 pair (lo in the low half), each rounded to nearest even.
+__device__ inline uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ inline void mbar_init(uint64_t *bar, int count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
@@ -81,10 +87,6 @@ __device__ inline void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint
                  "r"(r3)
                  : "memory");
 }
-__device__ inline uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *(uint32_t *)&v;
-}
 
 // wgmma descriptor of a K-major operand in shared memory as TMA writes it with 128-byte swizzle (rows of 128 bytes,
 // 16-byte chunk c of row r at chunk c ^ (r % 8), 1024-byte aligned 8-row groups): start address >> 4 (bits 0-13),
@@ -104,6 +106,11 @@ template <int R> __device__ inline void fence_regs(int (&d)[R]) {
 template <int R> __device__ inline void fence_regs(float (&d)[R]) {
 #pragma unroll
     for (int i = 0; i < R; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+// The attention kernels' accumulators: R fragments of 4.
+template <int R> __device__ inline void fence_regs(float (&d)[R][4]) {
+#pragma unroll
+    for (int i = 0; i < R; i++) asm volatile("" : "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3])::"memory");
 }
 #endif
 
