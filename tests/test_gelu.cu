@@ -204,6 +204,7 @@ static void test_gelu_quantized(void) {
         check_quantized(37, 80, quick);      // narrower than a block's threads
         check_quantized(300, 3072, quick);   // ViT-L/14 text MLP
         check_quantized(131, 5120, quick);   // ViT-H/14 MLP, more than one chunk of rows
+        check_quantized(1100, 5120, quick);  // more rows than the forward's persistent blocks: each takes several
         check_quantized(5, 8192, quick);     // the widest row
     }
 }
