@@ -167,6 +167,13 @@ static void composite_on_white(uint8_t *px, size_t n) {
     }
 }
 
+// stb_image's reason for the last failure. Its message for an unknown PNG chunk is the chunk's type, which is
+// empty for the zero bytes it reads past the end of a PNG cut after its image data (no IEND).
+static const char *stb_reason(void) {
+    const char *reason = stbi_failure_reason();
+    return reason && reason[0] ? reason : "unreadable data (a PNG cut short or with a damaged chunk)";
+}
+
 static ImageStatus decode_stb(const uint8_t *data, size_t len, long max_pixels, int alpha_on_white, Image *img, char *why, size_t cap) {
     int w, h, comp;
     // stb_image will not even read the header of a PNG over 2^30 bytes, so the limit reads it itself
@@ -177,7 +184,7 @@ static ImageStatus decode_stb(const uint8_t *data, size_t len, long max_pixels, 
         if (s != IMAGE_OK) return s;
     }
     if (len > 0x7fffffff || !stbi_info_from_memory(data, (int)len, &w, &h, &comp))
-        return fail(IMAGE_CORRUPT, why, cap, "stb_image: %s", stbi_failure_reason());
+        return fail(IMAGE_CORRUPT, why, cap, "stb_image: %s", stb_reason());
     img->full_w = w, img->full_h = h;
     ImageStatus s = check_size(w, h, max_pixels, why, cap);
     if (s != IMAGE_OK) return s;
@@ -185,7 +192,7 @@ static ImageStatus decode_stb(const uint8_t *data, size_t len, long max_pixels, 
     // 4 when the alpha is to be composited (grey+alpha and palette transparency come as RGBA too)
     int with_alpha = alpha_on_white && (comp == 2 || comp == 4);
     uint8_t *pixels = stbi_load_from_memory(data, (int)len, &w, &h, &comp, with_alpha ? 4 : 3);
-    if (!pixels) return fail(IMAGE_CORRUPT, why, cap, "stb_image: %s", stbi_failure_reason());
+    if (!pixels) return fail(IMAGE_CORRUPT, why, cap, "stb_image: %s", stb_reason());
     if (with_alpha) composite_on_white(pixels, (size_t)w * h);
     img->rgb = pixels, img->w = w, img->h = h;  // stb allocates with malloc (STBI_MALLOC default)
     return IMAGE_OK;

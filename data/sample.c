@@ -2,6 +2,7 @@
 // a bad sample cheapest (member sizes, then the caption, then the image).
 #include "sample.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -47,7 +48,8 @@ SampleResult sample_load(FILE *f, const WdsSample *s, const SampleParams *p, Rng
     if (s->image.size < 0) return skip(r, SKIP_MISSING_IMAGE, "no .jpg/.png/.jpeg/.webp member");
     if (s->txt.size == 0) return skip(r, SKIP_EMPTY_MEMBER, "zero-byte caption");
     if (s->image.size == 0) return skip(r, SKIP_EMPTY_MEMBER, "zero-byte image");
-    if (s->txt.size > SAMPLE_MAX_CAPTION) return skip(r, SKIP_BAD_CAPTION, "caption of %lld bytes", (long long)s->txt.size);
+    if (s->txt.size > SAMPLE_MAX_CAPTION)
+        return skip(r, SKIP_BAD_CAPTION, "caption of %lld bytes (over %d)", (long long)s->txt.size, SAMPLE_MAX_CAPTION);
     if (s->image.size > SAMPLE_MAX_IMAGE) return skip(r, SKIP_TOO_LARGE, "image member of %lld bytes", (long long)s->image.size);
 
     reserve((void **)&scratch->caption, &scratch->caption_cap, (size_t)s->txt.size + 1);
@@ -62,6 +64,14 @@ SampleResult sample_load(FILE *f, const WdsSample *s, const SampleParams *p, Rng
     ImageStatus st = image_decode(scratch->bytes, (size_t)s->image.size, p->max_image_pixels, p->image_size, p->alpha_on_white, &img, r.why,
                                   sizeof(r.why));
     r.width = img.full_w, r.height = img.full_h, r.label = read_label(f, s->cls);
+    // the eval Resize makes the longer side S * long / short pixels, which must fit in an int (PIL cannot
+    // make such an image either): a strip of millions of pixels by one would overflow it
+    int shorter = img.full_w < img.full_h ? img.full_w : img.full_h, longer = img.full_w + img.full_h - shorter;
+    if (st == IMAGE_OK && !p->is_train && (double)p->image_size * longer / shorter > INT_MAX) {
+        st = IMAGE_TOO_LARGE;
+        snprintf(r.why, sizeof(r.why), "%dx%d: resized to %d px on its shorter side it would be over 2^31 px long", img.full_w, img.full_h,
+                 p->image_size);
+    }
     static const SampleStatus BY_IMAGE_STATUS[] = {SAMPLE_OK, SKIP_CORRUPT_IMAGE, SKIP_TOO_LARGE, SKIP_UNSUPPORTED};
     r.status = BY_IMAGE_STATUS[st];
     if (st == IMAGE_OK && image) {

@@ -7,6 +7,7 @@
 
 #include "../model/rng.h"
 #include "tar.h"
+#include "text_clean.h"
 #include "tokenizer.h"
 
 typedef enum {
@@ -15,13 +16,14 @@ typedef enum {
     SKIP_BAD_CAPTION,      // empty, not UTF-8, a NUL byte, or over SAMPLE_MAX_CAPTION bytes
     SKIP_MISSING_IMAGE,    // no jpg/png/jpeg/webp member
     SKIP_MISSING_CAPTION,  // no txt member
-    SKIP_TOO_LARGE,        // over max_image_pixels (from the header), or a member over SAMPLE_MAX_IMAGE bytes
+    SKIP_TOO_LARGE,        // over max_image_pixels (from the header), a member over SAMPLE_MAX_IMAGE bytes, or (eval)
+                           // a strip whose resized longer side would pass 2^31 px
     SKIP_EMPTY_MEMBER,     // a zero-byte image or caption
     SKIP_UNSUPPORTED,      // not an image format this build decodes
     SAMPLE_STATUSES
 } SampleStatus;
 
-#define SAMPLE_MAX_CAPTION (1 << 20)
+#define SAMPLE_MAX_CAPTION TEXT_CLEAN_MAX_BYTES  // the tokenizer refuses longer text
 #define SAMPLE_MAX_IMAGE (256L << 20)
 
 // Short names for logs: "corrupt_image", "bad_caption", ...

@@ -112,19 +112,40 @@ static int parse_pax(TarReader *t, const char *rec, int64_t len, char *path, int
     return 1;
 }
 
+// What a shard whose first header fails most likely is instead of a tar (from its first bytes), or NULL:
+// "bad checksum at offset 0" would not tell a compressed shard or a Git LFS pointer from a damaged tar.
+static const char *not_a_tar(TarReader *t) {
+    uint8_t head[24] = {0};
+    size_t n = t->file_size < (int64_t)sizeof(head) ? (size_t)t->file_size : sizeof(head);
+    if (fseeko(t->f, 0, SEEK_SET) != 0 || fread(head, 1, n, t->f) != n) return NULL;
+    if (n >= 2 && head[0] == 0x1f && head[1] == 0x8b) return "gzip-compressed (shards must be uncompressed tar files)";
+    if (n >= 4 && memcmp(head, "\x28\xb5\x2f\xfd", 4) == 0) return "zstd-compressed (shards must be uncompressed tar files)";
+    if (n >= 6 && memcmp(head, "\xfd" "7zXZ\0", 6) == 0) return "xz-compressed (shards must be uncompressed tar files)";
+    if (n >= 3 && memcmp(head, "BZh", 3) == 0) return "bzip2-compressed (shards must be uncompressed tar files)";
+    if (n >= 4 && memcmp(head, "PK\3\4", 4) == 0) return "a zip archive";
+    if (n >= 23 && memcmp(head, "version https://git-lfs", 23) == 0) return "a Git LFS pointer (run git lfs pull)";
+    return NULL;
+}
+
 int tar_next_member(TarReader *t, TarMember *m) {
     char long_name[TAR_NAME_MAX] = "", pax_path[TAR_NAME_MAX] = "";
     int64_t pax_size = -1;
     uint8_t h[BLOCK];
     while (!t->error[0]) {
-        if (t->pos + BLOCK > t->file_size)
+        const char *other = NULL;
+        if (t->pos + BLOCK > t->file_size) {
+            if (t->pos == 0 && (other = not_a_tar(t))) return tar_fail(t, "not a tar file: %s", other);
             return tar_fail(t, "truncated: no end-of-archive block (file ends at %lld bytes)", (long long)t->file_size);
+        }
         if (fseeko(t->f, t->pos, SEEK_SET) != 0 || fread(h, 1, BLOCK, t->f) != BLOCK)
             return tar_fail(t, "cannot read the header at offset %lld", (long long)t->pos);
         int zero = 1;
         for (int i = 0; i < BLOCK && zero; i++) zero = h[i] == 0;
         if (zero) return 0;  // end-of-archive
-        if (!checksum_ok(h)) return tar_fail(t, "corrupt header at offset %lld (bad checksum)", (long long)t->pos);
+        if (!checksum_ok(h)) {
+            if (t->pos == 0 && (other = not_a_tar(t))) return tar_fail(t, "not a tar file: %s", other);
+            return tar_fail(t, "corrupt header at offset %lld (bad checksum)", (long long)t->pos);
+        }
         int64_t size = parse_number(h + 124, 12);
         if (size < 0) return tar_fail(t, "corrupt header at offset %lld (bad size field)", (long long)t->pos);
         char type = (char)h[156];

@@ -230,6 +230,21 @@ static void test_damaged_images(void) {
     EXPECT(image_decode((const uint8_t *)"\xff\xd8", 2, 100, 0, 0, &img, why, sizeof(why)) == IMAGE_UNSUPPORTED, "2 bytes are no JPEG");
 }
 
+// A PNG cut after its image data (no IEND chunk): stb_image refuses it with the name of the chunk it reads
+// past the end, which is empty; the skip must still say why.
+static void test_png_without_iend(void) {
+    size_t len;
+    uint8_t *data = read_whole_file(IMAGE_DIR "photo.png", &len);
+    EXPECT(data && len > 12 && memcmp(data + len - 8, "IEND", 4) == 0, "photo.png does not end with IEND");
+    if (!data) return;
+    Image img;
+    char why[256];
+    ImageStatus s = image_decode(data, len - 12, 100000000, 0, 0, &img, why, sizeof(why));
+    EXPECT(s == IMAGE_CORRUPT && strlen(why) > strlen("stb_image: "), "status %d, reason '%s'", s, why);
+    image_free(&img);
+    free(data);
+}
+
 int main(void) {
     RUN(test_against_pil);
     RUN(test_dct_scaling);
@@ -237,5 +252,6 @@ int main(void) {
     RUN(test_pixel_limit);
     RUN(test_damaged_images);
     RUN(test_alpha_on_white);
+    RUN(test_png_without_iend);
     TEST_EXIT();
 }

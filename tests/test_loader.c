@@ -6,6 +6,7 @@
 // Needs data/bpe_simple_vocab_16e6.txt.gz (scripts/get_vocab.sh); without it the shard tests are skipped.
 #include <sys/wait.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "../data/loader.h"
 #include "../data/sample.h"
@@ -77,6 +78,74 @@ static void test_sample_verdicts(void) {
     EXPECT(checked == listed && checked > 50, "%d of the manifest's %d samples checked", checked, listed);
     shard_index_free(&idx);
     sample_scratch_free(&scratch);
+}
+
+static void put_be32(uint8_t *p, uint32_t v) { p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8), p[3] = (uint8_t)v; }
+
+// Appends a PNG chunk to out; returns its length.
+static size_t png_chunk(uint8_t *out, const char *type, const uint8_t *data, uint32_t len) {
+    put_be32(out, len);
+    memcpy(out + 4, type, 4);
+    if (len) memcpy(out + 8, data, len);
+    put_be32(out + 8 + len, (uint32_t)crc32(0, out + 4, len + 4));
+    return 12 + len;
+}
+
+// A w x 1 grey RGB PNG (malloc'ed, *len bytes).
+static uint8_t *strip_png(int w, size_t *len) {
+    size_t raw_len = 1 + (size_t)w * 3;
+    uint8_t *raw = mallocCheck(raw_len);
+    raw[0] = 0, memset(raw + 1, 128, raw_len - 1);
+    uLongf z_len = compressBound(raw_len);
+    uint8_t *z = mallocCheck(z_len), ihdr[13] = {0, 0, 0, 0, 0, 0, 0, 1, 8, 2, 0, 0, 0};
+    EXPECT(compress(z, &z_len, raw, raw_len) == Z_OK, "compress");
+    put_be32(ihdr, (uint32_t)w);
+    uint8_t *png = mallocCheck(8 + 25 + 12 + z_len + 12);
+    memcpy(png, "\x89PNG\r\n\x1a\n", 8);
+    size_t n = 8 + png_chunk(png + 8, "IHDR", ihdr, 13);
+    n += png_chunk(png + n, "IDAT", z, (uint32_t)z_len);
+    n += png_chunk(png + n, "IEND", NULL, 0);
+    free(raw), free(z);
+    *len = n;
+    return png;
+}
+
+// Samples that pass the index but not sample_load's own limits: a valid caption over the tokenizer's 64 KiB is
+// named as too long (not "empty or not valid UTF-8"); the eval Resize of a strip whose longer side would pass
+// 2^31 px (here 1,100,000 x 1 at 2048 px) is a too_large skip, not an int overflow and garbage pixels, while
+// training crops it as torchvision does.
+static void test_extreme_samples(void) {
+    if (!tok) SKIP("no vocabulary");
+    enum { BIG = 2048, LONG_CAPTION = 100000 };
+    size_t png_len;
+    uint8_t *png = strip_png(1100000, &png_len);
+    const char *caption = "a thin strip";
+    size_t cap_len = strlen(caption), len = cap_len + LONG_CAPTION + png_len;
+    uint8_t *shard = mallocCheck(len);  // short caption, long caption, image: read through spans as from a tar
+    memcpy(shard, caption, cap_len);
+    for (int i = 0; i < LONG_CAPTION; i++) shard[cap_len + i] = "word "[i % 5];
+    memcpy(shard + cap_len + LONG_CAPTION, png, png_len);
+    FILE *f = fmemopen(shard, len, "rb");
+    WdsSample s = {0, {(int64_t)(cap_len + LONG_CAPTION), (int64_t)png_len}, {(int64_t)cap_len, LONG_CAPTION}, {0, -1}};
+    SampleParams eval = {tok, BIG, T, 100000000, IMAGE_ALPHA_DROP, 0}, train = eval;
+    train.is_train = 1;
+    SampleScratch scratch = {0};
+    uint8_t *image = mallocCheck((size_t)3 * BIG * BIG);
+    int32_t tokens[T];
+    Rng r;
+    rng_init(&r, 1, RNG_AUGMENT, 0);
+    SampleResult res = sample_load(f, &s, &eval, &r, &scratch, image, tokens);
+    EXPECT(res.status == SKIP_BAD_CAPTION && strstr(res.why, "100000 bytes"), "long caption: %s (%s)", SAMPLE_STATUS_NAMES[res.status], res.why);
+    s.txt = (TarSpan){0, (int64_t)cap_len};
+    res = sample_load(f, &s, &eval, &r, &scratch, image, tokens);
+    EXPECT(res.status == SKIP_TOO_LARGE && res.width == 1100000 && res.height == 1, "eval of the strip: %s (%s)", SAMPLE_STATUS_NAMES[res.status],
+           res.why);
+    res = sample_load(f, &s, &train, &r, &scratch, image, tokens);
+    EXPECT(res.status == SAMPLE_OK && image[0] == 128 && image[3 * BIG * BIG - 1] == 128, "train on the strip: %s (%s), pixels %d %d",
+           SAMPLE_STATUS_NAMES[res.status], res.why, image[0], image[3 * BIG * BIG - 1]);
+    fclose(f);
+    sample_scratch_free(&scratch);
+    free(image), free(shard), free(png);
 }
 
 // An eval batch carries each sample's `cls` label (-1 without one), in spec order.
@@ -345,6 +414,7 @@ int main(void) {
     if (access(VOCAB, R_OK) == 0) tok = tokenizer_load(VOCAB);
     manifest_n = read_manifest(&manifest);
     RUN(test_sample_verdicts);
+    RUN(test_extreme_samples);
     RUN(test_eval_pass);
     RUN(test_labels);
     RUN(test_same_batches_any_thread_count);

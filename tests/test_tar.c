@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "../data/shards.h"
 #include "../model/rng.h"
@@ -129,6 +130,41 @@ static void test_random_damage(void) {
     free(tar);
 }
 
+// A shard that is not a tar at all (compressed, or the Git LFS pointer a clone without git-lfs leaves) says
+// what it is, instead of "corrupt header at offset 0 (bad checksum)" or "truncated".
+static void test_not_a_tar(void) {
+    size_t len;
+    uint8_t *tar = read_whole_file(SHARD_DIR "gnu.tar", &len);
+    EXPECT(tar != NULL, "cannot read gnu.tar");
+    if (!tar) return;
+    z_stream z = {0};  // gzip it, as `tar czf` or `gzip` would
+    uLong cap = compressBound(len) + 64;
+    uint8_t *gz = mallocCheck(cap);
+    EXPECT(deflateInit2(&z, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) == Z_OK, "deflateInit2");
+    z.next_in = tar, z.avail_in = (uInt)len, z.next_out = gz, z.avail_out = (uInt)cap;
+    EXPECT(deflate(&z, Z_FINISH) == Z_STREAM_END, "deflate");
+    deflateEnd(&z);
+    uint8_t zstd[1024] = {0x28, 0xb5, 0x2f, 0xfd};
+    const char lfs[] = "version https://git-lfs.github.com/spec/v1\n"
+                       "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 1073741824\n";
+    struct {
+        void *data;
+        size_t len;
+        const char *want;
+    } cases[] = {{gz, z.total_out, "gzip-compressed"}, {zstd, sizeof(zstd), "zstd-compressed"}, {(void *)lfs, sizeof(lfs) - 1, "Git LFS pointer"}};
+    ShardIndex idx = {0};
+    for (int i = 0; i < 3; i++) {
+        FILE *f = fmemopen(cases[i].data, cases[i].len, "rb");
+        tar_index_shard(f, "not-a-tar", &idx);
+        fclose(f);
+        EXPECT(idx.n == 0 && strstr(idx.error, "not a tar file") && strstr(idx.error, cases[i].want), "%s: %d samples, error '%s'", cases[i].want,
+               idx.n, idx.error);
+    }
+    shard_index_free(&idx);
+    free(gz);
+    free(tar);
+}
+
 static void test_spec_expansion(void) {
     char dir[256], path[1024];
     snprintf(dir, sizeof(dir), "%s", test_path("specs"));
@@ -242,6 +278,7 @@ int main(void) {
     RUN(test_damaged_shards_end_early);
     RUN(test_every_truncation);
     RUN(test_random_damage);
+    RUN(test_not_a_tar);
     RUN(test_spec_expansion);
     RUN(test_missing_shard_is_an_error);
     RUN(test_plan_splits_and_epochs);
