@@ -144,16 +144,22 @@ static void run_eval(const Config *c, ClipModel *m, FILE *log, TbWriter *tb, lon
         Loader *l = loader_open(c, c->val_data, 0, (int)c->batch_size, 0, 1);
         RetrievalResult r = eval_retrieval(m, l, c->val_max_pairs);
         loader_close(l);
-        printf("eval step %ld: val loss %.4f | image->text R@1/5/10 %.1f/%.1f/%.1f%% | text->image %.1f/%.1f/%.1f%% (%ld pairs)\n", step,
-               r.loss, 100 * r.image_to_text[0], 100 * r.image_to_text[1], 100 * r.image_to_text[2], 100 * r.text_to_image[0],
-               100 * r.text_to_image[1], 100 * r.text_to_image[2], r.n);
-        fprintf(log, ",\"val_loss\":%.6g,\"i2t_r1\":%.5g,\"i2t_r5\":%.5g,\"i2t_r10\":%.5g,\"t2i_r1\":%.5g,\"t2i_r5\":%.5g,\"t2i_r10\":%.5g,\"val_n\":%ld",
-                r.loss, r.image_to_text[0], r.image_to_text[1], r.image_to_text[2], r.text_to_image[0], r.text_to_image[1],
-                r.text_to_image[2], r.n);
-        static const char *tags[6] = {"eval/i2t_r1", "eval/i2t_r5", "eval/i2t_r10", "eval/t2i_r1", "eval/t2i_r5", "eval/t2i_r10"};
-        scalars[n++] = (TbScalar){"eval/val_loss", (float)r.loss};
-        for (int k = 0; k < 3; k++) scalars[n++] = (TbScalar){tags[k], (float)r.image_to_text[k]};
-        for (int k = 0; k < 3; k++) scalars[n++] = (TbScalar){tags[3 + k], (float)r.text_to_image[k]};
+        if (r.n == 0) {  // every sample skipped: no loss to report (0.0000 would read as a perfect score)
+            printf("eval step %ld: no validation pairs: every sample of val_data '%s' was skipped (its skips: ./train_clip "
+                   "--inspect-data)\n", step, c->val_data);
+            fprintf(log, ",\"val_n\":0");
+        } else {
+            printf("eval step %ld: val loss %.4f | image->text R@1/5/10 %.1f/%.1f/%.1f%% | text->image %.1f/%.1f/%.1f%% (%ld pairs)\n", step,
+                   r.loss, 100 * r.image_to_text[0], 100 * r.image_to_text[1], 100 * r.image_to_text[2], 100 * r.text_to_image[0],
+                   100 * r.text_to_image[1], 100 * r.text_to_image[2], r.n);
+            fprintf(log, ",\"val_loss\":%.6g,\"i2t_r1\":%.5g,\"i2t_r5\":%.5g,\"i2t_r10\":%.5g,\"t2i_r1\":%.5g,\"t2i_r5\":%.5g,\"t2i_r10\":%.5g,\"val_n\":%ld",
+                    r.loss, r.image_to_text[0], r.image_to_text[1], r.image_to_text[2], r.text_to_image[0], r.text_to_image[1],
+                    r.text_to_image[2], r.n);
+            static const char *tags[6] = {"eval/i2t_r1", "eval/i2t_r5", "eval/i2t_r10", "eval/t2i_r1", "eval/t2i_r5", "eval/t2i_r10"};
+            scalars[n++] = (TbScalar){"eval/val_loss", (float)r.loss};
+            for (int k = 0; k < 3; k++) scalars[n++] = (TbScalar){tags[k], (float)r.image_to_text[k]};
+            for (int k = 0; k < 3; k++) scalars[n++] = (TbScalar){tags[3 + k], (float)r.text_to_image[k]};
+        }
     }
     fprintf(log, ",\"eval_s\":%.4g}\n", now_seconds() - t0);
     fflush(log);

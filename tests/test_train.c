@@ -1,6 +1,7 @@
 // test_train.c: end to end, ./train_clip trains the tiny config on the synthetic source on the CPU and
 // the loss falls: the mean of the last 10 logged losses is below 75% of the first 10 (measured: 3.5 ->
-// 1.7 over these 80 steps). Also checks the log carries the optimizer's per-tensor RMS.
+// 1.7 over these 80 steps). Also checks the log carries the optimizer's per-tensor RMS, and that an evaluation
+// whose val_data has no usable sample says so.
 #include <sys/wait.h>
 
 #include "../model/utils.h"
@@ -32,7 +33,52 @@ static void test_tiny_loss_falls(void) {
     EXPECT(has_rms, "log records lack the per-tensor RMS");
 }
 
+// A ustar member (name, data) into f, as tar writes it: header, then the data padded to 512 bytes.
+static void tar_member(FILE *f, const char *name, const char *data) {
+    char h[512] = {0}, pad[512] = {0};
+    size_t len = strlen(data);
+    snprintf(h, 100, "%s", name);
+    snprintf(h + 100, 8, "0000644"), snprintf(h + 108, 8, "0000000"), snprintf(h + 116, 8, "0000000");
+    snprintf(h + 124, 12, "%011o", (unsigned)len), snprintf(h + 136, 12, "%011o", 0u);
+    h[156] = '0', memcpy(h + 257, "ustar", 6), memcpy(h + 263, "00", 2);
+    memset(h + 148, ' ', 8);
+    unsigned sum = 0;
+    for (int i = 0; i < 512; i++) sum += (unsigned char)h[i];
+    snprintf(h + 148, 8, "%06o", sum);
+    fwrite(h, 1, 512, f), fwrite(data, 1, len, f), fwrite(pad, 1, (512 - len % 512) % 512, f);
+}
+
+// val_data whose every sample is skipped: the evaluation says so instead of printing a loss of 0 (which would read as
+// a perfect score), and logs no val_loss.
+static void test_eval_without_pairs(void) {
+    FILE *f = fopen(test_path("allbad.tar"), "wb");
+    EXPECT(f != NULL, "cannot write the shard");
+    if (!f) return;
+    tar_member(f, "000000.jpg", "not an image"), tar_member(f, "000000.txt", "a caption");
+    char end[1024] = {0};
+    fwrite(end, 1, sizeof(end), f);
+    fclose(f);
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "./train_clip -c configs/tiny.conf --set device=cpu --set batch_size=8 --set steps=2 --set eval_every=2 "
+             "--set data='tests/fixtures/shards/train-{0..1}.tar' --set val_data=%s --set run_dir=%s 2>/dev/null",
+             test_path("allbad.tar"), test_path("run_allbad"));
+    FILE *p = popen(cmd, "r");
+    char line[1024];
+    int said = 0, loss_line = 0;
+    while (p && fgets(line, sizeof(line), p)) said |= strstr(line, "no validation pairs") != NULL, loss_line |= strstr(line, "val loss") != NULL;
+    int status = p ? pclose(p) : -1;
+    EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 0, "train_clip failed");
+    EXPECT(said && !loss_line, "eval output: 'no validation pairs' %s, a val loss line %s", said ? "printed" : "missing",
+           loss_line ? "printed" : "absent");
+    f = fopen(test_path("run_allbad/log.jsonl"), "r");
+    int logged_loss = 0, logged_n0 = 0;
+    while (f && fgets(line, sizeof(line), f)) logged_loss |= strstr(line, "val_loss") != NULL, logged_n0 |= strstr(line, "\"val_n\":0") != NULL;
+    if (f) fclose(f);
+    EXPECT(logged_n0 && !logged_loss, "log.jsonl: val_n 0 %s, val_loss %s", logged_n0 ? "present" : "missing", logged_loss ? "present" : "absent");
+}
+
 int main(void) {
     RUN(test_tiny_loss_falls);
+    RUN(test_eval_without_pairs);
     TEST_EXIT();
 }
