@@ -6,7 +6,6 @@
 // Needs data/bpe_simple_vocab_16e6.txt.gz (scripts/get_vocab.sh); without it the shard tests are skipped.
 #include <sys/wait.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "../data/loader.h"
 #include "../data/sample.h"
@@ -80,36 +79,6 @@ static void test_sample_verdicts(void) {
     sample_scratch_free(&scratch);
 }
 
-static void put_be32(uint8_t *p, uint32_t v) { p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8), p[3] = (uint8_t)v; }
-
-// Appends a PNG chunk to out; returns its length.
-static size_t png_chunk(uint8_t *out, const char *type, const uint8_t *data, uint32_t len) {
-    put_be32(out, len);
-    memcpy(out + 4, type, 4);
-    if (len) memcpy(out + 8, data, len);
-    put_be32(out + 8 + len, (uint32_t)crc32(0, out + 4, len + 4));
-    return 12 + len;
-}
-
-// A w x 1 grey RGB PNG (malloc'ed, *len bytes).
-static uint8_t *strip_png(int w, size_t *len) {
-    size_t raw_len = 1 + (size_t)w * 3;
-    uint8_t *raw = mallocCheck(raw_len);
-    raw[0] = 0, memset(raw + 1, 128, raw_len - 1);
-    uLongf z_len = compressBound(raw_len);
-    uint8_t *z = mallocCheck(z_len), ihdr[13] = {0, 0, 0, 0, 0, 0, 0, 1, 8, 2, 0, 0, 0};
-    EXPECT(compress(z, &z_len, raw, raw_len) == Z_OK, "compress");
-    put_be32(ihdr, (uint32_t)w);
-    uint8_t *png = mallocCheck(8 + 25 + 12 + z_len + 12);
-    memcpy(png, "\x89PNG\r\n\x1a\n", 8);
-    size_t n = 8 + png_chunk(png + 8, "IHDR", ihdr, 13);
-    n += png_chunk(png + n, "IDAT", z, (uint32_t)z_len);
-    n += png_chunk(png + n, "IEND", NULL, 0);
-    free(raw), free(z);
-    *len = n;
-    return png;
-}
-
 // Samples that pass the index but not sample_load's own limits: a valid caption over the tokenizer's 64 KiB is
 // named as too long (not "empty or not valid UTF-8"); the eval Resize of a strip whose longer side would pass
 // 2^31 px (here 1,100,000 x 1 at 2048 px) is a too_large skip, not an int overflow and garbage pixels, while
@@ -117,14 +86,16 @@ static uint8_t *strip_png(int w, size_t *len) {
 static void test_extreme_samples(void) {
     if (!tok) SKIP("no vocabulary");
     enum { BIG = 2048, LONG_CAPTION = 100000 };
-    size_t png_len;
-    uint8_t *png = strip_png(1100000, &png_len);
+    uint8_t *grey = mallocCheck((size_t)3 * 1100000);
+    memset(grey, 128, (size_t)3 * 1100000);
+    Bytes png = encode_png(grey, 1100000, 1);
+    size_t png_len = png.len;
     const char *caption = "a thin strip";
     size_t cap_len = strlen(caption), len = cap_len + LONG_CAPTION + png_len;
     uint8_t *shard = mallocCheck(len);  // short caption, long caption, image: read through spans as from a tar
     memcpy(shard, caption, cap_len);
     for (int i = 0; i < LONG_CAPTION; i++) shard[cap_len + i] = "word "[i % 5];
-    memcpy(shard + cap_len + LONG_CAPTION, png, png_len);
+    memcpy(shard + cap_len + LONG_CAPTION, png.data, png_len);
     FILE *f = fmemopen(shard, len, "rb");
     WdsSample s = {0, {(int64_t)(cap_len + LONG_CAPTION), (int64_t)png_len}, {(int64_t)cap_len, LONG_CAPTION}, {0, -1}};
     SampleParams eval = {tok, BIG, T, 100000000, IMAGE_ALPHA_DROP, 0}, train = eval;
@@ -145,7 +116,7 @@ static void test_extreme_samples(void) {
            SAMPLE_STATUS_NAMES[res.status], res.why, image[0], image[3 * BIG * BIG - 1]);
     fclose(f);
     sample_scratch_free(&scratch);
-    free(image), free(shard), free(png);
+    free(image), free(shard), free(png.data), free(grey);
 }
 
 // An eval batch carries each sample's `cls` label (-1 without one), in spec order.

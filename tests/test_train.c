@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 
 #include "../model/utils.h"
+#include "data_fixtures.h"
 #include "test.h"
 
 static void test_tiny_loss_falls(void) {
@@ -33,28 +34,13 @@ static void test_tiny_loss_falls(void) {
     EXPECT(has_rms, "log records lack the per-tensor RMS");
 }
 
-// A ustar member (name, data) into f, as tar writes it: header, then the data padded to 512 bytes.
-static void tar_member(FILE *f, const char *name, const char *data) {
-    char h[512] = {0}, pad[512] = {0};
-    size_t len = strlen(data);
-    snprintf(h, 100, "%s", name);
-    snprintf(h + 100, 8, "0000644"), snprintf(h + 108, 8, "0000000"), snprintf(h + 116, 8, "0000000");
-    snprintf(h + 124, 12, "%011o", (unsigned)len), snprintf(h + 136, 12, "%011o", 0u);
-    h[156] = '0', memcpy(h + 257, "ustar", 6), memcpy(h + 263, "00", 2);
-    memset(h + 148, ' ', 8);
-    unsigned sum = 0;
-    for (int i = 0; i < 512; i++) sum += (unsigned char)h[i];
-    snprintf(h + 148, 8, "%06o", sum);
-    fwrite(h, 1, 512, f), fwrite(data, 1, len, f), fwrite(pad, 1, (512 - len % 512) % 512, f);
-}
-
 // val_data whose every sample is skipped: the evaluation says so instead of printing a loss of 0 (which would read as
 // a perfect score), and logs no val_loss.
 static void test_eval_without_pairs(void) {
     FILE *f = fopen(test_path("allbad.tar"), "wb");
     EXPECT(f != NULL, "cannot write the shard");
     if (!f) return;
-    tar_member(f, "000000.jpg", "not an image"), tar_member(f, "000000.txt", "a caption");
+    tar_member(f, "000000.jpg", "not an image", 12), tar_member(f, "000000.txt", "a caption", 9);
     char end[1024] = {0};
     fwrite(end, 1, sizeof(end), f);
     fclose(f);
