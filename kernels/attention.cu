@@ -137,17 +137,6 @@ __device__ void zero_dq_rows(bf16 *dq_h, int ld, int q0, int T, int hd) {
         *reinterpret_cast<uint4 *>(dq_h + (size_t)(q0 + i / per) * ld + (i % per) * 8) = make_uint4(0, 0, 0, 0);
 }
 
-// Four 8x8 bf16 matrices from shared memory; each lane passes one row address (see the *_row/_col helpers).
-__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16 *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const bf16 *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(p)));
-}
 // c (16x8 fp32) += a (16x16 bf16, row) @ b (16x8 bf16, col)
 __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
@@ -161,11 +150,6 @@ __device__ __forceinline__ float fast_exp2(float x) {
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
 }
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem), "r"(bytes));
-}
-__device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait(void) { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 // Makes this thread's landed cp.async writes visible to the async proxy, through which wgmma reads shared memory.
 __device__ __forceinline__ void fence_proxy_async(void) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -215,14 +199,14 @@ template <int HD> __device__ __forceinline__ void load_tile(FaTile<HD> &dst, con
     for (int k = 0; k < HD / 16; k++) {
         int i = threadIdx.x + k * FA_THREADS, r = i / CH, c = (i % CH) * 8, t = row0 + r;
         int ok = t < T && c < hd;
-        cp_async16(&dst.x[r][c], src + (ok ? t * ld + c : 0), ok ? 16 : 0);
+        cp_async16(smem_u32(&dst.x[r][c]), src + (ok ? t * ld + c : 0), ok ? 16 : 0);
     }
 }
 
 // The A fragments of rows [r0, r0+16) of a [row][HD] tile (all HD/16 column blocks).
 template <int HD> __device__ __forceinline__ void load_a_frags(uint32_t a[HD / 16][4], const FaTile<HD> &X, int r0, int lane) {
 #pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++) ldsm_x4(a[kk], &X.x[r0 + a_row(lane)][kk * 16 + a_col(lane)]);
+    for (int kk = 0; kk < HD / 16; kk++) ldmatrix_x4(a[kk], smem_u32(&X.x[r0 + a_row(lane)][kk * 16 + a_col(lane)]));
 }
 
 // The MMA helpers below take a range of 16-row groups [lo, hi) to compute (the others are masked out by every
@@ -254,7 +238,7 @@ __device__ __forceinline__ void mma_frags_by_tile(float s[8][4], const uint32_t 
             for (int np = 0; np < 4; np++) {
                 if (!IN_GROUPS(np, lo, hi)) continue;
                 uint32_t b[4];
-                ldsm_x4(b, &Y.x[np * 16 + b_row(lane)][kk * 16 + b_col(lane)]);
+                ldmatrix_x4(b, smem_u32(&Y.x[np * 16 + b_row(lane)][kk * 16 + b_col(lane)]));
                 mma_bf16(s[2 * np], a[kk], b[0], b[1]);
                 mma_bf16(s[2 * np + 1], a[kk], b[2], b[3]);
             }
@@ -275,7 +259,7 @@ __device__ __forceinline__ void mma_frag_by_rows(float acc[HD / 8][4], const uin
 #pragma unroll
     for (int np = 0; np < HD / 16; np++) {
         uint32_t b[4];
-        ldsm_x4_trans(b, &Y.x[kk * 16 + a_row(lane)][np * 16 + a_col(lane)]);
+        ldmatrix_x4_trans(b, smem_u32(&Y.x[kk * 16 + a_row(lane)][np * 16 + a_col(lane)]));
         mma_bf16(acc[2 * np], a, b[0], b[1]);
         mma_bf16(acc[2 * np + 1], a, b[2], b[3]);
     }
@@ -644,11 +628,11 @@ template <int HD> __device__ __forceinline__ void wg_load_tile(WgTile<HD> &dst, 
 #pragma unroll
     for (int k = 0; k < 4; k++) {
         int i = threadIdx.x + k * FA_THREADS, r = i >> 3, j = i & 7, t = row0 + r;
-        cp_async16(&dst.x[r * 64 + ((j ^ (r & 7)) << 3)], src + (t < T ? (size_t)t * ld + j * 8 : 0), t < T ? 16 : 0);
+        cp_async16(smem_u32(&dst.x[r * 64 + ((j ^ (r & 7)) << 3)]), src + (t < T ? (size_t)t * ld + j * 8 : 0), t < T ? 16 : 0);
     }
     if constexpr (HD == 80) {
         int r = threadIdx.x >> 1, j = threadIdx.x & 1, t = row0 + r;
-        cp_async16(&dst.x[4096 + r * 16 + ((j ^ ((r >> 2) & 1)) << 3)], src + (t < T ? (size_t)t * ld + 64 + j * 8 : 0),
+        cp_async16(smem_u32(&dst.x[4096 + r * 16 + ((j ^ ((r >> 2) & 1)) << 3)]), src + (t < T ? (size_t)t * ld + 64 + j * 8 : 0),
                    t < T ? 16 : 0);
     }
 }

@@ -1,7 +1,7 @@
 // hopper.cuh: the sm_90a building blocks of the hand-written GEMM kernel (wgmma_gemm.cuh) and of the wgmma attention
 // kernels (attention.cu): mbarriers, TMA loads and stores (tensor maps of row-major matrices in 128-byte-swizzled
 // boxes), cluster barriers, wgmma descriptors and fences, stmatrix. The device helpers exist only where the compiler
-// targets sm_90a, except smem_u32 and pack_bf16.
+// targets sm_90a, except smem_u32, pack_bf16 and the cp.async and ldmatrix helpers that the sm_80 kernels share.
 #pragma once
 #include <cuda.h>  // CUtensorMap and its enums (types only; the encoder is fetched through the runtime)
 #include "cuda_utils.cuh"
@@ -11,6 +11,25 @@ __device__ inline uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_gen
 __device__ inline uint32_t pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *(uint32_t *)&v;
+}
+// cp.async (sm_80 and up): 16 bytes from global memory to the shared address dst; src_bytes 0 fills zeros.
+__device__ inline void cp_async16(uint32_t dst, const void *src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ inline void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+// Four 8x8 16-bit matrices from the shared address addr (each lane passes one row's address), as they are or transposed.
+__device__ inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
+}
+__device__ inline void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
 }
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ inline void mbar_init(uint64_t *bar, int count) {

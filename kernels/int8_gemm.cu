@@ -177,17 +177,6 @@ template <int OUT, int W> struct Int8Op {
 #define MM_STAGE_BYTES ((MM_BM + MM_BN) * MM_BK)
 #define MM_SMEM (MM_STAGES * MM_STAGE_BYTES)  // 96 KB
 
-__device__ inline void cp_async16(uint32_t dst, const void *src, int src_bytes) {  // src_bytes 0: zero fill
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N> __device__ inline void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
-__device__ inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr)
-                 : "memory");
-}
 // d (16 x 8 s32) += a (16 x 32 s8, row) . b (32 x 8 s8, col)
 __device__ inline void mma_s8(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
