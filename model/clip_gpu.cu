@@ -1115,7 +1115,9 @@ const char *clip_gpu_unavailable(void) {
     if (e == cudaSuccess && n > 0) return "";
     if (cudaRuntimeGetVersion(&runtime) != cudaSuccess) runtime = 0;
     if (cudaDriverGetVersion(&driver) != cudaSuccess) driver = 0;
-    if (e == cudaErrorInsufficientDriver)
+    if (e == cudaErrorInsufficientDriver && driver == 0)  // the runtime found no libcuda at all
+        snprintf(why, sizeof(why), "no NVIDIA driver found (libcuda.so is not installed or not on the library path; check nvidia-smi)");
+    else if (e == cudaErrorInsufficientDriver)
         snprintf(why, sizeof(why), "the NVIDIA driver supports CUDA %d.%d but this build needs %d.%d: update the driver, or rebuild with an older CUDA toolkit",
                  driver / 1000, driver % 1000 / 10, runtime / 1000, runtime % 1000 / 10);
     else if (e == cudaSuccess || e == cudaErrorNoDevice)

@@ -1,7 +1,8 @@
 // test_train.c: end to end, ./train_clip trains the tiny config on the synthetic source on the CPU and
 // the loss falls: the mean of the last 10 logged losses is below 75% of the first 10 (measured: 3.5 ->
 // 1.7 over these 80 steps). Also checks the log carries the optimizer's per-tensor RMS, and that an evaluation
-// whose val_data has no usable sample says so.
+// whose val_data has no usable sample says so, and that device = cuda without the NVIDIA driver says that.
+#include <dlfcn.h>
 #include <sys/wait.h>
 
 #include "../model/utils.h"
@@ -63,8 +64,30 @@ static void test_eval_without_pairs(void) {
     EXPECT(logged_n0 && !logged_loss, "log.jsonl: val_n 0 %s, val_loss %s", logged_n0 ? "present" : "missing", logged_loss ? "present" : "absent");
 }
 
+// device = cuda on a machine without the NVIDIA driver (libcuda not loadable): one error that says so, not that the
+// driver "supports CUDA 0.0" (the runtime's insufficient-driver code with a driver version of 0), and a failed exit.
+static void test_no_driver_message(void) {
+    void *h = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+    if (h) {
+        dlclose(h);
+        SKIP("the NVIDIA driver is installed");
+    }
+    FILE *p = popen("./train_clip -c configs/tiny.conf --set device=cuda --set steps=1 2>&1", "r");
+    char out[8192] = {0}, line[1024];
+    size_t n = 0;
+    while (p && fgets(line, sizeof(line), p)) {
+        size_t len = strlen(line);
+        if (n + len < sizeof(out)) memcpy(out + n, line, len + 1), n += len;
+    }
+    int status = p ? pclose(p) : -1;
+    if (strstr(out, "this build has no CUDA")) SKIP("train_clip was built without CUDA");
+    EXPECT(WIFEXITED(status) && WEXITSTATUS(status) != 0, "train_clip exited with success on device = cuda without a driver");
+    EXPECT(strstr(out, "error: device = cuda: no NVIDIA driver found") != NULL, "train_clip said:\n%s", out);
+}
+
 int main(void) {
     RUN(test_tiny_loss_falls);
     RUN(test_eval_without_pairs);
+    RUN(test_no_driver_message);
     TEST_EXIT();
 }
