@@ -88,7 +88,7 @@ static void test_against_pil(void) {
         else sscanf(line, "%*s %*s %d %63s", &S, raw_name);
         char path[256];
         snprintf(path, sizeof(path), IMAGE_DIR "%s", raw_name);
-        size_t ref_len;
+        size_t ref_len = 0;  // set when ref is read
         uint8_t *ref = read_whole_file(path, &ref_len);
         Image img;
         ImageStatus st = decode_file(file, 100000000, 0, &img);
