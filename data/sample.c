@@ -2,7 +2,6 @@
 // a bad sample cheapest (member sizes, then the caption, then the image).
 #include "sample.h"
 
-#include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -64,10 +63,8 @@ SampleResult sample_load(FILE *f, const WdsSample *s, const SampleParams *p, Rng
     ImageStatus st = image_decode(scratch->bytes, (size_t)s->image.size, p->max_image_pixels, p->image_size, p->alpha_on_white, &img, r.why,
                                   sizeof(r.why));
     r.width = img.full_w, r.height = img.full_h, r.label = read_label(f, s->cls);
-    // the eval Resize makes the longer side S * long / short pixels, which must fit in an int (PIL cannot
-    // make such an image either): a strip of millions of pixels by one would overflow it
-    int shorter = img.full_w < img.full_h ? img.full_w : img.full_h, longer = img.full_w + img.full_h - shorter;
-    if (st == IMAGE_OK && !p->is_train && (double)p->image_size * longer / shorter > INT_MAX) {
+    int new_w, new_h;  // the eval Resize of a long enough strip would not fit in an int
+    if (st == IMAGE_OK && !p->is_train && !transform_eval_size(img.full_w, img.full_h, p->image_size, &new_w, &new_h)) {
         st = IMAGE_TOO_LARGE;
         snprintf(r.why, sizeof(r.why), "%dx%d: resized to %d px on its shorter side it would be over 2^31 px long", img.full_w, img.full_h,
                  p->image_size);

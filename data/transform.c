@@ -2,6 +2,7 @@
 // resampling (Pillow's libImaging/Resample.c algorithm, reimplemented) that both use.
 #include "transform.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -157,11 +158,17 @@ void transform_train(const Image *img, int S, Rng *r, uint8_t *out) {
     resize_bicubic(region, rx1 - rx0, ry1 - ry0, (size_t)img->w * 3, box, S, S, 0, 0, S, S, out);
 }
 
+int transform_eval_size(int W, int H, int S, int *new_w, int *new_h) {
+    double longer = (double)S * (W <= H ? H : W) / (W <= H ? W : H);
+    if (longer > INT_MAX) return 0;
+    *new_w = W <= H ? S : (int)longer, *new_h = W <= H ? (int)longer : S;
+    return 1;
+}
+
 void transform_eval(const Image *img, int S, uint8_t *out) {
-    // torchvision's Resize(S): the shorter side becomes S, the longer int(S * long / short)
-    int W = img->full_w, H = img->full_h, new_w = S, new_h = S;
-    if (W <= H) new_h = (int)((double)S * H / W);
-    else new_w = (int)((double)S * W / H);
+    int new_w, new_h;
+    if (!transform_eval_size(img->full_w, img->full_h, S, &new_w, &new_h))
+        fatal("transform_eval: %dx%d resized to %d px on its shorter side is over 2^31 px long", img->full_w, img->full_h, S);
     // CenterCrop(S): int(round((new - S) / 2)), Python's round
     int left = (int)nearbyint((new_w - S) / 2.0), top = (int)nearbyint((new_h - S) / 2.0);
     float box[4] = {0, 0, (float)img->w, (float)img->h};

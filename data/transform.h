@@ -20,6 +20,10 @@ CropBox transform_random_crop(int w, int h, Rng *r);
 // out: (3, S, S). The crop is drawn on the stored size (img->full_w/h) and mapped onto the decoded pixels.
 void transform_train(const Image *img, int S, Rng *r, uint8_t *out);
 void transform_eval(const Image *img, int S, uint8_t *out);
+// The size transform_eval resizes a W x H image to (torchvision's Resize(S): the shorter side S, the longer
+// int(S * long / short)). Returns 0 when the longer side would not fit in an int (a strip millions of pixels by
+// one; PIL cannot make such an image either): such an image cannot be transformed.
+int transform_eval_size(int W, int H, int S, int *new_w, int *new_h);
 
 // PIL's resize of an RGB region (src_w x src_h pixels, rows `stride` bytes apart) to out_w x out_h with
 // box = (x0, y0, x1, y1) in region coordinates; the filter never reads outside the region. Only the
