@@ -129,6 +129,9 @@ static const Key KEYS[] = {
 // Where each key's value came from ("default", "file:line", "--set"), for errors and the printout.
 static char key_source[NKEYS][1100];
 static int key_given[NKEYS];
+// Keys whose value config_finalize computed from others (steps from samples): printed as comments, so that the
+// printout (run_dir/config.conf) loads again as a config.
+static int key_derived[NKEYS];
 
 #define CONFIG_EXIT 2
 __attribute__((noreturn, format(printf, 3, 4))) static void config_error(const char *where, const char *key,
@@ -249,14 +252,14 @@ static void assign(Config *c, const char *where, const char *name, const char *v
     const char *err = parse_value(c, k, value, reason, sizeof(reason));
     if (err) config_error(where, name, "%s", err);
     snprintf(key_source[k], sizeof(key_source[k]), "%s", where);
-    key_given[k] = 1;
+    key_given[k] = 1, key_derived[k] = 0;
 }
 
 void config_defaults(Config *c) {
     memset(c, 0, sizeof(*c));
     c->world_size = 1;
     for (int k = 0; k < NKEYS; k++) {
-        key_given[k] = 0;
+        key_given[k] = key_derived[k] = 0;
         snprintf(key_source[k], sizeof(key_source[k]), "default");
         if (!KEYS[k].def) continue;
         char reason[256];
@@ -370,10 +373,16 @@ void config_finalize(Config *c) {
     if (c->image_size % c->patch_size)
         config_error(source_of("patch_size"), "patch_size", "%d does not divide image_size %d", c->patch_size, c->image_size);
     if (config_vision_mlp(c) < 1 || config_text_mlp(c) < 1) config_error("config", "mlp_ratio", "MLP width rounds to 0");
+    int steps_k = find_key("steps");
+    if (key_derived[steps_k]) c->steps = 0;  // an earlier finalize's: derived again (batch_size may have changed)
     if (c->steps > 0 && c->samples > 0)
         config_error(source_of("samples"), "samples", "set steps or samples, not both (steps is set at %s)", source_of("steps"));
     if (c->steps == 0 && c->samples == 0) config_error("config", "steps", "missing required key (or set samples)");
-    if (c->steps == 0) c->steps = (c->samples + c->batch_size - 1) / c->batch_size;
+    if (c->steps == 0) {
+        c->steps = (c->samples + c->batch_size - 1) / c->batch_size;
+        key_derived[steps_k] = 1;
+        snprintf(key_source[steps_k], sizeof(key_source[steps_k]), "ceil(samples / batch_size)");
+    }
     if (c->zeroshot_data[0] && !c->zeroshot_classnames[0])
         config_error(source_of("zeroshot_data"), "zeroshot_data", "needs zeroshot_classnames (a file of class names)");
     c->switchback_mask = parse_linears(c->switchback_layers, source_of("switchback_layers"));
@@ -385,6 +394,14 @@ void config_finalize(Config *c) {
                      c->micro_batch_size, c->batch_size / c->world_size, c->batch_size, c->world_size);
 }
 
+// The shortest decimal that reads back as v (lr = 2e-3 prints 0.002, not %.9g's 0.00200000009).
+static void format_float(char *out, size_t n, float v) {
+    for (int digits = 1; digits <= 9; digits++) {
+        snprintf(out, n, "%.*g", digits, v);
+        if ((float)strtod(out, NULL) == v) return;  // as parse_value reads it
+    }
+}
+
 static void format_value(const Config *c, int k, char *out, size_t n) {
     const Key *key = &KEYS[k];
     const char *field = (const char *)c + key->offset;
@@ -392,11 +409,11 @@ static void format_value(const Config *c, int k, char *out, size_t n) {
         case T_INT: snprintf(out, n, "%d", *(const int *)field); break;
         case T_LONG: snprintf(out, n, "%ld", *(const long *)field); break;
         case T_U64: snprintf(out, n, "%llu", (unsigned long long)*(const uint64_t *)field); break;
-        case T_FLOAT: snprintf(out, n, "%.9g", *(const float *)field); break;
+        case T_FLOAT: format_float(out, n, *(const float *)field); break;
         case T_OPTFLOAT: {
             float v = *(const float *)field;
             if (v != v) snprintf(out, n, "none");
-            else snprintf(out, n, "%.9g", v);
+            else format_float(out, n, v);
             break;
         }
         case T_BOOL: snprintf(out, n, "%s", *(const int *)field ? "true" : "false"); break;
@@ -414,7 +431,8 @@ void config_print(const Config *c, FILE *out) {
     for (int k = 0; k < NKEYS; k++) {
         char v[CONFIG_STR + 8];
         format_value(c, k, v, sizeof(v));
-        fprintf(out, "%-20s = %-24s # %s\n", KEYS[k].name, v, key_source[k]);
+        if (key_derived[k]) fprintf(out, "# %-18s = %-24s # %s\n", KEYS[k].name, v, key_source[k]);
+        else fprintf(out, "%-20s = %-24s # %s\n", KEYS[k].name, v, key_source[k]);
     }
 }
 

@@ -2,9 +2,11 @@
 // configs, --set overrides, includes, and that every kind of bad config stops ./train_clip before any
 // work with `file:line: key: reason` and exit code 2.
 #include <sys/wait.h>
+#include <time.h>
 
 #include "../model/clip.h"
 #include "../model/config.h"
+#include "../model/rng.h"
 #include "../model/utils.h"
 #include "test.h"
 
@@ -145,6 +147,62 @@ static void test_readme_config_reference_is_current(void) {
     free(ref), free(readme);
 }
 
+// Each "key = value" line of a config printout, without its "# source" comment, one per line.
+static void strip_sources(const char *text, char *out, size_t cap) {
+    size_t n = 0;
+    for (const char *line = text; *line;) {
+        const char *end = strchr(line, '\n'), *hash = strstr(line, " # ");
+        if (!end) end = line + strlen(line);
+        if (!hash || hash > end) hash = end;
+        while (hash > line && hash[-1] == ' ') hash--;
+        n += snprintf(out + n, n < cap ? cap - n : 0, "%.*s\n", (int)(hash - line), line);
+        line = *end ? end + 1 : end;
+    }
+}
+
+// The effective config (printed by --dry-run, written to run_dir/config.conf) loads again as a config and gives
+// the same values; floats print as the shortest decimal that reads back (lr = 2e-3 prints 0.002).
+static void test_printed_config_reads_back(void) {
+    Config a;
+    config_load(&a, "configs/vit_h_14.conf");
+    Rng r;
+    rng_init(&r, (uint64_t)time(NULL), RNG_TEST, 1);
+    char *want = mallocCheck(1 << 16), *got = mallocCheck(1 << 16), *out = mallocCheck(1 << 16);
+    for (int i = 0; i < 10; i++) {
+        char set[64];
+        uint32_t bits = (uint32_t)rng_u64(&r);
+        float lr = ldexpf((float)(bits >> 8) / 16777216.0f + 0.5f, -(int)(bits % 30));  // random mantissa, 2^-31..2^-1
+        snprintf(set, sizeof(set), "lr=%.9g", lr);
+        config_set(&a, set, 1);
+        char *text = NULL;
+        size_t len = 0;
+        FILE *m = open_memstream(&text, &len);
+        config_print(&a, m);
+        fclose(m);
+        FILE *f = fopenCheck(test_path("printed.conf"), "w");
+        fputs(text, f);
+        fcloseCheck(f);
+        char cmd[1024];
+        snprintf(cmd, sizeof(cmd), "./train_clip -c %s --dry-run 2>&1", test_path("printed.conf"));
+        FILE *p = popen(cmd, "r");
+        size_t n = fread(out, 1, (1 << 16) - 1, p);
+        out[n] = '\0';
+        int status = pclose(p);
+        const char *printed = strstr(out, "# effective config\n");
+        EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 0 && printed, "the printed config does not load: %s", out);
+        if (!printed) break;
+        strip_sources(text, want, 1 << 16);
+        strip_sources(printed + strlen("# effective config\n"), got, 1 << 16);
+        EXPECT(!strcmp(want, got), "the printed config (lr %.9g) read back differently:\n%s\nagainst\n%s", lr, got, want);
+        if (i == 0)
+            EXPECT(strstr(text, "\nwd                   = 0.2 ") && strstr(text, "\nbeta2                = 0.98 ") &&
+                       strstr(text, "\neps                  = 1e-06 ") && strstr(text, "\nspike_factor         = 1.3 "),
+                   "floats not printed in their shortest form:\n%s", text);
+        free(text);
+    }
+    free(want), free(got), free(out);
+}
+
 int main(void) {
     RUN(test_param_counts_equal_open_clip);
     RUN(test_layer_scale_adds_gamma_tensors);
@@ -152,5 +210,6 @@ int main(void) {
     RUN(test_bad_configs_name_file_line_key);
     RUN(test_dry_run_prints_params_line);
     RUN(test_readme_config_reference_is_current);
+    RUN(test_printed_config_reads_back);
     TEST_EXIT();
 }
