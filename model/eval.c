@@ -80,8 +80,8 @@ void zeroshot_accuracy(ZeroShotResult *r, long *seen, long *hit, const float *im
             for (int k = 0; k < E; k++) d += (double)img_n[(size_t)i * E + k] * classifier[(size_t)c * E + k];
             score[c] = d;
         }
-        int rank = 0;  // classes scoring at least as high as the true one: ties count against it
-        for (int c = 0; c < C; c++) rank += c != label && score[c] >= score[label];
+        int rank = 0;  // classes not scoring below the true one: ties (and NaN scores) count against it
+        for (int c = 0; c < C; c++) rank += c != label && !(score[c] < score[label]);
         r->top1 += rank < 1, r->top5 += rank < 5, r->n++;
         seen[label]++, hit[label] += rank < 1;
     }
@@ -112,10 +112,10 @@ ZeroShotResult eval_zeroshot(ClipModel *m, const float *classifier, int C, Loade
     return r;
 }
 
-// Rank of the true match (index i) among the n scores of row i; ties count against it.
+// Rank of the true match (index i) among the n scores of row i; ties (and NaN scores) count against it.
 static int rank_of(const double *row, long n, long i) {
     int rank = 0;
-    for (long j = 0; j < n; j++) rank += j != i && row[j] >= row[i];
+    for (long j = 0; j < n; j++) rank += j != i && !(row[j] < row[i]);
     return rank;
 }
 

@@ -92,6 +92,24 @@ static void test_classifier_averages_templates(void) {
     clip_model_free(&m);
 }
 
+// Non-finite features (a diverged model, an overflow) score NaN against everything: the true match must count as a
+// miss, not as the top hit (NaN >= x is false, so a rank counted by ">=" came out 0: 100% top-1 and R@1).
+static void test_nan_features_are_misses(void) {
+    float classes[3 * E], img[2 * E], txt[2 * E];
+    for (int c = 0; c < 3; c++) unit(classes + c * E, c);
+    for (int k = 0; k < 2 * E; k++) img[k] = NAN, txt[k] = NAN;
+    int32_t labels[2] = {0, 1};
+    ZeroShotResult r = {0, 0, 0, 0, 0};
+    long seen[3] = {0}, hit[3] = {0};
+    zeroshot_accuracy(&r, seen, hit, img, labels, 2, classes, 3, E);
+    EXPECT(r.n == 2 && r.top1 == 0 && hit[0] == 0 && hit[1] == 0, "NaN images: top-1 hits %g of %ld, want 0", r.top1, r.n);
+    RetrievalResult rr;
+    memset(&rr, 0, sizeof(rr));
+    retrieval_recall(&rr, img, txt, 2, E);
+    EXPECT(rr.image_to_text[0] == 0 && rr.text_to_image[0] == 0, "NaN features: R@1 %g / %g, want 0", rr.image_to_text[0],
+           rr.text_to_image[0]);
+}
+
 static void test_read_lines(void) {
     FILE *f = fopenCheck(test_path("classes.txt"), "w");
     fprintf(f, "# classes\nanimals\n\nbuildings\r\nfood\n");
@@ -107,5 +125,6 @@ int main(void) {
     RUN(test_retrieval_recall);
     RUN(test_classifier_averages_templates);
     RUN(test_read_lines);
+    RUN(test_nan_features_are_misses);
     TEST_EXIT();
 }
