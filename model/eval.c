@@ -143,7 +143,7 @@ RetrievalResult eval_retrieval(ClipModel *m, Loader *loader, long max_pairs) {
     memset(&r, 0, sizeof(r));
     int E = m->cpu.cfg.embed_dim;
     float *img = NULL, *txt = NULL;
-    long n = 0, cap = 0, batches = 0;
+    long n = 0, cap = 0;
     Batch b;
     int got;
     while ((max_pairs == 0 || n < max_pairs) && (got = loader_next(loader, &b)) > 0) {
@@ -155,12 +155,13 @@ RetrievalResult eval_retrieval(ClipModel *m, Loader *loader, long max_pairs) {
         }
         clip_model_encode_images(m, b.images, got, img + (size_t)n * E);
         clip_model_encode_texts(m, b.tokens, got, txt + (size_t)n * E);
-        // the loss of each batch, as training computes it
-        r.loss += contrastive_loss(img + (size_t)n * E, txt + (size_t)n * E, clip_model_logit_scale(m), got, E, NULL, NULL, NULL);
-        n += got, batches++;
+        // the loss of each batch, as training computes it, weighted by its pairs (open_clip's evaluate(): a short
+        // last batch, whose loss is lower for having fewer negatives, counts for its pairs only)
+        r.loss += (double)got * contrastive_loss(img + (size_t)n * E, txt + (size_t)n * E, clip_model_logit_scale(m), got, E, NULL, NULL, NULL);
+        n += got;
     }
     if (n > 0) {
-        r.loss /= batches;
+        r.loss /= n;
         l2_normalize_forward(img, NULL, img, (int)n, E), l2_normalize_forward(txt, NULL, txt, (int)n, E);
         retrieval_recall(&r, img, txt, n, E);
     }

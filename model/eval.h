@@ -17,7 +17,7 @@ typedef struct {
 
 typedef struct {
     double image_to_text[3], text_to_image[3];  // recall at 1, 5, 10
-    double loss;                                 // contrastive loss averaged over batches
+    double loss;                                 // each batch's contrastive loss, averaged over pairs
     long n;                                      // pairs evaluated
 } RetrievalResult;
 

@@ -2,7 +2,10 @@
 // (ties count against the true class), retrieval recall at 1/5/10 in both directions, the class-name
 // file reader, and the zero-shot classifier's prompt filling and averaging on the tiny CPU model.
 #include "../model/eval.h"
+#include "../data/synthetic.h"
+#include "../model/ops_cpu.h"
 #include "../model/utils.h"
+#include "data_fixtures.h"
 #include "test.h"
 
 enum { E = 8 };
@@ -110,6 +113,66 @@ static void test_nan_features_are_misses(void) {
            rr.text_to_image[0]);
 }
 
+// The tiny CPU model with a given eval batch (and the loader settings the eval tests use).
+static void tiny_model(Config *c, ClipModel *m, int batch, const char *extra) {
+    config_defaults(c);
+    config_load_file(c, "configs/tiny.conf");
+    char kv[64];
+    snprintf(kv, sizeof(kv), "batch_size=%d", batch);
+    config_set(c, kv, 1);
+    config_set(c, "device=cpu", 2);
+    config_set(c, "data_workers=2", 3);
+    if (extra) config_set(c, extra, 4);
+    config_finalize(c);
+    clip_model_init(m, c, DEVICE_CPU);
+}
+
+// The retrieval metrics against a brute-force reference: every pair encoded alone, recall from the full
+// similarity matrix with ties against the true match, and the validation loss as open_clip's evaluate()
+// computes it: each batch's contrastive loss weighted by its pairs (a last batch of one pair has loss 0 and
+// must not weigh as much as a full batch). 5 synthetic pairs in eval batches of 4: batches of 4 and 1.
+static void test_retrieval_against_reference(void) {
+    Config c;
+    ClipModel m;
+    tiny_model(&c, &m, 4, "synthetic_size=5");
+    int N = 5, E = c.embed_dim, S = c.image_size, T = c.context_length;
+    Loader *l = loader_open(&c, "synthetic", 0, 4, 0, 1);
+    RetrievalResult r = eval_retrieval(&m, l, 0);
+    loader_close(l);
+    // the reference: the same pairs, one at a time
+    float *img = mallocCheck((size_t)N * E * sizeof(float)), *txt = mallocCheck((size_t)N * E * sizeof(float));
+    uint8_t *image = mallocCheck((size_t)3 * S * S);
+    int32_t *ids = mallocCheck((size_t)T * sizeof(int32_t));
+    for (int i = 0; i < N; i++) {
+        synthetic_sample(c.seed, (uint64_t)i, S, T, c.vocab_size, image, ids);
+        clip_model_encode_images(&m, image, 1, img + (size_t)i * E);
+        clip_model_encode_texts(&m, ids, 1, txt + (size_t)i * E);
+    }
+    float ls = clip_model_logit_scale(&m);
+    double loss = (4 * contrastive_loss(img, txt, ls, 4, E, NULL, NULL, NULL) + 1 * contrastive_loss(img + 4 * E, txt + 4 * E, ls, 1, E, NULL, NULL, NULL)) / N;
+    for (int i = 0; i < N; i++) normalize(img + (size_t)i * E, E), normalize(txt + (size_t)i * E, E);
+    double want[2][3] = {{0}};
+    for (int dir = 0; dir < 2; dir++)
+        for (int i = 0; i < N; i++) {
+            const float *q = dir ? txt : img, *keys = dir ? img : txt;
+            double s[5];
+            for (int j = 0; j < N; j++) {
+                s[j] = 0;
+                for (int k = 0; k < E; k++) s[j] += (double)q[(size_t)i * E + k] * keys[(size_t)j * E + k];
+            }
+            int above = 0;
+            for (int j = 0; j < N; j++) above += j != i && !(s[j] < s[i]);
+            for (int k = 0; k < 3; k++) want[dir][k] += (above < (int[]){1, 5, 10}[k]) / (double)N;
+        }
+    EXPECT(r.n == N, "pairs %ld, want %d", r.n, N);
+    EXPECT(fabs(r.loss - loss) < 1e-4 * loss, "val loss %.6f, want %.6f (open_clip: each batch's loss weighted by its pairs)", r.loss, loss);
+    for (int k = 0; k < 3; k++)
+        EXPECT(fabs(r.image_to_text[k] - want[0][k]) < 1e-12 && fabs(r.text_to_image[k] - want[1][k]) < 1e-12,
+               "R@%d %g/%g, want %g/%g", (int[]){1, 5, 10}[k], r.image_to_text[k], r.text_to_image[k], want[0][k], want[1][k]);
+    free(img), free(txt), free(image), free(ids);
+    clip_model_free(&m);
+}
+
 static void test_read_lines(void) {
     FILE *f = fopenCheck(test_path("classes.txt"), "w");
     fprintf(f, "# classes\nanimals\n\nbuildings\r\nfood\n");
@@ -126,5 +189,6 @@ int main(void) {
     RUN(test_classifier_averages_templates);
     RUN(test_read_lines);
     RUN(test_nan_features_are_misses);
+    RUN(test_retrieval_against_reference);
     TEST_EXIT();
 }
