@@ -173,6 +173,107 @@ static void test_retrieval_against_reference(void) {
     clip_model_free(&m);
 }
 
+// A shard of n samples: sample i has a random w x w PNG (corrupt bytes where bad[i]), a caption, and a `cls`
+// member holding cls[i] (none where cls[i] is NULL).
+static void write_shard(const char *path, int n, const char *const *cls, const int *bad) {
+    FILE *f = fopenCheck(path, "wb");
+    uint64_t state = 12345;
+    for (int i = 0; i < n; i++) {
+        int w = 20 + 7 * i;
+        uint8_t *rgb = mallocCheck((size_t)w * w * 3);
+        for (int k = 0; k < w * w * 3; k++) state = state * 6364136223846793005ULL + 1442695040888963407ULL, rgb[k] = (uint8_t)(state >> 56);
+        Bytes png = encode_png(rgb, w, w);
+        char name[64], caption[64];
+        snprintf(name, sizeof(name), "%06d.png", i);
+        if (bad && bad[i]) tar_member(f, name, "not an image at all", 19);
+        else tar_member(f, name, png.data, png.len);
+        snprintf(name, sizeof(name), "%06d.txt", i), snprintf(caption, sizeof(caption), "a picture number %d", i);
+        tar_member(f, name, caption, strlen(caption));
+        if (cls && cls[i]) snprintf(name, sizeof(name), "%06d.cls", i), tar_member(f, name, cls[i], strlen(cls[i]));
+        free(rgb), free(png.data);
+    }
+    static const char end[1024];
+    fwriteCheck(end, 1, sizeof(end), f);
+    fcloseCheck(f);
+}
+
+// Zero-shot top-1/top-5/per-class on shards against a reference that encodes the labelled images one at a time
+// and ranks each image's true class among all (ties against it). The eval batch (4) is larger than the last
+// batch and than the second shard; samples with no, a negative or a non-numeric `cls` are not evaluated.
+static void test_zeroshot_against_reference(void) {
+    Config c;
+    ClipModel m;
+    tiny_model(&c, &m, 4, NULL);
+    int E = c.embed_dim;
+    const char *cls0[7] = {"0", "1", "2\n", NULL, "-1", "abc", "1"}, *cls1[1] = {"2"};
+    int bad0[7] = {0, 0, 0, 0, 0, 0, 0};
+    write_shard(test_path("zs-0.tar"), 7, cls0, bad0);
+    write_shard(test_path("zs-1.tar"), 1, cls1, NULL);
+    char spec[1024];
+    snprintf(spec, sizeof(spec), "%s::%s", test_path("zs-0.tar"), test_path("zs-1.tar"));
+    Tokenizer *tok = tokenizer_load(NULL);
+    char *names[6] = {"cat", "dog|puppy", "car", "tree", "boat", "house"}, *templates[2] = {"a photo of a {}.", "art of"};
+    float *classifier = zeroshot_classifier(&m, tok, names, 6, templates, 2);
+    Loader *l = loader_open(&c, spec, 0, 4, 0, 1);
+    ZeroShotResult r = eval_zeroshot(&m, classifier, 6, l);
+    loader_close(l);
+    // the reference: one image per batch
+    l = loader_open(&c, spec, 0, 1, 0, 1);
+    Batch b;
+    float *f = mallocCheck((size_t)E * sizeof(float));
+    double top1 = 0, top5 = 0, seen[6] = {0}, hit[6] = {0};
+    int n = 0, labelled = 0;
+    while (loader_next(l, &b) == 1) {
+        n++;
+        if (b.labels[0] < 0) continue;
+        labelled++;
+        clip_model_encode_images(&m, b.images, 1, f);
+        normalize(f, E);
+        double s[6];
+        for (int k = 0; k < 6; k++) {
+            s[k] = 0;
+            for (int e = 0; e < E; e++) s[k] += (double)f[e] * classifier[k * E + e];
+        }
+        int above = 0, y = b.labels[0];
+        for (int k = 0; k < 6; k++) above += k != y && !(s[k] < s[y]);
+        top1 += above < 1, top5 += above < 5, seen[y]++, hit[y] += above < 1;
+    }
+    loader_close(l);
+    double per_class = 0, majority = 0;
+    int present = 0;
+    for (int k = 0; k < 6; k++) {
+        majority = fmax(majority, seen[k]);
+        if (seen[k]) per_class += hit[k] / seen[k], present++;
+    }
+    EXPECT(n == 8 && labelled == 5, "reference: %d samples, %d labelled; want 8 and 5", n, labelled);
+    EXPECT(r.n == 5, "evaluated %ld images, want 5", r.n);
+    EXPECT(fabs(r.top1 - top1 / 5) < 1e-12 && fabs(r.top5 - top5 / 5) < 1e-12, "top-1/5 %g/%g, want %g/%g", r.top1, r.top5, top1 / 5, top5 / 5);
+    EXPECT(fabs(r.per_class - per_class / present) < 1e-12 && fabs(r.majority - majority / 5) < 1e-12, "per-class %g majority %g, want %g %g",
+           r.per_class, r.majority, per_class / present, majority / 5);
+    free(f), free(classifier);
+    tokenizer_free(tok);
+    clip_model_free(&m);
+}
+
+// An eval set with no usable labelled image (every image corrupt): zero images, no NaN from 0 / 0.
+static void test_zeroshot_no_valid_sample(void) {
+    Config c;
+    ClipModel m;
+    tiny_model(&c, &m, 4, NULL);
+    const char *cls[3] = {"0", "1", "0"};
+    int bad[3] = {1, 1, 1};
+    write_shard(test_path("zs-bad.tar"), 3, cls, bad);
+    float *classifier = callocCheck((size_t)2 * c.embed_dim, sizeof(float));
+    classifier[0] = 1, classifier[c.embed_dim + 1] = 1;
+    Loader *l = loader_open(&c, test_path("zs-bad.tar"), 0, 4, 0, 1);
+    ZeroShotResult r = eval_zeroshot(&m, classifier, 2, l);
+    loader_close(l);
+    EXPECT(r.n == 0 && r.top1 == 0 && r.top5 == 0 && r.per_class == 0 && r.majority == 0, "n %ld top1 %g top5 %g per-class %g majority %g",
+           r.n, r.top1, r.top5, r.per_class, r.majority);
+    free(classifier);
+    clip_model_free(&m);
+}
+
 static void test_read_lines(void) {
     FILE *f = fopenCheck(test_path("classes.txt"), "w");
     fprintf(f, "# classes\nanimals\n\nbuildings\r\nfood\n");
@@ -190,5 +291,7 @@ int main(void) {
     RUN(test_read_lines);
     RUN(test_nan_features_are_misses);
     RUN(test_retrieval_against_reference);
+    RUN(test_zeroshot_against_reference);
+    RUN(test_zeroshot_no_valid_sample);
     TEST_EXIT();
 }
