@@ -128,10 +128,12 @@ static void run_eval(const Config *c, ClipModel *m, FILE *log, TbWriter *tb, lon
         ZeroShotResult r = eval_zeroshot(m, classifier, C, l);
         loader_close(l);
         printf("eval step %ld: zero-shot top-1 %.1f%% top-5 %.1f%% mean per-class %.1f%% on %ld images of %d classes "
-               "(chance: %.1f%% per class; always the most frequent class: %.1f%% top-1)\n", step, 100 * r.top1, 100 * r.top5,
+               "(chance: %.1f%% per class; always the most frequent class: %.1f%% top-1)", step, 100 * r.top1, 100 * r.top5,
                100 * r.per_class, r.n, C, 100.0 / C, 100 * r.majority);
-        fprintf(log, ",\"zeroshot_top1\":%.5g,\"zeroshot_top5\":%.5g,\"zeroshot_per_class\":%.5g,\"zeroshot_majority\":%.5g,\"zeroshot_n\":%ld",
-                r.top1, r.top5, r.per_class, r.majority, r.n);
+        if (r.unlabelled) printf("; %ld images without a class index in `cls` not classified", r.unlabelled);
+        printf("\n");
+        fprintf(log, ",\"zeroshot_top1\":%.5g,\"zeroshot_top5\":%.5g,\"zeroshot_per_class\":%.5g,\"zeroshot_majority\":%.5g,\"zeroshot_n\":%ld"
+                ",\"zeroshot_unlabelled\":%ld", r.top1, r.top5, r.per_class, r.majority, r.n, r.unlabelled);
         scalars[n++] = (TbScalar){"eval/zeroshot_top1", (float)r.top1};
         scalars[n++] = (TbScalar){"eval/zeroshot_top5", (float)r.top5};
         scalars[n++] = (TbScalar){"eval/zeroshot_per_class", (float)r.per_class};

@@ -73,7 +73,10 @@ void zeroshot_accuracy(ZeroShotResult *r, long *seen, long *hit, const float *im
     double *score = mallocCheck((size_t)C * sizeof(double));
     for (int i = 0; i < n; i++) {
         int label = labels[i];
-        if (label < 0) continue;
+        if (label < 0) {
+            r->unlabelled++;
+            continue;
+        }
         if (label >= C) fatal("zero-shot eval: an image has class %d but there are only %d class names", label, C);
         for (int c = 0; c < C; c++) {
             double d = 0;
@@ -89,7 +92,7 @@ void zeroshot_accuracy(ZeroShotResult *r, long *seen, long *hit, const float *im
 }
 
 ZeroShotResult eval_zeroshot(ClipModel *m, const float *classifier, int C, Loader *loader) {
-    ZeroShotResult r = {0, 0, 0, 0, 0};
+    ZeroShotResult r = {0, 0, 0, 0, 0, 0};
     long *seen = callocCheck((size_t)C, sizeof(long)), *hit = callocCheck((size_t)C, sizeof(long));
     int E = m->cpu.cfg.embed_dim;
     float *feat = mallocCheck((size_t)max_batch(m) * E * sizeof(float));

@@ -13,6 +13,7 @@ typedef struct {
     double per_class;   // mean over classes of each class's top-1 accuracy (balanced; chance = 1/classes)
     double majority;    // share of the most frequent class: the accuracy of always guessing it
     long n;             // labelled images evaluated
+    long unlabelled;    // images not evaluated: no `cls` member, or one that is not a class index (negative, not a number)
 } ZeroShotResult;
 
 typedef struct {
@@ -30,7 +31,8 @@ void free_lines(char **lines, int count);
 // A template without "{}" gets the class name appended after a space.
 float *zeroshot_classifier(ClipModel *m, const Tokenizer *tok, char **classnames, int C, char **templates, int T);
 // The metrics on given normalised features: zero-shot counts are ADDED to r (top1/top5 as hit counts, n as
-// images) and, per class, to seen[C] and hit[C] (top-1 hits); eval_zeroshot turns them into rates.
+// images, unlabelled counting labels < 0) and, per class, to seen[C] and hit[C] (top-1 hits); eval_zeroshot turns
+// them into rates.
 // Retrieval recall fills r's recalls and n.
 void zeroshot_accuracy(ZeroShotResult *r, long *seen, long *hit, const float *img_n, const int32_t *labels, int n,
                        const float *classifier, int C, int E);

@@ -25,10 +25,11 @@ static void test_zeroshot_accuracy_counts(void) {
     unit(img + 2 * E, 1), img[2 * E + 5] = 1;
     unit(img + 3 * E, 4);
     int32_t labels[4] = {2, 3, 5, -1};
-    ZeroShotResult r = {0, 0, 0, 0, 0};
+    ZeroShotResult r = {0, 0, 0, 0, 0, 0};
     long seen[6] = {0}, hit[6] = {0};
     zeroshot_accuracy(&r, seen, hit, img, labels, 4, classes, 6, E);
-    EXPECT(r.n == 3 && r.top1 == 1 && r.top5 == 3, "n %ld top1 %g top5 %g, want 3 1 3", r.n, r.top1, r.top5);
+    EXPECT(r.n == 3 && r.top1 == 1 && r.top5 == 3 && r.unlabelled == 1, "n %ld top1 %g top5 %g unlabelled %ld, want 3 1 3 1", r.n, r.top1,
+           r.top5, r.unlabelled);
     EXPECT(seen[2] == 1 && hit[2] == 1 && seen[3] == 1 && hit[3] == 0 && seen[5] == 1 && hit[5] == 0 && seen[4] == 0,
            "per-class counts wrong");
 }
@@ -102,7 +103,7 @@ static void test_nan_features_are_misses(void) {
     for (int c = 0; c < 3; c++) unit(classes + c * E, c);
     for (int k = 0; k < 2 * E; k++) img[k] = NAN, txt[k] = NAN;
     int32_t labels[2] = {0, 1};
-    ZeroShotResult r = {0, 0, 0, 0, 0};
+    ZeroShotResult r = {0, 0, 0, 0, 0, 0};
     long seen[3] = {0}, hit[3] = {0};
     zeroshot_accuracy(&r, seen, hit, img, labels, 2, classes, 3, E);
     EXPECT(r.n == 2 && r.top1 == 0 && hit[0] == 0 && hit[1] == 0, "NaN images: top-1 hits %g of %ld, want 0", r.top1, r.n);
@@ -199,7 +200,7 @@ static void write_shard(const char *path, int n, const char *const *cls, const i
 
 // Zero-shot top-1/top-5/per-class on shards against a reference that encodes the labelled images one at a time
 // and ranks each image's true class among all (ties against it). The eval batch (4) is larger than the last
-// batch and than the second shard; samples with no, a negative or a non-numeric `cls` are not evaluated.
+// batch and than the second shard; samples with no, a negative or a non-numeric `cls` are counted, not evaluated.
 static void test_zeroshot_against_reference(void) {
     Config c;
     ClipModel m;
@@ -246,7 +247,7 @@ static void test_zeroshot_against_reference(void) {
         if (seen[k]) per_class += hit[k] / seen[k], present++;
     }
     EXPECT(n == 8 && labelled == 5, "reference: %d samples, %d labelled; want 8 and 5", n, labelled);
-    EXPECT(r.n == 5, "evaluated %ld images, want 5", r.n);
+    EXPECT(r.n == 5 && r.unlabelled == 3, "evaluated %ld images, %ld counted as unlabelled; want 5 and 3", r.n, r.unlabelled);
     EXPECT(fabs(r.top1 - top1 / 5) < 1e-12 && fabs(r.top5 - top5 / 5) < 1e-12, "top-1/5 %g/%g, want %g/%g", r.top1, r.top5, top1 / 5, top5 / 5);
     EXPECT(fabs(r.per_class - per_class / present) < 1e-12 && fabs(r.majority - majority / 5) < 1e-12, "per-class %g majority %g, want %g %g",
            r.per_class, r.majority, per_class / present, majority / 5);
