@@ -16,6 +16,7 @@
 
 #include "data/inspect.h"
 #include "data/loader.h"
+#include "data/shards.h"
 #include "data/tokenizer.h"
 #include "model/checkpoint.h"
 #include "model/clip.h"
@@ -109,6 +110,21 @@ static void print_progress(const Config *c, const StepRecord *r, float loss_avg,
 }
 
 // ---------------------------------------------------------------- evaluation
+
+// The evaluation's inputs, checked before training: a missing shard or class-names file stops the run now, naming
+// the file, not at the first evaluation hours later.
+static void eval_check(const Config *c) {
+    const char *specs[2] = {c->zeroshot_data, c->val_data};
+    for (int k = 0; k < 2; k++)
+        if (specs[k][0] && strcmp(specs[k], "synthetic") != 0) {
+            ShardList shards;
+            shards_parse(specs[k], &shards);
+            shards_free(&shards);
+        }
+    int n;
+    if (c->zeroshot_data[0]) free_lines(read_lines(c->zeroshot_classnames, &n), n);
+    if (c->zeroshot_data[0] && c->zeroshot_templates[0]) free_lines(read_lines(c->zeroshot_templates, &n), n);
+}
 
 // Zero-shot classification on zeroshot_data and retrieval + loss on val_data (whichever is configured),
 // printed and logged as one {"eval": true, ...} record (and one TensorBoard event when tb is given).
@@ -283,6 +299,8 @@ int main(int argc, char **argv) {
     }
     if (unsupported) fatal("%s", unsupported);
     clip_layout_free(&layout);
+    if (eval_only && !cfg.zeroshot_data[0] && !cfg.val_data[0]) fatal("--eval-only: neither zeroshot_data nor val_data is set: nothing to evaluate");
+    eval_check(&cfg);
 
     ClipModel model;
     clip_model_init(&model, &cfg, device);

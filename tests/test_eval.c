@@ -275,6 +275,50 @@ static void test_zeroshot_no_valid_sample(void) {
     clip_model_free(&m);
 }
 
+// Runs ./train_clip on the tiny config (CPU, batch 8, synthetic training data) with more arguments; returns its
+// exit code (-1 if it did not exit), with stdout and stderr together in out.
+static int run_train(const char *args, char *out, size_t cap) {
+    char cmd[4096];
+    snprintf(cmd, sizeof(cmd), "./train_clip -c configs/tiny.conf --set device=cpu --set batch_size=8 --set steps=2 --set log_every=1 %s 2>&1",
+             args);
+    FILE *p = popen(cmd, "r");
+    size_t n = 0;
+    out[0] = '\0';
+    char line[1024];
+    while (p && fgets(line, sizeof(line), p)) {
+        size_t len = strlen(line);
+        if (n + len < cap) memcpy(out + n, line, len + 1), n += len;
+    }
+    int status = p ? pclose(p) : -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// Missing eval inputs (val_data or zeroshot_data shards, the class names file) stop the run before it trains,
+// naming the file, not at the first evaluation after hours of training; --eval-only with nothing to evaluate is an
+// error naming the keys.
+static void test_missing_eval_inputs_stop_at_start(void) {
+    const char *cls[1] = {"0"};
+    write_shard(test_path("zs-ok.tar"), 1, cls, NULL);
+    FILE *f = fopenCheck(test_path("two.txt"), "w");
+    fprintf(f, "cat\ndog\n");
+    fcloseCheck(f);
+    char args[3][1024], out[16384];
+    snprintf(args[0], sizeof(args[0]), "--set val_data=%s --set run_dir=%s", test_path("missing-val.tar"), test_path("run_missing0"));
+    snprintf(args[1], sizeof(args[1]), "--set zeroshot_data=%s --set zeroshot_classnames=%s --set run_dir=%s", test_path("zs-ok.tar"),
+             test_path("missing-classes.txt"), test_path("run_missing1"));
+    snprintf(args[2], sizeof(args[2]), "--set zeroshot_data=%s --set zeroshot_classnames=%s --set run_dir=%s", test_path("missing-zs.tar"),
+             test_path("two.txt"), test_path("run_missing2"));
+    const char *missing[3] = {"missing-val.tar", "missing-classes.txt", "missing-zs.tar"};
+    for (int k = 0; k < 3; k++) {
+        int rc = run_train(args[k], out, sizeof(out));
+        EXPECT(rc == 1 && strstr(out, missing[k]) && !strstr(out, "step      1/"), "%s: exit %d, want 1 before the first step; output:\n%s",
+               missing[k], rc, out);
+    }
+    snprintf(args[0], sizeof(args[0]), "--eval-only --set run_dir=%s", test_path("run_nothing"));
+    int rc = run_train(args[0], out, sizeof(out));
+    EXPECT(rc == 1 && strstr(out, "val_data") && strstr(out, "zeroshot_data"), "--eval-only without eval data: exit %d; output:\n%s", rc, out);
+}
+
 static void test_read_lines(void) {
     FILE *f = fopenCheck(test_path("classes.txt"), "w");
     fprintf(f, "# classes\nanimals\n\nbuildings\r\nfood\n");
@@ -294,5 +338,6 @@ int main(void) {
     RUN(test_retrieval_against_reference);
     RUN(test_zeroshot_against_reference);
     RUN(test_zeroshot_no_valid_sample);
+    RUN(test_missing_eval_inputs_stop_at_start);
     TEST_EXIT();
 }
