@@ -434,11 +434,12 @@ int main(int argc, char **argv) {
             if (log_now) t_log = now, ran_in_log = 0, wait_in_log = 0;
         }
         int last = step + 1 == end;
-        // every rank evaluates (the whole eval set: no rank waits for another), rank 0 reports
-        if ((cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) || step + 1 == cfg.steps) run_eval(&cfg, &model, step_log, tb, step + 1);
         int stop = world > 1 ? ranks_sum(stop_signal != 0) > 0 : stop_signal != 0;  // all ranks stop at the same step
         if (last || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || stop)
             save_checkpoint(&cfg, rank, step + 1, &model, &opt, loader, config_text);
+        // after the step's checkpoint, so that an evaluation that stops the run (a class index beyond the class names)
+        // loses no training; every rank evaluates (the whole eval set: no rank waits for another), rank 0 reports
+        if ((cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) || step + 1 == cfg.steps) run_eval(&cfg, &model, step_log, tb, step + 1);
         if (stop) {
             printf("received a stop signal: checkpoint saved at step %ld, stopping; resume with --set resume=latest\n", step + 1);
             break;

@@ -77,7 +77,7 @@ void zeroshot_accuracy(ZeroShotResult *r, long *seen, long *hit, const float *im
             r->unlabelled++;
             continue;
         }
-        if (label >= C) fatal("zero-shot eval: an image has class %d but there are only %d class names", label, C);
+        if (label >= C) fatal("zero-shot eval: an image of zeroshot_data has class %d, but zeroshot_classnames lists only %d classes (0..%d)", label, C, C - 1);
         for (int c = 0; c < C; c++) {
             double d = 0;
             for (int k = 0; k < E; k++) d += (double)img_n[(size_t)i * E + k] * classifier[(size_t)c * E + k];

@@ -319,6 +319,25 @@ static void test_missing_eval_inputs_stop_at_start(void) {
     EXPECT(rc == 1 && strstr(out, "val_data") && strstr(out, "zeroshot_data"), "--eval-only without eval data: exit %d; output:\n%s", rc, out);
 }
 
+// An evaluation that stops the run (here a class index beyond the class names) comes after the step's
+// checkpoint: the training it ends is saved.
+static void test_checkpoint_before_eval(void) {
+    const char *cls[2] = {"0", "5"};
+    write_shard(test_path("zs-5.tar"), 2, cls, NULL);
+    FILE *f = fopenCheck(test_path("two.txt"), "w");
+    fprintf(f, "cat\ndog\n");
+    fcloseCheck(f);
+    char args[1024], out[16384];
+    snprintf(args, sizeof(args), "--set checkpoint_every=0 --set zeroshot_data=%s --set zeroshot_classnames=%s --set run_dir=%s",
+             test_path("zs-5.tar"), test_path("two.txt"), test_path("run_ckpt"));
+    int rc = run_train(args, out, sizeof(out));
+    EXPECT(rc == 1 && strstr(out, "class 5") && strstr(out, "zeroshot_classnames"), "exit %d, want 1 naming class 5 and zeroshot_classnames; output:\n%s",
+           rc, out);
+    FILE *st = fopen(test_path("run_ckpt/checkpoints/step_00000002.state.safetensors"), "rb");
+    EXPECT(st != NULL, "no checkpoint of step 2 before the evaluation stopped the run; output:\n%s", out);
+    if (st) fclose(st);
+}
+
 static void test_read_lines(void) {
     FILE *f = fopenCheck(test_path("classes.txt"), "w");
     fprintf(f, "# classes\nanimals\n\nbuildings\r\nfood\n");
@@ -339,5 +358,6 @@ int main(void) {
     RUN(test_zeroshot_against_reference);
     RUN(test_zeroshot_no_valid_sample);
     RUN(test_missing_eval_inputs_stop_at_start);
+    RUN(test_checkpoint_before_eval);
     TEST_EXIT();
 }
