@@ -143,16 +143,22 @@ static void run_eval(const Config *c, ClipModel *m, FILE *log, TbWriter *tb, lon
         Loader *l = loader_open(c, c->zeroshot_data, 0, (int)c->batch_size, 0, 1);
         ZeroShotResult r = eval_zeroshot(m, classifier, C, l);
         loader_close(l);
-        printf("eval step %ld: zero-shot top-1 %.1f%% top-5 %.1f%% mean per-class %.1f%% on %ld images of %d classes "
-               "(chance: %.1f%% per class; always the most frequent class: %.1f%% top-1)", step, 100 * r.top1, 100 * r.top5,
-               100 * r.per_class, r.n, C, 100.0 / C, 100 * r.majority);
-        if (r.unlabelled) printf("; %ld images without a class index in `cls` not classified", r.unlabelled);
-        printf("\n");
-        fprintf(log, ",\"zeroshot_top1\":%.5g,\"zeroshot_top5\":%.5g,\"zeroshot_per_class\":%.5g,\"zeroshot_majority\":%.5g,\"zeroshot_n\":%ld"
-                ",\"zeroshot_unlabelled\":%ld", r.top1, r.top5, r.per_class, r.majority, r.n, r.unlabelled);
-        scalars[n++] = (TbScalar){"eval/zeroshot_top1", (float)r.top1};
-        scalars[n++] = (TbScalar){"eval/zeroshot_top5", (float)r.top5};
-        scalars[n++] = (TbScalar){"eval/zeroshot_per_class", (float)r.per_class};
+        if (r.n == 0) {  // nothing classified: no accuracy to report (0.0% would read as a score)
+            printf("eval step %ld: zero-shot: no images with a class index in zeroshot_data '%s' (%ld without `cls` or with one "
+                   "that is not a class index; skipped samples: ./train_clip --inspect-data)\n", step, c->zeroshot_data, r.unlabelled);
+            fprintf(log, ",\"zeroshot_n\":0,\"zeroshot_unlabelled\":%ld", r.unlabelled);
+        } else {
+            printf("eval step %ld: zero-shot top-1 %.1f%% top-5 %.1f%% mean per-class %.1f%% on %ld images of %d classes "
+                   "(chance: %.1f%% per class; always the most frequent class: %.1f%% top-1)", step, 100 * r.top1, 100 * r.top5,
+                   100 * r.per_class, r.n, C, 100.0 / C, 100 * r.majority);
+            if (r.unlabelled) printf("; %ld images without a class index in `cls` not classified", r.unlabelled);
+            printf("\n");
+            fprintf(log, ",\"zeroshot_top1\":%.5g,\"zeroshot_top5\":%.5g,\"zeroshot_per_class\":%.5g,\"zeroshot_majority\":%.5g,\"zeroshot_n\":%ld"
+                    ",\"zeroshot_unlabelled\":%ld", r.top1, r.top5, r.per_class, r.majority, r.n, r.unlabelled);
+            scalars[n++] = (TbScalar){"eval/zeroshot_top1", (float)r.top1};
+            scalars[n++] = (TbScalar){"eval/zeroshot_top5", (float)r.top5};
+            scalars[n++] = (TbScalar){"eval/zeroshot_per_class", (float)r.per_class};
+        }
         free(classifier);
         tokenizer_free(tok);
         free_lines(classes, C);

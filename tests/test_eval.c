@@ -338,6 +338,27 @@ static void test_checkpoint_before_eval(void) {
     if (st) fclose(st);
 }
 
+// A zero-shot set without one classifiable image reports that, not a top-1 of 0% (which reads as a score), and
+// logs no accuracies.
+static void test_zeroshot_without_images(void) {
+    const char *cls[2] = {NULL, "abc"};
+    write_shard(test_path("zs-none.tar"), 2, cls, NULL);
+    FILE *f = fopenCheck(test_path("two.txt"), "w");
+    fprintf(f, "cat\ndog\n");
+    fcloseCheck(f);
+    char args[1024], out[16384];
+    snprintf(args, sizeof(args), "--set zeroshot_data=%s --set zeroshot_classnames=%s --set run_dir=%s", test_path("zs-none.tar"),
+             test_path("two.txt"), test_path("run_none"));
+    int rc = run_train(args, out, sizeof(out));
+    EXPECT(rc == 0 && strstr(out, "no images with a class") && !strstr(out, "zero-shot top-1"), "exit %d; output:\n%s", rc, out);
+    f = fopen(test_path("run_none/log.jsonl"), "r");
+    char line[4096];
+    int logged_top1 = 0, logged_n0 = 0;
+    while (f && fgets(line, sizeof(line), f)) logged_top1 |= strstr(line, "zeroshot_top1") != NULL, logged_n0 |= strstr(line, "\"zeroshot_n\":0") != NULL;
+    if (f) fclose(f);
+    EXPECT(logged_n0 && !logged_top1, "log.jsonl: zeroshot_n 0 %s, zeroshot_top1 %s", logged_n0 ? "present" : "missing", logged_top1 ? "present" : "absent");
+}
+
 static void test_read_lines(void) {
     FILE *f = fopenCheck(test_path("classes.txt"), "w");
     fprintf(f, "# classes\nanimals\n\nbuildings\r\nfood\n");
@@ -359,5 +380,6 @@ int main(void) {
     RUN(test_zeroshot_no_valid_sample);
     RUN(test_missing_eval_inputs_stop_at_start);
     RUN(test_checkpoint_before_eval);
+    RUN(test_zeroshot_without_images);
     TEST_EXIT();
 }
