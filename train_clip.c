@@ -122,7 +122,7 @@ static void eval_check(const Config *c) {
             shards_free(&shards);
         }
     int n;
-    if (c->zeroshot_data[0]) free_lines(read_lines(c->zeroshot_classnames, &n), n);
+    if (c->zeroshot_data[0]) free_lines(read_classnames(c->zeroshot_classnames, &n), n);
     if (c->zeroshot_data[0] && c->zeroshot_templates[0]) free_lines(read_lines(c->zeroshot_templates, &n), n);
 }
 
@@ -136,7 +136,7 @@ static void run_eval(const Config *c, ClipModel *m, FILE *log, TbWriter *tb, lon
     fprintf(log, "{\"eval\":true,\"step\":%ld", step);
     if (c->zeroshot_data[0]) {
         int C, T = 1;
-        char **classes = read_lines(c->zeroshot_classnames, &C), *plain = "{}", **templates = &plain;
+        char **classes = read_classnames(c->zeroshot_classnames, &C), *plain = "{}", **templates = &plain;
         if (c->zeroshot_templates[0]) templates = read_lines(c->zeroshot_templates, &T);
         Tokenizer *tok = tokenizer_load(NULL);
         float *classifier = zeroshot_classifier(m, tok, classes, C, templates, T);

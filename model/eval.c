@@ -7,26 +7,38 @@
 #include "ops_cpu.h"
 #include "utils.h"
 
-char **read_lines(const char *path, int *count) {
+// The entries of a file (see read_lines); numbered: a blank line between two entries is an error (class names).
+static char **read_entries(const char *path, int *count, int numbered) {
     FILE *f = fopenCheck(path, "r");
     char **lines = NULL, buf[4096];
-    int n = 0, lineno = 0;
+    int n = 0, lineno = 0, blank = 0;  // blank: the last blank line after an entry
     while (fgets(buf, sizeof(buf), f)) {
         lineno++;
         size_t len = strlen(buf);
         if (len == sizeof(buf) - 1 && buf[len - 1] != '\n') fatal("%s:%d: line longer than %zu characters", path, lineno, sizeof(buf) - 2);
         while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r')) buf[--len] = '\0';
-        if (len == 0 || buf[0] == '#') continue;
+        if (strspn(buf, " \t\r\v\f") == len) {
+            if (n) blank = lineno;
+            continue;
+        }
+        if (buf[0] == '#') continue;
+        if (numbered && blank)
+            fatal("%s:%d: blank line between class names: classes are numbered by their order, so it would shift every class "
+                  "after it (or is a missing name); remove it or write the name", path, blank);
         lines = reallocCheck(lines, (size_t)(n + 1) * sizeof(char *));
         lines[n] = strdup(buf);
         if (!lines[n]) fatal("strdup failed at %s:%d", __FILE__, __LINE__);
         n++;
     }
+    if (ferror(f)) fatal("%s: read error after line %d: %s", path, lineno, strerror(errno));
     fcloseCheck(f);
     if (n == 0) fatal("%s: no entries", path);
     *count = n;
     return lines;
 }
+
+char **read_lines(const char *path, int *count) { return read_entries(path, count, 0); }
+char **read_classnames(const char *path, int *count) { return read_entries(path, count, 1); }
 
 void free_lines(char **lines, int count) {
     for (int i = 0; i < count; i++) free(lines[i]);

@@ -23,8 +23,10 @@ typedef struct {
 } RetrievalResult;
 
 // Read a text file of one entry per line (class names, or templates with "{}" for the class name).
-// Blank lines and lines starting with '#' are skipped. Stops with file:line on an error.
+// Blank (or whitespace-only) lines and lines starting with '#' are skipped. Stops with file:line on an error.
 char **read_lines(const char *path, int *count);
+// The same for class names, numbered by their order: a blank line between two names is an error (file:line).
+char **read_classnames(const char *path, int *count);
 void free_lines(char **lines, int count);
 // Class embeddings (C, E), each the normalised mean of its normalised prompt embeddings: every template
 // filled with every alternative name of the class (a class line may list several, "cat|kitten|tabby").

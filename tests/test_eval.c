@@ -359,6 +359,42 @@ static void test_zeroshot_without_images(void) {
     EXPECT(logged_n0 && !logged_top1, "log.jsonl: zeroshot_n 0 %s, zeroshot_top1 %s", logged_n0 ? "present" : "missing", logged_top1 ? "present" : "absent");
 }
 
+static void write_text(const char *path, const char *text) {
+    FILE *f = fopenCheck(path, "wb");
+    fwriteCheck(text, 1, strlen(text), f);
+    fcloseCheck(f);
+}
+
+static void read_classnames_of(void *path) {
+    int n;
+    read_classnames(path, &n);
+}
+
+// Class names are numbered by their order: CRLF endings, a missing final newline, trailing blank lines, comments
+// and UTF-8 are fine, but a blank line between two names would silently shift every class after it (or be a
+// missing name), so it is an error naming the file and line. Whitespace-only lines count as blank.
+static void test_read_classnames(void) {
+    const char *ok[5] = {"cat\r\ndog\r\nbird\r\n\r\n", "cat\ndog\nbird", "# animals\n\ncat\n# pets\ndog\nbird\n  \n\n",
+                         "cat\ndog\nbird\n\t\n", "cat\nd\xc3\xa9j\xc3\xa0 vu\nbird\n"};
+    for (int k = 0; k < 5; k++) {
+        write_text(test_path("names.txt"), ok[k]);
+        int n;
+        char **names = read_classnames(test_path("names.txt"), &n);
+        EXPECT(n == 3 && !strcmp(names[0], "cat") && !strcmp(names[2], "bird") && (k == 4 || !strcmp(names[1], "dog")),
+               "file %d: %d names, want cat dog bird", k, n);
+        free_lines(names, n);
+    }
+    const char *bad[2] = {"cat\n\ndog\nbird\n", "cat\ndog\n   \r\nbird\n"};
+    int bad_line[2] = {2, 3};
+    for (int k = 0; k < 2; k++) {
+        write_text(test_path("names.txt"), bad[k]);
+        char msg[1024], want[600];
+        int rc = test_in_child(read_classnames_of, (void *)test_path("names.txt"), msg, sizeof(msg));
+        snprintf(want, sizeof(want), "%s:%d", test_path("names.txt"), bad_line[k]);
+        EXPECT(rc == 1 && strstr(msg, want), "blank line %d of file %d: exit %d, message '%s' (want it to name %s)", bad_line[k], k, rc, msg, want);
+    }
+}
+
 static void test_read_lines(void) {
     FILE *f = fopenCheck(test_path("classes.txt"), "w");
     fprintf(f, "# classes\nanimals\n\nbuildings\r\nfood\n");
@@ -374,6 +410,7 @@ int main(void) {
     RUN(test_retrieval_recall);
     RUN(test_classifier_averages_templates);
     RUN(test_read_lines);
+    RUN(test_read_classnames);
     RUN(test_nan_features_are_misses);
     RUN(test_retrieval_against_reference);
     RUN(test_zeroshot_against_reference);
