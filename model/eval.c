@@ -17,6 +17,7 @@ static char **read_entries(const char *path, int *count, int numbered) {
         size_t len = strlen(buf);
         if (len == sizeof(buf) - 1 && buf[len - 1] != '\n') fatal("%s:%d: line longer than %zu characters", path, lineno, sizeof(buf) - 2);
         while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r')) buf[--len] = '\0';
+        if (lineno == 1 && !strncmp(buf, "\xef\xbb\xbf", 3)) memmove(buf, buf + 3, (len -= 3) + 1);  // a UTF-8 byte order mark
         if (strspn(buf, " \t\r\v\f") == len) {
             if (n) blank = lineno;
             continue;

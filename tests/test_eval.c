@@ -384,6 +384,12 @@ static void test_read_classnames(void) {
                "file %d: %d names, want cat dog bird", k, n);
         free_lines(names, n);
     }
+    // a UTF-8 byte order mark (Windows editors write one) is not part of the first line: a comment stays a comment
+    write_text(test_path("names.txt"), "\xef\xbb\xbf# animals\r\ncat\r\ndog\r\n");
+    int n;
+    char **names = read_classnames(test_path("names.txt"), &n);
+    EXPECT(n == 2 && !strcmp(names[0], "cat") && !strcmp(names[1], "dog"), "file with a BOM: %d names, the first '%s'", n, names[0]);
+    free_lines(names, n);
     const char *bad[2] = {"cat\n\ndog\nbird\n", "cat\ndog\n   \r\nbird\n"};
     int bad_line[2] = {2, 3};
     for (int k = 0; k < 2; k++) {
