@@ -60,14 +60,17 @@ float *zeroshot_classifier(ClipModel *m, const Tokenizer *tok, char **classnames
         snprintf(names, sizeof(names), "%s", classnames[c]);
         char *alt[256];
         int A = 0;
-        for (char *save = NULL, *tok_s = strtok_r(names, "|", &save); tok_s && A < 256; tok_s = strtok_r(NULL, "|", &save)) alt[A++] = tok_s;
-        if (A == 0) fatal("zero-shot class %d has an empty name", c);
+        for (char *save = NULL, *tok_s = strtok_r(names, "|", &save); tok_s; tok_s = strtok_r(NULL, "|", &save)) {
+            if (A == 256) fatal("zeroshot_classnames: class %d ('%.40s...') has more than 256 alternative names", c, classnames[c]);
+            alt[A++] = tok_s;
+        }
+        if (A == 0) fatal("zeroshot_classnames: class %d ('%s') has an empty name", c, classnames[c]);
         int P = A * T, filled = 0;
         for (int p = 0; p < P; p++) {
             const char *tpl = templates[p % T], *name = alt[p / T], *hole = strstr(tpl, "{}");
             if (hole) snprintf(text, sizeof(text), "%.*s%s%s", (int)(hole - tpl), tpl, name, hole + 2);
             else snprintf(text, sizeof(text), "%s %s", tpl, name);
-            if (tokenizer_encode(tok, text, ids + (size_t)filled * ctx, ctx) < 0) fatal("zero-shot prompt '%s' cannot be tokenized", text);
+            if (tokenizer_encode(tok, text, ids + (size_t)filled * ctx, ctx) < 0) fatal("zero-shot prompt '%s' (class %d of zeroshot_classnames) cannot be tokenized: not valid UTF-8, or empty", text, c);
             if (++filled < mb && p + 1 < P) continue;
             clip_model_encode_texts(m, ids, filled, feat);
             l2_normalize_forward(feat, NULL, feat, filled, E);

@@ -401,6 +401,22 @@ static void test_read_classnames(void) {
     }
 }
 
+// A class line with more alternative names than the classifier takes (256) is an error, not silently cut.
+// (Through ./train_clip: a forked child of this process would deadlock in OpenMP, which the parent has used.)
+static void test_too_many_alternatives(void) {
+    const char *cls[1] = {"0"};
+    write_shard(test_path("zs-alt.tar"), 1, cls, NULL);
+    FILE *f = fopenCheck(test_path("alt.txt"), "w");
+    for (int a = 0; a < 300; a++) fprintf(f, "%sn%d", a ? "|" : "", a);
+    fprintf(f, "\n");
+    fcloseCheck(f);
+    char args[1024], out[16384];
+    snprintf(args, sizeof(args), "--eval-only --set zeroshot_data=%s --set zeroshot_classnames=%s --set run_dir=%s", test_path("zs-alt.tar"),
+             test_path("alt.txt"), test_path("run_alt"));
+    int rc = run_train(args, out, sizeof(out));
+    EXPECT(rc == 1 && strstr(out, "256") && strstr(out, "zeroshot_classnames"), "300 alternatives: exit %d; output:\n%s", rc, out);
+}
+
 static void test_read_lines(void) {
     FILE *f = fopenCheck(test_path("classes.txt"), "w");
     fprintf(f, "# classes\nanimals\n\nbuildings\r\nfood\n");
@@ -417,6 +433,7 @@ int main(void) {
     RUN(test_classifier_averages_templates);
     RUN(test_read_lines);
     RUN(test_read_classnames);
+    RUN(test_too_many_alternatives);
     RUN(test_nan_features_are_misses);
     RUN(test_retrieval_against_reference);
     RUN(test_zeroshot_against_reference);
