@@ -306,6 +306,8 @@ int main(int argc, char **argv) {
     if (unsupported) fatal("%s", unsupported);
     clip_layout_free(&layout);
     if (eval_only && !cfg.zeroshot_data[0] && !cfg.val_data[0]) fatal("--eval-only: neither zeroshot_data nor val_data is set: nothing to evaluate");
+    if (eval_only && !cfg.resume[0] && !cfg.init_weights[0] && rank == 0)
+        fprintf(stderr, "warning: --eval-only without resume or init_weights evaluates freshly initialised weights (seed %llu)\n", (unsigned long long)cfg.seed);
     eval_check(&cfg);
 
     ClipModel model;
