@@ -181,7 +181,7 @@ static void save_checkpoint(const Config *c, int rank, long step, ClipModel *m, 
     if (rank == 0) {
         if (checkpoint_save(c->run_dir, step, &m->cpu.layout, m->cpu.params, opt, config_text, states, err, sizeof(err)) != 0)
             fatal("checkpoint at step %ld failed: %s (earlier checkpoints are untouched)", step, err);
-        checkpoint_prune(c->run_dir, c->keep_checkpoints);
+        checkpoint_prune(c->run_dir, c->keep_checkpoints, step);
     }
     clip_model_gemm_choices(m, c, rank, 1);
     printf("checkpoint: step %ld saved to %s/checkpoints (%.1f s)\n", step, c->run_dir, now_seconds() - t0);

@@ -134,10 +134,11 @@ long checkpoint_resume(const char *run_dir, const char *spec, const ClipLayout *
     return snprintf(err, errlen, "resume = latest: none of the %d checkpoints in %s/checkpoints could be loaded", n, run_dir), -1;
 }
 
-void checkpoint_prune(const char *run_dir, int keep) {
+void checkpoint_prune(const char *run_dir, int keep, long step) {
     long steps[4096];
-    int n = list_steps(run_dir, steps, 4096);
-    for (int i = keep; i < n; i++) {
+    int n = list_steps(run_dir, steps, 4096), i = 0;
+    while (i < n && steps[i] > step) i++;  // newer than the run (skipped when it resumed): neither kept nor deleted
+    for (i += keep; i < n; i++) {
         char model[2048], state[2048];
         paths_for(run_dir, steps[i], model, state, sizeof(model));
         // state first: a half-deleted checkpoint is then never taken for a complete one

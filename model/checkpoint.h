@@ -24,5 +24,6 @@ int checkpoint_save(const char *run_dir, long step, const ClipLayout *L, const f
 // and loader_state; returns the step to continue from, or -1 with the reason in err.
 long checkpoint_resume(const char *run_dir, const char *spec, const ClipLayout *L, float *params, Optimizer *opt,
                        char *loader_state, size_t cap, char *err, size_t errlen);
-// Delete all but the newest `keep` complete checkpoints (and incomplete leftovers older than them).
-void checkpoint_prune(const char *run_dir, int keep);
+// Delete all but the newest `keep` complete checkpoints up to `step` (the one just written). Later ones
+// (damaged ones that a resume = latest skipped) are neither counted nor deleted.
+void checkpoint_prune(const char *run_dir, int keep, long step);

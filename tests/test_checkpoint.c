@@ -134,6 +134,21 @@ static void test_corrupt_latest_falls_back(void) {
            "re-run from step 6 differs from the straight run");
 }
 
+// A newer checkpoint that cannot be loaded (here: truncated) is skipped by resume = latest; pruning must not
+// then count it among the newest and delete the checkpoints the resumed run writes (and the one it came from).
+static void test_prune_keeps_checkpoints_after_fallback(void) {
+    sh("rm -rf {D}/prune");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/prune --set checkpoint_every=6 > /dev/null") == 0, "first run failed");
+    EXPECT(truncate(test_path("prune/checkpoints/step_00000012.state.safetensors"), 100) == 0, "truncate failed");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/prune --set resume=latest --set checkpoint_every=2 --set keep_checkpoints=1 --set stop_after=2 > /dev/null 2>&1") == 0,
+           "resumed run failed");
+    EXPECT(access(test_path("prune/checkpoints/step_00000008.state.safetensors"), F_OK) == 0 &&
+               access(test_path("prune/checkpoints/step_00000008.model.safetensors"), F_OK) == 0,
+           "the checkpoint at step 8, just written, was pruned because of the damaged one at step 12");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/prune --set resume=latest --set stop_after=1 2>&1 | grep -q 'resumed from step 8'") == 0,
+           "resume = latest did not continue from step 8");
+}
+
 // init_weights loads every tensor: with lr = 0 the run's final weights are exactly the initial ones.
 static void test_init_weights_loads_all_tensors(void) {
     sh("rm -rf {D}/init");
@@ -166,6 +181,7 @@ int main(void) {
     RUN(test_truncated_file_is_rejected);
     RUN(test_resume_is_bit_exact);
     RUN(test_corrupt_latest_falls_back);
+    RUN(test_prune_keeps_checkpoints_after_fallback);
     RUN(test_init_weights_loads_all_tensors);
     RUN(test_sigterm_saves_and_stops);
     TEST_EXIT();
