@@ -325,6 +325,12 @@ int main(int argc, char **argv) {
         char *states = mallocCheck((size_t)world * LOADER_STATE_CAP), mine[LOADER_STATE_CAP], err[1024];
         start = checkpoint_resume(cfg.run_dir, cfg.resume, L, model.cpu.params, &opt, states, (size_t)world * LOADER_STATE_CAP, err, sizeof(err));
         if (start < 0) fatal("%s", err);
+        // continuing from an older checkpoint than run_dir's newest: a later resume = latest would take the newer one
+        long newest = strcmp(cfg.resume, "latest") != 0 && !eval_only ? checkpoint_newest_step(cfg.run_dir) : -1;
+        if (newest > start)
+            fatal("resume = %s: run_dir %s holds a newer checkpoint (step %ld) than the one resumed (step %ld), which this run's "
+                  "checkpoints would be mixed with (resume = latest would take it): use another run_dir, or move the newer "
+                  "checkpoints out of %s/checkpoints", cfg.resume, cfg.run_dir, newest, start, cfg.run_dir);
         long *steps = mallocCheck((size_t)world * sizeof(long));
         ranks_allgather(&start, steps, sizeof(long));
         for (int r = 0; r < world; r++)

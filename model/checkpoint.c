@@ -134,6 +134,11 @@ long checkpoint_resume(const char *run_dir, const char *spec, const ClipLayout *
     return snprintf(err, errlen, "resume = latest: none of the %d checkpoints in %s/checkpoints could be loaded", n, run_dir), -1;
 }
 
+long checkpoint_newest_step(const char *run_dir) {
+    long steps[4096];
+    return list_steps(run_dir, steps, 4096) > 0 ? steps[0] : -1;
+}
+
 void checkpoint_prune(const char *run_dir, int keep, long step) {
     long steps[4096];
     int n = list_steps(run_dir, steps, 4096), i = 0;

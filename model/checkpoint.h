@@ -24,6 +24,8 @@ int checkpoint_save(const char *run_dir, long step, const ClipLayout *L, const f
 // and loader_state; returns the step to continue from, or -1 with the reason in err.
 long checkpoint_resume(const char *run_dir, const char *spec, const ClipLayout *L, float *params, Optimizer *opt,
                        char *loader_state, size_t cap, char *err, size_t errlen);
+// The step of the newest complete checkpoint in run_dir (loadable or not), or -1 if there is none.
+long checkpoint_newest_step(const char *run_dir);
 // Delete all but the newest `keep` complete checkpoints up to `step` (the one just written). Later ones
 // (damaged ones that a resume = latest skipped) are neither counted nor deleted.
 void checkpoint_prune(const char *run_dir, int keep, long step);

@@ -149,6 +149,21 @@ static void test_prune_keeps_checkpoints_after_fallback(void) {
            "resume = latest did not continue from step 8");
 }
 
+// Resuming training from an explicit checkpoint older than the run directory's newest would later make
+// resume = latest (or pruning) pick the abandoned newer checkpoints over the new ones: refused, with the reason.
+static void test_resume_older_than_newest_is_refused(void) {
+    sh("rm -rf {D}/rollback {D}/rollback2");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/rollback --set checkpoint_every=6 > /dev/null") == 0, "first run failed");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/rollback --set resume={D}/rollback/checkpoints/step_00000006.model.safetensors "
+              "--set checkpoint_every=2 2>&1 | grep -q 'newer checkpoint (step 12)'") == 0,
+           "resuming step 6 into a run directory holding step 12 did not stop naming step 12");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/rollback --set resume={D}/rollback/checkpoints/step_00000006.model.safetensors > /dev/null 2>&1") == 1,
+           "resuming step 6 into a run directory holding step 12 must fail");
+    EXPECT(access(test_path("rollback/checkpoints/step_00000012.state.safetensors"), F_OK) == 0, "step 12 was touched");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/rollback2 --set resume={D}/rollback/checkpoints/step_00000006.model.safetensors > /dev/null 2>&1") == 0,
+           "resuming step 6 into a new run directory failed");
+}
+
 // init_weights loads every tensor: with lr = 0 the run's final weights are exactly the initial ones.
 static void test_init_weights_loads_all_tensors(void) {
     sh("rm -rf {D}/init");
@@ -182,6 +197,7 @@ int main(void) {
     RUN(test_resume_is_bit_exact);
     RUN(test_corrupt_latest_falls_back);
     RUN(test_prune_keeps_checkpoints_after_fallback);
+    RUN(test_resume_older_than_newest_is_refused);
     RUN(test_init_weights_loads_all_tensors);
     RUN(test_sigterm_saves_and_stops);
     TEST_EXIT();
