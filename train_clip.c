@@ -314,7 +314,8 @@ int main(int argc, char **argv) {
     if (cfg.init_weights[0] && !cfg.resume[0]) {
         StFile f;
         char err[1024];
-        if (st_load(&f, cfg.init_weights, err, sizeof(err)) != 0 || load_weights_by_name(L, model.cpu.params, &f, "", err, sizeof(err)) != 0)
+        if (st_load(&f, cfg.init_weights, err, sizeof(err)) != 0 || load_weights_by_name(L, model.cpu.params, &f, "", err, sizeof(err)) != 0 ||
+            check_no_extra_tensors(L, &f, "", err, sizeof(err)) != 0)
             fatal("init_weights: %s", err);
         st_free(&f);
         clip_model_to_device(&model, &opt);

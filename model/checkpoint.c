@@ -17,8 +17,27 @@ int load_weights_by_name(const ClipLayout *L, float *params, const StFile *f, co
         snprintf(name, sizeof(name), "%s%s", prefix, t->name);
         const StTensor *s = st_find(f, name);
         if (!s) return snprintf(err, errlen, "%s: tensor %s is missing", f->path, name), -1;
-        if (s->numel != t->numel) return snprintf(err, errlen, "%s: tensor %s has %zu elements, the config needs %zu", f->path, name, s->numel, t->numel), -1;
+        int same = s->ndim == t->ndim;
+        for (int d = 0; d < t->ndim && same; d++) same = s->shape[d] == t->shape[d];
+        if (!same) {
+            char have[128] = "", need[128] = "";
+            for (int d = 0, n = 0; d < s->ndim && n < (int)sizeof(have); d++) n += snprintf(have + n, sizeof(have) - n, "%s%lld", d ? ", " : "", (long long)s->shape[d]);
+            for (int d = 0, n = 0; d < t->ndim; d++) n += snprintf(need + n, sizeof(need) - n, "%s%d", d ? ", " : "", t->shape[d]);
+            return snprintf(err, errlen, "%s: tensor %s has shape (%s), the config needs (%s)", f->path, name, have, need), -1;
+        }
+        if (strcmp(s->dtype, "F32") && strcmp(s->dtype, "BF16") && strcmp(s->dtype, "F16") && strcmp(s->dtype, "F64"))
+            return snprintf(err, errlen, "%s: tensor %s has dtype %s, not F32, BF16, F16 or F64", f->path, name, s->dtype), -1;
         st_read_f32(f, s, params + t->offset, t->numel);
+    }
+    return 0;
+}
+
+int check_no_extra_tensors(const ClipLayout *L, const StFile *f, const char *prefix, char *err, size_t errlen) {
+    size_t n = strlen(prefix);
+    for (int i = 0; i < f->num_tensors; i++) {
+        const char *name = f->tensors[i].name;
+        if (!strncmp(name, prefix, n) && clip_layout_find(L, name + n) < 0)
+            return snprintf(err, errlen, "%s: tensor %s is not a parameter of this config (a different model or layer_scale_init?)", f->path, name), -1;
     }
     return 0;
 }
@@ -100,8 +119,9 @@ static long load_pair(const char *model, const char *state, const ClipLayout *L,
     }
     if (st_load(&fm, model, err, errlen) != 0) return st_free(&fs), -1;
     long step = -1;
-    if (load_weights_by_name(L, params, &fm, "", err, errlen) == 0 && load_weights_by_name(L, opt->m, &fs, "exp_avg.", err, errlen) == 0 &&
-        load_weights_by_name(L, opt->u, &fs, "exp_avg_sq.", err, errlen) == 0) {
+    if (load_weights_by_name(L, params, &fm, "", err, errlen) == 0 && check_no_extra_tensors(L, &fm, "", err, errlen) == 0 &&
+        load_weights_by_name(L, opt->m, &fs, "exp_avg.", err, errlen) == 0 && load_weights_by_name(L, opt->u, &fs, "exp_avg_sq.", err, errlen) == 0 &&
+        check_no_extra_tensors(L, &fs, "exp_avg.", err, errlen) == 0 && check_no_extra_tensors(L, &fs, "exp_avg_sq.", err, errlen) == 0) {
         step = atol(step_s);
         opt->t = atol(t_s);
         snprintf(loader_state, cap, "%s", st_meta(&fs, "loader") ? st_meta(&fs, "loader") : "");

@@ -12,8 +12,11 @@
 #include "safetensors.h"
 
 // Copy every layout tensor from f (names = prefix + open_clip name) into params. Returns 0, or -1 with
-// the first missing or mis-shaped tensor in err.
+// the first missing or mis-shaped tensor, or one whose dtype is not a float type, in err.
 int load_weights_by_name(const ClipLayout *L, float *params, const StFile *f, const char *prefix, char *err, size_t errlen);
+// -1 with the first tensor named prefix + something that is not in the layout (e.g. layer-scale weights for a
+// config without layer-scale) in err, else 0.
+int check_no_extra_tensors(const ClipLayout *L, const StFile *f, const char *prefix, char *err, size_t errlen);
 // Write weights alone (e.g. an export) atomically.
 int save_weights(const char *path, const ClipLayout *L, const float *params, const char *config_text, char *err, size_t errlen);
 

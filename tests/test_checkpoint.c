@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../model/checkpoint.h"
 #include "../model/safetensors.h"
 #include "../model/utils.h"
 #include "test.h"
@@ -79,6 +80,67 @@ static void test_truncated_file_is_rejected(void) {
     StFile f;
     int rc = st_load(&f, test_path("trunc.safetensors"), err, sizeof(err));
     EXPECT(rc != 0 && strstr(err, "trunc.safetensors") && strstr(err, "truncated"), "truncated load: rc %d '%s'", rc, err);
+}
+
+// A two-tensor layout, "a" (2, 3) and the scalar "b", for load_weights_by_name without a whole model.
+static ParamTensor fake_tensors[2] = {{.name = "a", .ndim = 2, .shape = {2, 3}, .offset = 0, .numel = 6}, {.name = "b", .ndim = 0, .offset = 8, .numel = 1}};
+static const ClipLayout fake_layout = {.tensors = fake_tensors, .num_tensors = 2, .buffer_elems = 16};
+
+// Writes name with tensor a (dtype, shape a_shape of a_ndim dims, data from a_data), b (F32 scalar 5) and, if extra,
+// a tensor "c"; then loads it into params with load_weights_by_name and the extra-tensor check. Returns their rc.
+static int load_fake(const char *name, const char *dtype, int a_ndim, const int64_t *a_shape, const void *a_data, int extra, float *params,
+                     char *err, size_t errlen) {
+    float b = 5, c = 6;
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "a", dtype, a_ndim, a_shape, a_data);
+    st_writer_add(w, "b", "F32", 0, NULL, &b);
+    if (extra) st_writer_add(w, "visual.transformer.resblocks.0.ls_1.gamma", "F32", 0, NULL, &c);
+    if (st_write(w, test_path(name), err, errlen) != 0) return -2;
+    StFile f;
+    if (st_load(&f, test_path(name), err, errlen) != 0) return -3;
+    int rc = load_weights_by_name(&fake_layout, params, &f, "", err, errlen);
+    if (rc == 0) rc = check_no_extra_tensors(&fake_layout, &f, "", err, errlen);
+    st_free(&f);
+    return rc;
+}
+
+static void load_i32_weights(void *arg) {
+    int32_t ints[6] = {1, 2, 3, 4, 5, 6};
+    int64_t shape[2] = {2, 3};
+    float params[16];
+    char err[512];
+    int rc = load_fake("i32.safetensors", "I32", 2, shape, ints, 0, params, err, sizeof(err));
+    fprintf(stderr, "%s", err);
+    _exit(rc == -1 ? 0 : 3);
+}
+
+// Weights are checked against the config's shapes (not just element counts), dtypes and tensor names, and
+// read from F32, BF16 and F16; each problem is an error that names the file and the tensor.
+static void test_load_weights_checks_tensors(void) {
+    mkdir_p(test_dir());
+    float params[16], a[6] = {1, -2, 0.5f, 3, 1e-7f, -0.0f};
+    int64_t shape[2] = {2, 3}, transposed[2] = {3, 2};
+    char err[512] = "";
+    int rc = load_fake("ok.safetensors", "F32", 2, shape, a, 0, params, err, sizeof(err));
+    EXPECT(rc == 0 && !memcmp(params, a, sizeof(a)) && params[8] == 5, "F32 weights: rc %d %s", rc, err);
+    rc = load_fake("transposed.safetensors", "F32", 2, transposed, a, 0, params, err, sizeof(err));
+    EXPECT(rc == -1 && strstr(err, "transposed.safetensors") && strstr(err, "tensor a") && strstr(err, "shape"), "(3, 2) loaded as (2, 3): rc %d '%s'", rc, err);
+    int64_t flat[1] = {6};
+    rc = load_fake("flat.safetensors", "F32", 1, flat, a, 0, params, err, sizeof(err));
+    EXPECT(rc == -1 && strstr(err, "flat.safetensors") && strstr(err, "shape"), "(6) loaded as (2, 3): rc %d '%s'", rc, err);
+    rc = load_fake("extra.safetensors", "F32", 2, shape, a, 1, params, err, sizeof(err));
+    EXPECT(rc == -1 && strstr(err, "extra.safetensors") && strstr(err, "ls_1.gamma"), "a tensor the config lacks was ignored: rc %d '%s'", rc, err);
+    // open_clip's bf16 / fp16 exports: the exact conversions of these values
+    uint16_t bf16[6] = {0x3F80, 0xC000, 0x3F00, 0x4040, 0x0001, 0x8000}, f16[6] = {0x3C00, 0xC000, 0x3800, 0x4200, 0x0001, 0x8000};
+    float want_bf16[6] = {1, -2, 0.5f, 3, 9.18354962e-41f, -0.0f}, want_f16[6] = {1, -2, 0.5f, 3, 5.96046448e-08f, -0.0f};
+    rc = load_fake("bf16.safetensors", "BF16", 2, shape, bf16, 0, params, err, sizeof(err));
+    EXPECT(rc == 0 && !memcmp(params, want_bf16, sizeof(want_bf16)), "BF16 weights: rc %d %s", rc, err);
+    rc = load_fake("f16.safetensors", "F16", 2, shape, f16, 0, params, err, sizeof(err));
+    EXPECT(rc == 0 && !memcmp(params, want_f16, sizeof(want_f16)), "F16 weights: rc %d %s", rc, err);
+    char msg[1024];
+    int code = test_in_child(load_i32_weights, NULL, msg, sizeof(msg));
+    EXPECT(code == 0 && strstr(msg, "i32.safetensors") && strstr(msg, "tensor a") && strstr(msg, "I32"),
+           "I32 weights: exit %d '%s' (an error return, not a stop, lets resume = latest fall back)", code, msg);
 }
 
 // A shell command with every {D} replaced by this test's scratch directory; returns the exit code.
@@ -194,6 +256,7 @@ int main(void) {
     RUN(test_safetensors_round_trip);
     RUN(test_failed_write_keeps_previous_file);
     RUN(test_truncated_file_is_rejected);
+    RUN(test_load_weights_checks_tensors);
     RUN(test_resume_is_bit_exact);
     RUN(test_corrupt_latest_falls_back);
     RUN(test_prune_keeps_checkpoints_after_fallback);
