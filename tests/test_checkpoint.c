@@ -82,6 +82,73 @@ static void test_truncated_file_is_rejected(void) {
     EXPECT(rc != 0 && strstr(err, "trunc.safetensors") && strstr(err, "truncated"), "truncated load: rc %d '%s'", rc, err);
 }
 
+// A .safetensors file made by hand: the 8-byte header length (hlen, or the header's length when 0), the header
+// text, then data_bytes zero bytes. Returns its path.
+static const char *write_raw(const char *name, const char *header, uint64_t hlen, size_t data_bytes) {
+    const char *path = test_path(name);
+    FILE *fp = fopen(path, "wb");
+    if (!fp) return path;
+    uint8_t len[8];
+    if (!hlen) hlen = strlen(header);
+    for (int i = 0; i < 8; i++) len[i] = (uint8_t)(hlen >> (8 * i));
+    fwrite(len, 1, 8, fp), fwrite(header, 1, strlen(header), fp);
+    for (size_t i = 0; i < data_bytes; i++) fputc(0, fp);
+    fclose(fp);
+    return path;
+}
+
+// Damaged or hostile headers: each is rejected with an error naming the file and the problem, and nothing crashes.
+static void test_bad_headers_rejected(void) {
+    mkdir_p(test_dir());
+    static const struct {
+        const char *header;
+        uint64_t hlen;
+        size_t data;
+        const char *want;  // in the error
+    } cases[] = {
+        {"{}", 1ull << 63, 0, "header length"},
+        {"{\"t\":{\"dtype\":\"F32", 0, 0, "unterminated string"},
+        {"{    x}", 0, 0, "expected a string at byte 5"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[-1,-1],\"data_offsets\":[0,4]}}", 0, 4, "shape"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904,4],\"data_offsets\":[0,0]}}", 0, 0, "shape"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[4611686018427387905,4],\"data_offsets\":[0,16]}}", 0, 16, "shape"},  // 2^64 + 4 elements
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,99999999999999999999]}}", 0, 4, "integer"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 0, 8, "duplicate"},
+        {"{\"__metadata__\":{\"step\":\"1\",\"step\":\"2\"}}", 0, 0, "duplicate"},
+        {"{\"__metadata__\":{\"a\":\"1\"},\"__metadata__\":{\"a\":\"2\"}}", 0, 0, "duplicate"},
+        {"{\"__metadata__\":{\"a\":1}}", 0, 0, "expected a string"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 0, 12, "overlap"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,0]}}", 0, 4, "data_offsets"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4]}}", 0, 4, "does not match"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}} {\"u\":1}", 0, 4, "after the header"},
+        {"{\"t\\u0000x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 0, 4, "\\u0000"},
+    };
+    char err[512], name[64];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(name, sizeof(name), "bad%zu.safetensors", i);
+        const char *path = write_raw(name, cases[i].header, cases[i].hlen, cases[i].data);
+        StFile f;
+        err[0] = '\0';
+        int rc = st_load(&f, path, err, sizeof(err));
+        EXPECT(rc == -1 && strstr(err, name) && strstr(err, cases[i].want), "header %s: rc %d, err '%s', want '%s'", cases[i].header, rc, err, cases[i].want);
+        if (rc == 0) st_free(&f);
+    }
+    StFile f;
+    mkdir_p(test_path("dir.safetensors"));
+    int rc = st_load(&f, test_path("dir.safetensors"), err, sizeof(err));
+    EXPECT(rc == -1 && strstr(err, "dir.safetensors") && strstr(err, "not a regular file"), "a directory: rc %d '%s'", rc, err);
+    // what the format allows: padding after the header, an empty one, tensors in any order, empty tensors
+    const char *ok = write_raw("ok_raw.safetensors", "{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]},"
+                                                     "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                                                     "\"e\":{\"dtype\":\"F32\",\"shape\":[0,3],\"data_offsets\":[4,4]}}   ", 0, 8);
+    rc = st_load(&f, ok, err, sizeof(err));
+    EXPECT(rc == 0 && f.num_tensors == 3, "a valid hand-made file: rc %d '%s'", rc, err);
+    if (rc == 0) st_free(&f);
+    rc = st_load(&f, write_raw("empty.safetensors", "{}", 0, 0), err, sizeof(err));
+    EXPECT(rc == 0 && f.num_tensors == 0, "an empty file: rc %d '%s'", rc, err);
+    if (rc == 0) st_free(&f);
+}
+
 // A two-tensor layout, "a" (2, 3) and the scalar "b", for load_weights_by_name without a whole model.
 static ParamTensor fake_tensors[2] = {{.name = "a", .ndim = 2, .shape = {2, 3}, .offset = 0, .numel = 6}, {.name = "b", .ndim = 0, .offset = 8, .numel = 1}};
 static const ClipLayout fake_layout = {.tensors = fake_tensors, .num_tensors = 2, .buffer_elems = 16};
@@ -256,6 +323,7 @@ int main(void) {
     RUN(test_safetensors_round_trip);
     RUN(test_failed_write_keeps_previous_file);
     RUN(test_truncated_file_is_rejected);
+    RUN(test_bad_headers_rejected);
     RUN(test_load_weights_checks_tensors);
     RUN(test_resume_is_bit_exact);
     RUN(test_corrupt_latest_falls_back);
