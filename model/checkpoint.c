@@ -117,13 +117,21 @@ static long load_pair(const char *model, const char *state, const ClipLayout *L,
         st_free(&fs);
         return -1;
     }
+    char *end1, *end2;
+    errno = 0;
+    long step_v = strtol(step_s, &end1, 10), t_v = strtol(t_s, &end2, 10);
+    if (errno || end1 == step_s || *end1 || step_v < 1 || end2 == t_s || *end2 || t_v < 0) {
+        snprintf(err, errlen, "%s: damaged metadata: step '%s', optimizer_t '%s' (whole numbers expected)", state, step_s, t_s);
+        st_free(&fs);
+        return -1;
+    }
     if (st_load(&fm, model, err, errlen) != 0) return st_free(&fs), -1;
     long step = -1;
     if (load_weights_by_name(L, params, &fm, "", err, errlen) == 0 && check_no_extra_tensors(L, &fm, "", err, errlen) == 0 &&
         load_weights_by_name(L, opt->m, &fs, "exp_avg.", err, errlen) == 0 && load_weights_by_name(L, opt->u, &fs, "exp_avg_sq.", err, errlen) == 0 &&
         check_no_extra_tensors(L, &fs, "exp_avg.", err, errlen) == 0 && check_no_extra_tensors(L, &fs, "exp_avg_sq.", err, errlen) == 0) {
-        step = atol(step_s);
-        opt->t = atol(t_s);
+        step = step_v;
+        opt->t = t_v;
         snprintf(loader_state, cap, "%s", st_meta(&fs, "loader") ? st_meta(&fs, "loader") : "");
     }
     st_free(&fm), st_free(&fs);

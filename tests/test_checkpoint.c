@@ -210,6 +210,43 @@ static void test_load_weights_checks_tensors(void) {
            "I32 weights: exit %d '%s' (an error return, not a stop, lets resume = latest fall back)", code, msg);
 }
 
+// A state file for fake_layout at path with the given step, optimizer_t and config metadata.
+static int write_fake_state(const char *path, const char *step, const char *t, const char *config, char *err, size_t errlen) {
+    static float zeros[16];
+    int64_t shape[2] = {2, 3};
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "exp_avg.a", "F32", 2, shape, zeros), st_writer_add(w, "exp_avg.b", "F32", 0, NULL, zeros);
+    st_writer_add(w, "exp_avg_sq.a", "F32", 2, shape, zeros), st_writer_add(w, "exp_avg_sq.b", "F32", 0, NULL, zeros);
+    st_writer_meta(w, "format", "train_clip-state-1");
+    st_writer_meta(w, "step", step), st_writer_meta(w, "optimizer_t", t);
+    st_writer_meta(w, "loader", "synthetic position=64"), st_writer_meta(w, "config", config);
+    return st_write(w, path, err, errlen);
+}
+
+// A state file whose step or optimizer_t is not a number is damaged: resuming from it fails (it used to start
+// at step 0, or from whatever number led the text), and resume = latest falls back past it.
+static void test_resume_checks_state_metadata(void) {
+    float params[16] = {0}, m[16] = {0}, u[16] = {0};
+    Optimizer opt = {.m = m, .u = u, .t = 4};
+    char err[512] = "", loader[256];
+    EXPECT(checkpoint_save(test_path("meta"), 4, &fake_layout, params, &opt, "", "synthetic position=64", err, sizeof(err)) == 0, "save: %s", err);
+    EXPECT(checkpoint_save(test_path("meta"), 8, &fake_layout, params, &opt, "", "synthetic position=128", err, sizeof(err)) == 0, "save: %s", err);
+    char state8[512];
+    snprintf(state8, sizeof(state8), "%s", test_path("meta/checkpoints/step_00000008.state.safetensors"));
+    long step = checkpoint_resume(test_path("meta"), state8, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
+    EXPECT(step == 8 && !strcmp(loader, "synthetic position=128"), "good state file: step %ld '%s'", step, err);
+    static const char *bad[][2] = {{"", "8"}, {"8x", "8"}, {"-8", "8"}, {"8", ""}, {"8", "eight"}};
+    for (int i = 0; i < 5; i++) {
+        write_fake_state(state8, bad[i][0], bad[i][1], "", err, sizeof(err));
+        err[0] = '\0';
+        step = checkpoint_resume(test_path("meta"), state8, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
+        EXPECT(step == -1 && strstr(err, "step_00000008.state.safetensors") && (strstr(err, "step") || strstr(err, "optimizer_t")),
+               "step '%s', optimizer_t '%s': resumed at step %ld ('%s')", bad[i][0], bad[i][1], step, err);
+        step = checkpoint_resume(test_path("meta"), "latest", &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
+        EXPECT(step == 4 && !strcmp(loader, "synthetic position=64"), "latest with a damaged step 8: step %ld ('%s')", step, err);
+    }
+}
+
 // A shell command with every {D} replaced by this test's scratch directory; returns the exit code.
 static const char *expand(const char *tmpl) {
     static char cmd[4096];
@@ -325,6 +362,7 @@ int main(void) {
     RUN(test_truncated_file_is_rejected);
     RUN(test_bad_headers_rejected);
     RUN(test_load_weights_checks_tensors);
+    RUN(test_resume_checks_state_metadata);
     RUN(test_resume_is_bit_exact);
     RUN(test_corrupt_latest_falls_back);
     RUN(test_prune_keeps_checkpoints_after_fallback);
