@@ -324,7 +324,7 @@ int main(int argc, char **argv) {
     if (cfg.resume[0]) {
         // every rank reads the checkpoint (for its data position); the weights and moments are rank 0's
         char *states = mallocCheck((size_t)world * LOADER_STATE_CAP), mine[LOADER_STATE_CAP], err[1024];
-        start = checkpoint_resume(cfg.run_dir, cfg.resume, L, model.cpu.params, &opt, states, (size_t)world * LOADER_STATE_CAP, err, sizeof(err));
+        start = checkpoint_resume(cfg.run_dir, cfg.resume, config_text, L, model.cpu.params, &opt, states, (size_t)world * LOADER_STATE_CAP, err, sizeof(err));
         if (start < 0) fatal("%s", err);
         // continuing from an older checkpoint than run_dir's newest: a later resume = latest would take the newer one
         long newest = strcmp(cfg.resume, "latest") != 0 && !eval_only ? checkpoint_newest_step(cfg.run_dir) : -1;

@@ -106,8 +106,43 @@ static int list_steps(const char *run_dir, long *steps, int cap) {
     return n;
 }
 
+// The value of key in a config text as config_print writes it ("key   = value   # where") into out; 0 if absent.
+static int config_value(const char *text, const char *key, char *out, size_t cap) {
+    size_t n = strlen(key);
+    for (const char *line = text; line && *line; line = strchr(line, '\n'), line = line ? line + 1 : NULL) {
+        if (strncmp(line, key, n) != 0 || (line[n] != ' ' && line[n] != '=')) continue;
+        const char *v = line + n + strspn(line + n, " ");
+        if (*v++ != '=') continue;
+        v += strspn(v, " ");
+        size_t len = strcspn(v, "#\n");
+        while (len > 0 && v[len - 1] == ' ') len--;
+        snprintf(out, cap, "%.*s", (int)len, v);
+        return 1;
+    }
+    return 0;
+}
+
+// Compare the checkpoint's saved config with this run's: a different model (also in what the tensor shapes do not
+// show: heads, activation) is an error (-1, err), changed training settings a warning.
+static int compare_configs(const char *state, const char *saved, const char *current, char *err, size_t errlen) {
+    static const char *model_keys[] = {"embed_dim", "image_size", "patch_size", "vision_width", "vision_layers", "vision_heads",
+                                       "vision_mlp_ratio", "context_length", "vocab_size", "text_width", "text_layers", "text_heads",
+                                       "text_mlp_ratio", "quick_gelu"};
+    static const char *training_keys[] = {"precision", "optimizer", "batch_size"};
+    char a[CONFIG_STR], b[CONFIG_STR];
+    if (!saved || !current) return 0;
+    for (size_t i = 0; i < sizeof(model_keys) / sizeof(model_keys[0]); i++)
+        if (config_value(saved, model_keys[i], a, sizeof(a)) && config_value(current, model_keys[i], b, sizeof(b)) && strcmp(a, b) != 0)
+            return snprintf(err, errlen, "%s: the checkpoint's model has %s = %s, this config %s: resume needs the same model", state,
+                            model_keys[i], a, b), -1;
+    for (size_t i = 0; i < sizeof(training_keys) / sizeof(training_keys[0]); i++)
+        if (config_value(saved, training_keys[i], a, sizeof(a)) && config_value(current, training_keys[i], b, sizeof(b)) && strcmp(a, b) != 0)
+            fprintf(stderr, "warning: resuming with %s = %s; the checkpoint was trained with %s (%s)\n", training_keys[i], b, a, state);
+    return 0;
+}
+
 // Load one checkpoint (model + state files). Returns its step or -1.
-static long load_pair(const char *model, const char *state, const ClipLayout *L, float *params, Optimizer *opt,
+static long load_pair(const char *model, const char *state, const char *config_text, const ClipLayout *L, float *params, Optimizer *opt,
                       char *loader_state, size_t cap, char *err, size_t errlen) {
     StFile fm, fs;
     if (st_load(&fs, state, err, errlen) != 0) return -1;
@@ -125,6 +160,7 @@ static long load_pair(const char *model, const char *state, const ClipLayout *L,
         st_free(&fs);
         return -1;
     }
+    if (compare_configs(state, st_meta(&fs, "config"), config_text, err, errlen) != 0) return st_free(&fs), -1;
     if (st_load(&fm, model, err, errlen) != 0) return st_free(&fs), -1;
     long step = -1;
     if (load_weights_by_name(L, params, &fm, "", err, errlen) == 0 && check_no_extra_tensors(L, &fm, "", err, errlen) == 0 &&
@@ -138,7 +174,7 @@ static long load_pair(const char *model, const char *state, const ClipLayout *L,
     return step;
 }
 
-long checkpoint_resume(const char *run_dir, const char *spec, const ClipLayout *L, float *params, Optimizer *opt,
+long checkpoint_resume(const char *run_dir, const char *spec, const char *config_text, const ClipLayout *L, float *params, Optimizer *opt,
                        char *loader_state, size_t cap, char *err, size_t errlen) {
     char model[2048], state[2048];
     if (strcmp(spec, "latest") != 0) {
@@ -148,18 +184,21 @@ long checkpoint_resume(const char *run_dir, const char *spec, const ClipLayout *
         size_t stem = strlen(spec) - strlen(suffix);
         snprintf(model, sizeof(model), "%.*s.model.safetensors", (int)stem, spec);
         snprintf(state, sizeof(state), "%.*s.state.safetensors", (int)stem, spec);
-        return load_pair(model, state, L, params, opt, loader_state, cap, err, errlen);
+        return load_pair(model, state, config_text, L, params, opt, loader_state, cap, err, errlen);
     }
     long steps[4096];
     int n = list_steps(run_dir, steps, 4096);
     if (n == 0) return snprintf(err, errlen, "resume = latest: no complete checkpoint in %s/checkpoints", run_dir), -1;
     for (int i = 0; i < n; i++) {
         paths_for(run_dir, steps[i], model, state, sizeof(model));
-        long step = load_pair(model, state, L, params, opt, loader_state, cap, err, errlen);
+        long step = load_pair(model, state, config_text, L, params, opt, loader_state, cap, err, errlen);
         if (step >= 0) return step;
         fprintf(stderr, "warning: skipping checkpoint step %ld: %s\n", steps[i], err);
     }
-    return snprintf(err, errlen, "resume = latest: none of the %d checkpoints in %s/checkpoints could be loaded", n, run_dir), -1;
+    char last[1024];
+    snprintf(last, sizeof(last), "%s", err);
+    return snprintf(err, errlen, "resume = latest: none of the %d checkpoints in %s/checkpoints could be loaded (step %ld: %s)", n, run_dir,
+                    steps[n - 1], last), -1;
 }
 
 long checkpoint_newest_step(const char *run_dir) {

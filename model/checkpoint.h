@@ -23,9 +23,11 @@ int save_weights(const char *path, const ClipLayout *L, const float *params, con
 int checkpoint_save(const char *run_dir, long step, const ClipLayout *L, const float *params, const Optimizer *opt,
                     const char *config_text, const char *loader_state, char *err, size_t errlen);
 // Resume from spec: "latest" (newest complete checkpoint in run_dir; corrupt ones are skipped with a
-// warning) or the path of a .model.safetensors / .state.safetensors file. Fills params, the optimizer
+// warning) or the path of a .model.safetensors / .state.safetensors file. A checkpoint whose saved config
+// differs from config_text (this run's, as config_print writes it; NULL: not compared) in a key of the model
+// is refused; other differences in training settings are printed as a warning. Fills params, the optimizer
 // and loader_state; returns the step to continue from, or -1 with the reason in err.
-long checkpoint_resume(const char *run_dir, const char *spec, const ClipLayout *L, float *params, Optimizer *opt,
+long checkpoint_resume(const char *run_dir, const char *spec, const char *config_text, const ClipLayout *L, float *params, Optimizer *opt,
                        char *loader_state, size_t cap, char *err, size_t errlen);
 // The step of the newest complete checkpoint in run_dir (loadable or not), or -1 if there is none.
 long checkpoint_newest_step(const char *run_dir);

@@ -233,16 +233,16 @@ static void test_resume_checks_state_metadata(void) {
     EXPECT(checkpoint_save(test_path("meta"), 8, &fake_layout, params, &opt, "", "synthetic position=128", err, sizeof(err)) == 0, "save: %s", err);
     char state8[512];
     snprintf(state8, sizeof(state8), "%s", test_path("meta/checkpoints/step_00000008.state.safetensors"));
-    long step = checkpoint_resume(test_path("meta"), state8, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
+    long step = checkpoint_resume(test_path("meta"), state8, NULL, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
     EXPECT(step == 8 && !strcmp(loader, "synthetic position=128"), "good state file: step %ld '%s'", step, err);
     static const char *bad[][2] = {{"", "8"}, {"8x", "8"}, {"-8", "8"}, {"8", ""}, {"8", "eight"}};
     for (int i = 0; i < 5; i++) {
         write_fake_state(state8, bad[i][0], bad[i][1], "", err, sizeof(err));
         err[0] = '\0';
-        step = checkpoint_resume(test_path("meta"), state8, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
+        step = checkpoint_resume(test_path("meta"), state8, NULL, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
         EXPECT(step == -1 && strstr(err, "step_00000008.state.safetensors") && (strstr(err, "step") || strstr(err, "optimizer_t")),
                "step '%s', optimizer_t '%s': resumed at step %ld ('%s')", bad[i][0], bad[i][1], step, err);
-        step = checkpoint_resume(test_path("meta"), "latest", &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
+        step = checkpoint_resume(test_path("meta"), "latest", NULL, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
         EXPECT(step == 4 && !strcmp(loader, "synthetic position=64"), "latest with a damaged step 8: step %ld ('%s')", step, err);
     }
 }
@@ -330,6 +330,18 @@ static void test_resume_older_than_newest_is_refused(void) {
            "resuming step 6 into a new run directory failed");
 }
 
+// Resuming with a config whose model differs from the checkpoint's in what the tensors' shapes do not show
+// (attention heads, QuickGELU) stops with an error naming the key; other settings (lr) may change.
+static void test_resume_with_other_model_is_refused(void) {
+    sh("rm -rf {D}/arch");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set steps=4 > /dev/null") == 0, "first run failed");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set resume=latest --set vision_heads=2 2>&1 | grep -q 'vision_heads'") == 0,
+           "resuming 4 vision heads with 2 did not name vision_heads");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set resume=latest --set text_heads=8 > /dev/null 2>&1") == 1, "resuming 4 text heads with 8 must fail");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set resume=latest --set quick_gelu=true > /dev/null 2>&1") == 1, "resuming GELU with QuickGELU must fail");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set resume=latest --set lr=0.002 > /dev/null 2>&1") == 0, "resuming with another lr failed");
+}
+
 // init_weights loads every tensor: with lr = 0 the run's final weights are exactly the initial ones.
 static void test_init_weights_loads_all_tensors(void) {
     sh("rm -rf {D}/init");
@@ -367,6 +379,7 @@ int main(void) {
     RUN(test_corrupt_latest_falls_back);
     RUN(test_prune_keeps_checkpoints_after_fallback);
     RUN(test_resume_older_than_newest_is_refused);
+    RUN(test_resume_with_other_model_is_refused);
     RUN(test_init_weights_loads_all_tensors);
     RUN(test_sigterm_saves_and_stops);
     TEST_EXIT();
