@@ -72,6 +72,8 @@ int checkpoint_save(const char *run_dir, long step, const ClipLayout *L, const f
     snprintf(dir, sizeof(dir), "%s/checkpoints", run_dir);
     if (mkdir_p(dir) != 0) return snprintf(err, errlen, "cannot create %s: %s", dir, strerror(errno)), -1;
     paths_for(run_dir, step, model, state, sizeof(model));
+    // an older checkpoint of this step (steps re-run after a fallback) stops being complete before its weights change
+    if (unlink(state) != 0 && errno != ENOENT) return snprintf(err, errlen, "cannot delete the old %s: %s", state, strerror(errno)), -1;
     if (save_weights(model, L, params, config_text, err, errlen) != 0) return -1;
     StWriter *w = st_writer_new();
     add_tensors(w, L, opt->m, "exp_avg.");

@@ -247,6 +247,24 @@ static void test_resume_checks_state_metadata(void) {
     }
 }
 
+// Saving a step that already has a checkpoint (a run re-running steps after resume = latest fell back past a
+// damaged one) removes the old state file first: if writing the new state then fails, the new weights must not
+// pair with the old moments and data position as a "complete" checkpoint.
+static void test_resave_never_mixes_halves(void) {
+    float p1[16] = {1}, p2[16] = {2}, got[16] = {0}, m[16] = {0}, u[16] = {0};
+    Optimizer opt = {.m = m, .u = u, .t = 4};
+    char err[512] = "", loader[256] = "", tmp[512];
+    EXPECT(checkpoint_save(test_path("resave"), 4, &fake_layout, p1, &opt, "", "synthetic position=64", err, sizeof(err)) == 0, "save: %s", err);
+    snprintf(tmp, sizeof(tmp), "%s", test_path("resave/checkpoints/step_00000004.state.safetensors.tmp"));
+    mkdir_p(tmp);  // the state file's write fails, after the weights' succeeded
+    int rc = checkpoint_save(test_path("resave"), 4, &fake_layout, p2, &opt, "", "synthetic position=99", err, sizeof(err));
+    rmdir(tmp);
+    EXPECT(rc == -1, "the second save should have failed");
+    long step = checkpoint_resume(test_path("resave"), "latest", NULL, &fake_layout, got, &opt, loader, sizeof(loader), err, sizeof(err));
+    EXPECT(step == -1 || (got[0] == 1 && !strcmp(loader, "synthetic position=64")),
+           "step %ld resumed with weights %g (new) and data position '%s' (old)", step, got[0], loader);
+}
+
 // A shell command with every {D} replaced by this test's scratch directory; returns the exit code.
 static const char *expand(const char *tmpl) {
     static char cmd[4096];
@@ -375,6 +393,7 @@ int main(void) {
     RUN(test_bad_headers_rejected);
     RUN(test_load_weights_checks_tensors);
     RUN(test_resume_checks_state_metadata);
+    RUN(test_resave_never_mixes_halves);
     RUN(test_resume_is_bit_exact);
     RUN(test_corrupt_latest_falls_back);
     RUN(test_prune_keeps_checkpoints_after_fallback);
