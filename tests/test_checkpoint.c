@@ -3,6 +3,7 @@
 // N/2 steps + checkpoint + resume + N/2 steps bit for bit; a corrupt newest checkpoint falls back to the
 // previous one; SIGTERM saves a checkpoint and stops cleanly.
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -67,6 +68,38 @@ static void test_failed_write_keeps_previous_file(void) {
     st_read_f32(&f, st_find(&f, "x"), &y, 1);
     EXPECT(y == 1, "previous value %g, want 1", y);
     st_free(&f);
+}
+
+// Writes a 64 KiB tensor over full.safetensors with the file size limited to 4 KiB (as a full disk: the write fails
+// part way); exits 0 if st_write reports it naming the file and leaves no temporary file.
+static void write_on_full_disk(void *arg) {
+    static float big[16384];
+    int64_t shape[1] = {16384};
+    struct rlimit lim = {4096, 4096};
+    signal(SIGXFSZ, SIG_IGN);
+    if (setrlimit(RLIMIT_FSIZE, &lim) != 0) _exit(4);
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "x", "F32", 1, shape, big);
+    char err[512] = "";
+    int rc = st_write(w, test_path("full.safetensors"), err, sizeof(err));
+    fprintf(stderr, "%s", err);
+    _exit(rc == -1 && strstr(err, "full.safetensors") && access(test_path("full.safetensors.tmp"), F_OK) != 0 ? 0 : 3);
+}
+
+static void test_full_disk_keeps_previous_file(void) {
+    mkdir_p(test_dir());
+    float x = 1;
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "x", "F32", 0, NULL, &x);
+    char err[512], msg[1024];
+    EXPECT(st_write(w, test_path("full.safetensors"), err, sizeof(err)) == 0, "first write: %s", err);
+    int code = test_in_child(write_on_full_disk, NULL, msg, sizeof(msg));
+    EXPECT(code == 0, "write on a full disk: exit %d, '%s'", code, msg);
+    StFile f;
+    EXPECT(st_load(&f, test_path("full.safetensors"), err, sizeof(err)) == 0, "previous file damaged: %s", err);
+    float y = 0;
+    if (f.num_tensors == 1) st_read_f32(&f, st_find(&f, "x"), &y, 1), st_free(&f);
+    EXPECT(y == 1, "previous value %g, want 1", y);
 }
 
 static void test_truncated_file_is_rejected(void) {
@@ -389,6 +422,7 @@ static void test_sigterm_saves_and_stops(void) {
 int main(void) {
     RUN(test_safetensors_round_trip);
     RUN(test_failed_write_keeps_previous_file);
+    RUN(test_full_disk_keeps_previous_file);
     RUN(test_truncated_file_is_rejected);
     RUN(test_bad_headers_rejected);
     RUN(test_load_weights_checks_tensors);
