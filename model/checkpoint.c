@@ -86,25 +86,30 @@ int checkpoint_save(const char *run_dir, long step, const ClipLayout *L, const f
     return st_write(w, state, err, errlen);
 }
 
-// Steps of complete checkpoints (state file present), newest first. Returns the count.
-static int list_steps(const char *run_dir, long *steps, int cap) {
+static int newest_first(const void *a, const void *b) {
+    long x = *(const long *)a, y = *(const long *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+// Steps of complete checkpoints (state file present), newest first, in *steps (malloc'd; free it). Returns the count.
+static int list_steps(const char *run_dir, long **steps) {
     char dir[2048];
     snprintf(dir, sizeof(dir), "%s/checkpoints", run_dir);
+    *steps = NULL;
     DIR *d = opendir(dir);
     if (!d) return 0;
     int n = 0;
     struct dirent *e;
-    while ((e = readdir(d)) && n < cap) {
+    while ((e = readdir(d))) {
         long s;
         char tail[64];
-        if (sscanf(e->d_name, "step_%ld.%63s", &s, tail) == 2 && !strcmp(tail, "state.safetensors")) steps[n++] = s;
+        if (sscanf(e->d_name, "step_%ld.%63s", &s, tail) == 2 && !strcmp(tail, "state.safetensors")) {
+            if ((n & (n - 1)) == 0) *steps = reallocCheck(*steps, (size_t)(n ? 2 * n : 1) * sizeof(long));
+            (*steps)[n++] = s;
+        }
     }
     closedir(d);
-    for (int a = 1; a < n; a++)
-        for (int b = a; b > 0 && steps[b] > steps[b - 1]; b--) {
-            long t = steps[b];
-            steps[b] = steps[b - 1], steps[b - 1] = t;
-        }
+    if (n) qsort(*steps, (size_t)n, sizeof(long), newest_first);
     return n;
 }
 
@@ -188,29 +193,32 @@ long checkpoint_resume(const char *run_dir, const char *spec, const char *config
         snprintf(state, sizeof(state), "%.*s.state.safetensors", (int)stem, spec);
         return load_pair(model, state, config_text, L, params, opt, loader_state, cap, err, errlen);
     }
-    long steps[4096];
-    int n = list_steps(run_dir, steps, 4096);
+    long *steps;
+    int n = list_steps(run_dir, &steps);
     if (n == 0) return snprintf(err, errlen, "resume = latest: no complete checkpoint in %s/checkpoints", run_dir), -1;
     for (int i = 0; i < n; i++) {
         paths_for(run_dir, steps[i], model, state, sizeof(model));
         long step = load_pair(model, state, config_text, L, params, opt, loader_state, cap, err, errlen);
-        if (step >= 0) return step;
+        if (step >= 0) return free(steps), step;
         fprintf(stderr, "warning: skipping checkpoint step %ld: %s\n", steps[i], err);
     }
     char last[1024];
     snprintf(last, sizeof(last), "%s", err);
-    return snprintf(err, errlen, "resume = latest: none of the %d checkpoints in %s/checkpoints could be loaded (step %ld: %s)", n, run_dir,
-                    steps[n - 1], last), -1;
+    snprintf(err, errlen, "resume = latest: none of the %d checkpoints in %s/checkpoints could be loaded (step %ld: %s)", n, run_dir,
+             steps[n - 1], last);
+    free(steps);
+    return -1;
 }
 
 long checkpoint_newest_step(const char *run_dir) {
-    long steps[4096];
-    return list_steps(run_dir, steps, 4096) > 0 ? steps[0] : -1;
+    long *steps, newest = list_steps(run_dir, &steps) > 0 ? steps[0] : -1;
+    free(steps);
+    return newest;
 }
 
 void checkpoint_prune(const char *run_dir, int keep, long step) {
-    long steps[4096];
-    int n = list_steps(run_dir, steps, 4096), i = 0;
+    long *steps;
+    int n = list_steps(run_dir, &steps), i = 0;
     while (i < n && steps[i] > step) i++;  // newer than the run (skipped when it resumed): neither kept nor deleted
     for (i += keep; i < n; i++) {
         char model[2048], state[2048];
@@ -219,4 +227,5 @@ void checkpoint_prune(const char *run_dir, int keep, long step) {
         if (unlink(state) != 0 || (unlink(model) != 0 && errno != ENOENT))
             fprintf(stderr, "warning: could not delete old checkpoint step %ld: %s\n", steps[i], strerror(errno));
     }
+    free(steps);
 }

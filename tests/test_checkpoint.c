@@ -298,6 +298,24 @@ static void test_resave_never_mixes_halves(void) {
            "step %ld resumed with weights %g (new) and data position '%s' (old)", step, got[0], loader);
 }
 
+// More checkpoints than the directory listing's 4096 slots (keep_checkpoints is up to 1000000): the newest is still
+// found (the listing kept whichever the directory returned first) and pruning deletes the oldest.
+static void test_many_checkpoints_newest_found(void) {
+    char path[512];
+    mkdir_p(test_path("many/checkpoints"));
+    for (int s = 1; s <= 5000; s++) {
+        snprintf(path, sizeof(path), "%s/step_%08d.state.safetensors", test_path("many/checkpoints"), s);
+        FILE *fp = fopen(path, "w");
+        if (fp) fclose(fp);
+    }
+    long newest = checkpoint_newest_step(test_path("many"));
+    EXPECT(newest == 5000, "newest of 5000 checkpoints: %ld", newest);
+    checkpoint_prune(test_path("many"), 10, 5000);
+    EXPECT(access(test_path("many/checkpoints/step_00004991.state.safetensors"), F_OK) == 0 &&
+               access(test_path("many/checkpoints/step_00004990.state.safetensors"), F_OK) != 0,
+           "pruning 5000 checkpoints to 10 did not keep exactly steps 4991-5000");
+}
+
 // A shell command with every {D} replaced by this test's scratch directory; returns the exit code.
 static const char *expand(const char *tmpl) {
     static char cmd[4096];
@@ -428,6 +446,7 @@ int main(void) {
     RUN(test_load_weights_checks_tensors);
     RUN(test_resume_checks_state_metadata);
     RUN(test_resave_never_mixes_halves);
+    RUN(test_many_checkpoints_newest_found);
     RUN(test_resume_is_bit_exact);
     RUN(test_corrupt_latest_falls_back);
     RUN(test_prune_keeps_checkpoints_after_fallback);
