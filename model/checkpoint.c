@@ -218,9 +218,11 @@ long checkpoint_newest_step(const char *run_dir) {
 
 void checkpoint_prune(const char *run_dir, int keep, long step) {
     long *steps;
-    int n = list_steps(run_dir, &steps), i = 0;
-    while (i < n && steps[i] > step) i++;  // newer than the run (skipped when it resumed): neither kept nor deleted
-    for (i += keep; i < n; i++) {
+    int n = list_steps(run_dir, &steps), first = 0;
+    while (first < n && steps[first] > step) first++;  // newer than the run (skipped when it resumed): neither kept nor deleted
+    int last_kept = first + keep < n ? first + keep - 1 : n - 1;
+    long oldest_kept = first < n ? steps[last_kept] : -1;
+    for (int i = last_kept + 1; i < n; i++) {
         char model[2048], state[2048];
         paths_for(run_dir, steps[i], model, state, sizeof(model));
         // state first: a half-deleted checkpoint is then never taken for a complete one
@@ -228,4 +230,19 @@ void checkpoint_prune(const char *run_dir, int keep, long step) {
             fprintf(stderr, "warning: could not delete old checkpoint step %ld: %s\n", steps[i], strerror(errno));
     }
     free(steps);
+    // what interrupted saves left before the oldest kept checkpoint: weights without a state file, temporary files
+    char dir[2048], path[2400];
+    snprintf(dir, sizeof(dir), "%s/checkpoints", run_dir);
+    DIR *d = oldest_kept > 0 ? opendir(dir) : NULL;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        long s;
+        char tail[64];
+        if (sscanf(e->d_name, "step_%ld.%63s", &s, tail) != 2 || s >= oldest_kept) continue;
+        size_t len = strlen(tail);
+        if (strcmp(tail, "model.safetensors") != 0 && (len < 4 || strcmp(tail + len - 4, ".tmp") != 0)) continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        if (unlink(path) != 0) fprintf(stderr, "warning: could not delete %s: %s\n", path, strerror(errno));
+    }
+    if (d) closedir(d);
 }

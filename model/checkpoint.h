@@ -31,6 +31,7 @@ long checkpoint_resume(const char *run_dir, const char *spec, const char *config
                        char *loader_state, size_t cap, char *err, size_t errlen);
 // The step of the newest complete checkpoint in run_dir (loadable or not), or -1 if there is none.
 long checkpoint_newest_step(const char *run_dir);
-// Delete all but the newest `keep` complete checkpoints up to `step` (the one just written). Later ones
-// (damaged ones that a resume = latest skipped) are neither counted nor deleted.
+// Delete all but the newest `keep` complete checkpoints up to `step` (the one just written), and what interrupted
+// saves left older than them (weights without a state file, temporary files). Later ones (damaged ones that a
+// resume = latest skipped) are neither counted nor deleted.
 void checkpoint_prune(const char *run_dir, int keep, long step);

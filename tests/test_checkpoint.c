@@ -316,6 +316,27 @@ static void test_many_checkpoints_newest_found(void) {
            "pruning 5000 checkpoints to 10 did not keep exactly steps 4991-5000");
 }
 
+// Pruning also deletes what interrupted saves left (weights without a state file, temporary files) older than the
+// checkpoints it keeps: each is a model's size, and a run preempted often would otherwise fill its disk.
+static void test_prune_deletes_leftovers(void) {
+    static const char *files[] = {"step_00000002.model.safetensors", "step_00000003.state.safetensors.tmp", "step_00000003.model.safetensors.tmp",
+                                  "step_00000004.model.safetensors", "step_00000004.state.safetensors", "step_00000006.model.safetensors",
+                                  "step_00000006.state.safetensors", "step_00000007.model.safetensors", "notes.txt"};
+    char path[512];
+    mkdir_p(test_path("leftovers/checkpoints"));
+    for (int i = 0; i < 9; i++) {
+        snprintf(path, sizeof(path), "%s/%s", test_path("leftovers/checkpoints"), files[i]);
+        FILE *fp = fopen(path, "w");
+        if (fp) fclose(fp);
+    }
+    checkpoint_prune(test_path("leftovers"), 1, 6);
+    for (int i = 0; i < 9; i++) {
+        snprintf(path, sizeof(path), "%s/%s", test_path("leftovers/checkpoints"), files[i]);
+        int want = i >= 5;  // step 6 (kept), step 7's weights (being written, or newer), other files
+        EXPECT((access(path, F_OK) == 0) == want, "%s: %s", files[i], want ? "deleted" : "left");
+    }
+}
+
 // A shell command with every {D} replaced by this test's scratch directory; returns the exit code.
 static const char *expand(const char *tmpl) {
     static char cmd[4096];
@@ -447,6 +468,7 @@ int main(void) {
     RUN(test_resume_checks_state_metadata);
     RUN(test_resave_never_mixes_halves);
     RUN(test_many_checkpoints_newest_found);
+    RUN(test_prune_deletes_leftovers);
     RUN(test_resume_is_bit_exact);
     RUN(test_corrupt_latest_falls_back);
     RUN(test_prune_keeps_checkpoints_after_fallback);
