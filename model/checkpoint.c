@@ -186,7 +186,10 @@ long checkpoint_resume(const char *run_dir, const char *spec, const char *config
     char model[2048], state[2048];
     if (strcmp(spec, "latest") != 0) {
         // an explicit file: accept either half of the pair
-        const char *suffix = strstr(spec, ".model.safetensors") ? ".model.safetensors" : strstr(spec, ".state.safetensors") ? ".state.safetensors" : NULL;
+        size_t len = strlen(spec);
+        const char *suffix = len > 18 && !strcmp(spec + len - 18, ".model.safetensors")   ? ".model.safetensors"
+                             : len > 18 && !strcmp(spec + len - 18, ".state.safetensors") ? ".state.safetensors"
+                                                                                          : NULL;
         if (!suffix) return snprintf(err, errlen, "resume = %s: expected latest or a step_*.model.safetensors / .state.safetensors path", spec), -1;
         size_t stem = strlen(spec) - strlen(suffix);
         snprintf(model, sizeof(model), "%.*s.model.safetensors", (int)stem, spec);
