@@ -237,6 +237,9 @@ static void test_load_weights_checks_tensors(void) {
     EXPECT(rc == 0 && !memcmp(params, want_bf16, sizeof(want_bf16)), "BF16 weights: rc %d %s", rc, err);
     rc = load_fake("f16.safetensors", "F16", 2, shape, f16, 0, params, err, sizeof(err));
     EXPECT(rc == 0 && !memcmp(params, want_f16, sizeof(want_f16)), "F16 weights: rc %d %s", rc, err);
+    double f64[6] = {1, -2, 0.5, 3, 1e-7, -0.0};
+    rc = load_fake("f64.safetensors", "F64", 2, shape, f64, 0, params, err, sizeof(err));
+    EXPECT(rc == 0 && !memcmp(params, a, sizeof(a)), "F64 weights: rc %d %s", rc, err);
     char msg[1024];
     int code = test_in_child(load_i32_weights, NULL, msg, sizeof(msg));
     EXPECT(code == 0 && strstr(msg, "i32.safetensors") && strstr(msg, "tensor a") && strstr(msg, "I32"),
