@@ -412,7 +412,17 @@ void st_writer_meta(StWriter *w, const char *key, const char *value) {
     w->nm++;
 }
 
-// Append s as a JSON string to the growing buffer.
+// Bytes of the valid UTF-8 character at p (2-4), or 0 if p does not start one (ASCII is handled apart).
+static int utf8_char_len(const unsigned char *p) {
+    int n = p[0] >= 0xC2 && p[0] <= 0xDF ? 2 : p[0] >= 0xE0 && p[0] <= 0xEF ? 3 : p[0] >= 0xF0 && p[0] <= 0xF4 ? 4 : 0;
+    unsigned lo = p[0] == 0xE0 ? 0xA0 : p[0] == 0xF0 ? 0x90 : 0x80, hi = p[0] == 0xED ? 0x9F : p[0] == 0xF4 ? 0x8F : 0xBF;
+    for (int i = 1; i < n; i++)  // no overlong forms, surrogates or code points past U+10FFFF; stops at the NUL
+        if (p[i] < (i == 1 ? lo : 0x80) || p[i] > (i == 1 ? hi : 0xBF)) return 0;
+    return n;
+}
+
+// Append s as a JSON string to the growing buffer. Bytes that are not UTF-8 become U+FFFD: JSON text is UTF-8,
+// and Python's safetensors rejects a header that is not.
 static void json_put(char **buf, size_t *len, size_t *cap, const char *s, int quote) {
     size_t need = *len + 6 * strlen(s) + 3;
     if (need > *cap) *cap = 2 * need, *buf = reallocCheck(*buf, *cap);
@@ -424,7 +434,13 @@ static void json_put(char **buf, size_t *len, size_t *cap, const char *s, int qu
         else if (*p == '\n') *o++ = '\\', *o++ = 'n';
         else if (*p == '\t') *o++ = '\\', *o++ = 't';
         else if (*p < 0x20) o += sprintf(o, "\\u%04x", *p);
-        else *o++ = (char)*p;
+        else if (*p < 0x80) *o++ = (char)*p;
+        else {
+            int n = utf8_char_len(p);
+            if (n == 0) o += sprintf(o, "\\ufffd");
+            for (int i = 0; i < n; i++) *o++ = (char)p[i];
+            if (n > 1) p += n - 1;
+        }
     }
     if (quote) *o++ = '"';
     *len = (size_t)(o - *buf);

@@ -47,6 +47,24 @@ static void test_safetensors_round_trip(void) {
     st_free(&f);
 }
 
+// The header must be valid UTF-8 (Python's safetensors rejects the whole file otherwise): a byte of metadata that
+// is not UTF-8 (a Latin-1 path in the config) is written as U+FFFD, valid multi-byte characters as they are.
+static void test_metadata_is_utf8(void) {
+    mkdir_p(test_dir());
+    float x = 1;
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "x", "F32", 0, NULL, &x);
+    st_writer_meta(w, "config", "data = /d/caf\xe9.tar # caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xed\xa0\x80 \xc3");
+    char err[512];
+    EXPECT(st_write(w, test_path("utf8.safetensors"), err, sizeof(err)) == 0, "write: %s", err);
+    StFile f;
+    EXPECT(st_load(&f, test_path("utf8.safetensors"), err, sizeof(err)) == 0, "load: %s", err);
+    const char *v = st_meta(&f, "config");
+    const char *want = "data = /d/caf\xef\xbf\xbd.tar # caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd \xef\xbf\xbd";
+    EXPECT(v && !strcmp(v, want), "metadata read back as '%s'", v ? v : "(none)");
+    if (f.num_tensors) st_free(&f);
+}
+
 static void test_failed_write_keeps_previous_file(void) {
     mkdir_p(test_dir());
     float x = 1;
@@ -465,6 +483,7 @@ static void test_sigterm_saves_and_stops(void) {
 
 int main(void) {
     RUN(test_safetensors_round_trip);
+    RUN(test_metadata_is_utf8);
     RUN(test_failed_write_keeps_previous_file);
     RUN(test_full_disk_keeps_previous_file);
     RUN(test_truncated_file_is_rejected);
