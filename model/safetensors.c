@@ -234,7 +234,7 @@ static int check_unique(StFile *f, char *err, size_t errlen) {
                               t[i - 1]->begin, t[i - 1]->end, t[i]->name, t[i]->begin, t[i]->end);
     free(t);
     char **k = mallocCheck((size_t)f->num_meta * sizeof(*k));
-    memcpy(k, f->meta_keys, (size_t)f->num_meta * sizeof(*k));
+    for (int i = 0; i < f->num_meta; i++) k[i] = f->meta_keys[i];
     qsort(k, (size_t)f->num_meta, sizeof(*k), by_string);
     for (int i = 1; i < f->num_meta && !rc; i++)
         if (!strcmp(k[i - 1], k[i])) rc = -1, snprintf(err, errlen, "%s: __metadata__ key %s appears twice in the header (duplicate)", f->path, k[i]);
