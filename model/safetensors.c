@@ -139,7 +139,8 @@ static int parse_tensor(Json *j, StTensor *t) {
     int have = 0;
     for (;;) {
         char *key;
-        if (jstring(j, &key) || jexpect(j, ':')) return -1;
+        if (jstring(j, &key)) return -1;
+        if (jexpect(j, ':')) return free(key), -1;
         if (!strcmp(key, "dtype")) {
             char *d;
             if (jstring(j, &d)) return free(key), -1;
@@ -177,7 +178,8 @@ static int parse_metadata(Json *j, StFile *f) {
     if (jaccept(j, '}')) return 0;
     for (;;) {
         char *k, *v;
-        if (jstring(j, &k) || jexpect(j, ':')) return -1;
+        if (jstring(j, &k)) return -1;
+        if (jexpect(j, ':')) return free(k), -1;
         if (jstring(j, &v)) return free(k), -1;
         f->meta_keys = reallocCheck(f->meta_keys, (size_t)(f->num_meta + 1) * sizeof(char *));
         f->meta_values = reallocCheck(f->meta_values, (size_t)(f->num_meta + 1) * sizeof(char *));
@@ -192,7 +194,8 @@ static int parse_header(Json *j, StFile *f) {
     if (jaccept(j, '}')) return 0;
     for (int have_meta = 0;;) {
         char *name;
-        if (jstring(j, &name) || jexpect(j, ':')) return -1;
+        if (jstring(j, &name)) return -1;
+        if (jexpect(j, ':')) return free(name), -1;
         if (!strcmp(name, "__metadata__")) {
             free(name);
             if (have_meta++) return jfail(j, "duplicate __metadata__");
