@@ -1,7 +1,9 @@
-// test_checkpoint.c: .safetensors round trips, atomic writes that never destroy the previous file,
-// truncated files rejected with a clear error, and end to end with ./train_clip: N steps straight equal
-// N/2 steps + checkpoint + resume + N/2 steps bit for bit; a corrupt newest checkpoint falls back to the
-// previous one; SIGTERM saves a checkpoint and stops cleanly.
+// test_checkpoint.c: .safetensors round trips (UTF-8 headers), atomic writes that never destroy the previous
+// file (also on a full disk), truncated or hostile files rejected with a clear error, weights checked against
+// the config (shapes, dtypes, extra tensors; bf16/fp16), damaged state metadata, pruning and re-saving that
+// never lose or mix checkpoints, and end to end with ./train_clip: N steps straight equal N/2 steps +
+// checkpoint + resume + N/2 steps bit for bit; a corrupt newest checkpoint falls back to the previous one;
+// resuming another model, or an older checkpoint into a newer run, is refused; SIGTERM saves and stops cleanly.
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
