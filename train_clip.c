@@ -205,7 +205,7 @@ static void save_checkpoint(const Config *c, int rank, long step, ClipModel *m, 
     if (rank == 0) {
         if (checkpoint_save(c->run_dir, step, &m->cpu.layout, m->cpu.params, opt, config_text, states, err, sizeof(err)) != 0)
             fatal("checkpoint at step %ld failed: %s (earlier checkpoints are untouched)", step, err);
-        checkpoint_prune(c->run_dir, c->keep_checkpoints);
+        checkpoint_prune(c->run_dir, c->keep_checkpoints, step);
     }
     clip_model_gemm_choices(m, c, rank, 1);
     printf("checkpoint: step %ld saved to %s/checkpoints (%.1f s)\n", step, c->run_dir, now_seconds() - t0);
@@ -342,7 +342,8 @@ int main(int argc, char **argv) {
     if (cfg.init_weights[0] && !cfg.resume[0]) {
         StFile f;
         char err[1024];
-        if (st_load(&f, cfg.init_weights, err, sizeof(err)) != 0 || load_weights_by_name(L, model.cpu.params, &f, "", err, sizeof(err)) != 0)
+        if (st_load(&f, cfg.init_weights, err, sizeof(err)) != 0 || load_weights_by_name(L, model.cpu.params, &f, "", err, sizeof(err)) != 0 ||
+            check_no_extra_tensors(L, &f, "", err, sizeof(err)) != 0)
             fatal("init_weights: %s", err);
         st_free(&f);
         clip_model_to_device(&model, &opt);
@@ -351,8 +352,14 @@ int main(int argc, char **argv) {
     if (cfg.resume[0]) {
         // every rank reads the checkpoint (for its data position); the weights and moments are rank 0's
         char *states = mallocCheck((size_t)world * LOADER_STATE_CAP), mine[LOADER_STATE_CAP], err[1024];
-        start = checkpoint_resume(cfg.run_dir, cfg.resume, L, model.cpu.params, &opt, states, (size_t)world * LOADER_STATE_CAP, err, sizeof(err));
+        start = checkpoint_resume(cfg.run_dir, cfg.resume, config_text, L, model.cpu.params, &opt, states, (size_t)world * LOADER_STATE_CAP, err, sizeof(err));
         if (start < 0) fatal("%s", err);
+        // continuing from an older checkpoint than run_dir's newest: a later resume = latest would take the newer one
+        long newest = strcmp(cfg.resume, "latest") != 0 && !eval_only ? checkpoint_newest_step(cfg.run_dir) : -1;
+        if (newest > start)
+            fatal("resume = %s: run_dir %s holds a newer checkpoint (step %ld) than the one resumed (step %ld), which this run's "
+                  "checkpoints would be mixed with (resume = latest would take it): use another run_dir, or move the newer "
+                  "checkpoints out of %s/checkpoints", cfg.resume, cfg.run_dir, newest, start, cfg.run_dir);
         long *steps = mallocCheck((size_t)world * sizeof(long));
         ranks_allgather(&start, steps, sizeof(long));
         for (int r = 0; r < world; r++)

@@ -16,14 +16,14 @@
 // ---------------------------------------------------------------- JSON header parsing
 
 typedef struct {
-    const char *p, *end;
+    const char *begin, *p, *end;
     char *err;
     size_t errlen;
     const char *path;
 } Json;
 
 static int jfail(Json *j, const char *what) {
-    snprintf(j->err, j->errlen, "%s: bad safetensors header: %s at byte %ld", j->path, what, (long)(j->end - j->p));
+    snprintf(j->err, j->errlen, "%s: bad safetensors header: %s at byte %ld", j->path, what, (long)(j->p - j->begin));
     return -1;
 }
 
@@ -90,6 +90,7 @@ static int jstring(Json *j, char **out) {
                 unsigned cp, lo;
                 if (j->end - j->p < 4 || hex4(j->p, &cp)) return free(buf), jfail(j, "bad \\u escape");
                 j->p += 4;
+                if (cp == 0) return free(buf), jfail(j, "\\u0000 (NUL) in a string");
                 if (cp >= 0xD800 && cp < 0xDC00 && j->end - j->p >= 6 && j->p[0] == '\\' && j->p[1] == 'u' &&
                     !hex4(j->p + 2, &lo) && lo >= 0xDC00 && lo < 0xE000) {
                     cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
@@ -111,8 +112,10 @@ static int jstring(Json *j, char **out) {
 static int jint(Json *j, int64_t *v) {
     jspace(j);
     char *e;
+    errno = 0;
     long long x = strtoll(j->p, &e, 10);
     if (e == j->p || e > j->end) return jfail(j, "expected an integer");
+    if (errno == ERANGE) return jfail(j, "integer out of range");
     j->p = e;
     *v = x;
     return 0;
@@ -136,7 +139,8 @@ static int parse_tensor(Json *j, StTensor *t) {
     int have = 0;
     for (;;) {
         char *key;
-        if (jstring(j, &key) || jexpect(j, ':')) return -1;
+        if (jstring(j, &key)) return -1;
+        if (jexpect(j, ':')) return free(key), -1;
         if (!strcmp(key, "dtype")) {
             char *d;
             if (jstring(j, &d)) return free(key), -1;
@@ -149,7 +153,8 @@ static int parse_tensor(Json *j, StTensor *t) {
         } else if (!strcmp(key, "data_offsets")) {
             int64_t off[2];
             int n;
-            if (jint_array(j, off, 2, &n) || n != 2 || off[0] < 0 || off[1] < off[0]) return free(key), jfail(j, "bad data_offsets");
+            if (jint_array(j, off, 2, &n)) return free(key), -1;
+            if (n != 2 || off[0] < 0 || off[1] < off[0]) return free(key), jfail(j, "bad data_offsets");
             t->begin = (size_t)off[0], t->end = (size_t)off[1];
             have |= 4;
         } else {
@@ -163,7 +168,8 @@ static int parse_tensor(Json *j, StTensor *t) {
     }
     if (have != 7) return jfail(j, "tensor entry lacks dtype, shape or data_offsets");
     t->numel = 1;
-    for (int i = 0; i < t->ndim; i++) t->numel *= (size_t)t->shape[i];
+    for (int i = 0; i < t->ndim; i++)
+        if (t->shape[i] < 0 || __builtin_mul_overflow(t->numel, (size_t)t->shape[i], &t->numel)) return jfail(j, "shape has a negative or too large dimension");
     return 0;
 }
 
@@ -172,7 +178,8 @@ static int parse_metadata(Json *j, StFile *f) {
     if (jaccept(j, '}')) return 0;
     for (;;) {
         char *k, *v;
-        if (jstring(j, &k) || jexpect(j, ':')) return -1;
+        if (jstring(j, &k)) return -1;
+        if (jexpect(j, ':')) return free(k), -1;
         if (jstring(j, &v)) return free(k), -1;
         f->meta_keys = reallocCheck(f->meta_keys, (size_t)(f->num_meta + 1) * sizeof(char *));
         f->meta_values = reallocCheck(f->meta_values, (size_t)(f->num_meta + 1) * sizeof(char *));
@@ -185,11 +192,13 @@ static int parse_metadata(Json *j, StFile *f) {
 static int parse_header(Json *j, StFile *f) {
     if (jexpect(j, '{')) return -1;
     if (jaccept(j, '}')) return 0;
-    for (;;) {
+    for (int have_meta = 0;;) {
         char *name;
-        if (jstring(j, &name) || jexpect(j, ':')) return -1;
+        if (jstring(j, &name)) return -1;
+        if (jexpect(j, ':')) return free(name), -1;
         if (!strcmp(name, "__metadata__")) {
             free(name);
+            if (have_meta++) return jfail(j, "duplicate __metadata__");
             if (parse_metadata(j, f)) return -1;
         } else {
             f->tensors = reallocCheck(f->tensors, (size_t)(f->num_tensors + 1) * sizeof(StTensor));
@@ -203,6 +212,37 @@ static int parse_header(Json *j, StFile *f) {
         if (jaccept(j, ',')) continue;
         return jexpect(j, '}');
     }
+}
+
+static int by_name(const void *a, const void *b) { return strcmp((*(const StTensor *const *)a)->name, (*(const StTensor *const *)b)->name); }
+static int by_string(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static int by_offsets(const void *a, const void *b) {
+    const StTensor *x = *(const StTensor *const *)a, *y = *(const StTensor *const *)b;
+    return x->begin != y->begin ? (x->begin < y->begin ? -1 : 1) : x->end != y->end ? (x->end < y->end ? -1 : 1) : 0;
+}
+
+// Names and metadata keys unique, data ranges disjoint (sorted, so that a ViT-H header of ~900 tensors, or a
+// hostile one of millions, is not quadratic). Returns 0, or -1 with the reason in err.
+static int check_unique(StFile *f, char *err, size_t errlen) {
+    int rc = 0;
+    const StTensor **t = mallocCheck((size_t)f->num_tensors * sizeof(*t));
+    for (int i = 0; i < f->num_tensors; i++) t[i] = &f->tensors[i];
+    qsort(t, (size_t)f->num_tensors, sizeof(*t), by_name);
+    for (int i = 1; i < f->num_tensors && !rc; i++)
+        if (!strcmp(t[i - 1]->name, t[i]->name)) rc = -1, snprintf(err, errlen, "%s: tensor %s appears twice in the header (duplicate name)", f->path, t[i]->name);
+    qsort(t, (size_t)f->num_tensors, sizeof(*t), by_offsets);
+    for (int i = 1; i < f->num_tensors && !rc; i++)
+        if (t[i]->begin < t[i - 1]->end)
+            rc = -1, snprintf(err, errlen, "%s: tensors %s [%zu, %zu) and %s [%zu, %zu) overlap in the data section", f->path, t[i - 1]->name,
+                              t[i - 1]->begin, t[i - 1]->end, t[i]->name, t[i]->begin, t[i]->end);
+    free(t);
+    char **k = mallocCheck((size_t)f->num_meta * sizeof(*k));
+    for (int i = 0; i < f->num_meta; i++) k[i] = f->meta_keys[i];
+    qsort(k, (size_t)f->num_meta, sizeof(*k), by_string);
+    for (int i = 1; i < f->num_meta && !rc; i++)
+        if (!strcmp(k[i - 1], k[i])) rc = -1, snprintf(err, errlen, "%s: __metadata__ key %s appears twice in the header (duplicate)", f->path, k[i]);
+    free(k);
+    return rc;
 }
 
 static size_t dtype_size(const char *d) {
@@ -220,7 +260,11 @@ int st_load(StFile *f, const char *path, char *err, size_t errlen) {
     if (!fp) return snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno)), -1;
     uint8_t lenbuf[8];
     struct stat st;
-    if (fstat(fileno(fp), &st) != 0 || fread(lenbuf, 1, 8, fp) != 8) {
+    if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(fp);
+        return snprintf(err, errlen, "%s: not a regular file", path), -1;
+    }
+    if (fread(lenbuf, 1, 8, fp) != 8) {
         fclose(fp);
         return snprintf(err, errlen, "%s: too short to be a safetensors file", path), -1;
     }
@@ -242,18 +286,21 @@ int st_load(StFile *f, const char *path, char *err, size_t errlen) {
         return -1;
     }
     header[hlen] = '\0';
-    Json j = {header, header + hlen, err, errlen, path};
+    Json j = {header, header, header + hlen, err, errlen, path};
     int rc = parse_header(&j, f);
+    if (rc == 0 && (jspace(&j), j.p != j.end)) rc = jfail(&j, "unexpected text after the header");
     free(header);
     for (int i = 0; i < f->num_tensors && rc == 0; i++) {
         const StTensor *t = &f->tensors[i];
         size_t es = dtype_size(t->dtype);
-        if (t->end > f->data_bytes || (es && t->end - t->begin != t->numel * es)) {
+        size_t bytes;
+        if (t->end > f->data_bytes || (es && (__builtin_mul_overflow(t->numel, es, &bytes) || t->end - t->begin != bytes))) {
             snprintf(err, errlen, "%s: tensor %s: data range [%zu, %zu) does not match its shape/dtype or the file size (truncated?)",
                      path, t->name, t->begin, t->end);
             rc = -1;
         }
     }
+    if (rc == 0) rc = check_unique(f, err, errlen);
     if (rc) st_free(f);  // nothing of a bad file is kept
     return rc;
 }
@@ -296,18 +343,22 @@ static const uint8_t *tensor_bytes(const StFile *f, const StTensor *t, size_t nu
 
 void st_read_f32(const StFile *f, const StTensor *t, float *out, size_t numel) {
     const uint8_t *src = tensor_bytes(f, t, numel);
-    for (size_t i = 0; i < numel; i++) {
-        if (!strcmp(t->dtype, "F32")) memcpy(&out[i], src + 4 * i, 4);
-        else if (!strcmp(t->dtype, "F64")) {
+    // one dtype test per tensor, not per element (a ViT-H resume reads ~3e9 values)
+    if (!strcmp(t->dtype, "F32")) memcpy(out, src, numel * 4);
+    else if (!strcmp(t->dtype, "F64"))
+        for (size_t i = 0; i < numel; i++) {
             double d;
             memcpy(&d, src + 8 * i, 8);
             out[i] = (float)d;
-        } else if (!strcmp(t->dtype, "BF16")) {
+        }
+    else if (!strcmp(t->dtype, "BF16"))
+        for (size_t i = 0; i < numel; i++) {
             uint32_t bits = (uint32_t)(src[2 * i] | src[2 * i + 1] << 8) << 16;
             memcpy(&out[i], &bits, 4);
-        } else if (!strcmp(t->dtype, "F16")) out[i] = half_to_float((uint16_t)(src[2 * i] | src[2 * i + 1] << 8));
-        else fatal("%s: tensor %s has dtype %s, which cannot be read as float", f->path, t->name, t->dtype);
-    }
+        }
+    else if (!strcmp(t->dtype, "F16"))
+        for (size_t i = 0; i < numel; i++) out[i] = half_to_float((uint16_t)(src[2 * i] | src[2 * i + 1] << 8));
+    else fatal("%s: tensor %s has dtype %s, which cannot be read as float", f->path, t->name, t->dtype);
 }
 
 void st_read_i32(const StFile *f, const StTensor *t, int32_t *out, size_t numel) {
@@ -364,7 +415,17 @@ void st_writer_meta(StWriter *w, const char *key, const char *value) {
     w->nm++;
 }
 
-// Append s as a JSON string to the growing buffer.
+// Bytes of the valid UTF-8 character at p (2-4), or 0 if p does not start one (ASCII is handled apart).
+static int utf8_char_len(const unsigned char *p) {
+    int n = p[0] >= 0xC2 && p[0] <= 0xDF ? 2 : p[0] >= 0xE0 && p[0] <= 0xEF ? 3 : p[0] >= 0xF0 && p[0] <= 0xF4 ? 4 : 0;
+    unsigned lo = p[0] == 0xE0 ? 0xA0 : p[0] == 0xF0 ? 0x90 : 0x80, hi = p[0] == 0xED ? 0x9F : p[0] == 0xF4 ? 0x8F : 0xBF;
+    for (int i = 1; i < n; i++)  // no overlong forms, surrogates or code points past U+10FFFF; stops at the NUL
+        if (p[i] < (i == 1 ? lo : 0x80) || p[i] > (i == 1 ? hi : 0xBF)) return 0;
+    return n;
+}
+
+// Append s as a JSON string to the growing buffer. Bytes that are not UTF-8 become U+FFFD: JSON text is UTF-8,
+// and Python's safetensors rejects a header that is not.
 static void json_put(char **buf, size_t *len, size_t *cap, const char *s, int quote) {
     size_t need = *len + 6 * strlen(s) + 3;
     if (need > *cap) *cap = 2 * need, *buf = reallocCheck(*buf, *cap);
@@ -376,7 +437,13 @@ static void json_put(char **buf, size_t *len, size_t *cap, const char *s, int qu
         else if (*p == '\n') *o++ = '\\', *o++ = 'n';
         else if (*p == '\t') *o++ = '\\', *o++ = 't';
         else if (*p < 0x20) o += sprintf(o, "\\u%04x", *p);
-        else *o++ = (char)*p;
+        else if (*p < 0x80) *o++ = (char)*p;
+        else {
+            int n = utf8_char_len(p);
+            if (n == 0) o += sprintf(o, "\\ufffd");
+            for (int i = 0; i < n; i++) *o++ = (char)p[i];
+            if (n > 1) p += n - 1;
+        }
     }
     if (quote) *o++ = '"';
     *len = (size_t)(o - *buf);

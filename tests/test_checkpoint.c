@@ -1,11 +1,15 @@
-// test_checkpoint.c: .safetensors round trips, atomic writes that never destroy the previous file,
-// truncated files rejected with a clear error, and end to end with ./train_clip: N steps straight equal
-// N/2 steps + checkpoint + resume + N/2 steps bit for bit; a corrupt newest checkpoint falls back to the
-// previous one; SIGTERM saves a checkpoint and stops cleanly.
+// test_checkpoint.c: .safetensors round trips (UTF-8 headers), atomic writes that never destroy the previous
+// file (also on a full disk), truncated or hostile files rejected with a clear error, weights checked against
+// the config (shapes, dtypes, extra tensors; bf16/fp16), damaged state metadata, pruning and re-saving that
+// never lose or mix checkpoints, and end to end with ./train_clip: N steps straight equal N/2 steps +
+// checkpoint + resume + N/2 steps bit for bit; a corrupt newest checkpoint falls back to the previous one;
+// resuming another model, or an older checkpoint into a newer run, is refused; SIGTERM saves and stops cleanly.
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../model/checkpoint.h"
 #include "../model/safetensors.h"
 #include "../model/utils.h"
 #include "test.h"
@@ -45,6 +49,24 @@ static void test_safetensors_round_trip(void) {
     st_free(&f);
 }
 
+// The header must be valid UTF-8 (Python's safetensors rejects the whole file otherwise): a byte of metadata that
+// is not UTF-8 (a Latin-1 path in the config) is written as U+FFFD, valid multi-byte characters as they are.
+static void test_metadata_is_utf8(void) {
+    mkdir_p(test_dir());
+    float x = 1;
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "x", "F32", 0, NULL, &x);
+    st_writer_meta(w, "config", "data = /d/caf\xe9.tar # caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xed\xa0\x80 \xc3");
+    char err[512];
+    EXPECT(st_write(w, test_path("utf8.safetensors"), err, sizeof(err)) == 0, "write: %s", err);
+    StFile f;
+    EXPECT(st_load(&f, test_path("utf8.safetensors"), err, sizeof(err)) == 0, "load: %s", err);
+    const char *v = st_meta(&f, "config");
+    const char *want = "data = /d/caf\xef\xbf\xbd.tar # caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd \xef\xbf\xbd";
+    EXPECT(v && !strcmp(v, want), "metadata read back as '%s'", v ? v : "(none)");
+    if (f.num_tensors) st_free(&f);
+}
+
 static void test_failed_write_keeps_previous_file(void) {
     mkdir_p(test_dir());
     float x = 1;
@@ -68,6 +90,38 @@ static void test_failed_write_keeps_previous_file(void) {
     st_free(&f);
 }
 
+// Writes a 64 KiB tensor over full.safetensors with the file size limited to 4 KiB (as a full disk: the write fails
+// part way); exits 0 if st_write reports it naming the file and leaves no temporary file.
+static void write_on_full_disk(void *arg) {
+    static float big[16384];
+    int64_t shape[1] = {16384};
+    struct rlimit lim = {4096, 4096};
+    signal(SIGXFSZ, SIG_IGN);
+    if (setrlimit(RLIMIT_FSIZE, &lim) != 0) _exit(4);
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "x", "F32", 1, shape, big);
+    char err[512] = "";
+    int rc = st_write(w, test_path("full.safetensors"), err, sizeof(err));
+    fprintf(stderr, "%s", err);
+    _exit(rc == -1 && strstr(err, "full.safetensors") && access(test_path("full.safetensors.tmp"), F_OK) != 0 ? 0 : 3);
+}
+
+static void test_full_disk_keeps_previous_file(void) {
+    mkdir_p(test_dir());
+    float x = 1;
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "x", "F32", 0, NULL, &x);
+    char err[512], msg[1024];
+    EXPECT(st_write(w, test_path("full.safetensors"), err, sizeof(err)) == 0, "first write: %s", err);
+    int code = test_in_child(write_on_full_disk, NULL, msg, sizeof(msg));
+    EXPECT(code == 0, "write on a full disk: exit %d, '%s'", code, msg);
+    StFile f;
+    EXPECT(st_load(&f, test_path("full.safetensors"), err, sizeof(err)) == 0, "previous file damaged: %s", err);
+    float y = 0;
+    if (f.num_tensors == 1) st_read_f32(&f, st_find(&f, "x"), &y, 1), st_free(&f);
+    EXPECT(y == 1, "previous value %g, want 1", y);
+}
+
 static void test_truncated_file_is_rejected(void) {
     float data[100] = {0};
     int64_t shape[1] = {100};
@@ -79,6 +133,236 @@ static void test_truncated_file_is_rejected(void) {
     StFile f;
     int rc = st_load(&f, test_path("trunc.safetensors"), err, sizeof(err));
     EXPECT(rc != 0 && strstr(err, "trunc.safetensors") && strstr(err, "truncated"), "truncated load: rc %d '%s'", rc, err);
+}
+
+// A .safetensors file made by hand: the 8-byte header length (hlen, or the header's length when 0), the header
+// text, then data_bytes zero bytes. Returns its path.
+static const char *write_raw(const char *name, const char *header, uint64_t hlen, size_t data_bytes) {
+    const char *path = test_path(name);
+    FILE *fp = fopen(path, "wb");
+    if (!fp) return path;
+    uint8_t len[8];
+    if (!hlen) hlen = strlen(header);
+    for (int i = 0; i < 8; i++) len[i] = (uint8_t)(hlen >> (8 * i));
+    fwrite(len, 1, 8, fp), fwrite(header, 1, strlen(header), fp);
+    for (size_t i = 0; i < data_bytes; i++) fputc(0, fp);
+    fclose(fp);
+    return path;
+}
+
+// Damaged or hostile headers: each is rejected with an error naming the file and the problem, and nothing crashes.
+static void test_bad_headers_rejected(void) {
+    mkdir_p(test_dir());
+    static const struct {
+        const char *header;
+        uint64_t hlen;
+        size_t data;
+        const char *want;  // in the error
+    } cases[] = {
+        {"{}", 1ull << 63, 0, "header length"},
+        {"{\"t\":{\"dtype\":\"F32", 0, 0, "unterminated string"},
+        {"{    x}", 0, 0, "expected a string at byte 5"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[-1,-1],\"data_offsets\":[0,4]}}", 0, 4, "shape"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904,4],\"data_offsets\":[0,0]}}", 0, 0, "shape"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[4611686018427387905,4],\"data_offsets\":[0,16]}}", 0, 16, "shape"},  // 2^64 + 4 elements
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,99999999999999999999]}}", 0, 4, "integer"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 0, 8, "duplicate"},
+        {"{\"__metadata__\":{\"step\":\"1\",\"step\":\"2\"}}", 0, 0, "duplicate"},
+        {"{\"__metadata__\":{\"a\":\"1\"},\"__metadata__\":{\"a\":\"2\"}}", 0, 0, "duplicate"},
+        {"{\"__metadata__\":{\"a\":1}}", 0, 0, "expected a string"},
+        {"{\"__metadata__\":{\"a\" \"1\"}}", 0, 0, "expected ':'"},
+        {"{\"t\" {}}", 0, 0, "expected ':'"},
+        {"{\"t\":{\"dtype\" \"F32\"}}", 0, 0, "expected ':'"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 0, 12, "overlap"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,0]}}", 0, 4, "data_offsets"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4]}}", 0, 4, "does not match"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}} {\"u\":1}", 0, 4, "after the header"},
+        {"{\"t\\u0000x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 0, 4, "\\u0000"},
+    };
+    char err[512], name[64];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(name, sizeof(name), "bad%zu.safetensors", i);
+        const char *path = write_raw(name, cases[i].header, cases[i].hlen, cases[i].data);
+        StFile f;
+        err[0] = '\0';
+        int rc = st_load(&f, path, err, sizeof(err));
+        EXPECT(rc == -1 && strstr(err, name) && strstr(err, cases[i].want), "header %s: rc %d, err '%s', want '%s'", cases[i].header, rc, err, cases[i].want);
+        if (rc == 0) st_free(&f);
+    }
+    StFile f;
+    mkdir_p(test_path("dir.safetensors"));
+    int rc = st_load(&f, test_path("dir.safetensors"), err, sizeof(err));
+    EXPECT(rc == -1 && strstr(err, "dir.safetensors") && strstr(err, "not a regular file"), "a directory: rc %d '%s'", rc, err);
+    // what the format allows: padding after the header, an empty one, tensors in any order, empty tensors
+    const char *ok = write_raw("ok_raw.safetensors", "{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]},"
+                                                     "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                                                     "\"e\":{\"dtype\":\"F32\",\"shape\":[0,3],\"data_offsets\":[4,4]}}   ", 0, 8);
+    rc = st_load(&f, ok, err, sizeof(err));
+    EXPECT(rc == 0 && f.num_tensors == 3, "a valid hand-made file: rc %d '%s'", rc, err);
+    if (rc == 0) st_free(&f);
+    rc = st_load(&f, write_raw("empty.safetensors", "{}", 0, 0), err, sizeof(err));
+    EXPECT(rc == 0 && f.num_tensors == 0, "an empty file: rc %d '%s'", rc, err);
+    if (rc == 0) st_free(&f);
+}
+
+// A two-tensor layout, "a" (2, 3) and the scalar "b", for load_weights_by_name without a whole model.
+static ParamTensor fake_tensors[2] = {{.name = "a", .ndim = 2, .shape = {2, 3}, .offset = 0, .numel = 6}, {.name = "b", .ndim = 0, .offset = 8, .numel = 1}};
+static const ClipLayout fake_layout = {.tensors = fake_tensors, .num_tensors = 2, .buffer_elems = 16};
+
+// Writes name with tensor a (dtype, shape a_shape of a_ndim dims, data from a_data), b (F32 scalar 5) and, if extra,
+// a tensor "c"; then loads it into params with load_weights_by_name and the extra-tensor check. Returns their rc.
+static int load_fake(const char *name, const char *dtype, int a_ndim, const int64_t *a_shape, const void *a_data, int extra, float *params,
+                     char *err, size_t errlen) {
+    float b = 5, c = 6;
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "a", dtype, a_ndim, a_shape, a_data);
+    st_writer_add(w, "b", "F32", 0, NULL, &b);
+    if (extra) st_writer_add(w, "visual.transformer.resblocks.0.ls_1.gamma", "F32", 0, NULL, &c);
+    if (st_write(w, test_path(name), err, errlen) != 0) return -2;
+    StFile f;
+    if (st_load(&f, test_path(name), err, errlen) != 0) return -3;
+    int rc = load_weights_by_name(&fake_layout, params, &f, "", err, errlen);
+    if (rc == 0) rc = check_no_extra_tensors(&fake_layout, &f, "", err, errlen);
+    st_free(&f);
+    return rc;
+}
+
+static void load_i32_weights(void *arg) {
+    int32_t ints[6] = {1, 2, 3, 4, 5, 6};
+    int64_t shape[2] = {2, 3};
+    float params[16];
+    char err[512];
+    int rc = load_fake("i32.safetensors", "I32", 2, shape, ints, 0, params, err, sizeof(err));
+    fprintf(stderr, "%s", err);
+    _exit(rc == -1 ? 0 : 3);
+}
+
+// Weights are checked against the config's shapes (not just element counts), dtypes and tensor names, and
+// read from F32, BF16 and F16; each problem is an error that names the file and the tensor.
+static void test_load_weights_checks_tensors(void) {
+    mkdir_p(test_dir());
+    float params[16], a[6] = {1, -2, 0.5f, 3, 1e-7f, -0.0f};
+    int64_t shape[2] = {2, 3}, transposed[2] = {3, 2};
+    char err[512] = "";
+    int rc = load_fake("ok.safetensors", "F32", 2, shape, a, 0, params, err, sizeof(err));
+    EXPECT(rc == 0 && !memcmp(params, a, sizeof(a)) && params[8] == 5, "F32 weights: rc %d %s", rc, err);
+    rc = load_fake("transposed.safetensors", "F32", 2, transposed, a, 0, params, err, sizeof(err));
+    EXPECT(rc == -1 && strstr(err, "transposed.safetensors") && strstr(err, "tensor a") && strstr(err, "shape"), "(3, 2) loaded as (2, 3): rc %d '%s'", rc, err);
+    int64_t flat[1] = {6};
+    rc = load_fake("flat.safetensors", "F32", 1, flat, a, 0, params, err, sizeof(err));
+    EXPECT(rc == -1 && strstr(err, "flat.safetensors") && strstr(err, "shape"), "(6) loaded as (2, 3): rc %d '%s'", rc, err);
+    rc = load_fake("extra.safetensors", "F32", 2, shape, a, 1, params, err, sizeof(err));
+    EXPECT(rc == -1 && strstr(err, "extra.safetensors") && strstr(err, "ls_1.gamma"), "a tensor the config lacks was ignored: rc %d '%s'", rc, err);
+    // open_clip's bf16 / fp16 exports: the exact conversions of these values
+    uint16_t bf16[6] = {0x3F80, 0xC000, 0x3F00, 0x4040, 0x0001, 0x8000}, f16[6] = {0x3C00, 0xC000, 0x3800, 0x4200, 0x0001, 0x8000};
+    float want_bf16[6] = {1, -2, 0.5f, 3, 9.18354962e-41f, -0.0f}, want_f16[6] = {1, -2, 0.5f, 3, 5.96046448e-08f, -0.0f};
+    rc = load_fake("bf16.safetensors", "BF16", 2, shape, bf16, 0, params, err, sizeof(err));
+    EXPECT(rc == 0 && !memcmp(params, want_bf16, sizeof(want_bf16)), "BF16 weights: rc %d %s", rc, err);
+    rc = load_fake("f16.safetensors", "F16", 2, shape, f16, 0, params, err, sizeof(err));
+    EXPECT(rc == 0 && !memcmp(params, want_f16, sizeof(want_f16)), "F16 weights: rc %d %s", rc, err);
+    double f64[6] = {1, -2, 0.5, 3, 1e-7, -0.0};
+    rc = load_fake("f64.safetensors", "F64", 2, shape, f64, 0, params, err, sizeof(err));
+    EXPECT(rc == 0 && !memcmp(params, a, sizeof(a)), "F64 weights: rc %d %s", rc, err);
+    char msg[1024];
+    int code = test_in_child(load_i32_weights, NULL, msg, sizeof(msg));
+    EXPECT(code == 0 && strstr(msg, "i32.safetensors") && strstr(msg, "tensor a") && strstr(msg, "I32"),
+           "I32 weights: exit %d '%s' (an error return, not a stop, lets resume = latest fall back)", code, msg);
+}
+
+// A state file for fake_layout at path with the given step, optimizer_t and config metadata.
+static int write_fake_state(const char *path, const char *step, const char *t, const char *config, char *err, size_t errlen) {
+    static float zeros[16];
+    int64_t shape[2] = {2, 3};
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "exp_avg.a", "F32", 2, shape, zeros), st_writer_add(w, "exp_avg.b", "F32", 0, NULL, zeros);
+    st_writer_add(w, "exp_avg_sq.a", "F32", 2, shape, zeros), st_writer_add(w, "exp_avg_sq.b", "F32", 0, NULL, zeros);
+    st_writer_meta(w, "format", "train_clip-state-1");
+    st_writer_meta(w, "step", step), st_writer_meta(w, "optimizer_t", t);
+    st_writer_meta(w, "loader", "synthetic position=64"), st_writer_meta(w, "config", config);
+    return st_write(w, path, err, errlen);
+}
+
+// A state file whose step or optimizer_t is not a number is damaged: resuming from it fails (it used to start
+// at step 0, or from whatever number led the text), and resume = latest falls back past it.
+static void test_resume_checks_state_metadata(void) {
+    float params[16] = {0}, m[16] = {0}, u[16] = {0};
+    Optimizer opt = {.m = m, .u = u, .t = 4};
+    char err[512] = "", loader[256];
+    EXPECT(checkpoint_save(test_path("meta"), 4, &fake_layout, params, &opt, "", "synthetic position=64", err, sizeof(err)) == 0, "save: %s", err);
+    EXPECT(checkpoint_save(test_path("meta"), 8, &fake_layout, params, &opt, "", "synthetic position=128", err, sizeof(err)) == 0, "save: %s", err);
+    char state8[512];
+    snprintf(state8, sizeof(state8), "%s", test_path("meta/checkpoints/step_00000008.state.safetensors"));
+    long step = checkpoint_resume(test_path("meta"), state8, NULL, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
+    EXPECT(step == 8 && !strcmp(loader, "synthetic position=128"), "good state file: step %ld '%s'", step, err);
+    step = checkpoint_resume(test_path("meta"), "/x/step_00000008.model.safetensors.bak", NULL, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
+    EXPECT(step == -1 && strstr(err, "expected latest or"), "resume = *.model.safetensors.bak: step %ld '%s'", step, err);
+    static const char *bad[][2] = {{"", "8"}, {"8x", "8"}, {"-8", "8"}, {"8", ""}, {"8", "eight"}};
+    for (int i = 0; i < 5; i++) {
+        write_fake_state(state8, bad[i][0], bad[i][1], "", err, sizeof(err));
+        err[0] = '\0';
+        step = checkpoint_resume(test_path("meta"), state8, NULL, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
+        EXPECT(step == -1 && strstr(err, "step_00000008.state.safetensors") && (strstr(err, "step") || strstr(err, "optimizer_t")),
+               "step '%s', optimizer_t '%s': resumed at step %ld ('%s')", bad[i][0], bad[i][1], step, err);
+        step = checkpoint_resume(test_path("meta"), "latest", NULL, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
+        EXPECT(step == 4 && !strcmp(loader, "synthetic position=64"), "latest with a damaged step 8: step %ld ('%s')", step, err);
+    }
+}
+
+// Saving a step that already has a checkpoint (a run re-running steps after resume = latest fell back past a
+// damaged one) removes the old state file first: if writing the new state then fails, the new weights must not
+// pair with the old moments and data position as a "complete" checkpoint.
+static void test_resave_never_mixes_halves(void) {
+    float p1[16] = {1}, p2[16] = {2}, got[16] = {0}, m[16] = {0}, u[16] = {0};
+    Optimizer opt = {.m = m, .u = u, .t = 4};
+    char err[512] = "", loader[256] = "", tmp[512];
+    EXPECT(checkpoint_save(test_path("resave"), 4, &fake_layout, p1, &opt, "", "synthetic position=64", err, sizeof(err)) == 0, "save: %s", err);
+    snprintf(tmp, sizeof(tmp), "%s", test_path("resave/checkpoints/step_00000004.state.safetensors.tmp"));
+    mkdir_p(tmp);  // the state file's write fails, after the weights' succeeded
+    int rc = checkpoint_save(test_path("resave"), 4, &fake_layout, p2, &opt, "", "synthetic position=99", err, sizeof(err));
+    rmdir(tmp);
+    EXPECT(rc == -1, "the second save should have failed");
+    long step = checkpoint_resume(test_path("resave"), "latest", NULL, &fake_layout, got, &opt, loader, sizeof(loader), err, sizeof(err));
+    EXPECT(step == -1 || (got[0] == 1 && !strcmp(loader, "synthetic position=64")),
+           "step %ld resumed with weights %g (new) and data position '%s' (old)", step, got[0], loader);
+}
+
+// More checkpoints than the directory listing's 4096 slots (keep_checkpoints is up to 1000000): the newest is still
+// found (the listing kept whichever the directory returned first) and pruning deletes the oldest.
+static void test_many_checkpoints_newest_found(void) {
+    char path[512];
+    mkdir_p(test_path("many/checkpoints"));
+    for (int s = 1; s <= 5000; s++) {
+        snprintf(path, sizeof(path), "%s/step_%08d.state.safetensors", test_path("many/checkpoints"), s);
+        FILE *fp = fopen(path, "w");
+        if (fp) fclose(fp);
+    }
+    long newest = checkpoint_newest_step(test_path("many"));
+    EXPECT(newest == 5000, "newest of 5000 checkpoints: %ld", newest);
+    checkpoint_prune(test_path("many"), 10, 5000);
+    EXPECT(access(test_path("many/checkpoints/step_00004991.state.safetensors"), F_OK) == 0 &&
+               access(test_path("many/checkpoints/step_00004990.state.safetensors"), F_OK) != 0,
+           "pruning 5000 checkpoints to 10 did not keep exactly steps 4991-5000");
+}
+
+// Pruning also deletes what interrupted saves left (weights without a state file, temporary files) older than the
+// checkpoints it keeps: each is a model's size, and a run preempted often would otherwise fill its disk.
+static void test_prune_deletes_leftovers(void) {
+    static const char *files[] = {"step_00000002.model.safetensors", "step_00000003.state.safetensors.tmp", "step_00000003.model.safetensors.tmp",
+                                  "step_00000004.model.safetensors", "step_00000004.state.safetensors", "step_00000006.model.safetensors",
+                                  "step_00000006.state.safetensors", "step_00000007.model.safetensors", "notes.txt"};
+    char path[512];
+    mkdir_p(test_path("leftovers/checkpoints"));
+    for (int i = 0; i < 9; i++) {
+        snprintf(path, sizeof(path), "%s/%s", test_path("leftovers/checkpoints"), files[i]);
+        FILE *fp = fopen(path, "w");
+        if (fp) fclose(fp);
+    }
+    checkpoint_prune(test_path("leftovers"), 1, 6);
+    for (int i = 0; i < 9; i++) {
+        snprintf(path, sizeof(path), "%s/%s", test_path("leftovers/checkpoints"), files[i]);
+        int want = i >= 5;  // step 6 (kept), step 7's weights (being written, or newer), other files
+        EXPECT((access(path, F_OK) == 0) == want, "%s: %s", files[i], want ? "deleted" : "left");
+    }
 }
 
 // A shell command with every {D} replaced by this test's scratch directory; returns the exit code.
@@ -134,6 +418,48 @@ static void test_corrupt_latest_falls_back(void) {
            "re-run from step 6 differs from the straight run");
 }
 
+// A newer checkpoint that cannot be loaded (here: truncated) is skipped by resume = latest; pruning must not
+// then count it among the newest and delete the checkpoints the resumed run writes (and the one it came from).
+static void test_prune_keeps_checkpoints_after_fallback(void) {
+    sh("rm -rf {D}/prune");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/prune --set checkpoint_every=6 > /dev/null") == 0, "first run failed");
+    EXPECT(truncate(test_path("prune/checkpoints/step_00000012.state.safetensors"), 100) == 0, "truncate failed");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/prune --set resume=latest --set checkpoint_every=2 --set keep_checkpoints=1 --set stop_after=2 > /dev/null 2>&1") == 0,
+           "resumed run failed");
+    EXPECT(access(test_path("prune/checkpoints/step_00000008.state.safetensors"), F_OK) == 0 &&
+               access(test_path("prune/checkpoints/step_00000008.model.safetensors"), F_OK) == 0,
+           "the checkpoint at step 8, just written, was pruned because of the damaged one at step 12");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/prune --set resume=latest --set stop_after=1 2>&1 | grep -q 'resumed from step 8'") == 0,
+           "resume = latest did not continue from step 8");
+}
+
+// Resuming training from an explicit checkpoint older than the run directory's newest would later make
+// resume = latest (or pruning) pick the abandoned newer checkpoints over the new ones: refused, with the reason.
+static void test_resume_older_than_newest_is_refused(void) {
+    sh("rm -rf {D}/rollback {D}/rollback2");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/rollback --set checkpoint_every=6 > /dev/null") == 0, "first run failed");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/rollback --set resume={D}/rollback/checkpoints/step_00000006.model.safetensors "
+              "--set checkpoint_every=2 2>&1 | grep -q 'newer checkpoint (step 12)'") == 0,
+           "resuming step 6 into a run directory holding step 12 did not stop naming step 12");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/rollback --set resume={D}/rollback/checkpoints/step_00000006.model.safetensors > /dev/null 2>&1") == 1,
+           "resuming step 6 into a run directory holding step 12 must fail");
+    EXPECT(access(test_path("rollback/checkpoints/step_00000012.state.safetensors"), F_OK) == 0, "step 12 was touched");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/rollback2 --set resume={D}/rollback/checkpoints/step_00000006.model.safetensors > /dev/null 2>&1") == 0,
+           "resuming step 6 into a new run directory failed");
+}
+
+// Resuming with a config whose model differs from the checkpoint's in what the tensors' shapes do not show
+// (attention heads, QuickGELU) stops with an error naming the key; other settings (lr) may change.
+static void test_resume_with_other_model_is_refused(void) {
+    sh("rm -rf {D}/arch");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set steps=4 > /dev/null") == 0, "first run failed");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set resume=latest --set vision_heads=2 2>&1 | grep -q 'vision_heads'") == 0,
+           "resuming 4 vision heads with 2 did not name vision_heads");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set resume=latest --set text_heads=8 > /dev/null 2>&1") == 1, "resuming 4 text heads with 8 must fail");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set resume=latest --set quick_gelu=true > /dev/null 2>&1") == 1, "resuming GELU with QuickGELU must fail");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set resume=latest --set lr=0.002 > /dev/null 2>&1") == 0, "resuming with another lr failed");
+}
+
 // init_weights loads every tensor: with lr = 0 the run's final weights are exactly the initial ones.
 static void test_init_weights_loads_all_tensors(void) {
     sh("rm -rf {D}/init");
@@ -162,10 +488,21 @@ static void test_sigterm_saves_and_stops(void) {
 
 int main(void) {
     RUN(test_safetensors_round_trip);
+    RUN(test_metadata_is_utf8);
     RUN(test_failed_write_keeps_previous_file);
+    RUN(test_full_disk_keeps_previous_file);
     RUN(test_truncated_file_is_rejected);
+    RUN(test_bad_headers_rejected);
+    RUN(test_load_weights_checks_tensors);
+    RUN(test_resume_checks_state_metadata);
+    RUN(test_resave_never_mixes_halves);
+    RUN(test_many_checkpoints_newest_found);
+    RUN(test_prune_deletes_leftovers);
     RUN(test_resume_is_bit_exact);
     RUN(test_corrupt_latest_falls_back);
+    RUN(test_prune_keeps_checkpoints_after_fallback);
+    RUN(test_resume_older_than_newest_is_refused);
+    RUN(test_resume_with_other_model_is_refused);
     RUN(test_init_weights_loads_all_tensors);
     RUN(test_sigterm_saves_and_stops);
     TEST_EXIT();
