@@ -20,11 +20,13 @@ typedef struct {
     int num_tensors;
     char **meta_keys, **meta_values;  // __metadata__ (string -> string)
     int num_meta;
-    uint8_t *data;  // the data section
+    const uint8_t *data;  // the data section, inside the mapping
     size_t data_bytes;
+    void *map;            // the whole file, mapped read-only
+    size_t map_bytes;
 } StFile;
 
-// Load a whole file. Returns 0, or -1 with a reason in err (the file is named in it).
+// Load a file (mapped read-only; st_free unmaps it). Returns 0, or -1 with a reason in err (the file is named in it).
 int st_load(StFile *f, const char *path, char *err, size_t errlen);
 void st_free(StFile *f);
 const StTensor *st_find(const StFile *f, const char *name);

@@ -6,6 +6,7 @@
 // resuming another model, or an older checkpoint into a newer run, is refused; SIGTERM saves and stops cleanly.
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -193,6 +194,12 @@ static void test_bad_headers_rejected(void) {
     mkdir_p(test_path("dir.safetensors"));
     int rc = st_load(&f, test_path("dir.safetensors"), err, sizeof(err));
     EXPECT(rc == -1 && strstr(err, "dir.safetensors") && strstr(err, "not a regular file"), "a directory: rc %d '%s'", rc, err);
+    // a FIFO (opening one for reading waits for a writer): refused at once; the alarm turns a hang into a failure
+    EXPECT(mkfifo(test_path("fifo.safetensors"), 0600) == 0, "mkfifo: %s", strerror(errno));
+    alarm(20);
+    rc = st_load(&f, test_path("fifo.safetensors"), err, sizeof(err));
+    alarm(0);
+    EXPECT(rc == -1 && strstr(err, "fifo.safetensors") && strstr(err, "not a regular file"), "a FIFO: rc %d '%s'", rc, err);
     // what the format allows: padding after the header, an empty one, tensors in any order, empty tensors
     const char *ok = write_raw("ok_raw.safetensors", "{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]},"
                                                      "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
