@@ -26,9 +26,11 @@
 static double process_start;  // for rejecting rendezvous files left by an earlier job
 static int broadcasts;         // rendezvous exchanges so far (each gets its own file / connection round)
 
+// An environment variable's count; `fallback` when it is not set. Set but empty (RANK=$UNSET in a script) is an error.
 static int env_int(const char *name, int fallback) {
     const char *v = getenv(name);
-    if (!v || !*v) return fallback;
+    if (!v) return fallback;
+    if (!*v) fatal("environment variable %s is set but empty", name);
     char *end;
     long x = strtol(v, &end, 10);
     if (*end || x < 0 || x > 1 << 24) fatal("environment variable %s=%s is not a valid count", name, v);
@@ -77,6 +79,7 @@ void dist_init(Dist *d) {
     d->rank = env_int("RANK", 0);
     d->local_size = 1;
     if (d->world < 1 || d->rank >= d->world) fatal("RANK=%d is not below WORLD_SIZE=%d", d->rank, d->world);
+    if (d->world > 1 && !getenv("RANK")) fatal("WORLD_SIZE=%d, but RANK is not set (every process would be rank 0)", d->world);
     if (d->world == 1) return;
     d->local_rank = env_int("LOCAL_RANK", env_int("SLURM_LOCALID", d->rank));
     // torchrun's, slurm's (with --ntasks-per-node) or MPICH's name for the ranks on this machine; else one machine

@@ -3,7 +3,8 @@
 //   1. under MPI (mpirun / srun with PMI), when built with MPI: rank, world size and local rank from MPI;
 //   2. from the environment (torchrun / slurm-style): RANK, WORLD_SIZE, LOCAL_RANK (LOCAL_WORLD_SIZE), and a
 //      rendezvous for the bootstrap broadcast: TRAIN_CLIP_RENDEZVOUS=file:/shared/path (a fresh path per job)
-//      or tcp:HOST:PORT, or torchrun's MASTER_ADDR + MASTER_PORT;
+//      or tcp:HOST:PORT, or torchrun's MASTER_ADDR + MASTER_PORT. RANK is required with WORLD_SIZE > 1, and a
+//      variable that is set but empty is an error, never its default;
 //   3. otherwise a single process (rank 0 of 1).
 // The bootstrap broadcast carries a small blob from rank 0 to all (the NCCL unique id). GPU collectives
 // then go through NCCL; CPU collectives (multi-process CPU training) need MPI.

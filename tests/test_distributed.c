@@ -244,6 +244,77 @@ static void test_place_threads(void) {
     EXPECT(rc == 0, "local rank 1 of 2: %s (exit %d)", rc == 1 ? "not bound to the upper half of the CPUs" : "wrong OpenMP thread count", rc);
 }
 
+// ---------------------------------------------------------------- starts that must stop with one clear error
+
+// Every variable dist_init reads to learn how it was started: each start case clears them all, then sets its own.
+static const char *launch_vars[] = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "TRAIN_CLIP_RENDEZVOUS",
+                                    "TRAIN_CLIP_RENDEZVOUS_TIMEOUT", "MASTER_ADDR", "MASTER_PORT", "SLURM_LOCALID",
+                                    "SLURM_NTASKS_PER_NODE", "SLURM_STEP_NUM_TASKS", "MPI_LOCALNRANKS",
+                                    "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"};
+
+typedef struct {
+    const char *vars[10];  // "NAME=value", NULL-terminated
+    int broadcast;         // also take part in the bootstrap broadcast
+} Start;
+
+// In a child process: dist_init (and the broadcast) in exactly the case's environment; killed by SIGALRM after 15 s,
+// which the caller sees as exit code -1 (a hang).
+static void start_child(void *arg) {
+    const Start *s = arg;
+    for (size_t k = 0; k < sizeof(launch_vars) / sizeof(launch_vars[0]); k++) unsetenv(launch_vars[k]);
+    for (int k = 0; s->vars[k]; k++) {
+        char name[64];
+        const char *eq = strchr(s->vars[k], '=');
+        snprintf(name, sizeof(name), "%.*s", (int)(eq - s->vars[k]), s->vars[k]);
+        setenv(name, eq + 1, 1);
+    }
+    alarm(15);
+    if (!freopen("/dev/null", "w", stdout)) _exit(9);
+    Dist d;
+    dist_init(&d);
+    unsigned char buf[64] = {0};
+    if (s->broadcast) dist_broadcast(&d, buf, sizeof(buf));
+}
+
+// Runs the case; returns its exit code, its stderr in msg.
+static int start(const Start *s, char *msg, size_t cap) { return test_in_child(start_child, (void *)s, msg, cap); }
+
+// Environment values that cannot be a start: each stops with exit code 1 and a message naming the variable, at once.
+static void test_bad_environment(void) {
+    struct { Start s; const char *named; } cases[] = {
+        {{.vars = {"WORLD_SIZE=2", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, "RANK"},           // every process would be rank 0
+        {{.vars = {"WORLD_SIZE=2", "RANK=", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, "RANK"},  // RANK=$UNSET_VARIABLE
+        {{.vars = {"WORLD_SIZE=", "RANK="}}, "WORLD_SIZE"},
+        {{.vars = {"WORLD_SIZE=", "RANK=1"}}, "WORLD_SIZE"},
+        {{.vars = {"WORLD_SIZE=2", "RANK=abc", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, "RANK"},
+        {{.vars = {"WORLD_SIZE=2", "RANK=-1", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, "RANK"},
+        {{.vars = {"WORLD_SIZE=2", "RANK=1x", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, "RANK"},
+        {{.vars = {"WORLD_SIZE=2", "RANK=2", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, "RANK"},
+        {{.vars = {"WORLD_SIZE=two", "RANK=0"}}, "WORLD_SIZE"},
+        {{.vars = {"WORLD_SIZE=0", "RANK=0"}}, "WORLD_SIZE"},
+        {{.vars = {"WORLD_SIZE=4", "RANK=1", "LOCAL_RANK=2", "LOCAL_WORLD_SIZE=2", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, "LOCAL_RANK"},
+        {{.vars = {"WORLD_SIZE=4", "RANK=1", "LOCAL_RANK=", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, "LOCAL_RANK"},
+        {{.vars = {"WORLD_SIZE=2", "RANK=1"}}, "TRAIN_CLIP_RENDEZVOUS"},                     // no rendezvous
+        {{.vars = {"WORLD_SIZE=2", "RANK=1", "TRAIN_CLIP_RENDEZVOUS=nfs:/x"}}, "TRAIN_CLIP_RENDEZVOUS"},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        char msg[1024], env[256] = "";
+        for (int i = 0; cases[k].s.vars[i]; i++) snprintf(env + strlen(env), sizeof(env) - strlen(env), "%s ", cases[k].s.vars[i]);
+        time_t t0 = time(NULL);
+        int rc = start(&cases[k].s, msg, sizeof(msg));
+        EXPECT(rc == 1 && strstr(msg, cases[k].named) && time(NULL) - t0 < 5, "%s: exit %d after %ld s, want 1 and an error naming %s: %s",
+               env, rc, (long)(time(NULL) - t0), cases[k].named, msg);
+    }
+}
+
+// A start the environment describes: dist_init's ranks, in a child (its exit code: 0 = as expected).
+static void test_good_environment(void) {
+    Start s = {.vars = {"WORLD_SIZE=4", "RANK=3", "LOCAL_RANK=1", "LOCAL_WORLD_SIZE=2", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}};
+    char msg[1024];
+    int rc = start(&s, msg, sizeof(msg));
+    EXPECT(rc == 0, "WORLD_SIZE=4 RANK=3 LOCAL_RANK=1 LOCAL_WORLD_SIZE=2: exit %d: %s", rc, msg);
+}
+
 static void test_file_rendezvous(void) {
     char path[128];
     snprintf(path, sizeof(path), "file:%s", test_path("rendezvous"));
@@ -309,6 +380,8 @@ int main(int argc, char **argv) {
     RUN(test_cgroup_here);
     RUN(test_cpu_placement);
     RUN(test_place_threads);
+    RUN(test_bad_environment);
+    RUN(test_good_environment);
     RUN(test_file_rendezvous);
     RUN(test_tcp_rendezvous);
     RUN(test_missing_peer_fails_fast);
