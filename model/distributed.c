@@ -71,10 +71,21 @@ void dist_init(Dist *d) {
         return;
     }
 #else
-    if (under_mpi && env_int("OMPI_COMM_WORLD_SIZE", 1) > 1)
-        fatal("started by mpirun, but this build has no MPI (Debian: apt-get install libopenmpi-dev, then rebuild), "
-              "or start each process with RANK, WORLD_SIZE, LOCAL_RANK and TRAIN_CLIP_RENDEZVOUS");
+    (void)under_mpi;
 #endif
+    // Not an MPI start: WORLD_SIZE in the environment gives this process its place, whichever launcher ran it. Without
+    // it, a launcher that started several processes would leave each training alone on the same data: stop instead.
+    const char *launched[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"};  // mpirun, MPI launchers, srun
+    for (int k = 0; k < 3 && !getenv("WORLD_SIZE"); k++)
+        if (env_int(launched[k], 1) > 1)
+            fatal("%s=%s: the launcher started %s processes, but this one was told no rank, so each would train alone on the "
+#ifdef HAVE_MPI
+                  "same data; start through MPI (mpirun, or srun --mpi=pmix) "
+#else
+                  "same data; this build has no MPI (Debian: apt-get install libopenmpi-dev, then rebuild) "
+#endif
+                  "or give each process RANK, WORLD_SIZE, LOCAL_RANK and TRAIN_CLIP_RENDEZVOUS",
+                  launched[k], getenv(launched[k]), getenv(launched[k]));
     d->world = env_int("WORLD_SIZE", 1);
     d->rank = env_int("RANK", 0);
     d->local_size = 1;

@@ -307,6 +307,28 @@ static void test_bad_environment(void) {
     }
 }
 
+// A launcher that started several processes without telling them their ranks (srun without --mpi and without RANK,
+// or a build without MPI under mpirun or an MPI launcher): each would train alone on the same data, so each stops
+// naming the launcher's variable. WORLD_SIZE in the environment is a start from it, whichever launcher ran it.
+static void test_launcher_without_ranks(void) {
+    struct { Start s; int rc; const char *named; } cases[] = {
+        {{.vars = {"SLURM_STEP_NUM_TASKS=4"}}, 1, "SLURM_STEP_NUM_TASKS"},
+        {{.vars = {"SLURM_STEP_NUM_TASKS=1"}}, 0, ""},
+        {{.vars = {"SLURM_STEP_NUM_TASKS=4", "WORLD_SIZE=4", "RANK=1", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, 0, ""},
+#ifndef HAVE_MPI  // with MPI these start through MPI
+        {{.vars = {"PMI_SIZE=2"}}, 1, "PMI_SIZE"},
+        {{.vars = {"OMPI_COMM_WORLD_SIZE=2"}}, 1, "OMPI_COMM_WORLD_SIZE"},
+        {{.vars = {"OMPI_COMM_WORLD_SIZE=2", "WORLD_SIZE=2", "RANK=1", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, 0, ""},
+#endif
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        char msg[1024];
+        int rc = start(&cases[k].s, msg, sizeof(msg));
+        EXPECT(rc == cases[k].rc && strstr(msg, cases[k].named), "%s%s: exit %d, want %d%s%s: %s", cases[k].s.vars[0],
+               cases[k].s.vars[1] ? " WORLD_SIZE=..." : "", rc, cases[k].rc, *cases[k].named ? " naming " : "", cases[k].named, msg);
+    }
+}
+
 // A start the environment describes: dist_init's ranks, in a child (its exit code: 0 = as expected).
 static void test_good_environment(void) {
     Start s = {.vars = {"WORLD_SIZE=4", "RANK=3", "LOCAL_RANK=1", "LOCAL_WORLD_SIZE=2", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}};
@@ -382,6 +404,7 @@ int main(int argc, char **argv) {
     RUN(test_place_threads);
     RUN(test_bad_environment);
     RUN(test_good_environment);
+    RUN(test_launcher_without_ranks);
     RUN(test_file_rendezvous);
     RUN(test_tcp_rendezvous);
     RUN(test_missing_peer_fails_fast);
