@@ -53,6 +53,20 @@ void dist_fail(const Dist *d, const char *fmt, ...) {
     exit(1);
 }
 
+// tcp:HOST:PORT into HOST (an IPv6 address with or without brackets: the last ':' ends it) and PORT (1-65535),
+// or an error naming TRAIN_CLIP_RENDEZVOUS.
+static void split_host_port(const Dist *d, char *host, size_t cap, char *port, size_t pcap) {
+    const char *hp = d->rendezvous + 4, *colon = strrchr(hp, ':');
+    char *end = NULL;
+    long p = colon && colon[1] >= '0' && colon[1] <= '9' ? strtol(colon + 1, &end, 10) : 0;
+    int n = colon ? (int)(colon - hp) : 0;
+    if (n >= 2 && hp[0] == '[' && hp[n - 1] == ']') hp++, n -= 2;  // [::1]
+    if (!end || *end || p < 1 || p > 65535 || n < 1 || (size_t)n >= cap)
+        dist_fail(d, "TRAIN_CLIP_RENDEZVOUS=%s: expected tcp:HOST:PORT with a port 1-65535", d->rendezvous);
+    snprintf(host, cap, "%.*s", n, hp);
+    snprintf(port, pcap, "%ld", p);
+}
+
 void dist_init(Dist *d) {
     memset(d, 0, sizeof(*d));
     process_start = (double)time(NULL);
@@ -100,12 +114,17 @@ void dist_init(Dist *d) {
               d->local_rank, d->local_size);
     const char *r = getenv("TRAIN_CLIP_RENDEZVOUS");
     if (r && *r) snprintf(d->rendezvous, sizeof(d->rendezvous), "%s", r);
-    else if (getenv("MASTER_ADDR") && getenv("MASTER_PORT"))  // torchrun's store owns MASTER_PORT: use the next one
-        snprintf(d->rendezvous, sizeof(d->rendezvous), "tcp:%s:%d", getenv("MASTER_ADDR"), env_int("MASTER_PORT", 0) + 1);
-    else
+    else if (getenv("MASTER_ADDR") && getenv("MASTER_PORT")) {  // torchrun's store owns MASTER_PORT: use the next one
+        int port = env_int("MASTER_PORT", 0);
+        if (!*getenv("MASTER_ADDR")) fatal("environment variable MASTER_ADDR is set but empty");
+        if (port < 1 || port > 65534) fatal("MASTER_PORT=%d: the rendezvous takes the port after it, so it must be 1-65534", port);
+        snprintf(d->rendezvous, sizeof(d->rendezvous), "tcp:%s:%d", getenv("MASTER_ADDR"), port + 1);
+    } else
         fatal("WORLD_SIZE=%d without MPI needs a rendezvous: TRAIN_CLIP_RENDEZVOUS=file:/shared/fresh/path or tcp:HOST:PORT "
               "(or MASTER_ADDR and MASTER_PORT)", d->world);
-    if (strncmp(d->rendezvous, "file:", 5) && strncmp(d->rendezvous, "tcp:", 4))
+    char host[256], port[32];
+    if (!strncmp(d->rendezvous, "tcp:", 4)) split_host_port(d, host, sizeof(host), port, sizeof(port));  // or stops here
+    else if (strncmp(d->rendezvous, "file:", 5) || !d->rendezvous[5])
         fatal("TRAIN_CLIP_RENDEZVOUS=%s: expected file:PATH or tcp:HOST:PORT", d->rendezvous);
 }
 
@@ -187,13 +206,6 @@ static int full_io(int fd, void *buf, size_t n, int writing) {
         p += k, n -= (size_t)k;
     }
     return 0;
-}
-
-static void split_host_port(Dist *d, char *host, size_t cap, char *port, size_t pcap) {
-    const char *hp = d->rendezvous + 4, *colon = strrchr(hp, ':');
-    if (!colon || colon == hp || !colon[1]) dist_fail(d, "TRAIN_CLIP_RENDEZVOUS=%s: expected tcp:HOST:PORT", d->rendezvous);
-    snprintf(host, cap, "%.*s", (int)(colon - hp), hp);
-    snprintf(port, pcap, "%s", colon + 1);
 }
 
 static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {

@@ -307,6 +307,31 @@ static void test_bad_environment(void) {
     }
 }
 
+// Rendezvous addresses that cannot work stop every rank at the start, naming the variable, rather than after the
+// rendezvous timeout (or never: rank 0 listened on a random port for "tcp:HOST:abc").
+static void test_bad_rendezvous(void) {
+    struct { const char *rendezvous, *addr, *port, *named; } cases[] = {
+        {"tcp:127.0.0.1:abc", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"},  {"tcp:127.0.0.1:0", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"},
+        {"tcp:127.0.0.1:65536", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"}, {"tcp:127.0.0.1:", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"},
+        {"tcp:127.0.0.1", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"},       {"tcp::29500", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"},
+        {"tcp:127.0.0.1:2950x", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"}, {"tcp:127.0.0.1:-5", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"},
+        {"tcp:[]:29500", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"},        {"file:", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"},
+        {NULL, "127.0.0.1", "65535", "MASTER_PORT"},                  {NULL, "", "29500", "MASTER_ADDR"},
+        {NULL, "127.0.0.1", "", "MASTER_PORT"},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        char r[64], a[64], p[64], msg[1024];
+        Start s = {.vars = {"WORLD_SIZE=2", "RANK=1"}};
+        snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=%s", cases[k].rendezvous);
+        snprintf(a, sizeof(a), "MASTER_ADDR=%s", cases[k].addr), snprintf(p, sizeof(p), "MASTER_PORT=%s", cases[k].port);
+        if (cases[k].rendezvous) s.vars[2] = r;
+        else s.vars[2] = a, s.vars[3] = p;
+        int rc = start(&s, msg, sizeof(msg));
+        EXPECT(rc == 1 && strstr(msg, cases[k].named), "%s %s: exit %d, want 1 naming %s: %s", s.vars[2], s.vars[3] ? s.vars[3] : "",
+               rc, cases[k].named, msg);
+    }
+}
+
 // A launcher that started several processes without telling them their ranks (srun without --mpi and without RANK,
 // or a build without MPI under mpirun or an MPI launcher): each would train alone on the same data, so each stops
 // naming the launcher's variable. WORLD_SIZE in the environment is a start from it, whichever launcher ran it.
@@ -405,6 +430,7 @@ int main(int argc, char **argv) {
     RUN(test_bad_environment);
     RUN(test_good_environment);
     RUN(test_launcher_without_ranks);
+    RUN(test_bad_rendezvous);
     RUN(test_file_rendezvous);
     RUN(test_tcp_rendezvous);
     RUN(test_missing_peer_fails_fast);
