@@ -162,6 +162,12 @@ void dist_finalize(Dist *d) {
 
 // ---------------------------------------------------------------- file rendezvous
 
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 static void file_broadcast(Dist *d, void *buf, size_t bytes) {
     char path[600], tmp[640];
     snprintf(path, sizeof(path), "%s.%d", d->rendezvous + 5, broadcasts);
@@ -175,7 +181,7 @@ static void file_broadcast(Dist *d, void *buf, size_t bytes) {
         if (rename(tmp, path) != 0) dist_fail(d, "rendezvous file %s: %s", path, strerror(errno));
         return;
     }
-    for (double waited = 0;; waited += 0.05) {
+    for (double deadline = now_s() + rendezvous_timeout();;) {  // by the clock: a stat on a shared file system may take long
         struct stat st;
         FILE *f = stat(path, &st) == 0 && (double)st.st_mtime >= process_start - 60 ? fopen(path, "rb") : NULL;
         if (f) {
@@ -189,7 +195,7 @@ static void file_broadcast(Dist *d, void *buf, size_t bytes) {
             fclose(f);
             return;
         }
-        if (waited > rendezvous_timeout())
+        if (now_s() > deadline)
             dist_fail(d, "rank 0 did not write the rendezvous file %s within %d s (is rank 0 running? is the path shared?)", path, rendezvous_timeout());
         usleep(50000);
     }
@@ -208,16 +214,24 @@ static int full_io(int fd, void *buf, size_t n, int writing) {
     return 0;
 }
 
+// Bounds the socket's receives and sends, and a connect (Linux applies SO_SNDTIMEO to it), to `seconds` each.
+static void socket_timeouts(const Dist *d, int s, double seconds) {
+    if (seconds < 0.001) seconds = 0.001;  // 0 would mean no limit
+    struct timeval tv = {.tv_sec = (time_t)seconds, .tv_usec = (suseconds_t)((seconds - (double)(time_t)seconds) * 1e6)};
+    if (setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) || setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)))
+        dist_fail(d, "rendezvous: setsockopt: %s", strerror(errno));
+}
+
 static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
     char host[256], port[32];
     split_host_port(d, host, sizeof(host), port, sizeof(port));
-    int timeout_ms = rendezvous_timeout() * 1000;
+    int timeout = rendezvous_timeout(), timeout_ms = timeout < 1 << 20 ? timeout * 1000 : 1 << 30;
     uint64_t len = bytes;
     if (d->rank == 0) {
         int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
         struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(port)), .sin_addr.s_addr = htonl(INADDR_ANY)};
-        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(s, d->world) != 0)
+        if (s < 0 || setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) || bind(s, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+            listen(s, d->world) != 0)
             dist_fail(d, "rendezvous: cannot listen on port %s: %s", port, strerror(errno));
         int *seen = callocCheck((size_t)d->world, sizeof(int));
         for (int joined = 1; joined < d->world; joined++) {
@@ -226,12 +240,16 @@ static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
                 char missing[256] = "";
                 for (int r = 1, len = 0; r < d->world && len < 200; r++)
                     if (!seen[r]) len += snprintf(missing + len, sizeof(missing) - (size_t)len, " %d", r);
-                dist_fail(d, "rendezvous on port %s: ranks%s did not connect within %d s", port, missing, timeout_ms / 1000);
+                dist_fail(d, "rendezvous on port %s: ranks%s did not connect within %d s", port, missing, timeout);
             }
             int c = accept(s, NULL, NULL);
             int32_t peer;
-            if (c < 0 || full_io(c, &peer, 4, 0) || peer <= 0 || peer >= d->world || seen[peer])
-                dist_fail(d, "rendezvous on port %s: a bad or duplicate peer connected", port);
+            if (c >= 0) socket_timeouts(d, c, timeout);  // a peer that connects and says nothing is not waited for forever
+            if (c < 0 || full_io(c, &peer, 4, 0))
+                dist_fail(d, "rendezvous on port %s: a connection sent no rank within %d s (%s; something other than a train_clip "
+                          "rank on this port?)", port, timeout, strerror(errno));
+            if (peer <= 0 || peer >= d->world || seen[peer])
+                dist_fail(d, "rendezvous on port %s: a bad or duplicate peer connected (rank %d)", port, peer);
             seen[peer] = 1;
             if (full_io(c, &len, 8, 1) || full_io(c, buf, bytes, 1)) dist_fail(d, "rendezvous: sending to rank %d failed", peer);
             close(c);
@@ -240,23 +258,32 @@ static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
         close(s);
         return;
     }
+    // until the deadline, by the clock: a connect or a name lookup may itself take long
     struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
-    for (int waited_ms = 0;; waited_ms += 100) {
-        if (getaddrinfo(host, port, &hints, &res) == 0) {
+    double deadline = now_s() + timeout;
+    char last[400] = "no attempt";
+    for (;;) {
+        int e = getaddrinfo(host, port, &hints, &res);
+        if (e) snprintf(last, sizeof(last), "%s: %s", host, gai_strerror(e));
+        else {
             int s = socket(AF_INET, SOCK_STREAM, 0);
+            if (s >= 0) socket_timeouts(d, s, deadline - now_s());
             if (s >= 0 && connect(s, res->ai_addr, res->ai_addrlen) == 0) {
                 int32_t me = d->rank;
                 uint64_t got;
                 freeaddrinfo(res);
                 if (full_io(s, &me, 4, 1) || full_io(s, &got, 8, 0) || got != len || full_io(s, buf, bytes, 0))
-                    dist_fail(d, "rendezvous with %s:%s: the exchange broke off or sizes differ", host, port);
+                    dist_fail(d, "rendezvous with %s:%s: the exchange broke off, timed out or sizes differ (%s; is something other "
+                              "than train_clip's rank 0 on that port?)", host, port, strerror(errno));
                 close(s);
                 return;
             }
+            snprintf(last, sizeof(last), "%s", strerror(errno));
             if (s >= 0) close(s);
             freeaddrinfo(res);
         }
-        if (waited_ms > timeout_ms) dist_fail(d, "rendezvous: rank 0 at %s:%s did not answer within %d s", host, port, timeout_ms / 1000);
+        if (now_s() > deadline)
+            dist_fail(d, "rendezvous: rank 0 at %s:%s did not answer within %d s (last: %s)", host, port, timeout, last);
         usleep(100000);
     }
 }

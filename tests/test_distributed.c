@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <omp.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -398,6 +399,54 @@ static void test_missing_peer_fails_fast(void) {
     EXPECT(time(NULL) - t0 < 20, "took %ld s: the timeout was not honoured", (long)(time(NULL) - t0));
 }
 
+// Something on the rendezvous port that is not a train_clip rank 0: a listener that never answers (a rank connects,
+// sends its number and waits for the id) and one whose queue is full (the connect itself waits: Linux retries the
+// SYN for about two minutes). Either way the rank stops with an error within about its timeout, never hangs.
+static void test_rendezvous_no_answer(void) {
+    for (int full = 0; full < 2; full++) {
+        int l = socket(AF_INET, SOCK_STREAM, 0), c = -1;
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t len = sizeof(a);
+        if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) || listen(l, 0) || getsockname(l, (struct sockaddr *)&a, &len))
+            fatal("listener: %s", strerror(errno));
+        if (full && ((c = socket(AF_INET, SOCK_STREAM, 0)) < 0 || connect(c, (struct sockaddr *)&a, sizeof(a))))
+            fatal("filling the listener's queue: %s", strerror(errno));
+        char r[64], msg[1024];
+        snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=tcp:127.0.0.1:%d", ntohs(a.sin_port));
+        Start s = {.vars = {"WORLD_SIZE=2", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=2"}, .broadcast = 1};
+        time_t t0 = time(NULL);
+        int rc = start(&s, msg, sizeof(msg));
+        EXPECT(rc == 1 && time(NULL) - t0 <= 6, "rank 1 with %s rank 0: exit %d after %ld s (-1: hung), want 1 within the 2 s timeout: %s",
+               full ? "a full queue at" : "a silent", rc, (long)(time(NULL) - t0), msg);
+        close(l);
+        if (c >= 0) close(c);
+    }
+}
+
+// Rank 0 with a connection that never sends its rank (not a train_clip rank): an error within about the timeout.
+static void test_rendezvous_silent_peer(void) {
+    int port = free_port();
+    pid_t pid = fork();
+    if (pid == 0) {  // connects as soon as rank 0 listens, then says nothing
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        for (int k = 0; k < 200; k++) {
+            int c = socket(AF_INET, SOCK_STREAM, 0);
+            if (c >= 0 && connect(c, (struct sockaddr *)&a, sizeof(a)) == 0) sleep(30), _exit(0);
+            if (c >= 0) close(c);
+            usleep(50000);
+        }
+        _exit(1);
+    }
+    char r[64], msg[1024];
+    snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=tcp:127.0.0.1:%d", port);
+    Start s = {.vars = {"WORLD_SIZE=2", "RANK=0", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=2"}, .broadcast = 1};
+    time_t t0 = time(NULL);
+    int rc = start(&s, msg, sizeof(msg));
+    kill(pid, SIGKILL), waitpid(pid, NULL, 0);
+    EXPECT(rc == 1 && time(NULL) - t0 <= 6, "rank 0 with a silent connection: exit %d after %ld s (-1: hung), want 1 within the 2 s timeout: %s",
+           rc, (long)(time(NULL) - t0), msg);
+}
+
 static const char *expand_cat(const char *path) {
     static char cmd[600];
     snprintf(cmd, sizeof(cmd), "tail -20 %s", path);
@@ -434,6 +483,8 @@ int main(int argc, char **argv) {
     RUN(test_file_rendezvous);
     RUN(test_tcp_rendezvous);
     RUN(test_missing_peer_fails_fast);
+    RUN(test_rendezvous_no_answer);
+    RUN(test_rendezvous_silent_peer);
     RUN(test_mpi_start);
     TEST_EXIT();
 }
