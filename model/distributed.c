@@ -228,10 +228,15 @@ static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
     int timeout = rendezvous_timeout(), timeout_ms = timeout < 1 << 20 ? timeout * 1000 : 1 << 30;
     uint64_t len = bytes;
     if (d->rank == 0) {
-        int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(port)), .sin_addr.s_addr = htonl(INADDR_ANY)};
-        if (s < 0 || setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) || bind(s, (struct sockaddr *)&a, sizeof(a)) != 0 ||
-            listen(s, d->world) != 0)
+        // every address of this machine, IPv6 and IPv4 (one socket for both), or IPv4 alone where there is no IPv6
+        int s = socket(AF_INET6, SOCK_STREAM, 0), one = 1, zero = 0;
+        struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)atoi(port)), .sin6_addr = IN6ADDR_ANY_INIT};
+        struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(port)), .sin_addr.s_addr = htonl(INADDR_ANY)};
+        struct sockaddr *a = (struct sockaddr *)&a6;
+        socklen_t alen = sizeof(a6);
+        if (s >= 0 && setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero)) != 0) close(s), s = -1;
+        if (s < 0) s = socket(AF_INET, SOCK_STREAM, 0), a = (struct sockaddr *)&a4, alen = sizeof(a4);
+        if (s < 0 || setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) || bind(s, a, alen) != 0 || listen(s, d->world) != 0)
             dist_fail(d, "rendezvous: cannot listen on port %s: %s", port, strerror(errno));
         int *seen = callocCheck((size_t)d->world, sizeof(int));
         for (int joined = 1; joined < d->world; joined++) {
@@ -259,16 +264,16 @@ static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
         return;
     }
     // until the deadline, by the clock: a connect or a name lookup may itself take long
-    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;  // a name, IPv4 or IPv6
     double deadline = now_s() + timeout;
     char last[400] = "no attempt";
     for (;;) {
         int e = getaddrinfo(host, port, &hints, &res);
         if (e) snprintf(last, sizeof(last), "%s: %s", host, gai_strerror(e));
-        else {
-            int s = socket(AF_INET, SOCK_STREAM, 0);
+        for (struct addrinfo *ai = e ? NULL : res; ai; ai = ai->ai_next) {  // each of the host's addresses in turn
+            int s = socket(ai->ai_family, SOCK_STREAM, 0);
             if (s >= 0) socket_timeouts(d, s, deadline - now_s());
-            if (s >= 0 && connect(s, res->ai_addr, res->ai_addrlen) == 0) {
+            if (s >= 0 && connect(s, ai->ai_addr, ai->ai_addrlen) == 0) {
                 int32_t me = d->rank;
                 uint64_t got;
                 freeaddrinfo(res);
@@ -280,8 +285,8 @@ static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
             }
             snprintf(last, sizeof(last), "%s", strerror(errno));
             if (s >= 0) close(s);
-            freeaddrinfo(res);
         }
+        if (!e) freeaddrinfo(res);
         if (now_s() > deadline)
             dist_fail(d, "rendezvous: rank 0 at %s:%s did not answer within %d s (last: %s)", host, port, timeout, last);
         usleep(100000);

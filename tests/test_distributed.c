@@ -389,6 +389,24 @@ static void test_tcp_rendezvous(void) {
     EXPECT(ok == 3, "%d of 3 ranks got the broadcast (exit codes %d %d %d)", ok, rc[0], rc[1], rc[2]);
 }
 
+// Rank 0's address as a name or an IPv6 address: tcp:[::1]:PORT, torchrun's MASTER_ADDR=::1 (tcp:::1:PORT) and
+// tcp:localhost:PORT. Skipped where this machine has no IPv6 loopback.
+static void test_tcp_rendezvous_addresses(void) {
+    int v6 = socket(AF_INET6, SOCK_STREAM, 0);
+    struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    int have_v6 = v6 >= 0 && bind(v6, (struct sockaddr *)&a, sizeof(a)) == 0;
+    if (v6 >= 0) close(v6);
+    const char *forms[] = {"tcp:localhost:%d", "tcp:[::1]:%d", "tcp:::1:%d"};
+    for (int k = 0; k < (have_v6 ? 3 : 1); k++) {
+        char addr[64];
+        snprintf(addr, sizeof(addr), forms[k], free_port());
+        int rc[8];
+        int ok = run_world(2, 2, addr, rc);
+        EXPECT(ok == 2, "%s: %d of 2 ranks got the broadcast (exit codes %d %d)", addr, ok, rc[0], rc[1]);
+    }
+    if (!have_v6 && !test_failed_checks) SKIP("no IPv6 loopback here: only tcp:localhost tried");
+}
+
 static void test_missing_peer_fails_fast(void) {
     char addr[64];
     snprintf(addr, sizeof(addr), "tcp:127.0.0.1:%d", free_port());
@@ -482,6 +500,7 @@ int main(int argc, char **argv) {
     RUN(test_bad_rendezvous);
     RUN(test_file_rendezvous);
     RUN(test_tcp_rendezvous);
+    RUN(test_tcp_rendezvous_addresses);
     RUN(test_missing_peer_fails_fast);
     RUN(test_rendezvous_no_answer);
     RUN(test_rendezvous_silent_peer);
