@@ -465,6 +465,53 @@ static void test_rendezvous_silent_peer(void) {
            rc, (long)(time(NULL) - t0), msg);
 }
 
+// ---------------------------------------------------------------- launch scripts
+// Scripts run with stand-ins for their commands that write down how they were called, or with harmless commands.
+
+// The shell command's exit code (-1: it did not exit).
+static int sh(const char *cmd) {
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+// A scratch file's text ("" when there is none), in one of 4 rotating buffers.
+static const char *text_of(const char *name) {
+    static char bufs[4][4096];
+    static int k;
+    char *buf = bufs[k++ % 4];
+    FILE *f = fopen(test_path(name), "r");
+    size_t n = f ? fread(buf, 1, sizeof(bufs[0]) - 1, f) : 0;
+    if (f) fclose(f);
+    buf[n] = 0;
+    return buf;
+}
+
+// run_local.sh: N must be a count of 1 or more; Ctrl-C or a TERM to the script reaches the ranks (they run in
+// the background, where a script's children ignore SIGINT) and the script waits for them.
+static void test_run_local_script(void) {
+    const char *bad[] = {"0", "x", "08", "-1", "''"};
+    for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+        char cmd[256];
+        snprintf(cmd, sizeof(cmd), "bash scripts/run_local.sh %s true 2>/dev/null", bad[k]);
+        int rc = sh(cmd);
+        EXPECT(rc == 2, "run_local.sh %s true: exit %d, want 2 (usage)", bad[k], rc);
+    }
+    for (int k = 0; k < 2; k++) {
+        char cmd[1024];
+        const char *pids = test_path(k ? "rl_pids_int" : "rl_pids_term");
+        // the ranks write their process ids and sleep; the script gets the signal; then no rank may be left. Job control
+        // (set -m) so that the script, started in the background, does not ignore SIGINT as it would without.
+        snprintf(cmd, sizeof(cmd), "bash -c 'set -m; bash scripts/run_local.sh 2 sh -c \"echo \\$\\$ >> %s; exec sleep 30\" & p=$!; "
+                 "for i in $(seq 100); do [ \"$(cat %s 2>/dev/null | wc -l)\" = 2 ] && break; sleep 0.1; done; sleep 0.2; kill -%s $p; "
+                 "wait $p; left=0; for q in $(cat %s); do if kill -0 $q 2>/dev/null; then left=1; kill $q; fi; done; exit $left' 2>/dev/null",
+                 pids, pids, k ? "INT" : "TERM", pids);
+        time_t t0 = time(NULL);
+        int rc = sh(cmd);
+        EXPECT(rc == 0 && time(NULL) - t0 < 10, "run_local.sh sent SIG%s: %s after %ld s", k ? "INT" : "TERM",
+               rc ? "its ranks were left running" : "they stopped", (long)(time(NULL) - t0));
+    }
+}
+
 static const char *expand_cat(const char *path) {
     static char cmd[600];
     snprintf(cmd, sizeof(cmd), "tail -20 %s", path);
@@ -505,5 +552,6 @@ int main(int argc, char **argv) {
     RUN(test_rendezvous_no_answer);
     RUN(test_rendezvous_silent_peer);
     RUN(test_mpi_start);
+    RUN(test_run_local_script);
     TEST_EXIT();
 }
