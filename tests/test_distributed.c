@@ -9,6 +9,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -466,7 +467,13 @@ static void test_rendezvous_silent_peer(void) {
 }
 
 // ---------------------------------------------------------------- launch scripts
-// Scripts run with stand-ins for their commands that write down how they were called, or with harmless commands.
+// Each script is copied into a scratch tree beside stand-ins (mpirun, nvidia-smi, ldd, run_local.sh, train_clip)
+// that write down how they were called, so that no launcher or training really starts.
+
+static void stub(const char *name, const char *body) {
+    put(name, body);
+    if (chmod(test_path(name), 0755)) fatal("chmod %s: %s", test_path(name), strerror(errno));
+}
 
 // The shell command's exit code (-1: it did not exit).
 static int sh(const char *cmd) {
@@ -484,6 +491,34 @@ static const char *text_of(const char *name) {
     if (f) fclose(f);
     buf[n] = 0;
     return buf;
+}
+
+// train_one_node.sh h14: mpirun when it is there and ./train_clip is built with MPI (ldd lists libmpi), else
+// run_local.sh; the GPUs nvidia-smi lists (MIG lines are not GPUs); none listed is an error, not "-np 0".
+static void test_one_node_script(void) {
+    stub("on/scripts/run_local.sh", "#!/bin/sh\necho \"run_local $*\" > \"$CALLS\"\n");
+    stub("on/train_clip", "#!/bin/sh\n");
+    stub("on/bin/mpirun", "#!/bin/sh\necho \"mpirun $*\" > \"$CALLS\"\n");
+    stub("on/bin/ldd", "#!/bin/sh\n[ \"$MPI\" = 1 ] && echo '\tlibmpi.so.40 => /usr/lib/libmpi.so.40'\nexit 0\n");
+    stub("on/bin/nvidia-smi", "#!/bin/sh\ni=0\nwhile [ $i -lt $GPUS ]; do echo \"GPU $i: NVIDIA H100 (UUID: GPU-$i)\"; "
+         "echo \"  MIG 1g.10gb Device 0: (UUID: MIG-$i)\"; i=$((i + 1)); done\n");
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "mkdir -p %s && cp scripts/train_one_node.sh %s/", test_path("on/scripts"), test_path("on/scripts"));
+    EXPECT(sh(cmd) == 0, "%s failed", cmd);
+    struct { const char *env, *args; int rc; const char *want; } cases[] = {
+        {"GPUS=2 MPI=1", "h14", 0, "mpirun"},  {"GPUS=2 MPI=0", "h14", 0, "run_local 2 ./train_clip -c configs/vit_h_14.conf"},
+        {"GPUS=2 MPI=1", "h14 --set x=1", 0, " -np 2 "}, {"GPUS=2 MPI=1", "b16 4 --set x=1", 0, " -np 4 "},
+        {"GPUS=0 MPI=1", "h14", 2, ""},      {"GPUS=2 MPI=1", "h14 x4", 2, ""},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        snprintf(cmd, sizeof(cmd), "cd %s && rm -f calls && PATH=\"$PWD/bin:$PATH\" CALLS=$PWD/calls %s bash scripts/train_one_node.sh %s 2>err",
+                 test_path("on"), cases[k].env, cases[k].args);
+        int rc = sh(cmd);
+        const char *calls = text_of("on/calls");
+        EXPECT(rc == cases[k].rc && (*cases[k].want ? strstr(calls, cases[k].want) != NULL : !*calls),
+               "%s train_one_node.sh %s: exit %d (want %d), called: \"%s\" (want \"%s\"); stderr: %s", cases[k].env, cases[k].args, rc,
+               cases[k].rc, calls, cases[k].want, text_of("on/err"));
+    }
 }
 
 // run_local.sh: N must be a count of 1 or more; Ctrl-C or a TERM to the script reaches the ranks (they run in
@@ -552,6 +587,7 @@ int main(int argc, char **argv) {
     RUN(test_rendezvous_no_answer);
     RUN(test_rendezvous_silent_peer);
     RUN(test_mpi_start);
+    RUN(test_one_node_script);
     RUN(test_run_local_script);
     TEST_EXIT();
 }
