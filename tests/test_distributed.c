@@ -493,6 +493,28 @@ static const char *text_of(const char *name) {
     return buf;
 }
 
+// train_multi_node.sh hosts h14: the config that exists (configs/vit_h_14.conf), one rank per GPU of each host line
+// (comments and blank lines are not hosts), a hostfile path relative to where it was started.
+static void test_multi_node_script(void) {
+    put("mn/hosts", "# two nodes of 8 GPUs\nnode01 slots=8\n\nnode02 slots=8\n");
+    stub("mn/tree/bin/mpirun", "#!/bin/sh\necho \"mpirun $*\" > \"$CALLS\"\n");
+    char cmd[2048], want[600];
+    snprintf(cmd, sizeof(cmd), "mkdir -p %s/scripts %s/configs && cp scripts/train_multi_node.sh %s/scripts/ && cp configs/vit_h_14.conf "
+             "%s/configs/ && cd %s && PATH=\"$PWD/tree/bin:$PATH\" CALLS=$PWD/calls bash tree/scripts/train_multi_node.sh hosts h14 "
+             "--set steps=1 2>%s", test_path("mn/tree"), test_path("mn/tree"), test_path("mn/tree"), test_path("mn/tree"), test_path("mn"),
+             test_path("mn/err"));
+    int rc = sh(cmd);
+    const char *calls = text_of("mn/calls");
+    snprintf(want, sizeof(want), "--hostfile %s ", test_path("mn/hosts"));
+    EXPECT(rc == 0 && strstr(calls, " -np 16 ") && strstr(calls, want) && strstr(calls, "-c configs/vit_h_14.conf ") &&
+           strstr(calls, "--set steps=1"), "exit %d, mpirun called as: %s (stderr: %s)", rc, calls, text_of("mn/err"));
+    put("mn/empty", "# nothing\n");
+    snprintf(cmd, sizeof(cmd), "cd %s && rm -f calls && PATH=\"$PWD/tree/bin:$PATH\" CALLS=$PWD/calls bash tree/scripts/train_multi_node.sh "
+             "empty h14 2>/dev/null", test_path("mn"));
+    rc = sh(cmd);
+    EXPECT(rc != 0 && !*text_of("mn/calls"), "a hostfile without hosts: exit %d, mpirun called as: %s", rc, text_of("mn/calls"));
+}
+
 // train_one_node.sh h14: mpirun when it is there and ./train_clip is built with MPI (ldd lists libmpi), else
 // run_local.sh; the GPUs nvidia-smi lists (MIG lines are not GPUs); none listed is an error, not "-np 0".
 static void test_one_node_script(void) {
@@ -587,6 +609,7 @@ int main(int argc, char **argv) {
     RUN(test_rendezvous_no_answer);
     RUN(test_rendezvous_silent_peer);
     RUN(test_mpi_start);
+    RUN(test_multi_node_script);
     RUN(test_one_node_script);
     RUN(test_run_local_script);
     TEST_EXIT();
