@@ -185,8 +185,8 @@ static void file_broadcast(Dist *d, void *buf, size_t bytes) {
         struct stat st;
         FILE *f = stat(path, &st) == 0 && (double)st.st_mtime >= process_start - 60 ? fopen(path, "rb") : NULL;
         if (f) {
-            int world;
-            size_t n;
+            int world = 0;
+            size_t n = 0;
             // the header's one '\n' read by itself: a "\n" in the format would also eat the blob's leading whitespace
             int ok = fscanf(f, "train_clip rendezvous world=%d bytes=%zu", &world, &n) == 2 && fgetc(f) == '\n';
             if (!ok || world != d->world || n != bytes)
@@ -195,6 +195,9 @@ static void file_broadcast(Dist *d, void *buf, size_t bytes) {
             fclose(f);
             return;
         }
+        if (now_s() > deadline && stat(path, &st) == 0)
+            dist_fail(d, "the rendezvous file %s is older than this process (an earlier run's, or this machine's clock is ahead of "
+                      "the file server's): use a fresh path per job", path);
         if (now_s() > deadline)
             dist_fail(d, "rank 0 did not write the rendezvous file %s within %d s (is rank 0 running? is the path shared?)", path, rendezvous_timeout());
         usleep(50000);

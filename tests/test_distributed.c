@@ -6,6 +6,7 @@
 #define _GNU_SOURCE  // sched_getaffinity, cpu_set_t
 #include <netinet/in.h>
 #include <omp.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -372,6 +373,22 @@ static void test_file_rendezvous(void) {
     EXPECT(ok == 4, "%d of 4 ranks got the broadcast (exit codes %d %d %d %d)", ok, rc[0], rc[1], rc[2], rc[3]);
 }
 
+// A rendezvous file left by an earlier run (older than this process): not read, and the timeout's error says it is
+// there and stale rather than that rank 0 did not write it. One from another job's world: an error naming it.
+static void test_file_rendezvous_leftovers(void) {
+    char r[600], msg[1024];
+    snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=file:%s", test_path("old"));
+    put("old.0", "train_clip rendezvous world=2 bytes=64\n0123456789012345678901234567890123456789012345678901234567890123");
+    struct timespec times[2] = {{.tv_sec = time(NULL) - 3600}, {.tv_sec = time(NULL) - 3600}};
+    if (utimensat(AT_FDCWD, test_path("old.0"), times, 0)) fatal("utimensat: %s", strerror(errno));
+    Start s = {.vars = {"WORLD_SIZE=2", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=1"}, .broadcast = 1};
+    int rc = start(&s, msg, sizeof(msg));
+    EXPECT(rc == 1 && strstr(msg, "older than"), "a stale rendezvous file: exit %d, want 1 and an error saying it is stale: %s", rc, msg);
+    put("old.0", "train_clip rendezvous world=4 bytes=64\n0123456789012345678901234567890123456789012345678901234567890123");
+    rc = start(&s, msg, sizeof(msg));
+    EXPECT(rc == 1 && strstr(msg, "world 4"), "another job's rendezvous file: exit %d, want 1 naming its world 4: %s", rc, msg);
+}
+
 static int free_port(void) {
     int s = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -603,6 +620,7 @@ int main(int argc, char **argv) {
     RUN(test_launcher_without_ranks);
     RUN(test_bad_rendezvous);
     RUN(test_file_rendezvous);
+    RUN(test_file_rendezvous_leftovers);
     RUN(test_tcp_rendezvous);
     RUN(test_tcp_rendezvous_addresses);
     RUN(test_missing_peer_fails_fast);
