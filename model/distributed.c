@@ -251,11 +251,15 @@ static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
                 dist_fail(d, "rendezvous on port %s: ranks%s did not connect within %d s", port, missing, timeout);
             }
             int c = accept(s, NULL, NULL);
-            int32_t peer;
+            int32_t hello[2], peer;  // the peer's rank and world size
             if (c >= 0) socket_timeouts(d, c, timeout);  // a peer that connects and says nothing is not waited for forever
-            if (c < 0 || full_io(c, &peer, 4, 0))
+            if (c < 0 || full_io(c, hello, 8, 0))
                 dist_fail(d, "rendezvous on port %s: a connection sent no rank within %d s (%s; something other than a train_clip "
                           "rank on this port?)", port, timeout, strerror(errno));
+            peer = hello[0];
+            if (hello[1] != d->world)
+                dist_fail(d, "rendezvous on port %s: rank %d of a world of %d connected, a rank of another job (give each job its "
+                          "own port)", port, peer, hello[1]);
             if (peer <= 0 || peer >= d->world || seen[peer])
                 dist_fail(d, "rendezvous on port %s: a bad or duplicate peer connected (rank %d)", port, peer);
             seen[peer] = 1;
@@ -277,10 +281,10 @@ static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
             int s = socket(ai->ai_family, SOCK_STREAM, 0);
             if (s >= 0) socket_timeouts(d, s, deadline - now_s());
             if (s >= 0 && connect(s, ai->ai_addr, ai->ai_addrlen) == 0) {
-                int32_t me = d->rank;
+                int32_t me[2] = {d->rank, d->world};
                 uint64_t got;
                 freeaddrinfo(res);
-                if (full_io(s, &me, 4, 1) || full_io(s, &got, 8, 0) || got != len || full_io(s, buf, bytes, 0))
+                if (full_io(s, me, 8, 1) || full_io(s, &got, 8, 0) || got != len || full_io(s, buf, bytes, 0))
                     dist_fail(d, "rendezvous with %s:%s: the exchange broke off, timed out or sizes differ (%s; is something other "
                               "than train_clip's rank 0 on that port?)", host, port, strerror(errno));
                 close(s);

@@ -425,6 +425,25 @@ static void test_tcp_rendezvous_addresses(void) {
     if (!have_v6 && !test_failed_checks) SKIP("no IPv6 loopback here: only tcp:localhost tried");
 }
 
+// A rank of another job (another world size) that reaches this job's rank 0 (two jobs given one port): rank 0 stops
+// naming it, rather than hand it this job's id.
+static void test_tcp_rendezvous_other_job(void) {
+    char r[64], msg[1024];
+    snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=tcp:127.0.0.1:%d", free_port());
+    pid_t pid = fork();
+    if (pid == 0) {  // rank 1 of a world of 3
+        Start other = {.vars = {"WORLD_SIZE=3", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=3"}, .broadcast = 1};
+        if (!freopen("/dev/null", "w", stderr)) _exit(9);
+        start_child(&other);
+        _exit(0);
+    }
+    Start s = {.vars = {"WORLD_SIZE=2", "RANK=0", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=3"}, .broadcast = 1};
+    int rc = start(&s, msg, sizeof(msg)), st;
+    waitpid(pid, &st, 0);
+    EXPECT(rc == 1 && strstr(msg, "world of 3"), "rank 0 of 2 reached by rank 1 of 3: exit %d, want 1 naming the world of 3: %s", rc, msg);
+    EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 1, "rank 1 of 3 did not stop with an error (status %d)", st);
+}
+
 static void test_missing_peer_fails_fast(void) {
     char addr[64];
     snprintf(addr, sizeof(addr), "tcp:127.0.0.1:%d", free_port());
@@ -623,6 +642,7 @@ int main(int argc, char **argv) {
     RUN(test_file_rendezvous_leftovers);
     RUN(test_tcp_rendezvous);
     RUN(test_tcp_rendezvous_addresses);
+    RUN(test_tcp_rendezvous_other_job);
     RUN(test_missing_peer_fails_fast);
     RUN(test_rendezvous_no_answer);
     RUN(test_rendezvous_silent_peer);
