@@ -26,9 +26,11 @@
 static double process_start;  // for rejecting rendezvous files left by an earlier job
 static int broadcasts;         // rendezvous exchanges so far (each gets its own file / connection round)
 
+// An environment variable's count; `fallback` when it is not set. Set but empty (RANK=$UNSET in a script) is an error.
 static int env_int(const char *name, int fallback) {
     const char *v = getenv(name);
-    if (!v || !*v) return fallback;
+    if (!v) return fallback;
+    if (!*v) fatal("environment variable %s is set but empty", name);
     char *end;
     long x = strtol(v, &end, 10);
     if (*end || x < 0 || x > 1 << 24) fatal("environment variable %s=%s is not a valid count", name, v);
@@ -51,6 +53,20 @@ void dist_fail(const Dist *d, const char *fmt, ...) {
     exit(1);
 }
 
+// tcp:HOST:PORT into HOST (an IPv6 address with or without brackets: the last ':' ends it) and PORT (1-65535),
+// or an error naming TRAIN_CLIP_RENDEZVOUS.
+static void split_host_port(const Dist *d, char *host, size_t cap, char *port, size_t pcap) {
+    const char *hp = d->rendezvous + 4, *colon = strrchr(hp, ':');
+    char *end = NULL;
+    long p = colon && colon[1] >= '0' && colon[1] <= '9' ? strtol(colon + 1, &end, 10) : 0;
+    int n = colon ? (int)(colon - hp) : 0;
+    if (n >= 2 && hp[0] == '[' && hp[n - 1] == ']') hp++, n -= 2;  // [::1]
+    if (!end || *end || p < 1 || p > 65535 || n < 1 || (size_t)n >= cap)
+        dist_fail(d, "TRAIN_CLIP_RENDEZVOUS=%s: expected tcp:HOST:PORT with a port 1-65535", d->rendezvous);
+    snprintf(host, cap, "%.*s", n, hp);
+    snprintf(port, pcap, "%ld", p);
+}
+
 void dist_init(Dist *d) {
     memset(d, 0, sizeof(*d));
     process_start = (double)time(NULL);
@@ -69,14 +85,26 @@ void dist_init(Dist *d) {
         return;
     }
 #else
-    if (under_mpi && env_int("OMPI_COMM_WORLD_SIZE", 1) > 1)
-        fatal("started by mpirun, but this build has no MPI (Debian: apt-get install libopenmpi-dev, then rebuild), "
-              "or start each process with RANK, WORLD_SIZE, LOCAL_RANK and TRAIN_CLIP_RENDEZVOUS");
+    (void)under_mpi;
 #endif
+    // Not an MPI start: WORLD_SIZE in the environment gives this process its place, whichever launcher ran it. Without
+    // it, a launcher that started several processes would leave each training alone on the same data: stop instead.
+    const char *launched[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"};  // mpirun, MPI launchers, srun
+    for (int k = 0; k < 3 && !getenv("WORLD_SIZE"); k++)
+        if (env_int(launched[k], 1) > 1)
+            fatal("%s=%s: the launcher started %s processes, but this one was told no rank, so each would train alone on the "
+#ifdef HAVE_MPI
+                  "same data; start through MPI (mpirun, or srun --mpi=pmix) "
+#else
+                  "same data; this build has no MPI (Debian: apt-get install libopenmpi-dev, then rebuild) "
+#endif
+                  "or give each process RANK, WORLD_SIZE, LOCAL_RANK and TRAIN_CLIP_RENDEZVOUS",
+                  launched[k], getenv(launched[k]), getenv(launched[k]));
     d->world = env_int("WORLD_SIZE", 1);
     d->rank = env_int("RANK", 0);
     d->local_size = 1;
     if (d->world < 1 || d->rank >= d->world) fatal("RANK=%d is not below WORLD_SIZE=%d", d->rank, d->world);
+    if (d->world > 1 && !getenv("RANK")) fatal("WORLD_SIZE=%d, but RANK is not set (every process would be rank 0)", d->world);
     if (d->world == 1) return;
     d->local_rank = env_int("LOCAL_RANK", env_int("SLURM_LOCALID", d->rank));
     // torchrun's, slurm's (with --ntasks-per-node) or MPICH's name for the ranks on this machine; else one machine
@@ -86,12 +114,17 @@ void dist_init(Dist *d) {
               d->local_rank, d->local_size);
     const char *r = getenv("TRAIN_CLIP_RENDEZVOUS");
     if (r && *r) snprintf(d->rendezvous, sizeof(d->rendezvous), "%s", r);
-    else if (getenv("MASTER_ADDR") && getenv("MASTER_PORT"))  // torchrun's store owns MASTER_PORT: use the next one
-        snprintf(d->rendezvous, sizeof(d->rendezvous), "tcp:%s:%d", getenv("MASTER_ADDR"), env_int("MASTER_PORT", 0) + 1);
-    else
+    else if (getenv("MASTER_ADDR") && getenv("MASTER_PORT")) {  // torchrun's store owns MASTER_PORT: use the next one
+        int port = env_int("MASTER_PORT", 0);
+        if (!*getenv("MASTER_ADDR")) fatal("environment variable MASTER_ADDR is set but empty");
+        if (port < 1 || port > 65534) fatal("MASTER_PORT=%d: the rendezvous takes the port after it, so it must be 1-65534", port);
+        snprintf(d->rendezvous, sizeof(d->rendezvous), "tcp:%s:%d", getenv("MASTER_ADDR"), port + 1);
+    } else
         fatal("WORLD_SIZE=%d without MPI needs a rendezvous: TRAIN_CLIP_RENDEZVOUS=file:/shared/fresh/path or tcp:HOST:PORT "
               "(or MASTER_ADDR and MASTER_PORT)", d->world);
-    if (strncmp(d->rendezvous, "file:", 5) && strncmp(d->rendezvous, "tcp:", 4))
+    char host[256], port[32];
+    if (!strncmp(d->rendezvous, "tcp:", 4)) split_host_port(d, host, sizeof(host), port, sizeof(port));  // or stops here
+    else if (strncmp(d->rendezvous, "file:", 5) || !d->rendezvous[5])
         fatal("TRAIN_CLIP_RENDEZVOUS=%s: expected file:PATH or tcp:HOST:PORT", d->rendezvous);
 }
 
@@ -129,6 +162,12 @@ void dist_finalize(Dist *d) {
 
 // ---------------------------------------------------------------- file rendezvous
 
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 static void file_broadcast(Dist *d, void *buf, size_t bytes) {
     char path[600], tmp[640];
     snprintf(path, sizeof(path), "%s.%d", d->rendezvous + 5, broadcasts);
@@ -142,12 +181,12 @@ static void file_broadcast(Dist *d, void *buf, size_t bytes) {
         if (rename(tmp, path) != 0) dist_fail(d, "rendezvous file %s: %s", path, strerror(errno));
         return;
     }
-    for (double waited = 0;; waited += 0.05) {
+    for (double deadline = now_s() + rendezvous_timeout();;) {  // by the clock: a stat on a shared file system may take long
         struct stat st;
         FILE *f = stat(path, &st) == 0 && (double)st.st_mtime >= process_start - 60 ? fopen(path, "rb") : NULL;
         if (f) {
-            int world;
-            size_t n;
+            int world = 0;
+            size_t n = 0;
             // the header's one '\n' read by itself: a "\n" in the format would also eat the blob's leading whitespace
             int ok = fscanf(f, "train_clip rendezvous world=%d bytes=%zu", &world, &n) == 2 && fgetc(f) == '\n';
             if (!ok || world != d->world || n != bytes)
@@ -156,7 +195,10 @@ static void file_broadcast(Dist *d, void *buf, size_t bytes) {
             fclose(f);
             return;
         }
-        if (waited > rendezvous_timeout())
+        if (now_s() > deadline && stat(path, &st) == 0)
+            dist_fail(d, "the rendezvous file %s is older than this process (an earlier run's, or this machine's clock is ahead of "
+                      "the file server's): use a fresh path per job", path);
+        if (now_s() > deadline)
             dist_fail(d, "rank 0 did not write the rendezvous file %s within %d s (is rank 0 running? is the path shared?)", path, rendezvous_timeout());
         usleep(50000);
     }
@@ -175,23 +217,29 @@ static int full_io(int fd, void *buf, size_t n, int writing) {
     return 0;
 }
 
-static void split_host_port(Dist *d, char *host, size_t cap, char *port, size_t pcap) {
-    const char *hp = d->rendezvous + 4, *colon = strrchr(hp, ':');
-    if (!colon || colon == hp || !colon[1]) dist_fail(d, "TRAIN_CLIP_RENDEZVOUS=%s: expected tcp:HOST:PORT", d->rendezvous);
-    snprintf(host, cap, "%.*s", (int)(colon - hp), hp);
-    snprintf(port, pcap, "%s", colon + 1);
+// Bounds the socket's receives and sends, and a connect (Linux applies SO_SNDTIMEO to it), to `seconds` each.
+static void socket_timeouts(const Dist *d, int s, double seconds) {
+    if (seconds < 0.001) seconds = 0.001;  // 0 would mean no limit
+    struct timeval tv = {.tv_sec = (time_t)seconds, .tv_usec = (suseconds_t)((seconds - (double)(time_t)seconds) * 1e6)};
+    if (setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) || setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)))
+        dist_fail(d, "rendezvous: setsockopt: %s", strerror(errno));
 }
 
 static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
     char host[256], port[32];
     split_host_port(d, host, sizeof(host), port, sizeof(port));
-    int timeout_ms = rendezvous_timeout() * 1000;
+    int timeout = rendezvous_timeout(), timeout_ms = timeout < 1 << 20 ? timeout * 1000 : 1 << 30;
     uint64_t len = bytes;
     if (d->rank == 0) {
-        int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(port)), .sin_addr.s_addr = htonl(INADDR_ANY)};
-        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(s, d->world) != 0)
+        // every address of this machine, IPv6 and IPv4 (one socket for both), or IPv4 alone where there is no IPv6
+        int s = socket(AF_INET6, SOCK_STREAM, 0), one = 1, zero = 0;
+        struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)atoi(port)), .sin6_addr = IN6ADDR_ANY_INIT};
+        struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(port)), .sin_addr.s_addr = htonl(INADDR_ANY)};
+        struct sockaddr *a = (struct sockaddr *)&a6;
+        socklen_t alen = sizeof(a6);
+        if (s >= 0 && setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero)) != 0) close(s), s = -1;
+        if (s < 0) s = socket(AF_INET, SOCK_STREAM, 0), a = (struct sockaddr *)&a4, alen = sizeof(a4);
+        if (s < 0 || setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) || bind(s, a, alen) != 0 || listen(s, d->world) != 0)
             dist_fail(d, "rendezvous: cannot listen on port %s: %s", port, strerror(errno));
         int *seen = callocCheck((size_t)d->world, sizeof(int));
         for (int joined = 1; joined < d->world; joined++) {
@@ -200,12 +248,20 @@ static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
                 char missing[256] = "";
                 for (int r = 1, len = 0; r < d->world && len < 200; r++)
                     if (!seen[r]) len += snprintf(missing + len, sizeof(missing) - (size_t)len, " %d", r);
-                dist_fail(d, "rendezvous on port %s: ranks%s did not connect within %d s", port, missing, timeout_ms / 1000);
+                dist_fail(d, "rendezvous on port %s: ranks%s did not connect within %d s", port, missing, timeout);
             }
             int c = accept(s, NULL, NULL);
-            int32_t peer;
-            if (c < 0 || full_io(c, &peer, 4, 0) || peer <= 0 || peer >= d->world || seen[peer])
-                dist_fail(d, "rendezvous on port %s: a bad or duplicate peer connected", port);
+            int32_t hello[2], peer;  // the peer's rank and world size
+            if (c >= 0) socket_timeouts(d, c, timeout);  // a peer that connects and says nothing is not waited for forever
+            if (c < 0 || full_io(c, hello, 8, 0))
+                dist_fail(d, "rendezvous on port %s: a connection sent no rank within %d s (%s; something other than a train_clip "
+                          "rank on this port?)", port, timeout, strerror(errno));
+            peer = hello[0];
+            if (hello[1] != d->world)
+                dist_fail(d, "rendezvous on port %s: rank %d of a world of %d connected, a rank of another job (give each job its "
+                          "own port)", port, peer, hello[1]);
+            if (peer <= 0 || peer >= d->world || seen[peer])
+                dist_fail(d, "rendezvous on port %s: a bad or duplicate peer connected (rank %d)", port, peer);
             seen[peer] = 1;
             if (full_io(c, &len, 8, 1) || full_io(c, buf, bytes, 1)) dist_fail(d, "rendezvous: sending to rank %d failed", peer);
             close(c);
@@ -214,23 +270,32 @@ static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
         close(s);
         return;
     }
-    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
-    for (int waited_ms = 0;; waited_ms += 100) {
-        if (getaddrinfo(host, port, &hints, &res) == 0) {
-            int s = socket(AF_INET, SOCK_STREAM, 0);
-            if (s >= 0 && connect(s, res->ai_addr, res->ai_addrlen) == 0) {
-                int32_t me = d->rank;
+    // until the deadline, by the clock: a connect or a name lookup may itself take long
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;  // a name, IPv4 or IPv6
+    double deadline = now_s() + timeout;
+    char last[400] = "no attempt";
+    for (;;) {
+        int e = getaddrinfo(host, port, &hints, &res);
+        if (e) snprintf(last, sizeof(last), "%s: %s", host, gai_strerror(e));
+        for (struct addrinfo *ai = e ? NULL : res; ai; ai = ai->ai_next) {  // each of the host's addresses in turn
+            int s = socket(ai->ai_family, SOCK_STREAM, 0);
+            if (s >= 0) socket_timeouts(d, s, deadline - now_s());
+            if (s >= 0 && connect(s, ai->ai_addr, ai->ai_addrlen) == 0) {
+                int32_t me[2] = {d->rank, d->world};
                 uint64_t got;
                 freeaddrinfo(res);
-                if (full_io(s, &me, 4, 1) || full_io(s, &got, 8, 0) || got != len || full_io(s, buf, bytes, 0))
-                    dist_fail(d, "rendezvous with %s:%s: the exchange broke off or sizes differ", host, port);
+                if (full_io(s, me, 8, 1) || full_io(s, &got, 8, 0) || got != len || full_io(s, buf, bytes, 0))
+                    dist_fail(d, "rendezvous with %s:%s: the exchange broke off, timed out or sizes differ (%s; is something other "
+                              "than train_clip's rank 0 on that port?)", host, port, strerror(errno));
                 close(s);
                 return;
             }
+            snprintf(last, sizeof(last), "%s", strerror(errno));
             if (s >= 0) close(s);
-            freeaddrinfo(res);
         }
-        if (waited_ms > timeout_ms) dist_fail(d, "rendezvous: rank 0 at %s:%s did not answer within %d s", host, port, timeout_ms / 1000);
+        if (!e) freeaddrinfo(res);
+        if (now_s() > deadline)
+            dist_fail(d, "rendezvous: rank 0 at %s:%s did not answer within %d s (last: %s)", host, port, timeout, last);
         usleep(100000);
     }
 }

@@ -3,8 +3,12 @@
 //   1. under MPI (mpirun / srun with PMI), when built with MPI: rank, world size and local rank from MPI;
 //   2. from the environment (torchrun / slurm-style): RANK, WORLD_SIZE, LOCAL_RANK (LOCAL_WORLD_SIZE), and a
 //      rendezvous for the bootstrap broadcast: TRAIN_CLIP_RENDEZVOUS=file:/shared/path (a fresh path per job)
-//      or tcp:HOST:PORT, or torchrun's MASTER_ADDR + MASTER_PORT;
-//   3. otherwise a single process (rank 0 of 1).
+//      or tcp:HOST:PORT (HOST a name or an IPv4 or IPv6 address, [::1] or ::1), or torchrun's MASTER_ADDR +
+//      MASTER_PORT (the rendezvous takes MASTER_PORT + 1). RANK is required with WORLD_SIZE > 1, and a
+//      variable that is set but empty is an error, never its default;
+//   3. otherwise a single process (rank 0 of 1), unless a launcher says it started several (OMPI_COMM_WORLD_SIZE,
+//      PMI_SIZE or srun's SLURM_STEP_NUM_TASKS above 1 without WORLD_SIZE: an error, as each would train alone).
+// So with MPI, MPI's ranks win over RANK / WORLD_SIZE; without it (or not started through it) WORLD_SIZE decides.
 // The bootstrap broadcast carries a small blob from rank 0 to all (the NCCL unique id). GPU collectives
 // then go through NCCL; CPU collectives (multi-process CPU training) need MPI.
 #pragma once

@@ -9,9 +9,10 @@
 # and without it if that build fails. SKIP_STEP_TEST=1 leaves out test_clip_gpu (the longest).
 #   bash scripts/multigpu_check.sh OUTDIR [N]
 set -u
+mkdir -p "${1:-.}" || exit 1
 out=$(realpath "${1:-.}")
 gpus=${2:-2}
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 export NCCL_NVLS_ENABLE=0
 bin=${BIN:-build/tests}
 if [ -z "${BIN:-}" ]; then

@@ -6,8 +6,11 @@
 #define _GNU_SOURCE  // sched_getaffinity, cpu_set_t
 #include <netinet/in.h>
 #include <omp.h>
+#include <fcntl.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -244,12 +247,146 @@ static void test_place_threads(void) {
     EXPECT(rc == 0, "local rank 1 of 2: %s (exit %d)", rc == 1 ? "not bound to the upper half of the CPUs" : "wrong OpenMP thread count", rc);
 }
 
+// ---------------------------------------------------------------- starts that must stop with one clear error
+
+// Every variable dist_init reads to learn how it was started: each start case clears them all, then sets its own.
+static const char *launch_vars[] = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "TRAIN_CLIP_RENDEZVOUS",
+                                    "TRAIN_CLIP_RENDEZVOUS_TIMEOUT", "MASTER_ADDR", "MASTER_PORT", "SLURM_LOCALID",
+                                    "SLURM_NTASKS_PER_NODE", "SLURM_STEP_NUM_TASKS", "MPI_LOCALNRANKS",
+                                    "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"};
+
+typedef struct {
+    const char *vars[10];  // "NAME=value", NULL-terminated
+    int broadcast;         // also take part in the bootstrap broadcast
+} Start;
+
+// In a child process: dist_init (and the broadcast) in exactly the case's environment; killed by SIGALRM after 15 s,
+// which the caller sees as exit code -1 (a hang).
+static void start_child(void *arg) {
+    const Start *s = arg;
+    for (size_t k = 0; k < sizeof(launch_vars) / sizeof(launch_vars[0]); k++) unsetenv(launch_vars[k]);
+    for (int k = 0; s->vars[k]; k++) {
+        char name[64];
+        const char *eq = strchr(s->vars[k], '=');
+        snprintf(name, sizeof(name), "%.*s", (int)(eq - s->vars[k]), s->vars[k]);
+        setenv(name, eq + 1, 1);
+    }
+    alarm(15);
+    if (!freopen("/dev/null", "w", stdout)) _exit(9);
+    Dist d;
+    dist_init(&d);
+    unsigned char buf[64] = {0};
+    if (s->broadcast) dist_broadcast(&d, buf, sizeof(buf));
+}
+
+// Runs the case; returns its exit code, its stderr in msg.
+static int start(const Start *s, char *msg, size_t cap) { return test_in_child(start_child, (void *)s, msg, cap); }
+
+// Environment values that cannot be a start: each stops with exit code 1 and a message naming the variable, at once.
+static void test_bad_environment(void) {
+    struct { Start s; const char *named; } cases[] = {
+        {{.vars = {"WORLD_SIZE=2", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, "RANK"},           // every process would be rank 0
+        {{.vars = {"WORLD_SIZE=2", "RANK=", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, "RANK"},  // RANK=$UNSET_VARIABLE
+        {{.vars = {"WORLD_SIZE=", "RANK="}}, "WORLD_SIZE"},
+        {{.vars = {"WORLD_SIZE=", "RANK=1"}}, "WORLD_SIZE"},
+        {{.vars = {"WORLD_SIZE=2", "RANK=abc", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, "RANK"},
+        {{.vars = {"WORLD_SIZE=2", "RANK=-1", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, "RANK"},
+        {{.vars = {"WORLD_SIZE=2", "RANK=1x", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, "RANK"},
+        {{.vars = {"WORLD_SIZE=2", "RANK=2", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, "RANK"},
+        {{.vars = {"WORLD_SIZE=two", "RANK=0"}}, "WORLD_SIZE"},
+        {{.vars = {"WORLD_SIZE=0", "RANK=0"}}, "WORLD_SIZE"},
+        {{.vars = {"WORLD_SIZE=4", "RANK=1", "LOCAL_RANK=2", "LOCAL_WORLD_SIZE=2", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, "LOCAL_RANK"},
+        {{.vars = {"WORLD_SIZE=4", "RANK=1", "LOCAL_RANK=", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, "LOCAL_RANK"},
+        {{.vars = {"WORLD_SIZE=2", "RANK=1"}}, "TRAIN_CLIP_RENDEZVOUS"},                     // no rendezvous
+        {{.vars = {"WORLD_SIZE=2", "RANK=1", "TRAIN_CLIP_RENDEZVOUS=nfs:/x"}}, "TRAIN_CLIP_RENDEZVOUS"},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        char msg[1024], env[256] = "";
+        for (int i = 0; cases[k].s.vars[i]; i++) snprintf(env + strlen(env), sizeof(env) - strlen(env), "%s ", cases[k].s.vars[i]);
+        time_t t0 = time(NULL);
+        int rc = start(&cases[k].s, msg, sizeof(msg));
+        EXPECT(rc == 1 && strstr(msg, cases[k].named) && time(NULL) - t0 < 5, "%s: exit %d after %ld s, want 1 and an error naming %s: %s",
+               env, rc, (long)(time(NULL) - t0), cases[k].named, msg);
+    }
+}
+
+// Rendezvous addresses that cannot work stop every rank at the start, naming the variable, rather than after the
+// rendezvous timeout (or never: rank 0 listened on a random port for "tcp:HOST:abc").
+static void test_bad_rendezvous(void) {
+    struct { const char *rendezvous, *addr, *port, *named; } cases[] = {
+        {"tcp:127.0.0.1:abc", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"},  {"tcp:127.0.0.1:0", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"},
+        {"tcp:127.0.0.1:65536", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"}, {"tcp:127.0.0.1:", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"},
+        {"tcp:127.0.0.1", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"},       {"tcp::29500", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"},
+        {"tcp:127.0.0.1:2950x", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"}, {"tcp:127.0.0.1:-5", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"},
+        {"tcp:[]:29500", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"},        {"file:", NULL, NULL, "TRAIN_CLIP_RENDEZVOUS"},
+        {NULL, "127.0.0.1", "65535", "MASTER_PORT"},                  {NULL, "", "29500", "MASTER_ADDR"},
+        {NULL, "127.0.0.1", "", "MASTER_PORT"},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        char r[64], a[64], p[64], msg[1024];
+        Start s = {.vars = {"WORLD_SIZE=2", "RANK=1"}};
+        snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=%s", cases[k].rendezvous);
+        snprintf(a, sizeof(a), "MASTER_ADDR=%s", cases[k].addr), snprintf(p, sizeof(p), "MASTER_PORT=%s", cases[k].port);
+        if (cases[k].rendezvous) s.vars[2] = r;
+        else s.vars[2] = a, s.vars[3] = p;
+        int rc = start(&s, msg, sizeof(msg));
+        EXPECT(rc == 1 && strstr(msg, cases[k].named), "%s %s: exit %d, want 1 naming %s: %s", s.vars[2], s.vars[3] ? s.vars[3] : "",
+               rc, cases[k].named, msg);
+    }
+}
+
+// A launcher that started several processes without telling them their ranks (srun without --mpi and without RANK,
+// or a build without MPI under mpirun or an MPI launcher): each would train alone on the same data, so each stops
+// naming the launcher's variable. WORLD_SIZE in the environment is a start from it, whichever launcher ran it.
+static void test_launcher_without_ranks(void) {
+    struct { Start s; int rc; const char *named; } cases[] = {
+        {{.vars = {"SLURM_STEP_NUM_TASKS=4"}}, 1, "SLURM_STEP_NUM_TASKS"},
+        {{.vars = {"SLURM_STEP_NUM_TASKS=1"}}, 0, ""},
+        {{.vars = {"SLURM_STEP_NUM_TASKS=4", "WORLD_SIZE=4", "RANK=1", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, 0, ""},
+#ifndef HAVE_MPI  // with MPI these start through MPI
+        {{.vars = {"PMI_SIZE=2"}}, 1, "PMI_SIZE"},
+        {{.vars = {"OMPI_COMM_WORLD_SIZE=2"}}, 1, "OMPI_COMM_WORLD_SIZE"},
+        {{.vars = {"OMPI_COMM_WORLD_SIZE=2", "WORLD_SIZE=2", "RANK=1", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, 0, ""},
+#endif
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        char msg[1024];
+        int rc = start(&cases[k].s, msg, sizeof(msg));
+        EXPECT(rc == cases[k].rc && strstr(msg, cases[k].named), "%s%s: exit %d, want %d%s%s: %s", cases[k].s.vars[0],
+               cases[k].s.vars[1] ? " WORLD_SIZE=..." : "", rc, cases[k].rc, *cases[k].named ? " naming " : "", cases[k].named, msg);
+    }
+}
+
+// A start the environment describes: dist_init's ranks, in a child (its exit code: 0 = as expected).
+static void test_good_environment(void) {
+    Start s = {.vars = {"WORLD_SIZE=4", "RANK=3", "LOCAL_RANK=1", "LOCAL_WORLD_SIZE=2", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}};
+    char msg[1024];
+    int rc = start(&s, msg, sizeof(msg));
+    EXPECT(rc == 0, "WORLD_SIZE=4 RANK=3 LOCAL_RANK=1 LOCAL_WORLD_SIZE=2: exit %d: %s", rc, msg);
+}
+
 static void test_file_rendezvous(void) {
     char path[128];
     snprintf(path, sizeof(path), "file:%s", test_path("rendezvous"));
     int rc[8];
     int ok = run_world(4, 4, path, rc);
     EXPECT(ok == 4, "%d of 4 ranks got the broadcast (exit codes %d %d %d %d)", ok, rc[0], rc[1], rc[2], rc[3]);
+}
+
+// A rendezvous file left by an earlier run (older than this process): not read, and the timeout's error says it is
+// there and stale rather than that rank 0 did not write it. One from another job's world: an error naming it.
+static void test_file_rendezvous_leftovers(void) {
+    char r[600], msg[1024];
+    snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=file:%s", test_path("old"));
+    put("old.0", "train_clip rendezvous world=2 bytes=64\n0123456789012345678901234567890123456789012345678901234567890123");
+    struct timespec times[2] = {{.tv_sec = time(NULL) - 3600}, {.tv_sec = time(NULL) - 3600}};
+    if (utimensat(AT_FDCWD, test_path("old.0"), times, 0)) fatal("utimensat: %s", strerror(errno));
+    Start s = {.vars = {"WORLD_SIZE=2", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=1"}, .broadcast = 1};
+    int rc = start(&s, msg, sizeof(msg));
+    EXPECT(rc == 1 && strstr(msg, "older than"), "a stale rendezvous file: exit %d, want 1 and an error saying it is stale: %s", rc, msg);
+    put("old.0", "train_clip rendezvous world=4 bytes=64\n0123456789012345678901234567890123456789012345678901234567890123");
+    rc = start(&s, msg, sizeof(msg));
+    EXPECT(rc == 1 && strstr(msg, "world 4"), "another job's rendezvous file: exit %d, want 1 naming its world 4: %s", rc, msg);
 }
 
 static int free_port(void) {
@@ -270,6 +407,43 @@ static void test_tcp_rendezvous(void) {
     EXPECT(ok == 3, "%d of 3 ranks got the broadcast (exit codes %d %d %d)", ok, rc[0], rc[1], rc[2]);
 }
 
+// Rank 0's address as a name or an IPv6 address: tcp:[::1]:PORT, torchrun's MASTER_ADDR=::1 (tcp:::1:PORT) and
+// tcp:localhost:PORT. Skipped where this machine has no IPv6 loopback.
+static void test_tcp_rendezvous_addresses(void) {
+    int v6 = socket(AF_INET6, SOCK_STREAM, 0);
+    struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    int have_v6 = v6 >= 0 && bind(v6, (struct sockaddr *)&a, sizeof(a)) == 0;
+    if (v6 >= 0) close(v6);
+    const char *forms[] = {"tcp:localhost:%d", "tcp:[::1]:%d", "tcp:::1:%d"};
+    for (int k = 0; k < (have_v6 ? 3 : 1); k++) {
+        char addr[64];
+        snprintf(addr, sizeof(addr), forms[k], free_port());
+        int rc[8];
+        int ok = run_world(2, 2, addr, rc);
+        EXPECT(ok == 2, "%s: %d of 2 ranks got the broadcast (exit codes %d %d)", addr, ok, rc[0], rc[1]);
+    }
+    if (!have_v6 && !test_failed_checks) SKIP("no IPv6 loopback here: only tcp:localhost tried");
+}
+
+// A rank of another job (another world size) that reaches this job's rank 0 (two jobs given one port): rank 0 stops
+// naming it, rather than hand it this job's id.
+static void test_tcp_rendezvous_other_job(void) {
+    char r[64], msg[1024];
+    snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=tcp:127.0.0.1:%d", free_port());
+    pid_t pid = fork();
+    if (pid == 0) {  // rank 1 of a world of 3
+        Start other = {.vars = {"WORLD_SIZE=3", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=3"}, .broadcast = 1};
+        if (!freopen("/dev/null", "w", stderr)) _exit(9);
+        start_child(&other);
+        _exit(0);
+    }
+    Start s = {.vars = {"WORLD_SIZE=2", "RANK=0", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=3"}, .broadcast = 1};
+    int rc = start(&s, msg, sizeof(msg)), st;
+    waitpid(pid, &st, 0);
+    EXPECT(rc == 1 && strstr(msg, "world of 3"), "rank 0 of 2 reached by rank 1 of 3: exit %d, want 1 naming the world of 3: %s", rc, msg);
+    EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 1, "rank 1 of 3 did not stop with an error (status %d)", st);
+}
+
 static void test_missing_peer_fails_fast(void) {
     char addr[64];
     snprintf(addr, sizeof(addr), "tcp:127.0.0.1:%d", free_port());
@@ -278,6 +452,157 @@ static void test_missing_peer_fails_fast(void) {
     int ok = run_world(3, 2, addr, rc);  // rank 2 never starts
     EXPECT(ok == 1 && rc[0] == 1, "rank 0 should fail (exit 1) waiting for rank 2: exit codes %d %d", rc[0], rc[1]);
     EXPECT(time(NULL) - t0 < 20, "took %ld s: the timeout was not honoured", (long)(time(NULL) - t0));
+}
+
+// Something on the rendezvous port that is not a train_clip rank 0: a listener that never answers (a rank connects,
+// sends its number and waits for the id) and one whose queue is full (the connect itself waits: Linux retries the
+// SYN for about two minutes). Either way the rank stops with an error within about its timeout, never hangs.
+static void test_rendezvous_no_answer(void) {
+    for (int full = 0; full < 2; full++) {
+        int l = socket(AF_INET, SOCK_STREAM, 0), c = -1;
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t len = sizeof(a);
+        if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) || listen(l, 0) || getsockname(l, (struct sockaddr *)&a, &len))
+            fatal("listener: %s", strerror(errno));
+        if (full && ((c = socket(AF_INET, SOCK_STREAM, 0)) < 0 || connect(c, (struct sockaddr *)&a, sizeof(a))))
+            fatal("filling the listener's queue: %s", strerror(errno));
+        char r[64], msg[1024];
+        snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=tcp:127.0.0.1:%d", ntohs(a.sin_port));
+        Start s = {.vars = {"WORLD_SIZE=2", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=2"}, .broadcast = 1};
+        time_t t0 = time(NULL);
+        int rc = start(&s, msg, sizeof(msg));
+        EXPECT(rc == 1 && time(NULL) - t0 <= 6, "rank 1 with %s rank 0: exit %d after %ld s (-1: hung), want 1 within the 2 s timeout: %s",
+               full ? "a full queue at" : "a silent", rc, (long)(time(NULL) - t0), msg);
+        close(l);
+        if (c >= 0) close(c);
+    }
+}
+
+// Rank 0 with a connection that never sends its rank (not a train_clip rank): an error within about the timeout.
+static void test_rendezvous_silent_peer(void) {
+    int port = free_port();
+    pid_t pid = fork();
+    if (pid == 0) {  // connects as soon as rank 0 listens, then says nothing
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        for (int k = 0; k < 200; k++) {
+            int c = socket(AF_INET, SOCK_STREAM, 0);
+            if (c >= 0 && connect(c, (struct sockaddr *)&a, sizeof(a)) == 0) sleep(30), _exit(0);
+            if (c >= 0) close(c);
+            usleep(50000);
+        }
+        _exit(1);
+    }
+    char r[64], msg[1024];
+    snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=tcp:127.0.0.1:%d", port);
+    Start s = {.vars = {"WORLD_SIZE=2", "RANK=0", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=2"}, .broadcast = 1};
+    time_t t0 = time(NULL);
+    int rc = start(&s, msg, sizeof(msg));
+    kill(pid, SIGKILL), waitpid(pid, NULL, 0);
+    EXPECT(rc == 1 && time(NULL) - t0 <= 6, "rank 0 with a silent connection: exit %d after %ld s (-1: hung), want 1 within the 2 s timeout: %s",
+           rc, (long)(time(NULL) - t0), msg);
+}
+
+// ---------------------------------------------------------------- launch scripts
+// Each script is copied into a scratch tree beside stand-ins (mpirun, nvidia-smi, ldd, run_local.sh, train_clip)
+// that write down how they were called, so that no launcher or training really starts.
+
+static void stub(const char *name, const char *body) {
+    put(name, body);
+    if (chmod(test_path(name), 0755)) fatal("chmod %s: %s", test_path(name), strerror(errno));
+}
+
+// The shell command's exit code (-1: it did not exit).
+static int sh(const char *cmd) {
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+// A scratch file's text ("" when there is none), in one of 4 rotating buffers.
+static const char *text_of(const char *name) {
+    static char bufs[4][4096];
+    static int k;
+    char *buf = bufs[k++ % 4];
+    FILE *f = fopen(test_path(name), "r");
+    size_t n = f ? fread(buf, 1, sizeof(bufs[0]) - 1, f) : 0;
+    if (f) fclose(f);
+    buf[n] = 0;
+    return buf;
+}
+
+// train_multi_node.sh hosts h14: the config that exists (configs/vit_h_14.conf), one rank per GPU of each host line
+// (comments and blank lines are not hosts), a hostfile path relative to where it was started.
+static void test_multi_node_script(void) {
+    put("mn/hosts", "# two nodes of 8 GPUs\nnode01 slots=8\n\nnode02 slots=8\n");
+    stub("mn/tree/bin/mpirun", "#!/bin/sh\necho \"mpirun $*\" > \"$CALLS\"\n");
+    char cmd[2048], want[600];
+    snprintf(cmd, sizeof(cmd), "mkdir -p %s/scripts %s/configs && cp scripts/train_multi_node.sh %s/scripts/ && cp configs/vit_h_14.conf "
+             "%s/configs/ && cd %s && PATH=\"$PWD/tree/bin:$PATH\" CALLS=$PWD/calls bash tree/scripts/train_multi_node.sh hosts h14 "
+             "--set steps=1 2>%s", test_path("mn/tree"), test_path("mn/tree"), test_path("mn/tree"), test_path("mn/tree"), test_path("mn"),
+             test_path("mn/err"));
+    int rc = sh(cmd);
+    const char *calls = text_of("mn/calls");
+    snprintf(want, sizeof(want), "--hostfile %s ", test_path("mn/hosts"));
+    EXPECT(rc == 0 && strstr(calls, " -np 16 ") && strstr(calls, want) && strstr(calls, "-c configs/vit_h_14.conf ") &&
+           strstr(calls, "--set steps=1"), "exit %d, mpirun called as: %s (stderr: %s)", rc, calls, text_of("mn/err"));
+    put("mn/empty", "# nothing\n");
+    snprintf(cmd, sizeof(cmd), "cd %s && rm -f calls && PATH=\"$PWD/tree/bin:$PATH\" CALLS=$PWD/calls bash tree/scripts/train_multi_node.sh "
+             "empty h14 2>/dev/null", test_path("mn"));
+    rc = sh(cmd);
+    EXPECT(rc != 0 && !*text_of("mn/calls"), "a hostfile without hosts: exit %d, mpirun called as: %s", rc, text_of("mn/calls"));
+}
+
+// train_one_node.sh h14: mpirun when it is there and ./train_clip is built with MPI (ldd lists libmpi), else
+// run_local.sh; the GPUs nvidia-smi lists (MIG lines are not GPUs); none listed is an error, not "-np 0".
+static void test_one_node_script(void) {
+    stub("on/scripts/run_local.sh", "#!/bin/sh\necho \"run_local $*\" > \"$CALLS\"\n");
+    stub("on/train_clip", "#!/bin/sh\n");
+    stub("on/bin/mpirun", "#!/bin/sh\necho \"mpirun $*\" > \"$CALLS\"\n");
+    stub("on/bin/ldd", "#!/bin/sh\n[ \"$MPI\" = 1 ] && echo '\tlibmpi.so.40 => /usr/lib/libmpi.so.40'\nexit 0\n");
+    stub("on/bin/nvidia-smi", "#!/bin/sh\ni=0\nwhile [ $i -lt $GPUS ]; do echo \"GPU $i: NVIDIA H100 (UUID: GPU-$i)\"; "
+         "echo \"  MIG 1g.10gb Device 0: (UUID: MIG-$i)\"; i=$((i + 1)); done\n");
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "mkdir -p %s && cp scripts/train_one_node.sh %s/", test_path("on/scripts"), test_path("on/scripts"));
+    EXPECT(sh(cmd) == 0, "%s failed", cmd);
+    struct { const char *env, *args; int rc; const char *want; } cases[] = {
+        {"GPUS=2 MPI=1", "h14", 0, "mpirun"},  {"GPUS=2 MPI=0", "h14", 0, "run_local 2 ./train_clip -c configs/vit_h_14.conf"},
+        {"GPUS=2 MPI=1", "h14 --set x=1", 0, " -np 2 "}, {"GPUS=2 MPI=1", "b16 4 --set x=1", 0, " -np 4 "},
+        {"GPUS=0 MPI=1", "h14", 2, ""},      {"GPUS=2 MPI=1", "h14 x4", 2, ""},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        snprintf(cmd, sizeof(cmd), "cd %s && rm -f calls && PATH=\"$PWD/bin:$PATH\" CALLS=$PWD/calls %s bash scripts/train_one_node.sh %s 2>err",
+                 test_path("on"), cases[k].env, cases[k].args);
+        int rc = sh(cmd);
+        const char *calls = text_of("on/calls");
+        EXPECT(rc == cases[k].rc && (*cases[k].want ? strstr(calls, cases[k].want) != NULL : !*calls),
+               "%s train_one_node.sh %s: exit %d (want %d), called: \"%s\" (want \"%s\"); stderr: %s", cases[k].env, cases[k].args, rc,
+               cases[k].rc, calls, cases[k].want, text_of("on/err"));
+    }
+}
+
+// run_local.sh: N must be a count of 1 or more; Ctrl-C or a TERM to the script reaches the ranks (they run in
+// the background, where a script's children ignore SIGINT) and the script waits for them.
+static void test_run_local_script(void) {
+    const char *bad[] = {"0", "x", "08", "-1", "''"};
+    for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+        char cmd[256];
+        snprintf(cmd, sizeof(cmd), "bash scripts/run_local.sh %s true 2>/dev/null", bad[k]);
+        int rc = sh(cmd);
+        EXPECT(rc == 2, "run_local.sh %s true: exit %d, want 2 (usage)", bad[k], rc);
+    }
+    for (int k = 0; k < 2; k++) {
+        char cmd[1024];
+        const char *pids = test_path(k ? "rl_pids_int" : "rl_pids_term");
+        // the ranks write their process ids and sleep; the script gets the signal; then no rank may be left. Job control
+        // (set -m) so that the script, started in the background, does not ignore SIGINT as it would without.
+        snprintf(cmd, sizeof(cmd), "bash -c 'set -m; bash scripts/run_local.sh 2 sh -c \"echo \\$\\$ >> %s; exec sleep 30\" & p=$!; "
+                 "for i in $(seq 100); do [ \"$(cat %s 2>/dev/null | wc -l)\" = 2 ] && break; sleep 0.1; done; sleep 0.2; kill -%s $p; "
+                 "wait $p; left=0; for q in $(cat %s); do if kill -0 $q 2>/dev/null; then left=1; kill $q; fi; done; exit $left' 2>/dev/null",
+                 pids, pids, k ? "INT" : "TERM", pids);
+        time_t t0 = time(NULL);
+        int rc = sh(cmd);
+        EXPECT(rc == 0 && time(NULL) - t0 < 10, "run_local.sh sent SIG%s: %s after %ld s", k ? "INT" : "TERM",
+               rc ? "its ranks were left running" : "they stopped", (long)(time(NULL) - t0));
+    }
 }
 
 static const char *expand_cat(const char *path) {
@@ -309,9 +634,21 @@ int main(int argc, char **argv) {
     RUN(test_cgroup_here);
     RUN(test_cpu_placement);
     RUN(test_place_threads);
+    RUN(test_bad_environment);
+    RUN(test_good_environment);
+    RUN(test_launcher_without_ranks);
+    RUN(test_bad_rendezvous);
     RUN(test_file_rendezvous);
+    RUN(test_file_rendezvous_leftovers);
     RUN(test_tcp_rendezvous);
+    RUN(test_tcp_rendezvous_addresses);
+    RUN(test_tcp_rendezvous_other_job);
     RUN(test_missing_peer_fails_fast);
+    RUN(test_rendezvous_no_answer);
+    RUN(test_rendezvous_silent_peer);
     RUN(test_mpi_start);
+    RUN(test_multi_node_script);
+    RUN(test_one_node_script);
+    RUN(test_run_local_script);
     TEST_EXIT();
 }
