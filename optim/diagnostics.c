@@ -1,6 +1,7 @@
 // diagnostics.c: RMS history of watched tensors, the loss-spike detector and the JSON-lines step log.
 #include "diagnostics.h"
 
+#include <errno.h>
 #include <math.h>
 #include <string.h>
 
@@ -43,6 +44,13 @@ int diag_rms_argmax(const Diagnostics *d, const float *rms) {
     return imax;
 }
 
+// A number as JSON has it: a non-finite value (a skipped step's loss or gradient norm) is null, not nan or inf.
+static void json_num(FILE *f, const char *key, const char *fmt, double v) {
+    fprintf(f, "%s", key);
+    if (isfinite(v)) fprintf(f, fmt, v);
+    else fprintf(f, "null");
+}
+
 // The spike event: the watched tensors' RMS over the steps before the spike, oldest first.
 static void write_spike(const Diagnostics *d, FILE *f, const StepRecord *r) {
     fprintf(f, "{\"event\":\"spike\",\"step\":%ld,\"loss\":%.6g,\"reference\":%.6g,\"steps_before\":[", r->step, r->loss, d->reference);
@@ -71,17 +79,28 @@ int diag_step(Diagnostics *d, FILE *f, const StepRecord *r, const float *rms) {
         }
     }
     const ClipLayout *L = d->layout;
-    int imax = diag_rms_argmax(d, rms);
-    fprintf(f,
-            "{\"step\":%ld,\"samples\":%ld,\"loss\":%.6g,\"lr\":%.6g,\"logit_scale\":%.6g,\"grad_norm\":%.6g,\"step_s\":%.4g,"
-            "\"img_per_s\":%.4g,\"data_wait_s\":%.4g",
-            r->step, r->samples, r->loss, r->lr, r->logit_scale, r->grad_norm, r->step_s, r->img_per_s, r->data_wait_s);
+    fprintf(f, "{\"step\":%ld,\"samples\":%ld", r->step, r->samples);
+    json_num(f, ",\"loss\":", "%.6g", r->loss), json_num(f, ",\"lr\":", "%.6g", r->lr);
+    json_num(f, ",\"logit_scale\":", "%.6g", r->logit_scale), json_num(f, ",\"grad_norm\":", "%.6g", r->grad_norm);
+    json_num(f, ",\"step_s\":", "%.4g", r->step_s), json_num(f, ",\"img_per_s\":", "%.4g", r->img_per_s);
+    json_num(f, ",\"data_wait_s\":", "%.4g", r->data_wait_s);
     if (r->skipped) fprintf(f, ",\"skipped\":\"non-finite\"");
     if (spike) fprintf(f, ",\"spike\":true");
-    fprintf(f, ",\"rms_max\":%.4g,\"rms_max_tensor\":\"%s\",\"rms\":{", rms[imax], L->tensors[imax].name);
-    for (int w = 0; w < d->num_watch; w++) fprintf(f, "%s\"%s\":%.4g", w ? "," : "", L->tensors[d->watch[w]].name, rms[d->watch[w]]);
+    if (r->skipped) {  // the optimizer did not run: rms still holds the step before's, which this step has none of
+        fprintf(f, ",\"rms_max\":null,\"rms_max_tensor\":null,\"rms\":{");
+        for (int w = 0; w < d->num_watch; w++) fprintf(f, "%s\"%s\":null", w ? "," : "", L->tensors[d->watch[w]].name);
+    } else {
+        int imax = diag_rms_argmax(d, rms);
+        json_num(f, ",\"rms_max\":", "%.4g", rms[imax]);
+        fprintf(f, ",\"rms_max_tensor\":\"%s\",\"rms\":{", L->tensors[imax].name);
+        for (int w = 0; w < d->num_watch; w++) {
+            fprintf(f, "%s\"%s\":", w ? "," : "", L->tensors[d->watch[w]].name);
+            json_num(f, "", "%.4g", rms[d->watch[w]]);
+        }
+    }
     fprintf(f, "}}\n");
-    fflush(f);
+    if (fflush(f) != 0 || ferror(f)) fatal("writing the step log failed: %s", strerror(errno));
+    if (r->skipped) return spike;
     // this step's RMS joins the history after the spike test, so an event shows the steps before it
     for (int w = 0; w < d->num_watch; w++) d->history[d->pos][w] = rms[d->watch[w]];
     d->history_step[d->pos] = r->step;

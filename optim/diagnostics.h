@@ -2,7 +2,8 @@
 // RMS (sqrt(mean(g^2 / u))) of watched tensors is kept for the last RMS_HISTORY steps; a loss spike (loss
 // above spike_factor x a running reference) is logged as an event carrying that history, so the paper's
 // finding -- spikes follow 1-8 steps after the patch embedding's RMS jumps well above 1 -- can be read
-// off the log directly. Every step is one JSON line in <run_dir>/log.jsonl.
+// off the log directly. Every step is one JSON line in <run_dir>/log.jsonl (a non-finite number is null; a
+// skipped step has null RMS fields and stays out of the RMS history).
 #pragma once
 #include <stdio.h>
 

@@ -7,6 +7,89 @@
 #include "../optim/diagnostics.h"
 #include "test.h"
 
+// ---------------------------------------------------------------- a strict JSON checker (RFC 8259: no nan, inf, NaN)
+
+static const char *json_value(const char *p);
+
+static const char *json_ws(const char *p) {
+    while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
+    return p;
+}
+
+static const char *json_string(const char *p) {
+    if (*p++ != '"') return NULL;
+    for (; *p != '"'; p++) {
+        if ((unsigned char)*p < 0x20) return NULL;
+        if (*p == '\\' && (!*++p || !strchr("\"\\/bfnrtu", *p))) return NULL;
+    }
+    return p + 1;
+}
+
+static const char *json_number(const char *p) {
+    const char *s = p;
+    if (*p == '-') p++;
+    if (*p == '0') p++;
+    else if (*p >= '1' && *p <= '9') while (*p >= '0' && *p <= '9') p++;
+    else return NULL;
+    if (*p == '.') {
+        if (*++p < '0' || *p > '9') return NULL;
+        while (*p >= '0' && *p <= '9') p++;
+    }
+    if (*p == 'e' || *p == 'E') {
+        if (*++p == '+' || *p == '-') p++;
+        if (*p < '0' || *p > '9') return NULL;
+        while (*p >= '0' && *p <= '9') p++;
+    }
+    return p > s ? p : NULL;
+}
+
+static const char *json_value(const char *p) {
+    p = json_ws(p);
+    if (*p == '{' || *p == '[') {
+        char close = *p == '{' ? '}' : ']';
+        p = json_ws(p + 1);
+        if (*p == close) return p + 1;
+        for (;;) {
+            if (close == '}') {
+                if (!(p = json_string(json_ws(p)))) return NULL;
+                if (*(p = json_ws(p)) != ':') return NULL;
+                p++;
+            }
+            if (!(p = json_value(p))) return NULL;
+            p = json_ws(p);
+            if (*p == close) return p + 1;
+            if (*p++ != ',') return NULL;
+        }
+    }
+    if (*p == '"') return json_string(p);
+    for (const char *lit[3] = {"true", "false", "null"}, **l = lit; l < lit + 3; l++)
+        if (!strncmp(p, *l, strlen(*l))) return p + strlen(*l);
+    return json_number(p);
+}
+
+// 1 if every line of buf is one complete JSON object; else 0 and the first bad line in bad
+static int json_lines_valid(const char *buf, char *bad, size_t cap) {
+    for (const char *line = buf; *line;) {
+        const char *nl = strchr(line, '\n');
+        size_t len = nl ? (size_t)(nl - line) : strlen(line);
+        char *copy = strndup(line, len);
+        const char *end = *json_ws(copy) == '{' ? json_value(copy) : NULL;
+        int ok = nl && end && *json_ws(end) == '\0';
+        if (!ok) snprintf(bad, cap, "%s", copy);
+        free(copy);
+        if (!ok) return 0;
+        line += len + 1;
+    }
+    return 1;
+}
+
+static void test_json_checker(void) {
+    char bad[256];
+    EXPECT(json_lines_valid("{\"a\":1.5e-3,\"b\":[true,null,\"x\\\"y\"],\"c\":{}}\n", bad, sizeof(bad)), "valid line refused");
+    const char *invalid[] = {"{\"a\":nan}\n", "{\"a\":-nan}\n", "{\"a\":inf}\n", "{\"a\":NaN}\n", "{\"a\":1}", "{\"a\":1,}\n", "{\"a\":1}}\n"};
+    for (int i = 0; i < 7; i++) EXPECT(!json_lines_valid(invalid[i], bad, sizeof(bad)), "invalid line %d accepted", i);
+}
+
 static void test_spike_event_carries_rms_history(void) {
     Config c;
     config_load(&c, "configs/tiny.conf");
@@ -34,6 +117,43 @@ static void test_spike_event_carries_rms_history(void) {
     EXPECT(ev != NULL, "no spike event line for step 50");
     EXPECT(ev && strstr(ev, "\"steps_before\":[40,41,42,43,44,45,46,47,48,49]"), "event lacks the 10 steps before");
     EXPECT(ev && strstr(ev, "\"visual.conv1.weight\":[0.9,0.9,0.9,0.9,0.9,0.9,0.9,4,5,6]"), "event lacks the patch RMS history: %.300s", ev ? ev : "");
+    free(buf), free(rms);
+    clip_layout_free(&L);
+}
+
+// A skipped step (non-finite loss or gradient norm) and a step timed at 0 s: every line stays JSON (null, not nan/inf),
+// the skipped step reports no RMS (the optimizer did not run: opt.rms still holds the step before's) and stays out
+// of the RMS history a later spike event shows.
+static void test_non_finite_values_stay_json(void) {
+    Config c;
+    config_load(&c, "configs/tiny.conf");
+    ClipLayout L;
+    clip_layout_build(&L, &c);
+    Diagnostics d;
+    diag_init(&d, &c, &L);
+    float *rms = callocCheck((size_t)L.num_tensors, sizeof(float));
+    char *buf = NULL, bad[4096];
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    for (long step = 1; step <= 30; step++) {
+        rms[d.watch[0]] = (float)step;
+        StepRecord r = {step, step * 8, 2.0f, 1e-3f, 14.f, 1.f, 0.1, 80, 0, 0};
+        if (step == 25) r.loss = NAN, r.grad_norm = NAN, r.skipped = 1;
+        if (step == 26) r.grad_norm = INFINITY, r.skipped = 1;
+        if (step == 27) r.loss = -INFINITY, r.skipped = 1;
+        if (step == 6) r.step_s = 0, r.img_per_s = INFINITY;
+        if (step == 30) r.loss = 9.0f;  // a spike: its event lists the steps before
+        diag_step(&d, f, &r, rms);
+    }
+    fclose(f);
+    EXPECT(json_lines_valid(buf, bad, sizeof(bad)), "a log line is not JSON: %.300s", bad);
+    const char *s25 = strstr(buf, "{\"step\":25,");
+    EXPECT(s25 && strstr(s25, "\"loss\":null,") && strstr(s25, "\"grad_norm\":null,"), "step 25: %.200s", s25 ? s25 : "(none)");
+    EXPECT(s25 && strstr(s25, "\"rms_max\":null,\"rms_max_tensor\":null,") && strstr(s25, "\"visual.conv1.weight\":null"),
+           "the skipped step 25 logs an RMS: %.400s", s25 ? s25 : "(none)");
+    const char *ev = strstr(buf, "{\"event\":\"spike\",\"step\":30,");
+    EXPECT(ev && strstr(ev, "\"steps_before\":[17,18,19,20,21,22,23,24,28,29]") &&
+           strstr(ev, "\"visual.conv1.weight\":[17,18,19,20,21,22,23,24,28,29]"), "event: %.300s", ev ? ev : "(none)");
     free(buf), free(rms);
     clip_layout_free(&L);
 }
@@ -70,7 +190,9 @@ static void test_full_disk_keeps_previous_checkpoint(void) {
 }
 
 int main(void) {
+    RUN(test_json_checker);
     RUN(test_spike_event_carries_rms_history);
+    RUN(test_non_finite_values_stay_json);
     RUN(test_unwritable_run_dir_is_a_clear_error);
     RUN(test_full_disk_keeps_previous_checkpoint);
     TEST_EXIT();
