@@ -372,19 +372,21 @@ int main(int argc, char **argv) {
         printf("resumed from step %ld (%s)\n", start, cfg.resume);
     }
     snprintf(path, sizeof(path), "%s/log.jsonl", cfg.run_dir);
-    FILE *step_log = fopenCheck(rank == 0 ? path : "/dev/null", start > 0 || eval_only ? "a" : "w");
     TbWriter tb_writer, *tb = NULL;  // rank 0's; a resumed run adds a file, TensorBoard merges them
     if (cfg.tensorboard && rank == 0) tb_open(&tb_writer, cfg.run_dir), tb = &tb_writer;
     if (eval_only) {
-        run_eval(&cfg, &model, step_log, tb, start);
+        FILE *eval_log = fopenCheck(rank == 0 ? path : "/dev/null", "a");
+        run_eval(&cfg, &model, eval_log, tb, start);
         if (tb) tb_close(tb);
-        fcloseCheck(step_log);
+        fcloseCheck(eval_log);
         clip_model_free(&model);
         ranks_finalize(&dist);
         return 0;
     }
     Diagnostics diag;
     diag_init(&diag, &cfg, L);
+    // a resumed run drops the records logged after its checkpoint and continues the spike detector from the log
+    FILE *step_log = rank == 0 ? diag_open_log(&diag, path, start) : fopenCheck("/dev/null", "w");
     int tty = isatty(fileno(stdout));
 
     signal(SIGTERM, on_signal);

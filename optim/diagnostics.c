@@ -3,7 +3,9 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../model/utils.h"
 
@@ -59,10 +61,24 @@ static void write_spike(const Diagnostics *d, FILE *f, const StepRecord *r) {
     fprintf(f, "],\"rms_before\":{");
     for (int w = 0; w < d->num_watch; w++) {
         fprintf(f, "%s\"%s\":[", w ? "," : "", d->layout->tensors[d->watch[w]].name);
-        for (int k = 0; k < n; k++) fprintf(f, "%s%.4g", k ? "," : "", d->history[(first + k) % RMS_HISTORY][w]);
+        for (int k = 0; k < n; k++) json_num(f, k ? "," : "", "%.4g", d->history[(first + k) % RMS_HISTORY][w]);
         fprintf(f, "]");
     }
     fprintf(f, "}}\n");
+}
+
+// A loss that is not a spike joins the reference (an EMA of the loss over non-spike steps).
+static void reference_add(Diagnostics *d, double loss) {
+    d->reference = d->observed == 0 ? loss : 0.95 * d->reference + 0.05 * loss;
+    d->observed++;
+}
+
+// An applied step's RMS of the watched tensors (value[w] for watch[w]) joins the history.
+static void history_add(Diagnostics *d, long step, const float *value) {
+    for (int w = 0; w < d->num_watch; w++) d->history[d->pos][w] = value[w];
+    d->history_step[d->pos] = step;
+    d->pos = (d->pos + 1) % RMS_HISTORY;
+    if (d->filled < RMS_HISTORY) d->filled++;
 }
 
 int diag_step(Diagnostics *d, FILE *f, const StepRecord *r, const float *rms) {
@@ -74,8 +90,7 @@ int diag_step(Diagnostics *d, FILE *f, const StepRecord *r, const float *rms) {
             d->spikes++;
             write_spike(d, f, r);
         } else {
-            d->reference = d->observed == 0 ? r->loss : 0.95 * d->reference + 0.05 * r->loss;
-            d->observed++;
+            reference_add(d, r->loss);
         }
     }
     const ClipLayout *L = d->layout;
@@ -102,9 +117,55 @@ int diag_step(Diagnostics *d, FILE *f, const StepRecord *r, const float *rms) {
     if (fflush(f) != 0 || ferror(f)) fatal("writing the step log failed: %s", strerror(errno));
     if (r->skipped) return spike;
     // this step's RMS joins the history after the spike test, so an event shows the steps before it
-    for (int w = 0; w < d->num_watch; w++) d->history[d->pos][w] = rms[d->watch[w]];
-    d->history_step[d->pos] = r->step;
-    d->pos = (d->pos + 1) % RMS_HISTORY;
-    if (d->filled < RMS_HISTORY) d->filled++;
+    float value[MAX_WATCH];
+    for (int w = 0; w < d->num_watch; w++) value[w] = rms[d->watch[w]];
+    history_add(d, r->step, value);
     return spike;
+}
+
+// One step record of an earlier run's log, as diag_step would have taken it: a spike (its "spike" flag) counts,
+// another finite loss joins the reference, and an applied step's watched RMS joins the history (a tensor the
+// record lacks, watched only now, as NaN: null in an event).
+static void replay(Diagnostics *d, const char *line) {
+    if (strstr(line, "\"skipped\":")) return;
+    const char *l = strstr(line, "\"loss\":"), *rms = strstr(line, "\"rms\":{");
+    double loss = l ? strtod(l + 7, NULL) : NAN;
+    if (!isfinite(loss)) return;
+    if (strstr(line, "\"spike\":true")) d->spikes++;
+    else reference_add(d, loss);
+    float value[MAX_WATCH];
+    char key[sizeof(d->layout->tensors[0].name) + 4];
+    for (int w = 0; w < d->num_watch; w++) {
+        snprintf(key, sizeof(key), "\"%s\":", d->layout->tensors[d->watch[w]].name);
+        const char *v = rms ? strstr(rms, key) : NULL;
+        value[w] = v ? (float)strtod(v + strlen(key), NULL) : NAN;
+    }
+    history_add(d, strtol(line + 8, NULL, 10), value);
+}
+
+FILE *diag_open_log(Diagnostics *d, const char *path, long start) {
+    if (start <= 0) return fopenCheck(path, "w");
+    FILE *f = fopen(path, "r+");
+    if (!f && errno == ENOENT) return fopenCheck(path, "a");
+    if (!f) fatal("cannot open the step log %s: %s", path, strerror(errno));
+    char *line = NULL;
+    size_t cap = 0;
+    long keep = 0;
+    for (ssize_t len; (len = getline(&line, &cap, f)) > 0; keep += len) {
+        if (line[len - 1] != '\n' || line[0] != '{') break;  // the last line, cut by a crash
+        const char *s = strstr(line, "\"step\":");
+        if (s && strtol(s + 7, NULL, 10) > start) break;   // written after the checkpoint: this run writes it again
+        if (strncmp(line, "{\"step\":", 8) == 0) replay(d, line);
+    }
+    if (ferror(f)) fatal("reading the step log %s failed: %s", path, strerror(errno));
+    free(line);
+    if (fseek(f, 0, SEEK_END) != 0) fatal("seeking in the step log %s failed: %s", path, strerror(errno));
+    long size = ftell(f);
+    if (size < 0) fatal("ftell on the step log %s failed: %s", path, strerror(errno));
+    if (size > keep) {
+        if (ftruncate(fileno(f), keep) != 0) fatal("truncating the step log %s failed: %s", path, strerror(errno));
+        printf("log.jsonl: dropped %ld bytes after step %ld's records (written after the checkpoint resumed, or cut off)\n", size - keep, start);
+    }
+    fcloseCheck(f);
+    return fopenCheck(path, "a");
 }

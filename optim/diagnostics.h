@@ -38,5 +38,10 @@ void diag_init(Diagnostics *d, const Config *c, const ClipLayout *L);
 // Record a finished step: RMS history, spike detection, one JSON line to f (and a spike event line).
 // rms: the optimizer's per-tensor RMS (layout order). Returns 1 if the step's loss is a spike.
 int diag_step(Diagnostics *d, FILE *f, const StepRecord *r, const float *rms);
+// Opens the step log at path for a run that starts after step `start`: 0 starts it anew; a resumed run keeps the
+// records of steps up to `start` and drops the rest (steps an earlier run logged after the checkpoint resumed, which
+// this run logs again, and a last line cut off by a crash), and rebuilds the spike detector from the kept step
+// records (reference, spike count, RMS history), so that detection goes on as in the uninterrupted run.
+FILE *diag_open_log(Diagnostics *d, const char *path, long start);
 // Index of the largest RMS.
 int diag_rms_argmax(const Diagnostics *d, const float *rms);

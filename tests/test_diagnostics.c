@@ -158,6 +158,81 @@ static void test_non_finite_values_stay_json(void) {
     clip_layout_free(&L);
 }
 
+static char *read_all(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return strdup("");
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    for (int ch; (ch = fgetc(f)) != EOF;) fputc(ch, m);
+    fclose(m), fclose(f);
+    return buf;
+}
+
+// steps first..last of a made-up run into f: losses and RMS with few digits (they read back exactly from the log),
+// spikes at 34 and 37, a skipped step at 29, an evaluation record after step 30
+static void fake_steps(Diagnostics *d, FILE *f, long first, long last) {
+    float *rms = callocCheck((size_t)d->layout->num_tensors, sizeof(float));
+    for (long step = first; step <= last; step++) {
+        for (int w = 0; w < d->num_watch; w++) rms[d->watch[w]] = 0.25f * (float)(step % 9) + 0.5f * (float)w;
+        StepRecord r = {step, step * 8, 3.0f - 0.125f * (float)(step % 8), 1e-3f, 14.f, 1.f, 0.1, 80, 0, 0};
+        if (step == 34 || step == 37) r.loss = 7.5f;
+        if (step == 29) r.loss = NAN, r.skipped = 1;
+        diag_step(d, f, &r, rms);
+        if (step == 30) fprintf(f, "{\"eval\":true,\"step\":30,\"val_loss\":2.5}\n");
+    }
+    free(rms);
+}
+
+// A run killed after its checkpoint at step 30 had logged steps 31-33 and part of 34; resumed from 30, its
+// log.jsonl must read exactly as the uninterrupted run's: no step twice, no cut line, and the spike detector's
+// reference, count and RMS history continued (the spikes at 34 and 37 are found, with the same events).
+static void test_resumed_log_continues_the_run(void) {
+    Config c;
+    config_load(&c, "configs/tiny.conf");
+    ClipLayout L;
+    clip_layout_build(&L, &c);
+    char whole[600], resumed[600], fresh[600];
+    snprintf(whole, sizeof(whole), "%s", test_path("whole.jsonl"));
+    snprintf(resumed, sizeof(resumed), "%s", test_path("resumed.jsonl"));
+    snprintf(fresh, sizeof(fresh), "%s", test_path("fresh.jsonl"));
+    Diagnostics d;
+    diag_init(&d, &c, &L);
+    FILE *f = diag_open_log(&d, whole, 0);
+    fake_steps(&d, f, 1, 40);
+    fclose(f);
+    long spikes = d.spikes;
+    double reference = d.reference;
+
+    diag_init(&d, &c, &L);
+    f = diag_open_log(&d, resumed, 0);
+    fake_steps(&d, f, 1, 33);
+    fprintf(f, "{\"step\":34,\"samples\":27");  // cut by the kill
+    fclose(f);
+    diag_init(&d, &c, &L);
+    f = diag_open_log(&d, resumed, 30);
+    fake_steps(&d, f, 31, 40);
+    fclose(f);
+    char *a = read_all(whole), *b = read_all(resumed), bad[4096];
+    EXPECT(strstr(a, "{\"event\":\"spike\",\"step\":34,") && strstr(a, "{\"event\":\"spike\",\"step\":37,"), "the made-up run has no spikes");
+    EXPECT(json_lines_valid(b, bad, sizeof(bad)), "a line of the resumed log is not JSON: %.200s", bad);
+    EXPECT(strcmp(a, b) == 0, "the resumed log differs from the uninterrupted run's:\n%.3000s\nvs\n%.3000s", b, a);
+    EXPECT(d.spikes == spikes && d.reference == reference, "resumed detector: %ld spikes, reference %.9g; uninterrupted %ld, %.9g",
+           d.spikes, d.reference, spikes, reference);
+    free(a), free(b);
+
+    // a fresh run (start 0) in a run_dir with an old log starts the log anew
+    f = fopen(fresh, "w");
+    EXPECT(f && fputs("{\"step\":1,\"loss\":9}\n", f) >= 0 && fclose(f) == 0, "writing %s", fresh);
+    diag_init(&d, &c, &L);
+    f = diag_open_log(&d, fresh, 0);
+    fclose(f);
+    a = read_all(fresh);
+    EXPECT(a[0] == '\0' && d.observed == 0, "a fresh run kept the old log: %s", a);
+    free(a);
+    clip_layout_free(&L);
+}
+
 static int run(const char *cmd, char *out, size_t cap) {
     FILE *p = popen(cmd, "r");
     size_t n = fread(out, 1, cap - 1, p);
@@ -193,6 +268,7 @@ int main(void) {
     RUN(test_json_checker);
     RUN(test_spike_event_carries_rms_history);
     RUN(test_non_finite_values_stay_json);
+    RUN(test_resumed_log_continues_the_run);
     RUN(test_unwritable_run_dir_is_a_clear_error);
     RUN(test_full_disk_keeps_previous_checkpoint);
     TEST_EXIT();
