@@ -428,11 +428,8 @@ int main(int argc, char **argv) {
         StepRecord rec = {step + 1, (step + 1) * cfg.batch_size, loss, lr, expf(clip_model_logit_scale(&model)), norm,
                           dt, B / dt, t_data, skipped};
         if (diag_step(&diag, step_log, &rec, opt.rms)) {
-            int patch = diag.watch[0];
-            printf("%sloss spike at step %ld: %.4f vs reference %.4f; %s RMS over the steps before: ", tty ? "\n" : "", step + 1, loss,
-                   diag.reference, L->tensors[patch].name);
-            for (int k = 0; k < diag.filled; k++) printf("%.2f ", diag.history[(diag.pos - diag.filled + k + RMS_HISTORY) % RMS_HISTORY][0]);
-            printf("(see log.jsonl)\n");
+            if (tty) printf("\n");
+            diag_print_spike(&diag, stdout, &rec);
         }
         int log_now = (step + 1) % cfg.log_every == 0 || step + 1 == end;
         if (log_now || tty) {

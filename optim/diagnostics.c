@@ -39,6 +39,15 @@ void diag_init(Diagnostics *d, const Config *c, const ClipLayout *L) {
     for (char *save = NULL, *tok = strtok_r(list, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) watch_add(d, tok, 1);
 }
 
+void diag_print_spike(const Diagnostics *d, FILE *out, const StepRecord *r) {
+    fprintf(out, "loss spike at step %ld: %.4f vs reference %.4f; %s RMS over the steps before: ", r->step, r->loss, d->reference,
+            d->layout->tensors[d->watch[0]].name);
+    int n = d->filled, newest = (d->pos - 1 + RMS_HISTORY) % RMS_HISTORY;
+    if (n > 0 && d->history_step[newest] == r->step) n--;  // diag_step has added the spike step's own RMS
+    for (int k = 0; k < n; k++) fprintf(out, "%.2f ", d->history[(d->pos - d->filled + k + RMS_HISTORY) % RMS_HISTORY][0]);
+    fprintf(out, "(see log.jsonl)\n");
+}
+
 int diag_rms_argmax(const Diagnostics *d, const float *rms) {
     int imax = 0;
     for (int i = 1; i < d->layout->num_tensors; i++)

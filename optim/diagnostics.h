@@ -43,5 +43,8 @@ int diag_step(Diagnostics *d, FILE *f, const StepRecord *r, const float *rms);
 // this run logs again, and a last line cut off by a crash), and rebuilds the spike detector from the kept step
 // records (reference, spike count, RMS history), so that detection goes on as in the uninterrupted run.
 FILE *diag_open_log(Diagnostics *d, const char *path, long start);
+// The console line of the spike diag_step just reported for r: the loss, its reference, and the first watched
+// tensor's RMS over the steps before it (the event's, less the oldest when the history was full).
+void diag_print_spike(const Diagnostics *d, FILE *out, const StepRecord *r);
 // Index of the largest RMS.
 int diag_rms_argmax(const Diagnostics *d, const float *rms);

@@ -110,6 +110,16 @@ static void test_spike_event_carries_rms_history(void) {
         rms[d.watch[0]] = step >= 47 && step < 50 ? 4.0f + (step - 47) : 0.9f;
         StepRecord r = {step, step * 64, loss, 1e-3f, 14.f, 1.f, 0.1, 640, 0, 0};
         if (diag_step(&d, f, &r, rms) && n < 3) spikes_at[n++] = (int)step;
+        if (step == 50) {  // the console line: the same steps before (the oldest gone), not the spike step's own RMS
+            char *line = NULL;
+            size_t line_len = 0;
+            FILE *out = open_memstream(&line, &line_len);
+            diag_print_spike(&d, out, &r);
+            fclose(out);
+            EXPECT(strstr(line, "visual.conv1.weight RMS over the steps before: 0.90 0.90 0.90 0.90 0.90 0.90 4.00 5.00 6.00 (see"),
+                   "console line: %s", line);
+            free(line);
+        }
     }
     fclose(f);
     EXPECT(n == 1 && spikes_at[0] == 50, "spikes detected %d (first at %d), want exactly one at step 50", n, spikes_at[0]);
