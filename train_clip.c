@@ -372,19 +372,21 @@ int main(int argc, char **argv) {
         printf("resumed from step %ld (%s)\n", start, cfg.resume);
     }
     snprintf(path, sizeof(path), "%s/log.jsonl", cfg.run_dir);
-    FILE *step_log = fopenCheck(rank == 0 ? path : "/dev/null", start > 0 || eval_only ? "a" : "w");
     TbWriter tb_writer, *tb = NULL;  // rank 0's; a resumed run adds a file, TensorBoard merges them
     if (cfg.tensorboard && rank == 0) tb_open(&tb_writer, cfg.run_dir), tb = &tb_writer;
     if (eval_only) {
-        run_eval(&cfg, &model, step_log, tb, start);
+        FILE *eval_log = fopenCheck(rank == 0 ? path : "/dev/null", "a");
+        run_eval(&cfg, &model, eval_log, tb, start);
         if (tb) tb_close(tb);
-        fcloseCheck(step_log);
+        fcloseCheck(eval_log);
         clip_model_free(&model);
         ranks_finalize(&dist);
         return 0;
     }
     Diagnostics diag;
     diag_init(&diag, &cfg, L);
+    // a resumed run drops the records logged after its checkpoint and continues the spike detector from the log
+    FILE *step_log = rank == 0 ? diag_open_log(&diag, path, start) : fopenCheck("/dev/null", "w");
     int tty = isatty(fileno(stdout));
 
     signal(SIGTERM, on_signal);
@@ -426,11 +428,8 @@ int main(int argc, char **argv) {
         StepRecord rec = {step + 1, (step + 1) * cfg.batch_size, loss, lr, expf(clip_model_logit_scale(&model)), norm,
                           dt, B / dt, t_data, skipped};
         if (diag_step(&diag, step_log, &rec, opt.rms)) {
-            int patch = diag.watch[0];
-            printf("%sloss spike at step %ld: %.4f vs reference %.4f; %s RMS over the steps before: ", tty ? "\n" : "", step + 1, loss,
-                   diag.reference, L->tensors[patch].name);
-            for (int k = 0; k < diag.filled; k++) printf("%.2f ", diag.history[(diag.pos - diag.filled + k + RMS_HISTORY) % RMS_HISTORY][0]);
-            printf("(see log.jsonl)\n");
+            if (tty) printf("\n");
+            diag_print_spike(&diag, stdout, &rec);
         }
         int log_now = (step + 1) % cfg.log_every == 0 || step + 1 == end;
         if (log_now || tty) {

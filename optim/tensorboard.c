@@ -94,8 +94,11 @@ void tb_open(TbWriter *w, const char *dir) {
     char host[256], path[4096];
     if (gethostname(host, sizeof(host)) != 0) fatal("gethostname failed: %s", strerror(errno));
     host[sizeof(host) - 1] = '\0';
-    snprintf(path, sizeof(path), "%s/events.out.tfevents.%010ld.%s", dir, (long)time(NULL), host);
-    w->f = fopenCheck(path, "wb");
+    // the process id and a count, as torch's SummaryWriter names them, so that a run resumed within the same second
+    // adds its own file; "x": an existing file is never overwritten
+    static int opened = 0;
+    snprintf(path, sizeof(path), "%s/events.out.tfevents.%010ld.%s.%ld.%d", dir, (long)time(NULL), host, (long)getpid(), opened++);
+    w->f = fopenCheck(path, "wbx");
     w->buf = NULL, w->cap = 0;
     static const char version[] = "brain.Event:2";
     reserve(w, 64);

@@ -1,5 +1,5 @@
 // tensorboard.h: TensorBoard event files (config `tensorboard = true`), written without TensorFlow or
-// protobuf. A file <run_dir>/events.out.tfevents.<unix time>.<host> holds TFRecords (length, masked CRC-32C
+// protobuf. A file <run_dir>/events.out.tfevents.<unix time>.<host>.<pid>.<n> holds TFRecords (length, masked CRC-32C
 // of the length, an Event protobuf, masked CRC-32C of the Event); the first Event is the file version, each
 // later one carries a step's scalars as Summary values (tag, simple_value). TensorBoard shows a run_dir as
 // one run and merges the files of resumed runs in it.

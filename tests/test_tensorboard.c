@@ -196,6 +196,38 @@ static void test_event_file_roundtrip(void) {
     EXPECT(read_records(path, ev, 8) == -1, "a damaged record was read without a CRC error");
 }
 
+// A resumed run adds a file: one started within the same second as the last (stop_after, then resume at once)
+// must not overwrite it. Two writers in one directory and second: two files, each with its own events.
+static void test_second_writer_keeps_the_first_file(void) {
+    char dir[600], path[1200];
+    snprintf(dir, sizeof(dir), "%s", test_path("tb2"));
+    EXPECT(mkdir(dir, 0755) == 0, "mkdir %s", dir);
+    TbScalar a[1] = {{"train/loss", 1.5f}}, b[1] = {{"train/loss", 2.5f}};
+    time_t t0;
+    TbWriter w1, w2;
+    do {  // both in one second
+        t0 = time(NULL);
+        tb_open(&w1, dir);
+        tb_scalars(&w1, 10, a, 1);
+        tb_close(&w1);
+        tb_open(&w2, dir);
+        tb_scalars(&w2, 20, b, 1);
+        tb_close(&w2);
+    } while (time(NULL) != t0);
+    int files = 0, events = 0;
+    DIR *d = opendir(dir);
+    for (struct dirent *ent; d && (ent = readdir(d));) {
+        if (strncmp(ent->d_name, "events.out.tfevents.", 20) != 0) continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, ent->d_name);
+        Event ev[4];
+        int n = read_records(path, ev, 4);
+        EXPECT(n == 2 && ev[1].n == 1, "%s: %d records", ent->d_name, n);
+        files++, events += n;
+    }
+    if (d) closedir(d);
+    EXPECT(events == 2 * files && events >= 4, "%d event files with %d records: the second writer overwrote the first", files, events);
+}
+
 static void test_training_run_writes_events(void) {
     char cmd[1024], path[1200];
     snprintf(cmd, sizeof(cmd), "./train_clip -c configs/tiny.conf --set batch_size=16 --set steps=12 --set warmup=2 --set log_every=4 "
@@ -225,6 +257,7 @@ static void test_training_run_writes_events(void) {
 int main(void) {
     RUN(test_crc32c_check_values);
     RUN(test_event_file_roundtrip);
+    RUN(test_second_writer_keeps_the_first_file);
     RUN(test_training_run_writes_events);
     TEST_EXIT();
 }
