@@ -176,8 +176,9 @@ static void run_eval(const Config *c, ClipModel *m, FILE *log, TbWriter *tb, lon
             printf("eval step %ld: val loss %.4f | image->text R@1/5/10 %.1f/%.1f/%.1f%% | text->image %.1f/%.1f/%.1f%% (%ld pairs)\n", step,
                    r.loss, 100 * r.image_to_text[0], 100 * r.image_to_text[1], 100 * r.image_to_text[2], 100 * r.text_to_image[0],
                    100 * r.text_to_image[1], 100 * r.text_to_image[2], r.n);
-            fprintf(log, ",\"val_loss\":%.6g,\"i2t_r1\":%.5g,\"i2t_r5\":%.5g,\"i2t_r10\":%.5g,\"t2i_r1\":%.5g,\"t2i_r5\":%.5g,\"t2i_r10\":%.5g,\"val_n\":%ld",
-                    r.loss, r.image_to_text[0], r.image_to_text[1], r.image_to_text[2], r.text_to_image[0], r.text_to_image[1],
+            json_num(log, ",\"val_loss\":", "%.6g", r.loss);
+            fprintf(log, ",\"i2t_r1\":%.5g,\"i2t_r5\":%.5g,\"i2t_r10\":%.5g,\"t2i_r1\":%.5g,\"t2i_r5\":%.5g,\"t2i_r10\":%.5g,\"val_n\":%ld",
+                    r.image_to_text[0], r.image_to_text[1], r.image_to_text[2], r.text_to_image[0], r.text_to_image[1],
                     r.text_to_image[2], r.n);
             static const char *tags[6] = {"eval/i2t_r1", "eval/i2t_r5", "eval/i2t_r10", "eval/t2i_r1", "eval/t2i_r5", "eval/t2i_r10"};
             scalars[n++] = (TbScalar){"eval/val_loss", (float)r.loss};

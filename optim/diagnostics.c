@@ -55,8 +55,7 @@ int diag_rms_argmax(const Diagnostics *d, const float *rms) {
     return imax;
 }
 
-// A number as JSON has it: a non-finite value (a skipped step's loss or gradient norm) is null, not nan or inf.
-static void json_num(FILE *f, const char *key, const char *fmt, double v) {
+void json_num(FILE *f, const char *key, const char *fmt, double v) {
     fprintf(f, "%s", key);
     if (isfinite(v)) fprintf(f, fmt, v);
     else fprintf(f, "null");

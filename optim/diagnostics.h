@@ -48,3 +48,6 @@ FILE *diag_open_log(Diagnostics *d, const char *path, long start);
 void diag_print_spike(const Diagnostics *d, FILE *out, const StepRecord *r);
 // Index of the largest RMS.
 int diag_rms_argmax(const Diagnostics *d, const float *rms);
+// key, then v formatted with fmt as JSON has numbers: a non-finite value (a skipped step's loss, a diverged model's
+// validation loss) is null, not nan or inf.
+void json_num(FILE *f, const char *key, const char *fmt, double v);

@@ -1,7 +1,10 @@
 // test_eval.c: the evaluation metrics on hand-made features with known answers: zero-shot top-1/top-5
 // (ties count against the true class), retrieval recall at 1/5/10 in both directions, the class-name
 // file reader, and the zero-shot classifier's prompt filling and averaging on the tiny CPU model.
+#include <math.h>
+
 #include "../model/eval.h"
+#include "../model/safetensors.h"
 #include "../data/synthetic.h"
 #include "../model/ops_cpu.h"
 #include "../model/utils.h"
@@ -427,6 +430,36 @@ static void test_read_lines(void) {
     free_lines(lines, n);
 }
 
+// A diverged model's validation loss (NaN) is logged as null: log.jsonl stays JSON (a NaN would print as nan).
+static void test_nan_val_loss_is_null(void) {
+    char args[1024], out[16384], model[1024], err[512];
+    snprintf(args, sizeof(args), "--set run_dir=%s", test_path("run_nan"));
+    EXPECT(run_train(args, out, sizeof(out)) == 0, "training the weights failed:\n%s", out);
+    snprintf(model, sizeof(model), "%s", test_path("run_nan/checkpoints/step_00000002.model.safetensors"));
+    size_t len;
+    uint8_t *bytes = read_whole_file(model, &len);
+    StFile f;
+    EXPECT(bytes && st_load(&f, model, err, sizeof(err)) == 0, "%s: %s", model, err);
+    if (!bytes || !f.num_tensors) return free(bytes);
+    const StTensor *t = st_find(&f, "visual.proj");  // every image embedding NaN
+    EXPECT(t && !strcmp(t->dtype, "F32"), "%s: no F32 visual.proj", model);
+    float nan = NAN;
+    for (size_t i = t ? t->begin : 0; t && i < t->end; i += 4) memcpy(bytes + (f.data - (const uint8_t *)f.map) + i, &nan, 4);
+    st_free(&f);
+    FILE *w = fopenCheck(test_path("nan.safetensors"), "wb");
+    fwriteCheck(bytes, 1, len, w);
+    fcloseCheck(w);
+    free(bytes);
+    snprintf(args, sizeof(args), "--eval-only --set init_weights=%s --set val_data=synthetic --set run_dir=%s", test_path("nan.safetensors"),
+             test_path("run_nan_eval"));
+    int rc = run_train(args, out, sizeof(out));
+    FILE *log = fopen(test_path("run_nan_eval/log.jsonl"), "r");
+    char line[4096] = "";
+    while (log && fgets(line, sizeof(line), log)) {}
+    if (log) fclose(log);
+    EXPECT(rc == 0 && strstr(line, "\"val_loss\":null") && !strstr(line, "nan"), "exit %d; eval record: %s", rc, line);
+}
+
 int main(void) {
     RUN(test_zeroshot_accuracy_counts);
     RUN(test_retrieval_recall);
@@ -441,5 +474,6 @@ int main(void) {
     RUN(test_missing_eval_inputs_stop_at_start);
     RUN(test_checkpoint_before_eval);
     RUN(test_zeroshot_without_images);
+    RUN(test_nan_val_loss_is_null);
     TEST_EXIT();
 }
