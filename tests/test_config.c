@@ -75,6 +75,26 @@ static void test_set_overrides_and_include(void) {
     EXPECT(c.switchback_mask == 0, "switchback_layers none: mask %d", c.switchback_mask);
 }
 
+// A string value as long as the parser allows (CONFIG_STR - 1 characters) is kept whole and touches no other key;
+// one character more is refused. `model` once had 64 bytes and a long name overwrote the model's sizes.
+static void test_long_string_values(void) {
+    const char *keys[] = {"model", "run_dir", "data", "watch_rms"};
+    for (int k = 0; k < 4; k++) {
+        Config c;
+        config_load(&c, "configs/tiny.conf");
+        char set[CONFIG_STR + 64];
+        int n = snprintf(set, sizeof(set), "%s=", keys[k]);
+        memset(set + n, 'x', CONFIG_STR - 1);
+        set[n + CONFIG_STR - 1] = '\0';
+        config_set(&c, set, 1);
+        EXPECT(c.embed_dim == 64 && c.image_size == 32 && c.patch_size == 8 && c.vision_width == 64 && c.vision_layers == 2,
+               "%s of %d characters changed the model: embed %d image %d patch %d width %d layers %d", keys[k], CONFIG_STR - 1,
+               c.embed_dim, c.image_size, c.patch_size, c.vision_width, c.vision_layers);
+        const char *field = k == 0 ? c.model : k == 1 ? c.run_dir : k == 2 ? c.data : c.watch_rms;
+        EXPECT(strlen(field) == CONFIG_STR - 1 && strspn(field, "x") == CONFIG_STR - 1, "%s: %zu characters kept", keys[k], strlen(field));
+    }
+}
+
 // Run ./train_clip --dry-run on a config text; returns the exit code and the stderr text.
 static int run_config(const char *text, const char *extra, char *err, size_t cap) {
     FILE *f = fopenCheck(test_path("bad.conf"), "w");
@@ -207,6 +227,7 @@ int main(void) {
     RUN(test_param_counts_equal_open_clip);
     RUN(test_layer_scale_adds_gamma_tensors);
     RUN(test_set_overrides_and_include);
+    RUN(test_long_string_values);
     RUN(test_bad_configs_name_file_line_key);
     RUN(test_dry_run_prints_params_line);
     RUN(test_readme_config_reference_is_current);
