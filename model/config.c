@@ -274,17 +274,25 @@ static char *trim(char *s) {
     return s;
 }
 
-// Cut a trailing `# comment` (outside double quotes) and surrounding quotes from a value.
+// Cut a trailing `# comment` (outside double quotes) and surrounding quotes from a value. A comment's '#' starts the
+// value or follows a space; one glued to the value (`data = /d/set#2.tar`) is an error, not a cut path.
 static const char *strip_value(char *v, const char *where, const char *key) {
     if (*v == '"') {
+        // the closing quote: the first one followed by nothing but spaces or a comment (a value may hold quotes)
         char *close = strchr(v + 1, '"');
         if (!close) config_error(where, key, "unterminated quote");
-        *close = '\0';
-        char *rest = trim(close + 1);
-        if (*rest && *rest != '#') config_error(where, key, "text after the closing quote");
-        return v + 1;
+        for (char *q = close; q; q = strchr(q + 1, '"')) {
+            const char *rest = q + 1 + strspn(q + 1, " \t\r\n\v\f");
+            if (*rest == '\0' || *rest == '#') {
+                *q = '\0';
+                return v + 1;
+            }
+        }
+        config_error(where, key, "text after the closing quote");
     }
     char *hash = strchr(v, '#');
+    if (hash && hash > v && !isspace((unsigned char)hash[-1]))
+        config_error(where, key, "'#' inside a value: write the value in double quotes (\"...\") to keep the '#', or put a space before a comment");
     if (hash) *hash = '\0';
     return trim(v);
 }
@@ -423,7 +431,13 @@ static void format_value(const Config *c, int k, char *out, size_t n) {
             snprintf(out, n, "%.*s", (int)strcspn(p, "|"), p);
             break;
         }
-        case T_STR: snprintf(out, n, "%s", field); break;
+        case T_STR: {
+            // quoted where the file syntax needs it (a '#', a leading quote, spaces at either end), so that it reads back
+            size_t len = strlen(field);
+            int quote = strchr(field, '#') || field[0] == '"' || (len && (isspace((unsigned char)field[0]) || isspace((unsigned char)field[len - 1])));
+            snprintf(out, n, quote ? "\"%s\"" : "%s", field);
+            break;
+        }
     }
 }
 

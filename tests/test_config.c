@@ -127,6 +127,8 @@ static void test_bad_configs_name_file_line_key(void) {
         {"", "--set nope=1", "--set:4: nope: unknown key (./train_clip --help-config"},
         {"", "--set steps=-4", "--set:4: steps: -4 is out of range"},
         {"switchback_layers = qkv,fc1\n", "", "bad.conf:2: switchback_layers: 'fc1' is not one of qkv, out_proj, c_fc, c_proj"},
+        {"run_dir = runs/a#1\n", "", "bad.conf:2: run_dir: '#' inside a value: write the value in double quotes"},
+        {"lr = 1e-3#fast\n", "", "bad.conf:2: lr: '#' inside a value"},
     };
     char err[4096], text[1024];
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -171,7 +173,9 @@ static void test_readme_config_reference_is_current(void) {
 static void strip_sources(const char *text, char *out, size_t cap) {
     size_t n = 0;
     for (const char *line = text; *line;) {
-        const char *end = strchr(line, '\n'), *hash = strstr(line, " # ");
+        const char *end = strchr(line, '\n'), *value = strstr(line, "= "), *hash;
+        if (value && value < end && value[2] == '"') hash = strstr(strchr(value + 3, '"') ? strchr(value + 3, '"') : value, " # ");  // after a quoted value
+        else hash = strstr(line, " # ");
         if (!end) end = line + strlen(line);
         if (!hash || hash > end) hash = end;
         while (hash > line && hash[-1] == ' ') hash--;
@@ -188,12 +192,20 @@ static void test_printed_config_reads_back(void) {
     Rng r;
     rng_init(&r, (uint64_t)time(NULL), RNG_TEST, 1);
     char *want = mallocCheck(1 << 16), *got = mallocCheck(1 << 16), *out = mallocCheck(1 << 16);
+    FILE *sp = fopenCheck(test_path("spaces.conf"), "w");
+    fputs("model = \" spaced # name \"  # a comment\n", sp);
+    fcloseCheck(sp);
     for (int i = 0; i < 10; i++) {
         char set[64];
         uint32_t bits = (uint32_t)rng_u64(&r);
         float lr = ldexpf((float)(bits >> 8) / 16777216.0f + 0.5f, -(int)(bits % 30));  // random mantissa, 2^-31..2^-1
         snprintf(set, sizeof(set), "lr=%.9g", lr);
         config_set(&a, set, 1);
+        if (i == 0) {  // string values the file syntax must quote: a '#', a leading quote, surrounding spaces
+            config_set(&a, "run_dir=runs/x#1", 2);
+            config_set(&a, "data=\"q\"uoted", 3);
+            config_load_file(&a, test_path("spaces.conf"));
+        }
         char *text = NULL;
         size_t len = 0;
         FILE *m = open_memstream(&text, &len);
@@ -218,6 +230,8 @@ static void test_printed_config_reads_back(void) {
             EXPECT(strstr(text, "\nwd                   = 0.2 ") && strstr(text, "\nbeta2                = 0.98 ") &&
                        strstr(text, "\neps                  = 1e-06 ") && strstr(text, "\nspike_factor         = 1.3 "),
                    "floats not printed in their shortest form:\n%s", text);
+        if (i == 0)
+            EXPECT(!strcmp(a.model, " spaced # name ") && !strcmp(a.run_dir, "runs/x#1"), "model '%s' run_dir '%s'", a.model, a.run_dir);
         free(text);
     }
     free(want), free(got), free(out);
