@@ -305,6 +305,7 @@ static void load_file(Config *c, const char *path, int depth) {
         exit(CONFIG_EXIT);
     }
     char line[4096];
+    int first_line[NKEYS] = {0};  // where this file set each key: a second time is an error (an include's keys may be set again)
     for (int lineno = 1; fgets(line, sizeof(line), f); lineno++) {
         char where[1100];
         snprintf(where, sizeof(where), "%s:%d", path, lineno);
@@ -326,7 +327,10 @@ static void load_file(Config *c, const char *path, int depth) {
             load_file(c, inc, depth + 1);
             continue;
         }
+        int k = find_key(name);
+        if (k >= 0 && first_line[k]) config_error(where, name, "set twice in this file (first at line %d)", first_line[k]);
         assign(c, where, name, value);
+        first_line[k] = lineno;
     }
     fclose(f);
 }

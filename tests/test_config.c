@@ -129,6 +129,7 @@ static void test_bad_configs_name_file_line_key(void) {
         {"switchback_layers = qkv,fc1\n", "", "bad.conf:2: switchback_layers: 'fc1' is not one of qkv, out_proj, c_fc, c_proj"},
         {"run_dir = runs/a#1\n", "", "bad.conf:2: run_dir: '#' inside a value: write the value in double quotes"},
         {"lr = 1e-3#fast\n", "", "bad.conf:2: lr: '#' inside a value"},
+        {"lr = 0.1\nwd = 0\nlr = 0.2\n", "", "bad.conf:4: lr: set twice in this file (first at line 2)"},
     };
     char err[4096], text[1024];
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
