@@ -297,20 +297,26 @@ static const char *strip_value(char *v, const char *where, const char *key) {
     return trim(v);
 }
 
-static void load_file(Config *c, const char *path, int depth) {
-    if (depth > 8) fatal("%s: includes nested more than 8 deep", path);
+// A config file that cannot be opened or read: `path: what`, after the `include` line that named it (from) if any.
+__attribute__((noreturn)) static void file_error(const char *from, const char *path, const char *what) {
+    if (from) config_error(from, "include", "%s: %s: %s", path, what, strerror(errno));
+    fflush(stdout);
+    fprintf(stderr, "%s: %s: %s\n", path, what, strerror(errno));
+    exit(CONFIG_EXIT);
+}
+
+// from: where the `include` line naming this file is (NULL for -c's file).
+static void load_file(Config *c, const char *path, int depth, const char *from) {
+    if (depth > 8) config_error(from, "include", "nested more than 8 deep (%s)", path);
     FILE *f = fopen(path, "r");
-    if (!f) {
-        fprintf(stderr, "%s: cannot open config file: %s\n", path, strerror(errno));
-        exit(CONFIG_EXIT);
-    }
+    if (!f) file_error(from, path, "cannot open config file");
     char line[4096];
     int first_line[NKEYS] = {0};  // where this file set each key: a second time is an error (an include's keys may be set again)
     for (int lineno = 1; fgets(line, sizeof(line), f); lineno++) {
         char where[1100];
         snprintf(where, sizeof(where), "%s:%d", path, lineno);
         if (!strchr(line, '\n') && !feof(f)) config_error(where, "(line)", "line longer than %zu characters", sizeof(line) - 2);
-        char *s = trim(line);
+        char *s = trim(lineno == 1 && strncmp(line, "\xef\xbb\xbf", 3) == 0 ? line + 3 : line);  // a UTF-8 byte order mark
         if (*s == '\0' || *s == '#') continue;
         char *eq = strchr(s, '=');
         if (!eq) config_error(where, s, "expected `key = value`");
@@ -324,7 +330,7 @@ static void load_file(Config *c, const char *path, int depth) {
             const char *slash = strrchr(path, '/');
             if (value[0] == '/' || !slash) snprintf(inc, sizeof(inc), "%s", value);
             else snprintf(inc, sizeof(inc), "%.*s/%s", (int)(slash - path), path, value);
-            load_file(c, inc, depth + 1);
+            load_file(c, inc, depth + 1, where);
             continue;
         }
         int k = find_key(name);
@@ -332,10 +338,11 @@ static void load_file(Config *c, const char *path, int depth) {
         assign(c, where, name, value);
         first_line[k] = lineno;
     }
-    fclose(f);
+    if (ferror(f)) file_error(from, path, "cannot read config file");  // e.g. a directory: not an empty config
+    if (fclose(f) != 0) file_error(from, path, "cannot close config file");
 }
 
-void config_load_file(Config *c, const char *path) { load_file(c, path, 0); }
+void config_load_file(Config *c, const char *path) { load_file(c, path, 0, NULL); }
 
 void config_load(Config *c, const char *path) {
     config_defaults(c);

@@ -143,6 +143,37 @@ static void test_bad_configs_name_file_line_key(void) {
     EXPECT(rc == 2 && strstr(err, "text_width: missing required key"), "missing key: rc %d, '%s'", rc, err);
 }
 
+// Run a shell command; returns its exit code, its stderr and stdout together in out.
+static int run_cmd(const char *cmd, char *out, size_t cap) {
+    FILE *p = popen(cmd, "r");
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// A config or an include that cannot be read (a directory, a missing file, an include loop) is an error naming it and
+// the include line, exit code 2; a directory once read as an empty file. A UTF-8 byte order mark and CRLF line ends
+// (Windows editors) load.
+static void test_unreadable_includes_bom_crlf(void) {
+    char err[4096], text[1024], cmd[1024];
+    snprintf(cmd, sizeof(cmd), "./train_clip -c %s/configs --dry-run 2>&1", getenv("PWD"));
+    int rc = run_cmd(cmd, err, sizeof(err));
+    EXPECT(rc == 2 && strstr(err, "/configs: cannot read config file: Is a directory"), "-c DIR: rc %d, '%s'", rc, err);
+    snprintf(text, sizeof(text), "include = %s/configs/tiny.conf\ninclude = %s/configs\n", getenv("PWD"), getenv("PWD"));
+    rc = run_config(text, "", err, sizeof(err));
+    EXPECT(rc == 2 && strstr(err, "bad.conf:2: include: ") && strstr(err, "/configs: cannot read config file: Is a directory"),
+           "include = DIR: rc %d, '%s'", rc, err);
+    rc = run_config("include = nowhere.conf\n", "", err, sizeof(err));
+    EXPECT(rc == 2 && strstr(err, "bad.conf:1: include: ") && strstr(err, "nowhere.conf: cannot open config file: No such file"),
+           "include of a missing file: rc %d, '%s'", rc, err);
+    rc = run_config("include = bad.conf\n", "", err, sizeof(err));
+    EXPECT(rc == 2 && strstr(err, "bad.conf:1: include: nested more than 8 deep"), "include loop: rc %d, '%s'", rc, err);
+    snprintf(text, sizeof(text), "\xef\xbb\xbfinclude = %s/configs/tiny.conf\r\nmodel = windows\r\nlr = 5e-4 # c\r\n", getenv("PWD"));
+    rc = run_config(text, "", err, sizeof(err));
+    EXPECT(rc == 0, "a config with a BOM and CRLF line ends: rc %d, '%s'", rc, err);
+}
+
 static void test_dry_run_prints_params_line(void) {
     FILE *p = popen("./train_clip -c configs/vit_h_14.conf --dry-run 2>&1", "r");
     char line[512];
@@ -244,6 +275,7 @@ int main(void) {
     RUN(test_set_overrides_and_include);
     RUN(test_long_string_values);
     RUN(test_bad_configs_name_file_line_key);
+    RUN(test_unreadable_includes_bom_crlf);
     RUN(test_dry_run_prints_params_line);
     RUN(test_readme_config_reference_is_current);
     RUN(test_printed_config_reads_back);
