@@ -358,6 +358,7 @@ void config_set(Config *c, const char *assignment, int arg_index) {
     char *eq = strchr(buf, '=');
     if (!eq) config_error(where, buf, "expected --set key=value");
     *eq = '\0';
+    if (*trim(buf) == '\0') config_error(where, "(argument)", "missing key before '='");
     assign(c, where, trim(buf), trim(eq + 1));
 }
 

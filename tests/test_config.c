@@ -174,6 +174,31 @@ static void test_unreadable_includes_bom_crlf(void) {
     EXPECT(rc == 0, "a config with a BOM and CRLF line ends: rc %d, '%s'", rc, err);
 }
 
+// The command line: what it cannot take as meant is an error (exit 2) naming the argument, not a value quietly used or
+// dropped: -c twice (the first was ignored), --limit junk or negative (read as 0 = no limit), --limit without
+// --inspect-data, --set without a key, and --set with --tokenize but no -c (the overrides were skipped).
+static void test_command_line_errors(void) {
+    struct {
+        const char *args, *expect;
+    } cases[] = {
+        {"-c configs/tiny.conf -c configs/vit_b_32.conf --dry-run", "error: -c given twice"},
+        {"--inspect-data nowhere --limit abc", "error: --limit: expected a whole number >= 0, got 'abc'"},
+        {"--inspect-data nowhere --limit -3", "error: --limit: expected a whole number >= 0, got '-3'"},
+        {"--inspect-data nowhere --limit 2x", "error: --limit: expected a whole number >= 0, got '2x'"},
+        {"-c configs/tiny.conf --limit 5 --dry-run", "error: --limit goes with --inspect-data"},
+        {"-c configs/tiny.conf --set =1 --dry-run", "--set:4: (argument): missing key before '='"},
+    };
+    char out[4096], cmd[1024];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(cmd, sizeof(cmd), "./train_clip %s 2>&1 >/dev/null", cases[i].args);
+        int rc = run_cmd(cmd, out, sizeof(out));
+        EXPECT(rc == 2 && strstr(out, cases[i].expect), "'%s': rc %d, stderr '%s' (want '%s')", cases[i].args, rc, out, cases[i].expect);
+    }
+    int rc = run_cmd("echo 'a photo of a cat' | ./train_clip --tokenize --set context_length=8 2>&1", out, sizeof(out));
+    if (rc == 0) EXPECT(!strcmp(out, "49406 320 1125 539 320 2368 49407 0\n"), "--tokenize --set context_length=8: '%s'", out);
+    else EXPECT(strstr(out, "vocab") || strstr(out, "tokenizer"), "--tokenize: rc %d '%s'", rc, out);  // no vocabulary here: test_tokenizer says so
+}
+
 static void test_dry_run_prints_params_line(void) {
     FILE *p = popen("./train_clip -c configs/vit_h_14.conf --dry-run 2>&1", "r");
     char line[512];
@@ -276,6 +301,7 @@ int main(void) {
     RUN(test_long_string_values);
     RUN(test_bad_configs_name_file_line_key);
     RUN(test_unreadable_includes_bom_crlf);
+    RUN(test_command_line_errors);
     RUN(test_dry_run_prints_params_line);
     RUN(test_readme_config_reference_is_current);
     RUN(test_printed_config_reads_back);
