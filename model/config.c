@@ -132,6 +132,8 @@ static int key_given[NKEYS];
 // Keys whose value config_finalize computed from others (steps from samples): printed as comments, so that the
 // printout (run_dir/config.conf) loads again as a config.
 static int key_derived[NKEYS];
+// The order keys were last set in (0 = default), so that a check between two keys reports at the one set last.
+static int key_order[NKEYS], keys_set;
 
 #define CONFIG_EXIT 2
 __attribute__((noreturn, format(printf, 3, 4))) static void config_error(const char *where, const char *key,
@@ -252,14 +254,14 @@ static void assign(Config *c, const char *where, const char *name, const char *v
     const char *err = parse_value(c, k, value, reason, sizeof(reason));
     if (err) config_error(where, name, "%s", err);
     snprintf(key_source[k], sizeof(key_source[k]), "%s", where);
-    key_given[k] = 1, key_derived[k] = 0;
+    key_given[k] = 1, key_derived[k] = 0, key_order[k] = ++keys_set;
 }
 
 void config_defaults(Config *c) {
     memset(c, 0, sizeof(*c));
     c->world_size = 1;
     for (int k = 0; k < NKEYS; k++) {
-        key_given[k] = key_derived[k] = 0;
+        key_given[k] = key_derived[k] = key_order[k] = 0;
         snprintf(key_source[k], sizeof(key_source[k]), "default");
         if (!KEYS[k].def) continue;
         char reason[256];
@@ -364,6 +366,18 @@ void config_set(Config *c, const char *assignment, int arg_index) {
 
 static const char *source_of(const char *name) { return key_source[find_key(name)]; }
 
+// A check between keys a and b failed: the error is at the one set last (the line most likely just changed) and names
+// where the other came from.
+__attribute__((noreturn, format(printf, 3, 4))) static void pair_error(const char *a, const char *b, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    int ka = find_key(a), kb = find_key(b), last = key_order[kb] > key_order[ka] ? kb : ka, other = last == ka ? kb : ka;
+    config_error(key_source[last], KEYS[last].name, "%s (%s from %s)", msg, KEYS[other].name, key_source[other]);
+}
+
 // "qkv,c_fc" -> bits 1 << SB_LINEAR_*; "none" -> 0.
 static int parse_linears(const char *list, const char *where) {
     static const char *names[SB_LINEARS] = {"qkv", "out_proj", "c_fc", "c_proj"};
@@ -387,12 +401,16 @@ void config_finalize(Config *c) {
     for (int k = 0; k < NKEYS; k++)
         if (!KEYS[k].def && !key_given[k]) config_error("config", KEYS[k].name, "missing required key");
     if (c->vision_width % c->vision_heads)
-        config_error(source_of("vision_heads"), "vision_heads", "%d does not divide vision_width %d", c->vision_heads, c->vision_width);
+        pair_error("vision_heads", "vision_width", "vision_heads %d does not divide vision_width %d", c->vision_heads, c->vision_width);
     if (c->text_width % c->text_heads)
-        config_error(source_of("text_heads"), "text_heads", "%d does not divide text_width %d", c->text_heads, c->text_width);
+        pair_error("text_heads", "text_width", "text_heads %d does not divide text_width %d", c->text_heads, c->text_width);
     if (c->image_size % c->patch_size)
-        config_error(source_of("patch_size"), "patch_size", "%d does not divide image_size %d", c->patch_size, c->image_size);
-    if (config_vision_mlp(c) < 1 || config_text_mlp(c) < 1) config_error("config", "mlp_ratio", "MLP width rounds to 0");
+        pair_error("patch_size", "image_size", "patch_size %d does not divide image_size %d", c->patch_size, c->image_size);
+    if (config_vision_mlp(c) < 1)
+        pair_error("vision_mlp_ratio", "vision_width", "vision_width %d x vision_mlp_ratio %g gives an MLP width of 0", c->vision_width,
+                   c->vision_mlp_ratio);
+    if (config_text_mlp(c) < 1)
+        pair_error("text_mlp_ratio", "text_width", "text_width %d x text_mlp_ratio %g gives an MLP width of 0", c->text_width, c->text_mlp_ratio);
     int steps_k = find_key("steps");
     if (key_derived[steps_k]) c->steps = 0;  // an earlier finalize's: derived again (batch_size may have changed)
     if (c->steps > 0 && c->samples > 0)
@@ -410,8 +428,8 @@ void config_finalize(Config *c) {
         config_error(source_of("batch_size"), "batch_size", "%ld is not a multiple of the %d ranks (each rank takes batch_size / ranks)",
                      c->batch_size, c->world_size);
     if (c->micro_batch_size > c->batch_size / c->world_size)
-        config_error(source_of("micro_batch_size"), "micro_batch_size", "%ld is larger than the per-rank batch %ld (batch_size %ld / %d ranks)",
-                     c->micro_batch_size, c->batch_size / c->world_size, c->batch_size, c->world_size);
+        pair_error("micro_batch_size", "batch_size", "micro_batch_size %ld is larger than the per-rank batch %ld (batch_size %ld / %d ranks)",
+                   c->micro_batch_size, c->batch_size / c->world_size, c->batch_size, c->world_size);
 }
 
 // The shortest decimal that reads back as v (lr = 2e-3 prints 0.002, not %.9g's 0.00200000009).
