@@ -18,7 +18,7 @@ typedef struct {
     KeyType type;
     size_t offset;        // into Config
     const char *def;      // default as written in a file; NULL = required
-    double min, max;      // inclusive range for numbers
+    double min, max;      // inclusive range for numbers; for strings min 1 = may not be empty
     const char *choices;  // for T_ENUM: "a|b|c", index = stored value
     const char *doc;
 } Key;
@@ -86,7 +86,7 @@ static const Key KEYS[] = {
     {"dist_timeout", T_FLOAT, OFF(dist_timeout), "600", 1, 1e7, NULL,
      "multi-GPU: seconds a rank waits for a collective before it stops the run with an error (a lost or hung rank)"},
     // data
-    {"data", T_STR, OFF(data), "synthetic", 0, 0, NULL,
+    {"data", T_STR, OFF(data), "synthetic", 1, 0, NULL,
      "training data: synthetic, or webdataset shards: dir/{00000..00099}.tar, a directory, several joined by ::"},
     {"val_data", T_STR, OFF(val_data), "", 0, 0, NULL, "validation shards (same syntax); empty = none"},
     {"val_max_pairs", T_LONG, OFF(val_max_pairs), "10000", 1, BIG, NULL, "validation pairs used for retrieval R@1/5/10 and the validation loss"},
@@ -105,7 +105,7 @@ static const Key KEYS[] = {
      "transparent images: drop alpha as PIL's convert('RGB') and open_clip do (black-on-transparent art turns black), or composite onto white"},
     {"max_image_pixels", T_LONG, OFF(max_image_pixels), "100000000", 1, BIG, NULL, "images with more pixels are skipped"},
     // run
-    {"run_dir", T_STR, OFF(run_dir), "runs/default", 0, 0, NULL, "directory for the log, the effective config and checkpoints"},
+    {"run_dir", T_STR, OFF(run_dir), "runs/default", 1, 0, NULL, "directory for the log, the effective config and checkpoints"},
     {"log_every", T_LONG, OFF(log_every), "10", 1, BIG, NULL, "console log interval in steps"},
     {"tensorboard", T_BOOL, OFF(tensorboard), "false", 0, 1, NULL,
      "also write each log interval's scalars and the evaluation metrics as a TensorBoard event file in run_dir"},
@@ -114,7 +114,7 @@ static const Key KEYS[] = {
     {"resume", T_STR, OFF(resume), "", 0, 0, NULL, "empty = fresh start; latest = newest complete checkpoint in run_dir; or a checkpoint path"},
     {"init_weights", T_STR, OFF(init_weights), "", 0, 0, NULL,
      "start from these weights (.safetensors with open_clip names, e.g. from scripts/convert_open_clip.py) with a fresh optimizer; ignored when resuming"},
-    {"watch_rms", T_STR, OFF(watch_rms), "default", 0, 0, NULL,
+    {"watch_rms", T_STR, OFF(watch_rms), "default", 1, 0, NULL,
      "tensors whose optimizer RMS is logged every step: default (visual.conv1.weight and the first/last block's qkv and c_fc of each tower) or comma-separated names"},
     {"spike_factor", T_FLOAT, OFF(spike_factor), "1.3", 1.0001, 1000, NULL,
      "a loss above spike_factor x the running loss reference is logged as a spike event with the watched tensors' RMS of the 10 steps before"},
@@ -186,6 +186,7 @@ static const char *parse_value(Config *c, int k, const char *text, char *reason,
     char *end = NULL;
     if (key->type == T_STR) {
         if (strlen(text) >= CONFIG_STR) return "value too long";
+        if (*text == '\0' && key->min > 0) return "empty value";
         strcpy(field, text);
         return NULL;
     }

@@ -136,6 +136,9 @@ static void test_bad_configs_name_file_line_key(void) {
         {"run_dir = runs/a#1\n", "", "bad.conf:2: run_dir: '#' inside a value: write the value in double quotes"},
         {"lr = 1e-3#fast\n", "", "bad.conf:2: lr: '#' inside a value"},
         {"lr = 0.1\nwd = 0\nlr = 0.2\n", "", "bad.conf:4: lr: set twice in this file (first at line 2)"},
+        {"run_dir =   # comment\n", "", "bad.conf:2: run_dir: empty value"},
+        {"watch_rms = \"\"\n", "", "bad.conf:2: watch_rms: empty value"},
+        {"", "--set data=", "--set:4: data: empty value"},
     };
     char err[4096], text[1024];
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
