@@ -240,6 +240,10 @@ static const char *parse_value(Config *c, int k, const char *text, char *reason,
         snprintf(reason, rlen, "%s is out of range [%g, %g]", text, key->min, key->max);
         return reason;
     }
+    if ((key->type == T_FLOAT || key->type == T_OPTFLOAT) && v != 0 && (float)v == 0) {
+        snprintf(reason, rlen, "%s is too small for a float (it would be 0)", text);
+        return reason;
+    }
     switch (key->type) {
         case T_INT: *(int *)field = (int)v; break;
         case T_LONG: *(long *)field = (long)v; break;

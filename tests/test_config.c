@@ -136,6 +136,7 @@ static void test_bad_configs_name_file_line_key(void) {
         {"run_dir = runs/a#1\n", "", "bad.conf:2: run_dir: '#' inside a value: write the value in double quotes"},
         {"lr = 1e-3#fast\n", "", "bad.conf:2: lr: '#' inside a value"},
         {"lr = 0.1\nwd = 0\nlr = 0.2\n", "", "bad.conf:4: lr: set twice in this file (first at line 2)"},
+        {"grad_clip = 1e-50\n", "", "bad.conf:2: grad_clip: 1e-50 is too small for a float (it would be 0)"},
         {"run_dir =   # comment\n", "", "bad.conf:2: run_dir: empty value"},
         {"watch_rms = \"\"\n", "", "bad.conf:2: watch_rms: empty value"},
         {"", "--set data=", "--set:4: data: empty value"},
