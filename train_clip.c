@@ -289,6 +289,9 @@ int main(int argc, char **argv) {
     if (rank != 0 && !freopen("/dev/null", "w", stdout)) fatal("freopen(/dev/null) failed: %s", strerror(errno));
     cfg.world_size = world;
     config_finalize(&cfg);
+    if (cfg.warmup > cfg.steps && !eval_only && rank == 0)  // e.g. a short run of a ViT config (warmup 5000)
+        fprintf(stderr, "warning: warmup %ld is longer than the run's %ld steps: the learning rate rises to only %.3g of lr = %g "
+                "(--set warmup=N)\n", cfg.warmup, cfg.steps, (double)cfg.steps / cfg.warmup, cfg.lr);
     if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
 
     // ---- model

@@ -142,14 +142,22 @@ static void test_bad_configs_name_file_line_key(void) {
         {"", "--set data=", "--set:4: data: empty value"},
     };
     char err[4096], text[1024];
+    int rc;
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         snprintf(text, sizeof(text), "%s%s", head, cases[i].line);
-        int rc = run_config(text, cases[i].extra, err, sizeof(err));
+        rc = run_config(text, cases[i].extra, err, sizeof(err));
         EXPECT(rc == 2, "case %zu: exit code %d, want 2 (%s)", i, rc, err);
         EXPECT(strstr(err, cases[i].expect) != NULL, "case %zu: stderr '%s' lacks '%s'", i, err, cases[i].expect);
     }
+    // warmup longer than the run: it starts (short test runs do this on purpose), with a warning that says so
+    snprintf(text, sizeof(text), "%ssteps = 10\nwarmup = 20\n", head);
+    rc = run_config(text, "", err, sizeof(err));
+    EXPECT(rc == 0 && strstr(err, "warning: warmup 20 is longer than the run's 10 steps"), "warmup > steps: rc %d, '%s'", rc, err);
+    snprintf(text, sizeof(text), "%ssteps = 20\nwarmup = 20\n", head);
+    rc = run_config(text, "", err, sizeof(err));
+    EXPECT(rc == 0 && !strstr(err, "warmup"), "warmup = steps: rc %d, '%s'", rc, err);
     // a required model key missing altogether
-    int rc = run_config("embed_dim = 8\nvision_width = 8\nvision_layers = 1\nvision_heads = 1\npatch_size = 4\nsteps = 1\n", "", err, sizeof(err));
+    rc = run_config("embed_dim = 8\nvision_width = 8\nvision_layers = 1\nvision_heads = 1\npatch_size = 4\nsteps = 1\n", "", err, sizeof(err));
     EXPECT(rc == 2 && strstr(err, "text_width: missing required key"), "missing key: rc %d, '%s'", rc, err);
 }
 
