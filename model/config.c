@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../data/tokenizer.h"
 #include "utils.h"
 
 typedef enum { T_INT, T_LONG, T_U64, T_FLOAT, T_OPTFLOAT, T_BOOL, T_ENUM, T_STR } KeyType;
@@ -36,7 +37,7 @@ static const Key KEYS[] = {
     {"vision_heads", T_INT, OFF(vision_heads), NULL, 1, 1024, NULL, "image tower attention heads; must divide vision_width"},
     {"vision_mlp_ratio", T_FLOAT, OFF(vision_mlp_ratio), "4", 0.01, 64, NULL, "image MLP hidden = int(vision_width * ratio), as open_clip"},
     {"context_length", T_INT, OFF(context_length), "77", 2, 4096, NULL, "text tokens per caption (SOT + text + EOT, padded)"},
-    {"vocab_size", T_INT, OFF(vocab_size), "49408", 2, 1 << 24, NULL, "token vocabulary size (CLIP BPE: 49408)"},
+    {"vocab_size", T_INT, OFF(vocab_size), "49408", 2, 1 << 24, NULL, "token vocabulary size (CLIP BPE: 49408; smaller only without tokenized captions: synthetic data, no zero-shot)"},
     {"text_width", T_INT, OFF(text_width), NULL, 1, 65536, NULL, "text tower width"},
     {"text_layers", T_INT, OFF(text_layers), NULL, 1, 1024, NULL, "text tower blocks"},
     {"text_heads", T_INT, OFF(text_heads), NULL, 1, 1024, NULL, "text tower attention heads; must divide text_width"},
@@ -428,6 +429,13 @@ void config_finalize(Config *c) {
     }
     if (c->zeroshot_data[0] && !c->zeroshot_classnames[0])
         config_error(source_of("zeroshot_data"), "zeroshot_data", "needs zeroshot_classnames (a file of class names)");
+    // captions tokenized with the CLIP BPE (shards, validation shards, zero-shot prompts) need its ids in the vocabulary
+    // (otherwise the first batch, or the first evaluation hours in, stops on an id outside it)
+    const char *tokenized = strcmp(c->data, "synthetic") ? "data" : c->val_data[0] && strcmp(c->val_data, "synthetic") ? "val_data"
+                            : c->zeroshot_data[0] ? "zeroshot_data" : NULL;
+    if (tokenized && c->vocab_size <= TOKEN_EOT)
+        pair_error("vocab_size", tokenized, "vocab_size %d cannot hold the CLIP tokenizer's ids (up to %d), which %s uses", c->vocab_size,
+                   TOKEN_EOT, tokenized);
     c->switchback_mask = parse_linears(c->switchback_layers, source_of("switchback_layers"));
     if (c->batch_size % c->world_size)
         config_error(source_of("batch_size"), "batch_size", "%ld is not a multiple of the %d ranks (each rank takes batch_size / ranks)",

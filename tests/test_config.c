@@ -140,6 +140,9 @@ static void test_bad_configs_name_file_line_key(void) {
         {"run_dir =   # comment\n", "", "bad.conf:2: run_dir: empty value"},
         {"watch_rms = \"\"\n", "", "bad.conf:2: watch_rms: empty value"},
         {"", "--set data=", "--set:4: data: empty value"},
+        {"vocab_size = 1000\n", "--set data=/data/shards", "--set:4: data: vocab_size 1000 cannot hold the CLIP tokenizer's ids (up to 49407)"},
+        {"vocab_size = 49407\nval_data = /data/val\n", "", "bad.conf:3: val_data: vocab_size 49407 cannot hold the CLIP tokenizer's ids"},
+        {"zeroshot_data = synthetic\nzeroshot_classnames = c.txt\nvocab_size = 500\n", "", "bad.conf:4: vocab_size: vocab_size 500 cannot"},
     };
     char err[4096], text[1024];
     int rc;
