@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "../data/tokenizer.h"
 #include "utils.h"
@@ -171,6 +172,8 @@ static int find_key(const char *name) {
 }
 
 static void unknown_key(const char *where, const char *name) {
+    for (int i = 0; i < NKEYS; i++)
+        if (strcasecmp(name, KEYS[i].name) == 0) config_error(where, name, "unknown key (did you mean %s? keys are lower case)", KEYS[i].name);
     int best = -1, best_d = 2 + (int)strlen(name) / 4;  // suggest only close names
     for (int i = 0; i < NKEYS; i++) {
         int d = edit_distance(name, KEYS[i].name);

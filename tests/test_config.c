@@ -117,6 +117,8 @@ static void test_bad_configs_name_file_line_key(void) {
         const char *line, *extra, *expect;
     } cases[] = {
         {"lrr = 0.1\n", "", "bad.conf:2: lrr: unknown key (did you mean lr?)"},
+        {"LR = 0.1\n", "", "bad.conf:2: LR: unknown key (did you mean lr? keys are lower case)"},
+        {"Batch_Size = 8\n", "", "bad.conf:2: Batch_Size: unknown key (did you mean batch_size? keys are lower case)"},
         {"lr = fast\n", "", "bad.conf:2: lr: expected a number, got 'fast'"},
         {"beta2 = 1.5\n", "", "bad.conf:2: beta2: 1.5 is out of range"},
         {"vision_layers = 2.5\n", "", "bad.conf:2: vision_layers: expected a whole number"},
