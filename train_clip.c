@@ -7,6 +7,7 @@
 // Multi-GPU: `mpirun -np N ./train_clip -c ...` (or RANK / WORLD_SIZE / LOCAL_RANK, model/distributed.h) runs one
 // process per GPU, each on its batch_size / N share of every batch from its own shards; the step sums their
 // gradients (model/clip_gpu.h). Rank 0 prints, logs and writes checkpoints, which hold every rank's data position.
+#include <ctype.h>
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
@@ -36,8 +37,8 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: ./train_clip -c CONFIG [--set key=value]... [--dry-run]\n"
             "       ./train_clip --help-config       every config key with its default and meaning\n"
-            "       ./train_clip [-c CONFIG] --tokenize < captions.txt   token ids (context_length per line) of each line\n"
-            "       ./train_clip --inspect-data SPEC [--limit N] [-c CONFIG]   list a dataset's samples and skips\n"
+            "       ./train_clip [-c CONFIG] [--set key=value]... --tokenize < captions.txt   token ids (context_length per line) of each line\n"
+            "       ./train_clip --inspect-data SPEC [--limit N] [-c CONFIG]   list a dataset's samples (the first N; 0 = all) and skips\n"
             "\n"
             "  -c FILE          config file (key = value lines; see configs/)\n"
             "  --set key=value  override a key (repeatable; applied after the file)\n"
@@ -233,24 +234,42 @@ int main(int argc, char **argv) {
     int dry_run = 0, tokenize = 0, eval_only = 0;
     const char *inspect_spec = NULL;
     long inspect_limit = 0;
+    int limit_given = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) return usage(stdout), 0;
         if (!strcmp(argv[i], "--help-config")) return config_print_reference(stdout), 0;
         if (!strcmp(argv[i], "--dry-run")) dry_run = 1;
         else if (!strcmp(argv[i], "--tokenize")) tokenize = 1;
         else if (!strcmp(argv[i], "--eval-only")) eval_only = 1;
-        else if (!strcmp(argv[i], "-c") && i + 1 < argc) config_path = argv[++i];
-        else if (!strcmp(argv[i], "--set") && i + 1 < argc) i++;  // applied after the file, below
+        else if (!strcmp(argv[i], "-c") && i + 1 < argc) {
+            if (config_path) {
+                fprintf(stderr, "error: -c given twice ('%s' and '%s'): one config file (include = FILE inside it reads another)\n",
+                        config_path, argv[i + 1]);
+                return 2;
+            }
+            config_path = argv[++i];
+        } else if (!strcmp(argv[i], "--set") && i + 1 < argc) i++;  // applied after the file, below
         else if (!strcmp(argv[i], "--inspect-data") && i + 1 < argc) inspect_spec = argv[++i];
-        else if (!strcmp(argv[i], "--limit") && i + 1 < argc) inspect_limit = atol(argv[++i]);
-        else {
+        else if (!strcmp(argv[i], "--limit") && i + 1 < argc) {
+            char *end;
+            errno = 0;
+            inspect_limit = strtol(argv[++i], &end, 10);
+            if (!isdigit((unsigned char)argv[i][0]) || *end != '\0' || errno == ERANGE) {
+                fprintf(stderr, "error: --limit: expected a whole number >= 0, got '%s' (0 = all samples)\n", argv[i]);
+                return 2;
+            }
+            limit_given = 1;
+        } else {
             fprintf(stderr, "error: unknown or incomplete argument '%s'\n", argv[i]);
             usage(stderr);
             return 2;
         }
     }
-    if (tokenize && !config_path) return tokenize_main(&cfg);  // the default context_length, 77
-    if (!config_path && !inspect_spec) {
+    if (limit_given && !inspect_spec) {
+        fprintf(stderr, "error: --limit goes with --inspect-data\n");
+        return 2;
+    }
+    if (!config_path && !inspect_spec && !tokenize) {
         fprintf(stderr, "error: no config file (-c FILE); configs/tiny.conf is a small one to start with\n");
         usage(stderr);
         return 2;
@@ -258,6 +277,7 @@ int main(int argc, char **argv) {
     if (config_path) config_load_file(&cfg, config_path);
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--set")) config_set(&cfg, argv[i + 1], i + 1), i++;
+    if (tokenize && !config_path) return tokenize_main(&cfg);  // the defaults (context_length 77) and any --set
     if (inspect_spec) return inspect_data_main(&cfg, inspect_spec, inspect_limit);  // data keys only: no finalize
     if (tokenize) {
         config_finalize(&cfg);
@@ -270,6 +290,9 @@ int main(int argc, char **argv) {
     if (rank != 0 && !freopen("/dev/null", "w", stdout)) fatal("freopen(/dev/null) failed: %s", strerror(errno));
     cfg.world_size = world;
     config_finalize(&cfg);
+    if (cfg.warmup > cfg.steps && !eval_only && rank == 0)  // e.g. a short run of a ViT config (warmup 5000)
+        fprintf(stderr, "warning: warmup %ld is longer than the run's %ld steps: the learning rate rises to only %.3g of lr = %g "
+                "(--set warmup=N)\n", cfg.warmup, cfg.steps, (double)cfg.steps / cfg.warmup, cfg.lr);
     if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
 
     // ---- model

@@ -8,7 +8,9 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "../data/tokenizer.h"
 #include "utils.h"
 
 typedef enum { T_INT, T_LONG, T_U64, T_FLOAT, T_OPTFLOAT, T_BOOL, T_ENUM, T_STR } KeyType;
@@ -18,7 +20,7 @@ typedef struct {
     KeyType type;
     size_t offset;        // into Config
     const char *def;      // default as written in a file; NULL = required
-    double min, max;      // inclusive range for numbers
+    double min, max;      // inclusive range for numbers; for strings min 1 = may not be empty
     const char *choices;  // for T_ENUM: "a|b|c", index = stored value
     const char *doc;
 } Key;
@@ -36,7 +38,7 @@ static const Key KEYS[] = {
     {"vision_heads", T_INT, OFF(vision_heads), NULL, 1, 1024, NULL, "image tower attention heads; must divide vision_width"},
     {"vision_mlp_ratio", T_FLOAT, OFF(vision_mlp_ratio), "4", 0.01, 64, NULL, "image MLP hidden = int(vision_width * ratio), as open_clip"},
     {"context_length", T_INT, OFF(context_length), "77", 2, 4096, NULL, "text tokens per caption (SOT + text + EOT, padded)"},
-    {"vocab_size", T_INT, OFF(vocab_size), "49408", 2, 1 << 24, NULL, "token vocabulary size (CLIP BPE: 49408)"},
+    {"vocab_size", T_INT, OFF(vocab_size), "49408", 2, 1 << 24, NULL, "token vocabulary size (CLIP BPE: 49408; smaller only without tokenized captions: synthetic data, no zero-shot)"},
     {"text_width", T_INT, OFF(text_width), NULL, 1, 65536, NULL, "text tower width"},
     {"text_layers", T_INT, OFF(text_layers), NULL, 1, 1024, NULL, "text tower blocks"},
     {"text_heads", T_INT, OFF(text_heads), NULL, 1, 1024, NULL, "text tower attention heads; must divide text_width"},
@@ -86,7 +88,7 @@ static const Key KEYS[] = {
     {"dist_timeout", T_FLOAT, OFF(dist_timeout), "600", 1, 1e7, NULL,
      "multi-GPU: seconds a rank waits for a collective before it stops the run with an error (a lost or hung rank)"},
     // data
-    {"data", T_STR, OFF(data), "synthetic", 0, 0, NULL,
+    {"data", T_STR, OFF(data), "synthetic", 1, 0, NULL,
      "training data: synthetic, or webdataset shards: dir/{00000..00099}.tar, a directory, several joined by ::"},
     {"val_data", T_STR, OFF(val_data), "", 0, 0, NULL, "validation shards (same syntax); empty = none"},
     {"val_max_pairs", T_LONG, OFF(val_max_pairs), "10000", 1, BIG, NULL, "validation pairs used for retrieval R@1/5/10 and the validation loss"},
@@ -105,7 +107,7 @@ static const Key KEYS[] = {
      "transparent images: drop alpha as PIL's convert('RGB') and open_clip do (black-on-transparent art turns black), or composite onto white"},
     {"max_image_pixels", T_LONG, OFF(max_image_pixels), "100000000", 1, BIG, NULL, "images with more pixels are skipped"},
     // run
-    {"run_dir", T_STR, OFF(run_dir), "runs/default", 0, 0, NULL, "directory for the log, the effective config and checkpoints"},
+    {"run_dir", T_STR, OFF(run_dir), "runs/default", 1, 0, NULL, "directory for the log, the effective config and checkpoints"},
     {"log_every", T_LONG, OFF(log_every), "10", 1, BIG, NULL, "console log interval in steps"},
     {"tensorboard", T_BOOL, OFF(tensorboard), "false", 0, 1, NULL,
      "also write each log interval's scalars and the evaluation metrics as a TensorBoard event file in run_dir"},
@@ -114,7 +116,7 @@ static const Key KEYS[] = {
     {"resume", T_STR, OFF(resume), "", 0, 0, NULL, "empty = fresh start; latest = newest complete checkpoint in run_dir; or a checkpoint path"},
     {"init_weights", T_STR, OFF(init_weights), "", 0, 0, NULL,
      "start from these weights (.safetensors with open_clip names, e.g. from scripts/convert_open_clip.py) with a fresh optimizer; ignored when resuming"},
-    {"watch_rms", T_STR, OFF(watch_rms), "default", 0, 0, NULL,
+    {"watch_rms", T_STR, OFF(watch_rms), "default", 1, 0, NULL,
      "tensors whose optimizer RMS is logged every step: default (visual.conv1.weight and the first/last block's qkv and c_fc of each tower) or comma-separated names"},
     {"spike_factor", T_FLOAT, OFF(spike_factor), "1.3", 1.0001, 1000, NULL,
      "a loss above spike_factor x the running loss reference is logged as a spike event with the watched tensors' RMS of the 10 steps before"},
@@ -132,6 +134,8 @@ static int key_given[NKEYS];
 // Keys whose value config_finalize computed from others (steps from samples): printed as comments, so that the
 // printout (run_dir/config.conf) loads again as a config.
 static int key_derived[NKEYS];
+// The order keys were last set in (0 = default), so that a check between two keys reports at the one set last.
+static int key_order[NKEYS], keys_set;
 
 #define CONFIG_EXIT 2
 __attribute__((noreturn, format(printf, 3, 4))) static void config_error(const char *where, const char *key,
@@ -168,6 +172,8 @@ static int find_key(const char *name) {
 }
 
 static void unknown_key(const char *where, const char *name) {
+    for (int i = 0; i < NKEYS; i++)
+        if (strcasecmp(name, KEYS[i].name) == 0) config_error(where, name, "unknown key (did you mean %s? keys are lower case)", KEYS[i].name);
     int best = -1, best_d = 2 + (int)strlen(name) / 4;  // suggest only close names
     for (int i = 0; i < NKEYS; i++) {
         int d = edit_distance(name, KEYS[i].name);
@@ -184,6 +190,7 @@ static const char *parse_value(Config *c, int k, const char *text, char *reason,
     char *end = NULL;
     if (key->type == T_STR) {
         if (strlen(text) >= CONFIG_STR) return "value too long";
+        if (*text == '\0' && key->min > 0) return "empty value";
         strcpy(field, text);
         return NULL;
     }
@@ -237,6 +244,10 @@ static const char *parse_value(Config *c, int k, const char *text, char *reason,
         snprintf(reason, rlen, "%s is out of range [%g, %g]", text, key->min, key->max);
         return reason;
     }
+    if ((key->type == T_FLOAT || key->type == T_OPTFLOAT) && v != 0 && (float)v == 0) {
+        snprintf(reason, rlen, "%s is too small for a float (it would be 0)", text);
+        return reason;
+    }
     switch (key->type) {
         case T_INT: *(int *)field = (int)v; break;
         case T_LONG: *(long *)field = (long)v; break;
@@ -252,14 +263,14 @@ static void assign(Config *c, const char *where, const char *name, const char *v
     const char *err = parse_value(c, k, value, reason, sizeof(reason));
     if (err) config_error(where, name, "%s", err);
     snprintf(key_source[k], sizeof(key_source[k]), "%s", where);
-    key_given[k] = 1, key_derived[k] = 0;
+    key_given[k] = 1, key_derived[k] = 0, key_order[k] = ++keys_set;
 }
 
 void config_defaults(Config *c) {
     memset(c, 0, sizeof(*c));
     c->world_size = 1;
     for (int k = 0; k < NKEYS; k++) {
-        key_given[k] = key_derived[k] = 0;
+        key_given[k] = key_derived[k] = key_order[k] = 0;
         snprintf(key_source[k], sizeof(key_source[k]), "default");
         if (!KEYS[k].def) continue;
         char reason[256];
@@ -274,34 +285,49 @@ static char *trim(char *s) {
     return s;
 }
 
-// Cut a trailing `# comment` (outside double quotes) and surrounding quotes from a value.
+// Cut a trailing `# comment` (outside double quotes) and surrounding quotes from a value. A comment's '#' starts the
+// value or follows a space; one glued to the value (`data = /d/set#2.tar`) is an error, not a cut path.
 static const char *strip_value(char *v, const char *where, const char *key) {
     if (*v == '"') {
+        // the closing quote: the first one followed by nothing but spaces or a comment (a value may hold quotes)
         char *close = strchr(v + 1, '"');
         if (!close) config_error(where, key, "unterminated quote");
-        *close = '\0';
-        char *rest = trim(close + 1);
-        if (*rest && *rest != '#') config_error(where, key, "text after the closing quote");
-        return v + 1;
+        for (char *q = close; q; q = strchr(q + 1, '"')) {
+            const char *rest = q + 1 + strspn(q + 1, " \t\r\n\v\f");
+            if (*rest == '\0' || *rest == '#') {
+                *q = '\0';
+                return v + 1;
+            }
+        }
+        config_error(where, key, "text after the closing quote");
     }
     char *hash = strchr(v, '#');
+    if (hash && hash > v && !isspace((unsigned char)hash[-1]))
+        config_error(where, key, "'#' inside a value: write the value in double quotes (\"...\") to keep the '#', or put a space before a comment");
     if (hash) *hash = '\0';
     return trim(v);
 }
 
-static void load_file(Config *c, const char *path, int depth) {
-    if (depth > 8) fatal("%s: includes nested more than 8 deep", path);
+// A config file that cannot be opened or read: `path: what`, after the `include` line that named it (from) if any.
+__attribute__((noreturn)) static void file_error(const char *from, const char *path, const char *what) {
+    if (from) config_error(from, "include", "%s: %s: %s", path, what, strerror(errno));
+    fflush(stdout);
+    fprintf(stderr, "%s: %s: %s\n", path, what, strerror(errno));
+    exit(CONFIG_EXIT);
+}
+
+// from: where the `include` line naming this file is (NULL for -c's file).
+static void load_file(Config *c, const char *path, int depth, const char *from) {
+    if (depth > 8) config_error(from, "include", "nested more than 8 deep (%s)", path);
     FILE *f = fopen(path, "r");
-    if (!f) {
-        fprintf(stderr, "%s: cannot open config file: %s\n", path, strerror(errno));
-        exit(CONFIG_EXIT);
-    }
+    if (!f) file_error(from, path, "cannot open config file");
     char line[4096];
+    int first_line[NKEYS] = {0};  // where this file set each key: a second time is an error (an include's keys may be set again)
     for (int lineno = 1; fgets(line, sizeof(line), f); lineno++) {
         char where[1100];
         snprintf(where, sizeof(where), "%s:%d", path, lineno);
         if (!strchr(line, '\n') && !feof(f)) config_error(where, "(line)", "line longer than %zu characters", sizeof(line) - 2);
-        char *s = trim(line);
+        char *s = trim(lineno == 1 && strncmp(line, "\xef\xbb\xbf", 3) == 0 ? line + 3 : line);  // a UTF-8 byte order mark
         if (*s == '\0' || *s == '#') continue;
         char *eq = strchr(s, '=');
         if (!eq) config_error(where, s, "expected `key = value`");
@@ -315,15 +341,19 @@ static void load_file(Config *c, const char *path, int depth) {
             const char *slash = strrchr(path, '/');
             if (value[0] == '/' || !slash) snprintf(inc, sizeof(inc), "%s", value);
             else snprintf(inc, sizeof(inc), "%.*s/%s", (int)(slash - path), path, value);
-            load_file(c, inc, depth + 1);
+            load_file(c, inc, depth + 1, where);
             continue;
         }
+        int k = find_key(name);
+        if (k >= 0 && first_line[k]) config_error(where, name, "set twice in this file (first at line %d)", first_line[k]);
         assign(c, where, name, value);
+        first_line[k] = lineno;
     }
-    fclose(f);
+    if (ferror(f)) file_error(from, path, "cannot read config file");  // e.g. a directory: not an empty config
+    if (fclose(f) != 0) file_error(from, path, "cannot close config file");
 }
 
-void config_load_file(Config *c, const char *path) { load_file(c, path, 0); }
+void config_load_file(Config *c, const char *path) { load_file(c, path, 0, NULL); }
 
 void config_load(Config *c, const char *path) {
     config_defaults(c);
@@ -339,10 +369,23 @@ void config_set(Config *c, const char *assignment, int arg_index) {
     char *eq = strchr(buf, '=');
     if (!eq) config_error(where, buf, "expected --set key=value");
     *eq = '\0';
+    if (*trim(buf) == '\0') config_error(where, "(argument)", "missing key before '='");
     assign(c, where, trim(buf), trim(eq + 1));
 }
 
 static const char *source_of(const char *name) { return key_source[find_key(name)]; }
+
+// A check between keys a and b failed: the error is at the one set last (the line most likely just changed) and names
+// where the other came from.
+__attribute__((noreturn, format(printf, 3, 4))) static void pair_error(const char *a, const char *b, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    int ka = find_key(a), kb = find_key(b), last = key_order[kb] > key_order[ka] ? kb : ka, other = last == ka ? kb : ka;
+    config_error(key_source[last], KEYS[last].name, "%s (%s from %s)", msg, KEYS[other].name, key_source[other]);
+}
 
 // "qkv,c_fc" -> bits 1 << SB_LINEAR_*; "none" -> 0.
 static int parse_linears(const char *list, const char *where) {
@@ -367,12 +410,16 @@ void config_finalize(Config *c) {
     for (int k = 0; k < NKEYS; k++)
         if (!KEYS[k].def && !key_given[k]) config_error("config", KEYS[k].name, "missing required key");
     if (c->vision_width % c->vision_heads)
-        config_error(source_of("vision_heads"), "vision_heads", "%d does not divide vision_width %d", c->vision_heads, c->vision_width);
+        pair_error("vision_heads", "vision_width", "vision_heads %d does not divide vision_width %d", c->vision_heads, c->vision_width);
     if (c->text_width % c->text_heads)
-        config_error(source_of("text_heads"), "text_heads", "%d does not divide text_width %d", c->text_heads, c->text_width);
+        pair_error("text_heads", "text_width", "text_heads %d does not divide text_width %d", c->text_heads, c->text_width);
     if (c->image_size % c->patch_size)
-        config_error(source_of("patch_size"), "patch_size", "%d does not divide image_size %d", c->patch_size, c->image_size);
-    if (config_vision_mlp(c) < 1 || config_text_mlp(c) < 1) config_error("config", "mlp_ratio", "MLP width rounds to 0");
+        pair_error("patch_size", "image_size", "patch_size %d does not divide image_size %d", c->patch_size, c->image_size);
+    if (config_vision_mlp(c) < 1)
+        pair_error("vision_mlp_ratio", "vision_width", "vision_width %d x vision_mlp_ratio %g gives an MLP width of 0", c->vision_width,
+                   c->vision_mlp_ratio);
+    if (config_text_mlp(c) < 1)
+        pair_error("text_mlp_ratio", "text_width", "text_width %d x text_mlp_ratio %g gives an MLP width of 0", c->text_width, c->text_mlp_ratio);
     int steps_k = find_key("steps");
     if (key_derived[steps_k]) c->steps = 0;  // an earlier finalize's: derived again (batch_size may have changed)
     if (c->steps > 0 && c->samples > 0)
@@ -385,13 +432,20 @@ void config_finalize(Config *c) {
     }
     if (c->zeroshot_data[0] && !c->zeroshot_classnames[0])
         config_error(source_of("zeroshot_data"), "zeroshot_data", "needs zeroshot_classnames (a file of class names)");
+    // captions tokenized with the CLIP BPE (shards, validation shards, zero-shot prompts) need its ids in the vocabulary
+    // (otherwise the first batch, or the first evaluation hours in, stops on an id outside it)
+    const char *tokenized = strcmp(c->data, "synthetic") ? "data" : c->val_data[0] && strcmp(c->val_data, "synthetic") ? "val_data"
+                            : c->zeroshot_data[0] ? "zeroshot_data" : NULL;
+    if (tokenized && c->vocab_size <= TOKEN_EOT)
+        pair_error("vocab_size", tokenized, "vocab_size %d cannot hold the CLIP tokenizer's ids (up to %d), which %s uses", c->vocab_size,
+                   TOKEN_EOT, tokenized);
     c->switchback_mask = parse_linears(c->switchback_layers, source_of("switchback_layers"));
     if (c->batch_size % c->world_size)
         config_error(source_of("batch_size"), "batch_size", "%ld is not a multiple of the %d ranks (each rank takes batch_size / ranks)",
                      c->batch_size, c->world_size);
     if (c->micro_batch_size > c->batch_size / c->world_size)
-        config_error(source_of("micro_batch_size"), "micro_batch_size", "%ld is larger than the per-rank batch %ld (batch_size %ld / %d ranks)",
-                     c->micro_batch_size, c->batch_size / c->world_size, c->batch_size, c->world_size);
+        pair_error("micro_batch_size", "batch_size", "micro_batch_size %ld is larger than the per-rank batch %ld (batch_size %ld / %d ranks)",
+                   c->micro_batch_size, c->batch_size / c->world_size, c->batch_size, c->world_size);
 }
 
 // The shortest decimal that reads back as v (lr = 2e-3 prints 0.002, not %.9g's 0.00200000009).
@@ -423,7 +477,13 @@ static void format_value(const Config *c, int k, char *out, size_t n) {
             snprintf(out, n, "%.*s", (int)strcspn(p, "|"), p);
             break;
         }
-        case T_STR: snprintf(out, n, "%s", field); break;
+        case T_STR: {
+            // quoted where the file syntax needs it (a '#', a leading quote, spaces at either end), so that it reads back
+            size_t len = strlen(field);
+            int quote = strchr(field, '#') || field[0] == '"' || (len && (isspace((unsigned char)field[0]) || isspace((unsigned char)field[len - 1])));
+            snprintf(out, n, quote ? "\"%s\"" : "%s", field);
+            break;
+        }
     }
 }
 

@@ -20,7 +20,7 @@ enum { SB_VARIANT_STANDARD, SB_VARIANT_MEMORY_EFFICIENT, SB_VARIANT_VECTORWISE, 
 
 typedef struct {
     // ---- model (open_clip's model config) ----
-    char model[64];           // a name for logs, e.g. "ViT-B-32"
+    char model[CONFIG_STR];   // a name for logs, e.g. "ViT-B-32"
     int embed_dim;            // joint embedding width
     int image_size;           // input resolution (square)
     int patch_size;           // ViT patch size

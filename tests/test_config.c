@@ -75,6 +75,26 @@ static void test_set_overrides_and_include(void) {
     EXPECT(c.switchback_mask == 0, "switchback_layers none: mask %d", c.switchback_mask);
 }
 
+// A string value as long as the parser allows (CONFIG_STR - 1 characters) is kept whole and touches no other key;
+// one character more is refused. `model` once had 64 bytes and a long name overwrote the model's sizes.
+static void test_long_string_values(void) {
+    const char *keys[] = {"model", "run_dir", "data", "watch_rms"};
+    for (int k = 0; k < 4; k++) {
+        Config c;
+        config_load(&c, "configs/tiny.conf");
+        char set[CONFIG_STR + 64];
+        int n = snprintf(set, sizeof(set), "%s=", keys[k]);
+        memset(set + n, 'x', CONFIG_STR - 1);
+        set[n + CONFIG_STR - 1] = '\0';
+        config_set(&c, set, 1);
+        EXPECT(c.embed_dim == 64 && c.image_size == 32 && c.patch_size == 8 && c.vision_width == 64 && c.vision_layers == 2,
+               "%s of %d characters changed the model: embed %d image %d patch %d width %d layers %d", keys[k], CONFIG_STR - 1,
+               c.embed_dim, c.image_size, c.patch_size, c.vision_width, c.vision_layers);
+        const char *field = k == 0 ? c.model : k == 1 ? c.run_dir : k == 2 ? c.data : c.watch_rms;
+        EXPECT(strlen(field) == CONFIG_STR - 1 && strspn(field, "x") == CONFIG_STR - 1, "%s: %zu characters kept", keys[k], strlen(field));
+    }
+}
+
 // Run ./train_clip --dry-run on a config text; returns the exit code and the stderr text.
 static int run_config(const char *text, const char *extra, char *err, size_t cap) {
     FILE *f = fopenCheck(test_path("bad.conf"), "w");
@@ -97,27 +117,109 @@ static void test_bad_configs_name_file_line_key(void) {
         const char *line, *extra, *expect;
     } cases[] = {
         {"lrr = 0.1\n", "", "bad.conf:2: lrr: unknown key (did you mean lr?)"},
+        {"LR = 0.1\n", "", "bad.conf:2: LR: unknown key (did you mean lr? keys are lower case)"},
+        {"Batch_Size = 8\n", "", "bad.conf:2: Batch_Size: unknown key (did you mean batch_size? keys are lower case)"},
         {"lr = fast\n", "", "bad.conf:2: lr: expected a number, got 'fast'"},
         {"beta2 = 1.5\n", "", "bad.conf:2: beta2: 1.5 is out of range"},
         {"vision_layers = 2.5\n", "", "bad.conf:2: vision_layers: expected a whole number"},
         {"optimizer = sgd\n", "", "bad.conf:2: optimizer: expected one of adamw|stable_adamw, got 'sgd'"},
         {"quick_gelu = maybe\n", "", "bad.conf:2: quick_gelu: expected true or false"},
         {"just some words\n", "", "bad.conf:2: just some words: expected `key = value`"},
-        {"vision_heads = 5\n", "", "bad.conf:2: vision_heads: 5 does not divide vision_width 64"},
+        {"vision_heads = 5\n", "", "bad.conf:2: vision_heads: vision_heads 5 does not divide vision_width 64 (vision_width from "},
+        // a check between two keys reports at the one set last, naming where the other came from
+        {"image_size = 30\n", "", "bad.conf:2: image_size: patch_size 8 does not divide image_size 30 (patch_size from "},
+        {"text_width = 66\n", "", "bad.conf:2: text_width: text_heads 4 does not divide text_width 66 (text_heads from "},
+        {"vision_mlp_ratio = 0.01\n", "", "bad.conf:2: vision_mlp_ratio: vision_width 64 x vision_mlp_ratio 0.01 gives an MLP width of 0"},
+        {"micro_batch_size = 32\n", "--set batch_size=16",
+         "--set:4: batch_size: micro_batch_size 32 is larger than the per-rank batch 16 (batch_size 16 / 1 ranks) (micro_batch_size from "},
         {"", "--set nope=1", "--set:4: nope: unknown key (./train_clip --help-config"},
         {"", "--set steps=-4", "--set:4: steps: -4 is out of range"},
         {"switchback_layers = qkv,fc1\n", "", "bad.conf:2: switchback_layers: 'fc1' is not one of qkv, out_proj, c_fc, c_proj"},
+        {"run_dir = runs/a#1\n", "", "bad.conf:2: run_dir: '#' inside a value: write the value in double quotes"},
+        {"lr = 1e-3#fast\n", "", "bad.conf:2: lr: '#' inside a value"},
+        {"lr = 0.1\nwd = 0\nlr = 0.2\n", "", "bad.conf:4: lr: set twice in this file (first at line 2)"},
+        {"grad_clip = 1e-50\n", "", "bad.conf:2: grad_clip: 1e-50 is too small for a float (it would be 0)"},
+        {"run_dir =   # comment\n", "", "bad.conf:2: run_dir: empty value"},
+        {"watch_rms = \"\"\n", "", "bad.conf:2: watch_rms: empty value"},
+        {"", "--set data=", "--set:4: data: empty value"},
+        {"vocab_size = 1000\n", "--set data=/data/shards", "--set:4: data: vocab_size 1000 cannot hold the CLIP tokenizer's ids (up to 49407)"},
+        {"vocab_size = 49407\nval_data = /data/val\n", "", "bad.conf:3: val_data: vocab_size 49407 cannot hold the CLIP tokenizer's ids"},
+        {"zeroshot_data = synthetic\nzeroshot_classnames = c.txt\nvocab_size = 500\n", "", "bad.conf:4: vocab_size: vocab_size 500 cannot"},
     };
     char err[4096], text[1024];
+    int rc;
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         snprintf(text, sizeof(text), "%s%s", head, cases[i].line);
-        int rc = run_config(text, cases[i].extra, err, sizeof(err));
+        rc = run_config(text, cases[i].extra, err, sizeof(err));
         EXPECT(rc == 2, "case %zu: exit code %d, want 2 (%s)", i, rc, err);
         EXPECT(strstr(err, cases[i].expect) != NULL, "case %zu: stderr '%s' lacks '%s'", i, err, cases[i].expect);
     }
+    // warmup longer than the run: it starts (short test runs do this on purpose), with a warning that says so
+    snprintf(text, sizeof(text), "%ssteps = 10\nwarmup = 20\n", head);
+    rc = run_config(text, "", err, sizeof(err));
+    EXPECT(rc == 0 && strstr(err, "warning: warmup 20 is longer than the run's 10 steps"), "warmup > steps: rc %d, '%s'", rc, err);
+    snprintf(text, sizeof(text), "%ssteps = 20\nwarmup = 20\n", head);
+    rc = run_config(text, "", err, sizeof(err));
+    EXPECT(rc == 0 && !strstr(err, "warmup"), "warmup = steps: rc %d, '%s'", rc, err);
     // a required model key missing altogether
-    int rc = run_config("embed_dim = 8\nvision_width = 8\nvision_layers = 1\nvision_heads = 1\npatch_size = 4\nsteps = 1\n", "", err, sizeof(err));
+    rc = run_config("embed_dim = 8\nvision_width = 8\nvision_layers = 1\nvision_heads = 1\npatch_size = 4\nsteps = 1\n", "", err, sizeof(err));
     EXPECT(rc == 2 && strstr(err, "text_width: missing required key"), "missing key: rc %d, '%s'", rc, err);
+}
+
+// Run a shell command; returns its exit code, its stderr and stdout together in out.
+static int run_cmd(const char *cmd, char *out, size_t cap) {
+    FILE *p = popen(cmd, "r");
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// A config or an include that cannot be read (a directory, a missing file, an include loop) is an error naming it and
+// the include line, exit code 2; a directory once read as an empty file. A UTF-8 byte order mark and CRLF line ends
+// (Windows editors) load.
+static void test_unreadable_includes_bom_crlf(void) {
+    char err[4096], text[1024], cmd[1024];
+    snprintf(cmd, sizeof(cmd), "./train_clip -c %s/configs --dry-run 2>&1", getenv("PWD"));
+    int rc = run_cmd(cmd, err, sizeof(err));
+    EXPECT(rc == 2 && strstr(err, "/configs: cannot read config file: Is a directory"), "-c DIR: rc %d, '%s'", rc, err);
+    snprintf(text, sizeof(text), "include = %s/configs/tiny.conf\ninclude = %s/configs\n", getenv("PWD"), getenv("PWD"));
+    rc = run_config(text, "", err, sizeof(err));
+    EXPECT(rc == 2 && strstr(err, "bad.conf:2: include: ") && strstr(err, "/configs: cannot read config file: Is a directory"),
+           "include = DIR: rc %d, '%s'", rc, err);
+    rc = run_config("include = nowhere.conf\n", "", err, sizeof(err));
+    EXPECT(rc == 2 && strstr(err, "bad.conf:1: include: ") && strstr(err, "nowhere.conf: cannot open config file: No such file"),
+           "include of a missing file: rc %d, '%s'", rc, err);
+    rc = run_config("include = bad.conf\n", "", err, sizeof(err));
+    EXPECT(rc == 2 && strstr(err, "bad.conf:1: include: nested more than 8 deep"), "include loop: rc %d, '%s'", rc, err);
+    snprintf(text, sizeof(text), "\xef\xbb\xbfinclude = %s/configs/tiny.conf\r\nmodel = windows\r\nlr = 5e-4 # c\r\n", getenv("PWD"));
+    rc = run_config(text, "", err, sizeof(err));
+    EXPECT(rc == 0, "a config with a BOM and CRLF line ends: rc %d, '%s'", rc, err);
+}
+
+// The command line: what it cannot take as meant is an error (exit 2) naming the argument, not a value quietly used or
+// dropped: -c twice (the first was ignored), --limit junk or negative (read as 0 = no limit), --limit without
+// --inspect-data, --set without a key, and --set with --tokenize but no -c (the overrides were skipped).
+static void test_command_line_errors(void) {
+    struct {
+        const char *args, *expect;
+    } cases[] = {
+        {"-c configs/tiny.conf -c configs/vit_b_32.conf --dry-run", "error: -c given twice"},
+        {"--inspect-data nowhere --limit abc", "error: --limit: expected a whole number >= 0, got 'abc'"},
+        {"--inspect-data nowhere --limit -3", "error: --limit: expected a whole number >= 0, got '-3'"},
+        {"--inspect-data nowhere --limit 2x", "error: --limit: expected a whole number >= 0, got '2x'"},
+        {"-c configs/tiny.conf --limit 5 --dry-run", "error: --limit goes with --inspect-data"},
+        {"-c configs/tiny.conf --set =1 --dry-run", "--set:4: (argument): missing key before '='"},
+    };
+    char out[4096], cmd[1024];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(cmd, sizeof(cmd), "./train_clip %s 2>&1 >/dev/null", cases[i].args);
+        int rc = run_cmd(cmd, out, sizeof(out));
+        EXPECT(rc == 2 && strstr(out, cases[i].expect), "'%s': rc %d, stderr '%s' (want '%s')", cases[i].args, rc, out, cases[i].expect);
+    }
+    int rc = run_cmd("echo 'a photo of a cat' | ./train_clip --tokenize --set context_length=8 2>&1", out, sizeof(out));
+    if (rc == 0) EXPECT(!strcmp(out, "49406 320 1125 539 320 2368 49407 0\n"), "--tokenize --set context_length=8: '%s'", out);
+    else EXPECT(strstr(out, "vocab") || strstr(out, "tokenizer"), "--tokenize: rc %d '%s'", rc, out);  // no vocabulary here: test_tokenizer says so
 }
 
 static void test_dry_run_prints_params_line(void) {
@@ -151,7 +253,9 @@ static void test_readme_config_reference_is_current(void) {
 static void strip_sources(const char *text, char *out, size_t cap) {
     size_t n = 0;
     for (const char *line = text; *line;) {
-        const char *end = strchr(line, '\n'), *hash = strstr(line, " # ");
+        const char *end = strchr(line, '\n'), *value = strstr(line, "= "), *hash;
+        if (value && value < end && value[2] == '"') hash = strstr(strchr(value + 3, '"') ? strchr(value + 3, '"') : value, " # ");  // after a quoted value
+        else hash = strstr(line, " # ");
         if (!end) end = line + strlen(line);
         if (!hash || hash > end) hash = end;
         while (hash > line && hash[-1] == ' ') hash--;
@@ -168,12 +272,20 @@ static void test_printed_config_reads_back(void) {
     Rng r;
     rng_init(&r, (uint64_t)time(NULL), RNG_TEST, 1);
     char *want = mallocCheck(1 << 16), *got = mallocCheck(1 << 16), *out = mallocCheck(1 << 16);
+    FILE *sp = fopenCheck(test_path("spaces.conf"), "w");
+    fputs("model = \" spaced # name \"  # a comment\n", sp);
+    fcloseCheck(sp);
     for (int i = 0; i < 10; i++) {
         char set[64];
         uint32_t bits = (uint32_t)rng_u64(&r);
         float lr = ldexpf((float)(bits >> 8) / 16777216.0f + 0.5f, -(int)(bits % 30));  // random mantissa, 2^-31..2^-1
         snprintf(set, sizeof(set), "lr=%.9g", lr);
         config_set(&a, set, 1);
+        if (i == 0) {  // string values the file syntax must quote: a '#', a leading quote, surrounding spaces
+            config_set(&a, "run_dir=runs/x#1", 2);
+            config_set(&a, "data=\"q\"uoted", 3);
+            config_load_file(&a, test_path("spaces.conf"));
+        }
         char *text = NULL;
         size_t len = 0;
         FILE *m = open_memstream(&text, &len);
@@ -198,6 +310,8 @@ static void test_printed_config_reads_back(void) {
             EXPECT(strstr(text, "\nwd                   = 0.2 ") && strstr(text, "\nbeta2                = 0.98 ") &&
                        strstr(text, "\neps                  = 1e-06 ") && strstr(text, "\nspike_factor         = 1.3 "),
                    "floats not printed in their shortest form:\n%s", text);
+        if (i == 0)
+            EXPECT(!strcmp(a.model, " spaced # name ") && !strcmp(a.run_dir, "runs/x#1"), "model '%s' run_dir '%s'", a.model, a.run_dir);
         free(text);
     }
     free(want), free(got), free(out);
@@ -207,7 +321,10 @@ int main(void) {
     RUN(test_param_counts_equal_open_clip);
     RUN(test_layer_scale_adds_gamma_tensors);
     RUN(test_set_overrides_and_include);
+    RUN(test_long_string_values);
     RUN(test_bad_configs_name_file_line_key);
+    RUN(test_unreadable_includes_bom_crlf);
+    RUN(test_command_line_errors);
     RUN(test_dry_run_prints_params_line);
     RUN(test_readme_config_reference_is_current);
     RUN(test_printed_config_reads_back);
