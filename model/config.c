@@ -50,7 +50,7 @@ static const Key KEYS[] = {
     {"batch_size", T_LONG, OFF(batch_size), "16384", 1, BIG, NULL, "global batch per optimizer step, all ranks together (paper: 16384)"},
     {"micro_batch_size", T_LONG, OFF(micro_batch_size), "0", 0, BIG, NULL,
      "samples per rank per forward pass; 0 = batch_size / world size (no accumulation)"},
-    {"steps", T_LONG, OFF(steps), "0", 0, BIG, NULL, "optimizer steps; set this or samples"},
+    {"steps", T_LONG, OFF(steps), "0", 0, BIG, NULL, "optimizer steps; set this or samples (a --set of either replaces the other from the files)"},
     {"samples", T_LONG, OFF(samples), "0", 0, BIG, NULL, "training samples; steps = ceil(samples / batch_size)"},
     {"lr", T_FLOAT, OFF(lr), "2e-3", 0, 1e3, NULL, "peak learning rate (paper: 2e-3)"},
     {"wd", T_FLOAT, OFF(wd), "0.2", 0, 1e3, NULL, "decoupled weight decay, not applied to tensors with ndim < 2 (paper: 0.2)"},
@@ -422,6 +422,15 @@ void config_finalize(Config *c) {
         pair_error("text_mlp_ratio", "text_width", "text_width %d x text_mlp_ratio %g gives an MLP width of 0", c->text_width, c->text_mlp_ratio);
     int steps_k = find_key("steps");
     if (key_derived[steps_k]) c->steps = 0;  // an earlier finalize's: derived again (batch_size may have changed)
+    int samples_k = find_key("samples"), later = key_order[steps_k] > key_order[samples_k] ? steps_k : samples_k;
+    if (c->steps > 0 && c->samples > 0 && !strncmp(key_source[later], "--set:", 6)) {
+        // --set wins over the files: `--set steps=100` shortens a ViT config that sets samples, and the reverse
+        int other = later == steps_k ? samples_k : steps_k;
+        *(other == steps_k ? &c->steps : &c->samples) = 0;
+        char by[sizeof(key_source[0])];
+        snprintf(by, sizeof(by), "%s", key_source[later]);
+        snprintf(key_source[other], sizeof(key_source[other]), "0: %.1000s sets %s", by, KEYS[later].name);
+    }
     if (c->steps > 0 && c->samples > 0)
         config_error(source_of("samples"), "samples", "set steps or samples, not both (steps is set at %s)", source_of("steps"));
     if (c->steps == 0 && c->samples == 0) config_error("config", "steps", "missing required key (or set samples)");

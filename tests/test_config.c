@@ -75,6 +75,33 @@ static void test_set_overrides_and_include(void) {
     EXPECT(c.switchback_mask == 0, "switchback_layers none: mask %d", c.switchback_mask);
 }
 
+// --set wins over the files for steps and samples too: `--set steps=100` on a ViT config (which sets samples) runs
+// 100 steps, `--set samples=` on one that sets steps derives steps; both in the files is still an error.
+static void test_set_steps_or_samples_over_files(void) {
+    Config c;
+    config_defaults(&c);
+    config_load_file(&c, "configs/vit_b_16.conf");
+    config_set(&c, "steps=100", 1);
+    config_finalize(&c);
+    EXPECT(c.steps == 100 && c.samples == 0, "vit_b_16 + --set steps=100: steps %ld samples %ld", c.steps, c.samples);
+    config_defaults(&c);
+    config_load_file(&c, "configs/tiny.conf");
+    config_set(&c, "samples=6400", 1);
+    config_finalize(&c);
+    EXPECT(c.steps == 100 && c.samples == 6400, "tiny (batch 64) + --set samples=6400: steps %ld samples %ld", c.steps, c.samples);
+    FILE *f = fopenCheck(test_path("both.conf"), "w");
+    fprintf(f, "include = %s/configs/tiny.conf\nsamples = 640\n", getenv("PWD"));
+    fcloseCheck(f);
+    char cmd[1024], out[4096] = "";
+    snprintf(cmd, sizeof(cmd), "./train_clip -c %s --dry-run 2>&1", test_path("both.conf"));
+    FILE *p = popen(cmd, "r");
+    size_t n = p ? fread(out, 1, sizeof(out) - 1, p) : 0;
+    out[n] = '\0';
+    int status = p ? pclose(p) : -1;
+    EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 2 && strstr(out, "both.conf:2: samples: set steps or samples, not both"),
+           "steps and samples both from files: status %d, output:\n%s", status, out);
+}
+
 // A string value as long as the parser allows (CONFIG_STR - 1 characters) is kept whole and touches no other key;
 // one character more is refused. `model` once had 64 bytes and a long name overwrote the model's sizes.
 static void test_long_string_values(void) {
@@ -321,6 +348,7 @@ int main(void) {
     RUN(test_param_counts_equal_open_clip);
     RUN(test_layer_scale_adds_gamma_tensors);
     RUN(test_set_overrides_and_include);
+    RUN(test_set_steps_or_samples_over_files);
     RUN(test_long_string_values);
     RUN(test_bad_configs_name_file_line_key);
     RUN(test_unreadable_includes_bom_crlf);
