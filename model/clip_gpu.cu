@@ -1126,6 +1126,26 @@ const char *clip_gpu_unavailable(void) {
     return why;
 }
 
+// An empty kernel built like every other: whether this build has code for the current GPU (the Makefile builds sm_80
+// and sm_90a machine code, no PTX: other architectures fail at their first launch).
+__global__ void arch_probe_kernel(void) {}
+
+const char *clip_gpu_unsupported(void) {
+    static char why[384];
+    cudaFuncAttributes attr;
+    cudaError_t e = cudaFuncGetAttributes(&attr, arch_probe_kernel);
+    if (e == cudaSuccess) return "";
+    cudaGetLastError();  // not sticky: clear it
+    int dev;
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDevice(&dev));
+    cudaCheck(cudaGetDeviceProperties(&prop, dev));
+    snprintf(why, sizeof(why), "this build has no code for the %s (compute capability %d.%d: %s); rebuild for it with "
+             "make CUDA_ARCH=\"-gencode=arch=compute_%d%d,code=sm_%d%d\"", prop.name, prop.major, prop.minor, cudaGetErrorName(e),
+             prop.major, prop.minor, prop.major, prop.minor);
+    return why;
+}
+
 int clip_gpu_micro_batch(const Config *c) {
     return (int)(c->micro_batch_size ? c->micro_batch_size : c->batch_size / c->world_size);
 }
@@ -1271,12 +1291,16 @@ static int largest_fit(const Config *c, const ClipLayout *L, int recompute, size
     return lo;
 }
 
+// Of free_b free bytes, what the plan may take: 256 MiB stay for what the CUDA libraries allocate later (cuBLASLt's
+// workspace, NCCL's buffers, lazily loaded modules), so that a plan that does not fit stops at the start, not in step 1.
+static size_t usable_memory(size_t free_b) { return free_b > (256u << 20) ? free_b - (256u << 20) : 0; }
+
 int clip_gpu_print_memory_plan(const Config *c, const ClipLayout *L) {
     int mb = clip_gpu_micro_batch(c);
     GpuMemoryPlan p = clip_gpu_memory_plan(c, L, mb, c->recompute);
     size_t free_b = 0, total_b = 0;
     cudaCheck(cudaMemGetInfo(&free_b, &total_b));
-    size_t avail = free_b > (256u << 20) ? free_b - (256u << 20) : 0;  // headroom for the CUDA libraries' own buffers
+    size_t avail = usable_memory(free_b);
     printf("memory plan (GPU, %s, micro-batch %d, recompute %d, recompute_keep %d): weights %.2f GiB, grads %.2f GiB, optimizer %.2f GiB, "
            "activations %.2f GiB, other %.2f GiB = %.2f GiB of %.2f GiB free\n",
            c->precision == PRECISION_FP32 ? "fp32" : c->precision == PRECISION_BF16 ? "bf16" : "int8_switchback", mb, c->recompute, c->recompute_keep, gib(p.weights), gib(p.grads), gib(p.optimizer),
@@ -1291,6 +1315,7 @@ ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *para
     if (c->world_size > 1 && (!dist || gd_world(dist) != c->world_size))
         fatal("clip_gpu_create: world_size %d needs the process's communicator of as many ranks (gpu_dist_init)", c->world_size);
     const char *why = clip_gpu_unavailable();
+    if (!*why) why = clip_gpu_unsupported();  // this rank's GPU, selected by now
     if (*why) fatal("device = cuda: %s", why);
     int mb = clip_gpu_micro_batch(c);
     if (c->precision != PRECISION_FP32) {
@@ -1313,9 +1338,9 @@ ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *para
     carve(g, &count, &p);
     size_t free_b, total_b;
     cudaCheck(cudaMemGetInfo(&free_b, &total_b));
-    if (p.total > free_b) {
-        int fit = largest_fit(c, L, c->recompute, free_b > (256u << 20) ? free_b - (256u << 20) : 0);
-        fatal("out of GPU memory: micro-batch %d needs %.2f GiB, %.2f GiB are free. Largest micro-batch that fits with "
+    if (p.total > usable_memory(free_b)) {
+        int fit = largest_fit(c, L, c->recompute, usable_memory(free_b));
+        fatal("out of GPU memory: micro-batch %d needs %.2f GiB, %.2f GiB are free (0.25 GiB kept for the CUDA libraries). Largest micro-batch that fits with "
               "recompute = %d: %d; set micro_batch_size (gradient accumulation keeps the batch), recompute = 2 or a smaller recompute_keep",
               mb, gib(p.total), gib(free_b), c->recompute, fit);
     }
@@ -1350,7 +1375,8 @@ ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *para
         cudaCheck(cudaEventRecord(g->stage_free[k], 0));
         cudaCheck(cudaEventRecord(g->consumed[k], 0));
     }
-    g->vocab_counts = (int *)mallocCheck((size_t)c->vocab_size * sizeof(int));
+    // token_index_build's counts: of the token ids (vocab_size) and of the positions (context_length), in turn
+    g->vocab_counts = (int *)mallocCheck((size_t)(c->vocab_size > c->context_length ? c->vocab_size : c->context_length) * sizeof(int));
     cudaCheck(cudaDeviceSynchronize());
     return g;
 }

@@ -53,6 +53,9 @@ int clip_gpu_gemm_choices(const char *path, int save);
 size_t clip_gpu_memory_used(void);
 // Why the GPU cannot be used ("" when it can): no device, driver older than the toolkit, ...
 const char *clip_gpu_unavailable(void);
+// "" if this build has code for the current GPU, else why not (with the make command that builds it). Loads a module on
+// the current device: call it once the process's GPU is chosen.
+const char *clip_gpu_unsupported(void);
 GpuMemoryPlan clip_gpu_memory_plan(const Config *c, const ClipLayout *L, int micro_batch, int recompute);
 // Prints the plan for the config's micro-batch, the GPU's free memory and the largest micro-batch that fits
 // (per recompute level). Returns 1 if the configured micro-batch fits.

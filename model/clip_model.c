@@ -13,6 +13,11 @@ const char *clip_model_check(const Config *c, int *device) {
     static char why[512];
 #ifdef HAVE_CUDA
     const char *gpu_why = clip_gpu_unavailable();
+    // one process: the GPU it would use is the current one (several: each rank checks its own in clip_gpu_create)
+    if (!*gpu_why && c->world_size == 1) {
+        gpu_why = clip_gpu_unsupported();
+        if (*gpu_why && c->device == DEVICE_AUTO) fprintf(stderr, "note: device = auto: not the GPU: %s\n", gpu_why);
+    }
 #else
     const char *gpu_why = "this build has no CUDA (nvcc was not found at build time)";
 #endif
