@@ -16,10 +16,11 @@ static Config base_config(void) {
 
 // Two steps on a 3-element tensor: g1 small, then g2 much larger, so RMS_2 > 1.
 // Step 1: b1t = b2t = 0  =>  m = g, u = g^2, RMS = 1 (no clipping), update = lr g / (|g| + eps).
+// g1[2] = 1e-4 makes u = 1e-8 < eps: the RMS floor is eps^2, not eps (which would give RMS 0.82 at step 1).
 // Step 2: b1t = 0.9 (1 - 0.9) / (1 - 0.81) = 0.47368, b2t = 0.98 (1 - 0.98) / (1 - 0.9604) = 0.49495.
 static void two_steps(int clip, double expect_rms2_gt_one) {
     const double lr = 0.01, wd = 0.2, eps = 1e-6;
-    double p[3] = {0.5, -1.0, 2.0}, g1[3] = {0.01, -0.02, 0.005}, g2[3] = {1.0, 0.5, -2.0};
+    double p[3] = {0.5, -1.0, 2.0}, g1[3] = {0.01, -0.02, 1e-4}, g2[3] = {1.0, 0.5, -2.0};
     float pf[3], gf[3], m[3] = {0}, u[3] = {0};
     for (int i = 0; i < 3; i++) pf[i] = (float)p[i];
     Config c = base_config();
