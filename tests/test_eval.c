@@ -173,6 +173,12 @@ static void test_retrieval_against_reference(void) {
     for (int k = 0; k < 3; k++)
         EXPECT(fabs(r.image_to_text[k] - want[0][k]) < 1e-12 && fabs(r.text_to_image[k] - want[1][k]) < 1e-12,
                "R@%d %g/%g, want %g/%g", (int[]){1, 5, 10}[k], r.image_to_text[k], r.text_to_image[k], want[0][k], want[1][k]);
+    // val_max_pairs = 3 cuts the first batch of 4 to its first 3 pairs
+    l = loader_open(&c, "synthetic", 0, 4, 0, 1);
+    RetrievalResult r3 = eval_retrieval(&m, l, 3);
+    loader_close(l);
+    double loss3 = contrastive_loss(img, txt, ls, 3, E, NULL, NULL, NULL);
+    EXPECT(r3.n == 3 && fabs(r3.loss - loss3) < 1e-4 * loss3, "max_pairs 3: %ld pairs, loss %.6f; want 3, %.6f", r3.n, r3.loss, loss3);
     free(img), free(txt), free(image), free(ids);
     clip_model_free(&m);
 }
