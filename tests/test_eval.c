@@ -173,6 +173,12 @@ static void test_retrieval_against_reference(void) {
     for (int k = 0; k < 3; k++)
         EXPECT(fabs(r.image_to_text[k] - want[0][k]) < 1e-12 && fabs(r.text_to_image[k] - want[1][k]) < 1e-12,
                "R@%d %g/%g, want %g/%g", (int[]){1, 5, 10}[k], r.image_to_text[k], r.text_to_image[k], want[0][k], want[1][k]);
+    // val_max_pairs = 3 cuts the first batch of 4 to its first 3 pairs
+    l = loader_open(&c, "synthetic", 0, 4, 0, 1);
+    RetrievalResult r3 = eval_retrieval(&m, l, 3);
+    loader_close(l);
+    double loss3 = contrastive_loss(img, txt, ls, 3, E, NULL, NULL, NULL);
+    EXPECT(r3.n == 3 && fabs(r3.loss - loss3) < 1e-4 * loss3, "max_pairs 3: %ld pairs, loss %.6f; want 3, %.6f", r3.n, r3.loss, loss3);
     free(img), free(txt), free(image), free(ids);
     clip_model_free(&m);
 }
@@ -254,6 +260,37 @@ static void test_zeroshot_against_reference(void) {
     EXPECT(fabs(r.top1 - top1 / 5) < 1e-12 && fabs(r.top5 - top5 / 5) < 1e-12, "top-1/5 %g/%g, want %g/%g", r.top1, r.top5, top1 / 5, top5 / 5);
     EXPECT(fabs(r.per_class - per_class / present) < 1e-12 && fabs(r.majority - majority / 5) < 1e-12, "per-class %g majority %g, want %g %g",
            r.per_class, r.majority, per_class / present, majority / 5);
+    // the untrained model may hit nothing (per-class 0 whatever it divides by): again with a classifier whose row k
+    // is the first class-k image's own feature (that image is a hit) and zero rows for the absent classes 3..5,
+    // so the mean over the 3 present classes is above 0 and differs from a mean over all 6
+    float *rows = callocCheck((size_t)6 * E, sizeof(float));
+    l = loader_open(&c, spec, 0, 1, 0, 1);
+    while (loader_next(l, &b) == 1)
+        if (b.labels[0] >= 0 && rows[b.labels[0] * E] == 0) clip_model_encode_images(&m, b.images, 1, rows + b.labels[0] * E), normalize(rows + b.labels[0] * E, E);
+    loader_close(l);
+    l = loader_open(&c, spec, 0, 4, 0, 1);
+    r = eval_zeroshot(&m, rows, 6, l);
+    loader_close(l);
+    l = loader_open(&c, spec, 0, 1, 0, 1);
+    memset(seen, 0, sizeof(seen)), memset(hit, 0, sizeof(hit));
+    while (loader_next(l, &b) == 1) {
+        int y = b.labels[0], above = 0;
+        if (y < 0) continue;
+        clip_model_encode_images(&m, b.images, 1, f);
+        normalize(f, E);
+        double s[6] = {0};
+        for (int k = 0; k < 6; k++)
+            for (int e = 0; e < E; e++) s[k] += (double)f[e] * rows[k * E + e];
+        for (int k = 0; k < 6; k++) above += k != y && !(s[k] < s[y]);
+        seen[y]++, hit[y] += above < 1;
+    }
+    loader_close(l);
+    per_class = 0;
+    for (int k = 0; k < 3; k++) per_class += seen[k] ? hit[k] / seen[k] : 0;
+    EXPECT(seen[0] && seen[1] && seen[2] && hit[0] && hit[1] && hit[2], "the crafted classifier's own images are not all hits");
+    EXPECT(fabs(r.per_class - per_class / 3) < 1e-12, "per-class %g with crafted rows, want %g (the mean over the 3 present classes)", r.per_class,
+           per_class / 3);
+    free(rows);
     free(f), free(classifier);
     tokenizer_free(tok);
     clip_model_free(&m);

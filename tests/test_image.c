@@ -173,6 +173,15 @@ static void test_random_crop_params(void) {
             }
         }
     }
+    // every offset 0..W-w is drawn: over 200 crops of 100x100 (w 95..100), narrower ones touch each edge
+    int left = 0, right = 0, top = 0, bottom = 0;
+    for (int t = 0; t < 200; t++) {
+        CropBox e = transform_random_crop(100, 100, &r);
+        if (e.w < 100) left |= e.x == 0, right |= e.x + e.w == 100;  // a full-width crop touches both sides anyway
+        if (e.h < 100) top |= e.y == 0, bottom |= e.y + e.h == 100;
+    }
+    EXPECT(left && right && top && bottom, "200 crops of 100x100 touch the edges: left %d right %d top %d bottom %d", left, right, top,
+           bottom);
     // the fallback for a very wide image: full height, width = round(h * 4/3), centred
     CropBox c = transform_random_crop(3000, 20, &r);
     EXPECT(c.h == 20 && c.w == 27 && c.x == (3000 - 27) / 2 && c.y == 0, "fallback crop %d,%d %dx%d", c.x, c.y, c.w, c.h);
@@ -180,6 +189,28 @@ static void test_random_crop_params(void) {
     rng_init(&a, 5, RNG_AUGMENT, 9), rng_init(&b, 5, RNG_AUGMENT, 9);
     CropBox ca = transform_random_crop(500, 400, &a), cb = transform_random_crop(500, 400, &b);
     EXPECT(!memcmp(&ca, &cb, sizeof(ca)), "same stream, different crops");
+}
+
+// CenterCrop's offset is Python's round((new - S) / 2), half to even: 1.5 -> 2, 2.5 -> 2, 0.5 -> 0. The eval
+// transform equals that window of the whole resized image (19, 21 and 17 px wide at S = 16).
+static void test_center_crop_offset_rounds_half_to_even(void) {
+    enum { S = 16, H = 16 };
+    const int widths[3] = {19, 21, 17}, want_left[3] = {2, 2, 0};
+    for (int k = 0; k < 3; k++) {
+        int W = widths[k];
+        Image img = {mallocCheck((size_t)W * H * 3), W, H, W, H};
+        for (int i = 0; i < W * H * 3; i++) img.rgb[i] = (uint8_t)(i * 37 % 251);
+        uint8_t *got = mallocCheck((size_t)3 * S * S), *whole = mallocCheck((size_t)3 * W * H);
+        transform_eval(&img, S, got);
+        float box[4] = {0, 0, (float)W, (float)H};
+        resize_bicubic(img.rgb, W, H, (size_t)W * 3, box, W, H, 0, 0, W, H, whole);
+        int bad = 0;
+        for (int c = 0; c < 3; c++)
+            for (int y = 0; y < S; y++)
+                for (int x = 0; x < S; x++) bad += got[((size_t)c * S + y) * S + x] != whole[((size_t)c * H + y) * W + x + want_left[k]];
+        EXPECT(bad == 0, "%dx%d at %d px: %d values differ from the window at x = %d", W, H, S, bad, want_left[k]);
+        free(img.rgb), free(got), free(whole);
+    }
 }
 
 static void test_pixel_limit(void) {
@@ -249,6 +280,7 @@ int main(void) {
     RUN(test_against_pil);
     RUN(test_dct_scaling);
     RUN(test_random_crop_params);
+    RUN(test_center_crop_offset_rounds_half_to_even);
     RUN(test_pixel_limit);
     RUN(test_damaged_images);
     RUN(test_alpha_on_white);

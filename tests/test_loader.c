@@ -381,9 +381,27 @@ static void test_synthetic_source(void) {
     free(toks);
 }
 
+// images_normalize: (x / 255 - mean[c]) / std[c] per channel plane of (B, 3, S, S), with open_clip's mean and std
+// written out here, on every channel of two 16x16 images.
+static void test_images_normalize(void) {
+    enum { B = 2, S = 16 };
+    const double mean[3] = {0.48145466, 0.4578275, 0.40821073}, std[3] = {0.26862954, 0.26130258, 0.27577711};
+    uint8_t in[B * 3 * S * S];
+    float out[B * 3 * S * S];
+    for (int i = 0; i < B * 3 * S * S; i++) in[i] = (uint8_t)(i * 7 + i / (S * S));
+    images_normalize(in, out, B, S);
+    double worst = 0;
+    for (int i = 0; i < B * 3 * S * S; i++) {
+        int c = i / (S * S) % 3;
+        worst = fmax(worst, fabs(out[i] - (in[i] / 255.0 - mean[c]) / std[c]));
+    }
+    EXPECT(worst < 1e-5, "normalised pixels differ from (x / 255 - mean) / std by up to %.2e", worst);
+}
+
 int main(void) {
     if (access(VOCAB, R_OK) == 0) tok = tokenizer_load(VOCAB);
     manifest_n = read_manifest(&manifest);
+    RUN(test_images_normalize);
     RUN(test_sample_verdicts);
     RUN(test_extreme_samples);
     RUN(test_eval_pass);

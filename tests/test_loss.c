@@ -85,8 +85,25 @@ static void test_rows_split_over_ranks_sum_to_global(void) {
     EXPECT(fabs(s_ls - g_ls) <= 1e-5 * fabs(g_ls), "logit_scale gradient %.8f vs %.8f", s_ls, g_ls);
 }
 
+// The loss sees only directions: features scaled by 1e-4 or 1e4 give the same loss (L2 normalisation divides
+// by the norm itself, F.normalize's 1e-12 floor aside), within 1e-6 relative.
+static void test_loss_is_scale_invariant(void) {
+    Rng r;
+    rng_init(&r, (uint64_t)time(NULL), RNG_TEST, 3);
+    float img[N * E], txt[N * E], si[N * E], st[N * E];
+    random_features(img, N * E, &r), random_features(txt, N * E, &r);
+    float ref = contrastive_loss(img, txt, 2.3f, N, E, NULL, NULL, NULL);
+    for (int k = 0; k < 2; k++) {
+        float scale = k ? 1e4f : 1e-4f;
+        for (int i = 0; i < N * E; i++) si[i] = img[i] * scale, st[i] = txt[i] / scale;
+        float loss = contrastive_loss(si, st, 2.3f, N, E, NULL, NULL, NULL);
+        EXPECT(fabsf(loss - ref) <= 1e-6f * ref, "images x %g, texts / %g: loss %.8f vs %.8f", scale, scale, loss, ref);
+    }
+}
+
 int main(void) {
     RUN(test_loss_matches_direct_formula);
     RUN(test_rows_split_over_ranks_sum_to_global);
+    RUN(test_loss_is_scale_invariant);
     TEST_EXIT();
 }

@@ -16,10 +16,11 @@ static Config base_config(void) {
 
 // Two steps on a 3-element tensor: g1 small, then g2 much larger, so RMS_2 > 1.
 // Step 1: b1t = b2t = 0  =>  m = g, u = g^2, RMS = 1 (no clipping), update = lr g / (|g| + eps).
+// g1[2] = 1e-4 makes u = 1e-8 < eps: the RMS floor is eps^2, not eps (which would give RMS 0.82 at step 1).
 // Step 2: b1t = 0.9 (1 - 0.9) / (1 - 0.81) = 0.47368, b2t = 0.98 (1 - 0.98) / (1 - 0.9604) = 0.49495.
 static void two_steps(int clip, double expect_rms2_gt_one) {
     const double lr = 0.01, wd = 0.2, eps = 1e-6;
-    double p[3] = {0.5, -1.0, 2.0}, g1[3] = {0.01, -0.02, 0.005}, g2[3] = {1.0, 0.5, -2.0};
+    double p[3] = {0.5, -1.0, 2.0}, g1[3] = {0.01, -0.02, 1e-4}, g2[3] = {1.0, 0.5, -2.0};
     float pf[3], gf[3], m[3] = {0}, u[3] = {0};
     for (int i = 0; i < 3; i++) pf[i] = (float)p[i];
     Config c = base_config();
@@ -127,6 +128,48 @@ static void test_weight_decay_excludes_ndim_below_two(void) {
     clip_layout_free(&L);
 }
 
+// optim_step takes beta1, beta2, eps, wd and the clipping from the config (adamw_update's arithmetic is
+// checked above): two steps on the tiny layout, a small then a large gradient (RMS > 1 at step 2, so
+// the two optimizers differ), equal bit for bit to adamw_update called per tensor with the config's values.
+static void optim_step_uses_config(int kind) {
+    Config c;
+    config_load(&c, "configs/tiny.conf");
+    c.optimizer = kind, c.beta1 = 0.8f, c.beta2 = 0.95f, c.eps = 1e-3f, c.wd = 0.1f, c.beta2_warmup_lambda = 0;
+    ClipLayout L;
+    clip_layout_build(&L, &c);
+    size_t n = L.buffer_elems;
+    float *p = mallocCheck(n * sizeof(float)), *q = mallocCheck(n * sizeof(float)), *g = callocCheck(n, sizeof(float));
+    float *m = callocCheck(n, sizeof(float)), *u = callocCheck(n, sizeof(float));
+    clip_init_params(&L, p, 3);
+    memcpy(q, p, n * sizeof(float));
+    Optimizer o;
+    optim_init(&o, &c, &L);
+    int clipped = 0;
+    for (int t = 1; t <= 2; t++) {
+        for (int i = 0; i < L.num_tensors; i++)
+            for (size_t j = 0; j < L.tensors[i].numel; j++) g[L.tensors[i].offset + j] = (float)((t == 1 ? 1e-3 : 1.0) * sin(1.0 + j + 7.0 * i));
+        optim_step(&o, p, g, 0.05f);
+        double b1 = 0.8f, b2 = 0.95f;  // the config's floats
+        float b1t = (float)(b1 * (1 - pow(b1, t - 1)) / (1 - pow(b1, t))), b2t = (float)(b2 * (1 - pow(b2, t - 1)) / (1 - pow(b2, t)));
+        for (int i = 0; i < L.num_tensors; i++) {
+            const ParamTensor *T = &L.tensors[i];
+            size_t off = T->offset;
+            float rms = adamw_update(q + off, g + off, m + off, u + off, T->numel, 0.05f, T->decay ? 0.1f : 0.0f, b1t, b2t, 1e-3f,
+                                     kind == OPTIMIZER_STABLE_ADAMW);
+            EXPECT(o.rms[i] == rms, "%s step %d: RMS %g, want %g", T->name, t, o.rms[i], rms);
+            clipped += t == 2 && rms > 1.01f;
+        }
+        EXPECT(memcmp(p, q, n * sizeof(float)) == 0, "%s step %d: parameters differ from adamw_update with the config's values",
+               kind == OPTIMIZER_STABLE_ADAMW ? "stable_adamw" : "adamw", t);
+    }
+    EXPECT(clipped > 0, "no tensor had RMS > 1 at step 2: the test cannot tell the optimizers apart");
+    optim_free(&o), free(p), free(q), free(g), free(m), free(u);
+    clip_layout_free(&L);
+}
+
+static void test_optim_step_uses_config_stable_adamw(void) { optim_step_uses_config(OPTIMIZER_STABLE_ADAMW); }
+static void test_optim_step_uses_config_adamw(void) { optim_step_uses_config(OPTIMIZER_ADAMW); }
+
 static void test_grad_norm_and_clipping(void) {
     size_t n = 100003;
     float *g = mallocCheck(n * sizeof(float));
@@ -148,6 +191,8 @@ int main(void) {
     RUN(test_beta2_warmup);
     RUN(test_schedule);
     RUN(test_weight_decay_excludes_ndim_below_two);
+    RUN(test_optim_step_uses_config_stable_adamw);
+    RUN(test_optim_step_uses_config_adamw);
     RUN(test_grad_norm_and_clipping);
     TEST_EXIT();
 }

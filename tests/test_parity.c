@@ -4,6 +4,7 @@
 // gradient tensor 1e-5 (fp32 arithmetic over these sizes lands near 1e-7..1e-6).
 #include "../model/checkpoint.h"
 #include "../model/clip_cpu.h"
+#include "../model/ops_cpu.h"
 #include "../model/safetensors.h"
 #include "../model/utils.h"
 #include "test.h"
@@ -90,6 +91,16 @@ static void check_fixture(const char *path) {
 static void test_parity_gelu(void) { check_fixture("tests/fixtures/ref_gelu.safetensors"); }
 static void test_parity_quickgelu_layer_scale(void) { check_fixture("tests/fixtures/ref_quickgelu_ls.safetensors"); }
 
+// Pooling takes open_clip's text.argmax(dim=-1): the first largest id. A caption whose text holds
+// "<end_of_text>" tokenizes to a second EOT (open_clip does the same) before the last one; the first is pooled.
+static void test_eot_is_first_largest_id(void) {
+    enum { B = 3, T = 6 };
+    int32_t ids[B * T] = {49406, 5, 49407, 7, 49407, 0, 49406, 3, 49407, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    int index[B];
+    eot_positions(index, ids, B, T);
+    EXPECT(index[0] == 2 && index[1] == 2 && index[2] == 0, "EOT positions %d %d %d, want 2 2 0", index[0], index[1], index[2]);
+}
+
 // With a path argument: check that fixture alone (tests/interop_open_clip.sh makes one from a trained
 // train_clip checkpoint that went through open_clip).
 static const char *fixture_arg;
@@ -103,5 +114,6 @@ int main(int argc, char **argv) {
     }
     RUN(test_parity_gelu);
     RUN(test_parity_quickgelu_layer_scale);
+    RUN(test_eot_is_first_largest_id);
     TEST_EXIT();
 }

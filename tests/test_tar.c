@@ -165,6 +165,40 @@ static void test_not_a_tar(void) {
     free(tar);
 }
 
+// Grouping as open_clip's group_by_keys_nothrow: a repeated extension under the same key starts a new sample;
+// "__x.txt" is a sample's member, not metadata (that is "__name__" only). And a header whose checksum was
+// summed over signed bytes (old tar writers; Python's tarfile accepts both) is read: its name holds UTF-8.
+static void test_grouping_and_signed_checksum(void) {
+    FILE *f = fopen(test_path("grouping.tar"), "wb");
+    EXPECT(f != NULL, "cannot write grouping.tar");
+    if (!f) return;
+    tar_member(f, "a.jpg", "J", 1), tar_member(f, "a.txt", "one", 3), tar_member(f, "a.txt", "two", 3);
+    tar_member(f, "__x.txt", "meta?", 5);
+    char h[512] = {0};  // "\xc3\xa9.txt" (é.txt), checksum over signed bytes
+    snprintf(h, 100, "\xc3\xa9.txt"), snprintf(h + 100, 8, "%07o", 0644), snprintf(h + 124, 12, "%011o", 1);
+    snprintf(h + 136, 12, "%011o", 0), memcpy(h + 148, "        ", 8), h[156] = '0', memcpy(h + 257, "ustar\0" "00", 8);
+    int sum = 0;
+    for (int i = 0; i < 512; i++) sum += (int8_t)h[i];
+    snprintf(h + 148, 8, "%06o", sum);
+    char data[512] = "e", end[1024] = {0};
+    fwrite(h, 1, 512, f), fwrite(data, 1, 512, f), fwrite(end, 1, sizeof(end), f);
+    fclose(f);
+    f = fopen(test_path("grouping.tar"), "rb");
+    ShardIndex idx = {0};
+    tar_index_shard(f, "grouping.tar", &idx);
+    const char *keys[4] = {"a", "a", "__x", "\xc3\xa9"};
+    EXPECT(idx.n == 4 && !idx.error[0], "%d samples (want 4), error '%s'", idx.n, idx.error);
+    for (int i = 0; i < idx.n && i < 4; i++) EXPECT(strcmp(shard_sample_key(&idx, i), keys[i]) == 0, "sample %d key '%s', want '%s'", i, shard_sample_key(&idx, i), keys[i]);
+    if (idx.n == 4) {
+        char text[8] = "";
+        EXPECT(idx.samples[0].image.size == 1 && idx.samples[1].image.size < 0, "image spans %lld %lld", (long long)idx.samples[0].image.size,
+               (long long)idx.samples[1].image.size);
+        EXPECT(tar_read_span(f, idx.samples[1].txt, text) == 0 && strcmp(text, "two") == 0, "second sample's caption '%s'", text);
+    }
+    shard_index_free(&idx);
+    fclose(f);
+}
+
 static void test_spec_expansion(void) {
     char dir[256], path[1024];
     snprintf(dir, sizeof(dir), "%s", test_path("specs"));
@@ -279,6 +313,7 @@ int main(void) {
     RUN(test_every_truncation);
     RUN(test_random_damage);
     RUN(test_not_a_tar);
+    RUN(test_grouping_and_signed_checksum);
     RUN(test_spec_expansion);
     RUN(test_missing_shard_is_an_error);
     RUN(test_plan_splits_and_epochs);

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../data/text_clean.h"
 #include "../data/tokenizer.h"
 #include "../model/utils.h"
 #include "test.h"
@@ -147,6 +148,21 @@ static void test_threads(void) {
 }
 
 // A caption cut at a shorter context keeps the same first ids and ends with EOT.
+// basic_clean's html.unescape runs twice after ftfy, and ftfy unescapes only lines without '<' (checked
+// with ftfy 6.3.1: html.unescape(html.unescape(ftfy.fix_text(a))) == b below).
+static void test_clean_unescapes_as_open_clip(void) {
+    const char *cases[][2] = {{"x <b> &amp;amp;amp; y", "x <b> &amp; y"}, {"x &amp;amp;amp; y", "x & y"}, {"<i> &amp;lt; </i>", "<i> < </i>"}};
+    CleanScratch x = {0};
+    Str32 out = {0};
+    for (int k = 0; k < 3; k++) {
+        char got[64] = {0};
+        int rc = text_clean(cases[k][0], strlen(cases[k][0]), &x, &out), len = 0;
+        for (int i = 0; rc == 0 && i < out.n && len < 56; i++) len += utf8_put(out.p[i], (uint8_t *)got + len);
+        EXPECT(rc == 0 && strcmp(got, cases[k][1]) == 0, "'%s' cleaned to '%s', want '%s'", cases[k][0], got, cases[k][1]);
+    }
+    clean_scratch_free(&x), free(out.p);
+}
+
 static void test_truncation(void) {
     if (!tok) SKIP("no vocabulary");
     const char *text = "a photo of a cat sitting on a red sofa next to a window, with a dog asleep on the rug";
@@ -221,6 +237,7 @@ int main(void) {
     RUN(test_vocab_present);
     RUN(test_parity);
     RUN(test_threads);
+    RUN(test_clean_unescapes_as_open_clip);
     RUN(test_truncation);
     RUN(test_missing_vocab_message);
     RUN(test_tokenize_cli);
