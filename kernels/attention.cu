@@ -1002,10 +1002,7 @@ void attention_set_kernels(AttnKernels k) { attn_kernels = k; }
 static int use_wgmma(int hd) {
     static int sm90 = -1, env_mma = 0;
     if (sm90 < 0) {
-        int dev, major;
-        cudaCheck(cudaGetDevice(&dev));
-        cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-        sm90 = major == 9;
+        sm90 = hopper_code_runs();
         const char *e = getenv("ATTENTION_KERNELS");
         env_mma = e && strcmp(e, "mma") == 0;
     }

@@ -79,27 +79,9 @@ template <int EPI> static void launch(const Bf16Gemm *g, cudaStream_t stream) {
     wgmma_gemm_launch(op, ta, tb, "bf16_gemm", stream);
 }
 
-int bf16_gemm_available(void) {
-    static int avail = -1;
-    if (avail < 0) {
-        int dev, major = 0;
-        cudaFuncAttributes attr;
-        // no device (memory plans are made without one): 0, not an error
-        if (cuda_device_count() > 0) {
-            cudaCheck(cudaGetDevice(&dev));
-            cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-        }
-        // the kernel body exists only in sm_90a code; on an sm_90 device that code is what runs, if it was built
-        avail = major == 9 && cudaFuncGetAttributes(&attr, wgmma_gemm_kernel<Bf16Op<BF16_EPI_BIAS>>) == cudaSuccess &&
-                attr.binaryVersion == 90;
-        cudaGetLastError();
-    }
-    return avail;
-}
-
 void bf16_gemm(const Bf16Gemm *g, cudaStream_t stream) {
     const char *why = NULL;
-    if (!bf16_gemm_available()) why = "needs an sm_90 GPU and a build with sm_90a code";
+    if (!hopper_code_runs()) why = "needs an sm_90 GPU and a build with sm_90a code";
     else if (g->M < 1 || g->N < 16 || g->K < 16 || g->N % 16 || g->K % 16) why = "M >= 1 and N, K multiples of 16 (>= 16) are needed";
     else if ((uintptr_t)g->a % 16 || (uintptr_t)g->b % 16 || (uintptr_t)g->out % 16 || (uintptr_t)g->out2 % 16)
         why = "pointers must be 16-byte aligned";

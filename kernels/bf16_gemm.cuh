@@ -22,7 +22,5 @@ typedef struct {
     int M, N, K;                 // M >= 1; N, K multiples of 16; pointers 16-byte aligned
 } Bf16Gemm;
 
-// 1 when the device runs bf16_gemm (sm_90 and a build with sm_90a code); callers use cuBLASLt and gelu_forward_gpu
-// otherwise.
-int bf16_gemm_available(void);
+// Runs only where hopper_code_runs() (hopper.cuh); callers use cuBLASLt and gelu_forward_gpu otherwise.
 void bf16_gemm(const Bf16Gemm *g, cudaStream_t stream);

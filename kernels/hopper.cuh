@@ -6,6 +6,11 @@
 #include <cuda.h>  // CUtensorMap and its enums (types only; the encoder is fetched through the runtime)
 #include "cuda_utils.cuh"
 
+// 1 when the current GPU runs this build's sm_90a code: an sm_90 GPU and a build with sm_90a code (the Makefile's
+// default). The wgmma / TMA kernels (bf16_gemm, int8_gemm's wgmma path, the wgmma attention) run only then; their
+// callers use the sm_80 kernels or cuBLASLt otherwise. Asked once per process (hopper.cu).
+int hopper_code_runs(void);
+
 __device__ inline uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 // Two floats as a bf16 pair (lo in the low half), each rounded to nearest even.
 __device__ inline uint32_t pack_bf16(float lo, float hi) {

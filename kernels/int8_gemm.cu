@@ -303,9 +303,6 @@ template <int OUT> static void launch(const Int8Gemm *g, Int8GemmPath path, cuda
 
 void int8_gemm_path(const Int8Gemm *g, Int8GemmPath path, cudaStream_t stream) {
     check_args(g);
-    int dev, major;
-    cudaCheck(cudaGetDevice(&dev));
-    cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
     // SB_INT8_GEMM in the environment picks the kernel that int8_gemm runs (debugging, measurements): mma (the
     // portable kernel everywhere), n256 or n128 (the wgmma kernel with that tile width for every shape).
     static Int8GemmPath forced = (Int8GemmPath)-1;
@@ -317,9 +314,9 @@ void int8_gemm_path(const Int8Gemm *g, Int8GemmPath path, cudaStream_t stream) {
                  : strcmp(e, "n128") == 0 ? INT8_PATH_WGMMA_N128
                                           : INT8_PATH_AUTO;
     }
-    if (path == INT8_PATH_AUTO) path = forced != INT8_PATH_AUTO ? forced : major == 9 ? INT8_PATH_WGMMA : INT8_PATH_MMA;
-    if (path != INT8_PATH_MMA && major != 9) {
-        fatal("int8_gemm: the wgmma kernel needs an sm_90 GPU (this one is sm_%d*)", major);
+    if (path == INT8_PATH_AUTO) path = forced != INT8_PATH_AUTO ? forced : hopper_code_runs() ? INT8_PATH_WGMMA : INT8_PATH_MMA;
+    if (path != INT8_PATH_MMA && !hopper_code_runs()) {
+        fatal("int8_gemm: the wgmma kernel needs an sm_90 GPU and a build with sm_90a code");
     }
     switch (g->out_type) {
     case INT8_OUT_BF16: launch<INT8_OUT_BF16>(g, path, stream); break;

@@ -14,6 +14,7 @@
 #include "../kernels/bf16_gemm.cuh"
 #include "../kernels/embed.cuh"
 #include "../kernels/gelu.cuh"
+#include "../kernels/hopper.cuh"
 #include "../kernels/layernorm.cuh"
 #include "../kernels/loss.cuh"
 #include "../kernels/matmul.cuh"
@@ -1140,9 +1141,10 @@ const char *clip_gpu_unsupported(void) {
     cudaDeviceProp prop;
     cudaCheck(cudaGetDevice(&dev));
     cudaCheck(cudaGetDeviceProperties(&prop, dev));
+    const char *a = prop.major == 9 && prop.minor == 0 ? "a" : "";  // Hopper: the wgmma kernels need sm_90a
     snprintf(why, sizeof(why), "this build has no code for the %s (compute capability %d.%d: %s); rebuild for it with "
-             "make CUDA_ARCH=\"-gencode=arch=compute_%d%d,code=sm_%d%d\"", prop.name, prop.major, prop.minor, cudaGetErrorName(e),
-             prop.major, prop.minor, prop.major, prop.minor);
+             "make CUDA_ARCH=\"-gencode=arch=compute_%d%d%s,code=sm_%d%d%s\"", prop.name, prop.major, prop.minor, cudaGetErrorName(e),
+             prop.major, prop.minor, a, prop.major, prop.minor, a);
     return why;
 }
 
@@ -1177,7 +1179,7 @@ static void init_shape(ClipGPU *g, const Config *c, const ClipLayout *L, int mb,
     int sb = c->precision == PRECISION_INT8_SWITCHBACK;
     for (int i = 0; i < SB_LINEARS; i++) g->sb_on[i] = sb && (c->switchback_mask >> i & 1);
     g->fused_gelu = g->use_bf16 && !g->sb_on[SB_LINEAR_C_FC] && !g->sb_on[SB_LINEAR_C_PROJ] && L->visual.width % 16 == 0 &&
-                    L->visual.mlp % 16 == 0 && L->text.width % 16 == 0 && L->text.mlp % 16 == 0 && bf16_gemm_available();
+                    L->visual.mlp % 16 == 0 && L->text.width % 16 == 0 && L->text.mlp % 16 == 0 && hopper_code_runs();
     g->vis.t = &L->visual, g->txt.t = &L->text;
     g->vis.blocks = (BlockBuf *)callocCheck((size_t)L->visual.layers, sizeof(BlockBuf));
     g->txt.blocks = (BlockBuf *)callocCheck((size_t)L->text.layers, sizeof(BlockBuf));
@@ -1317,6 +1319,12 @@ ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *para
     const char *why = clip_gpu_unavailable();
     if (!*why) why = clip_gpu_unsupported();  // this rank's GPU, selected by now
     if (*why) fatal("device = cuda: %s", why);
+    int dev, major;
+    cudaCheck(cudaGetDevice(&dev));
+    cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    if (major == 9 && !hopper_code_runs() && (!dist || gd_rank(dist) == 0))
+        fprintf(stderr, "warning: this build has no sm_90a code, so the Hopper kernels (wgmma GEMM and attention) are off and the "
+                "step is slower: build with the Makefile's CUDA_ARCH (-gencode=arch=compute_90a,code=sm_90a)\n");
     int mb = clip_gpu_micro_batch(c);
     if (c->precision != PRECISION_FP32) {
         const TowerLayout *ts[2] = {&L->visual, &L->text};

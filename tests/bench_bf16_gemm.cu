@@ -9,6 +9,7 @@
 //   ./build/tests/bench_bf16_gemm [reps]      (default 20)
 #include <math.h>
 #include "../kernels/bf16_gemm.cuh"
+#include "../kernels/hopper.cuh"
 #include "../kernels/gelu.cuh"
 #include "../kernels/matmul.cuh"
 #include "bench_gpu.h"
@@ -47,7 +48,7 @@ int main(int argc, char **argv) {
     if (bench_no_gpu("bench_bf16_gemm")) return 0;
     cudaDeviceProp prop = bench_device();
     printf("GPU: %s (%d SMs); ms per call, median of %d batches of %d\n", prop.name, prop.multiProcessorCount, BENCH_TRIALS, reps);
-    if (!bf16_gemm_available()) {
+    if (!hopper_code_runs()) {
         printf("bench_bf16_gemm: skipped: bf16_gemm needs an sm_90 GPU and sm_90a code\n");
         return 0;
     }

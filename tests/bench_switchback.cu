@@ -16,6 +16,7 @@
 #include <cuda_profiler_api.h>
 #include <string.h>
 #include "../kernels/gelu.cuh"
+#include "../kernels/hopper.cuh"
 #include "../kernels/matmul.cuh"
 #include "../kernels/switchback.cuh"
 #include "bench_gpu.h"
@@ -183,7 +184,7 @@ int main(int argc, char **argv) {
     int profile = getenv("SB_BENCH_PROFILE") && atoi(getenv("SB_BENCH_PROFILE"));
     if (bench_no_gpu("bench_switchback")) return 0;
     cudaDeviceProp prop = bench_device();
-    int wgmma = prop.major == 9;
+    int wgmma = hopper_code_runs();
     printf("GPU: %s (sm_%d%d, %d SMs, L2 %d MB), %d reps, median\n", prop.name, prop.major, prop.minor,
            prop.multiProcessorCount, prop.l2CacheSize >> 20, reps);
     float t[MAXSHAPES][NOPS];

@@ -6,6 +6,7 @@
 //    (GELU and QuickGELU).
 // Skipped without an sm_90 GPU.
 #include "../kernels/bf16_gemm.cuh"
+#include "../kernels/hopper.cuh"
 #include "../kernels/gelu.cuh"
 #include "test_gpu.h"
 
@@ -52,7 +53,7 @@ static Bf16Gemm gemm_of(const Case &c, const Inputs &in, Bf16GemmEpilogue epi) {
 
 static void test_bias(void) {
     SKIP_WITHOUT_GPU();
-    if (!bf16_gemm_available()) SKIP("bf16_gemm needs an sm_90 GPU");
+    if (!hopper_code_runs()) SKIP("bf16_gemm needs an sm_90 GPU and a build with sm_90a code");
     for (const Case &c : CASES) {
         if ((size_t)c.M * c.N > (size_t)5e7) continue;  // the CPU reference of the largest shapes takes too long
         Inputs in = make_inputs(c);
@@ -77,7 +78,7 @@ static void test_bias(void) {
 
 static void test_gelu_epilogue(void) {
     SKIP_WITHOUT_GPU();
-    if (!bf16_gemm_available()) SKIP("bf16_gemm needs an sm_90 GPU");
+    if (!hopper_code_runs()) SKIP("bf16_gemm needs an sm_90 GPU and a build with sm_90a code");
     int k = 0;
     for (const Case &c : CASES) {
         int quick = k++ % 3 == 2;

@@ -9,6 +9,7 @@
 // Without a GPU every test is skipped.
 #include <time.h>
 #include <unistd.h>
+#include "../kernels/hopper.cuh"
 #include "../kernels/switchback.cuh"
 #include "../model/rng.h"
 #include "ref_switchback.h"
@@ -16,7 +17,6 @@
 
 static uint64_t seed;
 static int test_counter;  // each test draws from its own stream
-static int sm_major;
 
 // ------------------------------------------------------------------------------------------------ helpers
 static void *host_alloc(size_t bytes) {
@@ -383,7 +383,7 @@ static void test_int8_gemm_mma(void) {
 
 static void test_int8_gemm_wgmma(void) {
     NEED_GPU();
-    if (sm_major != 9) SKIP("the wgmma kernel needs an sm_90 GPU");
+    if (!hopper_code_runs()) SKIP("the wgmma kernel needs an sm_90 GPU and a build with sm_90a code");
     gemm_cases(INT8_PATH_WGMMA_N256);  // both tile widths on every case (int8_gemm picks one by shape)
     gemm_cases(INT8_PATH_WGMMA_N128);
 }
@@ -594,7 +594,6 @@ int main(void) {
     if (cuda_device_count() > 0) {
         cudaDeviceProp p;
         cudaCheck(cudaGetDeviceProperties(&p, 0));
-        sm_major = p.major;
         printf("GPU: %s (sm_%d%d)\n", p.name, p.major, p.minor);
     }
     RUN(test_quantize_rowwise);
