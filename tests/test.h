@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int test_failed_checks;  // failed checks in the test being run
@@ -85,9 +86,24 @@ static inline const char *test_path(const char *name) {
     return b;
 }
 
+// Runs a shell command (2>&1 in it to capture stderr too) and returns its exit code (-1 if it did not exit normally),
+// with the first cap - 1 bytes of its output in out. The rest is read and dropped, so the command never blocks on a
+// full pipe.
+static inline int run_command(const char *cmd, char *out, size_t cap) {
+    FILE *p = popen(cmd, "r");
+    size_t n = 0, got;
+    char buf[4096];
+    while (p && (got = fread(buf, 1, sizeof(buf), p)) > 0) {
+        size_t keep = got < cap - 1 - n ? got : cap - 1 - n;
+        memcpy(out + n, buf, keep), n += keep;
+    }
+    out[n] = '\0';
+    int status = p ? pclose(p) : -1;
+    return status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
 // Runs fn(arg) in a child process (code that is meant to stop the program, such as fatal errors) and
 // returns its exit code (-1 if it did not exit normally), with what it wrote to stderr in msg.
-#include <sys/wait.h>
 static inline int test_in_child(void (*fn)(void *), void *arg, char *msg, size_t cap) {
     int fds[2];
     if (pipe(fds) != 0) return perror("pipe"), -1;

@@ -415,11 +415,8 @@ static void test_corrupt_latest_falls_back(void) {
     // the split run holds complete checkpoints at 6 and 12; damage 12
     EXPECT(truncate(test_path("split/checkpoints/step_00000012.state.safetensors"), 100) == 0, "truncate failed");
     char out[8192];
-    FILE *p = popen(expand(RUN_ARGS " --set run_dir={D}/split --set resume=latest 2>&1"), "r");
-    size_t n = fread(out, 1, sizeof(out) - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 0, "resume after corruption failed: %s", out);
+    EXPECT(run_command(expand(RUN_ARGS " --set run_dir={D}/split --set resume=latest 2>&1"), out, sizeof(out)) == 0,
+           "resume after corruption failed: %s", out);
     EXPECT(strstr(out, "skipping checkpoint step 12") && strstr(out, "resumed from step 6"), "did not fall back to step 6: %s", out);
     EXPECT(same_tensors(test_path("straight/checkpoints/step_00000012.model.safetensors"), test_path("split/checkpoints/step_00000012.model.safetensors")),
            "re-run from step 6 differs from the straight run");

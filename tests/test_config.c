@@ -92,14 +92,11 @@ static void test_set_steps_or_samples_over_files(void) {
     FILE *f = fopenCheck(test_path("both.conf"), "w");
     fprintf(f, "include = %s/configs/tiny.conf\nsamples = 640\n", getenv("PWD"));
     fcloseCheck(f);
-    char cmd[1024], out[4096] = "";
+    char cmd[1024], out[4096];
     snprintf(cmd, sizeof(cmd), "./train_clip -c %s --dry-run 2>&1", test_path("both.conf"));
-    FILE *p = popen(cmd, "r");
-    size_t n = p ? fread(out, 1, sizeof(out) - 1, p) : 0;
-    out[n] = '\0';
-    int status = p ? pclose(p) : -1;
-    EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 2 && strstr(out, "both.conf:2: samples: set steps or samples, not both"),
-           "steps and samples both from files: status %d, output:\n%s", status, out);
+    int rc = run_command(cmd, out, sizeof(out));
+    EXPECT(rc == 2 && strstr(out, "both.conf:2: samples: set steps or samples, not both"),
+           "steps and samples both from files: exit %d, output:\n%s", rc, out);
 }
 
 // A string value as long as the parser allows (CONFIG_STR - 1 characters) is kept whole and touches no other key;
@@ -129,11 +126,7 @@ static int run_config(const char *text, const char *extra, char *err, size_t cap
     fcloseCheck(f);
     char cmd[1024];
     snprintf(cmd, sizeof(cmd), "./train_clip -c %s %s --dry-run 2>&1 >/dev/null", test_path("bad.conf"), extra);
-    FILE *p = popen(cmd, "r");
-    size_t n = fread(err, 1, cap - 1, p);
-    err[n] = '\0';
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return run_command(cmd, err, cap);
 }
 
 static void test_bad_configs_name_file_line_key(void) {
@@ -193,22 +186,13 @@ static void test_bad_configs_name_file_line_key(void) {
     EXPECT(rc == 2 && strstr(err, "text_width: missing required key"), "missing key: rc %d, '%s'", rc, err);
 }
 
-// Run a shell command; returns its exit code, its stderr and stdout together in out.
-static int run_cmd(const char *cmd, char *out, size_t cap) {
-    FILE *p = popen(cmd, "r");
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 // A config or an include that cannot be read (a directory, a missing file, an include loop) is an error naming it and
 // the include line, exit code 2; a directory once read as an empty file. A UTF-8 byte order mark and CRLF line ends
 // (Windows editors) load.
 static void test_unreadable_includes_bom_crlf(void) {
     char err[4096], text[1024], cmd[1024];
     snprintf(cmd, sizeof(cmd), "./train_clip -c %s/configs --dry-run 2>&1", getenv("PWD"));
-    int rc = run_cmd(cmd, err, sizeof(err));
+    int rc = run_command(cmd, err, sizeof(err));
     EXPECT(rc == 2 && strstr(err, "/configs: cannot read config file: Is a directory"), "-c DIR: rc %d, '%s'", rc, err);
     snprintf(text, sizeof(text), "include = %s/configs/tiny.conf\ninclude = %s/configs\n", getenv("PWD"), getenv("PWD"));
     rc = run_config(text, "", err, sizeof(err));
@@ -241,10 +225,10 @@ static void test_command_line_errors(void) {
     char out[4096], cmd[1024];
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         snprintf(cmd, sizeof(cmd), "./train_clip %s 2>&1 >/dev/null", cases[i].args);
-        int rc = run_cmd(cmd, out, sizeof(out));
+        int rc = run_command(cmd, out, sizeof(out));
         EXPECT(rc == 2 && strstr(out, cases[i].expect), "'%s': rc %d, stderr '%s' (want '%s')", cases[i].args, rc, out, cases[i].expect);
     }
-    int rc = run_cmd("echo 'a photo of a cat' | ./train_clip --tokenize --set context_length=8 2>&1", out, sizeof(out));
+    int rc = run_command("echo 'a photo of a cat' | ./train_clip --tokenize --set context_length=8 2>&1", out, sizeof(out));
     if (rc == 0) EXPECT(!strcmp(out, "49406 320 1125 539 320 2368 49407 0\n"), "--tokenize --set context_length=8: '%s'", out);
     else EXPECT(strstr(out, "vocab") || strstr(out, "tokenizer"), "--tokenize: rc %d '%s'", rc, out);  // no vocabulary here: test_tokenizer says so
 }

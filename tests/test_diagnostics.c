@@ -243,19 +243,11 @@ static void test_resumed_log_continues_the_run(void) {
     clip_layout_free(&L);
 }
 
-static int run(const char *cmd, char *out, size_t cap) {
-    FILE *p = popen(cmd, "r");
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 #define ARGS "./train_clip -c configs/tiny.conf --set batch_size=8 --set steps=4 --set log_every=100 "
 
 static void test_unwritable_run_dir_is_a_clear_error(void) {
     char out[4096];
-    int rc = run(ARGS "--set run_dir=/dev/null/run 2>&1", out, sizeof(out));
+    int rc = run_command(ARGS "--set run_dir=/dev/null/run 2>&1", out, sizeof(out));
     EXPECT(rc == 1 && strstr(out, "cannot create run_dir /dev/null/run"), "rc %d, output: %s", rc, out);
 }
 
@@ -264,13 +256,13 @@ static void test_full_disk_keeps_previous_checkpoint(void) {
     char out[8192], cmd[1024];
     const char *dir = test_path("full");
     snprintf(cmd, sizeof(cmd), ARGS "--set run_dir=%s --set stop_after=2 >/dev/null 2>&1", dir);
-    int rc = run(cmd, out, sizeof(out));
+    int rc = run_command(cmd, out, sizeof(out));
     EXPECT(rc == 0, "first run failed");
     snprintf(cmd, sizeof(cmd), "sh -c 'ulimit -f 64; exec " ARGS "--set run_dir=%s --set resume=latest 2>&1'", dir);
-    rc = run(cmd, out, sizeof(out));
+    rc = run_command(cmd, out, sizeof(out));
     EXPECT(rc == 1 && strstr(out, "checkpoint at step 4 failed") && strstr(out, "earlier checkpoints are untouched"), "rc %d: %s", rc, out);
     snprintf(cmd, sizeof(cmd), ARGS "--set run_dir=%s --set resume=latest 2>&1", dir);
-    rc = run(cmd, out, sizeof(out));
+    rc = run_command(cmd, out, sizeof(out));
     EXPECT(rc == 0 && strstr(out, "resumed from step 2"), "previous checkpoint not usable after the failed write: %s", out);
 }
 

@@ -321,16 +321,7 @@ static int run_train(const char *args, char *out, size_t cap) {
     char cmd[4096];
     snprintf(cmd, sizeof(cmd), "./train_clip -c configs/tiny.conf --set device=cpu --set batch_size=8 --set steps=2 --set log_every=1 %s 2>&1",
              args);
-    FILE *p = popen(cmd, "r");
-    size_t n = 0;
-    out[0] = '\0';
-    char line[1024];
-    while (p && fgets(line, sizeof(line), p)) {
-        size_t len = strlen(line);
-        if (n + len < cap) memcpy(out + n, line, len + 1), n += len;
-    }
-    int status = p ? pclose(p) : -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return run_command(cmd, out, cap);
 }
 
 // Missing eval inputs (val_data or zeroshot_data shards, the class names file) stop the run before it trains,
