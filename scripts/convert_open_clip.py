@@ -8,7 +8,8 @@
   python3 scripts/convert_open_clip.py to-open-clip IN.model.safetensors OUT.pt
       a train_clip checkpoint's weights -> an open_clip checkpoint {"epoch", "name", "state_dict"} that
       open_clip.create_model(name, pretrained=OUT.pt) or model.load_state_dict(...) takes.
-Names are open_clip's state_dict keys on both sides; buffers that are not weights (attn_mask) are dropped.
+Names are open_clip's state_dict keys on both sides; buffers that are not weights (attn_mask; OpenAI's input_resolution, context_length, vocab_size) are
+dropped.
 """
 import sys
 
@@ -29,7 +30,10 @@ def main():
         sys.exit(__doc__)
     mode, src, dst = sys.argv[1:]
     sd = read_state_dict(src)
-    sd = {k: v.detach().to(torch.float32).contiguous() for k, v in sd.items() if k != "attn_mask" and torch.is_tensor(v)}
+    # not weights: the causal mask buffer, and the hyperparameters OpenAI's checkpoints store as tensors (open_clip's
+    # load_openai_model drops the same three); train_clip refuses tensors its config has no parameter for
+    not_weights = ("attn_mask", "input_resolution", "context_length", "vocab_size")
+    sd = {k: v.detach().to(torch.float32).contiguous() for k, v in sd.items() if k not in not_weights and torch.is_tensor(v)}
     if mode == "to-train-clip":
         save_file(sd, dst, metadata={"format": "pt", "converted_from": src})
     else:
