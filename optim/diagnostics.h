@@ -30,6 +30,7 @@ typedef struct {
     float spike_factor;
     double reference;                               // EMA of the loss over non-spike steps
     long observed, spikes;
+    long log_failed_at;                             // step whose log write failed first (0: writes succeed)
 } Diagnostics;
 
 // watch_rms: "default" (patch embedding + first/last block qkv and c_fc of each tower) or a comma-separated

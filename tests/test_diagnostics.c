@@ -168,6 +168,36 @@ static void test_non_finite_values_stay_json(void) {
     clip_layout_free(&L);
 }
 
+// A step-log write that fails (here /dev/full: a full disk) does not stop the run, whose progress is in its checkpoints:
+// diag_step warns, and the log takes records again once writes succeed.
+static void test_failed_log_write_goes_on(void) {
+    FILE *full = fopen("/dev/full", "w");
+    if (!full) SKIP("no /dev/full");
+    Config c;
+    config_load(&c, "configs/tiny.conf");
+    ClipLayout L;
+    clip_layout_build(&L, &c);
+    Diagnostics d;
+    diag_init(&d, &c, &L);
+    float *rms = callocCheck((size_t)L.num_tensors, sizeof(float));
+    StepRecord r = {1, 8, 2.0f, 1e-3f, 14.f, 1.f, 0.1, 80, 0, 0};
+    diag_step(&d, full, &r, rms);
+    r.step = 2;
+    diag_step(&d, full, &r, rms);
+    EXPECT(d.log_failed_at == 1, "failed writes at steps 1 and 2: log_failed_at %ld, want 1", d.log_failed_at);
+    fclose(full);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    r.step = 3;
+    diag_step(&d, f, &r, rms);
+    fclose(f);
+    EXPECT(d.log_failed_at == 0 && buf && !strncmp(buf, "{\"step\":3,", 10), "after the failure: log_failed_at %ld, log '%.60s'",
+           d.log_failed_at, buf ? buf : "");
+    free(buf), free(rms);
+    clip_layout_free(&L);
+}
+
 static char *read_all(const char *path) {
     FILE *f = fopen(path, "rb");
     if (!f) return strdup("");
@@ -270,6 +300,7 @@ int main(void) {
     RUN(test_json_checker);
     RUN(test_spike_event_carries_rms_history);
     RUN(test_non_finite_values_stay_json);
+    RUN(test_failed_log_write_goes_on);
     RUN(test_resumed_log_continues_the_run);
     RUN(test_unwritable_run_dir_is_a_clear_error);
     RUN(test_full_disk_keeps_previous_checkpoint);
