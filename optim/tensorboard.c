@@ -67,10 +67,14 @@ static void write_record(TbWriter *w, size_t len) {
     put_le(header + 8, crc32c_masked(header, 8), 4);
     uint8_t footer[4];
     put_le(footer, crc32c_masked(w->buf, len), 4);
-    fwriteCheck(header, 1, sizeof(header), w->f);
-    fwriteCheck(w->buf, 1, len, w->f);
-    fwriteCheck(footer, 1, sizeof(footer), w->f);
-    if (fflush(w->f) != 0) fatal("writing a TensorBoard event file failed: %s", strerror(errno));
+    if (w->failed) return;
+    size_t put = fwrite(header, 1, sizeof(header), w->f) + fwrite(w->buf, 1, len, w->f) + fwrite(footer, 1, sizeof(footer), w->f);
+    // a full disk or a network file system's hiccup: the run, which checkpoints keep, goes on without its events
+    if (put != sizeof(header) + len + sizeof(footer) || fflush(w->f) != 0) {
+        fprintf(stderr, "warning: writing the TensorBoard event file failed: %s; training goes on, the file takes no more events\n",
+                strerror(errno));
+        w->failed = 1;
+    }
 }
 
 static void reserve(TbWriter *w, size_t n) {
@@ -99,7 +103,7 @@ void tb_open(TbWriter *w, const char *dir) {
     static int opened = 0;
     snprintf(path, sizeof(path), "%s/events.out.tfevents.%010ld.%s.%ld.%d", dir, (long)time(NULL), host, (long)getpid(), opened++);
     w->f = fopenCheck(path, "wbx");
-    w->buf = NULL, w->cap = 0;
+    w->buf = NULL, w->cap = 0, w->failed = 0;
     static const char version[] = "brain.Event:2";
     reserve(w, 64);
     uint8_t *end = put_bytes(put_event_header(w->buf, 0), 3, version, strlen(version));
@@ -123,7 +127,7 @@ void tb_scalars(TbWriter *w, long step, const TbScalar *s, int n) {
 }
 
 void tb_close(TbWriter *w) {
-    fcloseCheck(w->f);
+    if (fclose(w->f) != 0 && !w->failed) fprintf(stderr, "warning: closing the TensorBoard event file failed: %s\n", strerror(errno));
     free(w->buf);
     w->f = NULL, w->buf = NULL, w->cap = 0;
 }

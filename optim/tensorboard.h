@@ -17,11 +17,13 @@ typedef struct {
     FILE *f;
     uint8_t *buf;  // the Event being encoded
     size_t cap;
+    int failed;    // a write failed: the file takes no more events (a record after a cut one would not be read)
 } TbWriter;
 
 // Creates the event file in dir (which exists) and writes the file-version record; stops on an error.
 void tb_open(TbWriter *w, const char *dir);
-// One Event at `step` with the n scalars, stamped with the current wall time; flushed to the file.
+// One Event at `step` with the n scalars, stamped with the current wall time; flushed to the file. A failed write
+// warns once and ends the file's events, not the run.
 void tb_scalars(TbWriter *w, long step, const TbScalar *s, int n);
 void tb_close(TbWriter *w);
 

@@ -228,6 +228,28 @@ static void test_second_writer_keeps_the_first_file(void) {
     EXPECT(events == 2 * files && events >= 4, "%d event files with %d records: the second writer overwrote the first", files, events);
 }
 
+// A write that fails (here /dev/full: a full disk) warns and ends the file's events, not the run: tb_scalars and
+// tb_close return, and the writer is marked failed.
+static void test_failed_write_goes_on(void) {
+    char dir[600];
+    snprintf(dir, sizeof(dir), "%s", test_path("tb_full"));
+    EXPECT(mkdir(dir, 0755) == 0, "mkdir %s", dir);
+    TbWriter w;
+    tb_open(&w, dir);
+    FILE *full = fopen("/dev/full", "w");
+    if (!full) {
+        tb_close(&w);
+        SKIP("no /dev/full");
+    }
+    fclose(w.f);
+    w.f = full;
+    TbScalar s[1] = {{"train/loss", 1.5f}};
+    tb_scalars(&w, 1, s, 1);
+    tb_scalars(&w, 2, s, 1);
+    EXPECT(w.failed == 1, "a failed write was not noticed");
+    tb_close(&w);
+}
+
 static void test_training_run_writes_events(void) {
     char cmd[1024], path[1200];
     snprintf(cmd, sizeof(cmd), "./train_clip -c configs/tiny.conf --set batch_size=16 --set steps=12 --set warmup=2 --set log_every=4 "
@@ -258,6 +280,7 @@ int main(void) {
     RUN(test_crc32c_check_values);
     RUN(test_event_file_roundtrip);
     RUN(test_second_writer_keeps_the_first_file);
+    RUN(test_failed_write_goes_on);
     RUN(test_training_run_writes_events);
     TEST_EXIT();
 }
