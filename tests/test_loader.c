@@ -119,6 +119,41 @@ static void test_extreme_samples(void) {
     free(image), free(shard), free(png.data), free(grey);
 }
 
+// The `cls` member is a class index only when it is a whole decimal number in [0, 2^31) with nothing after it but
+// white space (a line end); anything else is -1 (unlabelled), never a wrong class: '7x', '-1', '', ' ', '2^31'.
+static void test_cls_parsing(void) {
+    if (!tok) SKIP("no vocabulary");
+    const struct {
+        const char *text;
+        int32_t label;
+    } cases[] = {{"7", 7},       {"7\n", 7},         {"0", 0},          {"12 \r\n", 12},        {"2147483647", 2147483647},
+                 {"7x", -1},     {"7 8", -1},        {"-1", -1},        {"", -1},               {" ", -1},
+                 {"\n", -1},     {"x7", -1},         {"2147483648", -1}, {"4294967303", -1},     {"99999999999999999999", -1},
+                 {"3.0", -1},       {"-3", -1}};
+    uint8_t grey[3 * 4 * 4];
+    memset(grey, 100, sizeof(grey));
+    Bytes png = encode_png(grey, 4, 4);
+    const char *caption = "a grey square";
+    SampleParams p = {tok, S, T, 100000000, IMAGE_ALPHA_DROP, 0};
+    SampleScratch scratch = {0};
+    uint8_t image[3 * S * S];
+    int32_t tokens[T];
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        size_t cap_len = strlen(caption), cls_len = strlen(cases[k].text), len = cap_len + png.len + cls_len;
+        uint8_t *buf = mallocCheck(len + 1);
+        memcpy(buf, caption, cap_len), memcpy(buf + cap_len, png.data, png.len), memcpy(buf + cap_len + png.len, cases[k].text, cls_len);
+        FILE *f = fmemopen(buf, len + 1, "rb");
+        WdsSample ws = {0, {(int64_t)cap_len, (int64_t)png.len}, {0, (int64_t)cap_len}, {(int64_t)(cap_len + png.len), (int64_t)cls_len}};
+        SampleResult r = sample_load(f, &ws, &p, NULL, &scratch, image, tokens);
+        EXPECT(r.status == SAMPLE_OK && r.label == cases[k].label, "cls '%s': %s, label %d, want %d", cases[k].text, SAMPLE_STATUS_NAMES[r.status],
+               r.label, cases[k].label);
+        fclose(f);
+        free(buf);
+    }
+    sample_scratch_free(&scratch);
+    free(png.data);
+}
+
 // An eval batch carries each sample's `cls` label (-1 without one), in spec order.
 static void test_labels(void) {
     if (!tok) SKIP("no vocabulary");
@@ -406,6 +441,7 @@ int main(void) {
     RUN(test_extreme_samples);
     RUN(test_eval_pass);
     RUN(test_labels);
+    RUN(test_cls_parsing);
     RUN(test_same_batches_any_thread_count);
     RUN(test_epochs);
     RUN(test_resume);
