@@ -107,6 +107,13 @@ static void test_extreme_samples(void) {
     rng_init(&r, 1, RNG_AUGMENT, 0);
     SampleResult res = sample_load(f, &s, &eval, &r, &scratch, image, tokens);
     EXPECT(res.status == SKIP_BAD_CAPTION && strstr(res.why, "100000 bytes"), "long caption: %s (%s)", SAMPLE_STATUS_NAMES[res.status], res.why);
+    // the limit itself: a caption of exactly SAMPLE_MAX_CAPTION bytes is the tokenizer's to take, one more byte is not
+    s.txt = (TarSpan){(int64_t)cap_len, SAMPLE_MAX_CAPTION};
+    res = sample_load(f, &s, &train, &r, &scratch, NULL, tokens);
+    EXPECT(res.status == SAMPLE_OK, "caption of exactly %d bytes: %s (%s)", SAMPLE_MAX_CAPTION, SAMPLE_STATUS_NAMES[res.status], res.why);
+    s.txt.size = SAMPLE_MAX_CAPTION + 1;
+    res = sample_load(f, &s, &train, &r, &scratch, NULL, tokens);
+    EXPECT(res.status == SKIP_BAD_CAPTION, "caption of %d bytes: %s (%s)", SAMPLE_MAX_CAPTION + 1, SAMPLE_STATUS_NAMES[res.status], res.why);
     s.txt = (TarSpan){0, (int64_t)cap_len};
     res = sample_load(f, &s, &eval, &r, &scratch, image, tokens);
     EXPECT(res.status == SKIP_TOO_LARGE && res.width == 1100000 && res.height == 1, "eval of the strip: %s (%s)", SAMPLE_STATUS_NAMES[res.status],
