@@ -423,6 +423,68 @@ static void test_synthetic_source(void) {
     free(toks);
 }
 
+// synthetic_sample against its caption, with the names, colours and token ids written out here: tokens are SOT
+// (vocab - 2), colour 1 + c and shape 9 + s for each object named, EOT (vocab - 1), then zeros, truncated to keep EOT
+// last and nothing written past T; each named (non-grey) colour is in the picture with its exact RGB in planes R, G, B,
+// and the objects are named left to right (their pixels' mean x increases, up to occlusion).
+static void test_synthetic_content(void) {
+    enum { SS = 32, TT = 16, V = 49408, SAMPLES = 300 };
+    const char *colors[8] = {"red", "green", "blue", "yellow", "white", "black", "orange", "purple"};
+    const char *shapes[4] = {"square", "disc", "bar", "triangle"};
+    const uint8_t rgb[8][3] = {{220, 30, 30}, {30, 180, 40}, {30, 60, 220}, {230, 220, 40}, {245, 245, 245}, {15, 15, 15}, {240, 140, 20}, {140, 40, 180}};
+    uint8_t image[3 * SS * SS];
+    int32_t tokens[TT + 1];
+    int bad_tokens = 0, bad_colors = 0, ordered = 0, orderable = 0, truncated_ok = 0, truncated = 0;
+    for (int idx = 0; idx < SAMPLES; idx++) {
+        char caption[256];
+        synthetic_caption(3, (uint64_t)idx, SS, caption, sizeof(caption));
+        int color[3], shape[3], n = 0;
+        for (char *w = strtok(caption, " "); w && n < 3; w = strtok(NULL, " ")) {
+            int c = -1, sh = -1;
+            for (int k = 0; k < 8; k++) c = strcmp(w, colors[k]) ? c : k;
+            char *w2 = strtok(NULL, " ");
+            for (int k = 0; w2 && k < 4; k++) sh = strcmp(w2, shapes[k]) ? sh : k;
+            if (c < 0 || sh < 0) break;
+            color[n] = c, shape[n++] = sh;
+        }
+        EXPECT(n >= 1, "sample %d: caption not read", idx);
+        tokens[TT] = 12345;
+        synthetic_sample(3, (uint64_t)idx, SS, TT, V, image, tokens);
+        int32_t want[TT] = {V - 2};
+        for (int k = 0; k < n; k++) want[1 + 2 * k] = 1 + color[k], want[2 + 2 * k] = 9 + shape[k];
+        want[1 + 2 * n] = V - 1;
+        bad_tokens += memcmp(tokens, want, sizeof(want)) != 0 || tokens[TT] != 12345;
+        // T = 4: SOT, two words, EOT; nothing past tokens[3]
+        tokens[4] = 12345;
+        synthetic_sample(3, (uint64_t)idx, SS, 4, V, image, tokens);
+        if (n >= 2) truncated++, truncated_ok += tokens[0] == V - 2 && tokens[1] == 1 + color[0] && tokens[2] == 9 + shape[0] && tokens[3] == V - 1 && tokens[4] == 12345;
+        double mean_x[3];
+        int distinct = 1;
+        for (int k = 0; k < n; k++) {
+            long sum = 0, count = 0;
+            for (int y = 0; y < SS; y++)
+                for (int x = 0; x < SS; x++) {
+                    const uint8_t *c = rgb[color[k]];
+                    if (image[y * SS + x] == c[0] && image[SS * SS + y * SS + x] == c[1] && image[2 * SS * SS + y * SS + x] == c[2]) sum += x, count++;
+                }
+            if (color[k] != 4 && color[k] != 5) bad_colors += count == 0;  // white and black are grey like the noise
+            mean_x[k] = count ? (double)sum / count : -1;
+            distinct &= color[k] != 4 && color[k] != 5 && count > 0;
+            for (int j = 0; j < k; j++) distinct &= color[j] != color[k];
+        }
+        if (n >= 2 && distinct) {
+            orderable++;
+            int up = 1;
+            for (int k = 1; k < n; k++) up &= mean_x[k] >= mean_x[k - 1];
+            ordered += up;
+        }
+    }
+    EXPECT(bad_tokens == 0, "%d of %d samples' tokens differ from their caption's", bad_tokens, SAMPLES);
+    EXPECT(truncated > 0 && truncated_ok == truncated, "T = 4: %d of %d truncated samples right", truncated_ok, truncated);
+    EXPECT(bad_colors <= SAMPLES / 50, "%d named colours missing from their pictures (an object hidden by later ones: a few)", bad_colors);
+    EXPECT(orderable > 50 && ordered >= 0.9 * orderable, "objects named left to right in %d of %d pictures", ordered, orderable);
+}
+
 // images_normalize: (x / 255 - mean[c]) / std[c] per channel plane of (B, 3, S, S), with open_clip's mean and std
 // written out here, on every channel of two 16x16 images.
 static void test_images_normalize(void) {
@@ -456,6 +518,7 @@ int main(void) {
     RUN(test_resampled);
     RUN(test_limits_and_stats);
     RUN(test_synthetic_source);
+    RUN(test_synthetic_content);
     if (tok) tokenizer_free(tok);
     free(manifest);
     TEST_EXIT();
