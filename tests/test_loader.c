@@ -423,6 +423,48 @@ static void test_synthetic_source(void) {
     free(toks);
 }
 
+// ./train_clip --inspect-data: stdout is one line per usable sample in spec order, key<TAB>WxH (as stored)<TAB>caption
+// (tabs and line ends made spaces), against the manifest; then the totals line with each skip reason and the damaged
+// shards. --limit N stops after N usable samples; the config's pixel limit applies; no usable sample is exit status 1.
+static void test_inspect_data(void) {
+    if (!tok) SKIP("no vocabulary");
+    const char *shards[] = {"gnu.tar", "bad.tar", "truncated.tar"};
+    char want[8192] = "", cmd[1024], *out = mallocCheck(1 << 16);
+    size_t len = 0;
+    int lines = 0;
+    for (int s = 0; s < 3; s++)
+        for (int i = 0; i < manifest_n; i++) {
+            const ManifestLine *m = &manifest[i];
+            if (strcmp(m->shard, shards[s]) != 0 || strcmp(m->status, "ok") != 0) continue;
+            char caption[512];
+            snprintf(caption, sizeof(caption), "%s", m->caption);
+            for (char *q = caption; *q; q++)
+                if (*q == '\t' || *q == '\n' || *q == '\r') *q = ' ';
+            len += (size_t)snprintf(want + len, sizeof(want) - len, "%s\t%dx%d\t%s\n", m->key, m->width, m->height, caption);
+            lines++;
+        }
+    const char *totals = "samples: 11 skipped: 12 corrupt_image: 3 bad_caption: 3 missing_image: 1 missing_caption: 1 too_large: 1 "
+                         "empty_member: 2 unsupported: 1 bad_shards: 1\n";
+    EXPECT(lines == 11, "the manifest has %d usable samples in these shards, want 11", lines);
+    snprintf(cmd, sizeof(cmd), "./train_clip --inspect-data '" SHARD_DIR "gnu.tar::" SHARD_DIR "bad.tar::" SHARD_DIR "truncated.tar' 2>/dev/null");
+    int rc = run_command(cmd, out, 1 << 16);
+    size_t body = strlen(want);
+    EXPECT(rc == 0 && !strncmp(out, want, body) && !strcmp(out + (strncmp(out, want, body) ? 0 : body), totals),
+           "--inspect-data: rc %d, output\n%s\nwant\n%s%s", rc, out, want, totals);
+    // --limit 4: the first 4 usable lines (all from gnu.tar), nothing judged after them
+    char *fourth = want;
+    for (int k = 0; k < 4; k++) fourth = strchr(fourth, '\n') + 1;
+    snprintf(cmd, sizeof(cmd), "./train_clip --inspect-data '" SHARD_DIR "gnu.tar::" SHARD_DIR "bad.tar' --limit 4 2>/dev/null");
+    rc = run_command(cmd, out, 1 << 16);
+    size_t head = (size_t)(fourth - want);
+    EXPECT(rc == 0 && !strncmp(out, want, head) && !strncmp(out + head, "samples: 4 skipped: 0 ", 22), "--limit 4: rc %d, output\n%s", rc, out);
+    // the config's pixel limit: every image is over 1 pixel, so nothing is usable and the exit status is 1
+    snprintf(cmd, sizeof(cmd), "./train_clip --inspect-data '" SHARD_DIR "gnu.tar' --set max_image_pixels=1 2>/dev/null");
+    rc = run_command(cmd, out, 1 << 16);
+    EXPECT(rc == 1 && strstr(out, "samples: 0 skipped: 6 ") == out && strstr(out, " too_large: 6 "), "max_image_pixels = 1: rc %d, '%s'", rc, out);
+    free(out);
+}
+
 // synthetic_sample against its caption, with the names, colours and token ids written out here: tokens are SOT
 // (vocab - 2), colour 1 + c and shape 9 + s for each object named, EOT (vocab - 1), then zeros, truncated to keep EOT
 // last and nothing written past T; each named (non-grey) colour is in the picture with its exact RGB in planes R, G, B,
@@ -519,6 +561,7 @@ int main(void) {
     RUN(test_limits_and_stats);
     RUN(test_synthetic_source);
     RUN(test_synthetic_content);
+    RUN(test_inspect_data);
     if (tok) tokenizer_free(tok);
     free(manifest);
     TEST_EXIT();
