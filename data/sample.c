@@ -36,8 +36,9 @@ static int32_t read_label(FILE *f, TarSpan cls) {
     if (cls.size <= 0 || cls.size >= (int64_t)sizeof(text) || tar_read_span(f, cls, text) != 0) return -1;
     char *end;
     long v = strtol(text, &end, 10);
+    if (end == text) return -1;  // no digits: empty or white space only (skipping the white space below would hide that)
     while (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t') end++;
-    return end != text && *end == '\0' && v >= 0 && v <= INT32_MAX ? (int32_t)v : -1;
+    return *end == '\0' && v >= 0 && v <= INT32_MAX ? (int32_t)v : -1;
 }
 
 SampleResult sample_load(FILE *f, const WdsSample *s, const SampleParams *p, Rng *rng, SampleScratch *scratch, uint8_t *image,

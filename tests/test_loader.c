@@ -107,6 +107,13 @@ static void test_extreme_samples(void) {
     rng_init(&r, 1, RNG_AUGMENT, 0);
     SampleResult res = sample_load(f, &s, &eval, &r, &scratch, image, tokens);
     EXPECT(res.status == SKIP_BAD_CAPTION && strstr(res.why, "100000 bytes"), "long caption: %s (%s)", SAMPLE_STATUS_NAMES[res.status], res.why);
+    // the limit itself: a caption of exactly SAMPLE_MAX_CAPTION bytes is the tokenizer's to take, one more byte is not
+    s.txt = (TarSpan){(int64_t)cap_len, SAMPLE_MAX_CAPTION};
+    res = sample_load(f, &s, &train, &r, &scratch, NULL, tokens);
+    EXPECT(res.status == SAMPLE_OK, "caption of exactly %d bytes: %s (%s)", SAMPLE_MAX_CAPTION, SAMPLE_STATUS_NAMES[res.status], res.why);
+    s.txt.size = SAMPLE_MAX_CAPTION + 1;
+    res = sample_load(f, &s, &train, &r, &scratch, NULL, tokens);
+    EXPECT(res.status == SKIP_BAD_CAPTION, "caption of %d bytes: %s (%s)", SAMPLE_MAX_CAPTION + 1, SAMPLE_STATUS_NAMES[res.status], res.why);
     s.txt = (TarSpan){0, (int64_t)cap_len};
     res = sample_load(f, &s, &eval, &r, &scratch, image, tokens);
     EXPECT(res.status == SKIP_TOO_LARGE && res.width == 1100000 && res.height == 1, "eval of the strip: %s (%s)", SAMPLE_STATUS_NAMES[res.status],
@@ -117,6 +124,41 @@ static void test_extreme_samples(void) {
     fclose(f);
     sample_scratch_free(&scratch);
     free(image), free(shard), free(png.data), free(grey);
+}
+
+// The `cls` member is a class index only when it is a whole decimal number in [0, 2^31) with nothing after it but
+// white space (a line end); anything else is -1 (unlabelled), never a wrong class: '7x', '-1', '', ' ', '2^31'.
+static void test_cls_parsing(void) {
+    if (!tok) SKIP("no vocabulary");
+    const struct {
+        const char *text;
+        int32_t label;
+    } cases[] = {{"7", 7},       {"7\n", 7},         {"0", 0},          {"12 \r\n", 12},        {"2147483647", 2147483647},
+                 {"7x", -1},     {"7 8", -1},        {"-1", -1},        {"", -1},               {" ", -1},
+                 {"\n", -1},     {"x7", -1},         {"2147483648", -1}, {"4294967303", -1},     {"99999999999999999999", -1},
+                 {"3.0", -1},       {"-3", -1}};
+    uint8_t grey[3 * 4 * 4];
+    memset(grey, 100, sizeof(grey));
+    Bytes png = encode_png(grey, 4, 4);
+    const char *caption = "a grey square";
+    SampleParams p = {tok, S, T, 100000000, IMAGE_ALPHA_DROP, 0};
+    SampleScratch scratch = {0};
+    uint8_t image[3 * S * S];
+    int32_t tokens[T];
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        size_t cap_len = strlen(caption), cls_len = strlen(cases[k].text), len = cap_len + png.len + cls_len;
+        uint8_t *buf = mallocCheck(len + 1);
+        memcpy(buf, caption, cap_len), memcpy(buf + cap_len, png.data, png.len), memcpy(buf + cap_len + png.len, cases[k].text, cls_len);
+        FILE *f = fmemopen(buf, len + 1, "rb");
+        WdsSample ws = {0, {(int64_t)cap_len, (int64_t)png.len}, {0, (int64_t)cap_len}, {(int64_t)(cap_len + png.len), (int64_t)cls_len}};
+        SampleResult r = sample_load(f, &ws, &p, NULL, &scratch, image, tokens);
+        EXPECT(r.status == SAMPLE_OK && r.label == cases[k].label, "cls '%s': %s, label %d, want %d", cases[k].text, SAMPLE_STATUS_NAMES[r.status],
+               r.label, cases[k].label);
+        fclose(f);
+        free(buf);
+    }
+    sample_scratch_free(&scratch);
+    free(png.data);
 }
 
 // An eval batch carries each sample's `cls` label (-1 without one), in spec order.
@@ -381,6 +423,110 @@ static void test_synthetic_source(void) {
     free(toks);
 }
 
+// ./train_clip --inspect-data: stdout is one line per usable sample in spec order, key<TAB>WxH (as stored)<TAB>caption
+// (tabs and line ends made spaces), against the manifest; then the totals line with each skip reason and the damaged
+// shards. --limit N stops after N usable samples; the config's pixel limit applies; no usable sample is exit status 1.
+static void test_inspect_data(void) {
+    if (!tok) SKIP("no vocabulary");
+    const char *shards[] = {"gnu.tar", "bad.tar", "truncated.tar"};
+    char want[8192] = "", cmd[1024], *out = mallocCheck(1 << 16);
+    size_t len = 0;
+    int lines = 0;
+    for (int s = 0; s < 3; s++)
+        for (int i = 0; i < manifest_n; i++) {
+            const ManifestLine *m = &manifest[i];
+            if (strcmp(m->shard, shards[s]) != 0 || strcmp(m->status, "ok") != 0) continue;
+            char caption[512];
+            snprintf(caption, sizeof(caption), "%s", m->caption);
+            for (char *q = caption; *q; q++)
+                if (*q == '\t' || *q == '\n' || *q == '\r') *q = ' ';
+            len += (size_t)snprintf(want + len, sizeof(want) - len, "%s\t%dx%d\t%s\n", m->key, m->width, m->height, caption);
+            lines++;
+        }
+    const char *totals = "samples: 11 skipped: 12 corrupt_image: 3 bad_caption: 3 missing_image: 1 missing_caption: 1 too_large: 1 "
+                         "empty_member: 2 unsupported: 1 bad_shards: 1\n";
+    EXPECT(lines == 11, "the manifest has %d usable samples in these shards, want 11", lines);
+    snprintf(cmd, sizeof(cmd), "./train_clip --inspect-data '" SHARD_DIR "gnu.tar::" SHARD_DIR "bad.tar::" SHARD_DIR "truncated.tar' 2>/dev/null");
+    int rc = run_command(cmd, out, 1 << 16);
+    size_t body = strlen(want);
+    EXPECT(rc == 0 && !strncmp(out, want, body) && !strcmp(out + (strncmp(out, want, body) ? 0 : body), totals),
+           "--inspect-data: rc %d, output\n%s\nwant\n%s%s", rc, out, want, totals);
+    // --limit 4: the first 4 usable lines (all from gnu.tar), nothing judged after them
+    char *fourth = want;
+    for (int k = 0; k < 4; k++) fourth = strchr(fourth, '\n') + 1;
+    snprintf(cmd, sizeof(cmd), "./train_clip --inspect-data '" SHARD_DIR "gnu.tar::" SHARD_DIR "bad.tar' --limit 4 2>/dev/null");
+    rc = run_command(cmd, out, 1 << 16);
+    size_t head = (size_t)(fourth - want);
+    EXPECT(rc == 0 && !strncmp(out, want, head) && !strncmp(out + head, "samples: 4 skipped: 0 ", 22), "--limit 4: rc %d, output\n%s", rc, out);
+    // the config's pixel limit: every image is over 1 pixel, so nothing is usable and the exit status is 1
+    snprintf(cmd, sizeof(cmd), "./train_clip --inspect-data '" SHARD_DIR "gnu.tar' --set max_image_pixels=1 2>/dev/null");
+    rc = run_command(cmd, out, 1 << 16);
+    EXPECT(rc == 1 && strstr(out, "samples: 0 skipped: 6 ") == out && strstr(out, " too_large: 6 "), "max_image_pixels = 1: rc %d, '%s'", rc, out);
+    free(out);
+}
+
+// synthetic_sample against its caption, with the names, colours and token ids written out here: tokens are SOT
+// (vocab - 2), colour 1 + c and shape 9 + s for each object named, EOT (vocab - 1), then zeros, truncated to keep EOT
+// last and nothing written past T; each named (non-grey) colour is in the picture with its exact RGB in planes R, G, B,
+// and the objects are named left to right (their pixels' mean x increases, up to occlusion).
+static void test_synthetic_content(void) {
+    enum { SS = 32, TT = 16, V = 49408, SAMPLES = 300 };
+    const char *colors[8] = {"red", "green", "blue", "yellow", "white", "black", "orange", "purple"};
+    const char *shapes[4] = {"square", "disc", "bar", "triangle"};
+    const uint8_t rgb[8][3] = {{220, 30, 30}, {30, 180, 40}, {30, 60, 220}, {230, 220, 40}, {245, 245, 245}, {15, 15, 15}, {240, 140, 20}, {140, 40, 180}};
+    uint8_t image[3 * SS * SS];
+    int32_t tokens[TT + 1];
+    int bad_tokens = 0, bad_colors = 0, ordered = 0, orderable = 0, truncated_ok = 0, truncated = 0;
+    for (int idx = 0; idx < SAMPLES; idx++) {
+        char caption[256];
+        synthetic_caption(3, (uint64_t)idx, SS, caption, sizeof(caption));
+        int color[3], shape[3], n = 0;
+        for (char *w = strtok(caption, " "); w && n < 3; w = strtok(NULL, " ")) {
+            int c = -1, sh = -1;
+            for (int k = 0; k < 8; k++) c = strcmp(w, colors[k]) ? c : k;
+            char *w2 = strtok(NULL, " ");
+            for (int k = 0; w2 && k < 4; k++) sh = strcmp(w2, shapes[k]) ? sh : k;
+            if (c < 0 || sh < 0) break;
+            color[n] = c, shape[n++] = sh;
+        }
+        EXPECT(n >= 1, "sample %d: caption not read", idx);
+        tokens[TT] = 12345;
+        synthetic_sample(3, (uint64_t)idx, SS, TT, V, image, tokens);
+        int32_t want[TT] = {V - 2};
+        for (int k = 0; k < n; k++) want[1 + 2 * k] = 1 + color[k], want[2 + 2 * k] = 9 + shape[k];
+        want[1 + 2 * n] = V - 1;
+        bad_tokens += memcmp(tokens, want, sizeof(want)) != 0 || tokens[TT] != 12345;
+        // T = 4: SOT, two words, EOT; nothing past tokens[3]
+        tokens[4] = 12345;
+        synthetic_sample(3, (uint64_t)idx, SS, 4, V, image, tokens);
+        if (n >= 2) truncated++, truncated_ok += tokens[0] == V - 2 && tokens[1] == 1 + color[0] && tokens[2] == 9 + shape[0] && tokens[3] == V - 1 && tokens[4] == 12345;
+        double mean_x[3];
+        int distinct = 1;
+        for (int k = 0; k < n; k++) {
+            long sum = 0, count = 0;
+            for (int y = 0; y < SS; y++)
+                for (int x = 0; x < SS; x++) {
+                    const uint8_t *c = rgb[color[k]];
+                    if (image[y * SS + x] == c[0] && image[SS * SS + y * SS + x] == c[1] && image[2 * SS * SS + y * SS + x] == c[2]) sum += x, count++;
+                }
+            if (color[k] != 4 && color[k] != 5) bad_colors += count == 0;  // white and black are grey like the noise
+            mean_x[k] = count ? (double)sum / count : -1;
+            distinct &= color[k] != 4 && color[k] != 5 && count > 0;
+            for (int j = 0; j < k; j++) distinct &= color[j] != color[k];
+        }
+        if (n >= 2 && distinct) {
+            orderable++;
+            int up = 1;
+            for (int k = 1; k < n; k++) up &= mean_x[k] >= mean_x[k - 1];
+            ordered += up;
+        }
+    }
+    EXPECT(bad_tokens == 0, "%d of %d samples' tokens differ from their caption's", bad_tokens, SAMPLES);
+    EXPECT(truncated > 0 && truncated_ok == truncated, "T = 4: %d of %d truncated samples right", truncated_ok, truncated);
+    EXPECT(bad_colors <= SAMPLES / 50, "%d named colours missing from their pictures (an object hidden by later ones: a few)", bad_colors);
+    EXPECT(orderable > 50 && ordered >= 0.9 * orderable, "objects named left to right in %d of %d pictures", ordered, orderable);
+}
+
 // images_normalize: (x / 255 - mean[c]) / std[c] per channel plane of (B, 3, S, S), with open_clip's mean and std
 // written out here, on every channel of two 16x16 images.
 static void test_images_normalize(void) {
@@ -406,6 +552,7 @@ int main(void) {
     RUN(test_extreme_samples);
     RUN(test_eval_pass);
     RUN(test_labels);
+    RUN(test_cls_parsing);
     RUN(test_same_batches_any_thread_count);
     RUN(test_epochs);
     RUN(test_resume);
@@ -413,6 +560,8 @@ int main(void) {
     RUN(test_resampled);
     RUN(test_limits_and_stats);
     RUN(test_synthetic_source);
+    RUN(test_synthetic_content);
+    RUN(test_inspect_data);
     if (tok) tokenizer_free(tok);
     free(manifest);
     TEST_EXIT();

@@ -219,6 +219,34 @@ static void test_spec_expansion(void) {
     EXPECT(l.n == 6, "lists, ranges and :: give %d shards", l.n);
     for (int i = 0; i < l.n && i < 6; i++) EXPECT(strcmp(strrchr(l.paths[i], '/') + 1, want[i]) == 0, "shard %d is %s, expected %s", i, l.paths[i], want[i]);
     shards_free(&l);
+    // zero padding as bash: set by either bound with a leading zero, to the wider bound's width; a lone "0" pads nothing
+    // (names checked against `bash -c 'echo {8..010} {08..10} {0..10}'`), and nested groups expand inside the outer list
+    const struct {
+        const char *spec, *first, *last;
+        int n;
+    } ranges[] = {{"pad-{8..010}.tar", "pad-008.tar", "pad-010.tar", 3},
+                  {"pad-{08..10}.tar", "pad-08.tar", "pad-10.tar", 3},
+                  {"pad-{0..10}.tar", "pad-0.tar", "pad-10.tar", 11},
+                  {"pad-{08,{09,1{0..0}}}.tar", "pad-08.tar", "pad-10.tar", 3}};
+    const char *pads[] = {"pad-008.tar", "pad-009.tar", "pad-010.tar", "pad-08.tar", "pad-09.tar", "pad-10.tar", "pad-0.tar", "pad-1.tar",
+                          "pad-2.tar", "pad-3.tar", "pad-4.tar", "pad-5.tar", "pad-6.tar", "pad-7.tar", "pad-8.tar", "pad-9.tar"};
+    char pad_dir[300];
+    snprintf(pad_dir, sizeof(pad_dir), "%s", test_path("pads"));
+    EXPECT(mkdir(pad_dir, 0755) == 0, "mkdir %s", pad_dir);
+    for (int i = 0; i < 16; i++) {
+        snprintf(path, sizeof(path), "%s/%s", pad_dir, pads[i]);
+        fclose(fopenCheck(path, "wb"));
+    }
+    for (int k = 0; k < 4; k++) {
+        snprintf(path, sizeof(path), "%s/%s", pad_dir, ranges[k].spec);
+        shards_parse(path, &l);
+        EXPECT(l.n == ranges[k].n && !strcmp(strrchr(l.paths[0], '/') + 1, ranges[k].first) && !strcmp(strrchr(l.paths[l.n - 1], '/') + 1, ranges[k].last),
+               "%s: %d shards, %s .. %s", ranges[k].spec, l.n, l.paths[0], l.paths[l.n - 1]);
+        shards_free(&l);
+    }
+    // a directory takes its *.tar files only
+    snprintf(path, sizeof(path), "%s/notes.txt", dir), fclose(fopenCheck(path, "wb"));
+    snprintf(path, sizeof(path), "%s/old.tar.gz", dir), fclose(fopenCheck(path, "wb"));
     shards_parse(dir, &l);
     EXPECT(l.n == 9 && strcmp(strrchr(l.paths[0], '/') + 1, "a1.tar") == 0, "directory: %d shards, sorted", l.n);
     for (int i = 1; i < l.n; i++) EXPECT(strcmp(l.paths[i - 1], l.paths[i]) < 0, "directory listing not sorted");
