@@ -150,7 +150,7 @@ int main(void) {
 #ifdef HAVE_JPEG
         images[0][i] = encode_jpeg(rgb, w, h);
 #endif
-        images[1][i] = encode_png(rgb, w, h);
+        images[1][i] = encode_png(rgb, w, h, 3);
         sum_pixels += (double)w * h;
         free(rgb);
     }

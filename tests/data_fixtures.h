@@ -51,22 +51,24 @@ static inline void png_chunk(Bytes *b, const char *kind, const uint8_t *data, ui
     append(b, c, 4);
 }
 
-// An 8-bit RGB PNG (Sub filter on every row, zlib level 6), like a web PNG of photo-like content.
-static inline Bytes encode_png(const uint8_t *rgb, int w, int h) {
-    size_t raw_len = (size_t)h * (1 + (size_t)w * 3);
+// An 8-bit PNG of `channels` interleaved channels (1 grey, 2 grey + alpha, 3 RGB, 4 RGBA; Sub filter on every
+// row, zlib level 6), like a web PNG of photo-like content.
+static inline Bytes encode_png(const uint8_t *pixels, int w, int h, int channels) {
+    static const uint8_t color_type[5] = {0, 0, 4, 2, 6};
+    size_t row_len = (size_t)w * channels, raw_len = (size_t)h * (1 + row_len);
     uint8_t *raw = mallocCheck(raw_len);
     for (int y = 0; y < h; y++) {
-        uint8_t *row = raw + (size_t)y * (1 + w * 3);
-        const uint8_t *px = rgb + (size_t)y * w * 3;
+        uint8_t *row = raw + (size_t)y * (1 + row_len);
+        const uint8_t *px = pixels + (size_t)y * row_len;
         row[0] = 1;  // Sub: each byte minus the same channel of the pixel to its left
-        for (int i = 0; i < w * 3; i++) row[1 + i] = (uint8_t)(px[i] - (i >= 3 ? px[i - 3] : 0));
+        for (size_t i = 0; i < row_len; i++) row[1 + i] = (uint8_t)(px[i] - (i >= (size_t)channels ? px[i - channels] : 0));
     }
     uLongf z_len = compressBound(raw_len);
     uint8_t *z = mallocCheck(z_len);
     if (compress2(z, &z_len, raw, raw_len, 6) != Z_OK) fatal("zlib compress2 failed");
     Bytes b = {0};
     append(&b, "\x89PNG\r\n\x1a\n", 8);
-    uint8_t ihdr[13] = {w >> 24, w >> 16, w >> 8, w, h >> 24, h >> 16, h >> 8, h, 8, 2, 0, 0, 0};
+    uint8_t ihdr[13] = {w >> 24, w >> 16, w >> 8, w, h >> 24, h >> 16, h >> 8, h, 8, color_type[channels], 0, 0, 0};
     png_chunk(&b, "IHDR", ihdr, 13);
     png_chunk(&b, "IDAT", z, (uint32_t)z_len);
     png_chunk(&b, "IEND", NULL, 0);

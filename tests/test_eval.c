@@ -192,7 +192,7 @@ static void write_shard(const char *path, int n, const char *const *cls, const i
         int w = 20 + 7 * i;
         uint8_t *rgb = mallocCheck((size_t)w * w * 3);
         for (int k = 0; k < w * w * 3; k++) state = state * 6364136223846793005ULL + 1442695040888963407ULL, rgb[k] = (uint8_t)(state >> 56);
-        Bytes png = encode_png(rgb, w, w);
+        Bytes png = encode_png(rgb, w, w, 3);
         char name[64], caption[64];
         snprintf(name, sizeof(name), "%06d.png", i);
         if (bad && bad[i]) tar_member(f, name, "not an image at all", 19);

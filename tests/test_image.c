@@ -73,6 +73,33 @@ static void test_alpha_on_white(void) {
     }
 }
 
+// image_alpha = white on PNGs made here with real transparency, grey + alpha and RGBA (the fixture la.png is opaque):
+// c' = (c a + 255 (255 - a) + 127) / 255, grey replicated; without it the alpha is dropped.
+static void test_alpha_on_white_made_pngs(void) {
+    enum { W = 16, H = 5 };
+    for (int channels = 2; channels <= 4; channels += 2) {
+        uint8_t px[W * H * 4];
+        for (int i = 0; i < W * H; i++)
+            for (int ch = 0; ch < channels; ch++)  // alpha (the last channel) 0, 255 and values between
+                px[i * channels + ch] = ch == channels - 1 ? (uint8_t)(i % 4 == 0 ? 0 : i % 4 == 1 ? 255 : 37 * i) : (uint8_t)(11 * i + 40 * ch);
+        Bytes png = encode_png(px, W, H, channels);
+        Image drop, white;
+        char why[256];
+        EXPECT(image_decode(png.data, png.len, 1000, 0, 0, &drop, why, sizeof(why)) == IMAGE_OK, "%d channels: %s", channels, why);
+        EXPECT(image_decode(png.data, png.len, 1000, 0, 1, &white, why, sizeof(why)) == IMAGE_OK, "%d channels (white): %s", channels, why);
+        for (int i = 0; i < W * H && drop.rgb && white.rgb; i++) {
+            unsigned a = px[i * channels + channels - 1];
+            for (int ch = 0; ch < 3; ch++) {
+                unsigned c = px[i * channels + (channels == 2 ? 0 : ch)], want = (c * a + 255 * (255 - a) + 127) / 255;
+                EXPECT(drop.rgb[3 * i + ch] == c, "%d channels, pixel %d ch %d dropped: %u, want %u", channels, i, ch, drop.rgb[3 * i + ch], c);
+                EXPECT(white.rgb[3 * i + ch] == want, "%d channels, pixel %d ch %d on white: %u, want %u (alpha %u)", channels, i, ch,
+                       white.rgb[3 * i + ch], want, a);
+            }
+        }
+        image_free(&drop), image_free(&white), free(png.data);
+    }
+}
+
 static void test_against_pil(void) {
     FILE *f = fopen(IMAGE_DIR "expect.tsv", "r");
     EXPECT(f != NULL, "no %sexpect.tsv: run scripts/make_test_shards.py", IMAGE_DIR);
@@ -284,6 +311,7 @@ int main(void) {
     RUN(test_pixel_limit);
     RUN(test_damaged_images);
     RUN(test_alpha_on_white);
+    RUN(test_alpha_on_white_made_pngs);
     RUN(test_png_without_iend);
     TEST_EXIT();
 }

@@ -88,7 +88,7 @@ static void test_extreme_samples(void) {
     enum { BIG = 2048, LONG_CAPTION = 100000 };
     uint8_t *grey = mallocCheck((size_t)3 * 1100000);
     memset(grey, 128, (size_t)3 * 1100000);
-    Bytes png = encode_png(grey, 1100000, 1);
+    Bytes png = encode_png(grey, 1100000, 1, 3);
     size_t png_len = png.len;
     const char *caption = "a thin strip";
     size_t cap_len = strlen(caption), len = cap_len + LONG_CAPTION + png_len;
@@ -139,7 +139,7 @@ static void test_cls_parsing(void) {
                  {"3.0", -1},       {"-3", -1}};
     uint8_t grey[3 * 4 * 4];
     memset(grey, 100, sizeof(grey));
-    Bytes png = encode_png(grey, 4, 4);
+    Bytes png = encode_png(grey, 4, 4, 3);
     const char *caption = "a grey square";
     SampleParams p = {tok, S, T, 100000000, IMAGE_ALPHA_DROP, 0};
     SampleScratch scratch = {0};
