@@ -296,11 +296,14 @@ static void test_resume_checks_state_metadata(void) {
     Optimizer opt = {.m = m, .u = u, .t = 4};
     char err[512] = "", loader[256];
     EXPECT(checkpoint_save(test_path("meta"), 4, &fake_layout, params, &opt, "", "synthetic position=64", err, sizeof(err)) == 0, "save: %s", err);
+    opt.t = 7;  // a skipped step: the optimizer's count trails the step's
     EXPECT(checkpoint_save(test_path("meta"), 8, &fake_layout, params, &opt, "", "synthetic position=128", err, sizeof(err)) == 0, "save: %s", err);
     char state8[512];
     snprintf(state8, sizeof(state8), "%s", test_path("meta/checkpoints/step_00000008.state.safetensors"));
+    opt.t = 0;
     long step = checkpoint_resume(test_path("meta"), state8, NULL, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
-    EXPECT(step == 8 && !strcmp(loader, "synthetic position=128"), "good state file: step %ld '%s'", step, err);
+    EXPECT(step == 8 && !strcmp(loader, "synthetic position=128") && opt.t == 7, "good state file: step %ld, optimizer_t %ld (saved 7) '%s'",
+           step, opt.t, err);
     step = checkpoint_resume(test_path("meta"), "/x/step_00000008.model.safetensors.bak", NULL, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
     EXPECT(step == -1 && strstr(err, "expected latest or"), "resume = *.model.safetensors.bak: step %ld '%s'", step, err);
     static const char *bad[][2] = {{"", "8"}, {"8x", "8"}, {"-8", "8"}, {"8", ""}, {"8", "eight"}};
