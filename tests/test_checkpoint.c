@@ -306,8 +306,8 @@ static void test_resume_checks_state_metadata(void) {
            step, opt.t, err);
     step = checkpoint_resume(test_path("meta"), "/x/step_00000008.model.safetensors.bak", NULL, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
     EXPECT(step == -1 && strstr(err, "expected latest or"), "resume = *.model.safetensors.bak: step %ld '%s'", step, err);
-    static const char *bad[][2] = {{"", "8"}, {"8x", "8"}, {"-8", "8"}, {"8", ""}, {"8", "eight"}};
-    for (int i = 0; i < 5; i++) {
+    static const char *bad[][2] = {{"", "8"}, {"8x", "8"}, {"-8", "8"}, {"0", "8"}, {"8", ""}, {"8", "eight"}, {"8", "-1"}};
+    for (int i = 0; i < 7; i++) {
         write_fake_state(state8, bad[i][0], bad[i][1], "", err, sizeof(err));
         err[0] = '\0';
         step = checkpoint_resume(test_path("meta"), state8, NULL, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
