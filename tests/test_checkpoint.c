@@ -276,13 +276,15 @@ static void test_load_weights_checks_tensors(void) {
            "I32 weights: exit %d '%s' (an error return, not a stop, lets resume = latest fall back)", code, msg);
 }
 
-// A state file for fake_layout at path with the given step, optimizer_t and config metadata.
-static int write_fake_state(const char *path, const char *step, const char *t, const char *config, char *err, size_t errlen) {
+// A state file for fake_layout at path with the given step, optimizer_t and config metadata; with extra, also the
+// moments of a tensor fake_layout lacks.
+static int write_fake_state(const char *path, const char *step, const char *t, const char *config, int extra, char *err, size_t errlen) {
     static float zeros[16];
     int64_t shape[2] = {2, 3};
     StWriter *w = st_writer_new();
     st_writer_add(w, "exp_avg.a", "F32", 2, shape, zeros), st_writer_add(w, "exp_avg.b", "F32", 0, NULL, zeros);
     st_writer_add(w, "exp_avg_sq.a", "F32", 2, shape, zeros), st_writer_add(w, "exp_avg_sq.b", "F32", 0, NULL, zeros);
+    if (extra) st_writer_add(w, "exp_avg_sq.visual.transformer.resblocks.0.ls_1.gamma", "F32", 0, NULL, zeros);
     st_writer_meta(w, "format", "train_clip-state-1");
     st_writer_meta(w, "step", step), st_writer_meta(w, "optimizer_t", t);
     st_writer_meta(w, "loader", "synthetic position=64"), st_writer_meta(w, "config", config);
@@ -308,7 +310,7 @@ static void test_resume_checks_state_metadata(void) {
     EXPECT(step == -1 && strstr(err, "expected latest or"), "resume = *.model.safetensors.bak: step %ld '%s'", step, err);
     static const char *bad[][2] = {{"", "8"}, {"8x", "8"}, {"-8", "8"}, {"0", "8"}, {"8", ""}, {"8", "eight"}, {"8", "-1"}};
     for (int i = 0; i < 7; i++) {
-        write_fake_state(state8, bad[i][0], bad[i][1], "", err, sizeof(err));
+        write_fake_state(state8, bad[i][0], bad[i][1], "", 0, err, sizeof(err));
         err[0] = '\0';
         step = checkpoint_resume(test_path("meta"), state8, NULL, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
         EXPECT(step == -1 && strstr(err, "step_00000008.state.safetensors") && (strstr(err, "step") || strstr(err, "optimizer_t")),
@@ -316,6 +318,11 @@ static void test_resume_checks_state_metadata(void) {
         step = checkpoint_resume(test_path("meta"), "latest", NULL, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
         EXPECT(step == 4 && !strcmp(loader, "synthetic position=64"), "latest with a damaged step 8: step %ld ('%s')", step, err);
     }
+    // moments of a tensor this config lacks (another model's, or layer-scale's): not this run's state file
+    write_fake_state(state8, "8", "8", "", 1, err, sizeof(err));
+    err[0] = '\0';
+    step = checkpoint_resume(test_path("meta"), state8, NULL, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
+    EXPECT(step == -1 && strstr(err, "exp_avg_sq.visual.transformer.resblocks.0.ls_1.gamma"), "a state file with an extra tensor: step %ld '%s'", step, err);
 }
 
 // Saving a step that already has a checkpoint (a run re-running steps after resume = latest fell back past a
