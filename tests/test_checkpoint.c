@@ -471,6 +471,10 @@ static void test_resume_with_other_model_is_refused(void) {
            "resuming 4 vision heads with 2 did not name vision_heads");
     EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set resume=latest --set text_heads=8 > /dev/null 2>&1") == 1, "resuming 4 text heads with 8 must fail");
     EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set resume=latest --set quick_gelu=true > /dev/null 2>&1") == 1, "resuming GELU with QuickGELU must fail");
+    // a changed batch_size (precision, optimizer) resumes, with a warning naming both values
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set resume=latest --set steps=5 --set batch_size=8 > {D}/arch_bs.out 2>&1") == 0 &&
+               sh("grep -q 'warning: resuming with batch_size = 8; the checkpoint was trained with 16' {D}/arch_bs.out") == 0,
+           "resuming with batch_size 8 after 16 did not go on with a warning naming both");
     EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set resume=latest --set lr=0.002 > /dev/null 2>&1") == 0, "resuming with another lr failed");
 }
 
