@@ -179,6 +179,11 @@ static void test_bad_headers_rejected(void) {
         {"{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4]}}", 0, 4, "does not match"},
         {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}} {\"u\":1}", 0, 4, "after the header"},
         {"{\"t\\u0000x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 0, 4, "\\u0000"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 0, 3, "does not match"},  // one byte past the file
+        {"{}", 3, 0, "header length"},                                                           // one byte more than the file holds
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1]}}", 0, 0, "lacks"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"x\":\"y\"}}", 0, 4, "unknown tensor field"},
+        {"{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]},\"b\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[1,3]}}", 0, 3, "overlap"},
     };
     char err[512], name[64];
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
