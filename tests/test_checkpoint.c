@@ -179,6 +179,11 @@ static void test_bad_headers_rejected(void) {
         {"{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4]}}", 0, 4, "does not match"},
         {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}} {\"u\":1}", 0, 4, "after the header"},
         {"{\"t\\u0000x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 0, 4, "\\u0000"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 0, 3, "does not match"},  // one byte past the file
+        {"{}", 3, 0, "header length"},                                                           // one byte more than the file holds
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1]}}", 0, 0, "lacks"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"x\":\"y\"}}", 0, 4, "unknown tensor field"},
+        {"{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]},\"b\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[1,3]}}", 0, 3, "overlap"},
     };
     char err[512], name[64];
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -276,13 +281,15 @@ static void test_load_weights_checks_tensors(void) {
            "I32 weights: exit %d '%s' (an error return, not a stop, lets resume = latest fall back)", code, msg);
 }
 
-// A state file for fake_layout at path with the given step, optimizer_t and config metadata.
-static int write_fake_state(const char *path, const char *step, const char *t, const char *config, char *err, size_t errlen) {
+// A state file for fake_layout at path with the given step, optimizer_t and config metadata; with extra, also the
+// moments of a tensor fake_layout lacks.
+static int write_fake_state(const char *path, const char *step, const char *t, const char *config, int extra, char *err, size_t errlen) {
     static float zeros[16];
     int64_t shape[2] = {2, 3};
     StWriter *w = st_writer_new();
     st_writer_add(w, "exp_avg.a", "F32", 2, shape, zeros), st_writer_add(w, "exp_avg.b", "F32", 0, NULL, zeros);
     st_writer_add(w, "exp_avg_sq.a", "F32", 2, shape, zeros), st_writer_add(w, "exp_avg_sq.b", "F32", 0, NULL, zeros);
+    if (extra) st_writer_add(w, "exp_avg_sq.visual.transformer.resblocks.0.ls_1.gamma", "F32", 0, NULL, zeros);
     st_writer_meta(w, "format", "train_clip-state-1");
     st_writer_meta(w, "step", step), st_writer_meta(w, "optimizer_t", t);
     st_writer_meta(w, "loader", "synthetic position=64"), st_writer_meta(w, "config", config);
@@ -296,16 +303,19 @@ static void test_resume_checks_state_metadata(void) {
     Optimizer opt = {.m = m, .u = u, .t = 4};
     char err[512] = "", loader[256];
     EXPECT(checkpoint_save(test_path("meta"), 4, &fake_layout, params, &opt, "", "synthetic position=64", err, sizeof(err)) == 0, "save: %s", err);
+    opt.t = 7;  // a skipped step: the optimizer's count trails the step's
     EXPECT(checkpoint_save(test_path("meta"), 8, &fake_layout, params, &opt, "", "synthetic position=128", err, sizeof(err)) == 0, "save: %s", err);
     char state8[512];
     snprintf(state8, sizeof(state8), "%s", test_path("meta/checkpoints/step_00000008.state.safetensors"));
+    opt.t = 0;
     long step = checkpoint_resume(test_path("meta"), state8, NULL, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
-    EXPECT(step == 8 && !strcmp(loader, "synthetic position=128"), "good state file: step %ld '%s'", step, err);
+    EXPECT(step == 8 && !strcmp(loader, "synthetic position=128") && opt.t == 7, "good state file: step %ld, optimizer_t %ld (saved 7) '%s'",
+           step, opt.t, err);
     step = checkpoint_resume(test_path("meta"), "/x/step_00000008.model.safetensors.bak", NULL, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
     EXPECT(step == -1 && strstr(err, "expected latest or"), "resume = *.model.safetensors.bak: step %ld '%s'", step, err);
-    static const char *bad[][2] = {{"", "8"}, {"8x", "8"}, {"-8", "8"}, {"8", ""}, {"8", "eight"}};
-    for (int i = 0; i < 5; i++) {
-        write_fake_state(state8, bad[i][0], bad[i][1], "", err, sizeof(err));
+    static const char *bad[][2] = {{"", "8"}, {"8x", "8"}, {"-8", "8"}, {"0", "8"}, {"8", ""}, {"8", "eight"}, {"8", "-1"}};
+    for (int i = 0; i < 7; i++) {
+        write_fake_state(state8, bad[i][0], bad[i][1], "", 0, err, sizeof(err));
         err[0] = '\0';
         step = checkpoint_resume(test_path("meta"), state8, NULL, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
         EXPECT(step == -1 && strstr(err, "step_00000008.state.safetensors") && (strstr(err, "step") || strstr(err, "optimizer_t")),
@@ -313,6 +323,11 @@ static void test_resume_checks_state_metadata(void) {
         step = checkpoint_resume(test_path("meta"), "latest", NULL, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
         EXPECT(step == 4 && !strcmp(loader, "synthetic position=64"), "latest with a damaged step 8: step %ld ('%s')", step, err);
     }
+    // moments of a tensor this config lacks (another model's, or layer-scale's): not this run's state file
+    write_fake_state(state8, "8", "8", "", 1, err, sizeof(err));
+    err[0] = '\0';
+    step = checkpoint_resume(test_path("meta"), state8, NULL, &fake_layout, params, &opt, loader, sizeof(loader), err, sizeof(err));
+    EXPECT(step == -1 && strstr(err, "exp_avg_sq.visual.transformer.resblocks.0.ls_1.gamma"), "a state file with an extra tensor: step %ld '%s'", step, err);
 }
 
 // Saving a step that already has a checkpoint (a run re-running steps after resume = latest fell back past a
@@ -461,6 +476,10 @@ static void test_resume_with_other_model_is_refused(void) {
            "resuming 4 vision heads with 2 did not name vision_heads");
     EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set resume=latest --set text_heads=8 > /dev/null 2>&1") == 1, "resuming 4 text heads with 8 must fail");
     EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set resume=latest --set quick_gelu=true > /dev/null 2>&1") == 1, "resuming GELU with QuickGELU must fail");
+    // a changed batch_size (precision, optimizer) resumes, with a warning naming both values
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set resume=latest --set steps=5 --set batch_size=8 > {D}/arch_bs.out 2>&1") == 0 &&
+               sh("grep -q 'warning: resuming with batch_size = 8; the checkpoint was trained with 16' {D}/arch_bs.out") == 0,
+           "resuming with batch_size 8 after 16 did not go on with a warning naming both");
     EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set resume=latest --set lr=0.002 > /dev/null 2>&1") == 0, "resuming with another lr failed");
 }
 

@@ -86,9 +86,9 @@ static void test_set_steps_or_samples_over_files(void) {
     EXPECT(c.steps == 100 && c.samples == 0, "vit_b_16 + --set steps=100: steps %ld samples %ld", c.steps, c.samples);
     config_defaults(&c);
     config_load_file(&c, "configs/tiny.conf");
-    config_set(&c, "samples=6400", 1);
+    config_set(&c, "samples=6401", 1);
     config_finalize(&c);
-    EXPECT(c.steps == 100 && c.samples == 6400, "tiny (batch 64) + --set samples=6400: steps %ld samples %ld", c.steps, c.samples);
+    EXPECT(c.steps == 101 && c.samples == 6401, "tiny (batch 64) + --set samples=6401: steps %ld (want ceil: 101) samples %ld", c.steps, c.samples);
     FILE *f = fopenCheck(test_path("both.conf"), "w");
     fprintf(f, "include = %s/configs/tiny.conf\nsamples = 640\n", getenv("PWD"));
     fcloseCheck(f);
@@ -143,6 +143,9 @@ static void test_bad_configs_name_file_line_key(void) {
         {"beta2 = 1.5\n", "", "bad.conf:2: beta2: 1.5 is out of range"},
         {"vision_layers = 2.5\n", "", "bad.conf:2: vision_layers: expected a whole number"},
         {"optimizer = sgd\n", "", "bad.conf:2: optimizer: expected one of adamw|stable_adamw, got 'sgd'"},
+        {"optimizer = adamwx\n", "", "bad.conf:2: optimizer: expected one of adamw|stable_adamw, got 'adamwx'"},  // not a prefix match
+        {"seed = -1\n", "", "bad.conf:2: seed: expected a whole number >= 0, got '-1'"},  // strtoull takes it as 2^64 - 1
+        {"zeroshot_data = synthetic\n", "", "bad.conf:2: zeroshot_data: needs zeroshot_classnames"},
         {"quick_gelu = maybe\n", "", "bad.conf:2: quick_gelu: expected true or false"},
         {"just some words\n", "", "bad.conf:2: just some words: expected `key = value`"},
         {"vision_heads = 5\n", "", "bad.conf:2: vision_heads: vision_heads 5 does not divide vision_width 64 (vision_width from "},
@@ -317,6 +320,9 @@ static void test_printed_config_reads_back(void) {
         strip_sources(text, want, 1 << 16);
         strip_sources(printed + strlen("# effective config\n"), got, 1 << 16);
         EXPECT(!strcmp(want, got), "the printed config (lr %.9g) read back differently:\n%s\nagainst\n%s", lr, got, want);
+        const char *lr_line = strstr(text, "\nlr ");  // and the value printed reads back as the same float
+        float lr_back = lr_line ? (float)strtod(strchr(lr_line, '=') + 1, NULL) : 0;
+        EXPECT(lr_back == a.lr, "lr %.9g printed as %.30s, which reads back as %.9g", a.lr, lr_line ? lr_line + 1 : "(none)", lr_back);
         if (i == 0)
             EXPECT(strstr(text, "\nwd                   = 0.2 ") && strstr(text, "\nbeta2                = 0.98 ") &&
                        strstr(text, "\neps                  = 1e-06 ") && strstr(text, "\nspike_factor         = 1.3 "),

@@ -103,7 +103,9 @@ static void test_spike_event_carries_rms_history(void) {
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
     int spikes_at[3] = {0}, n = 0;
+    double reference_before = 0;
     for (long step = 1; step <= 60; step++) {
+        if (step == 50) reference_before = d.reference;
         // a loss slowly falling with +-2% noise, the patch-embedding RMS jumping 3 steps before a spike at 50
         float loss = 3.0f - 0.01f * step + 0.06f * (float)((step * 7) % 5 - 2) / 2;
         if (step == 50) loss = 5.0f;
@@ -119,6 +121,7 @@ static void test_spike_event_carries_rms_history(void) {
             EXPECT(strstr(line, "visual.conv1.weight RMS over the steps before: 0.90 0.90 0.90 0.90 0.90 0.90 4.00 5.00 6.00 (see"),
                    "console line: %s", line);
             free(line);
+            EXPECT(d.reference == reference_before, "the spike's loss joined the reference: %.9g, before it %.9g", d.reference, reference_before);
         }
     }
     fclose(f);
@@ -128,6 +131,28 @@ static void test_spike_event_carries_rms_history(void) {
     EXPECT(ev && strstr(ev, "\"steps_before\":[40,41,42,43,44,45,46,47,48,49]"), "event lacks the 10 steps before");
     EXPECT(ev && strstr(ev, "\"visual.conv1.weight\":[0.9,0.9,0.9,0.9,0.9,0.9,0.9,4,5,6]"), "event lacks the patch RMS history: %.300s", ev ? ev : "");
     free(buf), free(rms);
+    clip_layout_free(&L);
+}
+
+// The reference builds over 20 steps first: a jump at step 10 is no spike (it joins the reference), one at step 21
+// (20 steps observed) is.
+static void test_spike_warm_in_is_20_steps(void) {
+    Config c;
+    config_load(&c, "configs/tiny.conf");
+    ClipLayout L;
+    clip_layout_build(&L, &c);
+    Diagnostics d;
+    diag_init(&d, &c, &L);
+    float *rms = callocCheck((size_t)L.num_tensors, sizeof(float));
+    FILE *f = fopen("/dev/null", "w");
+    int spikes_at[3] = {0}, n = 0;
+    for (long step = 1; step <= 25; step++) {
+        StepRecord r = {step, step * 8, step == 10 || step == 21 ? 9.0f : 2.0f, 1e-3f, 14.f, 1.f, 0.1, 80, 0, 0};
+        if (diag_step(&d, f, &r, rms) && n < 3) spikes_at[n++] = (int)step;
+    }
+    fclose(f);
+    EXPECT(n == 1 && spikes_at[0] == 21, "%d spikes (first at %d, second at %d), want one at step 21", n, spikes_at[0], spikes_at[1]);
+    free(rms);
     clip_layout_free(&L);
 }
 
@@ -261,6 +286,25 @@ static void test_resumed_log_continues_the_run(void) {
            d.spikes, d.reference, spikes, reference);
     free(a), free(b);
 
+    // resumed from 35, after the spike at 34: its record is replayed as a spike (counted, not in the reference); the
+    // cut line holds no whole step number
+    char after[600];
+    snprintf(after, sizeof(after), "%s", test_path("after_spike.jsonl"));
+    diag_init(&d, &c, &L);
+    f = diag_open_log(&d, after, 0);
+    fake_steps(&d, f, 1, 35);
+    fprintf(f, "{\"step\":3");  // step 36's line, cut by the kill
+    fclose(f);
+    diag_init(&d, &c, &L);
+    f = diag_open_log(&d, after, 35);
+    fake_steps(&d, f, 36, 40);
+    fclose(f);
+    a = read_all(whole), b = read_all(after);
+    EXPECT(strcmp(a, b) == 0, "the log resumed after a spike differs from the uninterrupted run's:\n%.3000s\nvs\n%.3000s", b, a);
+    EXPECT(d.spikes == spikes && d.reference == reference, "resumed after a spike: %ld spikes, reference %.9g; uninterrupted %ld, %.9g",
+           d.spikes, d.reference, spikes, reference);
+    free(a), free(b);
+
     // a fresh run (start 0) in a run_dir with an old log starts the log anew
     f = fopen(fresh, "w");
     EXPECT(f && fputs("{\"step\":1,\"loss\":9}\n", f) >= 0 && fclose(f) == 0, "writing %s", fresh);
@@ -299,6 +343,7 @@ static void test_full_disk_keeps_previous_checkpoint(void) {
 int main(void) {
     RUN(test_json_checker);
     RUN(test_spike_event_carries_rms_history);
+    RUN(test_spike_warm_in_is_20_steps);
     RUN(test_non_finite_values_stay_json);
     RUN(test_failed_log_write_goes_on);
     RUN(test_resumed_log_continues_the_run);

@@ -48,7 +48,7 @@ typedef struct {
     long step;
     char version[32];
     int n;
-    char tags[8][32];
+    char tags[8][128];
     float values[8];
     int bad;  // an unexpected field, wire type or length
 } Event;
@@ -151,9 +151,12 @@ static void test_event_file_roundtrip(void) {
     TbScalar a[3] = {{"train/loss", 4.2102f}, {"train/lr", 9.98e-4f}, {"train/logit_scale", -0.0f}};
     TbScalar b[2] = {{"eval/zeroshot_per_class", 0.259f}, {"x", 3.4e38f}};
     TbScalar c[1] = {{"train/grad_norm", NAN}};
+    // step 128 and a value of 128 bytes (a tag of 121): the first two-byte varints
+    TbScalar e[1] = {{"eval/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", 1}};
     tb_scalars(&w, 0, a, 3);
     tb_scalars(&w, 400, b, 2);
     tb_scalars(&w, 123456789012L, c, 1);
+    tb_scalars(&w, 128, e, 1);
     tb_close(&w);
     double after = (double)time(NULL) + 1;
 
@@ -166,17 +169,17 @@ static void test_event_file_roundtrip(void) {
 
     Event ev[8];
     int n = read_records(path, ev, 8);
-    EXPECT(n == 4, "%d records (framing or CRC error if -1)", n);
-    if (n != 4) return;
+    EXPECT(n == 5, "%d records (framing or CRC error if -1)", n);
+    if (n != 5) return;
     for (int i = 0; i < n; i++) {
         EXPECT(!ev[i].bad, "record %d: unexpected protobuf content", i);
         EXPECT(ev[i].wall_time >= before && ev[i].wall_time <= after, "record %d: wall time %.3f not in [%.0f, %.0f]", i, ev[i].wall_time, before, after);
     }
     EXPECT(strcmp(ev[0].version, "brain.Event:2") == 0 && ev[0].n == 0 && ev[0].step == 0, "version record '%s'", ev[0].version);
-    const TbScalar *want[3] = {a, b, c};
-    long steps[3] = {0, 400, 123456789012L};
-    int counts[3] = {3, 2, 1};
-    for (int r = 0; r < 3; r++) {
+    const TbScalar *want[4] = {a, b, c, e};
+    long steps[4] = {0, 400, 123456789012L, 128};
+    int counts[4] = {3, 2, 1, 1};
+    for (int r = 0; r < 4; r++) {
         const Event *e = &ev[r + 1];
         EXPECT(e->step == steps[r] && e->n == counts[r] && !e->version[0], "record %d: step %ld, %d values", r + 1, e->step, e->n);
         for (int k = 0; k < counts[r] && k < e->n; k++) {
