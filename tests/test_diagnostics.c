@@ -90,38 +90,58 @@ static void test_json_checker(void) {
     for (int i = 0; i < 7; i++) EXPECT(!json_lines_valid(invalid[i], bad, sizeof(bad)), "invalid line %d accepted", i);
 }
 
-static void test_spike_event_carries_rms_history(void) {
+// The tiny config's layout, fresh diagnostics over it and a zeroed per-tensor RMS array (fixture_free frees them).
+typedef struct {
     Config c;
-    config_load(&c, "configs/tiny.conf");
     ClipLayout L;
-    clip_layout_build(&L, &c);
     Diagnostics d;
-    diag_init(&d, &c, &L);
-    EXPECT(d.num_watch == 9 && !strcmp(L.tensors[d.watch[0]].name, "visual.conv1.weight"), "default watch list: %d tensors", d.num_watch);
-    float *rms = callocCheck((size_t)L.num_tensors, sizeof(float));
+    float *rms;
+} Fixture;
+
+static Fixture *fixture_new(void) {
+    Fixture *x = callocCheck(1, sizeof(Fixture));
+    config_load(&x->c, "configs/tiny.conf");
+    clip_layout_build(&x->L, &x->c);
+    diag_init(&x->d, &x->c, &x->L);
+    x->rms = callocCheck((size_t)x->L.num_tensors, sizeof(float));
+    return x;
+}
+
+static void fixture_free(Fixture *x) {
+    free(x->rms);
+    clip_layout_free(&x->L);
+    free(x);
+}
+
+static void test_spike_event_carries_rms_history(void) {
+    Fixture *x = fixture_new();
+    Diagnostics *d = &x->d;
+    const ClipLayout *L = &x->L;
+    float *rms = x->rms;
+    EXPECT(d->num_watch == 9 && !strcmp(L->tensors[d->watch[0]].name, "visual.conv1.weight"), "default watch list: %d tensors", d->num_watch);
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
     int spikes_at[3] = {0}, n = 0;
     double reference_before = 0;
     for (long step = 1; step <= 60; step++) {
-        if (step == 50) reference_before = d.reference;
+        if (step == 50) reference_before = d->reference;
         // a loss slowly falling with +-2% noise, the patch-embedding RMS jumping 3 steps before a spike at 50
         float loss = 3.0f - 0.01f * step + 0.06f * (float)((step * 7) % 5 - 2) / 2;
         if (step == 50) loss = 5.0f;
-        rms[d.watch[0]] = step >= 47 && step < 50 ? 4.0f + (step - 47) : 0.9f;
+        rms[d->watch[0]] = step >= 47 && step < 50 ? 4.0f + (step - 47) : 0.9f;
         StepRecord r = {step, step * 64, loss, 1e-3f, 14.f, 1.f, 0.1, 640, 0, 0};
-        if (diag_step(&d, f, &r, rms) && n < 3) spikes_at[n++] = (int)step;
+        if (diag_step(d, f, &r, rms) && n < 3) spikes_at[n++] = (int)step;
         if (step == 50) {  // the console line: the same steps before (the oldest gone), not the spike step's own RMS
             char *line = NULL;
             size_t line_len = 0;
             FILE *out = open_memstream(&line, &line_len);
-            diag_print_spike(&d, out, &r);
+            diag_print_spike(d, out, &r);
             fclose(out);
             EXPECT(strstr(line, "visual.conv1.weight RMS over the steps before: 0.90 0.90 0.90 0.90 0.90 0.90 4.00 5.00 6.00 (see"),
                    "console line: %s", line);
             free(line);
-            EXPECT(d.reference == reference_before, "the spike's loss joined the reference: %.9g, before it %.9g", d.reference, reference_before);
+            EXPECT(d->reference == reference_before, "the spike's loss joined the reference: %.9g, before it %.9g", d->reference, reference_before);
         }
     }
     fclose(f);
@@ -130,55 +150,46 @@ static void test_spike_event_carries_rms_history(void) {
     EXPECT(ev != NULL, "no spike event line for step 50");
     EXPECT(ev && strstr(ev, "\"steps_before\":[40,41,42,43,44,45,46,47,48,49]"), "event lacks the 10 steps before");
     EXPECT(ev && strstr(ev, "\"visual.conv1.weight\":[0.9,0.9,0.9,0.9,0.9,0.9,0.9,4,5,6]"), "event lacks the patch RMS history: %.300s", ev ? ev : "");
-    free(buf), free(rms);
-    clip_layout_free(&L);
+    free(buf);
+    fixture_free(x);
 }
 
 // The reference builds over 20 steps first: a jump at step 10 is no spike (it joins the reference), one at step 21
 // (20 steps observed) is.
 static void test_spike_warm_in_is_20_steps(void) {
-    Config c;
-    config_load(&c, "configs/tiny.conf");
-    ClipLayout L;
-    clip_layout_build(&L, &c);
-    Diagnostics d;
-    diag_init(&d, &c, &L);
-    float *rms = callocCheck((size_t)L.num_tensors, sizeof(float));
+    Fixture *x = fixture_new();
+    Diagnostics *d = &x->d;
+    float *rms = x->rms;
     FILE *f = fopen("/dev/null", "w");
     int spikes_at[3] = {0}, n = 0;
     for (long step = 1; step <= 25; step++) {
         StepRecord r = {step, step * 8, step == 10 || step == 21 ? 9.0f : 2.0f, 1e-3f, 14.f, 1.f, 0.1, 80, 0, 0};
-        if (diag_step(&d, f, &r, rms) && n < 3) spikes_at[n++] = (int)step;
+        if (diag_step(d, f, &r, rms) && n < 3) spikes_at[n++] = (int)step;
     }
     fclose(f);
     EXPECT(n == 1 && spikes_at[0] == 21, "%d spikes (first at %d, second at %d), want one at step 21", n, spikes_at[0], spikes_at[1]);
-    free(rms);
-    clip_layout_free(&L);
+    fixture_free(x);
 }
 
 // A skipped step (non-finite loss or gradient norm) and a step timed at 0 s: every line stays JSON (null, not nan/inf),
 // the skipped step reports no RMS (the optimizer did not run: opt.rms still holds the step before's) and stays out
 // of the RMS history a later spike event shows.
 static void test_non_finite_values_stay_json(void) {
-    Config c;
-    config_load(&c, "configs/tiny.conf");
-    ClipLayout L;
-    clip_layout_build(&L, &c);
-    Diagnostics d;
-    diag_init(&d, &c, &L);
-    float *rms = callocCheck((size_t)L.num_tensors, sizeof(float));
+    Fixture *x = fixture_new();
+    Diagnostics *d = &x->d;
+    float *rms = x->rms;
     char *buf = NULL, bad[4096];
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
     for (long step = 1; step <= 30; step++) {
-        rms[d.watch[0]] = (float)step;
+        rms[d->watch[0]] = (float)step;
         StepRecord r = {step, step * 8, 2.0f, 1e-3f, 14.f, 1.f, 0.1, 80, 0, 0};
         if (step == 25) r.loss = NAN, r.grad_norm = NAN, r.skipped = 1;
         if (step == 26) r.grad_norm = INFINITY, r.skipped = 1;
         if (step == 27) r.loss = -INFINITY, r.skipped = 1;
         if (step == 6) r.step_s = 0, r.img_per_s = INFINITY;
         if (step == 30) r.loss = 9.0f;  // a spike: its event lists the steps before
-        diag_step(&d, f, &r, rms);
+        diag_step(d, f, &r, rms);
     }
     fclose(f);
     EXPECT(json_lines_valid(buf, bad, sizeof(bad)), "a log line is not JSON: %.300s", bad);
@@ -189,8 +200,8 @@ static void test_non_finite_values_stay_json(void) {
     const char *ev = strstr(buf, "{\"event\":\"spike\",\"step\":30,");
     EXPECT(ev && strstr(ev, "\"steps_before\":[17,18,19,20,21,22,23,24,28,29]") &&
            strstr(ev, "\"visual.conv1.weight\":[17,18,19,20,21,22,23,24,28,29]"), "event: %.300s", ev ? ev : "(none)");
-    free(buf), free(rms);
-    clip_layout_free(&L);
+    free(buf);
+    fixture_free(x);
 }
 
 // A step-log write that fails (here /dev/full: a full disk) does not stop the run, whose progress is in its checkpoints:
@@ -198,29 +209,25 @@ static void test_non_finite_values_stay_json(void) {
 static void test_failed_log_write_goes_on(void) {
     FILE *full = fopen("/dev/full", "w");
     if (!full) SKIP("no /dev/full");
-    Config c;
-    config_load(&c, "configs/tiny.conf");
-    ClipLayout L;
-    clip_layout_build(&L, &c);
-    Diagnostics d;
-    diag_init(&d, &c, &L);
-    float *rms = callocCheck((size_t)L.num_tensors, sizeof(float));
+    Fixture *x = fixture_new();
+    Diagnostics *d = &x->d;
+    float *rms = x->rms;
     StepRecord r = {1, 8, 2.0f, 1e-3f, 14.f, 1.f, 0.1, 80, 0, 0};
-    diag_step(&d, full, &r, rms);
+    diag_step(d, full, &r, rms);
     r.step = 2;
-    diag_step(&d, full, &r, rms);
-    EXPECT(d.log_failed_at == 1, "failed writes at steps 1 and 2: log_failed_at %ld, want 1", d.log_failed_at);
+    diag_step(d, full, &r, rms);
+    EXPECT(d->log_failed_at == 1, "failed writes at steps 1 and 2: log_failed_at %ld, want 1", d->log_failed_at);
     fclose(full);
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
     r.step = 3;
-    diag_step(&d, f, &r, rms);
+    diag_step(d, f, &r, rms);
     fclose(f);
-    EXPECT(d.log_failed_at == 0 && buf && !strncmp(buf, "{\"step\":3,", 10), "after the failure: log_failed_at %ld, log '%.60s'",
-           d.log_failed_at, buf ? buf : "");
-    free(buf), free(rms);
-    clip_layout_free(&L);
+    EXPECT(d->log_failed_at == 0 && buf && !strncmp(buf, "{\"step\":3,", 10), "after the failure: log_failed_at %ld, log '%.60s'",
+           d->log_failed_at, buf ? buf : "");
+    free(buf);
+    fixture_free(x);
 }
 
 static char *read_all(const char *path) {
