@@ -47,6 +47,8 @@ static void test_safetensors_round_trip(void) {
     EXPECT(ls && s2 == s, "scalar value");
     const char *meta = st_meta(&f, "config");
     EXPECT(meta && !strcmp(meta, "lr = 2e-3\n# a \"quoted\" comment\twith tab, caf\xc3\xa9"), "metadata '%s'", meta ? meta : "(none)");
+    // the header is padded to a multiple of 8 bytes, as the format's writers do, so the data section starts aligned
+    EXPECT((f.data - (const uint8_t *)f.map) % 8 == 0, "the data section starts at byte %td", f.data - (const uint8_t *)f.map);
     st_free(&f);
 }
 
@@ -272,6 +274,12 @@ static void test_load_weights_checks_tensors(void) {
     EXPECT(rc == 0 && !memcmp(params, want_bf16, sizeof(want_bf16)), "BF16 weights: rc %d %s", rc, err);
     rc = load_fake("f16.safetensors", "F16", 2, shape, f16, 0, params, err, sizeof(err));
     EXPECT(rc == 0 && !memcmp(params, want_f16, sizeof(want_f16)), "F16 weights: rc %d %s", rc, err);
+    // f16's edges: infinities, a NaN, the largest finite, the largest subnormal, the smallest normal (float bits, from
+    // Python's struct '<e')
+    uint16_t f16_edges[6] = {0x7C00, 0xFC00, 0x7E00, 0x7BFF, 0x03FF, 0x0400};
+    uint32_t want_edges[6] = {0x7F800000, 0xFF800000, 0x7FC00000, 0x477FE000, 0x387FC000, 0x38800000};
+    rc = load_fake("f16_edges.safetensors", "F16", 2, shape, f16_edges, 0, params, err, sizeof(err));
+    EXPECT(rc == 0 && !memcmp(params, want_edges, sizeof(want_edges)), "F16 edges: rc %d %s", rc, err);
     double f64[6] = {1, -2, 0.5, 3, 1e-7, -0.0};
     rc = load_fake("f64.safetensors", "F64", 2, shape, f64, 0, params, err, sizeof(err));
     EXPECT(rc == 0 && !memcmp(params, a, sizeof(a)), "F64 weights: rc %d %s", rc, err);
