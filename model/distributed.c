@@ -162,12 +162,6 @@ void dist_finalize(Dist *d) {
 
 // ---------------------------------------------------------------- file rendezvous
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static void file_broadcast(Dist *d, void *buf, size_t bytes) {
     char path[600], tmp[640];
     snprintf(path, sizeof(path), "%s.%d", d->rendezvous + 5, broadcasts);
@@ -181,7 +175,7 @@ static void file_broadcast(Dist *d, void *buf, size_t bytes) {
         if (rename(tmp, path) != 0) dist_fail(d, "rendezvous file %s: %s", path, strerror(errno));
         return;
     }
-    for (double deadline = now_s() + rendezvous_timeout();;) {  // by the clock: a stat on a shared file system may take long
+    for (double deadline = now_seconds() + rendezvous_timeout();;) {  // by the clock: a stat on a shared file system may take long
         struct stat st;
         FILE *f = stat(path, &st) == 0 && (double)st.st_mtime >= process_start - 60 ? fopen(path, "rb") : NULL;
         if (f) {
@@ -195,10 +189,10 @@ static void file_broadcast(Dist *d, void *buf, size_t bytes) {
             fclose(f);
             return;
         }
-        if (now_s() > deadline && stat(path, &st) == 0)
+        if (now_seconds() > deadline && stat(path, &st) == 0)
             dist_fail(d, "the rendezvous file %s is older than this process (an earlier run's, or this machine's clock is ahead of "
                       "the file server's): use a fresh path per job", path);
-        if (now_s() > deadline)
+        if (now_seconds() > deadline)
             dist_fail(d, "rank 0 did not write the rendezvous file %s within %d s (is rank 0 running? is the path shared?)", path, rendezvous_timeout());
         usleep(50000);
     }
@@ -272,14 +266,14 @@ static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
     }
     // until the deadline, by the clock: a connect or a name lookup may itself take long
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;  // a name, IPv4 or IPv6
-    double deadline = now_s() + timeout;
+    double deadline = now_seconds() + timeout;
     char last[400] = "no attempt";
     for (;;) {
         int e = getaddrinfo(host, port, &hints, &res);
         if (e) snprintf(last, sizeof(last), "%s: %s", host, gai_strerror(e));
         for (struct addrinfo *ai = e ? NULL : res; ai; ai = ai->ai_next) {  // each of the host's addresses in turn
             int s = socket(ai->ai_family, SOCK_STREAM, 0);
-            if (s >= 0) socket_timeouts(d, s, deadline - now_s());
+            if (s >= 0) socket_timeouts(d, s, deadline - now_seconds());
             if (s >= 0 && connect(s, ai->ai_addr, ai->ai_addrlen) == 0) {
                 int32_t me[2] = {d->rank, d->world};
                 uint64_t got;
@@ -294,7 +288,7 @@ static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
             if (s >= 0) close(s);
         }
         if (!e) freeaddrinfo(res);
-        if (now_s() > deadline)
+        if (now_seconds() > deadline)
             dist_fail(d, "rendezvous: rank 0 at %s:%s did not answer within %d s (last: %s)", host, port, timeout, last);
         usleep(100000);
     }
