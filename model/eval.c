@@ -84,6 +84,13 @@ float *zeroshot_classifier(ClipModel *m, const Tokenizer *tok, char **classnames
     return classifier;
 }
 
+// Rank of the true match (index i) among the n scores of row i; ties (and NaN scores) count against it.
+static int rank_of(const double *row, long n, long i) {
+    int rank = 0;
+    for (long j = 0; j < n; j++) rank += j != i && !(row[j] < row[i]);
+    return rank;
+}
+
 void zeroshot_accuracy(ZeroShotResult *r, long *seen, long *hit, const float *img_n, const int32_t *labels, int n,
                        const float *classifier, int C, int E) {
     double *score = mallocCheck((size_t)C * sizeof(double));
@@ -99,8 +106,7 @@ void zeroshot_accuracy(ZeroShotResult *r, long *seen, long *hit, const float *im
             for (int k = 0; k < E; k++) d += (double)img_n[(size_t)i * E + k] * classifier[(size_t)c * E + k];
             score[c] = d;
         }
-        int rank = 0;  // classes not scoring below the true one: ties (and NaN scores) count against it
-        for (int c = 0; c < C; c++) rank += c != label && !(score[c] < score[label]);
+        int rank = rank_of(score, C, label);
         r->top1 += rank < 1, r->top5 += rank < 5, r->n++;
         seen[label]++, hit[label] += rank < 1;
     }
@@ -129,13 +135,6 @@ ZeroShotResult eval_zeroshot(ClipModel *m, const float *classifier, int C, Loade
     free(seen), free(hit);
     free(feat);
     return r;
-}
-
-// Rank of the true match (index i) among the n scores of row i; ties (and NaN scores) count against it.
-static int rank_of(const double *row, long n, long i) {
-    int rank = 0;
-    for (long j = 0; j < n; j++) rank += j != i && !(row[j] < row[i]);
-    return rank;
 }
 
 void retrieval_recall(RetrievalResult *r, const float *img_n, const float *txt_n, long n, int E) {
