@@ -125,10 +125,11 @@ int diag_step(Diagnostics *d, FILE *f, const StepRecord *r, const float *rms) {
     // A failed write (a full disk, a network file system's hiccup) does not stop the run, which checkpoints keep: it is
     // said once, and the log misses records until writes succeed again (the next checkpoint may fail the same way).
     if (fflush(f) != 0 || ferror(f)) {
-        if (!d->log_failed_at)
+        if (!d->log_failed_at) {
             fprintf(stderr, "warning: writing the step log failed at step %ld: %s; training goes on, the log misses records "
                     "until writes succeed\n", r->step, strerror(errno));
-        if (!d->log_failed_at) d->log_failed_at = r->step;
+            d->log_failed_at = r->step;
+        }
         clearerr(f);
     } else if (d->log_failed_at) {
         fprintf(stderr, "note: the step log is written again from step %ld (records of steps %ld-%ld are missing or cut)\n",

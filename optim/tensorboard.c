@@ -62,12 +62,12 @@ static size_t value_size(const TbScalar *s) {
 // ---------------------------------------------------------------- records
 
 static void write_record(TbWriter *w, size_t len) {
+    if (w->failed) return;
     uint8_t header[12];
     put_le(header, len, 8);
     put_le(header + 8, crc32c_masked(header, 8), 4);
     uint8_t footer[4];
     put_le(footer, crc32c_masked(w->buf, len), 4);
-    if (w->failed) return;
     size_t put = fwrite(header, 1, sizeof(header), w->f) + fwrite(w->buf, 1, len, w->f) + fwrite(footer, 1, sizeof(footer), w->f);
     // a full disk or a network file system's hiccup: the run, which checkpoints keep, goes on without its events
     if (put != sizeof(header) + len + sizeof(footer) || fflush(w->f) != 0) {
