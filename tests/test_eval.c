@@ -317,6 +317,12 @@ static void test_zeroshot_no_valid_sample(void) {
 
 // Runs ./train_clip on the tiny config (CPU, batch 8, synthetic training data) with more arguments; returns its
 // exit code (-1 if it did not exit), with stdout and stderr together in out.
+static void write_text(const char *path, const char *text) {
+    FILE *f = fopenCheck(path, "wb");
+    fwriteCheck(text, 1, strlen(text), f);
+    fcloseCheck(f);
+}
+
 static int run_train(const char *args, char *out, size_t cap) {
     char cmd[4096];
     snprintf(cmd, sizeof(cmd), "./train_clip -c configs/tiny.conf --set device=cpu --set batch_size=8 --set steps=2 --set log_every=1 %s 2>&1",
@@ -330,9 +336,7 @@ static int run_train(const char *args, char *out, size_t cap) {
 static void test_missing_eval_inputs_stop_at_start(void) {
     const char *cls[1] = {"0"};
     write_shard(test_path("zs-ok.tar"), 1, cls, NULL);
-    FILE *f = fopenCheck(test_path("two.txt"), "w");
-    fprintf(f, "cat\ndog\n");
-    fcloseCheck(f);
+    write_text(test_path("two.txt"), "cat\ndog\n");
     char args[3][1024], out[16384];
     snprintf(args[0], sizeof(args[0]), "--set val_data=%s --set run_dir=%s", test_path("missing-val.tar"), test_path("run_missing0"));
     snprintf(args[1], sizeof(args[1]), "--set zeroshot_data=%s --set zeroshot_classnames=%s --set run_dir=%s", test_path("zs-ok.tar"),
@@ -355,9 +359,7 @@ static void test_missing_eval_inputs_stop_at_start(void) {
 static void test_checkpoint_before_eval(void) {
     const char *cls[2] = {"0", "5"};
     write_shard(test_path("zs-5.tar"), 2, cls, NULL);
-    FILE *f = fopenCheck(test_path("two.txt"), "w");
-    fprintf(f, "cat\ndog\n");
-    fcloseCheck(f);
+    write_text(test_path("two.txt"), "cat\ndog\n");
     char args[1024], out[16384];
     snprintf(args, sizeof(args), "--set checkpoint_every=0 --set zeroshot_data=%s --set zeroshot_classnames=%s --set run_dir=%s",
              test_path("zs-5.tar"), test_path("two.txt"), test_path("run_ckpt"));
@@ -374,26 +376,18 @@ static void test_checkpoint_before_eval(void) {
 static void test_zeroshot_without_images(void) {
     const char *cls[2] = {NULL, "abc"};
     write_shard(test_path("zs-none.tar"), 2, cls, NULL);
-    FILE *f = fopenCheck(test_path("two.txt"), "w");
-    fprintf(f, "cat\ndog\n");
-    fcloseCheck(f);
+    write_text(test_path("two.txt"), "cat\ndog\n");
     char args[1024], out[16384];
     snprintf(args, sizeof(args), "--set zeroshot_data=%s --set zeroshot_classnames=%s --set run_dir=%s", test_path("zs-none.tar"),
              test_path("two.txt"), test_path("run_none"));
     int rc = run_train(args, out, sizeof(out));
     EXPECT(rc == 0 && strstr(out, "no images with a class") && !strstr(out, "zero-shot top-1"), "exit %d; output:\n%s", rc, out);
-    f = fopen(test_path("run_none/log.jsonl"), "r");
+    FILE *f = fopen(test_path("run_none/log.jsonl"), "r");
     char line[4096];
     int logged_top1 = 0, logged_n0 = 0;
     while (f && fgets(line, sizeof(line), f)) logged_top1 |= strstr(line, "zeroshot_top1") != NULL, logged_n0 |= strstr(line, "\"zeroshot_n\":0") != NULL;
     if (f) fclose(f);
     EXPECT(logged_n0 && !logged_top1, "log.jsonl: zeroshot_n 0 %s, zeroshot_top1 %s", logged_n0 ? "present" : "missing", logged_top1 ? "present" : "absent");
-}
-
-static void write_text(const char *path, const char *text) {
-    FILE *f = fopenCheck(path, "wb");
-    fwriteCheck(text, 1, strlen(text), f);
-    fcloseCheck(f);
 }
 
 static void read_classnames_of(void *path) {
@@ -449,9 +443,7 @@ static void test_too_many_alternatives(void) {
 }
 
 static void test_read_lines(void) {
-    FILE *f = fopenCheck(test_path("classes.txt"), "w");
-    fprintf(f, "# classes\nanimals\n\nbuildings\r\nfood\n");
-    fcloseCheck(f);
+    write_text(test_path("classes.txt"), "# classes\nanimals\n\nbuildings\r\nfood\n");
     int n;
     char **lines = read_lines(test_path("classes.txt"), &n);
     EXPECT(n == 3 && !strcmp(lines[0], "animals") && !strcmp(lines[1], "buildings") && !strcmp(lines[2], "food"), "read %d lines", n);
