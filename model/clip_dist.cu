@@ -1,5 +1,6 @@
 // clip_dist.cu: the process's NCCL communicator, its stream, the collectives the GPU step uses and the polled
 // waits that turn a lost rank or an NCCL error into an error exit (see clip_dist.h).
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -48,6 +49,42 @@ __attribute__((noreturn, format(printf, 2, 3))) static void gd_fail(const GpuDis
     _exit(1);
 }
 
+// NCCL's blocking calls that every rank must make (creating or splitting a communicator) have no time limit: a rank
+// that never gets there (a process that did not start, a node that died) leaves the others in them forever, where
+// no poll can see it. A thread ends the process once dist_timeout passes without the call returning. It exits
+// directly (under MPI too: MPI_Abort is not for other threads; mpirun ends the job when a rank exits non-zero).
+typedef struct {
+    const GpuDist *gd;
+    const char *what;
+    int done;
+    pthread_t thread;
+} Deadline;
+
+static void *deadline_main(void *arg) {
+    Deadline *w = (Deadline *)arg;
+    for (double t0 = now_seconds(); !__atomic_load_n(&w->done, __ATOMIC_ACQUIRE); usleep(100000)) {
+        if (now_seconds() - t0 <= w->gd->timeout) continue;
+        fflush(NULL);
+        fprintf(stderr, "error: rank %d of %d: %s did not complete within dist_timeout = %g s: another rank did not start or "
+                "died, or cannot reach this one (the network NCCL uses: NCCL_SOCKET_IFNAME; a firewall)\n",
+                w->gd->d->rank, w->gd->d->world, w->what, w->gd->timeout);
+        _exit(1);
+    }
+    return NULL;
+}
+
+static void deadline_start(Deadline *w, const GpuDist *gd, const char *what) {
+    w->gd = gd, w->what = what, w->done = 0;
+    int rc = pthread_create(&w->thread, NULL, deadline_main, w);
+    if (rc) fatal("pthread_create failed at %s:%d: %s", __FILE__, __LINE__, strerror(rc));
+}
+
+static void deadline_end(Deadline *w) {
+    __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
+    int rc = pthread_join(w->thread, NULL);
+    if (rc) fatal("pthread_join failed at %s:%d: %s", __FILE__, __LINE__, strerror(rc));
+}
+
 static void nccl_check(const GpuDist *gd, ncclResult_t r, const char *call, const char *file, int line) {
     if (r == ncclSuccess) return;
     gd_fail(gd, "%s failed at %s:%d: %s (%s)", call, file, line, ncclGetErrorString(r), gd->comm ? ncclGetLastError(gd->comm) : "");
@@ -67,7 +104,10 @@ void gpu_dist_init(Dist *d, double timeout_s) {
     ncclUniqueId id;
     if (d->rank == 0) ncclCheck(gd, ncclGetUniqueId(&id));
     dist_broadcast(d, &id, sizeof(id));
+    Deadline w;
+    deadline_start(&w, gd, "NCCL's initialisation");
     ncclCheck(gd, ncclCommInitRank(&gd->comm, d->world, id, d->rank));
+    deadline_end(&w);
     int least, greatest;  // stream priorities: lower numbers are scheduled first; TRAIN_CLIP_COMM_PRIORITY=low to compare
     cudaCheck(cudaDeviceGetStreamPriorityRange(&least, &greatest));
     const char *prio = getenv("TRAIN_CLIP_COMM_PRIORITY");
@@ -224,7 +264,10 @@ void *gd_alloc(GpuDist *gd, size_t bytes) {
             if (!gd->ce_comm) {
                 ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
                 cfg.CTAPolicy = NCCL_CTA_POLICY_ZERO;
+                Deadline w;
+                deadline_start(&w, gd, "the copy-engine communicator's creation (ncclCommSplit)");
                 ncclCheck(gd, ncclCommSplit(gd->comm, 0, gd->d->rank, &gd->ce_comm, &cfg));
+                deadline_end(&w);
             }
             registered = ncclCommWindowRegister(gd->ce_comm, p, bytes, &gd->win, NCCL_WIN_COLL_SYMMETRIC) == ncclSuccess;
             ok = registered;

@@ -1,6 +1,6 @@
 // test_multigpu.cu: data parallelism over 2 GPUs (model/clip_dist.cu, the multi-GPU step of model/clip_gpu.cu,
 // the trainer's ranks), with real processes that this binary starts as a launcher would (RANK, WORLD_SIZE,
-// LOCAL_RANK and a file rendezvous; no mpirun needed). Skipped without 2 GPUs or without NCCL.
+// LOCAL_RANK and a file rendezvous; no mpirun needed). Skipped without 2 GPUs (test 5: 1) or without NCCL.
 //  1. Equivalence: 2 ranks holding 8 pairs each of a global batch of 16 against 1 process holding all 16, from
 //     the same initial weights, two optimizer steps: loss and gradient norm of both steps, the step-1 gradients
 //     (all together and per tensor), and after the second update the parameters, both moments and the
@@ -36,6 +36,8 @@
 //     runs differ: measured).
 //  4. Failure: rank 1 of a running 2-GPU job is killed (SIGKILL); rank 0 must exit non-zero with an error naming
 //     itself and the cause within dist_timeout (8 s) + 30 s, not hang (measured: 8.1 s).
+//  5. A rank that never starts (one GPU is enough): rank 0 of a world of 2, alone, must stop in NCCL's
+//     initialisation with an error naming it within dist_timeout (5 s) + 30 s, not wait there forever.
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -67,14 +69,14 @@ static const int have_nccl = 0;
 
 // ---------------------------------------------------------------- processes
 
-// Starts `world` ranks of argv with the launcher's environment and a fresh file rendezvous; rank r's stdout and
-// stderr go to <test dir>/<tag>.<r>.log.
-static void launch(const char *tag, int world, const char *const *argv, pid_t *pids) {
+// Starts ranks 0 .. started - 1 of a world of `world` ranks of argv (started < world: the others never come) with
+// the launcher's environment and a fresh file rendezvous; rank r's stdout and stderr go to <test dir>/<tag>.<r>.log.
+static void launch(const char *tag, int world, int started, const char *const *argv, pid_t *pids) {
     static int launches;
     char rdv[600];
     snprintf(rdv, sizeof(rdv), "file:%s/rdv.%s.%d", test_dir(), tag, launches++);
     fflush(stdout), fflush(stderr);
-    for (int r = 0; r < world; r++) {
+    for (int r = 0; r < started; r++) {
         pids[r] = fork();
         if (pids[r] < 0) perror("fork"), exit(1);
         if (pids[r]) continue;
@@ -109,6 +111,16 @@ static int wait_ranks(int world, pid_t *pids, double seconds, int *rc) {
     }
     for (int r = 0; r < world; r++) ok &= rc[r] == 0;
     return ok;
+}
+
+// Rank r's log of a launch (the first cap - 1 bytes; "" if there is none).
+static void read_log(const char *tag, int r, char *text, size_t cap) {
+    char path[800];
+    snprintf(path, sizeof(path), "%s/%s.%d.log", test_dir(), tag, r);
+    FILE *f = fopen(path, "r");
+    size_t got = f ? fread(text, 1, cap - 1, f) : 0;
+    text[got] = '\0';
+    if (f) fclose(f);
 }
 
 // The last lines of rank r's log of a launch, for failure messages.
@@ -275,7 +287,7 @@ static void test_two_ranks_equal_one(void) {
         }
         ok = wait_ranks(1, pids, 240, rc);
     } else {
-        launch("equiv", 2, argv, pids);
+        launch("equiv", 2, 2, argv, pids);
         ok = wait_ranks(2, pids, 240, rc);
     }
     EXPECT(ok, "equivalence ranks exited %d / %d", rc[0], rc[1]);
@@ -321,7 +333,7 @@ static int train(const char *tag, int world, const char *run_dir, const char *co
     argv[n] = NULL;
     pid_t pids[2];
     int rc[2];
-    launch(tag, world, argv, pids);
+    launch(tag, world, world, argv, pids);
     int ok = wait_ranks(world, pids, 120, rc);
     if (!ok) {
         printf("  %s: ranks exited", tag);
@@ -445,7 +457,7 @@ static void test_resume_exact(void) {
 
 static void test_killed_rank_stops_the_other(void) {
     NEED_TWO_GPUS();
-    char dir[700], log[800], path[800];
+    char dir[700], path[800];
     snprintf(dir, sizeof(dir), "%s/killed", test_dir());
     snprintf(path, sizeof(path), "%s/log.jsonl", dir);
     const char *argv[] = {"./train_clip", "-c", "configs/tiny.conf", "--set", "steps=100000", "--set", "precision=bf16", "--set", "log_every=1000",
@@ -454,7 +466,7 @@ static void test_killed_rank_stops_the_other(void) {
     snprintf(run_set, sizeof(run_set), "run_dir=%s", dir), argv[16] = run_set;
     pid_t pids[2];
     int rc[2];
-    launch("killed", 2, argv, pids);
+    launch("killed", 2, 2, argv, pids);
     double t0 = now_seconds();
     int steps = 0;
     while (steps < 5 && now_seconds() - t0 < 60) {  // until both train (rank 0 logs steps that need rank 1)
@@ -467,17 +479,37 @@ static void test_killed_rank_stops_the_other(void) {
     double t_kill = now_seconds();
     wait_ranks(2, pids, 8 + 30, rc);
     double took = now_seconds() - t_kill;
-    snprintf(log, sizeof(log), "%s/killed.0.log", test_dir());
-    FILE *f = fopen(log, "r");
-    char text[1 << 16] = "";
-    size_t got = f ? fread(text, 1, sizeof(text) - 1, f) : 0;
-    text[got] = '\0';
-    if (f) fclose(f);
+    static char text[1 << 16];
+    read_log("killed", 0, text, sizeof(text));
     const char *err = strstr(text, "error: rank 0 of 2:");
     EXPECT(rc[0] > 0, "rank 0 did not exit with an error after rank 1 was killed (exit %d after %.1f s)", rc[0], took);
     EXPECT(err != NULL, "rank 0's output has no 'error: rank 0 of 2:' line");
     if (err) printf("  rank 0 stopped %.1f s after rank 1 was killed: %.*s\n", took, (int)strcspn(err, "\n"), err);
     else print_log_tail("killed", 0);
+}
+
+static void test_missing_rank_stops_the_start(void) {
+    int n = cuda_device_count();
+    if (n == 0) SKIP("no GPU");
+    if (!have_nccl) SKIP("this build has no NCCL");
+    char dir[700], set_dir[800];
+    snprintf(dir, sizeof(dir), "%s/missing", test_dir());
+    snprintf(set_dir, sizeof(set_dir), "run_dir=%s", dir);
+    const char *argv[] = {"./train_clip", "-c", "configs/tiny.conf", "--set", "device=cuda", "--set", "dist_timeout=5",
+                          "--set", set_dir, NULL};
+    pid_t pid;
+    int rc;
+    launch("missing", 2, 1, argv, &pid);
+    double t0 = now_seconds();
+    wait_ranks(1, &pid, 5 + 30, &rc);
+    double took = now_seconds() - t0;
+    static char text[1 << 16];
+    read_log("missing", 0, text, sizeof(text));
+    const char *err = strstr(text, "error: rank 0 of 2: NCCL's initialisation did not complete");
+    EXPECT(rc > 0, "rank 0 of 2, alone, did not stop with an error (exit %d after %.1f s)", rc, took);
+    EXPECT(err != NULL, "rank 0's output has no 'NCCL's initialisation did not complete' error");
+    if (err) printf("  rank 0 alone stopped after %.1f s: %.*s\n", took, (int)strcspn(err, "\n"), err);
+    else print_log_tail("missing", 0);
 }
 
 int main(int argc, char **argv) {
@@ -487,5 +519,6 @@ int main(int argc, char **argv) {
     RUN(test_training_curve);
     RUN(test_resume_exact);
     RUN(test_killed_rank_stops_the_other);
+    RUN(test_missing_rank_stops_the_start);
     TEST_EXIT();
 }
