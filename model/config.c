@@ -86,7 +86,8 @@ static const Key KEYS[] = {
     {"bind_cpus", T_BOOL, OFF(bind_cpus), "true", 0, 1, NULL,
      "multi-GPU: each rank of a node takes its own slice of the CPUs its cgroup allows (unless the launcher bound it) and an OpenMP pool of its share"},
     {"dist_timeout", T_FLOAT, OFF(dist_timeout), "600", 1, 1e7, NULL,
-     "multi-GPU: seconds a rank waits for a collective before it stops the run with an error (a lost or hung rank)"},
+     "multi-GPU: seconds a rank waits for a collective, or for the other ranks at NCCL's start, before it stops the run "
+     "with an error (a lost, hung or missing rank)"},
     // data
     {"data", T_STR, OFF(data), "synthetic", 1, 0, NULL,
      "training data: synthetic, or webdataset shards: dir/{00000..00099}.tar, a directory, several joined by ::"},
