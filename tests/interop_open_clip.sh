@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # interop_open_clip.sh: the train_clip <-> open_clip round trip. Needs a python3 with torch, open_clip_torch
 # and safetensors (the GPU machine has torch; set PYTHON=... to pick an interpreter). Not part of
-# `make test` (CI has no torch). Steps:
+# `make test` (CI has no torch). Offline, with torch already there: `pip download --no-deps open_clip_torch ftfy
+# wcwidth` where PyPI is reachable, then `pip install --no-deps --no-index --target DIR *.whl` and PYTHONPATH=DIR. Steps:
 #   1. train the tiny config for 20 steps -> a checkpoint's weights (open_clip names);
 #   2. convert them to an open_clip .pt and back: identical tensors;
 #   3. open_clip loads the checkpoint (strict), computes embeddings, loss and gradients on a batch, and
