@@ -1,5 +1,6 @@
 // distributed.c: process roles and bootstrap (see distributed.h): MPI when launched by it, otherwise
-// the environment plus a file or TCP rendezvous for the one-off broadcast of the NCCL id.
+// the environment plus a file or TCP rendezvous for the one-off broadcast of the NCCL id, marked with the
+// launch's run id so that no rank takes another job's for its own.
 #define _GNU_SOURCE  // sched_setaffinity, CPU_SET
 #include "distributed.h"
 
@@ -23,7 +24,7 @@
 #include "cpuset.h"
 #include "utils.h"
 
-static double process_start;  // for rejecting rendezvous files left by an earlier job
+static double process_start;  // for rejecting rendezvous files left by an earlier job when there is no run id
 static int broadcasts;         // rendezvous exchanges so far (each gets its own file / connection round)
 
 // An environment variable's count; `fallback` when it is not set. Set but empty (RANK=$UNSET in a script) is an error.
@@ -65,6 +66,30 @@ static void split_host_port(const Dist *d, char *host, size_t cap, char *port, s
         dist_fail(d, "TRAIN_CLIP_RENDEZVOUS=%s: expected tcp:HOST:PORT with a port 1-65535", d->rendezvous);
     snprintf(host, cap, "%.*s", n, hp);
     snprintf(port, pcap, "%ld", p);
+}
+
+// This launch's identity into d->run_id: the same on all its ranks, almost surely not another launch's.
+// TRAIN_CLIP_RUN_ID, else the launcher's: the srun step (slurm's job, step and requeue count) and torchrun's run
+// (--rdzv-id and restart count), both when torchrun runs under srun; else "" (none known). Not slurm's batch or
+// interactive step (ids from 0xfffffff0 up) or torchrun's default --rdzv-id "none" by themselves: a script can
+// start many runs within one.
+static void set_run_id(Dist *d) {
+    const char *own = getenv("TRAIN_CLIP_RUN_ID"), *job = getenv("SLURM_JOB_ID"), *step = getenv("SLURM_STEP_ID"),
+               *torch = getenv("TORCHELASTIC_RUN_ID"), *requeues = getenv("SLURM_RESTART_COUNT"),
+               *restarts = getenv("TORCHELASTIC_RESTART_COUNT");
+    char slurm[300] = "", torchrun[300] = "";  // longer than run_id: a cut one is too long below
+    if (own && !*own) fatal("environment variable TRAIN_CLIP_RUN_ID is set but empty");
+    if (job && step && strtoul(step, NULL, 10) < 0xfffffff0ul)
+        snprintf(slurm, sizeof(slurm), "slurm:%s.%s.%s", job, step, requeues ? requeues : "0");
+    if (torch && (slurm[0] || strcmp(torch, "none")))
+        snprintf(torchrun, sizeof(torchrun), "torchrun:%s.%s", torch, restarts ? restarts : "0");
+    size_t n = own ? (size_t)snprintf(d->run_id, sizeof(d->run_id), "%s", own)
+                   : (size_t)snprintf(d->run_id, sizeof(d->run_id), "%s%s%s", slurm, slurm[0] && torchrun[0] ? "," : "", torchrun);
+    int bad = n >= sizeof(d->run_id);
+    for (size_t i = 0; i < n && !bad; i++) bad = d->run_id[i] <= ' ' || d->run_id[i] > '~';  // one word in the header line
+    if (bad)
+        fatal("the run id '%s' (%s) must be under %zu printable characters without spaces", own ? own : d->run_id,
+              own ? "TRAIN_CLIP_RUN_ID" : "from SLURM_JOB_ID / TORCHELASTIC_RUN_ID: set TRAIN_CLIP_RUN_ID instead", sizeof(d->run_id));
 }
 
 void dist_init(Dist *d) {
@@ -126,6 +151,7 @@ void dist_init(Dist *d) {
     if (!strncmp(d->rendezvous, "tcp:", 4)) split_host_port(d, host, sizeof(host), port, sizeof(port));  // or stops here
     else if (strncmp(d->rendezvous, "file:", 5) || !d->rendezvous[5])
         fatal("TRAIN_CLIP_RENDEZVOUS=%s: expected file:PATH or tcp:HOST:PORT", d->rendezvous);
+    set_run_id(d);
 }
 
 void dist_slice(int n, int r, int size, int *lo, int *hi) {
@@ -160,40 +186,87 @@ void dist_finalize(Dist *d) {
 #endif
 }
 
+// ---------------------------------------------------------------- the header line of both rendezvous kinds
+// Rank 0 writes it before the blob (file) or sends it before the blob (TCP), and every other rank sends its own to
+// rank 0 (TCP): who wrote it and for which run. It starts with the format's version, so that an older train_clip's
+// file or hello reads as another job's rather than being misread.
+#define HEADER_START "train_clip rendezvous v2 "
+
+typedef struct {
+    int rank, world;
+    size_t bytes;
+    char run[sizeof(((Dist *)0)->run_id)];
+} Header;
+
+static void header_line(const Dist *d, size_t bytes, char *line, size_t cap) {
+    snprintf(line, cap, HEADER_START "rank=%d world=%d bytes=%zu run=%s\n", d->rank, d->world, bytes, d->run_id);
+}
+
+// 0 when line is this version's header line, -1 when not
+static int header_parse(const char *line, Header *h) {
+    int at = 0;
+    if (sscanf(line, HEADER_START "rank=%d world=%d bytes=%zu run=%n", &h->rank, &h->world, &h->bytes, &at) != 3 || !at) return -1;
+    size_t n = strcspn(line + at, "\n");
+    if (line[at + n] != '\n' || n >= sizeof(h->run)) return -1;
+    snprintf(h->run, sizeof(h->run), "%.*s", (int)n, line + at);
+    return 0;
+}
+
+static const char *or_none(const char *run_id) { return *run_id ? run_id : "(none)"; }
+
 // ---------------------------------------------------------------- file rendezvous
 
 static void file_broadcast(Dist *d, void *buf, size_t bytes) {
-    char path[600], tmp[640];
+    char path[600], tmp[640], line[256];
     snprintf(path, sizeof(path), "%s.%d", d->rendezvous + 5, broadcasts);
     if (d->rank == 0) {
         snprintf(tmp, sizeof(tmp), "%s.tmp", path);
         FILE *f = fopen(tmp, "wb");
         if (!f) dist_fail(d, "rendezvous file %s: %s", tmp, strerror(errno));
-        fprintf(f, "train_clip rendezvous world=%d bytes=%zu\n", d->world, bytes);
+        header_line(d, bytes, line, sizeof(line));
+        fwriteCheck(line, 1, strlen(line), f);
         fwriteCheck(buf, 1, bytes, f);
         fcloseCheck(f);
         if (rename(tmp, path) != 0) dist_fail(d, "rendezvous file %s: %s", path, strerror(errno));
         return;
     }
-    for (double deadline = now_seconds() + rendezvous_timeout();;) {  // by the clock: a stat on a shared file system may take long
+    // A file that is not this run's (an earlier job's at the same path) is not an error until the timeout: rank 0
+    // may not have replaced it yet.
+    char found[400] = "";  // why the file there is not this run's, for the timeout's error
+    int timeout = rendezvous_timeout();
+    for (double deadline = now_seconds() + timeout;;) {  // by the clock: an open on a shared file system may take long
         struct stat st;
-        FILE *f = stat(path, &st) == 0 && (double)st.st_mtime >= process_start - 60 ? fopen(path, "rb") : NULL;
+        FILE *f = fopen(path, "rb");
         if (f) {
-            int world = 0;
-            size_t n = 0;
-            // the header's one '\n' read by itself: a "\n" in the format would also eat the blob's leading whitespace
-            int ok = fscanf(f, "train_clip rendezvous world=%d bytes=%zu", &world, &n) == 2 && fgetc(f) == '\n';
-            if (!ok || world != d->world || n != bytes)
-                dist_fail(d, "rendezvous file %s is from another job (world %d, %zu bytes); use a fresh path per job", path, world, n);
-            freadCheck(buf, 1, bytes, f);
+            if (fstat(fileno(f), &st) != 0) dist_fail(d, "rendezvous file %s: %s", path, strerror(errno));
+            Header h;
+            // the header line read by itself (fgets stops at its '\n'): the blob may start with whitespace
+            int parsed = fgets(line, sizeof(line), f) && header_parse(line, &h) == 0, same = parsed && !strcmp(h.run, d->run_id);
+            // without a run id, a file older than this process is an earlier job's
+            if (same && (d->run_id[0] || (double)st.st_mtime >= process_start - 60)) {
+                if (h.world != d->world || h.bytes != bytes)
+                    dist_fail(d, "rendezvous file %s (run id %s) is for a world of %d and %zu bytes, this rank's is %d and %zu: another "
+                              "job's? use a fresh path per job", path, or_none(h.run), h.world, h.bytes, d->world, bytes);
+                freadCheck(buf, 1, bytes, f);
+                fclose(f);
+                return;
+            }
             fclose(f);
-            return;
+            if (!parsed)
+                snprintf(found, sizeof(found), "is not this version's (an older train_clip's, or not a rendezvous file; this run's "
+                         "id is %s)", or_none(d->run_id));
+            else if (!same)
+                snprintf(found, sizeof(found), "belongs to run id %s, not this run's %s (an earlier job's?)", or_none(h.run),
+                         or_none(d->run_id));
+            else
+                snprintf(found, sizeof(found), "is older than this process (an earlier run's, or this machine's clock is ahead of "
+                         "the file server's; a TRAIN_CLIP_RUN_ID for the run makes the clocks irrelevant)");
         }
-        if (now_seconds() > deadline && stat(path, &st) == 0)
-            dist_fail(d, "the rendezvous file %s is older than this process (an earlier run's, or this machine's clock is ahead of "
-                      "the file server's): use a fresh path per job", path);
+        if (now_seconds() > deadline && found[0])
+            dist_fail(d, "the rendezvous file %s %s, and rank 0 did not replace it within %d s: use a fresh path per job", path,
+                      found, timeout);
         if (now_seconds() > deadline)
-            dist_fail(d, "rank 0 did not write the rendezvous file %s within %d s (is rank 0 running? is the path shared?)", path, rendezvous_timeout());
+            dist_fail(d, "rank 0 did not write the rendezvous file %s within %d s (is rank 0 running? is the path shared?)", path, timeout);
         usleep(50000);
     }
 }

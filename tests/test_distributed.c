@@ -20,16 +20,19 @@
 #include "../model/utils.h"
 #include "test.h"
 
-// The child's whole life: join, receive rank 0's 64 bytes, check them. Exit code 0 = all good. The bytes start
-// with '\n' and ' ' (as an NCCL id may): the file rendezvous once lost such a leading byte to its header's parsing.
+// Byte i of the 64 that rank 0 broadcasts. They start with '\n' and ' ' (as an NCCL id may): the file rendezvous
+// once lost such a leading byte to its header's parsing.
+static unsigned char sent_byte(int i) { return (unsigned char)(i * 22 + 10); }
+
+// The child's whole life: join, receive rank 0's 64 bytes, check them. Exit code 0 = all good, 3 = other bytes.
 static int child_main(void) {
     Dist d;
     dist_init(&d);
     unsigned char buf[64];
-    for (int i = 0; i < 64; i++) buf[i] = d.rank == 0 ? (unsigned char)(i * 22 + 10) : 0;
+    for (int i = 0; i < 64; i++) buf[i] = d.rank == 0 ? sent_byte(i) : 0;
     dist_broadcast(&d, buf, sizeof(buf));
     for (int i = 0; i < 64; i++)
-        if (buf[i] != (unsigned char)(i * 22 + 10)) return 3;
+        if (buf[i] != sent_byte(i)) return 3;
     float x[3] = {1.0f + d.rank, 2, 3}, all[3 * 8];
     if (d.mpi) {
         dist_allreduce_sum(&d, x, 3);
@@ -138,6 +141,18 @@ static void put(const char *path, const char *text) {
     FILE *f = fopenCheck(test_path(path), "w");
     fwriteCheck(text, 1, strlen(text), f);
     fcloseCheck(f);
+}
+
+// A scratch file's text ("" when there is none), in one of 4 rotating buffers.
+static const char *text_of(const char *name) {
+    static char bufs[4][4096];
+    static int k;
+    char *buf = bufs[k++ % 4];
+    FILE *f = fopen(test_path(name), "r");
+    size_t n = f ? fread(buf, 1, sizeof(bufs[0]) - 1, f) : 0;
+    if (f) fclose(f);
+    buf[n] = 0;
+    return buf;
 }
 
 // The allowed CPUs from made-up cgroup trees: v1 and v2, the process's own cgroup or its nearest ancestor with
@@ -253,11 +268,12 @@ static void test_place_threads(void) {
 static const char *launch_vars[] = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "TRAIN_CLIP_RENDEZVOUS",
                                     "TRAIN_CLIP_RENDEZVOUS_TIMEOUT", "MASTER_ADDR", "MASTER_PORT", "SLURM_LOCALID",
                                     "SLURM_NTASKS_PER_NODE", "SLURM_STEP_NUM_TASKS", "MPI_LOCALNRANKS",
-                                    "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"};
+                                    "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "TRAIN_CLIP_RUN_ID", "SLURM_JOB_ID",
+                                    "SLURM_STEP_ID", "SLURM_RESTART_COUNT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT"};
 
 typedef struct {
     const char *vars[10];  // "NAME=value", NULL-terminated
-    int broadcast;         // also take part in the bootstrap broadcast
+    int broadcast;         // also take part in the bootstrap broadcast (child_main: exit code 3 when other bytes came)
 } Start;
 
 // In a child process: dist_init (and the broadcast) in exactly the case's environment; killed by SIGALRM after 15 s,
@@ -273,14 +289,32 @@ static void start_child(void *arg) {
     }
     alarm(15);
     if (!freopen("/dev/null", "w", stdout)) _exit(9);
+    if (s->broadcast) _exit(child_main());
     Dist d;
     dist_init(&d);
-    unsigned char buf[64] = {0};
-    if (s->broadcast) dist_broadcast(&d, buf, sizeof(buf));
 }
 
 // Runs the case; returns its exit code, its stderr in msg.
 static int start(const Start *s, char *msg, size_t cap) { return test_in_child(start_child, (void *)s, msg, cap); }
+
+// Starts the case in the background `late_ms` from now, its stderr into the scratch file `err`; returns its process id.
+static pid_t start_late(const Start *s, int late_ms, const char *err) {
+    fflush(stdout), fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        usleep((useconds_t)late_ms * 1000);
+        if (!freopen(test_path(err), "w", stderr) || setvbuf(stderr, NULL, _IONBF, 0)) _exit(9);  // unbuffered as before: _exit follows
+        start_child((void *)s);
+        _exit(0);
+    }
+    return pid;
+}
+
+// A started case's exit code, once it ends (-1: it did not exit, e.g. killed by start_child's alarm: a hang).
+static int exit_code(pid_t pid) {
+    int st;
+    return waitpid(pid, &st, 0) == pid && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
 
 // Environment values that cannot be a start: each stops with exit code 1 and a message naming the variable, at once.
 static void test_bad_environment(void) {
@@ -299,6 +333,8 @@ static void test_bad_environment(void) {
         {{.vars = {"WORLD_SIZE=4", "RANK=1", "LOCAL_RANK=", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, "LOCAL_RANK"},
         {{.vars = {"WORLD_SIZE=2", "RANK=1"}}, "TRAIN_CLIP_RENDEZVOUS"},                     // no rendezvous
         {{.vars = {"WORLD_SIZE=2", "RANK=1", "TRAIN_CLIP_RENDEZVOUS=nfs:/x"}}, "TRAIN_CLIP_RENDEZVOUS"},
+        {{.vars = {"WORLD_SIZE=2", "RANK=1", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x", "TRAIN_CLIP_RUN_ID="}}, "TRAIN_CLIP_RUN_ID"},
+        {{.vars = {"WORLD_SIZE=2", "RANK=1", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x", "TRAIN_CLIP_RUN_ID=my run"}}, "TRAIN_CLIP_RUN_ID"},
     };
     for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
         char msg[1024], env[256] = "";
@@ -373,20 +409,70 @@ static void test_file_rendezvous(void) {
     EXPECT(ok == 4, "%d of 4 ranks got the broadcast (exit codes %d %d %d %d)", ok, rc[0], rc[1], rc[2], rc[3]);
 }
 
-// A rendezvous file left by an earlier run (older than this process): not read, and the timeout's error says it is
-// there and stale rather than that rank 0 did not write it. One from another job's world: an error naming it.
+// A rendezvous file as rank 0 of some run left it at the scratch path `name`: its header line, then the 64 bytes
+// (or other bytes: another job's NCCL id), last written `age` seconds ago.
+static void leftover(const char *name, const char *header, int age, int other_bytes) {
+    unsigned char blob[64];
+    for (int i = 0; i < 64; i++) blob[i] = (unsigned char)(sent_byte(i) ^ (other_bytes ? 0xff : 0));
+    FILE *f = fopenCheck(test_path(name), "wb");
+    fwriteCheck(header, 1, strlen(header), f);
+    fwriteCheck(blob, 1, sizeof(blob), f);
+    fcloseCheck(f);
+    struct timespec times[2] = {{.tv_sec = time(NULL) - age}, {.tv_sec = time(NULL) - age}};
+    if (utimensat(AT_FDCWD, test_path(name), times, 0)) fatal("utimensat: %s", strerror(errno));
+}
+
+// A rendezvous file that rank 0 does not come to replace, and that is not this run's: rank 1 stops at the timeout,
+// saying what the file is: older than this process (without a run id, the only test there is), another run's (naming
+// the path and both ids), or not this version's (an older train_clip's, which would once have been read). One with
+// this run's id but another world: an error at once, naming its world.
 static void test_file_rendezvous_leftovers(void) {
-    char r[600], msg[1024];
+    char r[600];
     snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=file:%s", test_path("old"));
-    put("old.0", "train_clip rendezvous world=2 bytes=64\n0123456789012345678901234567890123456789012345678901234567890123");
-    struct timespec times[2] = {{.tv_sec = time(NULL) - 3600}, {.tv_sec = time(NULL) - 3600}};
-    if (utimensat(AT_FDCWD, test_path("old.0"), times, 0)) fatal("utimensat: %s", strerror(errno));
-    Start s = {.vars = {"WORLD_SIZE=2", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=1"}, .broadcast = 1};
-    int rc = start(&s, msg, sizeof(msg));
-    EXPECT(rc == 1 && strstr(msg, "older than"), "a stale rendezvous file: exit %d, want 1 and an error saying it is stale: %s", rc, msg);
-    put("old.0", "train_clip rendezvous world=4 bytes=64\n0123456789012345678901234567890123456789012345678901234567890123");
-    rc = start(&s, msg, sizeof(msg));
-    EXPECT(rc == 1 && strstr(msg, "world 4"), "another job's rendezvous file: exit %d, want 1 naming its world 4: %s", rc, msg);
+    struct { const char *header, *run_id; int age; const char *said[3]; } cases[] = {
+        {"train_clip rendezvous v2 rank=0 world=2 bytes=64 run=\n", NULL, 3600, {"older than"}},
+        {"train_clip rendezvous v2 rank=0 world=2 bytes=64 run=job-1\n", "TRAIN_CLIP_RUN_ID=job-2", 0,
+         {"old.0 belongs to run id job-1", "not this run's job-2"}},
+        {"train_clip rendezvous v2 rank=0 world=2 bytes=64 run=job-1\n", NULL, 0, {"belongs to run id job-1", "this run's (none)"}},
+        {"train_clip rendezvous world=2 bytes=64\n", "TRAIN_CLIP_RUN_ID=job-2", 0, {"old.0 is not this version's", "job-2"}},
+        {"train_clip rendezvous world=2 bytes=64\n", NULL, 0, {"not this version's"}},
+        {"train_clip rendezvous v2 rank=0 world=4 bytes=64 run=\n", NULL, 0, {"world of 4"}},
+        {"train_clip rendezvous v2 rank=0 world=4 bytes=64 run=job-2\n", "TRAIN_CLIP_RUN_ID=job-2", 3600, {"world of 4", "job-2"}},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        char msg[1024];
+        leftover("old.0", cases[k].header, cases[k].age, 1);
+        Start s = {.vars = {"WORLD_SIZE=2", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=1", cases[k].run_id}, .broadcast = 1};
+        int rc = start(&s, msg, sizeof(msg)), named = 1;
+        for (int i = 0; i < 3 && cases[k].said[i]; i++) named &= strstr(msg, cases[k].said[i]) != NULL;
+        EXPECT(rc == 1 && named, "%s a file %d s old headed \"%.*s\": exit %d, want 1 and an error saying \"%s\" (and \"%s\"): %s",
+               cases[k].run_id ? cases[k].run_id : "no run id,", cases[k].age, (int)strcspn(cases[k].header, "\n"), cases[k].header, rc,
+               cases[k].said[0], cases[k].said[1] ? cases[k].said[1] : "", msg);
+    }
+}
+
+// A job restarted at once at the same path (a script's retry): the rendezvous file its crashed predecessor left is
+// as new as this process by the clock, so only the run id tells it apart. Rank 1, started first, waits past it for
+// its own rank 0's bytes (it once took the earlier job's, and NCCL hung on them), whether the earlier job's binary
+// wrote a run id or was older. With a run id, this run's file is taken however old the clocks make it (a file
+// server's clock behind this machine's).
+static void test_file_rendezvous_restart(void) {
+    char r[600], msg[1024];
+    snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=file:%s", test_path("restart"));
+    const char *earlier[] = {"train_clip rendezvous v2 rank=0 world=2 bytes=64 run=job-1\n", "train_clip rendezvous world=2 bytes=64\n"};
+    for (int k = 0; k < 2; k++) {
+        leftover("restart.0", earlier[k], 0, 1);
+        Start r0 = {.vars = {"WORLD_SIZE=2", "RANK=0", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=5", "TRAIN_CLIP_RUN_ID=job-2"}, .broadcast = 1};
+        Start r1 = {.vars = {"WORLD_SIZE=2", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=5", "TRAIN_CLIP_RUN_ID=job-2"}, .broadcast = 1};
+        pid_t p1 = start_late(&r1, 0, "restart.err"), p0 = start_late(&r0, 500, "restart.err0");
+        int rc1 = exit_code(p1), rc0 = exit_code(p0);
+        EXPECT(rc0 == 0 && rc1 == 0, "job-2 with \"%.*s\" left at its path: rank 0 exit %d, rank 1 exit %d (3: it took the earlier "
+               "job's bytes), want 0 0: %s", (int)strcspn(earlier[k], "\n"), earlier[k], rc0, rc1, text_of("restart.err"));
+    }
+    leftover("restart.0", "train_clip rendezvous v2 rank=0 world=2 bytes=64 run=job-2\n", 3600, 0);
+    Start r1 = {.vars = {"WORLD_SIZE=2", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=1", "TRAIN_CLIP_RUN_ID=job-2"}, .broadcast = 1};
+    int rc = start(&r1, msg, sizeof(msg));
+    EXPECT(rc == 0, "job-2's own file, an hour old by the clock: exit %d, want 0: %s", rc, msg);
 }
 
 static int free_port(void) {
@@ -517,18 +603,6 @@ static int sh(const char *cmd) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-// A scratch file's text ("" when there is none), in one of 4 rotating buffers.
-static const char *text_of(const char *name) {
-    static char bufs[4][4096];
-    static int k;
-    char *buf = bufs[k++ % 4];
-    FILE *f = fopen(test_path(name), "r");
-    size_t n = f ? fread(buf, 1, sizeof(bufs[0]) - 1, f) : 0;
-    if (f) fclose(f);
-    buf[n] = 0;
-    return buf;
-}
-
 // train_multi_node.sh hosts h14: the config that exists (configs/vit_h_14.conf), one rank per GPU of each host line
 // (comments and blank lines are not hosts), a hostfile path relative to where it was started.
 static void test_multi_node_script(void) {
@@ -640,6 +714,7 @@ int main(int argc, char **argv) {
     RUN(test_bad_rendezvous);
     RUN(test_file_rendezvous);
     RUN(test_file_rendezvous_leftovers);
+    RUN(test_file_rendezvous_restart);
     RUN(test_tcp_rendezvous);
     RUN(test_tcp_rendezvous_addresses);
     RUN(test_tcp_rendezvous_other_job);
