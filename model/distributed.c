@@ -292,11 +292,29 @@ static void socket_timeouts(const Dist *d, int s, double seconds) {
         dist_fail(d, "rendezvous: setsockopt: %s", strerror(errno));
 }
 
+// A header line from the socket into line, '\0'-terminated: -1 (errno EPROTO) on bytes that cannot begin one, as soon
+// as they come (an older train_clip's hello is binary: not waited on for a '\n' that never comes) or past cap.
+static int recv_line(int fd, char *line, size_t cap) {
+    for (size_t n = 0; n + 1 < cap; n++) {
+        if (full_io(fd, line + n, 1, 0)) return -1;
+        if (n < strlen(HEADER_START) && line[n] != HEADER_START[n]) break;
+        if (line[n] == '\n') return line[n + 1] = '\0', 0;
+    }
+    errno = EPROTO;
+    return -1;
+}
+
+// Every rank sends its header line to rank 0, which answers with its own, then the blob to the ranks of this run.
+// Both compare the run ids: rank 0 turns a rank of another run away (a warning; it does not count) and waits on
+// for its own; the rank turned away stops naming both. A rank of this run that does not fit is an error of the
+// run's (with no run id on either side, every rank is taken as this run's, as before run ids).
 static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
-    char host[256], port[32];
+    char host[256], port[32], mine[256], line[256];
     split_host_port(d, host, sizeof(host), port, sizeof(port));
-    int timeout = rendezvous_timeout(), timeout_ms = timeout < 1 << 20 ? timeout * 1000 : 1 << 30;
-    uint64_t len = bytes;
+    header_line(d, bytes, mine, sizeof(mine));
+    int timeout = rendezvous_timeout();
+    double deadline = now_seconds() + timeout;  // by the clock: a connect or a name lookup may itself take long
+    Header h;
     if (d->rank == 0) {
         // every address of this machine, IPv6 and IPv4 (one socket for both), or IPv4 alone where there is no IPv6
         int s = socket(AF_INET6, SOCK_STREAM, 0), one = 1, zero = 0;
@@ -309,37 +327,48 @@ static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
         if (s < 0 || setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) || bind(s, a, alen) != 0 || listen(s, d->world) != 0)
             dist_fail(d, "rendezvous: cannot listen on port %s: %s", port, strerror(errno));
         int *seen = callocCheck((size_t)d->world, sizeof(int));
-        for (int joined = 1; joined < d->world; joined++) {
+        char turned[300] = "";  // the last connection turned away, for the timeout's error
+        for (int joined = 1; joined < d->world;) {
             struct pollfd pf = {s, POLLIN, 0};
-            if (poll(&pf, 1, timeout_ms) <= 0) {
+            double left = deadline - now_seconds();
+            if (left <= 0 || poll(&pf, 1, left < 1e6 ? (int)(left * 1000) + 1 : 1 << 30) <= 0) {
                 char missing[256] = "";
                 for (int r = 1, len = 0; r < d->world && len < 200; r++)
                     if (!seen[r]) len += snprintf(missing + len, sizeof(missing) - (size_t)len, " %d", r);
-                dist_fail(d, "rendezvous on port %s: ranks%s did not connect within %d s", port, missing, timeout);
+                dist_fail(d, "rendezvous on port %s: ranks%s did not connect within %d s%s", port, missing, timeout, turned);
             }
             int c = accept(s, NULL, NULL);
-            int32_t hello[2], peer;  // the peer's rank and world size
-            if (c >= 0) socket_timeouts(d, c, timeout);  // a peer that connects and says nothing is not waited for forever
-            if (c < 0 || full_io(c, hello, 8, 0))
-                dist_fail(d, "rendezvous on port %s: a connection sent no rank within %d s (%s; something other than a train_clip "
-                          "rank on this port?)", port, timeout, strerror(errno));
-            peer = hello[0];
-            if (hello[1] != d->world)
-                dist_fail(d, "rendezvous on port %s: rank %d of a world of %d connected, a rank of another job (give each job its "
-                          "own port)", port, peer, hello[1]);
-            if (peer <= 0 || peer >= d->world || seen[peer])
-                dist_fail(d, "rendezvous on port %s: a bad or duplicate peer connected (rank %d)", port, peer);
-            seen[peer] = 1;
-            if (full_io(c, &len, 8, 1) || full_io(c, buf, bytes, 1)) dist_fail(d, "rendezvous: sending to rank %d failed", peer);
+            if (c < 0) dist_fail(d, "rendezvous on port %s: accept: %s", port, strerror(errno));
+            socket_timeouts(d, c, deadline - now_seconds());  // a peer that connects and says nothing is not waited for forever
+            int said = recv_line(c, line, sizeof(line)) == 0 && header_parse(line, &h) == 0;
+            // rank 0's header in answer to every rank, before it is judged: one turned away or stopped below learns why
+            if (said) (void)full_io(c, mine, strlen(mine), 1);  // a failure shows in sending the blob, or does not matter
+            if (!said || strcmp(h.run, d->run_id)) {
+                char who[250];
+                if (said) snprintf(who, sizeof(who), "rank %d of run id %s", h.rank, or_none(h.run));
+                else snprintf(who, sizeof(who), "a connection that sent no " HEADER_START "header (%s: an older train_clip's rank, "
+                              "or not train_clip?)", strerror(errno));
+                fprintf(stderr, "warning: rank 0 of %d: rendezvous on port %s: turned away %s, not a rank of this run (id %s)\n",
+                        d->world, port, who, or_none(d->run_id));
+                snprintf(turned, sizeof(turned), "; turned away: %s", who);
+                close(c);
+                continue;
+            }
+            if (h.world != d->world)
+                dist_fail(d, "rendezvous on port %s: rank %d of a world of %d connected (run id %s, the same as this run's): a rank of "
+                          "another job? give each job its own port and run id", port, h.rank, h.world, or_none(h.run));
+            if (h.rank <= 0 || h.rank >= d->world || seen[h.rank] || h.bytes != bytes)
+                dist_fail(d, "rendezvous on port %s: a bad or duplicate peer connected (rank %d, %zu bytes, run id %s)", port, h.rank,
+                          h.bytes, or_none(h.run));
+            seen[h.rank] = 1, joined++;
+            if (full_io(c, buf, bytes, 1)) dist_fail(d, "rendezvous: sending to rank %d failed", h.rank);
             close(c);
         }
         free(seen);
         close(s);
         return;
     }
-    // until the deadline, by the clock: a connect or a name lookup may itself take long
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;  // a name, IPv4 or IPv6
-    double deadline = now_seconds() + timeout;
     char last[400] = "no attempt";
     for (;;) {
         int e = getaddrinfo(host, port, &hints, &res);
@@ -348,12 +377,18 @@ static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
             int s = socket(ai->ai_family, SOCK_STREAM, 0);
             if (s >= 0) socket_timeouts(d, s, deadline - now_seconds());
             if (s >= 0 && connect(s, ai->ai_addr, ai->ai_addrlen) == 0) {
-                int32_t me[2] = {d->rank, d->world};
-                uint64_t got;
                 freeaddrinfo(res);
-                if (full_io(s, me, 8, 1) || full_io(s, &got, 8, 0) || got != len || full_io(s, buf, bytes, 0))
-                    dist_fail(d, "rendezvous with %s:%s: the exchange broke off, timed out or sizes differ (%s; is something other "
-                              "than train_clip's rank 0 on that port?)", host, port, strerror(errno));
+                if (full_io(s, mine, strlen(mine), 1) || recv_line(s, line, sizeof(line)) || header_parse(line, &h))
+                    dist_fail(d, "rendezvous with %s:%s: the exchange broke off or timed out, or what answered is not this version's "
+                              "train_clip rank 0 (%s)", host, port, strerror(errno));
+                if (strcmp(h.run, d->run_id))
+                    dist_fail(d, "rendezvous with %s:%s: rank 0 there is of run id %s, not this run's %s (two jobs given one port? "
+                              "give each its own)", host, port, or_none(h.run), or_none(d->run_id));
+                if (h.world != d->world || h.bytes != bytes)
+                    dist_fail(d, "rendezvous with %s:%s: rank 0 there (run id %s) has a world of %d and %zu bytes, this rank %d and "
+                              "%zu (two jobs given one port?)", host, port, or_none(h.run), h.world, h.bytes, d->world, bytes);
+                if (full_io(s, buf, bytes, 0))
+                    dist_fail(d, "rendezvous with %s:%s: the exchange broke off or timed out (%s)", host, port, strerror(errno));
                 close(s);
                 return;
             }

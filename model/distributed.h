@@ -8,8 +8,8 @@
 //      variable that is set but empty is an error, never its default. Rank 0 marks what it publishes with the
 //      launch's run id (TRAIN_CLIP_RUN_ID, else the launcher's: slurm's job, step and requeue count, torchrun's
 //      --rdzv-id and restart count), so that a rank never takes another job's for its own: a file left at the
-//      same path by an earlier job is waited past. Without a run id, only a file newer than the process (within
-//      60 s of the clocks) is taken;
+//      same path by an earlier job is waited past, a rank of another job given the same port is turned away.
+//      Without a run id, only a file newer than the process (within 60 s of the clocks) is taken;
 //   3. otherwise a single process (rank 0 of 1), unless a launcher says it started several (OMPI_COMM_WORLD_SIZE,
 //      PMI_SIZE or srun's SLURM_STEP_NUM_TASKS above 1 without WORLD_SIZE: an error, as each would train alone).
 // So with MPI, MPI's ranks win over RANK / WORLD_SIZE; without it (or not started through it) WORLD_SIZE decides.

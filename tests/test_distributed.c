@@ -516,18 +516,71 @@ static void test_tcp_rendezvous_addresses(void) {
 static void test_tcp_rendezvous_other_job(void) {
     char r[64], msg[1024];
     snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=tcp:127.0.0.1:%d", free_port());
-    pid_t pid = fork();
-    if (pid == 0) {  // rank 1 of a world of 3
-        Start other = {.vars = {"WORLD_SIZE=3", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=3"}, .broadcast = 1};
-        if (!freopen("/dev/null", "w", stderr)) _exit(9);
-        start_child(&other);
-        _exit(0);
-    }
+    Start other = {.vars = {"WORLD_SIZE=3", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=3"}, .broadcast = 1};
+    pid_t pid = start_late(&other, 0, "other_job.err");
     Start s = {.vars = {"WORLD_SIZE=2", "RANK=0", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=3"}, .broadcast = 1};
-    int rc = start(&s, msg, sizeof(msg)), st;
-    waitpid(pid, &st, 0);
+    int rc = start(&s, msg, sizeof(msg)), rc_other = exit_code(pid);
     EXPECT(rc == 1 && strstr(msg, "world of 3"), "rank 0 of 2 reached by rank 1 of 3: exit %d, want 1 naming the world of 3: %s", rc, msg);
-    EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 1, "rank 1 of 3 did not stop with an error (status %d)", st);
+    EXPECT(rc_other == 1, "rank 1 of 3 did not stop with an error (exit %d)", rc_other);
+}
+
+// Two jobs of one world size given one port, each with its run id: job b's rank 1 reaches job a's rank 0 first.
+// Rank 0 turns it away, naming it, and waits on for its own rank 1 (it once counted b's, which NCCL then joined to
+// job a, and a's own rank 1 found no one); b's rank 1 stops naming the port and both ids.
+static void test_tcp_rendezvous_two_jobs(void) {
+    char r[64], port[16];
+    snprintf(port, sizeof(port), "%d", free_port());
+    snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=tcp:127.0.0.1:%s", port);
+    Start a0 = {.vars = {"WORLD_SIZE=2", "RANK=0", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=5", "TRAIN_CLIP_RUN_ID=job-a"}, .broadcast = 1};
+    Start a1 = {.vars = {"WORLD_SIZE=2", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=5", "TRAIN_CLIP_RUN_ID=job-a"}, .broadcast = 1};
+    Start b1 = {.vars = {"WORLD_SIZE=2", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=5", "TRAIN_CLIP_RUN_ID=job-b"}, .broadcast = 1};
+    pid_t pa0 = start_late(&a0, 0, "a0.err"), pb1 = start_late(&b1, 100, "b1.err");
+    int rb1 = exit_code(pb1);  // a's own rank 1 only after b's is done with rank 0
+    int ra1 = exit_code(start_late(&a1, 0, "a1.err")), ra0 = exit_code(pa0);
+    const char *b_said = text_of("b1.err"), *a_said = text_of("a0.err");
+    EXPECT(rb1 == 1 && strstr(b_said, port) && strstr(b_said, "job-a") && strstr(b_said, "not this run's job-b"),
+           "job b's rank 1 at job a's rank 0: exit %d, want 1 and an error naming port %s, job-a and job-b: %s", rb1, port, b_said);
+    EXPECT(ra0 == 0 && ra1 == 0, "job a: rank 0 exit %d, rank 1 exit %d, want 0 0: %s%s", ra0, ra1, a_said, text_of("a1.err"));
+    EXPECT(strstr(a_said, "turned away rank 1 of run id job-b"), "job a's rank 0 did not name the rank it turned away: %s", a_said);
+}
+
+// Where the run id comes from, seen through a TCP rendezvous of two ranks: the same id lets rank 1 in, another stops it.
+// TRAIN_CLIP_RUN_ID wins over the launcher's ids; slurm's step and requeue count and torchrun's run id and restart
+// count each make another run; slurm's batch step and torchrun's default id "none" alone give none (the ranks then
+// meet as before run ids).
+static void test_run_id_sources(void) {
+    struct { const char *env[2][4]; int same; } cases[] = {
+        {{{"SLURM_JOB_ID=7", "SLURM_STEP_ID=0"}, {"SLURM_JOB_ID=7", "SLURM_STEP_ID=0"}}, 1},
+        {{{"SLURM_JOB_ID=7", "SLURM_STEP_ID=0"}, {"SLURM_JOB_ID=7", "SLURM_STEP_ID=1"}}, 0},
+        {{{"SLURM_JOB_ID=7", "SLURM_STEP_ID=0", "SLURM_RESTART_COUNT=1"}, {"SLURM_JOB_ID=7", "SLURM_STEP_ID=0"}}, 0},
+        {{{"SLURM_JOB_ID=7", "SLURM_STEP_ID=4294967294"}, {"SLURM_JOB_ID=8", "SLURM_STEP_ID=4294967294"}}, 1},
+        {{{"TORCHELASTIC_RUN_ID=r", "TORCHELASTIC_RESTART_COUNT=1"}, {"TORCHELASTIC_RUN_ID=r", "TORCHELASTIC_RESTART_COUNT=1"}}, 1},
+        {{{"TORCHELASTIC_RUN_ID=r", "TORCHELASTIC_RESTART_COUNT=1"}, {"TORCHELASTIC_RUN_ID=r"}}, 0},
+        {{{"TORCHELASTIC_RUN_ID=r"}, {"TORCHELASTIC_RUN_ID=q"}}, 0},
+        {{{"TORCHELASTIC_RUN_ID=none"}, {"TORCHELASTIC_RUN_ID=none", "TORCHELASTIC_RESTART_COUNT=1"}}, 1},
+        {{{"SLURM_JOB_ID=7", "SLURM_STEP_ID=0", "TORCHELASTIC_RUN_ID=none"},
+          {"SLURM_JOB_ID=7", "SLURM_STEP_ID=0", "TORCHELASTIC_RUN_ID=none", "TORCHELASTIC_RESTART_COUNT=1"}}, 0},
+        {{{"TRAIN_CLIP_RUN_ID=x", "SLURM_JOB_ID=7", "SLURM_STEP_ID=0"}, {"TRAIN_CLIP_RUN_ID=x", "SLURM_JOB_ID=7", "SLURM_STEP_ID=1"}}, 1},
+        {{{"TRAIN_CLIP_RUN_ID=x"}, {"TRAIN_CLIP_RUN_ID=y"}}, 0},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        char r[64], env[256] = "";
+        snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=tcp:127.0.0.1:%d", free_port());
+        Start s[2] = {{.vars = {"WORLD_SIZE=2", "RANK=0", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=5"}, .broadcast = 1},
+                      {.vars = {"WORLD_SIZE=2", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=5"}, .broadcast = 1}};
+        for (int rank = 0; rank < 2; rank++)
+            for (int i = 0; i < 4 && cases[k].env[rank][i]; i++) {
+                s[rank].vars[4 + i] = cases[k].env[rank][i];
+                snprintf(env + strlen(env), sizeof(env) - strlen(env), "%s%s ", rank ? "rank 1 " : "", cases[k].env[rank][i]);
+            }
+        pid_t p0 = start_late(&s[0], 0, "id0.err");
+        int rc1 = exit_code(start_late(&s[1], 0, "id1.err"));
+        if (rc1 != 0) kill(p0, SIGKILL);  // turned away: rank 0 would wait out its timeout for another rank 1
+        int rc0 = exit_code(p0);
+        const char *said = text_of("id1.err");
+        if (cases[k].same) EXPECT(rc0 == 0 && rc1 == 0, "%s: exit codes %d %d, want 0 0 (one run): %s", env, rc0, rc1, said);
+        else EXPECT(rc1 == 1 && strstr(said, "not this run's"), "%s: rank 1 exit %d, want 1 (two runs): %s", env, rc1, said);
+    }
 }
 
 static void test_missing_peer_fails_fast(void) {
@@ -718,6 +771,8 @@ int main(int argc, char **argv) {
     RUN(test_tcp_rendezvous);
     RUN(test_tcp_rendezvous_addresses);
     RUN(test_tcp_rendezvous_other_job);
+    RUN(test_tcp_rendezvous_two_jobs);
+    RUN(test_run_id_sources);
     RUN(test_missing_peer_fails_fast);
     RUN(test_rendezvous_no_answer);
     RUN(test_rendezvous_silent_peer);
