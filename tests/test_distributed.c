@@ -706,8 +706,9 @@ static void test_one_node_script(void) {
     }
 }
 
-// run_local.sh: N must be a count of 1 or more; Ctrl-C or a TERM to the script reaches the ranks (they run in
-// the background, where a script's children ignore SIGINT) and the script waits for them.
+// run_local.sh: N must be a count of 1 or more; the ranks of a launch share one TRAIN_CLIP_RUN_ID, the next launch
+// has another (not one left in the caller's environment); Ctrl-C or a TERM to the script reaches the ranks (they run
+// in the background, where a script's children ignore SIGINT) and the script waits for them.
 static void test_run_local_script(void) {
     const char *bad[] = {"0", "x", "08", "-1", "''"};
     for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
@@ -716,6 +717,14 @@ static void test_run_local_script(void) {
         int rc = sh(cmd);
         EXPECT(rc == 2, "run_local.sh %s true: exit %d, want 2 (usage)", bad[k], rc);
     }
+    char cmd[512], ids[4][128] = {"", "", "", ""};
+    snprintf(cmd, sizeof(cmd), "for i in 1 2; do TRAIN_CLIP_RUN_ID=stale bash scripts/run_local.sh 2 sh -c 'echo \"$TRAIN_CLIP_RUN_ID\"' "
+             ">> %s; done", test_path("rl_ids"));
+    int rc = sh(cmd);
+    sscanf(text_of("rl_ids"), "%127s %127s %127s %127s", ids[0], ids[1], ids[2], ids[3]);
+    EXPECT(rc == 0 && *ids[0] && *ids[2] && strcmp(ids[0], "stale") && !strcmp(ids[0], ids[1]) && !strcmp(ids[2], ids[3]) &&
+           strcmp(ids[0], ids[2]), "two launches of run_local.sh 2 (exit %d): the ranks' TRAIN_CLIP_RUN_ID were %s %s, then %s %s; want "
+           "one fresh id per launch", rc, ids[0], ids[1], ids[2], ids[3]);
     for (int k = 0; k < 2; k++) {
         char cmd[1024];
         const char *pids = test_path(k ? "rl_pids_int" : "rl_pids_term");
