@@ -1,6 +1,7 @@
 // test_distributed.c: process roles and the bootstrap broadcast with real processes on this machine:
-// environment starts (RANK / WORLD_SIZE) with a file and a TCP (loopback) rendezvous, a missing peer
-// that must end in an error naming it within the timeout (never a hang), and, when built with MPI and
+// environment starts (RANK / WORLD_SIZE) with a file and a TCP (loopback) rendezvous, another run's file at
+// the same path or ranks on the same port (told apart by the run id, and where the run id comes from), a missing
+// peer that must end in an error naming it within the timeout (never a hang), and, when built with MPI and
 // mpirun exists, an MPI start with broadcast, all-reduce and all-gather. Also where a node's ranks run:
 // CPU lists, the cgroup's allowed CPUs (from made-up cgroup trees) and each rank's slice of them.
 #define _GNU_SOURCE  // sched_getaffinity, cpu_set_t
