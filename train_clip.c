@@ -269,6 +269,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "error: --limit goes with --inspect-data\n");
         return 2;
     }
+    if (dry_run && (inspect_spec || tokenize)) {  // each returns before the dry run's plan: it would be silently skipped
+        fprintf(stderr, "error: --dry-run does not go with %s\n", inspect_spec ? "--inspect-data" : "--tokenize");
+        return 2;
+    }
     if (!config_path && !inspect_spec && !tokenize) {
         fprintf(stderr, "error: no config file (-c FILE); configs/tiny.conf is a small one to start with\n");
         usage(stderr);

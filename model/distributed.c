@@ -1,5 +1,6 @@
 // distributed.c: process roles and bootstrap (see distributed.h): MPI when launched by it, otherwise
-// the environment plus a file or TCP rendezvous for the one-off broadcast of the NCCL id.
+// the environment plus a file or TCP rendezvous for the one-off broadcast of the NCCL id, marked with the
+// launch's run id so that no rank takes another job's for its own.
 #define _GNU_SOURCE  // sched_setaffinity, CPU_SET
 #include "distributed.h"
 
@@ -23,7 +24,7 @@
 #include "cpuset.h"
 #include "utils.h"
 
-static double process_start;  // for rejecting rendezvous files left by an earlier job
+static double process_start;  // for rejecting rendezvous files left by an earlier job when there is no run id
 static int broadcasts;         // rendezvous exchanges so far (each gets its own file / connection round)
 
 // An environment variable's count; `fallback` when it is not set. Set but empty (RANK=$UNSET in a script) is an error.
@@ -65,6 +66,30 @@ static void split_host_port(const Dist *d, char *host, size_t cap, char *port, s
         dist_fail(d, "TRAIN_CLIP_RENDEZVOUS=%s: expected tcp:HOST:PORT with a port 1-65535", d->rendezvous);
     snprintf(host, cap, "%.*s", n, hp);
     snprintf(port, pcap, "%ld", p);
+}
+
+// This launch's identity into d->run_id: the same on all its ranks, almost surely not another launch's.
+// TRAIN_CLIP_RUN_ID, else the launcher's: the srun step (slurm's job, step and requeue count) and torchrun's run
+// (--rdzv-id and restart count), both when torchrun runs under srun; else "" (none known). Not slurm's batch or
+// interactive step (ids from 0xfffffff0 up) or torchrun's default --rdzv-id "none" by themselves: a script can
+// start many runs within one.
+static void set_run_id(Dist *d) {
+    const char *own = getenv("TRAIN_CLIP_RUN_ID"), *job = getenv("SLURM_JOB_ID"), *step = getenv("SLURM_STEP_ID"),
+               *torch = getenv("TORCHELASTIC_RUN_ID"), *requeues = getenv("SLURM_RESTART_COUNT"),
+               *restarts = getenv("TORCHELASTIC_RESTART_COUNT");
+    char slurm[300] = "", torchrun[300] = "";  // longer than run_id: a cut one is too long below
+    if (own && !*own) fatal("environment variable TRAIN_CLIP_RUN_ID is set but empty");
+    if (job && step && strtoul(step, NULL, 10) < 0xfffffff0ul)
+        snprintf(slurm, sizeof(slurm), "slurm:%s.%s.%s", job, step, requeues ? requeues : "0");
+    if (torch && (slurm[0] || strcmp(torch, "none")))
+        snprintf(torchrun, sizeof(torchrun), "torchrun:%s.%s", torch, restarts ? restarts : "0");
+    size_t n = own ? (size_t)snprintf(d->run_id, sizeof(d->run_id), "%s", own)
+                   : (size_t)snprintf(d->run_id, sizeof(d->run_id), "%s%s%s", slurm, slurm[0] && torchrun[0] ? "," : "", torchrun);
+    int bad = n >= sizeof(d->run_id);
+    for (size_t i = 0; i < n && !bad; i++) bad = d->run_id[i] <= ' ' || d->run_id[i] > '~';  // one word in the header line
+    if (bad)
+        fatal("the run id '%s' (%s) must be under %zu printable characters without spaces", own ? own : d->run_id,
+              own ? "TRAIN_CLIP_RUN_ID" : "from SLURM_JOB_ID / TORCHELASTIC_RUN_ID: set TRAIN_CLIP_RUN_ID instead", sizeof(d->run_id));
 }
 
 void dist_init(Dist *d) {
@@ -126,6 +151,7 @@ void dist_init(Dist *d) {
     if (!strncmp(d->rendezvous, "tcp:", 4)) split_host_port(d, host, sizeof(host), port, sizeof(port));  // or stops here
     else if (strncmp(d->rendezvous, "file:", 5) || !d->rendezvous[5])
         fatal("TRAIN_CLIP_RENDEZVOUS=%s: expected file:PATH or tcp:HOST:PORT", d->rendezvous);
+    set_run_id(d);
 }
 
 void dist_slice(int n, int r, int size, int *lo, int *hi) {
@@ -160,40 +186,87 @@ void dist_finalize(Dist *d) {
 #endif
 }
 
+// ---------------------------------------------------------------- the header line of both rendezvous kinds
+// Rank 0 writes it before the blob (file) or sends it before the blob (TCP), and every other rank sends its own to
+// rank 0 (TCP): who wrote it and for which run. It starts with the format's version, so that an older train_clip's
+// file or hello reads as another job's rather than being misread.
+#define HEADER_START "train_clip rendezvous v2 "
+
+typedef struct {
+    int rank, world;
+    size_t bytes;
+    char run[sizeof(((Dist *)0)->run_id)];
+} Header;
+
+static void header_line(const Dist *d, size_t bytes, char *line, size_t cap) {
+    snprintf(line, cap, HEADER_START "rank=%d world=%d bytes=%zu run=%s\n", d->rank, d->world, bytes, d->run_id);
+}
+
+// 0 when line is this version's header line, -1 when not
+static int header_parse(const char *line, Header *h) {
+    int at = 0;
+    if (sscanf(line, HEADER_START "rank=%d world=%d bytes=%zu run=%n", &h->rank, &h->world, &h->bytes, &at) != 3 || !at) return -1;
+    size_t n = strcspn(line + at, "\n");
+    if (line[at + n] != '\n' || n >= sizeof(h->run)) return -1;
+    snprintf(h->run, sizeof(h->run), "%.*s", (int)n, line + at);
+    return 0;
+}
+
+static const char *or_none(const char *run_id) { return *run_id ? run_id : "(none)"; }
+
 // ---------------------------------------------------------------- file rendezvous
 
 static void file_broadcast(Dist *d, void *buf, size_t bytes) {
-    char path[600], tmp[640];
+    char path[600], tmp[640], line[256];
     snprintf(path, sizeof(path), "%s.%d", d->rendezvous + 5, broadcasts);
     if (d->rank == 0) {
         snprintf(tmp, sizeof(tmp), "%s.tmp", path);
         FILE *f = fopen(tmp, "wb");
         if (!f) dist_fail(d, "rendezvous file %s: %s", tmp, strerror(errno));
-        fprintf(f, "train_clip rendezvous world=%d bytes=%zu\n", d->world, bytes);
+        header_line(d, bytes, line, sizeof(line));
+        fwriteCheck(line, 1, strlen(line), f);
         fwriteCheck(buf, 1, bytes, f);
         fcloseCheck(f);
         if (rename(tmp, path) != 0) dist_fail(d, "rendezvous file %s: %s", path, strerror(errno));
         return;
     }
-    for (double deadline = now_seconds() + rendezvous_timeout();;) {  // by the clock: a stat on a shared file system may take long
+    // A file that is not this run's (an earlier job's at the same path) is not an error until the timeout: rank 0
+    // may not have replaced it yet.
+    char found[400] = "";  // why the file there is not this run's, for the timeout's error
+    int timeout = rendezvous_timeout();
+    for (double deadline = now_seconds() + timeout;;) {  // by the clock: an open on a shared file system may take long
         struct stat st;
-        FILE *f = stat(path, &st) == 0 && (double)st.st_mtime >= process_start - 60 ? fopen(path, "rb") : NULL;
+        FILE *f = fopen(path, "rb");
         if (f) {
-            int world = 0;
-            size_t n = 0;
-            // the header's one '\n' read by itself: a "\n" in the format would also eat the blob's leading whitespace
-            int ok = fscanf(f, "train_clip rendezvous world=%d bytes=%zu", &world, &n) == 2 && fgetc(f) == '\n';
-            if (!ok || world != d->world || n != bytes)
-                dist_fail(d, "rendezvous file %s is from another job (world %d, %zu bytes); use a fresh path per job", path, world, n);
-            freadCheck(buf, 1, bytes, f);
+            if (fstat(fileno(f), &st) != 0) dist_fail(d, "rendezvous file %s: %s", path, strerror(errno));
+            Header h;
+            // the header line read by itself (fgets stops at its '\n'): the blob may start with whitespace
+            int parsed = fgets(line, sizeof(line), f) && header_parse(line, &h) == 0, same = parsed && !strcmp(h.run, d->run_id);
+            // without a run id, a file older than this process is an earlier job's
+            if (same && (d->run_id[0] || (double)st.st_mtime >= process_start - 60)) {
+                if (h.world != d->world || h.bytes != bytes)
+                    dist_fail(d, "rendezvous file %s (run id %s) is for a world of %d and %zu bytes, this rank's is %d and %zu: another "
+                              "job's? use a fresh path per job", path, or_none(h.run), h.world, h.bytes, d->world, bytes);
+                freadCheck(buf, 1, bytes, f);
+                fclose(f);
+                return;
+            }
             fclose(f);
-            return;
+            if (!parsed)
+                snprintf(found, sizeof(found), "is not this version's (an older train_clip's, or not a rendezvous file; this run's "
+                         "id is %s)", or_none(d->run_id));
+            else if (!same)
+                snprintf(found, sizeof(found), "belongs to run id %s, not this run's %s (an earlier job's?)", or_none(h.run),
+                         or_none(d->run_id));
+            else
+                snprintf(found, sizeof(found), "is older than this process (an earlier run's, or this machine's clock is ahead of "
+                         "the file server's; a TRAIN_CLIP_RUN_ID for the run makes the clocks irrelevant)");
         }
-        if (now_seconds() > deadline && stat(path, &st) == 0)
-            dist_fail(d, "the rendezvous file %s is older than this process (an earlier run's, or this machine's clock is ahead of "
-                      "the file server's): use a fresh path per job", path);
+        if (now_seconds() > deadline && found[0])
+            dist_fail(d, "the rendezvous file %s %s, and rank 0 did not replace it within %d s: use a fresh path per job", path,
+                      found, timeout);
         if (now_seconds() > deadline)
-            dist_fail(d, "rank 0 did not write the rendezvous file %s within %d s (is rank 0 running? is the path shared?)", path, rendezvous_timeout());
+            dist_fail(d, "rank 0 did not write the rendezvous file %s within %d s (is rank 0 running? is the path shared?)", path, timeout);
         usleep(50000);
     }
 }
@@ -219,11 +292,29 @@ static void socket_timeouts(const Dist *d, int s, double seconds) {
         dist_fail(d, "rendezvous: setsockopt: %s", strerror(errno));
 }
 
+// A header line from the socket into line, '\0'-terminated: -1 (errno EPROTO) on bytes that cannot begin one, as soon
+// as they come (an older train_clip's hello is binary: not waited on for a '\n' that never comes) or past cap.
+static int recv_line(int fd, char *line, size_t cap) {
+    for (size_t n = 0; n + 1 < cap; n++) {
+        if (full_io(fd, line + n, 1, 0)) return -1;
+        if (n < strlen(HEADER_START) && line[n] != HEADER_START[n]) break;
+        if (line[n] == '\n') return line[n + 1] = '\0', 0;
+    }
+    errno = EPROTO;
+    return -1;
+}
+
+// Every rank sends its header line to rank 0, which answers with its own, then the blob to the ranks of this run.
+// Both compare the run ids: rank 0 turns a rank of another run away (a warning; it does not count) and waits on
+// for its own; the rank turned away stops naming both. A rank of this run that does not fit is an error of the
+// run's (with no run id on either side, every rank is taken as this run's, as before run ids).
 static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
-    char host[256], port[32];
+    char host[256], port[32], mine[256], line[256];
     split_host_port(d, host, sizeof(host), port, sizeof(port));
-    int timeout = rendezvous_timeout(), timeout_ms = timeout < 1 << 20 ? timeout * 1000 : 1 << 30;
-    uint64_t len = bytes;
+    header_line(d, bytes, mine, sizeof(mine));
+    int timeout = rendezvous_timeout();
+    double deadline = now_seconds() + timeout;  // by the clock: a connect or a name lookup may itself take long
+    Header h;
     if (d->rank == 0) {
         // every address of this machine, IPv6 and IPv4 (one socket for both), or IPv4 alone where there is no IPv6
         int s = socket(AF_INET6, SOCK_STREAM, 0), one = 1, zero = 0;
@@ -236,37 +327,48 @@ static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
         if (s < 0 || setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) || bind(s, a, alen) != 0 || listen(s, d->world) != 0)
             dist_fail(d, "rendezvous: cannot listen on port %s: %s", port, strerror(errno));
         int *seen = callocCheck((size_t)d->world, sizeof(int));
-        for (int joined = 1; joined < d->world; joined++) {
+        char turned[300] = "";  // the last connection turned away, for the timeout's error
+        for (int joined = 1; joined < d->world;) {
             struct pollfd pf = {s, POLLIN, 0};
-            if (poll(&pf, 1, timeout_ms) <= 0) {
+            double left = deadline - now_seconds();
+            if (left <= 0 || poll(&pf, 1, left < 1e6 ? (int)(left * 1000) + 1 : 1 << 30) <= 0) {
                 char missing[256] = "";
                 for (int r = 1, len = 0; r < d->world && len < 200; r++)
                     if (!seen[r]) len += snprintf(missing + len, sizeof(missing) - (size_t)len, " %d", r);
-                dist_fail(d, "rendezvous on port %s: ranks%s did not connect within %d s", port, missing, timeout);
+                dist_fail(d, "rendezvous on port %s: ranks%s did not connect within %d s%s", port, missing, timeout, turned);
             }
             int c = accept(s, NULL, NULL);
-            int32_t hello[2], peer;  // the peer's rank and world size
-            if (c >= 0) socket_timeouts(d, c, timeout);  // a peer that connects and says nothing is not waited for forever
-            if (c < 0 || full_io(c, hello, 8, 0))
-                dist_fail(d, "rendezvous on port %s: a connection sent no rank within %d s (%s; something other than a train_clip "
-                          "rank on this port?)", port, timeout, strerror(errno));
-            peer = hello[0];
-            if (hello[1] != d->world)
-                dist_fail(d, "rendezvous on port %s: rank %d of a world of %d connected, a rank of another job (give each job its "
-                          "own port)", port, peer, hello[1]);
-            if (peer <= 0 || peer >= d->world || seen[peer])
-                dist_fail(d, "rendezvous on port %s: a bad or duplicate peer connected (rank %d)", port, peer);
-            seen[peer] = 1;
-            if (full_io(c, &len, 8, 1) || full_io(c, buf, bytes, 1)) dist_fail(d, "rendezvous: sending to rank %d failed", peer);
+            if (c < 0) dist_fail(d, "rendezvous on port %s: accept: %s", port, strerror(errno));
+            socket_timeouts(d, c, deadline - now_seconds());  // a peer that connects and says nothing is not waited for forever
+            int said = recv_line(c, line, sizeof(line)) == 0 && header_parse(line, &h) == 0;
+            // rank 0's header in answer to every rank, before it is judged: one turned away or stopped below learns why
+            if (said) (void)full_io(c, mine, strlen(mine), 1);  // a failure shows in sending the blob, or does not matter
+            if (!said || strcmp(h.run, d->run_id)) {
+                char who[250];
+                if (said) snprintf(who, sizeof(who), "rank %d of run id %s", h.rank, or_none(h.run));
+                else snprintf(who, sizeof(who), "a connection that sent no " HEADER_START "header (%s: an older train_clip's rank, "
+                              "or not train_clip?)", strerror(errno));
+                fprintf(stderr, "warning: rank 0 of %d: rendezvous on port %s: turned away %s, not a rank of this run (id %s)\n",
+                        d->world, port, who, or_none(d->run_id));
+                snprintf(turned, sizeof(turned), "; turned away: %s", who);
+                close(c);
+                continue;
+            }
+            if (h.world != d->world)
+                dist_fail(d, "rendezvous on port %s: rank %d of a world of %d connected (run id %s, the same as this run's): a rank of "
+                          "another job? give each job its own port and run id", port, h.rank, h.world, or_none(h.run));
+            if (h.rank <= 0 || h.rank >= d->world || seen[h.rank] || h.bytes != bytes)
+                dist_fail(d, "rendezvous on port %s: a bad or duplicate peer connected (rank %d, %zu bytes, run id %s)", port, h.rank,
+                          h.bytes, or_none(h.run));
+            seen[h.rank] = 1, joined++;
+            if (full_io(c, buf, bytes, 1)) dist_fail(d, "rendezvous: sending to rank %d failed", h.rank);
             close(c);
         }
         free(seen);
         close(s);
         return;
     }
-    // until the deadline, by the clock: a connect or a name lookup may itself take long
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;  // a name, IPv4 or IPv6
-    double deadline = now_seconds() + timeout;
     char last[400] = "no attempt";
     for (;;) {
         int e = getaddrinfo(host, port, &hints, &res);
@@ -275,12 +377,18 @@ static void tcp_broadcast(Dist *d, void *buf, size_t bytes) {
             int s = socket(ai->ai_family, SOCK_STREAM, 0);
             if (s >= 0) socket_timeouts(d, s, deadline - now_seconds());
             if (s >= 0 && connect(s, ai->ai_addr, ai->ai_addrlen) == 0) {
-                int32_t me[2] = {d->rank, d->world};
-                uint64_t got;
                 freeaddrinfo(res);
-                if (full_io(s, me, 8, 1) || full_io(s, &got, 8, 0) || got != len || full_io(s, buf, bytes, 0))
-                    dist_fail(d, "rendezvous with %s:%s: the exchange broke off, timed out or sizes differ (%s; is something other "
-                              "than train_clip's rank 0 on that port?)", host, port, strerror(errno));
+                if (full_io(s, mine, strlen(mine), 1) || recv_line(s, line, sizeof(line)) || header_parse(line, &h))
+                    dist_fail(d, "rendezvous with %s:%s: the exchange broke off or timed out, or what answered is not this version's "
+                              "train_clip rank 0 (%s)", host, port, strerror(errno));
+                if (strcmp(h.run, d->run_id))
+                    dist_fail(d, "rendezvous with %s:%s: rank 0 there is of run id %s, not this run's %s (two jobs given one port? "
+                              "give each its own)", host, port, or_none(h.run), or_none(d->run_id));
+                if (h.world != d->world || h.bytes != bytes)
+                    dist_fail(d, "rendezvous with %s:%s: rank 0 there (run id %s) has a world of %d and %zu bytes, this rank %d and "
+                              "%zu (two jobs given one port?)", host, port, or_none(h.run), h.world, h.bytes, d->world, bytes);
+                if (full_io(s, buf, bytes, 0))
+                    dist_fail(d, "rendezvous with %s:%s: the exchange broke off or timed out (%s)", host, port, strerror(errno));
                 close(s);
                 return;
             }

@@ -5,7 +5,11 @@
 //      rendezvous for the bootstrap broadcast: TRAIN_CLIP_RENDEZVOUS=file:/shared/path (a fresh path per job)
 //      or tcp:HOST:PORT (HOST a name or an IPv4 or IPv6 address, [::1] or ::1), or torchrun's MASTER_ADDR +
 //      MASTER_PORT (the rendezvous takes MASTER_PORT + 1). RANK is required with WORLD_SIZE > 1, and a
-//      variable that is set but empty is an error, never its default;
+//      variable that is set but empty is an error, never its default. Rank 0 marks what it publishes with the
+//      launch's run id (TRAIN_CLIP_RUN_ID, else the launcher's: slurm's job, step and requeue count, torchrun's
+//      --rdzv-id and restart count), so that a rank never takes another job's for its own: a file left at the
+//      same path by an earlier job is waited past, a rank of another job given the same port is turned away.
+//      Without a run id, only a file newer than the process (within 60 s of the clocks) is taken;
 //   3. otherwise a single process (rank 0 of 1), unless a launcher says it started several (OMPI_COMM_WORLD_SIZE,
 //      PMI_SIZE or srun's SLURM_STEP_NUM_TASKS above 1 without WORLD_SIZE: an error, as each would train alone).
 // So with MPI, MPI's ranks win over RANK / WORLD_SIZE; without it (or not started through it) WORLD_SIZE decides.
@@ -18,6 +22,7 @@ typedef struct {
     int rank, world, local_rank, local_size;  // local: among the ranks on this machine
     int mpi;               // started through MPI
     char rendezvous[512];  // "file:PATH" or "tcp:HOST:PORT" when started from the environment
+    char run_id[128];      // this launch's identity, the same on all its ranks ("": none known)
 } Dist;
 
 void dist_init(Dist *d);

@@ -213,7 +213,8 @@ static void test_unreadable_includes_bom_crlf(void) {
 
 // The command line: what it cannot take as meant is an error (exit 2) naming the argument, not a value quietly used or
 // dropped: -c twice (the first was ignored), --limit junk or negative (read as 0 = no limit), --limit without
-// --inspect-data, --set without a key, and --set with --tokenize but no -c (the overrides were skipped).
+// --inspect-data, --dry-run with --inspect-data or --tokenize (which ran as if it were not there), --set without a key,
+// and --set with --tokenize but no -c (the overrides were skipped).
 static void test_command_line_errors(void) {
     struct {
         const char *args, *expect;
@@ -223,6 +224,8 @@ static void test_command_line_errors(void) {
         {"--inspect-data nowhere --limit -3", "error: --limit: expected a whole number >= 0, got '-3'"},
         {"--inspect-data nowhere --limit 2x", "error: --limit: expected a whole number >= 0, got '2x'"},
         {"-c configs/tiny.conf --limit 5 --dry-run", "error: --limit goes with --inspect-data"},
+        {"--dry-run --inspect-data nowhere", "error: --dry-run does not go with --inspect-data"},
+        {"-c configs/tiny.conf --tokenize --dry-run < /dev/null", "error: --dry-run does not go with --tokenize"},
         {"-c configs/tiny.conf --set =1 --dry-run", "--set:4: (argument): missing key before '='"},
     };
     char out[4096], cmd[1024];

@@ -1,6 +1,7 @@
 // test_distributed.c: process roles and the bootstrap broadcast with real processes on this machine:
-// environment starts (RANK / WORLD_SIZE) with a file and a TCP (loopback) rendezvous, a missing peer
-// that must end in an error naming it within the timeout (never a hang), and, when built with MPI and
+// environment starts (RANK / WORLD_SIZE) with a file and a TCP (loopback) rendezvous, another run's file at
+// the same path or ranks on the same port (told apart by the run id, and where the run id comes from), a missing
+// peer that must end in an error naming it within the timeout (never a hang), and, when built with MPI and
 // mpirun exists, an MPI start with broadcast, all-reduce and all-gather. Also where a node's ranks run:
 // CPU lists, the cgroup's allowed CPUs (from made-up cgroup trees) and each rank's slice of them.
 #define _GNU_SOURCE  // sched_getaffinity, cpu_set_t
@@ -20,16 +21,19 @@
 #include "../model/utils.h"
 #include "test.h"
 
-// The child's whole life: join, receive rank 0's 64 bytes, check them. Exit code 0 = all good. The bytes start
-// with '\n' and ' ' (as an NCCL id may): the file rendezvous once lost such a leading byte to its header's parsing.
+// Byte i of the 64 that rank 0 broadcasts. They start with '\n' and ' ' (as an NCCL id may): the file rendezvous
+// once lost such a leading byte to its header's parsing.
+static unsigned char sent_byte(int i) { return (unsigned char)(i * 22 + 10); }
+
+// The child's whole life: join, receive rank 0's 64 bytes, check them. Exit code 0 = all good, 3 = other bytes.
 static int child_main(void) {
     Dist d;
     dist_init(&d);
     unsigned char buf[64];
-    for (int i = 0; i < 64; i++) buf[i] = d.rank == 0 ? (unsigned char)(i * 22 + 10) : 0;
+    for (int i = 0; i < 64; i++) buf[i] = d.rank == 0 ? sent_byte(i) : 0;
     dist_broadcast(&d, buf, sizeof(buf));
     for (int i = 0; i < 64; i++)
-        if (buf[i] != (unsigned char)(i * 22 + 10)) return 3;
+        if (buf[i] != sent_byte(i)) return 3;
     float x[3] = {1.0f + d.rank, 2, 3}, all[3 * 8];
     if (d.mpi) {
         dist_allreduce_sum(&d, x, 3);
@@ -138,6 +142,18 @@ static void put(const char *path, const char *text) {
     FILE *f = fopenCheck(test_path(path), "w");
     fwriteCheck(text, 1, strlen(text), f);
     fcloseCheck(f);
+}
+
+// A scratch file's text ("" when there is none), in one of 4 rotating buffers.
+static const char *text_of(const char *name) {
+    static char bufs[4][4096];
+    static int k;
+    char *buf = bufs[k++ % 4];
+    FILE *f = fopen(test_path(name), "r");
+    size_t n = f ? fread(buf, 1, sizeof(bufs[0]) - 1, f) : 0;
+    if (f) fclose(f);
+    buf[n] = 0;
+    return buf;
 }
 
 // The allowed CPUs from made-up cgroup trees: v1 and v2, the process's own cgroup or its nearest ancestor with
@@ -253,11 +269,12 @@ static void test_place_threads(void) {
 static const char *launch_vars[] = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "TRAIN_CLIP_RENDEZVOUS",
                                     "TRAIN_CLIP_RENDEZVOUS_TIMEOUT", "MASTER_ADDR", "MASTER_PORT", "SLURM_LOCALID",
                                     "SLURM_NTASKS_PER_NODE", "SLURM_STEP_NUM_TASKS", "MPI_LOCALNRANKS",
-                                    "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"};
+                                    "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "TRAIN_CLIP_RUN_ID", "SLURM_JOB_ID",
+                                    "SLURM_STEP_ID", "SLURM_RESTART_COUNT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT"};
 
 typedef struct {
     const char *vars[10];  // "NAME=value", NULL-terminated
-    int broadcast;         // also take part in the bootstrap broadcast
+    int broadcast;         // also take part in the bootstrap broadcast (child_main: exit code 3 when other bytes came)
 } Start;
 
 // In a child process: dist_init (and the broadcast) in exactly the case's environment; killed by SIGALRM after 15 s,
@@ -273,14 +290,32 @@ static void start_child(void *arg) {
     }
     alarm(15);
     if (!freopen("/dev/null", "w", stdout)) _exit(9);
+    if (s->broadcast) _exit(child_main());
     Dist d;
     dist_init(&d);
-    unsigned char buf[64] = {0};
-    if (s->broadcast) dist_broadcast(&d, buf, sizeof(buf));
 }
 
 // Runs the case; returns its exit code, its stderr in msg.
 static int start(const Start *s, char *msg, size_t cap) { return test_in_child(start_child, (void *)s, msg, cap); }
+
+// Starts the case in the background `late_ms` from now, its stderr into the scratch file `err`; returns its process id.
+static pid_t start_late(const Start *s, int late_ms, const char *err) {
+    fflush(stdout), fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        usleep((useconds_t)late_ms * 1000);
+        if (!freopen(test_path(err), "w", stderr) || setvbuf(stderr, NULL, _IONBF, 0)) _exit(9);  // unbuffered as before: _exit follows
+        start_child((void *)s);
+        _exit(0);
+    }
+    return pid;
+}
+
+// A started case's exit code, once it ends (-1: it did not exit, e.g. killed by start_child's alarm: a hang).
+static int exit_code(pid_t pid) {
+    int st;
+    return waitpid(pid, &st, 0) == pid && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
 
 // Environment values that cannot be a start: each stops with exit code 1 and a message naming the variable, at once.
 static void test_bad_environment(void) {
@@ -299,6 +334,8 @@ static void test_bad_environment(void) {
         {{.vars = {"WORLD_SIZE=4", "RANK=1", "LOCAL_RANK=", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x"}}, "LOCAL_RANK"},
         {{.vars = {"WORLD_SIZE=2", "RANK=1"}}, "TRAIN_CLIP_RENDEZVOUS"},                     // no rendezvous
         {{.vars = {"WORLD_SIZE=2", "RANK=1", "TRAIN_CLIP_RENDEZVOUS=nfs:/x"}}, "TRAIN_CLIP_RENDEZVOUS"},
+        {{.vars = {"WORLD_SIZE=2", "RANK=1", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x", "TRAIN_CLIP_RUN_ID="}}, "TRAIN_CLIP_RUN_ID"},
+        {{.vars = {"WORLD_SIZE=2", "RANK=1", "TRAIN_CLIP_RENDEZVOUS=file:/tmp/x", "TRAIN_CLIP_RUN_ID=my run"}}, "TRAIN_CLIP_RUN_ID"},
     };
     for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
         char msg[1024], env[256] = "";
@@ -373,20 +410,70 @@ static void test_file_rendezvous(void) {
     EXPECT(ok == 4, "%d of 4 ranks got the broadcast (exit codes %d %d %d %d)", ok, rc[0], rc[1], rc[2], rc[3]);
 }
 
-// A rendezvous file left by an earlier run (older than this process): not read, and the timeout's error says it is
-// there and stale rather than that rank 0 did not write it. One from another job's world: an error naming it.
+// A rendezvous file as rank 0 of some run left it at the scratch path `name`: its header line, then the 64 bytes
+// (or other bytes: another job's NCCL id), last written `age` seconds ago.
+static void leftover(const char *name, const char *header, int age, int other_bytes) {
+    unsigned char blob[64];
+    for (int i = 0; i < 64; i++) blob[i] = (unsigned char)(sent_byte(i) ^ (other_bytes ? 0xff : 0));
+    FILE *f = fopenCheck(test_path(name), "wb");
+    fwriteCheck(header, 1, strlen(header), f);
+    fwriteCheck(blob, 1, sizeof(blob), f);
+    fcloseCheck(f);
+    struct timespec times[2] = {{.tv_sec = time(NULL) - age}, {.tv_sec = time(NULL) - age}};
+    if (utimensat(AT_FDCWD, test_path(name), times, 0)) fatal("utimensat: %s", strerror(errno));
+}
+
+// A rendezvous file that rank 0 does not come to replace, and that is not this run's: rank 1 stops at the timeout,
+// saying what the file is: older than this process (without a run id, the only test there is), another run's (naming
+// the path and both ids), or not this version's (an older train_clip's, which would once have been read). One with
+// this run's id but another world: an error at once, naming its world.
 static void test_file_rendezvous_leftovers(void) {
-    char r[600], msg[1024];
+    char r[600];
     snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=file:%s", test_path("old"));
-    put("old.0", "train_clip rendezvous world=2 bytes=64\n0123456789012345678901234567890123456789012345678901234567890123");
-    struct timespec times[2] = {{.tv_sec = time(NULL) - 3600}, {.tv_sec = time(NULL) - 3600}};
-    if (utimensat(AT_FDCWD, test_path("old.0"), times, 0)) fatal("utimensat: %s", strerror(errno));
-    Start s = {.vars = {"WORLD_SIZE=2", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=1"}, .broadcast = 1};
-    int rc = start(&s, msg, sizeof(msg));
-    EXPECT(rc == 1 && strstr(msg, "older than"), "a stale rendezvous file: exit %d, want 1 and an error saying it is stale: %s", rc, msg);
-    put("old.0", "train_clip rendezvous world=4 bytes=64\n0123456789012345678901234567890123456789012345678901234567890123");
-    rc = start(&s, msg, sizeof(msg));
-    EXPECT(rc == 1 && strstr(msg, "world 4"), "another job's rendezvous file: exit %d, want 1 naming its world 4: %s", rc, msg);
+    struct { const char *header, *run_id; int age; const char *said[3]; } cases[] = {
+        {"train_clip rendezvous v2 rank=0 world=2 bytes=64 run=\n", NULL, 3600, {"older than"}},
+        {"train_clip rendezvous v2 rank=0 world=2 bytes=64 run=job-1\n", "TRAIN_CLIP_RUN_ID=job-2", 0,
+         {"old.0 belongs to run id job-1", "not this run's job-2"}},
+        {"train_clip rendezvous v2 rank=0 world=2 bytes=64 run=job-1\n", NULL, 0, {"belongs to run id job-1", "this run's (none)"}},
+        {"train_clip rendezvous world=2 bytes=64\n", "TRAIN_CLIP_RUN_ID=job-2", 0, {"old.0 is not this version's", "job-2"}},
+        {"train_clip rendezvous world=2 bytes=64\n", NULL, 0, {"not this version's"}},
+        {"train_clip rendezvous v2 rank=0 world=4 bytes=64 run=\n", NULL, 0, {"world of 4"}},
+        {"train_clip rendezvous v2 rank=0 world=4 bytes=64 run=job-2\n", "TRAIN_CLIP_RUN_ID=job-2", 3600, {"world of 4", "job-2"}},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        char msg[1024];
+        leftover("old.0", cases[k].header, cases[k].age, 1);
+        Start s = {.vars = {"WORLD_SIZE=2", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=1", cases[k].run_id}, .broadcast = 1};
+        int rc = start(&s, msg, sizeof(msg)), named = 1;
+        for (int i = 0; i < 3 && cases[k].said[i]; i++) named &= strstr(msg, cases[k].said[i]) != NULL;
+        EXPECT(rc == 1 && named, "%s a file %d s old headed \"%.*s\": exit %d, want 1 and an error saying \"%s\" (and \"%s\"): %s",
+               cases[k].run_id ? cases[k].run_id : "no run id,", cases[k].age, (int)strcspn(cases[k].header, "\n"), cases[k].header, rc,
+               cases[k].said[0], cases[k].said[1] ? cases[k].said[1] : "", msg);
+    }
+}
+
+// A job restarted at once at the same path (a script's retry): the rendezvous file its crashed predecessor left is
+// as new as this process by the clock, so only the run id tells it apart. Rank 1, started first, waits past it for
+// its own rank 0's bytes (it once took the earlier job's, and NCCL hung on them), whether the earlier job's binary
+// wrote a run id or was older. With a run id, this run's file is taken however old the clocks make it (a file
+// server's clock behind this machine's).
+static void test_file_rendezvous_restart(void) {
+    char r[600], msg[1024];
+    snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=file:%s", test_path("restart"));
+    const char *earlier[] = {"train_clip rendezvous v2 rank=0 world=2 bytes=64 run=job-1\n", "train_clip rendezvous world=2 bytes=64\n"};
+    for (int k = 0; k < 2; k++) {
+        leftover("restart.0", earlier[k], 0, 1);
+        Start r0 = {.vars = {"WORLD_SIZE=2", "RANK=0", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=5", "TRAIN_CLIP_RUN_ID=job-2"}, .broadcast = 1};
+        Start r1 = {.vars = {"WORLD_SIZE=2", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=5", "TRAIN_CLIP_RUN_ID=job-2"}, .broadcast = 1};
+        pid_t p1 = start_late(&r1, 0, "restart.err"), p0 = start_late(&r0, 500, "restart.err0");
+        int rc1 = exit_code(p1), rc0 = exit_code(p0);
+        EXPECT(rc0 == 0 && rc1 == 0, "job-2 with \"%.*s\" left at its path: rank 0 exit %d, rank 1 exit %d (3: it took the earlier "
+               "job's bytes), want 0 0: %s", (int)strcspn(earlier[k], "\n"), earlier[k], rc0, rc1, text_of("restart.err"));
+    }
+    leftover("restart.0", "train_clip rendezvous v2 rank=0 world=2 bytes=64 run=job-2\n", 3600, 0);
+    Start r1 = {.vars = {"WORLD_SIZE=2", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=1", "TRAIN_CLIP_RUN_ID=job-2"}, .broadcast = 1};
+    int rc = start(&r1, msg, sizeof(msg));
+    EXPECT(rc == 0, "job-2's own file, an hour old by the clock: exit %d, want 0: %s", rc, msg);
 }
 
 static int free_port(void) {
@@ -430,18 +517,71 @@ static void test_tcp_rendezvous_addresses(void) {
 static void test_tcp_rendezvous_other_job(void) {
     char r[64], msg[1024];
     snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=tcp:127.0.0.1:%d", free_port());
-    pid_t pid = fork();
-    if (pid == 0) {  // rank 1 of a world of 3
-        Start other = {.vars = {"WORLD_SIZE=3", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=3"}, .broadcast = 1};
-        if (!freopen("/dev/null", "w", stderr)) _exit(9);
-        start_child(&other);
-        _exit(0);
-    }
+    Start other = {.vars = {"WORLD_SIZE=3", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=3"}, .broadcast = 1};
+    pid_t pid = start_late(&other, 0, "other_job.err");
     Start s = {.vars = {"WORLD_SIZE=2", "RANK=0", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=3"}, .broadcast = 1};
-    int rc = start(&s, msg, sizeof(msg)), st;
-    waitpid(pid, &st, 0);
+    int rc = start(&s, msg, sizeof(msg)), rc_other = exit_code(pid);
     EXPECT(rc == 1 && strstr(msg, "world of 3"), "rank 0 of 2 reached by rank 1 of 3: exit %d, want 1 naming the world of 3: %s", rc, msg);
-    EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 1, "rank 1 of 3 did not stop with an error (status %d)", st);
+    EXPECT(rc_other == 1, "rank 1 of 3 did not stop with an error (exit %d)", rc_other);
+}
+
+// Two jobs of one world size given one port, each with its run id: job b's rank 1 reaches job a's rank 0 first.
+// Rank 0 turns it away, naming it, and waits on for its own rank 1 (it once counted b's, which NCCL then joined to
+// job a, and a's own rank 1 found no one); b's rank 1 stops naming the port and both ids.
+static void test_tcp_rendezvous_two_jobs(void) {
+    char r[64], port[16];
+    snprintf(port, sizeof(port), "%d", free_port());
+    snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=tcp:127.0.0.1:%s", port);
+    Start a0 = {.vars = {"WORLD_SIZE=2", "RANK=0", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=5", "TRAIN_CLIP_RUN_ID=job-a"}, .broadcast = 1};
+    Start a1 = {.vars = {"WORLD_SIZE=2", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=5", "TRAIN_CLIP_RUN_ID=job-a"}, .broadcast = 1};
+    Start b1 = {.vars = {"WORLD_SIZE=2", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=5", "TRAIN_CLIP_RUN_ID=job-b"}, .broadcast = 1};
+    pid_t pa0 = start_late(&a0, 0, "a0.err"), pb1 = start_late(&b1, 100, "b1.err");
+    int rb1 = exit_code(pb1);  // a's own rank 1 only after b's is done with rank 0
+    int ra1 = exit_code(start_late(&a1, 0, "a1.err")), ra0 = exit_code(pa0);
+    const char *b_said = text_of("b1.err"), *a_said = text_of("a0.err");
+    EXPECT(rb1 == 1 && strstr(b_said, port) && strstr(b_said, "job-a") && strstr(b_said, "not this run's job-b"),
+           "job b's rank 1 at job a's rank 0: exit %d, want 1 and an error naming port %s, job-a and job-b: %s", rb1, port, b_said);
+    EXPECT(ra0 == 0 && ra1 == 0, "job a: rank 0 exit %d, rank 1 exit %d, want 0 0: %s%s", ra0, ra1, a_said, text_of("a1.err"));
+    EXPECT(strstr(a_said, "turned away rank 1 of run id job-b"), "job a's rank 0 did not name the rank it turned away: %s", a_said);
+}
+
+// Where the run id comes from, seen through a TCP rendezvous of two ranks: the same id lets rank 1 in, another stops it.
+// TRAIN_CLIP_RUN_ID wins over the launcher's ids; slurm's step and requeue count and torchrun's run id and restart
+// count each make another run; slurm's batch step and torchrun's default id "none" alone give none (the ranks then
+// meet as before run ids).
+static void test_run_id_sources(void) {
+    struct { const char *env[2][4]; int same; } cases[] = {
+        {{{"SLURM_JOB_ID=7", "SLURM_STEP_ID=0"}, {"SLURM_JOB_ID=7", "SLURM_STEP_ID=0"}}, 1},
+        {{{"SLURM_JOB_ID=7", "SLURM_STEP_ID=0"}, {"SLURM_JOB_ID=7", "SLURM_STEP_ID=1"}}, 0},
+        {{{"SLURM_JOB_ID=7", "SLURM_STEP_ID=0", "SLURM_RESTART_COUNT=1"}, {"SLURM_JOB_ID=7", "SLURM_STEP_ID=0"}}, 0},
+        {{{"SLURM_JOB_ID=7", "SLURM_STEP_ID=4294967294"}, {"SLURM_JOB_ID=8", "SLURM_STEP_ID=4294967294"}}, 1},
+        {{{"TORCHELASTIC_RUN_ID=r", "TORCHELASTIC_RESTART_COUNT=1"}, {"TORCHELASTIC_RUN_ID=r", "TORCHELASTIC_RESTART_COUNT=1"}}, 1},
+        {{{"TORCHELASTIC_RUN_ID=r", "TORCHELASTIC_RESTART_COUNT=1"}, {"TORCHELASTIC_RUN_ID=r"}}, 0},
+        {{{"TORCHELASTIC_RUN_ID=r"}, {"TORCHELASTIC_RUN_ID=q"}}, 0},
+        {{{"TORCHELASTIC_RUN_ID=none"}, {"TORCHELASTIC_RUN_ID=none", "TORCHELASTIC_RESTART_COUNT=1"}}, 1},
+        {{{"SLURM_JOB_ID=7", "SLURM_STEP_ID=0", "TORCHELASTIC_RUN_ID=none"},
+          {"SLURM_JOB_ID=7", "SLURM_STEP_ID=0", "TORCHELASTIC_RUN_ID=none", "TORCHELASTIC_RESTART_COUNT=1"}}, 0},
+        {{{"TRAIN_CLIP_RUN_ID=x", "SLURM_JOB_ID=7", "SLURM_STEP_ID=0"}, {"TRAIN_CLIP_RUN_ID=x", "SLURM_JOB_ID=7", "SLURM_STEP_ID=1"}}, 1},
+        {{{"TRAIN_CLIP_RUN_ID=x"}, {"TRAIN_CLIP_RUN_ID=y"}}, 0},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        char r[64], env[256] = "";
+        snprintf(r, sizeof(r), "TRAIN_CLIP_RENDEZVOUS=tcp:127.0.0.1:%d", free_port());
+        Start s[2] = {{.vars = {"WORLD_SIZE=2", "RANK=0", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=5"}, .broadcast = 1},
+                      {.vars = {"WORLD_SIZE=2", "RANK=1", r, "TRAIN_CLIP_RENDEZVOUS_TIMEOUT=5"}, .broadcast = 1}};
+        for (int rank = 0; rank < 2; rank++)
+            for (int i = 0; i < 4 && cases[k].env[rank][i]; i++) {
+                s[rank].vars[4 + i] = cases[k].env[rank][i];
+                snprintf(env + strlen(env), sizeof(env) - strlen(env), "%s%s ", rank ? "rank 1 " : "", cases[k].env[rank][i]);
+            }
+        pid_t p0 = start_late(&s[0], 0, "id0.err");
+        int rc1 = exit_code(start_late(&s[1], 0, "id1.err"));
+        if (rc1 != 0) kill(p0, SIGKILL);  // turned away: rank 0 would wait out its timeout for another rank 1
+        int rc0 = exit_code(p0);
+        const char *said = text_of("id1.err");
+        if (cases[k].same) EXPECT(rc0 == 0 && rc1 == 0, "%s: exit codes %d %d, want 0 0 (one run): %s", env, rc0, rc1, said);
+        else EXPECT(rc1 == 1 && strstr(said, "not this run's"), "%s: rank 1 exit %d, want 1 (two runs): %s", env, rc1, said);
+    }
 }
 
 static void test_missing_peer_fails_fast(void) {
@@ -517,18 +657,6 @@ static int sh(const char *cmd) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-// A scratch file's text ("" when there is none), in one of 4 rotating buffers.
-static const char *text_of(const char *name) {
-    static char bufs[4][4096];
-    static int k;
-    char *buf = bufs[k++ % 4];
-    FILE *f = fopen(test_path(name), "r");
-    size_t n = f ? fread(buf, 1, sizeof(bufs[0]) - 1, f) : 0;
-    if (f) fclose(f);
-    buf[n] = 0;
-    return buf;
-}
-
 // train_multi_node.sh hosts h14: the config that exists (configs/vit_h_14.conf), one rank per GPU of each host line
 // (comments and blank lines are not hosts), a hostfile path relative to where it was started.
 static void test_multi_node_script(void) {
@@ -579,8 +707,9 @@ static void test_one_node_script(void) {
     }
 }
 
-// run_local.sh: N must be a count of 1 or more; Ctrl-C or a TERM to the script reaches the ranks (they run in
-// the background, where a script's children ignore SIGINT) and the script waits for them.
+// run_local.sh: N must be a count of 1 or more; the ranks of a launch share one TRAIN_CLIP_RUN_ID, the next launch
+// has another (not one left in the caller's environment); Ctrl-C or a TERM to the script reaches the ranks (they run
+// in the background, where a script's children ignore SIGINT) and the script waits for them.
 static void test_run_local_script(void) {
     const char *bad[] = {"0", "x", "08", "-1", "''"};
     for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
@@ -589,6 +718,14 @@ static void test_run_local_script(void) {
         int rc = sh(cmd);
         EXPECT(rc == 2, "run_local.sh %s true: exit %d, want 2 (usage)", bad[k], rc);
     }
+    char cmd[512], ids[4][128] = {"", "", "", ""};
+    snprintf(cmd, sizeof(cmd), "for i in 1 2; do TRAIN_CLIP_RUN_ID=stale bash scripts/run_local.sh 2 sh -c 'echo \"$TRAIN_CLIP_RUN_ID\"' "
+             ">> %s; done", test_path("rl_ids"));
+    int rc = sh(cmd);
+    sscanf(text_of("rl_ids"), "%127s %127s %127s %127s", ids[0], ids[1], ids[2], ids[3]);
+    EXPECT(rc == 0 && *ids[0] && *ids[2] && strcmp(ids[0], "stale") && !strcmp(ids[0], ids[1]) && !strcmp(ids[2], ids[3]) &&
+           strcmp(ids[0], ids[2]), "two launches of run_local.sh 2 (exit %d): the ranks' TRAIN_CLIP_RUN_ID were %s %s, then %s %s; want "
+           "one fresh id per launch", rc, ids[0], ids[1], ids[2], ids[3]);
     for (int k = 0; k < 2; k++) {
         char cmd[1024];
         const char *pids = test_path(k ? "rl_pids_int" : "rl_pids_term");
@@ -640,9 +777,12 @@ int main(int argc, char **argv) {
     RUN(test_bad_rendezvous);
     RUN(test_file_rendezvous);
     RUN(test_file_rendezvous_leftovers);
+    RUN(test_file_rendezvous_restart);
     RUN(test_tcp_rendezvous);
     RUN(test_tcp_rendezvous_addresses);
     RUN(test_tcp_rendezvous_other_job);
+    RUN(test_tcp_rendezvous_two_jobs);
+    RUN(test_run_id_sources);
     RUN(test_missing_peer_fails_fast);
     RUN(test_rendezvous_no_answer);
     RUN(test_rendezvous_silent_peer);
