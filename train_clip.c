@@ -269,8 +269,15 @@ int main(int argc, char **argv) {
         fprintf(stderr, "error: --limit goes with --inspect-data\n");
         return 2;
     }
-    if (dry_run && (inspect_spec || tokenize)) {  // each returns before the dry run's plan: it would be silently skipped
-        fprintf(stderr, "error: --dry-run does not go with %s\n", inspect_spec ? "--inspect-data" : "--tokenize");
+    // One mode a run: each returns before the others would act, so a second one would be silently dropped.
+    const char *modes[4] = {0};
+    int n_modes = 0;
+    if (dry_run) modes[n_modes++] = "--dry-run";
+    if (eval_only) modes[n_modes++] = "--eval-only";
+    if (inspect_spec) modes[n_modes++] = "--inspect-data";
+    if (tokenize) modes[n_modes++] = "--tokenize";
+    if (n_modes > 1) {
+        fprintf(stderr, "error: %s does not go with %s\n", modes[0], modes[1]);
         return 2;
     }
     if (!config_path && !inspect_spec && !tokenize) {

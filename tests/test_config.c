@@ -213,8 +213,8 @@ static void test_unreadable_includes_bom_crlf(void) {
 
 // The command line: what it cannot take as meant is an error (exit 2) naming the argument, not a value quietly used or
 // dropped: -c twice (the first was ignored), --limit junk or negative (read as 0 = no limit), --limit without
-// --inspect-data, --dry-run with --inspect-data or --tokenize (which ran as if it were not there), --set without a key,
-// and --set with --tokenize but no -c (the overrides were skipped).
+// --inspect-data, two of --dry-run, --eval-only, --inspect-data, --tokenize (one ran as if the other were not there),
+// --set without a key, and --set with --tokenize but no -c (the overrides were skipped).
 static void test_command_line_errors(void) {
     struct {
         const char *args, *expect;
@@ -226,6 +226,9 @@ static void test_command_line_errors(void) {
         {"-c configs/tiny.conf --limit 5 --dry-run", "error: --limit goes with --inspect-data"},
         {"--dry-run --inspect-data nowhere", "error: --dry-run does not go with --inspect-data"},
         {"-c configs/tiny.conf --tokenize --dry-run < /dev/null", "error: --dry-run does not go with --tokenize"},
+        {"-c configs/tiny.conf --eval-only --dry-run", "error: --dry-run does not go with --eval-only"},
+        {"--eval-only --inspect-data nowhere", "error: --eval-only does not go with --inspect-data"},
+        {"-c configs/tiny.conf --tokenize --eval-only < /dev/null", "error: --eval-only does not go with --tokenize"},
         {"-c configs/tiny.conf --set =1 --dry-run", "--set:4: (argument): missing key before '='"},
     };
     char out[4096], cmd[1024];
