@@ -34,9 +34,16 @@ struct GpuDist {
 
 static GpuDist *the_dist;  // one communicator per process (one process per GPU)
 
+// This process's error line, then its exit. _exit, not exit: no teardown of the communicator or the CUDA context
+// that would wait for a collective that never completes (the driver reclaims both when the process ends).
+__attribute__((noreturn)) static void gd_exit(const GpuDist *gd, const char *msg) {
+    fflush(NULL);
+    fprintf(stderr, "error: rank %d of %d: %s\n", gd->d->rank, gd->d->world, msg);
+    _exit(1);
+}
+
 // Ends every rank's run: MPI_Abort under MPI; otherwise this process exits at once, and the other ranks stop
-// at their own next wait. _exit, not exit: no teardown of the communicator or the CUDA context that would wait
-// for a collective that never completes (the driver reclaims both when the process ends).
+// at their own next wait.
 __attribute__((noreturn, format(printf, 2, 3))) static void gd_fail(const GpuDist *gd, const char *fmt, ...) {
     char msg[1024];
     va_list ap;
@@ -44,15 +51,13 @@ __attribute__((noreturn, format(printf, 2, 3))) static void gd_fail(const GpuDis
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     if (gd->d->mpi) dist_fail(gd->d, "%s", msg);
-    fflush(NULL);
-    fprintf(stderr, "error: rank %d of %d: %s\n", gd->d->rank, gd->d->world, msg);
-    _exit(1);
+    gd_exit(gd, msg);
 }
 
 // NCCL's blocking calls that every rank must make (creating or splitting a communicator) have no time limit: a rank
 // that never gets there (a process that did not start, a node that died) leaves the others in them forever, where
-// no poll can see it. A thread ends the process once dist_timeout passes without the call returning. It exits
-// directly (under MPI too: MPI_Abort is not for other threads; mpirun ends the job when a rank exits non-zero).
+// no poll can see it. A thread ends the process once dist_timeout passes without the call returning, with gd_exit
+// under MPI too (MPI_Abort is not for other threads; mpirun ends the job when a rank exits non-zero).
 typedef struct {
     const GpuDist *gd;
     const char *what;
@@ -64,11 +69,10 @@ static void *deadline_main(void *arg) {
     Deadline *w = (Deadline *)arg;
     for (double t0 = now_seconds(); !__atomic_load_n(&w->done, __ATOMIC_ACQUIRE); usleep(100000)) {
         if (now_seconds() - t0 <= w->gd->timeout) continue;
-        fflush(NULL);
-        fprintf(stderr, "error: rank %d of %d: %s did not complete within dist_timeout = %g s: another rank did not start or "
-                "died, or cannot reach this one (the network NCCL uses: NCCL_SOCKET_IFNAME; a firewall)\n",
-                w->gd->d->rank, w->gd->d->world, w->what, w->gd->timeout);
-        _exit(1);
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s did not complete within dist_timeout = %g s: another rank did not start or died, or "
+                 "cannot reach this one (the network NCCL uses: NCCL_SOCKET_IFNAME; a firewall)", w->what, w->gd->timeout);
+        gd_exit(w->gd, msg);
     }
     return NULL;
 }
