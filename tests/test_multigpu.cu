@@ -53,11 +53,11 @@ extern "C" {
 #include "../optim/optim.h"
 }
 
-#define NEED_TWO_GPUS()                                                 \
+#define NEED_GPUS(k)                                                    \
     do {                                                                \
         int n_ = cuda_device_count();                                   \
         if (n_ == 0) SKIP("no GPU");                                    \
-        if (n_ < 2) SKIP("fewer than 2 GPUs (%d)", n_);                 \
+        if (n_ < (k)) SKIP("fewer than %d GPUs (%d)", (k), n_);         \
         if (!have_nccl) SKIP("this build has no NCCL");                 \
     } while (0)
 
@@ -264,7 +264,7 @@ static void compare(const char *what, const Result *got, const Result *ref, cons
 }
 
 static void test_two_ranks_equal_one(void) {
-    NEED_TWO_GPUS();
+    NEED_GPUS(2);
     char self[512] = "", dir[600];
     ssize_t k = readlink("/proc/self/exe", self, sizeof(self) - 1);
     if (k <= 0) SKIP("cannot find this binary (/proc/self/exe)");
@@ -360,7 +360,7 @@ static int read_losses(const char *run_dir, double *loss, int cap) {
 }
 
 static void test_training_curve(void) {
-    NEED_TWO_GPUS();
+    NEED_GPUS(2);
     enum { STEPS_RUN = 100, WIN = 10 };
     typedef struct {
         const char *tag, *precision;
@@ -410,7 +410,7 @@ static int same_tensors(const ClipLayout *L, const char *a, const char *b, const
 }
 
 static void test_resume_exact(void) {
-    NEED_TWO_GPUS();
+    NEED_GPUS(2);
     char straight[700], split[700], a[800], b[800];
     snprintf(straight, sizeof(straight), "%s/straight", test_dir()), snprintf(split, sizeof(split), "%s/split", test_dir());
     const char *common[] = {"precision=bf16", "zero=1", "batch_size=16", "steps=12", "warmup=3", "log_every=100", "checkpoint_every=0",
@@ -456,7 +456,7 @@ static void test_resume_exact(void) {
 }
 
 static void test_killed_rank_stops_the_other(void) {
-    NEED_TWO_GPUS();
+    NEED_GPUS(2);
     char dir[700], path[800];
     snprintf(dir, sizeof(dir), "%s/killed", test_dir());
     snprintf(path, sizeof(path), "%s/log.jsonl", dir);
@@ -489,9 +489,7 @@ static void test_killed_rank_stops_the_other(void) {
 }
 
 static void test_missing_rank_stops_the_start(void) {
-    int n = cuda_device_count();
-    if (n == 0) SKIP("no GPU");
-    if (!have_nccl) SKIP("this build has no NCCL");
+    NEED_GPUS(1);
     char dir[700], set_dir[800];
     snprintf(dir, sizeof(dir), "%s/missing", test_dir());
     snprintf(set_dir, sizeof(set_dir), "run_dir=%s", dir);
