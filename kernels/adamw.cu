@@ -88,14 +88,16 @@ __global__ void rms_kernel(float *rms, const float *tensor_sum, const long *tens
 }
 
 // The parameter update of a chunk from its moments (read, or computed from the gradient first by the fused step:
-// MOMENTS), with params_bf16 also its bf16 copy and chunk_absmax[c] = max |bf16 copy| over the chunk.
+// MOMENTS), with params_bf16 also its bf16 copy and chunk_absmax[c] = max |bf16 copy| over the chunk, and with
+// partial (MOMENTS only) the chunk's RMS sum as adamw_moments_kernel makes it (same order, same bits).
 template <bool MOMENTS>
-__global__ void __launch_bounds__(ADAMW_THREADS) adamw_apply_kernel(float *params, bf16 *params_bf16, float *chunk_absmax, const float *grads,
-                                                                   float *m, float *u, const float *rms, const int *chunk_tensor,
-                                                                   const long *chunk_offset, const long *chunk_state, const int *chunk_len,
-                                                                   const float *tensor_wd, float b1t, float b2t, float lr, float eps, int clip) {
+__global__ void __launch_bounds__(ADAMW_THREADS) adamw_apply_kernel(float *params, bf16 *params_bf16, float *chunk_absmax, float *partial,
+                                                                   const float *grads, float *m, float *u, const float *rms,
+                                                                   const int *chunk_tensor, const long *chunk_offset, const long *chunk_state,
+                                                                   const int *chunk_len, const float *tensor_wd, float b1t, float b2t,
+                                                                   float lr, float eps, int clip) {
     int c = blockIdx.x, t = chunk_tensor[c];
-    float lr_t = clip ? lr / fmaxf(1.0f, rms[t]) : lr, decay = __fmaf_rn(-lr, tensor_wd[t], 1.0f), am = 0.0f;
+    float lr_t = clip ? lr / fmaxf(1.0f, rms[t]) : lr, decay = __fmaf_rn(-lr, tensor_wd[t], 1.0f), am = 0.0f, ratio = 0.0f;
     float *pc = params + chunk_offset[c];
     bf16 *hc = params_bf16 ? params_bf16 + chunk_offset[c] : NULL;
     float *mc = m + chunk_state[c], *uc = u + chunk_state[c];
@@ -109,6 +111,7 @@ __global__ void __launch_bounds__(ADAMW_THREADS) adamw_apply_kernel(float *param
                                    if constexpr (MOMENTS) {
                                        v[1] = adam_m(v[1], v[3], b1t), v[2] = adam_u(v[2], v[3], b2t);
                                        mc[i] = v[1], uc[i] = v[2];
+                                       if (partial) ratio += rms_term(v[3], v[2], eps);
                                    }
                                    float p = adam_p(v[0], v[1], v[2], decay, lr_t, eps);
                                    pc[i] = p;
@@ -118,7 +121,11 @@ __global__ void __launch_bounds__(ADAMW_THREADS) adamw_apply_kernel(float *param
                                        am = fmaxf(am, fabsf(__bfloat162float(h)));
                                    }
                                });
-    if (!params_bf16) return;  // uniform over the block: the barriers in block_max are safe
+    if (partial) {  // uniform over the block, as params_bf16 below: the barriers in block_sum and block_max are safe
+        ratio = block_sum(ratio);
+        if (threadIdx.x == 0) partial[c] = ratio;
+    }
+    if (!params_bf16) return;
     am = block_max(am);
     if (threadIdx.x == 0) chunk_absmax[c] = am;
 }
@@ -211,17 +218,25 @@ void adamw_moments_gpu(const AdamWPlan *p, const float *grads, float *m, float *
     tensor_sums(p);
 }
 
-// The parameter pass of adamw_apply_gpu (grads NULL: moments read) and adamw_step_gpu (moments updated from grads).
-static void apply(const AdamWPlan *p, float *params, bf16 *params_bf16, const float *grads, float *m, float *u, float b1t, float b2t,
-                  float lr, float eps, int clip) {
+void adamw_rms_gpu(const AdamWPlan *p) {
     rms_kernel<<<ceil_div(p->num_tensors, 256), 256>>>(p->rms, p->tensor_sum, p->tensor_numel, p->num_tensors);
     cudaCheckLaunch();
+}
+
+// The parameter pass of adamw_apply_gpu (grads NULL: moments read) and adamw_step_gpu (moments updated from grads;
+// without clipping, the RMS sums made by this pass, the RMS left to adamw_rms_gpu).
+static void apply(const AdamWPlan *p, float *params, bf16 *params_bf16, const float *grads, float *m, float *u, float b1t, float b2t,
+                  float lr, float eps, int clip) {
+    int sums_here = grads && !clip;
+    if (!sums_here) adamw_rms_gpu(p);
     if (p->num_chunks) {
         auto kernel = grads ? adamw_apply_kernel<true> : adamw_apply_kernel<false>;
-        kernel<<<p->num_chunks, ADAMW_THREADS>>>(params, params_bf16, p->chunk_absmax, grads, m, u, p->rms, p->chunk_tensor, p->chunk_offset,
-                                                 p->chunk_state, p->chunk_len, p->tensor_wd, b1t, b2t, lr, eps, clip);
+        kernel<<<p->num_chunks, ADAMW_THREADS>>>(params, params_bf16, p->chunk_absmax, sums_here ? p->partial : NULL, grads, m, u, p->rms,
+                                                 p->chunk_tensor, p->chunk_offset, p->chunk_state, p->chunk_len, p->tensor_wd, b1t, b2t,
+                                                 lr, eps, clip);
         cudaCheckLaunch();
     }
+    if (sums_here) tensor_sums(p);
     if (!params_bf16) return;
     tensor_reduce_kernel<1><<<p->num_tensors, 256>>>(p->tensor_absmax, p->chunk_absmax, p->tensor_first_chunk);
     cudaCheckLaunch();

@@ -4,15 +4,18 @@
 // zeroing of the gradients that the backward adds into before each step.
 // A plan covers the elements this process updates: all of them, or with ZeRO-1 its shard, given as segments
 // of the flat buffers. They are split into chunks of at most ADAMW_CHUNK elements, each inside one tensor.
-// A step needs each tensor's sum of g^2 / max(u', eps^2) (u' the updated second moment; in chunk order) before any
-// parameter moves, and the host needs the gradient norm before the step (to skip a non-finite one, or to clip):
-//  - unscaled gradients (no global-norm clipping): adamw_grad_stats_gpu reads g and u once for the norm and the
-//    RMS sums (writing nothing), then adamw_step_gpu updates moments and parameters in one pass: 8 + 30 bytes a
-//    parameter;
+// StableAdamW needs each tensor's sum of g^2 / max(u', eps^2) (u' the updated second moment; in chunk order) before any
+// parameter moves (plain AdamW only reports the RMS), and the host needs the gradient norm before the step (to skip a
+// non-finite one, or to clip):
+//  - unscaled gradients (no global-norm clipping), StableAdamW: adamw_grad_stats_gpu reads g and u once for the norm
+//    and the RMS sums (writing nothing), then adamw_step_gpu updates moments and parameters in one pass: 8 + 30
+//    bytes a parameter;
+//  - unscaled gradients, AdamW: adamw_grad_stats_gpu for the norm (g only), then adamw_step_gpu, which also makes
+//    the RMS sums, and adamw_rms_gpu: 4 + 30 bytes;
 //  - scaled gradients: adamw_grad_stats_gpu for the norm (4 bytes), adamw_moments_gpu (moments and RMS sums from
 //    the scaled g, 20 bytes), adamw_apply_gpu (parameters, 18 bytes).
-// Both give the same bits for an unscaled step. A sharded run sums the RMS partial sums over processes before the
-// parameter pass.
+// All give the same bits for an unscaled step. A sharded run sums the RMS partial sums over processes before the
+// parameter pass (StableAdamW) or before adamw_rms_gpu (AdamW's one pass).
 // Parameters and gradients are indexed by flat offset; the moments by the plan's compact state offset (equal
 // to the flat offset when the plan covers everything). Reference: adamw_update, optim_step, grad_global_norm
 // in optim/adamw.c.
@@ -49,13 +52,16 @@ void adamw_plan_free(AdamWPlan *p);
 // g^2 / max(u', eps^2) per tensor, u' = b2t u + (1 - b2t) g^2 the second moment that this step will write (u read only).
 // b2t: the bias-corrected beta2 of that step (optim_betas).
 void adamw_grad_stats_gpu(const AdamWPlan *p, float *norm_sq, const float *grads, const float *u, float b2t, float eps);
-// The unscaled step, from p->tensor_sum of adamw_grad_stats_gpu (over all processes): m, u updated, p->rms filled,
-// params (and params_bf16 when not NULL, with p->tensor_absmax as adamw_apply_gpu) updated. clip: StableAdamW.
+// The unscaled step: m, u updated, params (and params_bf16 when not NULL, with p->tensor_absmax as adamw_apply_gpu)
+// updated. clip (StableAdamW): from p->tensor_sum of adamw_grad_stats_gpu with u (over all processes), p->rms filled.
+// No clip (AdamW): this pass makes p->tensor_sum (this plan's, as adamw_moments_gpu); p->rms from adamw_rms_gpu after.
 void adamw_step_gpu(const AdamWPlan *p, const float *grads, float *m, float *u, float *params, bf16 *params_bf16, float b1t, float b2t,
                     float lr, float eps, int clip);
 // The scaled step, phase 1: g = grads * grad_scale; m, u updated; p->tensor_sum = this plan's sums of
 // g^2 / max(u, eps^2) per tensor. b1t, b2t: the bias-corrected betas of this step (optim_betas).
 void adamw_moments_gpu(const AdamWPlan *p, const float *grads, float *m, float *u, float b1t, float b2t, float eps, float grad_scale);
+// p->rms = sqrt(p->tensor_sum / numel) per tensor.
+void adamw_rms_gpu(const AdamWPlan *p);
 // Phase 2, from p->tensor_sum: p->rms filled; params (and params_bf16 when not NULL) updated. clip: StableAdamW.
 // With params_bf16, also p->tensor_absmax = max |new bf16 value| of each tensor's elements in the plan (exact: what
 // SwitchBack's weight quantizer needs, so it skips its own pass for the maxima).

@@ -953,16 +953,18 @@ float clip_gpu_forward_backward(ClipGPU *g, const Batch *b) {
 
 float clip_gpu_grad_norm(ClipGPU *g, const Optimizer *o) {
     mark(g, PROF_OPTIMIZER);
-    // Without global-norm clipping the next step takes the gradients unscaled, so this pass (which reads the
-    // gradients anyway) also makes its RMS sums from u, and clip_gpu_update is then a single pass.
+    // Without global-norm clipping the next step takes the gradients unscaled, so clip_gpu_update is a single pass:
+    // for StableAdamW this pass (which reads the gradients anyway) also makes its RMS sums from u; plain AdamW's
+    // pass makes them itself (its RMS is only reported), so u is not read here.
     g->stats_t = o && g->cfg.grad_clip == 0 ? o->t + 1 : 0;
+    int sums = g->stats_t && o->kind == OPTIMIZER_STABLE_ADAMW;
     float b1t, b2t = 0;
-    if (g->stats_t) optim_betas(o, g->stats_t, &b1t, &b2t);
-    adamw_grad_stats_gpu(&g->plan, g->norm, g->grads, g->stats_t ? g->u : NULL, b2t, o ? o->eps : 0.0f);
+    if (sums) optim_betas(o, g->stats_t, &b1t, &b2t);
+    adamw_grad_stats_gpu(&g->plan, g->norm, g->grads, sums ? g->u : NULL, b2t, o ? o->eps : 0.0f);
     if (g->zero) {  // each rank holds the reduced gradients of its parts only: sums over the ranks
         mark(g, PROF_COMM);
         gd_begin(g->dist), gd_allreduce(g->dist, g->norm, 1);
-        if (g->stats_t) gd_allreduce(g->dist, g->plan.tensor_sum, (size_t)g->L->num_tensors);
+        if (sums) gd_allreduce(g->dist, g->plan.tensor_sum, (size_t)g->L->num_tensors);
         gd_end(g->dist);
     }
     mark(g, PROF_GAP);
@@ -970,6 +972,14 @@ float clip_gpu_grad_norm(ClipGPU *g, const Optimizer *o) {
     float sum;
     cudaCheck(cudaMemcpy(&sum, g->norm, sizeof(float), cudaMemcpyDeviceToHost));
     return sqrtf(sum);
+}
+
+// The RMS of whole tensors under ZeRO-1: the ranks' partial sums (plan.tensor_sum) summed.
+static void rms_sums_over_ranks(ClipGPU *g) {
+    if (!g->zero) return;
+    mark(g, PROF_COMM);
+    gd_begin(g->dist), gd_allreduce(g->dist, g->plan.tensor_sum, (size_t)g->L->num_tensors), gd_end(g->dist);
+    mark(g, PROF_OPTIMIZER);
 }
 
 void clip_gpu_update(ClipGPU *g, Optimizer *o, float lr, float grad_scale) {
@@ -980,15 +990,12 @@ void clip_gpu_update(ClipGPU *g, Optimizer *o, float lr, float grad_scale) {
     mark(g, PROF_OPTIMIZER);
     int clip = o->kind == OPTIMIZER_STABLE_ADAMW;
     bf16 *copy = g->zero ? NULL : g->params_bf16;
-    if (g->stats_t == o->t && grad_scale == 1.0f) {  // the RMS sums are made (and summed over the ranks): one pass
+    if (g->stats_t == o->t && grad_scale == 1.0f) {  // one pass (StableAdamW: from the RMS sums clip_gpu_grad_norm made)
         adamw_step_gpu(&g->plan, g->grads, g->m, g->u, g->params, copy, b1t, b2t, lr, o->eps, clip);
+        if (!clip) rms_sums_over_ranks(g), adamw_rms_gpu(&g->plan);  // AdamW: the pass made them
     } else {
         adamw_moments_gpu(&g->plan, g->grads, g->m, g->u, b1t, b2t, o->eps, grad_scale);
-        if (g->zero) {  // the RMS of whole tensors: sum the ranks' partial sums
-            mark(g, PROF_COMM);
-            gd_begin(g->dist), gd_allreduce(g->dist, g->plan.tensor_sum, (size_t)g->L->num_tensors), gd_end(g->dist);
-            mark(g, PROF_OPTIMIZER);
-        }
+        rms_sums_over_ranks(g);
         adamw_apply_gpu(&g->plan, g->params, copy, g->m, g->u, lr, o->eps, clip);
     }
     g->stats_t = 0;

@@ -6,7 +6,7 @@
 // the phases; each rank's compact moments): the owners' parameters and moments must equal the unsharded
 // reference. Bounds (relative L2): parameters and moments 1e-5; per-tensor RMS 1e-5; bf16 copy ==
 // bf16(params), and its per-tensor maxima (SwitchBack's weight scales) exact; norm 1e-5. The unscaled step in one
-// pass (statistics, then adamw_step_gpu) equals the two phases bit for bit, whole and sharded. The gradient zeroing
+// pass (statistics, then adamw_step_gpu) equals the two phases bit for bit, for both optimizers, whole and sharded. The gradient zeroing
 // (zero_ranges_gpu) writes +0 in its ranges and nothing outside.
 #include "../kernels/adamw.cuh"
 #include "test_gpu.h"
@@ -140,52 +140,67 @@ static size_t count_diff(const float *a, const float *b, size_t n) {
     return k;
 }
 
-// The unscaled step in one pass (adamw_grad_stats_gpu with u, then adamw_step_gpu) against the two phases with
-// grad_scale 1: the same bits (parameters, bf16 copy and its maxima, moments, RMS, the norm's sum), three steps,
-// whole and sharded over 2 "ranks" (the RMS sums added between the passes, as the step does).
+// The unscaled step in one pass against the two phases with grad_scale 1, for StableAdamW (clip: adamw_grad_stats_gpu
+// with u, then adamw_step_gpu) and AdamW (adamw_grad_stats_gpu without u, then adamw_step_gpu, which makes the RMS sums,
+// then adamw_rms_gpu): the same bits (parameters, bf16 copy and its maxima, moments, RMS sums and RMS, the norm's sum),
+// three steps, whole and sharded over 2 "ranks" (the RMS sums added over the ranks where the step does).
 static void test_fused_step(void) {
     SKIP_WITHOUT_GPU();
     size_t offset[NT], n = 0;
     for (int t = 0; t < NT; t++) offset[t] = n, n += (NUMEL[t] + 31) / 32 * 32;
     size_t bucket[BUCKETS + 1] = {0, 40000, 150016, n}, seg_lo[RANKS][BUCKETS], seg_hi[RANKS][BUCKETS];
     float *p0 = rand_host(n, 1.0f), lr = 1e-2f, b1 = 0.9f, b2 = 0.98f, eps = 1e-6f;
-    for (int sharded = 0; sharded < 2; sharded++) {
-        int nplans = sharded ? RANKS : 1;
-        AdamWPlan plan[RANKS];
-        float *d_p[2][RANKS], *d_m[2][RANKS], *d_u[2][RANKS], *d_sum = poisoned<float>(2);
-        bf16 *d_b[2][RANKS];
-        for (int r = 0; r < nplans; r++) {
-            for (int k = 0; k < BUCKETS && sharded; k++) {
-                dist_part(bucket[k + 1] - bucket[k], RANKS, r, &seg_lo[r][k], &seg_hi[r][k]);
-                seg_lo[r][k] += bucket[k], seg_hi[r][k] += bucket[k];
-            }
-            adamw_plan_init(&plan[r], NT, offset, NUMEL, DECAY, 0.1f, sharded ? BUCKETS : 0, seg_lo[r], seg_hi[r]);
-            for (int v = 0; v < 2; v++) {  // v = 0: two phases, 1: one pass
-                d_p[v][r] = to_device<float>(p0, n), d_b[v][r] = poisoned<bf16>(n);
-                d_m[v][r] = poisoned<float>(plan[r].state_elems), d_u[v][r] = poisoned<float>(plan[r].state_elems);
-                cudaCheck(cudaMemset(d_m[v][r], 0, plan[r].state_elems * sizeof(float)));
-                cudaCheck(cudaMemset(d_u[v][r], 0, plan[r].state_elems * sizeof(float)));
-            }
-        }
-        float *d_g = poisoned<float>(n), sums[2][RANKS][NT], norm[2][RANKS], rms[2][RANKS][NT], absmax[2][RANKS][NT];
-        for (int step = 1; step <= 3; step++) {
-            float *gr = step_grads(offset, n, step);
-            cudaCheck(cudaMemcpy(d_g, gr, n * sizeof(float), cudaMemcpyHostToDevice));
-            float b1t = (float)(b1 * (1 - pow(b1, step - 1)) / (1 - pow(b1, step))), b2t = (float)(b2 * (1 - pow(b2, step - 1)) / (1 - pow(b2, step)));
-            for (int v = 0; v < 2; v++) {
-                for (int r = 0; r < nplans; r++) {
-                    adamw_grad_stats_gpu(&plan[r], d_sum, d_g, v ? d_u[v][r] : NULL, b2t, eps);
-                    to_host<float>(&norm[v][r], d_sum, 1);
-                    if (!v) adamw_moments_gpu(&plan[r], d_g, d_m[v][r], d_u[v][r], b1t, b2t, eps, 1.0f);
-                    to_host<float>(sums[v][r], plan[r].tensor_sum, NT);
+    for (int clip = 1; clip >= 0; clip--)
+        for (int sharded = 0; sharded < 2; sharded++) {
+            int nplans = sharded ? RANKS : 1;
+            AdamWPlan plan[RANKS];
+            float *d_p[2][RANKS], *d_m[2][RANKS], *d_u[2][RANKS], *d_sum = poisoned<float>(2);
+            bf16 *d_b[2][RANKS];
+            for (int r = 0; r < nplans; r++) {
+                for (int k = 0; k < BUCKETS && sharded; k++) {
+                    dist_part(bucket[k + 1] - bucket[k], RANKS, r, &seg_lo[r][k], &seg_hi[r][k]);
+                    seg_lo[r][k] += bucket[k], seg_hi[r][k] += bucket[k];
                 }
-                for (int t = 0; t < NT && sharded; t++) sums[v][0][t] += sums[v][1][t];  // the all-reduce of the partial sums
-                for (int r = 0; r < nplans; r++) {
+                adamw_plan_init(&plan[r], NT, offset, NUMEL, DECAY, 0.1f, sharded ? BUCKETS : 0, seg_lo[r], seg_hi[r]);
+                for (int v = 0; v < 2; v++) {  // v = 0: two phases, 1: one pass
+                    d_p[v][r] = to_device<float>(p0, n), d_b[v][r] = poisoned<bf16>(n);
+                    d_m[v][r] = poisoned<float>(plan[r].state_elems), d_u[v][r] = poisoned<float>(plan[r].state_elems);
+                    cudaCheck(cudaMemset(d_m[v][r], 0, plan[r].state_elems * sizeof(float)));
+                    cudaCheck(cudaMemset(d_u[v][r], 0, plan[r].state_elems * sizeof(float)));
+                }
+            }
+            float *d_g = poisoned<float>(n), sums[2][RANKS][NT], norm[2][RANKS], rms[2][RANKS][NT], absmax[2][RANKS][NT];
+            // sums[v][0] = the ranks' RMS sums added (the all-reduce), copied back to every plan
+            auto reduce_sums = [&](int v) {
+                for (int r = 0; r < nplans; r++) to_host<float>(sums[v][r], plan[r].tensor_sum, NT);
+                for (int t = 0; t < NT && sharded; t++) sums[v][0][t] += sums[v][1][t];
+                for (int r = 0; r < nplans; r++)
                     cudaCheck(cudaMemcpy(plan[r].tensor_sum, sums[v][0], NT * sizeof(float), cudaMemcpyHostToDevice));
-                    if (v) adamw_step_gpu(&plan[r], d_g, d_m[v][r], d_u[v][r], d_p[v][r], d_b[v][r], b1t, b2t, lr, eps, 1);
-                    else adamw_apply_gpu(&plan[r], d_p[v][r], d_b[v][r], d_m[v][r], d_u[v][r], lr, eps, 1);
-                    to_host<float>(rms[v][r], plan[r].rms, NT), to_host<float>(absmax[v][r], plan[r].tensor_absmax, NT);
-                    if (v) {  // this rank's results of both ways after each step, bit for bit
+            };
+            for (int step = 1; step <= 3; step++) {
+                float *gr = step_grads(offset, n, step);
+                cudaCheck(cudaMemcpy(d_g, gr, n * sizeof(float), cudaMemcpyHostToDevice));
+                float b1t = (float)(b1 * (1 - pow(b1, step - 1)) / (1 - pow(b1, step))), b2t = (float)(b2 * (1 - pow(b2, step - 1)) / (1 - pow(b2, step)));
+                for (int v = 0; v < 2; v++) {
+                    int sums_first = !v || clip;  // AdamW's one pass makes its sums itself
+                    for (int r = 0; r < nplans; r++) {
+                        adamw_grad_stats_gpu(&plan[r], d_sum, d_g, v && clip ? d_u[v][r] : NULL, b2t, eps);
+                        to_host<float>(&norm[v][r], d_sum, 1);
+                        if (!v) adamw_moments_gpu(&plan[r], d_g, d_m[v][r], d_u[v][r], b1t, b2t, eps, 1.0f);
+                    }
+                    if (sums_first) reduce_sums(v);
+                    for (int r = 0; r < nplans; r++) {
+                        if (v) adamw_step_gpu(&plan[r], d_g, d_m[v][r], d_u[v][r], d_p[v][r], d_b[v][r], b1t, b2t, lr, eps, clip);
+                        else adamw_apply_gpu(&plan[r], d_p[v][r], d_b[v][r], d_m[v][r], d_u[v][r], lr, eps, clip);
+                    }
+                    if (!sums_first) {
+                        reduce_sums(v);
+                        for (int r = 0; r < nplans; r++) adamw_rms_gpu(&plan[r]);
+                    }
+                    for (int r = 0; r < nplans; r++) {
+                        to_host<float>(rms[v][r], plan[r].rms, NT), to_host<float>(absmax[v][r], plan[r].tensor_absmax, NT);
+                        if (!v) continue;
+                        // this rank's results of both ways after each step, bit for bit
                         size_t st = plan[r].state_elems;
                         float *a = zeros_host(n), *b = zeros_host(n);
                         const char *what[6] = {"parameters", "m", "u", "bf16 copy", "RMS", "bf16 maxima"};
@@ -197,28 +212,31 @@ static void test_fused_step(void) {
                         diff[3] = count_diff(a, b, n / 2);
                         diff[4] = count_diff(rms[0][r], rms[1][r], NT), diff[5] = count_diff(absmax[0][r], absmax[1][r], NT);
                         for (int q = 0; q < 6; q++)
-                            EXPECT(diff[q] == 0, "sharded=%d rank %d step %d: %zu %s values of the one-pass step differ from the two phases'",
-                                   sharded, r, step, diff[q], what[q]);
-                        EXPECT(norm[0][r] == norm[1][r], "sharded=%d rank %d step %d: sum of squares %.9g vs %.9g", sharded, r, step,
-                               norm[0][r], norm[1][r]);
+                            EXPECT(diff[q] == 0, "clip=%d sharded=%d rank %d step %d: %zu %s values of the one-pass step differ from the two phases'",
+                                   clip, sharded, r, step, diff[q], what[q]);
+                        EXPECT(norm[0][r] == norm[1][r], "clip=%d sharded=%d rank %d step %d: sum of squares %.9g vs %.9g", clip, sharded, r,
+                               step, norm[0][r], norm[1][r]);
                         free(a), free(b);
                     }
                 }
+                for (int r = 0; r < nplans; r++)  // the RMS sums of both ways
+                    for (int t = 0; t < NT; t++)
+                        EXPECT(sums[0][r][t] == sums[1][r][t], "clip=%d sharded=%d step %d tensor %d: RMS sum %.9g vs %.9g", clip, sharded,
+                               step, t, sums[0][r][t], sums[1][r][t]);
+                for (int t = 0; t < NT; t++)  // a sum of zero would pass the comparisons above without testing them
+                    EXPECT(sums[1][0][t] > 0.0f && rms[1][0][t] > 0.0f, "clip=%d sharded=%d step %d tensor %d: RMS sum %g, RMS %g", clip,
+                           sharded, step, t, sums[1][0][t], rms[1][0][t]);
+                free(gr);
             }
-            for (int r = 0; r < nplans; r++)  // the RMS sums of both ways
-                for (int t = 0; t < NT; t++)
-                    EXPECT(sums[0][r][t] == sums[1][r][t], "sharded=%d step %d tensor %d: RMS sum %.9g vs %.9g", sharded, step, t,
-                           sums[0][r][t], sums[1][r][t]);
-            free(gr);
+            printf("  %s, sharded=%d: one pass equals two phases over 3 steps (last norm^2 %.6g)\n", clip ? "StableAdamW" : "AdamW", sharded,
+                   norm[1][0]);
+            for (int r = 0; r < nplans; r++) {
+                adamw_plan_free(&plan[r]);
+                for (int v = 0; v < 2; v++)
+                    cudaCheck(cudaFree(d_p[v][r])), cudaCheck(cudaFree(d_m[v][r])), cudaCheck(cudaFree(d_u[v][r])), cudaCheck(cudaFree(d_b[v][r]));
+            }
+            cudaCheck(cudaFree(d_g)), cudaCheck(cudaFree(d_sum));
         }
-        printf("  sharded=%d: one pass equals two phases over 3 steps (last norm^2 %.6g)\n", sharded, norm[1][0]);
-        for (int r = 0; r < nplans; r++) {
-            adamw_plan_free(&plan[r]);
-            for (int v = 0; v < 2; v++)
-                cudaCheck(cudaFree(d_p[v][r])), cudaCheck(cudaFree(d_m[v][r])), cudaCheck(cudaFree(d_u[v][r])), cudaCheck(cudaFree(d_b[v][r]));
-        }
-        cudaCheck(cudaFree(d_g)), cudaCheck(cudaFree(d_sum));
-    }
     free(p0);
 }
 
