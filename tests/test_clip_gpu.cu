@@ -20,14 +20,16 @@
 //   training 200 steps on the synthetic data, GPU bf16 vs CPU fp32 from the same init and batches: each
 //     20-step mean loss within 5% (+0.05) of the CPU's, and both fall below 75% of their first window.
 // precision int8_switchback (every variant; tiny, tiny QuickGELU + layer-scale, and widths 256 at batch 16):
-//   loss 3e-2, features 5e-2, all gradients 0.15, each tensor 0.3. Derivation: rounding to the int8 grid of a
+//   loss 3e-2, features 5e-2, all gradients 0.25, each tensor 0.3. Derivation: rounding to the int8 grid of a
 //   row (or tensor) with absmax s has an rms error of s / (127 sqrt 12); for the LayerNorm outputs s is ~2.5x
 //   the row's rms, for the tensor-wise text weights ~4x, so each int8 GEMM operand carries 0.6-1% and each
 //   product ~1.2%. Through 4 linears per block and 2 blocks the features move ~2%, and at init the loss
 //   gradient magnifies that into the gradients (as in bf16 above): a fp32 CPU emulation of the same
 //   quantization (no bf16) gave loss <= 1.5e-2, features 1.8-2.5e-2, all gradients 3.5-6.4e-2, worst tensor
 //   <= 0.10 over 6 batches; on the H100 (with bf16 on top) loss <= 1e-2, features <= 3.5e-2 (text tower),
-//   all gradients <= 9.2e-2, worst tensor <= 0.18 over 3 runs. The bounds are 1.4-3x that. A broken scale must
+//   all gradients <= 9.2e-2, worst tensor <= 0.18 over 3 runs; later one draw (TEST_SEED=1002748230 with the
+//   optimizer test's third case before it) gave all gradients 0.186 at tiny GELU (worst tensor 0.23, text block 0's
+//   LayerNorm weights), so that bound is 0.25. The bounds are 1.3-3x the largest seen. A broken scale must
 //   fail them: the same step with every SwitchBack weight 10% too large (a wrong s_w) is run and checked to
 //   fail (5% already moved the text features by 5.9e-2 .. 1.0e-1 and the gradients by 0.13-0.25 on the H100;
 //   emulated, 5% in the backward's W^T alone moves the gradients by >= 0.19). memory_efficient's gradients
@@ -411,8 +413,9 @@ static void pair_step_same_inputs(ModelPair *p, const Batch *b, float lr, float 
     clip_model_update(&p->mc, &p->oc, lr, cpu_norm), clip_model_update(&p->mg, &p->og, lr, norm[1]);
 }
 
-// The GPU optimizer's two ways (kernels/adamw.cuh): without global-norm clipping the gradient-norm pass also makes the
-// RMS sums and the step is one pass; with grad_clip (0.05: below the tiny model's gradient norm, so every step
+// The GPU optimizer's three ways (kernels/adamw.cuh): StableAdamW without global-norm clipping, where the gradient-norm
+// pass also makes the RMS sums and the step is one pass; plain AdamW without clipping, where the one pass makes its RMS
+// sums itself (the RMS is only reported); with grad_clip (0.05: below the tiny model's gradient norm, so every step
 // scales) the step scales the gradients in its moments pass. 3 steps of batch 8 in fp32, each from the same
 // parameters and (for the optimizers) the same gradients on CPU and GPU (pair_step_same_inputs): losses 1e-5 and
 // gradient norms 1e-4 relative (each model's own forward and backward), then m, u, the per-tensor RMS and the
@@ -421,10 +424,11 @@ static void pair_step_same_inputs(ModelPair *p, const Batch *b, float lr, float 
 static void test_optimizer_paths_match_cpu(void) {
     SKIP_WITHOUT_GPU();
     enum { STEPS = 3 };
-    const char *clips[2] = {"grad_clip=0", "grad_clip=0.05"};
-    for (int k = 0; k < 2; k++) {
-        const char *cpu_sets[] = {"batch_size=8", "precision=fp32", "device=cpu", clips[k], NULL};
-        const char *gpu_sets[] = {"batch_size=8", "precision=fp32", "device=cuda", clips[k], NULL};
+    const char *clips[3] = {"grad_clip=0", "grad_clip=0", "grad_clip=0.05"};
+    const char *opts[3] = {"optimizer=stable_adamw", "optimizer=adamw", "optimizer=stable_adamw"};
+    for (int k = 0; k < 3; k++) {
+        const char *cpu_sets[] = {"batch_size=8", "precision=fp32", "device=cpu", clips[k], opts[k], NULL};
+        const char *gpu_sets[] = {"batch_size=8", "precision=fp32", "device=cuda", clips[k], opts[k], NULL};
         ModelPair p;
         pair_init(&p, cpu_sets, gpu_sets);
         double worst_loss = 0, worst_norm = 0;
@@ -444,11 +448,14 @@ static void test_optimizer_paths_match_cpu(void) {
         int nt = p.mc.cpu.layout.num_tensors;
         double ep = rel_err(p.mg.cpu.params, p.mc.cpu.params, n), em = rel_err(p.og.m, p.oc.m, n), eu = rel_err(p.og.u, p.oc.u, n);
         double er = rel_err(p.og.rms, p.oc.rms, nt);
-        EXPECT(worst_loss < 1e-5 && worst_norm < 1e-4, "%s: loss rel err %.2e, gradient norm %.2e", clips[k], worst_loss, worst_norm);
-        EXPECT(em < 1e-5 && eu < 1e-5 && er < 1e-5 && ep < 1e-5, "%s: m %.2e u %.2e rms %.2e parameters %.2e", clips[k], em, eu, er, ep);
-        if (k) EXPECT(first_norm > 0.05f, "the first gradient norm %.3g does not exceed grad_clip 0.05: nothing clipped", first_norm);
-        printf("  %s (first norm %.3g): loss %.1e, norm %.1e, m %.1e, u %.1e, rms %.1e, parameters %.1e\n", clips[k], first_norm,
-               worst_loss, worst_norm, em, eu, er, ep);
+        double rms_sum = 0;  // a zero RMS (never computed) would match a zero reference
+        for (int t = 0; t < nt; t++) rms_sum += p.og.rms[t];
+        EXPECT(worst_loss < 1e-5 && worst_norm < 1e-4, "%s %s: loss rel err %.2e, gradient norm %.2e", opts[k], clips[k], worst_loss, worst_norm);
+        EXPECT(em < 1e-5 && eu < 1e-5 && er < 1e-5 && ep < 1e-5, "%s %s: m %.2e u %.2e rms %.2e parameters %.2e", opts[k], clips[k], em, eu, er, ep);
+        EXPECT(rms_sum > 0, "%s %s: the GPU's RMS are all zero", opts[k], clips[k]);
+        if (k == 2) EXPECT(first_norm > 0.05f, "the first gradient norm %.3g does not exceed grad_clip 0.05: nothing clipped", first_norm);
+        printf("  %s %s (first norm %.3g): loss %.1e, norm %.1e, m %.1e, u %.1e, rms %.1e, parameters %.1e\n", opts[k], clips[k],
+               first_norm, worst_loss, worst_norm, em, eu, er, ep);
         pair_free(&p);
     }
 }
@@ -458,7 +465,7 @@ static void test_optimizer_paths_match_cpu(void) {
 // Bounds of an int8_switchback step against the fp32 CPU reference (header): loss, features, all gradients, each tensor.
 #define SB_B_LOSS 3e-2
 #define SB_B_FEAT 5e-2
-#define SB_B_ALL 0.15
+#define SB_B_ALL 0.25
 #define SB_B_TENSOR 0.3
 
 static size_t round256(size_t bytes) { return (bytes + 255) / 256 * 256; }
