@@ -183,6 +183,10 @@ static void test_fused_step(void) {
                 float b1t = (float)(b1 * (1 - pow(b1, step - 1)) / (1 - pow(b1, step))), b2t = (float)(b2 * (1 - pow(b2, step - 1)) / (1 - pow(b2, step)));
                 for (int v = 0; v < 2; v++) {
                     int sums_first = !v || clip;  // AdamW's one pass makes its sums itself
+                    for (int r = 0; r < nplans; r++) {  // NaN: sums a way does not make itself are not the other way's
+                        cudaCheck(cudaMemset(plan[r].partial, 0xFF, (plan[r].num_chunks + 1) * sizeof(float)));
+                        cudaCheck(cudaMemset(plan[r].tensor_sum, 0xFF, NT * sizeof(float)));
+                    }
                     for (int r = 0; r < nplans; r++) {
                         adamw_grad_stats_gpu(&plan[r], d_sum, d_g, v && clip ? d_u[v][r] : NULL, b2t, eps);
                         to_host<float>(&norm[v][r], d_sum, 1);
