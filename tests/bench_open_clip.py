@@ -40,7 +40,10 @@ def bench(open_clip, name, batch, args):
     dev = torch.device("cuda")
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    model = open_clip.create_model(name, output_dict=True).to(dev)
+    try:
+        model = open_clip.create_model(name, output_dict=True).to(dev)
+    except RuntimeError as e:  # an unknown name (open_clip's message lists the known ones): one line, not a traceback
+        sys.exit(f"bench_open_clip: {name}: {e}")
     model.train()
     tokenizer = open_clip.get_tokenizer(name)
     texts = tokenizer(["Dummy caption"] * batch).to(dev)
