@@ -169,11 +169,11 @@ static double output_diff(unsigned *stats, const void *x, const void *ref, size_
     return r > 0 ? d / r : d;
 }
 
-// Runs each candidate once from a copy of D (the GEMM may accumulate into it) and compares its output with the
-// first choice's: one further off than rounding is not taken, with a warning. Then times the others (one
+// Runs each candidate once from a copy of C (the GEMM may accumulate into it; C is D itself there) and compares its
+// output with the first choice's: one further off than rounding is not taken, with a warning. Then times the others (one
 // warm-up call, then TUNE_REPS) on that scratch and keeps the fastest. Where the scratch cannot be had (memory
 // planned to the byte), the first choice stays.
-static void tune_plan(Plan *p, const void *alpha, const void *a, const void *b, const void *beta, const void *d, size_t d_bytes,
+static void tune_plan(Plan *p, const void *alpha, const void *a, const void *b, const void *beta, const void *c, size_t d_bytes,
                       cudaStream_t stream) {
     int n = p->num_candidates;
     p->num_candidates = 0;
@@ -192,7 +192,7 @@ static void tune_plan(Plan *p, const void *alpha, const void *a, const void *b, 
     float ms[MAX_CANDIDATES];
     int best = 0;
     for (int i = 0; i < n; i++) {
-        cudaCheck(cudaMemcpyAsync(i ? out : ref, d, d_bytes, cudaMemcpyDeviceToDevice, stream));
+        cudaCheck(cudaMemcpyAsync(i ? out : ref, c, d_bytes, cudaMemcpyDeviceToDevice, stream));
         cublasCheck(cublasLtMatmul(handle, p->desc, alpha, a, p->la, b, p->lb, beta, i ? out : ref, p->ld, i ? out : ref, p->ld,
                                    &p->candidates[i], workspace, WORKSPACE_BYTES, stream));
         double diff = i ? output_diff(stats, out, ref, d_bytes, dt, stream) : 0.0;
@@ -281,23 +281,32 @@ int matmul_tuning_save(const char *path, char *err, size_t errlen) {
     return 0;
 }
 
-void matmul_cm(void *d, cudaDataType_t d_type, int ldd, const void *a, int lda, int trans_a, const void *b, int ldb,
-               int trans_b, cudaDataType_t ab_type, const void *bias, int m, int n, int k, float alpha, float beta,
-               cudaStream_t stream) {
+// D = alpha op(A) op(B) + beta C (+ bias), C either D itself (c NULL) or the matrix c of D's type and layout.
+static void gemm(void *d, const void *c, cudaDataType_t d_type, int ldd, const void *a, int lda, int trans_a, const void *b, int ldb,
+                 int trans_b, cudaDataType_t ab_type, const void *bias, int m, int n, int k, float alpha, float beta,
+                 cudaStream_t stream) {
     if (m == 0 || n == 0) return;
     size_t ab = type_size(ab_type), ds = type_size(d_type);
     int align = alignment_of(a, lda, ab);
     align = min(align, alignment_of(b, ldb, ab));
     align = min(align, alignment_of(d, ldd, ds));
+    if (c) align = min(align, alignment_of(c, ldd, ds));
+    else c = d;
     if (bias) align = min(align, alignment_of(bias, 0, ds));
     PlanKey key = {m, n, k, lda, ldb, ldd, trans_a, trans_b, (int)ab_type, (int)d_type, bias != NULL, align, sm_target};
     Plan *p = get_plan(&key);
     if (bias) cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
     int32_t alpha_i = (int32_t)alpha, beta_i = (int32_t)beta;
     const void *pa = ab_type == CUDA_R_8I ? (const void *)&alpha_i : &alpha, *pb = ab_type == CUDA_R_8I ? (const void *)&beta_i : &beta;
-    if (p->num_candidates) tune_plan(p, pa, a, b, pb, d, (size_t)ldd * (n - 1) * ds + (size_t)m * ds, stream);
-    cublasCheck(cublasLtMatmul(handle, p->desc, pa, a, p->la, b, p->lb, pb, d, p->ld, d, p->ld, &p->algo, workspace,
+    if (p->num_candidates) tune_plan(p, pa, a, b, pb, c, (size_t)ldd * (n - 1) * ds + (size_t)m * ds, stream);
+    cublasCheck(cublasLtMatmul(handle, p->desc, pa, a, p->la, b, p->lb, pb, c, p->ld, d, p->ld, &p->algo, workspace,
                                WORKSPACE_BYTES, stream));
+}
+
+void matmul_cm(void *d, cudaDataType_t d_type, int ldd, const void *a, int lda, int trans_a, const void *b, int ldb,
+               int trans_b, cudaDataType_t ab_type, const void *bias, int m, int n, int k, float alpha, float beta,
+               cudaStream_t stream) {
+    gemm(d, NULL, d_type, ldd, a, lda, trans_a, b, ldb, trans_b, ab_type, bias, m, n, k, alpha, beta, stream);
 }
 
 template <typename T> static cudaDataType_t type_of(void);
@@ -305,8 +314,9 @@ template <> cudaDataType_t type_of<float>(void) { return CUDA_R_32F; }
 template <> cudaDataType_t type_of<bf16>(void) { return CUDA_R_16BF; }
 
 // Row-major (N, OC) = column-major (OC, N): out^T = w (C, OC)^T-view @ inp^T
-template <typename T> void matmul_forward_gpu(T *out, const T *inp, const T *w, const T *bias, int N, int C, int OC) {
-    matmul_cm(out, type_of<T>(), OC, w, C, 1, inp, C, 0, type_of<T>(), bias, OC, N, C, 1.0f, 0.0f, 0);
+template <typename T>
+void matmul_forward_gpu(T *out, const T *inp, const T *w, const T *bias, int N, int C, int OC, const T *residual) {
+    gemm(out, residual, type_of<T>(), OC, w, C, 1, inp, C, 0, type_of<T>(), bias, OC, N, C, 1.0f, residual ? 1.0f : 0.0f, 0);
 }
 
 template <typename T> void matmul_backward_input_gpu(T *dinp, const T *dout, const T *w, int N, int C, int OC) {
@@ -318,7 +328,7 @@ template <typename T> void matmul_backward_weight_gpu(float *dw, const T *dout, 
 }
 
 #define INSTANTIATE(T)                                                                        \
-    template void matmul_forward_gpu<T>(T *, const T *, const T *, const T *, int, int, int);      \
+    template void matmul_forward_gpu<T>(T *, const T *, const T *, const T *, int, int, int, const T *); \
     template void matmul_backward_input_gpu<T>(T *, const T *, const T *, int, int, int);         \
     template void matmul_backward_weight_gpu<T>(float *, const T *, const T *, int, int, int, int);
 INSTANTIATE(float)

@@ -30,8 +30,10 @@ int matmul_tuning_save(const char *path, char *err, size_t errlen);
 // kernels running beside them; 0: all SMs.
 void matmul_set_sm_target(int sms);
 
-// out (N, OC) = inp (N, C) @ w^T (+ bias (OC), may be NULL)
-template <typename T> void matmul_forward_gpu(T *out, const T *inp, const T *w, const T *bias, int N, int C, int OC);
+// out (N, OC) = inp (N, C) @ w^T (+ bias (OC), may be NULL) (+ residual (N, OC), may be NULL: a residual add in the
+// epilogue, one rounding to T; residual may not overlap out)
+template <typename T>
+void matmul_forward_gpu(T *out, const T *inp, const T *w, const T *bias, int N, int C, int OC, const T *residual = NULL);
 // dinp (N, C) = dout (N, OC) @ w   (overwrites)
 template <typename T> void matmul_backward_input_gpu(T *dinp, const T *dout, const T *w, int N, int C, int OC);
 // dw (OC, C) = dout^T @ inp, or += with accumulate (fp32, the gradient buffer; overwriting does not read dw)

@@ -435,13 +435,21 @@ static const float *opt_param(const ClipGPU *g, size_t off) { return off == NO_T
 // int8_switchback replaces, else the cuBLASLt GEMM of the T-typed weight copy. SwitchBack reads x's int8 copy from
 // k->xq[i], k->xs[i] (the saved activation where sb_saved[i], else scratch): written there by x's producer
 // (LayerNorm, GELU; x is then not read and may be unwritten), or for out_proj quantized here from x.
+// res (N, OC), where not NULL: added in the GEMM's epilogue (y = the residual stream after the branch; cuBLASLt only,
+// residual_in_gemm).
 template <typename T>
-static void linear_forward(ClipGPU *g, BlockBuf *k, int i, T *y, const T *x, size_t w, size_t b, int N, int C, int OC) {
+static void linear_forward(ClipGPU *g, BlockBuf *k, int i, T *y, const T *x, size_t w, size_t b, int N, int C, int OC,
+                           const T *res = NULL) {
     const T *W = (const T *)g->wts;
     const bf16 *xb = i == SB_LINEAR_OUT_PROJ ? (const bf16 *)x : NULL;
     if (g->sb_on[i]) switchback_forward(&g->sb, (bf16 *)y, k->xq[i], k->xs[i], xb, &k->w8[i], (const bf16 *)(W + b), N, 0);
-    else matmul_forward_gpu<T>(y, x, W + w, W + b, N, C, OC);
+    else matmul_forward_gpu<T>(y, x, W + w, W + b, N, C, OC, res);
 }
+
+// Whether the residual add after linear i (out_proj, c_proj) runs in its GEMM's epilogue: where the branch has no
+// layer-scale (ls, a layout offset; the add needs ls * f) and the linear is cuBLASLt's. The LayerNorm after it then
+// reads the residual stream alone: one (N, D) tensor less read and one less written than the fused add + LayerNorm.
+static int residual_in_gemm(const ClipGPU *g, int i, size_t ls) { return ls == NO_TENSOR && !g->sb_on[i]; }
 
 // Where a producer writes the quantized input of linear i (NULL where it does not run SwitchBack), and where the
 // bf16 input (NULL where nothing reads it).
@@ -516,8 +524,9 @@ static AttnQueries block_queries(const TowerBuf *tb, int l, int B) {
     return l == tb->t->layers - 1 ? AttnQueries{1, tb->pool_tn, tb->pool, B} : ATTN_ALL_QUERIES;
 }
 
-// The blocks of one tower: x0 -> res_2 of the last block (its B pooled rows). Each block's second residual add is
-// fused with the next block's ln_1.
+// The blocks of one tower: x0 -> res_2 of the last block (its B pooled rows). The residual adds run in the epilogues of
+// out_proj and c_proj (residual_in_gemm), else with the LayerNorm after them (a block's second with the next block's
+// ln_1).
 template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B) {
     const TowerLayout *t = tb->t;
     const float *P = g->params;
@@ -550,11 +559,14 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
             att_in = as<T>(tb->pool_att), res_in = as<T>(tb->pool_x), Nb = B;
         }
         mark(g, PROF_GEMM);
-        linear_forward<T>(g, k, SB_LINEAR_OUT_PROJ, as<T>(k->attn), att_in, w->out_proj_w, w->out_proj_b, Nb, D, D);
+        int fuse_1 = residual_in_gemm(g, SB_LINEAR_OUT_PROJ, w->ls_1);
+        linear_forward<T>(g, k, SB_LINEAR_OUT_PROJ, as<T>(fuse_1 ? k->res_1 : k->attn), att_in, w->out_proj_w, w->out_proj_b, Nb, D, D,
+                          fuse_1 ? res_in : NULL);
         mark(g, PROF_LAYERNORM);
-        residual_layernorm_forward_gpu<T>(as<T>(k->res_1), in_bf16<T>(k, k->ln_2, SB_LINEAR_C_FC), k->ln_2_mean, k->ln_2_rstd, res_in,
-                                          as<T>(k->attn), opt_param(g, w->ls_1), P + w->ln_2_w, P + w->ln_2_b, Nb, D,
-                                          in_q(g, k, SB_LINEAR_C_FC), in_s(g, k, SB_LINEAR_C_FC));
+        residual_layernorm_forward_gpu<T>(fuse_1 ? NULL : as<T>(k->res_1), in_bf16<T>(k, k->ln_2, SB_LINEAR_C_FC), k->ln_2_mean,
+                                          k->ln_2_rstd, fuse_1 ? as<T>(k->res_1) : res_in, fuse_1 ? NULL : as<T>(k->attn),
+                                          opt_param(g, w->ls_1), P + w->ln_2_w, P + w->ln_2_b, Nb, D, in_q(g, k, SB_LINEAR_C_FC),
+                                          in_s(g, k, SB_LINEAR_C_FC));
         mark(g, PROF_GEMM);
         if (g->fused_gelu) {  // fc (the pre-activation, kept for the backward) and fc_gelu from one pass
             const bf16 *W = (const bf16 *)g->wts;
@@ -570,16 +582,19 @@ template <typename T> static void tower_forward(ClipGPU *g, TowerBuf *tb, int B)
             else gelu_forward_gpu<T>(as<T>(k->fc_gelu), as<T>(k->fc), (size_t)Nb * H, quick);
         }
         mark(g, PROF_GEMM);
-        linear_forward<T>(g, k, SB_LINEAR_C_PROJ, as<T>(k->mlp), as<T>(k->fc_gelu), w->c_proj_w, w->c_proj_b, Nb, H, D);
+        int fuse_2 = residual_in_gemm(g, SB_LINEAR_C_PROJ, w->ls_2);
+        linear_forward<T>(g, k, SB_LINEAR_C_PROJ, as<T>(fuse_2 ? k->res_2 : k->mlp), as<T>(k->fc_gelu), w->c_proj_w, w->c_proj_b, Nb, H,
+                          D, fuse_2 ? as<T>(k->res_1) : NULL);
         if (l + 1 < t->layers) wait_params(g, t->blocks[l + 1].ln_1_w);  // read by the fused LayerNorm below
         mark(g, PROF_LAYERNORM);
         if (l + 1 < t->layers) {
             BlockBuf *kn = &tb->blocks[l + 1];
             const BlockLayout *wn = &t->blocks[l + 1];
-            residual_layernorm_forward_gpu<T>(as<T>(k->res_2), in_bf16<T>(kn, kn->ln_1, SB_LINEAR_QKV), kn->ln_1_mean, kn->ln_1_rstd,
-                                              as<T>(k->res_1), as<T>(k->mlp), opt_param(g, w->ls_2), P + wn->ln_1_w, P + wn->ln_1_b,
-                                              N, D, in_q(g, kn, SB_LINEAR_QKV), in_s(g, kn, SB_LINEAR_QKV));
-        } else {
+            residual_layernorm_forward_gpu<T>(fuse_2 ? NULL : as<T>(k->res_2), in_bf16<T>(kn, kn->ln_1, SB_LINEAR_QKV), kn->ln_1_mean,
+                                              kn->ln_1_rstd, as<T>(fuse_2 ? k->res_2 : k->res_1), fuse_2 ? NULL : as<T>(k->mlp),
+                                              opt_param(g, w->ls_2), P + wn->ln_1_w, P + wn->ln_1_b, N, D, in_q(g, kn, SB_LINEAR_QKV),
+                                              in_s(g, kn, SB_LINEAR_QKV));
+        } else if (!fuse_2) {
             residual_layernorm_forward_gpu<T>(as<T>(k->res_2), (T *)NULL, NULL, NULL, as<T>(k->res_1), as<T>(k->mlp),
                                           opt_param(g, w->ls_2), NULL, NULL, Nb, D);
         }

@@ -2,7 +2,8 @@
 // model/ops_cpu.c, with and without bias, odd and model-sized shapes, float and bf16. Bounds (relative L2):
 // fp32 1e-5 (full fp32 GEMMs); bf16: outputs 1e-2 (rounded once to bf16), the fp32 weight gradient 1e-4
 // (bf16 products are exact in fp32, only the summation order differs), both added onto a random start and
-// written over a NaN-poisoned one (the step's first micro-batch). test_tuning: gemm_tuning's timed choice
+// written over a NaN-poisoned one (the step's first micro-batch). The forward also with a residual added in the
+// epilogue (out written over poison, not in place). test_tuning: gemm_tuning's timed choice
 // and its file (matmul_tuning_load/save), with the same bounds.
 #include <string.h>
 #include <unistd.h>
@@ -10,19 +11,22 @@
 #include "../kernels/matmul.cuh"
 #include "test_gpu.h"
 
-template <typename T> static void check(int N, int C, int OC, int with_bias) {
+template <typename T> static void check(int N, int C, int OC, int with_bias, int with_res) {
     const char *tn = sizeof(T) == 2 ? "bf16" : "fp32";
     float *x = rand_host((size_t)N * C, 1.0f), *w = rand_host((size_t)OC * C, 0.1f), *bias = rand_host(OC, 1.0f);
-    float *dout = rand_host((size_t)N * OC, 1.0f), *dw = rand_host((size_t)OC * C, 1.0f), *dw_new = zeros_host((size_t)OC * C);
+    float *res = rand_host((size_t)N * OC, 1.0f), *dout = rand_host((size_t)N * OC, 1.0f), *dw = rand_host((size_t)OC * C, 1.0f), *dw_new = zeros_host((size_t)OC * C);
     round_to<T>(x, (size_t)N * C), round_to<T>(w, (size_t)OC * C), round_to<T>(bias, OC), round_to<T>(dout, (size_t)N * OC);
+    round_to<T>(res, (size_t)N * OC);
     float *out = zeros_host((size_t)N * OC), *dx = zeros_host((size_t)N * C), *g = zeros_host((size_t)N * (C > OC ? C : OC) + (size_t)OC * C);
-    T *d_x = to_device<T>(x, (size_t)N * C), *d_w = to_device<T>(w, (size_t)OC * C), *d_bias = to_device<T>(bias, OC);
+    T *d_res = to_device<T>(res, (size_t)N * OC), *d_x = to_device<T>(x, (size_t)N * C), *d_w = to_device<T>(w, (size_t)OC * C), *d_bias = to_device<T>(bias, OC);
     T *d_dout = to_device<T>(dout, (size_t)N * OC), *d_out = poisoned<T>((size_t)N * OC), *d_dx = poisoned<T>((size_t)N * C);
     float *d_dw = to_device<float>(dw, (size_t)OC * C), *d_dw_new = poisoned<float>((size_t)OC * C);
     matmul_forward(out, x, w, with_bias ? bias : NULL, N, C, OC);
+    if (with_res)
+        for (size_t i = 0; i < (size_t)N * OC; i++) out[i] += res[i];
     matmul_backward(NULL, dw_new, NULL, dout, x, w, N, C, OC);
     matmul_backward(dx, dw, NULL, dout, x, w, N, C, OC);  // dw accumulates onto its random start
-    matmul_forward_gpu<T>(d_out, d_x, d_w, with_bias ? d_bias : NULL, N, C, OC);
+    matmul_forward_gpu<T>(d_out, d_x, d_w, with_bias ? d_bias : NULL, N, C, OC, with_res ? d_res : NULL);
     matmul_backward_input_gpu<T>(d_dx, d_dout, d_w, N, C, OC);
     matmul_backward_weight_gpu<T>(d_dw, d_dout, d_x, N, C, OC, 1);
     matmul_backward_weight_gpu<T>(d_dw_new, d_dout, d_x, N, C, OC, 0);  // overwrites the poison
@@ -35,11 +39,13 @@ template <typename T> static void check(int N, int C, int OC, int with_bias) {
     double ew = rel_err(g, dw, (size_t)OC * C);
     to_host<float>(g, d_dw_new, (size_t)OC * C);
     double en = rel_err(g, dw_new, (size_t)OC * C);
-    EXPECT(eo < bound, "%s %dx%d->%d bias %d: out rel err %.2e", tn, N, C, OC, with_bias, eo);
+    EXPECT(eo < bound, "%s %dx%d->%d bias %d residual %d: out rel err %.2e", tn, N, C, OC, with_bias, with_res, eo);
     EXPECT(ex < bound, "%s %dx%d->%d: dinp rel err %.2e", tn, N, C, OC, ex);
     EXPECT(ew < (sizeof(T) == 2 ? 1e-4 : 1e-5), "%s %dx%d->%d: dw (accumulated) rel err %.2e", tn, N, C, OC, ew);
     EXPECT(en < (sizeof(T) == 2 ? 1e-4 : 1e-5), "%s %dx%d->%d: dw (overwritten) rel err %.2e", tn, N, C, OC, en);
-    printf("  %s %dx%d->%d bias %d: out %.1e dinp %.1e dw %.1e (overwritten %.1e)\n", tn, N, C, OC, with_bias, eo, ex, ew, en);
+    printf("  %s %dx%d->%d bias %d residual %d: out %.1e dinp %.1e dw %.1e (overwritten %.1e)\n", tn, N, C, OC, with_bias, with_res,
+           eo, ex, ew, en);
+    free(res), cudaCheck(cudaFree(d_res));
     free(x), free(w), free(bias), free(dout), free(dw), free(dw_new), free(out), free(dx), free(g);
     cudaCheck(cudaFree(d_x)), cudaCheck(cudaFree(d_w)), cudaCheck(cudaFree(d_bias)), cudaCheck(cudaFree(d_dout));
     cudaCheck(cudaFree(d_out)), cudaCheck(cudaFree(d_dx)), cudaCheck(cudaFree(d_dw)), cudaCheck(cudaFree(d_dw_new));
@@ -49,9 +55,9 @@ static void test_matmul(void) {
     SKIP_WITHOUT_GPU();
     const int shapes[][3] = {{37, 75, 61}, {77, 64, 192}, {394, 768, 2304}, {257, 1280, 1280}, {50, 3072, 768}};
     for (int s = 0; s < 5; s++)
-        for (int bias = 0; bias < 2; bias++) {
-            check<float>(shapes[s][0], shapes[s][1], shapes[s][2], bias);
-            check<bf16>(shapes[s][0], shapes[s][1], shapes[s][2], bias);
+        for (int mode = 0; mode < 4; mode++) {  // bias, residual
+            check<float>(shapes[s][0], shapes[s][1], shapes[s][2], mode & 1, mode >> 1);
+            check<bf16>(shapes[s][0], shapes[s][1], shapes[s][2], mode & 1, mode >> 1);
         }
 }
 
@@ -79,7 +85,7 @@ static void test_tuning(void) {
     EXPECT(fd >= 0, "mkstemp failed");
     close(fd);
     matmul_set_tuning(8);
-    check<bf16>(1000, 512, 768, 1);
+    check<bf16>(1000, 512, 768, 1, 1);  // timed with a residual: the candidates start from it, not from the poisoned output
     char err[1200];
     EXPECT(matmul_tuning_save(path, err, sizeof(err)) == 0, "save failed: %s", err);
     char line[256], header[256];
@@ -97,7 +103,7 @@ static void test_tuning(void) {
     fprintf(f, "%s768 600 512 %s %d\n", header, rest, want);
     fcloseCheck(f);
     EXPECT(matmul_tuning_load(path) == 1, "the edited file did not load one choice");
-    check<bf16>(600, 512, 768, 1);
+    check<bf16>(600, 512, 768, 1, 0);
     EXPECT(matmul_tuning_save(path, err, sizeof(err)) == 0, "save failed: %s", err);
     int used = saved_choice(path, "768 600 512 ", NULL);
     EXPECT(used == want, "N = 600 ran with choice %d, the file said %d", used, want);
