@@ -1315,6 +1315,18 @@ static int largest_fit(const Config *c, const ClipLayout *L, int recompute, size
     return lo;
 }
 
+int clip_gpu_largest_keep(const Config *c, const ClipLayout *L, int mb, size_t avail) {
+    Config k = *c;
+    int lo = c->recompute_keep - 1, hi = L->visual.layers > L->text.layers ? L->visual.layers : L->text.layers;
+    if (lo + 1 > hi) return c->recompute_keep;
+    while (lo < hi) {
+        k.recompute_keep = lo + (hi - lo + 1) / 2;
+        if (clip_gpu_memory_plan(&k, L, mb, c->recompute).total <= avail) lo = k.recompute_keep;
+        else hi = k.recompute_keep - 1;
+    }
+    return lo;
+}
+
 // Of free_b free bytes, what the plan may take: 256 MiB stay for what the CUDA libraries allocate later (cuBLASLt's
 // workspace, NCCL's buffers, lazily loaded modules), so that a plan that does not fit stops at the start, not in step 1.
 static size_t usable_memory(size_t free_b) { return free_b > (256u << 20) ? free_b - (256u << 20) : 0; }
@@ -1331,6 +1343,9 @@ int clip_gpu_print_memory_plan(const Config *c, const ClipLayout *L) {
            gib(p.activations), gib(p.other), gib(p.total), gib(free_b));
     printf("largest micro-batch that fits: recompute 0: %d, 1: %d, 2: %d (batch per rank %ld)\n", largest_fit(c, L, 0, avail),
            largest_fit(c, L, 1, avail), largest_fit(c, L, 2, avail), c->batch_size / c->world_size);
+    int keep = c->recompute >= 1 ? clip_gpu_largest_keep(c, L, mb, avail) : -1, most = L->visual.layers > L->text.layers ? L->visual.layers : L->text.layers;
+    if (keep > c->recompute_keep)  // memory left over: the blocks kept skip their recompute (faster)
+        printf("recompute_keep that fits at micro-batch %d: up to %d (%d keeps every block; now %d)\n", mb, keep, most, c->recompute_keep);
     return p.total <= avail;
 }
 

@@ -57,8 +57,12 @@ const char *clip_gpu_unavailable(void);
 // the current device: call it once the process's GPU is chosen.
 const char *clip_gpu_unsupported(void);
 GpuMemoryPlan clip_gpu_memory_plan(const Config *c, const ClipLayout *L, int micro_batch, int recompute);
-// Prints the plan for the config's micro-batch, the GPU's free memory and the largest micro-batch that fits
-// (per recompute level). Returns 1 if the configured micro-batch fits.
+// The most blocks per tower (recompute_keep, from c's up) whose activations c's plan at micro-batch mb (with c's
+// recompute) keeps within `avail` bytes; below c's own keep if that does not fit.
+int clip_gpu_largest_keep(const Config *c, const ClipLayout *L, int mb, size_t avail);
+// Prints the plan for the config's micro-batch, the GPU's free memory, the largest micro-batch that fits (per
+// recompute level), and under recompute >= 1 the largest recompute_keep that fits. Returns 1 if the configured
+// micro-batch fits.
 int clip_gpu_print_memory_plan(const Config *c, const ClipLayout *L);
 // Micro-batch size of a config (per rank): micro_batch_size, or batch_size / world_size when it is 0.
 int clip_gpu_micro_batch(const Config *c);

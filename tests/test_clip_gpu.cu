@@ -671,6 +671,16 @@ static void test_recompute_keep_memory_plan(void) {
         GpuMemoryPlan a = clip_gpu_memory_plan(&call, &L, 64, r), z = clip_gpu_memory_plan(&c, &L, 64, 0);
         EXPECT(a.total == z.total && a.activations == z.activations, "recompute %d, every block kept: %zu bytes, recompute 0 %zu", r, a.total, z.total);
     }
+    // clip_gpu_largest_keep: the most kept blocks within a budget (the memory plan's hint), from the config's keep up
+    int most = L.visual.layers > L.text.layers ? L.visual.layers : L.text.layers;
+    EXPECT(clip_gpu_largest_keep(&c, &L, 64, k1.total) == 1 && clip_gpu_largest_keep(&c, &L, 64, k1.total - 1) == 0 &&
+               clip_gpu_largest_keep(&c, &L, 64, p1.total - 1) < 0 && clip_gpu_largest_keep(&c, &L, 64, (size_t)1 << 50) == most,
+           "largest recompute_keep within keep 1's bytes %d, one byte less %d, below keep 0's %d, unbounded %d (of %d)",
+           clip_gpu_largest_keep(&c, &L, 64, k1.total), clip_gpu_largest_keep(&c, &L, 64, k1.total - 1),
+           clip_gpu_largest_keep(&c, &L, 64, p1.total - 1), clip_gpu_largest_keep(&c, &L, 64, (size_t)1 << 50), most);
+    EXPECT(clip_gpu_largest_keep(&ck, &L, 64, k1.total) == 1 && clip_gpu_largest_keep(&ck, &L, 64, k1.total - 1) < 1,
+           "from keep 1: within its bytes %d, one byte less %d", clip_gpu_largest_keep(&ck, &L, 64, k1.total),
+           clip_gpu_largest_keep(&ck, &L, 64, k1.total - 1));
     printf("  tiny batch 64: recompute 1 %zu, keep 1 %zu, recompute 2 %zu, keep 1 %zu bytes of activations\n", p1.activations, k1.activations,
            p2.activations, k2.activations);
     clip_layout_free(&L);
