@@ -70,7 +70,7 @@ static const Key KEYS[] = {
     {"recompute", T_INT, OFF(recompute), "1", 0, 2, NULL,
      "GPU activation recompute in backward (as llm.c -r): 0 none, 1 the GELU output, 2 also the LayerNorm outputs"},
     {"recompute_keep", T_INT, OFF(recompute_keep), "0", 0, 1000, NULL,
-     "under recompute >= 1: the first N residual blocks of each tower keep all their activations (as recompute 0), spending memory for speed"},
+     "under recompute >= 1: the first N residual blocks of each tower keep all their activations (as recompute 0), spending memory for speed; on a GPU the memory plan printed at the start says up to which N fits"},
     {"gemm_tuning", T_INT, OFF(gemm_tuning), "0", 0, 16, NULL,
      "GPU: time this many of cuBLASLt's candidate algorithms per GEMM shape on its first call and keep the fastest (1-2% faster; kept in run_dir/gemm_choices.rank*.txt for an exact resume; experimental, see README); 0 or 1 = its first choice"},
     {"switchback_layers", T_STR, OFF(switchback_layers), "qkv,out_proj,c_fc,c_proj", 0, 0, NULL,
