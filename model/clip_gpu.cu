@@ -1315,9 +1315,12 @@ static int largest_fit(const Config *c, const ClipLayout *L, int recompute, size
     return lo;
 }
 
+// The blocks of the deeper tower: recompute_keep at this keeps every block.
+static int most_blocks(const ClipLayout *L) { return max(L->visual.layers, L->text.layers); }
+
 int clip_gpu_largest_keep(const Config *c, const ClipLayout *L, int mb, size_t avail) {
     Config k = *c;
-    int lo = c->recompute_keep - 1, hi = L->visual.layers > L->text.layers ? L->visual.layers : L->text.layers;
+    int lo = c->recompute_keep - 1, hi = most_blocks(L);
     if (lo + 1 > hi) return c->recompute_keep;
     while (lo < hi) {
         k.recompute_keep = lo + (hi - lo + 1) / 2;
@@ -1343,9 +1346,10 @@ int clip_gpu_print_memory_plan(const Config *c, const ClipLayout *L) {
            gib(p.activations), gib(p.other), gib(p.total), gib(free_b));
     printf("largest micro-batch that fits: recompute 0: %d, 1: %d, 2: %d (batch per rank %ld)\n", largest_fit(c, L, 0, avail),
            largest_fit(c, L, 1, avail), largest_fit(c, L, 2, avail), c->batch_size / c->world_size);
-    int keep = c->recompute >= 1 ? clip_gpu_largest_keep(c, L, mb, avail) : -1, most = L->visual.layers > L->text.layers ? L->visual.layers : L->text.layers;
+    int keep = c->recompute >= 1 ? clip_gpu_largest_keep(c, L, mb, avail) : -1;
     if (keep > c->recompute_keep)  // memory left over: the blocks kept skip their recompute (faster)
-        printf("recompute_keep that fits at micro-batch %d: up to %d (%d keeps every block; now %d)\n", mb, keep, most, c->recompute_keep);
+        printf("recompute_keep that fits at micro-batch %d: up to %d (%d keeps every block; now %d)\n", mb, keep, most_blocks(L),
+               c->recompute_keep);
     return p.total <= avail;
 }
 

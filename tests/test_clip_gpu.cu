@@ -664,7 +664,8 @@ static void test_recompute_keep_memory_plan(void) {
            mk1.activations - m1.activations, gelu8);
     Config call = c;
     char keep_all[32];
-    snprintf(keep_all, sizeof(keep_all), "recompute_keep=%d", L.visual.layers > L.text.layers ? L.visual.layers : L.text.layers);
+    int most = L.visual.layers > L.text.layers ? L.visual.layers : L.text.layers;  // keeps every block
+    snprintf(keep_all, sizeof(keep_all), "recompute_keep=%d", most);
     const char *sa[] = {keep_all, NULL};
     set_all(&call, sa);
     for (int r = 1; r < 3; r++) {
@@ -672,7 +673,6 @@ static void test_recompute_keep_memory_plan(void) {
         EXPECT(a.total == z.total && a.activations == z.activations, "recompute %d, every block kept: %zu bytes, recompute 0 %zu", r, a.total, z.total);
     }
     // clip_gpu_largest_keep: the most kept blocks within a budget (the memory plan's hint), from the config's keep up
-    int most = L.visual.layers > L.text.layers ? L.visual.layers : L.text.layers;
     EXPECT(clip_gpu_largest_keep(&c, &L, 64, k1.total) == 1 && clip_gpu_largest_keep(&c, &L, 64, k1.total - 1) == 0 &&
                clip_gpu_largest_keep(&c, &L, 64, p1.total - 1) < 0 && clip_gpu_largest_keep(&c, &L, 64, (size_t)1 << 50) == most,
            "largest recompute_keep within keep 1's bytes %d, one byte less %d, below keep 0's %d, unbounded %d (of %d)",
