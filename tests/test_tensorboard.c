@@ -139,11 +139,19 @@ static int find_event_file(const char *dir, char *path, size_t cap) {
     return files;
 }
 
+// The writer's clock (CLOCK_REALTIME). Not time(): it reads the coarse clock, which can lag by a tick, so an event
+// written just after a second began could fall after a time() taken later.
+static double realtime_now(void) {
+    struct timespec ts;
+    EXPECT(clock_gettime(CLOCK_REALTIME, &ts) == 0, "clock_gettime(CLOCK_REALTIME) failed");
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 static void test_event_file_roundtrip(void) {
     char dir[600];
     snprintf(dir, sizeof(dir), "%s", test_path("tb"));
     EXPECT(mkdir(dir, 0755) == 0, "mkdir %s", dir);
-    double before = (double)time(NULL);
+    double before = realtime_now();
     TbWriter w;
     tb_open(&w, dir);
     // step 0 (left out of the encoding, as proto3 does), small and large steps (multi-byte varints),
@@ -158,7 +166,7 @@ static void test_event_file_roundtrip(void) {
     tb_scalars(&w, 123456789012L, c, 1);
     tb_scalars(&w, 128, e, 1);
     tb_close(&w);
-    double after = (double)time(NULL) + 1;
+    double after = realtime_now();
 
     char path[1200];
     int files = 0;
@@ -173,7 +181,7 @@ static void test_event_file_roundtrip(void) {
     if (n != 5) return;
     for (int i = 0; i < n; i++) {
         EXPECT(!ev[i].bad, "record %d: unexpected protobuf content", i);
-        EXPECT(ev[i].wall_time >= before && ev[i].wall_time <= after, "record %d: wall time %.3f not in [%.0f, %.0f]", i, ev[i].wall_time, before, after);
+        EXPECT(ev[i].wall_time >= before && ev[i].wall_time <= after, "record %d: wall time %.6f not in [%.6f, %.6f]", i, ev[i].wall_time, before, after);
     }
     EXPECT(strcmp(ev[0].version, "brain.Event:2") == 0 && ev[0].n == 0 && ev[0].step == 0, "version record '%s'", ev[0].version);
     const TbScalar *want[4] = {a, b, c, e};
