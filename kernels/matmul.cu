@@ -35,7 +35,13 @@ typedef struct {
 } Choice;
 
 static cublasLtHandle_t handle;
-static void *workspace;
+// One workspace per stream that runs GEMMs: GEMMs on two streams (the backward's weight gradients beside the rest) may
+// run at once. Slots are assigned to streams as they first run a GEMM; a stream past the last slot (the earlier ones
+// destroyed, say, by a test making models one after another) waits for the GPU and takes the slots over from the start.
+#define WORKSPACE_SLOTS 4
+static cudaStream_t ws_stream[WORKSPACE_SLOTS];
+static void *ws_ptr[WORKSPACE_SLOTS];
+static int ws_used;
 static Plan plans[MAX_PLANS];
 static int num_plans;
 static int plan_slot[PLAN_SLOTS];  // 1 + the index in plans of the key hashed there (or probed past it), 0 = empty
@@ -70,6 +76,18 @@ static int alignment_of(const void *p, int ld, size_t elem) {
     return a;
 }
 
+static void *workspace_for(cudaStream_t stream) {
+    for (int i = 0; i < ws_used; i++)
+        if (ws_stream[i] == stream) return ws_ptr[i];
+    if (ws_used == WORKSPACE_SLOTS) {
+        cudaCheck(cudaDeviceSynchronize());  // no GEMM still uses a slot
+        ws_used = 0;
+    }
+    if (!ws_ptr[ws_used]) cudaCheck(cudaMalloc(&ws_ptr[ws_used], WORKSPACE_BYTES));
+    ws_stream[ws_used] = stream;
+    return ws_ptr[ws_used++];
+}
+
 // FNV-1a over the key's ints.
 static uint32_t key_hash(const PlanKey *key) {
     const int *field = (const int *)key;
@@ -85,10 +103,7 @@ static Plan *get_plan(const PlanKey *key) {
     uint32_t slot = key_hash(key) & (PLAN_SLOTS - 1);
     for (; plan_slot[slot]; slot = (slot + 1) & (PLAN_SLOTS - 1))
         if (!memcmp(&plans[plan_slot[slot] - 1].key, key, sizeof(PlanKey))) return &plans[plan_slot[slot] - 1];
-    if (!handle) {
-        cublasCheck(cublasLtCreate(&handle));
-        cudaCheck(cudaMalloc(&workspace, WORKSPACE_BYTES));
-    }
+    if (!handle) cublasCheck(cublasLtCreate(&handle));
     if (num_plans == MAX_PLANS) {
         fatal("matmul: more than %d GEMM shapes", MAX_PLANS);
     }
@@ -194,7 +209,7 @@ static void tune_plan(Plan *p, const void *alpha, const void *a, const void *b, 
     for (int i = 0; i < n; i++) {
         cudaCheck(cudaMemcpyAsync(i ? out : ref, c, d_bytes, cudaMemcpyDeviceToDevice, stream));
         cublasCheck(cublasLtMatmul(handle, p->desc, alpha, a, p->la, b, p->lb, beta, i ? out : ref, p->ld, i ? out : ref, p->ld,
-                                   &p->candidates[i], workspace, WORKSPACE_BYTES, stream));
+                                   &p->candidates[i], workspace_for(stream), WORKSPACE_BYTES, stream));
         double diff = i ? output_diff(stats, out, ref, d_bytes, dt, stream) : 0.0;
         ms[i] = INFINITY;
         if (diff > tol) {
@@ -208,7 +223,7 @@ static void tune_plan(Plan *p, const void *alpha, const void *a, const void *b, 
         for (int r = 0; r <= TUNE_REPS; r++) {
             if (r == 1) cudaCheck(cudaEventRecord(e0, stream));
             cublasCheck(cublasLtMatmul(handle, p->desc, alpha, a, p->la, b, p->lb, beta, out, p->ld, out, p->ld,
-                                       &p->candidates[i], workspace, WORKSPACE_BYTES, stream));
+                                       &p->candidates[i], workspace_for(stream), WORKSPACE_BYTES, stream));
         }
         cudaCheck(cudaEventRecord(e1, stream));
         cudaCheck(cudaEventSynchronize(e1));
@@ -299,7 +314,7 @@ static void gemm(void *d, const void *c, cudaDataType_t d_type, int ldd, const v
     int32_t alpha_i = (int32_t)alpha, beta_i = (int32_t)beta;
     const void *pa = ab_type == CUDA_R_8I ? (const void *)&alpha_i : &alpha, *pb = ab_type == CUDA_R_8I ? (const void *)&beta_i : &beta;
     if (p->num_candidates) tune_plan(p, pa, a, b, pb, c, (size_t)ldd * (n - 1) * ds + (size_t)m * ds, stream);
-    cublasCheck(cublasLtMatmul(handle, p->desc, pa, a, p->la, b, p->lb, pb, c, p->ld, d, p->ld, &p->algo, workspace,
+    cublasCheck(cublasLtMatmul(handle, p->desc, pa, a, p->la, b, p->lb, pb, c, p->ld, d, p->ld, &p->algo, workspace_for(stream),
                                WORKSPACE_BYTES, stream));
 }
 
@@ -323,13 +338,14 @@ template <typename T> void matmul_backward_input_gpu(T *dinp, const T *dout, con
     matmul_cm(dinp, type_of<T>(), C, w, C, 0, dout, OC, 0, type_of<T>(), NULL, C, N, OC, 1.0f, 0.0f, 0);
 }
 
-template <typename T> void matmul_backward_weight_gpu(float *dw, const T *dout, const T *inp, int N, int C, int OC, int accumulate) {
-    matmul_cm(dw, CUDA_R_32F, C, inp, C, 0, dout, OC, 1, type_of<T>(), NULL, C, OC, N, 1.0f, accumulate ? 1.0f : 0.0f, 0);
+template <typename T>
+void matmul_backward_weight_gpu(float *dw, const T *dout, const T *inp, int N, int C, int OC, int accumulate, cudaStream_t stream) {
+    matmul_cm(dw, CUDA_R_32F, C, inp, C, 0, dout, OC, 1, type_of<T>(), NULL, C, OC, N, 1.0f, accumulate ? 1.0f : 0.0f, stream);
 }
 
 #define INSTANTIATE(T)                                                                        \
     template void matmul_forward_gpu<T>(T *, const T *, const T *, const T *, int, int, int, const T *); \
     template void matmul_backward_input_gpu<T>(T *, const T *, const T *, int, int, int);         \
-    template void matmul_backward_weight_gpu<T>(float *, const T *, const T *, int, int, int, int);
+    template void matmul_backward_weight_gpu<T>(float *, const T *, const T *, int, int, int, int, cudaStream_t);
 INSTANTIATE(float)
 INSTANTIATE(bf16)

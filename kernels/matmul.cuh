@@ -36,5 +36,6 @@ template <typename T>
 void matmul_forward_gpu(T *out, const T *inp, const T *w, const T *bias, int N, int C, int OC, const T *residual = NULL);
 // dinp (N, C) = dout (N, OC) @ w   (overwrites)
 template <typename T> void matmul_backward_input_gpu(T *dinp, const T *dout, const T *w, int N, int C, int OC);
-// dw (OC, C) = dout^T @ inp, or += with accumulate (fp32, the gradient buffer; overwriting does not read dw)
-template <typename T> void matmul_backward_weight_gpu(float *dw, const T *dout, const T *inp, int N, int C, int OC, int accumulate);
+// dw (OC, C) = dout^T @ inp, or += with accumulate (fp32, the gradient buffer; overwriting does not read dw), on stream
+template <typename T>
+void matmul_backward_weight_gpu(float *dw, const T *dout, const T *inp, int N, int C, int OC, int accumulate, cudaStream_t stream = 0);

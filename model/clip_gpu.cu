@@ -71,6 +71,9 @@ typedef struct {
     size_t ln_w, ln_b, proj;   // layout offsets of that LayerNorm and the projection
 } TowerBuf;
 
+// The weight gradients that tower_backward runs on their own stream, by the event marking each one's end.
+enum { WG_C_PROJ, WG_C_FC, WG_OUT_PROJ, WG_QKV, WG_EVENTS };
+
 struct ClipGPU {
     Config cfg;
     const ClipLayout *L;
@@ -102,8 +105,14 @@ struct ClipGPU {
     float *ln_pre_mean, *ln_pre_rstd;
     TowerBuf vis, txt;
     // scratch shared by both towers (sized for the larger)
-    void *branch, *ln_scratch, *gelu_scratch, *dres, *d_a, *d_b, *d_wide;
+    // d_qkv (N, 3D): attention's input gradient (qkv's output gradient); d_mlp (N, H): c_proj's input gradient (the GELU's
+    // and c_fc's output gradient); one buffer when the weight gradients share the default stream (tower_backward)
+    void *branch, *ln_scratch, *gelu_scratch, *dres, *d_a, *d_b, *d_qkv, *d_mlp;
     float *att_scratch, *dpool, *dpool_ln;
+    // weight_grad_stream: the backward's weight-gradient GEMMs run on wg_stream (NULL: off); wg_fork orders one after the
+    // default stream's work, wg_done[WG_*] marks the end of the last one of each kind (tower_backward)
+    cudaStream_t wg_stream;
+    cudaEvent_t wg_fork, wg_done[WG_EVENTS];
     // SwitchBack (precision int8_switchback): which linears (SB_LINEAR_*) run it (per block: which save their int8
     // input, whose producers write the bf16 input); the layer's scratch
     int sb_on[SB_LINEARS], sb_max_M, sb_max_C;
@@ -368,12 +377,12 @@ static void carve(ClipGPU *g, Arena *a, GpuMemoryPlan *p) {
 
     // shared scratch, sized for the larger tower
     const TowerLayout *towers[2] = {&L->visual, &L->text};
-    size_t nd = 0, nh = 0, nwide = 0, att = 0, bd = 0, rows = 0, cols = 0;
+    size_t nd = 0, nh = 0, n3d = 0, nwide = 0, att = 0, bd = 0, rows = 0, cols = 0;
     for (int i = 0; i < 2; i++) {
         const TowerLayout *t = towers[i];
         size_t N = mb * t->tokens;
         rows = max_sz(rows, N), cols = max_sz(cols, max_sz(3 * t->width, t->mlp));
-        nd = max_sz(nd, N * t->width), nh = max_sz(nh, N * t->mlp);
+        nd = max_sz(nd, N * t->width), nh = max_sz(nh, N * t->mlp), n3d = max_sz(n3d, N * 3 * t->width);
         nwide = max_sz(nwide, N * max_sz(3 * t->width, t->mlp));
         att = max_sz(att, attention_stats_elems(g->use_bf16, (int)mb, t->tokens, t->heads));
         bd = max_sz(bd, mb * t->width);
@@ -390,7 +399,8 @@ static void carve(ClipGPU *g, Arena *a, GpuMemoryPlan *p) {
     g->sb_max_M = (int)rows, g->sb_max_C = (int)cols;
     if (int8) *o += switchback_scratch_bytes((SwitchBackMode)c->switchback_variant, (int)rows, (int)cols);  // switchback_init's
     g->dres = take(a, nd * es, o), g->d_a = take(a, nd * es, o), g->d_b = take(a, nd * es, o);
-    g->d_wide = take(a, nwide * es, o);
+    if (c->weight_grad_stream) g->d_qkv = take(a, n3d * es, o), g->d_mlp = take(a, nh * es, o);
+    else g->d_qkv = g->d_mlp = take(a, nwide * es, o);
     g->att_scratch = TAKE_F(a, att, o);
     g->dpool = TAKE_F(a, bd, o), g->dpool_ln = TAKE_F(a, bd, o);
 
@@ -410,7 +420,8 @@ static void carve(ClipGPU *g, Arena *a, GpuMemoryPlan *p) {
     g->feat_n = TAKE_F(a, 2 * Ng * E, o), g->dfeat_n = TAKE_F(a, 2 * Ng * E, o);
     g->loss_scratch = TAKE_F(a, contrastive_loss_scratch_elems((int)Bt, (int)Ng), o);
     g->loss = TAKE_F(a, 1, o), g->norm = TAKE_F(a, 1, o);
-    p->other += (32u << 20) + COLSUM_PARTIAL_BYTES;  // cuBLASLt workspace, column-sum partials (allocated by the kernels)
+    // cuBLASLt workspaces (one per stream running GEMMs), column-sum partials (allocated by the kernels)
+    p->other += (32u << 20) * (c->weight_grad_stream ? 2 : 1) + COLSUM_PARTIAL_BYTES;
     p->total = p->weights + p->grads + p->optimizer + p->activations + p->other;
 }
 
@@ -457,6 +468,14 @@ static int8_t *in_q(ClipGPU *g, BlockBuf *k, int i) { return g->sb_on[i] ? k->xq
 static float *in_s(ClipGPU *g, BlockBuf *k, int i) { return g->sb_on[i] ? k->xs[i] : NULL; }
 template <typename T> static T *in_bf16(BlockBuf *k, void *p, int i) { return k->in_bf16[i] ? as<T>(p) : NULL; }
 
+// Whether the weight gradients run on their own stream now: not while profiling, which times each op on its own.
+static int wg_on(const ClipGPU *g) { return g->wg_stream && !g->prof_on; }
+
+// The default stream waits for the weight gradients enqueued up to wg_done[e] (before it overwrites their inputs).
+static void wg_join(ClipGPU *g, int e) {
+    if (wg_on(g)) cudaCheck(cudaStreamWaitEvent(0, g->wg_done[e], 0));
+}
+
 // The backward of linear i of block k in two halves (tower_backward runs the GELU backward between c_proj's).
 // The input half: dx (N, C) = dy (N, OC) @ W (overwritten), and db (OC) += the column sums of dy when db is given
 // (c_fc's comes from the GELU backward, out_proj's and c_proj's from the LayerNorm backwards, tower_backward).
@@ -476,24 +495,32 @@ static void linear_backward_input(ClipGPU *g, BlockBuf *k, int i, T *dx, float *
 
 // The weight half: dW = dy^T @ x into the fp32 gradients (+= after the step's first micro-batch: g->accumulate).
 // SwitchBack: in bf16 with fp32 accumulation; from the saved int8 x where sb_saved[i] (the bf16 x is not kept then).
-// Reads neither dx nor g->sb.gq.
+// Reads neither dx nor g->sb.gq. done (WG_*, or -1): run on the weight-gradient stream, after the default stream's work
+// so far, and mark wg_done[done]; the caller then wg_joins it before anything overwrites dy or x.
 template <typename T>
-static void linear_backward_weight(ClipGPU *g, BlockBuf *k, int i, const T *dy, const T *x, size_t w, int N, int C, int OC) {
+static void linear_backward_weight(ClipGPU *g, BlockBuf *k, int i, const T *dy, const T *x, size_t w, int N, int C, int OC,
+                                   int done = -1) {
+    cudaStream_t s = done >= 0 && wg_on(g) ? g->wg_stream : 0;
+    if (s) {
+        cudaCheck(cudaEventRecord(g->wg_fork, 0));
+        cudaCheck(cudaStreamWaitEvent(s, g->wg_fork, 0));
+    }
     if (g->sb_on[i]) {
         switchback_backward_weight(&g->sb, g->grads + w, (const bf16 *)dy, k->sb_saved[i] ? NULL : (const bf16 *)x, k->xq[i],
-                                   k->xs[i], &k->w8[i], N, g->accumulate, 0);
+                                   k->xs[i], &k->w8[i], N, g->accumulate, s);
     } else {
-        matmul_backward_weight_gpu<T>(g->grads + w, dy, x, N, C, OC, g->accumulate);
+        matmul_backward_weight_gpu<T>(g->grads + w, dy, x, N, C, OC, g->accumulate, s);
     }
+    if (s) cudaCheck(cudaEventRecord(g->wg_done[done], s));
 }
 
 // Both halves (the caller has marked PROF_GEMM).
 template <typename T>
 static void linear_backward(ClipGPU *g, BlockBuf *k, int i, T *dx, float *db, const T *dy, int dy_q, const T *x, size_t w, int N,
-                            int C, int OC) {
+                            int C, int OC, int done = -1) {
     linear_backward_input<T>(g, k, i, dx, db, dy, dy_q, w, N, C, OC);
     mark(g, PROF_GEMM);  // the input half may have marked a bias gradient
-    linear_backward_weight<T>(g, k, i, dy, x, w, N, C, OC);
+    linear_backward_weight<T>(g, k, i, dy, x, w, N, C, OC, done);
 }
 
 // Remakes the int8 copies of the SwitchBack weights from the bf16 copy (after every optimizer step and upload).
@@ -683,16 +710,22 @@ template <typename T> static BranchGrads<T> branch_grads(ClipGPU *g, size_t b, s
 // block's ln_1's), but the last block's c_proj's, whose output gradient comes from the head. The MLP's backward:
 // c_proj's input gradient, the GELU backward (which also writes the GELU output under recompute: no separate
 // recompute pass), c_proj's weight gradient, c_fc's backward.
+// With weight_grad_stream the weight gradients run on their own stream beside the memory-bound passes that follow them
+// (c_proj's beside the GELU backward where that does not recompute its input, c_fc's beside ln_2's backward,
+// out_proj's beside attention's, qkv's beside ln_1's and the next block's MLP), each joined before the default stream
+// overwrites what it reads: c_proj's before ln_2's backward (dres, d_a), c_fc's and out_proj's after attention's (what
+// follows overwrites dres, d_a and ln_scratch), qkv's before the next block's LayerNorm recompute (ln_scratch) and
+// attention backward (d_qkv). A block's gradients are reduced (grads_done) once its qkv weight gradient is joined.
 template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B) {
     const TowerLayout *t = tb->t;
     const float *P = g->params;
     float *G = g->grads;
     int N = tower_rows(tb, B), nseq = tower_seqs(tb, B), D = t->width, H = t->mlp, quick = g->cfg.quick_gelu;
-    T *dres = as<T>(g->dres), *d_a = as<T>(g->d_a), *d_b = as<T>(g->d_b), *d_wide = as<T>(g->d_wide);
+    T *dres = as<T>(g->dres), *d_a = as<T>(g->d_a), *d_b = as<T>(g->d_b), *d_qkv = as<T>(g->d_qkv), *d_mlp = as<T>(g->d_mlp);
     // SwitchBack: the LayerNorm backwards also quantize the residual-stream gradient into g->sb.gq, gs where it is
     // the next linear's output gradient as it is (no layer-scale between): ln_2's for out_proj, ln_1's for the
     // previous block's c_proj (dres_q: gq holds dres for this block's c_proj); the GELU backward quantizes c_fc's.
-    int dres_q = 0;
+    int dres_q = 0, qkv_pending = 0;  // qkv_pending: the previous block's qkv weight gradient is not joined yet
     int8_t *gq = g->sb.gq;
     float *gs = g->sb.gs;
     for (int l = t->layers - 1; l >= 0; l--) {
@@ -709,21 +742,28 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         if (w->ls_2 != NO_TENSOR)
             layerscale_backward_gpu<T>(d_a, last ? G + w->ls_2 : NULL, dres, as<T>(k->mlp), P + w->ls_2, Nb, D), dmlp = d_a;
         mark(g, PROF_GEMM);
-        linear_backward_input<T>(g, k, SB_LINEAR_C_PROJ, d_wide, last ? G + w->c_proj_b : NULL, dmlp, dres_q, w->c_proj_w, Nb, H, D);
+        linear_backward_input<T>(g, k, SB_LINEAR_C_PROJ, d_mlp, last ? G + w->c_proj_b : NULL, dmlp, dres_q, w->c_proj_w, Nb, H, D);
+        if (r < 1) linear_backward_weight<T>(g, k, SB_LINEAR_C_PROJ, dmlp, as<T>(k->fc_gelu), w->c_proj_w, Nb, H, D, WG_C_PROJ);
         // The GELU backward, with c_fc's bias gradient (and its output gradient quantized), also writes the GELU output
         // for c_proj's weight gradient where the block did not keep it (recompute >= 1; such a block never saves c_proj's
         // int8 input instead: block_plan). It overwrites gq, gs, which only c_proj's input half read.
         mark(g, PROF_GELU);
         int fc_q = g->sb_on[SB_LINEAR_C_FC];
         T *act = r >= 1 ? as<T>(k->fc_gelu) : NULL;
-        if (fc_q) gelu_backward_quantize_gpu(as<bf16>(d_wide), (bf16 *)act, gq, gs, G + w->c_fc_b, as<bf16>(d_wide), as<bf16>(k->fc), Nb, H, quick);
-        else gelu_backward_bias_gpu<T>(d_wide, act, G + w->c_fc_b, d_wide, as<T>(k->fc), Nb, H, quick);
+        if (fc_q) gelu_backward_quantize_gpu(as<bf16>(d_mlp), (bf16 *)act, gq, gs, G + w->c_fc_b, as<bf16>(d_mlp), as<bf16>(k->fc), Nb, H, quick);
+        else gelu_backward_bias_gpu<T>(d_mlp, act, G + w->c_fc_b, d_mlp, as<T>(k->fc), Nb, H, quick);
         mark(g, PROF_GEMM);
-        linear_backward_weight<T>(g, k, SB_LINEAR_C_PROJ, dmlp, as<T>(k->fc_gelu), w->c_proj_w, Nb, H, D);
+        if (r >= 1) linear_backward_weight<T>(g, k, SB_LINEAR_C_PROJ, dmlp, as<T>(k->fc_gelu), w->c_proj_w, Nb, H, D, WG_C_PROJ);
+        if (qkv_pending) {  // the previous block's gradients are complete
+            wg_join(g, WG_QKV);
+            grads_done(g);
+            qkv_pending = 0;
+        }
         mark(g, PROF_LAYERNORM);
         if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_2), as<T>(k->res_1), k->ln_2_mean, k->ln_2_rstd, P + w->ln_2_w, P + w->ln_2_b, Nb, D);
         mark(g, PROF_GEMM);
-        linear_backward<T>(g, k, SB_LINEAR_C_FC, d_b, NULL, d_wide, fc_q, as<T>(k->ln_2), w->c_fc_w, Nb, D, H);
+        linear_backward<T>(g, k, SB_LINEAR_C_FC, d_b, NULL, d_mlp, fc_q, as<T>(k->ln_2), w->c_fc_w, Nb, D, H, WG_C_FC);
+        wg_join(g, WG_C_PROJ);
         mark(g, PROF_LAYERNORM_BACKWARD);
         int att_q = g->sb_on[SB_LINEAR_OUT_PROJ] && w->ls_1 == NO_TENSOR;
         BranchGrads<T> attn_grads = branch_grads<T>(g, w->out_proj_b, w->ls_1, k->attn);
@@ -734,17 +774,19 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         mark(g, PROF_PARAM_GRADS);
         if (w->ls_1 != NO_TENSOR) layerscale_backward_gpu<T>(d_a, NULL, dres, as<T>(k->attn), P + w->ls_1, Nb, D), dattn = d_a;
         mark(g, PROF_GEMM);
-        linear_backward<T>(g, k, SB_LINEAR_OUT_PROJ, d_b, NULL, dattn, att_q, att_in, w->out_proj_w, Nb, D, D);
+        linear_backward<T>(g, k, SB_LINEAR_OUT_PROJ, d_b, NULL, dattn, att_q, att_in, w->out_proj_w, Nb, D, D, WG_OUT_PROJ);
         const T *datt = d_b;
         if (last) {  // d(att_y) on all rows: the pooled rows' gradients, zeros elsewhere
+            wg_join(g, WG_OUT_PROJ);  // dattn may be d_a
             mark(g, PROF_EMBED_OTHER);
             cudaCheck(cudaMemsetAsync(d_a, 0, (size_t)N * D * sizeof(T), 0));
             scatter_rows_gpu<T>(d_a, d_b, tb->pool, B, tb->pool_tn, D);
             datt = d_a;
         }
         mark(g, PROF_ATTENTION_BACKWARD);
-        attention_backward_gpu(d_wide, g->att_scratch, datt, as<T>(k->qkv), as<T>(k->att_y), k->att_stats, nseq, tb->tokens, D,
+        attention_backward_gpu(d_qkv, g->att_scratch, datt, as<T>(k->qkv), as<T>(k->att_y), k->att_stats, nseq, tb->tokens, D,
                                t->heads, t->causal, tb->seq, block_queries(tb, l, B));
+        wg_join(g, WG_OUT_PROJ);  // and c_fc's, enqueued before it
         if (last) {  // d(x) through the residual, d(res_1), on all rows likewise
             mark(g, PROF_EMBED_OTHER);
             cudaCheck(cudaMemcpyAsync(d_b, dres, (size_t)B * D * sizeof(T), cudaMemcpyDeviceToDevice, 0));
@@ -754,13 +796,17 @@ template <typename T> static void tower_backward(ClipGPU *g, TowerBuf *tb, int B
         mark(g, PROF_LAYERNORM);
         if (r >= 2) layernorm_recompute_gpu<T>(as<T>(k->ln_1), x, k->ln_1_mean, k->ln_1_rstd, P + w->ln_1_w, P + w->ln_1_b, N, D);
         mark(g, PROF_GEMM);
-        linear_backward<T>(g, k, SB_LINEAR_QKV, d_a, G + w->in_proj_b, d_wide, 0, as<T>(k->ln_1), w->in_proj_w, N, D, 3 * D);
+        linear_backward<T>(g, k, SB_LINEAR_QKV, d_a, G + w->in_proj_b, d_qkv, 0, as<T>(k->ln_1), w->in_proj_w, N, D, 3 * D, WG_QKV);
+        qkv_pending = 1;
         mark(g, PROF_LAYERNORM_BACKWARD);
         dres_q = l > 0 && g->sb_on[SB_LINEAR_C_PROJ] && t->blocks[l - 1].ls_2 == NO_TENSOR;
         BranchGrads<T> mlp_grads;  // the previous block's MLP branch
         if (l > 0) mlp_grads = branch_grads<T>(g, t->blocks[l - 1].c_proj_b, t->blocks[l - 1].ls_2, tb->blocks[l - 1].mlp);
         layernorm_backward_gpu<T>(dres, G + w->ln_1_w, G + w->ln_1_b, d_a, x, P + w->ln_1_w, k->ln_1_mean, k->ln_1_rstd, N, D,
                                   dres_q ? gq : NULL, gs, l > 0 ? &mlp_grads : NULL);
+    }
+    if (qkv_pending) {
+        wg_join(g, WG_QKV);
         grads_done(g);
     }
 }
@@ -1415,6 +1461,11 @@ ClipGPU *clip_gpu_create(const Config *c, const ClipLayout *L, const float *para
     }
     clip_gpu_upload(g, params, NULL);
     cudaCheck(cudaStreamCreateWithFlags(&g->copy_stream, cudaStreamNonBlocking));
+    if (c->weight_grad_stream) {
+        cudaCheck(cudaStreamCreateWithFlags(&g->wg_stream, cudaStreamNonBlocking));
+        cudaCheck(cudaEventCreateWithFlags(&g->wg_fork, cudaEventDisableTiming));
+        for (int e = 0; e < WG_EVENTS; e++) cudaCheck(cudaEventCreateWithFlags(&g->wg_done[e], cudaEventDisableTiming));
+    }
     cudaCheck(cudaEventCreateWithFlags(&g->text_ready, cudaEventDisableTiming));
     cudaCheck(cudaEventCreateWithFlags(&g->images_ready, cudaEventDisableTiming));
     for (int k = 0; k < 2; k++) {
@@ -1439,6 +1490,11 @@ void clip_gpu_free(ClipGPU *g) {
     }
     cudaCheck(cudaEventDestroy(g->text_ready)), cudaCheck(cudaEventDestroy(g->images_ready));
     cudaCheck(cudaStreamDestroy(g->copy_stream));
+    if (g->wg_stream) {
+        cudaCheck(cudaStreamDestroy(g->wg_stream));
+        cudaCheck(cudaEventDestroy(g->wg_fork));
+        for (int e = 0; e < WG_EVENTS; e++) cudaCheck(cudaEventDestroy(g->wg_done[e]));
+    }
     if (g->prof_ev[0])
         for (int i = 0; i < PROF_EVENTS; i++) cudaCheck(cudaEventDestroy(g->prof_ev[i]));
     adamw_plan_free(&g->plan), zero_plan_free(&g->grad_zero);

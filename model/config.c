@@ -71,6 +71,8 @@ static const Key KEYS[] = {
      "GPU activation recompute in backward (as llm.c -r): 0 none, 1 the GELU output, 2 also the LayerNorm outputs"},
     {"recompute_keep", T_INT, OFF(recompute_keep), "0", 0, 1000, NULL,
      "under recompute >= 1: the first N residual blocks of each tower keep all their activations (as recompute 0), spending memory for speed; on a GPU the memory plan printed at the start says up to which N fits"},
+    {"weight_grad_stream", T_BOOL, OFF(weight_grad_stream), "true", 0, 1, NULL,
+     "GPU: the backward's weight-gradient GEMMs run on a second CUDA stream, beside the LayerNorm, GELU and attention passes that do not need them (same results; false = one stream)"},
     {"gemm_tuning", T_INT, OFF(gemm_tuning), "0", 0, 16, NULL,
      "GPU: time this many of cuBLASLt's candidate algorithms per GEMM shape on its first call and keep the fastest (1-2% faster; kept in run_dir/gemm_choices.rank*.txt for an exact resume; experimental, see README); 0 or 1 = its first choice"},
     {"switchback_layers", T_STR, OFF(switchback_layers), "qkv,out_proj,c_fc,c_proj", 0, 0, NULL,

@@ -51,6 +51,7 @@ typedef struct {
     int device;               // DEVICE_*
     int recompute;            // GPU activation recompute: 0 none, 1 GELU, 2 GELU + LayerNorms
     int recompute_keep;       // the first N blocks of each tower recompute nothing
+    int weight_grad_stream;   // 1: the backward's weight-gradient GEMMs on their own CUDA stream (clip_gpu.cu)
     int gemm_tuning;          // GEMM algorithms timed per shape (matmul_set_tuning); 0/1 = cuBLASLt's first choice
     char switchback_layers[CONFIG_STR];  // int8_switchback: which linears, e.g. "qkv,out_proj,c_fc,c_proj" or "none"
     int switchback_mask;      // derived from switchback_layers: bit 1 << SB_LINEAR_*

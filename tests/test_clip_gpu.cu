@@ -12,6 +12,8 @@
 //     0 of each tower saves everything) equal the plain step to 1e-5 (each gradient tensor 1e-4); the memory plan of
 //     recompute_keep to the byte; in bf16 and int8_switchback, recompute 1 (also with recompute_keep = 1) equals
 //     recompute 0 bit for bit (the GELU backward rewrites the GELU output c_proj's weight gradient reads: the forward's);
+//   weight_grad_stream (the weight gradients on a second stream) equals one stream bit for bit: every precision and
+//     SwitchBack variant, recompute 0-2, micro-batches, layer-scale, three blocks at ViT-H/14's widths;
 //   a second step on another batch equals a fresh model's step on it bit for bit (gradients written anew; bf16 and
 //     int8_switchback, with and without micro-batches);
 //   the optimizer with and without global-norm clipping (its one-pass and two-phase ways), 3 steps in fp32 against the
@@ -548,6 +550,44 @@ static void test_switchback_matches_cpu(void) {
     sb_parity("int8 width 256", wide, 16);
 }
 
+// weight_grad_stream runs the backward's weight-gradient GEMMs on a second stream, beside the passes that do not need
+// them, joined before anything overwrites their inputs: the step must equal the one-stream step bit for bit, in every
+// precision and SwitchBack variant, at every recompute level, with micro-batches (gradients accumulated) and with
+// layer-scale (other output-gradient buffers). Three blocks of ViT-H/14's widths at batch 8 (2,056 image rows), so
+// that the GEMMs run long enough beside the rest for a missing join to show.
+static void test_weight_grad_stream_exact(void) {
+    SKIP_WITHOUT_GPU();
+    const char *precisions[][2] = {{"precision=fp32", "switchback_variant=standard"}, {"precision=bf16", "switchback_variant=standard"},
+                                   {"precision=int8_switchback", "switchback_variant=standard"},
+                                   {"precision=int8_switchback", "switchback_variant=memory_efficient"},
+                                   {"precision=int8_switchback", "switchback_variant=int8_everywhere"}};
+    const char *variants[][2] = {{"recompute=0", "micro_batch_size=8"}, {"recompute=1", "micro_batch_size=3"}, {"recompute=2", "micro_batch_size=8"}};
+    for (int ls = 0; ls < 2; ls++) {
+        const char *base[] = {"batch_size=8", "image_size=224", "patch_size=14", "vision_width=1280", "vision_layers=3", "vision_heads=16",
+                              "context_length=77", "text_width=1024", "text_layers=3", "text_heads=16", "embed_dim=1024",
+                              "weight_grad_stream=false", ls ? "layer_scale_init=0.1" : NULL, NULL};
+        StepFixture f;
+        fixture_make(&f, base, 8, GPU_ONLY);
+        const ClipLayout *L = &f.cpu.layout;
+        for (int p = 0; p < 5; p++)
+            for (int v = 0; v < 3; v++) {
+                Config one = f.c;
+                const char *sets[] = {precisions[p][0], precisions[p][1], variants[v][0], variants[v][1], NULL};
+                set_all(&one, sets);
+                Config two = one;
+                config_set(&two, "weight_grad_stream=true", 1);
+                gpu_step(&f.ref, &one, L, f.cpu.params, &f.b);
+                gpu_step(&f.got, &two, L, f.cpu.params, &f.b);
+                int same = identical(&f);
+                EXPECT(same, "%s %s %s %s%s: two streams differ from one (loss %.7f vs %.7f)", precisions[p][0], precisions[p][1],
+                       variants[v][0], variants[v][1], ls ? " layer-scale" : "", f.got.loss, f.ref.loss);
+                printf("  %s %s %s %s%s: %s\n", precisions[p][0] + 10, precisions[p][1] + 19, variants[v][0], variants[v][1],
+                       ls ? " layer-scale" : "", same ? "two streams = one bit for bit" : "differs");
+            }
+        fixture_free(&f);
+    }
+}
+
 // The plumbing around the SwitchBack layers, exactly or to rounding: no layers = bf16 (bit-exact); micro-batches
 // and recompute levels = the plain step; after an optimizer step and after an upload the int8 weights are those
 // of the new parameters (a fresh model on them gives the bit-identical step).
@@ -737,6 +777,7 @@ int main(void) {
     RUN(test_accumulation_and_recompute);
     RUN(test_gradients_written_anew);
     RUN(test_recompute_gelu_exact);
+    RUN(test_weight_grad_stream_exact);
     RUN(test_recompute_keep_memory_plan);
     RUN(test_training_tracks_cpu);
     RUN(test_optimizer_paths_match_cpu);
