@@ -170,23 +170,25 @@ template <typename T, int V> struct GeluBackwardOp {
 };
 
 // Persistent blocks of GF_THREADS, a row of C at a time (C % 8 == 0, C <= GF_THREADS * 8 * GF_MAX_VECS): thread t
-// owns the 8-column vectors t, t + GF_THREADS, ...; all of a row's loads are issued before any use, and the values
-// stay in registers between the row maximum and the quantization.
+// owns the 8-column vectors t, t + GF_THREADS, ... (NV of them at most: ceil(C / 8 / GF_THREADS), a template argument
+// so that the registers hold only those); all of a row's loads are issued before any use, and the values stay in
+// registers between the row maximum and the quantization.
 #define GF_THREADS 128
 #define GF_MAX_VECS 8
+template <int NV>
 __global__ void __launch_bounds__(GF_THREADS) gelu_forward_quantize_kernel(bf16 *out, int8_t *q, float *qs, const bf16 *inp,
                                                                            int N, int C, int quick) {
     const uint16_t *tab = gelu_value_prepare(quick);
     int nv = C / 8, t = threadIdx.x;
     for (int row = blockIdx.x; row < N; row += gridDim.x) {
         size_t off = (size_t)row * C;
-        Vec<bf16, 8> y[GF_MAX_VECS];
+        Vec<bf16, 8> y[NV];
 #pragma unroll
-        for (int k = 0; k < GF_MAX_VECS; k++)
+        for (int k = 0; k < NV; k++)
             if (t + GF_THREADS * k < nv) y[k] = load_vec<bf16, 8>(inp + off + (t + GF_THREADS * k) * 8);
         float am = 0.0f;
 #pragma unroll
-        for (int k = 0; k < GF_MAX_VECS; k++) {
+        for (int k = 0; k < NV; k++) {
             int vec = t + GF_THREADS * k;
             if (vec >= nv) break;
             y[k] = gelu8_bf16(tab, y[k]);
@@ -196,13 +198,20 @@ __global__ void __launch_bounds__(GF_THREADS) gelu_forward_quantize_kernel(bf16 
         am = block_max(am);
         float mult = sb_quant_mult(am);
 #pragma unroll
-        for (int k = 0; k < GF_MAX_VECS; k++) {
+        for (int k = 0; k < NV; k++) {
             int vec = t + GF_THREADS * k;
             if (vec >= nv) break;
             ((uint2 *)(q + off))[vec] = quantize8(*(const uint4 *)&y[k], mult);
         }
         if (t == 0) qs[row] = am;
     }
+}
+
+template <int NV> static void gelu_forward_quantize_launch(bf16 *out, int8_t *q, float *qs, const bf16 *inp, int N, int C, int quick) {
+    static int per_sm = 0;  // as many blocks as fit at once
+    if (!per_sm) cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gelu_forward_quantize_kernel<NV>, GF_THREADS, 0));
+    gelu_forward_quantize_kernel<NV><<<min(N, per_sm * num_sms()), GF_THREADS>>>(out, q, qs, inp, N, C, quick);
+    cudaCheckLaunch();
 }
 
 void gelu_forward_quantize_gpu(bf16 *out, int8_t *q, float *qs, const bf16 *inp, int N, int C, int quick) {
@@ -212,10 +221,16 @@ void gelu_forward_quantize_gpu(bf16 *out, int8_t *q, float *qs, const bf16 *inp,
     }
     if (N == 0) return;
     gelu_luts_init();
-    static int per_sm = 0;  // as many blocks as fit at once
-    if (!per_sm) cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gelu_forward_quantize_kernel, GF_THREADS, 0));
-    gelu_forward_quantize_kernel<<<min(N, per_sm * num_sms()), GF_THREADS>>>(out, q, qs, inp, N, C, quick);
-    cudaCheckLaunch();
+    switch (ceil_div(C / 8, GF_THREADS)) {
+    case 1: gelu_forward_quantize_launch<1>(out, q, qs, inp, N, C, quick); break;
+    case 2: gelu_forward_quantize_launch<2>(out, q, qs, inp, N, C, quick); break;
+    case 3: gelu_forward_quantize_launch<3>(out, q, qs, inp, N, C, quick); break;
+    case 4: gelu_forward_quantize_launch<4>(out, q, qs, inp, N, C, quick); break;
+    case 5: gelu_forward_quantize_launch<5>(out, q, qs, inp, N, C, quick); break;
+    case 6: gelu_forward_quantize_launch<6>(out, q, qs, inp, N, C, quick); break;
+    case 7: gelu_forward_quantize_launch<7>(out, q, qs, inp, N, C, quick); break;
+    default: gelu_forward_quantize_launch<8>(out, q, qs, inp, N, C, quick); break;
+    }
 }
 
 // The backward's rows for the fused quantizer: dinp = dout * gelu'(inp), written (bf16); the column sums (c_fc's bias
