@@ -17,4 +17,16 @@ fi
 bash scripts/get_vocab.sh
 make -j"$(nproc)"
 python3 scripts/make_demo_data.py
+# train_clip refuses a fresh start over an earlier run's checkpoints: a re-run of the demo moves the previous one aside
+# (unless the arguments choose a run_dir or a resume)
+case " $* " in
+*run_dir=* | *resume=*) ;;
+*)
+    if compgen -G "runs/demo/checkpoints/step_*" >/dev/null; then
+        old="runs/demo.$(date +%Y%m%d-%H%M%S)"
+        mv runs/demo "$old"
+        echo "note: the previous demo run is now in $old"
+    fi
+    ;;
+esac
 ./train_clip -c configs/demo.conf "$@"

@@ -25,6 +25,7 @@ for t in $gpu_tests $cpu_tests; do
 done
 # the trainer end to end on a real model: memory plan, a few steps, the final checkpoint
 t1=$(date +%s)
+rm -rf /tmp/gpu_check_b16  # a fresh start is refused over an earlier run's checkpoints
 { ./train_clip -c configs/vit_h_14.conf --dry-run | head -8
   timeout 120 ./train_clip -c configs/vit_b_16.conf --set batch_size=256 --set samples=0 --set steps=4 --set log_every=1 \
       --set checkpoint_every=0 --set data_workers=16 --set run_dir=/tmp/gpu_check_b16; } > "$out/train.log" 2>&1

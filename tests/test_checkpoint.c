@@ -477,6 +477,22 @@ static void test_resume_older_than_newest_is_refused(void) {
 
 // Resuming with a config whose model differs from the checkpoint's in what the tensors' shapes do not show
 // (attention heads, QuickGELU) stops with an error naming the key; other settings (lr) may change.
+// A fresh start (no resume) into a run_dir holding checkpoints is refused with a message naming the run_dir and
+// resume = latest, and leaves the earlier run's checkpoints, config and log as they were.
+static void test_fresh_start_over_checkpoints_is_refused(void) {
+    sh("rm -rf {D}/again");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/again --set steps=4 --set checkpoint_every=2 > /dev/null") == 0, "first run failed");
+    EXPECT(sh("cat {D}/again/checkpoints/* {D}/again/config.conf {D}/again/log.jsonl | md5sum > {D}/again.md5") == 0, "md5sum failed");
+    char out[4096];
+    int rc = run_command(expand(RUN_ARGS " --set run_dir={D}/again --set steps=6 2>&1"), out, sizeof(out));
+    EXPECT(rc != 0 && strstr(out, "holds an earlier run's checkpoints (newest: step 4)") && strstr(out, "resume=latest") &&
+               strstr(out, "/again"),
+           "a fresh start over step 4's checkpoint: rc %d, output: %s", rc, out);
+    EXPECT(sh("cat {D}/again/checkpoints/* {D}/again/config.conf {D}/again/log.jsonl | md5sum | cmp -s - {D}/again.md5") == 0,
+           "the refused start changed the earlier run's files");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/again --set steps=6 --set resume=latest > /dev/null") == 0, "resume = latest after it failed");
+}
+
 static void test_resume_with_other_model_is_refused(void) {
     sh("rm -rf {D}/arch");
     EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set steps=4 > /dev/null") == 0, "first run failed");
@@ -533,6 +549,7 @@ int main(void) {
     RUN(test_corrupt_latest_falls_back);
     RUN(test_prune_keeps_checkpoints_after_fallback);
     RUN(test_resume_older_than_newest_is_refused);
+    RUN(test_fresh_start_over_checkpoints_is_refused);
     RUN(test_resume_with_other_model_is_refused);
     RUN(test_init_weights_loads_all_tensors);
     RUN(test_sigterm_saves_and_stops);
