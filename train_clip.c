@@ -344,12 +344,14 @@ int main(int argc, char **argv) {
     if (eval_only && !cfg.resume[0] && !cfg.init_weights[0] && rank == 0)
         fprintf(stderr, "warning: --eval-only without resume or init_weights evaluates freshly initialised weights (seed %llu)\n", (unsigned long long)cfg.seed);
     eval_check(&cfg);
-    // A fresh start into a run_dir that holds an earlier run's checkpoints would overwrite them one by one (and its
-    // config and log): refused, so that relaunching a run without resume = latest loses nothing.
+    // resume = auto: latest where run_dir holds a checkpoint, else a fresh start (one command for a job's first start
+    // and its restarts). A fresh start into a run_dir that holds an earlier run's checkpoints would overwrite them one
+    // by one (and its config and log): refused, so that relaunching a run without resume = latest loses nothing.
+    if (!strcmp(cfg.resume, "auto")) snprintf(cfg.resume, sizeof(cfg.resume), "%s", checkpoint_newest_step(cfg.run_dir) >= 0 ? "latest" : "");
     long earlier = eval_only || cfg.resume[0] ? -1 : checkpoint_newest_step(cfg.run_dir);
     if (earlier >= 0)
         fatal("run_dir %s holds an earlier run's checkpoints (newest: step %ld), which a fresh start would overwrite: "
-              "--set resume=latest continues that run; for a new one set another run_dir, or move %s/checkpoints away",
+              "--set resume=latest (or auto) continues that run; for a new one set another run_dir, or move %s/checkpoints away",
               cfg.run_dir, earlier, cfg.run_dir);
 
     ClipModel model;

@@ -116,7 +116,7 @@ static const Key KEYS[] = {
      "also write each log interval's scalars and the evaluation metrics as a TensorBoard event file in run_dir"},
     {"checkpoint_every", T_LONG, OFF(checkpoint_every), "1000", 0, BIG, NULL, "checkpoint interval in steps; 0 = only at the end"},
     {"keep_checkpoints", T_INT, OFF(keep_checkpoints), "3", 1, 1000000, NULL, "checkpoints kept; older ones are deleted"},
-    {"resume", T_STR, OFF(resume), "", 0, 0, NULL, "empty = fresh start; latest = newest complete checkpoint in run_dir; or a checkpoint path"},
+    {"resume", T_STR, OFF(resume), "", 0, 0, NULL, "empty = fresh start (refused where run_dir holds checkpoints, which it would overwrite); latest = newest complete checkpoint in run_dir; auto = latest where run_dir holds a checkpoint, else a fresh start (one command for a job's first start and its requeues); or a checkpoint path"},
     {"init_weights", T_STR, OFF(init_weights), "", 0, 0, NULL,
      "start from these weights (.safetensors with open_clip names, e.g. from scripts/convert_open_clip.py) with a fresh optimizer; ignored when resuming"},
     {"watch_rms", T_STR, OFF(watch_rms), "default", 1, 0, NULL,

@@ -478,7 +478,8 @@ static void test_resume_older_than_newest_is_refused(void) {
 // Resuming with a config whose model differs from the checkpoint's in what the tensors' shapes do not show
 // (attention heads, QuickGELU) stops with an error naming the key; other settings (lr) may change.
 // A fresh start (no resume) into a run_dir holding checkpoints is refused with a message naming the run_dir and
-// resume = latest, and leaves the earlier run's checkpoints, config and log as they were.
+// resume = latest, and leaves the earlier run's checkpoints, config and log as they were; resume = auto starts fresh
+// where there is no checkpoint and continues where there is.
 static void test_fresh_start_over_checkpoints_is_refused(void) {
     sh("rm -rf {D}/again");
     EXPECT(sh(RUN_ARGS " --set run_dir={D}/again --set steps=4 --set checkpoint_every=2 > /dev/null") == 0, "first run failed");
@@ -491,6 +492,12 @@ static void test_fresh_start_over_checkpoints_is_refused(void) {
     EXPECT(sh("cat {D}/again/checkpoints/* {D}/again/config.conf {D}/again/log.jsonl | md5sum | cmp -s - {D}/again.md5") == 0,
            "the refused start changed the earlier run's files");
     EXPECT(sh(RUN_ARGS " --set run_dir={D}/again --set steps=6 --set resume=latest > /dev/null") == 0, "resume = latest after it failed");
+    // resume = auto: a fresh start in an empty run_dir, then a resume of its checkpoint
+    sh("rm -rf {D}/auto");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/auto --set steps=4 --set resume=auto 2>&1 | grep -q 'resumed from'") == 1,
+           "resume = auto in an empty run_dir did not start fresh");
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/auto --set steps=6 --set resume=auto 2>&1 | grep -q 'resumed from step 4'") == 0,
+           "resume = auto did not continue from step 4");
 }
 
 static void test_resume_with_other_model_is_refused(void) {
