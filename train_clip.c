@@ -226,6 +226,12 @@ static void loader_state_of_rank(const char *states, int rank, int world, char *
     snprintf(out, cap, "%.*s", (int)strcspn(p, "\n"), p);
 }
 
+// A fresh start (no resume) into a run_dir that holds an earlier run's checkpoints would overwrite them one by one (and
+// its config and log), so it is refused: the step of the newest one, or -1 where the run writes nothing over them.
+static long checkpoints_overwritten(const Config *c, int eval_only) {
+    return eval_only || c->resume[0] ? -1 : checkpoint_newest_step(c->run_dir);
+}
+
 int main(int argc, char **argv) {
     // ---- command line and config
     Config cfg;
@@ -333,6 +339,9 @@ int main(int argc, char **argv) {
            cfg.schedule == SCHEDULE_COSINE ? "cosine" : "const", cfg.wd, omp_get_max_threads());
     if (dry_run) {
         if (unsupported) printf("note: a real run would stop here: %s\n", unsupported);
+        long earlier = checkpoints_overwritten(&cfg, eval_only);
+        if (earlier >= 0) printf("note: a real run would stop here: run_dir %s holds checkpoints (newest: step %ld); resume = latest or auto continues them\n",
+                                 cfg.run_dir, earlier);
         printf("\n# effective config\n");
         config_print(&cfg, stdout);
         ranks_finalize(&dist);
@@ -340,15 +349,14 @@ int main(int argc, char **argv) {
     }
     if (unsupported) fatal("%s", unsupported);
     clip_layout_free(&layout);
+    // resume = auto: latest where run_dir holds a checkpoint, else a fresh start (one command for a job's first start
+    // and its restarts)
+    if (!strcmp(cfg.resume, "auto")) snprintf(cfg.resume, sizeof(cfg.resume), "%s", checkpoint_newest_step(cfg.run_dir) >= 0 ? "latest" : "");
     if (eval_only && !cfg.zeroshot_data[0] && !cfg.val_data[0]) fatal("--eval-only: neither zeroshot_data nor val_data is set: nothing to evaluate");
     if (eval_only && !cfg.resume[0] && !cfg.init_weights[0] && rank == 0)
         fprintf(stderr, "warning: --eval-only without resume or init_weights evaluates freshly initialised weights (seed %llu)\n", (unsigned long long)cfg.seed);
     eval_check(&cfg);
-    // resume = auto: latest where run_dir holds a checkpoint, else a fresh start (one command for a job's first start
-    // and its restarts). A fresh start into a run_dir that holds an earlier run's checkpoints would overwrite them one
-    // by one (and its config and log): refused, so that relaunching a run without resume = latest loses nothing.
-    if (!strcmp(cfg.resume, "auto")) snprintf(cfg.resume, sizeof(cfg.resume), "%s", checkpoint_newest_step(cfg.run_dir) >= 0 ? "latest" : "");
-    long earlier = eval_only || cfg.resume[0] ? -1 : checkpoint_newest_step(cfg.run_dir);
+    long earlier = checkpoints_overwritten(&cfg, eval_only);
     if (earlier >= 0)
         fatal("run_dir %s holds an earlier run's checkpoints (newest: step %ld), which a fresh start would overwrite: "
               "--set resume=latest (or auto) continues that run; for a new one set another run_dir, or move %s/checkpoints away",

@@ -478,7 +478,7 @@ static void test_resume_older_than_newest_is_refused(void) {
 // Resuming with a config whose model differs from the checkpoint's in what the tensors' shapes do not show
 // (attention heads, QuickGELU) stops with an error naming the key; other settings (lr) may change.
 // A fresh start (no resume) into a run_dir holding checkpoints is refused with a message naming the run_dir and
-// resume = latest, and leaves the earlier run's checkpoints, config and log as they were; resume = auto starts fresh
+// resume = latest (--dry-run says so too), and leaves the earlier run's checkpoints, config and log as they were; resume = auto starts fresh
 // where there is no checkpoint and continues where there is.
 static void test_fresh_start_over_checkpoints_is_refused(void) {
     sh("rm -rf {D}/again");
@@ -489,6 +489,8 @@ static void test_fresh_start_over_checkpoints_is_refused(void) {
     EXPECT(rc != 0 && strstr(out, "holds an earlier run's checkpoints (newest: step 4)") && strstr(out, "resume=latest") &&
                strstr(out, "/again"),
            "a fresh start over step 4's checkpoint: rc %d, output: %s", rc, out);
+    EXPECT(sh(RUN_ARGS " --set run_dir={D}/again --dry-run 2>&1 | grep -q 'holds checkpoints (newest: step 4)'") == 0,
+           "--dry-run does not say that a real run would stop");
     EXPECT(sh("cat {D}/again/checkpoints/* {D}/again/config.conf {D}/again/log.jsonl | md5sum | cmp -s - {D}/again.md5") == 0,
            "the refused start changed the earlier run's files");
     EXPECT(sh(RUN_ARGS " --set run_dir={D}/again --set steps=6 --set resume=latest > /dev/null") == 0, "resume = latest after it failed");
