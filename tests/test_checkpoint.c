@@ -478,8 +478,8 @@ static void test_resume_older_than_newest_is_refused(void) {
 // Resuming with a config whose model differs from the checkpoint's in what the tensors' shapes do not show
 // (attention heads, QuickGELU) stops with an error naming the key; other settings (lr) may change.
 // A fresh start (no resume) into a run_dir holding checkpoints is refused with a message naming the run_dir and
-// resume = latest (--dry-run says so too), and leaves the earlier run's checkpoints, config and log as they were; resume = auto starts fresh
-// where there is no checkpoint and continues where there is.
+// resume = latest (--dry-run says so too), and leaves the earlier run's checkpoints, config and log as they were;
+// resume = auto starts fresh where there is no checkpoint and continues where there is.
 static void test_fresh_start_over_checkpoints_is_refused(void) {
     sh("rm -rf {D}/again");
     EXPECT(sh(RUN_ARGS " --set run_dir={D}/again --set steps=4 --set checkpoint_every=2 > /dev/null") == 0, "first run failed");
