@@ -72,7 +72,7 @@ static const Key KEYS[] = {
     {"recompute_keep", T_INT, OFF(recompute_keep), "0", 0, 1000, NULL,
      "under recompute >= 1: the first N residual blocks of each tower keep all their activations (as recompute 0), spending memory for speed; on a GPU the memory plan printed at the start says up to which N fits"},
     {"weight_grad_stream", T_BOOL, OFF(weight_grad_stream), "false", 0, 1, NULL,
-     "GPU: the backward's weight-gradient GEMMs run on a second CUDA stream, beside the LayerNorm, GELU and attention passes that do not need them (same results; on one H100 ViT-H/14 2-3% faster, ViT-L/14 about 1% slower; not measured on several GPUs: docs/benchmarks.md)"},
+     "GPU: the backward's weight-gradient GEMMs run on a second CUDA stream, beside the LayerNorm, GELU and attention passes that do not need them (same results; ViT-H/14 2-3% faster on one H100 and ~1% on 2 H200s, ViT-L/14 about 1% slower: docs/benchmarks.md)"},
     {"gemm_tuning", T_INT, OFF(gemm_tuning), "0", 0, 16, NULL,
      "GPU: time this many of cuBLASLt's candidate algorithms per GEMM shape on its first call and keep the fastest (1-2% faster; kept in run_dir/gemm_choices.rank*.txt for an exact resume; experimental, see README); 0 or 1 = its first choice"},
     {"switchback_layers", T_STR, OFF(switchback_layers), "qkv,out_proj,c_fc,c_proj", 0, 0, NULL,

@@ -475,8 +475,6 @@ static void test_resume_older_than_newest_is_refused(void) {
            "resuming step 6 into a new run directory failed");
 }
 
-// Resuming with a config whose model differs from the checkpoint's in what the tensors' shapes do not show
-// (attention heads, QuickGELU) stops with an error naming the key; other settings (lr) may change.
 // A fresh start (no resume) into a run_dir holding checkpoints is refused with a message naming the run_dir and
 // resume = latest (--dry-run says so too), and leaves the earlier run's checkpoints, config and log as they were;
 // resume = auto starts fresh where there is no checkpoint and continues where there is.
@@ -502,6 +500,8 @@ static void test_fresh_start_over_checkpoints_is_refused(void) {
            "resume = auto did not continue from step 4");
 }
 
+// Resuming with a config whose model differs from the checkpoint's in what the tensors' shapes do not show
+// (attention heads, QuickGELU) stops with an error naming the key; other settings (lr) may change.
 static void test_resume_with_other_model_is_refused(void) {
     sh("rm -rf {D}/arch");
     EXPECT(sh(RUN_ARGS " --set run_dir={D}/arch --set steps=4 > /dev/null") == 0, "first run failed");
